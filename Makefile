@@ -1,0 +1,38 @@
+# The README's two commands: `make quickstart` and `make test`. Each builds what it needs.
+PYTHON ?= python3
+VENV := .venv
+VENV_NT := .venv-nt
+WORKDIR ?= workdirs
+# Two pytest workers: one per core on the 2-core CI machine.
+PYTEST_WORKERS ?= 2
+
+.PHONY: quickstart test test-main test-nt bench clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[test,plot,data]'
+	touch $@
+
+# neural-tangents only imports on jax <= 0.5.3: a pinned second environment.
+$(VENV_NT)/.installed: setup.py requirements-nt.txt
+	$(PYTHON) -m venv $(VENV_NT)
+	$(VENV_NT)/bin/pip install -r requirements-nt.txt -e '.[test,plot,data]'
+	touch $@
+
+quickstart: $(VENV)/.installed
+	$(VENV)/bin/python experiments/lemma1_theory.py --config=configs/lemma1_theory.py --workdir=$(WORKDIR)/lemma1_theory
+	@echo "Outputs are under $(WORKDIR)/"
+
+test: test-main test-nt
+
+test-main: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) tests
+
+test-nt: $(VENV_NT)/.installed
+	DV_JAX_REQUIRE_NT=1 $(VENV_NT)/bin/python -m pytest -n $(PYTEST_WORKERS) tests
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_kernels.py
+
+clean:
+	rm -rf $(VENV) $(VENV_NT) $(WORKDIR) *.egg-info
