@@ -1,0 +1,365 @@
+"""The shared optax training loop (ground truth, TracIn / TRAK baselines, scaling curves).
+
+One recipe: minibatches of ``batch_size`` indices drawn uniformly *with replacement* from the
+``n`` training examples at every step, mean cross-entropy, an optax optimiser, ``steps``
+steps under ``lax.scan``. The data are zero-padded to a fixed capacity and ``n`` is a traced
+scalar, so one compiled program serves every subset size up to that capacity (padded rows
+are never drawn). ``train_many_seeds`` vmaps the same program over PRNG keys.
+
+Shape legend: ``n`` examples, ``c`` classes, ``R`` seeds, ``T`` steps, ``J`` checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+OPTIMIZERS = ('adam', 'sgd', 'adamw')
+SCHEDULES = ('constant', 'cosine')
+
+
+class TrainConfig(NamedTuple):
+  """The training recipe (an ``ml_collections.ConfigDict`` with these fields works too).
+
+  Attributes:
+    optimizer: ``'adam'``, ``'sgd'`` or ``'adamw'``.
+    learning_rate: base learning rate ``eta``.
+    steps: number of optimiser steps ``T``.
+    batch_size: examples per step (drawn with replacement).
+    weight_decay: decoupled decay for ``adamw``; an L2 term added to the gradient
+      (``optax.add_decayed_weights``) for ``adam`` and ``sgd``.
+    momentum: heavy-ball momentum of ``sgd`` (0: none).
+    schedule: ``'constant'`` or ``'cosine'`` (``eta_t = eta (1 + cos(pi t / T)) / 2``).
+    checkpoint_every: save parameters after every this many steps (0: never); must divide
+      ``steps``. TracIn reads the checkpoints and their learning rates.
+  """
+  optimizer: str = 'adam'
+  learning_rate: float = 1e-2
+  steps: int = 300
+  batch_size: int = 64
+  weight_decay: float = 0.0
+  momentum: float = 0.0
+  schedule: str = 'constant'
+  checkpoint_every: int = 0
+
+
+def as_train_config(config: Any) -> TrainConfig:
+  """Reads the ``TrainConfig`` fields from a TrainConfig, ConfigDict, dict or object.
+
+  Missing fields take the ``TrainConfig`` defaults; extra fields (``num_seeds``, ``seed``)
+  are ignored.
+
+  Raises:
+    ValueError: naming the field, for an unknown optimiser or schedule, non-positive
+      ``steps`` / ``batch_size`` / ``learning_rate``, negative ``weight_decay`` or
+      ``momentum``, or a ``checkpoint_every`` that does not divide ``steps``.
+  """
+  if config is None:
+    config = TrainConfig()
+  values = {}
+  for field in TrainConfig._fields:
+    default = TrainConfig._field_defaults[field]
+    if isinstance(config, dict):
+      values[field] = config.get(field, default)
+    else:
+      values[field] = getattr(config, field, default)
+  c = TrainConfig(**values)
+  if c.optimizer not in OPTIMIZERS:
+    raise ValueError(f'config.optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}')
+  if c.schedule not in SCHEDULES:
+    raise ValueError(f'config.schedule must be one of {SCHEDULES}, got {c.schedule!r}')
+  for field in ('steps', 'batch_size'):
+    value = getattr(c, field)
+    if int(value) != value or value < 1:
+      raise ValueError(f'config.{field} must be an integer >= 1, got {value}')
+  if not float(c.learning_rate) > 0 or not math.isfinite(float(c.learning_rate)):
+    raise ValueError(f'config.learning_rate must be finite and > 0, got {c.learning_rate}')
+  for field in ('weight_decay', 'momentum'):
+    if not float(getattr(c, field)) >= 0:
+      raise ValueError(f'config.{field} must be >= 0, got {getattr(c, field)}')
+  every = c.checkpoint_every
+  if int(every) != every or every < 0 or (every and c.steps % every):
+    raise ValueError(f'config.checkpoint_every must be 0 or divide steps={c.steps}, got '
+                     f'{every}')
+  return c._replace(steps=int(c.steps), batch_size=int(c.batch_size),
+                    checkpoint_every=int(every), learning_rate=float(c.learning_rate),
+                    weight_decay=float(c.weight_decay), momentum=float(c.momentum))
+
+
+class TrainResult(NamedTuple):
+  """What ``train`` returns (``train_many_seeds``: every field gains a leading ``[R]``).
+
+  Attributes:
+    params: the trained parameters (same pytree as the input).
+    losses: ``[T]`` mean minibatch cross-entropy at each step (before its update).
+    checkpoints: parameters after steps ``e, 2e, ..., T`` stacked on a leading ``[J]`` axis
+      (``e = checkpoint_every``), or None.
+    learning_rates: ``[J]`` the learning rate used at the last step before each checkpoint,
+      or None.
+  """
+  params: Any
+  losses: jax.Array
+  checkpoints: Any = None
+  learning_rates: jax.Array | None = None
+
+
+class Evaluation(NamedTuple):
+  """Mean cross-entropy and accuracy (``[R]`` each for ``evaluate_many``)."""
+  loss: jax.Array
+  accuracy: jax.Array
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy ``logsumexp(z) - z_y``.
+
+  Args:
+    logits: ``[b, c]``.
+    labels: ``[b]`` int.
+
+  Returns:
+    ``[b]`` losses.
+  """
+  true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  return jax.nn.logsumexp(logits, axis=-1) - true_logit
+
+
+def learning_rate_at(step: Any, *, learning_rate: float, schedule: str, steps: int) -> jax.Array:
+  """The learning rate ``eta_t`` of step ``t`` (0-based) under ``schedule``."""
+  step = jnp.asarray(step, jnp.float32)
+  if schedule == 'constant':
+    return jnp.full_like(step, learning_rate)
+  return learning_rate * 0.5 * (1.0 + jnp.cos(jnp.pi * step / steps))
+
+
+def _optimizer(lr_fn, *, optimizer, weight_decay, momentum) -> optax.GradientTransformation:
+  if optimizer == 'adamw':
+    return optax.adamw(lr_fn, weight_decay=weight_decay)
+  tx = optax.adam(lr_fn) if optimizer == 'adam' else optax.sgd(lr_fn, momentum=momentum or None)
+  if weight_decay:
+    tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+  return tx
+
+
+_STATIC = ('apply_fn', 'optimizer', 'schedule', 'steps', 'batch_size', 'weight_decay',
+           'momentum', 'checkpoint_every')
+
+
+def _fit(params, x_pad, y_pad, n, key, learning_rate, *, apply_fn, optimizer, schedule, steps,
+         batch_size, weight_decay, momentum, checkpoint_every):
+  """The whole training run for one key: ``lax.scan`` over steps (inside jit)."""
+  lr_fn = functools.partial(learning_rate_at, learning_rate=learning_rate, schedule=schedule,
+                            steps=steps)
+  tx = _optimizer(lr_fn, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum)
+
+  def loss_fn(p, xb, yb):
+    return jnp.mean(cross_entropy(apply_fn(p, xb), yb))
+
+  def step(carry, t):
+    p, state = carry
+    # Indices in [0, n): padded rows beyond n are never drawn.
+    idx = jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, n)
+    loss, grads = jax.value_and_grad(loss_fn)(p, x_pad[idx], y_pad[idx])
+    updates, state = tx.update(grads, state, p)
+    return (optax.apply_updates(p, updates), state), loss
+
+  carry = (params, tx.init(params))
+  if not checkpoint_every:
+    (params, _), losses = jax.lax.scan(step, carry, jnp.arange(steps))
+    return TrainResult(params, losses)
+
+  num_checkpoints = steps // checkpoint_every
+
+  def chunk(carry, j):
+    carry, losses = jax.lax.scan(step, carry, j * checkpoint_every + jnp.arange(checkpoint_every))
+    return carry, (carry[0], losses)
+
+  (params, _), (checkpoints, losses) = jax.lax.scan(chunk, carry, jnp.arange(num_checkpoints))
+  last_steps = (jnp.arange(num_checkpoints) + 1) * checkpoint_every - 1
+  return TrainResult(params, losses.reshape(steps), checkpoints, lr_fn(last_steps))
+
+
+_fit_jit = jax.jit(_fit, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _fit_many(params, x_pad, y_pad, n, keys, learning_rate, *, apply_fn, optimizer, schedule,
+              steps, batch_size, weight_decay, momentum, checkpoint_every):
+  fit = functools.partial(
+      _fit, apply_fn=apply_fn, optimizer=optimizer, schedule=schedule, steps=steps,
+      batch_size=batch_size, weight_decay=weight_decay, momentum=momentum,
+      checkpoint_every=checkpoint_every)
+  return jax.vmap(lambda k: fit(params, x_pad, y_pad, n, k, learning_rate))(keys)
+
+
+def _next_power_of_two(n: int) -> int:
+  return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _check_xy(x: Any, y: Any, *, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y)
+  if x.ndim < 2 or x.shape[0] == 0:
+    raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
+  if not np.all(np.isfinite(x)):
+    raise ValueError('x contains NaN or Inf')
+  if y.shape != (x.shape[0],):
+    raise ValueError(f'y must have shape ({x.shape[0]},) to match x, got {y.shape}')
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f'y must hold integer labels, got dtype {y.dtype}')
+  if num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f'y has labels in [{y.min()}, {y.max()}], expected [0, {num_classes})')
+  return x, y.astype(np.int32)
+
+
+def pad_examples(x: Any, y: Any, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+  """Zero-pads ``x [n, ...]`` and ``y [n]`` to ``capacity >= n`` rows (host arrays)."""
+  n = x.shape[0]
+  if capacity < n:
+    raise ValueError(f'pad_to={capacity} is smaller than the {n} examples')
+  x_pad = np.zeros((capacity,) + x.shape[1:], np.float32)
+  y_pad = np.zeros((capacity,), np.int32)
+  x_pad[:n] = x
+  y_pad[:n] = y
+  return x_pad, y_pad
+
+
+def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to):
+  c = as_train_config(config)
+  x, y = _check_xy(x, y, num_classes=num_classes)
+  out = jax.eval_shape(apply_fn, params, jnp.asarray(x[:1]))
+  if out.shape != (1, num_classes):
+    raise ValueError(f'num_classes={num_classes} but apply_fn returns logits of shape '
+                     f'{out.shape} for one example')
+  capacity = _next_power_of_two(x.shape[0]) if pad_to is None else int(pad_to)
+  x_pad, y_pad = pad_examples(x, y, capacity)
+  static = dict(apply_fn=apply_fn, optimizer=c.optimizer, schedule=c.schedule, steps=c.steps,
+                batch_size=c.batch_size, weight_decay=c.weight_decay, momentum=c.momentum,
+                checkpoint_every=c.checkpoint_every)
+  return c, x_pad, y_pad, jnp.int32(x.shape[0]), static
+
+
+def train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, y: Any, *,
+          config: Any, key: Any, num_classes: int, pad_to: int | None = None) -> TrainResult:
+  """Trains ``params`` on ``(x, y)`` with the shared recipe.
+
+  Minimises the mean cross-entropy of minibatches drawn with replacement; one compile per
+  ``(apply_fn, recipe, capacity)``, where the capacity is ``pad_to`` or the next power of
+  two ``>= n``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x [b, ...]) -> logits [b, c]`` (hashable; reuse the same
+      function object to reuse the compiled program).
+    params: initial parameters ``theta0`` (a pytree).
+    x: ``[n, ...]`` features.
+    y: ``[n]`` int labels in ``[0, num_classes)``.
+    config: ``TrainConfig`` or a ConfigDict with its fields.
+    key: a ``jax.random.PRNGKey`` (the minibatch order).
+    num_classes: ``c``; checked against the logits of ``apply_fn``.
+    pad_to: capacity the data are padded to (>= n).
+
+  Returns:
+    ``TrainResult``.
+
+  Raises:
+    ValueError: naming the argument, for NaN/Inf or empty ``x``, mismatched or out-of-range
+      ``y``, logits that do not have ``num_classes`` columns, or a bad config.
+  """
+  c, x_pad, y_pad, n, static = _prepare(apply_fn, params, x, y, config=config,
+                                        num_classes=num_classes, pad_to=pad_to)
+  return _fit_jit(params, x_pad, y_pad, n, key, jnp.float32(c.learning_rate), **static)
+
+
+def train_many_seeds(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any,
+                     y: Any, *, config: Any, keys: Any, num_classes: int,
+                     pad_to: int | None = None) -> TrainResult:
+  """``train`` vmapped over ``keys [R, 2]``: ``R`` runs from the same ``params``.
+
+  Returns:
+    ``TrainResult`` whose fields have a leading ``[R]`` axis; run ``r`` equals
+    ``train(..., key=keys[r])``.
+  """
+  keys = jnp.asarray(keys)
+  if keys.ndim != 2 or keys.shape[0] == 0:
+    raise ValueError(f'keys must be a stack of PRNG keys [R, 2], got shape {keys.shape}')
+  c, x_pad, y_pad, n, static = _prepare(apply_fn, params, x, y, config=config,
+                                        num_classes=num_classes, pad_to=pad_to)
+  return _fit_many(params, x_pad, y_pad, n, keys, jnp.float32(c.learning_rate), **static)
+
+
+def _eval_block_sums(params, xb, yb, mask, apply_fn):
+  logits = apply_fn(params, xb)
+  loss = cross_entropy(logits, yb)
+  correct = (jnp.argmax(logits, axis=-1) == yb).astype(jnp.float32)
+  return jnp.sum(loss * mask), jnp.sum(correct * mask)
+
+
+_eval_block = jax.jit(_eval_block_sums, static_argnames=('apply_fn',))
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn',))
+def _eval_block_many(params, xb, yb, mask, apply_fn):
+  return jax.vmap(lambda p: _eval_block_sums(p, xb, yb, mask, apply_fn))(params)
+
+
+def _evaluate(block_fn, params, x, y, block_size):
+  x, y = _check_xy(x, y, num_classes=None)
+  if int(block_size) != block_size or block_size < 1:
+    raise ValueError(f'block_size must be an integer >= 1, got {block_size}')
+  n = x.shape[0]
+  block = min(int(block_size), _next_power_of_two(n))
+  num_blocks = -(-n // block)
+  x_pad, y_pad = pad_examples(x, y, num_blocks * block)
+  # Host arrays: slicing them costs no device compile per block shape.
+  mask = (np.arange(num_blocks * block) < n).astype(np.float32)
+  loss_sum, correct_sum = 0.0, 0.0
+  for b in range(num_blocks):  # Python loop over fixed-size jitted blocks.
+    sl = slice(b * block, (b + 1) * block)
+    loss_b, correct_b = block_fn(params, x_pad[sl], y_pad[sl], mask[sl])
+    loss_sum, correct_sum = loss_sum + loss_b, correct_sum + correct_b
+  return Evaluation(loss_sum / n, correct_sum / n)
+
+
+def evaluate(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, y: Any, *,
+             block_size: int = 512) -> Evaluation:
+  """Mean cross-entropy and accuracy of ``apply_fn(params, .)`` on ``(x, y)``.
+
+  Evaluated in jitted blocks of ``min(block_size, next_pow2(n))`` rows; the last block is
+  zero-padded and masked.
+
+  Args:
+    apply_fn: ``apply_fn(params, x [b, ...]) -> logits [b, c]``.
+    params: parameters.
+    x: ``[n, ...]`` features.
+    y: ``[n]`` int labels.
+    block_size: rows per jitted block.
+
+  Returns:
+    ``Evaluation(loss [], accuracy [])``.
+
+  Raises:
+    ValueError: for NaN/Inf or empty ``x``, mismatched ``y`` or a bad ``block_size``.
+  """
+  block_fn = functools.partial(_eval_block, apply_fn=apply_fn)
+  return _evaluate(block_fn, params, x, y, block_size)
+
+
+def evaluate_many(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, y: Any,
+                  *, block_size: int = 512) -> Evaluation:
+  """``evaluate`` vmapped over parameters stacked on a leading ``[R]`` axis.
+
+  Returns:
+    ``Evaluation(loss [R], accuracy [R])``.
+  """
+  block_fn = functools.partial(_eval_block_many, apply_fn=apply_fn)
+  return _evaluate(block_fn, params, x, y, block_size)
+
+
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'as_train_config', 'TrainResult',
+           'Evaluation', 'cross_entropy', 'learning_rate_at', 'pad_examples', 'train',
+           'train_many_seeds', 'evaluate', 'evaluate_many']

@@ -1,0 +1,194 @@
+"""Tests of dv_jax.data.digits (the splits) and dv_jax.data.contributors (Contributor,
+validate_contributor, the digits benchmark's contributors)."""
+
+import jax
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from dv_jax.data import contributors as contrib
+from dv_jax.data import digits, synthetic
+from dv_jax.data.contributors import Contributor, ContributorSpec, Split
+
+
+@pytest.fixture(scope='module')
+def splits():
+  return digits.load_digits_splits(seed=0, target_size=200, test_size=400)
+
+
+@pytest.fixture(scope='module')
+def generator(splits):
+  return synthetic.fit_generator(splits.pool.x, splits.pool.y, num_components=12)
+
+
+def test_splits_shapes_values_and_disjointness(splits):
+  raw = load_digits()
+  assert splits.target.x.shape == (200, 8, 8, 1) and splits.test.x.shape == (400, 8, 8, 1)
+  assert splits.pool.x.shape == (1197, 8, 8, 1)
+  for part, index in ((splits.pool, splits.pool_index), (splits.target, splits.target_index),
+                      (splits.test, splits.test_index)):
+    assert part.x.dtype == np.float32 and part.y.dtype == np.int32
+    assert 0.0 <= part.x.min() and part.x.max() <= 1.0
+    np.testing.assert_array_equal(part.x[..., 0] * 16, raw.images[index])
+    np.testing.assert_array_equal(part.y, raw.target[index])
+    assert not np.any(part.is_synthetic)
+  sets = [set(splits.pool_index), set(splits.target_index), set(splits.test_index)]
+  assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+  assert len(sets[0] | sets[1] | sets[2]) == digits.NUM_EXAMPLES
+
+
+def test_splits_are_stratified(splits):
+  freqs = np.bincount(load_digits().target) / digits.NUM_EXAMPLES
+  for part in (splits.target, splits.test, splits.pool):
+    counts = np.bincount(part.y, minlength=10)
+    assert np.all(np.abs(counts - freqs * len(part.y)) <= 1.0 + 1e-9)
+
+
+def test_splits_are_deterministic_and_seeded(splits):
+  again = digits.load_digits_splits(seed=0, target_size=200, test_size=400)
+  np.testing.assert_array_equal(again.test_index, splits.test_index)
+  other = digits.load_digits_splits(seed=1, target_size=200, test_size=400)
+  assert not np.array_equal(other.test_index, splits.test_index)
+  half = digits.load_digits_splits(seed=0, pool_fraction=0.5, target_size=200, test_size=400)
+  assert len(half.pool.y) == round(0.5 * 1197)
+  assert set(half.pool_index) <= set(splits.pool_index)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(pool_fraction=0.0), 'pool_fraction'), (dict(pool_fraction=1.5), 'pool_fraction'),
+    (dict(target_size=5), 'target_size'), (dict(test_size=20.5), 'test_size'),
+    (dict(target_size=900, test_size=895), 'leave'),
+])
+def test_split_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    digits.load_digits_splits(**kwargs)
+
+
+def _toy(name='a', n_real=3, n_syn=2, shape=(2, 2)):
+  rng = np.random.default_rng(0)
+  return Contributor(name, rng.uniform(size=(n_real,) + shape).astype(np.float32),
+                     np.arange(n_real) % 3, rng.uniform(size=(n_syn,) + shape).astype(np.float32),
+                     np.arange(n_syn) % 3)
+
+
+def test_contributor_pooled_size_and_pi():
+  c = _toy()
+  assert c.size == 5 and c.num_real == 3 and c.num_synthetic == 2 and c.pi == pytest.approx(0.6)
+  pooled = c.pooled()
+  assert isinstance(pooled, Split)
+  np.testing.assert_array_equal(pooled.x[:3], c.x_real)
+  np.testing.assert_array_equal(pooled.x[3:], c.x_synthetic)
+  np.testing.assert_array_equal(pooled.y, [0, 1, 2, 0, 1])
+  np.testing.assert_array_equal(pooled.is_synthetic, [False] * 3 + [True] * 2)
+  real_only = Contributor('r', c.x_real, c.y_real, None, None)
+  assert real_only.pi == 1.0 and bool(np.any(real_only.pooled().is_synthetic)) is False
+  syn_only = Contributor('s', np.zeros((0, 2, 2)), np.zeros(0, int), c.x_synthetic,
+                         c.y_synthetic)
+  assert syn_only.pi == 0.0 and np.all(syn_only.pooled().is_synthetic)
+  empty = Contributor('nobody', None, None, None, None)
+  with pytest.raises(ValueError, match="'nobody' has no examples"):
+    empty.pooled()
+  with pytest.raises(ValueError, match="'nobody'"):
+    _ = empty.pi
+
+
+def test_validate_contributor_accepts_good_data():
+  contrib.validate_contributor(_toy(), feature_shape=(2, 2), num_classes=3)
+  contrib.validate_contributor(_toy(n_syn=0), feature_shape=(2, 2), num_classes=3)
+
+
+@pytest.mark.parametrize('mutate,match', [
+    (lambda c: c._replace(x_real=np.where(np.ones_like(c.x_real, bool), np.nan, 0.0)),
+     'x_real contains NaN'),
+    (lambda c: c._replace(x_synthetic=np.ones((2, 3, 2), np.float32)), 'feature shape'),
+    (lambda c: c._replace(y_real=np.array([0, 1, 3])), 'labels in'),
+    (lambda c: c._replace(y_synthetic=np.array([0.0, 1.0])), 'integer labels'),
+    (lambda c: c._replace(y_real=np.array([0, 1])), 'rows'),
+    (lambda c: c._replace(y_synthetic=None), 'both be given'),
+    (lambda c: c._replace(x_real=None, y_real=None, x_synthetic=None, y_synthetic=None),
+     'no examples'),
+])
+def test_validate_contributor_errors_name_the_contributor(mutate, match):
+  bad = mutate(_toy(name='alice'))
+  with pytest.raises(ValueError, match=match) as info:
+    contrib.validate_contributor(bad, feature_shape=(2, 2), num_classes=3)
+  assert "'alice'" in str(info.value)
+
+
+def test_host_rng_streams():
+  key = jax.random.PRNGKey(7)
+  a = contrib.host_rng(key, 1, 2).random(4)
+  np.testing.assert_array_equal(a, contrib.host_rng(key, 1, 2).random(4))
+  assert not np.array_equal(a, contrib.host_rng(key, 1, 3).random(4))
+  assert not np.array_equal(a, contrib.host_rng(jax.random.PRNGKey(8), 1, 2).random(4))
+  with pytest.raises(ValueError, match='single PRNG key'):
+    contrib.host_rng(jax.random.split(key, 2))
+
+
+def test_flip_labels_flips_exactly_the_fraction():
+  y = np.arange(40) % 10
+  flipped = np.asarray(contrib.flip_labels(y, fraction=0.3, num_classes=10,
+                                           key=jax.random.PRNGKey(0)))
+  assert np.sum(flipped != y) == 12
+  assert flipped.min() >= 0 and flipped.max() < 10
+  same = contrib.flip_labels(y, fraction=0.3, num_classes=10, key=jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(flipped, same)
+  np.testing.assert_array_equal(
+      contrib.flip_labels(y, fraction=0.0, num_classes=10, key=jax.random.PRNGKey(0)), y)
+
+
+def _indexed_pool(splits):
+  """The pool with pixel (0, 0) replaced by the row index: real rows become traceable."""
+  x = np.array(splits.pool.x)
+  x[:, 0, 0, 0] = np.arange(len(x)) / len(x)
+  return Split(x, splits.pool.y, splits.pool.is_synthetic)
+
+
+def test_default_contributors_differ_on_every_axis(splits, generator):
+  cs = contrib.make_digit_contributors(splits.pool, generator, key=jax.random.PRNGKey(0))
+  assert len(cs) == 12 and len({c.name for c in cs}) == 12
+  for c in cs:
+    contrib.validate_contributor(c, feature_shape=(8, 8, 1), num_classes=10)
+  assert len({c.size for c in cs}) == 12
+  assert len({round(c.pi, 2) for c in cs}) >= 4
+  assert {c.name.split('_')[3] for c in cs if c.pi < 1} >= {'none', 'hard3'}
+  assert len({c.name.split('_')[4] for c in cs}) >= 3
+  again = contrib.make_digit_contributors(splits.pool, generator, key=jax.random.PRNGKey(0))
+  for a, b in zip(cs, again):
+    assert a.name == b.name
+    np.testing.assert_array_equal(a.pooled().x, b.pooled().x)
+  other = contrib.make_digit_contributors(splits.pool, generator, key=jax.random.PRNGKey(1))
+  assert [c.name for c in other] != [c.name for c in cs]
+
+
+def test_contributors_follow_their_specs(splits, generator):
+  pool = _indexed_pool(splits)
+  specs = [ContributorSpec(100, 1.0, 'none', 0.0), ContributorSpec(80, 0.0, 'hard:3', 0.0),
+           ContributorSpec(60, 0.5, 'none', 0.5), ContributorSpec(50, 0.2, 'temperature:0.3', 0.0)]
+  cs = contrib.make_digit_contributors(pool, generator, key=jax.random.PRNGKey(2), specs=specs)
+  for c, s in zip(cs, specs):
+    assert (c.size, c.num_real) == (s.size, s.num_real)
+  # Real parts are disjoint rows of the pool, with the pool's labels unless noised.
+  rows = [np.rint(np.asarray(c.x_real)[:, 0, 0, 0] * len(pool.y)).astype(int) for c in cs]
+  all_rows = np.concatenate(rows)
+  assert len(set(all_rows)) == len(all_rows)
+  np.testing.assert_array_equal(cs[0].y_real, pool.y[rows[0]])
+  assert np.sum(np.asarray(cs[2].y_real) != pool.y[rows[2]]) == 15
+  # hard:3 with the seeded long-tail order: 3 classes only, the synthetic world's head.
+  assert len(np.unique(np.asarray(cs[1].y_synthetic))) <= 3
+  assert cs[1].name == 'c01_n80_pi0.00_hard3_noise0.00'
+
+
+def test_contributor_errors(splits, generator):
+  with pytest.raises(ValueError, match='pool has 1197 real examples'):
+    contrib.make_digit_contributors(splits.pool, generator, key=jax.random.PRNGKey(0),
+                                    specs=[ContributorSpec(1000, 1.0, 'none', 0.0)] * 2)
+  syn = splits.pool._replace(is_synthetic=np.ones(len(splits.pool.y), bool))
+  with pytest.raises(ValueError, match='pool must hold real examples'):
+    contrib.make_digit_contributors(syn, generator, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='num_contributors'):
+    contrib.digit_contributor_specs(1, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='pis'):
+    contrib.digit_contributor_specs(12, key=jax.random.PRNGKey(0), pis=(0.5, 1.5))
+  with pytest.raises(ValueError, match='truncation kind'):
+    contrib.digit_contributor_specs(12, key=jax.random.PRNGKey(0), truncations=('drop:1',))

@@ -1,0 +1,127 @@
+"""Tests of dv_jax.metrics against scipy.stats (rankdata, spearmanr, kendalltau)."""
+
+import warnings
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from dv_jax import metrics
+
+
+def _tied_pair(k, seed, levels=4):
+  """Two length-k vectors of small integers: many ties, some correlation."""
+  rng = np.random.default_rng(seed)
+  a = rng.integers(0, levels, size=k).astype(np.float64)
+  b = a + rng.integers(0, levels, size=k)
+  return a, b
+
+
+@pytest.mark.parametrize('k,seed,levels', [(2, 0, 100), (5, 1, 3), (12, 2, 4), (12, 3, 1000),
+                                           (30, 4, 5)])
+def test_spearman_and_kendall_match_scipy(k, seed, levels):
+  a, b = _tied_pair(k, seed, levels)
+  if np.ptp(a) == 0 or np.ptp(b) == 0:
+    a[0] += 1.0  # Constant inputs are tested separately.
+  np.testing.assert_allclose(metrics.spearman(a, b), stats.spearmanr(a, b).statistic,
+                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(metrics.kendall(a, b), stats.kendalltau(a, b).statistic,
+                             rtol=1e-12, atol=1e-12)
+
+
+def test_average_ranks_match_rankdata_rowwise():
+  a = np.random.default_rng(0).integers(0, 4, size=(6, 9)).astype(float)
+  expected = np.stack([stats.rankdata(row) for row in a])
+  np.testing.assert_array_equal(metrics.average_ranks(a), expected)
+
+
+def test_perfect_and_reversed_rankings():
+  a = np.array([0.3, -1.0, 2.0, 5.0, 0.0])
+  assert metrics.spearman(a, 2 * a + 1) == pytest.approx(1.0)
+  assert metrics.kendall(a, -a) == pytest.approx(-1.0)
+  # Rank metrics are invariant to strictly increasing transforms.
+  assert metrics.spearman(a, np.exp(a)) == pytest.approx(1.0)
+
+
+def test_constant_input_gives_nan_like_scipy():
+  a = np.ones(5)
+  b = np.arange(5.0)
+  assert np.isnan(metrics.spearman(a, b))
+  assert np.isnan(metrics.kendall(b, a))
+
+
+@pytest.mark.parametrize('fn', [metrics.spearman, metrics.kendall])
+def test_errors_name_the_argument(fn):
+  with pytest.raises(ValueError, match='same length'):
+    fn(np.arange(3.0), np.arange(4.0))
+  with pytest.raises(ValueError, match='a needs at least 2'):
+    fn([1.0], [2.0])
+  with pytest.raises(ValueError, match='b contains NaN'):
+    fn([1.0, 2.0], [np.nan, 1.0])
+  with pytest.raises(ValueError, match='a must be 1-D'):
+    fn(np.ones((2, 2)), np.ones(4))
+
+
+@pytest.mark.parametrize('metric,scipy_fn', [('spearman', stats.spearmanr),
+                                             ('kendall', stats.kendalltau)])
+def test_bootstrap_resamples_match_scipy_on_the_same_indices(metric, scipy_fn):
+  a, b = _tied_pair(10, seed=7, levels=6)
+  key = jax.random.PRNGKey(3)
+  ci = metrics.bootstrap_ci(a, b, metric=metric, num_resamples=200, key=key, level=0.9)
+  idx = metrics.bootstrap_indices(10, 200, key=key)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # scipy warns on constant resamples (NaN, as ours).
+    expected = np.array([scipy_fn(a[i], b[i]).statistic for i in idx])
+  np.testing.assert_array_equal(np.isnan(ci.resamples), np.isnan(expected))
+  ok = ~np.isnan(expected)
+  np.testing.assert_allclose(ci.resamples[ok], expected[ok], rtol=1e-12, atol=1e-12)
+  low, high = np.quantile(expected[ok], [0.05, 0.95])
+  assert ci.low == pytest.approx(low) and ci.high == pytest.approx(high)
+  assert ci.num_valid == ok.sum()
+  assert ci.estimate == pytest.approx(scipy_fn(a, b).statistic)
+
+
+def test_bootstrap_properties():
+  rng = np.random.default_rng(0)
+  truth = rng.normal(size=14)
+  noisy = truth + 0.3 * rng.normal(size=14)
+  ci = metrics.bootstrap_ci(noisy, truth, num_resamples=500, seed=1)
+  assert ci.low <= ci.estimate <= ci.high
+  assert ci.high <= 1.0 and ci.low > 0.0
+  # Deterministic from the seed; another seed gives other resamples.
+  again = metrics.bootstrap_ci(noisy, truth, num_resamples=500, seed=1)
+  np.testing.assert_array_equal(ci.resamples, again.resamples)
+  other = metrics.bootstrap_ci(noisy, truth, num_resamples=500, seed=2)
+  assert not np.array_equal(ci.resamples, other.resamples)
+  # A higher level gives a wider interval from the same resamples.
+  wide = metrics.bootstrap_ci(noisy, truth, num_resamples=500, seed=1, level=0.99)
+  assert wide.low <= ci.low and wide.high >= ci.high
+  # A callable metric reproduces the named one.
+  custom = metrics.bootstrap_ci(noisy, truth, metric=metrics.kendall, num_resamples=50, seed=4)
+  named = metrics.bootstrap_ci(noisy, truth, metric='kendall', num_resamples=50, seed=4)
+  np.testing.assert_allclose(custom.resamples, named.resamples, equal_nan=True)
+
+
+def test_bootstrap_errors():
+  a, b = np.arange(5.0), np.arange(5.0)
+  with pytest.raises(ValueError, match='metric must be one of'):
+    metrics.bootstrap_ci(a, b, metric='pearson')
+  with pytest.raises(ValueError, match='num_resamples'):
+    metrics.bootstrap_ci(a, b, num_resamples=0)
+  with pytest.raises(ValueError, match='level'):
+    metrics.bootstrap_ci(a, b, level=1.0)
+
+
+def test_ranking_stability_matches_scipy_kendall():
+  rng = np.random.default_rng(5)
+  reference = rng.normal(size=12)
+  by_size = {100: reference + rng.normal(size=12), 400: reference + 0.3 * rng.normal(size=12),
+             1000: reference.copy()}
+  taus = metrics.ranking_stability(by_size, reference)
+  assert list(taus) == [100, 400, 1000]
+  for size, values in by_size.items():
+    assert taus[size] == pytest.approx(stats.kendalltau(values, reference).statistic)
+  assert taus[1000] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match=r'values_by_size\[400\]'):
+    metrics.ranking_stability({400: np.ones(3)}, reference)

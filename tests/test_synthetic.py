@@ -1,0 +1,198 @@
+"""Tests of dv_jax.data.synthetic: the PCA Gaussian generator against float64 NumPy, the
+moments of its samples, and the class truncations of METHOD.md section 1."""
+
+import jax
+import numpy as np
+import pytest
+
+from dv_jax.data import digits, synthetic
+
+
+@pytest.fixture(scope='module')
+def pool():
+  return digits.load_digits_splits(seed=0).pool
+
+
+def test_fit_matches_numpy_pca_and_class_statistics(pool):
+  q, ridge = 6, 1e-3
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=q, ridge=ridge)
+  flat = np.asarray(pool.x, np.float64).reshape(len(pool.y), -1)
+  mean = flat.mean(axis=0)
+  np.testing.assert_allclose(gen.mean, mean, atol=1e-6)
+  # The top-q principal subspace of the covariance (sign-free: compare projectors).
+  evals, evecs = np.linalg.eigh(np.cov(flat, rowvar=False))
+  top = evecs[:, np.argsort(evals)[::-1][:q]]
+  w = np.asarray(gen.components, np.float64)
+  np.testing.assert_allclose(w @ w.T, np.eye(q), atol=1e-5)
+  np.testing.assert_allclose(w.T @ w, top @ top.T, atol=1e-4)
+  z = (flat - mean) @ w.T
+  jitter = ridge * np.trace(np.cov(z, rowvar=False)) / q
+  for c in (0, 7):
+    zc = z[pool.y == c]
+    np.testing.assert_allclose(gen.class_means[c], zc.mean(axis=0), atol=1e-4)
+    chol = np.asarray(gen.class_chols[c], np.float64)
+    np.testing.assert_allclose(chol @ chol.T, np.cov(zc, rowvar=False) + jitter * np.eye(q),
+                               rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(gen.class_freqs, np.bincount(pool.y) / len(pool.y), rtol=1e-6)
+  assert gen.feature_shape == (8, 8, 1) and gen.value_range == (0.0, 1.0)
+
+
+@pytest.mark.parametrize('temperature', [1.0, 0.25])
+def test_sample_moments_in_pca_space(pool, temperature):
+  q = 4
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=q)
+  probs = np.zeros(10)
+  probs[3] = 1.0
+  num = 4000
+  out = synthetic.sample(gen, jax.random.PRNGKey(0), num, class_probs=probs,
+                         temperature=temperature, clip=False)
+  assert np.all(np.asarray(out.y) == 3)
+  w = np.asarray(gen.components, np.float64)
+  z = (np.asarray(out.x, np.float64).reshape(num, -1) - np.asarray(gen.mean)) @ w.T
+  chol = np.asarray(gen.class_chols[3], np.float64)
+  cov = temperature * chol @ chol.T
+  sd = np.sqrt(np.diag(cov))
+  np.testing.assert_array_less(np.abs(z.mean(axis=0) - gen.class_means[3]), 5 * sd / np.sqrt(num))
+  # Sample covariance of 4000 draws: relative error ~ sqrt(2 / num) ~ 2% on the diagonal.
+  np.testing.assert_allclose(np.cov(z, rowvar=False), cov, rtol=0.1, atol=0.1 * sd.max() ** 2)
+
+
+def test_samples_look_like_digits_of_their_label(pool):
+  # A nearest-class-mean classifier fitted on real digits recognises the synthetic ones.
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=20)
+  out = synthetic.sample(gen, jax.random.PRNGKey(1), 500)
+  flat = np.asarray(pool.x).reshape(len(pool.y), -1)
+  centers = np.stack([flat[pool.y == c].mean(axis=0) for c in range(10)])
+  xs = np.asarray(out.x).reshape(500, -1)
+  pred = np.argmin(((xs[:, None, :] - centers[None]) ** 2).sum(-1), axis=1)
+  assert np.mean(pred == np.asarray(out.y)) > 0.8
+  assert xs.min() >= 0.0 and xs.max() <= 1.0
+  assert out.x.shape == (500, 8, 8, 1) and out.x.dtype == np.float32
+  assert np.all(np.asarray(out.is_synthetic))
+
+
+def test_sample_is_deterministic_and_respects_zero_probabilities(pool):
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=8)
+  probs = synthetic.truncate_class_probs(np.full(10, 0.1), 'hard:3')
+  a = synthetic.sample(gen, jax.random.PRNGKey(2), 300, class_probs=probs)
+  b = synthetic.sample(gen, jax.random.PRNGKey(2), 300, class_probs=probs)
+  c = synthetic.sample(gen, jax.random.PRNGKey(3), 300, class_probs=probs)
+  np.testing.assert_array_equal(a.x, b.x)
+  assert not np.array_equal(a.x, c.x)
+  assert set(np.unique(np.asarray(a.y))) <= set(np.flatnonzero(probs))
+  empty = synthetic.sample(gen, jax.random.PRNGKey(2), 0)
+  assert empty.x.shape == (0, 8, 8, 1) and empty.y.shape == (0,)
+
+
+def test_temperature_shrinks_diversity(pool):
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=10)
+  probs = np.eye(10)[5]
+  spread = []
+  for tau in (1.0, 0.2):
+    out = synthetic.sample(gen, jax.random.PRNGKey(4), 500, class_probs=probs, temperature=tau)
+    spread.append(np.asarray(out.x).reshape(500, -1).var(axis=0).sum())
+  assert spread[1] < 0.5 * spread[0]
+
+
+def test_long_tail_class_probs_closed_form():
+  p = synthetic.long_tail_class_probs(4, beta=2.0, order=[2, 0, 3, 1])
+  ranked = np.array([1.0, 1 / 4, 1 / 9, 1 / 16])
+  expected = np.empty(4)
+  expected[[2, 0, 3, 1]] = ranked / ranked.sum()
+  np.testing.assert_allclose(p, expected, rtol=1e-12)
+  np.testing.assert_allclose(synthetic.long_tail_class_probs(5, beta=0.0), np.full(5, 0.2))
+
+
+def _random_probs(seed, c=10):
+  return synthetic.long_tail_class_probs(c, beta=1.3,
+                                         order=np.random.default_rng(seed).permutation(c))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_hard_and_top_p_keep_the_head(seed):
+  p = _random_probs(seed)
+  order = np.argsort(-p)
+  hard = synthetic.truncate_class_probs(p, synthetic.Truncation('hard', 4))
+  expected = np.zeros(10)
+  expected[order[:4]] = p[order[:4]] / p[order[:4]].sum()
+  np.testing.assert_allclose(hard, expected, rtol=1e-12)
+  for top_p in (0.3, 0.5, 0.9, 1.0):
+    kept = synthetic.truncate_class_probs(p, f'top_p:{top_p}')
+    # Brute force: the smallest k whose head mass reaches top_p.
+    k = next(k for k in range(1, 11) if p[order[:k]].sum() >= top_p - 1e-12)
+    assert np.count_nonzero(kept) == k
+    np.testing.assert_allclose(kept[order[:k]], p[order[:k]] / p[order[:k]].sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_temperature_thins_the_tail(seed):
+  p = _random_probs(seed)
+  entropies = [synthetic.class_entropy(p)]
+  for tau in (0.7, 0.4, 0.2):
+    q = synthetic.truncate_class_probs(p, f'temperature:{tau}')
+    np.testing.assert_allclose(q, p ** (1 / tau) / (p ** (1 / tau)).sum(), rtol=1e-10)
+    entropies.append(synthetic.class_entropy(q))
+  assert np.all(np.diff(entropies) < 0)
+  assert synthetic.class_entropy(
+      synthetic.truncate_class_probs(p, 'temperature:2')) > entropies[0]
+
+
+def test_finite_sample_forgets_unseen_classes():
+  p = _random_probs(3)
+  key = jax.random.PRNGKey(0)
+  q = synthetic.truncate_class_probs(p, 'finite_sample:6', key=key)
+  np.testing.assert_allclose(q.sum(), 1.0)
+  np.testing.assert_allclose(q * 6, np.round(q * 6), atol=1e-12)  # Counts of 6 draws.
+  assert np.count_nonzero(q) <= 6
+  np.testing.assert_array_equal(q, synthetic.truncate_class_probs(p, 'finite_sample:6', key=key))
+  # Many draws approach p.
+  big = synthetic.truncate_class_probs(p, 'finite_sample:200000', key=key)
+  np.testing.assert_allclose(big, p, atol=5e-3)
+  with pytest.raises(ValueError, match='needs key'):
+    synthetic.truncate_class_probs(p, 'finite_sample:6')
+
+
+def test_none_is_the_identity():
+  p = _random_probs(4)
+  np.testing.assert_allclose(synthetic.truncate_class_probs(p, None), p)
+  np.testing.assert_allclose(synthetic.truncate_class_probs(p, 'none'), p)
+
+
+@pytest.mark.parametrize('spec,match', [
+    ('dropout:0.1', 'truncation kind'), ('hard', 'needs a value'), ('hard:0', 'integer >= 1'),
+    ('hard:2.5', 'integer >= 1'), ('top_p:1.5', r'\(0, 1\]'), ('temperature:0', 'tau > 0'),
+    ('hard:x', 'not a number'), (3, 'must be None, a string'),
+])
+def test_truncation_errors(spec, match):
+  with pytest.raises(ValueError, match=match):
+    synthetic.as_truncation(spec)
+
+
+def test_truncate_and_sample_errors(pool):
+  with pytest.raises(ValueError, match='k=11'):
+    synthetic.truncate_class_probs(np.full(10, 0.1), 'hard:11')
+  with pytest.raises(ValueError, match='probs must be finite'):
+    synthetic.truncate_class_probs(np.array([0.5, -0.1]), 'none')
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
+  with pytest.raises(ValueError, match='class_probs has 3 classes'):
+    synthetic.sample(gen, jax.random.PRNGKey(0), 5, class_probs=[0.2, 0.3, 0.5])
+  with pytest.raises(ValueError, match='temperature'):
+    synthetic.sample(gen, jax.random.PRNGKey(0), 5, temperature=0.0)
+  with pytest.raises(ValueError, match='num'):
+    synthetic.sample(gen, jax.random.PRNGKey(0), -1)
+
+
+def test_fit_errors(pool):
+  x = np.asarray(pool.x).copy()
+  x[0, 1, 1, 0] = np.nan
+  with pytest.raises(ValueError, match='x contains NaN'):
+    synthetic.fit_generator(x, pool.y)
+  y = np.asarray(pool.y).copy()
+  y[:] = 0
+  y[0] = 1
+  with pytest.raises(ValueError, match='>= 2 examples'):
+    synthetic.fit_generator(pool.x, y)
+  with pytest.raises(ValueError, match='num_components'):
+    synthetic.fit_generator(pool.x, pool.y, num_components=65)
+  with pytest.raises(ValueError, match='y must be integer'):
+    synthetic.fit_generator(pool.x, pool.y[:5])

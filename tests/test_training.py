@@ -1,0 +1,224 @@
+"""Tests of dv_jax.training: float64 NumPy references of the loss and single optimiser
+steps, the checkpoint bookkeeping, one compile per capacity, and the error paths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax import training
+
+D, C = 5, 3
+
+
+def _linear_apply(params, x):
+  return x.reshape((x.shape[0], -1)) @ params['w'] + params['b'][None, :]
+
+
+def _linear_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {'w': jnp.asarray(rng.normal(size=(D, C)), jnp.float32),
+          'b': jnp.asarray(rng.normal(size=(C,)), jnp.float32)}
+
+
+def _blobs(n, seed=0):
+  """Three Gaussian blobs in D dims: a learnable problem."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, C, size=n)
+  centers = 3.0 * np.eye(C, D)
+  x = centers[y] + rng.normal(size=(n, D))
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+def _softmax_ce_grad(w, b, x, y):
+  """float64 reference: mean CE of x [n, D], and its gradient for the linear model."""
+  logits = x @ w + b
+  z = logits - logits.max(axis=1, keepdims=True)
+  prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+  loss = -np.log(prob[np.arange(len(y)), y]).mean()
+  delta = (prob - np.eye(C)[y]) / len(y)
+  return loss, x.T @ delta, delta.sum(axis=0)
+
+
+def test_cross_entropy_matches_numpy():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(6, 4)) * 5
+  y = rng.integers(0, 4, size=6)
+  expected = np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(6), y]
+  got = training.cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(y))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_learning_rate_schedules():
+  t = np.arange(0, 11)
+  cos = training.learning_rate_at(t, learning_rate=0.2, schedule='cosine', steps=10)
+  np.testing.assert_allclose(cos, 0.2 * 0.5 * (1 + np.cos(np.pi * t / 10)), rtol=1e-6)
+  const = training.learning_rate_at(t, learning_rate=0.2, schedule='constant', steps=10)
+  np.testing.assert_allclose(const, np.full(11, 0.2), rtol=1e-7)
+
+
+@pytest.mark.parametrize('optimizer,weight_decay', [('sgd', 0.0), ('sgd', 0.1), ('adam', 0.0)])
+def test_one_step_matches_numpy(optimizer, weight_decay):
+  # n = 1 (padded to 4 rows): every minibatch index is 0, so the step is deterministic.
+  params = _linear_params()
+  x = np.random.default_rng(2).normal(size=(1, D)).astype(np.float32)
+  y = np.array([2], np.int32)
+  config = training.TrainConfig(optimizer=optimizer, learning_rate=0.1, steps=1, batch_size=3,
+                                weight_decay=weight_decay)
+  result = training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(0),
+                          num_classes=C, pad_to=4)
+  w0, b0 = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+  loss, gw, gb = _softmax_ce_grad(w0, b0, x.astype(np.float64), y)
+  gw, gb = gw + weight_decay * w0, gb + weight_decay * b0
+  if optimizer == 'sgd':
+    step_w, step_b = gw, gb
+  else:  # Adam's first step: m_hat / (sqrt(v_hat) + eps) = g / (|g| + eps).
+    step_w, step_b = gw / (np.abs(gw) + 1e-8), gb / (np.abs(gb) + 1e-8)
+  np.testing.assert_allclose(result.losses, [loss], rtol=1e-5)
+  np.testing.assert_allclose(result.params['w'], w0 - 0.1 * step_w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(result.params['b'], b0 - 0.1 * step_b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_learns_and_is_deterministic():
+  x, y = _blobs(60)
+  params = _linear_params(1)
+  config = training.TrainConfig(optimizer='adam', learning_rate=0.05, steps=60, batch_size=16)
+  before = training.evaluate(_linear_apply, params, x, y)
+  run = training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(3),
+                       num_classes=C)
+  after = training.evaluate(_linear_apply, run.params, x, y)
+  assert after.loss < 0.5 * before.loss and after.accuracy > 0.9
+  again = training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(3),
+                         num_classes=C)
+  np.testing.assert_array_equal(run.losses, again.losses)
+  other = training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(4),
+                         num_classes=C)
+  assert not np.array_equal(run.losses, other.losses)
+
+
+def test_many_seeds_equals_single_runs():
+  x, y = _blobs(20, seed=1)
+  params = _linear_params(2)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=8, batch_size=4,
+                                momentum=0.9)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  many = training.train_many_seeds(_linear_apply, params, x, y, config=config, keys=keys,
+                                   num_classes=C)
+  assert many.losses.shape == (3, 8) and many.params['w'].shape == (3, D, C)
+  for r in range(3):
+    one = training.train(_linear_apply, params, x, y, config=config, key=keys[r], num_classes=C)
+    np.testing.assert_allclose(many.params['w'][r], one.params['w'], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(many.losses[r], one.losses, rtol=1e-5)
+  ev = training.evaluate_many(_linear_apply, many.params, x, y)
+  assert ev.loss.shape == (3,)
+  for r in range(3):
+    single = training.evaluate(_linear_apply, {k: v[r] for k, v in many.params.items()}, x, y)
+    np.testing.assert_allclose(ev.loss[r], single.loss, rtol=1e-5)
+
+
+def test_one_compile_serves_every_size_up_to_the_capacity():
+  config = training.TrainConfig(steps=3, batch_size=4)
+  params = _linear_params(3)
+
+  def apply_fn(p, x):  # A fresh function: its own cache entries.
+    return _linear_apply(p, x)
+
+  before = training._fit_jit._cache_size()  # pylint: disable=protected-access
+  for n in (3, 5, 7, 8):
+    x, y = _blobs(n, seed=n)
+    training.train(apply_fn, params, x, y, config=config, key=jax.random.PRNGKey(0),
+                   num_classes=C, pad_to=8)
+  assert training._fit_jit._cache_size() == before + 1  # pylint: disable=protected-access
+
+
+def test_padding_rows_are_never_drawn():
+  # Two real rows of class 0 padded with zero rows (label 0 too, but x = 0): if a padded
+  # row were drawn the loss of that step would differ from a real row's loss.
+  params = _linear_params(4)
+  x = np.ones((2, D), np.float32)
+  y = np.zeros(2, np.int32)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=1e-6, steps=20, batch_size=1)
+  run = training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(5),
+                       num_classes=C, pad_to=64)
+  real_loss, *_ = _softmax_ce_grad(np.asarray(params['w'], np.float64),
+                                   np.asarray(params['b'], np.float64), x[:1].astype(float),
+                                   y[:1])
+  np.testing.assert_allclose(run.losses, np.full(20, real_loss), rtol=1e-4)
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'cosine'])
+def test_checkpoints(schedule):
+  x, y = _blobs(16, seed=2)
+  params = _linear_params(5)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=6, batch_size=4,
+                                schedule=schedule, checkpoint_every=2)
+  run = training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(1),
+                       num_classes=C)
+  assert run.checkpoints['w'].shape == (3, D, C) and run.losses.shape == (6,)
+  np.testing.assert_array_equal(run.checkpoints['w'][-1], run.params['w'])
+  expected_lr = training.learning_rate_at(np.array([1, 3, 5]), learning_rate=0.1,
+                                          schedule=schedule, steps=6)
+  np.testing.assert_allclose(run.learning_rates, expected_lr, rtol=1e-6)
+  # Checkpointing does not change the run.
+  plain = training.train(_linear_apply, params, x, y,
+                         config=config._replace(checkpoint_every=0),
+                         key=jax.random.PRNGKey(1), num_classes=C)
+  np.testing.assert_allclose(plain.params['w'], run.params['w'], rtol=1e-6)
+  np.testing.assert_allclose(plain.losses, run.losses, rtol=1e-6)
+
+
+def test_evaluate_in_padded_blocks_matches_numpy():
+  x, y = _blobs(37, seed=3)
+  params = _linear_params(6)
+  ev = training.evaluate(_linear_apply, params, x, y, block_size=16)
+  w, b = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+  loss, *_ = _softmax_ce_grad(w, b, x.astype(np.float64), y)
+  acc = np.mean(np.argmax(x @ w + b, axis=1) == y)
+  np.testing.assert_allclose(ev.loss, loss, rtol=1e-5)
+  np.testing.assert_allclose(ev.accuracy, acc, rtol=1e-6)
+
+
+def test_config_from_dict_and_config_dict():
+  c = training.as_train_config({'optimizer': 'sgd', 'steps': 5, 'num_seeds': 3})
+  assert c.optimizer == 'sgd' and c.steps == 5 and c.batch_size == 64
+  ml_collections = pytest.importorskip('ml_collections')
+  cd = ml_collections.ConfigDict({'optimizer': 'adamw', 'learning_rate': 0.3, 'seed': 1})
+  c = training.as_train_config(cd)
+  assert c.optimizer == 'adamw' and c.learning_rate == 0.3 and c.steps == 300
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('optimizer', 'rmsprop', 'config.optimizer'),
+    ('schedule', 'linear', 'config.schedule'),
+    ('steps', 0, 'config.steps'),
+    ('batch_size', 2.5, 'config.batch_size'),
+    ('learning_rate', -1.0, 'config.learning_rate'),
+    ('weight_decay', -0.1, 'config.weight_decay'),
+    ('checkpoint_every', 7, 'config.checkpoint_every'),
+])
+def test_config_errors(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    training.as_train_config(training.TrainConfig(steps=10)._replace(**{field: value}))
+
+
+def test_data_errors():
+  x, y = _blobs(6)
+  params = _linear_params()
+  kw = dict(config=training.TrainConfig(steps=1), key=jax.random.PRNGKey(0))
+  bad = x.copy()
+  bad[2, 1] = np.nan
+  with pytest.raises(ValueError, match='x contains NaN'):
+    training.train(_linear_apply, params, bad, y, num_classes=C, **kw)
+  with pytest.raises(ValueError, match='y has labels'):
+    training.train(_linear_apply, params, x, y + 3, num_classes=C, **kw)
+  with pytest.raises(ValueError, match='y must have shape'):
+    training.train(_linear_apply, params, x, y[:4], num_classes=C, **kw)
+  with pytest.raises(ValueError, match='non-empty'):
+    training.train(_linear_apply, params, x[:0], y[:0], num_classes=C, **kw)
+  with pytest.raises(ValueError, match='num_classes=4'):
+    training.train(_linear_apply, params, x, y, num_classes=4, **kw)
+  with pytest.raises(ValueError, match='pad_to'):
+    training.train(_linear_apply, params, x, y, num_classes=C, pad_to=3, **kw)
+  with pytest.raises(ValueError, match='keys'):
+    training.train_many_seeds(_linear_apply, params, x, y, num_classes=C,
+                              config=training.TrainConfig(steps=1), keys=jax.random.PRNGKey(0))
