@@ -1,0 +1,433 @@
+"""The four terms of the real-synthetic generalization bound (METHOD.md section 2, Eq. 8).
+
+For one subset `S = S1 ∪ S2` (`S1` real, `S2` synthetic, `n = |S|`, `pi = |S1| / n`),
+everything evaluated at the initial parameters `theta0` (nothing is trained):
+
+1. empirical loss  `E(S) = pi L(S1) + (1 - pi) L(S2)`, `L` the mean per-example loss;
+2. discrepancy     `D(S) = pi MMD(T, S1) + (1 - pi) MMD(T, S2)` (see `dv_jax.mmd`);
+3. NTK term        `N(S) = sqrt(yhat^T (Theta0 + lam I)^-1 yhat / n)` (per-example, the
+   default) or `sqrt(yhat^T (Theta0 + lam I)^-1 yhat) / n` (the paper's form), with
+   `Theta0 = G G^T`, `G` the per-example gradients of `g` at `theta0`;
+4. composition     `C(S) = sqrt(max(pi, 1 - pi)) / n`.
+
+An empty part (`S1` or `S2`) has weight 0 and never produces NaN.
+
+The NTK term has three methods:
+- `full`: one Cholesky solve of the `[n, n]` kernel.
+- `block_diagonal`: rows are permuted with a seeded permutation and cut into blocks of
+  `B`; the quadratic forms of the diagonal blocks (each with its own relative jitter
+  `eps * trace(Theta_b) / n_b`) are summed, then averaged over `num_permutations`
+  permutations. Cross-block entries are ignored, so memory is O(B^2) and the full kernel
+  is never formed. The last block is padded to `B` rows with zero gradients, a zero
+  residual and 1 on the padded diagonal: the padded kernel is then block diagonal
+  `[[Theta_b + lam I, 0], [0, (1 + lam) I]]` and the zero residual makes the padding's
+  contribution exactly 0, so one compiled per-block program (shape `[B, p]`) serves every
+  `n`.
+- `subsample`: a uniform subsample (without replacement) of `num_sub` rows, solved in
+  full. Its quadratic form estimates the full one as `Q_hat = Q_sub * n / n_sub`, so the
+  per-example form is `sqrt(Q_sub / n_sub)` (METHOD.md) and the paper form is
+  `sqrt(Q_hat) / n` (a value on the scale of the full-data paper term, not of a set of
+  size `n_sub`).
+The residual may be `[n]` or `[n, c]`; for `[n, c]` the quadratic form is summed over the
+`c` columns (the one-hot residual with a trace-averaged kernel).
+
+These functions validate their inputs in Python and are called outside `jit`.
+
+Shape legend: `n` examples of the subset (`n1` real, `n2` synthetic), `p` parameters (or
+projected dimensions), `c` residual columns, `B` block size.
+"""
+
+import functools
+import math
+from typing import NamedTuple, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dv_jax import linalg
+from dv_jax import mmd as mmd_lib
+
+ArrayLike = jax.typing.ArrayLike
+
+NTK_METHODS = ('full', 'block_diagonal', 'subsample')
+NORMALIZATIONS = ('per_example', 'paper')
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+class NTKTerm(NamedTuple):
+  """The NTK term.
+
+  Attributes:
+    value: `[]`, the term `N(S)`.
+    jitter: the absolute jitter `lam` used (Python float); for `block_diagonal`, the
+      largest over blocks and permutations.
+  """
+  value: jax.Array
+  jitter: float
+
+
+class BoundTerms(NamedTuple):
+  """The four terms of the bound for one subset (all `[]` arrays).
+
+  Attributes:
+    empirical_loss: `E(S)`.
+    discrepancy: `D(S)`.
+    ntk: `N(S)` (the value of `ntk_term`; call `ntk_term` for the jitter).
+    composition: `C(S)`.
+  """
+  empirical_loss: jax.Array
+  discrepancy: jax.Array
+  ntk: jax.Array
+  composition: jax.Array
+
+
+# ---------------------------------------------------------------------------------------
+# Validation (outside jit).
+
+
+def _as_float(x: ArrayLike, name: str, ndims: Tuple[int, ...]) -> jax.Array:
+  return linalg.checked_float_array(x, name, ndims=ndims)
+
+
+def _check_pi(pi: ArrayLike) -> float:
+  try:
+    pi = float(pi)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'pi must be a number in [0, 1], got {pi!r}') from e
+  if not 0.0 <= pi <= 1.0:  # also rejects NaN
+    raise ValueError(f'pi must be in [0, 1], got {pi}')
+  return pi
+
+
+def _check_positive_int(value, name: str) -> int:
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+    raise ValueError(f'{name} must be a positive integer, got {value!r}')
+  return int(value)
+
+
+def _check_normalization(normalization: str) -> str:
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f'normalization must be one of {NORMALIZATIONS}, got {normalization!r}')
+  return normalization
+
+
+def _check_residual(residual: ArrayLike, n: int) -> jax.Array:
+  residual = _as_float(residual, 'residual', (1, 2))
+  if residual.shape[0] != n:
+    raise ValueError(f'residual must have {n} rows (one per example of grads), got shape '
+                     f'{residual.shape}')
+  return residual
+
+
+# ---------------------------------------------------------------------------------------
+# Terms 1, 2 and 4.
+
+
+def empirical_loss_term(loss_real: ArrayLike, loss_synthetic: ArrayLike) -> jax.Array:
+  """`E(S) = pi L(S1) + (1 - pi) L(S2)`, `pi = n1 / (n1 + n2)`; an empty part weighs 0.
+
+  Args:
+    loss_real: `[n1]` per-example losses of the real part (may be empty).
+    loss_synthetic: `[n2]` per-example losses of the synthetic part (may be empty).
+
+  Returns:
+    `[]`.
+
+  Raises:
+    ValueError: not 1-D, NaN/Inf, or both parts empty.
+  """
+  loss_real = _as_float(loss_real, 'loss_real', (1,))
+  loss_synthetic = _as_float(loss_synthetic, 'loss_synthetic', (1,))
+  n1, n2 = loss_real.shape[0], loss_synthetic.shape[0]
+  if n1 + n2 == 0:
+    raise ValueError('loss_real and loss_synthetic are both empty')
+  pi = n1 / (n1 + n2)
+  # Python-level branches: `0 * mean([])` would be 0 * NaN = NaN.
+  total = jnp.zeros((), jnp.result_type(loss_real.dtype, loss_synthetic.dtype))
+  if n1:
+    total = total + pi * jnp.mean(loss_real)
+  if n2:
+    total = total + (1 - pi) * jnp.mean(loss_synthetic)
+  return total
+
+
+def _mmd_value(value, name: str) -> jax.Array:
+  if isinstance(value, mmd_lib.MMD):
+    value = value.value
+  value = _as_float(value, name, (0,))
+  if float(value) < 0:
+    raise ValueError(f'{name} must be >= 0 (an MMD, not MMD^2), got {float(value)}')
+  return value
+
+
+def discrepancy_term(mmd_real: Optional[Union[ArrayLike, mmd_lib.MMD]],
+                     mmd_synthetic: Optional[Union[ArrayLike, mmd_lib.MMD]], *,
+                     pi: ArrayLike) -> jax.Array:
+  """`D(S) = pi MMD(T, S1) + (1 - pi) MMD(T, S2)`.
+
+  Args:
+    mmd_real: `[]` `MMD(T, S1)` (or an `mmd.MMD`); ignored, and may be None, when pi = 0.
+    mmd_synthetic: `[]` `MMD(T, S2)` (or an `mmd.MMD`); ignored, may be None, when pi = 1.
+    pi: fraction of real examples, in [0, 1].
+
+  Returns:
+    `[]`.
+
+  Raises:
+    ValueError: pi outside [0, 1]; a needed MMD missing, negative, non-scalar or NaN/Inf.
+  """
+  pi = _check_pi(pi)
+  total = jnp.zeros(())
+  if pi > 0:
+    if mmd_real is None:
+      raise ValueError(f'mmd_real is None but pi = {pi} > 0')
+    total = total + pi * _mmd_value(mmd_real, 'mmd_real')
+  if pi < 1:
+    if mmd_synthetic is None:
+      raise ValueError(f'mmd_synthetic is None but pi = {pi} < 1')
+    total = total + (1 - pi) * _mmd_value(mmd_synthetic, 'mmd_synthetic')
+  return total
+
+
+def composition_term(n: int, pi: ArrayLike) -> float:
+  """`C(S) = sqrt(max(pi, 1 - pi)) / n`.
+
+  Args:
+    n: subset size `|S|`, >= 1.
+    pi: fraction of real examples, in [0, 1].
+
+  Returns:
+    The term (Python float).
+
+  Raises:
+    ValueError: `n` not a positive integer, pi outside [0, 1].
+  """
+  n = _check_positive_int(n, 'n')
+  pi = _check_pi(pi)
+  return math.sqrt(max(pi, 1.0 - pi)) / n
+
+
+# ---------------------------------------------------------------------------------------
+# Term 3: the NTK term.
+
+
+@jax.jit
+def _gram(grads_NxP: jax.Array) -> jax.Array:
+  return jnp.dot(grads_NxP, grads_NxP.T, precision=_PRECISION)
+
+
+@jax.jit
+def _padded_block_gram(grads_BxP: jax.Array, residual_BxC: jax.Array, num_valid: jax.Array
+                       ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Kernel of one block whose rows `>= num_valid` are padding.
+
+  Padding rows get zero gradients (so zero kernel rows/columns), 1 on the diagonal and a
+  zero residual: the padded kernel is `diag(Theta_b, I)` and adds 0 to the quadratic form.
+
+  Returns:
+    `(theta [B, B], residual [B, c], trace of the valid part [])`.
+  """
+  valid_B = jnp.arange(grads_BxP.shape[0]) < num_valid
+  grads_BxP = jnp.where(valid_B[:, None], grads_BxP, 0)
+  residual_BxC = jnp.where(valid_B[:, None], residual_BxC, 0)
+  theta_BxB = jnp.dot(grads_BxP, grads_BxP.T, precision=_PRECISION)
+  trace = jnp.trace(theta_BxB)
+  theta_BxB = theta_BxB + jnp.diag(jnp.where(valid_B, 0, 1).astype(theta_BxB.dtype))
+  return theta_BxB, residual_BxC, trace
+
+
+@functools.partial(jax.jit, static_argnames=('block_size',))
+def _permuted_blocks(key: jax.Array, grads_NxP: jax.Array, residual: jax.Array, *,
+                     block_size: int) -> Tuple[jax.Array, jax.Array]:
+  """Rows in a seeded random order, cut into `[nb, B, ...]` blocks (one program per n).
+
+  The ragged last block is filled with copies of the first row, which
+  `_padded_block_gram` masks out.
+  """
+  n = grads_NxP.shape[0]
+  num_blocks = -(-n // block_size)
+  order = jax.random.permutation(key, n)
+  order = jnp.concatenate([order, jnp.zeros((num_blocks * block_size - n,), order.dtype)])
+  return (grads_NxP[order].reshape(num_blocks, block_size, -1),
+          residual[order].reshape(num_blocks, block_size, -1))
+
+
+@functools.partial(jax.jit, static_argnames=('num_sub',))
+def _subsample_rows(key: jax.Array, grads_NxP: jax.Array, residual: jax.Array, *,
+                    num_sub: int) -> Tuple[jax.Array, jax.Array]:
+  """A uniform subsample without replacement: `num_sub` rows of a random permutation."""
+  rows = jax.random.permutation(key, grads_NxP.shape[0])[:num_sub]
+  return grads_NxP[rows], residual[rows]
+
+
+def _normalize(quad: jax.Array, n: int, normalization: str) -> jax.Array:
+  if normalization == 'per_example':
+    return linalg.safe_sqrt(quad / n)
+  return linalg.safe_sqrt(quad) / n
+
+
+def _block_diagonal_quad(grads_NxP: jax.Array, residual: jax.Array, *, block_size: int,
+                         num_permutations: int, key: jax.Array, eps: float
+                         ) -> Tuple[jax.Array, float]:
+  """Sum of diagonal-block quadratic forms, averaged over seeded permutations."""
+  n = grads_NxP.shape[0]
+  num_blocks = -(-n // block_size)
+  perm_keys = jax.random.split(key, num_permutations)
+  quads, max_jitter = [], 0.0
+  for r in range(num_permutations):
+    grads_blocks, residual_blocks = _permuted_blocks(perm_keys[r], grads_NxP, residual,
+                                                     block_size=block_size)
+    total = jnp.zeros((), grads_NxP.dtype)
+    for b in range(num_blocks):
+      num_valid = min(block_size, n - b * block_size)
+      theta_BxB, residual_BxC, trace = _padded_block_gram(
+          grads_blocks[b], residual_blocks[b], num_valid)
+      # Each block's own relative jitter: eps * trace / n_b over its valid rows.
+      initial = eps * float(trace) / num_valid
+      quad, jitter = linalg.quad_form(theta_BxB, residual_BxC,
+                                      initial_jitter=initial if initial > 0 else eps)
+      total = total + quad
+      max_jitter = max(max_jitter, jitter)
+    quads.append(total)
+  return jnp.mean(jnp.stack(quads)), max_jitter
+
+
+def ntk_term_from_kernel(theta: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
+                         normalization: str = 'per_example') -> NTKTerm:
+  """The NTK term from a precomputed kernel (the `full` method).
+
+  `per_example`: `sqrt(yhat^T (Theta0 + lam I)^-1 yhat / n)`;
+  `paper`: `sqrt(yhat^T (Theta0 + lam I)^-1 yhat) / n`.
+
+  Args:
+    theta: `[n, n]` empirical NTK `Theta0`, symmetric PSD.
+    residual: `[n]` or `[n, c]`, `yhat`.
+    eps: relative jitter, `lam = eps * trace(Theta0) / n` raised x10 until PD.
+    normalization: `'per_example'` or `'paper'`.
+
+  Returns:
+    `NTKTerm(value [], jitter)`.
+
+  Raises:
+    ValueError: bad shapes, NaN/Inf, unknown normalization, never positive definite.
+  """
+  normalization = _check_normalization(normalization)
+  theta = _as_float(theta, 'theta', (2,))
+  if theta.shape[0] == 0 or theta.shape[0] != theta.shape[1]:
+    raise ValueError(f'theta must be a non-empty square matrix [n, n], got {theta.shape}')
+  residual = _check_residual(residual, theta.shape[0])
+  quad = linalg.quad_form(theta, residual, eps=eps)
+  return NTKTerm(_normalize(quad.value, theta.shape[0], normalization), quad.jitter)
+
+
+def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
+             block_size: int = 512, num_permutations: int = 1, num_sub: Optional[int] = None,
+             key: Optional[jax.Array] = None, eps: float = 1e-4,
+             normalization: str = 'per_example') -> NTKTerm:
+  """The NTK term `N(S)` from per-example gradients at `theta0`.
+
+  `Theta0 = G G^T` with `G = grads`; `per_example`: `sqrt(Q / n)`, `paper`: `sqrt(Q) / n`,
+  `Q = yhat^T (Theta0 + lam I)^-1 yhat` (see the module docstring for the approximations).
+
+  Args:
+    grads: `[n, p]` per-example gradients of `g(x; theta0)` (possibly projected).
+    residual: `[n]` or `[n, c]`, `yhat`.
+    method: `'full'`, `'block_diagonal'` or `'subsample'`.
+    block_size: `B` for `block_diagonal`.
+    num_permutations: permutations averaged by `block_diagonal`.
+    num_sub: subsample size for `subsample`, in [1, n].
+    key: PRNG key, required by `block_diagonal` and `subsample`.
+    eps: relative jitter.
+    normalization: `'per_example'` or `'paper'`.
+
+  Returns:
+    `NTKTerm(value [], jitter)`.
+
+  Raises:
+    ValueError: naming the argument: unknown method or normalization, bad shapes,
+      NaN/Inf, empty grads, missing key or num_sub, num_sub outside [1, n], non-positive
+      block_size or num_permutations, never positive definite.
+  """
+  if method not in NTK_METHODS:
+    raise ValueError(f'method must be one of {NTK_METHODS}, got {method!r}')
+  normalization = _check_normalization(normalization)
+  grads = _as_float(grads, 'grads', (2,))
+  n = grads.shape[0]
+  if n == 0:
+    raise ValueError(f'grads is empty (shape {grads.shape})')
+  if grads.shape[1] == 0:
+    raise ValueError(f'grads has no parameters (shape {grads.shape})')
+  residual = _check_residual(residual, n)
+  dtype = jnp.result_type(grads.dtype, residual.dtype)
+  grads, residual = grads.astype(dtype), residual.astype(dtype)
+  if method != 'full' and key is None:
+    raise ValueError(f'key is required for method={method!r}')
+
+  if method == 'full':
+    return ntk_term_from_kernel(_gram(grads), residual, eps=eps, normalization=normalization)
+
+  if method == 'subsample':
+    if num_sub is None:
+      raise ValueError("num_sub is required for method='subsample'")
+    num_sub = _check_positive_int(num_sub, 'num_sub')
+    if num_sub > n:
+      raise ValueError(f'num_sub must be <= n = {n}, got {num_sub}')
+    grads_sub, residual_sub = _subsample_rows(key, grads, residual, num_sub=num_sub)
+    quad = linalg.quad_form(_gram(grads_sub), residual_sub, eps=eps)
+    # Q_sub estimates Q * n_sub / n; rescale to the full set before normalizing.
+    return NTKTerm(_normalize(quad.value * (n / num_sub), n, normalization), quad.jitter)
+
+  block_size = _check_positive_int(block_size, 'block_size')
+  num_permutations = _check_positive_int(num_permutations, 'num_permutations')
+  eps = float(eps)
+  if not np.isfinite(eps) or eps <= 0:
+    raise ValueError(f'eps must be positive and finite, got {eps}')
+  quad, jitter = _block_diagonal_quad(grads, residual, block_size=block_size,
+                                      num_permutations=num_permutations, key=key, eps=eps)
+  return NTKTerm(_normalize(quad, n, normalization), jitter)
+
+
+# ---------------------------------------------------------------------------------------
+# All four.
+
+
+def bound_terms(loss_real: ArrayLike, loss_synthetic: ArrayLike,
+                mmd_real: Optional[Union[ArrayLike, mmd_lib.MMD]],
+                mmd_synthetic: Optional[Union[ArrayLike, mmd_lib.MMD]],
+                grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
+                block_size: int = 512, num_permutations: int = 1,
+                num_sub: Optional[int] = None, key: Optional[jax.Array] = None,
+                eps: float = 1e-4, normalization: str = 'per_example') -> BoundTerms:
+  """The four terms of Eq. 8 for one subset `S = S1 ∪ S2`.
+
+  `n1`, `n2` (hence `n` and `pi`) come from the sizes of the loss vectors; `grads` and
+  `residual` hold the `n = n1 + n2` examples of `S` (any order).
+
+  Args:
+    loss_real: `[n1]` per-example losses of `S1` at `theta0` (may be empty).
+    loss_synthetic: `[n2]` per-example losses of `S2` at `theta0` (may be empty).
+    mmd_real: `[]` `MMD(T, S1)` (None allowed when `S1` is empty).
+    mmd_synthetic: `[]` `MMD(T, S2)` (None allowed when `S2` is empty).
+    grads: `[n, p]` per-example gradients of `g` at `theta0`.
+    residual: `[n]` or `[n, c]`.
+    method, block_size, num_permutations, num_sub, key, eps, normalization: as `ntk_term`.
+
+  Returns:
+    `BoundTerms(empirical_loss, discrepancy, ntk, composition)`, each `[]`.
+
+  Raises:
+    ValueError: as the individual terms; `grads` rows != n1 + n2.
+  """
+  empirical = empirical_loss_term(loss_real, loss_synthetic)
+  n1, n2 = jnp.shape(loss_real)[0], jnp.shape(loss_synthetic)[0]
+  n = n1 + n2
+  pi = n1 / n
+  if jnp.ndim(grads) != 2 or jnp.shape(grads)[0] != n:
+    raise ValueError(f'grads must have shape [n1 + n2, p] = [{n}, p], got {jnp.shape(grads)}')
+  discrepancy = discrepancy_term(mmd_real, mmd_synthetic, pi=pi)
+  ntk = ntk_term(grads, residual, method=method, block_size=block_size,
+                 num_permutations=num_permutations, num_sub=num_sub, key=key, eps=eps,
+                 normalization=normalization)
+  composition = jnp.asarray(composition_term(n, pi), empirical.dtype)
+  return BoundTerms(empirical, discrepancy, ntk.value, composition)

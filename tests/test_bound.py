@@ -1,0 +1,292 @@
+"""Tests of dv_jax.bound against float64 NumPy references and closed forms."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax import bound
+from dv_jax import linalg
+from dv_jax import mmd
+
+# float32 solves of kernels with condition number ~1e2 (p > n below) against float64.
+RTOL = 1e-4
+KEY = jax.random.PRNGKey(0)
+
+
+def _grads(n, p, seed):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(n, p)), rng.normal(size=n)
+
+
+def _np_quad(grads, residual, eps=1e-4):
+  theta = grads @ grads.T
+  lam = eps * np.trace(theta) / len(grads)
+  return np.sum(residual * np.linalg.solve(theta + lam * np.eye(len(grads)), residual))
+
+
+def _np_normalize(quad, n, normalization):
+  return math.sqrt(quad / n) if normalization == 'per_example' else math.sqrt(quad) / n
+
+
+def _np_block_diagonal_quad(grads, residual, block_size, num_permutations, key, eps=1e-4):
+  quads = []
+  for perm_key in jax.random.split(key, num_permutations):  # the same seeded permutations
+    order = np.asarray(jax.random.permutation(perm_key, len(grads)))
+    quads.append(sum(_np_quad(grads[rows], residual[rows], eps)
+                     for rows in np.array_split(order, range(block_size, len(order),
+                                                              block_size))))
+  return np.mean(quads)
+
+
+# ---------------------------------------------------------------------------------------
+# Empirical loss, discrepancy, composition.
+
+
+def test_empirical_loss_is_the_pi_weighted_mean():
+  real, synthetic = np.array([0.5, 1.0, 2.0]), np.array([3.0, 1.0, 0.0, 2.0, 4.0])
+  pi = 3 / 8
+  expected = pi * real.mean() + (1 - pi) * synthetic.mean()
+  np.testing.assert_allclose(bound.empirical_loss_term(real, synthetic), expected, rtol=1e-6)
+  # pi from the sizes makes it the mean over S.
+  np.testing.assert_allclose(expected, np.concatenate([real, synthetic]).mean())
+
+
+def test_empirical_loss_empty_part_has_weight_zero():
+  losses = np.array([1.0, 2.0, 4.0])
+  for got in (bound.empirical_loss_term(losses, np.zeros(0)),
+              bound.empirical_loss_term(np.zeros(0), losses)):
+    assert np.isfinite(float(got))
+    np.testing.assert_allclose(got, 7 / 3, rtol=1e-6)
+
+
+def test_discrepancy_weights_the_two_parts():
+  np.testing.assert_allclose(bound.discrepancy_term(0.2, 0.6, pi=0.25),
+                             0.25 * 0.2 + 0.75 * 0.6, rtol=1e-6)
+  # An empty part is ignored (None allowed); an MMD result is accepted as is.
+  assert float(bound.discrepancy_term(None, 0.6, pi=0.0)) == pytest.approx(0.6)
+  assert float(bound.discrepancy_term(0.2, None, pi=1.0)) == pytest.approx(0.2)
+  result = mmd.MMD(jnp.asarray(0.3), jnp.asarray(0.09), jnp.ones(5))
+  np.testing.assert_allclose(bound.discrepancy_term(result, 0.1, pi=0.5), 0.2, rtol=1e-6)
+
+
+@pytest.mark.parametrize('n,pi,expected', [
+    (10, 0.3, math.sqrt(0.7) / 10), (4, 1.0, 0.25), (7, 0.5, math.sqrt(0.5) / 7),
+    (1, 0.0, 1.0)])
+def test_composition_closed_form(n, pi, expected):
+  assert bound.composition_term(n, pi) == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# NTK term.
+
+
+@pytest.mark.parametrize('normalization', ['per_example', 'paper'])
+def test_ntk_full_matches_numpy(normalization):
+  grads, residual = _grads(10, 16, seed=0)
+  got = bound.ntk_term(grads, residual, normalization=normalization)
+  expected = _np_normalize(_np_quad(grads, residual), 10, normalization)
+  np.testing.assert_allclose(got.value, expected, rtol=RTOL)
+  theta = grads @ grads.T
+  np.testing.assert_allclose(got.jitter, 1e-4 * np.trace(theta) / 10, rtol=1e-5)
+  from_kernel = bound.ntk_term_from_kernel(theta, residual, normalization=normalization)
+  np.testing.assert_allclose(from_kernel.value, expected, rtol=RTOL)
+
+
+def test_ntk_multi_column_residual_sums_the_columns():
+  grads, _ = _grads(10, 16, seed=1)
+  residual = np.random.default_rng(2).normal(size=(10, 3))
+  quad = sum(_np_quad(grads, residual[:, c]) for c in range(3))
+  np.testing.assert_allclose(bound.ntk_term(grads, residual).value, math.sqrt(quad / 10),
+                             rtol=RTOL)
+  blocked = bound.ntk_term(grads, residual, method='block_diagonal', block_size=4, key=KEY)
+  np.testing.assert_allclose(
+      blocked.value ** 2 * 10,
+      sum(_np_block_diagonal_quad(grads, residual[:, c], 4, 1, KEY) for c in range(3)),
+      rtol=RTOL)
+
+
+@pytest.mark.parametrize('block_size', [10, 64])
+def test_block_diagonal_with_one_block_equals_full(block_size):
+  grads, residual = _grads(10, 16, seed=3)
+  full = bound.ntk_term(grads, residual)
+  blocked = bound.ntk_term(grads, residual, method='block_diagonal', block_size=block_size,
+                           num_permutations=2, key=KEY)
+  np.testing.assert_allclose(blocked.value, full.value, rtol=RTOL)
+  np.testing.assert_allclose(blocked.jitter, full.jitter, rtol=1e-5)
+
+
+@pytest.mark.parametrize('normalization', ['per_example', 'paper'])
+def test_block_diagonal_matches_numpy_blocks_with_a_ragged_last_block(normalization):
+  # n = 11, B = 4: blocks of 4, 4, 3 (the last padded by one row); 3 permutations averaged.
+  grads, residual = _grads(11, 16, seed=4)
+  key = jax.random.PRNGKey(7)
+  got = bound.ntk_term(grads, residual, method='block_diagonal', block_size=4,
+                       num_permutations=3, key=key, normalization=normalization)
+  quad = _np_block_diagonal_quad(grads, residual, 4, 3, key)
+  np.testing.assert_allclose(got.value, _np_normalize(quad, 11, normalization), rtol=RTOL)
+  # Differs from the full solve (cross-block terms are dropped), so the test has teeth.
+  assert abs(_np_quad(grads, residual) - quad) > 1e-2 * quad
+
+
+def test_padding_does_not_change_the_block_quad_form():
+  # Three valid rows padded to five; the padding rows hold garbage that must be masked.
+  rng = np.random.default_rng(5)
+  grads_3xP, residual_3 = rng.normal(size=(3, 6)), rng.normal(size=3)
+  grads_5xP = np.concatenate([grads_3xP, 100 * rng.normal(size=(2, 6))]).astype(np.float32)
+  residual_5x1 = np.concatenate([residual_3, [7.0, -7.0]])[:, None].astype(np.float32)
+  theta, residual, trace = bound._padded_block_gram(grads_5xP, residual_5x1, 3)
+  theta_3 = grads_3xP @ grads_3xP.T
+  np.testing.assert_allclose(trace, np.trace(theta_3), rtol=1e-5)
+  np.testing.assert_allclose(theta[:3, :3], theta_3, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(theta[3:, :], np.eye(5)[3:], atol=0)
+  np.testing.assert_allclose(residual[3:], 0.0, atol=0)
+  jitter = 1e-2 * np.trace(theta_3) / 3
+  padded = linalg.quad_form(theta, residual, initial_jitter=jitter)
+  lam = padded.jitter
+  expected = residual_3 @ np.linalg.solve(theta_3 + lam * np.eye(3), residual_3)
+  np.testing.assert_allclose(padded.value, expected, rtol=RTOL)
+
+
+def test_block_diagonal_compiles_once_for_every_n():
+  grads, residual = _grads(13, 5, seed=6)  # p = 5 is used by no other test
+  bound.ntk_term(grads[:7], residual[:7], method='block_diagonal', block_size=4, key=KEY)
+  gram_compiles = bound._padded_block_gram._cache_size()
+  quad_compiles = linalg._jittered_quad._cache_size()
+  for n in (9, 13):
+    bound.ntk_term(grads[:n], residual[:n], method='block_diagonal', block_size=4, key=KEY)
+  assert bound._padded_block_gram._cache_size() == gram_compiles
+  assert linalg._jittered_quad._cache_size() == quad_compiles
+
+
+def test_block_diagonal_rank_deficient_blocks_record_the_largest_jitter():
+  # p = 2 < B: every block kernel is singular and PD only through its own jitter.
+  grads, residual = _grads(9, 2, seed=8)
+  got = bound.ntk_term(grads, residual, method='block_diagonal', block_size=4, key=KEY,
+                       eps=1e-2)
+  quad = _np_block_diagonal_quad(grads, residual, 4, 1, KEY, eps=1e-2)
+  np.testing.assert_allclose(got.value, math.sqrt(quad / 9), rtol=1e-3)
+  order = np.asarray(jax.random.permutation(jax.random.split(KEY, 1)[0], 9))
+  jitters = [1e-2 * np.sum(grads[rows] ** 2) / len(rows)
+             for rows in (order[:4], order[4:8], order[8:])]
+  np.testing.assert_allclose(got.jitter, max(jitters), rtol=1e-5)
+
+
+def test_subsample_of_all_rows_equals_full():
+  grads, residual = _grads(10, 16, seed=9)
+  for normalization in ('per_example', 'paper'):
+    full = bound.ntk_term(grads, residual, normalization=normalization)
+    sub = bound.ntk_term(grads, residual, method='subsample', num_sub=10, key=KEY,
+                         normalization=normalization)
+    np.testing.assert_allclose(sub.value, full.value, rtol=RTOL)
+
+
+@pytest.mark.parametrize('normalization', ['per_example', 'paper'])
+def test_subsample_matches_numpy_on_the_same_rows(normalization):
+  grads, residual = _grads(12, 16, seed=10)
+  key = jax.random.PRNGKey(3)
+  rows = np.asarray(jax.random.permutation(key, 12))[:5]
+  quad_sub = _np_quad(grads[rows], residual[rows])
+  # Q_sub estimates Q * n_sub / n: per_example sqrt(Q_sub / n_sub), paper
+  # sqrt(Q_sub * n / n_sub) / n.
+  expected = (math.sqrt(quad_sub / 5) if normalization == 'per_example'
+              else math.sqrt(quad_sub * 12 / 5) / 12)
+  got = bound.ntk_term(grads, residual, method='subsample', num_sub=5, key=key,
+                       normalization=normalization)
+  np.testing.assert_allclose(got.value, expected, rtol=RTOL)
+
+
+def test_bound_terms_composes_the_four_terms():
+  grads, residual = _grads(8, 16, seed=11)
+  loss_real, loss_synthetic = np.linspace(0.1, 1.0, 3), np.linspace(2.0, 3.0, 5)
+  terms = bound.bound_terms(loss_real, loss_synthetic, 0.4, 0.8, grads, residual,
+                            normalization='paper')
+  pi = 3 / 8
+  np.testing.assert_allclose(terms.empirical_loss,
+                             pi * loss_real.mean() + (1 - pi) * loss_synthetic.mean(),
+                             rtol=1e-6)
+  np.testing.assert_allclose(terms.discrepancy, pi * 0.4 + (1 - pi) * 0.8, rtol=1e-6)
+  np.testing.assert_allclose(terms.ntk, math.sqrt(_np_quad(grads, residual)) / 8, rtol=RTOL)
+  np.testing.assert_allclose(terms.composition, math.sqrt(1 - pi) / 8, rtol=1e-6)
+  # An all-synthetic subset: no real losses, no real MMD.
+  terms = bound.bound_terms(np.zeros(0), loss_synthetic, None, 0.8, grads[:5], residual[:5])
+  assert all(np.isfinite(float(t)) for t in terms)
+  np.testing.assert_allclose(terms.composition, 1 / 5, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors.
+
+
+@pytest.mark.parametrize('loss_real,loss_synthetic,match', [
+    (np.zeros(0), np.zeros(0), 'both empty'),
+    (np.array([1.0, np.nan]), np.ones(2), 'loss_real contains NaN'),
+    (np.ones(2), np.array([np.inf]), 'loss_synthetic contains NaN'),
+    (np.ones(2), np.ones((2, 1)), 'loss_synthetic must be 1-D'),
+])
+def test_empirical_loss_errors(loss_real, loss_synthetic, match):
+  with pytest.raises(ValueError, match=match):
+    bound.empirical_loss_term(loss_real, loss_synthetic)
+
+
+@pytest.mark.parametrize('args,pi,match', [
+    ((0.1, 0.2), 1.5, 'pi must be in'),
+    ((0.1, 0.2), float('nan'), 'pi must be in'),
+    ((0.1, 0.2), 'half', 'pi must be a number'),
+    ((None, 0.2), 0.3, 'mmd_real is None'),
+    ((0.1, None), 0.3, 'mmd_synthetic is None'),
+    ((-0.1, 0.2), 0.3, 'mmd_real must be >= 0'),
+    ((0.1, np.nan), 0.3, 'mmd_synthetic contains NaN'),
+    ((np.ones(2), 0.2), 0.3, 'mmd_real must be 0-D'),
+])
+def test_discrepancy_errors(args, pi, match):
+  with pytest.raises(ValueError, match=match):
+    bound.discrepancy_term(*args, pi=pi)
+
+
+@pytest.mark.parametrize('n,pi,match', [
+    (0, 0.5, 'n must be a positive integer'), (2.5, 0.5, 'n must be a positive integer'),
+    (3, -0.1, 'pi must be in')])
+def test_composition_errors(n, pi, match):
+  with pytest.raises(ValueError, match=match):
+    bound.composition_term(n, pi)
+
+
+GRADS, RESIDUAL = _grads(6, 8, seed=12)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(method='exact'), 'method must be one of'),
+    (dict(normalization='mean'), 'normalization must be one of'),
+    (dict(method='block_diagonal'), 'key is required'),
+    (dict(method='subsample', num_sub=3), 'key is required'),
+    (dict(method='subsample', key=KEY), 'num_sub is required'),
+    (dict(method='subsample', key=KEY, num_sub=7), 'num_sub must be <= n'),
+    (dict(method='subsample', key=KEY, num_sub=0), 'num_sub must be a positive integer'),
+    (dict(method='block_diagonal', key=KEY, block_size=0), 'block_size must be a positive'),
+    (dict(method='block_diagonal', key=KEY, num_permutations=0), 'num_permutations must be'),
+    (dict(method='block_diagonal', key=KEY, eps=0.0), 'eps must be positive'),
+    (dict(eps=-1.0), 'eps must be positive'),
+    (dict(grads=np.full((6, 8), np.nan)), 'grads contains NaN'),
+    (dict(grads=np.ones(6)), 'grads must be 2-D'),
+    (dict(grads=np.zeros((0, 8)), residual=np.zeros(0)), 'grads is empty'),
+    (dict(residual=np.ones(5)), 'residual must have 6 rows'),
+    (dict(residual=np.ones((6, 1, 1))), 'residual must be 1-D or 2-D'),
+    (dict(residual=np.array([np.inf] * 6)), 'residual contains NaN'),
+])
+def test_ntk_term_errors(kwargs, match):
+  args = dict(grads=GRADS, residual=RESIDUAL)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    bound.ntk_term(args.pop('grads'), args.pop('residual'), **args)
+
+
+def test_ntk_term_from_kernel_and_bound_terms_errors():
+  with pytest.raises(ValueError, match='theta must be a non-empty square'):
+    bound.ntk_term_from_kernel(np.ones((3, 4)), np.ones(3))
+  with pytest.raises(ValueError, match='normalization must be one of'):
+    bound.ntk_term_from_kernel(np.eye(3), np.ones(3), normalization='none')
+  with pytest.raises(ValueError, match=r'grads must have shape \[n1 \+ n2, p\] = \[6, p\]'):
+    bound.bound_terms(np.ones(2), np.ones(4), 0.1, 0.1, GRADS[:5], RESIDUAL[:5])
