@@ -1,0 +1,389 @@
+"""Llama / Qwen2 decoder-only transformers in flax.linen, matching Hugging Face numerics.
+
+The architecture of HF `LlamaForCausalLM` and `Qwen2ForCausalLM`: token embedding, blocks of
+RMSNorm -> grouped-query causal self-attention with rotary position embeddings (HF
+`rotate_half` convention) -> residual, RMSNorm -> SwiGLU MLP -> residual, a final RMSNorm and
+an output projection that may be tied to the embedding. Qwen2 differs only by biases on the
+q/k/v projections. `dv_jax.models.checkpoint.load_hf_checkpoint` fills the parameters from a
+HF checkpoint directory; the backbones of METHOD.md's instruction-following and reasoning
+tasks (Qwen / Llama, 0.5B-1.5B) are loaded this way, and their NTK taken at that checkpoint.
+
+Shape legend: b batch, t sequence length, H hidden_size, F intermediate_size, V vocab_size,
+h attention heads, kv key/value heads, hd head_dim.
+
+Parameter paths mirror the HF names: `embed_tokens/embedding` [V, H];
+`layers_{i}/input_layernorm/weight`, `layers_{i}/self_attn/{q,k,v,o}_proj/{kernel,bias}`
+(kernel [in, out], the transpose of the HF Linear weight),
+`layers_{i}/post_attention_layernorm/weight`, `layers_{i}/mlp/{gate,up,down}_proj/kernel`;
+`norm/weight`; `lm_head/kernel` [H, V] when the embeddings are not tied.
+"""
+
+import dataclasses
+from typing import Any, NamedTuple, Optional, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dv_jax.models.transformer import attention_allowed
+from dv_jax.models.transformer import grouped_query_attention
+from dv_jax.models.transformer import masked_mean
+
+SUPPORTED_MODEL_TYPES = ('llama', 'qwen2')
+_ROPE_TYPES = ('default', 'linear', 'llama3')
+
+
+def _freeze(value):
+  """JSON value -> hashable equivalent (a module attribute must hash for jit)."""
+  if isinstance(value, dict):
+    return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+  if isinstance(value, list):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+def _thaw(value):
+  if isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2
+                                      and isinstance(v[0], str) for v in value):
+    return {k: _thaw(v) for k, v in value}
+  if isinstance(value, tuple):
+    return [_thaw(v) for v in value]
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """The fields of a HF Llama / Qwen2 `config.json` that the forward pass depends on.
+
+  Attributes mirror the HF names. `attention_bias` is Llama's flag (biases on q, k, v and o);
+  `model_type='qwen2'` always has q/k/v biases and no o bias, as HF Qwen2 does. `rope_scaling`
+  is kept as a sorted tuple of (key, value) pairs so the config hashes; `rope_scaling_dict`
+  gives it back as a dict. `head_dim=None` means hidden_size // num_attention_heads.
+  """
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  num_key_value_heads: Optional[int] = None
+  head_dim: Optional[int] = None
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_scaling: Optional[Tuple[Tuple[str, Any], ...]] = None
+  max_position_embeddings: int = 2048
+  tie_word_embeddings: bool = False
+  attention_bias: bool = False
+  mlp_bias: bool = False
+  model_type: str = 'llama'
+  hidden_act: str = 'silu'
+  initializer_range: float = 0.02
+  bos_token_id: Optional[int] = None
+  eos_token_id: Optional[Union[int, Tuple[int, ...]]] = None
+  pad_token_id: Optional[int] = None
+
+  def __post_init__(self):
+    if self.num_key_value_heads is None:
+      object.__setattr__(self, 'num_key_value_heads', self.num_attention_heads)
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, 'rope_scaling', _freeze(self.rope_scaling))
+    if isinstance(self.eos_token_id, list):
+      object.__setattr__(self, 'eos_token_id', tuple(self.eos_token_id))
+    self._validate()
+
+  def _validate(self):
+    for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
+                 'num_attention_heads', 'num_key_value_heads'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}')
+    if self.model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(f'model_type must be one of {SUPPORTED_MODEL_TYPES}, '
+                       f'got {self.model_type!r}')
+    if self.hidden_act != 'silu':
+      raise ValueError(f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
+    if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+      raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
+                       f'num_attention_heads={self.num_attention_heads}')
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ValueError(f'num_attention_heads={self.num_attention_heads} is not divisible by '
+                       f'num_key_value_heads={self.num_key_value_heads}')
+    if self.dim_per_head % 2:
+      raise ValueError(f'head_dim must be even for rotary embeddings, got {self.dim_per_head}')
+    if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
+      raise ValueError('rms_norm_eps and rope_theta must be > 0, got '
+                       f'{self.rms_norm_eps}, {self.rope_theta}')
+    rope = self.rope_scaling_dict
+    if rope is not None:
+      rope_type = rope.get('rope_type', rope.get('type', 'default'))
+      if rope_type not in _ROPE_TYPES:
+        raise ValueError(f'rope_scaling type must be one of {_ROPE_TYPES}, got {rope_type!r}')
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_attention_heads
+
+  @property
+  def qkv_bias(self) -> bool:
+    return self.model_type == 'qwen2' or self.attention_bias
+
+  @property
+  def o_proj_bias(self) -> bool:
+    return self.model_type == 'llama' and self.attention_bias
+
+  @property
+  def rope_scaling_dict(self) -> Optional[dict]:
+    return None if self.rope_scaling is None else _thaw(self.rope_scaling)
+
+  @classmethod
+  def from_hf_dict(cls, hf: dict) -> 'LlamaConfig':
+    """Builds the config from a parsed HF `config.json`.
+
+    Raises:
+      ValueError: a required field is missing, or the checkpoint uses a feature this
+        implementation lacks (another architecture, sliding-window attention, an
+        unsupported rope scaling or activation).
+    """
+    required = ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
+                'num_attention_heads')
+    missing = [name for name in required if name not in hf]
+    if missing:
+      raise ValueError(f'config.json lacks the required fields {missing}')
+    model_type = hf.get('model_type', 'llama')
+    if model_type == 'qwen2' and hf.get('use_sliding_window', False):
+      raise ValueError('config.json sets use_sliding_window: sliding-window attention is not '
+                       'implemented')
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in hf.items() if k in fields}
+    kwargs['model_type'] = model_type
+    if kwargs.get('rope_scaling') is not None:
+      kwargs['rope_scaling'] = _freeze(kwargs['rope_scaling'])
+    return cls(**kwargs)
+
+  def to_hf_dict(self) -> dict:
+    """The HF `config.json` content for this config (inverse of `from_hf_dict`)."""
+    out = dataclasses.asdict(self)
+    out['rope_scaling'] = self.rope_scaling_dict
+    if isinstance(self.eos_token_id, tuple):
+      out['eos_token_id'] = list(self.eos_token_id)
+    if out['head_dim'] is None:
+      del out['head_dim']
+    out['architectures'] = [{'llama': 'LlamaForCausalLM',
+                             'qwen2': 'Qwen2ForCausalLM'}[self.model_type]]
+    out['torch_dtype'] = 'float32'
+    return out
+
+
+def rope_inverse_frequencies(config: LlamaConfig) -> np.ndarray:
+  """inv_freq [hd / 2] = theta^(-2j / hd), with the rope scaling of HF applied.
+
+  'linear' divides every frequency by `factor`. 'llama3' (Llama 3.1/3.2) divides the low
+  frequencies (wavelength > original_max_position_embeddings / low_freq_factor) by `factor`,
+  keeps the high ones (wavelength < .../high_freq_factor) and interpolates linearly in
+  original_max_position_embeddings / wavelength between the two.
+  """
+  hd = config.dim_per_head
+  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+  rope = config.rope_scaling_dict
+  if rope is None:
+    return inv_freq
+  rope_type = rope.get('rope_type', rope.get('type', 'default'))
+  if rope_type == 'linear':
+    return inv_freq / rope['factor']
+  if rope_type == 'llama3':
+    factor = rope['factor']
+    low, high = rope['low_freq_factor'], rope['high_freq_factor']
+    old_len = rope['original_max_position_embeddings']
+    wavelength = 2 * np.pi / inv_freq
+    smooth = (old_len / wavelength - low) / (high - low)
+    interpolated = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return np.where(wavelength > old_len / low, inv_freq / factor,
+                    np.where(wavelength < old_len / high, inv_freq, interpolated))
+  return inv_freq
+
+
+def rotary_cos_sin(position_ids_BT: jax.Array,
+                   inv_freq: np.ndarray) -> Tuple[jax.Array, jax.Array]:
+  """cos and sin [b, t, hd] of angles position * inv_freq, the half repeated (HF layout)."""
+  angles_BTF = (position_ids_BT.astype(jnp.float32)[..., None]
+                * jnp.asarray(inv_freq, jnp.float32)[None, None])
+  angles_BTD = jnp.concatenate([angles_BTF, angles_BTF], axis=-1)
+  return jnp.cos(angles_BTD), jnp.sin(angles_BTD)
+
+
+def apply_rotary(x_BTHD: jax.Array, cos_BTD: jax.Array, sin_BTD: jax.Array) -> jax.Array:
+  """x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[hd/2:], x[:hd/2])."""
+  half = x_BTHD.shape[-1] // 2
+  rotated = jnp.concatenate([-x_BTHD[..., half:], x_BTHD[..., :half]], axis=-1)
+  out = x_BTHD * cos_BTD[:, :, None] + rotated * sin_BTD[:, :, None]
+  return out.astype(x_BTHD.dtype)
+
+
+class RMSNorm(nn.Module):
+  """weight * x / sqrt(mean(x^2) + eps), the statistic in float32 (as HF)."""
+  eps: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    weight = self.param('weight', nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return weight.astype(self.dtype)[None, None] * x32.astype(self.dtype)
+
+
+class LlamaAttention(nn.Module):
+  """Grouped-query causal self-attention with rotary embeddings."""
+  config: LlamaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTH, allowed_BTS, cos_BTD, sin_BTD):
+    cfg = self.config
+    b, t, _ = x_BTH.shape
+    hd = cfg.dim_per_head
+    dense = lambda features, bias, name: nn.Dense(
+        features, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
+    q = dense(cfg.num_attention_heads * hd, cfg.qkv_bias, 'q_proj')(x_BTH)
+    k = dense(cfg.num_key_value_heads * hd, cfg.qkv_bias, 'k_proj')(x_BTH)
+    v = dense(cfg.num_key_value_heads * hd, cfg.qkv_bias, 'v_proj')(x_BTH)
+    q = apply_rotary(q.reshape(b, t, cfg.num_attention_heads, hd), cos_BTD, sin_BTD)
+    k = apply_rotary(k.reshape(b, t, cfg.num_key_value_heads, hd), cos_BTD, sin_BTD)
+    v = v.reshape(b, t, cfg.num_key_value_heads, hd)
+    out = grouped_query_attention(q, k, v, allowed_BTS)
+    return dense(cfg.hidden_size, cfg.o_proj_bias, 'o_proj')(out)
+
+
+class LlamaMLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  config: LlamaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTH):
+    cfg = self.config
+    dense = lambda features, name: nn.Dense(
+        features, use_bias=cfg.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
+    gate = dense(cfg.intermediate_size, 'gate_proj')(x_BTH)
+    up = dense(cfg.intermediate_size, 'up_proj')(x_BTH)
+    return dense(cfg.hidden_size, 'down_proj')(nn.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+  """x + attn(RMSNorm(x)), then x + mlp(RMSNorm(x))."""
+  config: LlamaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTH, allowed_BTS, cos_BTD, sin_BTD):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = RMSNorm(cfg.rms_norm_eps, name='input_layernorm', **kw)(x_BTH)
+    x_BTH = x_BTH + LlamaAttention(cfg, name='self_attn', **kw)(h, allowed_BTS, cos_BTD,
+                                                                 sin_BTD)
+    h = RMSNorm(cfg.rms_norm_eps, name='post_attention_layernorm', **kw)(x_BTH)
+    return x_BTH + LlamaMLP(cfg, name='mlp', **kw)(h)
+
+
+class LlamaOutput(NamedTuple):
+  """`Llama(..., return_hidden=True)`: logits [b, t, V] (float32), hidden [b, t, H]."""
+  logits: jax.Array
+  hidden: jax.Array
+
+
+class Llama(nn.Module):
+  """HF-compatible Llama / Qwen2 causal LM.
+
+  Attributes:
+    config: the LlamaConfig.
+    dtype: computation dtype (bfloat16 halves activation memory on an accelerator); the
+      attention softmax and RMSNorm statistics are float32 regardless, logits are float32.
+    param_dtype: dtype of freshly initialised parameters.
+    remat: rematerialise each decoder layer in the backward pass (jax.checkpoint): the
+      gradient of a 0.5B-1.5B model then stores one activation per layer, not all.
+  """
+  config: LlamaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size,
+                                 embedding_init=nn.initializers.normal(cfg.initializer_range),
+                                 **kw)
+    layer_cls = nn.remat(LlamaDecoderLayer) if self.remat else LlamaDecoderLayer
+    self.layers = [layer_cls(cfg, **kw) for _ in range(cfg.num_hidden_layers)]
+    self.norm = RMSNorm(cfg.rms_norm_eps, **kw)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False,
+                              kernel_init=nn.initializers.normal(cfg.initializer_range), **kw)
+
+  def hidden_states(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
+                    position_ids: Optional[jax.Array] = None) -> jax.Array:
+    """Hidden states after the final RMSNorm, [b, t, H]. Arguments as `__call__`."""
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2:
+      raise ValueError(f'tokens must be [b, t], got shape {tokens.shape}')
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f'tokens must be integer token ids, got dtype {tokens.dtype}')
+    b, t = tokens.shape
+    if attention_mask is not None:
+      attention_mask = jnp.asarray(attention_mask)
+      if attention_mask.shape != (b, t):
+        raise ValueError(f'attention_mask must have shape {(b, t)}, got '
+                         f'{attention_mask.shape}')
+    if position_ids is None:
+      if attention_mask is None:
+        position_ids = jnp.broadcast_to(jnp.arange(t)[None], (b, t))
+      else:
+        # Count only real tokens, so a left-padded row is rotated as if unpadded.
+        real = (attention_mask != 0).astype(jnp.int32)
+        position_ids = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
+    else:
+      position_ids = jnp.asarray(position_ids)
+      if position_ids.shape != (b, t):
+        raise ValueError(f'position_ids must have shape {(b, t)}, got {position_ids.shape}')
+    cos_BTD, sin_BTD = rotary_cos_sin(position_ids, rope_inverse_frequencies(self.config))
+    allowed_BTS = attention_allowed(t, attention_mask)
+    x_BTH = self.embed_tokens(tokens)
+    for layer in self.layers:
+      x_BTH = layer(x_BTH, allowed_BTS, cos_BTD, sin_BTD)
+    return self.norm(x_BTH)
+
+  def __call__(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
+               position_ids: Optional[jax.Array] = None, return_hidden: bool = False
+               ) -> Union[jax.Array, LlamaOutput]:
+    """Next-token logits: position j predicts token j + 1 from tokens 0..j.
+
+    Args:
+      tokens: int [b, t] (ids outside [0, V) are not checked: jit cannot).
+      attention_mask: optional [b, t], 1 for real tokens, 0 for padding (masked as keys).
+      position_ids: optional int [b, t]. Default: 0..t-1, or with an attention_mask the
+        running count of real tokens minus one (HF `generate`'s rule), so padding on either
+        side leaves a row's real-token logits unchanged.
+      return_hidden: also return the final hidden states.
+
+    Returns:
+      float32 logits [b, t, V], or LlamaOutput(logits, hidden) when return_hidden.
+    """
+    hidden_BTH = self.hidden_states(tokens, attention_mask, position_ids)
+    if self.config.tie_word_embeddings:
+      logits = self.embed_tokens.attend(hidden_BTH)
+    else:
+      logits = self.lm_head(hidden_BTH)
+    logits = logits.astype(jnp.float32)
+    return LlamaOutput(logits, hidden_BTH) if return_hidden else logits
+
+  def features(self, tokens: jax.Array,
+               attention_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Mean-pooled last hidden state [b, H] over real tokens (METHOD.md `init_features`)."""
+    return masked_mean(self.hidden_states(tokens, attention_mask),
+                       attention_mask).astype(jnp.float32)

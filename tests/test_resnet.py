@@ -1,0 +1,144 @@
+"""Tests for dv_jax.models.resnet: parameter counts, a float64 NumPy BasicBlock, and the
+per-example independence that makes per-example NTKs exact (BatchNorm in inference mode)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax.models.resnet import BasicBlock
+from dv_jax.models.resnet import ResNet18
+
+
+def _random_variables(model, x, seed=0):
+  """Random params and BatchNorm statistics of the model's structure (no init compile)."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    name = path[-1].key
+    if name == 'var':
+      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
+    if name == 'scale':
+      return (1 + 0.2 * rng.standard_normal(s.shape)).astype(np.float32)
+    return (0.3 * rng.standard_normal(s.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _num_params(model, x):
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)['params']
+  return sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
+
+
+def _closed_form_count(num_classes, f=64, small_images=True):
+  """ResNet-18 parameter count: bias-free convs, BatchNorm scale + bias, a Dense head."""
+  total = (9 if small_images else 49) * 3 * f + 2 * f
+  c_in = f
+  for width, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+    c_out = f * width
+    for j in range(2):
+      total += 9 * c_in * c_out + 9 * c_out * c_out + 4 * c_out
+      if (stride if j == 0 else 1) != 1 or c_in != c_out:
+        total += c_in * c_out + 2 * c_out
+      c_in = c_out
+  return total + c_in * num_classes + num_classes
+
+
+def test_parameter_counts():
+  cifar = _num_params(ResNet18(100), jnp.zeros((1, 32, 32, 3)))
+  assert cifar == _closed_form_count(100) == 11_220_132
+  # torchvision's resnet18 (ImageNet stem, 1000 classes) has 11,689,512 parameters.
+  imagenet = _num_params(ResNet18(1000, small_images=False), jnp.zeros((1, 64, 64, 3)))
+  assert imagenet == _closed_form_count(1000, small_images=False) == 11_689_512
+
+
+def _np_conv(x, w, stride, pad):
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  kh, kw = w.shape[:2]
+  ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+  out = np.zeros((x.shape[0], ho, wo, w.shape[-1]))
+  for i in range(kh):
+    for j in range(kw):
+      out += x[:, i:i + stride * ho:stride, j:j + stride * wo:stride] @ w[i, j]
+  return out
+
+
+def _np_batch_norm(x, params, stats, train):
+  if train:
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+  else:
+    mean, var = stats['mean'], stats['var']
+  return (x - mean) / np.sqrt(var + 1e-5) * params['scale'] + params['bias']
+
+
+def _np_basic_block(variables, x, stride, train):
+  v = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
+  p, s = v['params'], v['batch_stats']
+  relu = lambda z: np.maximum(z, 0)
+  y = relu(_np_batch_norm(_np_conv(x, p['conv1']['kernel'], stride, 1), p['bn1'], s['bn1'],
+                          train))
+  y = _np_batch_norm(_np_conv(y, p['conv2']['kernel'], 1, 1), p['bn2'], s['bn2'], train)
+  if 'proj_conv' in p:
+    shortcut = _np_batch_norm(_np_conv(x, p['proj_conv']['kernel'], stride, 0), p['proj_bn'],
+                              s['proj_bn'], train)
+  else:
+    shortcut = x
+  return relu(y + shortcut)
+
+
+@pytest.mark.parametrize('filters, stride', [(8, 2), (4, 1)])
+def test_basic_block_matches_float64_numpy(filters, stride):
+  x = np.random.default_rng(1).standard_normal((2, 6, 6, 4)).astype(np.float32)
+  block = BasicBlock(filters, stride)
+  variables = _random_variables(block, x)
+  assert ('proj_conv' in variables['params']) == (stride != 1)
+
+  @jax.jit
+  def run(variables, x):
+    eval_out = block.apply(variables, x, train=False)
+    train_out, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
+    return eval_out, train_out
+  eval_out, train_out = run(variables, x)
+  assert eval_out.shape == (2, 6 // stride, 6 // stride, filters)
+  for out, train in ((eval_out, False), (train_out, True)):
+    np.testing.assert_allclose(out, _np_basic_block(variables, x.astype(np.float64), stride,
+                                                    train), rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_inference_mode_is_per_example_and_features_feed_the_head():
+  model = ResNet18(10, num_filters=4)
+  x = np.random.default_rng(2).standard_normal((3, 8, 8, 3)).astype(np.float32)
+  variables = _random_variables(model, x)
+  other = x.copy()
+  other[1:] = np.random.default_rng(3).standard_normal((2, 8, 8, 3))
+
+  @jax.jit
+  def run(variables, x):
+    logits = model.apply(variables, x)  # train=False is the default
+    features = model.apply(variables, x, method='features')
+    train_logits, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    return logits, features, train_logits
+  logits, features, train_logits = run(variables, x)
+  logits_other, _, train_other = run(variables, other)
+  assert logits.shape == (3, 10) and features.shape == (3, 32)
+  head = variables['params']['head']
+  np.testing.assert_allclose(logits, features @ head['kernel'] + head['bias'][None], rtol=1e-5,
+                             atol=1e-5)
+  # Inference mode: example 0's output depends on example 0 only.
+  np.testing.assert_allclose(logits_other[0], logits[0], rtol=1e-6, atol=1e-6)
+  # Training mode normalises with batch statistics, so it does not (the contrast).
+  assert np.max(np.abs(train_other[0] - train_logits[0])) > 1e-3
+
+
+def test_imagenet_stem_shapes_and_input_error():
+  model = ResNet18(7, num_filters=4, small_images=False)
+  x = jnp.zeros((2, 16, 16, 3))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  assert variables['params']['stem_conv']['kernel'].shape == (7, 7, 3, 4)
+  assert jax.eval_shape(model.apply, variables, x).shape == (2, 7)
+  assert jax.eval_shape(functools.partial(model.apply, method='features'),
+                        variables, x).shape == (2, 32)
+  with pytest.raises(ValueError, match='NHWC'):
+    jax.eval_shape(model.apply, variables, jnp.zeros((16, 16, 3)))

@@ -1,0 +1,266 @@
+"""Tests for dv_jax.models.transformer: float64 NumPy forward pass, causality, sampling."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax.models import transformer
+from dv_jax.models.transformer import SequenceClassifier
+from dv_jax.models.transformer import TransformerLM
+from dv_jax.models.transformer import next_token_probs
+from dv_jax.models.transformer import sample
+
+V, LAYERS, HEADS, D, FF, MAX_LEN = 37, 2, 4, 16, 24, 12
+LM = TransformerLM(V, LAYERS, HEADS, D, FF, MAX_LEN)
+
+
+def _random_params(model, tokens, seed=0):
+  """Random params of the model's structure (eval_shape: no init compile)."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)['params']
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    if path[-1].key == 'scale':  # LayerNorm gains near 1
+      return (1 + 0.2 * rng.standard_normal(s.shape)).astype(np.float32)
+    return (0.3 * rng.standard_normal(s.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+PARAMS = _random_params(LM, jnp.zeros((1, 4), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'method'))
+def _apply(model, params, tokens, attention_mask=None, method=None):
+  return model.apply({'params': params}, tokens, attention_mask, method=method)
+
+
+def _tokens(b=2, t=7, seed=1):
+  return np.random.default_rng(seed).integers(0, V, size=(b, t)).astype(np.int32)
+
+
+def _np_hidden(params, tokens, attention_mask=None):
+  """float64 NumPy forward pass of the pre-LN LM up to the final LayerNorm."""
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  b, t = tokens.shape
+  mask = np.ones((b, t)) if attention_mask is None else np.asarray(attention_mask, float)
+
+  def layer_norm(x, q):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * q['scale'] + q[
+        'bias']
+
+  def dense(x, q):
+    return x @ q['kernel'] + q['bias']
+
+  x = p['embed']['embedding'][tokens] + p['pos_embed'][:t]
+  hd = D // HEADS
+  for i in range(LAYERS):
+    q = p[f'layers_{i}']
+    h = layer_norm(x, q['ln_1'])
+    out = np.zeros_like(x)
+    for bi in range(b):
+      heads = []
+      for j in range(HEADS):
+        sl = slice(j * hd, (j + 1) * hd)
+        qq = dense(h[bi], q['attn']['query'])[:, sl]
+        kk = dense(h[bi], q['attn']['key'])[:, sl]
+        vv = dense(h[bi], q['attn']['value'])[:, sl]
+        att = np.full((t, t), -np.inf)
+        for r in range(t):
+          for c in range(r + 1):
+            if mask[bi, c] > 0:
+              att[r, c] = qq[r] @ kk[c] / np.sqrt(hd)
+        att = np.exp(att - att.max(-1, keepdims=True))
+        heads.append(att / att.sum(-1, keepdims=True) @ vv)
+      out[bi] = dense(np.concatenate(heads, -1), q['attn']['out'])
+    x = x + out
+    u = dense(layer_norm(x, q['ln_2']), q['mlp']['fc_in'])
+    u = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+    x = x + dense(u, q['mlp']['fc_out'])
+  return layer_norm(x, p['final_norm'])
+
+
+# ---------------------------------------------------------------------------- forward pass
+
+
+def test_logits_and_features_match_float64_numpy_reference():
+  tokens = _tokens()
+  ref_hidden = _np_hidden(PARAMS, tokens)
+  ref_logits = ref_hidden @ np.asarray(PARAMS['lm_head']['kernel'], np.float64)
+  logits = _apply(LM, PARAMS, tokens)
+  assert logits.shape == (2, 7, V)
+  np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
+  # Right padding in row 1 (positions 5, 6): mask as keys, excluded from the features.
+  mask = np.ones_like(tokens)
+  mask[1, 5:] = 0
+  ref_hidden = _np_hidden(PARAMS, tokens, mask)
+  feats = _apply(LM, PARAMS, tokens, mask, method='features')
+  assert feats.shape == (2, D)
+  np.testing.assert_allclose(feats[0], ref_hidden[0].mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(feats[1], ref_hidden[1, :5].mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_causality():
+  tokens = _tokens()
+  changed = tokens.copy()
+  changed[:, 3] = (changed[:, 3] + 5) % V
+  a, b = _apply(LM, PARAMS, tokens), _apply(LM, PARAMS, changed)
+  np.testing.assert_allclose(a[:, :3], b[:, :3], rtol=0, atol=1e-6)
+  assert np.min(np.max(np.abs(a[:, 3:] - b[:, 3:]), axis=-1)) > 1e-4
+
+
+def test_sequence_classifier_ignores_padding_with_pad_id():
+  model = SequenceClassifier(V, 3, LAYERS, HEADS, D, FF, MAX_LEN, pad_id=0)
+  params = _random_params(model, jnp.zeros((1, 4), jnp.int32), seed=2)
+  assert 'lm_head' not in params['backbone'] and params['classifier']['kernel'].shape == (D, 3)
+  seq = np.array([[5, 9, 2, 7, 3]], np.int32)
+  padded = np.concatenate([seq, np.zeros((1, 4), np.int32)], axis=1)
+  short, long = _apply(model, params, seq), _apply(model, params, padded)
+  assert short.shape == (1, 3)
+  np.testing.assert_allclose(short, long, rtol=1e-5, atol=1e-6)
+  # Features are the backbone's mean over real tokens; logits are a Dense of them.
+  feats = _apply(model, params, padded, method='features')
+  hidden = _np_hidden(params['backbone'], seq)
+  np.testing.assert_allclose(feats[0], hidden[0].mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      long, feats @ params['classifier']['kernel'] + params['classifier']['bias'][None],
+      rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('tokens, message', [
+    (np.zeros((1, MAX_LEN + 1), np.int32), 'max_len'),
+    (np.zeros((1, 4), np.float32), 'integer'),
+    (np.zeros((4,), np.int32), r'\[b, t\]'),
+])
+def test_forward_errors(tokens, message):
+  with pytest.raises(ValueError, match=message):
+    LM.apply({'params': PARAMS}, tokens)
+
+
+# -------------------------------------------------------------------------------- sampling
+
+
+def _np_next_token_probs(logits, temperature, top_p):
+  z = np.asarray(logits, np.float64) / temperature
+  p = np.exp(z - z.max())
+  p /= p.sum()
+  kept = np.zeros_like(p)
+  mass = 0.0
+  for idx in np.argsort(-p, kind='stable'):
+    if mass >= top_p:
+      break
+    kept[idx] = p[idx]
+    mass += p[idx]
+  return kept / kept.sum()
+
+
+@pytest.mark.parametrize('temperature, top_p', [(1.0, 1.0), (0.7, 1.0), (1.0, 0.5),
+                                                (2.0, 0.9), (0.5, 0.3)])
+def test_next_token_probs_match_numpy(temperature, top_p):
+  logits = np.random.default_rng(0).normal(0, 2, size=(3, V)).astype(np.float32)
+  got = next_token_probs(logits, temperature=temperature, top_p=top_p)
+  ref = np.stack([_np_next_token_probs(row, temperature, top_p) for row in logits])
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(got) > 0, ref > 0)
+  if top_p < 1:
+    assert np.all(np.sum(ref > 0, axis=-1) < V)  # the truncation did remove tokens
+
+
+def test_next_token_probs_tiny_top_p_is_greedy_and_errors():
+  logits = np.random.default_rng(1).normal(size=(4, V))
+  got = next_token_probs(logits, top_p=1e-9)
+  np.testing.assert_array_equal(got, np.eye(V)[np.argmax(logits, -1)])
+  for kwargs, message in [(dict(temperature=0.0), 'temperature'),
+                          (dict(temperature=np.nan), 'temperature'),
+                          (dict(top_p=0.0), 'top_p'), (dict(top_p=1.5), 'top_p')]:
+    with pytest.raises(ValueError, match=message):
+      next_token_probs(logits, **kwargs)
+  with pytest.raises(ValueError, match='finite'):
+    next_token_probs(np.full((1, V), np.inf))
+
+
+def _greedy_rollout(prompt, steps, lengths=None):
+  """Greedy decoding by a Python loop of full forward passes (independent of `sample`)."""
+  b, t0 = prompt.shape
+  lengths = np.full(b, t0) if lengths is None else lengths
+  buffer = np.zeros((b, MAX_LEN), np.int32)
+  for row in range(b):
+    buffer[row, :lengths[row]] = prompt[row, :lengths[row]]
+  for s in range(steps):
+    logits = np.asarray(_apply(LM, PARAMS, buffer))
+    for row in range(b):
+      buffer[row, lengths[row] + s] = np.argmax(logits[row, lengths[row] + s - 1])
+  return buffer[:, :t0 + steps]
+
+
+def test_sample_greedy_variable_prompts_and_eos():
+  prompt = _tokens(3, 4, seed=5)
+  key = jax.random.PRNGKey(0)
+  out = sample(LM, PARAMS, key, prompt, max_new_tokens=5, top_p=1e-7)
+  ref = _greedy_rollout(prompt, 5)
+  np.testing.assert_array_equal(out.tokens, ref)
+  np.testing.assert_array_equal(out.lengths, [9, 9, 9])
+  # Row 1's prompt is 2 tokens long (right-padded): it continues from its own end.
+  lengths = np.array([4, 2, 4])
+  out = sample(LM, PARAMS, key, prompt, max_new_tokens=5, top_p=1e-7, prompt_lengths=lengths,
+               pad_id=0)
+  np.testing.assert_array_equal(out.tokens, _greedy_rollout(prompt, 5, lengths))
+  np.testing.assert_array_equal(np.asarray(out.tokens)[1, 7:], [0, 0])
+  np.testing.assert_array_equal(out.lengths, [9, 7, 9])
+  # eos: row 0's second generated token; the row stops there, the rows never reaching it
+  # are unchanged.
+  eos = int(ref[0, 5])
+  out = sample(LM, PARAMS, key, prompt, max_new_tokens=5, top_p=1e-7, eos_id=eos, pad_id=0)
+  for row in range(3):
+    hits = np.flatnonzero(ref[row, 4:] == eos)
+    end = 4 + (hits[0] + 1 if hits.size else 5)
+    np.testing.assert_array_equal(out.tokens[row, :end], ref[row, :end])
+    np.testing.assert_array_equal(out.tokens[row, end:], 0)
+    assert out.lengths[row] == end
+  assert out.lengths[0] == 6
+
+
+def test_sample_frequencies_follow_truncated_distribution():
+  n, temperature, top_p = 4000, 0.8, 0.7
+  prompt = np.tile(_tokens(1, 3, seed=7), (n, 1))
+  out = sample(LM, PARAMS, jax.random.PRNGKey(3), prompt, max_new_tokens=1,
+               temperature=temperature, top_p=top_p)
+  np.testing.assert_array_equal(out.tokens[:, :3], prompt)
+  logits = np.asarray(_apply(LM, PARAMS, prompt[:1]))[0, 2]
+  probs = _np_next_token_probs(logits, temperature, top_p)
+  freq = np.bincount(np.asarray(out.tokens[:, 3]), minlength=V) / n
+  assert np.all(freq[probs == 0] == 0)
+  assert np.sum(probs > 0) >= 2
+  np.testing.assert_array_less(np.abs(freq - probs), 5 * np.sqrt(probs * (1 - probs) / n) + 1e-9)
+  # Different keys give different draws; the same key the same draws.
+  again = sample(LM, PARAMS, jax.random.PRNGKey(3), prompt, max_new_tokens=1,
+                 temperature=temperature, top_p=top_p)
+  np.testing.assert_array_equal(again.tokens, out.tokens)
+
+
+def test_sample_compiles_once_per_shape():
+  prompt = _tokens(2, 2, seed=9)
+  before = transformer._sample_jit._cache_size()  # pylint: disable=protected-access
+  for temperature, top_p, eos_id, pad_id in ((1.0, 1.0, None, 0), (0.5, 0.3, 3, 1),
+                                             (2.0, 0.9, 5, 0)):
+    sample(LM, PARAMS, jax.random.PRNGKey(0), prompt, max_new_tokens=2,
+           temperature=temperature, top_p=top_p, eos_id=eos_id, pad_id=pad_id)
+  assert transformer._sample_jit._cache_size() - before == 1  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(max_new_tokens=0), 'max_new_tokens'),
+    (dict(max_new_tokens=MAX_LEN), 'max_len'),
+    (dict(max_new_tokens=2, temperature=-1.0), 'temperature'),
+    (dict(max_new_tokens=2, top_p=0.0), 'top_p'),
+    (dict(max_new_tokens=2, prompt_lengths=np.array([0, 3])), 'prompt_lengths'),
+    (dict(max_new_tokens=2, prompt_lengths=np.array([3])), 'prompt_lengths'),
+])
+def test_sample_errors(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    sample(LM, PARAMS, jax.random.PRNGKey(0), _tokens(2, 3), **kwargs)
+  with pytest.raises(ValueError, match='prompt_tokens'):
+    sample(LM, PARAMS, jax.random.PRNGKey(0), np.zeros((2, 3)), max_new_tokens=1)
