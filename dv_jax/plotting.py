@@ -1,0 +1,183 @@
+"""Figures saved as PNG and PDF.
+
+Matplotlib is imported inside the functions (it is an optional dependency, `[plot]`), and
+only its object-oriented API is used: a `matplotlib.figure.Figure` renders through the Agg
+canvas without pyplot, so no global backend state is touched and nothing opens a window.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+  from matplotlib.axes import Axes
+  from matplotlib.figure import Figure
+
+PathLike = Union[str, os.PathLike]
+FORMATS = ('png', 'pdf')
+
+
+def new_figure(*, nrows: int = 1, ncols: int = 1, panel_size: Tuple[float, float] = (4.5, 3.4),
+               squeeze: bool = False) -> Tuple['Figure', np.ndarray]:
+  """A pyplot-free figure with a grid of axes (`[nrows, ncols]` array unless squeezed)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout='constrained')
+  axes = fig.subplots(nrows, ncols, squeeze=squeeze)
+  return fig, axes
+
+
+def save_figure(fig: 'Figure', path_without_suffix: PathLike, *, dpi: int = 150
+                ) -> List[Path]:
+  """Saves `fig` as `<path>.png` and `<path>.pdf`, each atomically (temp file + rename).
+
+  Args:
+    fig: a matplotlib figure.
+    path_without_suffix: destination without extension; parents are created.
+    dpi: resolution of the PNG.
+
+  Returns:
+    The written paths, PNG first.
+  """
+  base = Path(path_without_suffix)
+  base.parent.mkdir(parents=True, exist_ok=True)
+  written = []
+  for fmt in FORMATS:
+    target = base.with_name(f'{base.name}.{fmt}')
+    handle, temporary = tempfile.mkstemp(dir=base.parent, prefix=f'.{target.name}.',
+                                         suffix='.tmp')
+    os.close(handle)
+    try:
+      fig.savefig(temporary, format=fmt, dpi=dpi)
+      os.replace(temporary, target)
+    except BaseException:
+      if os.path.exists(temporary):
+        os.unlink(temporary)
+      raise
+    written.append(target)
+  return written
+
+
+class Curve(NamedTuple):
+  """One log-log curve with its breakpoints.
+
+  Attributes:
+    x: `[T]` positive abscissae.
+    y: `[T]` positive values.
+    label: legend entry.
+    predicted_breaks: x positions drawn as solid vertical lines.
+    fitted_breaks: x positions drawn as dashed vertical lines.
+    fit: `[T]` fitted curve on `x`, drawn dotted (optional).
+    color: matplotlib color (None: the axes' cycle).
+    style: line style of the curve itself (e.g. ':' for a guide such as an asymptote).
+    width: line width of the curve.
+  """
+  x: Sequence[float]
+  y: Sequence[float]
+  label: str
+  predicted_breaks: Sequence[float] = ()
+  fitted_breaks: Sequence[float] = ()
+  fit: Optional[Sequence[float]] = None
+  color: Optional[str] = None
+  style: str = '-'
+  width: float = 1.6
+
+
+class Points(NamedTuple):
+  """Markers with optional vertical error bars (e.g. Monte Carlo estimates, quoted values).
+
+  Attributes:
+    x: `[P]` positions.
+    y: `[P]` values.
+    label: legend entry.
+    yerr: `[P]` half-widths of the error bars (optional).
+    marker: matplotlib marker.
+    color: matplotlib color (None: the axes' cycle).
+  """
+  x: Sequence[float]
+  y: Sequence[float]
+  label: str
+  yerr: Optional[Sequence[float]] = None
+  marker: str = 'o'
+  color: Optional[str] = None
+
+
+def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[Points] = (),
+                       title: Optional[str] = None, xlabel: str = 'n (training samples)',
+                       ylabel: str = 'E(n)', legend: bool = True) -> 'Axes':
+  """Draws curves on log-log axes with predicted (solid) and fitted (dashed) breakpoints.
+
+  Vertical lines take their curve's color; non-finite break positions are skipped.
+
+  Args:
+    ax: target axes.
+    curves: the curves.
+    points: markers drawn on top (e.g. Monte Carlo estimates with error bars).
+    title: axes title.
+    xlabel: x axis label.
+    ylabel: y axis label.
+    legend: draw a legend (curves plus a key to the line styles).
+
+  Returns:
+    `ax`.
+  """
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  for curve in curves:
+    (line,) = ax.loglog(np.asarray(curve.x), np.asarray(curve.y), curve.style,
+                        lw=curve.width, color=curve.color, label=curve.label)
+    color = line.get_color()
+    if curve.fit is not None:
+      ax.loglog(np.asarray(curve.x), np.asarray(curve.fit), ':', lw=1.2, color=color)
+    for position in np.asarray(curve.predicted_breaks, dtype=float):
+      if np.isfinite(position):
+        ax.axvline(position, color=color, lw=1.0, ls='-', alpha=0.6)
+    for position in np.asarray(curve.fitted_breaks, dtype=float):
+      if np.isfinite(position):
+        ax.axvline(position, color=color, lw=1.0, ls='--', alpha=0.9)
+  for group in points:
+    ax.errorbar(np.asarray(group.x), np.asarray(group.y),
+                yerr=None if group.yerr is None else np.asarray(group.yerr),
+                fmt=group.marker, ms=5, capsize=3, color=group.color, label=group.label,
+                zorder=5)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.grid(True, which='major', alpha=0.3)
+  if legend:
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color='gray', ls='-', lw=1.0, label='predicted break'),
+                Line2D([], [], color='gray', ls='--', lw=1.0, label='fitted break')]
+    if any(curve.fit is not None for curve in curves):
+      handles.append(Line2D([], [], color='gray', ls=':', lw=1.2, label='broken power law'))
+    ax.legend(handles=handles, fontsize=7, loc='lower left')
+  return ax
+
+
+def curve_grid(panels: Sequence[Tuple[str, Sequence[Curve]]], *, ncols: int = 3,
+               suptitle: Optional[str] = None, **plot_kwargs) -> 'Figure':
+  """A figure with one log-log panel per `(title, curves)` pair, row-major.
+
+  Args:
+    panels: `(title, curves)` per panel.
+    ncols: panels per row.
+    suptitle: figure title.
+    **plot_kwargs: passed to `plot_loglog_curves`.
+
+  Returns:
+    The figure (save it with `save_figure`).
+  """
+  if not panels:
+    raise ValueError('panels is empty')
+  ncols = min(ncols, len(panels))
+  nrows = -(-len(panels) // ncols)
+  fig, axes = new_figure(nrows=nrows, ncols=ncols)
+  for ax, (title, curves) in zip(axes.ravel(), panels):
+    plot_loglog_curves(ax, curves, title=title, **plot_kwargs)
+  for ax in axes.ravel()[len(panels):]:
+    ax.set_visible(False)
+  if suptitle:
+    fig.suptitle(suptitle)
+  return fig

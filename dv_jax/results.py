@@ -1,0 +1,289 @@
+"""The one writer: atomic JSON / CSV files, a resumable store of finished units, the log file.
+
+Everything else in `dv_jax` is pure; experiments write only through this module (and
+`plotting.save_figure`). Every file is written to a temporary file in the destination
+directory and moved into place with `os.replace`, so a crash or a kill never leaves a
+half-written result that a rerun would trust.
+
+JSON conventions (`write_json`): NumPy and JAX scalars become Python numbers, arrays become
+nested lists, `NamedTuple`s become objects with their field names, tuples become lists,
+`Path`s strings, `ConfigDict`s plain objects. Non-finite floats (NaN, +-Inf), which strict
+JSON cannot hold, become `null` (so `read_json` gives `None` for them; the distinction
+between NaN and Inf is not kept). CSV (`write_csv`) writes NaN as `nan` and Inf as `inf`,
+which `read_csv` reads back as floats.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+_LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s: %(message)s'
+_UNSAFE = re.compile(r'[^A-Za-z0-9._-]')
+_MAX_NAME = 120
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+  """Writes `text` to `path` atomically (temporary file in the same directory + rename).
+
+  Parent directories are created. The temporary file is removed if writing fails.
+
+  Args:
+    path: destination file.
+    text: the whole content.
+
+  Returns:
+    `path` as a `Path`.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(handle, 'w', encoding='utf-8', newline='') as stream:
+      stream.write(text)
+      stream.flush()
+      os.fsync(stream.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
+  return path
+
+
+def to_jsonable(obj: Any) -> Any:
+  """Converts `obj` to plain JSON types following the module's conventions."""
+  if obj is None or isinstance(obj, (bool, str)):
+    return obj
+  if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
+    return int(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  if isinstance(obj, (float, np.floating)):
+    value = float(obj)
+    return value if math.isfinite(value) else None
+  if isinstance(obj, Path):
+    return str(obj)
+  if hasattr(obj, 'to_dict') and callable(obj.to_dict):  # ml_collections.ConfigDict
+    return to_jsonable(obj.to_dict())
+  if isinstance(obj, tuple) and hasattr(obj, '_fields'):  # NamedTuple: keep field names
+    return {name: to_jsonable(value) for name, value in zip(obj._fields, obj)}
+  if isinstance(obj, Mapping):
+    return {str(key): to_jsonable(value) for key, value in obj.items()}
+  if isinstance(obj, (list, tuple, set, frozenset)):
+    return [to_jsonable(value) for value in obj]
+  if isinstance(obj, np.ndarray) or hasattr(obj, '__array__'):  # NumPy and JAX arrays
+    array = np.asarray(obj)
+    if array.ndim == 0:
+      return to_jsonable(array.item())
+    return [to_jsonable(value) for value in array]
+  if isinstance(obj, complex):
+    raise TypeError(f'complex numbers are not JSON serialisable: {obj!r}')
+  raise TypeError(f'cannot write an object of type {type(obj).__name__} as JSON')
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+  """Writes `obj` as indented strict JSON, atomically (conventions in the module docstring).
+
+  Args:
+    path: destination file.
+    obj: nested dicts / lists / NamedTuples / scalars / NumPy or JAX arrays.
+
+  Returns:
+    `path` as a `Path`.
+
+  Raises:
+    TypeError: an object with no JSON form.
+  """
+  text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
+  return atomic_write_text(path, text + '\n')
+
+
+def read_json(path: PathLike) -> Any:
+  """Reads a JSON file written by `write_json` (non-finite floats come back as `None`)."""
+  with open(path, encoding='utf-8') as stream:
+    return json.load(stream)
+
+
+def _csv_cell(value: Any) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, (bool, np.bool_)):
+    return str(bool(value))
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  if isinstance(value, (float, np.floating)):
+    return repr(float(value))  # shortest round-tripping form; nan / inf stay readable
+  if isinstance(value, str):
+    return value
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    return _csv_cell(value.item())
+  # Lists, arrays, dicts: one JSON cell.
+  return json.dumps(to_jsonable(value), allow_nan=False)
+
+
+def write_csv(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+  """Writes rows (dicts) as CSV, atomically; columns are the union of keys in first-seen order.
+
+  Missing values and `None` are empty cells; floats keep full precision; lists and dicts
+  are written as one JSON cell.
+
+  Args:
+    path: destination file.
+    rows: the rows; may be empty (then the file is empty).
+
+  Returns:
+    `path` as a `Path`.
+  """
+  rows = list(rows)
+  columns: Dict[str, None] = {}
+  for row in rows:
+    if not isinstance(row, Mapping):
+      raise ValueError(f'rows must be mappings, got {type(row).__name__}')
+    for key in row:
+      columns.setdefault(str(key), None)
+  buffer = io.StringIO()
+  if columns:
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(columns)
+    for row in rows:
+      cells = {str(key): value for key, value in row.items()}
+      writer.writerow([_csv_cell(cells.get(column)) for column in columns])
+  return atomic_write_text(path, buffer.getvalue())
+
+
+def _parse_cell(text: str) -> Any:
+  if text == '':
+    return None
+  if text in ('True', 'False'):
+    return text == 'True'
+  try:
+    return int(text)
+  except ValueError:
+    pass
+  try:
+    return float(text)  # also nan, inf, -inf
+  except ValueError:
+    return text
+
+
+def read_csv(path: PathLike) -> List[Dict[str, Any]]:
+  """Reads a CSV written by `write_csv`: ints, floats, bools and `None` are parsed back.
+
+  Cells holding JSON lists / objects are returned as strings (`json.loads` them if needed).
+  """
+  with open(path, encoding='utf-8', newline='') as stream:
+    return [{key: _parse_cell(value) for key, value in row.items()}
+            for row in csv.DictReader(stream)]
+
+
+def save_config(config: Any, workdir: PathLike) -> Path:
+  """Writes `workdir/config.json` from an `ml_collections.ConfigDict` (or a mapping).
+
+  Returns:
+    The path written.
+  """
+  return write_json(Path(workdir) / 'config.json', config)
+
+
+def unit_filename(name: str) -> str:
+  """Safe file name (without suffix) of a unit name.
+
+  Characters outside `[A-Za-z0-9._-]` become `_`; if that changed the name (or it had to be
+  shortened) a short hash of the original is appended so distinct names never collide.
+  """
+  if not isinstance(name, str) or not name:
+    raise ValueError(f'name must be a non-empty string, got {name!r}')
+  safe = _UNSAFE.sub('_', name)
+  if safe.startswith('.'):
+    safe = '_' + safe[1:]  # no hidden files (temporary files start with '.')
+  if safe != name or len(safe) > _MAX_NAME:
+    digest = hashlib.sha1(name.encode('utf-8')).hexdigest()[:10]
+    safe = f'{safe[:_MAX_NAME]}-{digest}'
+  return safe
+
+
+class UnitStore:
+  """Finished units of a long experiment, one JSON file each, skipped on rerun.
+
+  `store.save(name, obj)` writes `directory/<safe name>.json` atomically holding
+  `{"name": name, "value": obj}`; `name in store` says whether it is finished;
+  `store.load(name)` returns the value as read back from JSON (see `write_json`).
+  """
+
+  def __init__(self, directory: PathLike):
+    self.directory = Path(directory)
+    self.directory.mkdir(parents=True, exist_ok=True)
+
+  def path(self, name: str) -> Path:
+    """The file that holds unit `name`."""
+    return self.directory / f'{unit_filename(name)}.json'
+
+  def __contains__(self, name: str) -> bool:
+    return self.path(name).is_file()
+
+  def save(self, name: str, obj: Any) -> Path:
+    """Records unit `name` as finished with result `obj`."""
+    return write_json(self.path(name), {'name': name, 'value': obj})
+
+  def load(self, name: str) -> Any:
+    """The saved result of unit `name`.
+
+    Raises:
+      KeyError: the unit is not finished.
+    """
+    path = self.path(name)
+    if not path.is_file():
+      raise KeyError(f'unit {name!r} is not in the store at {self.directory}')
+    return read_json(path)['value']
+
+  def names(self) -> List[str]:
+    """Names of every finished unit, sorted."""
+    return sorted(read_json(path)['name'] for path in self.directory.glob('*.json'))
+
+  def __len__(self) -> int:
+    return sum(1 for _ in self.directory.glob('*.json'))
+
+
+def setup_logging(workdir: PathLike, *, level: int = logging.INFO) -> logging.Handler:
+  """Adds a file handler writing `workdir/log.txt` to the root logger.
+
+  absl's logger propagates to the root logger, so both `absl.logging.info` and plain
+  `logging` records land in the file. Calling it again for the same file returns the
+  existing handler instead of adding a duplicate. The root level is lowered to `level` if
+  it was higher, so INFO records reach the file even before absl parses its flags.
+
+  Args:
+    workdir: directory of the log (created if missing).
+    level: lowest level written.
+
+  Returns:
+    The handler (remove it with `logging.getLogger().removeHandler(handler)`).
+  """
+  path = Path(workdir).resolve() / 'log.txt'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  root = logging.getLogger()
+  for handler in root.handlers:
+    if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
+      return handler
+  handler = logging.FileHandler(path, encoding='utf-8')
+  handler.setLevel(level)
+  handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+  root.addHandler(handler)
+  if root.level == logging.NOTSET or root.level > level:
+    root.setLevel(level)
+  absl_logger = logging.getLogger('absl')
+  if absl_logger.level > level:
+    absl_logger.setLevel(level)
+  return handler

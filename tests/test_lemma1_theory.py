@@ -1,0 +1,97 @@
+"""End-to-end test of experiments/lemma1_theory.py on its smoke config."""
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from dv_jax import results
+from dv_jax import scaling
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'experiments' / 'lemma1_theory.py'
+
+
+def _load(path: Path, name: str):
+  # experiments/ and configs/ are not packages: load the files as modules (the script's
+  # flags are only defined under __main__, so importing it defines none).
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+lemma1_config = _load(ROOT / 'configs' / 'lemma1_theory.py', 'lemma1_theory_config')
+
+
+@pytest.fixture(scope='module')
+def experiment():
+  return _load(SCRIPT, 'lemma1_theory_experiment')
+
+
+def test_configs_build_and_reject_unknown_variants():
+  default = lemma1_config.get_config()
+  smoke = lemma1_config.get_config('smoke')
+  assert set(default.keys()) == {'seed', 'data', 'scaling', 'fit', 'output'}
+  assert default.data.num_items == 10**6 and smoke.data.num_items < default.data.num_items
+  with pytest.raises(ValueError, match='variant'):
+    lemma1_config.get_config('huge')
+
+
+def test_grid_has_one_cell_per_mode_parameter(experiment):
+  config = lemma1_config.get_config()
+  cells = experiment.grid_cells(config)
+  per_beta_pi = sum(len(config.data[field]) for field in ('ks', 'top_ps', 'temperatures',
+                                                          'num_samples'))
+  assert len(cells) == len(config.data.betas) * len(config.data.pis) * per_beta_pi
+  assert len({cell.name for cell in cells}) == len(cells)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_outputs_and_resumes(experiment, tmp_path, monkeypatch):
+  config = lemma1_config.get_config('smoke')
+  config.lock()
+  out = experiment.run(config, tmp_path)
+  num_cells = len(experiment.grid_cells(config))
+  assert len(out['cells']) == num_cells
+  assert len(out['units_computed']) == num_cells + 2  # + reference and Monte Carlo
+  for name in ('results.csv', 'results.json', 'reference.csv', 'monte_carlo.csv',
+               'lemma1_reference.png', 'lemma1_reference.pdf', 'lemma1_modes.png',
+               'lemma1_modes.pdf'):
+    assert (tmp_path / name).stat().st_size > 0, name
+  rows = results.read_csv(tmp_path / 'results.csv')
+  assert [row['mode'] for row in rows] == list(config.data.modes)
+  hard = rows[0]
+  assert hard['paper_n1'] == config.data.ks[0] ** config.data.betas[0]
+  assert hard['num_breaks'] in (0, 1, 2)
+  for row in results.read_csv(tmp_path / 'monte_carlo.csv'):
+    assert math.isfinite(row['z']) and abs(row['z']) < 5
+  for row in out['reference']:
+    assert abs(row['rel_diff_paper']) < 0.1  # N = 1e4 in the smoke config: a few % off
+  assert results.read_json(tmp_path / 'results.json')['cells'] == out['cells']
+
+  # Second run: every unit is reused, nothing is recomputed.
+  def forbidden(*args, **kwargs):
+    raise AssertionError('a finished unit was recomputed')
+
+  monkeypatch.setattr(scaling, 'expected_error', forbidden)
+  monkeypatch.setattr(scaling, 'fit_broken_power_law', forbidden)
+  again = experiment.run(config, tmp_path)
+  assert again['units_computed'] == []
+  assert results.read_csv(tmp_path / 'results.csv') == rows
+
+
+def test_locked_config_rejects_a_typo(tmp_path):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
+  process = subprocess.run(
+      [sys.executable, str(SCRIPT), f'--config={ROOT}/configs/lemma1_theory.py:smoke',
+       '--config.scaling.nmax=5', f'--workdir={tmp_path}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert process.returncode != 0
+  assert 'nmax' in process.stderr
+  assert not (tmp_path / 'config.json').exists()  # failed before doing anything

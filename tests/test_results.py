@@ -1,0 +1,162 @@
+"""Tests of dv_jax.results (the one writer) and dv_jax.plotting.save_figure."""
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from absl import logging as absl_logging
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dv_jax import plotting
+from dv_jax import results
+
+
+class _Pair(NamedTuple):
+  left: float
+  right: np.ndarray
+
+
+def _leftovers(directory: Path):
+  return [path.name for path in directory.iterdir() if path.name.endswith('.tmp')]
+
+
+def test_atomic_write_creates_parents_and_leaves_no_temp(tmp_path):
+  target = tmp_path / 'a' / 'b' / 'out.txt'
+  assert results.atomic_write_text(target, 'hello\n') == target
+  assert target.read_text() == 'hello\n'
+  results.atomic_write_text(target, 'again')
+  assert target.read_text() == 'again'
+  assert _leftovers(target.parent) == []
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
+  target = tmp_path / 'out.txt'
+  target.write_text('old')
+
+  def broken_replace(src, dst):
+    raise OSError('disk gone')
+
+  monkeypatch.setattr(os, 'replace', broken_replace)
+  with pytest.raises(OSError, match='disk gone'):
+    results.atomic_write_text(target, 'new')
+  assert target.read_text() == 'old'
+  assert _leftovers(tmp_path) == []
+
+
+def test_write_json_converts_numpy_jax_namedtuples_and_nonfinite(tmp_path):
+  config = ml_collections.ConfigDict({'seed': 3, 'fit': {'ks': (1, 2)}})
+  obj = {
+      'f32': np.float32(0.5), 'i64': np.int64(7), 'flag': np.bool_(True),
+      'array': np.arange(6).reshape(2, 3), 'jax': jnp.array([1.5, 2.5]),
+      'scalar_jax': jnp.float32(4.0), 'pair': _Pair(1.0, np.array([np.nan, np.inf])),
+      'tuple': (1, 'a'), 'path': Path('/x/y'), 'config': config, 3: 'int key',
+      'nan': float('nan'), 'minus_inf': -np.inf, 'none': None,
+  }
+  path = results.write_json(tmp_path / 'r.json', obj)
+  loaded = results.read_json(path)
+  assert loaded == {
+      'f32': 0.5, 'i64': 7, 'flag': True, 'array': [[0, 1, 2], [3, 4, 5]], 'jax': [1.5, 2.5],
+      'scalar_jax': 4.0, 'pair': {'left': 1.0, 'right': [None, None]}, 'tuple': [1, 'a'],
+      'path': '/x/y', 'config': {'seed': 3, 'fit': {'ks': [1, 2]}}, '3': 'int key',
+      'nan': None, 'minus_inf': None, 'none': None,
+  }
+  json.loads(path.read_text())  # strict JSON: no NaN tokens
+  assert 'NaN' not in path.read_text() and 'Infinity' not in path.read_text()
+
+
+def test_write_json_rejects_unknown_objects(tmp_path):
+  with pytest.raises(TypeError, match='object'):
+    results.write_json(tmp_path / 'bad.json', {'x': object()})
+  assert not (tmp_path / 'bad.json').exists()
+
+
+def test_csv_round_trip_with_union_of_columns(tmp_path):
+  rows = [
+      {'name': 'a', 'x': 0.1, 'n': 3},
+      {'name': 'b', 'y': float('nan'), 'flag': True, 'list': [1, 2]},
+      {'x': np.float64(1 / 3), 'n': np.int32(5), 'y': np.inf, 'none': None},
+  ]
+  path = results.write_csv(tmp_path / 'r.csv', rows)
+  header = path.read_text().splitlines()[0]
+  assert header == 'name,x,n,y,flag,list,none'
+  back = results.read_csv(path)
+  assert back[0] == {'name': 'a', 'x': 0.1, 'n': 3, 'y': None, 'flag': None, 'list': None,
+                     'none': None}
+  assert math.isnan(back[1]['y']) and back[1]['flag'] is True
+  assert json.loads(back[1]['list']) == [1, 2]
+  assert back[2]['x'] == 1 / 3 and back[2]['n'] == 5 and back[2]['y'] == math.inf
+  assert results.write_csv(tmp_path / 'empty.csv', []).read_text() == ''
+  with pytest.raises(ValueError, match='mappings'):
+    results.write_csv(tmp_path / 'bad.csv', [[1, 2]])
+
+
+def test_save_config_writes_config_json(tmp_path):
+  config = ml_collections.ConfigDict({'seed': 0, 'data': {'betas': (2.0, 3.0)}})
+  config.lock()
+  path = results.save_config(config, tmp_path / 'work')
+  assert path == tmp_path / 'work' / 'config.json'
+  assert results.read_json(path) == {'seed': 0, 'data': {'betas': [2.0, 3.0]}}
+
+
+def test_unit_store_saves_loads_and_persists(tmp_path):
+  store = results.UnitStore(tmp_path / 'units')
+  names = ['hard-k=70-beta=2-pi=0.0625', 'a/b', 'a_b', 'plain_name.v1', '.hidden']
+  assert all(name not in store for name in names)
+  for index, name in enumerate(names):
+    store.save(name, {'index': index, 'values': np.arange(index)})
+  assert len({store.path(name) for name in names}) == len(names)  # no collisions
+  assert all(not path.name.startswith('.') for path in (tmp_path / 'units').iterdir())
+  reopened = results.UnitStore(tmp_path / 'units')
+  assert all(name in reopened for name in names)
+  assert reopened.load('a/b') == {'index': 1, 'values': [0]}
+  assert reopened.names() == sorted(names)
+  assert len(reopened) == len(names)
+  assert store.path('plain_name.v1').name == 'plain_name.v1.json'  # safe names stay readable
+  with pytest.raises(KeyError, match='missing'):
+    reopened.load('missing')
+  with pytest.raises(ValueError, match='name'):
+    reopened.save('', 1)
+  assert _leftovers(tmp_path / 'units') == []
+
+
+def test_setup_logging_writes_absl_and_python_records(tmp_path):
+  root = logging.getLogger()
+  old_level = root.level
+  handler = results.setup_logging(tmp_path)
+  try:
+    assert results.setup_logging(tmp_path) is handler  # no duplicate handler
+    absl_logging.info('absl says %d', 1)
+    logging.getLogger('dv_jax.test').info('python says %d', 2)
+    handler.flush()
+    text = (tmp_path / 'log.txt').read_text()
+    assert 'absl says 1' in text and 'python says 2' in text
+    assert text.count('absl says 1') == 1
+  finally:
+    root.removeHandler(handler)
+    handler.close()
+    root.setLevel(old_level)
+
+
+def test_save_figure_writes_png_and_pdf(tmp_path):
+  fig, axes = plotting.new_figure(nrows=1, ncols=2)
+  assert axes.shape == (1, 2)
+  curve = plotting.Curve([1, 10, 100], [1.0, 0.3, 0.1], 'c', predicted_breaks=[10.0],
+                         fitted_breaks=[12.0, float('nan')], fit=[1.0, 0.31, 0.1])
+  plotting.plot_loglog_curves(axes[0, 0], [curve],
+                              points=[plotting.Points([10], [0.3], 'mc', yerr=[0.01])])
+  paths = plotting.save_figure(fig, tmp_path / 'figs' / 'demo')
+  assert [path.name for path in paths] == ['demo.png', 'demo.pdf']
+  assert paths[0].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert paths[1].read_bytes()[:5] == b'%PDF-'
+  assert _leftovers(tmp_path / 'figs') == []
+  grid = plotting.curve_grid([('one', [curve]), ('two', [curve]), ('three', [curve])],
+                             ncols=2, suptitle='grid')
+  assert len([ax for ax in grid.axes if ax.get_visible()]) == 3
+  with pytest.raises(ValueError, match='panels'):
+    plotting.curve_grid([])

@@ -1,0 +1,469 @@
+"""Tests of dv_jax.scaling: Lemma 1 distributions, error curves, asymptotes, break fitting."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from scipy import integrate
+from scipy import special
+
+from dv_jax import scaling
+
+# The paper's cell (METHOD.md section 1).
+BETA, K, PI, N = 2.0, 70, 0.0625, 10**6
+
+
+@pytest.fixture(scope='module')
+def paper_cell():
+  p = scaling.zipf(N, BETA)
+  q = scaling.mixture(p, scaling.synthetic_distribution(p, mode='hard', k=K), PI)
+  return p, q
+
+
+def _zipf_reference(num_items, beta):
+  weights = np.array([i ** -beta for i in range(1, num_items + 1)], dtype=np.float64)
+  return weights / math.fsum(weights)
+
+
+# ---------------------------------------------------------------------------------------
+# Distributions.
+
+
+@pytest.mark.parametrize('num_items,beta', [(1, 2.0), (7, 1.5), (1000, 3.0)])
+def test_zipf_matches_reference(num_items, beta):
+  p = scaling.zipf(num_items, beta)
+  np.testing.assert_allclose(p, _zipf_reference(num_items, beta), rtol=1e-12)
+  assert p.dtype == np.float64
+  assert math.isclose(p.sum(), 1.0, abs_tol=1e-12)
+  assert np.all(np.diff(p) <= 0)
+
+
+@pytest.mark.parametrize('num_items,beta,match', [
+    (10, 1.0, 'beta'), (10, 0.5, 'beta'), (10, float('nan'), 'beta'), (0, 2.0, 'num_items'),
+    (2.5, 2.0, 'num_items'), (True, 2.0, 'num_items')])
+def test_zipf_rejects(num_items, beta, match):
+  with pytest.raises(ValueError, match=match):
+    scaling.zipf(num_items, beta)
+
+
+def test_hard_truncation_keeps_head_proportional():
+  p = scaling.zipf(50, 2.0)
+  p_syn = scaling.synthetic_distribution(p, mode='hard', k=7)
+  reference = np.where(np.arange(50) < 7, p, 0.0)
+  np.testing.assert_allclose(p_syn, reference / reference.sum(), rtol=1e-13)
+
+
+def test_top_p_is_the_smallest_reaching_head():
+  p = scaling.zipf(200, 2.0)
+  p_syn = scaling.synthetic_distribution(p, mode='top_p', top_p=0.9)
+  kept = np.flatnonzero(p_syn)
+  size = kept.size
+  np.testing.assert_array_equal(kept, np.arange(size))
+  assert p[:size].sum() >= 0.9 > p[:size - 1].sum()
+  np.testing.assert_allclose(p_syn[:size], p[:size] / p[:size].sum(), rtol=1e-13)
+  full = scaling.synthetic_distribution(p, mode='top_p', top_p=1.0)
+  np.testing.assert_allclose(full, p, rtol=1e-12)
+
+
+def test_top_p_keeps_most_probable_items_of_unsorted_p():
+  p = np.array([0.1, 0.5, 0.05, 0.35])
+  p_syn = scaling.synthetic_distribution(p, mode='top_p', top_p=0.8)
+  np.testing.assert_allclose(p_syn, [0.0, 0.5 / 0.85, 0.0, 0.35 / 0.85])
+
+
+@pytest.mark.parametrize('temperature', [0.01, 0.5, 1.0, 2.0])
+def test_temperature_powers_ratios(temperature):
+  p = scaling.zipf(100, 2.0)
+  p_syn = scaling.synthetic_distribution(p, mode='temperature', temperature=temperature)
+  assert np.all(np.isfinite(p_syn)) and math.isclose(p_syn.sum(), 1.0, abs_tol=1e-12)
+  # p'_i / p'_1 = (p_i / p_1)^(1/tau), compared in log space where p' is a normal float
+  # (tiny tau pushes the tail into subnormals and then to 0).
+  positive = p_syn > 1e-300
+  np.testing.assert_allclose(np.log(p_syn[positive] / p_syn[0]),
+                             np.log(p[positive] / p[0]) / temperature, rtol=1e-10, atol=1e-10)
+  if temperature == 1.0:
+    np.testing.assert_allclose(p_syn, p, rtol=1e-12)
+
+
+def test_finite_sample_is_an_empirical_distribution():
+  p = scaling.zipf(300, 2.0)
+  key = jax.random.PRNGKey(3)
+  p_syn = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=500, key=key)
+  counts = p_syn * 500
+  np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
+  assert math.isclose(p_syn.sum(), 1.0, abs_tol=1e-12)
+  again = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=500, key=key)
+  np.testing.assert_array_equal(p_syn, again)
+  other = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=500,
+                                         key=jax.random.PRNGKey(4))
+  assert not np.array_equal(p_syn, other)
+  typed = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=500,
+                                         key=jax.random.key(3))
+  np.testing.assert_array_equal(p_syn, typed)  # same bits, same draws
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(mode='hard'), 'k is required'),
+    (dict(mode='hard', k=0), 'k must be a positive integer'),
+    (dict(mode='hard', k=11), 'k must be <='),
+    (dict(mode='hard', k=2.5), 'k must be a positive integer'),
+    (dict(mode='hard', k=3, top_p=0.5), 'top_p is not used'),
+    (dict(mode='top_p'), 'top_p is required'),
+    (dict(mode='top_p', top_p=0.0), 'top_p must lie'),
+    (dict(mode='top_p', top_p=1.5), 'top_p must lie'),
+    (dict(mode='temperature'), 'temperature is required'),
+    (dict(mode='temperature', temperature=0.0), 'temperature must be'),
+    (dict(mode='temperature', temperature=float('inf')), 'temperature must be'),
+    (dict(mode='finite_sample', num_samples=10), 'key is required'),
+    (dict(mode='finite_sample', num_samples=0, key=jax.random.PRNGKey(0)), 'num_samples'),
+    (dict(mode='finite_sample', key=jax.random.PRNGKey(0)), 'num_samples is required'),
+    (dict(mode='hard', k=2, key=jax.random.PRNGKey(0)), 'key is not used'),
+    (dict(mode='nucleus', top_p=0.5), 'mode must be one of'),
+])
+def test_synthetic_distribution_rejects(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    scaling.synthetic_distribution(scaling.zipf(10, 2.0), **kwargs)
+
+
+@pytest.mark.parametrize('p,match', [
+    (np.array([0.5, np.nan, 0.5]), 'NaN'), (np.array([1.5, -0.5]), 'negative'),
+    (np.ones((2, 2)) / 4, 'shape'), (np.array([]), 'empty'), (np.array([0.2, 0.2]), 'sum to 1')])
+def test_distribution_validation(p, match):
+  with pytest.raises(ValueError, match=match):
+    scaling.synthetic_distribution(p, mode='hard', k=1)
+
+
+def test_mixture_formula_and_errors():
+  p = scaling.zipf(20, 2.0)
+  p_syn = scaling.synthetic_distribution(p, mode='hard', k=5)
+  np.testing.assert_allclose(scaling.mixture(p, p_syn, 0.3), 0.3 * p + 0.7 * p_syn)
+  np.testing.assert_allclose(scaling.mixture(p, p_syn, 0.0), p_syn)
+  with pytest.raises(ValueError, match='pi'):
+    scaling.mixture(p, p_syn, 1.2)
+  with pytest.raises(ValueError, match='p_syn must have the shape'):
+    scaling.mixture(p, p_syn[:10] / p_syn[:10].sum(), 0.5)
+
+
+def test_effective_k_per_mode():
+  p = scaling.zipf(10_000, 2.0)
+  hard = scaling.synthetic_distribution(p, mode='hard', k=40)
+  assert scaling.effective_k(p, hard, pi=PI, mode='hard') == 40
+  nucleus = scaling.synthetic_distribution(p, mode='top_p', top_p=0.99)
+  assert scaling.effective_k(p, nucleus, pi=PI, mode='top_p') == np.count_nonzero(nucleus)
+  sharp = scaling.synthetic_distribution(p, mode='temperature', temperature=0.7)
+  crossing = np.flatnonzero((1 - PI) * sharp <= PI * p)[0]  # first real-dominated item
+  assert scaling.effective_k(p, sharp, pi=PI, mode='temperature') == crossing
+  empirical = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=5000,
+                                             key=jax.random.PRNGKey(0))
+  expected = math.floor((5000 * p[0]) ** 0.5)  # M p_k >= 1 <=> k <= (M p_1)^(1/beta)
+  assert scaling.effective_k(p, empirical, pi=PI, mode='finite_sample',
+                             num_samples=5000) == expected
+  with pytest.raises(ValueError, match='num_samples is required'):
+    scaling.effective_k(p, empirical, pi=PI, mode='finite_sample')
+
+
+# ---------------------------------------------------------------------------------------
+# Expected and simulated error.
+
+
+def test_expected_error_matches_direct_sum():
+  rng = np.random.default_rng(0)
+  p = rng.dirichlet(np.ones(12))
+  q = rng.dirichlet(np.ones(12))
+  ns = np.array([0, 1, 2, 7, 30, 250])
+  reference = [math.fsum(p_i * (1.0 - q_i) ** int(n) for p_i, q_i in zip(p, q)) for n in ns]
+  np.testing.assert_allclose(scaling.expected_error(ns, p, q), reference, rtol=1e-12)
+
+
+def test_expected_error_closed_form_uniform():
+  p = np.full(40, 1 / 40)
+  ns = np.array([[0.0, 1.0], [17.5, 400.0]])
+  out = scaling.expected_error(ns, p, p)
+  assert out.shape == (2, 2)
+  np.testing.assert_allclose(out, (1 - 1 / 40) ** ns, rtol=1e-12)
+
+
+def test_expected_error_edge_items_and_precision():
+  # q_i = 0: never learned; q_i = 1 (after rounding): learned after one sample; q = 1e-18 at
+  # n = 1e17 must give exp(-0.1), where a naive (1 - q)^n gives 1.
+  p = np.array([0.25, 0.25, 0.5])
+  q = np.array([1.0 - 1e-18, 0.0, 1e-18])
+  out = scaling.expected_error(np.array([0.0, 1.0, 1e17]), p, q)
+  np.testing.assert_allclose(out, [1.0, 0.25 + 0.5, 0.25 + 0.5 * math.exp(-0.1)], rtol=1e-12)
+
+
+def test_expected_error_is_monotone(paper_cell):
+  p, q = paper_cell
+  errors = scaling.expected_error(np.geomspace(1, 1e9, 40), p, q)
+  assert np.all(np.diff(errors) < 0) and errors[0] < 1
+
+
+@pytest.mark.parametrize('n,reference', [(100, 0.069), (4900, 0.0112), (78400, 0.0072),
+                                         (3e6, 0.0016)])
+def test_reference_values(paper_cell, n, reference):
+  """Spec values for beta=2, k=70, pi=0.0625, N=1e6, agree to their quoted digits."""
+  p, q = paper_cell
+  exact = float(scaling.expected_error(n, p, q))
+  half_unit = 0.5 * 10.0 ** (math.floor(math.log10(reference)) - 1)  # two significant digits
+  assert abs(exact - reference) <= half_unit + 1e-15, (exact, reference)
+
+
+@pytest.mark.parametrize('n,match', [(-1.0, 'non-negative'), (np.nan, 'NaN'),
+                                     (np.array([]), 'empty')])
+def test_expected_error_rejects(n, match):
+  p = scaling.zipf(5, 2.0)
+  with pytest.raises(ValueError, match=match):
+    scaling.expected_error(n, p, p)
+  with pytest.raises(ValueError, match='q must have the shape'):
+    scaling.expected_error(1.0, p, scaling.zipf(6, 2.0))
+
+
+def test_simulation_agrees_with_expectation_small():
+  p = scaling.zipf(30, 1.5)
+  q = scaling.mixture(p, scaling.synthetic_distribution(p, mode='hard', k=5), 0.2)
+  ns = np.array([400, 0, 5, 50])  # unsorted on purpose
+  sim = scaling.simulate_error(jax.random.PRNGKey(0), ns, p, q, trials=400)
+  exact = scaling.expected_error(ns, p, q)
+  assert sim.errors.shape == (400, 4)
+  assert sim.mean[1] == 1.0 and sim.stderr[1] == 0.0
+  assert np.all(np.abs(sim.mean - exact) <= 4 * sim.stderr + 1e-12), (sim.mean, exact)
+
+
+def test_simulation_agrees_with_expectation_paper_cell(paper_cell):
+  p, q = paper_cell
+  ns = np.array([4900, 78400])
+  sim = scaling.simulate_error(jax.random.PRNGKey(1), ns, p, q, trials=12)
+  exact = scaling.expected_error(ns, p, q)
+  assert np.all(np.abs(sim.mean - exact) <= 4 * sim.stderr), (sim.mean, sim.stderr, exact)
+
+
+def test_simulation_is_deterministic_and_order_free():
+  p = scaling.zipf(50, 2.0)
+  first = scaling.simulate_error(jax.random.PRNGKey(5), [10, 100], p, p, trials=3)
+  second = scaling.simulate_error(jax.random.PRNGKey(5), [100, 10], p, p, trials=3)
+  np.testing.assert_array_equal(first.errors, second.errors[:, ::-1])
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(n=[1.5]), 'integer'), (dict(n=[[1]]), 'shape'), (dict(trials=0), 'trials'),
+    (dict(key=None), 'key'), (dict(key=np.zeros(2, np.float32)), 'key')])
+def test_simulate_error_rejects(kwargs, match):
+  p = scaling.zipf(5, 2.0)
+  arguments = dict(key=jax.random.PRNGKey(0), n=[1], trials=2) | kwargs
+  with pytest.raises(ValueError, match=match):
+    scaling.simulate_error(arguments['key'], arguments['n'], p, p, trials=arguments['trials'])
+
+
+# ---------------------------------------------------------------------------------------
+# Breakpoints and asymptotes.
+
+
+def test_paper_breakpoints():
+  assert scaling.breakpoints(2.0, 70, 0.0625) == (4900.0, 78400.0)
+  with pytest.raises(ValueError, match='pi'):
+    scaling.breakpoints(2.0, 70, 0.0)
+  with pytest.raises(ValueError, match='k'):
+    scaling.breakpoints(2.0, 0, 0.5)
+  with pytest.raises(ValueError, match='beta'):
+    scaling.breakpoints(1.0, 70, 0.5)
+
+
+@pytest.mark.parametrize('beta', [1.5, 2.0, 3.0])
+def test_learning_constant_matches_the_integral(beta):
+  """C n^-s equals the integral the sum is replaced by (independent quadrature)."""
+  zeta = special.zeta(beta)
+  for n in (1e3, 1e6):
+    integrand = lambda i, n=n: i ** -beta / zeta * math.exp(-n * i ** -beta / zeta)
+    frontier = (n / zeta) ** (1 / beta)  # where the integrand peaks
+    integral = (integrate.quad(integrand, 0, frontier, limit=200)[0]
+                + integrate.quad(integrand, frontier, np.inf, limit=200)[0])
+    expected = scaling.learning_constant(beta) * n ** -(1 - 1 / beta)
+    assert math.isclose(integral, expected, rel_tol=1e-6), (integral, expected)
+  assert math.isclose(scaling.learning_constant(2.0), 0.5 * math.sqrt(math.pi / special.zeta(2)),
+                      rel_tol=1e-12)
+
+
+@pytest.mark.parametrize('beta,k,pi', [(2.0, 70, 0.0625), (3.0, 30, 0.25)])
+def test_phase_asymptotes_match_the_exact_curve(beta, k, pi):
+  p = scaling.zipf(N, beta)
+  q = scaling.mixture(p, scaling.synthetic_distribution(p, mode='hard', k=k), pi)
+  crossings = scaling.refined_breakpoints(beta, k, pi)
+
+  def relative(field, n):
+    asymptote = getattr(scaling.phase_asymptotes(n, beta=beta, k=k, pi=pi), field)
+    return np.abs(asymptote / scaling.expected_error(n, p, q) - 1)
+
+  assert relative('rapid', np.geomspace(100, crossings.n1 / 10, 4)).max() < 0.01
+  assert relative('plateau', np.sqrt(crossings.n1 * crossings.n2)).max() < 0.12
+  assert relative('tail', np.geomspace(10 * crossings.n2, 1e8, 4)).max() < 0.005
+  assert relative('continuum', np.geomspace(100, 1e8, 25)).max() < 0.006
+  plateau = scaling.phase_asymptotes(1.0, beta=beta, k=k, pi=pi).plateau
+  leading = k ** (1 - beta) / ((beta - 1) * special.zeta(beta))
+  assert math.isclose(plateau, leading, rel_tol=beta / k)  # the next order is O(1/k)
+  assert math.isclose(plateau, p[k:].sum(), rel_tol=1e-3)  # finite N changes little
+
+
+def test_refined_breakpoints_are_asymptote_crossings():
+  crossings = scaling.refined_breakpoints(BETA, K, PI)
+  at_n1 = scaling.phase_asymptotes(crossings.n1, beta=BETA, k=K, pi=PI)
+  at_n2 = scaling.phase_asymptotes(crossings.n2, beta=BETA, k=K, pi=PI)
+  assert math.isclose(at_n1.rapid, at_n1.plateau, rel_tol=1e-10)
+  assert math.isclose(at_n2.tail, at_n2.plateau, rel_tol=1e-10)
+  # Leading order: the paper's k^beta times zeta(beta) Gamma(2 - 1/beta)^(beta/(beta-1)).
+  factor = special.zeta(BETA) * special.gamma(2 - 1 / BETA) ** (BETA / (BETA - 1))
+  assert math.isclose(crossings.n2 / (K ** BETA / PI), factor, rel_tol=2 / K)
+
+
+def test_temperature_asymptotes_and_crossing():
+  p = scaling.zipf(N, 2.0)
+  q = scaling.mixture(p, scaling.synthetic_distribution(p, mode='temperature',
+                                                        temperature=0.7), PI)
+  small, large = np.array([10.0, 30.0, 100.0]), np.array([1e8, 1e9])
+  ratio_small = (scaling.temperature_asymptotes(small, beta=2.0, temperature=0.7, pi=PI)
+                 .synthetic / scaling.expected_error(small, p, q))
+  ratio_large = (scaling.temperature_asymptotes(large, beta=2.0, temperature=0.7, pi=PI)
+                 .tail / scaling.expected_error(large, p, q))
+  np.testing.assert_allclose(ratio_small, 1.0, atol=0.1)
+  np.testing.assert_allclose(ratio_large, 1.0, atol=0.02)
+  n2 = scaling.predicted_breakpoints(2.0, PI, mode='temperature', temperature=0.7).n2
+  at_n2 = scaling.temperature_asymptotes(n2, beta=2.0, temperature=0.7, pi=PI)
+  assert math.isclose(at_n2.synthetic, at_n2.tail, rel_tol=1e-10)
+  with pytest.raises(ValueError, match='temperature'):
+    scaling.temperature_asymptotes(1.0, beta=2.0, temperature=1.0, pi=PI)
+
+
+def test_predicted_breakpoints_per_mode():
+  assert scaling.predicted_breakpoints(2.0, PI, mode='hard', k=K) == (
+      scaling.refined_breakpoints(2.0, K, PI))
+  assert scaling.predicted_breakpoints(3.0, 0.25, mode='finite_sample',
+                                       num_samples=1000) == (1000.0, 4000.0)
+  assert math.isnan(scaling.predicted_breakpoints(2.0, PI, mode='temperature',
+                                                  temperature=0.5).n1)
+  for mode, match in (('top_p', 'k is required'), ('temperature', 'temperature is required'),
+                      ('finite_sample', 'num_samples is required'), ('bad', 'mode')):
+    with pytest.raises(ValueError, match=match):
+      scaling.predicted_breakpoints(2.0, PI, mode=mode)
+
+
+# ---------------------------------------------------------------------------------------
+# Broken power-law fit.
+
+
+def _model_reference(x, floor, scale, slope, breaks, changes, widths):
+  """The METHOD.md formula written out directly."""
+  y = scale * x ** -slope
+  for d, c, f in zip(breaks, changes, widths):
+    y = y * (1 + (x / d) ** (1 / f)) ** (-c * f)
+  return floor + y
+
+
+def test_broken_power_law_matches_formula():
+  x = np.geomspace(1, 1e6, 30)
+  params = scaling.BrokenPowerLaw(floor=0.01, scale=2.0, slope=0.5,
+                                  breaks=np.array([30.0, 3e4]),
+                                  slope_changes=np.array([-0.4, 0.7]),
+                                  smoothness=np.array([0.3, 1.2]))
+  np.testing.assert_allclose(
+      scaling.broken_power_law(x, params),
+      _model_reference(x, 0.01, 2.0, 0.5, [30.0, 3e4], [-0.4, 0.7], [0.3, 1.2]), rtol=1e-12)
+
+
+@pytest.mark.parametrize('floor', [False, True])
+def test_jacobian_matches_finite_differences(floor):
+  log_x = np.linspace(0, 15, 20)
+  theta = np.concatenate([[-6.0] if floor else [], [0.5, 0.4, 5.0, -0.3, -0.5, 4.0, 0.6, 0.2]])
+  analytic = scaling._log_model_jacobian(theta, log_x, 2, floor)
+  numeric = np.empty_like(analytic)
+  for i in range(theta.size):
+    step = np.zeros_like(theta)
+    step[i] = 1e-6
+    numeric[:, i] = (scaling._log_model(theta + step, log_x, 2, floor)
+                     - scaling._log_model(theta - step, log_x, 2, floor)) / 2e-6
+  np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize('true_breaks,changes', [((1e3, 1e5), (-0.45, 0.45)),
+                                                 ((3e2,), (0.6,))])
+def test_fit_recovers_known_breaks(true_breaks, changes):
+  rng = np.random.default_rng(0)
+  x = np.geomspace(1, 1e8, 60)
+  y = _model_reference(x, 0.0, 1.0, 0.5, true_breaks, changes, [0.3] * len(true_breaks))
+  y = y * np.exp(0.01 * rng.standard_normal(x.size))  # 1% noise
+  fit = scaling.fit_broken_power_law(x, y, floor=False, num_bootstrap=30, seed=1)
+  assert fit.num_breaks == len(true_breaks)
+  np.testing.assert_allclose(fit.breaks, true_breaks, rtol=0.15)
+  np.testing.assert_allclose(fit.params.slope_changes, changes, atol=0.05)
+  assert fit.break_ci.shape == (len(true_breaks), 2)
+  assert np.all(fit.break_ci[:, 0] <= fit.breaks) and np.all(fit.breaks <= fit.break_ci[:, 1])
+  # The interval is about the truth too (allowing the 15% the point estimate may miss).
+  assert np.all(fit.break_ci[:, 0] / 1.15 <= true_breaks)
+  assert np.all(np.asarray(true_breaks) <= fit.break_ci[:, 1] * 1.15)
+  np.testing.assert_allclose(scaling.broken_power_law(x, fit.params), y, rtol=0.05)
+
+
+def test_fit_selects_no_break_for_a_power_law_and_recovers_a_floor():
+  rng = np.random.default_rng(2)
+  x = np.geomspace(10, 1e7, 40)
+  y = 3.0 * x ** -0.4 * np.exp(0.01 * rng.standard_normal(x.size))
+  fit = scaling.fit_broken_power_law(x, y, floor=False, num_bootstrap=0)
+  assert fit.num_breaks == 0 and fit.breaks.shape == (0,) and fit.break_ci.shape == (0, 2)
+  assert math.isclose(fit.params.slope, 0.4, abs_tol=0.01)
+  floored = scaling.fit_broken_power_law(x, y + 0.002, floor=True, num_bootstrap=0,
+                                         max_breaks=1)
+  assert math.isclose(floored.params.floor, 0.002, rel_tol=0.15)
+  assert floored.num_breaks == 0
+
+
+@pytest.mark.parametrize('beta,k', [(2.0, 70), (3.0, 30)])
+def test_fit_finds_lemma1_breaks(beta, k):
+  p = scaling.zipf(N, beta)
+  q = scaling.mixture(p, scaling.synthetic_distribution(p, mode='hard', k=k), PI)
+  ns = np.geomspace(10, 1e9, 49)
+  fit = scaling.fit_broken_power_law(ns, scaling.expected_error(ns, p, q), floor=False,
+                                     num_bootstrap=10)
+  assert fit.num_breaks == 2
+  ratios = fit.breaks / np.asarray(scaling.breakpoints(beta, k, PI))
+  assert np.all((ratios > 0.5) & (ratios < 2.0)), ratios
+  slopes = fit.params.slope + np.concatenate([[0], np.cumsum(fit.params.slope_changes)])
+  s = 1 - 1 / beta
+  np.testing.assert_allclose(slopes, [s, 0.0, s], atol=0.1)  # rapid, plateau, tail
+
+
+def test_fit_of_a_rising_curve_needs_a_signed_slope_range():
+  x = np.geomspace(1, 1e6, 40)
+  y = _model_reference(x, 0.0, 1.0, -0.5, [1e3], [0.8], [0.3])  # rises, then falls
+  fit = scaling.fit_broken_power_law(x, y, max_breaks=1, num_bootstrap=0,
+                                     slope_range=(-5.0, 5.0), floor=False)
+  assert fit.num_breaks == 1
+  np.testing.assert_allclose(fit.breaks, [1e3], rtol=0.05)
+  np.testing.assert_allclose([fit.params.slope, fit.params.slope_changes[0]], [-0.5, 0.8],
+                             atol=0.02)
+  monotone = scaling.fit_broken_power_law(x, y, max_breaks=1, num_bootstrap=0, floor=False)
+  assert monotone.params.slope >= 0.0  # the default range cannot follow the rise
+  assert monotone.rss.min() > 100 * fit.rss.min()
+
+
+def test_fit_bootstrap_is_seeded():
+  x = np.geomspace(1, 1e6, 30)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [1e3], [0.5], [0.3])
+  y = y * np.exp(0.02 * np.random.default_rng(0).standard_normal(x.size))
+  runs = [scaling.fit_broken_power_law(x, y, max_breaks=1, num_bootstrap=8, seed=s,
+                                       bootstrap='case') for s in (7, 7, 8)]
+  np.testing.assert_array_equal(runs[0].bootstrap_breaks, runs[1].bootstrap_breaks)
+  assert not np.array_equal(runs[0].bootstrap_breaks, runs[2].bootstrap_breaks)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(x=-np.ones(20)), 'x must be positive'), (dict(y=np.zeros(20)), 'y must be positive'),
+    (dict(y=np.ones(19)), 'shape'), (dict(x=np.ones((20, 1))), 'shape'),
+    (dict(max_breaks=4), 'max_breaks'), (dict(bootstrap='wild'), 'bootstrap'),
+    (dict(ci_level=1.0), 'ci_level'), (dict(num_bootstrap=-1), 'num_bootstrap'),
+    (dict(min_break_ratio=1.0), 'min_break_ratio'), (dict(sigma_floor=0.0), 'sigma_floor'),
+    (dict(slope_range=(1.0, 0.0)), 'slope_range'),
+    (dict(x=np.geomspace(1, 10, 8), y=np.ones(8)), 'points')])
+def test_fit_rejects(kwargs, match):
+  arguments = dict(x=np.geomspace(1, 1e4, 20), y=np.geomspace(1, 1e-2, 20)) | kwargs
+  x, y = arguments.pop('x'), arguments.pop('y')
+  with pytest.raises(ValueError, match=match):
+    scaling.fit_broken_power_law(x, y, **arguments)
