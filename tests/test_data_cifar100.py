@@ -1,0 +1,247 @@
+"""Tests of dv_jax.data.cifar100 and the shared long-tail sampler (dv_jax.data.longtail).
+
+The CIFAR-100 files are tiny ones written here in the official python-version format
+(`cifar-100-python/{train,test,meta}` pickles, `b'data'` [n, 3072] uint8 channel-major rows).
+"""
+
+import pickle
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from dv_jax import scaling
+from dv_jax.data import cifar100
+from dv_jax.data import longtail
+
+NUM_CLASSES = 100
+PER_CLASS_TRAIN = 4
+
+
+def _official_batch(rng, labels):
+  data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+  return {b'data': data, b'fine_labels': list(int(l) for l in labels),
+          b'coarse_labels': [int(l) // 5 for l in labels], b'filenames': [b'x'] * len(labels)}
+
+
+@pytest.fixture(scope='module')
+def official_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('cifar')
+  folder = root / 'cifar-100-python'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  train = _official_batch(rng, np.repeat(np.arange(NUM_CLASSES), PER_CLASS_TRAIN))
+  test = _official_batch(rng, np.arange(NUM_CLASSES))
+  meta = {b'fine_label_names': [f'class{i}'.encode() for i in range(NUM_CLASSES)],
+          b'coarse_label_names': [f'super{i}'.encode() for i in range(20)]}
+  for name, obj in (('train', train), ('test', test), ('meta', meta)):
+    with open(folder / name, 'wb') as f:
+      pickle.dump(obj, f)
+  return root, train, test
+
+
+def test_load_official_pickles_layout_and_range(official_dir):
+  root, train, test = official_dir
+  data = cifar100.load_cifar100(root)
+  assert data.x_train.shape == (NUM_CLASSES * PER_CLASS_TRAIN, 32, 32, 3)
+  assert data.x_test.shape == (NUM_CLASSES, 32, 32, 3)
+  assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32
+  assert data.label_names[7] == 'class7'
+  np.testing.assert_array_equal(data.y_train, train[b'fine_labels'])
+  # Independent reading of the official layout: pixel (h, w) of channel c sits at
+  # c * 1024 + h * 32 + w of the row.
+  raw = train[b'data'].astype(np.float64)
+  for i, h, w, c in [(0, 0, 0, 0), (3, 31, 0, 1), (17, 5, 29, 2), (399, 31, 31, 2)]:
+    assert data.x_train[i, h, w, c] == pytest.approx(raw[i, c * 1024 + h * 32 + w] / 255.0)
+  assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+  np.testing.assert_array_equal(data.channel_mean, np.zeros(3))
+  # Pointing at the cifar-100-python folder itself works too.
+  again = cifar100.load_cifar100(root / 'cifar-100-python')
+  np.testing.assert_array_equal(again.x_test, data.x_test)
+  coarse = cifar100.load_cifar100(root, label_mode='coarse')
+  np.testing.assert_array_equal(coarse.y_train, train[b'coarse_labels'])
+
+
+def test_npz_matches_pickles_and_normalisation(official_dir, tmp_path):
+  root, _, _ = official_dir
+  ref = cifar100.load_cifar100(root)
+  to_uint8 = lambda x: np.round(x * 255).astype(np.uint8)  # noqa: E731
+  np.savez(tmp_path / 'cifar100.npz', x_train=to_uint8(ref.x_train), y_train=ref.y_train,
+           x_test=to_uint8(ref.x_test), y_test=ref.y_test)
+  data = cifar100.load_cifar100(tmp_path)
+  np.testing.assert_array_equal(data.x_train, ref.x_train)
+  np.testing.assert_array_equal(data.y_test, ref.y_test)
+  norm = cifar100.load_cifar100(tmp_path, normalize=True)
+  x64 = ref.x_train.astype(np.float64)
+  mean, std = x64.mean(axis=(0, 1, 2)), x64.std(axis=(0, 1, 2))
+  np.testing.assert_allclose(norm.channel_mean, mean, rtol=1e-6)
+  np.testing.assert_allclose(norm.x_test, (ref.x_test - mean) / std, atol=1e-5)
+  np.testing.assert_allclose(norm.x_train.astype(np.float64).mean(axis=(0, 1, 2)), 0,
+                             atol=1e-5)
+
+
+def test_missing_files_are_named(official_dir, tmp_path):
+  with pytest.raises(ValueError, match='cifar100.npz'):
+    cifar100.load_cifar100(tmp_path)
+  folder = tmp_path / 'cifar-100-python'
+  folder.mkdir()
+  root, _, _ = official_dir
+  (folder / 'train').write_bytes((root / 'cifar-100-python' / 'train').read_bytes())
+  with pytest.raises(ValueError, match=r'missing file .*test'):
+    cifar100.load_cifar100(tmp_path)
+  with pytest.raises(ValueError, match='does not exist'):
+    cifar100.load_cifar100(tmp_path / 'nope')
+  np.savez(tmp_path / 'bad.npz', x_train=np.zeros((2, 32, 32, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"missing arrays \['y_train'"):
+    cifar100.load_cifar100(tmp_path / 'bad.npz')
+  np.savez(tmp_path / 'range.npz', x_train=np.full((2, 32, 32, 3), 2.0), y_train=[0, 1],
+           x_test=np.zeros((1, 32, 32, 3)), y_test=[0])
+  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    cifar100.load_cifar100(tmp_path / 'range.npz')
+
+
+def _chi2_pvalue(counts, probs):
+  keep = probs > 0
+  assert counts[~keep].sum() == 0
+  return stats.chisquare(counts[keep], counts.sum() * probs[keep]).pvalue
+
+
+def test_longtail_indices_follow_zipf_and_class_order():
+  labels = np.repeat(np.arange(10), 7)
+  order = np.array([3, 1, 4, 0, 5, 9, 2, 6, 8, 7])
+  idx = longtail.longtail_indices(labels, beta=2.0, num_samples=100_000,
+                                  key=jax.random.PRNGKey(0), class_order=order)
+  counts = np.bincount(labels[idx], minlength=10)
+  ranks = np.arange(1, 11, dtype=np.float64)
+  p_rank = ranks ** -2.0 / np.sum(ranks ** -2.0)
+  p_label = np.empty(10)
+  p_label[order] = p_rank
+  assert _chi2_pvalue(counts, p_label) > 1e-3
+  assert counts[3] == counts.max()
+  # Within a class the example is uniform.
+  within = np.bincount(idx[labels[idx] == 3] - 21, minlength=7)
+  assert stats.chisquare(within).pvalue > 1e-3
+  # Deterministic in the key, different for another key.
+  again = longtail.longtail_indices(labels, beta=2.0, num_samples=100_000,
+                                    key=jax.random.PRNGKey(0), class_order=order)
+  np.testing.assert_array_equal(idx, again)
+  other = longtail.longtail_indices(labels, beta=2.0, num_samples=100_000,
+                                    key=jax.random.PRNGKey(1), class_order=order)
+  assert not np.array_equal(idx, other)
+
+
+def test_sample_items_reaches_the_far_tail():
+  # Float32 inverse-CDF sampling never draws items with p below ~6e-8; ours must.
+  p = longtail.zipf_probs(1_000_000, beta=2.0)
+  ids = longtail.sample_items(p, num_samples=2_000_000, key=jax.random.PRNGKey(3))
+  tail = p[10_000:].sum()  # ~6e-5: expect ~120 draws beyond rank 10^4
+  drawn = np.sum(ids >= 10_000)
+  assert abs(drawn - 2e6 * tail) < 5 * np.sqrt(2e6 * tail)
+
+
+@pytest.mark.parametrize('mode,kwargs', [('hard', {'k': 4}), ('top_p', {'top_p': 0.8}),
+                                         ('temperature', {'temperature': 0.5}),
+                                         ('finite_sample', {'generator_samples': 30})])
+def test_truncated_class_split_matches_scaling(mode, kwargs):
+  labels = np.repeat(np.arange(12), 3)
+  x = np.arange(labels.size, dtype=np.float32)[:, None]
+  key = jax.random.PRNGKey(5)
+  split = cifar100.truncated_class_split(x, labels, beta=1.5, num_samples=50_000, key=key,
+                                         mode=mode, num_classes=12, **kwargs)
+  assert split.is_synthetic.all() and split.y.dtype == np.int32
+  np.testing.assert_array_equal(labels[split.x[:, 0].astype(int)], split.y)
+  p = scaling.zipf(12, 1.5)
+  trunc_key = jax.random.split(key)[0]
+  q = scaling.synthetic_distribution(
+      p, mode=mode, **({'num_samples': kwargs['generator_samples'], 'key': trunc_key}
+                       if mode == 'finite_sample' else kwargs))
+  counts = np.bincount(split.y, minlength=12)
+  assert _chi2_pvalue(counts, q) > 1e-3
+  if mode == 'hard':
+    assert split.y.max() == 3
+
+
+def test_generated_images_npz_shards_and_folders(tmp_path):
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+  np.savez(tmp_path / 'gen.npz', x=x, y=np.array([0, 1, 2, 3, 4]))
+  split = cifar100.load_generated_images(tmp_path / 'gen.npz')
+  np.testing.assert_allclose(split.x, x / 255.0, atol=1e-7)
+  assert split.is_synthetic.all()
+  shards = tmp_path / 'shards'
+  shards.mkdir()
+  np.savez(shards / 'b.npz', x=x[2:], y=[2, 3, 4])
+  np.savez(shards / 'a.npz', x=x[:2], y=[0, 1])
+  joined = cifar100.load_generated_images(shards, channel_mean=[0.5] * 3,
+                                          channel_std=[0.25] * 3)
+  np.testing.assert_allclose(joined.x, (x / 255.0 - 0.5) / 0.25, atol=1e-5)
+  np.testing.assert_array_equal(joined.y, [0, 1, 2, 3, 4])
+  np.savez(tmp_path / 'badlabel.npz', x=x[:1], y=[100])
+  with pytest.raises(ValueError, match='badlabel.npz'):
+    cifar100.load_generated_images(tmp_path / 'badlabel.npz')
+  image = pytest.importorskip('PIL.Image')
+  folders = tmp_path / 'folders'
+  for label in (3, 7):
+    (folders / str(label)).mkdir(parents=True)
+    image.fromarray(x[label % 5]).save(folders / str(label) / 'img0.png')
+  split = cifar100.load_generated_images(folders)
+  np.testing.assert_array_equal(split.y, [3, 7])
+  np.testing.assert_allclose(split.x[1], x[2] / 255.0, atol=1e-7)
+  (folders / 'cat').mkdir()
+  with pytest.raises(ValueError, match='integer label'):
+    cifar100.load_generated_images(folders)
+
+
+def test_cifar100_mixture_end_to_end(official_dir, tmp_path):
+  root, _, _ = official_dir
+  kwargs = dict(num_examples=160, pi=0.25, seed=3, k=5, num_target=40, holdout_fraction=0.25)
+  mix = cifar100.cifar100_mixture(root, **kwargs)
+  assert mix.train.x.shape == (160, 32, 32, 3)
+  assert mix.train.is_synthetic.sum() == 120 and not mix.train.is_synthetic[:40].any()
+  assert mix.train.y[mix.train.is_synthetic].max() < 5
+  assert mix.target.x.shape[0] == 40 and not mix.target.is_synthetic.any()
+  p = longtail.class_probabilities(NUM_CLASSES, beta=2.0)
+  np.testing.assert_allclose(mix.test_weight, p[mix.test.y])  # one test image per class
+  assert mix.test_weight.sum() == pytest.approx(1.0)
+  again = cifar100.cifar100_mixture(root, **kwargs)
+  np.testing.assert_array_equal(again.train.x, mix.train.x)
+  # Generated images replace the truncation when a source is given.
+  gen = np.zeros((3, 32, 32, 3), np.uint8)
+  np.savez(tmp_path / 'gen.npz', x=gen, y=[1, 2, 3])
+  with_gen = cifar100.cifar100_mixture(root, synthetic_source=tmp_path / 'gen.npz',
+                                       normalize=False, **kwargs)
+  assert np.all(with_gen.train.x[with_gen.train.is_synthetic] == 0.0)
+  with pytest.raises(ValueError, match='holdout_fraction'):
+    cifar100.cifar100_mixture(root, **{**kwargs, 'holdout_fraction': 1.0})
+
+
+def test_stratified_partition_is_disjoint_and_balanced():
+  labels = np.repeat(np.arange(5), 20)
+  parts = longtail.stratified_partition(labels, fractions=(0.1, 0.3, 0.6),
+                                        key=jax.random.PRNGKey(0))
+  allidx = np.concatenate(parts)
+  np.testing.assert_array_equal(np.sort(allidx), np.arange(100))
+  for part, frac in zip(parts, (0.1, 0.3, 0.6)):
+    np.testing.assert_array_equal(np.bincount(labels[part], minlength=5), [20 * frac] * 5)
+
+
+def test_sampler_error_paths():
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match='no example'):
+    longtail.sample_by_class(np.array([0, 0, 2]), [0.3, 0.3, 0.4], num_samples=3, key=key)
+  with pytest.raises(ValueError, match='class_order'):
+    longtail.longtail_indices(np.arange(3), beta=2.0, num_samples=3, key=key,
+                              class_order=[0, 0, 1])
+  with pytest.raises(ValueError, match='p contains NaN'):
+    longtail.sample_items([0.5, np.nan], num_samples=2, key=key)
+  with pytest.raises(ValueError, match='beta'):
+    longtail.zipf_probs(10, beta=0.5)
+  with pytest.raises(ValueError, match='mode'):
+    longtail.truncated_probs([0.5, 0.5], mode='nucleus')
+  with pytest.raises(ValueError, match='key'):
+    longtail.truncated_probs([0.5, 0.5], mode='finite_sample', num_samples=3)
+  with pytest.raises(ValueError, match='pi'):
+    longtail.split_counts(10, pi=1.5)
+  with pytest.raises(ValueError, match='num_samples'):
+    longtail.sample_items([1.0], num_samples=-1, key=key)

@@ -1,0 +1,182 @@
+"""Tests of dv_jax.data.text (JSONL / datasets layouts) and dv_jax.data.tokenize."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dv_jax.data import text
+from dv_jax.data import tokenize
+
+
+def _write_jsonl(path, records):
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records), encoding='utf-8')
+  return path
+
+
+SST2 = [{'sentence': 'a gorgeous film', 'label': 1},
+        {'sentence': 'dull and slow', 'label': 0, 'source': 'synthetic'},
+        {'sentence': 'fine', 'label': 'positive', 'source': 'real'}]
+IMDB = [{'text': 'Loved it.', 'label': 1}, {'text': 'Awful.', 'label': 0, 'source': None}]
+ALPACA = [{'instruction': 'Add the numbers.', 'input': '2 and 3', 'output': '5'},
+          {'instruction': 'Say hi.', 'input': '', 'output': 'hi', 'source': 'synthetic'},
+          {'instruction': 'Name a colour.', 'output': 'red'}]
+GSM8K = [{'question': 'Tom has 2 apples and buys 3. How many?',
+          'answer': 'He has 2 + 3 = <<2+3=5>>5 apples.\n#### 5'},
+         {'question': 'A big number?', 'answer': 'It is 1,000 times 2.\n#### 2,000',
+          'source': 'synthetic'}]
+
+
+def test_sentiment_sst2_and_imdb_layouts(tmp_path):
+  data = text.load_text_task(_write_jsonl(tmp_path / 'sst2.jsonl', SST2), task='sentiment')
+  assert data.prompts == ['a gorgeous film', 'dull and slow', 'fine']
+  assert data.responses == ['positive', 'negative', 'positive']
+  np.testing.assert_array_equal(data.labels, [1, 0, 1])
+  np.testing.assert_array_equal(data.is_synthetic, [False, True, False])
+  assert data.final_answers is None and data.labels.dtype == np.int32
+  imdb = text.load_text_task(_write_jsonl(tmp_path / 'imdb.jsonl', IMDB), task='sentiment')
+  assert imdb.prompts == ['Loved it.', 'Awful.']
+  np.testing.assert_array_equal(imdb.is_synthetic, [False, False])
+
+
+def test_instruction_and_reasoning_layouts(tmp_path):
+  alpaca = text.load_text_task(_write_jsonl(tmp_path / 'a.jsonl', ALPACA), task='instruction')
+  assert alpaca.prompts == ['Add the numbers.\n\n2 and 3', 'Say hi.', 'Name a colour.']
+  assert alpaca.responses == ['5', 'hi', 'red']
+  assert alpaca.labels is None
+  np.testing.assert_array_equal(alpaca.is_synthetic, [False, True, False])
+  gsm = text.load_text_task(_write_jsonl(tmp_path / 'g.jsonl', GSM8K), task='reasoning')
+  assert gsm.final_answers == ['5', '2000']
+  assert gsm.responses[0].endswith('#### 5')
+  np.testing.assert_array_equal(gsm.is_synthetic, [False, True])
+  first = text.load_text_task(tmp_path / 'g.jsonl', task='reasoning', max_records=1)
+  assert len(first.prompts) == 1
+  both = text.concatenate([first, text.subset(gsm, [1])])
+  assert both.final_answers == ['5', '2000']
+
+
+@pytest.mark.parametrize('task,record,message', [
+    ('sentiment', {'sentence': 'x', 'label': 1, 'source': 'generated'},
+     r'line 2: source must be one of'),
+    ('sentiment', {'sentence': 'x'}, r"line 2: missing field 'label'"),
+    ('sentiment', {'review': 'x', 'label': 0}, r"line 2: sentiment records need 'sentence'"),
+    ('sentiment', {'text': 'x', 'label': -1}, r'line 2: label -1 outside'),
+    ('sentiment', {'text': 'x', 'label': 'meh'}, r"line 2: label 'meh' is not one of"),
+    ('instruction', {'instruction': 'x'}, r"line 2: missing field 'output'"),
+    ('instruction', {'instruction': 3, 'output': 'y'}, r"line 2: field 'instruction' must"),
+    ('reasoning', {'question': 'q', 'answer': 'no marker'}, r"line 2: answer has no '####'"),
+])
+def test_bad_records_name_file_line_and_field(tmp_path, task, record, message):
+  good = {'sentiment': SST2[0], 'instruction': ALPACA[0], 'reasoning': GSM8K[0]}[task]
+  path = _write_jsonl(tmp_path / 'bad.jsonl', [good, record])
+  with pytest.raises(ValueError, match=message) as info:
+    text.load_text_task(path, task=task)
+  assert 'bad.jsonl' in str(info.value)
+
+
+def test_file_level_errors(tmp_path):
+  bad = tmp_path / 'broken.jsonl'
+  bad.write_text('{"sentence": "a", "label": 1}\n\n{not json\n')
+  with pytest.raises(ValueError, match='broken.jsonl line 3: invalid JSON'):
+    text.load_text_task(bad, task='sentiment')
+  with pytest.raises(ValueError, match='does not exist'):
+    text.load_text_task(tmp_path / 'missing.jsonl', task='sentiment')
+  (tmp_path / 'empty.jsonl').write_text('\n')
+  with pytest.raises(ValueError, match='empty.jsonl: no records'):
+    text.load_text_task(tmp_path / 'empty.jsonl', task='sentiment')
+  with pytest.raises(ValueError, match='task must be one of'):
+    text.load_text_task(bad, task='translation')
+  (tmp_path / 'plain').mkdir()
+  with pytest.raises(ValueError, match='not a datasets save_to_disk directory'):
+    text.load_text_task(tmp_path / 'plain', task='sentiment')
+
+
+def test_datasets_save_to_disk_directory(tmp_path):
+  datasets = pytest.importorskip('datasets')
+  train = datasets.Dataset.from_list([{'question': r['question'], 'answer': r['answer'],
+                                       'source': r.get('source', 'real')} for r in GSM8K])
+  test = datasets.Dataset.from_list([{'question': 'q?', 'answer': '#### 7',
+                                      'source': 'fake'}])
+  datasets.DatasetDict({'train': train, 'test': test}).save_to_disk(str(tmp_path / 'dd'))
+  data = text.load_text_task(tmp_path / 'dd', task='reasoning', split='train')
+  assert data.final_answers == ['5', '2000']
+  np.testing.assert_array_equal(data.is_synthetic, [False, True])
+  with pytest.raises(ValueError, match=r"splits \['test', 'train'\]; pass split="):
+    text.load_text_task(tmp_path / 'dd', task='reasoning')
+  with pytest.raises(ValueError, match=r"\(split 'test'\) record 0: source must be"):
+    text.load_text_task(tmp_path / 'dd', task='reasoning', split='test')
+  train.save_to_disk(str(tmp_path / 'single'))
+  single = text.load_text_task(tmp_path / 'single', task='reasoning')
+  assert single.prompts == data.prompts
+
+
+# ----------------------------------------------------------------------------------------
+# tokenize
+
+
+def test_vocab_tokenizer_is_deterministic_and_ordered():
+  texts = ['the cat sat', 'the dog, the cat!', 'a dog']
+  tok = tokenize.VocabTokenizer.fit(texts, level='word')
+  assert tok.tokens[:5] == list(tokenize.SPECIAL_TOKENS)
+  # Counts: the 3, cat 2, dog 2, then singletons alphabetically (punctuation sorts first).
+  assert tok.tokens[5:] == ['the', 'cat', 'dog', '!', ',', 'a', 'sat']
+  assert tok.encode('the cat ate') == [5, 6, tok.unk_id]
+  assert tok.decode(tok.encode('the dog, the cat!')) == 'the dog , the cat !'
+  capped = tokenize.VocabTokenizer.fit(texts, level='word', max_vocab=7, extra_tokens=['<x>'])
+  assert capped.tokens == list(tokenize.SPECIAL_TOKENS) + ['<x>', 'the']
+  chars = tokenize.VocabTokenizer.fit(texts, level='char')
+  assert chars.decode(chars.encode('the cat')) == 'the cat'
+  restored = tokenize.VocabTokenizer.from_json(chars.to_json())
+  assert restored.tokens == chars.tokens and restored.level == 'char'
+
+
+def test_encode_pairs_layout_mask_and_truncation():
+  tok = tokenize.VocabTokenizer(list(tokenize.SPECIAL_TOKENS) + list('abcdxyz'), level='char')
+  ids = {c: tok.tokens.index(c) for c in 'abcdxyz'}
+  batch = tokenize.encode_pairs(tok, ['ab', 'abcd'], ['x', 'xyz'], max_len=8)
+  bos, sep, eos, pad = tok.bos_id, tok.sep_id, tok.eos_id, tok.pad_id
+  np.testing.assert_array_equal(batch.tokens[0], [bos, ids['a'], ids['b'], sep, ids['x'], eos,
+                                                  pad, pad])
+  np.testing.assert_array_equal(batch.response_mask[0], [0, 0, 0, 0, 1, 1, 0, 0])
+  # Too long (4 + 3 + 1 + 2 > 8): the prompt keeps its last tokens, the response survives.
+  np.testing.assert_array_equal(batch.tokens[1], [bos, ids['c'], ids['d'], sep, ids['x'],
+                                                  ids['y'], ids['z'], eos])
+  np.testing.assert_array_equal(batch.lengths, [6, 8])
+  # A response longer than the budget keeps one prompt token and loses its <eos>.
+  cut = tokenize.encode_pairs(tok, ['ab'], ['xyzxyz'], max_len=6)
+  np.testing.assert_array_equal(cut.tokens[0], [bos, ids['b'], sep, ids['x'], ids['y'],
+                                                ids['z']])
+  np.testing.assert_array_equal(cut.response_mask[0], [0, 0, 0, 1, 1, 1])
+  prompts, lengths = tokenize.encode_prompts(tok, ['abcd'], max_len=4)
+  np.testing.assert_array_equal(prompts[0], [bos, ids['c'], ids['d'], sep])
+  texts, lengths = tokenize.encode_texts(tok, ['ab', 'abcdab'], max_len=5)
+  np.testing.assert_array_equal(lengths, [4, 5])
+  assert tokenize.decode_batch(tok, texts, lengths) == ['ab', 'abcd']
+  with pytest.raises(ValueError, match='max_len'):
+    tokenize.encode_pairs(tok, ['a'], ['b'], max_len=3)
+  with pytest.raises(ValueError, match='responses has 1'):
+    tokenize.encode_pairs(tok, ['a', 'b'], ['b'], max_len=8)
+  with pytest.raises(ValueError, match=r'prompts\[1\] must be a string'):
+    tokenize.encode_pairs(tok, ['a', 3], ['b', 'c'], max_len=8)
+  with pytest.raises(ValueError, match='special tokens'):
+    tokenize.VocabTokenizer(['a', 'b'])
+
+
+def test_hf_tokenizer_adapter(tmp_path):
+  tokenizers = pytest.importorskip('tokenizers')
+  vocab = {'<unk>': 0, '<s>': 1, '</s>': 2, 'the': 3, 'cat': 4, 'sat': 5}
+  hf = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
+  hf.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  hf.save(str(tmp_path / 'tokenizer.json'))
+  tok = tokenize.HFTokenizer(tmp_path / 'tokenizer.json', bos_token='<s>', eos_token='</s>',
+                             unk_token='<unk>')
+  assert tok.vocab_size == 6 and tok.sep_id is None and tok.pad_id == 0
+  assert tok.encode('the cat sat') == [3, 4, 5]
+  batch = tokenize.encode_pairs(tok, ['the cat'], ['sat'], max_len=7)
+  # No separator: <s> the cat sat </s> <pad> <pad>.
+  np.testing.assert_array_equal(batch.tokens[0], [1, 3, 4, 5, 2, 0, 0])
+  np.testing.assert_array_equal(batch.response_mask[0], [0, 0, 0, 1, 1, 0, 0])
+  with pytest.raises(ValueError, match="sep_token='<sep>' is not in"):
+    tokenize.HFTokenizer(tmp_path / 'tokenizer.json', sep_token='<sep>')
+  with pytest.raises(ValueError, match='does not exist'):
+    tokenize.HFTokenizer(tmp_path / 'missing.json')
