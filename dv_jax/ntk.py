@@ -1,0 +1,727 @@
+"""Empirical neural tangent kernel and per-example gradients on public JAX.
+
+The NTK term of the bound (METHOD.md section 2, term 3) needs
+`Theta0[a, b] = <grad g(x_a; theta0), grad g(x_b; theta0)>`. This module computes it two
+ways: as the Gram matrix of per-example gradients of a scalar `g` (`per_example_grads`,
+what `bound.ntk_term` consumes), and as the empirical NTK of a vector-valued network
+(`empirical_ntk_fn`, the same semantics as `neural_tangents.empirical_ntk_fn`).
+
+Shape legend: `n` examples (`n1`, `n2` for the two sides of a kernel), `p` parameters
+(of the leaves selected by `param_filter`), `c` outputs per example (the non-batch axes of
+`apply_fn(params, x)`, flattened where it matters), `k` projection dimension, `b` examples
+in one block.
+
+Both paths are computed in fixed-size blocks by functions jitted at module level: the last
+block is padded (by repeating the last example) and the padded rows are dropped, so one
+compile serves every `n` and memory is bounded by the block, never by `n`.
+
+Parameters. `param_filter` selects the leaves that are differentiated; the others are held
+constant. Flattened gradients list the selected leaves in `jax.tree_util` leaf order, each
+leaf in row-major order.
+
+Random projection. `Projection(dim=k, kind, key)` maps a gradient `g` (length `p`) to
+`g @ P` with `P[p, k]` of i.i.d. entries, Rademacher (+-1) or standard normal, scaled by
+`1/sqrt(k)`, so `E[P P^T] = I` and inner products are preserved in expectation. `P` is
+never materialised: the rows of leaf number `l` (its index among ALL leaves of `params`,
+so a leaf keeps its rows whatever the filter) are drawn in chunks of
+`r = min(PROJECTION_CHUNK_ROWS, size of the leaf)` rows; chunk `j` is
+`draw(fold_in(fold_in(key, l), j), [r, k]) / sqrt(k)` and its rows past the end of the leaf
+are unused.
+"""
+
+import functools
+import math
+import re
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+PyTree = Any
+ParamFilter = Union[None, str, Callable[[str, Any], bool]]
+
+# Rows of a projection matrix drawn at once: bounds the [rows, k] block held in memory.
+PROJECTION_CHUNK_ROWS = 4096
+
+IMPLEMENTATIONS = ('jacobian_contraction', 'ntk_vector_products', 'neural_tangents')
+PROJECTION_KINDS = ('rademacher', 'gaussian')
+
+# Kernel contractions run at full float32 precision: Theta feeds a Cholesky solve, and
+# the TF32/bf16 passes some accelerators use by default lose too many digits.
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+class Projection(NamedTuple):
+  """A random projection of gradients to `dim` dimensions (see the module docstring).
+
+  Attributes:
+    dim: `k`, the projected dimension.
+    kind: 'rademacher' (entries +-1/sqrt(k)) or 'gaussian' (N(0, 1/k)).
+    key: the PRNG key the whole matrix is derived from (required; `None` is rejected).
+  """
+  dim: int
+  kind: str = 'rademacher'
+  key: Any = None
+
+
+# ----------------------------------------------------------------------------------------
+# Parameter paths and filters.
+
+
+def _key_str(entry) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _path_str(path) -> str:
+  return '/'.join(_key_str(entry) for entry in path)
+
+
+def _selection_mask(params: PyTree, param_filter: ParamFilter) -> tuple[bool, ...]:
+  """Which leaves of `params` (in leaf order) are differentiated; validates the filter."""
+  with_paths, _ = jax.tree_util.tree_flatten_with_path(params)
+  if not with_paths:
+    raise ValueError('params has no leaves.')
+  if param_filter is None:
+    mask = tuple(True for _ in with_paths)
+  elif isinstance(param_filter, str):
+    try:
+      pattern = re.compile(param_filter)
+    except re.error as e:
+      raise ValueError(f'param_filter {param_filter!r} is not a valid regex: {e}') from e
+    mask = tuple(bool(pattern.search(_path_str(path))) for path, _ in with_paths)
+  elif callable(param_filter):
+    mask = tuple(bool(param_filter(_path_str(path), leaf)) for path, leaf in with_paths)
+  else:
+    raise ValueError('param_filter must be None, a regex string or a callable '
+                     f'(path_str, leaf) -> bool, got {type(param_filter).__name__}.')
+  if not any(mask):
+    paths = [_path_str(path) for path, _ in with_paths]
+    shown = ', '.join(paths[:8]) + (', ...' if len(paths) > 8 else '')
+    raise ValueError(f'param_filter {param_filter!r} selects no parameter; the paths are: '
+                     f'{shown}.')
+  for (path, leaf), selected in zip(with_paths, mask):
+    if selected and not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+      raise ValueError(f'params leaf {_path_str(path)!r} is selected by param_filter but has '
+                       f'non-float dtype {jnp.result_type(leaf)}; filter it out.')
+  return mask
+
+
+def _check_params(params: PyTree, mask: tuple[bool, ...]) -> None:
+  leaves = jax.tree_util.tree_leaves(params)
+  selected = [jnp.asarray(leaf) for leaf, m in zip(leaves, mask) if m]
+  if not all(bool(jnp.isfinite(leaf).all()) for leaf in selected):
+    raise ValueError('params contain NaN or Inf in a selected leaf.')
+
+
+def flat_param_count(params: PyTree, param_filter: ParamFilter = None) -> int:
+  """`p`: the number of scalar parameters `param_filter` selects.
+
+  Args:
+    params: the parameter pytree.
+    param_filter: None (all), a regex searched in the '/'-joined leaf path, or a callable
+      `(path_str, leaf) -> bool`.
+
+  Returns:
+    The total size of the selected leaves.
+
+  Raises:
+    ValueError: if the filter is malformed or selects nothing.
+  """
+  mask = _selection_mask(params, param_filter)
+  leaves = jax.tree_util.tree_leaves(params)
+  return int(sum(np.size(leaf) for leaf, m in zip(leaves, mask) if m))
+
+
+def _split(params: PyTree, mask: tuple[bool, ...]):
+  """Selected leaves and a function rebuilding the full pytree from new selected leaves."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  selected = [leaf for leaf, m in zip(leaves, mask) if m]
+
+  def rebuild(new_selected):
+    it = iter(new_selected)
+    return jax.tree_util.tree_unflatten(
+        treedef, [next(it) if m else leaf for leaf, m in zip(leaves, mask)])
+
+  return selected, rebuild
+
+
+def _selected_indices(mask: tuple[bool, ...]) -> list[int]:
+  return [i for i, m in enumerate(mask) if m]
+
+
+# ----------------------------------------------------------------------------------------
+# Random projection, chunked per leaf and by rows.
+
+
+def _check_projection(projection: Optional[Projection]) -> None:
+  if projection is None:
+    return
+  if not isinstance(projection, Projection):
+    raise ValueError(f'projection must be a Projection or None, got {type(projection).__name__}.')
+  if isinstance(projection.dim, bool) or not isinstance(projection.dim, (int, np.integer)) \
+      or projection.dim < 1:
+    raise ValueError(f'projection.dim must be a positive int, got {projection.dim!r}.')
+  if projection.kind not in PROJECTION_KINDS:
+    raise ValueError(f'projection.kind must be one of {PROJECTION_KINDS}, got '
+                     f'{projection.kind!r}.')
+  if projection.key is None:
+    raise ValueError('projection.key is None: pass an explicit jax.random key.')
+
+
+def _draw(key, shape, kind: str, dtype):
+  if kind == 'rademacher':
+    values = jax.random.rademacher(key, shape, dtype=dtype)
+  else:
+    values = jax.random.normal(key, shape, dtype=dtype)
+  return values / jnp.sqrt(jnp.asarray(shape[-1], dtype))
+
+
+def _chunking(size: int) -> tuple[int, int]:
+  rows = max(1, min(PROJECTION_CHUNK_ROWS, size))
+  return rows, -(-size // rows)
+
+
+def _project_leaf(g_MxL, leaf_key, dim: int, kind: str):
+  """`g @ P_leaf` for `g[m, L]` (L = leaf size); returns `[m, k]`."""
+  m, size = g_MxL.shape
+  rows, num_chunks = _chunking(size)
+  dtype = g_MxL.dtype
+  if num_chunks == 1:
+    return jnp.matmul(g_MxL, _draw(jax.random.fold_in(leaf_key, 0), (rows, dim), kind, dtype),
+                      precision=_PRECISION)
+  g_pad = jnp.pad(g_MxL, ((0, 0), (0, num_chunks * rows - size)))
+  g_chunks_CxMxR = jnp.transpose(g_pad.reshape(m, num_chunks, rows), (1, 0, 2))
+
+  def body(acc_MxK, inputs):
+    j, g_MxR = inputs
+    p_RxK = _draw(jax.random.fold_in(leaf_key, j), (rows, dim), kind, dtype)
+    return acc_MxK + jnp.matmul(g_MxR, p_RxK, precision=_PRECISION), None
+
+  acc, _ = jax.lax.scan(body, jnp.zeros((m, dim), dtype),
+                        (jnp.arange(num_chunks), g_chunks_CxMxR))
+  return acc
+
+
+def _unproject_leaf(z_MxK, leaf_key, size: int, kind: str):
+  """`z @ P_leaf^T` for `z[m, k]`; returns `[m, L]` (a tangent in the leaf's space)."""
+  m, dim = z_MxK.shape
+  rows, num_chunks = _chunking(size)
+  dtype = z_MxK.dtype
+
+  # Checkpointed so that differentiating through it regenerates each chunk instead of
+  # saving all of them as residuals (which would materialise P).
+  @jax.checkpoint
+  def chunk(j):
+    p_RxK = _draw(jax.random.fold_in(leaf_key, j), (rows, dim), kind, dtype)
+    return jnp.matmul(z_MxK, p_RxK.T, precision=_PRECISION)
+
+  if num_chunks == 1:
+    return chunk(0)[:, :size]
+  _, out_CxMxR = jax.lax.scan(lambda carry, j: (carry, chunk(j)), None,
+                              jnp.arange(num_chunks))
+  return jnp.transpose(out_CxMxR, (1, 0, 2)).reshape(m, num_chunks * rows)[:, :size]
+
+
+def _flatten_and_project(leaf_grads: Sequence[Any], lead_shape: tuple[int, ...],
+                         leaf_indices: Sequence[int], projection_dim: Optional[int],
+                         projection_kind: Optional[str], projection_key):
+  """Leaves `[*lead, *leaf_shape]` -> `[*lead, p]` (concatenated) or `[*lead, k]`."""
+  m = math.prod(lead_shape)
+  flat = [g.reshape(m, math.prod(g.shape[len(lead_shape):])) for g in leaf_grads]
+  if projection_dim is None:
+    out = jnp.concatenate(flat, axis=1)
+  else:
+    out = sum(_project_leaf(g, jax.random.fold_in(projection_key, index), projection_dim,
+                            projection_kind)
+              for g, index in zip(flat, leaf_indices))
+  return out.reshape(*lead_shape, out.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# Input validation and blocking.
+
+
+def _check_batch(x: ArrayLike, name: str) -> jax.Array:
+  x = jnp.asarray(x)
+  if x.ndim < 1:
+    raise ValueError(f'{name} must have a leading example axis, got shape {x.shape}.')
+  if x.shape[0] < 1:
+    raise ValueError(f'{name} is empty (shape {x.shape}).')
+  if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.isfinite(x).all()):
+    raise ValueError(f'{name} contains NaN or Inf.')
+  return x
+
+
+def _check_block_size(block_size, allow_none: bool) -> None:
+  if block_size is None and allow_none:
+    return
+  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+      or block_size < 1:
+    raise ValueError(f'block_size must be a positive int{" or None" if allow_none else ""}, '
+                     f'got {block_size!r}.')
+
+
+def _pad_rows(x: jax.Array, block: int) -> jax.Array:
+  """Pads the leading axis to a multiple of `block` by repeating the last example.
+
+  Repeating a real example (not zeros) keeps the padded rows finite for any model; their
+  results are dropped.
+  """
+  pad = -x.shape[0] % block
+  if pad == 0:
+    return x
+  return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+
+
+# ----------------------------------------------------------------------------------------
+# Per-example gradients of a scalar.
+
+
+class _TrueClassLogit:
+  """`scalar_fn(params, x_i, y_i) = apply_fn(params, x_i[None])[0, y_i]`.
+
+  A class rather than a closure so that two calls of `true_class_logit` on the same
+  `apply_fn` compare equal and share the jitted block's compile.
+  """
+
+  def __init__(self, apply_fn: Callable):
+    self.apply_fn = apply_fn
+
+  def __call__(self, params, x_i, y_i):
+    return self.apply_fn(params, x_i[None])[0, y_i]
+
+  def __eq__(self, other):
+    return isinstance(other, _TrueClassLogit) and other.apply_fn == self.apply_fn
+
+  def __hash__(self):
+    return hash((_TrueClassLogit, self.apply_fn))
+
+  def __repr__(self):
+    return f'true_class_logit({self.apply_fn!r})'
+
+
+def true_class_logit(apply_fn: Callable) -> Callable:
+  """The default scalar `g(x; theta)` of METHOD.md: the logit of the true class.
+
+  Args:
+    apply_fn: batched `apply_fn(params, x[b, ...]) -> logits[b, c]`.
+
+  Returns:
+    `scalar_fn(params, x_i, y_i) -> logits(x_i)[y_i]` for ONE unbatched example `x_i` and
+    an integer label `y_i`.
+  """
+  return _TrueClassLogit(apply_fn)
+
+
+class _GradSpec(NamedTuple):
+  scalar_fn: Callable
+  mask: tuple[bool, ...]
+  projection_dim: Optional[int]
+  projection_kind: Optional[str]
+
+
+@functools.partial(jax.jit, static_argnames=('spec',))
+def _grads_block(spec: _GradSpec, params, projection_key, x_b, y_b):
+  """Per-example gradients of one fixed-size block: `[b, p]` or `[b, k]`."""
+  selected, rebuild = _split(params, spec.mask)
+
+  def scalar(sel, x_i, y_i):
+    return spec.scalar_fn(rebuild(sel), x_i, y_i)
+
+  grads = jax.vmap(jax.grad(scalar), in_axes=(None, 0, 0))(selected, x_b, y_b)
+  return _flatten_and_project(grads, (x_b.shape[0],), _selected_indices(spec.mask),
+                              spec.projection_dim, spec.projection_kind, projection_key)
+
+
+def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: ArrayLike, *,
+                      param_filter: ParamFilter = None,
+                      projection: Optional[Projection] = None,
+                      block_size: int = 256) -> jax.Array:
+  """Gradients `grad_theta g(x_i, y_i; theta)` of a scalar, one row per example.
+
+  The rows of the result are the features of the NTK term: `Theta0 = G G^T`
+  (METHOD.md section 2, term 3); with a projection, `Theta0 ~= (G P)(G P)^T`.
+
+  Args:
+    scalar_fn: `scalar_fn(params, x_i, y_i) -> scalar` for ONE unbatched example, e.g.
+      `true_class_logit(apply_fn)`. Pass the same object across calls to reuse the compile.
+    params: the parameter pytree `theta0`.
+    x: inputs `[n, ...]`.
+    y: labels or targets `[n, ...]`.
+    param_filter: which leaves to differentiate (see the module docstring); the others are
+      held constant.
+    projection: optional `Projection` to `k` dimensions.
+    block_size: examples per jitted block; the last block is padded.
+
+  Returns:
+    `[n, p]` (selected leaves concatenated in leaf order) or `[n, k]` when projected.
+
+  Raises:
+    ValueError: on NaN/Inf or empty inputs, mismatched leading lengths, a filter that
+      selects nothing, an invalid projection or block size.
+  """
+  x = _check_batch(x, 'x')
+  y = _check_batch(y, 'y')
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(f'x and y must have the same number of examples, got {x.shape[0]} and '
+                     f'{y.shape[0]} (y).')
+  _check_block_size(block_size, allow_none=False)
+  _check_projection(projection)
+  if not callable(scalar_fn):
+    raise ValueError('scalar_fn must be callable.')
+  mask = _selection_mask(params, param_filter)
+  _check_params(params, mask)
+  spec = _GradSpec(scalar_fn, mask, None if projection is None else int(projection.dim),
+                   None if projection is None else projection.kind)
+  key = None if projection is None else projection.key
+
+  n = x.shape[0]
+  x_pad, y_pad = _pad_rows(x, block_size), _pad_rows(y, block_size)
+  blocks = [
+      _grads_block(spec, params, key, x_pad[s:s + block_size], y_pad[s:s + block_size])
+      for s in range(0, x_pad.shape[0], block_size)
+  ]
+  out = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=0)
+  return out[:n]
+
+
+# ----------------------------------------------------------------------------------------
+# Empirical NTK.
+
+
+class _KernelSpec(NamedTuple):
+  apply_fn: Callable
+  traced: tuple[bool, ...]  # per output axis (batch axis excluded): is it traced?
+  batched: bool  # vmap_axes == 0: outputs of different examples are independent
+  mask: tuple[bool, ...]
+  projection_dim: Optional[int]
+  projection_kind: Optional[str]
+
+
+_LETTERS = 'cdefghijklmnopqrstuvwxyz'
+
+
+def _trace_scale(out_shape: tuple[int, ...], traced: tuple[bool, ...]) -> int:
+  return math.prod(s for s, t in zip(out_shape, traced) if t)
+
+
+def _trace_subscripts(traced: tuple[bool, ...]) -> str:
+  """Einsum subscripts taking a full kernel `[b1, *o, b2, *o]` to the NTK layout.
+
+  Traced axes share a letter (the einsum sums their diagonal); the others are zipped in
+  the output as `[b1, b2, o_1, o_1, o_2, o_2, ...]`, the neural-tangents layout.
+  """
+  letters = iter(_LETTERS)
+  side1, side2, out = 'a', 'b', 'ab'
+  for t in traced:
+    l1 = next(letters)
+    if t:
+      side1, side2 = side1 + l1, side2 + l1
+    else:
+      l2 = next(letters)
+      side1, side2, out = side1 + l1, side2 + l2, out + l1 + l2
+  return f'{side1}{side2}->{out}'
+
+
+def _block_jacobian(spec: _KernelSpec, params, projection_key, x_b) -> list:
+  """Jacobian blocks `[b, *o, q_l]`: one per selected leaf, or one `[b, *o, k]` projected.
+
+  Leaves are kept apart (not concatenated to `[b, *o, p]`): contracting them one by one
+  and summing saves a copy of the whole block Jacobian.
+  """
+  selected, rebuild = _split(params, spec.mask)
+  if spec.batched:
+    def one(x_i):
+      return jax.jacrev(lambda sel: spec.apply_fn(rebuild(sel), x_i[None])[0])(selected)
+    jac = jax.vmap(one)(x_b)
+  else:
+    jac = jax.jacrev(lambda sel: spec.apply_fn(rebuild(sel), x_b))(selected)
+  lead_shape = tuple(jac[0].shape[:jac[0].ndim - selected[0].ndim])  # [b, *o]
+  if spec.projection_dim is None:
+    return [j.reshape(*lead_shape, leaf.size) for j, leaf in zip(jac, selected)]
+  return [_flatten_and_project(jac, lead_shape, _selected_indices(spec.mask),
+                               spec.projection_dim, spec.projection_kind, projection_key)]
+
+
+@functools.partial(jax.jit, static_argnames=('spec',))
+def _jacobian_block(spec: _KernelSpec, params, projection_key, x_b):
+  return _block_jacobian(spec, params, projection_key, x_b)
+
+
+def _contract_pair(traced: tuple[bool, ...], j1, j2):
+  """`sum_p J1 J2` for one leaf, as a single matmul: `[b1, b2, u_1, u_1, ...]`.
+
+  Traced output axes are merged with the parameter axis and untraced ones with the
+  example axis, so the contraction is one `[b1 U, T q] x [T q, b2 U]` product; an einsum
+  with several contracting axes is markedly slower on CPU.
+  """
+  out_shape = j1.shape[1:-1]
+  untraced = [i for i, t in enumerate(traced) if not t]
+  perm = [0] + [1 + i for i in untraced] + [1 + i for i, t in enumerate(traced) if t] \
+      + [j1.ndim - 1]
+  u_shape = [out_shape[i] for i in untraced]
+  u = math.prod(u_shape)
+  a = jnp.transpose(j1, perm).reshape(j1.shape[0] * u, -1)
+  b = jnp.transpose(j2, perm).reshape(j2.shape[0] * u, -1)
+  k = jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_PRECISION)
+  k = k.reshape(j1.shape[0], *u_shape, j2.shape[0], *u_shape)
+  n_u = len(u_shape)
+  zipped = [0, 1 + n_u]
+  for i in range(n_u):
+    zipped += [1 + i, 2 + n_u + i]
+  return jnp.transpose(k, zipped)
+
+
+@functools.partial(jax.jit, static_argnames=('traced',))
+def _contract_block(traced: tuple[bool, ...], j1: list, j2: list):
+  """NTK block from two Jacobian blocks: `[b1, b2, ...]` (zipped untraced output axes)."""
+  scale = _trace_scale(j1[0].shape[1:-1], traced)
+  return sum(_contract_pair(traced, a, b) for a, b in zip(j1, j2)) / scale
+
+
+@functools.partial(jax.jit, static_argnames=('spec',))
+def _vector_products_block(spec: _KernelSpec, params, projection_key, x1_b, x2_b):
+  """NTK block by vjp of f(x2) on basis cotangents, then jvp of f(x1) along each result.
+
+  No Jacobian is formed as an array of its own: each column of J(x2)^T is a tangent that
+  is pushed straight through a jvp (vmapped over the block).
+  """
+  selected, rebuild = _split(params, spec.mask)
+  indices = _selected_indices(spec.mask)
+
+  def f_single(sel, x_i):
+    return spec.apply_fn(rebuild(sel), x_i[None])[0]
+
+  out = jax.eval_shape(f_single, selected, x2_b[0])
+  out_shape = tuple(out.shape)
+  c = math.prod(out_shape)
+
+  if spec.batched:
+    def tangents_of(x_i):
+      _, pullback = jax.vjp(lambda sel: f_single(sel, x_i), selected)
+      basis = jnp.eye(c, dtype=out.dtype).reshape(c, *out_shape)
+      return jax.vmap(pullback)(basis)[0]
+    tangents = jax.vmap(tangents_of)(x2_b)  # leaves [b2, c, *leaf]
+  else:
+    b2 = x2_b.shape[0]
+    _, pullback = jax.vjp(lambda sel: spec.apply_fn(rebuild(sel), x2_b), selected)
+    basis = jnp.eye(b2 * c, dtype=out.dtype).reshape(b2 * c, b2, *out_shape)
+    tangents = jax.vmap(pullback)(basis)[0]  # leaves [b2 * c, *leaf]
+  b2 = x2_b.shape[0]
+  tangents = [t.reshape(b2 * c, *leaf.shape) for t, leaf in zip(tangents, selected)]
+
+  if spec.projection_dim is not None:
+    # (J2 P)(P^T ...): project each tangent to k dims and back, so the jvp below sees
+    # the tangent P P^T J2^T e and the kernel becomes J1 P P^T J2^T.
+    z = _flatten_and_project(tangents, (b2 * c,), indices, spec.projection_dim,
+                             spec.projection_kind, projection_key)
+    tangents = [
+        _unproject_leaf(z, jax.random.fold_in(projection_key, index), leaf.size,
+                        spec.projection_kind).reshape(b2 * c, *leaf.shape).astype(leaf.dtype)
+        for leaf, index in zip(selected, indices)
+    ]
+
+  def push(tangent):
+    return jax.jvp(lambda sel: spec.apply_fn(rebuild(sel), x1_b), (selected,), (tangent,))[1]
+
+  k_full = jax.vmap(push)(tangents)  # [b2 * c, b1, *o]
+  b1 = x1_b.shape[0]
+  k_full = k_full.reshape(b2, *out_shape, b1, *out_shape)
+  ndim = len(out_shape)
+  # -> [b1, *o, b2, *o]
+  k_full = jnp.transpose(k_full, (ndim + 1, *range(ndim + 2, 2 * ndim + 2), 0,
+                                  *range(1, ndim + 1)))
+  return (jnp.einsum(_trace_subscripts(spec.traced), k_full)
+          / _trace_scale(out_shape, spec.traced))
+
+
+def _import_neural_tangents():
+  try:
+    import neural_tangents  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "implementation='neural_tangents' needs the optional neural-tangents package, "
+        'which is not importable here. Use the .venv-nt environment (see the Makefile) or '
+        "`pip install dv_jax[nt]`; or pick implementation='jacobian_contraction' or "
+        "'ntk_vector_products', which agree with it numerically.") from e
+  return neural_tangents
+
+
+@functools.partial(jax.jit, static_argnames=('spec', 'trace_axes'))
+def _neural_tangents_block(spec: _KernelSpec, trace_axes: tuple[int, ...], params,
+                           projection_key, x1_b, x2_b):
+  """NTK block computed by neural_tangents.empirical_ntk_fn (its default implementation).
+
+  The filter and the projection are mapped by reparameterisation: neural-tangents
+  differentiates `f(z, x) = apply_fn(theta with selected leaves + P z, x)` at `z = 0`,
+  whose Jacobian is `J P` (or, without a projection, `f(sel, x)` directly).
+  """
+  nt = _import_neural_tangents()
+  selected, rebuild = _split(params, spec.mask)
+  indices = _selected_indices(spec.mask)
+  if spec.projection_dim is None:
+    def f(sel, x):
+      return spec.apply_fn(rebuild(sel), x)
+    primal = selected
+  else:
+    def f(z_k, x):
+      shifted = [
+          leaf + _unproject_leaf(z_k[None].astype(leaf.dtype),
+                                 jax.random.fold_in(projection_key, index), leaf.size,
+                                 spec.projection_kind).reshape(leaf.shape)
+          for leaf, index in zip(selected, indices)
+      ]
+      return spec.apply_fn(rebuild(shifted), x)
+    primal = jnp.zeros((spec.projection_dim,), jnp.result_type(*selected))
+  ntk_fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes,
+                               vmap_axes=0 if spec.batched else None,
+                               implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION)
+  return ntk_fn(x1_b, x2_b, primal)
+
+
+def _swap_sides(block, n_untraced: int):
+  """`K(x2, x1)` from `K(x1, x2)`: swap the two example axes and each zipped output pair."""
+  perm = [1, 0]
+  for a in range(n_untraced):
+    perm += [2 + 2 * a + 1, 2 + 2 * a]
+  return jnp.transpose(block, perm)
+
+
+def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
+                     vmap_axes: Optional[int] = 0,
+                     implementation: str = 'jacobian_contraction',
+                     block_size: Optional[int] = None,
+                     param_filter: ParamFilter = None,
+                     projection: Optional[Projection] = None) -> Callable:
+  """Returns `ntk_fn(x1, x2, params)`, the empirical NTK `J(x1) J(x2)^T` of `apply_fn`.
+
+  The semantics are those of `neural_tangents.empirical_ntk_fn` (with `diagonal_axes=()`):
+  for outputs `f(x)[b, o_1, ..., o_r]`, the kernel is
+  `K[a, b, o, o'] = sum_p J(x1)[a, o, p] J(x2)[b, o', p]`; each axis in `trace_axes` is
+  traced (its pair replaced by the sum over its diagonal) and the result divided by the
+  product of the traced sizes, i.e. traced axes are AVERAGED, as neural-tangents does.
+  The untraced output axes appear twice, zipped: `[n1, n2, o_1, o_1, o_2, o_2, ...]`. For
+  logits `[b, c]`: `trace_axes=(-1,)` gives `[n1, n2]` (the mean over classes of the
+  per-class NTK) and `trace_axes=()` gives `[n1, n2, c, c]`.
+
+  Args:
+    apply_fn: `apply_fn(params, x[b, ...]) -> out[b, ...]`, e.g. a flax `model.apply` or a
+      stax-style apply function with list/tuple params.
+    trace_axes: output axes of `apply_fn`'s result to trace over; the batch axis 0 cannot
+      be traced.
+    vmap_axes: 0 if the outputs of different examples are independent (no batch
+      statistics); blocking and per-example Jacobians rely on it. None if examples
+      interact: then the whole batch is one block (`block_size` must be None).
+    implementation: 'jacobian_contraction' (per-block Jacobians, contracted),
+      'ntk_vector_products' (vjp/jvp, no Jacobian array) or 'neural_tangents' (calls
+      neural_tangents.empirical_ntk_fn per block; needs the optional package).
+    block_size: examples per block on each side, the last block padded; None means one
+      block per side (compiled for each shape).
+    param_filter: which leaves to differentiate (see the module docstring).
+    projection: optional `Projection`; the kernel becomes `(J P)(J P)^T`.
+
+  Returns:
+    `ntk_fn(x1, x2, params) -> Array[n1, n2, ...]`; `x2=None` means `x2 = x1` (and only
+    the upper block triangle is computed).
+
+  Raises:
+    ValueError: for an unknown `implementation`, a bad `vmap_axes`, `trace_axes`,
+      `block_size` or `projection`; `ntk_fn` raises it for bad inputs (NaN/Inf, empty,
+      mismatched trailing shapes) and for a filter selecting nothing.
+    ImportError: for 'neural_tangents' when the package is not installed.
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'implementation must be one of {IMPLEMENTATIONS}, got '
+                     f'{implementation!r}.')
+  if vmap_axes not in (0, None) or isinstance(vmap_axes, bool):
+    raise ValueError(f'vmap_axes must be 0 (independent examples) or None, got {vmap_axes!r}.')
+  try:
+    trace_axes = tuple(int(a) for a in trace_axes)
+  except TypeError as e:
+    raise ValueError(f'trace_axes must be a sequence of ints, got {trace_axes!r}.') from e
+  _check_block_size(block_size, allow_none=True)
+  if vmap_axes is None and block_size is not None:
+    raise ValueError('block_size must be None when vmap_axes is None: examples interact, '
+                     'so the batch cannot be split into blocks.')
+  _check_projection(projection)
+  if implementation == 'neural_tangents':
+    _import_neural_tangents()
+  if not callable(apply_fn):
+    raise ValueError('apply_fn must be callable.')
+
+  def ntk_fn(x1: ArrayLike, x2: Optional[ArrayLike], params: PyTree) -> jax.Array:
+    symmetric = x2 is None
+    x1 = _check_batch(x1, 'x1')
+    x2 = x1 if symmetric else _check_batch(x2, 'x2')
+    if x2.shape[1:] != x1.shape[1:]:
+      raise ValueError(f'x2 examples have shape {x2.shape[1:]}, x1 examples {x1.shape[1:]}.')
+    mask = _selection_mask(params, param_filter)
+    _check_params(params, mask)
+
+    out = jax.eval_shape(apply_fn, params, x1[:1])
+    out_ndim = len(out.shape)
+    if out_ndim < 1 or out.shape[0] != 1:
+      raise ValueError(f'apply_fn must return [b, ...] with a leading batch axis; for one '
+                       f'example it returned shape {out.shape}.')
+    canonical = set()
+    for a in trace_axes:
+      if not -out_ndim <= a < out_ndim:
+        raise ValueError(f'trace_axes {trace_axes} out of range for outputs of rank '
+                         f'{out_ndim}.')
+      canonical.add(a % out_ndim)
+    if 0 in canonical:
+      raise ValueError(f'trace_axes {trace_axes} includes the batch axis 0.')
+    traced = tuple(i in canonical for i in range(1, out_ndim))
+    n_untraced = traced.count(False)
+
+    spec = _KernelSpec(apply_fn, traced, vmap_axes == 0, mask,
+                       None if projection is None else int(projection.dim),
+                       None if projection is None else projection.kind)
+    key = None if projection is None else projection.key
+    n1, n2 = x1.shape[0], x2.shape[0]
+    b1 = block_size or n1
+    b2 = block_size or n2
+    x1_pad, x2_pad = _pad_rows(x1, b1), _pad_rows(x2, b2)
+    starts1 = range(0, x1_pad.shape[0], b1)
+    starts2 = range(0, x2_pad.shape[0], b2)
+
+    if implementation == 'jacobian_contraction':
+      # The Jacobian does not depend on the trace axes: one compile serves all of them.
+      jac_spec = spec._replace(traced=())
+
+      def row_blocks(i, s1):
+        j1 = _jacobian_block(jac_spec, params, key, x1_pad[s1:s1 + b1])
+        for j, s2 in enumerate(starts2):
+          if symmetric and j < i:
+            yield None
+          elif symmetric and j == i:
+            yield _contract_block(traced, j1, j1)
+          else:
+            yield _contract_block(traced, j1,
+                                  _jacobian_block(jac_spec, params, key, x2_pad[s2:s2 + b2]))
+    elif implementation == 'ntk_vector_products':
+      def row_blocks(i, s1):
+        for j, s2 in enumerate(starts2):
+          yield None if symmetric and j < i else _vector_products_block(
+              spec, params, key, x1_pad[s1:s1 + b1], x2_pad[s2:s2 + b2])
+    else:
+      def row_blocks(i, s1):
+        for j, s2 in enumerate(starts2):
+          yield None if symmetric and j < i else _neural_tangents_block(
+              spec, trace_axes, params, key, x1_pad[s1:s1 + b1], x2_pad[s2:s2 + b2])
+
+    grid = [list(row_blocks(i, s1)) for i, s1 in enumerate(starts1)]
+    if symmetric:
+      for i in range(len(grid)):
+        for j in range(i):
+          grid[i][j] = _swap_sides(grid[j][i], n_untraced)
+    rows = [row[0] if len(row) == 1 else jnp.concatenate(row, axis=1) for row in grid]
+    kernel = rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
+    return kernel[:n1, :n2]
+
+  return ntk_fn

@@ -1,0 +1,441 @@
+"""Tests of dv_jax.ntk against explicit jax.jacrev contractions in float64 NumPy."""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax import ntk
+
+IMPLEMENTATIONS = ('jacobian_contraction', 'ntk_vector_products')
+
+
+# ----------------------------------------------------------------------------------------
+# Tiny models: a flax MLP, a flax CNN and a stax-style pair of pure functions.
+
+
+class MLP(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.tanh(nn.Dense(16)(x))
+    return nn.Dense(3)(x)
+
+
+class CNN(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def stax_init(key, d=5, hidden=8, c=3):
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  return [(jax.random.normal(k1, (d, hidden)) / math.sqrt(d),
+           0.1 * jax.random.normal(k2, (hidden,))),
+          (),  # a parameterless layer, as stax keeps for activations
+          (jax.random.normal(k3, (hidden, c)) / math.sqrt(hidden),
+           0.1 * jax.random.normal(k4, (c,)))]
+
+
+def stax_apply(params, x):
+  (w1, b1), _, (w2, b2) = params
+  h = jnp.tanh(x @ w1 + b1[None])
+  return h @ w2 + b2[None]
+
+
+@functools.lru_cache(maxsize=None)  # init once: flax init is slow on CPU
+def _mlp():
+  model = MLP()
+  x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
+  return model.apply, model.init(jax.random.PRNGKey(0), x), x
+
+
+@functools.lru_cache(maxsize=None)  # init once: flax init is slow on CPU
+def _cnn():
+  model = CNN()
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, 6, 6, 1))
+  return model.apply, model.init(jax.random.PRNGKey(0), x), x
+
+
+@functools.lru_cache(maxsize=None)  # init once: flax init is slow on CPU
+def _stax():
+  x = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+  return stax_apply, stax_init(jax.random.PRNGKey(0)), x
+
+
+MODELS = {'mlp': _mlp, 'cnn': _cnn, 'stax': _stax}
+
+
+# ----------------------------------------------------------------------------------------
+# Independent references.
+
+
+def reference_jacobian(apply_fn, params, x, select=lambda path: True):
+  """J[n, c, p] in float64 from jax.jacrev of the whole batch (no vmap, no blocks)."""
+  jac = jax.jit(jax.jacrev(apply_fn))(params, x)
+  n, c = apply_fn(params, x).shape
+  cols = [np.asarray(leaf, np.float64).reshape(n, c, -1)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(jac)[0]
+          if select(jax.tree_util.keystr(path))]
+  return np.concatenate(cols, axis=2)
+
+
+def reference_ntk(j1, j2, trace):
+  full = np.einsum('aip,bjp->abij', j1, j2)
+  return np.einsum('abii->ab', full) / j1.shape[1] if trace else full
+
+
+def explicit_projection_matrices(params, key, dim, kind):
+  """The per-leaf projection blocks, rebuilt from the scheme in ntk's module docstring."""
+  mats = []
+  for index, leaf in enumerate(jax.tree_util.tree_leaves(params)):
+    size = leaf.size
+    rows = min(ntk.PROJECTION_CHUNK_ROWS, size)
+    leaf_key = jax.random.fold_in(key, index)
+    chunks = []
+    for j in range(-(-size // rows)):
+      chunk_key = jax.random.fold_in(leaf_key, j)
+      if kind == 'rademacher':
+        chunks.append(jax.random.rademacher(chunk_key, (rows, dim), dtype=jnp.float32))
+      else:
+        chunks.append(jax.random.normal(chunk_key, (rows, dim), dtype=jnp.float32))
+    mats.append(np.concatenate([np.asarray(ch, np.float64) for ch in chunks])[:size]
+                / math.sqrt(dim))
+  return mats
+
+
+def assert_close(actual, expected, rtol=2e-5):
+  actual = np.asarray(actual, np.float64)
+  assert actual.shape == expected.shape
+  scale = max(np.abs(expected).max(), 1e-12)
+  np.testing.assert_allclose(actual / scale, expected / scale, atol=rtol)
+
+
+# ----------------------------------------------------------------------------------------
+# The empirical NTK against jacrev.
+
+
+@pytest.mark.parametrize('model', list(MODELS))
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_ntk_matches_jacrev(model, implementation):
+  apply_fn, params, x = MODELS[model]()
+  x2 = x[:4] * 0.5 + 0.1
+  j1 = reference_jacobian(apply_fn, params, x)
+  j2 = reference_jacobian(apply_fn, params, x2)
+  for trace_axes in [(-1,), ()]:
+    ntk_fn = ntk.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, block_size=3,
+                                  implementation=implementation)
+    assert_close(ntk_fn(x, x2, params), reference_ntk(j1, j2, trace=bool(trace_axes)))
+    assert_close(ntk_fn(x, None, params), reference_ntk(j1, j1, trace=bool(trace_axes)))
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_unblocked_and_unbatched_agree(implementation):
+  apply_fn, params, x = _mlp()
+  j = reference_jacobian(apply_fn, params, x)
+  expected = reference_ntk(j, j, trace=True)
+  for kwargs in ({'block_size': None}, {'vmap_axes': None}, {'block_size': 100}):
+    ntk_fn = ntk.empirical_ntk_fn(apply_fn, implementation=implementation, **kwargs)
+    assert_close(ntk_fn(x, x, params), expected)
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+@pytest.mark.parametrize('param_filter, select', [
+    ('Dense_1', lambda path: 'Dense_1' in path),
+    ('params/Dense_0/kernel', lambda path: 'Dense_0' in path and 'kernel' in path),
+    (lambda path, leaf: leaf.ndim == 2, lambda path: 'kernel' in path),
+])
+def test_param_filter_is_the_sub_jacobian_contraction(implementation, param_filter, select):
+  apply_fn, params, x = _mlp()
+  j = reference_jacobian(apply_fn, params, x, select)
+  ntk_fn = ntk.empirical_ntk_fn(apply_fn, implementation=implementation, block_size=4,
+                                param_filter=param_filter)
+  assert_close(ntk_fn(x, None, params), reference_ntk(j, j, trace=True))
+
+
+def test_param_filter_on_stax_list_params():
+  apply_fn, params, x = _stax()
+  j = reference_jacobian(apply_fn, params, x, lambda path: path.startswith('[2]'))
+  ntk_fn = ntk.empirical_ntk_fn(apply_fn, param_filter='^2/')
+  assert_close(ntk_fn(x, None, params), reference_ntk(j, j, trace=True))
+  assert ntk.flat_param_count(params, '^2/') == j.shape[-1] == 8 * 3 + 3
+  assert ntk.flat_param_count(params) == 5 * 8 + 8 + 8 * 3 + 3
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_theta_is_symmetric_and_psd(implementation):
+  apply_fn, params, x = _cnn()
+  x = jnp.concatenate([x, x[:2] + 0.3])  # 7 examples, blocks of 3: a padded last block
+  for trace_axes in [(-1,), ()]:
+    theta = np.asarray(ntk.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, block_size=3,
+                                            implementation=implementation)(x, None, params),
+                       np.float64)
+    if not trace_axes:  # [n, n, c, c] -> [n c, n c]
+      n, c = theta.shape[0], theta.shape[2]
+      theta = theta.transpose(0, 2, 1, 3).reshape(n * c, n * c)
+    np.testing.assert_allclose(theta, theta.T, rtol=0, atol=1e-5 * np.abs(theta).max())
+    eigenvalues = np.linalg.eigvalsh((theta + theta.T) / 2)
+    assert eigenvalues.min() >= -1e-5 * eigenvalues.max()
+
+
+# ----------------------------------------------------------------------------------------
+# Random projection.
+
+
+class WideMLP(nn.Module):
+  """A 64 x 80 kernel (5120 entries) is larger than one projection chunk of rows."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(nn.tanh(nn.Dense(80)(x)))
+
+
+@functools.lru_cache(maxsize=None)  # init once: flax init is slow on CPU
+def _wide():
+  model = WideMLP()
+  x = jax.random.normal(jax.random.PRNGKey(2), (6, 64))
+  return model.apply, model.init(jax.random.PRNGKey(0), x), x
+
+
+def test_wide_model_exercises_row_chunks():
+  _, params, _ = _wide()
+  assert max(leaf.size for leaf in jax.tree_util.tree_leaves(params)) > ntk.PROJECTION_CHUNK_ROWS
+
+
+@pytest.mark.parametrize('kind, param_filter', [('rademacher', None), ('gaussian', 'Dense_0')])
+def test_projection_equals_explicit_matrices(kind, param_filter):
+  apply_fn, params, x = _wide()
+  y = jnp.arange(x.shape[0]) % 3
+  key = jax.random.PRNGKey(7)
+  projection = ntk.Projection(24, kind, key)
+  mats = explicit_projection_matrices(params, key, 24, kind)
+  select = (lambda path: True) if param_filter is None else (lambda path: 'Dense_0' in path)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  p_matrix = np.concatenate([m for m, path in zip(mats, paths) if select(path)])
+
+  grads = ntk.per_example_grads(ntk.true_class_logit(apply_fn), params, x, y,
+                                param_filter=param_filter, block_size=4)
+  projected = ntk.per_example_grads(ntk.true_class_logit(apply_fn), params, x, y,
+                                    param_filter=param_filter, projection=projection,
+                                    block_size=4)
+  assert projected.shape == (x.shape[0], 24)
+  assert_close(projected, np.asarray(grads, np.float64) @ p_matrix)
+
+  j = reference_jacobian(apply_fn, params, x, select) @ p_matrix
+  # both implementations on the full model, the default one (cheaper) with the filter
+  for implementation in IMPLEMENTATIONS[:1] if param_filter else IMPLEMENTATIONS:
+    ntk_fn = ntk.empirical_ntk_fn(apply_fn, implementation=implementation, block_size=4,
+                                  param_filter=param_filter, projection=projection)
+    assert_close(ntk_fn(x, None, params), reference_ntk(j, j, trace=True))
+
+
+@pytest.mark.parametrize('kind', ['rademacher', 'gaussian'])
+def test_projection_preserves_inner_products_in_expectation(kind):
+  apply_fn, params, x = _mlp()
+  y = jnp.arange(x.shape[0]) % 3
+  scalar_fn = ntk.true_class_logit(apply_fn)
+  g = np.asarray(ntk.per_example_grads(scalar_fn, params, x, y), np.float64)
+  gram = g @ g.T
+  dim, draws = 64, 24
+  mean = np.zeros_like(gram)
+  for seed in range(draws):
+    gp = np.asarray(ntk.per_example_grads(scalar_fn, params, x, y,
+                                          projection=ntk.Projection(dim, kind,
+                                                                    jax.random.PRNGKey(seed))),
+                    np.float64)
+    mean += gp @ gp.T / draws
+  # Var <Pg, Ph> <= (|g|^2 |h|^2 + <g, h>^2) / k for both kinds; allow 5 standard errors.
+  norms = np.diag(gram)
+  std_error = np.sqrt((np.outer(norms, norms) + gram**2) / dim / draws)
+  assert np.all(np.abs(mean - gram) <= 5 * std_error)
+  # and the scale is right (a missing 1/sqrt(k) would be off by a factor k)
+  assert abs(np.trace(mean) / np.trace(gram) - 1) < 0.1
+
+
+# ----------------------------------------------------------------------------------------
+# Per-example gradients.
+
+
+@pytest.mark.parametrize('model', list(MODELS))
+def test_per_example_grads_are_jacrev_rows(model):
+  apply_fn, params, x = MODELS[model]()
+  y = (jnp.arange(x.shape[0]) * 2) % 3
+  grads = ntk.per_example_grads(ntk.true_class_logit(apply_fn), params, x, y, block_size=4)
+  j = reference_jacobian(apply_fn, params, x)  # [n, c, p]
+  expected = j[np.arange(x.shape[0]), np.asarray(y)]
+  assert grads.shape == (x.shape[0], ntk.flat_param_count(params))
+  assert_close(grads, expected)
+
+
+def test_per_example_gram_is_the_true_class_ntk_entry():
+  apply_fn, params, x = _cnn()
+  y = jnp.array([0, 2, 1, 1, 0])
+  grads = np.asarray(ntk.per_example_grads(ntk.true_class_logit(apply_fn), params, x, y,
+                                           param_filter='Conv'), np.float64)
+  full = np.asarray(ntk.empirical_ntk_fn(apply_fn, trace_axes=(), param_filter='Conv')(
+      x, None, params), np.float64)
+  yy = np.asarray(y)
+  # Theta[a, b] = <grad logit_{y_a}(x_a), grad logit_{y_b}(x_b)> = full[a, b, y_a, y_b]
+  expected = full[np.arange(5)[:, None], np.arange(5)[None, :], yy[:, None], yy[None, :]]
+  assert_close(grads @ grads.T, expected)
+
+
+def test_per_example_grads_custom_scalar():
+  apply_fn, params, x = _stax()
+  targets = jnp.linspace(-1, 1, x.shape[0])
+
+  def squared_error(p, x_i, y_i):
+    return (apply_fn(p, x_i[None])[0, 0] - y_i) ** 2
+
+  grads = ntk.per_example_grads(squared_error, params, x, targets, block_size=2)
+  expected = jax.jacrev(lambda p: (apply_fn(p, x)[:, 0] - targets) ** 2)(params)
+  rows = np.concatenate([np.asarray(leaf).reshape(x.shape[0], -1)
+                         for leaf in jax.tree_util.tree_leaves(expected)], axis=1)
+  assert_close(grads, rows.astype(np.float64))
+
+
+# ----------------------------------------------------------------------------------------
+# One compile serves every n.
+
+
+def test_one_compile_across_sizes():
+  model = MLP()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 5)))
+
+  def apply_fn(p, x):  # a fresh function: its blocks cannot be in the cache yet
+    return model.apply(p, x)
+
+  scalar_fn = ntk.true_class_logit(apply_fn)
+  jitted = [ntk._jacobian_block, ntk._contract_block, ntk._vector_products_block,
+            ntk._grads_block]
+  before = [f._cache_size() for f in jitted]
+  for n in (5, 37, 70):
+    x = jax.random.normal(jax.random.PRNGKey(n), (n, 5))
+    for implementation in IMPLEMENTATIONS:
+      theta = ntk.empirical_ntk_fn(apply_fn, implementation=implementation, block_size=16)(
+          x, None, params)
+      assert theta.shape == (n, n)
+    grads = ntk.per_example_grads(scalar_fn, params, x, jnp.zeros(n, jnp.int32),
+                                  block_size=16)
+    assert grads.shape == (n, ntk.flat_param_count(params))
+  # (the contraction block is keyed by trace axes and Jacobian shapes only: no other test
+  # uses blocks of 16, so its entry is new here too)
+  assert [f._cache_size() - b for f, b in zip(jitted, before)] == [1, 1, 1, 1]
+
+
+# ----------------------------------------------------------------------------------------
+# neural-tangents agreement (runs in the .venv-nt environment).
+
+
+@pytest.mark.parametrize('model', list(MODELS))
+def test_agrees_with_neural_tangents(model, require_neural_tangents):
+  nt = require_neural_tangents
+  apply_fn, params, x = MODELS[model]()
+  x2 = x[:3] - 0.2
+  for trace_axes in [(-1,), ()]:
+    expected = np.asarray(nt.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, vmap_axes=0)(
+        x, x2, params), np.float64)
+    for implementation in IMPLEMENTATIONS + ('neural_tangents',):
+      ntk_fn = ntk.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, block_size=2,
+                                    implementation=implementation)
+      assert_close(ntk_fn(x, x2, params), expected)
+
+
+def test_neural_tangents_backend_maps_filter_and_projection(require_neural_tangents):
+  del require_neural_tangents
+  apply_fn, params, x = _wide()
+  projection = ntk.Projection(16, 'gaussian', jax.random.PRNGKey(3))
+  for kwargs in ({'param_filter': 'Dense_1'}, {'projection': projection},
+                 {'projection': projection, 'param_filter': 'kernel'}):
+    ours = ntk.empirical_ntk_fn(apply_fn, block_size=4, **kwargs)(x, None, params)
+    theirs = ntk.empirical_ntk_fn(apply_fn, block_size=4, implementation='neural_tangents',
+                                  **kwargs)(x, None, params)
+    assert_close(theirs, np.asarray(ours, np.float64))
+
+
+def test_neural_tangents_missing_is_a_clear_error():
+  try:
+    import neural_tangents  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    with pytest.raises(ImportError, match='.venv-nt'):
+      ntk.empirical_ntk_fn(stax_apply, implementation='neural_tangents')
+  else:
+    pytest.skip('neural-tangents is installed here')
+
+
+# ----------------------------------------------------------------------------------------
+# Bad inputs.
+
+
+def test_ntk_bad_inputs():
+  apply_fn, params, x = _mlp()
+  ntk_fn = ntk.empirical_ntk_fn(apply_fn)
+  with pytest.raises(ValueError, match='x1'):
+    ntk_fn(x.at[0, 0].set(jnp.nan), None, params)
+  with pytest.raises(ValueError, match='x2'):
+    ntk_fn(x, x.at[1, 1].set(jnp.inf), params)
+  with pytest.raises(ValueError, match='x2'):
+    ntk_fn(x, x[:, :4], params)
+  with pytest.raises(ValueError, match='x1'):
+    ntk_fn(x[:0], None, params)
+  with pytest.raises(ValueError, match='x1'):
+    ntk_fn(jnp.float32(1.0), None, params)
+  with pytest.raises(ValueError, match='params'):
+    ntk_fn(x, None, jax.tree_util.tree_map(lambda a: a * jnp.nan, params))
+  with pytest.raises(ValueError, match='param_filter'):
+    ntk.empirical_ntk_fn(apply_fn, param_filter='no_such_layer')(x, None, params)
+  with pytest.raises(ValueError, match='param_filter'):
+    ntk.empirical_ntk_fn(apply_fn, param_filter=lambda path, leaf: False)(x, None, params)
+  with pytest.raises(ValueError, match='param_filter'):
+    ntk.empirical_ntk_fn(apply_fn, param_filter=3)(x, None, params)
+  with pytest.raises(ValueError, match='trace_axes'):
+    ntk.empirical_ntk_fn(apply_fn, trace_axes=(0,))(x, None, params)
+  with pytest.raises(ValueError, match='trace_axes'):
+    ntk.empirical_ntk_fn(apply_fn, trace_axes=(2,))(x, None, params)
+
+
+def test_ntk_bad_options():
+  with pytest.raises(ValueError, match='implementation'):
+    ntk.empirical_ntk_fn(stax_apply, implementation='jacobian')
+  with pytest.raises(ValueError, match='vmap_axes'):
+    ntk.empirical_ntk_fn(stax_apply, vmap_axes=1)
+  with pytest.raises(ValueError, match='block_size'):
+    ntk.empirical_ntk_fn(stax_apply, block_size=0)
+  with pytest.raises(ValueError, match='block_size'):
+    ntk.empirical_ntk_fn(stax_apply, vmap_axes=None, block_size=8)
+  with pytest.raises(ValueError, match='trace_axes'):
+    ntk.empirical_ntk_fn(stax_apply, trace_axes=None)
+  with pytest.raises(ValueError, match='projection.kind'):
+    ntk.empirical_ntk_fn(stax_apply, projection=ntk.Projection(4, 'sparse', jax.random.PRNGKey(0)))
+  with pytest.raises(ValueError, match='projection.key'):
+    ntk.empirical_ntk_fn(stax_apply, projection=ntk.Projection(4))
+  with pytest.raises(ValueError, match='projection.dim'):
+    ntk.empirical_ntk_fn(stax_apply, projection=ntk.Projection(0, key=jax.random.PRNGKey(0)))
+
+
+def test_per_example_grads_bad_inputs():
+  apply_fn, params, x = _stax()
+  scalar_fn = ntk.true_class_logit(apply_fn)
+  y = jnp.zeros(x.shape[0], jnp.int32)
+  with pytest.raises(ValueError, match='x'):
+    ntk.per_example_grads(scalar_fn, params, x.at[2, 0].set(jnp.nan), y)
+  with pytest.raises(ValueError, match='y'):
+    ntk.per_example_grads(scalar_fn, params, x, y[:-1])
+  with pytest.raises(ValueError, match='y'):
+    ntk.per_example_grads(scalar_fn, params, x, jnp.full(x.shape[0], jnp.inf))
+  with pytest.raises(ValueError, match='x'):
+    ntk.per_example_grads(scalar_fn, params, x[:0], y[:0])
+  with pytest.raises(ValueError, match='param_filter'):
+    ntk.per_example_grads(scalar_fn, params, x, y, param_filter='^7/')
+  with pytest.raises(ValueError, match='block_size'):
+    ntk.per_example_grads(scalar_fn, params, x, y, block_size=-1)
+  with pytest.raises(ValueError, match='projection'):
+    ntk.per_example_grads(scalar_fn, params, x, y, projection=(4, 'rademacher', None))
+  with pytest.raises(ValueError, match='param_filter'):
+    ntk.flat_param_count(params, 'nothing')
