@@ -294,26 +294,3 @@ def stratified_partition(labels, *, fractions: Sequence[float], key: jax.Array) 
     members = ordered[part == j]
     out.append(members[np.argsort(position[members], kind='stable')].astype(np.int64))
   return out
-
-
-def stratified_take(index, labels, size: int, seed: int):
-  """Splits `index` into (`size` rows, the rest), stratified by `labels`, both sorted.
-
-  Exact sizes (scikit-learn's `train_test_split`), unlike `stratified_partition`'s
-  per-class rounding; used by the fixed-size pool / target / test splits.
-
-  Args:
-    index: int [n] row indices.
-    labels: [n] labels of those rows.
-    size: rows to take, `1 <= size <= n`.
-    seed: shuffle seed.
-
-  Returns:
-    `(taken, rest)` int64 index arrays.
-  """
-  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
-  index = np.asarray(index)
-  if size == index.shape[0]:
-    return np.sort(index), index[:0]
-  taken, rest = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
-  return np.sort(taken), np.sort(rest)

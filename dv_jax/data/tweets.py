@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from dv_jax.data import longtail
+from dv_jax.data import splits
 from dv_jax.data import tokenize
 from dv_jax.models import transformer
 
@@ -176,12 +177,12 @@ def load_tweets(*, seed: int = 0, target_size: int = 1000, test_size: int = 4000
   if train_size is not None and not NUM_CLASSES <= train_size <= rest_size:
     raise ValueError(f'train_size must lie in [{NUM_CLASSES}, {rest_size}], got {train_size}')
   index = np.arange(n)
-  test_index, rest = longtail.stratified_take(index, data.labels, int(test_size), seed)
-  target_index, rest = longtail.stratified_take(rest, data.labels[rest], int(target_size),
+  test_index, rest = splits.stratified_take(index, data.labels, int(test_size), seed)
+  target_index, rest = splits.stratified_take(rest, data.labels[rest], int(target_size),
                                                 seed + 1)
   train_index = rest
   if train_size is not None:
-    train_index, _ = longtail.stratified_take(rest, data.labels[rest], int(train_size),
+    train_index, _ = splits.stratified_take(rest, data.labels[rest], int(train_size),
                                               seed + 2)
   # The CSV is sorted by sentiment; a seeded shuffle makes every prefix of a split a
   # random sample of it.

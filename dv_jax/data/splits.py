@@ -1,0 +1,97 @@
+"""Disjoint, class-stratified pool / target / test splits shared by the image data sets.
+
+- `pool`: real examples that contributors draw from (and synthetic generators are fitted on);
+- `target`: `T` of METHOD.md, the set every valuation method is measured against;
+- `test`: the held-out split of the ground truth, disjoint from `T`, seen by no method.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from dv_jax.data.contributors import Split
+
+
+class PoolTargetTest(NamedTuple):
+  """The three splits and their row indices into the full data set.
+
+  Attributes:
+    pool, target, test: `Split` with `x [n, ...]` float32, `y [n]` int32,
+      `is_synthetic [n]` all False.
+    pool_index, target_index, test_index: int64 `[n]` row indices, pairwise disjoint.
+  """
+  pool: Split
+  target: Split
+  test: Split
+  pool_index: np.ndarray
+  target_index: np.ndarray
+  test_index: np.ndarray
+
+
+def stratified_take(index, labels, size: int, seed: int):
+  """Splits `index` into (`size` rows, the rest), stratified by `labels`, both sorted.
+
+  Exact sizes (scikit-learn's `train_test_split`), unlike per-class rounding.
+
+  Args:
+    index: int `[n]` row indices.
+    labels: `[n]` labels of those rows.
+    size: rows to take, `1 <= size <= n`.
+    seed: shuffle seed.
+
+  Returns:
+    `(taken, rest)` int64 index arrays.
+  """
+  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  index = np.asarray(index)
+  if size == index.shape[0]:
+    return np.sort(index), index[:0]
+  taken, rest = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
+  return np.sort(taken), np.sort(rest)
+
+
+def pool_target_test(x_all: np.ndarray, y_all: np.ndarray, *, num_classes: int, seed: int,
+                     pool_fraction: float, target_size: int, test_size: int) -> PoolTargetTest:
+  """Splits a labelled data set into pool / target / test, stratified by class.
+
+  `test_size` rows go to the test split and `target_size` rows to the target; the pool is
+  `round(pool_fraction * rest)` of the remaining rows. Deterministic given `seed`.
+
+  Args:
+    x_all: `[N, ...]` float32 features.
+    y_all: `[N]` int32 labels in `[0, num_classes)`.
+    num_classes: `c`; every split needs at least one row per class.
+    seed: seed of the stratified shuffles.
+    pool_fraction: fraction of the remaining rows kept in the pool, in `(0, 1]`.
+    target_size: number of target examples, `>= num_classes`.
+    test_size: number of test examples, `>= num_classes`.
+
+  Returns:
+    `PoolTargetTest`.
+
+  Raises:
+    ValueError: naming the argument when a size or the fraction is out of range, or the
+      sizes leave fewer than `num_classes` rows for the pool.
+  """
+  num_examples = int(y_all.shape[0])
+  if not 0.0 < float(pool_fraction) <= 1.0:
+    raise ValueError(f'pool_fraction must be in (0, 1], got {pool_fraction}')
+  for name, size in (('target_size', target_size), ('test_size', test_size)):
+    if int(size) != size or size < num_classes:
+      raise ValueError(f'{name} must be an integer >= {num_classes}, got {size}')
+  rest_size = num_examples - int(target_size) - int(test_size)
+  pool_size = int(round(float(pool_fraction) * rest_size))
+  if pool_size < num_classes:
+    raise ValueError(f'target_size={target_size} and test_size={test_size} with '
+                     f'pool_fraction={pool_fraction} leave {pool_size} pool rows of '
+                     f'{num_examples}; need >= {num_classes}')
+  index = np.arange(num_examples)
+  test_index, rest = stratified_take(index, y_all, int(test_size), seed)
+  target_index, rest = stratified_take(rest, y_all[rest], int(target_size), seed + 1)
+  pool_index, _ = stratified_take(rest, y_all[rest], pool_size, seed + 2)
+
+  def split(idx):
+    return Split(x_all[idx], y_all[idx], np.zeros(idx.shape[0], bool))
+
+  return PoolTargetTest(split(pool_index), split(target_index), split(test_index),
+                        pool_index, target_index, test_index)
