@@ -1,0 +1,996 @@
+r"""Three-phase scaling (Lemma 1) measured on trained models: test loss against |S|.
+
+For every mixture size n = |S| of a log grid (and every seed), a mixture of round(pi n)
+real and n - round(pi n) synthetic examples is drawn (real items ~ Zipf(beta); synthetic
+items from the truncation p' of the real distribution), a fresh model is trained on it with
+one recipe, and its test loss and error are measured on the REAL item distribution: every
+item (class) weighted by its real frequency p_i, so the test metrics are exact expectations
+with no test-sampling noise. A smoothly broken power law is fitted to the mean curve
+(`dv_jax.scaling.fit_broken_power_law`: BIC picks 0-2 breaks, bootstrap intervals) and the
+fitted breaks are compared with the paper's k^beta and k^beta/pi, with our asymptote-crossing
+predictions (`dv_jax.scaling.predicted_breakpoints`) and with the breaks the same fit finds
+on the exact theory curve E(n) = sum_i p_i (1 - q_i)^n at the same sizes. A second figure
+repeats this for the truncation mechanisms (hard, top-p, temperature, finite sample).
+
+Tasks (see `configs/three_phase_scaling.py`):
+  facts / item_mlp: procedural facts (`dv_jax.data.facts`), each item an embedding row read
+    by an MLP (defined here, `ItemMLP`). Embeddings start near 0 and only the rows of items
+    in a batch get gradient, so the model answers exactly the items it saw and the rest at
+    chance: Lemma 1's learner, trained by gradient descent.
+  facts / transformer_lm: the same facts as text, `<bos> fact <item> ? <sep>` -> `a<answer>`;
+    a tiny decoder LM (`dv_jax.models.transformer.TransformerLM`) trained with the next-token
+    loss on the answer token only (over its whole vocabulary; the `<eos>` after the answer
+    carries no knowledge and is not scored).
+  cifar100 / resnet18: CIFAR-100 classes as items (the paper's experiment), images of each
+    drawn class taken uniformly from the official training split, ResNet-18 trained with
+    BatchNorm in training mode and its statistics re-estimated on the mixture afterwards.
+
+  python experiments/three_phase_scaling.py --config=configs/three_phase_scaling.py:facts \
+      --workdir=workdirs/three_phase_facts
+
+Outputs in --workdir: config.json, log.txt, units/ (one JSON per trained (mode, n, seed),
+written atomically as it finishes; a rerun skips them, so an interrupted run resumes, and a
+unit trained under another data / model / train config is refused), units.csv, curve.csv
+(per mode and n: means over seeds and the theory), breakpoints.csv (every fit against every
+prediction, with the fit's residual-bootstrap and a seed-bootstrap interval), results.json,
+and the figures three_phase.{png,pdf} and truncation_modes.{png,pdf}.
+
+`--config.a.b=...` overrides are checked before flag parsing: a field that does not exist
+fails with the valid keys of its section listed (`check_config_overrides`).
+"""
+
+import functools
+import hashlib
+import json
+import math
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+from tqdm import tqdm
+
+from dv_jax import plotting
+from dv_jax import results
+from dv_jax import scaling
+from dv_jax import training
+from dv_jax.data import cifar100
+from dv_jax.data import facts
+from dv_jax.data import longtail
+from dv_jax.models import common
+from dv_jax.models.mlp import MLP
+from dv_jax.models.resnet import ResNet18
+from dv_jax.models.transformer import TransformerLM
+
+MODES = scaling.MODES
+# The keyword each mode's parameter goes by in the data loaders.
+_LOADER_ARGUMENT = {'hard': 'k', 'top_p': 'top_p', 'temperature': 'temperature',
+                    'finite_sample': 'generator_samples'}
+
+
+# ---------------------------------------------------------------------------------------
+# Models and jitted blocks.
+
+
+class ItemMLP(nn.Module):
+  """An item-embedding table read by an MLP: item ids [b] (or [b, 1]) -> logits [b, c].
+
+  The ids arrive as float32 (the shared training loop casts inputs to float32; exact for
+  ids < 2^24) and are cast back to int32.
+
+  Attributes:
+    num_items: N, rows of the table.
+    embed_dim: width of an item embedding.
+    embed_init: standard deviation of the initial embeddings; near 0, so an item never seen
+      in training is mapped to (almost) the shared bias of the MLP: answered at chance.
+    hidden_sizes: hidden widths of the MLP.
+    num_classes: c, the number of answers.
+  """
+  num_items: int
+  embed_dim: int
+  embed_init: float
+  hidden_sizes: Sequence[int]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ids_B = jnp.asarray(x).reshape(x.shape[0]).astype(jnp.int32)
+    embed = nn.Embed(self.num_items, self.embed_dim,
+                     embedding_init=nn.initializers.normal(self.embed_init))
+    return MLP(tuple(self.hidden_sizes), self.num_classes)(embed(ids_B))
+
+
+def _last_position_logits(module: TransformerLM, tokens: jax.Array) -> jax.Array:
+  """Next-token logits [b, V] at the last position of tokens [b, t] (the answer slot)."""
+  return module.lm_head(module.hidden_states(tokens)[:, -1])
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn',))
+def _metrics_block(apply_fn, params, x_B, y_B):
+  logits = apply_fn(params, x_B)
+  return training.cross_entropy(logits, y_B), jnp.argmax(logits, axis=-1) == y_B
+
+
+def per_example_metrics(apply_fn, params, x: np.ndarray, y: np.ndarray, *,
+                        block_size: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Per-example cross-entropy and correctness, in fixed-size jitted blocks.
+
+  The last block is zero-padded (padded rows are dropped), so one compile serves every n.
+
+  Returns:
+    float64 loss [n] and bool correct [n].
+  """
+  n = x.shape[0]
+  block = min(int(block_size), 1 << max(n - 1, 0).bit_length())
+  num_blocks = -(-n // block)
+  x_pad, y_pad = training.pad_examples(np.asarray(x, np.float32), np.asarray(y, np.int32),
+                                       num_blocks * block)
+  losses, correct = [], []
+  for b in range(num_blocks):  # a Python loop over fixed-size blocks, not examples
+    loss_b, correct_b = _metrics_block(apply_fn, params, x_pad[b * block:(b + 1) * block],
+                                       y_pad[b * block:(b + 1) * block])
+    losses.append(np.asarray(loss_b, np.float64))
+    correct.append(np.asarray(correct_b))
+  return np.concatenate(losses)[:n], np.concatenate(correct)[:n]
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _batch_stats_step(model, params, batch_stats, x_B):
+  """One BatchNorm running-average update from a training batch (train-mode forward)."""
+  _, updated = model.apply({'params': params, 'batch_stats': batch_stats}, x_B, train=True,
+                           mutable=['batch_stats'])
+  return updated['batch_stats']
+
+
+def _next_power_of_two(n: int) -> int:
+  return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def steps_for(n: int, train_config) -> int:
+  """`clip(next_pow2(ceil(epochs n / batch)), min_steps, max_steps)` optimiser steps.
+
+  Powers of two keep the number of distinct (compiled) step counts small.
+  """
+  raw = max(1, math.ceil(train_config.epochs * n / train_config.batch_size))
+  return int(min(max(_next_power_of_two(raw), train_config.min_steps),
+                 train_config.max_steps))
+
+
+def _recipe(config, steps: int) -> training.TrainConfig:
+  t = config.train
+  return training.TrainConfig(optimizer=t.optimizer, learning_rate=t.learning_rate,
+                              steps=steps, batch_size=t.batch_size,
+                              weight_decay=t.weight_decay, momentum=t.momentum,
+                              schedule=t.schedule)
+
+
+# ---------------------------------------------------------------------------------------
+# Truncation parameters.
+
+
+def matched_temperature(p: np.ndarray, *, k: int, pi: float, iterations: int = 60) -> float:
+  """The smallest temperature in (0, 1) whose effective cut `effective_k` reaches `k`.
+
+  A larger temperature fattens the synthetic tail, so the number of synthetic-dominated
+  items grows with it; bisection in log temperature.
+
+  Raises:
+    ValueError: if even a temperature of 0.999 gives fewer than `k` items.
+  """
+  def cut(tau):
+    p_syn = scaling.synthetic_distribution(p, mode='temperature', temperature=tau)
+    return scaling.effective_k(p, p_syn, pi=pi, mode='temperature')
+  low, high = 1e-3, 0.999
+  if cut(high) < k:
+    raise ValueError(f'no temperature < 1 gives an effective cut of k={k} at pi={pi}')
+  if cut(low) >= k:
+    return low
+  for _ in range(iterations):
+    middle = math.sqrt(low * high)
+    low, high = (middle, high) if cut(middle) < k else (low, middle)
+  return high
+
+
+def truncation_parameters(p: np.ndarray, config) -> Dict[str, Dict[str, Any]]:
+  """Per mode, the loader keyword and value of its truncation parameter.
+
+  With `config.truncation.match_k` the soft modes are matched to `config.data.k`: `top_p`
+  keeps exactly the top k items (a nucleus cut of a rank-ordered Zipf IS a hard cut),
+  `temperature` is the smallest one with `effective_k = k`, and `finite_sample` draws
+  `M = ceil(1 / p_k)` samples (so `#{i : M p_i >= 1} = k`).
+  """
+  data, trunc = config.data, config.truncation
+  k = int(data.k)
+  if trunc.match_k:
+    values = {'hard': k,
+              'top_p': float(np.cumsum(p)[k - 1]),
+              'temperature': matched_temperature(p, k=k, pi=data.pi),
+              'finite_sample': int(math.ceil(1.0 / p[k - 1]))}
+  else:
+    values = {'hard': k, 'top_p': float(trunc.top_p), 'temperature': float(trunc.temperature),
+              'finite_sample': int(trunc.generator_samples)}
+  return {mode: {_LOADER_ARGUMENT[mode]: values[mode]} for mode in MODES}
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks: draw a mixture, train, evaluate on the real distribution.
+
+
+class _Task:
+  """What every task provides; subclasses fill it in."""
+  num_classes: int
+  apply_fn: Any          # training apply_fn(params, x) -> logits
+  eval_apply_fn: Any     # evaluation apply_fn(eval_params, x) -> logits
+
+  def distributions(self, mode: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Real `p` and synthetic `p'` item frequencies `[N]` of `mode` (rank order)."""
+    raise NotImplementedError
+
+  def run_unit(self, mode: str, n: int, key: jax.Array, replicate_key: jax.Array,
+               pad_to: Optional[int]) -> Dict[str, Any]:
+    """Draws the mixture of `n` examples (from `key`), trains, evaluates.
+
+    `replicate_key` is shared by every unit of one seed (the facts' answers are drawn from
+    it); `pad_to` is the capacity the training data are padded to (None: per size).
+    """
+    raise NotImplementedError
+
+
+def _seen_metrics(weight: np.ndarray, loss: np.ndarray, correct: np.ndarray,
+                  seen: np.ndarray) -> Dict[str, float]:
+  """Test loss / error under `weight` and their split into seen and unseen items."""
+  wrong = ~correct
+  seen_mass = float(weight[seen].sum())
+  unseen_mass = float(weight[~seen].sum())
+  return {
+      'loss': float(np.sum(weight * loss)),
+      'error': float(np.sum(weight * wrong)),
+      'memorizer_error': unseen_mass,
+      'seen_error': float(np.sum(weight[seen] * wrong[seen]) / seen_mass) if seen_mass
+                    else math.nan,
+      'seen_loss': float(np.sum(weight[seen] * loss[seen]) / seen_mass) if seen_mass
+                   else math.nan,
+      'unseen_loss': float(np.sum(weight[~seen] * loss[~seen]) / unseen_mass) if unseen_mass
+                     else math.nan,
+  }
+
+
+class FactsTask(_Task):
+  """Procedural facts read by `ItemMLP` (ids) or the tiny `TransformerLM` (text)."""
+
+  def __init__(self, config, key: jax.Array):
+    data = config.data
+    self.config = config
+    p = longtail.zipf_probs(data.num_items, beta=data.beta)
+    self.parameters = truncation_parameters(p, config)
+    # One task per mode from the same key (the answers are redrawn per seed in run_unit).
+    self.tasks = {mode: facts.make_facts_task(
+        num_items=data.num_items, num_answers=data.num_answers, beta=data.beta, key=key,
+        mode=mode, **self.parameters[mode]) for mode in MODES}
+    task = self.tasks['hard']
+    model_config = config.model
+    if model_config.name == 'item_mlp':
+      self.model = ItemMLP(num_items=data.num_items, embed_dim=model_config.embed_dim,
+                           embed_init=model_config.embed_init,
+                           hidden_sizes=tuple(model_config.hidden_sizes),
+                           num_classes=data.num_answers)
+      self.item_inputs = np.arange(data.num_items, dtype=np.float32)[:, None]
+      self.answer_labels = np.arange(data.num_answers, dtype=np.int32)
+      self.num_classes = data.num_answers
+      self.init_input = jnp.asarray(self.item_inputs[:1])
+      model = self.model
+      self.apply_fn = lambda params, x: model.apply({'params': params}, x)
+    elif model_config.name == 'transformer_lm':
+      tokenizer = facts.facts_tokenizer(task)
+      rendered = facts.render(task, np.arange(data.num_items), tokenizer=tokenizer)
+      first_response = np.argmax(rendered.response_mask > 0, axis=1)
+      if np.any(first_response != first_response[0]):
+        raise ValueError('the facts rendering does not put every answer at one position')
+      answer_position = int(first_response[0])
+      # The LM reads everything before the answer; causal, so later tokens do not matter.
+      self.item_inputs = rendered.tokens[:, :answer_position].astype(np.float32)
+      # The label of answer a is the token id of `a<a>` (the prompts do not depend on it).
+      self.answer_labels = np.array(
+          [tokenizer.encode(facts.answer_token(a))[0] for a in range(data.num_answers)],
+          dtype=np.int32)
+      if not np.array_equal(self.answer_labels[task.answers],
+                            rendered.tokens[:, answer_position]):
+        raise ValueError('the answer tokens of the rendering do not match the tokenizer')
+      self.num_classes = tokenizer.vocab_size
+      self.model = TransformerLM(vocab_size=tokenizer.vocab_size,
+                                 num_layers=model_config.num_layers,
+                                 num_heads=model_config.num_heads,
+                                 d_model=model_config.d_model, d_ff=model_config.d_ff,
+                                 max_len=answer_position)
+      self.init_input = jnp.asarray(rendered.tokens[:1, :answer_position], jnp.int32)
+      model = self.model
+      self.apply_fn = lambda params, x: model.apply(
+          {'params': params}, x.astype(jnp.int32), method=_last_position_logits)
+    else:
+      raise ValueError(f"config.model.name must be 'item_mlp' or 'transformer_lm' for "
+                       f"facts, got {model_config.name!r}")
+    self.eval_apply_fn = self.apply_fn
+
+  def distributions(self, mode):
+    task = self.tasks[mode]
+    return task.p, task.p_synthetic
+
+  def run_unit(self, mode, n, key, replicate_key, pad_to):
+    # Each seed draws its own answers: the chance level of the unseen items (the error of
+    # a learner that answers them all alike) is then right on average over seeds, not
+    # tied to one answer assignment.
+    answers = longtail.rng_from_key(replicate_key).integers(
+        0, self.config.data.num_answers, size=self.config.data.num_items).astype(np.int32)
+    task = self.tasks[mode]._replace(answers=answers)
+    labels = self.answer_labels[answers]
+    data_key, init_key, train_key = (jax.random.fold_in(key, i) for i in range(3))
+    mixture = facts.make_mixture(task, num_examples=n, pi=self.config.data.pi, key=data_key,
+                                 representation='id')
+    ids = np.asarray(mixture.x, np.int64)
+    params = self.model.init(init_key, self.init_input)['params']
+    steps = steps_for(n, self.config.train)
+    trained = training.train(self.apply_fn, params, self.item_inputs[ids],
+                             labels[ids], config=_recipe(self.config, steps),
+                             key=train_key, num_classes=self.num_classes, pad_to=pad_to)
+    loss, correct = per_example_metrics(self.eval_apply_fn, trained.params, self.item_inputs,
+                                        labels, block_size=self.config.train.eval_block_size)
+    seen = np.zeros(task.num_items, dtype=bool)
+    seen[ids] = True
+    out = _seen_metrics(task.p / task.p.sum(), loss, correct, seen)
+    out.update(steps=steps, num_distinct_items=int(seen.sum()),
+               train_loss_final=float(np.mean(np.asarray(trained.losses)[-max(steps // 10, 1):])))
+    return out
+
+
+class Cifar100Task(_Task):
+  """CIFAR-100 classes as items; ResNet-18; test split weighted by the real class law."""
+
+  def __init__(self, config, key: jax.Array):
+    data = config.data
+    if not data.directory:
+      raise ValueError('config.data.directory must name a local CIFAR-100 folder '
+                       '(cifar-100-python/ or cifar100.npz); nothing is downloaded')
+    if config.model.name != 'resnet18':
+      raise ValueError(f"config.model.name must be 'resnet18' for cifar100, got "
+                       f"{config.model.name!r}")
+    self.config = config
+    self.data = cifar100.load_cifar100(data.directory, normalize=data.normalize)
+    self.num_classes = cifar100.NUM_CLASSES
+    if data.num_items != self.num_classes:
+      raise ValueError(f'config.data.num_items must be {self.num_classes} for cifar100, '
+                       f'got {data.num_items}')
+    self.p = longtail.zipf_probs(self.num_classes, beta=data.beta)
+    self.parameters = truncation_parameters(self.p, config)
+    # One generator per mode: a finite sample is drawn once, as a generator sees it once.
+    self.p_synthetic = {
+        mode: longtail.truncated_probs(
+            self.p, mode=mode, key=jax.random.fold_in(key, i),
+            **{('num_samples' if name == 'generator_samples' else name): value
+               for name, value in self.parameters[mode].items()})
+        for i, mode in enumerate(MODES)}
+    self.test_weight = cifar100.longtail_test_weights(self.data.y_test, beta=data.beta)
+    self.model = ResNet18(num_classes=self.num_classes,
+                          num_filters=config.model.num_filters)
+    # Jitted once and reused by every unit (an eager init re-dispatches each op per unit).
+    self.init = jax.jit(functools.partial(common.init_model, self.model))
+    reference = self.init(jax.random.fold_in(key, 99), jnp.asarray(self.data.x_train[:1]))
+    model, reference_stats = self.model, reference['batch_stats']
+    # Training normalises with batch statistics (the running ones are not read in train
+    # mode, so closing over the reference tree is exact); evaluation uses re-estimated ones.
+    self.apply_fn = lambda params, x: model.apply(
+        {'params': params, 'batch_stats': reference_stats}, x, train=True,
+        mutable=['batch_stats'])[0]
+    self.eval_apply_fn = lambda variables, x: model.apply(variables, x, train=False)
+
+  def distributions(self, mode):
+    return self.p, self.p_synthetic[mode]
+
+  def run_unit(self, mode, n, key, replicate_key, pad_to):
+    del replicate_key  # classes have no per-seed content
+    config = self.config
+    real_key, syn_key, init_key, train_key, bn_key = (jax.random.fold_in(key, i)
+                                                      for i in range(5))
+    num_real, num_syn = longtail.split_counts(n, pi=config.data.pi)
+    y_pool = self.data.y_train
+    idx = np.concatenate([
+        longtail.sample_by_class(y_pool, self.p, num_samples=num_real, key=real_key),
+        longtail.sample_by_class(y_pool, self.p_synthetic[mode], num_samples=num_syn,
+                                 key=syn_key)])
+    x, y = self.data.x_train[idx], y_pool[idx]
+    variables = self.init(init_key, jnp.asarray(x[:1]))
+    steps = steps_for(n, config.train)
+    trained = training.train(self.apply_fn, variables['params'], x, y,
+                             config=_recipe(config, steps), key=train_key,
+                             num_classes=self.num_classes, pad_to=pad_to)
+    batch_stats = variables['batch_stats']
+    batch = min(config.train.batch_size, n)
+    for b in range(config.train.bn_batches):
+      rows = longtail.rng_from_key(jax.random.fold_in(bn_key, b)).integers(0, n, size=batch)
+      batch_stats = _batch_stats_step(self.model, trained.params, batch_stats,
+                                      jnp.asarray(x[rows]))
+    eval_variables = {'params': trained.params, 'batch_stats': batch_stats}
+    loss, correct = per_example_metrics(self.eval_apply_fn, eval_variables, self.data.x_test,
+                                        self.data.y_test,
+                                        block_size=config.train.eval_block_size)
+    seen_classes = np.zeros(self.num_classes, dtype=bool)
+    seen_classes[y] = True
+    out = _seen_metrics(self.test_weight, loss, correct, seen_classes[self.data.y_test])
+    out.update(steps=steps, num_distinct_items=int(seen_classes.sum()),
+               train_loss_final=float(np.mean(np.asarray(trained.losses)[-max(steps // 10, 1):])))
+    return out
+
+
+def make_task(config, key: jax.Array) -> _Task:
+  if config.data.name == 'facts':
+    return FactsTask(config, key)
+  if config.data.name == 'cifar100':
+    return Cifar100Task(config, key)
+  raise ValueError(f"config.data.name must be 'facts' or 'cifar100', got {config.data.name!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Grid, predictions, fits.
+
+
+def size_grid(config, num_points: Optional[int] = None) -> np.ndarray:
+  """Distinct integer sizes, log-spaced from `k^beta / grid_below` to `k^beta/pi * above`."""
+  data, grid = config.data, config.scaling
+  paper = scaling.breakpoints(data.beta, data.k, data.pi)
+  low = max(1.0, paper.n1 / grid.grid_below)
+  high = max(low + 1.0, paper.n2 * grid.grid_above)
+  points = grid.num_points if num_points is None else num_points
+  return np.unique(np.round(np.geomspace(low, high, points)).astype(np.int64))
+
+
+def predictions(config, mode: str, p: np.ndarray, p_syn: np.ndarray,
+                parameters: Dict[str, Any]) -> Dict[str, Any]:
+  """The paper's breaks at the effective cut, and ours (asymptote crossings)."""
+  data = config.data
+  value = next(iter(parameters.values()))
+  num_samples = value if mode == 'finite_sample' else None
+  k_eff = scaling.effective_k(p, p_syn, pi=data.pi, mode=mode, num_samples=num_samples)
+  paper = (scaling.breakpoints(data.beta, k_eff, data.pi) if k_eff >= 1
+           else scaling.Breakpoints(math.nan, math.nan))
+  if mode == 'temperature':  # no plateau: only the end of the synthetic phase
+    paper = paper._replace(n1=math.nan)
+  try:
+    ours = scaling.predicted_breakpoints(
+        data.beta, data.pi, mode=mode,
+        k=k_eff if mode in ('hard', 'top_p') and k_eff >= 1 else None,
+        temperature=value if mode == 'temperature' else None, num_samples=num_samples)
+  except ValueError as error:  # e.g. a degenerate cut
+    logging.warning('no prediction of ours for %s: %s', mode, error)
+    ours = scaling.Breakpoints(math.nan, math.nan)
+  return {'k_eff': k_eff, 'parameter': next(iter(parameters)), 'value': value,
+          'paper': [paper.n1, paper.n2], 'ours': [ours.n1, ours.n2]}
+
+
+def _fit_options(config) -> Dict[str, Any]:
+  fit = config.fit
+  return dict(max_breaks=fit.max_breaks, num_bootstrap=fit.num_bootstrap, seed=config.seed,
+              floor=fit.floor, grid_points=fit.grid_points, num_starts=fit.num_starts,
+              min_segment_points=fit.min_segment_points, min_break_ratio=fit.min_break_ratio,
+              initial_smoothness=fit.initial_smoothness,
+              smoothness_range=tuple(fit.smoothness_range), sigma_floor=fit.sigma_floor,
+              bootstrap=fit.bootstrap, ci_level=fit.ci_level)
+
+
+def match_breaks(fitted: Sequence[float], predicted: Sequence[float]) -> List[float]:
+  """The fitted break paired with each predicted one (NaN if none).
+
+  Equal counts pair in order; otherwise the closest (in log n) fitted-predicted pairs are
+  taken first, each break used at most once.
+  """
+  fitted = [float(value) for value in fitted]
+  predicted = [float(value) for value in predicted]
+  finite = [i for i, value in enumerate(predicted) if math.isfinite(value) and value > 0]
+  matched = [math.nan] * len(predicted)
+  if len(fitted) == len(finite):
+    for i, value in zip(finite, fitted):
+      matched[i] = value
+    return matched
+  pairs = sorted((abs(math.log(fitted[j] / predicted[i])), i, j)
+                 for i in finite for j in range(len(fitted)))
+  used_fitted = set()
+  for _, i, j in pairs:
+    if math.isnan(matched[i]) and j not in used_fitted:
+      matched[i] = fitted[j]
+      used_fitted.add(j)
+  return matched
+
+
+def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
+              ) -> Dict[str, Any]:
+  """Broken power-law fit of a curve; a curve too short or invalid gives NaN breaks.
+
+  `bootstrap=False` skips the fit's residual bootstrap (for noise-free theory curves, whose
+  residuals are misfit, not noise).
+  """
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  keep = np.isfinite(y) & (y > 0)
+  options = _fit_options(config)
+  if not bootstrap:
+    options['num_bootstrap'] = 0
+  try:
+    fit = scaling.fit_broken_power_law(x[keep], y[keep], **options)
+  except ValueError as error:
+    logging.warning('fit skipped: %s', error)
+    return {'ok': False, 'reason': str(error), 'num_breaks': 0, 'breaks': [], 'break_ci': [],
+            'curve': [math.nan] * x.size, 'segment_slopes': [], 'three_phases': False}
+  params = fit.params
+  slopes = params.slope + np.concatenate([[0.0], np.cumsum(params.slope_changes)])
+  # Three phases: two breaks, and the middle segment decays slower than both others.
+  three = bool(fit.num_breaks == 2 and slopes[1] < slopes[0] and slopes[1] < slopes[2])
+  return {'ok': True, 'reason': '', 'num_breaks': fit.num_breaks, 'breaks': fit.breaks,
+          'break_ci': fit.break_ci, 'curve': scaling.broken_power_law(x, params),
+          'segment_slopes': slopes, 'three_phases': three, 'floor': params.floor,
+          'bic': fit.bic}
+
+
+def seed_bootstrap(config, x: np.ndarray, per_seed: np.ndarray, predicted: Sequence[float]
+                   ) -> Optional[Dict[str, Any]]:
+  """Breaks of the mean curve over seeds resampled with replacement (whole seed curves).
+
+  Data-sampling noise is correlated along a seed's curve, which the fit's own residual
+  bootstrap (on the mean curve) does not see; resampling seeds does.
+
+  Args:
+    config: the experiment config (`fit.*`).
+    x: `[T]` sizes.
+    per_seed: `[R, T]` the metric of every seed.
+    predicted: the predicted `(n1, n2)` the fitted breaks are paired with.
+
+  Returns:
+    Median and percentile interval of each matched break, and the fraction of resamples
+    whose fit shows three phases; None with fewer than `fit.seed_bootstrap_min_seeds`
+    seeds or no resamples.
+  """
+  num_seeds = per_seed.shape[0]
+  if num_seeds < config.fit.seed_bootstrap_min_seeds or config.fit.seed_bootstrap < 1:
+    return None
+  options = dict(_fit_options(config), num_bootstrap=0)
+  rng = np.random.default_rng(config.seed)
+  matched, three = [], []
+  for _ in range(int(config.fit.seed_bootstrap)):
+    y = per_seed[rng.integers(num_seeds, size=num_seeds)].mean(axis=0)
+    try:
+      fit = scaling.fit_broken_power_law(x, y, **options)
+    except ValueError:
+      continue
+    slopes = fit.params.slope + np.concatenate([[0.0], np.cumsum(fit.params.slope_changes)])
+    three.append(fit.num_breaks == 2 and slopes[1] < min(slopes[0], slopes[2]))
+    matched.append(match_breaks(fit.breaks, predicted))
+  if not matched:
+    return None
+  matched = np.asarray(matched, dtype=float)
+  tail = 100.0 * (1.0 - config.fit.ci_level) / 2.0
+  out = {'replicates': len(matched), 'three_phases': float(np.mean(three))}
+  for j, label in enumerate(('n1', 'n2')):
+    values = matched[:, j][np.isfinite(matched[:, j])]
+    out[f'{label}_found'] = values.size / len(matched)
+    out[f'{label}_median'] = float(np.median(values)) if values.size else math.nan
+    out[f'{label}_lo'], out[f'{label}_hi'] = (
+        (float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail)))
+        if values.size else (math.nan, math.nan))
+  return out
+
+
+def breakpoint_row(curve: str, mode: str, fit: Dict[str, Any], prediction: Dict[str, Any],
+                   reference: Optional[Dict[str, Any]], max_breaks: int) -> Dict[str, Any]:
+  """One row of breakpoints.csv: a fit against the paper's, our and the theory's breaks."""
+  row = {'curve': curve, 'mode': mode, 'parameter': prediction['parameter'],
+         'value': prediction['value'], 'k_eff': prediction['k_eff'],
+         'num_breaks': fit['num_breaks'], 'three_phases': fit['three_phases']}
+  for j in range(max_breaks):
+    has = j < fit['num_breaks']
+    row[f'fit_break{j + 1}'] = float(fit['breaks'][j]) if has else math.nan
+    row[f'fit_break{j + 1}_lo'] = float(fit['break_ci'][j][0]) if has else math.nan
+    row[f'fit_break{j + 1}_hi'] = float(fit['break_ci'][j][1]) if has else math.nan
+  references = {'paper': prediction['paper'], 'ours': prediction['ours']}
+  if reference is not None:
+    references['theoryfit'] = match_breaks(reference['breaks'], prediction['paper']
+                                           if mode != 'temperature' else prediction['ours'])
+  matched = match_breaks(fit['breaks'], prediction['paper'] if mode != 'temperature'
+                         else prediction['ours'])
+  for j, label in enumerate(('n1', 'n2')):
+    row[f'fit_{label}'] = matched[j]
+    for name, values in references.items():
+      row[f'{name}_{label}'] = values[j]
+      ratio = matched[j] / values[j] if values[j] and math.isfinite(values[j]) else math.nan
+      row[f'ratio_{name}_{label}'] = ratio
+      row[f'within_2x_{name}_{label}'] = (bool(abs(math.log(ratio)) <= math.log(2.0))
+                                          if math.isfinite(ratio) else None)
+  boot = fit.get('seed_bootstrap')
+  for label in ('n1', 'n2'):
+    for stat in ('median', 'lo', 'hi', 'found'):
+      row[f'seedboot_{label}_{stat}'] = boot[f'{label}_{stat}'] if boot else math.nan
+  row['seedboot_three_phases'] = boot['three_phases'] if boot else math.nan
+  for j in range(max_breaks + 1):
+    slopes = fit['segment_slopes']
+    row[f'segment_slope{j}'] = float(slopes[j]) if j < len(slopes) else math.nan
+  return row
+
+
+# ---------------------------------------------------------------------------------------
+# Figures.
+
+
+def _break_intervals(fit: Dict[str, Any]) -> Tuple[np.ndarray, str]:
+  """`[J, 2]` intervals to draw: the seed bootstrap's if there is one, else the fit's own."""
+  boot = fit.get('seed_bootstrap')
+  if boot:
+    return np.array([[boot['n1_lo'], boot['n1_hi']], [boot['n2_lo'], boot['n2_hi']]]), 'seeds'
+  return np.asarray(fit['break_ci'], dtype=float).reshape(-1, 2), 'residuals'
+
+
+def _shade_intervals(ax, fit: Dict[str, Any], color: str) -> str:
+  intervals, source = _break_intervals(fit)
+  for low, high in intervals:
+    if np.isfinite(low) and np.isfinite(high):
+      ax.axvspan(low, high, color=color, alpha=0.08, lw=0)
+  return source
+
+
+def _three_phase_figure(config, curve_rows, fits, theory, prediction, num_classes):
+  data = config.data
+  rows = [row for row in curve_rows if row['mode'] == 'hard']
+  n = np.array([row['n'] for row in rows], dtype=float)
+  fig, axes = plotting.new_figure(ncols=2, panel_size=(5.8, 4.4))
+  chance = 1.0 - 1.0 / data.num_answers
+  panels = (
+      ('loss', 'test loss (real distribution)', math.log(data.num_answers),
+       f'ln(A) E(n): Lemma 1, unseen items at chance (A={data.num_answers})'),
+      ('error', 'test error (real distribution)', chance,
+       '(1 - 1/A) E(n): Lemma 1, unseen items at chance'),
+  )
+  for ax, (metric, ylabel, scale, theory_label) in zip(axes[0], panels):
+    fit = fits[('measured_' + metric, 'hard')]
+    mean = np.array([row[f'{metric}_mean'] for row in rows])
+    sem = np.array([row[f'{metric}_sem'] for row in rows])
+    curves = [
+        plotting.Curve(theory['n'], scale * theory['hard'], theory_label, color='0.55',
+                       width=1.2),
+        plotting.Curve(n, mean, f'measured, mean of {config.scaling.num_seeds} seed(s)',
+                       color='C0', predicted_breaks=prediction['paper'],
+                       fitted_breaks=fit['breaks'], fit=fit['curve'] if fit['ok'] else None),
+    ]
+    points = [plotting.Points(n, mean, '±1 s.e. over seeds',
+                              yerr=np.nan_to_num(sem), marker='.', color='C0')]
+    if metric == 'error':
+      points.append(plotting.Points(
+          n, chance * np.array([row['memorizer_error_mean'] for row in rows]),
+          '(1 - 1/A) x unseen mass of the same samples', marker='x', color='C3'))
+    plotting.plot_loglog_curves(ax, curves, points=points, xlabel='|S| (training examples)',
+                                ylabel=ylabel)
+    source = _shade_intervals(ax, fit, 'C0')
+    breaks = ', '.join(f'{b:.0f}' for b in fit['breaks']) or 'none'
+    theory_breaks = ', '.join(f'{b:.0f}' for b in fits[('theory', 'hard')]['breaks'])
+    ax.set_title(f"{metric}: fitted breaks {breaks} (shaded: {config.fit.ci_level:.0%} CI, "
+                 f"bootstrap over {source})\npredicted k^beta={prediction['paper'][0]:.0f}, "
+                 f"k^beta/pi={prediction['paper'][1]:.0f}; same fit on E(n): {theory_breaks}",
+                 fontsize=8)
+  fig.suptitle(f'Three-phase scaling: {data.name} / {config.model.name}, beta={data.beta:g}, '
+               f'k={data.k}, pi={data.pi:g}, N={data.num_items}', fontsize=10)
+  return fig
+
+
+def _modes_figure(config, curve_rows, fits, theory, mode_predictions):
+  measured_modes = [mode for mode in config.truncation.modes
+                    if ('measured_loss', mode) in fits]
+  ncols = 2 if measured_modes else 1
+  fig, axes = plotting.new_figure(ncols=ncols, panel_size=(5.8, 4.4))
+  def predicted(mode):
+    # Matched modes share k_eff and so the paper's breaks: draw them once (with hard's).
+    same = mode != 'hard' and mode_predictions[mode]['paper'] == mode_predictions['hard']['paper']
+    return () if same else mode_predictions[mode]['paper']
+
+  def width(mode):
+    # top_p of a rank-ordered Zipf is a hard cut: the thick hard curve shows under it.
+    return 3.5 if mode == 'hard' else 1.6
+
+  curves = []
+  for index, mode in enumerate(config.truncation.modes):
+    pred = mode_predictions[mode]
+    fit = fits[('theory', mode)]
+    curves.append(plotting.Curve(
+        theory['n'], theory[mode],
+        f"{mode} ({pred['parameter']}={pred['value']:.4g}, k_eff={pred['k_eff']})",
+        color=f'C{index}', predicted_breaks=predicted(mode), fitted_breaks=fit['breaks'],
+        width=width(mode)))
+  plotting.plot_loglog_curves(axes[0, 0], curves, xlabel='|S| (training examples)',
+                              ylabel='E(n), exact (Lemma 1)',
+                              title='theory: solid k_eff^beta, k_eff^beta/pi; dashed: fitted')
+  if measured_modes:
+    curves = []
+    for index, mode in enumerate(config.truncation.modes):
+      if mode not in measured_modes:
+        continue
+      rows = [row for row in curve_rows if row['mode'] == mode and row['in_mode_grid']]
+      fit = fits[('measured_loss', mode)]
+      curves.append(plotting.Curve(
+          [row['n'] for row in rows], [row['loss_mean'] for row in rows],
+          f"{mode} ({rows[0]['num_seeds']} seeds)", color=f'C{index}',
+          predicted_breaks=predicted(mode), fitted_breaks=fit['breaks'], width=width(mode)))
+    plotting.plot_loglog_curves(axes[0, 1], curves, xlabel='|S| (training examples)',
+                                ylabel='test loss (real distribution)',
+                                title=f'measured: {config.data.name} / {config.model.name}')
+  data = config.data
+  fig.suptitle(f'Truncation mechanisms at matched effective cut: beta={data.beta:g}, '
+               f'k={data.k}, pi={data.pi:g}, N={data.num_items}', fontsize=10)
+  return fig
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment.
+
+
+def _unit_name(mode: str, n: int, replicate: int) -> str:
+  return f'{mode}-n{n:09d}-r{replicate}'
+
+
+def unit_fingerprint(config) -> str:
+  """Hash of every config field a trained unit depends on (not the grid or the fits)."""
+  trunc = config.truncation
+  fields = {'seed': config.seed, 'data': config.data, 'model': config.model,
+            'train': config.train,
+            'truncation': {name: trunc[name] for name in ('match_k', 'top_p', 'temperature',
+                                                          'generator_samples')}}
+  text = json.dumps(results.to_jsonable(fields), sort_keys=True)
+  return hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]
+
+
+def _aggregate(units: List[Dict[str, Any]], mode: str, n: int) -> Dict[str, Any]:
+  row = {'mode': mode, 'n': n, 'num_seeds': len(units)}
+  for metric in ('loss', 'error', 'memorizer_error', 'seen_error', 'unseen_loss',
+                 'seen_loss', 'train_loss_final', 'num_distinct_items', 'steps', 'seconds'):
+    values = np.array([u[metric] if u[metric] is not None else math.nan for u in units],
+                      dtype=float)
+    row[f'{metric}_mean'] = float(np.mean(values))
+    if metric in ('loss', 'error', 'memorizer_error'):
+      row[f'{metric}_sem'] = (float(np.std(values, ddof=1) / math.sqrt(values.size))
+                              if values.size > 1 else math.nan)
+  return row
+
+
+def run(config, workdir) -> Dict[str, Any]:
+  """Trains every unit not yet in `workdir/units`, then fits, writes tables and figures.
+
+  Args:
+    config: a `configs/three_phase_scaling.py` ConfigDict.
+    workdir: output directory.
+
+  Returns:
+    `{'breakpoints': rows, 'curve': rows, 'units_computed': names trained in this call,
+    'summary': the headline numbers, 'files': written paths, 'runtime_s': seconds}`.
+  """
+  start = time.perf_counter()
+  workdir = Path(workdir)
+  store = results.UnitStore(workdir / 'units')
+  key = jax.random.PRNGKey(config.seed)
+  unknown = set(config.truncation.modes) - set(MODES)
+  if unknown or 'hard' not in config.truncation.modes:
+    raise ValueError(f'config.truncation.modes must hold hard and only modes of {MODES}, '
+                     f'got {tuple(config.truncation.modes)}')
+  task = make_task(config, jax.random.fold_in(key, 0))
+
+  grid = size_grid(config)
+  mode_grid = grid[::max(int(config.truncation.grid_stride), 1)]
+  work = [('hard', int(n), r) for n in grid for r in range(config.scaling.num_seeds)]
+  if config.truncation.measure:
+    work += [(mode, int(n), r) for mode in config.truncation.modes if mode != 'hard'
+             for n in mode_grid for r in range(config.truncation.num_seeds)]
+  pad_to = _next_power_of_two(int(grid.max())) if config.train.pad_to_max else None
+
+  computed = []
+  units = {}
+  fingerprint = unit_fingerprint(config)
+  for mode, n, replicate in tqdm(work, desc='train |S| grid', disable=not config.output.progress):
+    name = _unit_name(mode, n, replicate)
+    if name not in store:
+      unit_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+      tic = time.perf_counter()
+      replicate_key = jax.random.fold_in(
+          key, zlib.crc32(f'replicate-{replicate}'.encode()) & 0x7FFFFFFF)
+      out = task.run_unit(mode, n, unit_key, replicate_key, pad_to)
+      out.update(mode=mode, n=n, replicate=replicate, seconds=time.perf_counter() - tic,
+                 fingerprint=fingerprint)
+      store.save(name, out)
+      computed.append(name)
+      logging.info('%s: loss %.4f error %.4f (unseen mass %.4f) %d steps %.1fs', name,
+                   out['loss'], out['error'], out['memorizer_error'], out['steps'],
+                   out['seconds'])
+    units[name] = store.load(name)
+    if units[name].get('fingerprint') != fingerprint:
+      raise ValueError(f'unit {name} in {store.directory} was trained with another data / '
+                       'model / train config; use a fresh --workdir')
+  train_seconds = time.perf_counter() - start
+
+  # Theory: exact E(n) per mode, on the measured grid (for fits) and a dense grid (figure).
+  mode_predictions, theory, theory_on_grid = {}, {}, {}
+  theory['n'] = np.geomspace(grid.min(), grid.max(), config.scaling.theory_points)
+  for mode in config.truncation.modes:
+    p, p_syn = task.distributions(mode)
+    q = scaling.mixture(p, p_syn, config.data.pi)
+    mode_predictions[mode] = predictions(config, mode, p, p_syn, task.parameters[mode])
+    theory[mode] = scaling.expected_error(theory['n'], p, q)
+    theory_on_grid[mode] = scaling.expected_error(grid.astype(np.float64), p, q)
+
+  # Per (mode, n): means over seeds.
+  curve_rows = []
+  for mode in config.truncation.modes:
+    for n in grid:
+      members = [u for u in units.values() if u['mode'] == mode and u['n'] == n]
+      if not members:
+        continue
+      row = _aggregate(members, mode, int(n))
+      row['in_mode_grid'] = bool(n in mode_grid)
+      row['theory_error'] = float(theory_on_grid[mode][np.searchsorted(grid, n)])
+      curve_rows.append(row)
+
+  # Fits: measured curves and the theory at the same sizes (the like-for-like reference).
+  fits, breakpoint_rows = {}, []
+  max_breaks = config.fit.max_breaks
+  for mode in tqdm(config.truncation.modes, desc='fit breakpoints',
+                   disable=not config.output.progress):
+    pred = mode_predictions[mode]
+    paired = pred['paper'] if mode != 'temperature' else pred['ours']
+    rows = [row for row in curve_rows if row['mode'] == mode]
+    if mode != 'hard':
+      rows = [row for row in rows if row['in_mode_grid']]
+    n_measured = np.array([row['n'] for row in rows], dtype=np.int64)
+    # The theory is fitted at exactly the sizes that were measured (all sizes if none).
+    sizes = n_measured if rows else grid
+    theory_fit = fit_curve(config, sizes, theory_on_grid[mode][np.searchsorted(grid, sizes)],
+                           bootstrap=False)
+    fits[('theory', mode)] = theory_fit
+    breakpoint_rows.append(breakpoint_row('theory', mode, theory_fit, pred, None, max_breaks))
+    if not rows:
+      continue
+    replicates = sorted({u['replicate'] for u in units.values() if u['mode'] == mode})
+    # The ideal learner on the same samples separates data noise from the model's own.
+    metrics = ('loss', 'error', 'memorizer_error') if mode == 'hard' else ('loss', 'error')
+    for metric in metrics:
+      fit = fit_curve(config, n_measured, [row[f'{metric}_mean'] for row in rows])
+      per_seed = np.array([[units[_unit_name(mode, int(n), r)][metric] for n in n_measured]
+                           for r in replicates
+                           if all(_unit_name(mode, int(n), r) in units for n in n_measured)])
+      if per_seed.size and fit['ok']:
+        fit['seed_bootstrap'] = seed_bootstrap(config, n_measured.astype(float), per_seed,
+                                               paired)
+      fits[(f'measured_{metric}', mode)] = fit
+      breakpoint_rows.append(breakpoint_row(f'measured_{metric}', mode, fit, pred, theory_fit,
+                                            max_breaks))
+  for row in breakpoint_rows:
+    logging.info('%s/%s: %d breaks %s; fit/paper n1 %.2f n2 %.2f', row['curve'], row['mode'],
+                 row['num_breaks'], [row[f'fit_break{j + 1}'] for j in range(max_breaks)],
+                 row['ratio_paper_n1'], row['ratio_paper_n2'])
+
+  files = [
+      results.write_csv(workdir / 'units.csv', [units[name] for name in sorted(units)]),
+      results.write_csv(workdir / 'curve.csv', curve_rows),
+      results.write_csv(workdir / 'breakpoints.csv', breakpoint_rows),
+  ]
+  dpi = config.output.figure_dpi
+  files += plotting.save_figure(
+      _three_phase_figure(config, curve_rows, fits, theory, mode_predictions['hard'],
+                          task.num_classes), workdir / 'three_phase', dpi=dpi)
+  files += plotting.save_figure(
+      _modes_figure(config, curve_rows, fits, theory, mode_predictions),
+      workdir / 'truncation_modes', dpi=dpi)
+
+  headline = {row['curve']: row for row in breakpoint_rows if row['mode'] == 'hard'}
+  summary = {
+      'predicted_paper': mode_predictions['hard']['paper'],
+      'predicted_ours': mode_predictions['hard']['ours'],
+      'fitted_loss': list(headline.get('measured_loss', {}).get(f'fit_{j}', math.nan)
+                          for j in ('n1', 'n2')),
+      'fitted_error': list(headline.get('measured_error', {}).get(f'fit_{j}', math.nan)
+                           for j in ('n1', 'n2')),
+      'fitted_theory': [headline['theory']['fit_n1'], headline['theory']['fit_n2']],
+      'three_phases_loss': headline.get('measured_loss', {}).get('three_phases'),
+      'three_phases_error': headline.get('measured_error', {}).get('three_phases'),
+  }
+  output = {
+      'summary': summary,
+      'breakpoints': breakpoint_rows,
+      'curve': curve_rows,
+      'truncation': {mode: mode_predictions[mode] for mode in config.truncation.modes},
+      'units_computed': computed,
+      'num_units': len(units),
+      'train_seconds': train_seconds,  # this call (0-ish on a rerun that reuses every unit)
+      'unit_seconds_total': float(sum(u['seconds'] for u in units.values())),
+      'runtime_s': time.perf_counter() - start,
+  }
+  files.append(workdir / 'results.json')
+  output['files'] = [str(path) for path in files]
+  results.write_json(workdir / 'results.json', output)
+  logging.info('three_phase_scaling: %d units trained, %d reused, %.1f s', len(computed),
+               len(units) - len(computed), output['runtime_s'])
+  return output
+
+
+def valid_config_keys(config, prefix: str = '') -> List[str]:
+  """Every dotted field path of a ConfigDict (tuples and lists are leaves)."""
+  keys = []
+  for name, value in config.items():
+    path = f'{prefix}{name}'
+    if hasattr(value, 'items') and callable(value.items):
+      keys += valid_config_keys(value, prefix=f'{path}.')
+    else:
+      keys.append(path)
+  return keys
+
+
+def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None:
+  """Fails on a `--config.a.b=...` override that names no field, listing the valid ones.
+
+  `lock_config=True` already rejects such a flag, but only with the bare unknown name; this
+  check runs before flag parsing and says which keys exist.
+
+  Raises:
+    app.UsageError: an override names no field of the config.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  config_arg, overrides = None, []
+  for arg in argv[1:]:
+    if arg.startswith(f'--{flag}='):
+      config_arg = arg.split('=', 1)[1]
+    elif arg.startswith((f'--{flag}.', f'--no{flag}.')):
+      overrides.append(arg.split('.', 1)[1].split('=', 1)[0])
+  if config_arg is None or not overrides:
+    return
+  path, _, variant = config_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('_checked_config', path)
+  if spec is None or spec.loader is None:
+    return  # config_flags reports an unreadable config file itself
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  valid = valid_config_keys(module.get_config(variant or None))
+  for key in overrides:
+    if key in valid:
+      continue
+    # List the fields of the deepest section that exists (the top level if none does).
+    parts = key.split('.')
+    for depth in range(len(parts) - 1, -1, -1):
+      section = '.'.join(parts[:depth])
+      prefix = f'{section}.' if section else ''
+      fields = sorted({k[len(prefix):].split('.')[0] for k in valid if k.startswith(prefix)})
+      if fields:
+        break
+    where = f'{flag}.{section}' if section else flag
+    raise app.UsageError(f'--{flag}.{key}: no such config field. Valid keys of {where}: '
+                         + ', '.join(fields))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir
+  results.save_config(config, workdir)
+  results.setup_logging(workdir)
+  logging.info('config:\n%s', config)
+  run(config, workdir)
+
+
+if __name__ == '__main__':
+  # Flags are defined only when run as a script: tests import `run` from several
+  # experiment modules into one process, and absl refuses a flag ('config') defined twice.
+  config_flags.DEFINE_config_file('config', None, 'Path to the config file.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for results, figures and the log.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  try:
+    check_config_overrides(sys.argv)
+  except app.UsageError as error:
+    sys.exit(f'FATAL Flags parsing error: {error}')
+  app.run(main)

@@ -1,0 +1,295 @@
+"""Tests of experiments/three_phase_scaling.py and configs/three_phase_scaling.py.
+
+End to end: the smoke variants of the facts MLP, the facts LM and the paper's CIFAR-100 /
+ResNet-18 path (on a tiny fake CIFAR-100 folder in the official pickle format) run in a
+temporary workdir, write their tables and figures, and a rerun trains nothing. Unit
+tests: the truncation matching, the step schedule, the break matching, the per-example
+metrics against a float64 NumPy reference and the memorisation property of `ItemMLP`.
+"""
+
+import importlib.util
+import math
+import pickle
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dv_jax import results
+from dv_jax import scaling
+from dv_jax import training
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(relative: str, name: str):
+  spec = importlib.util.spec_from_file_location(name, _ROOT / relative)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+tps = _load('experiments/three_phase_scaling.py', 'three_phase_scaling_script')
+configs = _load('configs/three_phase_scaling.py', 'three_phase_scaling_config')
+CONFIG_PATH = str(_ROOT / 'configs' / 'three_phase_scaling.py')
+
+
+# ---------------------------------------------------------------------------------------
+# Configs.
+
+
+@pytest.mark.parametrize('variant', configs.VARIANTS)
+def test_every_variant_builds(variant):
+  config = configs.get_config(variant)
+  assert config.variant == variant
+  for section in ('data', 'model', 'train', 'scaling', 'fit', 'truncation', 'output'):
+    assert section in config
+  grid = tps.size_grid(config)
+  assert grid.size >= 10 and np.all(np.diff(grid) > 0)
+  # The fit needs more points than its largest model has parameters.
+  assert grid.size > 3 + 3 * config.fit.max_breaks
+  assert 'hard' in config.truncation.modes
+
+
+def test_paper_variant_is_the_papers_setting():
+  config = configs.get_config('cifar100')
+  assert (config.data.beta, config.data.k, config.data.pi) == (2.0, 70, 0.0625)
+  assert config.model.name == 'resnet18' and config.model.num_filters == 64
+  paper = scaling.breakpoints(config.data.beta, config.data.k, config.data.pi)
+  grid = tps.size_grid(config)
+  assert grid.min() < paper.n1 < paper.n2 < grid.max()
+
+
+def test_default_variant_is_facts_and_unknown_variant_fails():
+  assert configs.get_config().variant == 'facts'
+  with pytest.raises(ValueError, match='unknown variant'):
+    configs.get_config('cifar10')
+
+
+def test_locked_config_rejects_a_typo():
+  config = configs.get_config('smoke')
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.data.kk = 3
+  config.data.k = 5  # an existing field stays writable
+  assert config.data.k == 5
+
+
+def test_override_typo_lists_the_valid_keys():
+  argv = ['prog', f'--config={CONFIG_PATH}:smoke', '--config.data.k=5', '--config.data.kk=3']
+  with pytest.raises(Exception, match=r'config\.data\.kk: no such config field\. Valid keys '
+                     r'of config\.data: beta, directory, k, name, normalize, num_answers'):
+    tps.check_config_overrides(argv)
+  with pytest.raises(Exception, match=r'Valid keys of config: data, fit, model, output'):
+    tps.check_config_overrides(['prog', f'--config={CONFIG_PATH}', '--config.dat.k=3'])
+  tps.check_config_overrides(argv[:3])  # valid overrides pass
+  tps.check_config_overrides(['prog', f'--config={CONFIG_PATH}', '--noconfig.output.progress'])
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers.
+
+
+def test_truncation_parameters_match_the_effective_cut():
+  config = configs.get_config('smoke')
+  p = scaling.zipf(config.data.num_items, config.data.beta)
+  params = tps.truncation_parameters(p, config)
+  k, pi = config.data.k, config.data.pi
+  assert params['hard'] == {'k': k}
+  for mode, kwargs in params.items():
+    (name, value), = kwargs.items()
+    extra = {'key': jax.random.PRNGKey(0)} if mode == 'finite_sample' else {}
+    scaling_name = 'num_samples' if name == 'generator_samples' else name
+    p_syn = scaling.synthetic_distribution(p, mode=mode, **{scaling_name: value}, **extra)
+    cut = scaling.effective_k(p, p_syn, pi=pi, mode=mode,
+                              num_samples=value if mode == 'finite_sample' else None)
+    assert cut == k, (mode, value, cut)
+  # top_p keeps exactly the top k items: the same distribution as the hard cut.
+  np.testing.assert_allclose(
+      scaling.synthetic_distribution(p, mode='top_p', top_p=params['top_p']['top_p']),
+      scaling.synthetic_distribution(p, mode='hard', k=k), rtol=1e-12)
+  tau = params['temperature']['temperature']
+  assert 0 < tau < 1
+  # The bisection returns the smallest such temperature: a little lower misses k.
+  p_low = scaling.synthetic_distribution(p, mode='temperature', temperature=tau * 0.99)
+  assert scaling.effective_k(p, p_low, pi=pi, mode='temperature') < k
+
+
+def test_matched_temperature_fails_when_unreachable():
+  p = scaling.zipf(100, 2.0)
+  with pytest.raises(ValueError, match='no temperature'):
+    tps.matched_temperature(p, k=5, pi=0.9)  # real data dominate every item
+
+
+@pytest.mark.parametrize('n, expected', [(1, 8), (640, 32), (100_000, 64)])
+def test_steps_for(n, expected):
+  recipe = ml_collections.ConfigDict(
+      {'epochs': 4.0, 'batch_size': 100, 'min_steps': 8, 'max_steps': 64})
+  # ceil(4 n / 100) rounded up to a power of two, then clipped to [8, 64].
+  assert tps.steps_for(n, recipe) == expected
+
+
+def test_match_breaks():
+  assert tps.match_breaks([10.0, 100.0], [8.0, 200.0]) == [10.0, 100.0]
+  assert all(math.isnan(v) for v in tps.match_breaks([], [8.0, 200.0]))
+  for fitted in ([300.0], [5.0, 300.0]):  # a NaN prediction (temperature's n1) stays NaN
+    got = tps.match_breaks(fitted, [math.nan, 200.0])
+    assert math.isnan(got[0]) and got[1] == 300.0
+
+
+def test_match_breaks_single_fitted_break_goes_to_the_nearest_prediction():
+  got = tps.match_breaks([150.0], [8.0, 200.0])
+  assert math.isnan(got[0]) and got[1] == 150.0
+  got = tps.match_breaks([9.0], [8.0, 200.0])
+  assert got[0] == 9.0 and math.isnan(got[1])
+
+
+def test_per_example_metrics_against_numpy():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(3, 5)).astype(np.float32)
+  apply_fn = lambda params, x: x @ params
+  x = rng.normal(size=(37, 3)).astype(np.float32)
+  y = rng.integers(0, 5, size=37).astype(np.int32)
+  loss, correct = tps.per_example_metrics(apply_fn, jnp.asarray(w), x, y, block_size=16)
+  logits = x.astype(np.float64) @ w.astype(np.float64)
+  log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+  np.testing.assert_allclose(loss, log_z - logits[np.arange(37), y], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(correct, logits.argmax(1) == y)
+  assert loss.shape == (37,) and correct.dtype == bool
+
+
+def test_item_mlp_leaves_unseen_items_untouched():
+  """Only items in the training data move their embedding row (Lemma 1's learner)."""
+  model = tps.ItemMLP(num_items=12, embed_dim=4, embed_init=0.01, hidden_sizes=(8,),
+                      num_classes=3)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))['params']
+  apply_fn = lambda p, x: model.apply({'params': p}, x)
+  seen = np.array([0, 3, 5])
+  x = np.repeat(seen, 4).astype(np.float32)[:, None]
+  y = np.repeat(np.array([2, 0, 1]), 4).astype(np.int32)
+  trained = training.train(apply_fn, params, x, y, config=training.TrainConfig(steps=200,
+                           batch_size=8, learning_rate=0.05), key=jax.random.PRNGKey(1),
+                           num_classes=3)
+  before = np.asarray(params['Embed_0']['embedding'])
+  after = np.asarray(trained.params['Embed_0']['embedding'])
+  unseen = np.setdiff1d(np.arange(12), seen)
+  np.testing.assert_array_equal(after[unseen], before[unseen])
+  assert np.all(np.abs(after[seen] - before[seen]).sum(1) > 0)
+  logits = np.asarray(apply_fn(trained.params, np.arange(12, dtype=np.float32)[:, None]))
+  np.testing.assert_array_equal(logits[seen].argmax(1), [2, 0, 1])
+
+
+# ---------------------------------------------------------------------------------------
+# End to end.
+
+
+def _run(config, workdir):
+  results.save_config(config, workdir)  # what main() does before run()
+  return tps.run(config, workdir)
+
+
+def _check_outputs(workdir: Path, out):
+  for name in ('config.json', 'units.csv', 'curve.csv', 'breakpoints.csv', 'results.json',
+               'three_phase.png', 'three_phase.pdf', 'truncation_modes.png',
+               'truncation_modes.pdf'):
+    assert (workdir / name).is_file() and (workdir / name).stat().st_size > 0, name
+  rows = results.read_csv(workdir / 'units.csv')
+  assert len(rows) == out['num_units'] > 0
+  for row in rows:
+    assert 0.0 <= row['error'] <= 1.0 and row['loss'] > 0 and math.isfinite(row['loss'])
+    assert 0.0 <= row['memorizer_error'] <= 1.0
+  curves = {row['curve'] for row in results.read_csv(workdir / 'breakpoints.csv')}
+  assert {'theory', 'measured_loss', 'measured_error'} <= curves
+
+
+@pytest.mark.slow
+def test_facts_smoke_runs_and_resumes(tmp_path):
+  config = configs.get_config('smoke')
+  out = _run(config, tmp_path)
+  _check_outputs(tmp_path, out)
+  num_units = out['num_units']
+  assert len(out['units_computed']) == num_units
+  # Hard-truncation units for every size and seed, plus the measured soft modes.
+  grid = tps.size_grid(config)
+  assert (sum(name.startswith('hard-') for name in out['units_computed'])
+          == grid.size * config.scaling.num_seeds)
+  assert {name.split('-n')[0] for name in out['units_computed']} == set(config.truncation.modes)
+  # The exact theory curve has two breaks; the summary reports them against the paper's.
+  theory = next(row for row in out['breakpoints']
+                if row['curve'] == 'theory' and row['mode'] == 'hard')
+  assert theory['num_breaks'] == 2 and theory['three_phases']
+  assert out['summary']['predicted_paper'] == [16.0, 64.0]
+  # Three seeds: the headline curves carry a seed-bootstrap interval.
+  loss = next(row for row in out['breakpoints']
+              if row['curve'] == 'measured_loss' and row['mode'] == 'hard')
+  assert 'seedboot_n2_median' in loss and 'ratio_theoryfit_n2' in loss
+  # Learning happens: the largest mixture beats the smallest one.
+  hard = [row for row in out['curve'] if row['mode'] == 'hard']
+  assert hard[-1]['error_mean'] < hard[0]['error_mean']
+
+  # A rerun trains nothing and reproduces the tables.
+  again = _run(config, tmp_path)
+  assert again['units_computed'] == [] and again['num_units'] == num_units
+  assert again['curve'] == out['curve']
+  # An interrupted run resumes: only the missing unit is trained again.
+  store = results.UnitStore(tmp_path / 'units')
+  victim = sorted(store.names())[3]
+  store.path(victim).unlink()
+  resumed = _run(config, tmp_path)
+  assert resumed['units_computed'] == [victim]
+  # Units trained under another recipe are refused, not silently mixed in.
+  config.train.learning_rate *= 2
+  with pytest.raises(ValueError, match='fresh --workdir'):
+    tps.run(config, tmp_path)
+
+
+@pytest.mark.slow
+def test_facts_lm_smoke_runs(tmp_path):
+  config = configs.get_config('facts_lm_smoke')
+  config.truncation.modes = ('hard', 'temperature')  # one soft mode suffices here
+  out = _run(config, tmp_path)
+  _check_outputs(tmp_path, out)
+  units = results.read_csv(tmp_path / 'units.csv')
+  # The LM predicts over its whole vocabulary: chance loss is far above ln(A).
+  assert max(row['unseen_loss'] or 0.0 for row in units) > 0
+
+
+def _write_fake_cifar100(directory: Path, *, per_class_train: int, per_class_test: int):
+  """A tiny CIFAR-100 in the official python layout (every class present)."""
+  rng = np.random.default_rng(0)
+  folder = directory / 'cifar-100-python'
+  folder.mkdir(parents=True)
+  for split, per_class in (('train', per_class_train), ('test', per_class_test)):
+    labels = np.repeat(np.arange(100), per_class)
+    batch = {b'data': rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8),
+             b'fine_labels': labels.tolist(), b'coarse_labels': (labels // 5).tolist()}
+    with open(folder / split, 'wb') as f:
+      pickle.dump(batch, f)
+  with open(folder / 'meta', 'wb') as f:
+    pickle.dump({b'fine_label_names': [f'class{i}'.encode() for i in range(100)],
+                 b'coarse_label_names': [f'super{i}'.encode() for i in range(20)]}, f)
+
+
+@pytest.mark.slow
+def test_cifar100_path_on_a_fake_folder(tmp_path):
+  data_dir = tmp_path / 'cifar'
+  _write_fake_cifar100(data_dir, per_class_train=2, per_class_test=1)
+  config = configs.get_config('cifar100_smoke')
+  config.data.directory = str(data_dir)
+  config.truncation.modes = ('hard', 'finite_sample')
+  workdir = tmp_path / 'work'
+  out = _run(config, workdir)
+  _check_outputs(workdir, out)
+  units = results.read_csv(workdir / 'units.csv')
+  assert all(row['steps'] == 2 for row in units)
+  # The paper's breakpoints for beta=2, k=70, pi=0.0625.
+  assert out['summary']['predicted_paper'] == [4900.0, 78400.0]
+
+
+def test_cifar100_needs_a_directory():
+  config = configs.get_config('cifar100_smoke')
+  with pytest.raises(ValueError, match='data.directory'):
+    tps.make_task(config, jax.random.PRNGKey(0))
