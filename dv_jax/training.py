@@ -201,8 +201,14 @@ def _next_power_of_two(n: int) -> int:
   return 1 << max(int(n) - 1, 0).bit_length()
 
 
+def _input_dtype(x: np.ndarray) -> type:
+  """int32 for token / id inputs (embedding lookups need them exact), float32 otherwise."""
+  return np.int32 if np.issubdtype(x.dtype, np.integer) else np.float32
+
+
 def _check_xy(x: Any, y: Any, *, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-  x = np.asarray(x, np.float32)
+  x = np.asarray(x)
+  x = x.astype(_input_dtype(x))
   y = np.asarray(y)
   if x.ndim < 2 or x.shape[0] == 0:
     raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
@@ -222,7 +228,7 @@ def pad_examples(x: Any, y: Any, capacity: int) -> tuple[np.ndarray, np.ndarray]
   n = x.shape[0]
   if capacity < n:
     raise ValueError(f'pad_to={capacity} is smaller than the {n} examples')
-  x_pad = np.zeros((capacity,) + x.shape[1:], np.float32)
+  x_pad = np.zeros((capacity,) + x.shape[1:], _input_dtype(np.asarray(x)))
   y_pad = np.zeros((capacity,), np.int32)
   x_pad[:n] = x
   y_pad[:n] = y

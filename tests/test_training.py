@@ -222,3 +222,25 @@ def test_data_errors():
   with pytest.raises(ValueError, match='keys'):
     training.train_many_seeds(_linear_apply, params, x, y, num_classes=C,
                               config=training.TrainConfig(steps=1), keys=jax.random.PRNGKey(0))
+
+
+def test_integer_inputs_reach_the_model_as_int32():
+  """Token / id inputs must stay integers through padding (embeddings index with them)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Embed(nn.Module):
+
+    @nn.compact
+    def __call__(self, ids):
+      assert jnp.issubdtype(ids.dtype, jnp.integer), ids.dtype
+      return nn.Embed(7, 3)(ids[:, 0])
+
+  model = Embed()
+  ids = np.arange(5, dtype=np.int64)[:, None] % 7
+  params = model.init(jax.random.PRNGKey(0), jnp.asarray(ids[:1], jnp.int32))
+  result = training.train(model.apply, params, ids, np.arange(5) % 3,
+                          config=training.TrainConfig(steps=3, batch_size=4),
+                          key=jax.random.PRNGKey(1), num_classes=3)
+  assert np.isfinite(np.asarray(result.losses)).all()
+  evaluation = training.evaluate(model.apply, result.params, ids, np.arange(5) % 3)
+  assert np.isfinite(evaluation.loss)
