@@ -1,0 +1,57 @@
+"""A seeded random ranking: the floor every valuation method must clear (METHOD.md 3).
+
+Values are i.i.d. uniform draws from a key derived from `config.seed` (and
+`baselines.random.seed_offset`), so the ranking is reproducible and independent of the
+data; its expected Spearman correlation with any ground truth is 0.
+
+Shape legend: `K` contributors.
+"""
+
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dv_jax import valuation
+from dv_jax.data.contributors import Contributor
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `baselines.random` section."""
+  return ml_collections.ConfigDict(dict(seed_offset=0))
+
+
+def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
+          params: Any, config: ml_collections.ConfigDict) -> valuation.ValuationResult:
+  """Uniform random values `[K]` from `fold_in(PRNGKey(seed), 14 + seed_offset)`.
+
+  The inputs are validated like every other method's (so bad data fails the same way),
+  but the values do not depend on them.
+
+  Args:
+    contributors: `K` contributors.
+    target: `T` (`Split` or `(x, y)`).
+    apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]` (only validated).
+    params: `theta0` (only validated).
+    config: with `seed` and `baselines.random`.
+
+  Returns:
+    `ValuationResult`.
+
+  Raises:
+    ValueError: as `valuation.validate_inputs`.
+  """
+  t0 = time.perf_counter()
+  valuation.validate_inputs(contributors, target, apply_fn=apply_fn, params=params)
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)),
+                           14 + int(config.baselines.random.seed_offset))
+  values = np.asarray(jax.random.uniform(key, (len(contributors),)), np.float64)
+  seconds = {'total': time.perf_counter() - t0}
+  return valuation.ValuationResult(tuple(c.name for c in contributors), jnp.asarray(values),
+                                   valuation.ranking_of(values), None, seconds)
+
+
+__all__ = ['default_config', 'value']

@@ -1,0 +1,155 @@
+"""TracIn (TracInCP, Pruthi et al., NeurIPS 2020) aggregated per contributor (METHOD.md 3).
+
+The model is trained once, from `theta0`, on the pooled data of all contributors with the
+shared recipe (`dv_jax.training`), saving `J` checkpoints `theta_j` and the learning rate
+`eta_j` in force at each. The value of contributor `S` towards the target set `T` is
+
+  TracIn(S, T) = sum_j eta_j sum_{z in S} sum_{z' in T} <grad l(z; theta_j), grad l(z'; theta_j)>
+               = sum_j eta_j < sum_{z in S} grad l(z; theta_j), sum_{z' in T} grad l(z'; theta_j) >
+
+with `l` the cross-entropy, so one pass of per-example gradients per checkpoint serves
+every contributor. A positive value means that the steps on `S` lowered the loss on `T`
+(a proponent), so larger is more valuable. Gradients may be randomly projected to `k`
+dimensions (`projection_dim`, `dv_jax.ntk.Projection`), which keeps inner products in
+expectation. With an adaptive optimiser (Adam, the shared recipe's default) the
+learning-rate weighting is the usual approximation of TracInCP.
+
+Shape legend: `N` pooled examples, `m` target examples, `p` parameters (`k` projected),
+`K` contributors, `J` checkpoints.
+"""
+
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dv_jax import ntk as ntk_lib
+from dv_jax import training
+from dv_jax import valuation
+from dv_jax.data.contributors import Contributor
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `baselines.tracin` section: the training recipe and the checkpoints."""
+  return ml_collections.ConfigDict(dict(
+      train=ml_collections.ConfigDict(dict(
+          optimizer='adam', learning_rate=1e-2, steps=300, batch_size=64, weight_decay=0.0,
+          momentum=0.0, schedule='constant')),
+      num_checkpoints=5,        # J checkpoints, evenly spaced (must divide train.steps).
+      projection_dim=0,         # 0 = exact gradients; else k.
+      projection_kind='rademacher',
+      grad_block_size=256,
+  ))
+
+
+class _LossFn:
+  """`scalar_fn(params, x_i, y_i)`: the cross-entropy of one example.
+
+  A class (equal for equal `apply_fn`) so that every checkpoint shares the jitted
+  gradient program of `dv_jax.ntk.per_example_grads`.
+  """
+
+  def __init__(self, apply_fn: Callable):
+    self.apply_fn = apply_fn
+
+  def __call__(self, params, x_i, y_i):
+    logits = self.apply_fn(params, x_i[None])
+    return training.cross_entropy(logits, jnp.reshape(y_i, (1,)))[0]
+
+  def __eq__(self, other):
+    return isinstance(other, _LossFn) and other.apply_fn == self.apply_fn
+
+  def __hash__(self):
+    return hash((_LossFn, self.apply_fn))
+
+
+def loss_fn(apply_fn: Callable) -> Callable:
+  """The per-example loss `l(params, x_i, y_i)` TracIn differentiates."""
+  return _LossFn(apply_fn)
+
+
+def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
+                  learning_rates: Sequence[float], owner: Any, num_contributors: int
+                  ) -> np.ndarray:
+  """`sum_j eta_j <sum_{z in S_i} g_j(z), sum_{z' in T} g_j(z')>` for every contributor.
+
+  Args:
+    train_grads: `J` arrays `[N, p]`, per-example loss gradients at each checkpoint.
+    target_grads: `J` arrays `[m, p]`.
+    learning_rates: `[J]`.
+    owner: `[N]` contributor index of each pooled example.
+    num_contributors: `K`.
+
+  Returns:
+    `[K]` float64 scores.
+  """
+  owner = jnp.asarray(owner)
+  scores = np.zeros(num_contributors)
+  for g_train, g_target, eta in zip(train_grads, target_grads, learning_rates):
+    per_contributor = jax.ops.segment_sum(jnp.asarray(g_train), owner,
+                                          num_segments=num_contributors)
+    target_sum = jnp.sum(jnp.asarray(g_target), axis=0)
+    scores += float(eta) * np.asarray(
+        jnp.dot(per_contributor, target_sum, precision=jax.lax.Precision.HIGHEST), np.float64)
+  return scores
+
+
+def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
+          params: Any, config: ml_collections.ConfigDict) -> valuation.ValuationResult:
+  """TracInCP values of the contributors towards the target set.
+
+  Args:
+    contributors: `K` contributors.
+    target: `T` (`Split` or `(x, y)`).
+    apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
+    params: `theta0`, where training starts.
+    config: with `seed` and `baselines.tracin` (see `default_config`).
+
+  Returns:
+    `ValuationResult` (`seconds`: `train`, `gradients`, `total`; `extras`:
+    `learning_rates [J]`).
+
+  Raises:
+    ValueError: as `valuation.validate_inputs`; `num_checkpoints` not dividing the steps.
+  """
+  cfg = config.baselines.tracin
+  t0 = time.perf_counter()
+  tx, ty, num_classes = valuation.validate_inputs(contributors, target, apply_fn=apply_fn,
+                                                  params=params)
+  x, y, _, owner = valuation.pool_examples(contributors)
+  steps = int(cfg.train.steps)
+  num_checkpoints = int(cfg.num_checkpoints)
+  if num_checkpoints < 1 or steps % num_checkpoints:
+    raise ValueError(f'config.baselines.tracin.num_checkpoints must divide train.steps = '
+                     f'{steps}, got {num_checkpoints}')
+  train_config = training.as_train_config(cfg.train)._replace(
+      checkpoint_every=steps // num_checkpoints)
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 12)
+  k_train, k_proj = jax.random.split(key)
+  result = training.train(apply_fn, params, x, y, config=train_config, key=k_train,
+                          num_classes=num_classes)
+  jax.block_until_ready(result.checkpoints)
+  seconds = {'train': time.perf_counter() - t0}
+  t = time.perf_counter()
+  projection = (ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind, k_proj)
+                if int(cfg.projection_dim) else None)
+  scalar_fn = loss_fn(apply_fn)
+  train_grads, target_grads = [], []
+  for j in range(num_checkpoints):
+    params_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], result.checkpoints)
+    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size))
+    train_grads.append(ntk_lib.per_example_grads(scalar_fn, params_j, x, y, **kwargs))
+    target_grads.append(ntk_lib.per_example_grads(scalar_fn, params_j, tx, ty, **kwargs))
+  learning_rates = np.asarray(result.learning_rates, np.float64)
+  values = tracin_scores(train_grads, target_grads, learning_rates, owner, len(contributors))
+  seconds['gradients'] = time.perf_counter() - t
+  seconds['total'] = time.perf_counter() - t0
+  return valuation.ValuationResult(tuple(c.name for c in contributors), jnp.asarray(values),
+                                   valuation.ranking_of(values), None, seconds, None,
+                                   {'learning_rates': learning_rates})
+
+
+__all__ = ['default_config', 'loss_fn', 'tracin_scores', 'value']

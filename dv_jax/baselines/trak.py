@@ -1,0 +1,161 @@
+"""TRAK (Park et al., ICML 2023) aggregated per contributor (METHOD.md section 3).
+
+`R` models are trained on the pooled data of all contributors (the shared recipe of
+`dv_jax.training`, from `theta0`, with `R` different minibatch seeds). For model `r`:
+
+- features `phi(z) = P^T grad_theta f(z; theta_r)` of the margin
+  `f(z) = z_y - logsumexp_{j != y} z_j` (the log-odds of the true class), randomly projected
+  to `k` dimensions in JAX (`dv_jax.ntk.Projection`, Rademacher or Gaussian, chunked per
+  parameter leaf), for the pooled examples (`Phi [N, k]`) and the target (`[m, k]`);
+- `Q_z = 1 - p_z`, `p_z` the softmax probability of the true class;
+- attribution of training example `z` to target example `z'`:
+  `tau(z', z) = phi(z')^T (Phi^T Phi + lam I)^-1 phi(z) Q_z`, with the ridge
+  `lam = ridge * trace(Phi^T Phi) / k` (relative, so one value suits any gradient scale;
+  raised x10 if the Cholesky factor fails).
+
+The value of contributor `S` is `mean_r sum_{z in S} sum_{z' in T} tau_r(z', z)`, computed as
+`sum_{z in S} Q_z phi(z)^T u` with `u = (Phi^T Phi + lam I)^-1 sum_{z'} phi(z')`: one `[k, k]`
+solve per model. Positive: the subset raises the target margins (larger is more valuable).
+Our choices where TRAK has several: models differ by their minibatch order, not their
+initialisation (the call shape hands us one `theta0`) nor by data subsets; the scores of
+the `R` models are averaged (TRAK's ensemble average) after the `Q` weighting of each.
+
+Shape legend: `N` pooled examples, `m` target examples, `k` projection dimension, `K`
+contributors, `R` models.
+"""
+
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dv_jax import linalg
+from dv_jax import ntk as ntk_lib
+from dv_jax import training
+from dv_jax import valuation
+from dv_jax.data.contributors import Contributor
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `baselines.trak` section."""
+  return ml_collections.ConfigDict(dict(
+      train=ml_collections.ConfigDict(dict(
+          optimizer='adam', learning_rate=1e-2, steps=300, batch_size=64, weight_decay=0.0,
+          momentum=0.0, schedule='constant')),
+      num_models=3,                 # R models.
+      projection_dim=512,           # k.
+      projection_kind='rademacher',  # 'rademacher' | 'gaussian'.
+      ridge=1e-3,                   # lam = ridge * trace(Phi^T Phi) / k.
+      grad_block_size=256,
+  ))
+
+
+class _Margin:
+  """`scalar_fn(params, x_i, y_i) = z_y - logsumexp_{j != y} z_j` of one example."""
+
+  def __init__(self, apply_fn: Callable):
+    self.apply_fn = apply_fn
+
+  def __call__(self, params, x_i, y_i):
+    logits = self.apply_fn(params, x_i[None])[0]
+    others = jnp.where(jnp.arange(logits.shape[0]) == y_i, -jnp.inf, logits)
+    return logits[y_i] - jax.nn.logsumexp(others)
+
+  def __eq__(self, other):
+    return isinstance(other, _Margin) and other.apply_fn == self.apply_fn
+
+  def __hash__(self):
+    return hash((_Margin, self.apply_fn))
+
+
+def margin_fn(apply_fn: Callable) -> Callable:
+  """TRAK's model output `f(z) = log(p_y / (1 - p_y))` as a per-example scalar function."""
+  return _Margin(apply_fn)
+
+
+def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
+                num_contributors: int, *, ridge: float) -> np.ndarray:
+  """One model's `sum_{z in S_i} sum_{z'} phi(z')^T (Phi^T Phi + lam I)^-1 phi(z) Q_z`.
+
+  Args:
+    train_features: `Phi [N, k]`.
+    target_features: `[m, k]`.
+    q: `[N]`, `1 - p_z`.
+    owner: `[N]` contributor of each row.
+    num_contributors: `K`.
+    ridge: relative ridge, `lam = ridge * trace(Phi^T Phi) / k`.
+
+  Returns:
+    `[K]` float64 scores.
+  """
+  phi_NxK = jnp.asarray(train_features)
+  gram_KxK = jnp.dot(phi_NxK.T, phi_NxK, precision=jax.lax.Precision.HIGHEST)
+  u_K = linalg.psd_solve(gram_KxK, jnp.sum(jnp.asarray(target_features), axis=0),
+                         eps=float(ridge)).solution
+  per_example = jnp.dot(phi_NxK, u_K, precision=jax.lax.Precision.HIGHEST) * jnp.asarray(q)
+  return np.asarray(jax.ops.segment_sum(per_example, jnp.asarray(owner),
+                                        num_segments=num_contributors), np.float64)
+
+
+def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
+          params: Any, config: ml_collections.ConfigDict) -> valuation.ValuationResult:
+  """TRAK values of the contributors towards the target set.
+
+  Args:
+    contributors: `K` contributors.
+    target: `T` (`Split` or `(x, y)`).
+    apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
+    params: `theta0`, where every model's training starts.
+    config: with `seed` and `baselines.trak` (see `default_config`).
+
+  Returns:
+    `ValuationResult` (`seconds`: `train`, `features`, `total`; `extras`: `per_model
+    [R, K]`).
+
+  Raises:
+    ValueError: as `valuation.validate_inputs`; a bad config.
+  """
+  cfg = config.baselines.trak
+  t0 = time.perf_counter()
+  tx, ty, num_classes = valuation.validate_inputs(contributors, target, apply_fn=apply_fn,
+                                                  params=params)
+  x, y, _, owner = valuation.pool_examples(contributors)
+  num_models = int(cfg.num_models)
+  if num_models < 1 or int(cfg.projection_dim) < 1:
+    raise ValueError(f'config.baselines.trak needs num_models >= 1 and projection_dim >= 1, '
+                     f'got {num_models}, {cfg.projection_dim}')
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
+  k_train, k_proj = jax.random.split(key)
+  trained = training.train_many_seeds(apply_fn, params, x, y, config=cfg.train,
+                                      keys=jax.random.split(k_train, num_models),
+                                      num_classes=num_classes)
+  jax.block_until_ready(trained.params)
+  seconds = {'train': time.perf_counter() - t0}
+  t = time.perf_counter()
+  scalar_fn = margin_fn(apply_fn)
+  per_model = []
+  for r in range(num_models):
+    params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
+    projection = ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind,
+                                    jax.random.fold_in(k_proj, r))
+    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size))
+    phi = ntk_lib.per_example_grads(scalar_fn, params_r, x, y, **kwargs)
+    phi_target = ntk_lib.per_example_grads(scalar_fn, params_r, tx, ty, **kwargs)
+    logits = valuation.logits_at(apply_fn, params_r, x, block_size=int(cfg.grad_block_size))
+    p_true = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), jnp.asarray(y)[:, None],
+                                 axis=1)[:, 0]
+    per_model.append(trak_scores(phi, phi_target, 1.0 - p_true, owner, len(contributors),
+                                 ridge=float(cfg.ridge)))
+  per_model = np.stack(per_model)
+  values = per_model.mean(axis=0)
+  seconds['features'] = time.perf_counter() - t
+  seconds['total'] = time.perf_counter() - t0
+  return valuation.ValuationResult(tuple(c.name for c in contributors), jnp.asarray(values),
+                                   valuation.ranking_of(values), None, seconds, None,
+                                   {'per_model': per_model})
+
+
+__all__ = ['default_config', 'margin_fn', 'trak_scores', 'value']

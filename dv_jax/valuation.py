@@ -1,0 +1,1093 @@
+"""Retraining-free valuation of data contributors (METHOD.md section 2, Eq. 8, Algorithm 1).
+
+For contributor `i` with `S = S1 ∪ S2` (real, synthetic) and the target set `T`, the four
+terms of the bound are computed at `theta0` (nothing is trained):
+
+  E(S) = pi L(S1) + (1 - pi) L(S2)                       mean cross-entropy at theta0
+  D(S) = pi MMD(T, S1) + (1 - pi) MMD(T, S2)             MK-MMD in the feature space phi
+  N(S) = sqrt(yhat^T (Theta0 + lam I)^-1 yhat / n)       (or the paper's sqrt(.) / n)
+  C(S) = sqrt(max(pi, 1 - pi)) / n
+
+and the value is `v(S) = -(w1 E + w2 D + w3 N + w4 C)`: a smaller bound is a more valuable
+subset. Weights:
+
+- `standardize` (default, retraining-free): each term is z-scored across the `K`
+  contributors being compared and all weights are 1 (a constant term contributes 0).
+- `fit`: non-negative least squares of ground-truth test loss (or its log,
+  `valuation.fit_target`) on the standardised terms over *probe coalitions* (`Probes`:
+  unions of contributors with a measured loss). The value of contributor `i` is minus the
+  loss predicted by weights fitted on the probes that do NOT contain `i`
+  (leave-one-contributor-out), so any correlation of these values with the ground truth
+  is out of sample.
+
+Variants (config fields, METHOD.md section 2; defaults first):
+- `mmd.feature_space`: `raw` | `init_features` (input of the readout at `theta0`, see
+  `dv_jax.features`) | `user` (the `features_fn` argument); standardised with T's
+  mean / std when `mmd.standardize`.
+- `mmd.label_aware`: False | True, MMD of (x, y) with the product kernel `k_x * [y = y']`.
+- `mmd.discrepancy`: `parts` (Eq. 8's `pi MMD(T, S1) + (1 - pi) MMD(T, S2)`) | `mixture`
+  (`MMD(T, S1 ∪ S2)`, OUR option beyond METHOD.md: by the triangle inequality in the
+  kernel's feature space it is never larger than the weighted parts, and it is what the
+  model trained on `S` sees, e.g. a real part that covers the classes a truncated
+  synthetic part lacks).
+- `ntk.residual`: `true_class` (`g` = true-class logit, `yhat = 1 - g`) | `one_hot`
+  (`yhat = onehot(y) - logits`, `[n, c]`, with the trace-averaged NTK
+  `(1 / c) sum_j <grad f_j(x), grad f_j(x')>`).
+- `ntk.normalization`: `per_example` | `paper`; `ntk.method`: `full` | `block_diagonal`
+  | `subsample`; `ntk.param_filter`, `ntk.projection_dim` (0: none), `ntk.eps`.
+- `valuation.subsample`: 0 (all) or a budget of pool examples, spread over contributors in
+  proportion to their sizes (each part stratified); `n` and `pi` stay the full ones.
+- `bound.terms`: which of the four terms enter `v` (the ablation drops one).
+- `valuation.fit_target`: `loss` | `log_loss` for the `fit` weights.
+
+`default_config()` holds METHOD.md's defaults; `preset_config('recommended')` (METHOD.md's
+options only: one-hot NTK residual, empirical loss dropped) and `preset_config('proposed')`
+(plus the mixture discrepancy) are the settings our digits benchmark supports; see
+`PRESETS`. `Contributor` is `dv_jax.data.contributors.Contributor`, re-exported.
+
+Beyond the paper: everything per example (losses, features, the NTK of the whole pool)
+is computed ONCE for the pooled examples of all contributors; the NTK of any coalition is
+then a principal sub-matrix of the pool's kernel, which makes `leave_one_out` and Monte
+Carlo `shapley` (with `v` as the utility) cheap.
+
+Shape legend: `K` contributors, `N` pooled examples, `n` examples of one subset, `m`
+target examples, `d` features, `p` parameters (`k` projected), `c` classes, `P` probes.
+"""
+
+import functools
+import time
+import zlib
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import scipy.optimize
+
+from dv_jax import bound
+from dv_jax import features as features_lib
+from dv_jax import linalg
+from dv_jax import mmd as mmd_lib
+from dv_jax import ntk as ntk_lib
+from dv_jax.data.contributors import Contributor
+from dv_jax.data.contributors import Split
+from dv_jax.data.contributors import validate_contributor
+
+ArrayLike = jax.typing.ArrayLike
+
+TERM_NAMES = ('empirical_loss', 'discrepancy', 'ntk', 'composition')
+WEIGHT_MODES = ('standardize', 'fit')
+FIT_TARGETS = ('loss', 'log_loss')
+DISCREPANCIES = ('parts', 'mixture')
+NTK_RESIDUALS = ('true_class', 'one_hot')
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every knob of the valuation (METHOD.md section 2), with the spec's defaults.
+
+  The sections (`seed`, `ntk`, `mmd`, `bound`, `valuation`) carry the names of an
+  experiment config's sections, so an experiment config can be passed as it is.
+
+  Returns:
+    A ConfigDict.
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.ntk = ml_collections.ConfigDict(dict(
+      residual='true_class',       # 'true_class' (1 - g) | 'one_hot' (trace-averaged NTK).
+      method='full',               # 'full' | 'block_diagonal' | 'subsample'.
+      block_size=512,              # B of block_diagonal.
+      num_permutations=1,          # permutations averaged by block_diagonal.
+      num_sub=256,                 # rows of the 'subsample' method (capped at n).
+      eps=1e-4,                    # relative jitter lam = eps * trace / n.
+      normalization='per_example',  # 'per_example' sqrt(Q / n) | 'paper' sqrt(Q) / n.
+      param_filter='',             # '' = all parameters; else a regex on the leaf path.
+      projection_dim=0,            # 0 = no projection; else k.
+      projection_kind='rademacher',  # 'rademacher' | 'gaussian'.
+      grad_block_size=256,         # examples per jitted gradient / kernel block.
+  ))
+  config.mmd = ml_collections.ConfigDict(dict(
+      feature_space='raw',         # 'raw' | 'init_features' | 'user'.
+      standardize=True,            # z-score features with T's mean / std.
+      label_aware=False,           # product kernel k_x * [y == y'].
+      discrepancy='parts',         # 'parts': pi MMD(T, S1) + (1 - pi) MMD(T, S2) (Eq. 8);
+                                   # 'mixture': MMD(T, S1 ∪ S2) (our option, see above).
+      num_kernels=5,               # M Gaussian kernels, s_j = s * 2^(j - M // 2).
+      estimator='biased',          # 'biased' | 'unbiased' | 'linear'.
+      block_size=512,              # rows per block of the kernel sums.
+      feature_block_size=256,      # rows per block of init_features.
+  ))
+  config.bound = ml_collections.ConfigDict(dict(terms=TERM_NAMES))
+  config.valuation = ml_collections.ConfigDict(dict(
+      weights='standardize',       # 'standardize' | 'fit' (needs probes).
+      fit_target='loss',           # 'loss' | 'log_loss': what the NNLS fit regresses.
+      subsample=0,                 # 0 = all examples; else a budget of pool examples.
+      min_subsample=2,             # least examples kept of a non-empty part.
+  ))
+  return config
+
+
+# Named settings. 'paper' is METHOD.md's defaults. 'recommended' uses METHOD.md's options
+# only: the one-hot residual with the trace-averaged NTK, and the empirical loss dropped (at
+# a random theta0 it is ~log c for every subset, so its z-score is init noise: the
+# ablation gives it a negative correlation with retraining). 'proposed' adds our mixture
+# discrepancy MMD(T, S1 ∪ S2). Both were chosen on development draws of the digits
+# benchmark (experiments/valuation_table.py), never on its test split.
+PRESETS = {
+    'paper': {},
+    'recommended': {'ntk.residual': 'one_hot',
+                    'bound.terms': ('discrepancy', 'ntk', 'composition')},
+    'proposed': {'ntk.residual': 'one_hot', 'mmd.discrepancy': 'mixture',
+                 'bound.terms': ('discrepancy', 'ntk', 'composition')},
+}
+
+
+def preset_config(name: str) -> ml_collections.ConfigDict:
+  """`default_config()` with the overrides of `PRESETS[name]`.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if name not in PRESETS:
+    raise ValueError(f'unknown preset {name!r}; known: {sorted(PRESETS)}')
+  config = default_config()
+  for field, value in PRESETS[name].items():
+    section, key = field.split('.')
+    config[section][key] = value
+  return config
+
+
+# ----------------------------------------------------------------------------------------
+# Results.
+
+
+class TermTable(NamedTuple):
+  """The four terms per contributor (columns in `TERM_NAMES` order).
+
+  Attributes:
+    raw: `[K, 4]` the terms as computed.
+    standardized: `[K, 4]` z-scores across the `K` contributors (0 for a constant term).
+    jitter: `[K]` the NTK jitter `lam` used for each contributor.
+  """
+  raw: jax.Array
+  standardized: jax.Array
+  jitter: jax.Array
+
+
+class FitReport(NamedTuple):
+  """Leave-one-contributor-out NNLS fits (`weights='fit'`).
+
+  Attributes:
+    weights: `[K, 4]` non-negative weights on the standardised terms used for contributor
+      `i` (0 for terms not in `bound.terms`).
+    intercepts: `[K]`.
+    used_probes: `[K, P]` bool, probe `p` was in the fit for contributor `i` (never a probe
+      containing `i`).
+    predicted_loss: `[K]` the loss (log loss for `fit_target='log_loss'`) each
+      contributor's fit predicts for it.
+    all_weights: `[4]` the weights fitted on every probe (for inspection only).
+  """
+  weights: jax.Array
+  intercepts: jax.Array
+  used_probes: jax.Array
+  predicted_loss: jax.Array
+  all_weights: jax.Array
+
+
+class ValuationResult(NamedTuple):
+  """Values of `K` contributors (the shared result type of the method and the baselines).
+
+  Attributes:
+    names: `K` contributor names.
+    values: `[K]`, larger is more valuable.
+    ranking: `[K]` contributor indices, most valuable first.
+    terms: `TermTable` (None for methods without the four terms).
+    seconds: wall time per stage (`'total'` included).
+    fit: `FitReport` for `weights='fit'`, else None.
+    extras: method-specific arrays (e.g. a baseline's components).
+  """
+  names: Tuple[str, ...]
+  values: jax.Array
+  ranking: jax.Array
+  terms: Optional[TermTable] = None
+  seconds: Optional[Dict[str, float]] = None
+  fit: Optional[FitReport] = None
+  extras: Optional[Dict[str, Any]] = None
+
+
+class Probes(NamedTuple):
+  """Probe coalitions with a measured ground-truth loss, for `weights='fit'`.
+
+  Attributes:
+    coalitions: `P` tuples of contributor indices (a singleton `(i,)` is contributor `i`).
+    losses: `[P]` ground-truth test loss after training on each coalition.
+  """
+  coalitions: Tuple[Tuple[int, ...], ...]
+  losses: Any
+
+
+def ranking_of(values: ArrayLike) -> jax.Array:
+  """Contributor indices sorted by value, most valuable first (ties: lower index first)."""
+  values = np.asarray(values, np.float64)
+  return jnp.asarray(np.argsort(-values, kind='stable'), jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------
+# Validation.
+
+
+def _as_target(target: Any) -> Tuple[np.ndarray, np.ndarray]:
+  """`(x [m, ...], y [m])` from a `Split` or an `(x, y)` pair; validated."""
+  if isinstance(target, Split):
+    x, y = target.x, target.y
+  elif isinstance(target, (tuple, list)) and len(target) == 2:
+    x, y = target
+  else:
+    raise ValueError(f'target must be a Split or an (x, y) pair, got {type(target).__name__}')
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y)
+  if x.ndim < 2 or x.shape[0] < 2:
+    raise ValueError(f'target.x must be [m, ...] with m >= 2, got shape {x.shape}')
+  if not np.all(np.isfinite(x)):
+    raise ValueError('target.x contains NaN or Inf')
+  if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f'target.y must be [{x.shape[0]}] integer labels, got {y.dtype} '
+                     f'{y.shape}')
+  return x, y.astype(np.int32)
+
+
+def _num_classes(apply_fn: Callable, params: Any, x: np.ndarray) -> int:
+  out = jax.eval_shape(apply_fn, params, jnp.asarray(x[:1]))
+  if len(out.shape) != 2 or out.shape[0] != 1:
+    raise ValueError(f'apply_fn must return logits [b, c]; for one example it returned '
+                     f'shape {out.shape}')
+  return int(out.shape[1])
+
+
+def validate_inputs(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
+                    params: Any) -> Tuple[np.ndarray, np.ndarray, int]:
+  """Validates the target and every contributor (outside jit).
+
+  Args:
+    contributors: the `K >= 1` contributors.
+    target: `Split` or `(x [m, ...], y [m])`.
+    apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
+    params: `theta0`.
+
+  Returns:
+    `(target_x, target_y, c)`.
+
+  Raises:
+    ValueError: naming the contributor for NaN/Inf features, a feature shape other than
+      the target's, labels outside `[0, c)`, or no examples; naming the argument for an
+      empty list, duplicate names or a bad target.
+  """
+  tx, ty = _as_target(target)
+  num_classes = _num_classes(apply_fn, params, tx)
+  if ty.min() < 0 or ty.max() >= num_classes:
+    raise ValueError(f'target.y has labels outside [0, {num_classes})')
+  contributors = list(contributors)
+  if not contributors:
+    raise ValueError('contributors is empty')
+  names = [getattr(c, 'name', None) for c in contributors]
+  for c in contributors:
+    validate_contributor(c, feature_shape=tx.shape[1:], num_classes=num_classes)
+  if len(set(names)) != len(names):
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    raise ValueError(f'contributors: names must be unique, repeated: {dupes}')
+  return tx, ty, num_classes
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  for section in ('ntk', 'mmd', 'bound', 'valuation'):
+    if section not in config:
+      raise ValueError(f'config has no {section!r} section; start from default_config()')
+  if config.ntk.residual not in NTK_RESIDUALS:
+    raise ValueError(f'config.ntk.residual must be one of {NTK_RESIDUALS}, got '
+                     f'{config.ntk.residual!r}')
+  if config.ntk.method not in bound.NTK_METHODS:
+    raise ValueError(f'config.ntk.method must be one of {bound.NTK_METHODS}, got '
+                     f'{config.ntk.method!r}')
+  if config.ntk.normalization not in bound.NORMALIZATIONS:
+    raise ValueError(f'config.ntk.normalization must be one of {bound.NORMALIZATIONS}, got '
+                     f'{config.ntk.normalization!r}')
+  if config.mmd.feature_space not in features_lib.FEATURE_SPACES:
+    raise ValueError(f'config.mmd.feature_space must be one of '
+                     f'{features_lib.FEATURE_SPACES}, got {config.mmd.feature_space!r}')
+  if config.mmd.get('discrepancy', 'parts') not in DISCREPANCIES:
+    raise ValueError(f'config.mmd.discrepancy must be one of {DISCREPANCIES}, got '
+                     f'{config.mmd.discrepancy!r}')
+  if config.mmd.estimator not in mmd_lib.ESTIMATORS:
+    raise ValueError(f'config.mmd.estimator must be one of {mmd_lib.ESTIMATORS}, got '
+                     f'{config.mmd.estimator!r}')
+  if config.valuation.get('fit_target', 'loss') not in FIT_TARGETS:
+    raise ValueError(f'config.valuation.fit_target must be one of {FIT_TARGETS}, got '
+                     f'{config.valuation.fit_target!r}')
+  if config.valuation.weights not in WEIGHT_MODES:
+    raise ValueError(f'config.valuation.weights must be one of {WEIGHT_MODES}, got '
+                     f'{config.valuation.weights!r}')
+  terms = tuple(config.bound.terms)
+  if not terms or any(t not in TERM_NAMES for t in terms) or len(set(terms)) != len(terms):
+    raise ValueError(f'config.bound.terms must be a non-empty subset of {TERM_NAMES}, got '
+                     f'{terms}')
+  if int(config.valuation.subsample) < 0 or int(config.valuation.min_subsample) < 1:
+    raise ValueError('config.valuation.subsample must be >= 0 and min_subsample >= 1, got '
+                     f'{config.valuation.subsample}, {config.valuation.min_subsample}')
+
+
+def term_mask(config: ml_collections.ConfigDict) -> np.ndarray:
+  """`[4]` bool, which terms of `TERM_NAMES` enter the value (`config.bound.terms`)."""
+  terms = tuple(config.bound.terms)
+  return np.array([t in terms for t in TERM_NAMES])
+
+
+# ----------------------------------------------------------------------------------------
+# The pool: everything per example, computed once.
+
+
+class Pool(NamedTuple):
+  """Per-example quantities of the pooled contributors at `theta0`, computed once.
+
+  Attributes:
+    names: the `K` contributor names.
+    owner: `[N]` int, the contributor of each pooled example.
+    is_synthetic: `[N]` bool.
+    y: `[N]` int labels.
+    sizes: `[K]` full sizes `n_i` (not the subsample's).
+    num_real: `[K]` full `|S1|`.
+    losses: `[N]` cross-entropy at `theta0`.
+    features: `[N, d]` (standardised) features for the MMD.
+    (Per-example arrays that are only gathered live on the host as NumPy: gathering a
+    device array compiles once per coalition size, a NumPy gather never compiles.)
+    target_features: `[m, d]`.
+    target_y: `[m]`.
+    bandwidths: `[M]` squared length scales from T's features.
+    factor: `[N, q]` with the pool's NTK `Theta0 = factor factor^T` (see `_ntk_factor`).
+    kernel: `[N, N]` `factor factor^T` once `with_pool_kernel` formed it, else None.
+    residual: `[N]` or `[N, c]`.
+    seconds: wall time of each stage of the pool's construction.
+  """
+  names: Tuple[str, ...]
+  owner: np.ndarray
+  is_synthetic: np.ndarray
+  y: np.ndarray
+  sizes: np.ndarray
+  num_real: np.ndarray
+  losses: np.ndarray
+  features: np.ndarray
+  target_features: jax.Array
+  target_y: jax.Array
+  bandwidths: jax.Array
+  kernel: Optional[jax.Array]
+  factor: jax.Array
+  residual: np.ndarray
+  seconds: Dict[str, float]
+
+
+def _ready(tree):
+  return jax.tree_util.tree_map(lambda a: a.block_until_ready()
+                                if hasattr(a, 'block_until_ready') else a, tree)
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn',))
+def _logits_block(apply_fn, params, x_b):
+  return apply_fn(params, x_b)
+
+
+def logits_at(apply_fn: Callable, params: Any, x: ArrayLike, *, block_size: int = 256
+              ) -> jax.Array:
+  """`apply_fn(params, x)` in jitted blocks of `block_size` rows (last one padded); `[n, c]`."""
+  x = jnp.asarray(x)
+  n = x.shape[0]
+  block = min(int(block_size), _bucket(n))
+  pad = -n % block
+  if pad:
+    x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+  out = [_logits_block(apply_fn, params, x[s:s + block]) for s in range(0, x.shape[0], block)]
+  return (out[0] if len(out) == 1 else jnp.concatenate(out, axis=0))[:n]
+
+
+def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+  """Per-example `logsumexp(z) - z_y`; `[n, c], [n] -> [n]`."""
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels, jnp.int32)
+  true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  return jax.nn.logsumexp(logits, axis=-1) - true_logit
+
+
+@jax.jit
+def _gram(a_NxQ: jax.Array) -> jax.Array:
+  return jnp.dot(a_NxQ, a_NxQ.T, precision=_PRECISION)
+
+
+def pool_examples(contributors: Sequence[Contributor]
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """All examples of all contributors, real part then synthetic part of each in turn.
+
+  Returns:
+    `(x [N, ...] float32, y [N] int32, is_synthetic [N] bool, owner [N] int)`.
+  """
+  xs, ys, flags, owners = [], [], [], []
+  for i, c in enumerate(contributors):
+    data = c.pooled()
+    xs.append(np.asarray(data.x, np.float32))
+    ys.append(np.asarray(data.y, np.int32))
+    flags.append(np.asarray(data.is_synthetic, bool))
+    owners.append(np.full(data.y.shape[0], i))
+  return np.concatenate(xs), np.concatenate(ys), np.concatenate(flags), np.concatenate(owners)
+
+
+def _subsample_rows(contributors, budget: int, min_part: int, key) -> list:
+  """Per contributor: `(real rows, synthetic rows)` kept, stratified by part."""
+  sizes = np.array([c.size for c in contributors])
+  total = sizes.sum()
+  rows = []
+  for i, c in enumerate(contributors):
+    if budget <= 0 or budget >= total:
+      rows.append((np.arange(c.num_real), np.arange(c.num_synthetic)))
+      continue
+    n_sub = max(int(round(budget * c.size / total)), 1)
+    k_real, k_syn = jax.random.split(jax.random.fold_in(key, i))
+    parts = []
+    for num, k, frac in ((c.num_real, k_real, c.pi), (c.num_synthetic, k_syn, 1 - c.pi)):
+      if num == 0:
+        parts.append(np.arange(0))
+        continue
+      keep = min(num, max(int(round(n_sub * frac)), min_part))
+      # A permutation of the next power of two, filtered: uniform, one compile per bucket.
+      order = np.asarray(jax.random.permutation(k, bucket_size(num)))
+      parts.append(np.sort(order[order < num][:keep]))
+    rows.append(tuple(parts))
+  return rows
+
+
+def _ntk_factor(apply_fn, params, x, y, *, config, num_classes, key) -> jax.Array:
+  """`F [N, q]` with the pool's NTK `Theta0 = F F^T` (METHOD.md section 2, term 3).
+
+  `true_class`: the per-example gradients of the true-class logit, `q = p` (or `k`).
+  `one_hot`: the per-class gradients side by side over `sqrt(c)`, `q = c p`, so
+  `F F^T = (1 / c) sum_j G_j G_j^T` is the trace-averaged NTK of the logits.
+  """
+  cfg = config.ntk
+  param_filter = cfg.param_filter or None
+  projection = (ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind, key)
+                if int(cfg.projection_dim) else None)
+  scalar_fn = ntk_lib.true_class_logit(apply_fn)
+
+  def grads(labels):
+    return ntk_lib.per_example_grads(scalar_fn, params, x, labels, param_filter=param_filter,
+                                     projection=projection,
+                                     block_size=int(cfg.grad_block_size))
+
+  if cfg.residual == 'true_class':
+    return grads(y)
+  n = x.shape[0]
+  per_class = [grads(jnp.full((n,), j, jnp.int32)) for j in range(num_classes)]
+  return jnp.concatenate(per_class, axis=1) / np.sqrt(num_classes)
+
+
+def with_pool_kernel(pool: 'Pool') -> 'Pool':
+  """The pool with its whole NTK `[N, N]` formed, so coalition kernels are gathers.
+
+  Worth it when many coalitions are evaluated (`leave_one_out`, `shapley`); `coalition_terms`
+  gives the same values with or without it.
+  """
+  if pool.kernel is not None:
+    return pool
+  return pool._replace(kernel=_gram(pool.factor))
+
+
+def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
+                 params: Any, config: ml_collections.ConfigDict,
+                 features_fn: Optional[Callable] = None) -> Pool:
+  """Validates the inputs and computes every per-example quantity once.
+
+  Args:
+    contributors: `K` contributors.
+    target: `T` as a `Split` or `(x, y)`.
+    apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
+    params: `theta0`.
+    config: `default_config()` or an experiment config with its sections.
+    features_fn: `x -> [n, d]` for `mmd.feature_space='user'`.
+
+  Returns:
+    `Pool`.
+
+  Raises:
+    ValueError: see `validate_inputs`; a bad config.
+  """
+  _check_config(config)
+  t0 = time.perf_counter()
+  seconds = {}
+  tx, ty, num_classes = validate_inputs(contributors, target, apply_fn=apply_fn,
+                                        params=params)
+  contributors = list(contributors)
+  key = jax.random.PRNGKey(int(config.seed))
+  k_proj, k_sub = jax.random.fold_in(key, 0), jax.random.fold_in(key, 2)
+  rows = _subsample_rows(contributors, int(config.valuation.subsample),
+                         int(config.valuation.min_subsample), k_sub)
+  xs, ys, flags, owners = [], [], [], []
+  for i, (c, (real_rows, syn_rows)) in enumerate(zip(contributors, rows)):
+    for xpart, ypart, r, flag in ((c.x_real, c.y_real, real_rows, False),
+                                  (c.x_synthetic, c.y_synthetic, syn_rows, True)):
+      if r.size:
+        xs.append(np.asarray(xpart, np.float32)[r])
+        ys.append(np.asarray(ypart, np.int32)[r])
+        flags.append(np.full(r.size, flag))
+        owners.append(np.full(r.size, i))
+  x = jnp.asarray(np.concatenate(xs))
+  y_np = np.concatenate(ys)
+  y = jnp.asarray(y_np)
+  seconds['validate'] = time.perf_counter() - t0
+
+  t = time.perf_counter()
+  block = int(config.ntk.grad_block_size)
+  logits = _ready(logits_at(apply_fn, params, x, block_size=block))
+  losses = cross_entropy(logits, y)
+  seconds['forward'] = time.perf_counter() - t
+
+  t = time.perf_counter()
+  phi = features_lib.feature_fn(config.mmd.feature_space, apply_fn=apply_fn, params=params,
+                                user_fn=features_fn,
+                                block_size=int(config.mmd.feature_block_size))
+  target_features = phi(jnp.asarray(tx))
+  pool_features = phi(x)
+  if config.mmd.standardize:
+    standardizer = features_lib.fit_standardizer(target_features)
+    target_features = features_lib.standardize_like(target_features, standardizer)
+    pool_features = features_lib.standardize_like(pool_features, standardizer)
+  bandwidths = mmd_lib.bandwidths_from(target_features, int(config.mmd.num_kernels))
+  _ready((target_features, pool_features, bandwidths))
+  seconds['features'] = time.perf_counter() - t
+
+  t = time.perf_counter()
+  factor = _ntk_factor(apply_fn, params, x, y, config=config, num_classes=num_classes,
+                       key=k_proj)
+  if config.ntk.residual == 'true_class':
+    residual = 1.0 - jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+  else:
+    residual = jax.nn.one_hot(y, num_classes, dtype=logits.dtype) - logits
+  _ready((factor, residual))
+  seconds['ntk_gradients'] = time.perf_counter() - t
+  return Pool(
+      names=tuple(c.name for c in contributors), owner=np.concatenate(owners),
+      is_synthetic=np.concatenate(flags), y=y_np,
+      sizes=np.array([c.size for c in contributors]),
+      num_real=np.array([c.num_real for c in contributors]), losses=np.asarray(losses),
+      features=np.asarray(pool_features), target_features=target_features,
+      target_y=jnp.asarray(ty), bandwidths=bandwidths, kernel=None, factor=factor,
+      residual=np.asarray(residual),
+      seconds=seconds)
+
+
+# ----------------------------------------------------------------------------------------
+# The four terms of one coalition.
+
+
+@jax.jit
+def _pad_kernel(theta_BxB: jax.Array, residual_BxC: jax.Array, valid_B: jax.Array
+                ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Zeroes padded rows / columns, puts 1 on their diagonal and zeroes their residual.
+
+  The padded kernel is `diag(Theta, I)` and the zero residual makes the padding add exactly
+  0 to the quadratic form, so one compile per bucket size serves every `n`.
+  """
+  keep_BxB = valid_B[:, None] & valid_B[None, :]
+  theta_BxB = jnp.where(keep_BxB, theta_BxB, 0)
+  trace = jnp.trace(theta_BxB)
+  theta_BxB = theta_BxB + jnp.diag(jnp.where(valid_B, 0, 1).astype(theta_BxB.dtype))
+  return theta_BxB, jnp.where(valid_B[:, None], residual_BxC, 0), trace
+
+
+@jax.jit
+def _gather_kernel(kernel_NxN: jax.Array, rows_B: jax.Array) -> jax.Array:
+  return kernel_NxN[rows_B[:, None], rows_B[None, :]]
+
+
+@jax.jit
+def _gather_gram(factor_NxQ: jax.Array, rows_B: jax.Array) -> jax.Array:
+  rows_BxQ = factor_NxQ[rows_B]
+  return jnp.dot(rows_BxQ, rows_BxQ.T, precision=_PRECISION)
+
+
+def bucket_size(n: int) -> int:
+  """The padded size of `n` rows: the next power of two `>= n`, at least 8."""
+  return max(8, 1 << (int(n) - 1).bit_length())
+
+
+_bucket = bucket_size
+
+
+def _padded_quad(theta_BxB: jax.Array, residual_BxC: jax.Array, n: int, *, eps: float,
+                 initial_jitter: Optional[float]) -> linalg.QuadForm:
+  """`y^T (Theta + lam I)^-1 y` of the leading `n` rows of a bucket-padded system."""
+  valid = np.arange(theta_BxB.shape[0]) < n
+  theta_BxB, residual_BxC, trace = _pad_kernel(theta_BxB, residual_BxC, valid)
+  if initial_jitter is None:
+    initial_jitter = eps * float(trace) / n
+    initial_jitter = initial_jitter if initial_jitter > 0 else eps
+  return linalg.quad_form(theta_BxB, residual_BxC, initial_jitter=initial_jitter)
+
+
+def gram_quad_form(grads: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
+                   initial_jitter: Optional[float] = None) -> linalg.QuadForm:
+  """`y^T (G G^T + lam I)^-1 y`, padded to a power-of-two bucket (one compile per bucket).
+
+  The same value as `linalg.quad_form(G G^T, y, eps=eps)` (or with `initial_jitter`, an
+  absolute starting jitter): padded rows have zero gradients, 1 on the diagonal and a zero
+  residual, so they add exactly 0.
+
+  Args:
+    grads: `[n, q]` (NumPy or JAX).
+    residual: `[n]` or `[n, c]`.
+    eps: relative jitter `lam = eps * trace(G G^T) / n` when `initial_jitter` is None.
+    initial_jitter: absolute starting jitter.
+
+  Returns:
+    `linalg.QuadForm(value, jitter)`.
+  """
+  grads = np.asarray(grads, np.float32)
+  residual = np.asarray(residual, np.float32).reshape(grads.shape[0], -1)
+  n = grads.shape[0]
+  pad = _bucket(n) - n
+  grads_pad = np.pad(grads, ((0, pad), (0, 0)))
+  residual_pad = np.pad(residual, ((0, pad), (0, 0)))
+  theta = _gram(jnp.asarray(grads_pad))
+  return _padded_quad(theta, jnp.asarray(residual_pad), n, eps=eps,
+                      initial_jitter=initial_jitter)
+
+
+def _full_ntk_term(pool: 'Pool', rows: np.ndarray, *, eps: float) -> bound.NTKTerm:
+  """`sqrt(yhat^T (Theta + lam I)^-1 yhat / n)` on the principal sub-matrix `rows`.
+
+  The same value as `bound.ntk_term(factor[rows], residual[rows], method='full')`
+  (`lam = eps * trace(Theta) / n`, raised x10 until PD), computed on `rows` padded to the
+  next power of two so that the Cholesky compiles once per bucket, not once per size.
+  """
+  n = rows.size
+  padded = np.concatenate([rows, np.full(_bucket(n) - n, rows[0])])
+  if pool.kernel is not None:
+    theta = _gather_kernel(pool.kernel, jnp.asarray(padded))
+  else:
+    theta = _gather_gram(pool.factor, jnp.asarray(padded))
+  residual = jnp.asarray(pool.residual[padded].reshape(padded.size, -1))
+  quad = _padded_quad(theta, residual, n, eps=eps, initial_jitter=None)
+  return bound.NTKTerm(linalg.safe_sqrt(quad.value / n), quad.jitter)
+
+
+def coalition_key(key: jax.Array, members: Sequence[int]) -> jax.Array:
+  """A key for one coalition, the same whatever the order of `members`."""
+  tag = zlib.crc32(np.asarray(sorted(set(int(i) for i in members)), np.int64).tobytes())
+  return jax.random.fold_in(key, tag & 0x7FFFFFFF)
+
+
+def coalition_terms(pool: Pool, members: Sequence[int], *,
+                    config: ml_collections.ConfigDict) -> Tuple[np.ndarray, float]:
+  """The four raw terms of the union of the contributors `members`.
+
+  `n` and `pi` are the full sizes; the per-example quantities come from the pooled (and
+  possibly subsampled) rows. The NTK of the coalition is the principal sub-matrix of the
+  pool's kernel (or the factor's rows).
+
+  Args:
+    pool: from `prepare_pool`.
+    members: contributor indices (non-empty).
+    config: the config the pool was built with.
+
+  Returns:
+    `(terms [4] float64 in TERM_NAMES order, ntk jitter)`.
+
+  Raises:
+    ValueError: empty or out-of-range `members`.
+  """
+  members = sorted(set(int(i) for i in members))
+  k = len(pool.names)
+  if not members or members[0] < 0 or members[-1] >= k:
+    raise ValueError(f'members must be a non-empty subset of range({k}), got {members}')
+  sel = np.isin(pool.owner, members)
+  real = np.flatnonzero(sel & ~pool.is_synthetic)
+  syn = np.flatnonzero(sel & pool.is_synthetic)
+  n = int(pool.sizes[members].sum())
+  pi = float(pool.num_real[members].sum()) / n
+
+  def part_mean(values, rows):
+    return float(np.mean(values[rows], dtype=np.float64)) if rows.size else 0.0
+
+  # E: the full pi weighs the (sub)sample means; an empty part weighs 0.
+  empirical = pi * part_mean(pool.losses, real) + (1 - pi) * part_mean(pool.losses, syn)
+
+  cfg = config.mmd
+
+  def part_mmd(rows):
+    if rows.size == 0:
+      return None
+    labels = (pool.y[rows], pool.target_y) if cfg.label_aware else (None, None)
+    return mmd_lib.mk_mmd(pool.features[rows], pool.target_features,
+                          bandwidths=pool.bandwidths, estimator=cfg.estimator,
+                          block_size=int(cfg.block_size), x_labels=labels[0],
+                          y_labels=labels[1]).value
+
+  if cfg.get('discrepancy', 'parts') == 'mixture':
+    discrepancy = float(part_mmd(np.flatnonzero(sel)))
+  else:
+    discrepancy = float(bound.discrepancy_term(part_mmd(real) if pi > 0 else None,
+                                               part_mmd(syn) if pi < 1 else None, pi=pi))
+
+  rows = np.flatnonzero(sel)
+  ncfg = config.ntk
+  if ncfg.method == 'full':
+    term = _full_ntk_term(pool, rows, eps=float(ncfg.eps))
+  else:
+    key = coalition_key(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1), members)
+    term = bound.ntk_term(pool.factor[rows], pool.residual[rows], method=ncfg.method,
+                          block_size=int(ncfg.block_size),
+                          num_permutations=int(ncfg.num_permutations),
+                          num_sub=min(int(ncfg.num_sub), rows.size), key=key,
+                          eps=float(ncfg.eps), normalization='per_example')
+  ntk_value = float(term.value)
+  if ncfg.normalization == 'paper':
+    # sqrt(Q_hat) / n with Q_hat = Q_sub * n / n_sub: per_example / sqrt(n), n the FULL size.
+    ntk_value = ntk_value / np.sqrt(n)
+  composition = bound.composition_term(n, pi)
+  return np.array([empirical, discrepancy, ntk_value, composition], np.float64), term.jitter
+
+
+def standardize_terms(raw: ArrayLike) -> np.ndarray:
+  """Column z-scores `(t - mean) / std` (population std); a constant column becomes 0."""
+  raw = np.asarray(raw, np.float64)
+  mean = raw.mean(axis=0)
+  std = raw.std(axis=0)
+  safe = np.where(std > 0, std, 1.0)
+  return np.where(std > 0, (raw - mean) / safe, 0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Fitted weights.
+
+
+class WeightFit(NamedTuple):
+  """NNLS fit `loss ≈ intercept + sum_j w_j (t_j - mean_j) / scale_j`, `w >= 0`.
+
+  Attributes:
+    weights: `[F]` non-negative.
+    intercept: the mean loss of the fit set (exact for a free intercept, see `fit_weights`).
+    mean: `[F]` term means of the fit set.
+    scale: `[F]` term stds of the fit set (1 where constant).
+  """
+  weights: np.ndarray
+  intercept: float
+  mean: np.ndarray
+  scale: np.ndarray
+
+  def predict(self, terms: ArrayLike) -> np.ndarray:
+    """Predicted loss `[R]` of raw terms `[R, F]`."""
+    z = (np.asarray(terms, np.float64) - self.mean) / self.scale
+    return self.intercept + z @ self.weights
+
+
+def fit_weights(terms: ArrayLike, losses: ArrayLike) -> WeightFit:
+  """Non-negative least squares of `losses` on standardised `terms`, free intercept.
+
+  Minimises `||losses - b - Z w||^2` over `w >= 0` and any `b`, `Z` the z-scored terms.
+  The intercept is profiled out exactly: for any `w` the best `b` is
+  `mean(losses) - mean(Z) w = mean(losses)` (Z has zero column means), so the problem is
+  NNLS of the centred losses on `Z` (`scipy.optimize.nnls`).
+
+  Args:
+    terms: `[P, F]` raw terms of the fit probes, `P >= 2`.
+    losses: `[P]` their ground-truth losses.
+
+  Returns:
+    `WeightFit`.
+
+  Raises:
+    ValueError: bad shapes, NaN/Inf, fewer than 2 probes.
+  """
+  terms = np.asarray(terms, np.float64)
+  losses = np.asarray(losses, np.float64)
+  if terms.ndim != 2 or losses.shape != (terms.shape[0],):
+    raise ValueError(f'terms must be [P, F] and losses [P], got {terms.shape} and '
+                     f'{losses.shape}')
+  if terms.shape[0] < 2:
+    raise ValueError(f'fit_weights needs >= 2 probes, got {terms.shape[0]}')
+  if not (np.all(np.isfinite(terms)) and np.all(np.isfinite(losses))):
+    raise ValueError('terms or losses contain NaN or Inf')
+  mean = terms.mean(axis=0)
+  std = terms.std(axis=0)
+  scale = np.where(std > 0, std, 1.0)
+  z = (terms - mean) / scale
+  weights, _ = scipy.optimize.nnls(z, losses - losses.mean())
+  return WeightFit(weights, float(losses.mean()), mean, scale)
+
+
+def _check_probes(probes: Optional[Probes], k: int, *, fit_target: str) -> Probes:
+  if probes is None:
+    raise ValueError("config.valuation.weights='fit' needs probes (Probes of coalitions and "
+                     'their ground-truth losses)')
+  coalitions = tuple(tuple(sorted(set(int(i) for i in c))) for c in probes.coalitions)
+  losses = np.asarray(probes.losses, np.float64)
+  if losses.shape != (len(coalitions),):
+    raise ValueError(f'probes.losses must be [{len(coalitions)}], got {losses.shape}')
+  if not np.all(np.isfinite(losses)):
+    raise ValueError('probes.losses contains NaN or Inf')
+  if fit_target == 'log_loss' and np.any(losses <= 0):
+    raise ValueError("probes.losses must be > 0 for fit_target='log_loss'")
+  for c in coalitions:
+    if not c or c[0] < 0 or c[-1] >= k:
+      raise ValueError(f'probes.coalitions: {c} is not a non-empty subset of range({k})')
+  return Probes(coalitions, losses)
+
+
+def _loo_fit(pool: Pool, probes: Probes, *, config, mask: np.ndarray,
+             cache: Dict[Tuple[int, ...], np.ndarray], raw_singletons: np.ndarray
+             ) -> Tuple[np.ndarray, FitReport]:
+  """Leave-one-contributor-out values from NNLS fits on probes without the contributor."""
+  k = len(pool.names)
+  probe_terms = []
+  for c in probes.coalitions:
+    if c not in cache:
+      cache[c] = coalition_terms(pool, c, config=config)[0]
+    probe_terms.append(cache[c])
+  probe_terms = np.stack(probe_terms)[:, mask]
+  used = np.array([[i not in c for c in probes.coalitions] for i in range(k)])
+  weights = np.zeros((k, len(TERM_NAMES)))
+  intercepts = np.zeros(k)
+  predicted = np.zeros(k)
+  for i in range(k):
+    if used[i].sum() < 2:
+      raise ValueError(f'contributor {pool.names[i]!r}: fewer than 2 probes exclude it, so '
+                       'no out-of-sample fit is possible; add probes')
+    fit = fit_weights(probe_terms[used[i]], probes.losses[used[i]])
+    weights[i, mask] = fit.weights
+    intercepts[i] = fit.intercept
+    predicted[i] = fit.predict(raw_singletons[i:i + 1, mask])[0]
+  all_fit = fit_weights(probe_terms, probes.losses)
+  all_weights = np.zeros(len(TERM_NAMES))
+  all_weights[mask] = all_fit.weights
+  report = FitReport(jnp.asarray(weights), jnp.asarray(intercepts), jnp.asarray(used),
+                     jnp.asarray(predicted), jnp.asarray(all_weights))
+  return -predicted, report
+
+
+# ----------------------------------------------------------------------------------------
+# Algorithm 1.
+
+
+def value_contributors(contributors: Sequence[Contributor], target: Any, *,
+                       apply_fn: Callable, params: Any,
+                       config: Optional[ml_collections.ConfigDict] = None,
+                       features_fn: Optional[Callable] = None,
+                       probes: Optional[Probes] = None) -> ValuationResult:
+  """Algorithm 1: the four terms and the value `v(S_i)` of each contributor.
+
+  Args:
+    contributors: `K` contributors (`Contributor`, either part may be empty).
+    target: the target set `T` (`Split` or `(x [m, ...], y [m])`), never the test split.
+    apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
+    params: `theta0`.
+    config: `default_config()` (None) or an experiment config with its sections.
+    features_fn: `x -> [n, d]` for `mmd.feature_space='user'`.
+    probes: `Probes` for `valuation.weights='fit'`.
+
+  Returns:
+    `ValuationResult` with `terms` (raw and standardised) and `seconds` per stage.
+
+  Raises:
+    ValueError: naming the contributor for bad data (NaN features, a feature shape other
+      than the target's, labels out of range, no examples); a bad config; `fit` without
+      probes.
+  """
+  config = default_config() if config is None else config
+  t0 = time.perf_counter()
+  pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
+                      features_fn=features_fn)
+  seconds = dict(pool.seconds)
+  k = len(pool.names)
+  t = time.perf_counter()
+  raw, jitters = [], []
+  cache = {}
+  for i in range(k):
+    terms, jitter = coalition_terms(pool, (i,), config=config)
+    cache[(i,)] = terms
+    raw.append(terms)
+    jitters.append(jitter)
+  raw = np.stack(raw)
+  seconds['terms'] = time.perf_counter() - t
+  mask = term_mask(config)
+  standardized = standardize_terms(raw)
+  fit = None
+  if config.valuation.weights == 'standardize':
+    values = -standardized[:, mask].sum(axis=1)
+  else:
+    t = time.perf_counter()
+    fit_target = config.valuation.get('fit_target', 'loss')
+    probes = _check_probes(probes, k, fit_target=fit_target)
+    if fit_target == 'log_loss':
+      # Ranking by predicted log loss is ranking by predicted loss; the log keeps a few
+      # catastrophic losses (a contributor missing classes) from dominating the fit.
+      probes = probes._replace(losses=np.log(probes.losses))
+    values, fit = _loo_fit(pool, probes, config=config, mask=mask, cache=cache,
+                           raw_singletons=raw)
+    seconds['fit'] = time.perf_counter() - t
+  seconds['total'] = time.perf_counter() - t0
+  table = TermTable(jnp.asarray(raw), jnp.asarray(standardized), jnp.asarray(jitters))
+  return ValuationResult(pool.names, jnp.asarray(values), ranking_of(values), table, seconds,
+                         fit)
+
+
+# ----------------------------------------------------------------------------------------
+# Coalition utilities: leave-one-out and Shapley.
+
+
+class Utility:
+  """`v(S) = -sum_j w_j t_j(S) / s_j` for any coalition, with `v(∅) = 0`; cached.
+
+  `s_j` is the std of term `j` across the `K` single contributors (the scale that
+  `standardize` uses), so the utility of a singleton differs from its standardised value
+  only by a constant. `w_j` is 1 for the terms in `bound.terms` (or `term_weights`).
+  """
+
+  def __init__(self, pool: Pool, *, config: ml_collections.ConfigDict,
+               term_weights: Optional[ArrayLike] = None):
+    self.pool = with_pool_kernel(pool) if config.ntk.method == 'full' else pool
+    self.config = config
+    self.cache: Dict[Tuple[int, ...], float] = {}
+    k = len(pool.names)
+    singles = np.stack([coalition_terms(self.pool, (i,), config=config)[0] for i in range(k)])
+    std = singles.std(axis=0)
+    self.scale = np.where(std > 0, std, np.inf)  # a constant term weighs nothing
+    if term_weights is None:
+      self.weights = term_mask(config).astype(np.float64)
+    else:
+      self.weights = np.asarray(term_weights, np.float64)
+      if self.weights.shape != (len(TERM_NAMES),) or not np.all(np.isfinite(self.weights)):
+        raise ValueError(f'term_weights must be [{len(TERM_NAMES)}] finite, got '
+                         f'{self.weights}')
+    for i in range(k):
+      self.cache[(i,)] = self._value(singles[i])
+
+  def _value(self, terms: np.ndarray) -> float:
+    return float(-np.sum(self.weights * terms / self.scale))
+
+  def __call__(self, members: Sequence[int]) -> float:
+    key = tuple(sorted(set(int(i) for i in members)))
+    if not key:
+      return 0.0
+    if key not in self.cache:
+      self.cache[key] = self._value(coalition_terms(self.pool, key, config=self.config)[0])
+    return self.cache[key]
+
+
+def leave_one_out(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
+                  params: Any, config: Optional[ml_collections.ConfigDict] = None,
+                  features_fn: Optional[Callable] = None,
+                  term_weights: Optional[ArrayLike] = None) -> ValuationResult:
+  """Leave-one-out values `v(D) - v(D \\ S_i)` with the bound as the utility (`Utility`).
+
+  Args:
+    contributors, target, apply_fn, params, config, features_fn: as `value_contributors`.
+    term_weights: `[4]` weights on the scaled terms; None: 1 for `bound.terms`.
+
+  Returns:
+    `ValuationResult` (terms None; `extras['grand_value']` is `v(D)`).
+
+  Raises:
+    ValueError: as `value_contributors`.
+  """
+  config = default_config() if config is None else config
+  t0 = time.perf_counter()
+  pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
+                      features_fn=features_fn)
+  seconds = dict(pool.seconds)
+  t = time.perf_counter()
+  utility = Utility(pool, config=config, term_weights=term_weights)
+  k = len(pool.names)
+  everyone = tuple(range(k))
+  grand = utility(everyone)
+  values = np.array([grand - utility(tuple(j for j in everyone if j != i)) for i in range(k)])
+  seconds['coalitions'] = time.perf_counter() - t
+  seconds['total'] = time.perf_counter() - t0
+  return ValuationResult(pool.names, jnp.asarray(values), ranking_of(values), None, seconds,
+                         None, {'grand_value': grand, 'num_coalitions': len(utility.cache)})
+
+
+def shapley_from_utility(utility: Callable[[Sequence[int]], float], num_players: int, *,
+                         num_permutations: int, key: jax.Array) -> Tuple[np.ndarray, np.ndarray]:
+  """Monte Carlo permutation-sampling Shapley values of a utility.
+
+  For each sampled permutation, each player's marginal contribution
+  `v(prefix ∪ {i}) - v(prefix)` is recorded; the estimate is their mean.
+
+  Args:
+    utility: `members -> float`, with `utility(()) ` the empty coalition's value.
+    num_players: `K`.
+    num_permutations: `T >= 1`.
+    key: PRNG key; permutation `t` uses `fold_in(key, t)`.
+
+  Returns:
+    `(values [K], stderr [K])` (stderr 0 for one permutation).
+  """
+  if int(num_permutations) < 1:
+    raise ValueError(f'num_permutations must be >= 1, got {num_permutations}')
+  marginals = np.zeros((int(num_permutations), num_players))
+  empty = utility(())
+  for t in range(int(num_permutations)):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, t), num_players))
+    prefix, previous = [], empty
+    for i in order:
+      prefix.append(int(i))
+      current = utility(tuple(prefix))
+      marginals[t, i] = current - previous
+      previous = current
+  stderr = (marginals.std(axis=0, ddof=1) / np.sqrt(marginals.shape[0])
+            if marginals.shape[0] > 1 else np.zeros(num_players))
+  return marginals.mean(axis=0), stderr
+
+
+def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
+            params: Any, num_permutations: int, key: jax.Array,
+            config: Optional[ml_collections.ConfigDict] = None,
+            features_fn: Optional[Callable] = None,
+            term_weights: Optional[ArrayLike] = None) -> ValuationResult:
+  """Monte Carlo Shapley values with the bound as the utility (`Utility`, `v(∅) = 0`).
+
+  The choice of `v(∅)` shifts every value by the same `-v(∅) / K`, so the ranking does not
+  depend on it.
+
+  Args:
+    contributors, target, apply_fn, params, config, features_fn: as `value_contributors`.
+    num_permutations: permutations sampled.
+    key: PRNG key of the permutations.
+    term_weights: as `leave_one_out`.
+
+  Returns:
+    `ValuationResult` (terms None; `extras['stderr']` per contributor).
+
+  Raises:
+    ValueError: as `value_contributors`; `num_permutations < 1`.
+  """
+  config = default_config() if config is None else config
+  t0 = time.perf_counter()
+  pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
+                      features_fn=features_fn)
+  seconds = dict(pool.seconds)
+  t = time.perf_counter()
+  utility = Utility(pool, config=config, term_weights=term_weights)
+  values, stderr = shapley_from_utility(utility, len(pool.names),
+                                        num_permutations=num_permutations, key=key)
+  seconds['coalitions'] = time.perf_counter() - t
+  seconds['total'] = time.perf_counter() - t0
+  return ValuationResult(pool.names, jnp.asarray(values), ranking_of(values), None, seconds,
+                         None, {'stderr': stderr, 'num_coalitions': len(utility.cache)})
+
+
+__all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RESIDUALS',
+           'Contributor', 'default_config', 'PRESETS', 'preset_config',
+           'TermTable', 'FitReport', 'ValuationResult', 'Probes', 'ranking_of',
+           'validate_inputs', 'term_mask', 'Pool', 'prepare_pool', 'logits_at',
+           'cross_entropy', 'pool_examples', 'with_pool_kernel', 'bucket_size',
+           'gram_quad_form', 'coalition_key', 'coalition_terms', 'standardize_terms',
+           'WeightFit', 'fit_weights', 'value_contributors', 'Utility', 'leave_one_out',
+           'shapley_from_utility', 'shapley']

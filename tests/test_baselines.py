@@ -1,0 +1,270 @@
+"""Tests of dv_jax.baselines: DAVINZ, TracIn, TRAK, random and the registry.
+
+Each score is checked against a small float64 NumPy reference of its formula (DAVINZ's
+`sqrt(Y^T (G G^T + 1e-4 I)^-1 Y / n)` and kappa, TracIn's learning-rate-weighted sum of
+gradient dot products, TRAK's projected ridge formula), the per-example functions they
+differentiate against `jax.grad` one example at a time, the random baseline for being
+seeded, and every method for naming a bad contributor.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax import baselines
+from dv_jax import training
+from dv_jax.baselines import davinz
+from dv_jax.baselines import tracin
+from dv_jax.baselines import trak
+from dv_jax.data.contributors import Contributor
+from dv_jax.data.contributors import Split
+from dv_jax.models.common import bind_apply
+from dv_jax.models.common import init_model
+from dv_jax.models.mlp import MLP
+
+NUM_CLASSES = 3
+DIM = 5
+
+
+def _data(key, n):
+  kx, ky = jax.random.split(key)
+  return (np.asarray(jax.random.normal(kx, (n, DIM)), np.float32),
+          np.asarray(jax.random.randint(ky, (n,), 0, NUM_CLASSES), np.int32))
+
+
+@pytest.fixture(scope='module')
+def setup():
+  model = MLP(hidden_sizes=(4,), num_classes=NUM_CLASSES)
+  tx, ty = _data(jax.random.PRNGKey(7), 8)
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(1), tx))
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  xa, ya = _data(keys[0], 6)
+  xb, yb = _data(keys[1], 5)
+  xc, yc = _data(keys[2], 7)
+  contributors = [Contributor('a', xa[:4], ya[:4], xa[4:], ya[4:]),
+                  Contributor('b', xb, yb, None, None),
+                  Contributor('c', None, None, xc, yc)]
+  config = baselines.default_config()
+  for name in ('tracin', 'trak'):
+    config.baselines[name].train.steps = 6
+    config.baselines[name].train.batch_size = 4
+  config.baselines.tracin.num_checkpoints = 2
+  config.baselines.trak.num_models = 2
+  config.baselines.trak.projection_dim = 16
+  return dict(apply_fn=apply_fn, params=params, target=Split(tx, ty, np.zeros(8, bool)),
+              contributors=contributors, config=config)
+
+
+def _call(name, setup, contributors=None):
+  return baselines.BASELINES[name](setup['contributors'] if contributors is None
+                                   else contributors, setup['target'],
+                                   apply_fn=setup['apply_fn'], params=setup['params'],
+                                   config=setup['config'])
+
+
+# ----------------------------------------------------------------------------------------
+# Registry.
+
+
+def test_registry_is_explicit_and_raises_on_unknown_names():
+  assert set(baselines.BASELINES) == {'davinz', 'tracin', 'trak', 'random'}
+  with pytest.raises(KeyError, match='known'):
+    baselines.BASELINES['shapley_by_magic']  # pylint: disable=pointless-statement
+  with pytest.raises(ValueError, match='unknown baseline'):
+    baselines.get_baseline('influence')
+  assert baselines.get_baseline('trak') is trak.value
+
+
+@pytest.mark.parametrize('name', ['davinz', 'tracin', 'trak', 'random'])
+def test_each_baseline_returns_a_valuation(setup, name):
+  result = _call(name, setup)
+  assert result.names == ('a', 'b', 'c')
+  values = np.asarray(result.values)
+  assert values.shape == (3,) and np.all(np.isfinite(values))
+  np.testing.assert_array_equal(result.ranking, np.argsort(-values, kind='stable'))
+  assert result.seconds['total'] >= 0
+
+
+@pytest.mark.parametrize('name', ['davinz', 'tracin', 'trak', 'random'])
+def test_bad_contributor_is_named(setup, name):
+  x, y = _data(jax.random.PRNGKey(3), 3)
+  x = x.copy()
+  x[1, 2] = np.nan
+  bad = Contributor('broken_one', x, y, None, None)
+  with pytest.raises(ValueError, match='broken_one'):
+    _call(name, setup, setup['contributors'][:2] + [bad])
+
+
+# ----------------------------------------------------------------------------------------
+# DAVINZ.
+
+
+def _np_davinz_ntk(grads, residual, jitter, blocks):
+  grads = np.asarray(grads, np.float64)
+  residual = np.asarray(residual, np.float64)
+  total = 0.0
+  for rows in blocks:
+    g = grads[rows]
+    total += residual[rows] @ np.linalg.solve(g @ g.T + jitter * np.eye(len(rows)),
+                                              residual[rows])
+  return math.sqrt(total / grads.shape[0])
+
+
+def test_davinz_ntk_score_matches_numpy():
+  rng = np.random.default_rng(0)
+  grads = rng.normal(size=(11, 4))  # n > p: the NTK is singular, the jitter matters
+  residual = rng.normal(size=11)
+  key = jax.random.PRNGKey(5)
+  one = davinz.ntk_score(grads, residual, num_blocks=1, num_permutations=1, jitter=1e-4,
+                         key=key)
+  np.testing.assert_allclose(one, _np_davinz_ntk(grads, residual, 1e-4, [np.arange(11)]),
+                             rtol=2e-3)
+  # Three blocks of the permutation drawn from the first split key (official slicing).
+  three = davinz.ntk_score(grads, residual, num_blocks=3, num_permutations=1, jitter=1e-2,
+                           key=key)
+  order = np.asarray(jax.random.permutation(jax.random.split(key, 1)[0], 16))
+  order = order[order < 11]  # a permutation of the next power of two, filtered
+  blocks = [order[b * 11 // 3:(b + 1) * 11 // 3] for b in range(3)]
+  np.testing.assert_allclose(three, _np_davinz_ntk(grads, residual, 1e-2, blocks), rtol=1e-4)
+
+
+def test_davinz_value_is_kappa_ntk_plus_mmd(setup):
+  result = _call('davinz', setup)
+  mmd, ntk = result.extras['mmd'], result.extras['ntk']
+  kappa = mmd.mean() / ntk.mean()
+  np.testing.assert_allclose(result.extras['kappa'], kappa, rtol=1e-12)
+  np.testing.assert_allclose(result.values, -(kappa * ntk + mmd), rtol=1e-6)
+  # The MMD: one RBF kernel exp(-d^2 / (2 sigma^2)) on raw inputs, biased, sigma = 5.
+  c = setup['contributors'][0]
+  x = np.concatenate([c.x_real, c.x_synthetic]).astype(np.float64)
+  t = np.asarray(setup['target'].x, np.float64)
+
+  def k(a, b):
+    return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * 5.0 ** 2)).mean()
+
+  np.testing.assert_allclose(mmd[0], math.sqrt(k(x, x) + k(t, t) - 2 * k(x, t)), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------
+# TracIn.
+
+
+def test_tracin_scores_are_the_weighted_dot_product_sum():
+  rng = np.random.default_rng(1)
+  owner = np.array([0, 0, 1, 2, 1])
+  train = [rng.normal(size=(5, 3)) for _ in range(2)]
+  target = [rng.normal(size=(4, 3)) for _ in range(2)]
+  etas = [0.1, 0.05]
+  expected = np.zeros(3)
+  for g, gt, eta in zip(train, target, etas):
+    for z in range(5):
+      for zp in range(4):
+        expected[owner[z]] += eta * g[z] @ gt[zp]
+  got = tracin.tracin_scores([jnp.asarray(g, jnp.float32) for g in train],
+                             [jnp.asarray(g, jnp.float32) for g in target], etas, owner, 3)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_tracin_loss_fn_is_the_cross_entropy(setup):
+  apply_fn, params = setup['apply_fn'], setup['params']
+  x, y = setup['target'].x[:2], setup['target'].y[:2]
+  fn = tracin.loss_fn(apply_fn)
+  for x_i, y_i in zip(x, y):
+    expected = training.cross_entropy(apply_fn(params, x_i[None]), jnp.asarray([y_i]))[0]
+    np.testing.assert_allclose(fn(params, jnp.asarray(x_i), y_i), expected, rtol=1e-6)
+  assert fn == tracin.loss_fn(apply_fn) and hash(fn) == hash(tracin.loss_fn(apply_fn))
+
+
+def test_tracin_end_to_end_matches_a_loop_over_checkpoints(setup):
+  """Retrains with the same key and recomputes the score with jax.grad per example."""
+  result = _call('tracin', setup)
+  cfg = setup['config'].baselines.tracin
+  apply_fn, params = setup['apply_fn'], setup['params']
+  x = np.concatenate([np.concatenate([p for p in (c.x_real, c.x_synthetic) if p is not None])
+                      for c in setup['contributors']])
+  y = np.concatenate([np.concatenate([p for p in (c.y_real, c.y_synthetic) if p is not None])
+                      for c in setup['contributors']])
+  owner = np.repeat([0, 1, 2], [c.size for c in setup['contributors']])
+  key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 12))[0]
+  train_cfg = training.as_train_config(cfg.train)._replace(checkpoint_every=3)
+  trained = training.train(apply_fn, params, x, y, config=train_cfg, key=key,
+                           num_classes=NUM_CLASSES)
+
+  def loss(p, x_i, y_i):
+    return training.cross_entropy(apply_fn(p, x_i[None]), jnp.asarray([y_i]))[0]
+
+  def flat_grad(p, x_i, y_i):
+    return np.concatenate([np.asarray(l, np.float64).ravel() for l in
+                           jax.tree_util.tree_leaves(jax.grad(loss)(p, x_i, y_i))])
+
+  expected = np.zeros(3)
+  for j in range(2):
+    p_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], trained.checkpoints)
+    target_sum = sum(flat_grad(p_j, xt, yt) for xt, yt in zip(setup['target'].x,
+                                                                setup['target'].y))
+    for x_i, y_i, o in zip(x, y, owner):
+      expected[o] += float(trained.learning_rates[j]) * flat_grad(p_j, x_i, y_i) @ target_sum
+  np.testing.assert_allclose(result.values, expected, rtol=1e-3, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# TRAK.
+
+
+def test_trak_scores_match_the_projected_ridge_formula():
+  rng = np.random.default_rng(2)
+  phi = rng.normal(size=(9, 4))
+  phi_target = rng.normal(size=(3, 4))
+  q = rng.uniform(size=9)
+  owner = np.array([0, 1, 1, 2, 0, 2, 2, 1, 0])
+  ridge = 1e-2
+  gram = phi.T @ phi
+  lam = ridge * np.trace(gram) / 4
+  inv = np.linalg.inv(gram + lam * np.eye(4))
+  expected = np.zeros(3)
+  for z in range(9):
+    for zp in range(3):
+      expected[owner[z]] += phi_target[zp] @ inv @ phi[z] * q[z]
+  got = trak.trak_scores(jnp.asarray(phi, jnp.float32), jnp.asarray(phi_target, jnp.float32),
+                         q, owner, 3, ridge=ridge)
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_trak_margin_is_the_log_odds(setup):
+  apply_fn, params = setup['apply_fn'], setup['params']
+  x_i, y_i = setup['target'].x[0], int(setup['target'].y[0])
+  logits = np.asarray(apply_fn(params, x_i[None])[0], np.float64)
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  np.testing.assert_allclose(trak.margin_fn(apply_fn)(params, jnp.asarray(x_i), y_i),
+                             math.log(p[y_i] / (1 - p[y_i])), rtol=1e-5)
+  grad = jax.grad(trak.margin_fn(apply_fn))(params, jnp.asarray(x_i), y_i)
+  assert all(np.all(np.isfinite(l)) for l in jax.tree_util.tree_leaves(grad))
+
+
+def test_trak_averages_models(setup):
+  result = _call('trak', setup)
+  per_model = result.extras['per_model']
+  assert per_model.shape == (2, 3)
+  np.testing.assert_allclose(result.values, per_model.mean(axis=0), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# Random.
+
+
+def test_random_is_seeded_and_data_independent(setup):
+  first = _call('random', setup)
+  second = _call('random', setup)
+  np.testing.assert_array_equal(first.values, second.values)
+  reordered = _call('random', setup, setup['contributors'][::-1])
+  np.testing.assert_array_equal(first.values, reordered.values)  # values depend on seed only
+  setup['config'].seed = 1
+  try:
+    other = _call('random', setup)
+  finally:
+    setup['config'].seed = 0
+  assert not np.allclose(first.values, other.values)

@@ -1,0 +1,545 @@
+"""Tests of dv_jax.valuation and dv_jax.features.
+
+Tiny data (6 features, 3 classes, a handful of examples per contributor) so that every
+term can be recomputed independently in float64 NumPy: the cross-entropy, the MK-MMD from
+its definition, the NTK from `jax.jacrev` per example contracted by hand, the composition
+from its closed form. Coalition kernels are checked against a from-scratch computation,
+leave-one-out and Shapley against brute-force enumeration, the NNLS fit for being
+non-negative and out of sample, and every bad input for naming the contributor.
+"""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax import bound
+from dv_jax import features as features_lib
+from dv_jax import ntk as ntk_lib
+from dv_jax import valuation
+from dv_jax.data.contributors import Contributor
+from dv_jax.data.contributors import Split
+from dv_jax.models.cnn import SmallCNN
+from dv_jax.models.common import bind_apply
+from dv_jax.models.common import init_model
+from dv_jax.models.mlp import MLP
+
+NUM_CLASSES = 3
+DIM = 6
+
+
+def _data(key, n, shift=0.0):
+  kx, ky = jax.random.split(key)
+  x = np.asarray(jax.random.normal(kx, (n, DIM)), np.float32) + np.float32(shift)
+  y = np.asarray(jax.random.randint(ky, (n,), 0, NUM_CLASSES), np.int32)
+  return x, y
+
+
+def _contributors():
+  keys = jax.random.split(jax.random.PRNGKey(0), 8)
+  xr0, yr0 = _data(keys[0], 7)
+  xs0, ys0 = _data(keys[1], 5, shift=0.5)
+  xr1, yr1 = _data(keys[2], 9)
+  xs2, ys2 = _data(keys[3], 6, shift=-0.3)
+  return [
+      Contributor('mixed', xr0, yr0, xs0, ys0),
+      Contributor('real_only', xr1, yr1, None, None),
+      Contributor('synthetic_only', np.zeros((0, DIM), np.float32), np.zeros((0,), np.int32),
+                  xs2, ys2),
+  ]
+
+
+@pytest.fixture(scope='module')
+def setup():
+  model = MLP(hidden_sizes=(5,), num_classes=NUM_CLASSES)
+  tx, ty = _data(jax.random.PRNGKey(42), 10)
+  variables = init_model(model, jax.random.PRNGKey(1), tx)
+  apply_fn, params = bind_apply(model, variables)
+  target = Split(tx, ty, np.zeros(10, bool))
+  return dict(model=model, variables=variables, apply_fn=apply_fn, params=params,
+              target=target, contributors=_contributors())
+
+
+def _config(**overrides):
+  config = valuation.default_config()
+  for field, value in overrides.items():
+    section, name = field.split('__')
+    config[section][name] = value
+  return config
+
+
+# ----------------------------------------------------------------------------------------
+# Independent float64 references.
+
+
+def _np_logits(apply_fn, params, x):
+  return np.asarray(apply_fn(params, jnp.asarray(x)), np.float64)
+
+
+def _np_ce(logits, y):
+  z = logits - logits.max(axis=1, keepdims=True)
+  logz = np.log(np.exp(z).sum(axis=1)) + logits.max(axis=1)
+  return logz - logits[np.arange(len(y)), y]
+
+
+def _np_mmd(x, t, s_j, x_labels=None, t_labels=None):
+  """Biased MK-MMD from the definition, float64."""
+  x = np.asarray(x, np.float64)
+  t = np.asarray(t, np.float64)
+
+  def k(a, b, la, lb):
+    d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    kern = np.mean([np.exp(-d2 / (2 * s)) for s in s_j], axis=0)
+    if la is not None:
+      kern = kern * (la[:, None] == lb[None, :])
+    return kern.mean()
+
+  mmd2 = k(x, x, x_labels, x_labels) + k(t, t, t_labels, t_labels) - 2 * k(x, t, x_labels,
+                                                                          t_labels)
+  return math.sqrt(max(mmd2, 0.0))
+
+
+def _np_bandwidths(t, num_kernels=5):
+  t = np.asarray(t, np.float64)
+  d2 = ((t[:, None, :] - t[None, :, :]) ** 2).sum(-1)
+  s = np.median(d2[np.triu_indices(t.shape[0], 1)])
+  return s * 2.0 ** (np.arange(num_kernels) - num_kernels // 2)
+
+
+def _np_jacobian(apply_fn, params, x):
+  """`[n, c, p]` per-example Jacobians of the logits, by jacrev one example at a time."""
+  rows = []
+  for x_i in x:
+    jac = jax.jacrev(lambda p, x_i=x_i: apply_fn(p, jnp.asarray(x_i)[None])[0])(params)
+    leaves = jax.tree_util.tree_leaves(jac)
+    rows.append(np.concatenate([np.asarray(l, np.float64).reshape(NUM_CLASSES, -1)
+                                for l in leaves], axis=1))
+  return np.stack(rows)
+
+
+def _np_ntk_term(apply_fn, params, x, y, *, residual, eps=1e-4):
+  jac = _np_jacobian(apply_fn, params, x)
+  logits = _np_logits(apply_fn, params, x)
+  n = x.shape[0]
+  if residual == 'true_class':
+    g = jac[np.arange(n), y]
+    theta = g @ g.T
+    r = (1.0 - logits[np.arange(n), y])[:, None]
+  else:
+    theta = np.einsum('acp,bcp->ab', jac, jac) / NUM_CLASSES
+    r = np.eye(NUM_CLASSES)[y] - logits
+  lam = eps * np.trace(theta) / n
+  q = np.sum(r * np.linalg.solve(theta + lam * np.eye(n), r))
+  return math.sqrt(q / n)
+
+
+def _parts(c):
+  xs, ys = [], []
+  for x, y in ((c.x_real, c.y_real), (c.x_synthetic, c.y_synthetic)):
+    if x is not None and np.shape(x)[0]:
+      xs.append(np.asarray(x))
+      ys.append(np.asarray(y))
+  return np.concatenate(xs), np.concatenate(ys)
+
+
+# ----------------------------------------------------------------------------------------
+# End to end and the four terms.
+
+
+def test_value_contributors_end_to_end(setup):
+  result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                        apply_fn=setup['apply_fn'], params=setup['params'])
+  k = len(setup['contributors'])
+  assert result.names == ('mixed', 'real_only', 'synthetic_only')
+  assert result.values.shape == (k,) and np.all(np.isfinite(result.values))
+  assert result.terms.raw.shape == (k, 4) and result.terms.standardized.shape == (k, 4)
+  np.testing.assert_allclose(np.asarray(result.terms.standardized).mean(axis=0), 0, atol=1e-6)
+  np.testing.assert_allclose(result.values, -np.asarray(result.terms.standardized).sum(1),
+                             rtol=1e-6, atol=1e-9)
+  values = np.asarray(result.values)
+  assert list(np.asarray(result.ranking)) == list(np.argsort(-values, kind='stable'))
+  for stage in ('forward', 'features', 'ntk_gradients', 'terms', 'total'):
+    assert result.seconds[stage] >= 0
+  assert result.fit is None
+
+
+@pytest.mark.parametrize('residual', ['true_class', 'one_hot'])
+@pytest.mark.parametrize('label_aware', [False, True])
+def test_terms_match_numpy_float64(setup, residual, label_aware):
+  """All four terms of the 'mixed' contributor against independent float64 references."""
+  config = _config(ntk__residual=residual, mmd__label_aware=label_aware)
+  result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                        apply_fn=setup['apply_fn'], params=setup['params'],
+                                        config=config)
+  c = setup['contributors'][0]
+  apply_fn, params = setup['apply_fn'], setup['params']
+  n1, n2 = c.num_real, c.num_synthetic
+  n, pi = n1 + n2, n1 / (n1 + n2)
+  loss_real = _np_ce(_np_logits(apply_fn, params, c.x_real), np.asarray(c.y_real))
+  loss_syn = _np_ce(_np_logits(apply_fn, params, c.x_synthetic), np.asarray(c.y_synthetic))
+  empirical = pi * loss_real.mean() + (1 - pi) * loss_syn.mean()
+  # Raw features standardised with T's mean / std; bandwidths from T's median heuristic.
+  tx = np.asarray(setup['target'].x, np.float64)
+  mean, std = tx.mean(0), tx.std(0)
+  t_std = (tx - mean) / std
+  s_j = _np_bandwidths(t_std)
+  ty = np.asarray(setup['target'].y)
+  labels = label_aware
+  mmd_real = _np_mmd((np.asarray(c.x_real) - mean) / std, t_std, s_j,
+                     np.asarray(c.y_real) if labels else None, ty if labels else None)
+  mmd_syn = _np_mmd((np.asarray(c.x_synthetic) - mean) / std, t_std, s_j,
+                    np.asarray(c.y_synthetic) if labels else None, ty if labels else None)
+  discrepancy = pi * mmd_real + (1 - pi) * mmd_syn
+  x, y = _parts(c)
+  ntk_value = _np_ntk_term(apply_fn, params, x, y, residual=residual)
+  composition = math.sqrt(max(pi, 1 - pi)) / n
+  np.testing.assert_allclose(np.asarray(result.terms.raw)[0],
+                             [empirical, discrepancy, ntk_value, composition], rtol=2e-4)
+
+
+def test_mixture_discrepancy_is_the_mmd_of_the_union(setup):
+  """mmd.discrepancy='mixture': MMD(T, S1 ∪ S2), never above Eq. 8's weighted parts."""
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  parts = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs)
+  mixture = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                         config=_config(mmd__discrepancy='mixture'))
+  tx = np.asarray(setup['target'].x, np.float64)
+  mean, std = tx.mean(0), tx.std(0)
+  t_std = (tx - mean) / std
+  x, _ = _parts(setup['contributors'][0])
+  expected = _np_mmd((x - mean) / std, t_std, _np_bandwidths(t_std))
+  np.testing.assert_allclose(np.asarray(mixture.terms.raw)[0, 1], expected, rtol=2e-4)
+  # Triangle inequality of the (biased) mean embeddings; equal for single-part contributors.
+  d_mix = np.asarray(mixture.terms.raw)[:, 1]
+  d_parts = np.asarray(parts.terms.raw)[:, 1]
+  assert d_mix[0] < d_parts[0]
+  np.testing.assert_allclose(d_mix[1:], d_parts[1:], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(mixture.terms.raw)[:, [0, 2, 3]],
+                             np.asarray(parts.terms.raw)[:, [0, 2, 3]], rtol=1e-6)
+
+
+def test_empty_part_weighs_zero(setup):
+  result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                        apply_fn=setup['apply_fn'], params=setup['params'])
+  c = setup['contributors'][1]  # real only: pi = 1
+  loss = _np_ce(_np_logits(setup['apply_fn'], setup['params'], c.x_real), np.asarray(c.y_real))
+  raw = np.asarray(result.terms.raw)
+  np.testing.assert_allclose(raw[1, 0], loss.mean(), rtol=1e-5)
+  np.testing.assert_allclose(raw[1, 3], 1.0 / c.size, rtol=1e-6)
+  assert np.all(np.isfinite(raw))
+
+
+def test_paper_normalization_is_per_example_over_sqrt_n(setup):
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  per_example = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs)
+  paper = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                       config=_config(ntk__normalization='paper'))
+  sizes = np.array([c.size for c in setup['contributors']])
+  np.testing.assert_allclose(np.asarray(paper.terms.raw)[:, 2],
+                             np.asarray(per_example.terms.raw)[:, 2] / np.sqrt(sizes),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(ntk__method='block_diagonal', ntk__block_size=4, ntk__num_permutations=2),
+    dict(ntk__method='subsample', ntk__num_sub=5, ntk__residual='one_hot'),
+    dict(ntk__projection_dim=16, ntk__param_filter='Dense_1'),
+    dict(mmd__feature_space='init_features', mmd__estimator='unbiased'),
+])
+def test_variants_run_and_are_finite(setup, overrides):
+  result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                        apply_fn=setup['apply_fn'], params=setup['params'],
+                                        config=_config(**overrides))
+  assert np.all(np.isfinite(np.asarray(result.terms.raw)))
+  assert np.all(np.isfinite(np.asarray(result.values)))
+
+
+def test_subsample_keeps_full_sizes(setup):
+  config = _config(valuation__subsample=10)
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                apply_fn=setup['apply_fn'], params=setup['params'],
+                                config=config)
+  assert pool.owner.size < sum(c.size for c in setup['contributors'])
+  # Every non-empty part keeps at least min_subsample examples; n and pi are the full ones.
+  for i, c in enumerate(setup['contributors']):
+    rows = pool.owner == i
+    assert (pool.is_synthetic[rows] == False).sum() >= min(c.num_real, 2)  # noqa: E712
+    assert pool.is_synthetic[rows].sum() >= min(c.num_synthetic, 2)
+    terms, _ = valuation.coalition_terms(pool, (i,), config=config)
+    np.testing.assert_allclose(terms[3], math.sqrt(max(c.pi, 1 - c.pi)) / c.size)
+
+
+def test_user_feature_space(setup):
+  config = _config(mmd__feature_space='user', mmd__standardize=False)
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config)
+  result = valuation.value_contributors(
+      setup['contributors'], setup['target'], **kwargs,
+      features_fn=lambda x: jnp.asarray(x).reshape(np.shape(x)[0], -1)[:, :2])
+  c = setup['contributors'][1]
+  t = np.asarray(setup['target'].x)[:, :2]
+  expected = _np_mmd(np.asarray(c.x_real)[:, :2], t, _np_bandwidths(t))
+  np.testing.assert_allclose(np.asarray(result.terms.raw)[1, 1], expected, rtol=2e-4)
+  with pytest.raises(ValueError, match='features_fn'):
+    valuation.value_contributors(setup['contributors'], setup['target'], **kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# Coalitions: sub-matrices, leave-one-out, Shapley.
+
+
+@pytest.mark.parametrize('residual', ['true_class', 'one_hot'])
+def test_coalition_ntk_is_the_submatrix(setup, residual):
+  config = _config(ntk__residual=residual)
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                apply_fn=setup['apply_fn'], params=setup['params'],
+                                config=config)
+  members = (0, 2)
+  from_factor, _ = valuation.coalition_terms(pool, members, config=config)
+  from_kernel, _ = valuation.coalition_terms(valuation.with_pool_kernel(pool), members,
+                                             config=config)
+  # From scratch: gradients and residuals of the coalition's examples only.
+  parts = [_parts(setup['contributors'][i]) for i in members]
+  x = np.concatenate([p[0] for p in parts])
+  y = np.concatenate([p[1] for p in parts])
+  apply_fn, params = setup['apply_fn'], setup['params']
+  logits = apply_fn(params, jnp.asarray(x))
+  scalar = ntk_lib.true_class_logit(apply_fn)
+  if residual == 'true_class':
+    grads = ntk_lib.per_example_grads(scalar, params, x, y)
+    res = 1.0 - logits[np.arange(len(y)), y]
+  else:
+    grads = jnp.concatenate([ntk_lib.per_example_grads(scalar, params, x, np.full_like(y, j))
+                             for j in range(NUM_CLASSES)], axis=1) / np.sqrt(NUM_CLASSES)
+    res = jax.nn.one_hot(y, NUM_CLASSES) - logits
+  scratch = bound.ntk_term(grads, res, method='full').value
+  np.testing.assert_allclose(from_factor[2], scratch, rtol=1e-5)
+  np.testing.assert_allclose(from_kernel, from_factor, rtol=1e-5)
+  np.testing.assert_allclose(from_factor[2],
+                             _np_ntk_term(apply_fn, params, x, y, residual=residual),
+                             rtol=2e-4)
+
+
+def test_one_hot_pool_kernel_is_the_trace_averaged_ntk(setup):
+  config = _config(ntk__residual='one_hot')
+  pool = valuation.with_pool_kernel(valuation.prepare_pool(
+      setup['contributors'], setup['target'], apply_fn=setup['apply_fn'],
+      params=setup['params'], config=config))
+  x = np.concatenate([_parts(c)[0] for c in setup['contributors']])
+  ntk_fn = ntk_lib.empirical_ntk_fn(setup['apply_fn'], trace_axes=(-1,))
+  np.testing.assert_allclose(pool.kernel, ntk_fn(x, None, setup['params']), rtol=1e-4,
+                             atol=1e-6)
+
+
+def _brute_force_utility(setup, config, scales_from):
+  """v(S) from a FRESH pool of S's contributors only, scaled by the full pool's singletons."""
+  contributors = setup['contributors']
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config)
+  full = valuation.prepare_pool(contributors, setup['target'], **kwargs)
+  singles = np.stack([valuation.coalition_terms(full, (i,), config=config)[0]
+                      for i in range(len(contributors))])
+  scale = singles.std(axis=0)
+  del scales_from
+
+  def utility(members):
+    if not members:
+      return 0.0
+    sub = valuation.prepare_pool([contributors[i] for i in members], setup['target'], **kwargs)
+    terms, _ = valuation.coalition_terms(sub, tuple(range(len(members))), config=config)
+    return float(-np.sum(terms / scale))
+  return utility
+
+
+def test_leave_one_out_matches_brute_force(setup):
+  config = _config()
+  result = valuation.leave_one_out(setup['contributors'], setup['target'],
+                                   apply_fn=setup['apply_fn'], params=setup['params'],
+                                   config=config)
+  utility = _brute_force_utility(setup, config, None)
+  k = len(setup['contributors'])
+  everyone = tuple(range(k))
+  expected = [utility(everyone) - utility(tuple(j for j in everyone if j != i))
+              for i in range(k)]
+  np.testing.assert_allclose(result.values, expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(result.extras['grand_value'], utility(everyone), rtol=1e-4)
+
+
+def test_shapley_exact_by_enumeration_and_monte_carlo_converges(setup):
+  config = _config()
+  utility = _brute_force_utility(setup, config, None)
+  k = len(setup['contributors'])
+  cache = {}
+
+  def cached(members):
+    key = tuple(sorted(members))
+    if key not in cache:
+      cache[key] = utility(key)
+    return cache[key]
+
+  exact = np.zeros(k)
+  perms = list(itertools.permutations(range(k)))
+  for perm in perms:
+    for pos, i in enumerate(perm):
+      exact[i] += cached(perm[:pos + 1]) - cached(perm[:pos])
+  exact /= len(perms)
+  # Efficiency: the values add up to v(D) - v(empty).
+  np.testing.assert_allclose(exact.sum(), cached(tuple(range(k))), rtol=1e-6)
+  mc = valuation.shapley(setup['contributors'], setup['target'], apply_fn=setup['apply_fn'],
+                         params=setup['params'], config=config, num_permutations=400,
+                         key=jax.random.PRNGKey(3))
+  values = np.asarray(mc.values)
+  stderr = mc.extras['stderr']
+  assert np.all(np.abs(values - exact) <= 4 * stderr + 1e-4), (values, exact, stderr)
+  np.testing.assert_allclose(values.sum(), exact.sum(), rtol=1e-4)
+  # The estimator itself on a known utility: with every permutation it is exact.
+  additive = np.array([1.0, -2.0, 0.5])
+  est, _ = valuation.shapley_from_utility(lambda m: float(additive[list(m)].sum()), 3,
+                                          num_permutations=5, key=jax.random.PRNGKey(0))
+  np.testing.assert_allclose(est, additive, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# Fitted weights.
+
+
+def test_fit_weights_nonnegative_and_recovers_a_known_fit():
+  rng = np.random.default_rng(0)
+  terms = rng.normal(size=(20, 4))
+  z = (terms - terms.mean(0)) / terms.std(0)
+  losses = 3.0 + 2.0 * z[:, 0] + 0.5 * z[:, 2] - 1.0 * z[:, 3]  # negative weight on term 3
+  fit = valuation.fit_weights(terms, losses)
+  assert np.all(fit.weights >= 0)
+  assert fit.weights[3] == 0.0
+  # Brute force over active sets: the best feasible least-squares fit on any subset of
+  # the terms (an NNLS solution is one of them).
+  target = losses - losses.mean()
+  best, best_w = np.inf, None
+  for r in range(5):
+    for subset in itertools.combinations(range(4), r):
+      w = np.zeros(4)
+      if subset:
+        w[list(subset)] = np.linalg.lstsq(z[:, subset], target, rcond=None)[0]
+      if np.all(w >= -1e-12) and np.sum((z @ w - target) ** 2) < best:
+        best, best_w = np.sum((z @ w - target) ** 2), w
+  np.testing.assert_allclose(fit.weights, best_w, atol=1e-8)
+  np.testing.assert_allclose(fit.intercept, losses.mean())
+  np.testing.assert_allclose(fit.predict(terms[:2]), fit.intercept + z[:2] @ fit.weights)
+  with pytest.raises(ValueError, match='>= 2 probes'):
+    valuation.fit_weights(terms[:1], losses[:1])
+
+
+def test_fit_mode_is_leave_one_contributor_out(setup):
+  config = _config(valuation__weights='fit')
+  coalitions = ((0,), (1,), (2,), (0, 1), (1, 2), (0, 2))
+  losses = np.array([1.0, 0.8, 1.5, 0.7, 0.9, 1.1])
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config)
+  result = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                        probes=valuation.Probes(coalitions, losses))
+  used = np.asarray(result.fit.used_probes)
+  for i in range(3):
+    for p, c in enumerate(coalitions):
+      assert used[i, p] == (i not in c)
+  assert np.all(np.asarray(result.fit.weights) >= 0)
+  # Changing the losses of every probe that contains contributor 0 leaves its value alone.
+  changed = losses.copy()
+  changed[[0, 3, 5]] = [9.0, -4.0, 2.5]
+  again = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                       probes=valuation.Probes(coalitions, changed))
+  np.testing.assert_allclose(again.values[0], result.values[0], rtol=1e-9)
+  assert not np.allclose(again.values[1:], result.values[1:])
+  with pytest.raises(ValueError, match='needs probes'):
+    valuation.value_contributors(setup['contributors'], setup['target'], **kwargs)
+
+
+def test_fit_on_log_loss(setup):
+  coalitions = ((0,), (1,), (2,), (0, 1), (1, 2), (0, 2))
+  losses = np.array([1.0, 0.8, 1.5, 0.7, 0.9, 1.1])
+  config = _config(valuation__weights='fit', valuation__fit_target='log_loss')
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  result = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                        config=config,
+                                        probes=valuation.Probes(coalitions, losses))
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'], **kwargs,
+                                config=config)
+  terms = {c: valuation.coalition_terms(pool, c, config=config)[0] for c in coalitions}
+  for i in range(3):
+    keep = [p for p, c in enumerate(coalitions) if i not in c]
+    fit = valuation.fit_weights(np.stack([terms[coalitions[p]] for p in keep]),
+                                np.log(losses[keep]))
+    np.testing.assert_allclose(result.values[i], -fit.predict(terms[(i,)][None])[0],
+                               rtol=1e-5)
+  with pytest.raises(ValueError, match='> 0'):
+    valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                 config=config,
+                                 probes=valuation.Probes(coalitions, losses - 1.0))
+
+
+# ----------------------------------------------------------------------------------------
+# Features.
+
+
+@pytest.mark.parametrize('model', [MLP(hidden_sizes=(7, 5), num_classes=4),
+                                   SmallCNN(channels=(2, 3), num_classes=4)])
+def test_init_features_are_the_readout_input(model):
+  x = jax.random.normal(jax.random.PRNGKey(0), (9, 8, 8, 1))
+  variables = init_model(model, jax.random.PRNGKey(1), x)
+  apply_fn, params = bind_apply(model, variables)
+  feats = features_lib.init_features(apply_fn, params, x, block_size=4)
+  _, expected = model.apply(variables, x, return_features=True)
+  np.testing.assert_allclose(feats, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_init_features_needs_a_dense_layer():
+  with pytest.raises(ValueError, match='Dense'):
+    features_lib.init_features(lambda p, x: x * p, jnp.ones(()), jnp.ones((3, 2)))
+
+
+def test_standardizer_keeps_constant_features_unscaled():
+  t = np.array([[1.0, 5.0], [3.0, 5.0]])
+  st = features_lib.fit_standardizer(t)
+  np.testing.assert_allclose(st.scale, [1.0, 1.0])
+  np.testing.assert_allclose(features_lib.standardize_like(t, st), [[-1, 0], [1, 0]])
+
+
+# ----------------------------------------------------------------------------------------
+# Bad input.
+
+
+def _bad(setup, contributor):
+  valuation.value_contributors(setup['contributors'][:1] + [contributor], setup['target'],
+                               apply_fn=setup['apply_fn'], params=setup['params'])
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda x, y: Contributor('nan_guy', np.where(np.arange(DIM) == 2, np.nan, x), y, None,
+                              None), 'NaN'),
+    (lambda x, y: Contributor('wide_guy', np.concatenate([x, x], 1), y, None, None),
+     'feature shape'),
+    (lambda x, y: Contributor('label_guy', x, y + NUM_CLASSES, None, None), 'labels'),
+    (lambda x, y: Contributor('empty_guy', None, None, None, None), 'no examples'),
+])
+def test_bad_input_names_the_contributor(setup, make, message):
+  x, y = _data(jax.random.PRNGKey(9), 4)
+  bad = make(x, y)
+  with pytest.raises(ValueError, match=message) as info:
+    _bad(setup, bad)
+  assert bad.name in str(info.value)
+
+
+def test_bad_config_and_duplicate_names(setup):
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  with pytest.raises(ValueError, match='residual'):
+    valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                 config=_config(ntk__residual='softmax'))
+  with pytest.raises(ValueError, match='terms'):
+    valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
+                                 config=_config(bound__terms=('loss',)))
+  twins = [setup['contributors'][0], setup['contributors'][0]]
+  with pytest.raises(ValueError, match='unique'):
+    valuation.value_contributors(twins, setup['target'], **kwargs)
+
+
+def test_ranking_of_breaks_ties_by_index():
+  np.testing.assert_array_equal(valuation.ranking_of([1.0, 3.0, 1.0, 2.0]), [1, 3, 0, 2])

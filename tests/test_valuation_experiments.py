@@ -1,0 +1,177 @@
+"""Tests of experiments/valuation_table.py, ablation.py, subsample_stability.py and configs.
+
+The smoke variants run end to end in a temporary workdir and write their tables and
+figures; a rerun recomputes nothing (every unit comes from the store: the functions that
+would compute one are replaced by ones that fail). Unit tests cover the variant parser,
+the probe coalitions and the union contributor.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dv_jax import ground_truth
+from dv_jax import results
+from dv_jax import valuation
+
+_ROOT = Path(__file__).resolve().parents[1]
+# The experiment scripts import their shared helpers as `valuation_table`.
+sys.path.insert(0, str(_ROOT / 'experiments'))
+import ablation  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import subsample_stability  # noqa: E402  pylint: disable=g-import-not-at-top
+import valuation_table  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _load_config(name: str):
+  spec = importlib.util.spec_from_file_location(f'{name}_config',
+                                                _ROOT / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+CONFIGS = {name: _load_config(name)
+           for name in ('valuation_table', 'ablation', 'subsample_stability')}
+
+
+@pytest.mark.parametrize('name, variant', [(name, variant) for name in sorted(CONFIGS)
+                                           for variant in CONFIGS[name].VARIANTS])
+def test_configs_build(name, variant):
+  config = CONFIGS[name].get_config(variant)
+  for section in ('seed', 'data', 'model', 'ntk', 'mmd', 'bound', 'valuation', 'output'):
+    assert section in config
+  assert config.data.num_contributors >= (2 if variant == 'smoke' else 12)
+  for spec in config.valuation.variants:
+    _, overrides = valuation_table.parse_variant(spec)
+    valuation_table.method_config(config, overrides)  # every override names a real field
+  with pytest.raises(ValueError, match='unknown variant'):
+    CONFIGS[name].get_config('imagenet')
+
+
+def test_digits_table_has_the_required_rows():
+  config = CONFIGS['valuation_table'].get_config('digits')
+  names = [valuation_table.parse_variant(v)[0] for v in config.valuation.variants]
+  assert names[0] == 'ours-paper-defaults'
+  assert valuation_table.parse_variant(config.valuation.variants[0])[1] == {}
+  assert any('fit' in n for n in names)
+  assert set(config.baselines.methods) == {'davinz', 'tracin', 'trak', 'random'}
+  assert tuple(config.model.backbones) == ('mlp', 'cnn')
+
+
+def test_draws_shift_the_seeds_and_summaries_average_them():
+  config = CONFIGS['valuation_table'].get_config('digits_draws')
+  assert config.data.num_draws == 5
+  second = valuation_table.draw_config(config, 2)
+  assert (second.data.split_seed, second.data.contributor_seed, second.model.init_seed) == (
+      config.data.split_seed + 2, config.data.contributor_seed + 2, config.model.init_seed + 2)
+  rows = [{'draw': d, 'backbone': 'mlp', 'method': m, 'kind': 'ours', 'setting': '',
+           'spearman': s, 'kendall': s / 2, 'seconds': 1.0 + d, 'cost_fraction': 0.1,
+           'retrain_seconds': 10.0}
+          for d, (m, s) in enumerate([('a', 0.2), ('a', 0.6), ('b', 0.1)])]
+  summary = valuation_table.summarize(rows)
+  assert [(s['method'], s['draws']) for s in summary] == [('a', 2), ('b', 1)]
+  np.testing.assert_allclose([summary[0]['spearman_mean'], summary[0]['spearman_std'],
+                              summary[0]['seconds_mean']], [0.4, 0.2, 1.5])
+
+
+def test_table_rows_match_the_library_presets():
+  module = CONFIGS['valuation_table']
+  for spec, preset in ((module.OURS_DEFAULT, 'paper'),
+                       (module.OURS_RECOMMENDED, 'recommended'),
+                       (module.OURS_PROPOSED, 'proposed')):
+    _, overrides = valuation_table.parse_variant(spec)
+    assert overrides == valuation.PRESETS[preset]
+  config = valuation.preset_config('proposed')
+  assert config.mmd.discrepancy == 'mixture' and config.ntk.residual == 'one_hot'
+  with pytest.raises(ValueError, match='unknown preset'):
+    valuation.preset_config('magic')
+
+
+def test_parse_variant_and_method_config():
+  name, overrides = valuation_table.parse_variant(
+      "v|ntk.residual=one_hot;bound.terms=('ntk','composition');mmd.label_aware=True")
+  assert name == 'v'
+  assert overrides == {'ntk.residual': 'one_hot', 'bound.terms': ('ntk', 'composition'),
+                       'mmd.label_aware': True}
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  method = valuation_table.method_config(config, overrides)
+  assert method.ntk.residual == 'one_hot' and config.ntk.residual == 'true_class'
+  assert tuple(method.bound.terms) == ('ntk', 'composition')
+  with pytest.raises(ValueError, match='names no field'):
+    valuation_table.method_config(config, {'ntk.colour': 1})
+  with pytest.raises(ValueError, match='section.field=value'):
+    valuation_table.parse_variant('v|residual')
+
+
+def test_probe_coalitions_and_unions():
+  config = CONFIGS['valuation_table'].get_config('digits')
+  coalitions = valuation_table.probe_coalitions(config, 12)
+  assert coalitions[:12] == tuple((i,) for i in range(12))
+  unions = coalitions[12:]
+  assert len(unions) == config.valuation.fit_num_unions == len(set(unions))
+  assert all(len(u) == 2 and u[0] < u[1] for u in unions)
+  a = valuation.Contributor('a', np.ones((2, 3), np.float32), np.array([0, 1]), None, None)
+  b = valuation.Contributor('b', None, None, np.zeros((3, 3), np.float32),
+                            np.array([2, 2, 1]))
+  union = valuation_table.union_contributor([a, b], (0, 1))
+  assert (union.num_real, union.num_synthetic) == (2, 3)
+  np.testing.assert_array_equal(union.y_synthetic, [2, 2, 1])
+
+
+def _forbid(monkeypatch, *targets):
+  def fail(*args, **kwargs):
+    raise AssertionError('a finished unit was recomputed')
+  for module, attribute in targets:
+    monkeypatch.setattr(module, attribute, fail)
+
+
+@pytest.mark.slow
+def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  out = valuation_table.run(config, tmp_path)
+  for name in ('results.csv', 'results.json', 'table.md', 'figure.png', 'figure.pdf'):
+    assert (tmp_path / name).is_file()
+  rows = results.read_csv(tmp_path / 'results.csv')
+  methods = [r['method'] for r in rows]
+  assert methods == ['ours-paper-defaults', 'ours-proposed', 'ours-fit-weights-proposed',
+                     'davinz', 'tracin', 'trak', 'random']
+  for row in out['rows']:
+    assert -1 <= row['spearman'] <= 1 and row['seconds'] >= 0
+  assert 'ours-fit-weights-proposed' in (tmp_path / 'table.md').read_text()
+  _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
+  monkeypatch.setattr(valuation_table.baselines, 'BASELINES', {})
+  again = valuation_table.run(config, tmp_path)
+  assert [r['spearman'] for r in again['rows']] == [r['spearman'] for r in out['rows']]
+
+
+@pytest.mark.slow
+def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch):
+  config = CONFIGS['ablation'].get_config('smoke')
+  out = ablation.run(config, tmp_path)
+  assert (tmp_path / 'table.md').is_file() and (tmp_path / 'figure.png').is_file()
+  store = results.UnitStore(tmp_path / 'units')
+  unit = store.load('mlp/ours-paper-defaults')
+  # 'all four' is the score value_contributors returned.
+  np.testing.assert_allclose(-np.sum(unit['terms_standardized'], axis=1), unit['values'],
+                             rtol=1e-6)
+  assert len(out['rows']) == len(config.valuation.variants) * 9
+  _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
+  again = ablation.run(config, tmp_path)
+  assert again['rows'] == out['rows']
+
+
+@pytest.mark.slow
+def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
+  config = CONFIGS['subsample_stability'].get_config('smoke')
+  out = subsample_stability.run(config, tmp_path)
+  assert (tmp_path / 'table.md').is_file() and (tmp_path / 'figure.pdf').is_file()
+  taus = [r['kendall'] for r in out['rows']]
+  assert all(-1 <= t <= 1 for t in taus)
+  assert len(out['rows']) == (len(config.valuation.variants) * len(config.valuation.budgets)
+                              * config.valuation.num_repeats)
+  _forbid(monkeypatch, (valuation, 'value_contributors'))
+  again = subsample_stability.run(config, tmp_path)
+  assert again['rows'] == out['rows']
