@@ -19,9 +19,15 @@ $(VENV_NT)/.installed: setup.py requirements-nt.txt
 	$(VENV_NT)/bin/pip install -r requirements-nt.txt -e '.[test,plot,data]'
 	touch $@
 
+# The CPU versions of the paper's headline figure and tables (about 6 minutes on 2 cores).
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/python experiments/lemma1_theory.py --config=configs/lemma1_theory.py --workdir=$(WORKDIR)/lemma1_theory
-	@echo "Outputs are under $(WORKDIR)/"
+	$(VENV)/bin/python experiments/three_phase_scaling.py --config=configs/three_phase_scaling.py:facts --workdir=$(WORKDIR)/three_phase_facts
+	$(VENV)/bin/python experiments/valuation_table.py --config=configs/valuation_table.py:digits --workdir=$(WORKDIR)/valuation_digits
+	$(VENV)/bin/python experiments/ablation.py --config=configs/ablation.py:digits --workdir=$(WORKDIR)/ablation_digits
+	@echo
+	@echo "Outputs (config.json, results.csv/json, table.md, figures as PNG and PDF):"
+	@for d in lemma1_theory three_phase_facts valuation_digits ablation_digits; do echo "  $(WORKDIR)/$$d/"; done
 
 test: test-main test-nt
 
