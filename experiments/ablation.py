@@ -24,12 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
@@ -40,12 +37,6 @@ from dv_jax import plotting  # noqa: E402
 from dv_jax import results  # noqa: E402
 from dv_jax import valuation  # noqa: E402
 
-# Guarded: the sibling scripts import this module's helpers, and flags are process-wide.
-if 'config' not in flags.FLAGS:
-  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-if 'workdir' not in flags.FLAGS:
-  flags.DEFINE_string('workdir', None, 'Output directory.')
-FLAGS = flags.FLAGS
 
 SHORT = {'empirical_loss': 'E', 'discrepancy': 'D', 'ntk': 'N', 'composition': 'C'}
 
@@ -128,18 +119,6 @@ def plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
   plotting.save_figure(fig, path)
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError('Too many command-line arguments.')
-  config, workdir = FLAGS.config, FLAGS.workdir
-  if workdir is None:
-    raise app.UsageError('--workdir is required')
-  results.save_config(config, workdir)
-  results.setup_logging(workdir)
-  start = time.perf_counter()
-  run(config, workdir)
-  logging.info('ablation finished in %.1f s', time.perf_counter() - start)
-
-
 if __name__ == '__main__':
-  app.run(main)
+  import launch  # experiments/launch.py, beside this script
+  launch.main(run, name='ablation')

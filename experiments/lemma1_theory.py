@@ -23,11 +23,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
@@ -364,22 +361,6 @@ def run(config, workdir) -> Dict[str, Any]:
   return output
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError('Too many command-line arguments.')
-  config = flags.FLAGS.config
-  workdir = flags.FLAGS.workdir
-  results.save_config(config, workdir)
-  results.setup_logging(workdir)
-  logging.info('config:\n%s', config)
-  run(config, workdir)
-
-
 if __name__ == '__main__':
-  # Flags are defined only when run as a script: tests import `run` from several
-  # experiment modules into one process, and absl refuses a flag ('config') defined twice.
-  config_flags.DEFINE_config_file('config', None, 'Path to the config file.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory for results, figures and the log.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  import launch  # experiments/launch.py, beside this script
+  launch.main(run, name='lemma1_theory')

@@ -43,19 +43,15 @@ import functools
 import hashlib
 import json
 import math
-import sys
 import time
 import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from absl import app
-from absl import flags
 from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
@@ -918,79 +914,6 @@ def run(config, workdir) -> Dict[str, Any]:
   return output
 
 
-def valid_config_keys(config, prefix: str = '') -> List[str]:
-  """Every dotted field path of a ConfigDict (tuples and lists are leaves)."""
-  keys = []
-  for name, value in config.items():
-    path = f'{prefix}{name}'
-    if hasattr(value, 'items') and callable(value.items):
-      keys += valid_config_keys(value, prefix=f'{path}.')
-    else:
-      keys.append(path)
-  return keys
-
-
-def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None:
-  """Fails on a `--config.a.b=...` override that names no field, listing the valid ones.
-
-  `lock_config=True` already rejects such a flag, but only with the bare unknown name; this
-  check runs before flag parsing and says which keys exist.
-
-  Raises:
-    app.UsageError: an override names no field of the config.
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  config_arg, overrides = None, []
-  for arg in argv[1:]:
-    if arg.startswith(f'--{flag}='):
-      config_arg = arg.split('=', 1)[1]
-    elif arg.startswith((f'--{flag}.', f'--no{flag}.')):
-      overrides.append(arg.split('.', 1)[1].split('=', 1)[0])
-  if config_arg is None or not overrides:
-    return
-  path, _, variant = config_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('_checked_config', path)
-  if spec is None or spec.loader is None:
-    return  # config_flags reports an unreadable config file itself
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  valid = valid_config_keys(module.get_config(variant or None))
-  for key in overrides:
-    if key in valid:
-      continue
-    # List the fields of the deepest section that exists (the top level if none does).
-    parts = key.split('.')
-    for depth in range(len(parts) - 1, -1, -1):
-      section = '.'.join(parts[:depth])
-      prefix = f'{section}.' if section else ''
-      fields = sorted({k[len(prefix):].split('.')[0] for k in valid if k.startswith(prefix)})
-      if fields:
-        break
-    where = f'{flag}.{section}' if section else flag
-    raise app.UsageError(f'--{flag}.{key}: no such config field. Valid keys of {where}: '
-                         + ', '.join(fields))
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError('Too many command-line arguments.')
-  config = flags.FLAGS.config
-  workdir = flags.FLAGS.workdir
-  results.save_config(config, workdir)
-  results.setup_logging(workdir)
-  logging.info('config:\n%s', config)
-  run(config, workdir)
-
-
 if __name__ == '__main__':
-  # Flags are defined only when run as a script: tests import `run` from several
-  # experiment modules into one process, and absl refuses a flag ('config') defined twice.
-  config_flags.DEFINE_config_file('config', None, 'Path to the config file.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory for results, figures and the log.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  try:
-    check_config_overrides(sys.argv)
-  except app.UsageError as error:
-    sys.exit(f'FATAL Flags parsing error: {error}')
-  app.run(main)
+  import launch  # experiments/launch.py, beside this script
+  launch.main(run, name='three_phase_scaling')

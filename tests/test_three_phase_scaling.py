@@ -78,17 +78,6 @@ def test_locked_config_rejects_a_typo():
   assert config.data.k == 5
 
 
-def test_override_typo_lists_the_valid_keys():
-  argv = ['prog', f'--config={CONFIG_PATH}:smoke', '--config.data.k=5', '--config.data.kk=3']
-  with pytest.raises(Exception, match=r'config\.data\.kk: no such config field\. Valid keys '
-                     r'of config\.data: beta, directory, k, name, normalize, num_answers'):
-    tps.check_config_overrides(argv)
-  with pytest.raises(Exception, match=r'Valid keys of config: data, fit, model, output'):
-    tps.check_config_overrides(['prog', f'--config={CONFIG_PATH}', '--config.dat.k=3'])
-  tps.check_config_overrides(argv[:3])  # valid overrides pass
-  tps.check_config_overrides(['prog', f'--config={CONFIG_PATH}', '--noconfig.output.progress'])
-
-
 # ---------------------------------------------------------------------------------------
 # Helpers.
 

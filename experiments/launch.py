@@ -1,0 +1,102 @@
+"""The command line every experiment script shares.
+
+  python experiments/<name>.py --config=configs/<name>.py:<variant> --workdir=DIR \
+      [--config.section.field=value ...]
+
+`main(run, name=...)` defines the two flags (`--config`, locked, and `--workdir`), checks the
+overrides before absl parses them, and runs `main`: write `config.json`, add the log file,
+call the script's importable `run(config, workdir)`. Flags are defined only when a script
+runs as `__main__`: tests import `run` from several scripts into one process, and absl
+refuses a flag defined twice.
+"""
+
+import importlib.util
+import time
+from typing import Any, Callable, List, Sequence
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dv_jax import results
+
+
+def valid_config_keys(config, prefix: str = '') -> List[str]:
+  """Every dotted field path of a ConfigDict (tuples and lists are leaves)."""
+  keys = []
+  for name, value in config.items():
+    path = f'{prefix}{name}'
+    if hasattr(value, 'items') and callable(value.items):
+      keys += valid_config_keys(value, prefix=f'{path}.')
+    else:
+      keys.append(path)
+  return keys
+
+
+def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None:
+  """Fails on a `--config.a.b=...` override that names no field, listing the valid ones.
+
+  `lock_config=True` already rejects such a flag, but only with the bare unknown name; this
+  check runs before flag parsing and says which keys exist.
+
+  Raises:
+    app.UsageError: an override names no field of the config.
+  """
+  config_arg, overrides = None, []
+  for arg in argv[1:]:
+    if arg.startswith(f'--{flag}='):
+      config_arg = arg.split('=', 1)[1]
+    elif arg.startswith((f'--{flag}.', f'--no{flag}.')):
+      overrides.append(arg.split('.', 1)[1].split('=', 1)[0])
+  if config_arg is None or not overrides:
+    return
+  path, _, variant = config_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('_checked_config', path)
+  if spec is None or spec.loader is None:
+    return  # config_flags reports an unreadable config file itself
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  # As config_flags does: get_config(arg) with a ':arg' suffix, get_config() without.
+  config = module.get_config(variant) if variant else module.get_config()
+  valid = valid_config_keys(config)
+  for key in overrides:
+    if key in valid:
+      continue
+    # List the fields of the deepest section that exists (the top level if none does).
+    parts = key.split('.')
+    for depth in range(len(parts) - 1, -1, -1):
+      section = '.'.join(parts[:depth])
+      prefix = f'{section}.' if section else ''
+      fields = sorted({k[len(prefix):].split('.')[0] for k in valid if k.startswith(prefix)})
+      if fields:
+        break
+    where = f'{flag}.{section}' if section else flag
+    raise app.UsageError(f'--{flag}.{key}: no such config field. Valid keys of {where}: '
+                         + ', '.join(fields))
+
+
+def main(run: Callable[[Any, str], Any], *, name: str) -> None:
+  """Runs an experiment script: flags, override check, config.json, log, `run`."""
+  config_flags.DEFINE_config_file('config', None, 'Path to the config file[:variant].',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for results, figures and the log.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  try:
+    check_config_overrides(sys.argv)
+  except app.UsageError as error:
+    sys.exit(f'FATAL Flags parsing error: {error}')
+
+  def _main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError('Too many command-line arguments.')
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    results.save_config(config, workdir)
+    results.setup_logging(workdir)
+    logging.info('config:\n%s', config)
+    start = time.perf_counter()
+    run(config, workdir)
+    logging.info('%s finished in %.1f s', name, time.perf_counter() - start)
+
+  app.run(_main)

@@ -1,0 +1,55 @@
+"""The shared command line of the experiment scripts (experiments/launch.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT / 'experiments'))
+import launch  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+TPS_CONFIG = _ROOT / 'configs' / 'three_phase_scaling.py'
+CONFIGS = sorted(p.name for p in (_ROOT / 'configs').glob('*.py'))
+
+
+def test_override_typo_lists_the_valid_keys():
+  argv = ['prog', f'--config={TPS_CONFIG}:smoke', '--config.data.k=5', '--config.data.kk=3']
+  with pytest.raises(Exception, match=r'config\.data\.kk: no such config field\. Valid keys '
+                     r'of config\.data: beta, directory, k, name, normalize, num_answers'):
+    launch.check_config_overrides(argv)
+  with pytest.raises(Exception, match=r'Valid keys of config: data, fit, model, output'):
+    launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}', '--config.dat.k=3'])
+  launch.check_config_overrides(argv[:3])  # valid overrides pass
+  launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}', '--noconfig.output.progress'])
+
+
+@pytest.mark.parametrize('config_name', CONFIGS)
+def test_every_config_builds_and_rejects_an_unknown_key(config_name):
+  path = _ROOT / 'configs' / config_name
+  first_key = launch.valid_config_keys(_load_config(path))[0]
+  section = first_key.rsplit('.', 1)[0] if '.' in first_key else ''
+  typo = f'{section}.no_such_field' if section else 'no_such_field'
+  with pytest.raises(Exception, match='no such config field'):
+    launch.check_config_overrides(['prog', f'--config={path}', f'--config.{typo}=1'])
+
+
+def test_script_exits_on_a_typo_with_the_valid_keys(tmp_path):
+  """End to end: the real script, a misspelt override, a non-zero exit naming the keys."""
+  proc = subprocess.run(
+      [sys.executable, str(_ROOT / 'experiments' / 'lemma1_theory.py'),
+       f'--config={_ROOT / "configs" / "lemma1_theory.py"}:smoke',
+       '--config.scaling.no_such_field=3', f'--workdir={tmp_path}'],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert 'no such config field' in proc.stderr and 'Valid keys of config.scaling' in proc.stderr
+  assert not (tmp_path / 'config.json').exists()
+
+
+def _load_config(path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('_config_under_test', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
