@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import scaling
 from dv_jax.data.contributors import Split, host_rng
 
 TRUNCATION_KINDS = ('none', 'hard', 'top_p', 'temperature', 'finite_sample')
@@ -149,32 +150,25 @@ def truncate_class_probs(probs: Any, truncation: Any, *, key: Any = None,
   """
   p = _check_probs(probs, 'probs')
   kind, value = as_truncation(truncation)
-  # Stable descending order: the head first, ties by class index.
-  ranked = np.argsort(-p, kind='stable')
   if kind == 'none':
-    q = p.copy()
-  elif kind == 'hard':
-    k = int(value)
-    if k > p.shape[0]:
-      raise ValueError(f"truncation 'hard' keeps k={k} classes but there are {p.shape[0]}")
-    q = np.zeros_like(p)
-    q[ranked[:k]] = p[ranked[:k]]
-  elif kind == 'top_p':
-    cum = np.cumsum(p[ranked])
-    # Smallest head whose mass reaches top_p; the tolerance absorbs rounding at top_p = 1.
-    k = int(np.searchsorted(cum, value - 1e-12) + 1)
-    k = min(k, p.shape[0])
-    q = np.zeros_like(p)
-    q[ranked[:k]] = p[ranked[:k]]
-  elif kind == 'temperature':
-    q = np.where(p > 0, p, 0.0) ** (1.0 / value)
-  else:  # finite_sample
+    return p.copy()
+  if kind == 'finite_sample':
     if rng is None:
       if key is None:
         raise ValueError("truncation 'finite_sample' needs key")
       rng = host_rng(key)
     draws = rng.choice(p.shape[0], size=int(value), p=p)
     q = np.bincount(draws, minlength=p.shape[0]).astype(np.float64)
+    return q / q.sum()
+  if kind == 'hard' and int(value) > p.shape[0]:
+    raise ValueError(f"truncation 'hard' keeps k={int(value)} classes but there are {p.shape[0]}")
+  # The truncations themselves are Lemma 1's (dv_jax.scaling), which expects a rank-ordered
+  # p: sort descending (ties by class index), truncate, and put the classes back in place.
+  ranked = np.argsort(-p, kind='stable')
+  argument = {'hard': {'k': int(value)}, 'top_p': {'top_p': value},
+              'temperature': {'temperature': value}}[kind]
+  q = np.empty_like(p)
+  q[ranked] = scaling.synthetic_distribution(p[ranked], mode=kind, **argument)
   return q / q.sum()
 
 
