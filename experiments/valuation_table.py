@@ -1,4 +1,4 @@
-r"""The valuation table (paper Table 1 analog) on the digits real-synthetic benchmark.
+r"""The valuation table (paper Table 1 analog) on the digits benchmark and the four tasks.
 
 For each backbone (MLP, small CNN): the ground truth retrains theta0 on each contributor
 (R seeds, loss on the TEST split); every method values the contributors against the
@@ -13,6 +13,13 @@ seeded random ranking.
 
   python experiments/valuation_table.py --config=configs/valuation_table.py:digits \
       --workdir=workdirs/valuation_table
+
+The same table runs on the paper's four tasks (`config.task`, built by `dv_jax.tasks`):
+image classification (`mnist5k` on CPU, `cifar100` + ResNet-18 at scale), sentiment
+(`tweets`), reasoning (`arithmetic`, `arithmetic_lm` on CPU; `reasoning_llm` with a Qwen /
+Llama checkpoint at scale) and instruction following (`instruction`, checkpoint at scale);
+configs/valuation_table.py lists the variants, commands and measured results. Slow
+intermediate results of a task (the synthetic tweets) are cached as `cache/...` units.
 
 Outputs in --workdir: config.json, log.txt, units/ (one JSON per finished unit: the ground
 truth per (draw, backbone), the probe ground truth, each (draw, backbone, method); a rerun
@@ -30,16 +37,13 @@ fraction of it. Runtime: `digits` 81 s wall on 2 CPU cores, `digits_draws` ~5 mi
 """
 
 import ast
-import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
+import matplotlib.ticker
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
@@ -48,6 +52,7 @@ from dv_jax import ground_truth
 from dv_jax import metrics
 from dv_jax import plotting
 from dv_jax import results
+from dv_jax import tasks
 from dv_jax import valuation
 from dv_jax.data import contributors as contributors_lib
 from dv_jax.data import digits
@@ -57,13 +62,6 @@ from dv_jax.models.common import bind_apply
 from dv_jax.models.common import init_model
 from dv_jax.models.mlp import MLP
 
-# Guarded: the sibling scripts import this module's helpers, and flags are process-wide.
-if 'config' not in flags.FLAGS:
-  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-if 'workdir' not in flags.FLAGS:
-  flags.DEFINE_string('workdir', None, 'Output directory.')
-FLAGS = flags.FLAGS
-
 METHOD_SECTIONS = ('ntk', 'mmd', 'bound', 'valuation')
 
 
@@ -72,16 +70,42 @@ METHOD_SECTIONS = ('ntk', 'mmd', 'bound', 'valuation')
 
 
 class Benchmark(NamedTuple):
-  """The digits benchmark of one config.
+  """The benchmark of one config (digits, or a task of `dv_jax.tasks`).
 
   Attributes:
-    splits: `digits.DigitsSplits` (pool / target / test).
+    splits: pool / target / test (`digits.DigitsSplits`, or `TaskSplits` for a task).
     contributors: the K contributors.
     backbones: `{name: (apply_fn, theta0)}`.
+    features_fn: `{backbone: phi}` for `mmd.feature_space='user'` (LM tasks: the mean-pooled
+      last hidden state at theta0); empty for digits.
+    info: a JSON-able description of the task (empty for digits).
   """
   splits: Any
   contributors: List[contributors_lib.Contributor]
   backbones: Dict[str, Tuple[Any, Any]]
+  features_fn: Dict[str, Any] = {}
+  info: Dict[str, Any] = {}
+
+
+class TaskSplits(NamedTuple):
+  """The splits of a `dv_jax.tasks.ValuationTask`, shaped like the digits' splits."""
+  pool: Any
+  target: Any
+  test: Any
+
+
+def unit_cache(store: Optional[results.UnitStore]) -> tasks.Cache:
+  """A `dv_jax.tasks.Cache` that keeps values as units of `store` (None: no caching)."""
+  if store is None:
+    return tasks.no_cache
+
+  def cache(name, compute):
+    unit = f'cache/{name}'
+    if unit not in store:
+      store.save(unit, compute())
+    return store.load(unit)
+
+  return cache
 
 
 def make_model(name: str, config: ml_collections.ConfigDict):
@@ -95,8 +119,19 @@ def make_model(name: str, config: ml_collections.ConfigDict):
   raise ValueError(f'unknown backbone {name!r}; known: mlp, cnn')
 
 
-def build_benchmark(config: ml_collections.ConfigDict) -> Benchmark:
-  """Splits, generator (fitted on the real pool only), contributors and theta0 per backbone."""
+def build_benchmark(config: ml_collections.ConfigDict,
+                    store: Optional[results.UnitStore] = None) -> Benchmark:
+  """Splits, generator (fitted on the real pool only), contributors and theta0 per backbone.
+
+  `config.task` (absent: 'digits') names the task; anything but digits is built by
+  `dv_jax.tasks.build_task`, with slow intermediate results (the synthetic tweets) cached
+  in `store` when it is given.
+  """
+  task_name = config.get('task', 'digits')
+  if task_name != 'digits':
+    task = tasks.build_task(task_name, config, cache=unit_cache(store))
+    return Benchmark(TaskSplits(task.pool, task.target, task.test), task.contributors,
+                     task.backbones, dict(task.features_fn), dict(task.info))
   d = config.data
   splits = digits.load_digits_splits(seed=int(d.split_seed), pool_fraction=float(d.pool_fraction),
                                      target_size=int(d.target_size),
@@ -250,7 +285,8 @@ def draw_config(config: ml_collections.ConfigDict, draw: int) -> ml_collections.
   out = ml_collections.ConfigDict(config.to_dict())
   out.data.split_seed = int(config.data.split_seed) + draw
   out.data.contributor_seed = int(config.data.contributor_seed) + draw
-  out.model.init_seed = int(config.model.init_seed) + draw
+  if 'init_seed' in config.model:  # an LLM's theta0 is its checkpoint: nothing to reseed
+    out.model.init_seed = int(config.model.init_seed) + draw
   return out
 
 
@@ -258,7 +294,7 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
              ) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
   """All (backbone, method) rows of one benchmark draw; units are prefixed `draw<d>/`."""
   config = draw_config(config, draw)
-  bench = build_benchmark(config)
+  bench = build_benchmark(config, store)
   contributors = bench.contributors
   test = (bench.splits.test.x, bench.splits.test.y)  # ground truth only
   target = bench.splits.target                         # what every method sees
@@ -294,7 +330,8 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
         if kind == 'ours':
           result = valuation.value_contributors(
               contributors, target, apply_fn=apply_fn, params=params,
-              config=method_config(config, overrides), probes=probes)
+              config=method_config(config, overrides), probes=probes,
+              features_fn=bench.features_fn.get(backbone))
         else:
           result = baselines.get_baseline(name)(contributors, target, apply_fn=apply_fn,
                                                 params=params, config=config)
@@ -314,7 +351,8 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
                               / row['retrain_seconds'])
       rows.append(row)
   info = {'ground_truth': truth_units, 'contributors': [c.name for c in contributors],
-          'probe_coalitions': [list(c) for c in coalitions] if needs_probes else []}
+          'probe_coalitions': [list(c) for c in coalitions] if needs_probes else [],
+          'task': bench.info}
   return rows, info
 
 
@@ -433,24 +471,14 @@ def plot(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
     ax.barh(ypos, [s['seconds_mean'] for s in sub], color=colors)
     ax.axvline(sub[0]['retrain_seconds_mean'], color='tab:red', lw=1.0, label='retraining')
     ax.set_xscale('log')
+    # A narrow log range gets crowded minor-tick labels otherwise.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_yticks(ypos, [''] * len(sub))
     ax.set_xlabel('wall time [s]')
     ax.legend(fontsize=7)
   plotting.save_figure(fig, path)
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError('Too many command-line arguments.')
-  config, workdir = FLAGS.config, FLAGS.workdir
-  if workdir is None:
-    raise app.UsageError('--workdir is required')
-  results.save_config(config, workdir)
-  results.setup_logging(workdir)
-  start = time.perf_counter()
-  run(config, workdir)
-  logging.info('valuation_table finished in %.1f s', time.perf_counter() - start)
-
-
 if __name__ == '__main__':
-  app.run(main)
+  import launch  # experiments/launch.py, beside this script
+  launch.main(run, name='valuation_table')

@@ -1,0 +1,378 @@
+"""Tests of dv_jax/tasks.py: the LM-as-classifier objective against closed forms and the
+independent `dv_jax.models.lm.response_nll`, the shared contributor helpers, and every task
+builder on tiny sizes (paper-scale builders on the on-disk fixtures of task_fixtures.py).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import task_fixtures
+from dv_jax import ntk
+from dv_jax import tasks
+from dv_jax import training
+from dv_jax.data import tokenize
+from dv_jax.models import lm as lm_lib
+from dv_jax.models.transformer import TransformerLM
+
+DESIGN = dict(num_contributors=4, size_range=(10, 20), pis=(0.0, 0.5, 1.0),
+              truncations=('none', 'hard:3', 'top_p:0.6', 'temperature:0.5'),
+              label_noises=(0.0, 0.2), contributor_seed=0)
+
+
+def _config(data, model):
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict(data)
+  config.model = ml_collections.ConfigDict(model)
+  return config
+
+
+def _row_set(x):
+  x = np.asarray(x)
+  return {r.tobytes() for r in x.reshape(x.shape[0], -1)}
+
+
+# ----------------------------------------------------------------------------------------
+# The LM objective.
+
+
+def test_registry_and_unknown_names():
+  assert set(tasks.TASKS) == {'mnist5k', 'cifar100', 'tweets', 'arithmetic', 'instruction',
+                              'reasoning'}
+  with pytest.raises(ValueError, match="unknown task 'imagenet'; known: .*mnist5k"):
+    tasks.build_task('imagenet', _config({}, {}))
+  with pytest.raises(KeyError, match='known'):
+    tasks.TASKS['imagenet']  # pylint: disable=pointless-statement
+
+
+def test_pack_unpack_round_trip():
+  tokens = np.array([[2, 7, 4, 9, 3, 0], [2, 5, 4, 8, 8, 3]])
+  mask = np.array([[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]])
+  x = tasks.pack_lm(tokens, mask, np.array([5, 6]))
+  assert x.shape == (2, 3, 6) and x.dtype == np.float32
+  t, m, a = tasks.unpack_lm(x)
+  np.testing.assert_array_equal(t, tokens)
+  np.testing.assert_array_equal(m, mask)
+  np.testing.assert_array_equal(a, [[1, 1, 1, 1, 1, 0], [1] * 6])
+  assert tasks.pack_lm(np.zeros((0, 4), int), np.zeros((0, 4)), np.zeros(0, int)).shape == (
+      0, 3, 4)
+
+
+@pytest.mark.parametrize('tokens, mask, lengths, message', [
+    (np.zeros((2, 1), int), np.zeros((2, 1)), [1, 1], r'\[n, t\]'),
+    (np.zeros((1, 3)), np.array([[0, 1, 1]]), [3], 'integer'),
+    (np.array([[0, 1, 1 << 24]]), np.array([[0, 1, 1]]), [3], '2\\^24'),
+    (np.array([[0, 1, 2]]), np.array([[0, 2, 1]]), [3], '0/1'),
+    (np.array([[0, 1, 2]]), np.array([[1, 0, 0]]), [3], 'no response token'),
+    (np.array([[0, 1, 2]]), np.array([[0, 1, 0]]), [4], 'lengths'),
+])
+def test_pack_errors(tokens, mask, lengths, message):
+  with pytest.raises(ValueError, match=message):
+    tasks.pack_lm(tokens, mask, np.asarray(lengths))
+
+
+def test_lm_logits_closed_forms():
+  g = np.array([-25.0, -3.0, -0.7, -1e-3, -2e-6])
+  z = np.asarray(tasks.lm_logits(jnp.asarray(g, jnp.float32)), np.float64)
+  # Cross-entropy at label 0 (the shared training loss) is exactly -g.
+  ce = np.asarray(training.cross_entropy(jnp.asarray(z, jnp.float32), jnp.zeros(5, jnp.int32)))
+  np.testing.assert_allclose(ce, -g, rtol=2e-4, atol=1e-6)
+  p = np.exp(g)
+  np.testing.assert_allclose(np.exp(z[:, 0]) / np.exp(z).sum(1), p, rtol=1e-4)
+  # TRAK's margin z_0 - logsumexp(z_others) is the log-odds of p = e^g.
+  np.testing.assert_allclose(z[:, 0] - z[:, 1], np.log(p / (1 - p)), rtol=1e-4, atol=1e-4)
+  # Clamped at g >= -1e-6: finite, and the loss stays below 2e-6.
+  z0 = np.asarray(tasks.lm_logits(jnp.zeros(1)))
+  assert np.all(np.isfinite(z0))
+  assert float(training.cross_entropy(jnp.asarray(z0), jnp.zeros(1, jnp.int32))[0]) < 2e-6
+  grad = jax.grad(lambda v: training.cross_entropy(tasks.lm_logits(v), jnp.zeros(3, jnp.int32))
+                  .sum())(jnp.array([-4.0, -0.5, -1e-3]))
+  np.testing.assert_allclose(grad, -1.0, rtol=1e-3)
+
+
+def test_mean_response_logprob_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5, 7))
+  tokens = rng.integers(0, 7, size=(3, 5))
+  mask = np.array([[0, 0, 1, 1, 1], [1, 0, 0, 0, 1], [0, 0, 0, 0, 0]], np.float64)
+  got = tasks.mean_response_logprob(jnp.asarray(logits, jnp.float32), jnp.asarray(tokens),
+                                    jnp.asarray(mask, jnp.float32))
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  want = []
+  for b in range(3):
+    terms = [logp[b, j - 1, tokens[b, j]] for j in range(1, 5) if mask[b, j]]
+    want.append(np.mean(terms) if terms else 0.0)  # the mask on token 0 is ignored
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _tiny_lm_batch():
+  tok = tokenize.VocabTokenizer.fit(['a b c d e f'], level='word')
+  batch = tokenize.encode_pairs(tok, ['a b c', 'd', 'e f a b'], ['d e', 'f a b c', 'c'],
+                                max_len=10)
+  model = TransformerLM(vocab_size=tok.vocab_size, num_layers=1, num_heads=2, d_model=8,
+                        d_ff=16, max_len=10, pad_id=tok.pad_id)
+  lm_apply, params = tasks.init_backbone(model, jax.random.PRNGKey(0), batch.tokens)
+  return model, lm_apply, params, batch
+
+
+def test_lm_classifier_is_the_response_nll_and_its_logit_is_g():
+  model, lm_apply, params, batch = _tiny_lm_batch()
+  x = tasks.pack_lm(batch.tokens, batch.response_mask, batch.lengths)
+  apply_fn = tasks.lm_classifier(lm_apply)
+  assert apply_fn == tasks.lm_classifier(lm_apply) and hash(apply_fn) == hash(
+      tasks.lm_classifier(lm_apply))
+  z = apply_fn(params, x)
+  nll = lm_lib.response_nll(lm_apply, params, batch.tokens, batch.response_mask)
+  np.testing.assert_allclose(training.cross_entropy(z, jnp.zeros(3, jnp.int32)), nll,
+                             rtol=1e-5)
+  # The true-class logit is METHOD.md's LM scalar g: the NTK gradients are those of
+  # response_logprob_fn.
+  ours = ntk.per_example_grads(ntk.true_class_logit(apply_fn), params, x, np.zeros(3, np.int32))
+  ref = ntk.per_example_grads(lm_lib.response_logprob_fn(lm_apply), params, batch.tokens,
+                              batch.response_mask)
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
+  feats = tasks.lm_features_fn(model, params, block_size=2)(x)
+  ref = model.apply({'params': params}, batch.tokens,
+                    np.arange(10)[None, :] < batch.lengths[:, None], method=model.features)
+  np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_token_inputs_accept_float_ids():
+  model, lm_apply, params, batch = _tiny_lm_batch()
+  del model
+  wrapped = tasks.TokenInputs(lm_apply)
+  np.testing.assert_allclose(wrapped(params, batch.tokens.astype(np.float32)),
+                             lm_apply(params, batch.tokens), rtol=1e-6)
+  assert wrapped == tasks.TokenInputs(lm_apply) and wrapped != tasks.TokenInputs(len)
+
+
+# ----------------------------------------------------------------------------------------
+# Contributor helpers.
+
+
+def test_real_part_indices_are_disjoint_and_sized():
+  specs = tasks.contributor_specs(ml_collections.ConfigDict(DESIGN), key=jax.random.PRNGKey(3))
+  rows = tasks.real_part_indices(specs, 60, key=jax.random.PRNGKey(1))
+  assert [r.size for r in rows] == [s.num_real for s in specs]
+  flat = np.concatenate(rows)
+  assert np.unique(flat).size == flat.size and flat.max() < 60
+  syn = tasks.real_part_indices(specs, 60, key=jax.random.PRNGKey(1), part='synthetic')
+  assert [r.size for r in syn] == [s.num_synthetic for s in specs]
+  with pytest.raises(ValueError, match='pool holds 5 examples'):
+    tasks.real_part_indices(specs, 5, key=jax.random.PRNGKey(1))
+
+
+def test_swap_responses():
+  responses = [f'r{i}' for i in range(10)]
+  out = tasks.swap_responses(responses, 0.4, key=jax.random.PRNGKey(0))
+  assert sorted(out) == sorted(responses)
+  assert sum(a != b for a, b in zip(out, responses)) == 4
+  assert tasks.swap_responses(responses, 0.0, key=jax.random.PRNGKey(0)) == responses
+  with pytest.raises(ValueError, match='fraction'):
+    tasks.swap_responses(responses, 1.5, key=jax.random.PRNGKey(0))
+
+
+def test_tweet_truncation_acts_on_sampler_or_labels():
+  p = np.array([0.5, 0.3, 0.2])
+  kw = dict(base_temperature=1.0, base_top_p=0.9, key=jax.random.PRNGKey(0))
+  probs, t, top = tasks.tweet_truncation('temperature:0.5', p, **kw)
+  assert (t, top) == (0.5, 0.9) and np.allclose(probs, p)
+  probs, t, top = tasks.tweet_truncation('top_p:0.6', p, **kw)
+  assert (t, top) == (1.0, 0.6) and np.allclose(probs, p)
+  probs, t, top = tasks.tweet_truncation('hard:2', p, **kw)
+  assert (t, top) == (1.0, 0.9)
+  np.testing.assert_allclose(probs, [0.625, 0.375, 0.0])
+  probs, _, _ = tasks.tweet_truncation('none', p, **kw)
+  np.testing.assert_allclose(probs, p)
+
+
+def test_config_digest_is_stable_and_sensitive():
+  a = tasks.config_digest(ml_collections.ConfigDict({'x': 1, 'y': (2, 3)}), {'z': 'w'})
+  assert a == tasks.config_digest({'y': [2, 3], 'x': 1}, {'z': 'w'})
+  assert a != tasks.config_digest({'x': 2, 'y': (2, 3)}, {'z': 'w'})
+
+
+# ----------------------------------------------------------------------------------------
+# Builders (CPU tasks).
+
+
+def _check_task(task, *, num_contributors=4):
+  assert len(task.contributors) == num_contributors
+  names = [c.name for c in task.contributors]
+  assert len(set(names)) == len(names)
+  for spec, c in zip(task.info['contributors'], task.contributors):
+    assert (c.num_real, c.num_synthetic) == (spec['num_real'], spec['num_synthetic'])
+    assert c.size == spec['size']
+  assert not np.any(task.target.is_synthetic) and not np.any(task.test.is_synthetic)
+  for apply_fn, params in task.backbones.values():
+    logits = apply_fn(params, np.asarray(task.target.x[:3], np.float32))
+    assert logits.shape == (3, task.num_classes)
+    assert np.all(np.isfinite(logits))
+
+
+def test_mnist5k_builder():
+  task = tasks.build_task('mnist5k', _config(
+      dict(split_seed=0, target_size=50, test_size=60, pool_fraction=0.1,
+           generator_components=8, synthetic_beta=1.0, **DESIGN),
+      dict(backbones=('mlp',), mlp_hidden_sizes=(8,), cnn_channels=(2, 4), init_seed=0)))
+  _check_task(task)
+  assert task.target.x.shape[1:] == (28, 28, 1) and task.objective == 'classification'
+  pool = _row_set(task.pool.x)
+  for c in task.contributors:
+    if c.num_real:
+      assert _row_set(c.x_real) <= pool  # real parts come from the pool
+    if c.num_synthetic:
+      assert not _row_set(c.x_synthetic) & pool
+  assert not _row_set(task.target.x) & pool and not _row_set(task.test.x) & pool
+
+
+ARITH_DATA = dict(num_values=12, beta=1.5, operation='add', modulus=0, pool_size=200,
+                  target_size=30, test_size=40, split_seed=0, num_contributors=4,
+                  size_range=(20, 40), pis=(0.0, 0.5), truncations=('hard:3',),
+                  label_noises=(0.0, 0.25), contributor_seed=0)
+ARITH_MODEL = dict(num_layers=1, num_heads=2, d_model=16, d_ff=32, mlp_hidden_sizes=(8,),
+                   init_seed=0, feature_block_size=8)
+
+
+def test_arithmetic_one_hot_head_truncation_and_label_noise():
+  task = tasks.build_task('arithmetic', _config(
+      dict(objective='classification', representation='one_hot', **ARITH_DATA),
+      dict(backbones=('mlp',), **ARITH_MODEL)))
+  _check_task(task)
+  assert task.num_classes == 23
+  for spec, c in zip(task.info['contributors'], task.contributors):
+    wrong = 0
+    for x, y, is_synthetic in ((c.x_real, c.y_real, False),
+                               (c.x_synthetic, c.y_synthetic, True)):
+      x = np.asarray(x)
+      if not x.shape[0]:
+        continue
+      a, b = x[:, :12].argmax(1), x[:, 12:].argmax(1)
+      wrong += int(np.sum(a + b != np.asarray(y)))
+      if is_synthetic:
+        assert a.max() < 3 and b.max() < 3  # hard:3 keeps the head operands only
+    expected = (round(spec['label_noise'] * c.num_real)
+                + round(spec['label_noise'] * c.num_synthetic))
+    assert wrong == expected
+
+
+def test_arithmetic_tokens_and_lm_objectives():
+  cls = tasks.build_task('arithmetic', _config(
+      dict(objective='classification', representation='tokens', **ARITH_DATA),
+      dict(backbones=('transformer',), **ARITH_MODEL)))
+  _check_task(cls)
+  assert cls.target.x.dtype == np.int32 and cls.target.x.shape == (30, 8)
+  lm = tasks.build_task('arithmetic', _config(
+      dict(objective='lm', representation='tokens', **ARITH_DATA),
+      dict(backbones=('transformer',), **ARITH_MODEL)))
+  _check_task(lm)
+  assert lm.objective == 'lm' and lm.num_classes == 2 and lm.target.x.shape == (30, 3, 11)
+  assert np.all(np.asarray(lm.target.y) == 0)
+  feats = lm.features_fn['transformer'](lm.target.x)
+  assert feats.shape == (30, 16)
+  # The questions agree across the two views of the same seed.
+  prompt = cls.target.x != 0  # <bos> question <sep>, then padding where the LM has answers
+  np.testing.assert_array_equal(cls.target.x[prompt],
+                                np.asarray(lm.target.x[:, 0, :8])[prompt])
+  with pytest.raises(ValueError, match='objective'):
+    tasks.build_task('arithmetic', _config(dict(objective='regression', representation='x',
+                                                **ARITH_DATA), dict(backbones=('mlp',))))
+  with pytest.raises(ValueError, match="known: \\('transformer',\\)"):
+    tasks.build_task('arithmetic', _config(
+        dict(objective='lm', representation='tokens', **ARITH_DATA),
+        dict(backbones=('mlp',), **ARITH_MODEL)))
+
+
+# ----------------------------------------------------------------------------------------
+# Builders (paper scale, on fixtures).
+
+
+@pytest.fixture(scope='module')
+def fixtures(tmp_path_factory):
+  root = tmp_path_factory.mktemp('task_fixtures')
+  return dict(
+      cifar=task_fixtures.write_fake_cifar100(root / 'cifar'),
+      generated=task_fixtures.write_generated_npz(root / 'generated.npz'),
+      checkpoint=task_fixtures.write_tiny_checkpoint(root / 'ckpt'),
+      alpaca=task_fixtures.write_alpaca_jsonl(root / 'alpaca.jsonl'),
+      gsm8k=task_fixtures.write_gsm8k_jsonl(root / 'gsm8k.jsonl'))
+
+
+def _cifar_config(fixtures, source=''):
+  return _config(dict(directory=str(fixtures['cifar']), normalize=True, split_seed=0,
+                      target_size=100, test_size=100, pool_size=300, synthetic_source=source,
+                      generator_components=8, generator_fit_size=200, synthetic_beta=1.0,
+                      **DESIGN),
+                 dict(backbones=('cnn',), resnet_width=2, cnn_channels=(2, 4),
+                      mlp_hidden_sizes=(8,), init_seed=0))
+
+
+def test_cifar100_builder_pca_and_generated_images(fixtures):
+  task = tasks.build_task('cifar100', _cifar_config(fixtures))
+  _check_task(task)
+  assert task.pool.x.shape == (300, 32, 32, 3) and task.test.x.shape == (100, 32, 32, 3)
+  assert task.info['synthetic'] == 'pca_gaussian'
+  generated = tasks.build_task('cifar100', _cifar_config(fixtures, str(fixtures['generated'])))
+  _check_task(generated)
+  for spec, c in zip(generated.info['contributors'], generated.contributors):
+    if c.num_synthetic and spec['label_noise'] == 0:
+      assert set(np.asarray(c.y_synthetic).tolist()) <= {0, 1, 2, 3, 5}
+  config = _cifar_config(fixtures)
+  config.data.directory = ''
+  with pytest.raises(ValueError, match='nothing is downloaded'):
+    tasks.build_task('cifar100', config)
+  config = _cifar_config(fixtures)
+  config.model.backbones = ('vit',)
+  with pytest.raises(ValueError, match='known'):
+    tasks.build_task('cifar100', config)
+
+
+def _text_config(fixtures, name):
+  path = fixtures['alpaca'] if name == 'instruction' else fixtures['gsm8k']
+  return _config(dict(path=str(path), split='', max_records=0, target_path='', test_path='',
+                      target_size=6, test_size=6, split_seed=0, max_len=24,
+                      num_contributors=4, size_range=(4, 8), pis=(0.0, 0.5, 1.0),
+                      label_noises=(0.0, 0.5), contributor_seed=0),
+                 dict(backbones=('llm',), checkpoint=str(fixtures['checkpoint']),
+                      dtype='float32', remat=False, feature_block_size=4,
+                      **task_fixtures.TOKENS))
+
+
+@pytest.mark.parametrize('name', ['instruction', 'reasoning'])
+def test_text_lm_builder_on_a_tiny_checkpoint(fixtures, name):
+  task = tasks.build_task(name, _text_config(fixtures, name))
+  _check_task(task)
+  assert task.objective == 'lm' and task.name == name and task.target.x.shape == (6, 3, 24)
+  assert task.info['num_real_records'] == 30 - 12 and task.info['num_synthetic_records'] == 24
+  apply_fn, params = task.backbones['llm']
+  tokens, mask, _ = tasks.unpack_lm(task.test.x)
+  nll = lm_lib.response_nll(apply_fn.lm_apply, params, np.asarray(tokens), np.asarray(mask))
+  np.testing.assert_allclose(
+      training.cross_entropy(apply_fn(params, task.test.x), jnp.zeros(6, jnp.int32)), nll,
+      rtol=1e-5)
+  assert task.features_fn['llm'](task.target.x).shape == (6, 16)
+  # Held-out target / test records are real and never in a contributor.
+  pool = _row_set(task.pool.x)
+  assert not _row_set(task.target.x) & pool and not _row_set(task.test.x) & pool
+
+
+def test_text_lm_builder_errors(fixtures):
+  config = _text_config(fixtures, 'instruction')
+  config.model.checkpoint = ''
+  with pytest.raises(ValueError, match='checkpoint'):
+    tasks.build_task('instruction', config)
+  config = _text_config(fixtures, 'instruction')
+  config.data.target_size = 40
+  with pytest.raises(ValueError, match='too few to hold out'):
+    tasks.build_task('instruction', config)
+  config = _text_config(fixtures, 'instruction')
+  config.data.size_range = (20, 30)
+  with pytest.raises(ValueError, match='pool holds'):
+    tasks.build_task('instruction', config)
+  config = _text_config(fixtures, 'instruction')
+  config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match='dtype'):
+    tasks.build_task('instruction', config)
