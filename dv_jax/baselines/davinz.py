@@ -24,6 +24,9 @@ following the choices of the official code (github.com/ZhaoxuanWu/DAVINZ-DataVal
   inputs (no standardisation), biased V-statistic, `sigma = 5` (official value; 0 means
   the median heuristic `sqrt(median ||x - x'||^2)` of `T`);
 - `kappa` as above, over the contributors valued together.
+Beyond the official code (off by default): `projection_dim = k > 0` randomly projects the
+per-example gradients to `k` dimensions (`dv_jax.ntk.Projection`), without which a
+ResNet-18 or an LLM has per-example gradients too large to hold for the whole pool.
 
 Shape legend: `K` contributors, `n` examples of one contributor, `p` parameters.
 """
@@ -51,6 +54,11 @@ def default_config() -> ml_collections.ConfigDict:
       num_permutations=1,    # permutations averaged (official: 1).
       param_filter='kernel',  # weights only, as the official code; '' = all parameters.
       grad_block_size=256,   # examples per jitted gradient block.
+      # Beyond the official code, for models whose per-example gradients do not fit
+      # (ResNet-18, LLMs): a random projection to k dimensions (dv_jax.ntk.Projection);
+      # 0 = exact gradients, as the official code.
+      projection_dim=0,
+      projection_kind='rademacher',
   ))
 
 
@@ -120,9 +128,14 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 11)
   # Per-example quantities once for the pooled examples (one compile for every size).
   x, y, _, owner = valuation.pool_examples(contributors)
+  projection_dim = int(cfg.get('projection_dim', 0))
+  projection = (ntk_lib.Projection(projection_dim, cfg.get('projection_kind', 'rademacher'),
+                                   jax.random.fold_in(key, 1_000_003))
+                if projection_dim else None)
   grads = np.asarray(ntk_lib.per_example_grads(
       ntk_lib.true_class_logit(apply_fn), params, x, y,
-      param_filter=cfg.param_filter or None, block_size=int(cfg.grad_block_size)))
+      param_filter=cfg.param_filter or None, projection=projection,
+      block_size=int(cfg.grad_block_size)))
   logits = np.asarray(valuation.logits_at(apply_fn, params, x,
                                           block_size=int(cfg.grad_block_size)))
   residual = 1.0 - logits[np.arange(y.shape[0]), y]
