@@ -39,6 +39,7 @@ and the figures three_phase.{png,pdf} and truncation_modes.{png,pdf}.
 fails with the valid keys of its section listed (`check_config_overrides`).
 """
 
+import abc
 import functools
 import hashlib
 import json
@@ -221,16 +222,17 @@ def truncation_parameters(p: np.ndarray, config) -> Dict[str, Dict[str, Any]]:
 # Tasks: draw a mixture, train, evaluate on the real distribution.
 
 
-class _Task:
+class _Task(abc.ABC):
   """What every task provides; subclasses fill it in."""
   num_classes: int
   apply_fn: Any          # training apply_fn(params, x) -> logits
   eval_apply_fn: Any     # evaluation apply_fn(eval_params, x) -> logits
 
+  @abc.abstractmethod
   def distributions(self, mode: str) -> Tuple[np.ndarray, np.ndarray]:
     """Real `p` and synthetic `p'` item frequencies `[N]` of `mode` (rank order)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def run_unit(self, mode: str, n: int, key: jax.Array, replicate_key: jax.Array,
                pad_to: Optional[int]) -> Dict[str, Any]:
     """Draws the mixture of `n` examples (from `key`), trains, evaluates.
@@ -238,7 +240,6 @@ class _Task:
     `replicate_key` is shared by every unit of one seed (the facts' answers are drawn from
     it); `pad_to` is the capacity the training data are padded to (None: per size).
     """
-    raise NotImplementedError
 
 
 def _seen_metrics(weight: np.ndarray, loss: np.ndarray, correct: np.ndarray,
