@@ -308,30 +308,21 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   for section in ('ntk', 'mmd', 'bound', 'valuation'):
     if section not in config:
       raise ValueError(f'config has no {section!r} section; start from default_config()')
-  if config.ntk.residual not in NTK_RESIDUALS:
-    raise ValueError(f'config.ntk.residual must be one of {NTK_RESIDUALS}, got '
-                     f'{config.ntk.residual!r}')
-  if config.ntk.method not in bound.NTK_METHODS:
-    raise ValueError(f'config.ntk.method must be one of {bound.NTK_METHODS}, got '
-                     f'{config.ntk.method!r}')
-  if config.ntk.normalization not in bound.NORMALIZATIONS:
-    raise ValueError(f'config.ntk.normalization must be one of {bound.NORMALIZATIONS}, got '
-                     f'{config.ntk.normalization!r}')
-  if config.mmd.feature_space not in features_lib.FEATURE_SPACES:
-    raise ValueError(f'config.mmd.feature_space must be one of '
-                     f'{features_lib.FEATURE_SPACES}, got {config.mmd.feature_space!r}')
-  if config.mmd.get('discrepancy', 'parts') not in DISCREPANCIES:
-    raise ValueError(f'config.mmd.discrepancy must be one of {DISCREPANCIES}, got '
-                     f'{config.mmd.discrepancy!r}')
-  if config.mmd.estimator not in mmd_lib.ESTIMATORS:
-    raise ValueError(f'config.mmd.estimator must be one of {mmd_lib.ESTIMATORS}, got '
-                     f'{config.mmd.estimator!r}')
-  if config.valuation.get('fit_target', 'loss') not in FIT_TARGETS:
-    raise ValueError(f'config.valuation.fit_target must be one of {FIT_TARGETS}, got '
-                     f'{config.valuation.fit_target!r}')
-  if config.valuation.weights not in WEIGHT_MODES:
-    raise ValueError(f'config.valuation.weights must be one of {WEIGHT_MODES}, got '
-                     f'{config.valuation.weights!r}')
+  # Every choice field against its allowed values (fields added later have defaults).
+  choices = (
+      ('ntk', 'residual', None, NTK_RESIDUALS),
+      ('ntk', 'method', None, bound.NTK_METHODS),
+      ('ntk', 'normalization', None, bound.NORMALIZATIONS),
+      ('mmd', 'feature_space', None, features_lib.FEATURE_SPACES),
+      ('mmd', 'discrepancy', 'parts', DISCREPANCIES),
+      ('mmd', 'estimator', None, mmd_lib.ESTIMATORS),
+      ('valuation', 'fit_target', 'loss', FIT_TARGETS),
+      ('valuation', 'weights', None, WEIGHT_MODES),
+  )
+  for section, field, default, allowed in choices:
+    value = config[section].get(field, default)
+    if value not in allowed:
+      raise ValueError(f'config.{section}.{field} must be one of {allowed}, got {value!r}')
   terms = tuple(config.bound.terms)
   if not terms or any(t not in TERM_NAMES for t in terms) or len(set(terms)) != len(terms):
     raise ValueError(f'config.bound.terms must be a non-empty subset of {TERM_NAMES}, got '
