@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from dv_jax import ground_truth
 from dv_jax import results
@@ -68,13 +69,15 @@ def test_draws_shift_the_seeds_and_summaries_average_them():
   assert (second.data.split_seed, second.data.contributor_seed, second.model.init_seed) == (
       config.data.split_seed + 2, config.data.contributor_seed + 2, config.model.init_seed + 2)
   rows = [{'draw': d, 'backbone': 'mlp', 'method': m, 'kind': 'ours', 'setting': '',
-           'spearman': s, 'kendall': s / 2, 'seconds': 1.0 + d, 'cost_fraction': 0.1,
+           'spearman': s, 'kendall': s / 2, 'spearman_accuracy': -s, 'seconds': 1.0 + d,
+           'cost_fraction': 0.1,
            'retrain_seconds': 10.0}
           for d, (m, s) in enumerate([('a', 0.2), ('a', 0.6), ('b', 0.1)])]
   summary = valuation_table.summarize(rows)
   assert [(s['method'], s['draws']) for s in summary] == [('a', 2), ('b', 1)]
   np.testing.assert_allclose([summary[0]['spearman_mean'], summary[0]['spearman_std'],
-                              summary[0]['seconds_mean']], [0.4, 0.2, 1.5])
+                              summary[0]['spearman_accuracy_mean'],
+                              summary[0]['seconds_mean']], [0.4, 0.2, -0.4, 1.5])
 
 
 def test_table_rows_match_the_library_presets():
@@ -141,6 +144,14 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
   for row in out['rows']:
     assert -1 <= row['spearman'] <= 1 and row['seconds'] >= 0
   assert 'ours-fit-weights-proposed' in (tmp_path / 'table.md').read_text()
+  # The second ground truth: each method's values ranked against the retrained accuracy.
+  store = results.UnitStore(tmp_path / 'units')
+  for backbone in config.model.backbones:
+    accuracy = store.load(f'draw0/{backbone}/ground_truth')['test_accuracy']
+    for row in (r for r in out['rows'] if r['backbone'] == backbone):
+      values = store.load(f'draw0/{backbone}/{row["method"]}')['values']
+      expected = scipy.stats.spearmanr(values, accuracy)[0]
+      np.testing.assert_allclose(row['spearman_accuracy'], expected, equal_nan=True)
   _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
   monkeypatch.setattr(valuation_table.baselines, 'BASELINES', {})
   again = valuation_table.run(config, tmp_path)
