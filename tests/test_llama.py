@@ -17,6 +17,7 @@ from dv_jax.models import checkpoint
 from dv_jax.models.llama import Llama
 from dv_jax.models.llama import LlamaConfig
 from dv_jax.models.llama import rope_inverse_frequencies
+from dv_jax.models.transformer import KVCache
 from dv_jax.models.transformer import sample
 
 _BASE = dict(vocab_size=37, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
@@ -144,6 +145,17 @@ def _apply(model, params, tokens, attention_mask=None):
   return model.apply({'params': params}, tokens, attention_mask, return_hidden=True)
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
+def _prefill(model, params, tokens, attention_mask=None, logit_positions=None, *, cache_len):
+  return model.apply({'params': params}, tokens, attention_mask, cache_len=cache_len,
+                     logit_positions=logit_positions, method='prefill')
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _decode_step(model, params, token_B, position_B, cache):
+  return model.apply({'params': params}, token_B, position_B, cache, method='decode_step')
+
+
 def _tokens(b=2, t=7, seed=1):
   return np.random.default_rng(seed).integers(0, 37, size=(b, t)).astype(np.int32)
 
@@ -268,6 +280,85 @@ def test_sample_runs_on_llama_greedy_is_argmax():
   logits, _ = _apply(Llama(cfg), params, tokens)  # causal: token 6 does not affect row 5
   np.testing.assert_array_equal(out.tokens[:, :6], tokens[:, :6])
   np.testing.assert_array_equal(out.tokens[:, 6], np.argmax(logits[:, 5], axis=-1))
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize('name', ['llama_bias_llama3rope', 'qwen2_tied_bias'])
+def test_prefill_and_decode_step_match_forward(name):
+  # GQA (kv = 1 and kv = 2), Llama biases with llama3 rope scaling and an untied head, Qwen2
+  # q/k/v biases with tied embeddings; each row decodes at its own rotary position.
+  hf = HF_CONFIGS[name]
+  cfg = LlamaConfig.from_hf_dict(hf)
+  model = Llama(cfg)
+  params = checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf))
+  full = _tokens(3, 10, seed=2)
+  full_logits = np.asarray(_apply(model, params, full)[0])
+  lengths, t0 = np.array([5, 2, 4]), 5
+  # Garbage, not pad ids, after each prompt: attending to it would change the logits.
+  prompt = full[:, :t0].copy()
+  tail = np.arange(t0)[None] >= lengths[:, None]
+  prompt[tail] = (prompt[tail] + 7) % 37
+  logits, cache = _prefill(model, params, prompt, (~tail).astype(np.int32), cache_len=10)
+  # Prefill logits are the forward pass's: at the real positions, those of the full sequence.
+  for row, length in enumerate(lengths):
+    np.testing.assert_allclose(logits[row, :length], full_logits[row, :length], rtol=1e-5,
+                               atol=1e-5)
+  kv, hd = cfg.num_key_value_heads, cfg.dim_per_head
+  assert len(cache.keys) == 2 and cache.keys[1].shape == cache.values[0].shape == (3, 10, kv, hd)
+  np.testing.assert_array_equal(cache.key_mask[:, :t0], ~tail)
+  np.testing.assert_array_equal(cache.key_mask[:, t0:], False)
+  rows = np.arange(3)
+  for s in range(10 - t0):
+    position = (lengths + s).astype(np.int32)
+    logits_BV, cache = _decode_step(model, params, full[rows, position], position, cache)
+    np.testing.assert_allclose(logits_BV, full_logits[rows, position], rtol=1e-5, atol=1e-5,
+                               err_msg=f'step {s}')
+
+
+@pytest.mark.parametrize('name, remat', [('llama_bias_llama3rope', False),
+                                         ('qwen2_tied_bias', True)])
+def test_cached_sample_equals_uncached_sample(name, remat):
+  hf = HF_CONFIGS[name]
+  cfg = LlamaConfig.from_hf_dict(hf)
+  model = Llama(cfg, remat=remat)
+  params = checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf, seed=1))
+  prompt = _tokens(3, 4, seed=5)
+  lengths, new = np.array([4, 2, 3]), 5
+  kwargs = dict(max_new_tokens=new, temperature=1.5, top_p=0.9, prompt_lengths=lengths,
+                pad_id=0)
+  key = jax.random.PRNGKey(2)
+  free = sample(model, params, key, prompt, use_cache=False, **kwargs)
+  # An eos that some row draws (the first row's second new token), so a row ends early.
+  eos = int(np.asarray(free.tokens)[0, lengths[0] + 1])
+  for eos_id in (None, eos):
+    cached = sample(model, params, key, prompt, use_cache=True, eos_id=eos_id, **kwargs)
+    uncached = sample(model, params, key, prompt, use_cache=False, eos_id=eos_id, **kwargs)
+    np.testing.assert_array_equal(cached.tokens, uncached.tokens)
+    np.testing.assert_array_equal(cached.lengths, uncached.lengths)
+  assert cached.lengths[0] <= lengths[0] + 2 < lengths[0] + new
+
+
+def test_decode_errors():
+  hf = HF_CONFIGS['llama_untied']
+  cfg = LlamaConfig.from_hf_dict(hf)
+  params = checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf))
+  variables = {'params': params}
+  with pytest.raises(ValueError, match='cache_len'):
+    Llama(cfg).apply(variables, _tokens(2, 4), cache_len=3, method='prefill')
+  with pytest.raises(ValueError, match='logit_positions'):
+    Llama(cfg).apply(variables, _tokens(2, 4), cache_len=6, logit_positions=np.zeros(3, int),
+                     method='prefill')
+  _, cache = jax.eval_shape(functools.partial(_prefill, Llama(cfg), cache_len=6), params,
+                            _tokens(2, 4))
+  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+  token = np.zeros(2, np.int32)
+  with pytest.raises(ValueError, match='position_B'):
+    Llama(cfg).apply(variables, token, np.zeros((2, 1), np.int32), cache, method='decode_step')
+  with pytest.raises(ValueError, match='layers'):
+    Llama(cfg).apply(variables, token, token, KVCache(cache.keys[:1], cache.values[:1],
+                                                       cache.key_mask), method='decode_step')
 
 
 # ------------------------------------------------------------------------------ config

@@ -1,4 +1,4 @@
-"""Tests for dv_jax.models.transformer: float64 NumPy forward pass, causality, sampling."""
+"""Tests for dv_jax.models.transformer: NumPy forward pass, causality, KV cache, sampling."""
 
 import functools
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dv_jax.models import transformer
+from dv_jax.models.transformer import KVCache
 from dv_jax.models.transformer import SequenceClassifier
 from dv_jax.models.transformer import TransformerLM
 from dv_jax.models.transformer import next_token_probs
@@ -35,6 +36,17 @@ PARAMS = _random_params(LM, jnp.zeros((1, 4), jnp.int32))
 @functools.partial(jax.jit, static_argnames=('model', 'method'))
 def _apply(model, params, tokens, attention_mask=None, method=None):
   return model.apply({'params': params}, tokens, attention_mask, method=method)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
+def _prefill(model, params, tokens, attention_mask=None, logit_positions=None, *, cache_len):
+  return model.apply({'params': params}, tokens, attention_mask, cache_len=cache_len,
+                     logit_positions=logit_positions, method='prefill')
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _decode_step(model, params, token_B, position_B, cache):
+  return model.apply({'params': params}, token_B, position_B, cache, method='decode_step')
 
 
 def _tokens(b=2, t=7, seed=1):
@@ -138,6 +150,113 @@ def test_sequence_classifier_ignores_padding_with_pad_id():
 def test_forward_errors(tokens, message):
   with pytest.raises(ValueError, match=message):
     LM.apply({'params': PARAMS}, tokens)
+
+
+# ------------------------------------------------------------------------------- KV cache
+
+
+def _right_padded_prompts(full, lengths, t0, seed=11):
+  """full[:, :t0] with each row's tail past lengths[i] replaced by other random tokens.
+
+  Garbage rather than pad ids: a test comparing against the unpadded forward pass then
+  fails if any query attends to a row's padding.
+  """
+  prompt = full[:, :t0].copy()
+  garbage = np.random.default_rng(seed).integers(0, V, size=prompt.shape)
+  tail = np.arange(t0)[None] >= lengths[:, None]
+  prompt[tail] = (prompt[tail] + 1 + garbage[tail] % (V - 1)) % V
+  return prompt
+
+
+def test_prefill_logits_equal_forward_logits():
+  tokens = _tokens(2, 7)
+  forward = _apply(LM, PARAMS, tokens)
+  logits, cache = _prefill(LM, PARAMS, tokens, cache_len=MAX_LEN)
+  np.testing.assert_allclose(logits, forward, rtol=0, atol=1e-6)
+  assert len(cache.keys) == len(cache.values) == LAYERS
+  assert cache.keys[0].shape == cache.values[1].shape == (2, MAX_LEN, HEADS, D // HEADS)
+  np.testing.assert_array_equal(cache.key_mask, np.arange(MAX_LEN)[None] < np.array([[7], [7]]))
+  np.testing.assert_array_equal(cache.keys[0][:, 7:], 0)
+  # A mask (row 1 right-padded after 5 tokens) is kept as the key mask; logit_positions gives
+  # one row of logits per prompt, the same numbers (right padding leaves real logits as is).
+  mask = np.ones_like(tokens)
+  mask[1, 5:] = 0
+  last, cache = _prefill(LM, PARAMS, tokens, mask, np.array([6, 4]), cache_len=MAX_LEN)
+  np.testing.assert_allclose(last, forward[np.arange(2), [6, 4]], rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(cache.key_mask[:, :7], mask != 0)
+
+
+@pytest.mark.parametrize('pass_mask', [False, True])
+def test_decode_step_matches_forward_at_per_row_positions(pass_mask):
+  full = _tokens(3, MAX_LEN, seed=3)
+  full_logits = np.asarray(_apply(LM, PARAMS, full))
+  lengths, t0 = np.array([5, 2, 4]), 5
+  prompt = _right_padded_prompts(full, lengths, t0)
+  mask = (np.arange(t0)[None] < lengths[:, None]).astype(np.int32) if pass_mask else None
+  logits, cache = _prefill(LM, PARAMS, prompt, mask, cache_len=MAX_LEN)
+  for row, length in enumerate(lengths):
+    np.testing.assert_allclose(logits[row, :length], full_logits[row, :length], atol=1e-5)
+  rows = np.arange(3)
+  # Teacher forcing: every row feeds the true token at its own next position.
+  for s in range(MAX_LEN - t0):
+    position = (lengths + s).astype(np.int32)
+    logits_BV, cache = _decode_step(LM, PARAMS, full[rows, position], position, cache)
+    np.testing.assert_allclose(logits_BV, full_logits[rows, position], rtol=1e-5, atol=1e-5,
+                               err_msg=f'step {s}')
+
+
+def test_decode_step_masks_the_models_pad_id_as_forward_does():
+  # A model with pad_id masks such tokens as keys in __call__; decode_step must too.
+  model = TransformerLM(V, LAYERS, HEADS, D, FF, MAX_LEN, pad_id=3)
+  full = _tokens(2, 8, seed=4)
+  full[:, 5] = 3
+  full_logits = np.asarray(_apply(model, PARAMS, full))
+  _, cache = _prefill(model, PARAMS, full[:, :4], cache_len=8)
+  rows = np.arange(2)
+  for position in range(4, 8):
+    position_B = np.full(2, position, np.int32)
+    logits_BV, cache = _decode_step(model, PARAMS, full[:, position], position_B, cache)
+    np.testing.assert_allclose(logits_BV, full_logits[rows, position], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(cache.key_mask[:, 5], False)
+
+
+def _bad_cache(cache, change):
+  if change == 'layers':
+    return KVCache(cache.keys[:1], cache.values[:1], cache.key_mask)
+  if change == 'batch':
+    return cache._replace(key_mask=cache.key_mask[:1])
+  return tuple(cache)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(cache_len=3), 'cache_len'),
+    (dict(cache_len=MAX_LEN + 1), 'cache_len'),
+    (dict(cache_len=8.0), 'cache_len'),
+    (dict(cache_len=8, logit_positions=np.array([1])), 'logit_positions'),
+    (dict(cache_len=8, logit_positions=np.array([1.0, 2.0])), 'logit_positions'),
+])
+def test_prefill_errors(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    LM.apply({'params': PARAMS}, _tokens(2, 4), method='prefill', **kwargs)
+
+
+@pytest.mark.parametrize('token, position, change, message', [
+    (np.zeros((2, 1), np.int32), np.zeros(2, np.int32), None, 'token_B'),
+    (np.zeros(2, np.float32), np.zeros(2, np.int32), None, 'token_B'),
+    (np.zeros(2, np.int32), np.zeros(3, np.int32), None, 'position_B'),
+    (np.zeros(2, np.int32), np.zeros(2, np.float32), None, 'position_B'),
+    (np.zeros(2, np.int32), np.zeros(2, np.int32), 'tuple', 'KVCache'),
+    (np.zeros(2, np.int32), np.zeros(2, np.int32), 'layers', 'layers'),
+    (np.zeros(2, np.int32), np.zeros(2, np.int32), 'batch', 'batch'),
+])
+def test_decode_step_errors(token, position, change, message):
+  _, cache = jax.eval_shape(functools.partial(_prefill, LM, cache_len=8), PARAMS,
+                            _tokens(2, 4))
+  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+  if change is not None:
+    cache = _bad_cache(cache, change)
+  with pytest.raises(ValueError, match=message):
+    LM.apply({'params': PARAMS}, token, position, cache, method='decode_step')
 
 
 # -------------------------------------------------------------------------------- sampling
@@ -251,7 +370,34 @@ def test_sample_compiles_once_per_shape():
   assert transformer._sample_jit._cache_size() - before == 1  # pylint: disable=protected-access
 
 
+def test_cached_sample_equals_uncached_sample():
+  prompt = _tokens(4, 5, seed=8)
+  lengths, new = np.array([5, 3, 4, 5]), MAX_LEN - 5
+  kwargs = dict(max_new_tokens=new, temperature=1.3, top_p=0.95, prompt_lengths=lengths,
+                pad_id=0)
+  key = jax.random.PRNGKey(7)
+  free = sample(LM, PARAMS, key, prompt, use_cache=False, **kwargs)
+  np.testing.assert_array_equal(free.lengths, lengths + new)
+  # An eos that some row draws (the most frequent generated token), so rows finish early.
+  position = np.arange(MAX_LEN)[None]
+  generated = np.asarray(free.tokens)[(position >= lengths[:, None])
+                                      & (position < lengths[:, None] + new)]
+  eos = int(np.bincount(generated, minlength=V).argmax())
+  for eos_id in (None, eos):
+    cached = sample(LM, PARAMS, key, prompt, use_cache=True, eos_id=eos_id, **kwargs)
+    uncached = sample(LM, PARAMS, key, prompt, use_cache=False, eos_id=eos_id, **kwargs)
+    np.testing.assert_array_equal(cached.tokens, uncached.tokens)
+    np.testing.assert_array_equal(cached.lengths, uncached.lengths)
+  assert np.any(np.asarray(cached.lengths) < lengths + new)  # eos did end a row early
+
+
+def test_sample_falls_back_without_decoding_methods():
+  assert transformer.supports_cache(LM)
+  assert not transformer.supports_cache(SequenceClassifier(V, 3, LAYERS, HEADS, D, FF, MAX_LEN))
+
+
 @pytest.mark.parametrize('kwargs, message', [
+    (dict(max_new_tokens=2, use_cache='yes'), 'use_cache'),
     (dict(max_new_tokens=0), 'max_new_tokens'),
     (dict(max_new_tokens=MAX_LEN), 'max_len'),
     (dict(max_new_tokens=2, temperature=-1.0), 'temperature'),

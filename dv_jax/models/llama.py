@@ -16,6 +16,11 @@ Parameter paths mirror the HF names: `embed_tokens/embedding` [V, H];
 (kernel [in, out], the transpose of the HF Linear weight),
 `layers_{i}/post_attention_layernorm/weight`, `layers_{i}/mlp/{gate,up,down}_proj/kernel`;
 `norm/weight`; `lm_head/kernel` [H, V] when the embeddings are not tied.
+
+Incremental decoding has the interface of `dv_jax.models.transformer.TransformerLM`:
+`prefill(tokens, attention_mask, cache_len=L)` and `decode_step(token_B, position_B, cache)`
+with a `KVCache` of rotated keys and values [b, L, kv, hd] per layer (kv heads, so GQA keeps
+its memory saving); `dv_jax.models.transformer.sample` decodes with them.
 """
 
 import dataclasses
@@ -26,8 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax.models.transformer import KVCache
+from dv_jax.models.transformer import LogitsAndCache
+from dv_jax.models.transformer import attend
 from dv_jax.models.transformer import attention_allowed
-from dv_jax.models.transformer import grouped_query_attention
+from dv_jax.models.transformer import cache_from_prefill
+from dv_jax.models.transformer import check_decode_args
+from dv_jax.models.transformer import check_prefill_args
+from dv_jax.models.transformer import decode_allowed
+from dv_jax.models.transformer import hidden_at
 from dv_jax.models.transformer import masked_mean
 
 SUPPORTED_MODEL_TYPES = ('llama', 'qwen2')
@@ -240,7 +252,8 @@ class LlamaAttention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTH, allowed_BTS, cos_BTD, sin_BTD):
+  def __call__(self, x_BTH, allowed_BTS, cos_BTD, sin_BTD, kv_cache=None, slots_B=None):
+    """Output [b, t, H] and (keys, values): see `dv_jax.models.transformer.attend`."""
     cfg = self.config
     b, t, _ = x_BTH.shape
     hd = cfg.dim_per_head
@@ -253,8 +266,8 @@ class LlamaAttention(nn.Module):
     q = apply_rotary(q.reshape(b, t, cfg.num_attention_heads, hd), cos_BTD, sin_BTD)
     k = apply_rotary(k.reshape(b, t, cfg.num_key_value_heads, hd), cos_BTD, sin_BTD)
     v = v.reshape(b, t, cfg.num_key_value_heads, hd)
-    out = grouped_query_attention(q, k, v, allowed_BTS)
-    return dense(cfg.hidden_size, cfg.o_proj_bias, 'o_proj')(out)
+    out, kv = attend(q, k, v, allowed_BTS, kv_cache, slots_B)
+    return dense(cfg.hidden_size, cfg.o_proj_bias, 'o_proj')(out), kv
 
 
 class LlamaMLP(nn.Module):
@@ -281,14 +294,16 @@ class LlamaDecoderLayer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTH, allowed_BTS, cos_BTD, sin_BTD):
+  def __call__(self, x_BTH, allowed_BTS, cos_BTD, sin_BTD, kv_cache=None, slots_B=None):
+    """Output [b, t, H] and the attention's (keys, values): see `LlamaAttention`."""
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = RMSNorm(cfg.rms_norm_eps, name='input_layernorm', **kw)(x_BTH)
-    x_BTH = x_BTH + LlamaAttention(cfg, name='self_attn', **kw)(h, allowed_BTS, cos_BTD,
-                                                                 sin_BTD)
+    attn_BTH, kv = LlamaAttention(cfg, name='self_attn', **kw)(h, allowed_BTS, cos_BTD,
+                                                               sin_BTD, kv_cache, slots_B)
+    x_BTH = x_BTH + attn_BTH
     h = RMSNorm(cfg.rms_norm_eps, name='post_attention_layernorm', **kw)(x_BTH)
-    return x_BTH + LlamaMLP(cfg, name='mlp', **kw)(h)
+    return x_BTH + LlamaMLP(cfg, name='mlp', **kw)(h), kv
 
 
 class LlamaOutput(NamedTuple):
@@ -326,9 +341,8 @@ class Llama(nn.Module):
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False,
                               kernel_init=nn.initializers.normal(cfg.initializer_range), **kw)
 
-  def hidden_states(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
-                    position_ids: Optional[jax.Array] = None) -> jax.Array:
-    """Hidden states after the final RMSNorm, [b, t, H]. Arguments as `__call__`."""
+  def _forward(self, tokens, attention_mask, position_ids):
+    """Hidden states after the final RMSNorm [b, t, H] and each layer's (keys, values)."""
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2:
       raise ValueError(f'tokens must be [b, t], got shape {tokens.shape}')
@@ -354,9 +368,23 @@ class Llama(nn.Module):
     cos_BTD, sin_BTD = rotary_cos_sin(position_ids, rope_inverse_frequencies(self.config))
     allowed_BTS = attention_allowed(t, attention_mask)
     x_BTH = self.embed_tokens(tokens)
+    keys_values = []
     for layer in self.layers:
-      x_BTH = layer(x_BTH, allowed_BTS, cos_BTD, sin_BTD)
-    return self.norm(x_BTH)
+      x_BTH, kv = layer(x_BTH, allowed_BTS, cos_BTD, sin_BTD)
+      keys_values.append(kv)
+    return self.norm(x_BTH), keys_values
+
+  def _logits(self, hidden_BTH):
+    if self.config.tie_word_embeddings:
+      logits = self.embed_tokens.attend(hidden_BTH)
+    else:
+      logits = self.lm_head(hidden_BTH)
+    return logits.astype(jnp.float32)
+
+  def hidden_states(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
+                    position_ids: Optional[jax.Array] = None) -> jax.Array:
+    """Hidden states after the final RMSNorm, [b, t, H]. Arguments as `__call__`."""
+    return self._forward(tokens, attention_mask, position_ids)[0]
 
   def __call__(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
                position_ids: Optional[jax.Array] = None, return_hidden: bool = False
@@ -375,12 +403,73 @@ class Llama(nn.Module):
       float32 logits [b, t, V], or LlamaOutput(logits, hidden) when return_hidden.
     """
     hidden_BTH = self.hidden_states(tokens, attention_mask, position_ids)
-    if self.config.tie_word_embeddings:
-      logits = self.embed_tokens.attend(hidden_BTH)
-    else:
-      logits = self.lm_head(hidden_BTH)
-    logits = logits.astype(jnp.float32)
+    logits = self._logits(hidden_BTH)
     return LlamaOutput(logits, hidden_BTH) if return_hidden else logits
+
+  def prefill(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None, *,
+              cache_len: int, logit_positions: Optional[jax.Array] = None) -> LogitsAndCache:
+    """The forward pass of `__call__`, also returning the keys / values for `decode_step`.
+
+    Args:
+      tokens: int [b, t], right-padded prompts (or unpadded): `decode_step` writes slot p
+        with rotary position p, which is the position a right-padded prompt's real tokens
+        continue from (a left-padded prompt's would not be).
+      attention_mask: optional [b, t] as in `__call__`; a masked position stays masked as a
+        key for every later step.
+      cache_len: L >= t: the cache holds positions 0..L-1.
+      logit_positions: optional int [b]; then only row i's logits at position
+        logit_positions[i] are computed (the sampler needs one per row, not [b, t, V]).
+
+    Returns:
+      LogitsAndCache(float32 logits [b, t, V] (or [b, V] with logit_positions), KVCache
+      with L slots).
+
+    Raises:
+      ValueError: on bad tokens, attention_mask, cache_len or logit_positions.
+    """
+    tokens = jnp.asarray(tokens)
+    check_prefill_args(tokens, cache_len, logit_positions)
+    hidden_BTH, keys_values = self._forward(tokens, attention_mask, None)
+    key_mask_BT = (jnp.ones(tokens.shape, bool) if attention_mask is None
+                   else jnp.asarray(attention_mask) != 0)
+    logits = self._logits(hidden_at(hidden_BTH, logit_positions))
+    if logit_positions is not None:
+      logits = logits[:, 0]
+    return LogitsAndCache(logits, cache_from_prefill(keys_values, key_mask_BT, cache_len))
+
+  def decode_step(self, token_B: jax.Array, position_B: jax.Array,
+                  cache: KVCache) -> LogitsAndCache:
+    """One token per row at that row's own position, attending to the cache.
+
+    Row i's token is rotated to position position_B[i], its keys / values written into slot
+    position_B[i], and it attends to the unmasked slots <= position_B[i].
+
+    Args:
+      token_B: int [b].
+      position_B: int [b], each in [0, L) (not checked: jit cannot).
+      cache: the KVCache from `prefill` or a previous `decode_step`.
+
+    Returns:
+      LogitsAndCache(float32 logits [b, V] predicting position_B + 1, the updated cache).
+
+    Raises:
+      ValueError: on bad shapes or dtypes, or a cache of another model.
+    """
+    token_B, position_B = jnp.asarray(token_B), jnp.asarray(position_B)
+    check_decode_args(token_B, position_B, cache, self.config.num_hidden_layers)
+    rows = jnp.arange(token_B.shape[0])
+    key_mask_BL = cache.key_mask.at[rows, position_B].set(True)
+    allowed_B1L = decode_allowed(key_mask_BL, position_B)
+    cos_B1D, sin_B1D = rotary_cos_sin(position_B[:, None],
+                                      rope_inverse_frequencies(self.config))
+    x_B1H = self.embed_tokens(token_B[:, None])
+    keys, values = [], []
+    for layer, k, v in zip(self.layers, cache.keys, cache.values):
+      x_B1H, (k, v) = layer(x_B1H, allowed_B1L, cos_B1D, sin_B1D, (k, v), position_B)
+      keys.append(k)
+      values.append(v)
+    logits_BV = self._logits(self.norm(x_B1H))[:, 0]
+    return LogitsAndCache(logits_BV, KVCache(tuple(keys), tuple(values), key_mask_BL))
 
   def features(self, tokens: jax.Array,
                attention_mask: Optional[jax.Array] = None) -> jax.Array:

@@ -6,9 +6,17 @@ It is the from-scratch backbone of the sentiment (tweets) and facts tasks; `samp
 the synthetic tweets and facts from it with temperature and top-p truncation, the generation
 mechanisms whose tail truncation METHOD.md section 1 models.
 
-Shape legend: b batch, t sequence length, s key positions, d d_model, f d_ff, V vocab,
-h heads, kv key/value heads, g = h // kv query heads per key/value head, hd head dimension,
-c classes.
+Incremental decoding (shared with `dv_jax.models.llama.Llama`): `prefill(tokens,
+attention_mask, cache_len=L)` runs the causal forward pass once and returns its logits and a
+`KVCache` of fixed-shape keys / values [b, L, kv, hd] per layer; `decode_step(token_B,
+position_B, cache)` feeds one token per row at that row's own position, writes its keys /
+values into slot `position_B` and attends to the slots s <= position_B that the key mask
+allows. `sample` uses them, so generating N tokens costs one prefill plus N - 1 single-token
+steps instead of N full forward passes.
+
+Shape legend: b batch, t sequence length, s key positions, L cache length, d d_model,
+f d_ff, V vocab, h heads, kv key/value heads, g = h // kv query heads per key/value head,
+hd head dimension, c classes.
 
 Parameter paths (what `dv_jax.models.lm.last_layers_filter` matches): `embed`, `pos_embed`,
 `layers_{i}/{ln_1,attn/{query,key,value,out},ln_2,mlp/{fc_in,fc_out}}`, `final_norm`,
@@ -16,7 +24,7 @@ Parameter paths (what `dv_jax.models.lm.last_layers_filter` matches): `embed`, `
 """
 
 import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -92,12 +100,133 @@ def _check_tokens(tokens: jax.Array, max_len: Optional[int] = None) -> None:
     raise ValueError(f'tokens has length {tokens.shape[1]} > max_len={max_len}')
 
 
+class KVCache(NamedTuple):
+  """Keys and values of every layer, for incremental decoding (`prefill`, `decode_step`).
+
+  Slot s of the cache holds the token at position s of the row (prompts are right-padded, so
+  a row's slot and position agree).
+
+  Attributes:
+    keys: one [b, L, kv, hd] array per layer (after the rotary embedding, for Llama).
+    values: one [b, L, kv, hd] array per layer.
+    key_mask: bool [b, L], False for a slot no query may attend to (masked padding, slots not
+      written yet).
+  """
+  keys: Tuple[jax.Array, ...]
+  values: Tuple[jax.Array, ...]
+  key_mask: jax.Array
+
+
+class LogitsAndCache(NamedTuple):
+  """Output of `prefill` ([b, t, V] or [b, V] logits) and `decode_step` ([b, V] logits)."""
+  logits: jax.Array
+  cache: KVCache
+
+
+def attend(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, allowed_BTS: jax.Array,
+           kv_cache: Optional[Tuple[jax.Array, jax.Array]] = None,
+           slots_B: Optional[jax.Array] = None
+           ) -> Tuple[jax.Array, Tuple[jax.Array, jax.Array]]:
+  """Attention over this call's own keys, or (decoding) over a layer's cache.
+
+  Args:
+    q_BTHD: queries [b, t, h, hd].
+    k_BTKD: this call's keys [b, t, kv, hd].
+    v_BTKD: this call's values [b, t, kv, hd].
+    allowed_BTS: bool [b or 1, t, s]; s = t without a cache, s = L with one.
+    kv_cache: optional (keys [b, L, kv, hd], values [b, L, kv, hd]); then t must be 1 and
+      row i's key / value is written into slot slots_B[i] before attending.
+    slots_B: int [b], the slots to write (with kv_cache).
+
+  Returns:
+    (attention output [b, t, h * hd], (keys, values)): this call's keys and values without
+    a cache (what `prefill` stores), else the updated cache.
+  """
+  if kv_cache is None:
+    return grouped_query_attention(q_BTHD, k_BTKD, v_BTKD, allowed_BTS), (k_BTKD, v_BTKD)
+  keys_BLKD, values_BLKD = kv_cache
+  rows = jnp.arange(q_BTHD.shape[0])
+  keys_BLKD = keys_BLKD.at[rows, slots_B].set(k_BTKD[:, 0].astype(keys_BLKD.dtype))
+  values_BLKD = values_BLKD.at[rows, slots_B].set(v_BTKD[:, 0].astype(values_BLKD.dtype))
+  out = grouped_query_attention(q_BTHD, keys_BLKD, values_BLKD, allowed_BTS)
+  return out, (keys_BLKD, values_BLKD)
+
+
+def cache_from_prefill(keys_values: Sequence[Tuple[jax.Array, jax.Array]],
+                       key_mask_BT: jax.Array, cache_len: int) -> KVCache:
+  """A KVCache of length L = cache_len holding a prefill's t positions in slots 0..t-1.
+
+  Args:
+    keys_values: per layer, (keys [b, t, kv, hd], values [b, t, kv, hd]).
+    key_mask_BT: bool [b, t], True for the prefix positions later queries may see.
+    cache_len: L >= t; slots t..L-1 are zero and masked until `decode_step` writes them.
+  """
+  t = key_mask_BT.shape[1]
+  widths = ((0, 0), (0, cache_len - t), (0, 0), (0, 0))
+  return KVCache(keys=tuple(jnp.pad(k, widths) for k, _ in keys_values),
+                 values=tuple(jnp.pad(v, widths) for _, v in keys_values),
+                 key_mask=jnp.pad(key_mask_BT, ((0, 0), (0, cache_len - t))))
+
+
+def decode_allowed(key_mask_BL: jax.Array, position_B: jax.Array) -> jax.Array:
+  """bool [b, 1, L]: slot s is visible to row i's query iff s <= position_B[i] and unmasked.
+
+  The causal term keeps a row off its own not-yet-overwritten prompt padding (and anything
+  past its current length) even where the key mask would allow it.
+  """
+  slots_1L = jnp.arange(key_mask_BL.shape[1])[None]
+  return (key_mask_BL & (slots_1L <= position_B[:, None]))[:, None, :]
+
+
+def check_prefill_args(tokens: jax.Array, cache_len: Any, logit_positions: Any,
+                       max_len: Optional[int] = None) -> None:
+  """ValueErrors for `prefill`'s arguments (shapes and dtypes: static, so free under jit)."""
+  _check_tokens(tokens, max_len)
+  t = tokens.shape[1]
+  if not isinstance(cache_len, (int, np.integer)) or isinstance(cache_len, bool):
+    raise ValueError(f'cache_len must be an int, got {cache_len!r}')
+  if cache_len < t:
+    raise ValueError(f'cache_len must be >= the prompt length {t}, got {cache_len}')
+  if max_len is not None and cache_len > max_len:
+    raise ValueError(f'cache_len {cache_len} > max_len={max_len}')
+  if logit_positions is not None:
+    positions = jnp.asarray(logit_positions)
+    if positions.shape != tokens.shape[:1] or not jnp.issubdtype(positions.dtype, jnp.integer):
+      raise ValueError(f'logit_positions must be int [{tokens.shape[0]}], got '
+                       f'{positions.dtype} {positions.shape}')
+
+
+def check_decode_args(token_B: jax.Array, position_B: jax.Array, cache: KVCache,
+                      num_layers: int) -> None:
+  """ValueErrors for `decode_step`'s arguments (shapes and dtypes: static under jit)."""
+  if token_B.ndim != 1 or not jnp.issubdtype(token_B.dtype, jnp.integer):
+    raise ValueError(f'token_B must be int [b], got {token_B.dtype} {token_B.shape}')
+  if position_B.shape != token_B.shape or not jnp.issubdtype(position_B.dtype, jnp.integer):
+    raise ValueError(f'position_B must be int {token_B.shape}, got {position_B.dtype} '
+                     f'{position_B.shape}')
+  if not isinstance(cache, KVCache):
+    raise ValueError(f'cache must be a KVCache (from prefill), got {type(cache).__name__}')
+  if len(cache.keys) != num_layers or len(cache.values) != num_layers:
+    raise ValueError(f'cache has {len(cache.keys)} layers, the model {num_layers}')
+  if cache.key_mask.ndim != 2 or cache.key_mask.shape[0] != token_B.shape[0]:
+    raise ValueError(f'cache has batch shape {cache.key_mask.shape}, token_B {token_B.shape}')
+
+
+def hidden_at(hidden_BTD: jax.Array, positions_B: Optional[jax.Array]) -> jax.Array:
+  """hidden [b, t, d] unchanged, or [b, 1, d] at row i's position positions_B[i]."""
+  if positions_B is None:
+    return hidden_BTD
+  rows = jnp.arange(hidden_BTD.shape[0])
+  return hidden_BTD[rows, jnp.asarray(positions_B)][:, None]
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention with biased q/k/v/out projections."""
   num_heads: int
 
   @nn.compact
-  def __call__(self, x_BTD: jax.Array, allowed_BTS: jax.Array) -> jax.Array:
+  def __call__(self, x_BTD: jax.Array, allowed_BTS: jax.Array, kv_cache=None, slots_B=None):
+    """Output [b, t, d] and (keys, values): see `attend` for kv_cache and slots_B."""
     b, t, d = x_BTD.shape
     if d % self.num_heads:
       raise ValueError(f'd_model={d} is not divisible by num_heads={self.num_heads}')
@@ -105,7 +234,8 @@ class CausalSelfAttention(nn.Module):
     q = nn.Dense(d, name='query')(x_BTD).reshape(b, t, self.num_heads, hd)
     k = nn.Dense(d, name='key')(x_BTD).reshape(b, t, self.num_heads, hd)
     v = nn.Dense(d, name='value')(x_BTD).reshape(b, t, self.num_heads, hd)
-    return nn.Dense(d, name='out')(grouped_query_attention(q, k, v, allowed_BTS))
+    out, kv = attend(q, k, v, allowed_BTS, kv_cache, slots_B)
+    return nn.Dense(d, name='out')(out), kv
 
 
 class MLP(nn.Module):
@@ -124,10 +254,12 @@ class TransformerBlock(nn.Module):
   d_ff: int
 
   @nn.compact
-  def __call__(self, x_BTD: jax.Array, allowed_BTS: jax.Array) -> jax.Array:
-    x_BTD = x_BTD + CausalSelfAttention(self.num_heads, name='attn')(
-        nn.LayerNorm(epsilon=1e-5, name='ln_1')(x_BTD), allowed_BTS)
-    return x_BTD + MLP(self.d_ff, name='mlp')(nn.LayerNorm(epsilon=1e-5, name='ln_2')(x_BTD))
+  def __call__(self, x_BTD: jax.Array, allowed_BTS: jax.Array, kv_cache=None, slots_B=None):
+    """Output [b, t, d] and the attention's (keys, values): see `attend`."""
+    attn_BTD, kv = CausalSelfAttention(self.num_heads, name='attn')(
+        nn.LayerNorm(epsilon=1e-5, name='ln_1')(x_BTD), allowed_BTS, kv_cache, slots_B)
+    x_BTD = x_BTD + attn_BTD
+    return x_BTD + MLP(self.d_ff, name='mlp')(nn.LayerNorm(epsilon=1e-5, name='ln_2')(x_BTD)), kv
 
 
 class TransformerLM(nn.Module):
@@ -166,18 +298,24 @@ class TransformerLM(nn.Module):
       return tokens != self.pad_id
     return attention_mask
 
-  def hidden_states(self, tokens: jax.Array,
-                    attention_mask: Optional[jax.Array] = None) -> jax.Array:
-    """Final-LayerNorm hidden states [b, t, d] of int tokens [b, t]."""
+  def _forward(self, tokens, attention_mask):
+    """Final-LayerNorm hidden states [b, t, d], each layer's (keys, values), the key mask."""
     tokens = jnp.asarray(tokens)
     _check_tokens(tokens, self.max_len)
     attention_mask = self._mask(tokens, attention_mask)
     t = tokens.shape[1]
     x_BTD = self.embed(tokens) + self.pos_embed[None, :t]
     allowed_BTS = attention_allowed(t, attention_mask)
+    keys_values = []
     for layer in self.layers:
-      x_BTD = layer(x_BTD, allowed_BTS)
-    return self.final_norm(x_BTD)
+      x_BTD, kv = layer(x_BTD, allowed_BTS)
+      keys_values.append(kv)
+    return self.final_norm(x_BTD), keys_values, attention_mask
+
+  def hidden_states(self, tokens: jax.Array,
+                    attention_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Final-LayerNorm hidden states [b, t, d] of int tokens [b, t]."""
+    return self._forward(tokens, attention_mask)[0]
 
   def __call__(self, tokens: jax.Array,
                attention_mask: Optional[jax.Array] = None) -> jax.Array:
@@ -188,6 +326,69 @@ class TransformerLM(nn.Module):
       attention_mask: optional [b, t], 1 for real tokens, 0 for padding (masked as keys).
     """
     return self.lm_head(self.hidden_states(tokens, attention_mask))
+
+  def prefill(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None, *,
+              cache_len: int, logit_positions: Optional[jax.Array] = None) -> LogitsAndCache:
+    """The forward pass of `__call__`, also returning the keys / values for `decode_step`.
+
+    Args:
+      tokens: int [b, t], right-padded prompts (or unpadded).
+      attention_mask: optional [b, t] as in `__call__` (without one, `pad_id` applies); a
+        masked position stays masked as a key for every later step.
+      cache_len: L, t <= L <= max_len: the cache holds positions 0..L-1.
+      logit_positions: optional int [b]; then only row i's logits at position
+        logit_positions[i] are computed (the sampler needs one per row, not [b, t, V]).
+
+    Returns:
+      LogitsAndCache(logits [b, t, V] (or [b, V] with logit_positions), KVCache with L slots).
+
+    Raises:
+      ValueError: on bad tokens, cache_len or logit_positions.
+    """
+    tokens = jnp.asarray(tokens)
+    check_prefill_args(tokens, cache_len, logit_positions, self.max_len)
+    hidden_BTD, keys_values, mask = self._forward(tokens, attention_mask)
+    key_mask_BT = (jnp.ones(tokens.shape, bool) if mask is None
+                   else jnp.asarray(mask) != 0)
+    logits = self.lm_head(hidden_at(hidden_BTD, logit_positions))
+    if logit_positions is not None:
+      logits = logits[:, 0]
+    return LogitsAndCache(logits, cache_from_prefill(keys_values, key_mask_BT, cache_len))
+
+  def decode_step(self, token_B: jax.Array, position_B: jax.Array,
+                  cache: KVCache) -> LogitsAndCache:
+    """One token per row at that row's own position, attending to the cache.
+
+    Row i's token is embedded at position position_B[i], its keys / values written into
+    slot position_B[i], and it attends to the unmasked slots <= position_B[i]. With `pad_id`
+    set, a token equal to it is masked as a key for later steps (as `__call__` masks it).
+
+    Args:
+      token_B: int [b].
+      position_B: int [b], each in [0, L) (not checked: jit cannot).
+      cache: the KVCache from `prefill` or a previous `decode_step`.
+
+    Returns:
+      LogitsAndCache(logits [b, V] predicting position_B + 1, the updated cache).
+
+    Raises:
+      ValueError: on bad shapes or dtypes, or a cache of another model.
+    """
+    token_B, position_B = jnp.asarray(token_B), jnp.asarray(position_B)
+    check_decode_args(token_B, position_B, cache, self.num_layers)
+    rows = jnp.arange(token_B.shape[0])
+    visible_B = (jnp.ones(token_B.shape, bool) if self.pad_id is None
+                 else token_B != self.pad_id)
+    key_mask_BL = cache.key_mask.at[rows, position_B].set(visible_B)
+    allowed_B1L = decode_allowed(key_mask_BL, position_B)
+    x_B1D = self.embed(token_B[:, None]) + self.pos_embed[position_B][:, None]
+    keys, values = [], []
+    for layer, k, v in zip(self.layers, cache.keys, cache.values):
+      x_B1D, (k, v) = layer(x_B1D, allowed_B1L, (k, v), position_B)
+      keys.append(k)
+      values.append(v)
+    logits_BV = self.lm_head(self.final_norm(x_B1D))[:, 0]
+    return LogitsAndCache(logits_BV, KVCache(tuple(keys), tuple(values), key_mask_BL))
 
   def features(self, tokens: jax.Array,
                attention_mask: Optional[jax.Array] = None) -> jax.Array:
@@ -299,51 +500,92 @@ def _next_token_probs_jit(logits, temperature, top_p):
   return jax.nn.softmax(_truncated_logits(logits, temperature, top_p), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens'))
+def _draw(step_key, logits_BV, state, write_pos_B, temperature, top_p, eos_id, pad_id):
+  """One sampling step shared by both paths: draw, finish rows at eos, write the token."""
+  buffer, done, lengths = state
+  token_B = jax.random.categorical(step_key, _truncated_logits(logits_BV, temperature, top_p))
+  token_B = jnp.where(done, pad_id, token_B).astype(buffer.dtype)
+  lengths = lengths + (~done).astype(lengths.dtype)
+  done = done | (token_B == eos_id)
+  buffer = buffer.at[jnp.arange(buffer.shape[0]), write_pos_B].set(token_B)
+  return token_B, (buffer, done, lengths)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'use_cache'))
 def _sample_jit(model, params, key, buffer_BL, prompt_lengths_B, temperature, top_p, eos_id,
-                pad_id, *, max_new_tokens):
+                pad_id, *, max_new_tokens, use_cache):
   # eos_id and pad_id are traced (eos_id = -1 never matches a token): changing them, the
   # temperature or top_p reuses the compiled program.
-  b = buffer_BL.shape[0]
+  b, total = buffer_BL.shape
   rows = jnp.arange(b)
-
-  def step(carry, step_key_and_index):
-    buffer, done, lengths = carry
-    step_key, s = step_key_and_index
-    write_pos_B = prompt_lengths_B + s
-    # The model is causal, so logits at write_pos - 1 ignore whatever lies at and after
-    # write_pos: one fixed-shape forward pass serves every row and every step.
-    logits_BLV = model.apply({'params': params}, buffer)
-    last_BV = logits_BLV[rows, write_pos_B - 1]
-    token_B = jax.random.categorical(step_key, _truncated_logits(last_BV, temperature, top_p))
-    token_B = jnp.where(done, pad_id, token_B).astype(buffer.dtype)
-    lengths = lengths + (~done).astype(lengths.dtype)
-    done = done | (token_B == eos_id)
-    buffer = buffer.at[rows, write_pos_B].set(token_B)
-    return (buffer, done, lengths), None
-
   keys = jax.random.split(key, max_new_tokens)
-  init = (buffer_BL, jnp.zeros((b,), bool), prompt_lengths_B)
-  (buffer_BL, _, lengths_B), _ = jax.lax.scan(
-      step, init, (keys, jnp.arange(max_new_tokens, dtype=prompt_lengths_B.dtype)))
+  draw = functools.partial(_draw, temperature=temperature, top_p=top_p, eos_id=eos_id,
+                           pad_id=pad_id)
+  state = (buffer_BL, jnp.zeros((b,), bool), prompt_lengths_B)
+  steps = jnp.arange(max_new_tokens, dtype=prompt_lengths_B.dtype)
+
+  if not use_cache:
+    def full_step(state, step_key_and_index):
+      step_key, s = step_key_and_index
+      write_pos_B = prompt_lengths_B + s
+      # The model is causal, so logits at write_pos - 1 ignore whatever lies at and after
+      # write_pos: one fixed-shape forward pass serves every row and every step.
+      logits_BLV = model.apply({'params': params}, state[0])
+      _, state = draw(step_key, logits_BLV[rows, write_pos_B - 1], state, write_pos_B)
+      return state, None
+
+    (buffer_BL, _, lengths_B), _ = jax.lax.scan(full_step, state, (keys, steps))
+    return buffer_BL, lengths_B
+
+  # No attention mask, so the prompt is seen exactly as the uncached forward pass sees the
+  # buffer (a model's own pad_id rule included). A row's padding after its prompt is never
+  # attended: causality hides it from the prompt, and decode_step lets position p see only
+  # slots <= p, each overwritten by a generated token before p reaches it.
+  prompt_len = total - max_new_tokens
+  first_BV, cache = model.apply({'params': params}, buffer_BL[:, :prompt_len],
+                                cache_len=total, logit_positions=prompt_lengths_B - 1,
+                                method='prefill')
+  token_B, state = draw(keys[0], first_BV, state, prompt_lengths_B)
+
+  def cached_step(carry, step_key_and_index):
+    token_B, cache, state = carry
+    step_key, s = step_key_and_index
+    # Feed the token drawn at position write_pos - 1; its logits predict write_pos.
+    write_pos_B = prompt_lengths_B + s
+    logits_BV, cache = model.apply({'params': params}, token_B, write_pos_B - 1, cache,
+                                   method='decode_step')
+    token_B, state = draw(step_key, logits_BV, state, write_pos_B)
+    return (token_B, cache, state), None
+
+  (_, _, (buffer_BL, _, lengths_B)), _ = jax.lax.scan(
+      cached_step, (token_B, cache, state), (keys[1:], steps[1:]))
   return buffer_BL, lengths_B
+
+
+def supports_cache(model: nn.Module) -> bool:
+  """Whether `model` has the incremental-decoding methods `prefill` and `decode_step`."""
+  return callable(getattr(model, 'prefill', None)) and callable(
+      getattr(model, 'decode_step', None))
 
 
 def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
            max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
            prompt_lengths: Optional[Any] = None, eos_id: Optional[int] = None,
-           pad_id: int = 0) -> SampleResult:
+           pad_id: int = 0, use_cache: bool = True) -> SampleResult:
   """Ancestral sampling with temperature and top-p (nucleus) truncation.
 
   Each step draws token ~ `next_token_probs(logits, temperature=, top_p=)` at every row's
   next free position. Everything has a fixed shape (a buffer of t0 + max_new_tokens tokens,
-  `lax.scan` over steps, one jit compile per model/shape), and each step reruns the full
-  causal forward pass on the buffer (no KV cache: O(max_new_tokens) forwards, fine for the
-  small models this samples synthetic data from).
+  a key / value cache of that length, `lax.scan` over steps, one jit compile per
+  model/shape). With the cache the cost is one prefill of the prompts plus one single-token
+  `decode_step` per further new token; each row decodes at its own position, attending only
+  to its prompt and its own generated tokens.
 
   Args:
     model: a causal LM module whose `apply({'params': params}, tokens[b, L])` returns
       logits [b, L, V] (TransformerLM, Llama); L = t0 + max_new_tokens must fit the model.
+      With `prefill` and `decode_step` methods (TransformerLM, Llama) it decodes with a
+      cache, otherwise by a full forward pass per step.
     params: the model's 'params' collection.
     key: PRNG key.
     prompt_tokens: int [b, t0], right-padded when prompts have different lengths.
@@ -353,14 +595,20 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
     prompt_lengths: optional int [b] in [1, t0]; default t0 for every row.
     eos_id: optional end token; a row that draws it is finished and gets `pad_id` after.
     pad_id: filler token after a row's end.
+    use_cache: decode with the key / value cache when the model has one; False reruns the
+      full causal forward pass on the buffer every step (max_new_tokens forwards of length
+      L: the reference the cached path is tested against). Given the same key both give the
+      same tokens, up to float rounding of the logits.
 
   Returns:
     SampleResult(tokens [b, t0 + max_new_tokens], lengths [b]).
 
   Raises:
-    ValueError: on bad shapes, lengths, temperature, top_p or max_new_tokens.
+    ValueError: on bad shapes, lengths, temperature, top_p, max_new_tokens or use_cache.
   """
   _validate_temperature_top_p(temperature, top_p)
+  if not isinstance(use_cache, (bool, np.bool_)):
+    raise ValueError(f'use_cache must be a bool, got {use_cache!r}')
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f'max_new_tokens must be an int >= 1, got {max_new_tokens}')
   prompt = np.asarray(prompt_tokens)
@@ -390,5 +638,6 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
       model, params, key, jnp.asarray(buffer), jnp.asarray(lengths, jnp.int32),
       jnp.float32(temperature), jnp.float32(top_p),
       jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
-      max_new_tokens=int(max_new_tokens))
+      max_new_tokens=int(max_new_tokens),
+      use_cache=bool(use_cache) and supports_cache(model))
   return SampleResult(tokens, out_lengths)
