@@ -61,9 +61,15 @@ CIs are about +-0.5 wide with K=12; full tables in <workdir>/table.md):
   mnist5k (125 s wall): MLP: METHOD.md defaults 0.17, ours-recommended 0.80, proposed 0.78,
     fit weights 0.82; DAVINZ 0.92, TracIn 0.45, TRAK 0.54, random -0.13. CNN: defaults 0.41,
     recommended / proposed 0.80, fit 0.67; DAVINZ 0.64, TracIn 0.36, TRAK 0.71, random -0.19.
-  tweets (218 s wall, of which ~2 min train and sample the synthetic-tweet LM, cached as a
-    unit): no method is reliable: defaults 0.06, recommended 0.24, proposed 0.22, fit
-    -0.08; DAVINZ -0.34, TracIn -0.15, TRAK 0.41, random 0.17.
+  tweets (about 9 min wall: ~4 min train and sample the synthetic-tweet LM, cached as a
+    unit; contributors of 200-1000 tweets, the 30-step recipe chosen on validation loss):
+    retrained test loss 0.95-1.53, accuracy 0.42-0.57 (majority 0.43). Spearman against
+    minus the loss (against the accuracy): defaults 0.34 (0.45), label-aware D 0.51
+    (0.59), one-hot N 0.50 (0.58), recommended / proposed 0.02 (0.28), fit 0.55 (0.38);
+    DAVINZ -0.26 (-0.05), TracIn 0.66 (0.32), TRAK 0.27 (0.61), random 0.10 (0.01). No
+    method is reliable here: the CIs span about -0.5..0.9, and the methods ranked first by
+    the two ground truths differ. Retraining takes 11 s, so every method except random
+    costs more than retraining at this scale.
   arithmetic (159 s wall): defaults 0.49, recommended / proposed 0.84, fit 0.72; DAVINZ
     0.84, TracIn 0.29, TRAK 0.78, random -0.43. The one-hot rows (39 classes, gradients
     projected to 1024) cost 32 s, 2.2x the 14.5 s retraining.
@@ -300,12 +306,15 @@ def _task_data_model(base: str, smoke: bool):
                  mlp_hidden_sizes=(8,) if smoke else (32,),
                  cnn_channels=(2, 4) if smoke else (4, 8), resnet_width=64, init_seed=1)
   elif base == 'tweets':
+    # Contributors of 200-1000 tweets: with 40-200 the retrained classifier stayed at the
+    # majority rate (test accuracy 0.32-0.52, majority 0.43) and the ground truth was noise.
     data = dict(split_seed=0, target_size=60 if smoke else 300,
-                test_size=100 if smoke else 1000, train_size=300 if smoke else 3000,
+                test_size=100 if smoke else 1000, train_size=300 if smoke else 12000,
                 min_confidence=-1.0, max_len=16 if smoke else 32,
                 max_vocab=300 if smoke else 1000,
-                **_design(12, (40, 200), ('none', 'hard:2', 'hard:1', 'top_p:0.5',
-                                          'temperature:0.5', 'finite_sample:8'), smoke=smoke))
+                **_design(12, (200, 1000), ('none', 'hard:2', 'hard:1', 'top_p:0.5',
+                                            'temperature:0.5', 'finite_sample:8'),
+                          smoke=smoke))
     # The synthetic-tweet LM (dv_jax.data.tweets.TweetLMConfig) and its base sampler.
     data['generator'] = dict(
         level='word', lowercase=True, max_len=16 if smoke else 32,
@@ -364,6 +373,13 @@ def _train_recipe(base: str, smoke: bool) -> dict:
   if base == 'cifar100':
     return dict(optimizer='adam', learning_rate=1e-3, steps=2000, batch_size=128,
                 weight_decay=5e-4, momentum=0.0, schedule='cosine')
+  if base == 'tweets':
+    # Chosen by the mean VALIDATION (target-split) loss of the 12 retrained classifiers
+    # over 11 recipes (10-300 steps, learning rates 1e-4 to 3e-3, one with weight decay):
+    # 1.13 here against 2.68 for the shared 300-step recipe, which overfits a few hundred
+    # tweets (test loss 2.1-3.3, twice the uniform guess's log 3).
+    return dict(optimizer='adam', learning_rate=1e-3, steps=30, batch_size=64,
+                weight_decay=0.0, momentum=0.0, schedule='constant')
   if base == 'mnist5k':
     # 28x28 images: a shorter recipe keeps the CNN's retraining to about a minute on a CPU.
     return dict(optimizer='adam', learning_rate=1e-2, steps=200, batch_size=32,
