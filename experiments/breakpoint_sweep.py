@@ -1,0 +1,191 @@
+r"""Breakpoint scaling: do the fitted breaks of the three-phase curve grow as k^beta?
+
+Runs `three_phase_scaling.run` (hard truncation) once per cut k of `config.sweep.ks`, each
+in `<workdir>/k<k>/` with its own units (a rerun, or an interrupted sweep, resumes there),
+then fits log(break) = slope * log(k) + c by least squares for every curve (the exact
+theory E(n) at the measured sizes, the measured test loss and error) and each break.
+Lemma 1 predicts slope beta for both breaks. The interval of a measured slope propagates
+each k's seed-bootstrap interval of the break (read as a normal in log space, sd = width /
+(2 * 1.96)) through the least-squares weights: the slope's sampling error under the data
+noise of the seeds.
+
+  python experiments/breakpoint_sweep.py --config=configs/breakpoint_sweep.py \
+      --workdir=workdirs/breakpoint_sweep
+
+Outputs in --workdir: config.json, log.txt, k<k>/ (each a full three_phase_scaling
+workdir), sweep.csv (one row per k and curve: fitted, paper and zeta-normalised breaks),
+exponents.csv (one row per curve and break), results.json, breakpoint_sweep.{png,pdf}.
+"""
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from absl import logging
+import ml_collections
+import numpy as np
+from scipy import special
+from tqdm import tqdm
+
+from dv_jax import plotting
+from dv_jax import results
+import three_phase_scaling  # experiments/three_phase_scaling.py, beside this script
+
+CURVES = ('theory', 'measured_loss', 'measured_error')
+_Z95 = 1.959963984540054
+
+
+def config_for_k(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+  """The three_phase_scaling config of one cut: the sweep's config with `data.k = k`."""
+  if int(k) != k or k < 1:
+    raise ValueError(f'config.sweep.ks must hold integers >= 1, got {k!r}')
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.data.k = int(k)
+  del out['sweep']
+  return out
+
+
+def fit_exponent(ks: Sequence[float], breaks: Sequence[float],
+                 intervals: Sequence[Sequence[float]] = ()) -> Dict[str, float]:
+  """Least-squares slope of log(break) on log(k), and its interval from per-k intervals.
+
+  Args:
+    ks: `[J]` cuts, at least two distinct.
+    breaks: `[J]` fitted breaks (NaN where a fit found none: left out).
+    intervals: optional `[J, 2]` (low, high) intervals of each break; each is read as a
+      normal in log space with sd = (log high - log low) / (2 * 1.96), and the slope's sd is
+      the least-squares weights applied to those sds (independent across k).
+
+  Returns:
+    `{'slope', 'intercept', 'num_points', 'slope_lo', 'slope_hi'}` (NaN where undefined).
+  """
+  log_k = np.log(np.asarray(ks, np.float64))
+  log_b = np.log(np.asarray(breaks, np.float64))
+  keep = np.isfinite(log_b)
+  out = {'slope': math.nan, 'intercept': math.nan, 'num_points': int(keep.sum()),
+         'slope_lo': math.nan, 'slope_hi': math.nan}
+  if keep.sum() < 2 or np.ptp(log_k[keep]) == 0:
+    return out
+  x = log_k[keep] - log_k[keep].mean()
+  weights = x / np.sum(x * x)  # slope = sum_j weights_j log_b_j
+  slope = float(np.sum(weights * log_b[keep]))
+  out.update(slope=slope, intercept=float(np.mean(log_b[keep]) - slope * log_k[keep].mean()))
+  if len(intervals):
+    bounds = np.log(np.asarray(intervals, np.float64))[keep]
+    if np.all(np.isfinite(bounds)):
+      sd = (bounds[:, 1] - bounds[:, 0]) / (2 * _Z95)
+      slope_sd = float(np.sqrt(np.sum((weights * sd) ** 2)))
+      out.update(slope_lo=slope - _Z95 * slope_sd, slope_hi=slope + _Z95 * slope_sd)
+  return out
+
+
+def sweep_rows(k: int, output: Dict[str, Any], beta: float) -> List[Dict[str, Any]]:
+  """One row per curve of one cut, from `three_phase_scaling.run`'s output."""
+  zeta = float(special.zeta(beta))
+  rows = []
+  for row in output['breakpoints']:
+    if row['mode'] != 'hard' or row['curve'] not in CURVES:
+      continue
+    entry = {'k': k, 'curve': row['curve'], 'num_breaks': row['num_breaks'],
+             'three_phases': row['three_phases']}
+    for label in ('n1', 'n2'):
+      fitted, paper = row[f'fit_{label}'], row[f'paper_{label}']
+      entry.update({
+          f'fit_{label}': fitted, f'paper_{label}': paper,
+          f'ratio_paper_{label}': fitted / paper,
+          # Lemma 1 with the Zipf law normalised: p_k = k^-beta / zeta(beta).
+          f'ratio_normalised_{label}': fitted / (zeta * paper),
+          f'seedboot_{label}_lo': row.get(f'seedboot_{label}_lo', math.nan),
+          f'seedboot_{label}_hi': row.get(f'seedboot_{label}_hi', math.nan),
+      })
+    rows.append(entry)
+  return rows
+
+
+def _figure(config, rows: Sequence[Dict[str, Any]], exponents: Sequence[Dict[str, Any]]):
+  data = config.data
+  fig, axes = plotting.new_figure(ncols=2, squeeze=False, panel_size=(5.0, 3.8))
+  ks = np.array(sorted({r['k'] for r in rows}), np.float64)
+  dense = np.geomspace(ks.min() / 1.3, ks.max() * 1.3, 50)
+  zeta = float(special.zeta(data.beta))
+  styles = {'theory': ('k', 's', 'fit to exact E(n)'),
+            'measured_loss': ('tab:blue', 'o', 'measured loss'),
+            'measured_error': ('tab:orange', '^', 'measured error')}
+  for ax, label, scale, name in ((axes[0, 0], 'n1', 1.0, 'k^beta'),
+                                 (axes[0, 1], 'n2', 1.0 / data.pi, 'k^beta / pi')):
+    ax.plot(dense, scale * dense ** data.beta, 'k-', lw=1, label=f'paper: {name}')
+    ax.plot(dense, zeta * scale * dense ** data.beta, 'k:', lw=1,
+            label=f'zeta(beta) {name}')
+    for offset, curve in zip((0.97, 1.0, 1.03), CURVES):
+      sub = sorted((r for r in rows if r['curve'] == curve), key=lambda r: r['k'])
+      if not sub:
+        continue
+      color, marker, text = styles[curve]
+      x = np.array([r['k'] for r in sub], np.float64) * offset
+      y = np.array([r[f'fit_{label}'] for r in sub], np.float64)
+      lo = np.array([r[f'seedboot_{label}_lo'] for r in sub], np.float64)
+      hi = np.array([r[f'seedboot_{label}_hi'] for r in sub], np.float64)
+      slope = next((e['slope'] for e in exponents
+                    if e['curve'] == curve and e['break'] == label), math.nan)
+      err = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+      ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt=marker, color=color, ms=5, capsize=2,
+                  label=f'{text} (slope {slope:.2f})')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('truncation rank k')
+    ax.set_ylabel(f'fitted break {label} (|S|)')
+    ax.set_title(f'{label}: predicted slope beta = {data.beta:g}', fontsize=10)
+    ax.legend(fontsize=7)
+  fig.suptitle(f'Breakpoint scaling, facts, beta={data.beta:g}, pi={data.pi:g}, '
+               f'N={data.num_items}', fontsize=10)
+  return fig
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
+  """Runs (or resumes) every cut, fits the exponents, writes tables and the figure.
+
+  Returns:
+    `{'rows', 'exponents', 'units_computed', 'runtime_s', 'files'}` as in results.json
+    (`units_computed`: per k, the units trained in this call).
+  """
+  start = time.perf_counter()
+  workdir = Path(workdir)
+  ks = [int(k) for k in config.sweep.ks]
+  if len(set(ks)) < 2:
+    raise ValueError(f'config.sweep.ks must hold at least two distinct cuts, got {ks}')
+  rows, computed = [], {}
+  for k in tqdm(ks, desc='sweep k', disable=not config.output.progress):
+    output = three_phase_scaling.run(config_for_k(config, k), workdir / f'k{k}')
+    computed[k] = output['units_computed']
+    rows += sweep_rows(k, output, float(config.data.beta))
+  exponents = []
+  for curve in CURVES:
+    sub = [r for r in rows if r['curve'] == curve]
+    if not sub:
+      continue
+    for label in ('n1', 'n2'):
+      intervals = ([(r[f'seedboot_{label}_lo'], r[f'seedboot_{label}_hi']) for r in sub]
+                   if curve != 'theory' else ())
+      fit = fit_exponent([r['k'] for r in sub], [r[f'fit_{label}'] for r in sub], intervals)
+      exponents.append({'curve': curve, 'break': label, 'predicted_slope': config.data.beta,
+                        **fit})
+      logging.info('%s %s: slope %.3f [%.3f, %.3f] (predicted %g)', curve, label,
+                   fit['slope'], fit['slope_lo'], fit['slope_hi'], config.data.beta)
+  files = [results.write_csv(workdir / 'sweep.csv', rows),
+           results.write_csv(workdir / 'exponents.csv', exponents)]
+  files += plotting.save_figure(_figure(config, rows, exponents),
+                                workdir / 'breakpoint_sweep', dpi=config.output.figure_dpi)
+  output = {'rows': rows, 'exponents': exponents,
+            'units_computed': {str(k): v for k, v in computed.items()},
+            'runtime_s': time.perf_counter() - start}
+  files.append(workdir / 'results.json')
+  output['files'] = [str(path) for path in files]
+  results.write_json(workdir / 'results.json', output)
+  logging.info('breakpoint_sweep: %d cuts in %.1f s', len(ks), output['runtime_s'])
+  return output
+
+
+if __name__ == '__main__':
+  import launch  # experiments/launch.py, beside this script
+  launch.main(run, name='breakpoint_sweep')

@@ -1,0 +1,90 @@
+"""Tests of experiments/breakpoint_sweep.py and configs/breakpoint_sweep.py.
+
+The exponent fit against closed forms (an exact power law, the delta-method interval by
+hand); the config has no `data.k` and each cut's config does; the smoke sweep runs, writes
+its tables and figure, and a rerun trains nothing.
+"""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dv_jax import results
+
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT / 'experiments'))
+import breakpoint_sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+_spec = importlib.util.spec_from_file_location('breakpoint_sweep_config',
+                                               _ROOT / 'configs' / 'breakpoint_sweep.py')
+configs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(configs)
+
+
+def test_fit_exponent_recovers_a_power_law():
+  ks = [8, 16, 32]
+  fit = breakpoint_sweep.fit_exponent(ks, [3.0 * k ** 2.0 for k in ks])
+  np.testing.assert_allclose([fit['slope'], fit['intercept']], [2.0, math.log(3.0)])
+  assert fit['num_points'] == 3 and math.isnan(fit['slope_lo'])
+
+
+def test_fit_exponent_interval_and_missing_breaks():
+  ks = np.array([8.0, 16.0, 32.0])
+  breaks = 2.0 * ks ** 1.5
+  sd = np.array([0.1, 0.2, 0.3])  # log-space sds of the three breaks
+  intervals = np.stack([breaks * np.exp(-1.959963984540054 * sd),
+                        breaks * np.exp(1.959963984540054 * sd)], axis=1)
+  fit = breakpoint_sweep.fit_exponent(ks, breaks, intervals)
+  # Least-squares weights on log k = log 8 + (0, 1, 2) log 2: (-1, 0, 1) / (2 log 2).
+  slope_sd = math.sqrt(0.1 ** 2 + 0.3 ** 2) / (2 * math.log(2.0))
+  np.testing.assert_allclose(fit['slope'], 1.5)
+  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']],
+                             1.5 + np.array([-1, 1]) * 1.959963984540054 * slope_sd)
+  # A cut whose fit found no break is left out; one point left gives no slope.
+  fit = breakpoint_sweep.fit_exponent(ks, [breaks[0], math.nan, breaks[2]])
+  np.testing.assert_allclose(fit['slope'], 1.5)
+  assert fit['num_points'] == 2
+  assert math.isnan(breakpoint_sweep.fit_exponent(ks, [1.0, math.nan, math.nan])['slope'])
+
+
+@pytest.mark.parametrize('variant', configs.VARIANTS)
+def test_config_has_cuts_not_a_k(variant):
+  config = configs.get_config(variant)
+  assert 'k' not in config.data and len(set(config.sweep.ks)) >= 2
+  assert tuple(config.truncation.modes) == ('hard',)
+  one = breakpoint_sweep.config_for_k(config, config.sweep.ks[-1])
+  assert one.data.k == config.sweep.ks[-1] and 'sweep' not in one
+  with pytest.raises(ValueError, match='sweep.ks'):
+    breakpoint_sweep.config_for_k(config, 2.5)
+  with pytest.raises(ValueError, match='unknown variant'):
+    configs.get_config('cifar')
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_and_resumes(tmp_path):
+  config = configs.get_config('smoke')
+  out = breakpoint_sweep.run(config, tmp_path)
+  for name in ('sweep.csv', 'exponents.csv', 'results.json', 'breakpoint_sweep.png',
+               'breakpoint_sweep.pdf'):
+    assert (tmp_path / name).is_file()
+  for k in config.sweep.ks:
+    assert (tmp_path / f'k{k}' / 'breakpoints.csv').is_file()
+    assert out['units_computed'][str(k)]
+  rows = results.read_csv(tmp_path / 'sweep.csv')
+  assert sorted({int(r['k']) for r in rows}) == sorted(config.sweep.ks)
+  theory = [r for r in out['rows'] if r['curve'] == 'theory']
+  for row in theory:  # the paper's breaks of each cut
+    assert row['paper_n1'] == row['k'] ** config.data.beta
+    np.testing.assert_allclose(row['paper_n2'], row['paper_n1'] / config.data.pi)
+  assert {(e['curve'], e['break']) for e in out['exponents']} == {
+      (c, b) for c in breakpoint_sweep.CURVES for b in ('n1', 'n2')}
+  again = breakpoint_sweep.run(config, tmp_path)
+  assert all(not v for v in again['units_computed'].values())
+  assert repr(again['rows']) == repr(out['rows'])  # NaN breaks compare by repr
+  with pytest.raises(ValueError, match='two distinct'):
+    config.sweep.ks = (3, 3)
+    breakpoint_sweep.run(config, tmp_path)
