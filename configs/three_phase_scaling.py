@@ -36,6 +36,8 @@ Measured (2 shared CPU cores; `results.json` -> `summary`, `breakpoints.csv`):
             within 2x of k^beta/pi (2.12x). A fitted break is the midpoint of a bend, and
             E(n) bends slowly there: its local log-log slope is 0.09 on the plateau, 0.16
             at k^beta/pi=4096, 0.28 at 8192 and 0.49 (the tail's 1 - 1/beta) at 32768.
+            configs/breakpoint_sweep.py repeats this at k = 8, 16, 32: the breaks grow as
+            k^beta (fitted slopes 1.84-1.98) and sit near zeta(beta) k^beta (/ pi).
   facts_lm  beta=2, k=8, pi=0.0625, N=2048, 13 sizes x 8 seeds: 3 min 11 s. Loss breaks 119
             and 1093 (1.86x, 1.07x), error 134 and 1615 (2.09x, 1.58x); E(n)'s fit 107 and
             2166. The LM memorises every fact it saw (error on seen items ~0); its loss on
