@@ -252,7 +252,7 @@ SMOKE_ROWS = {
     'mnist5k': ((0,), ('davinz', 'random')),
     'tweets': ((0,), ('random',)),
     'arithmetic': ((0,), ('random',)),
-    'arithmetic_lm': ((0,), ('tracin', 'trak', 'random')),
+    'arithmetic_lm': ((0,), ('random',)),
     'cifar100': ((0,), ('random',)),
     'instruction': ((0, 1), ('davinz', 'tracin', 'trak', 'random')),
     'reasoning_llm': ((0,), ('random',)),
