@@ -282,27 +282,33 @@ def _pad_rows(x: jax.Array, block: int) -> jax.Array:
 # Per-example gradients of a scalar.
 
 
-class _TrueClassLogit:
-  """`scalar_fn(params, x_i, y_i) = apply_fn(params, x_i[None])[0, y_i]`.
+class ApplyFnWrapper:
+  """Base of the functions built from one `apply_fn` (per-example scalars, wrapped models).
 
-  A class rather than a closure so that two calls of `true_class_logit` on the same
-  `apply_fn` compare equal and share the jitted block's compile.
+  Such functions are static arguments of jitted blocks, and jit caches compiles by their
+  hash: a closure would be new on every call and recompile. A subclass instance is equal to
+  another of the same class wrapping an equal `apply_fn`, so they share one compile.
+  Subclasses define `__call__`.
   """
 
   def __init__(self, apply_fn: Callable):
     self.apply_fn = apply_fn
 
-  def __call__(self, params, x_i, y_i):
-    return self.apply_fn(params, x_i[None])[0, y_i]
-
   def __eq__(self, other):
-    return isinstance(other, _TrueClassLogit) and other.apply_fn == self.apply_fn
+    return type(other) is type(self) and other.apply_fn == self.apply_fn
 
   def __hash__(self):
-    return hash((_TrueClassLogit, self.apply_fn))
+    return hash((type(self), self.apply_fn))
 
   def __repr__(self):
-    return f'true_class_logit({self.apply_fn!r})'
+    return f'{type(self).__name__}({self.apply_fn!r})'
+
+
+class _TrueClassLogit(ApplyFnWrapper):
+  """`scalar_fn(params, x_i, y_i) = apply_fn(params, x_i[None])[0, y_i]`."""
+
+  def __call__(self, params, x_i, y_i):
+    return self.apply_fn(params, x_i[None])[0, y_i]
 
 
 def true_class_logit(apply_fn: Callable) -> Callable:

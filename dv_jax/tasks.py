@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import ntk
 from dv_jax.data import contributors as contributors_lib
 from dv_jax.data import synthetic
 from dv_jax.data.contributors import Contributor
@@ -160,7 +161,7 @@ def init_backbone(model: nn.Module, key: jax.Array, sample_x: Any) -> Tuple[Appl
   return bind_apply(model, variables)
 
 
-class TokenInputs:
+class TokenInputs(ntk.ApplyFnWrapper):
   """`apply_fn` for integer token inputs that may arrive as float32.
 
   The shared pipeline (valuation, ground truth) moves inputs as float32; token ids are exact
@@ -168,17 +169,8 @@ class TokenInputs:
   wrapped functions, so jitted programs that take it as a static argument are shared.
   """
 
-  def __init__(self, apply_fn: ApplyFn):
-    self.apply_fn = apply_fn
-
   def __call__(self, params, x):
     return self.apply_fn(params, jnp.asarray(x).astype(jnp.int32))
-
-  def __eq__(self, other):
-    return isinstance(other, TokenInputs) and other.apply_fn == self.apply_fn
-
-  def __hash__(self):
-    return hash((TokenInputs, self.apply_fn))
 
 
 # ----------------------------------------------------------------------------------------
@@ -252,26 +244,23 @@ def lm_logits(g: jax.Array) -> jax.Array:
   return jnp.stack([g, z1], axis=1)
 
 
-class LMClassifier:
+class LMClassifier(ntk.ApplyFnWrapper):
   """`apply_fn(params, x [b, 3, t]) -> [b, 2]` of a causal LM (see the module docstring).
 
-  Equal for equal LM apply functions, so jitted programs taking it as static are shared.
+  `self.apply_fn` is the LM's `lm_apply(params, tokens [b, t]) -> [b, t, V]`; equal LM
+  apply functions give equal classifiers, so jitted programs taking it as static are shared.
   """
 
-  def __init__(self, lm_apply: ApplyFn):
-    self.lm_apply = lm_apply
+  @property
+  def lm_apply(self) -> ApplyFn:
+    """The wrapped LM (its logits [b, t, V]), as `lm_classifier` was given it."""
+    return self.apply_fn
 
   def __call__(self, params, x):
     tokens, mask, _ = unpack_lm(x)
     # Right padding needs no attention mask: the model is causal, so pads after the
     # response never reach the logits that g reads.
-    return lm_logits(mean_response_logprob(self.lm_apply(params, tokens), tokens, mask))
-
-  def __eq__(self, other):
-    return isinstance(other, LMClassifier) and other.lm_apply == self.lm_apply
-
-  def __hash__(self):
-    return hash((LMClassifier, self.lm_apply))
+    return lm_logits(mean_response_logprob(self.apply_fn(params, tokens), tokens, mask))
 
 
 def lm_classifier(lm_apply: ApplyFn) -> LMClassifier:

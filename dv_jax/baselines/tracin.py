@@ -45,25 +45,16 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-class _LossFn:
+class _LossFn(ntk_lib.ApplyFnWrapper):
   """`scalar_fn(params, x_i, y_i)`: the cross-entropy of one example.
 
-  A class (equal for equal `apply_fn`) so that every checkpoint shares the jitted
-  gradient program of `dv_jax.ntk.per_example_grads`.
+  Equal for equal `apply_fn`, so every checkpoint shares the jitted gradient program of
+  `dv_jax.ntk.per_example_grads`.
   """
-
-  def __init__(self, apply_fn: Callable):
-    self.apply_fn = apply_fn
 
   def __call__(self, params, x_i, y_i):
     logits = self.apply_fn(params, x_i[None])
     return training.cross_entropy(logits, jnp.reshape(y_i, (1,)))[0]
-
-  def __eq__(self, other):
-    return isinstance(other, _LossFn) and other.apply_fn == self.apply_fn
-
-  def __hash__(self):
-    return hash((_LossFn, self.apply_fn))
 
 
 def loss_fn(apply_fn: Callable) -> Callable:

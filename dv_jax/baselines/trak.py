@@ -53,22 +53,13 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-class _Margin:
+class _Margin(ntk_lib.ApplyFnWrapper):
   """`scalar_fn(params, x_i, y_i) = z_y - logsumexp_{j != y} z_j` of one example."""
-
-  def __init__(self, apply_fn: Callable):
-    self.apply_fn = apply_fn
 
   def __call__(self, params, x_i, y_i):
     logits = self.apply_fn(params, x_i[None])[0]
     others = jnp.where(jnp.arange(logits.shape[0]) == y_i, -jnp.inf, logits)
     return logits[y_i] - jax.nn.logsumexp(others)
-
-  def __eq__(self, other):
-    return isinstance(other, _Margin) and other.apply_fn == self.apply_fn
-
-  def __hash__(self):
-    return hash((_Margin, self.apply_fn))
 
 
 def margin_fn(apply_fn: Callable) -> Callable:

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import ntk
+
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 # Per model family: the name flax gives the transformer blocks, the final norm and the heads
@@ -45,30 +47,14 @@ def _mean_response_logprob(logits_BTV, tokens_BT, mask_BT):
   return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
-class _ResponseLogprob:
-  """scalar_fn(params, tokens_i, response_mask_i): see `response_logprob_fn`.
-
-  A class rather than a closure so that two calls of `response_logprob_fn` on the same
-  apply_fn compare equal and share the compile of the jitted block that takes it as static.
-  """
-
-  def __init__(self, apply_fn: ApplyFn):
-    self.apply_fn = apply_fn
+class _ResponseLogprob(ntk.ApplyFnWrapper):
+  """scalar_fn(params, tokens_i, response_mask_i): see `response_logprob_fn`."""
 
   def __call__(self, params, tokens_T, response_mask_T):
     tokens_1T = jnp.asarray(tokens_T)[None]
     logits_1TV = self.apply_fn(params, tokens_1T)
     mask_1T = jnp.asarray(response_mask_T)[None]
     return _mean_response_logprob(logits_1TV, tokens_1T, mask_1T)[0]
-
-  def __eq__(self, other):
-    return isinstance(other, _ResponseLogprob) and other.apply_fn == self.apply_fn
-
-  def __hash__(self):
-    return hash((_ResponseLogprob, self.apply_fn))
-
-  def __repr__(self):
-    return f'response_logprob_fn({self.apply_fn!r})'
 
 
 def response_logprob_fn(apply_fn: ApplyFn) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
