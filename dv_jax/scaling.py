@@ -59,9 +59,10 @@ Shape legend: `N` items, `T` values of `n` (or points of a curve), `J` breaks, `
 bootstrap replicates.
 """
 
+import inspect
 import itertools
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -1094,3 +1095,31 @@ def fit_broken_power_law(
       models=tuple(models),
       bootstrap_breaks=boot,
   )
+
+
+def fit_options(fit_config: Mapping[str, Any], **overrides: Any) -> Dict[str, Any]:
+  """The keyword arguments of `fit_broken_power_law` that a config section sets.
+
+  An experiment's `config.fit` mirrors the fit's keywords and adds its own settings (e.g. a
+  seed bootstrap); only the fit's keywords are taken, so the section and the function
+  cannot drift apart. Lists become tuples (the ranges).
+
+  Args:
+    fit_config: a mapping (e.g. an `ml_collections.ConfigDict`).
+    **overrides: keywords set on top (e.g. `seed=config.seed`); each must be a keyword of
+      `fit_broken_power_law`.
+
+  Returns:
+    `{keyword: value}` for `fit_broken_power_law(x, y, **options)`.
+
+  Raises:
+    ValueError: an override that is not a keyword of the fit.
+  """
+  keywords = set(inspect.signature(fit_broken_power_law).parameters) - {'x', 'y'}
+  unknown = sorted(set(overrides) - keywords)
+  if unknown:
+    raise ValueError(f'overrides {unknown} are not keywords of fit_broken_power_law')
+  options = {name: fit_config[name] for name in fit_config if name in keywords}
+  options.update(overrides)
+  return {name: tuple(value) if isinstance(value, list) else value
+          for name, value in options.items()}

@@ -74,15 +74,7 @@ def _n_grid(config) -> np.ndarray:
 
 
 def _fit_options(config) -> Dict[str, Any]:
-  fit = config.fit
-  return dict(max_breaks=fit.max_breaks, num_bootstrap=fit.num_bootstrap, seed=config.seed,
-              floor=fit.floor, grid_points=fit.grid_points, num_starts=fit.num_starts,
-              min_segment_points=fit.min_segment_points, min_break_ratio=fit.min_break_ratio,
-              initial_smoothness=fit.initial_smoothness,
-              smoothness_range=tuple(fit.smoothness_range),
-              slope_range=tuple(fit.slope_range), sigma_floor=fit.sigma_floor,
-              bootstrap=fit.bootstrap, ci_level=fit.ci_level,
-              max_evaluations=fit.max_evaluations)
+  return scaling.fit_options(config.fit, seed=config.seed)
 
 
 def _match_breaks(fitted: np.ndarray, predicted: Sequence[float]) -> List[float]:

@@ -472,13 +472,7 @@ def predictions(config, mode: str, p: np.ndarray, p_syn: np.ndarray,
 
 
 def _fit_options(config) -> Dict[str, Any]:
-  fit = config.fit
-  return dict(max_breaks=fit.max_breaks, num_bootstrap=fit.num_bootstrap, seed=config.seed,
-              floor=fit.floor, grid_points=fit.grid_points, num_starts=fit.num_starts,
-              min_segment_points=fit.min_segment_points, min_break_ratio=fit.min_break_ratio,
-              initial_smoothness=fit.initial_smoothness,
-              smoothness_range=tuple(fit.smoothness_range), sigma_floor=fit.sigma_floor,
-              bootstrap=fit.bootstrap, ci_level=fit.ci_level)
+  return scaling.fit_options(config.fit, seed=config.seed)
 
 
 def match_breaks(fitted: Sequence[float], predicted: Sequence[float]) -> List[float]:

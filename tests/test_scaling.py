@@ -467,3 +467,16 @@ def test_fit_rejects(kwargs, match):
   x, y = arguments.pop('x'), arguments.pop('y')
   with pytest.raises(ValueError, match=match):
     scaling.fit_broken_power_law(x, y, **arguments)
+
+
+def test_fit_options_takes_only_the_fits_keywords():
+  section = {'max_breaks': 1, 'smoothness_range': [0.1, 2.0], 'seed_bootstrap': 50,
+             'num_bootstrap': 0}
+  options = scaling.fit_options(section, seed=3)
+  assert options == {'max_breaks': 1, 'smoothness_range': (0.1, 2.0), 'num_bootstrap': 0,
+                     'seed': 3}
+  x = np.geomspace(1.0, 1e4, 20)
+  fit = scaling.fit_broken_power_law(x, 2.0 * x ** -0.5, **options)
+  assert fit.num_breaks == 0
+  with pytest.raises(ValueError, match='seed_bootstrap'):
+    scaling.fit_options({}, seed_bootstrap=3)
