@@ -357,7 +357,7 @@ def sample_tweets(model, params, tokenizer, labels, *, key: jax.Array,
     lengths = np.asarray(out.lengths)[:len(chunk)]
     for row, length in zip(tokens, lengths):
       # decode drops the specials; <unk> and label tokens the LM may emit mid-text are
-      # dropped too, so no placeholder text leaks into a tweet.
+      # dropped too, so no '<unk>' or label text leaks into a tweet.
       ids = [int(t) for t in row[2:length] if int(t) not in drop]
       texts.append(tokenizer.decode(ids))
   return texts
