@@ -77,7 +77,8 @@ def _key_str(entry) -> str:
   return str(entry)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+  """The '/'-joined path of a `jax.tree_util` key path, as `param_filter` regexes see it."""
   return '/'.join(_key_str(entry) for entry in path)
 
 
@@ -93,20 +94,20 @@ def _selection_mask(params: PyTree, param_filter: ParamFilter) -> tuple[bool, ..
       pattern = re.compile(param_filter)
     except re.error as e:
       raise ValueError(f'param_filter {param_filter!r} is not a valid regex: {e}') from e
-    mask = tuple(bool(pattern.search(_path_str(path))) for path, _ in with_paths)
+    mask = tuple(bool(pattern.search(path_str(path))) for path, _ in with_paths)
   elif callable(param_filter):
-    mask = tuple(bool(param_filter(_path_str(path), leaf)) for path, leaf in with_paths)
+    mask = tuple(bool(param_filter(path_str(path), leaf)) for path, leaf in with_paths)
   else:
     raise ValueError('param_filter must be None, a regex string or a callable '
                      f'(path_str, leaf) -> bool, got {type(param_filter).__name__}.')
   if not any(mask):
-    paths = [_path_str(path) for path, _ in with_paths]
+    paths = [path_str(path) for path, _ in with_paths]
     shown = ', '.join(paths[:8]) + (', ...' if len(paths) > 8 else '')
     raise ValueError(f'param_filter {param_filter!r} selects no parameter; the paths are: '
                      f'{shown}.')
   for (path, leaf), selected in zip(with_paths, mask):
     if selected and not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-      raise ValueError(f'params leaf {_path_str(path)!r} is selected by param_filter but has '
+      raise ValueError(f'params leaf {path_str(path)!r} is selected by param_filter but has '
                        f'non-float dtype {jnp.result_type(leaf)}; filter it out.')
   return mask
 

@@ -9,6 +9,7 @@ import pytest
 
 from dv_jax.models import lm
 from dv_jax.models.checkpoint import param_shapes
+from dv_jax.models.llama import Llama
 from dv_jax.models.llama import LlamaConfig
 from dv_jax.models.transformer import SequenceClassifier
 from dv_jax.models.transformer import TransformerLM
@@ -204,3 +205,52 @@ def test_last_layers_filter_on_transformer_classifier_paths():
 def test_last_layers_filter_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
     lm.last_layers_filter(**kwargs)
+
+
+def _llama_shapes(num_layers):
+  cfg = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=8,
+                    num_hidden_layers=num_layers, num_attention_heads=2)
+  model = Llama(cfg)
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_resolve_param_filter_reads_depth_and_family_off_the_params():
+  shapes = _llama_shapes(12)
+  assert lm.resolve_param_filter('last_layers:2', shapes) == lm.last_layers_filter(
+      2, total_layers=12)
+  assert lm.resolve_param_filter('last_layers:2', shapes['params']) == lm.last_layers_filter(
+      2, total_layers=12)
+  # The same spec on a 3-block TransformerLM classifier: its family's names, its depth.
+  classifier = jax.eval_shape(SequenceClassifier(V, 2, 3, 2, 8, 16, 10).init,
+                              jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+  regex = lm.resolve_param_filter('last_layers:1', classifier)
+  assert regex == lm.last_layers_filter(1, total_layers=3, model='transformer_lm')
+  assert {p for p in _paths(classifier) if re.search(regex, p)} == {
+      p for p in _paths(classifier) if p.startswith(
+          ('params/backbone/layers_2/', 'params/backbone/final_norm/', 'params/classifier/'))}
+
+
+def test_resolve_param_filter_passes_other_strings_through():
+  shapes = _llama_shapes(2)
+  assert lm.resolve_param_filter('', shapes) is None
+  assert lm.resolve_param_filter('mlp/down_proj', shapes) == 'mlp/down_proj'
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('last_layers:x', "'last_layers:N'"),
+    ('last_layers:-1', "'last_layers:N'"),
+    ('last_layers:3', 'num_layers'),
+    ('no_such_leaf', 'selects no parameter'),
+    ('(', 'not a valid regex'),
+])
+def test_resolve_param_filter_errors(spec, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    lm.resolve_param_filter(spec, _llama_shapes(2))
+
+
+def test_resolve_param_filter_needs_numbered_blocks():
+  mlp_params = {'Dense_0': {'kernel': jnp.zeros((2, 3))}, 'Dense_1': {'kernel': jnp.zeros(3)}}
+  with pytest.raises(ValueError, match='last_layers:1.*layers_'):
+    lm.resolve_param_filter('last_layers:1', mlp_params)
+  with pytest.raises(ValueError, match='param_filter must be a string'):
+    lm.resolve_param_filter(None, mlp_params)

@@ -16,7 +16,7 @@ Shape legend: n examples, t sequence length, V vocab.
 
 import functools
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -178,3 +178,57 @@ def last_layers_filter(num_layers: int, *, total_layers: int, model: str = 'llam
     names.extend(re.escape(h) for h in head_names)
   # Anchored on '/' so 'norm' misses 'input_layernorm' and 'layers_1' misses 'layers_11'.
   return '(^|/)(' + '|'.join(names) + ')(/|$)'
+
+
+LAST_LAYERS_SPEC = 'last_layers:'
+_LAYER_COMPONENT = re.compile(r'^layers_(\d+)$')
+
+
+def resolve_param_filter(param_filter: str, params: Any) -> Optional[str]:
+  """A config's `param_filter` string, as `dv_jax.ntk` takes it, for the model of `params`.
+
+  A config is written before its checkpoint is loaded, so it cannot spell the regex of "the
+  last two blocks" of a model whose depth it does not know (24 blocks for Qwen2.5-0.5B, 28
+  for 1.5B). It says `'last_layers:N'` instead, and this reads the depth and the model
+  family off the parameter paths.
+
+  Args:
+    param_filter: '' (all parameters), `'last_layers:N'` (the last N blocks, the final norm
+      and an untied output head: `last_layers_filter`), or any other string, a regex
+      returned unchanged.
+    params: the parameter pytree the filter will be applied to.
+
+  Returns:
+    None (all parameters) or a regex string.
+
+  Raises:
+    ValueError: a malformed 'last_layers:' spec, params without numbered `layers_{i}`
+      blocks or a final norm of a known model family, an invalid regex, or a filter that
+      selects no parameter.
+  """
+  if not isinstance(param_filter, str):
+    raise ValueError(f'param_filter must be a string, got {type(param_filter).__name__}')
+  if not param_filter:
+    return None
+  if not param_filter.startswith(LAST_LAYERS_SPEC):
+    ntk.flat_param_count(params, param_filter)  # a bad regex fails here, before long work
+    return param_filter
+  count = param_filter[len(LAST_LAYERS_SPEC):]
+  if not count.isdigit():
+    raise ValueError(f"param_filter {param_filter!r}: expected 'last_layers:N' with N an int "
+                     '>= 0')
+  components = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    components.update(ntk.path_str(path).split('/'))
+  layers = sorted(int(m.group(1)) for c in components if (m := _LAYER_COMPONENT.match(c)))
+  families = [name for name, (_, norm, _) in _LAYER_NAMES.items() if norm in components]
+  if not layers or len(families) != 1:
+    raise ValueError(f'param_filter {param_filter!r} needs the parameters of a Llama / Qwen2 or '
+                     'TransformerLM (numbered layers_{i} blocks and a final norm); these have '
+                     f'the path components {sorted(components)[:12]}')
+  if layers != list(range(len(layers))):
+    raise ValueError(f'param_filter {param_filter!r}: the blocks are not numbered 0..L-1: '
+                     f'{layers}')
+  regex = last_layers_filter(int(count), total_layers=len(layers), model=families[0])
+  ntk.flat_param_count(params, regex)  # raises, naming the paths, if it selects nothing
+  return regex
