@@ -76,6 +76,7 @@ from dv_jax import ntk as ntk_lib
 from dv_jax.data.contributors import Contributor
 from dv_jax.data.contributors import Split
 from dv_jax.data.contributors import validate_contributor
+from dv_jax.models import lm as lm_lib
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -107,7 +108,8 @@ def default_config() -> ml_collections.ConfigDict:
       num_sub=256,                 # rows of the 'subsample' method (capped at n).
       eps=1e-4,                    # relative jitter lam = eps * trace / n.
       normalization='per_example',  # 'per_example' sqrt(Q / n) | 'paper' sqrt(Q) / n.
-      param_filter='',             # '' = all parameters; else a regex on the leaf path.
+      param_filter='',             # '' = all parameters; 'last_layers:N' (an LM's last N
+                                   # blocks); else a regex on the leaf path.
       projection_dim=0,            # 0 = no projection; else k.
       projection_kind='rademacher',  # 'rademacher' | 'gaussian'.
       grad_block_size=256,         # examples per jitted gradient / kernel block.
@@ -466,7 +468,7 @@ def _ntk_factor(apply_fn, params, x, y, *, config, num_classes, key) -> jax.Arra
   `F F^T = (1 / c) sum_j G_j G_j^T` is the trace-averaged NTK of the logits.
   """
   cfg = config.ntk
-  param_filter = cfg.param_filter or None
+  param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   projection = (ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind, key)
                 if int(cfg.projection_dim) else None)
   scalar_fn = ntk_lib.true_class_logit(apply_fn)

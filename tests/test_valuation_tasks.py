@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from absl import app
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,7 +25,13 @@ from dv_jax import results
 from dv_jax import tasks
 from dv_jax import training
 from dv_jax import valuation
+from dv_jax.baselines import davinz
+from dv_jax.baselines import tracin
+from dv_jax.baselines import trak
 from dv_jax.data import tweets as tweets_lib
+from dv_jax.models.lm import last_layers_filter
+from dv_jax.models.llama import Llama
+from dv_jax.models.llama import LlamaConfig
 
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT / 'experiments'))
@@ -206,7 +213,6 @@ def test_paper_scale_configs_build_their_models_on_fixtures(fixtures):
 
 def test_davinz_projection_preserves_the_ntk_score():
   """Paper-scale DAVINZ projects gradients; a wide Gaussian projection keeps its score."""
-  from dv_jax.baselines import davinz  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
   x = rng.normal(size=(12, 6)).astype(np.float32)
   y = rng.integers(0, 2, size=12)
@@ -228,3 +234,48 @@ def test_davinz_projection_preserves_the_ntk_score():
   np.testing.assert_allclose(projected.extras['ntk'], exact.extras['ntk'], rtol=0.05)
   np.testing.assert_allclose(projected.extras['mmd'], exact.extras['mmd'])
   assert not np.allclose(projected.extras['ntk'], exact.extras['ntk'], rtol=1e-6)
+
+
+def test_last_layers_spec_reaches_every_gradient_method(monkeypatch):
+  """'last_layers:1' in ours', DAVINZ's, TracIn's and TRAK's config sections is differentiated
+  as the regex of the LM's last block (+ final norm), not as a literal regex or all leaves."""
+  model = Llama(LlamaConfig(vocab_size=13, hidden_size=8, intermediate_size=8,
+                            num_hidden_layers=2, num_attention_heads=2))
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 13, size=(10, 6))
+  mask = np.zeros((10, 6))
+  mask[:, 3:] = 1  # the last three tokens are the response
+  x = tasks.pack_lm(tokens, mask, np.full(10, 6))
+  y = np.zeros(10, np.int32)
+  params = model.init(jax.random.PRNGKey(0), jnp.asarray(tokens[:1]))['params']
+  apply_fn = tasks.lm_classifier(lambda p, t: model.apply({'params': p}, t))
+  contributors = [valuation.Contributor('a', x[:4], y[:4], None, None),
+                  valuation.Contributor('b', x[4:8], y[4:8], None, None)]
+  target = (x[8:], y[8:])
+
+  seen = []
+  real = ntk.per_example_grads
+
+  def recording(*args, **kwargs):
+    seen.append(kwargs['param_filter'])
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(ntk, 'per_example_grads', recording)
+  config = valuation_table.baselines.default_config()
+  config.update(valuation.default_config())
+  config.ntk.param_filter = 'last_layers:1'
+  for name in ('davinz', 'tracin', 'trak'):
+    config.baselines[name].param_filter = 'last_layers:1'
+    if name != 'davinz':
+      config.baselines[name].train.update(dict(steps=2, batch_size=4))
+  config.baselines.tracin.num_checkpoints = 1
+  config.baselines.trak.num_models = 1
+  config.baselines.trak.projection_dim = 8
+  expected = last_layers_filter(1, total_layers=2)
+  valuation.value_contributors(contributors, target, apply_fn=apply_fn, params=params,
+                               config=config)
+  assert seen and set(seen) == {expected}
+  for method in (davinz, tracin, trak):
+    seen.clear()
+    method.value(contributors, target, apply_fn=apply_fn, params=params, config=config)
+    assert seen and set(seen) == {expected}, method.__name__

@@ -43,6 +43,7 @@ from dv_jax import mmd as mmd_lib
 from dv_jax import ntk as ntk_lib
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
+from dv_jax.models import lm as lm_lib
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -134,7 +135,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                 if projection_dim else None)
   grads = np.asarray(ntk_lib.per_example_grads(
       ntk_lib.true_class_logit(apply_fn), params, x, y,
-      param_filter=cfg.param_filter or None, projection=projection,
+      param_filter=lm_lib.resolve_param_filter(cfg.param_filter, params),
+      projection=projection,
       block_size=int(cfg.grad_block_size)))
   logits = np.asarray(valuation.logits_at(apply_fn, params, x,
                                           block_size=int(cfg.grad_block_size)))

@@ -30,6 +30,7 @@ from dv_jax import ntk as ntk_lib
 from dv_jax import training
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
+from dv_jax.models import lm as lm_lib
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -42,6 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
       projection_dim=0,         # 0 = exact gradients; else k.
       projection_kind='rademacher',
       grad_block_size=256,
+      # '' = all parameters, as the method's paper; 'last_layers:N' (an LLM's last N
+      # blocks) or a regex on the leaf path (dv_jax.models.lm.resolve_param_filter).
+      param_filter='',
   ))
 
 
@@ -118,6 +122,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                      f'{steps}, got {num_checkpoints}')
   train_config = training.as_train_config(cfg.train)._replace(
       checkpoint_every=steps // num_checkpoints)
+  # Resolved before training, so that a bad filter fails before the long part.
+  param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 12)
   k_train, k_proj = jax.random.split(key)
   result = training.train(apply_fn, params, x, y, config=train_config, key=k_train,
@@ -131,7 +137,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   train_grads, target_grads = [], []
   for j in range(num_checkpoints):
     params_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], result.checkpoints)
-    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size))
+    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size),
+                  param_filter=param_filter)
     train_grads.append(ntk_lib.per_example_grads(scalar_fn, params_j, x, y, **kwargs))
     target_grads.append(ntk_lib.per_example_grads(scalar_fn, params_j, tx, ty, **kwargs))
   learning_rates = np.asarray(result.learning_rates, np.float64)

@@ -37,6 +37,7 @@ from dv_jax import ntk as ntk_lib
 from dv_jax import training
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
+from dv_jax.models import lm as lm_lib
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,6 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
       projection_kind='rademacher',  # 'rademacher' | 'gaussian'.
       ridge=1e-3,                   # lam = ridge * trace(Phi^T Phi) / k.
       grad_block_size=256,
+      # '' = all parameters, as the method's paper; 'last_layers:N' (an LLM's last N
+      # blocks) or a regex on the leaf path (dv_jax.models.lm.resolve_param_filter).
+      param_filter='',
   ))
 
 
@@ -120,6 +124,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                      f'got {num_models}, {cfg.projection_dim}')
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
   k_train, k_proj = jax.random.split(key)
+  # Resolved before training, so that a bad filter fails before the long part.
+  param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   trained = training.train_many_seeds(apply_fn, params, x, y, config=cfg.train,
                                       keys=jax.random.split(k_train, num_models),
                                       num_classes=num_classes)
@@ -132,7 +138,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
     projection = ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind,
                                     jax.random.fold_in(k_proj, r))
-    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size))
+    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size),
+                  param_filter=param_filter)
     phi = ntk_lib.per_example_grads(scalar_fn, params_r, x, y, **kwargs)
     phi_target = ntk_lib.per_example_grads(scalar_fn, params_r, tx, ty, **kwargs)
     logits = valuation.logits_at(apply_fn, params_r, x, block_size=int(cfg.grad_block_size))
