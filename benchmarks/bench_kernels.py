@@ -32,27 +32,16 @@ Usage:
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
+import case_runner  # benchmarks/case_runner.py: the script's folder is on sys.path
+
 
 NTK_CASES = ('reference', 'jacobian_contraction', 'ntk_vector_products', 'neural_tangents',
              'nt_whole_batch')
 MMD_CASES = ('reference', 'mk_mmd2')
 PROBE = 16
-
-
-def _maxrss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _current_rss_mb() -> float:
-  with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
 # ----------------------------------------------------------------------------------------
@@ -121,14 +110,14 @@ def _run_ntk_case(case: dict) -> dict:
     run = lambda: ntk_fn(x, None, params)
   compile_s = time.perf_counter() - compile_start
 
-  rss_before = _current_rss_mb()
+  rss_before = case_runner.current_rss_mb()
   start = time.perf_counter()
   theta = run()
   theta.block_until_ready()
   run_s = time.perf_counter() - start
   probe = np.asarray(theta[:PROBE, :PROBE], np.float64)
   return {'status': 'ok', 'run_s': run_s, 'compile_s': compile_s, 'p': int(num_params),
-          'peak_mb': _maxrss_mb(), 'delta_mb': _maxrss_mb() - rss_before,
+          'peak_mb': case_runner.maxrss_mb(), 'delta_mb': case_runner.maxrss_mb() - rss_before,
           'probe': probe.tolist()}
 
 
@@ -170,43 +159,24 @@ def _run_mmd_case(case: dict) -> dict:
     run()
     compile_s = time.perf_counter() - start
 
-  rss_before = _current_rss_mb()
+  rss_before = case_runner.current_rss_mb()
   times = []
   for _ in range(case['repeats']):
     start = time.perf_counter()
     value = run()
     times.append(time.perf_counter() - start)
   return {'status': 'ok', 'run_s': float(np.median(times)), 'compile_s': compile_s,
-          'peak_mb': _maxrss_mb(), 'delta_mb': _maxrss_mb() - rss_before,
+          'peak_mb': case_runner.maxrss_mb(), 'delta_mb': case_runner.maxrss_mb() - rss_before,
           'probe': [[float(value)]]}
 
 
 def _child(case: dict) -> None:
   result = _run_ntk_case(case) if case['kind'] == 'ntk' else _run_mmd_case(case)
-  print('RESULT ' + json.dumps(result))
+  case_runner.print_result(result)
 
 
 # ----------------------------------------------------------------------------------------
 # Parent side: spawn, collect, print.
-
-
-def _spawn(case: dict, timeout: float) -> dict:
-  env = dict(os.environ)
-  env['PYTHONPATH'] = _ROOT + os.pathsep + env.get('PYTHONPATH', '')
-  try:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--case',
-                           json.dumps(case)], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
-  except subprocess.TimeoutExpired:
-    return {'status': f'timeout (> {timeout:.0f} s)'}
-  for line in proc.stdout.splitlines():
-    if line.startswith('RESULT '):
-      return json.loads(line[len('RESULT '):])
-  if proc.returncode < 0:
-    return {'status': f'killed by signal {-proc.returncode}'
-                      + (' (out of memory?)' if proc.returncode == -9 else '')}
-  last = (proc.stderr.strip().splitlines() or ['no output'])[-1]
-  return {'status': f'failed (rc {proc.returncode}): {last[:70]}'}
 
 
 def _relative_error(probe, reference_probe) -> str:
@@ -274,7 +244,7 @@ def main() -> None:
         case = {'kind': 'ntk', 'name': name, 'n': n, 'width': args.width, 'dim': args.dim,
                 'block_size': args.block_size,
                 'max_whole_batch_gb': args.max_whole_batch_gb}
-        result = _spawn(case, args.timeout)
+        result = case_runner.spawn(__file__, case, args.timeout)
         if name == 'reference':
           reference = result
         rows.append({'n': n, 'name': name, 'result': result, 'reference': reference})
@@ -288,7 +258,7 @@ def main() -> None:
       reference = None
       for name in MMD_CASES:
         case = {'kind': 'mmd', 'name': name, 'n': n, 'dim': args.dim, 'repeats': args.repeats}
-        result = _spawn(case, args.timeout)
+        result = case_runner.spawn(__file__, case, args.timeout)
         if name == 'reference':
           reference = result
         rows.append({'n': n, 'name': name, 'result': result, 'reference': reference})
