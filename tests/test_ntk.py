@@ -101,8 +101,10 @@ def explicit_projection_matrices(params, key, dim, kind):
     chunks = []
     for j in range(-(-size // rows)):
       chunk_key = jax.random.fold_in(leaf_key, j)
-      if kind == 'rademacher':
-        chunks.append(jax.random.rademacher(chunk_key, (rows, dim), dtype=jnp.float32))
+      if kind == 'rademacher':  # the bits of each uint32 word, least significant first
+        words = np.asarray(jax.random.bits(chunk_key, (rows, -(-dim // 32)), jnp.uint32))
+        bits = (words[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1
+        chunks.append(2.0 * bits.reshape(rows, -1)[:, :dim] - 1.0)
       else:
         chunks.append(jax.random.normal(chunk_key, (rows, dim), dtype=jnp.float32))
     mats.append(np.concatenate([np.asarray(ch, np.float64) for ch in chunks])[:size]
@@ -233,6 +235,20 @@ def test_projection_equals_explicit_matrices(kind, param_filter):
     ntk_fn = ntk.empirical_ntk_fn(apply_fn, implementation=implementation, block_size=4,
                                   param_filter=param_filter, projection=projection)
     assert_close(ntk_fn(x, None, params), reference_ntk(j, j, trace=True))
+
+
+def test_rademacher_draw_is_balanced_and_uncorrelated():
+  """Entries +-1/sqrt(k), fair coins, uncorrelated across the bits of one word and beyond."""
+  rows, dim = 4096, 40  # 40: one whole uint32 word and part of another
+  draw = np.asarray(ntk._draw(jax.random.PRNGKey(3), (rows, dim), 'rademacher', jnp.float32),
+                    np.float64)
+  np.testing.assert_allclose(np.abs(draw), 1 / math.sqrt(dim), rtol=1e-6)
+  values = np.sign(draw)
+  # Each column's mean and each pair's correlation has standard error 1/sqrt(rows).
+  bound = 5 / math.sqrt(rows)
+  assert np.abs(values.mean(axis=0)).max() < bound
+  gram = values.T @ values / rows
+  assert np.abs(gram - np.eye(dim)).max() < bound
 
 
 @pytest.mark.parametrize('kind', ['rademacher', 'gaussian'])
