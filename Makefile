@@ -35,8 +35,9 @@ test-main: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) tests
 
 # The second environment checks that the library runs on jax 0.5.3 and agrees with
-# neural-tangents: every test except the end-to-end experiment runs (marked slow), which
-# drive the same library code and would double make test's time. test-nt-all runs them too.
+# neural-tangents: every test except those marked slow (the end-to-end experiment runs and
+# a config-wiring check), which drive the same library code and would double make test's
+# time. test-nt-all runs them too.
 test-nt: $(VENV_NT)/.installed
 	DV_JAX_REQUIRE_NT=1 $(VENV_NT)/bin/python -m pytest -n $(PYTEST_WORKERS) -m 'not slow' tests
 

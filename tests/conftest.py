@@ -16,7 +16,8 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: runs an experiment end to end (smoke config)')
+  config.addinivalue_line('markers', 'slow: runs an experiment end to end (smoke config) or '
+                          'checks config wiring through whole methods; make test-nt skips it')
 
 
 @pytest.fixture(scope='session')

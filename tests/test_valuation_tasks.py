@@ -236,6 +236,7 @@ def test_davinz_projection_preserves_the_ntk_score():
   assert not np.allclose(projected.extras['ntk'], exact.extras['ntk'], rtol=1e-6)
 
 
+@pytest.mark.slow  # ~30 s of compiles; wiring, which the jax-0.5.3 run need not repeat
 def test_last_layers_spec_reaches_every_gradient_method(monkeypatch):
   """'last_layers:1' in ours', DAVINZ's, TracIn's and TRAK's config sections is differentiated
   as the regex of the LM's last block (+ final norm), not as a literal regex or all leaves."""
