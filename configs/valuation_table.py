@@ -27,13 +27,13 @@ Commands:
 
 Expected result (measured, Spearman against retraining; see <workdir>/table.md):
   digits (draw 0): ours-proposed 0.78 (MLP) / 0.69 (CNN), ours-recommended the same,
-    METHOD.md defaults 0.26 / 0.05; DAVINZ 0.73 / 0.66, TracIn 0.85 / 0.77, TRAK 0.71 /
-    0.66, random -0.24 / -0.21. 95% bootstrap CIs are about +-0.4 wide with K=12.
+    METHOD.md defaults 0.26 / 0.05; DAVINZ 0.73 / 0.66, TracIn 0.85 / 0.77, TRAK 0.70 /
+    0.71, random -0.24 / -0.21. 95% bootstrap CIs are about +-0.4 wide with K=12.
   digits_draws (mean ± std over 5 draws): ours-proposed 0.73 ± 0.08 / 0.70 ± 0.10,
     ours-recommended 0.66 ± 0.09 / 0.63 ± 0.14, METHOD.md defaults 0.30 / 0.19;
-    DAVINZ 0.63 / 0.56, TracIn 0.78 ± 0.13 / 0.59 ± 0.12, TRAK 0.61 / 0.58, random
+    DAVINZ 0.63 / 0.56, TracIn 0.78 ± 0.13 / 0.59 ± 0.12, TRAK 0.67 / 0.61, random
     0.00 / 0.04. The 0.8 target is not reached; TracIn is ahead on the MLP.
-Runtime (2 CPU cores, measured): digits 81 s wall (113 s CPU); digits_draws ~5 min.
+Runtime (2 CPU cores, measured): digits 81 s wall (113 s CPU); digits_draws 5-9 min.
 
 The four tasks of the paper's tables (`dv_jax.tasks`; `config.task` names the builder), each
 variant with a `<variant>_smoke` twin that the tests run:
@@ -59,22 +59,22 @@ variant with a `<variant>_smoke` twin that the tests run:
 Measured (one draw each, 2 shared CPU cores, Spearman against retraining; the 95% bootstrap
 CIs are about +-0.5 wide with K=12; full tables in <workdir>/table.md):
   mnist5k (125 s wall): MLP: METHOD.md defaults 0.17, ours-recommended 0.80, proposed 0.78,
-    fit weights 0.82; DAVINZ 0.92, TracIn 0.45, TRAK 0.54, random -0.13. CNN: defaults 0.41,
-    recommended / proposed 0.80, fit 0.67; DAVINZ 0.64, TracIn 0.36, TRAK 0.71, random -0.19.
+    fit weights 0.82; DAVINZ 0.92, TracIn 0.45, TRAK 0.31, random -0.13. CNN: defaults 0.41,
+    recommended / proposed 0.80, fit 0.67; DAVINZ 0.64, TracIn 0.36, TRAK 0.66, random -0.19.
   tweets (about 9 min wall: ~4 min train and sample the synthetic-tweet LM, cached as a
     unit; contributors of 200-1000 tweets, the 30-step recipe chosen on validation loss):
     retrained test loss 0.95-1.53, accuracy 0.42-0.57 (majority 0.43). Spearman against
     minus the loss (against the accuracy): defaults 0.34 (0.45), label-aware D 0.51
     (0.59), one-hot N 0.50 (0.58), recommended / proposed 0.02 (0.28), fit 0.55 (0.38);
-    DAVINZ -0.26 (-0.05), TracIn 0.66 (0.32), TRAK 0.27 (0.61), random 0.10 (0.01). No
+    DAVINZ -0.26 (-0.05), TracIn 0.66 (0.32), TRAK 0.26 (0.63), random 0.10 (0.01). No
     method is reliable here: the CIs span about -0.5..0.9, and the methods ranked first by
     the two ground truths differ. Retraining takes 11 s, so every method except random
     costs more than retraining at this scale.
-  arithmetic (159 s wall): defaults 0.49, recommended / proposed 0.84, fit 0.72; DAVINZ
-    0.84, TracIn 0.29, TRAK 0.78, random -0.43. The one-hot rows (39 classes, gradients
-    projected to 1024) cost 32 s, 2.2x the 14.5 s retraining.
+  arithmetic (159 s wall): defaults 0.50, recommended / proposed 0.84, fit 0.72; DAVINZ
+    0.84, TracIn 0.29, TRAK 0.73, random -0.43. The one-hot rows (39 classes, gradients
+    projected to 1024) cost 26-31 s, 1.8-2.1x the 14.5 s retraining.
   arithmetic_lm (70 s wall): defaults 0.76, LM features 0.78, proposed 0.59, fit 0.82;
-    DAVINZ 0.90, TracIn 0.28, TRAK 0.76, random -0.45.
+    DAVINZ 0.90, TracIn 0.28, TRAK 0.64, random -0.45.
   cifar100, instruction, reasoning_llm: not run here (no accelerator); their data and model
     paths run on tiny fixtures in tests/test_valuation_tasks.py.
 """
