@@ -76,6 +76,7 @@ from dv_jax.data import synthetic
 from dv_jax.data.contributors import Contributor
 from dv_jax.data.contributors import Split
 from dv_jax.models.common import bind_apply
+from dv_jax.models.lm import mean_response_logprob
 
 ApplyFn = Callable[[Any, Any], jax.Array]
 Cache = Callable[[str, Callable[[], Any]], Any]
@@ -218,24 +219,6 @@ def unpack_lm(x: Any) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """`x [b, 3, t]` -> (tokens int32 [b, t], response mask f32 [b, t], attention f32 [b, t])."""
   x = jnp.asarray(x)
   return x[:, 0].astype(jnp.int32), x[:, 1].astype(jnp.float32), x[:, 2].astype(jnp.float32)
-
-
-def mean_response_logprob(logits_BTV: jax.Array, tokens_BT: jax.Array,
-                          mask_BT: jax.Array) -> jax.Array:
-  """`g` per row: the mean of `log p(token_j | tokens_<j)` over response positions `j >= 1`.
-
-  Args:
-    logits_BTV: `[b, t, V]` next-token logits (position `j` predicts token `j + 1`).
-    tokens_BT: int `[b, t]`.
-    mask_BT: `[b, t]` response mask.
-
-  Returns:
-    float32 `[b]` (0 for a row without response tokens, e.g. padding).
-  """
-  log_probs = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-  token_lp = jnp.take_along_axis(log_probs, tokens_BT[:, 1:, None], axis=-1)[..., 0]
-  weights = mask_BT[:, 1:].astype(jnp.float32)
-  return jnp.sum(token_lp * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
 def lm_logits(g: jax.Array) -> jax.Array:

@@ -35,12 +35,30 @@ _LAYER_NAMES = {
 
 
 def response_token_logprobs(logits_BTV: jax.Array, tokens_BT: jax.Array) -> jax.Array:
-  """log p(token j | tokens < j) for j = 1..t-1: [b, t, V], [b, t] -> float32 [b, t - 1]."""
-  log_probs = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(log_probs, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+  """log p(token j | tokens < j) for j = 1..t-1: [b, t, V], [b, t] -> float32 [b, t - 1].
+
+  The picked logit minus the log-sum-exp, not a gather from `log_softmax`: that would be
+  one more `[b, t, V]` array (V = 152k for Qwen), and per-example gradients of an LLM hold
+  several. XLA's temp for a Qwen2.5-0.5B gradient block (benchmarks/bench_lm_ntk_memory.py,
+  last2+proj) drops from 4,399 to 3,250 MB.
+  """
+  logits_BTV = logits_BTV[:, :-1].astype(jnp.float32)
+  picked_BT = jnp.take_along_axis(logits_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+  return picked_BT - jax.nn.logsumexp(logits_BTV, axis=-1)
 
 
-def _mean_response_logprob(logits_BTV, tokens_BT, mask_BT):
+def mean_response_logprob(logits_BTV: jax.Array, tokens_BT: jax.Array,
+                          mask_BT: jax.Array) -> jax.Array:
+  """`g` per row: the mean of `log p(token_j | tokens_<j)` over response positions `j >= 1`.
+
+  Args:
+    logits_BTV: `[b, t, V]` next-token logits (position `j` predicts token `j + 1`).
+    tokens_BT: int `[b, t]`.
+    mask_BT: `[b, t]` response mask.
+
+  Returns:
+    float32 `[b]` (0 for a row without response tokens, e.g. padding).
+  """
   weights = mask_BT[:, 1:].astype(jnp.float32)
   total = jnp.sum(response_token_logprobs(logits_BTV, tokens_BT) * weights, axis=1)
   # Guard 0/0 for padding rows of a block; validated inputs always have a response token.
@@ -54,7 +72,7 @@ class _ResponseLogprob(ntk.ApplyFnWrapper):
     tokens_1T = jnp.asarray(tokens_T)[None]
     logits_1TV = self.apply_fn(params, tokens_1T)
     mask_1T = jnp.asarray(response_mask_T)[None]
-    return _mean_response_logprob(logits_1TV, tokens_1T, mask_1T)[0]
+    return mean_response_logprob(logits_1TV, tokens_1T, mask_1T)[0]
 
 
 def response_logprob_fn(apply_fn: ApplyFn) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
@@ -103,7 +121,7 @@ def validate_lm_batch(tokens: Any, response_mask: Any) -> tuple:
 
 @functools.partial(jax.jit, static_argnames=('apply_fn',))
 def _nll_block(apply_fn, params, tokens_BT, mask_BT):
-  return -_mean_response_logprob(apply_fn(params, tokens_BT), tokens_BT, mask_BT)
+  return -mean_response_logprob(apply_fn(params, tokens_BT), tokens_BT, mask_BT)
 
 
 def response_nll(apply_fn: ApplyFn, params: Any, tokens: Any, response_mask: Any, *,
