@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from decoding_helpers import decode_step
+from decoding_helpers import prefill
 from dv_jax.models import checkpoint
 from dv_jax.models.llama import Llama
 from dv_jax.models.llama import LlamaConfig
@@ -143,17 +145,6 @@ def _np_logits(state, hf, tokens, attention_mask=None):
 @functools.partial(jax.jit, static_argnames=('model',))
 def _apply(model, params, tokens, attention_mask=None):
   return model.apply({'params': params}, tokens, attention_mask, return_hidden=True)
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
-def _prefill(model, params, tokens, attention_mask=None, logit_positions=None, *, cache_len):
-  return model.apply({'params': params}, tokens, attention_mask, cache_len=cache_len,
-                     logit_positions=logit_positions, method='prefill')
-
-
-@functools.partial(jax.jit, static_argnames=('model',))
-def _decode_step(model, params, token_B, position_B, cache):
-  return model.apply({'params': params}, token_B, position_B, cache, method='decode_step')
 
 
 def _tokens(b=2, t=7, seed=1):
@@ -300,7 +291,7 @@ def test_prefill_and_decode_step_match_forward(name):
   prompt = full[:, :t0].copy()
   tail = np.arange(t0)[None] >= lengths[:, None]
   prompt[tail] = (prompt[tail] + 7) % 37
-  logits, cache = _prefill(model, params, prompt, (~tail).astype(np.int32), cache_len=10)
+  logits, cache = prefill(model, params, prompt, (~tail).astype(np.int32), cache_len=10)
   # Prefill logits are the forward pass's: at the real positions, those of the full sequence.
   for row, length in enumerate(lengths):
     np.testing.assert_allclose(logits[row, :length], full_logits[row, :length], rtol=1e-5,
@@ -312,7 +303,7 @@ def test_prefill_and_decode_step_match_forward(name):
   rows = np.arange(3)
   for s in range(10 - t0):
     position = (lengths + s).astype(np.int32)
-    logits_BV, cache = _decode_step(model, params, full[rows, position], position, cache)
+    logits_BV, cache = decode_step(model, params, full[rows, position], position, cache)
     np.testing.assert_allclose(logits_BV, full_logits[rows, position], rtol=1e-5, atol=1e-5,
                                err_msg=f'step {s}')
 
@@ -350,7 +341,7 @@ def test_decode_errors():
   with pytest.raises(ValueError, match='logit_positions'):
     Llama(cfg).apply(variables, _tokens(2, 4), cache_len=6, logit_positions=np.zeros(3, int),
                      method='prefill')
-  _, cache = jax.eval_shape(functools.partial(_prefill, Llama(cfg), cache_len=6), params,
+  _, cache = jax.eval_shape(functools.partial(prefill, Llama(cfg), cache_len=6), params,
                             _tokens(2, 4))
   cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
   token = np.zeros(2, np.int32)

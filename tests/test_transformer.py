@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from decoding_helpers import decode_step
+from decoding_helpers import prefill
 from dv_jax.models import transformer
 from dv_jax.models.transformer import KVCache
 from dv_jax.models.transformer import SequenceClassifier
@@ -36,17 +38,6 @@ PARAMS = _random_params(LM, jnp.zeros((1, 4), jnp.int32))
 @functools.partial(jax.jit, static_argnames=('model', 'method'))
 def _apply(model, params, tokens, attention_mask=None, method=None):
   return model.apply({'params': params}, tokens, attention_mask, method=method)
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
-def _prefill(model, params, tokens, attention_mask=None, logit_positions=None, *, cache_len):
-  return model.apply({'params': params}, tokens, attention_mask, cache_len=cache_len,
-                     logit_positions=logit_positions, method='prefill')
-
-
-@functools.partial(jax.jit, static_argnames=('model',))
-def _decode_step(model, params, token_B, position_B, cache):
-  return model.apply({'params': params}, token_B, position_B, cache, method='decode_step')
 
 
 def _tokens(b=2, t=7, seed=1):
@@ -171,7 +162,7 @@ def _right_padded_prompts(full, lengths, t0, seed=11):
 def test_prefill_logits_equal_forward_logits():
   tokens = _tokens(2, 7)
   forward = _apply(LM, PARAMS, tokens)
-  logits, cache = _prefill(LM, PARAMS, tokens, cache_len=MAX_LEN)
+  logits, cache = prefill(LM, PARAMS, tokens, cache_len=MAX_LEN)
   np.testing.assert_allclose(logits, forward, rtol=0, atol=1e-6)
   assert len(cache.keys) == len(cache.values) == LAYERS
   assert cache.keys[0].shape == cache.values[1].shape == (2, MAX_LEN, HEADS, D // HEADS)
@@ -181,7 +172,7 @@ def test_prefill_logits_equal_forward_logits():
   # one row of logits per prompt, the same numbers (right padding leaves real logits as is).
   mask = np.ones_like(tokens)
   mask[1, 5:] = 0
-  last, cache = _prefill(LM, PARAMS, tokens, mask, np.array([6, 4]), cache_len=MAX_LEN)
+  last, cache = prefill(LM, PARAMS, tokens, mask, np.array([6, 4]), cache_len=MAX_LEN)
   np.testing.assert_allclose(last, forward[np.arange(2), [6, 4]], rtol=0, atol=1e-6)
   np.testing.assert_array_equal(cache.key_mask[:, :7], mask != 0)
 
@@ -193,14 +184,14 @@ def test_decode_step_matches_forward_at_per_row_positions(pass_mask):
   lengths, t0 = np.array([5, 2, 4]), 5
   prompt = _right_padded_prompts(full, lengths, t0)
   mask = (np.arange(t0)[None] < lengths[:, None]).astype(np.int32) if pass_mask else None
-  logits, cache = _prefill(LM, PARAMS, prompt, mask, cache_len=MAX_LEN)
+  logits, cache = prefill(LM, PARAMS, prompt, mask, cache_len=MAX_LEN)
   for row, length in enumerate(lengths):
     np.testing.assert_allclose(logits[row, :length], full_logits[row, :length], atol=1e-5)
   rows = np.arange(3)
   # Teacher forcing: every row feeds the true token at its own next position.
   for s in range(MAX_LEN - t0):
     position = (lengths + s).astype(np.int32)
-    logits_BV, cache = _decode_step(LM, PARAMS, full[rows, position], position, cache)
+    logits_BV, cache = decode_step(LM, PARAMS, full[rows, position], position, cache)
     np.testing.assert_allclose(logits_BV, full_logits[rows, position], rtol=1e-5, atol=1e-5,
                                err_msg=f'step {s}')
 
@@ -211,11 +202,11 @@ def test_decode_step_masks_the_models_pad_id_as_forward_does():
   full = _tokens(2, 8, seed=4)
   full[:, 5] = 3
   full_logits = np.asarray(_apply(model, PARAMS, full))
-  _, cache = _prefill(model, PARAMS, full[:, :4], cache_len=8)
+  _, cache = prefill(model, PARAMS, full[:, :4], cache_len=8)
   rows = np.arange(2)
   for position in range(4, 8):
     position_B = np.full(2, position, np.int32)
-    logits_BV, cache = _decode_step(model, PARAMS, full[:, position], position_B, cache)
+    logits_BV, cache = decode_step(model, PARAMS, full[:, position], position_B, cache)
     np.testing.assert_allclose(logits_BV, full_logits[rows, position], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(cache.key_mask[:, 5], False)
 
@@ -250,7 +241,7 @@ def test_prefill_errors(kwargs, message):
     (np.zeros(2, np.int32), np.zeros(2, np.int32), 'batch', 'batch'),
 ])
 def test_decode_step_errors(token, position, change, message):
-  _, cache = jax.eval_shape(functools.partial(_prefill, LM, cache_len=8), PARAMS,
+  _, cache = jax.eval_shape(functools.partial(prefill, LM, cache_len=8), PARAMS,
                             _tokens(2, 4))
   cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
   if change is not None:
