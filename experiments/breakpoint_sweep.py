@@ -99,6 +99,9 @@ def sweep_rows(k: int, output: Dict[str, Any], beta: float) -> List[Dict[str, An
           f'seedboot_{label}_lo': row.get(f'seedboot_{label}_lo', math.nan),
           f'seedboot_{label}_hi': row.get(f'seedboot_{label}_hi', math.nan),
       })
+      if row['curve'] == 'theory':  # where the ideal learner's breaks fall at these seeds
+        entry.update({f'ideal_{label}_{stat}': row.get(f'ideal_{label}_{stat}', math.nan)
+                      for stat in ('median', 'lo', 'hi', 'within_2x')})
     rows.append(entry)
   return rows
 
@@ -109,7 +112,7 @@ def _figure(config, rows: Sequence[Dict[str, Any]], exponents: Sequence[Dict[str
   ks = np.array(sorted({r['k'] for r in rows}), np.float64)
   dense = np.geomspace(ks.min() / 1.3, ks.max() * 1.3, 50)
   zeta = float(special.zeta(data.beta))
-  styles = {'theory': ('k', 's', 'fit to exact E(n)'),
+  styles = {'theory': ('k', 's', 'fit to exact E(n) (bars: ideal learner)'),
             'measured_loss': ('tab:blue', 'o', 'measured loss'),
             'measured_error': ('tab:orange', '^', 'measured error')}
   for ax, label, scale, name in ((axes[0, 0], 'n1', 1.0, 'k^beta'),
@@ -124,8 +127,10 @@ def _figure(config, rows: Sequence[Dict[str, Any]], exponents: Sequence[Dict[str
       color, marker, text = styles[curve]
       x = np.array([r['k'] for r in sub], np.float64) * offset
       y = np.array([r[f'fit_{label}'] for r in sub], np.float64)
-      lo = np.array([r[f'seedboot_{label}_lo'] for r in sub], np.float64)
-      hi = np.array([r[f'seedboot_{label}_hi'] for r in sub], np.float64)
+      # Measured curves: the seed-bootstrap interval; the theory: the ideal learner's.
+      interval = 'ideal' if curve == 'theory' else 'seedboot'
+      lo = np.array([r.get(f'{interval}_{label}_lo', math.nan) for r in sub], np.float64)
+      hi = np.array([r.get(f'{interval}_{label}_hi', math.nan) for r in sub], np.float64)
       slope = next((e['slope'] for e in exponents
                     if e['curve'] == curve and e['break'] == label), math.nan)
       err = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])

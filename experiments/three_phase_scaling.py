@@ -9,8 +9,12 @@ with no test-sampling noise. A smoothly broken power law is fitted to the mean c
 (`dv_jax.scaling.fit_broken_power_law`: BIC picks 0-2 breaks, bootstrap intervals) and the
 fitted breaks are compared with the paper's k^beta and k^beta/pi, with our asymptote-crossing
 predictions (`dv_jax.scaling.predicted_breakpoints`) and with the breaks the same fit finds
-on the exact theory curve E(n) = sum_i p_i (1 - q_i)^n at the same sizes. A second figure
-repeats this for the truncation mechanisms (hard, top-p, temperature, finite sample).
+on the exact theory curve E(n) = sum_i p_i (1 - q_i)^n at the same sizes. The exact curve
+is the limit of infinitely many seeds; to know how far a break of a mean over a few seeds
+may stray with no model in the loop, the ideal learner (it knows exactly the items it saw)
+is simulated at the measured sizes and seed count and fitted the same way
+(`ideal_learner_resolution`). A second figure repeats this for the truncation mechanisms
+(hard, top-p, temperature, finite sample).
 
 Tasks (see `configs/three_phase_scaling.py`):
   facts / item_mlp: procedural facts (`dv_jax.data.facts`), each item an embedding row read
@@ -32,7 +36,8 @@ Outputs in --workdir: config.json, log.txt, units/ (one JSON per trained (mode, 
 written atomically as it finishes; a rerun skips them, so an interrupted run resumes, and a
 unit trained under another data / model / train config is refused), units.csv, curve.csv
 (per mode and n: means over seeds and the theory), breakpoints.csv (every fit against every
-prediction, with the fit's residual-bootstrap and a seed-bootstrap interval), results.json,
+prediction, with the fit's residual-bootstrap and a seed-bootstrap interval; the theory row
+of hard truncation carries the ideal learner's `ideal_*` columns), results.json,
 and the figures three_phase.{png,pdf} and truncation_modes.{png,pdf}.
 
 `--config.a.b=...` overrides are checked before flag parsing: a field that does not exist
@@ -70,6 +75,8 @@ from dv_jax.models.transformer import TransformerLM
 
 MODES = scaling.MODES
 # The keyword each mode's parameter goes by in the data loaders.
+# fold_in stream of the ideal-learner simulation (units use crc32 of their names).
+_IDEAL_LEARNER_STREAM = 1
 _LOADER_ARGUMENT = {'hard': 'k', 'top_p': 'top_p', 'temperature': 'temperature',
                     'finite_sample': 'generator_samples'}
 
@@ -575,6 +582,79 @@ def seed_bootstrap(config, x: np.ndarray, per_seed: np.ndarray, predicted: Seque
   return out
 
 
+def ideal_learner_resolution(config, sizes: np.ndarray, p: np.ndarray, q: np.ndarray,
+                             predicted: Sequence[float], *, num_seeds: int, key: jax.Array
+                             ) -> Optional[Dict[str, Any]]:
+  """Where the fit puts the breaks of Lemma 1's learner when it is measured like the model.
+
+  The exact `E(n)` is a mean over infinitely many seeds; a measured curve averages
+  `num_seeds`. Each of `config.fit.ideal_replicates` replicates draws `num_seeds` Monte
+  Carlo curves of the ideal learner (it knows exactly the items it saw,
+  `scaling.simulate_error`) at `sizes`, fits their mean like the measured curve and pairs
+  the breaks with `predicted`. No model is in the loop, so the spread of these breaks is
+  the resolution of the breakpoint estimate at this grid and seed count, and `within_2x`
+  is how often the ideal learner itself lands within a factor 2 of the prediction.
+
+  Args:
+    config: the experiment config (`fit.*`).
+    sizes: `[T]` the measured sizes.
+    p: `[N]` real item frequencies (the test distribution).
+    q: `[N]` the training mixture's frequencies.
+    predicted: the `(n1, n2)` the fitted breaks are paired with.
+    num_seeds: curves averaged per replicate, as in the measured mean.
+    key: `jax.random.PRNGKey` of the simulation.
+
+  Returns:
+    `{'replicates', 'num_seeds', 'three_phases'}` and, per break `n1` / `n2`, its median,
+    percentile interval (`fit.ci_level`), the fraction of replicates that found it and
+    the fraction within 2x of `predicted`; None when `fit.ideal_replicates` or `num_seeds`
+    is below 1.
+  """
+  replicates = int(config.fit.ideal_replicates)
+  if replicates < 1 or num_seeds < 1:
+    return None
+  sizes = np.asarray(sizes, np.int64)
+  errors = scaling.simulate_error(key, sizes, p, q, trials=replicates * num_seeds).errors
+  curves = errors.reshape(replicates, num_seeds, sizes.size).mean(axis=1)
+  options = dict(_fit_options(config), num_bootstrap=0)
+  matched, three = [], []
+  for y in curves:
+    try:
+      fit = scaling.fit_broken_power_law(sizes.astype(np.float64), y, **options)
+    except ValueError:  # e.g. a curve that reached 0: counted as not found
+      matched.append([math.nan, math.nan])
+      three.append(False)
+      continue
+    slopes = fit.params.slope + np.concatenate([[0.0], np.cumsum(fit.params.slope_changes)])
+    three.append(fit.num_breaks == 2 and slopes[1] < min(slopes[0], slopes[2]))
+    matched.append(match_breaks(fit.breaks, predicted))
+  matched = np.asarray(matched, dtype=float)
+  tail = 100.0 * (1.0 - config.fit.ci_level) / 2.0
+  out = {'replicates': replicates, 'num_seeds': int(num_seeds),
+         'three_phases': float(np.mean(three))}
+  for j, label in enumerate(('n1', 'n2')):
+    values = matched[:, j]
+    found = values[np.isfinite(values)]
+    target = float(predicted[j])
+    out[f'{label}_found'] = found.size / replicates
+    out[f'{label}_median'] = float(np.median(found)) if found.size else math.nan
+    out[f'{label}_lo'], out[f'{label}_hi'] = (
+        (float(np.percentile(found, tail)), float(np.percentile(found, 100.0 - tail)))
+        if found.size else (math.nan, math.nan))
+    # Not found counts as not within: the rate is over all replicates.
+    out[f'{label}_within_2x'] = (
+        float(np.sum(np.abs(np.log(found / target)) <= math.log(2.0))) / replicates
+        if math.isfinite(target) and target > 0 else math.nan)
+  return out
+
+
+def _ideal_columns(resolution: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+  """`ideal_<break>_<stat>` cells of the theory row of breakpoints.csv (empty if None)."""
+  stats = ('median', 'lo', 'hi', 'found', 'within_2x')
+  return {f'ideal_{label}_{stat}': resolution[f'{label}_{stat}'] if resolution else math.nan
+          for label in ('n1', 'n2') for stat in stats}
+
+
 def breakpoint_row(curve: str, mode: str, fit: Dict[str, Any], prediction: Dict[str, Any],
                    reference: Optional[Dict[str, Any]], max_breaks: int) -> Dict[str, Any]:
   """One row of breakpoints.csv: a fit against the paper's, our and the theory's breaks."""
@@ -806,11 +886,11 @@ def run(config, workdir) -> Dict[str, Any]:
   train_seconds = time.perf_counter() - start
 
   # Theory: exact E(n) per mode, on the measured grid (for fits) and a dense grid (figure).
-  mode_predictions, theory, theory_on_grid = {}, {}, {}
+  mode_predictions, theory, theory_on_grid, mixtures = {}, {}, {}, {}
   theory['n'] = np.geomspace(grid.min(), grid.max(), config.scaling.theory_points)
   for mode in config.truncation.modes:
     p, p_syn = task.distributions(mode)
-    q = scaling.mixture(p, p_syn, config.data.pi)
+    q = mixtures[mode] = scaling.mixture(p, p_syn, config.data.pi)
     mode_predictions[mode] = predictions(config, mode, p, p_syn, task.parameters[mode])
     theory[mode] = scaling.expected_error(theory['n'], p, q)
     theory_on_grid[mode] = scaling.expected_error(grid.astype(np.float64), p, q)
@@ -828,7 +908,7 @@ def run(config, workdir) -> Dict[str, Any]:
       curve_rows.append(row)
 
   # Fits: measured curves and the theory at the same sizes (the like-for-like reference).
-  fits, breakpoint_rows = {}, []
+  fits, breakpoint_rows, ideal = {}, [], {}
   max_breaks = config.fit.max_breaks
   for mode in tqdm(config.truncation.modes, desc='fit breakpoints',
                    disable=not config.output.progress):
@@ -843,10 +923,17 @@ def run(config, workdir) -> Dict[str, Any]:
     theory_fit = fit_curve(config, sizes, theory_on_grid[mode][np.searchsorted(grid, sizes)],
                            bootstrap=False)
     fits[('theory', mode)] = theory_fit
-    breakpoint_rows.append(breakpoint_row('theory', mode, theory_fit, pred, None, max_breaks))
+    theory_row = breakpoint_row('theory', mode, theory_fit, pred, None, max_breaks)
+    breakpoint_rows.append(theory_row)
     if not rows:
       continue
     replicates = sorted({u['replicate'] for u in units.values() if u['mode'] == mode})
+    if mode == 'hard':
+      # The theory at the measured seed count, not only at infinitely many seeds.
+      ideal[mode] = ideal_learner_resolution(
+          config, n_measured, task.distributions(mode)[0], mixtures[mode], paired,
+          num_seeds=len(replicates), key=jax.random.fold_in(key, _IDEAL_LEARNER_STREAM))
+      theory_row.update(_ideal_columns(ideal[mode]))
     # The ideal learner on the same samples separates data noise from the model's own.
     metrics = ('loss', 'error', 'memorizer_error') if mode == 'hard' else ('loss', 'error')
     for metric in metrics:
@@ -889,6 +976,7 @@ def run(config, workdir) -> Dict[str, Any]:
       'fitted_theory': [headline['theory']['fit_n1'], headline['theory']['fit_n2']],
       'three_phases_loss': headline.get('measured_loss', {}).get('three_phases'),
       'three_phases_error': headline.get('measured_error', {}).get('three_phases'),
+      'ideal_learner': ideal.get('hard'),
   }
   output = {
       'summary': summary,

@@ -136,6 +136,43 @@ def test_match_breaks_single_fitted_break_goes_to_the_nearest_prediction():
   assert got[0] == 9.0 and math.isnan(got[1])
 
 
+def _small_mixture(num_items=512, beta=2.0, k=4, pi=0.25):
+  p = scaling.zipf(num_items, beta)
+  p_syn = scaling.synthetic_distribution(p, mode='hard', k=k)
+  return p, scaling.mixture(p, p_syn, pi)
+
+
+def test_ideal_learner_resolution_converges_to_the_theory_fit():
+  # Averaged over many seeds the Monte Carlo curve is the exact E(n), so every replicate's
+  # breaks must sit where the same fit puts the exact curve's.
+  config = configs.get_config('smoke')
+  config.fit.ideal_replicates = 6
+  p, q = _small_mixture()
+  sizes = tps.size_grid(config)
+  theory = tps.fit_curve(config, sizes, scaling.expected_error(sizes.astype(float), p, q),
+                         bootstrap=False)
+  assert theory['num_breaks'] == 2
+  out = tps.ideal_learner_resolution(config, sizes, p, q, list(theory['breaks']),
+                                     num_seeds=2000, key=jax.random.PRNGKey(0))
+  assert out['replicates'] == 6 and out['num_seeds'] == 2000 and out['three_phases'] == 1.0
+  for j, label in enumerate(('n1', 'n2')):
+    assert out[f'{label}_found'] == 1.0
+    np.testing.assert_allclose(out[f'{label}_median'], theory['breaks'][j], rtol=0.1)
+    assert out[f'{label}_lo'] <= out[f'{label}_median'] <= out[f'{label}_hi']
+    assert out[f'{label}_within_2x'] == 1.0
+  # Against a prediction 10x off, no replicate is within 2x.
+  far = tps.ideal_learner_resolution(config, sizes, p, q, [10 * b for b in theory['breaks']],
+                                     num_seeds=2000, key=jax.random.PRNGKey(0))
+  assert far['n1_within_2x'] == far['n2_within_2x'] == 0.0
+  # Few seeds spread the breaks out; off by default when replicates is 0.
+  noisy = tps.ideal_learner_resolution(config, sizes, p, q, list(theory['breaks']),
+                                       num_seeds=1, key=jax.random.PRNGKey(1))
+  assert noisy['n2_hi'] / noisy['n2_lo'] > out['n2_hi'] / out['n2_lo']
+  config.fit.ideal_replicates = 0
+  assert tps.ideal_learner_resolution(config, sizes, p, q, [1.0, 2.0], num_seeds=3,
+                                      key=jax.random.PRNGKey(0)) is None
+
+
 def test_per_example_metrics_against_numpy():
   rng = np.random.default_rng(0)
   w = rng.normal(size=(3, 5)).astype(np.float32)
@@ -211,6 +248,11 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
                 if row['curve'] == 'theory' and row['mode'] == 'hard')
   assert theory['num_breaks'] == 2 and theory['three_phases']
   assert out['summary']['predicted_paper'] == [16.0, 64.0]
+  # ... and the ideal learner measured at the same seed count gives the resolution.
+  ideal = out['summary']['ideal_learner']
+  assert ideal['num_seeds'] == config.scaling.num_seeds
+  assert ideal['replicates'] == config.fit.ideal_replicates
+  assert theory['ideal_n2_within_2x'] == ideal['n2_within_2x']
   # Three seeds: the headline curves carry a seed-bootstrap interval.
   loss = next(row for row in out['breakpoints']
               if row['curve'] == 'measured_loss' and row['mode'] == 'hard')
