@@ -6,11 +6,12 @@ canvas without pyplot, so no global backend state is touched and nothing opens a
 """
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from dv_jax import results
 
 if TYPE_CHECKING:
   from matplotlib.axes import Axes
@@ -42,20 +43,11 @@ def save_figure(fig: 'Figure', path_without_suffix: PathLike, *, dpi: int = 150
     The written paths, PNG first.
   """
   base = Path(path_without_suffix)
-  base.parent.mkdir(parents=True, exist_ok=True)
   written = []
   for fmt in FORMATS:
     target = base.with_name(f'{base.name}.{fmt}')
-    handle, temporary = tempfile.mkstemp(dir=base.parent, prefix=f'.{target.name}.',
-                                         suffix='.tmp')
-    os.close(handle)
-    try:
+    with results.atomic_path(target) as temporary:
       fig.savefig(temporary, format=fmt, dpi=dpi)
-      os.replace(temporary, target)
-    except BaseException:
-      if os.path.exists(temporary):
-        os.unlink(temporary)
-      raise
     written.append(target)
   return written
 

@@ -13,6 +13,7 @@ between NaN and Inf is not kept). CSV (`write_csv`) writes NaN as `nan` and Inf 
 which `read_csv` reads back as floats.
 """
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -23,7 +24,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -32,6 +33,42 @@ PathLike = Union[str, os.PathLike]
 _LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s: %(message)s'
 _UNSAFE = re.compile(r'[^A-Za-z0-9._-]')
 _MAX_NAME = 120
+
+
+def _file_mode() -> int:
+  """The mode `open()` would give a new file: 0o666 less the process umask."""
+  # `mkstemp` creates files 0600 whatever the umask; results are meant to be shared.
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+  """Yields a temporary path beside `path`; moves it onto `path` if the block succeeds.
+
+  Parent directories are created. The file written there gets the mode a plain `open()`
+  would give it (not `mkstemp`'s private 0600). If the block raises, the temporary file is
+  removed and `path` is untouched.
+
+  Args:
+    path: destination file.
+
+  Yields:
+    The temporary path to write.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  os.close(handle)
+  try:
+    yield Path(temporary)
+    os.chmod(temporary, _file_mode())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -46,20 +83,12 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
   Returns:
     `path` as a `Path`.
   """
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(handle, 'w', encoding='utf-8', newline='') as stream:
+  with atomic_path(path) as temporary:
+    with open(temporary, 'w', encoding='utf-8', newline='') as stream:
       stream.write(text)
       stream.flush()
       os.fsync(stream.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
-  return path
+  return Path(path)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -214,12 +243,27 @@ def unit_filename(name: str) -> str:
   return safe
 
 
+def fingerprint(*parts: Any) -> str:
+  """A short hash of `parts` (configs, mappings, scalars) in their JSON form.
+
+  Two configs that write the same JSON (`to_jsonable`, keys sorted) get the same
+  fingerprint; a unit saved with one is what a later run checks its config against.
+  """
+  text = json.dumps(to_jsonable(list(parts)), sort_keys=True, allow_nan=True)
+  return hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]
+
+
 class UnitStore:
   """Finished units of a long experiment, one JSON file each, skipped on rerun.
 
   `store.save(name, obj)` writes `directory/<safe name>.json` atomically holding
   `{"name": name, "value": obj}`; `name in store` says whether it is finished;
   `store.load(name)` returns the value as read back from JSON (see `write_json`).
+
+  A unit may carry the `fingerprint` of the config it was computed under (`save(...,
+  fingerprint=...)`); `load(..., fingerprint=...)` then refuses it under another config,
+  so a rerun in the same workdir with a changed setting fails instead of reporting stale
+  results. Units saved without one (before fingerprints existed) load under any config.
   """
 
   def __init__(self, directory: PathLike):
@@ -233,20 +277,36 @@ class UnitStore:
   def __contains__(self, name: str) -> bool:
     return self.path(name).is_file()
 
-  def save(self, name: str, obj: Any) -> Path:
-    """Records unit `name` as finished with result `obj`."""
-    return write_json(self.path(name), {'name': name, 'value': obj})
+  def save(self, name: str, obj: Any, *, fingerprint: Optional[str] = None) -> Path:
+    """Records unit `name` as finished with result `obj` (computed under `fingerprint`)."""
+    record = {'name': name, 'value': obj}
+    if fingerprint is not None:
+      record['fingerprint'] = str(fingerprint)
+    return write_json(self.path(name), record)
 
-  def load(self, name: str) -> Any:
+  def load(self, name: str, *, fingerprint: Optional[str] = None) -> Any:
     """The saved result of unit `name`.
+
+    Args:
+      name: the unit.
+      fingerprint: the config the caller runs under; a unit saved under another one is
+        refused (None: no check).
 
     Raises:
       KeyError: the unit is not finished.
+      ValueError: the unit was computed under another config.
     """
     path = self.path(name)
     if not path.is_file():
       raise KeyError(f'unit {name!r} is not in the store at {self.directory}')
-    return read_json(path)['value']
+    record = read_json(path)
+    saved = record.get('fingerprint')
+    if fingerprint is not None and saved is not None and saved != fingerprint:
+      raise ValueError(
+          f'unit {name!r} in {self.directory} was computed under another config '
+          f'(fingerprint {saved}, this run {fingerprint}): a setting it depends on changed. '
+          'Use a fresh --workdir, or rerun with the config.json of that workdir')
+    return record['value']
 
   def names(self) -> List[str]:
     """Names of every finished unit, sorted."""

@@ -49,6 +49,21 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
   assert _leftovers(tmp_path) == []
 
 
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+  old = os.umask(0o022)
+  try:
+    text = results.atomic_write_text(tmp_path / 'shared.txt', 'x')
+    figure, _ = plotting.new_figure()
+    png = plotting.save_figure(figure, tmp_path / 'fig')[0]
+    os.umask(0o077)
+    private = results.write_json(tmp_path / 'private.json', {})
+  finally:
+    os.umask(old)
+  assert text.stat().st_mode & 0o777 == 0o644
+  assert png.stat().st_mode & 0o777 == 0o644
+  assert private.stat().st_mode & 0o777 == 0o600
+
+
 def test_write_json_converts_numpy_jax_namedtuples_and_nonfinite(tmp_path):
   config = ml_collections.ConfigDict({'seed': 3, 'fit': {'ks': (1, 2)}})
   obj = {
@@ -123,6 +138,25 @@ def test_unit_store_saves_loads_and_persists(tmp_path):
   with pytest.raises(ValueError, match='name'):
     reopened.save('', 1)
   assert _leftovers(tmp_path / 'units') == []
+
+
+def test_fingerprint_is_the_configs_json_form():
+  config = ml_collections.ConfigDict({'a': 1, 'b': {'c': (1, 2)}})
+  assert results.fingerprint(config) == results.fingerprint({'b': {'c': [1, 2]}, 'a': 1})
+  assert results.fingerprint(config) != results.fingerprint({'a': 2, 'b': {'c': [1, 2]}})
+  assert results.fingerprint(config, 1) != results.fingerprint(config, 2)
+
+
+def test_unit_store_refuses_a_unit_computed_under_another_config(tmp_path):
+  store = results.UnitStore(tmp_path / 'units')
+  store.save('unit', {'v': 1}, fingerprint='aaaa')
+  assert store.load('unit', fingerprint='aaaa') == {'v': 1}
+  assert store.load('unit') == {'v': 1}  # no fingerprint asked: no check
+  with pytest.raises(ValueError, match="'unit' .* another config .*fresh --workdir"):
+    store.load('unit', fingerprint='bbbb')
+  # Units written before fingerprints existed load under any config.
+  store.save('legacy', 3)
+  assert store.load('legacy', fingerprint='bbbb') == 3
 
 
 def test_setup_logging_writes_absl_and_python_records(tmp_path):
