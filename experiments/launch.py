@@ -4,16 +4,17 @@
       [--config.section.field=value ...]
 
 `main(run, name=...)` defines the two flags (`--config`, locked, and `--workdir`), checks the
-overrides before absl parses them, and runs `main`: write `config.json`, add the log file,
-call the script's importable `run(config, workdir)`. Flags are defined only when a script
-runs as `__main__`: tests import `run` from several scripts into one process, and absl
-refuses a flag defined twice.
+overrides before absl parses them, and runs `main`: write `config.json` (a new workdir; a
+rerun rewrites it once it succeeds), add the log file, call the script's importable
+`run(config, workdir)`. Flags are defined only when a script runs as `__main__`: tests
+import `run` from several scripts into one process, and absl refuses a flag defined twice.
 """
 
 import importlib.util
-import time
-from typing import Any, Callable, List, Sequence
+from pathlib import Path
 import sys
+import time
+from typing import Any, Callable, List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -35,35 +36,54 @@ def valid_config_keys(config, prefix: str = '') -> List[str]:
   return keys
 
 
+def _config_argument(argv: Sequence[str], flag: str) -> Optional[str]:
+  """The value of `--flag=VALUE` or `--flag VALUE` (absl accepts both), else None."""
+  value = None
+  for index, arg in enumerate(argv):
+    if arg.startswith(f'--{flag}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{flag}' and index + 1 < len(argv):
+      value = argv[index + 1]
+  return value
+
+
 def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None:
   """Fails on a `--config.a.b=...` override that names no field, listing the valid ones.
 
   `lock_config=True` already rejects such a flag, but only with the bare unknown name; this
-  check runs before flag parsing and says which keys exist.
+  check runs before flag parsing and says which keys exist. It loads the config file to do
+  so, so a missing file or an unknown variant is reported here, in one line.
 
   Raises:
-    app.UsageError: an override names no field of the config.
+    app.UsageError: an override names no field (or a whole section) of the config, or the
+      config file cannot be loaded.
   """
-  config_arg, overrides = None, []
-  for arg in argv[1:]:
-    if arg.startswith(f'--{flag}='):
-      config_arg = arg.split('=', 1)[1]
-    elif arg.startswith((f'--{flag}.', f'--no{flag}.')):
-      overrides.append(arg.split('.', 1)[1].split('=', 1)[0])
+  overrides = [arg.split('.', 1)[1].split('=', 1)[0] for arg in argv[1:]
+               if arg.startswith((f'--{flag}.', f'--no{flag}.'))]
+  config_arg = _config_argument(argv[1:], flag)
   if config_arg is None or not overrides:
     return
   path, _, variant = config_arg.partition(':')
+  if not Path(path).is_file():
+    raise app.UsageError(f'--{flag}={config_arg}: no such config file {path!r}')
   spec = importlib.util.spec_from_file_location('_checked_config', path)
   if spec is None or spec.loader is None:
-    return  # config_flags reports an unreadable config file itself
+    raise app.UsageError(f'--{flag}={config_arg}: {path!r} is not a Python config file')
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  # As config_flags does: get_config(arg) with a ':arg' suffix, get_config() without.
-  config = module.get_config(variant) if variant else module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    # As config_flags does: get_config(arg) with a ':arg' suffix, get_config() without.
+    config = module.get_config(variant) if variant else module.get_config()
+  except Exception as error:  # the config file's own message, e.g. an unknown variant
+    raise app.UsageError(f'--{flag}={config_arg}: {error}') from error
   valid = valid_config_keys(config)
   for key in overrides:
     if key in valid:
       continue
+    if any(k.startswith(f'{key}.') for k in valid):
+      fields = sorted({k[len(key) + 1:].split('.')[0] for k in valid if k.startswith(f'{key}.')})
+      raise app.UsageError(f'--{flag}.{key} names a section, not a field; set one of its '
+                           f'fields: ' + ', '.join(fields))
     # List the fields of the deepest section that exists (the top level if none does).
     parts = key.split('.')
     for depth in range(len(parts) - 1, -1, -1):
@@ -92,11 +112,16 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
     if len(argv) > 1:
       raise app.UsageError('Too many command-line arguments.')
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    results.save_config(config, workdir)
+    # config.json describes the results in the workdir. A rerun may change a setting its
+    # saved units depend on and be refused (UnitStore fingerprints): the old config.json
+    # must survive that, so a rerun rewrites it only once it has succeeded.
+    if not (Path(workdir) / 'config.json').exists():
+      results.save_config(config, workdir)
     results.setup_logging(workdir)
     logging.info('config:\n%s', config)
     start = time.perf_counter()
     run(config, workdir)
+    results.save_config(config, workdir)
     logging.info('%s finished in %.1f s', name, time.perf_counter() - start)
 
   app.run(_main)

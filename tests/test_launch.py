@@ -25,6 +25,20 @@ def test_override_typo_lists_the_valid_keys():
   launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}', '--noconfig.output.progress'])
 
 
+def test_override_check_reads_every_spelling_and_reports_load_errors_in_one_line():
+  # absl takes `--config PATH` as well as `--config=PATH`.
+  with pytest.raises(launch.app.UsageError, match='config.data.kk: no such config field'):
+    launch.check_config_overrides(['prog', '--config', f'{TPS_CONFIG}:smoke',
+                                   '--config.data.kk=3'])
+  with pytest.raises(launch.app.UsageError, match="unknown variant 'smok'"):
+    launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}:smok', '--config.seed=1'])
+  with pytest.raises(launch.app.UsageError, match='no such config file'):
+    launch.check_config_overrides(['prog', '--config=configs/nope.py:smoke', '--config.seed=1'])
+  with pytest.raises(launch.app.UsageError, match='config.fit names a section, not a field; '
+                     'set one of its fields: bootstrap'):
+    launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}:smoke', '--config.fit=3'])
+
+
 @pytest.mark.parametrize('config_name', CONFIGS)
 def test_every_config_builds_and_rejects_an_unknown_key(config_name):
   path = _ROOT / 'configs' / config_name
@@ -53,3 +67,26 @@ def _load_config(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+@pytest.mark.slow
+def test_a_refused_rerun_keeps_the_workdirs_config_json(tmp_path):
+  """End to end: a rerun that changes a setting the saved units depend on fails, and the
+  workdir's config.json still describes the results beside it."""
+
+  def run_script(*overrides):
+    return subprocess.run(
+        [sys.executable, str(_ROOT / 'experiments' / 'lemma1_theory.py'),
+         f'--config={_ROOT / "configs" / "lemma1_theory.py"}:smoke', f'--workdir={tmp_path}',
+         *overrides], capture_output=True, text=True, timeout=300, check=False)
+
+  first = run_script()
+  assert first.returncode == 0, first.stderr[-2000:]
+  saved = (tmp_path / 'config.json').read_text()
+  refused = run_script('--config.scaling.mc_trials=5')
+  assert refused.returncode != 0 and 'another config' in refused.stderr
+  assert (tmp_path / 'config.json').read_text() == saved
+  # An output-only change reuses every unit and then records the new config.
+  again = run_script('--config.output.figure_dpi=80')
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert '"figure_dpi": 80' in (tmp_path / 'config.json').read_text()
