@@ -51,11 +51,38 @@ class Cell(NamedTuple):
 
   @property
   def name(self) -> str:
-    return f'{self.mode}-{self.parameter}={self.value:g}-beta={self.beta:g}-pi={self.pi:g}'
+    return (f'{self.mode}-{self.parameter}={_exact(self.value)}-beta={_exact(self.beta)}'
+            f'-pi={_exact(self.pi)}')
+
+
+def _exact(value: float) -> str:
+  """`value` as `:g` where that is exact (the names units were saved under), else repr."""
+  short = f'{value:g}'
+  return short if float(short) == float(value) else repr(value)
+
+
+# The config fields that choose which cells exist; each cell's unit name spells its values.
+_GRID_FIELDS = ('betas', 'pis', 'modes', 'ks', 'top_ps', 'temperatures', 'num_samples')
+
+
+def unit_fingerprint(config) -> str:
+  """Hash of every config field a unit depends on: all but the output and the grid lists."""
+  fields = results.to_jsonable(config)
+  fields.pop('output', None)
+  fields['data'] = {k: v for k, v in fields['data'].items() if k not in _GRID_FIELDS}
+  return results.fingerprint(fields)
 
 
 def grid_cells(config) -> List[Cell]:
-  """The cells of the grid, in a fixed order (beta, pi, mode, parameter value)."""
+  """The cells of the grid, in a fixed order (beta, pi, mode, parameter value).
+
+  Raises:
+    ValueError: an empty grid list, an unknown mode, or a rank / sample count that is not a
+      positive integer (each names its config field).
+  """
+  for field in ('betas', 'pis', 'modes'):
+    if not len(config.data[field]):
+      raise ValueError(f'config.data.{field} is empty: the grid would have no cells')
   cells = []
   for beta in config.data.betas:
     for pi in config.data.pis:
@@ -64,7 +91,12 @@ def grid_cells(config) -> List[Cell]:
           raise ValueError(f'config.data.modes: unknown mode {mode!r}; '
                            f'use some of {tuple(_MODE_PARAMETERS)}')
         parameter, field = _MODE_PARAMETERS[mode]
+        if not len(config.data[field]):
+          raise ValueError(f'config.data.{field} is empty, but mode {mode!r} needs values')
         for value in config.data[field]:
+          if parameter in ('k', 'num_samples') and not (
+              float(value) == int(float(value)) and int(float(value)) >= 1):
+            raise ValueError(f'config.data.{field} must hold integers >= 1, got {value!r}')
           cells.append(Cell(float(beta), float(pi), mode, parameter, value))
   return cells
 
@@ -160,6 +192,9 @@ def _compute_reference(config) -> Dict[str, Any]:
   p = scaling.zipf(ref.num_items, ref.beta)
   q = scaling.mixture(p, scaling.synthetic_distribution(p, mode='hard', k=ref.k), ref.pi)
   ns = np.asarray(ref.ns, dtype=np.float64)
+  if len(ref.paper_errors) != ns.size:
+    raise ValueError(f'config.data.reference.paper_errors has {len(ref.paper_errors)} values '
+                     f'but config.data.reference.ns has {ns.size}: one error per n')
   exact = scaling.expected_error(ns, p, q)
   phases = scaling.phase_asymptotes(ns, beta=ref.beta, k=ref.k, pi=ref.pi)
   rows = []
@@ -280,16 +315,19 @@ def run(config, workdir) -> Dict[str, Any]:
   """
   start = time.perf_counter()
   workdir = Path(workdir)
+  cells = grid_cells(config)  # checks the grid before any work
   store = results.UnitStore(workdir / 'units')
   key = jax.random.PRNGKey(config.seed)
   computed = []
 
+  fingerprint = unit_fingerprint(config)
+
   def unit(name, compute):
     if name not in store:
-      store.save(name, compute())
+      store.save(name, compute(), fingerprint=fingerprint)
       computed.append(name)
       logging.info('unit %s computed', name)
-    return store.load(name)
+    return store.load(name, fingerprint=fingerprint)
 
   reference = unit('reference', lambda: _compute_reference(config))
   monte_carlo = unit('monte_carlo', lambda: _compute_monte_carlo(
@@ -301,7 +339,6 @@ def run(config, workdir) -> Dict[str, Any]:
     logging.info('Monte Carlo n=%d: %.5f ± %.5f vs exact %.5f (z=%.2f)', row['n'],
                  row['mc_mean'], row['mc_stderr'], row['exact'], row['z'])
 
-  cells = grid_cells(config)
   zipf_cache = {}
   cells_out = []
   for cell in tqdm(cells, desc='lemma1 cells', disable=not config.output.progress):

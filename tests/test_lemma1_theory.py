@@ -51,6 +51,37 @@ def test_grid_has_one_cell_per_mode_parameter(experiment):
   assert len({cell.name for cell in cells}) == len(cells)
 
 
+def test_grid_checks_its_lists_and_names_cells_exactly(experiment):
+  config = lemma1_config.get_config('smoke')
+  assert experiment.grid_cells(config)[0].name == 'hard-k=10-beta=2-pi=0.25'
+  config.data.modes = ('finite_sample',)
+  config.data.num_samples = (1000000, 1000004)  # equal under '%g': must stay two units
+  assert len({cell.name for cell in experiment.grid_cells(config)}) == 2
+  config.data.num_samples = (200, 2.5)
+  with pytest.raises(ValueError, match=r'config\.data\.num_samples must hold integers'):
+    experiment.grid_cells(config)
+  config.data.modes = ('hard',)
+  config.data.ks = (3, 4.5)
+  with pytest.raises(ValueError, match=r'config\.data\.ks must hold integers'):
+    experiment.grid_cells(config)
+  config.data.ks = ()
+  with pytest.raises(ValueError, match=r'config\.data\.ks is empty'):
+    experiment.grid_cells(config)
+  config.data.betas = ()
+  with pytest.raises(ValueError, match=r'config\.data\.betas is empty'):
+    experiment.grid_cells(config)
+
+
+def test_unit_fingerprint_ignores_the_output_and_the_grid_lists(experiment):
+  config = lemma1_config.get_config('smoke')
+  before = experiment.unit_fingerprint(config)
+  config.output.figure_dpi = 300
+  config.data.ks = (10, 20)
+  assert experiment.unit_fingerprint(config) == before
+  config.scaling.mc_trials += 1
+  assert experiment.unit_fingerprint(config) != before
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_outputs_and_resumes(experiment, tmp_path, monkeypatch):
   config = lemma1_config.get_config('smoke')
@@ -83,6 +114,10 @@ def test_smoke_run_writes_outputs_and_resumes(experiment, tmp_path, monkeypatch)
   again = experiment.run(config, tmp_path)
   assert again['units_computed'] == []
   assert results.read_csv(tmp_path / 'results.csv') == rows
+  # A setting the saved units depend on changed: refused, not reported from stale units.
+  config.scaling.mc_trials += 1
+  with pytest.raises(ValueError, match='another config'):
+    experiment.run(config, tmp_path)
 
 
 def test_locked_config_rejects_a_typo(tmp_path):
