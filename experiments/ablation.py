@@ -54,6 +54,11 @@ def term_subsets() -> List[tuple]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the ablation; writes results.csv/json, table.md and the figure."""
   workdir = Path(workdir)
+  if int(config.data.num_draws) != 1:
+    raise ValueError(f'config.data.num_draws must be 1 for the ablation (one benchmark '
+                     f'draw), got {config.data.num_draws}; valuation_table.py runs several')
+  if not len(config.valuation.variants):
+    raise ValueError('config.valuation.variants is empty: nothing to ablate')
   store = results.UnitStore(workdir / 'units')
   bench = valuation_table.build_benchmark(config)
   test = (bench.splits.test.x, bench.splits.test.y)
@@ -61,19 +66,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
   rows = []
   for backbone, (apply_fn, params) in bench.backbones.items():
-    gt = valuation_table.ground_truth_unit(store, f'{backbone}/ground_truth',
-                                           bench.contributors, test, apply_fn=apply_fn,
-                                           params=params, config=config)
+    gt = valuation_table.ground_truth_unit(
+        store, f'{backbone}/ground_truth', bench.contributors, test, apply_fn=apply_fn,
+        params=params, config=config,
+        fingerprint=valuation_table.unit_fingerprint(config, ground_truth=config.ground_truth))
     truth = -np.asarray(gt['test_loss'], np.float64)
     for name, overrides in tqdm(variants, desc=f'{backbone} variants',
                                 disable=not config.output.progress):
       unit_name = f'{backbone}/{name}'
+      method = valuation_table.method_config(config, overrides)
+      fingerprint = valuation_table.method_fingerprint(config, method)
       if unit_name not in store:
         result = valuation.value_contributors(
             bench.contributors, bench.splits.target, apply_fn=apply_fn, params=params,
-            config=valuation_table.method_config(config, overrides))
-        store.save(unit_name, valuation_table.result_unit(result))
-      z = np.asarray(store.load(unit_name)['terms_standardized'], np.float64)
+            config=method)
+        store.save(unit_name, valuation_table.result_unit(result), fingerprint=fingerprint)
+      z = np.asarray(store.load(unit_name, fingerprint=fingerprint)['terms_standardized'],
+                     np.float64)
       for label, subset in term_subsets():
         values = -z[:, list(subset)].sum(axis=1)
         rows.append({'backbone': backbone, 'variant': name,

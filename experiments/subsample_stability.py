@@ -40,6 +40,19 @@ from dv_jax import valuation  # noqa: E402
 def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the study; writes results.csv/json, table.md and the figure."""
   workdir = Path(workdir)
+  if int(config.data.num_draws) != 1:
+    raise ValueError(f'config.data.num_draws must be 1 for this study (one benchmark '
+                     f'draw), got {config.data.num_draws}')
+  for field in ('variants', 'budgets'):
+    if not len(config.valuation[field]):
+      raise ValueError(f'config.valuation.{field} is empty: nothing to compare')
+  budgets = [int(b) for b in config.valuation.budgets]
+  if any(b < 1 or b != float(v) for b, v in zip(budgets, config.valuation.budgets)):
+    raise ValueError('config.valuation.budgets must hold integers >= 1 (0 is the full-pool '
+                     f'reference itself), got {tuple(config.valuation.budgets)}')
+  if int(config.valuation.num_repeats) < 1:
+    raise ValueError(f'config.valuation.num_repeats must be >= 1, got '
+                     f'{config.valuation.num_repeats}')
   store = results.UnitStore(workdir / 'units')
   bench = valuation_table.build_benchmark(config)
   total = sum(c.size for c in bench.contributors)
@@ -52,19 +65,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
     def values_of(budget: int, repeat: int) -> np.ndarray:
       unit_name = f'{backbone}/{name}/budget{budget}/repeat{repeat}'
+      method = valuation_table.method_config(config, {**overrides, 'valuation.subsample': budget})
+      # The repeat changes the subsample (and nothing the full pool depends on).
+      method.seed = int(config.seed) + repeat
+      fingerprint = valuation_table.method_fingerprint(config, method)
       if unit_name not in store:
-        method = valuation_table.method_config(
-            config, {**overrides, 'valuation.subsample': budget})
-        # The repeat changes the subsample (and nothing the full pool depends on).
-        method.seed = int(config.seed) + repeat
         result = valuation.value_contributors(bench.contributors, bench.splits.target,
                                               apply_fn=apply_fn, params=params,
                                               config=method)
-        store.save(unit_name, valuation_table.result_unit(result))
-      return np.asarray(store.load(unit_name)['values'], np.float64)
+        store.save(unit_name, valuation_table.result_unit(result), fingerprint=fingerprint)
+      return np.asarray(store.load(unit_name, fingerprint=fingerprint)['values'], np.float64)
 
     reference = values_of(0, 0)
-    for budget in config.valuation.budgets:
+    for budget in budgets:
       for repeat in range(int(config.valuation.num_repeats)):
         rows.append({'backbone': backbone, 'variant': name, 'budget': int(budget),
                      'fraction': min(int(budget) / total, 1.0), 'repeat': repeat,

@@ -94,7 +94,49 @@ class TaskSplits(NamedTuple):
   test: Any
 
 
-def unit_cache(store: Optional[results.UnitStore]) -> tasks.Cache:
+# Config fields that choose which units run (each unit's name spells the choice), so a
+# unit does not depend on them: adding a draw, backbone, variant or budget reuses the rest.
+_SELECTOR_FIELDS = {'data': ('num_draws',), 'model': ('backbones',),
+                    'valuation': ('variants', 'budgets', 'num_repeats'),
+                    'baselines': ('methods',)}
+
+
+def _without_selectors(section_name: str, section: Any) -> Any:
+  fields = results.to_jsonable(section)
+  if not isinstance(fields, dict):
+    return fields
+  drop = _SELECTOR_FIELDS.get(section_name, ())
+  return {k: v for k, v in fields.items() if k not in drop}
+
+
+def unit_fingerprint(config: ml_collections.ConfigDict, **sections: Any) -> str:
+  """Fingerprint of a unit: the benchmark it is computed on and its method's `sections`.
+
+  The benchmark is the seed, task, data and model config; the selector fields
+  (`_SELECTOR_FIELDS`) are left out of every section. A unit saved under one fingerprint
+  is refused under another (`results.UnitStore`), so a rerun in a workdir with a setting
+  changed fails instead of reporting stale results.
+
+  Args:
+    config: the (draw's) experiment config.
+    **sections: what else the unit depends on, by section name (e.g.
+      `ground_truth=config.ground_truth`).
+  """
+  benchmark = {name: _without_selectors(name, config[name]) for name in ('data', 'model')}
+  benchmark.update(seed=config.seed, task=config.get('task', 'digits'))
+  return results.fingerprint(
+      benchmark, {name: _without_selectors(name, value) for name, value in sections.items()})
+
+
+def method_fingerprint(config: ml_collections.ConfigDict,
+                       method: ml_collections.ConfigDict) -> str:
+  """`unit_fingerprint` of our method run under `method` (a `method_config`)."""
+  return unit_fingerprint(config, method_seed=method.seed,
+                          **{name: method[name] for name in METHOD_SECTIONS})
+
+
+def unit_cache(store: Optional[results.UnitStore], fingerprint: Optional[str] = None
+               ) -> tasks.Cache:
   """A `dv_jax.tasks.Cache` that keeps values as units of `store` (None: no caching)."""
   if store is None:
     return tasks.no_cache
@@ -102,8 +144,8 @@ def unit_cache(store: Optional[results.UnitStore]) -> tasks.Cache:
   def cache(name, compute):
     unit = f'cache/{name}'
     if unit not in store:
-      store.save(unit, compute())
-    return store.load(unit)
+      store.save(unit, compute(), fingerprint=fingerprint)
+    return store.load(unit, fingerprint=fingerprint)
 
   return cache
 
@@ -129,7 +171,8 @@ def build_benchmark(config: ml_collections.ConfigDict,
   """
   task_name = config.get('task', 'digits')
   if task_name != 'digits':
-    task = tasks.build_task(task_name, config, cache=unit_cache(store))
+    task = tasks.build_task(task_name, config,
+                           cache=unit_cache(store, unit_fingerprint(config)))
     return Benchmark(TaskSplits(task.pool, task.target, task.test), task.contributors,
                      task.backbones, dict(task.features_fn), dict(task.info))
   d = config.data
@@ -238,18 +281,22 @@ def union_contributor(contributors: Sequence[contributors_lib.Contributor],
 
 
 def ground_truth_unit(store: results.UnitStore, name: str, contributors, test, *,
-                      apply_fn, params, config) -> Dict[str, Any]:
-  """Retraining ground truth (loss on the TEST split), saved as unit `name`."""
+                      apply_fn, params, config, fingerprint: str) -> Dict[str, Any]:
+  """Retraining ground truth (loss on the TEST split), saved as unit `name`.
+
+  `fingerprint`: the unit's `unit_fingerprint` (the benchmark, `config.ground_truth` and
+  whatever chose `contributors`).
+  """
   if name in store:
-    return store.load(name)
+    return store.load(name, fingerprint=fingerprint)
   gt = ground_truth.retrain(contributors, test, apply_fn=apply_fn, params=params,
                             config=config.ground_truth, progress=bool(config.output.progress))
   unit = {'names': list(gt.names), 'test_loss': gt.test_loss,
           'test_accuracy': gt.test_accuracy, 'test_loss_per_seed': gt.test_loss_per_seed,
           'seconds': gt.seconds}
-  store.save(name, unit)
+  store.save(name, unit, fingerprint=fingerprint)
   logging.info('%s: retrained %d subsets in %.1f s', name, len(gt.names), gt.seconds)
-  return store.load(name)
+  return store.load(name, fingerprint=fingerprint)
 
 
 def result_unit(result: valuation.ValuationResult) -> Dict[str, Any]:
@@ -305,9 +352,13 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
   rows, truth_units = [], {}
   key = jax.random.PRNGKey(int(config.seed))
   prefix = f'draw{draw}/'
+  for name in config.baselines.methods:  # an unknown name fails before any work
+    baselines.get_baseline(name)
   for backbone, (apply_fn, params) in bench.backbones.items():
     gt = ground_truth_unit(store, f'{prefix}{backbone}/ground_truth', contributors, test,
-                           apply_fn=apply_fn, params=params, config=config)
+                           apply_fn=apply_fn, params=params, config=config,
+                           fingerprint=unit_fingerprint(config,
+                                                        ground_truth=config.ground_truth))
     truth = -np.asarray(gt['test_loss'], np.float64)
     # METHOD.md's value is minus the test loss; the test accuracy is a second, coarser
     # ground truth. Where the two disagree (an overconfident retrained model), neither
@@ -320,7 +371,10 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
       probe_gt = ground_truth_unit(
           store, f'{prefix}{backbone}/probe_ground_truth',
           [union_contributor(contributors, c) for c in unions], test, apply_fn=apply_fn,
-          params=params, config=config)
+          params=params, config=config,
+          # The unions are drawn from the valuation section's fit_* fields.
+          fingerprint=unit_fingerprint(config, ground_truth=config.ground_truth,
+                                       valuation=config.valuation))
       union_loss = dict(zip(unions, probe_gt['test_loss']))
       probes = valuation.Probes(coalitions, np.array(
           [gt['test_loss'][c[0]] if len(c) == 1 else union_loss[c] for c in coalitions]))
@@ -330,18 +384,22 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
     for name, kind, overrides in tqdm(methods, desc=f'draw {draw} {backbone}',
                                       disable=not config.output.progress):
       unit_name = f'{prefix}{backbone}/{name}'
+      if kind == 'ours':
+        method = method_config(config, overrides)
+        fingerprint = method_fingerprint(config, method)
+      else:
+        fingerprint = unit_fingerprint(config, baseline=config.baselines.get(name))
       if unit_name not in store:
         if kind == 'ours':
           result = valuation.value_contributors(
-              contributors, target, apply_fn=apply_fn, params=params,
-              config=method_config(config, overrides), probes=probes,
-              features_fn=bench.features_fn.get(backbone))
+              contributors, target, apply_fn=apply_fn, params=params, config=method,
+              probes=probes, features_fn=bench.features_fn.get(backbone))
         else:
           result = baselines.get_baseline(name)(contributors, target, apply_fn=apply_fn,
                                                 params=params, config=config)
-        store.save(unit_name, result_unit(result))
+        store.save(unit_name, result_unit(result), fingerprint=fingerprint)
         logging.info('%s: %.1f s', unit_name, result.seconds['total'])
-      unit = store.load(unit_name)
+      unit = store.load(unit_name, fingerprint=fingerprint)
       fitted = kind == 'ours' and overrides.get('valuation.weights') == 'fit'
       row = {'draw': draw, 'backbone': backbone, 'method': name, 'kind': kind,
              'setting': describe(overrides) if kind == 'ours' else 'see dv_jax.baselines',
@@ -384,6 +442,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     `{'rows': [...], 'summary': [...], 'draws': [...]}` as written to results.json.
   """
   workdir = Path(workdir)
+  if int(config.data.num_draws) < 1:
+    raise ValueError(f'config.data.num_draws must be >= 1, got {config.data.num_draws}')
+  if 'backbones' in config.model and not len(config.model.backbones):
+    raise ValueError('config.model.backbones is empty: no model to value the data with')
+  if not len(config.valuation.variants) + len(config.baselines.methods):
+    raise ValueError('config.valuation.variants and config.baselines.methods are both '
+                     'empty: no method to compare')
   store = results.UnitStore(workdir / 'units')
   rows, infos = [], []
   for draw in range(int(config.data.num_draws)):

@@ -153,9 +153,19 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
       expected = scipy.stats.spearmanr(values, accuracy)[0]
       np.testing.assert_allclose(row['spearman_accuracy'], expected, equal_nan=True)
   _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
-  monkeypatch.setattr(valuation_table.baselines, 'BASELINES', {})
+  monkeypatch.setattr(valuation_table.baselines, 'BASELINES',  # known, never called
+                      {name: valuation.value_contributors
+                       for name in valuation_table.baselines.BASELINES})
   again = valuation_table.run(config, tmp_path)
   assert [r['spearman'] for r in again['rows']] == [r['spearman'] for r in out['rows']]
+  # A setting the saved units depend on changed: refused, not reported from stale units.
+  config.ground_truth.steps += 1
+  with pytest.raises(ValueError, match='ground_truth.* another config'):
+    valuation_table.run(config, tmp_path)
+  config.ground_truth.steps -= 1
+  config.mmd.num_kernels += 1
+  with pytest.raises(ValueError, match='ours-paper-defaults.* another config'):
+    valuation_table.run(config, tmp_path)
 
 
 @pytest.mark.slow
@@ -172,6 +182,9 @@ def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch
   _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
   again = ablation.run(config, tmp_path)
   assert again['rows'] == out['rows']
+  config.data.num_draws = 2  # one draw only: refused rather than ignored
+  with pytest.raises(ValueError, match='config.data.num_draws must be 1'):
+    ablation.run(config, tmp_path)
 
 
 @pytest.mark.slow
@@ -186,3 +199,13 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
   _forbid(monkeypatch, (valuation, 'value_contributors'))
   again = subsample_stability.run(config, tmp_path)
   assert again['rows'] == out['rows']
+  # Which budgets run is not something a unit depends on: fewer of them reuse the rest.
+  config.valuation.budgets = tuple(config.valuation.budgets)[:1]
+  fewer = subsample_stability.run(config, tmp_path)
+  assert fewer['rows'] == [r for r in out['rows'] if r['budget'] == config.valuation.budgets[0]]
+  config.mmd.num_kernels += 1
+  with pytest.raises(ValueError, match='another config'):
+    subsample_stability.run(config, tmp_path)
+  config.valuation.budgets = (0,)
+  with pytest.raises(ValueError, match='config.valuation.budgets must hold integers >= 1'):
+    subsample_stability.run(config, tmp_path)

@@ -140,7 +140,8 @@ def _forbid(monkeypatch):
     raise AssertionError('a finished unit was recomputed')
   monkeypatch.setattr(valuation, 'value_contributors', fail)
   monkeypatch.setattr(ground_truth, 'retrain', fail)
-  monkeypatch.setattr(valuation_table.baselines, 'BASELINES', {})
+  monkeypatch.setattr(valuation_table.baselines, 'BASELINES',
+                      {name: fail for name in valuation_table.baselines.BASELINES})
 
 
 def _check_tweets(config, workdir, out, monkeypatch):

@@ -252,6 +252,8 @@ def digit_contributor_specs(num_contributors: int = 12, *, key: Any,
   from dv_jax.data import synthetic  # pylint: disable=g-import-not-at-top  (acyclic imports)
   if int(num_contributors) != num_contributors or num_contributors < 2:
     raise ValueError(f'num_contributors must be an integer >= 2, got {num_contributors}')
+  if len(size_range) != 2:
+    raise ValueError(f'size_range must be (smallest, largest), got {tuple(size_range)}')
   lo, hi = (int(s) for s in size_range)
   if not 1 <= lo <= hi:
     raise ValueError(f'size_range must satisfy 1 <= low <= high, got {tuple(size_range)}')
