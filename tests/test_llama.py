@@ -390,6 +390,58 @@ def test_config_missing_field():
     LlamaConfig.from_hf_dict(hf)
 
 
+def _v5_config(hf):
+  """`hf` as transformers v5 writes it: rope_theta / rope_scaling inside rope_parameters."""
+  out = {k: v for k, v in hf.items() if k not in ('rope_theta', 'rope_scaling')}
+  out['rope_parameters'] = dict(hf.get('rope_scaling') or {'rope_type': 'default'},
+                                rope_theta=hf['rope_theta'])
+  return out
+
+
+@pytest.mark.parametrize('name', ['qwen2_tied_bias', 'llama_bias_llama3rope'])
+def test_config_reads_transformers_v5_rope_parameters(name):
+  # Dropping rope_parameters used to fall back to rope_theta=10000 (wrong logits for Qwen's
+  # 1e6) and to no llama3 scaling, silently.
+  hf = HF_CONFIGS[name]
+  cfg = LlamaConfig.from_hf_dict(_v5_config(hf))
+  assert cfg == LlamaConfig.from_hf_dict(hf)
+  np.testing.assert_array_equal(rope_inverse_frequencies(cfg),
+                                rope_inverse_frequencies(LlamaConfig.from_hf_dict(hf)))
+  # Both spellings present and agreeing (also with 'type' for 'rope_type') is fine.
+  both = dict(_v5_config(hf), rope_theta=hf['rope_theta'])
+  if hf.get('rope_scaling'):
+    scaling = dict(hf['rope_scaling'])
+    scaling['type'] = scaling.pop('rope_type')
+    both['rope_scaling'] = scaling
+  assert LlamaConfig.from_hf_dict(both) == cfg
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(rope_theta=500.0), r'rope_theta=500\.0.*rope_parameters'),
+    (dict(rope_scaling={'rope_type': 'linear', 'factor': 2.0}), 'rope_scaling.*rope_parameters'),
+    (dict(rope_parameters=[1e6]), 'rope_parameters must be a dict'),
+])
+def test_config_rope_parameters_conflicts(change, message):
+  with pytest.raises(ValueError, match=message):
+    LlamaConfig.from_hf_dict(dict(_v5_config(HF_CONFIGS['qwen2_tied_bias']), **change))
+
+
+@pytest.mark.parametrize('change, message', [
+    # Used to load, then raise a bare KeyError in rope_inverse_frequencies.
+    (dict(rope_scaling={'rope_type': 'llama3', 'factor': 8.0}),
+     "rope_scaling.*lacks 'low_freq_factor'"),
+    (dict(rope_scaling={'type': 'linear'}), "rope_scaling.*lacks 'factor'"),
+    (dict(rope_scaling={'type': 'linear', 'factor': '2'}), r"rope_scaling\['factor'\]"),
+    # A string used to raise TypeError from the comparison.
+    (dict(rope_theta='10000'), 'rope_theta'),
+    (dict(rope_theta=float('nan')), 'rope_theta'),
+    (dict(rms_norm_eps=None), 'rms_norm_eps'),
+])
+def test_config_rope_field_errors(change, message):
+  with pytest.raises(ValueError, match=message):
+    LlamaConfig.from_hf_dict(dict(HF_CONFIGS['llama_untied'], **change))
+
+
 def test_state_dict_errors():
   hf = HF_CONFIGS['llama_untied']
   cfg = LlamaConfig.from_hf_dict(hf)
@@ -512,6 +564,23 @@ def test_load_errors(tmp_path):
   with pytest.raises(ValueError, match='max_shard_bytes'):
     checkpoint.save_hf_checkpoint(tmp_path / 'out', LlamaConfig.from_hf_dict(hf), {},
                                   max_shard_bytes=0)
+
+
+def test_load_errors_name_the_malformed_index_or_truncated_shard(tmp_path):
+  pytest.importorskip('safetensors')
+  hf = HF_CONFIGS['llama_untied']
+  _write_hf_dir(tmp_path, hf, _hf_state(hf))
+  weights = tmp_path / 'model.safetensors'
+  blob = weights.read_bytes()
+  # Used to raise safetensors' SafetensorError, which does not name the file.
+  weights.write_bytes(blob[:len(blob) // 2])
+  with pytest.raises(ValueError, match=r'model\.safetensors.*truncated'):
+    checkpoint.load_hf_checkpoint(tmp_path)
+  weights.write_bytes(blob)
+  # Used to raise a bare JSONDecodeError.
+  (tmp_path / 'model.safetensors.index.json').write_text('{oops')
+  with pytest.raises(ValueError, match=r'model\.safetensors\.index\.json is not valid JSON'):
+    checkpoint.load_hf_checkpoint(tmp_path)
 
 
 def test_tokenizer_loads(tmp_path):

@@ -161,7 +161,11 @@ def _read_config(directory: Path) -> LlamaConfig:
 def _weight_files(directory: Path) -> List[Path]:
   index = directory / INDEX_FILE
   if index.is_file():
-    weight_map = json.loads(index.read_text()).get('weight_map')
+    try:
+      parsed = json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{index} is not valid JSON: {e}') from e
+    weight_map = parsed.get('weight_map') if isinstance(parsed, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
       raise ValueError(f'{index} has no weight_map')
     files = [directory / name for name in sorted(set(weight_map.values()))]
@@ -177,6 +181,22 @@ def _weight_files(directory: Path) -> List[Path]:
   return files
 
 
+def _read_safetensors(path: Path, read):
+  """`read(handle)` on an open safetensors file; its errors re-raised naming the file.
+
+  safetensors' own errors (a truncated or corrupt file: 'incomplete metadata, file not
+  fully covered') do not say which shard of a multi-file checkpoint is at fault.
+  """
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  try:
+    with safe_open(str(path), framework='np') as f:
+      return read(f)
+  except SafetensorError as e:
+    raise ValueError(f'weight file {str(path)!r} is not a readable safetensors file '
+                     f'(truncated or corrupt?): {e}') from e
+
+
 class _LazyState(dict):
   """HF name -> file, reading a tensor only when it is looked up (one at a time in memory)."""
 
@@ -184,9 +204,7 @@ class _LazyState(dict):
     super().__init__(locations)
 
   def __getitem__(self, name):
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-    with safe_open(str(super().__getitem__(name)), framework='np') as f:
-      return f.get_tensor(name)
+    return _read_safetensors(super().__getitem__(name), lambda f: f.get_tensor(name))
 
 
 def load_hf_checkpoint(directory: Any, *, dtype: Any = jnp.float32) -> HFCheckpoint:
@@ -201,19 +219,18 @@ def load_hf_checkpoint(directory: Any, *, dtype: Any = jnp.float32) -> HFCheckpo
     HFCheckpoint(config, params); run it as `Llama(config).apply({'params': params}, tokens)`.
 
   Raises:
-    ValueError: naming the missing file or tensor, a shape mismatch, or an unsupported
+    ValueError: naming the missing, malformed (invalid index JSON) or unreadable
+      (truncated safetensors) file, the missing tensor, a shape mismatch, or an unsupported
       architecture.
   """
   directory = Path(directory)
   if not directory.is_dir():
     raise ValueError(f'directory {str(directory)!r} does not exist')
   config = _read_config(directory)
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   locations: Dict[str, Path] = {}
   for path in _weight_files(directory):
-    with safe_open(str(path), framework='np') as f:
-      for name in f.keys():
-        locations[name] = path
+    for name in _read_safetensors(path, lambda f: list(f.keys())):
+      locations[name] = path
   params = params_from_hf_state_dict(config, _LazyState(locations), dtype=dtype)
   return HFCheckpoint(config, params)
 

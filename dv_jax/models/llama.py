@@ -44,6 +44,14 @@ from dv_jax.models.transformer import masked_mean
 
 SUPPORTED_MODEL_TYPES = ('llama', 'qwen2')
 _ROPE_TYPES = ('default', 'linear', 'llama3')
+# The rope_scaling keys each type reads in `rope_inverse_frequencies`; checked up front so an
+# incomplete config fails when it is parsed, not with a KeyError deep inside the forward pass.
+_ROPE_REQUIRED_KEYS = {
+    'default': (),
+    'linear': ('factor',),
+    'llama3': ('factor', 'low_freq_factor', 'high_freq_factor',
+               'original_max_position_embeddings'),
+}
 
 
 def _freeze(value):
@@ -62,6 +70,44 @@ def _thaw(value):
   if isinstance(value, tuple):
     return [_thaw(v) for v in value]
   return value
+
+
+def _is_real_number(value) -> bool:
+  # bool is an int subclass, and a JSON string "10000" is not a number either.
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+      value, (bool, np.bool_))
+
+
+def _rope_type(rope: dict) -> str:
+  # HF wrote 'type' before it wrote 'rope_type'; both spellings occur in saved configs.
+  return rope.get('rope_type', rope.get('type', 'default'))
+
+
+def _split_rope_parameters(rope: dict) -> Tuple[Any, Optional[dict]]:
+  """A transformers v5 `rope_parameters` dict -> (rope_theta or None, rope_scaling or None).
+
+  The scaling is the dict without `rope_theta`, or None for the 'default' (unscaled) type,
+  which is how a v4 config.json spells the same rotary embedding.
+  """
+  theta = rope.get('rope_theta')
+  scaling = {k: v for k, v in rope.items() if k != 'rope_theta'}
+  if _rope_type(scaling) == 'default':
+    scaling = None
+  return theta, scaling
+
+
+def _same_rope_scaling(a: Optional[dict], b: Optional[dict]) -> bool:
+  """Equal up to the 'type' / 'rope_type' spelling and an explicit 'default' type."""
+  def canonical(rope):
+    if not isinstance(rope, dict):
+      return rope
+    _, scaling = _split_rope_parameters(rope)
+    if scaling is None:
+      return None
+    out = {k: v for k, v in scaling.items() if k != 'type'}
+    out['rope_type'] = _rope_type(scaling)
+    return out
+  return canonical(a) == canonical(b)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,14 +168,23 @@ class LlamaConfig:
                        f'num_key_value_heads={self.num_key_value_heads}')
     if self.dim_per_head % 2:
       raise ValueError(f'head_dim must be even for rotary embeddings, got {self.dim_per_head}')
-    if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
-      raise ValueError('rms_norm_eps and rope_theta must be > 0, got '
-                       f'{self.rms_norm_eps}, {self.rope_theta}')
+    for name in ('rms_norm_eps', 'rope_theta'):
+      value = getattr(self, name)
+      if not _is_real_number(value) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f'{name} must be a finite number > 0, got {value!r}')
     rope = self.rope_scaling_dict
     if rope is not None:
-      rope_type = rope.get('rope_type', rope.get('type', 'default'))
+      if not isinstance(rope, dict):
+        raise ValueError(f'rope_scaling must be a dict, got {rope!r}')
+      rope_type = _rope_type(rope)
       if rope_type not in _ROPE_TYPES:
         raise ValueError(f'rope_scaling type must be one of {_ROPE_TYPES}, got {rope_type!r}')
+      for key in _ROPE_REQUIRED_KEYS[rope_type]:
+        if key not in rope:
+          raise ValueError(f'rope_scaling of type {rope_type!r} lacks {key!r} (got {rope})')
+        if not _is_real_number(rope[key]) or not np.isfinite(rope[key]) or rope[key] <= 0:
+          raise ValueError(f'rope_scaling[{key!r}] must be a finite number > 0, '
+                           f'got {rope[key]!r}')
 
   @property
   def dim_per_head(self) -> int:
@@ -151,10 +206,15 @@ class LlamaConfig:
   def from_hf_dict(cls, hf: dict) -> 'LlamaConfig':
     """Builds the config from a parsed HF `config.json`.
 
+    Reads `rope_theta` / `rope_scaling` at the top level (transformers v4) or inside
+    `rope_parameters` (v5, where a `rope_type` of 'default' means no scaling).
+
     Raises:
-      ValueError: a required field is missing, or the checkpoint uses a feature this
-        implementation lacks (another architecture, sliding-window attention, an
-        unsupported rope scaling or activation).
+      ValueError: a required field is missing or malformed (e.g. an incomplete
+        `rope_scaling`, a non-numeric `rope_theta`), the top-level and `rope_parameters`
+        rope fields disagree, or the checkpoint uses a feature this implementation lacks
+        (another architecture, sliding-window attention, an unsupported rope scaling or
+        activation).
     """
     required = ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
                 'num_attention_heads')
@@ -168,9 +228,39 @@ class LlamaConfig:
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in hf.items() if k in fields}
     kwargs['model_type'] = model_type
+    if hf.get('rope_parameters') is not None:
+      kwargs.update(cls._rope_from_parameters(hf))
     if kwargs.get('rope_scaling') is not None:
       kwargs['rope_scaling'] = _freeze(kwargs['rope_scaling'])
     return cls(**kwargs)
+
+  @staticmethod
+  def _rope_from_parameters(hf: dict) -> dict:
+    """rope_theta / rope_scaling from a transformers v5 `rope_parameters` entry.
+
+    v5 moves both fields into `rope_parameters`; ignoring it would fall back to the
+    default theta of 10000 and give wrong logits without an error.
+
+    Raises:
+      ValueError: `rope_parameters` is not a dict, or a top-level `rope_theta` /
+        `rope_scaling` disagrees with it.
+    """
+    rope = hf['rope_parameters']
+    if not isinstance(rope, dict):
+      raise ValueError(f'rope_parameters must be a dict, got {rope!r}')
+    theta, scaling = _split_rope_parameters(rope)
+    out = {}
+    if theta is not None:
+      if hf.get('rope_theta') is not None and hf['rope_theta'] != theta:
+        raise ValueError(f"config.json has rope_theta={hf['rope_theta']!r} and "
+                         f"rope_parameters['rope_theta']={theta!r}; they disagree")
+      out['rope_theta'] = theta
+    top_scaling = hf.get('rope_scaling')
+    if top_scaling is not None and not _same_rope_scaling(top_scaling, scaling):
+      raise ValueError(f'config.json has rope_scaling={top_scaling!r} and '
+                       f'rope_parameters={rope!r}; they disagree')
+    out['rope_scaling'] = scaling
+    return out
 
   def to_hf_dict(self) -> dict:
     """The HF `config.json` content for this config (inverse of `from_hf_dict`)."""
@@ -199,7 +289,7 @@ def rope_inverse_frequencies(config: LlamaConfig) -> np.ndarray:
   rope = config.rope_scaling_dict
   if rope is None:
     return inv_freq
-  rope_type = rope.get('rope_type', rope.get('type', 'default'))
+  rope_type = _rope_type(rope)
   if rope_type == 'linear':
     return inv_freq / rope['factor']
   if rope_type == 'llama3':
