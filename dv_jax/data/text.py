@@ -2,14 +2,16 @@
 
 Three layouts, one per task (METHOD.md section 5):
   * `sentiment`: SST-2 (`sentence`, `label`) or IMDB (`text`, `label`); `label` an integer
-    class (0 negative, 1 positive for both) or one of `label_names`.
+    class (0 negative, 1 positive for both) or one of `label_names`. In a `datasets`
+    directory whose `label` is a `ClassLabel`, its names decide which integer is which.
   * `instruction`: Alpaca (`instruction`, optional `input`, `output`).
   * `reasoning`: GSM8K (`question`, `answer`); the final answer is the text after the last
     `####` of `answer`.
-Every record may carry `source: real | synthetic` (missing or null means real), which becomes
-the `is_synthetic` flag that the valuation keeps end to end. Nothing is downloaded: a Hugging
-Face `datasets` directory is one written by `Dataset.save_to_disk` /
-`DatasetDict.save_to_disk`, and `datasets` is imported only on that branch.
+Text fields must be non-empty (Alpaca's `input` may be empty). Every record may carry
+`source: real | synthetic` (missing or null means real), which becomes the `is_synthetic`
+flag that the valuation keeps end to end. Nothing is downloaded: a Hugging Face `datasets`
+directory is one written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, and
+`datasets` is imported only on that branch.
 
 Shape legend: `n` records.
 """
@@ -52,11 +54,15 @@ def gsm8k_final_answer(answer: str) -> str:
   """The final answer of a GSM8K solution: the text after its last `####`.
 
   Raises:
-    ValueError: if `answer` has no `####`.
+    ValueError: if `answer` has no `####`, or nothing after its last one.
   """
   if _ANSWER_MARK not in answer:
     raise ValueError(f'answer has no {_ANSWER_MARK!r} final-answer marker: {answer[-80:]!r}')
   final = answer.rsplit(_ANSWER_MARK, 1)[1].strip()
+  if not final:
+    # An empty final answer would match any empty generation when answers are compared.
+    raise ValueError(f'answer has nothing after its last {_ANSWER_MARK!r} final-answer '
+                     f'marker: {answer[-80:]!r}')
   # GSM8K writes a few large numbers as '1,000'; compare answers as bare numbers.
   return final.replace(',', '')
 
@@ -69,12 +75,15 @@ def _field(record: dict, name: str, where: str, *, required: bool = True):
   return record[name]
 
 
-def _text_field(record: dict, name: str, where: str, *, required: bool = True) -> str:
+def _text_field(record: dict, name: str, where: str, *, required: bool = True,
+                allow_empty: bool = False) -> str:
   value = _field(record, name, where, required=required)
   if value is None:
     return ''
   if not isinstance(value, str):
     raise ValueError(f'{where}: field {name!r} must be a string, got {type(value).__name__}')
+  if not allow_empty and not value.strip():
+    raise ValueError(f'{where}: field {name!r} is empty')
   return value
 
 
@@ -138,7 +147,8 @@ def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
       labels.append(label)
     elif task == 'instruction':
       instruction = _text_field(record, 'instruction', where)
-      extra = _text_field(record, 'input', where, required=False)
+      # Alpaca leaves `input` empty for instructions that need none.
+      extra = _text_field(record, 'input', where, required=False, allow_empty=True)
       prompts.append(instruction + ('\n\n' + extra if extra.strip() else ''))
       responses.append(_text_field(record, 'output', where))
     else:
@@ -160,7 +170,8 @@ def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
 
 
 def _jsonl_records(path: Path):
-  with open(path, 'r', encoding='utf-8') as f:
+  # utf-8-sig: files saved by Windows tools start with a byte-order mark.
+  with open(path, 'r', encoding='utf-8-sig') as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -172,7 +183,51 @@ def _jsonl_records(path: Path):
       yield where, record
 
 
-def _datasets_records(path: Path, split: Optional[str]):
+def _polarity(name: str) -> Optional[int]:
+  """0 for a negative class name, 1 for a positive one, None if neither."""
+  name = name.strip().lower()
+  if name in ('neg', 'negative'):
+    return 0
+  if name in ('pos', 'positive'):
+    return 1
+  return None
+
+
+def _class_label_ids(names: Sequence[str], label_names: Sequence[str]) -> List[int]:
+  """Index into `label_names` of each `ClassLabel` id (the id is the list position).
+
+  A name matching one of `label_names` (case-insensitively) maps to it; otherwise a binary
+  `label_names` is read as (negative, positive) and the names by their polarity, so SST-2's
+  ['negative', 'positive'], IMDB's ['neg', 'pos'] and a reversed order all map correctly.
+
+  Raises:
+    ValueError: naming `names` when they cannot be matched.
+  """
+  wanted = [n.strip().lower() for n in label_names]
+  given = [n.strip().lower() for n in names]
+  if set(given) <= set(wanted) and len(set(given)) == len(given):
+    return [wanted.index(n) for n in given]
+  polarities = [_polarity(n) for n in names]
+  if (len(label_names) == 2 and None not in polarities
+      and len(set(polarities)) == len(polarities)):
+    return polarities
+  raise ValueError(f'the label ClassLabel names {list(names)} match neither label_names '
+                   f'{list(label_names)} nor negative / positive (neg / pos)')
+
+
+def _class_label_names(feature) -> Optional[List[str]]:
+  """The names of a `ClassLabel` feature, or None (not a ClassLabel, or only '0', '1', ...)."""
+  import datasets  # pylint: disable=g-import-not-at-top
+  if not isinstance(feature, datasets.ClassLabel) or not feature.names:
+    return None
+  # ClassLabel(num_classes=k) names its classes '0'..'k-1': the ids are the labels already.
+  if list(feature.names) == [str(i) for i in range(len(feature.names))]:
+    return None
+  return list(feature.names)
+
+
+def _datasets_records(path: Path, split: Optional[str], label_names: Sequence[str],
+                      task: str):
   try:
     import datasets  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -190,9 +245,26 @@ def _datasets_records(path: Path, split: Optional[str]):
     loaded = loaded[split]
   elif split is not None:
     raise ValueError(f'split={split!r} given but {path} is a single Dataset, not a DatasetDict')
+  # A directory saved after with_format('arrow' / 'numpy' / 'pandas') keeps that format;
+  # reset it so columns come back as Python str / int.
+  loaded = loaded.with_format(None)
   # Column-wise reads are one Arrow conversion per column instead of one per row.
   columns = {name: list(loaded[name]) for name in loaded.column_names}
   tag = f'{path}' + (f' (split {split!r})' if split is not None else '')
+  label_classes = _class_label_names(loaded.features.get('label'))
+  if task == 'sentiment' and label_classes is not None:
+    try:
+      ids = _class_label_ids(label_classes, label_names)
+    except ValueError as e:
+      raise ValueError(f'{tag}: {e}') from None
+    # Out-of-range ids (IMDB's -1 'unlabelled') pass through to the range check.
+    columns['label'] = [ids[v] if isinstance(v, int) and 0 <= v < len(ids) else v
+                        for v in columns['label']]
+  source_classes = _class_label_names(loaded.features.get('source'))
+  if source_classes is not None:
+    columns['source'] = [
+        source_classes[v] if isinstance(v, int) and 0 <= v < len(source_classes) else v
+        for v in columns['source']]
   for i in range(loaded.num_rows):
     yield f'{tag} record {i}', {name: values[i] for name, values in columns.items()}
 
@@ -206,9 +278,10 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
     path: a `.jsonl` file (one JSON object per line, blank lines skipped) or a directory
       written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
     task: 'sentiment', 'instruction' or 'reasoning' (see the module docstring for fields).
-    split: for a `DatasetDict` directory with several splits, the one to read.
+    split: for a `DatasetDict` directory with several splits, the one to read (an error for
+      a JSONL file or a single `Dataset`, which have none).
     label_names: sentiment class names, index = label id (SST-2 and IMDB: 0 negative,
-      1 positive).
+      1 positive). A `ClassLabel` `label` column is mapped through its names instead.
     max_records: read only the first `max_records` records.
 
   Returns:
@@ -224,12 +297,14 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
   if path.is_file():
     if path.suffix != '.jsonl':
       raise ValueError(f'{path}: expected a .jsonl file or a datasets directory')
+    if split is not None:
+      raise ValueError(f'split={split!r} given but {path} is a JSONL file, which has no splits')
     records = _jsonl_records(path)
   elif path.is_dir():
     if not ((path / 'dataset_info.json').is_file() or (path / 'dataset_dict.json').is_file()):
       raise ValueError(f'{path} is not a datasets save_to_disk directory (no '
                        'dataset_info.json or dataset_dict.json)')
-    records = _datasets_records(path, split)
+    records = _datasets_records(path, split, label_names, task)
   else:
     raise ValueError(f'text task path {path} does not exist')
   if max_records is not None:
