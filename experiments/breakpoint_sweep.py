@@ -156,12 +156,16 @@ def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
   """
   start = time.perf_counter()
   workdir = Path(workdir)
+  if any(float(k) != int(float(k)) or float(k) < 1 for k in config.sweep.ks):
+    raise ValueError(f'config.sweep.ks must hold integers >= 1, got {tuple(config.sweep.ks)}')
   ks = [int(k) for k in config.sweep.ks]
   if len(set(ks)) < 2:
     raise ValueError(f'config.sweep.ks must hold at least two distinct cuts, got {ks}')
   rows, computed = [], {}
   for k in tqdm(ks, desc='sweep k', disable=not config.output.progress):
-    output = three_phase_scaling.run(config_for_k(config, k), workdir / f'k{k}')
+    k_config = config_for_k(config, k)
+    output = three_phase_scaling.run(k_config, workdir / f'k{k}')
+    results.save_config(k_config, workdir / f'k{k}')  # each k<k>/ is a whole workdir
     computed[k] = output['units_computed']
     rows += sweep_rows(k, output, float(config.data.beta))
   exponents = []

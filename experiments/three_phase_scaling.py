@@ -832,6 +832,24 @@ def _aggregate(units: List[Dict[str, Any]], mode: str, n: int) -> Dict[str, Any]
   return row
 
 
+def _check_config(config) -> None:
+  """Fails, naming the field, on settings that would otherwise break deep inside a run."""
+  data, grid = config.data, config.scaling
+  if not 1 <= int(data.k) < int(data.num_items) or int(data.k) != data.k:
+    raise ValueError(f'config.data.k must be an integer in [1, config.data.num_items), got '
+                     f'k={data.k}, num_items={data.num_items}')
+  if int(grid.num_seeds) < 1:
+    raise ValueError(f'config.scaling.num_seeds must be >= 1, got {grid.num_seeds}')
+  # The fit has 3 + 3 * max_breaks parameters and needs more points than that.
+  minimum = 4 + 3 * int(config.fit.max_breaks)
+  if int(grid.num_points) < minimum:
+    raise ValueError(f'config.scaling.num_points must be >= {minimum} for a fit with '
+                     f'{config.fit.max_breaks} breaks, got {grid.num_points}')
+  if config.truncation.measure and int(config.truncation.num_seeds) < 1:
+    raise ValueError('config.truncation.num_seeds must be >= 1 when truncation.measure is '
+                     f'set, got {config.truncation.num_seeds}')
+
+
 def run(config, workdir) -> Dict[str, Any]:
   """Trains every unit not yet in `workdir/units`, then fits, writes tables and figures.
 
@@ -851,6 +869,7 @@ def run(config, workdir) -> Dict[str, Any]:
   if unknown or 'hard' not in config.truncation.modes:
     raise ValueError(f'config.truncation.modes must hold hard and only modes of {MODES}, '
                      f'got {tuple(config.truncation.modes)}')
+  _check_config(config)
   task = make_task(config, jax.random.fold_in(key, 0))
 
   grid = size_grid(config)
@@ -864,6 +883,13 @@ def run(config, workdir) -> Dict[str, Any]:
   computed = []
   units = {}
   fingerprint = unit_fingerprint(config)
+  # Every saved unit this run would use is checked before any training, so a refused
+  # rerun leaves the workdir as it was.
+  for mode, n, replicate in work:
+    name = _unit_name(mode, n, replicate)
+    if name in store and store.load(name).get('fingerprint') != fingerprint:
+      raise ValueError(f'unit {name} in {store.directory} was trained with another data / '
+                       'model / train config; use a fresh --workdir')
   for mode, n, replicate in tqdm(work, desc='train |S| grid', disable=not config.output.progress):
     name = _unit_name(mode, n, replicate)
     if name not in store:
@@ -880,9 +906,6 @@ def run(config, workdir) -> Dict[str, Any]:
                    out['loss'], out['error'], out['memorizer_error'], out['steps'],
                    out['seconds'])
     units[name] = store.load(name)
-    if units[name].get('fingerprint') != fingerprint:
-      raise ValueError(f'unit {name} in {store.directory} was trained with another data / '
-                       'model / train config; use a fresh --workdir')
   train_seconds = time.perf_counter() - start
 
   # Theory: exact E(n) per mode, on the measured grid (for fits) and a dense grid (figure).

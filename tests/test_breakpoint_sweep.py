@@ -73,6 +73,7 @@ def test_smoke_sweep_runs_and_resumes(tmp_path):
     assert (tmp_path / name).is_file()
   for k in config.sweep.ks:
     assert (tmp_path / f'k{k}' / 'breakpoints.csv').is_file()
+    assert results.read_json(tmp_path / f'k{k}' / 'config.json')['data']['k'] == k
     assert out['units_computed'][str(k)]
   rows = results.read_csv(tmp_path / 'sweep.csv')
   assert sorted({int(r['k']) for r in rows}) == sorted(config.sweep.ks)
@@ -87,4 +88,7 @@ def test_smoke_sweep_runs_and_resumes(tmp_path):
   assert repr(again['rows']) == repr(out['rows'])  # NaN breaks compare by repr
   with pytest.raises(ValueError, match='two distinct'):
     config.sweep.ks = (3, 3)
+    breakpoint_sweep.run(config, tmp_path)
+  with pytest.raises(ValueError, match=r'config\.sweep\.ks must hold integers >= 1'):
+    config.sweep.ks = (3, 4.5)  # not truncated to 4
     breakpoint_sweep.run(config, tmp_path)

@@ -271,9 +271,26 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   store.path(victim).unlink()
   resumed = _run(config, tmp_path)
   assert resumed['units_computed'] == [victim]
-  # Units trained under another recipe are refused, not silently mixed in.
+  # Units trained under another recipe are refused, not silently mixed in, and before
+  # any new unit is trained (a wider grid would add some).
   config.train.learning_rate *= 2
+  config.scaling.grid_above *= 2
+  before = len(store)
   with pytest.raises(ValueError, match='fresh --workdir'):
+    tps.run(config, tmp_path)
+  assert len(store) == before
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('data.k', 300, r'config\.data\.k must be an integer in \[1, config\.data\.num_items\)'),
+    ('scaling.num_seeds', 0, r'config\.scaling\.num_seeds must be >= 1'),
+    ('scaling.num_points', 5, r'config\.scaling\.num_points must be >= 10'),
+])
+def test_run_names_the_bad_field(tmp_path, field, value, message):
+  config = configs.get_config('smoke')
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
     tps.run(config, tmp_path)
 
 
