@@ -11,6 +11,7 @@ import `run` from several scripts into one process, and absl refuses a flag defi
 """
 
 import importlib.util
+import math
 from pathlib import Path
 import sys
 import time
@@ -34,6 +35,25 @@ def valid_config_keys(config, prefix: str = '') -> List[str]:
     else:
       keys.append(path)
   return keys
+
+
+def nan_fields(config, prefix: str = '') -> List[str]:
+  """Dotted paths of the NaN values in a ConfigDict (inside tuples / lists too).
+
+  No setting of any experiment means anything as NaN, and a NaN that reaches a library
+  function fails there under the function's argument name, not the config key.
+  """
+  found = []
+  for name, value in config.items():
+    path = f'{prefix}{name}'
+    if hasattr(value, 'items') and callable(value.items):
+      found += nan_fields(value, prefix=f'{path}.')
+    elif isinstance(value, (tuple, list)):
+      found += [f'{path}[{i}]' for i, item in enumerate(value)
+                if isinstance(item, float) and math.isnan(item)]
+    elif isinstance(value, float) and math.isnan(value):
+      found.append(path)
+  return found
 
 
 def _config_argument(argv: Sequence[str], flag: str) -> Optional[str]:
@@ -112,6 +132,10 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
     if len(argv) > 1:
       raise app.UsageError('Too many command-line arguments.')
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    bad = nan_fields(config)
+    if bad:
+      raise app.UsageError('NaN is not a valid setting: ' + ', '.join(f'--config.{b}'
+                                                                     for b in bad))
     # config.json describes the results in the workdir. A rerun may change a setting its
     # saved units depend on and be refused (UnitStore fingerprints): the old config.json
     # must survive that, so a rerun rewrites it only once it has succeeded.

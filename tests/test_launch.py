@@ -39,6 +39,13 @@ def test_override_check_reads_every_spelling_and_reports_load_errors_in_one_line
     launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}:smoke', '--config.fit=3'])
 
 
+def test_nan_fields_are_found_at_any_depth():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  nan = float('nan')
+  config = ml_collections.ConfigDict({'a': 1.0, 'b': {'c': nan, 'd': (0.5, nan)}, 'e': 'nan'})
+  assert launch.nan_fields(config) == ['b.c', 'b.d[1]']
+
+
 @pytest.mark.parametrize('config_name', CONFIGS)
 def test_every_config_builds_and_rejects_an_unknown_key(config_name):
   path = _ROOT / 'configs' / config_name
