@@ -80,9 +80,10 @@ def as_train_config(config: Any) -> TrainConfig:
       raise ValueError(f'config.{field} must be an integer >= 1, got {value}')
   if not float(c.learning_rate) > 0 or not math.isfinite(float(c.learning_rate)):
     raise ValueError(f'config.learning_rate must be finite and > 0, got {c.learning_rate}')
-  for field in ('weight_decay', 'momentum'):
-    if not float(getattr(c, field)) >= 0:
-      raise ValueError(f'config.{field} must be >= 0, got {getattr(c, field)}')
+  if not (float(c.weight_decay) >= 0 and math.isfinite(float(c.weight_decay))):
+    raise ValueError(f'config.weight_decay must be finite and >= 0, got {c.weight_decay}')
+  if not 0 <= float(c.momentum) < 1:  # momentum >= 1 lets the velocity grow without bound
+    raise ValueError(f'config.momentum must lie in [0, 1), got {c.momentum}')
   every = c.checkpoint_every
   if int(every) != every or every < 0 or (every and c.steps % every):
     raise ValueError(f'config.checkpoint_every must be 0 or divide steps={c.steps}, got '
@@ -291,8 +292,11 @@ def train_many_seeds(apply_fn: Callable[[Any, jax.Array], jax.Array], params: An
     ``train(..., key=keys[r])``.
   """
   keys = jnp.asarray(keys)
+  if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):  # new-style typed keys [R]
+    keys = jax.random.key_data(keys)
   if keys.ndim != 2 or keys.shape[0] == 0:
-    raise ValueError(f'keys must be a stack of PRNG keys [R, 2], got shape {keys.shape}')
+    raise ValueError(f'keys must be a stack of PRNG keys [R, 2] (or typed keys [R]), got '
+                     f'shape {keys.shape}')
   c, x_pad, y_pad, n, static = _prepare(apply_fn, params, x, y, config=config,
                                         num_classes=num_classes, pad_to=pad_to)
   return _fit_many(params, x_pad, y_pad, n, keys, jnp.float32(c.learning_rate), **static)
@@ -313,8 +317,11 @@ def _eval_block_many(params, xb, yb, mask, apply_fn):
   return jax.vmap(lambda p: _eval_block_sums(p, xb, yb, mask, apply_fn))(params)
 
 
-def _evaluate(block_fn, params, x, y, block_size):
+def _evaluate(block_fn, apply_fn, one_params, params, x, y, block_size):
   x, y = _check_xy(x, y, num_classes=None)
+  # Labels outside the logits would be gathered silently (clamped, or wrapped from -1).
+  num_classes = int(jax.eval_shape(apply_fn, one_params, x[:1]).shape[-1])
+  _check_xy(x, y, num_classes=num_classes)
   if int(block_size) != block_size or block_size < 1:
     raise ValueError(f'block_size must be an integer >= 1, got {block_size}')
   n = x.shape[0]
@@ -349,10 +356,11 @@ def evaluate(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: An
     ``Evaluation(loss [], accuracy [])``.
 
   Raises:
-    ValueError: for NaN/Inf or empty ``x``, mismatched ``y`` or a bad ``block_size``.
+    ValueError: for NaN/Inf or empty ``x``, mismatched ``y``, labels outside the logits'
+      classes or a bad ``block_size``.
   """
   block_fn = functools.partial(_eval_block, apply_fn=apply_fn)
-  return _evaluate(block_fn, params, x, y, block_size)
+  return _evaluate(block_fn, apply_fn, params, params, x, y, block_size)
 
 
 def evaluate_many(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, y: Any,
@@ -363,7 +371,8 @@ def evaluate_many(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, 
     ``Evaluation(loss [R], accuracy [R])``.
   """
   block_fn = functools.partial(_eval_block_many, apply_fn=apply_fn)
-  return _evaluate(block_fn, params, x, y, block_size)
+  first = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
+  return _evaluate(block_fn, apply_fn, first, params, x, y, block_size)
 
 
 __all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'as_train_config', 'TrainResult',

@@ -109,6 +109,10 @@ def test_many_seeds_equals_single_runs():
     one = training.train(_linear_apply, params, x, y, config=config, key=keys[r], num_classes=C)
     np.testing.assert_allclose(many.params['w'][r], one.params['w'], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(many.losses[r], one.losses, rtol=1e-5)
+  # New-style typed keys give the same runs.
+  typed = training.train_many_seeds(_linear_apply, params, x, y, config=config,
+                                    keys=jax.random.wrap_key_data(keys), num_classes=C)
+  np.testing.assert_array_equal(typed.params['w'], many.params['w'])
   ev = training.evaluate_many(_linear_apply, many.params, x, y)
   assert ev.loss.shape == (3,)
   for r in range(3):
@@ -194,6 +198,8 @@ def test_config_from_dict_and_config_dict():
     ('batch_size', 2.5, 'config.batch_size'),
     ('learning_rate', -1.0, 'config.learning_rate'),
     ('weight_decay', -0.1, 'config.weight_decay'),
+    ('momentum', float('inf'), 'config.momentum'),
+    ('momentum', 1.0, 'config.momentum'),
     ('checkpoint_every', 7, 'config.checkpoint_every'),
 ])
 def test_config_errors(field, value, match):
@@ -222,6 +228,13 @@ def test_data_errors():
   with pytest.raises(ValueError, match='keys'):
     training.train_many_seeds(_linear_apply, params, x, y, num_classes=C,
                               config=training.TrainConfig(steps=1), keys=jax.random.PRNGKey(0))
+  # Evaluation gathers the label's logit: one outside the classes must not be clamped.
+  for labels in (np.where(y == 0, -1, y), np.where(y == 0, C, y)):
+    with pytest.raises(ValueError, match='y has labels'):
+      training.evaluate(_linear_apply, params, x, labels)
+    with pytest.raises(ValueError, match='y has labels'):
+      training.evaluate_many(_linear_apply, jax.tree_util.tree_map(lambda a: a[None], params),
+                             x, labels)
 
 
 def test_integer_inputs_reach_the_model_as_int32():
