@@ -153,6 +153,13 @@ def test_response_nll_errors(tokens, mask, message):
     lm.response_nll(bigram_apply, {}, tokens, mask)
 
 
+def test_response_nll_refuses_ids_beyond_the_vocabulary():
+  params = {'W': np.zeros((V, V), np.float32), 'bias': np.zeros(V, np.float32)}
+  tokens = np.array([[1, 2, V, 3]], np.int32)  # JAX would clamp id V to V - 1
+  with pytest.raises(ValueError, match=f'ids up to {V}, beyond the model.s vocabulary of {V}'):
+    lm.response_nll(bigram_apply, params, tokens, np.ones((1, 4)))
+
+
 def test_response_nll_block_size_error():
   tokens, mask = _batch()
   with pytest.raises(ValueError, match='block_size'):

@@ -285,6 +285,7 @@ def test_next_token_probs_tiny_top_p_is_greedy_and_errors():
   np.testing.assert_array_equal(got, np.eye(V)[np.argmax(logits, -1)])
   for kwargs, message in [(dict(temperature=0.0), 'temperature'),
                           (dict(temperature=np.nan), 'temperature'),
+                          (dict(temperature=1e-40), 'temperature'),  # 0 in float32
                           (dict(top_p=0.0), 'top_p'), (dict(top_p=1.5), 'top_p')]:
     with pytest.raises(ValueError, match=message):
       next_token_probs(logits, **kwargs)

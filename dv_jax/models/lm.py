@@ -148,6 +148,11 @@ def response_nll(apply_fn: ApplyFn, params: Any, tokens: Any, response_mask: Any
   if not isinstance(block_size, (int, np.integer)) or block_size < 1:
     raise ValueError(f'block_size must be an int >= 1, got {block_size}')
   tokens, mask = validate_lm_batch(tokens, response_mask)
+  # An id past the vocabulary would be gathered clamped (a wrong log-prob, or NaN).
+  vocab_size = int(jax.eval_shape(apply_fn, params, jnp.asarray(tokens[:1])).shape[-1])
+  if tokens.max() >= vocab_size:
+    raise ValueError(f'tokens hold ids up to {tokens.max()}, beyond the model\'s vocabulary '
+                     f'of {vocab_size}')
   n = tokens.shape[0]
   pad = -n % block_size
   tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])

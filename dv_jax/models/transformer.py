@@ -464,8 +464,10 @@ def _truncated_logits(logits: jax.Array, temperature: Any, top_p: Any) -> jax.Ar
 
 
 def _validate_temperature_top_p(temperature, top_p):
-  if not (np.isfinite(temperature) and temperature > 0):
-    raise ValueError(f'temperature must be finite and > 0, got {temperature}')
+  # Logits are divided by the temperature in float32: one that rounds to 0 there (1e-40)
+  # would give inf / NaN probabilities.
+  if not (np.isfinite(temperature) and np.float32(temperature) >= np.finfo(np.float32).tiny):
+    raise ValueError(f'temperature must be finite and > 0 in float32, got {temperature}')
   if not (np.isfinite(top_p) and 0 < top_p <= 1):
     raise ValueError(f'top_p must be in (0, 1], got {top_p}')
 
