@@ -308,7 +308,15 @@ class ApplyFnWrapper:
   hash: a closure would be new on every call and recompile. A subclass instance is equal to
   another of the same class wrapping an equal `apply_fn`, so they share one compile.
   Subclasses define `__call__`.
+
+  Attributes:
+    takes_class_labels: True for a scalar that indexes the logits `apply_fn(params, x)[0]`
+      by its label `y_i`. JAX clamps an out-of-range index silently (label 5 of 3 classes
+      reads class 2), so `per_example_grads` then checks concrete labels against the
+      number of classes, once, outside jit.
   """
+
+  takes_class_labels = False
 
   def __init__(self, apply_fn: Callable):
     self.apply_fn = apply_fn
@@ -323,11 +331,46 @@ class ApplyFnWrapper:
     return f'{type(self).__name__}({self.apply_fn!r})'
 
 
+def _is_tracer(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def _check_class_labels(labels: Any, num_classes: int) -> None:
+  """Raises unless concrete `labels` are integers in `[0, num_classes)`.
+
+  Tracers (labels inside jit or vmap) pass unchecked: their values are unknown there, and
+  the check belongs at the boundary, where they are concrete.
+
+  Args:
+    labels: `[n]` (or a scalar) class labels.
+    num_classes: `c`, the number of logits.
+
+  Raises:
+    ValueError: naming `labels`, for non-integer labels or a label outside `[0, c)`.
+  """
+  if _is_tracer(labels):
+    return
+  labels = np.asarray(labels)
+  if labels.size == 0:
+    return
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'labels must be integer class indices, got dtype {labels.dtype}.')
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f'labels must lie in [0, {num_classes}) (the number of logits), got '
+                     f'values in [{labels.min()}, {labels.max()}].')
+
+
 class _TrueClassLogit(ApplyFnWrapper):
   """`scalar_fn(params, x_i, y_i) = apply_fn(params, x_i[None])[0, y_i]`."""
 
+  takes_class_labels = True
+
   def __call__(self, params, x_i, y_i):
-    return self.apply_fn(params, x_i[None])[0, y_i]
+    logits = self.apply_fn(params, x_i[None])
+    # Concrete only when called directly; inside per_example_grads' jitted block y_i is a
+    # tracer and this costs nothing (per_example_grads checked the labels already).
+    _check_class_labels(y_i, logits.shape[1])
+    return logits[0, y_i]
 
 
 def true_class_logit(apply_fn: Callable) -> Callable:
@@ -338,7 +381,8 @@ def true_class_logit(apply_fn: Callable) -> Callable:
 
   Returns:
     `scalar_fn(params, x_i, y_i) -> logits(x_i)[y_i]` for ONE unbatched example `x_i` and
-    an integer label `y_i`.
+    an integer label `y_i` in `[0, c)`; a concrete label out of range raises a ValueError
+    naming `labels` (here and in `per_example_grads`), rather than JAX's silent clamp.
   """
   return _TrueClassLogit(apply_fn)
 
@@ -388,13 +432,19 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
 
   Raises:
     ValueError: on NaN/Inf or empty inputs, mismatched leading lengths, a filter that
-      selects nothing, an invalid projection or block size.
+      selects nothing, an invalid projection or block size; naming `labels`, concrete
+      labels outside `[0, c)` for a scalar that indexes the logits by them
+      (`ApplyFnWrapper.takes_class_labels`, e.g. `true_class_logit`).
   """
   x = _check_batch(x, 'x')
   y = _check_batch(y, 'y')
   if x.shape[0] != y.shape[0]:
     raise ValueError(f'x and y must have the same number of examples, got {x.shape[0]} and '
                      f'{y.shape[0]} (y).')
+  if getattr(scalar_fn, 'takes_class_labels', False) and not _is_tracer(y):
+    # Once per call, outside jit: eval_shape traces the model without running it.
+    out = jax.eval_shape(scalar_fn.apply_fn, params, x[:1])
+    _check_class_labels(y, out.shape[1])
   _check_block_size(block_size, allow_none=False)
   _check_projection(projection)
   if not callable(scalar_fn):

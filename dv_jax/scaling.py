@@ -288,14 +288,15 @@ def effective_k(
     p_syn: `[N]` synthetic frequencies.
     pi: fraction of real samples, in `(0, 1]`.
     mode: one of `MODES`.
-    num_samples: `M`, required for `finite_sample`.
+    num_samples: `M`, required for `finite_sample`; None for the other modes (callers
+      pass None there, so None is accepted; a value is an error, as it would be ignored).
 
   Returns:
     The effective cut (an item count, possibly 0).
 
   Raises:
-    ValueError: invalid inputs, unknown `mode`, or `num_samples` missing for
-      `finite_sample`.
+    ValueError: invalid inputs, unknown `mode`, `num_samples` missing for
+      `finite_sample` or given for another mode.
   """
   p = _as_distribution(p, 'p')
   p_syn = _as_distribution(p_syn, 'p_syn')
@@ -309,6 +310,9 @@ def effective_k(
       raise ValueError("num_samples is required for mode='finite_sample'")
     num_samples = _check_positive_int(num_samples, 'num_samples')
     return int(np.count_nonzero(num_samples * p >= 1.0))
+  if num_samples is not None:
+    raise ValueError(f"num_samples is only used by mode='finite_sample', not mode={mode!r}; "
+                     'pass None')
   return int(np.count_nonzero((1.0 - pi) * p_syn > pi * p))
 
 
@@ -650,15 +654,23 @@ def predicted_breakpoints(
     k: `hard` / `top_p`: the truncation rank.
     temperature: `temperature`: in `(0, 1)`.
     num_samples: `finite_sample`: `M`.
+    (Exactly the mode's own argument is used; the others must be None.)
 
   Returns:
     `Breakpoints(n1, n2)`.
 
   Raises:
-    ValueError: unknown `mode`, its argument missing, or a value out of range.
+    ValueError: unknown `mode`, its argument missing, another mode's argument given (it
+      would be ignored), or a value out of range.
   """
   if mode not in _MODE_ARGUMENT:
     raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+  # top_p's prediction is the hard cut's at the kept head size k, so both modes take k.
+  needed = 'k' if mode in ('hard', 'top_p') else _MODE_ARGUMENT[mode]
+  given = {'k': k, 'temperature': temperature, 'num_samples': num_samples}
+  for name, value in given.items():
+    if name != needed and value is not None:
+      raise ValueError(f'{name} is not used by mode={mode!r}; pass only {needed}')
   beta, pi = _check_beta(beta), _check_pi(pi)
   if mode in ('hard', 'top_p'):
     if k is None:

@@ -86,6 +86,9 @@ FIT_TARGETS = ('loss', 'log_loss')
 DISCREPANCIES = ('parts', 'mixture')
 NTK_RESIDUALS = ('true_class', 'one_hot', 'loss')
 _PRECISION = jax.lax.Precision.HIGHEST
+# Least rows per set of each MMD estimator (`dv_jax.mmd`): the unbiased one drops the
+# diagonal, the linear one needs a pair.
+_MMD_MIN_ROWS = {'biased': 1, 'unbiased': 2, 'linear': 2}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -332,6 +335,37 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if int(config.valuation.subsample) < 0 or int(config.valuation.min_subsample) < 1:
     raise ValueError('config.valuation.subsample must be >= 0 and min_subsample >= 1, got '
                      f'{config.valuation.subsample}, {config.valuation.min_subsample}')
+  estimator = config.mmd.estimator
+  if (int(config.valuation.subsample) > 0 and int(config.valuation.min_subsample) < 2
+      and _MMD_MIN_ROWS[estimator] > 1):
+    # A subsampled part of one row has no MMD estimate; min_subsample >= 2 keeps every
+    # part that has >= 2 rows at >= 2 rows.
+    raise ValueError(f'config.valuation.min_subsample must be >= 2 with '
+                     f'config.mmd.estimator={estimator!r} and valuation.subsample > 0 (a part '
+                     f'subsampled to 1 row has no estimate), got '
+                     f'{config.valuation.min_subsample}')
+
+
+def _check_mmd_rows(contributors: Sequence[Contributor],
+                    config: ml_collections.ConfigDict) -> None:
+  """Raises unless every set the MMD estimator sees has enough rows for it.
+
+  The unbiased estimator drops the diagonal and the linear one pairs rows up, so neither
+  is defined for a set of one row. Checked before any per-example work, so that a 1-row
+  part fails at once, naming the contributor, instead of deep inside `coalition_terms`.
+  """
+  estimator = config.mmd.estimator
+  need = _MMD_MIN_ROWS[estimator]
+  mixture = config.mmd.get('discrepancy', 'parts') == 'mixture'
+  for c in contributors:
+    sets = ((('pooled (real + synthetic)', c.size),) if mixture
+            else (('real', c.num_real), ('synthetic', c.num_synthetic)))
+    for part, size in sets:
+      if 0 < size < need:  # an empty part has weight 0 and no MMD
+        raise ValueError(
+            f'contributor {c.name!r}: its {part} part has {size} row(s), but '
+            f'config.mmd.estimator={estimator!r} needs >= {need} rows per set; use '
+            f"config.mmd.estimator='biased', which is defined for any non-empty set")
 
 
 def term_mask(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -436,6 +470,38 @@ def pool_examples(contributors: Sequence[Contributor]
   return np.concatenate(xs), np.concatenate(ys), np.concatenate(flags), np.concatenate(owners)
 
 
+def check_owner(owner: ArrayLike, num_rows: int, num_contributors: int) -> np.ndarray:
+  """Validates an owner vector (the contributor of each pooled row, `pool_examples`).
+
+  Per-contributor sums (`jax.ops.segment_sum`) silently drop rows whose owner is outside
+  `[0, K)`, so the baselines check it before summing.
+
+  Args:
+    owner: `[N]` integer contributor indices.
+    num_rows: `N`, the rows the owner vector must cover.
+    num_contributors: `K >= 1`.
+
+  Returns:
+    `owner` as a NumPy integer array.
+
+  Raises:
+    ValueError: naming `num_contributors` or `owner`, for `K < 1`, a shape other than
+      `[N]`, non-integer entries, or an entry outside `[0, K)`.
+  """
+  if int(num_contributors) != num_contributors or num_contributors < 1:
+    raise ValueError(f'num_contributors must be an int >= 1, got {num_contributors!r}')
+  owner = np.asarray(owner)
+  if owner.shape != (num_rows,):
+    raise ValueError(f'owner must be [{num_rows}] (one entry per row), got shape '
+                     f'{owner.shape}')
+  if owner.size and not np.issubdtype(owner.dtype, np.integer):
+    raise ValueError(f'owner must hold integer contributor indices, got {owner.dtype}')
+  if owner.size and (owner.min() < 0 or owner.max() >= num_contributors):
+    raise ValueError(f'owner must lie in [0, num_contributors) = [0, {num_contributors}), '
+                     f'got values in [{owner.min()}, {owner.max()}]')
+  return owner
+
+
 def _subsample_rows(contributors, budget: int, min_part: int, key) -> list:
   """Per contributor: `(real rows, synthetic rows)` kept, stratified by part."""
   sizes = np.array([c.size for c in contributors])
@@ -507,13 +573,15 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
     apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
     params: `theta0`.
     config: `default_config()` or an experiment config with its sections.
-    features_fn: `x -> [n, d]` for `mmd.feature_space='user'`.
+    features_fn: `x -> [n, d]` for `mmd.feature_space='user'` (ignored otherwise).
 
   Returns:
     `Pool`.
 
   Raises:
-    ValueError: see `validate_inputs`; a bad config.
+    ValueError: see `validate_inputs`; a bad config; naming the contributor and the part,
+      a part (or, for `mmd.discrepancy='mixture'`, a contributor) of exactly 1 row with
+      `mmd.estimator` 'unbiased' or 'linear', which need >= 2 rows.
   """
   _check_config(config)
   t0 = time.perf_counter()
@@ -521,6 +589,7 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
   tx, ty, num_classes = validate_inputs(contributors, target, apply_fn=apply_fn,
                                         params=params)
   contributors = list(contributors)
+  _check_mmd_rows(contributors, config)
   key = jax.random.PRNGKey(int(config.seed))
   k_proj, k_sub = jax.random.fold_in(key, 0), jax.random.fold_in(key, 2)
   rows = _subsample_rows(contributors, int(config.valuation.subsample),
@@ -646,10 +715,21 @@ def gram_quad_form(grads: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
 
   Returns:
     `linalg.QuadForm(value, jitter)`.
+
+  Raises:
+    ValueError: `grads` not `[n, q]` with `n >= 1`; `residual` not `[n]` or `[n, c]`.
   """
   grads = np.asarray(grads, np.float32)
-  residual = np.asarray(residual, np.float32).reshape(grads.shape[0], -1)
+  if grads.ndim != 2 or grads.shape[0] < 1:
+    raise ValueError(f'grads must be [n, q] with n >= 1, got shape {grads.shape}')
   n = grads.shape[0]
+  residual = np.asarray(residual, np.float32)
+  # Checked, not reshaped blindly: a residual of the wrong length would otherwise be
+  # folded into [n, c] columns and give a plausible but meaningless number.
+  if residual.ndim not in (1, 2) or residual.shape[0] != n:
+    raise ValueError(f'residual must be [n] or [n, c] with n = {n} (the rows of grads), '
+                     f'got shape {residual.shape}')
+  residual = residual.reshape(n, -1)
   pad = _bucket(n) - n
   grads_pad = np.pad(grads, ((0, pad), (0, 0)))
   residual_pad = np.pad(residual, ((0, pad), (0, 0)))
@@ -887,16 +967,23 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
     apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
     params: `theta0`.
     config: `default_config()` (None) or an experiment config with its sections.
-    features_fn: `x -> [n, d]` for `mmd.feature_space='user'`.
-    probes: `Probes` for `valuation.weights='fit'`.
+    features_fn: `x -> [n, d]`, the feature map of the MMD; used only when
+      `mmd.feature_space='user'` (then required), and ignored otherwise: callers such as
+      `experiments/valuation_table.py` pass one per backbone to every variant, whatever
+      its feature space, so another space must not reject it.
+    probes: `Probes`, used only when `valuation.weights='fit'` (then required), and
+      ignored with `'standardize'`, for the same reason (one set of probes serves every
+      variant of a run).
 
   Returns:
     `ValuationResult` with `terms` (raw and standardised) and `seconds` per stage.
 
   Raises:
     ValueError: naming the contributor for bad data (NaN features, a feature shape other
-      than the target's, labels out of range, no examples); a bad config; `fit` without
-      probes.
+      than the target's, labels out of range, no examples) and for a part of 1 row with
+      `mmd.estimator` 'unbiased' or 'linear' (see `prepare_pool`), before any
+      per-example work; a bad config (e.g. `valuation.min_subsample < 2` with those
+      estimators and `valuation.subsample > 0`); `fit` without probes.
   """
   config = default_config() if config is None else config
   t0 = time.perf_counter()
@@ -1086,7 +1173,7 @@ __all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RE
            'Contributor', 'default_config', 'PRESETS', 'preset_config',
            'TermTable', 'FitReport', 'ValuationResult', 'Probes', 'ranking_of',
            'validate_inputs', 'term_mask', 'Pool', 'prepare_pool', 'logits_at',
-           'cross_entropy', 'pool_examples', 'with_pool_kernel', 'bucket_size',
+           'cross_entropy', 'pool_examples', 'check_owner', 'with_pool_kernel', 'bucket_size',
            'gram_quad_form', 'coalition_key', 'coalition_terms', 'standardize_terms',
            'WeightFit', 'fit_weights', 'value_contributors', 'Utility', 'leave_one_out',
            'shapley_from_utility', 'shapley']

@@ -7,6 +7,7 @@ differentiate against `jax.grad` one example at a time, the random baseline for 
 seeded, and every method for naming a bad contributor.
 """
 
+import copy
 import math
 
 import jax
@@ -148,6 +149,48 @@ def test_davinz_value_is_kappa_ntk_plus_mmd(setup):
   np.testing.assert_allclose(mmd[0], math.sqrt(k(x, x) + k(t, t) - 2 * k(x, t)), rtol=1e-4)
 
 
+@pytest.mark.parametrize('field, value, message', [
+    ('num_blocks', 0, 'num_blocks must be an int >= 1'),
+    ('num_permutations', 0, 'num_permutations must be an int >= 1'),
+    ('sigma', -1.0, 'sigma must be a finite length scale'),
+    ('sigma', float('nan'), 'sigma must be a finite length scale'),
+])
+def test_davinz_rejects_a_degenerate_config(setup, field, value, message):
+  # Before: 0 blocks zeroed the NTK term, 0 permutations divided by zero, and a negative
+  # sigma silently became the median heuristic.
+  config = copy.deepcopy(setup['config'])
+  config.baselines.davinz[field] = value
+  with pytest.raises(ValueError, match=f'config.baselines.davinz.{message}'):
+    baselines.BASELINES['davinz'](setup['contributors'], setup['target'],
+                                  apply_fn=setup['apply_fn'], params=setup['params'],
+                                  config=config)
+  if field != 'sigma':
+    kwargs = dict(num_blocks=1, num_permutations=1, jitter=1e-4, key=jax.random.PRNGKey(0))
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=f'^{message}'):
+      davinz.ntk_score(np.ones((4, 3)), np.ones(4), **kwargs)
+
+
+def test_davinz_sigma_zero_or_none_is_the_median_heuristic(setup):
+  values = []
+  for sigma in (0.0, None):
+    config = copy.deepcopy(setup['config'])
+    config.baselines.davinz.sigma = sigma
+    values.append(_call('davinz', dict(setup, config=config)).extras['mmd'])
+  np.testing.assert_array_equal(values[0], values[1])
+  # The median heuristic's bandwidth, by hand, for contributor 'b' (real part only).
+  t = np.asarray(setup['target'].x, np.float64)
+  d2 = ((t[:, None] - t[None]) ** 2).sum(-1)
+  s = np.median(d2[np.triu_indices(t.shape[0], 1)])
+  x = np.asarray(setup['contributors'][1].x_real, np.float64)
+
+  def k(a, b):
+    return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * s)).mean()
+
+  np.testing.assert_allclose(values[0][1], math.sqrt(k(x, x) + k(t, t) - 2 * k(x, t)),
+                             rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------
 # TracIn.
 
@@ -166,6 +209,21 @@ def test_tracin_scores_are_the_weighted_dot_product_sum():
   got = tracin.tracin_scores([jnp.asarray(g, jnp.float32) for g in train],
                              [jnp.asarray(g, jnp.float32) for g in target], etas, owner, 3)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_tracin_scores_reject_silent_truncation():
+  g = [np.ones((4, 3), np.float32)] * 2
+  owner = np.array([0, 0, 1, 1])
+  # Before: zip dropped the second checkpoint for want of a learning rate.
+  with pytest.raises(ValueError, match='same length'):
+    tracin.tracin_scores(g, g, [0.1], owner, 2)
+  with pytest.raises(ValueError, match='same length'):
+    tracin.tracin_scores(g, g[:1], [0.1, 0.1], owner, 2)
+  # Before: segment_sum dropped the rows of contributor 2 of K = 2.
+  with pytest.raises(ValueError, match=r'owner must lie in \[0, num_contributors\)'):
+    tracin.tracin_scores(g, g, [0.1, 0.1], np.array([0, 0, 1, 2]), 2)
+  with pytest.raises(ValueError, match='owner must be'):
+    tracin.tracin_scores(g, g, [0.1, 0.1], owner[:3], 2)
 
 
 def test_tracin_loss_fn_is_the_cross_entropy(setup):
@@ -231,6 +289,19 @@ def test_trak_scores_match_the_projected_ridge_formula():
   got = trak.trak_scores(jnp.asarray(phi, jnp.float32), jnp.asarray(phi_target, jnp.float32),
                          q, owner, 3, ridge=ridge)
   np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize('owner, message', [
+    ([0, 1, 5, 7], r'owner must lie in \[0, num_contributors\)'),
+    ([0, -1, 1, 1], r'owner must lie in \[0, num_contributors\)'),
+    ([0, 1, 1], r'owner must be \[4\]'),
+    ([0.0, 1.0, 1.0, 1.0], 'owner must hold integer'),
+])
+def test_trak_scores_reject_a_bad_owner(owner, message):
+  # Before: segment_sum silently dropped the rows of an owner outside [0, K).
+  phi = np.eye(4, dtype=np.float32)
+  with pytest.raises(ValueError, match=message):
+    trak.trak_scores(phi, phi[:2], np.ones(4, np.float32), np.asarray(owner), 2, ridge=1e-3)
 
 
 def test_trak_margin_is_the_log_odds(setup):

@@ -455,3 +455,31 @@ def test_per_example_grads_bad_inputs():
     ntk.per_example_grads(scalar_fn, params, x, y, projection=(4, 'rademacher', None))
   with pytest.raises(ValueError, match='param_filter'):
     ntk.flat_param_count(params, 'nothing')
+
+
+@pytest.mark.parametrize('labels', [[0, 1, 3, 0, 1, 2], [0, -1, 2, 0, 1, 2]])
+def test_out_of_range_labels_are_rejected_not_clamped(labels):
+  # JAX indexing clamps label 3 of 3 classes to class 2 and wraps -1 to 2: without the
+  # check these gradients silently equal those of a valid label.
+  apply_fn, params, x = _stax()
+  scalar_fn = ntk.true_class_logit(apply_fn)
+  with pytest.raises(ValueError, match=r'labels must lie in \[0, 3\)'):
+    ntk.per_example_grads(scalar_fn, params, x, jnp.asarray(labels))
+  with pytest.raises(ValueError, match='labels'):
+    scalar_fn(params, x[0], next(l for l in labels if not 0 <= l < 3))
+  with pytest.raises(ValueError, match='labels must be integer'):
+    ntk.per_example_grads(scalar_fn, params, x, jnp.zeros(x.shape[0], jnp.float32))
+  # Valid labels are unchanged, directly and under jit (where labels are tracers).
+  valid = jnp.asarray([0, 1, 2, 0, 1, 2])
+  assert np.isfinite(np.asarray(ntk.per_example_grads(scalar_fn, params, x, valid))).all()
+  jitted = jax.jit(scalar_fn)(params, x[0], jnp.int32(2))
+  assert_close(jitted, np.asarray(apply_fn(params, x[:1]), np.float64)[0, 2])
+
+
+def test_custom_scalar_targets_are_not_checked_as_labels():
+  # Only scalars that index the logits by y (takes_class_labels) check y as class labels.
+  apply_fn, params, x = _stax()
+  targets = jnp.full(x.shape[0], 7.0)
+  grads = ntk.per_example_grads(lambda p, x_i, y_i: apply_fn(p, x_i[None])[0, 0] * y_i,
+                                params, x, targets)
+  assert np.isfinite(np.asarray(grads)).all()

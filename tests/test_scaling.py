@@ -163,6 +163,15 @@ def test_effective_k_per_mode():
     scaling.effective_k(p, empirical, pi=PI, mode='finite_sample')
 
 
+def test_effective_k_rejects_num_samples_of_another_mode():
+  p = scaling.zipf(1000, 2.0)
+  hard = scaling.synthetic_distribution(p, mode='hard', k=40)
+  # None is what the experiments pass for the other modes; it stays accepted.
+  assert scaling.effective_k(p, hard, pi=PI, mode='hard', num_samples=None) == 40
+  with pytest.raises(ValueError, match="num_samples is only used by mode='finite_sample'"):
+    scaling.effective_k(p, hard, pi=PI, mode='hard', num_samples=5000)
+
+
 # ---------------------------------------------------------------------------------------
 # Expected and simulated error.
 
@@ -344,6 +353,23 @@ def test_predicted_breakpoints_per_mode():
                       ('finite_sample', 'num_samples is required'), ('bad', 'mode')):
     with pytest.raises(ValueError, match=match):
       scaling.predicted_breakpoints(2.0, PI, mode=mode)
+
+
+@pytest.mark.parametrize('mode, own, extra', [
+    ('hard', dict(k=K), dict(temperature=0.5, num_samples=3)),
+    ('hard', dict(k=K), dict(num_samples=3)),
+    ('top_p', dict(k=K), dict(temperature=0.5)),
+    ('temperature', dict(temperature=0.5), dict(k=K)),
+    ('finite_sample', dict(num_samples=1000), dict(temperature=0.5)),
+])
+def test_predicted_breakpoints_rejects_another_modes_argument(mode, own, extra):
+  wrong = next(iter(extra))
+  with pytest.raises(ValueError, match=f'^{wrong} is not used by mode={mode!r}'):
+    scaling.predicted_breakpoints(2.0, PI, mode=mode, **own, **extra)
+  # The experiments pass None for the arguments of the other modes: still accepted.
+  nones = {name: None for name in extra}
+  assert scaling.predicted_breakpoints(2.0, PI, mode=mode, **own, **nones) == (
+      scaling.predicted_breakpoints(2.0, PI, mode=mode, **own))
 
 
 # ---------------------------------------------------------------------------------------

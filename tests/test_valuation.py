@@ -541,5 +541,78 @@ def test_bad_config_and_duplicate_names(setup):
     valuation.value_contributors(twins, setup['target'], **kwargs)
 
 
+@pytest.mark.parametrize('estimator', ['unbiased', 'linear'])
+@pytest.mark.parametrize('part', ['real', 'synthetic'])
+def test_one_row_part_fails_up_front_for_estimators_that_need_two(setup, monkeypatch,
+                                                                   estimator, part):
+  # Before: the valuation aborted inside coalition_terms with mmd's "needs >= 2 rows",
+  # after every per-example quantity had been computed, without naming the contributor.
+  x, y = _data(jax.random.PRNGKey(9), 5)
+  parts = (x[:1], y[:1], x[1:], y[1:]) if part == 'real' else (x[1:], y[1:], x[:1], y[:1])
+  tiny = Contributor('tiny', *parts)
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+
+  def unreachable(*args, **kwargs):
+    raise AssertionError('per-example work started before the check')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(valuation, 'logits_at', unreachable)
+    with pytest.raises(ValueError, match=f"contributor 'tiny': its {part} part has 1 row") \
+        as info:
+      valuation.value_contributors(setup['contributors'][:1] + [tiny], setup['target'],
+                                   config=_config(mmd__estimator=estimator), **kwargs)
+  assert estimator in str(info.value) and "mmd.estimator='biased'" in str(info.value)
+  # The biased estimator is defined for one row; the mixture pools the parts (5 rows).
+  for overrides in (dict(), dict(mmd__estimator=estimator, mmd__discrepancy='mixture')):
+    result = valuation.value_contributors(setup['contributors'][:1] + [tiny],
+                                          setup['target'], config=_config(**overrides),
+                                          **kwargs)
+    assert np.all(np.isfinite(np.asarray(result.terms.raw)))
+
+
+def test_one_row_contributor_fails_under_the_mixture(setup):
+  x, y = _data(jax.random.PRNGKey(9), 1)
+  with pytest.raises(ValueError, match=r"contributor 'single': its pooled .* has 1 row"):
+    valuation.value_contributors(
+        setup['contributors'][:1] + [Contributor('single', x, y, None, None)],
+        setup['target'], apply_fn=setup['apply_fn'], params=setup['params'],
+        config=_config(mmd__estimator='linear', mmd__discrepancy='mixture'))
+
+
+def test_subsample_needs_min_subsample_two_for_unbiased(setup):
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  config = _config(mmd__estimator='unbiased', valuation__subsample=10,
+                   valuation__min_subsample=1)
+  with pytest.raises(ValueError, match='config.valuation.min_subsample must be >= 2'):
+    valuation.value_contributors(setup['contributors'], setup['target'], config=config,
+                                 **kwargs)
+  # min_subsample = 1 stays valid for the biased estimator or without subsampling.
+  for overrides in (dict(mmd__estimator='biased'), dict(valuation__subsample=0)):
+    config = _config(**dict(dict(mmd__estimator='unbiased', valuation__subsample=10,
+                                 valuation__min_subsample=1), **overrides))
+    valuation.prepare_pool(setup['contributors'], setup['target'], config=config, **kwargs)
+
+
+def test_gram_quad_form_checks_the_residual_shape():
+  rng = np.random.default_rng(0)
+  grads = rng.normal(size=(4, 6)).astype(np.float32)
+  # Before: a residual [8] for n = 4 was reshaped to [4, 2] and gave a number.
+  for residual in (np.ones(8), np.ones((8, 1)), np.ones(3), np.ones((4, 1, 1))):
+    with pytest.raises(ValueError, match='residual must be'):
+      valuation.gram_quad_form(grads, residual)
+  with pytest.raises(ValueError, match='grads must be'):
+    valuation.gram_quad_form(grads[0], np.ones(1))
+  # Valid shapes: y^T (G G^T + lam I)^-1 y in float64, lam = 1e-4 trace / n.
+  theta = grads.astype(np.float64) @ grads.T.astype(np.float64)
+  system = theta + 1e-4 * np.trace(theta) / 4 * np.eye(4)
+  residual = rng.normal(size=(4, 2))
+  expected = np.sum(residual * np.linalg.solve(system, residual))
+  np.testing.assert_allclose(float(valuation.gram_quad_form(grads, residual).value),
+                             expected, rtol=1e-3)
+  np.testing.assert_allclose(float(valuation.gram_quad_form(grads, residual[:, 0]).value),
+                             residual[:, 0] @ np.linalg.solve(system, residual[:, 0]),
+                             rtol=1e-3)
+
+
 def test_ranking_of_breaks_ties_by_index():
   np.testing.assert_array_equal(valuation.ranking_of([1.0, 3.0, 1.0, 2.0]), [1, 3, 0, 2])

@@ -21,8 +21,9 @@ following the choices of the official code (github.com/ZhaoxuanWu/DAVINZ-DataVal
   block for its CNN, 100 for large models), the quadratic forms summed, averaged over
   `num_permutations` permutations (official: 1);
 - MMD with ONE Gaussian kernel `exp(-||x - x'||^2 / (2 sigma^2))` on the flattened raw
-  inputs (no standardisation), biased V-statistic, `sigma = 5` (official value; 0 means
-  the median heuristic `sqrt(median ||x - x'||^2)` of `T`);
+  inputs (no standardisation), biased V-statistic, `sigma = 5` (official value; 0 or None
+  means the median heuristic `sqrt(median ||x - x'||^2)` of `T`; a negative one is an
+  error);
 - `kappa` as above, over the contributors valued together.
 Beyond the official code (off by default): `projection_dim = k > 0` randomly projects the
 per-example gradients to `k` dimensions (`dv_jax.ntk.Projection`), without which a
@@ -49,7 +50,8 @@ from dv_jax.models import lm as lm_lib
 def default_config() -> ml_collections.ConfigDict:
   """The `baselines.davinz` section."""
   return ml_collections.ConfigDict(dict(
-      sigma=5.0,             # RBF length scale on raw inputs; 0 = median heuristic of T.
+      sigma=5.0,             # RBF length scale on raw inputs; 0 (or None) = median
+                             # heuristic of T.
       jitter=1e-4,           # absolute diagonal added to each NTK block.
       num_blocks=1,          # blocks of the block-diagonal NTK (official CNN setting: 1).
       num_permutations=1,    # permutations averaged (official: 1).
@@ -61,6 +63,26 @@ def default_config() -> ml_collections.ConfigDict:
       projection_dim=0,
       projection_kind='rademacher',
   ))
+
+
+def _check_count(value: Any, name: str) -> int:
+  """`value` as an int >= 1, else a ValueError naming `name`."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f'{name} must be an int >= 1, got {value!r}')
+  return int(value)
+
+
+def _check_sigma(sigma: Any) -> float:
+  """The RBF length scale: > 0, or 0 / None for the median heuristic (returned as 0)."""
+  if sigma is None:
+    return 0.0
+  sigma = float(sigma)
+  # 0 (or None) is how the median heuristic is asked for; a negative or non-finite sigma
+  # is a typo, not such a request, and must not silently get the heuristic.
+  if not (np.isfinite(sigma) and sigma >= 0):
+    raise ValueError('config.baselines.davinz.sigma must be a finite length scale > 0, or 0 '
+                     f'(or None) for the median heuristic, got {sigma}')
+  return sigma
 
 
 def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: int,
@@ -80,16 +102,22 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
 
   Returns:
     The score (Python float).
+
+  Raises:
+    ValueError: `num_blocks` or `num_permutations` not an int >= 1 (0 blocks would score
+      nothing and 0 permutations divide by zero); shapes, see `gram_quad_form`.
   """
+  num_blocks = _check_count(num_blocks, 'num_blocks')
+  num_permutations = _check_count(num_permutations, 'num_permutations')
   grads = np.asarray(grads, np.float32)
   residual = np.asarray(residual, np.float32)
   n = grads.shape[0]
   total = 0.0
-  for perm_key in jax.random.split(key, int(num_permutations)):
+  for perm_key in jax.random.split(key, num_permutations):
     order = np.asarray(jax.random.permutation(perm_key, valuation.bucket_size(n)))
     order = order[order < n]
     score = 0.0
-    for b in range(int(num_blocks)):
+    for b in range(num_blocks):
       rows = order[b * n // num_blocks:(b + 1) * n // num_blocks]
       if rows.size == 0:
         continue
@@ -97,7 +125,7 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
       score += float(valuation.gram_quad_form(grads[rows], residual[rows],
                                               initial_jitter=jitter).value)
     total += score
-  return float(np.sqrt(max(total / int(num_permutations), 0.0) / n))
+  return float(np.sqrt(max(total / num_permutations, 0.0) / n))
 
 
 def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
@@ -115,13 +143,18 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     `ValuationResult` with `extras` `mmd [K]`, `ntk [K]`, `kappa`.
 
   Raises:
-    ValueError: as `valuation.validate_inputs`.
+    ValueError: as `valuation.validate_inputs`; naming the field, a negative or non-finite
+      `sigma`, or `num_blocks` / `num_permutations` not an int >= 1.
   """
   cfg = config.baselines.davinz
   t0 = time.perf_counter()
+  # The config first, so that a bad field fails before the gradients.
+  sigma = _check_sigma(cfg.sigma)
+  num_blocks = _check_count(cfg.num_blocks, 'config.baselines.davinz.num_blocks')
+  num_permutations = _check_count(cfg.num_permutations,
+                                  'config.baselines.davinz.num_permutations')
   tx, _, _ = valuation.validate_inputs(contributors, target, apply_fn=apply_fn, params=params)
   target_flat = tx.reshape(tx.shape[0], -1)
-  sigma = float(cfg.sigma)
   if sigma > 0:
     bandwidths = jnp.asarray([sigma ** 2], jnp.float32)
   else:
@@ -147,8 +180,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     rows = owner == i
     mmds.append(float(mmd_lib.mk_mmd(flat[rows], target_flat, bandwidths=bandwidths,
                                      estimator='biased').value))
-    ntks.append(ntk_score(grads[rows], residual[rows], num_blocks=int(cfg.num_blocks),
-                          num_permutations=int(cfg.num_permutations),
+    ntks.append(ntk_score(grads[rows], residual[rows], num_blocks=num_blocks,
+                          num_permutations=num_permutations,
                           jitter=float(cfg.jitter), key=jax.random.fold_in(key, i)))
   mmds, ntks = np.array(mmds), np.array(ntks)
   kappa = float(mmds.mean() / ntks.mean()) if ntks.mean() > 0 else 0.0

@@ -56,6 +56,8 @@ class _LossFn(ntk_lib.ApplyFnWrapper):
   `dv_jax.ntk.per_example_grads`.
   """
 
+  takes_class_labels = True  # indexes the logits by y_i: per_example_grads checks them
+
   def __call__(self, params, x_i, y_i):
     logits = self.apply_fn(params, x_i[None])
     return training.cross_entropy(logits, jnp.reshape(y_i, (1,)))[0]
@@ -80,7 +82,18 @@ def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
 
   Returns:
     `[K]` float64 scores.
+
+  Raises:
+    ValueError: `train_grads`, `target_grads` and `learning_rates` of different lengths
+      (`zip` would silently drop checkpoints) or empty; `owner` not `[N]` integers in
+      `[0, num_contributors)` (`segment_sum` would silently drop those rows).
   """
+  lengths = (len(train_grads), len(target_grads), len(learning_rates))
+  if len(set(lengths)) != 1 or lengths[0] < 1:
+    raise ValueError('train_grads, target_grads and learning_rates must have the same '
+                     f'length J >= 1 (one per checkpoint), got {lengths}')
+  for g_train in train_grads:
+    owner = valuation.check_owner(owner, np.shape(g_train)[0], num_contributors)
   owner = jnp.asarray(owner)
   scores = np.zeros(num_contributors)
   for g_train, g_target, eta in zip(train_grads, target_grads, learning_rates):

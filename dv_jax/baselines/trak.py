@@ -60,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
 class _Margin(ntk_lib.ApplyFnWrapper):
   """`scalar_fn(params, x_i, y_i) = z_y - logsumexp_{j != y} z_j` of one example."""
 
+  takes_class_labels = True  # indexes the logits by y_i: per_example_grads checks them
+
   def __call__(self, params, x_i, y_i):
     logits = self.apply_fn(params, x_i[None])[0]
     others = jnp.where(jnp.arange(logits.shape[0]) == y_i, -jnp.inf, logits)
@@ -85,8 +87,13 @@ def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
 
   Returns:
     `[K]` float64 scores.
+
+  Raises:
+    ValueError: `owner` not `[N]` integers in `[0, num_contributors)` (`segment_sum` would
+      silently drop the rows of an owner out of range), or `num_contributors < 1`.
   """
   phi_NxK = jnp.asarray(train_features)
+  owner = valuation.check_owner(owner, phi_NxK.shape[0], num_contributors)
   gram_KxK = jnp.dot(phi_NxK.T, phi_NxK, precision=jax.lax.Precision.HIGHEST)
   u_K = linalg.psd_solve(gram_KxK, jnp.sum(jnp.asarray(target_features), axis=0),
                          eps=float(ridge)).solution
