@@ -36,6 +36,10 @@ class SmallCNN(nn.Module):
       x = x[..., None]
     if x.ndim != 4:
       raise ValueError(f'SmallCNN expects x of shape [b, H, W, C] or [b, H, W], got {x.shape}')
+    if min(x.shape[1:3]) < 2 ** len(self.channels):
+      raise ValueError(f'SmallCNN with {len(self.channels)} stages (channels={self.channels}) '
+                       f'halves H and W that often; images of {x.shape[1]}x{x.shape[2]} '
+                       f'are too small')
     h = x
     for width in self.channels:
       h = nn.Conv(int(width), kernel_size=(3, 3), padding='SAME')(h)
