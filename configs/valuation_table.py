@@ -465,6 +465,10 @@ def task_config(arg: str) -> ml_collections.ConfigDict:
 
   config.ground_truth = ml_collections.ConfigDict(dict(
       num_seeds=1 if smoke else (2 if paper else 3), seed=0, **train))
+  if base == 'cifar100':
+    # ResNet-18 trains with batch statistics; its running statistics are then re-estimated
+    # on this many training batches per run (dv_jax.ground_truth).
+    config.ground_truth.bn_batches = 64
 
   config.output = ml_collections.ConfigDict()
   config.output.bootstrap_resamples = 50 if smoke else 2000

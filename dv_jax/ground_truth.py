@@ -9,6 +9,14 @@ Every contributor's data are padded to the largest contributor's size, so one co
 program serves all of them. The ``R`` seeds are the same for every contributor (common
 random numbers), so differences between contributors are not blurred by seed noise.
 
+BatchNorm (an ``apply_fn`` that is a ``dv_jax.models.common.BatchNormApply``, e.g.
+ResNet-18) is trained as the standard recipe does: each minibatch is normalised by its own
+statistics (``use_batch_stats=True``). After training, each seed's running statistics are
+re-estimated on that contributor's training data (``bn_batches`` batches of
+``min(batch_size, n)`` rows drawn with replacement, keyed by ``batch_stats_key`` of the
+seed's training key), and the test split is evaluated in inference mode with them. The NTK
+and the other methods still see the model in inference mode at ``theta0``.
+
 Shape legend: ``K`` contributors, ``R`` seeds.
 """
 
@@ -18,10 +26,12 @@ import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from dv_jax import training
+from dv_jax.models.common import BatchNormApply
 from dv_jax.data.contributors import Contributor, Split, validate_contributor
 
 
@@ -29,7 +39,10 @@ class GroundTruthConfig(NamedTuple):
   """The retraining recipe (an ``ml_collections.ConfigDict`` with these fields works too).
 
   The ``TrainConfig`` fields (optimizer, learning_rate, steps, batch_size, weight_decay,
-  momentum, schedule) plus ``num_seeds`` (``R``) and ``seed`` (the base of the seed keys).
+  momentum, schedule) plus ``num_seeds`` (``R``), ``seed`` (the base of the seed keys) and
+  ``bn_batches``: the number of training batches BatchNorm's running statistics are
+  re-estimated on after training (read only for a BatchNorm model; with momentum 0.9 the
+  initial statistics keep a weight 0.9 ** 64 = 1e-3).
   """
   optimizer: str = 'adam'
   learning_rate: float = 1e-2
@@ -40,6 +53,7 @@ class GroundTruthConfig(NamedTuple):
   schedule: str = 'constant'
   num_seeds: int = 3
   seed: int = 0
+  bn_batches: int = 64
 
 
 class GroundTruth(NamedTuple):
@@ -73,6 +87,16 @@ def _get(config: Any, field: str) -> Any:
   return getattr(config, field, default)
 
 
+# fold_in tag of the statistics stream: training draws step t's batch from fold_in(key, t),
+# t < steps, so the largest uint32 never collides with a training batch.
+_BATCH_STATS_TAG = 2**32 - 1
+
+
+def batch_stats_key(train_key: Any) -> jax.Array:
+  """The key of a seed's BatchNorm re-estimate, derived from its training key."""
+  return jax.random.fold_in(train_key, _BATCH_STATS_TAG)
+
+
 def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
             apply_fn: Callable[[Any, Any], Any], params: Any, config: Any = None,
             progress: bool = True) -> GroundTruth:
@@ -82,7 +106,8 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
     contributors: ``K >= 1`` contributors (unique names); real and synthetic parts pooled.
     test: the held-out test split, ``Split`` or ``(x [m, ...], y [m])``; must be disjoint
       from the target set (the data loaders guarantee it).
-    apply_fn: ``apply_fn(params, x [b, ...]) -> logits [b, c]``.
+    apply_fn: ``apply_fn(params, x [b, ...]) -> logits [b, c]``; a ``BatchNormApply`` is
+      trained in train mode and evaluated with re-estimated statistics (module docstring).
     params: ``theta0``, the initial parameters every run starts from.
     config: ``GroundTruthConfig`` or a ConfigDict with its fields (None: defaults).
     progress: show a tqdm bar over contributors.
@@ -102,6 +127,10 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
   num_seeds = _get(config, 'num_seeds')
   if int(num_seeds) != num_seeds or num_seeds < 1:
     raise ValueError(f'config.num_seeds must be an integer >= 1, got {num_seeds}')
+  bn_batches = _get(config, 'bn_batches')
+  if int(bn_batches) != bn_batches or bn_batches < 1:
+    raise ValueError(f'config.bn_batches must be an integer >= 1, got {bn_batches}')
+  batch_norm = isinstance(apply_fn, BatchNormApply)
   seed = int(_get(config, 'seed'))
   contributors = list(contributors)
   if not contributors:
@@ -129,8 +158,23 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
   for c in tqdm(contributors, desc='retrain', disable=not progress):
     data = c.pooled()
     result = training.train_many_seeds(apply_fn, params, data.x, data.y, config=train_config,
-                                       keys=keys, num_classes=num_classes, pad_to=capacity)
-    ev = training.evaluate_many(apply_fn, result.params, test_x, test_y)
+                                       keys=keys, num_classes=num_classes, pad_to=capacity,
+                                       use_batch_stats=batch_norm)
+    if batch_norm:
+      n = data.x.shape[0]
+      # Padded to the capacity (rows beyond n are never drawn): one compile for everyone.
+      x_pad, _ = training.pad_examples(data.x, data.y, capacity)
+      stats = []
+      for r in range(int(num_seeds)):
+        params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], result.params)
+        stats.append(apply_fn.estimate_batch_stats(
+            params_r, x_pad, key=batch_stats_key(keys[r]), num_batches=int(bn_batches),
+            batch_size=min(train_config.batch_size, n), num_rows=n))
+      variables = {'params': result.params,
+                   'batch_stats': jax.tree_util.tree_map(lambda *s_r: jnp.stack(s_r), *stats)}
+      ev = training.evaluate_many(apply_fn.variables_apply, variables, test_x, test_y)
+    else:
+      ev = training.evaluate_many(apply_fn, result.params, test_x, test_y)
     losses.append(np.asarray(ev.loss, np.float64))
     accuracies.append(np.asarray(ev.accuracy, np.float64))
   seconds = time.perf_counter() - start

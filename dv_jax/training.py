@@ -6,6 +6,13 @@ steps under ``lax.scan``. The data are zero-padded to a fixed capacity and ``n``
 scalar, so one compiled program serves every subset size up to that capacity (padded rows
 are never drawn). ``train_many_seeds`` vmaps the same program over PRNG keys.
 
+BatchNorm. By default the loss is ``apply_fn(params, xb)``: for a model bound by
+``dv_jax.models.bind_apply`` that is inference mode, BatchNorm a fixed affine map on its
+bound statistics. ``use_batch_stats=True`` trains as the standard recipe does, each
+minibatch normalised by its own statistics (``apply_fn.train_apply``); the running
+statistics are then re-estimated after training (``BatchNormApply.estimate_batch_stats``,
+as ``dv_jax.ground_truth`` does).
+
 Shape legend: ``n`` examples, ``c`` classes, ``R`` seeds, ``T`` steps, ``J`` checkpoints.
 """
 
@@ -236,8 +243,21 @@ def pad_examples(x: Any, y: Any, capacity: int) -> tuple[np.ndarray, np.ndarray]
   return x_pad, y_pad
 
 
-def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to):
+def _loss_apply(apply_fn, use_batch_stats):
+  """The function the training loss calls: ``apply_fn`` or its train-mode forward."""
+  if not use_batch_stats:
+    return apply_fn
+  train_apply = getattr(apply_fn, 'train_apply', None)
+  if train_apply is None:
+    raise ValueError('use_batch_stats=True needs an apply_fn with a train_apply (a '
+                     'BatchNorm model bound by dv_jax.models.bind_apply), got '
+                     f'{apply_fn!r}')
+  return train_apply
+
+
+def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to, use_batch_stats):
   c = as_train_config(config)
+  loss_apply = _loss_apply(apply_fn, use_batch_stats)
   x, y = _check_xy(x, y, num_classes=num_classes)
   out = jax.eval_shape(apply_fn, params, jnp.asarray(x[:1]))
   if out.shape != (1, num_classes):
@@ -245,14 +265,15 @@ def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to):
                      f'{out.shape} for one example')
   capacity = _next_power_of_two(x.shape[0]) if pad_to is None else int(pad_to)
   x_pad, y_pad = pad_examples(x, y, capacity)
-  static = dict(apply_fn=apply_fn, optimizer=c.optimizer, schedule=c.schedule, steps=c.steps,
+  static = dict(apply_fn=loss_apply, optimizer=c.optimizer, schedule=c.schedule, steps=c.steps,
                 batch_size=c.batch_size, weight_decay=c.weight_decay, momentum=c.momentum,
                 checkpoint_every=c.checkpoint_every)
   return c, x_pad, y_pad, jnp.int32(x.shape[0]), static
 
 
 def train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, y: Any, *,
-          config: Any, key: Any, num_classes: int, pad_to: int | None = None) -> TrainResult:
+          config: Any, key: Any, num_classes: int, pad_to: int | None = None,
+          use_batch_stats: bool = False) -> TrainResult:
   """Trains ``params`` on ``(x, y)`` with the shared recipe.
 
   Minimises the mean cross-entropy of minibatches drawn with replacement; one compile per
@@ -269,22 +290,27 @@ def train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, 
     key: a ``jax.random.PRNGKey`` (the minibatch order).
     num_classes: ``c``; checked against the logits of ``apply_fn``.
     pad_to: capacity the data are padded to (>= n).
+    use_batch_stats: the loss calls ``apply_fn.train_apply`` (BatchNorm normalises each
+      minibatch by its own statistics) instead of ``apply_fn``; the returned parameters
+      then need re-estimated running statistics to be evaluated.
 
   Returns:
     ``TrainResult``.
 
   Raises:
     ValueError: naming the argument, for NaN/Inf or empty ``x``, mismatched or out-of-range
-      ``y``, logits that do not have ``num_classes`` columns, or a bad config.
+      ``y``, logits that do not have ``num_classes`` columns, a bad config, or
+      ``use_batch_stats`` with an ``apply_fn`` that has no ``train_apply``.
   """
   c, x_pad, y_pad, n, static = _prepare(apply_fn, params, x, y, config=config,
-                                        num_classes=num_classes, pad_to=pad_to)
+                                        num_classes=num_classes, pad_to=pad_to,
+                                        use_batch_stats=use_batch_stats)
   return _fit_jit(params, x_pad, y_pad, n, key, jnp.float32(c.learning_rate), **static)
 
 
 def train_many_seeds(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any,
                      y: Any, *, config: Any, keys: Any, num_classes: int,
-                     pad_to: int | None = None) -> TrainResult:
+                     pad_to: int | None = None, use_batch_stats: bool = False) -> TrainResult:
   """``train`` vmapped over ``keys [R, 2]``: ``R`` runs from the same ``params``.
 
   Returns:
@@ -298,7 +324,8 @@ def train_many_seeds(apply_fn: Callable[[Any, jax.Array], jax.Array], params: An
     raise ValueError(f'keys must be a stack of PRNG keys [R, 2] (or typed keys [R]), got '
                      f'shape {keys.shape}')
   c, x_pad, y_pad, n, static = _prepare(apply_fn, params, x, y, config=config,
-                                        num_classes=num_classes, pad_to=pad_to)
+                                        num_classes=num_classes, pad_to=pad_to,
+                                        use_batch_stats=use_batch_stats)
   return _fit_many(params, x_pad, y_pad, n, keys, jnp.float32(c.learning_rate), **static)
 
 

@@ -1,5 +1,7 @@
-"""Tests of dv_jax.ground_truth.retrain on a tiny digits problem (a small MLP)."""
+"""Tests of dv_jax.ground_truth.retrain on a tiny digits problem (a small MLP, and a
+Dense -> BatchNorm -> Dense net for the BatchNorm recipe)."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -89,3 +91,54 @@ def test_errors_name_the_contributor_or_argument(problem):
   with pytest.raises(ValueError, match='num_seeds'):
     ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
                          config=CONFIG._replace(num_seeds=0), progress=False)
+
+
+class _DenseBatchNormDense(nn.Module):
+  """Dense -> BatchNorm -> Dense on flattened digits: the smallest BatchNorm classifier."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Dense(16)(x.reshape((x.shape[0], -1)))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h)
+    return nn.Dense(10)(nn.relu(h))
+
+
+BN_CONFIG = CONFIG._replace(steps=30, bn_batches=8)
+
+
+def test_batch_norm_model_is_evaluated_with_re_estimated_statistics(problem):
+  splits, _, _, cs = problem
+  model = _DenseBatchNormDense()
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(0), splits.pool.x))
+  cs = cs[1:]  # 'noisy' (200 rows) and 'tiny' (15 rows: batches of min(32, 15) rows)
+  result = ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
+                                config=BN_CONFIG, progress=False)
+  keys = jax.random.split(jax.random.PRNGKey(BN_CONFIG.seed), BN_CONFIG.num_seeds)
+  train_config = training.as_train_config(BN_CONFIG)
+  for i, c in enumerate(cs):
+    runs = training.train_many_seeds(apply_fn, params, c.x_real, c.y_real, config=train_config,
+                                     keys=keys, num_classes=10, pad_to=200,
+                                     use_batch_stats=True)
+    for r in range(BN_CONFIG.num_seeds):
+      params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], runs.params)
+      stats = apply_fn.estimate_batch_stats(
+          params_r, c.x_real, key=ground_truth.batch_stats_key(keys[r]),
+          num_batches=BN_CONFIG.bn_batches, batch_size=min(BN_CONFIG.batch_size, c.size))
+      ev = training.evaluate(apply_fn.variables_apply,
+                             {'params': params_r, 'batch_stats': stats}, *splits.test[:2])
+      np.testing.assert_allclose(result.test_loss_per_seed[i, r], ev.loss, rtol=1e-5)
+      np.testing.assert_allclose(result.test_accuracy_per_seed[i, r], ev.accuracy, rtol=1e-6)
+      # The init statistics (mean 0, var 1) are not those of the trained network.
+      frozen = training.evaluate(apply_fn, params_r, *splits.test[:2])
+      assert abs(frozen.loss - ev.loss) > 1e-3
+  # A config without the field re-estimates on the default number of batches.
+  default = ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
+                                 config={k: v for k, v in BN_CONFIG._asdict().items()
+                                         if k != 'bn_batches'}, progress=False)
+  explicit = ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
+                                  config=BN_CONFIG._replace(bn_batches=64), progress=False)
+  np.testing.assert_allclose(default.test_loss_per_seed, explicit.test_loss_per_seed, rtol=1e-6)
+  assert not np.allclose(default.test_loss_per_seed, result.test_loss_per_seed, rtol=1e-6)
+  with pytest.raises(ValueError, match='bn_batches'):
+    ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
+                         config=BN_CONFIG._replace(bn_batches=0), progress=False)

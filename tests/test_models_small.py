@@ -1,6 +1,7 @@
 """Tests of the small models (MLP, SmallCNN) and bind_apply / init_model.
 
-References: the forward passes re-implemented in float64 NumPy with the same weights.
+References: the forward passes re-implemented in float64 NumPy with the same weights; for a
+BatchNorm model, the re-estimated statistics against a float64 NumPy running average.
 """
 
 import flax.linen as nn
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from dv_jax.models.cnn import SmallCNN
-from dv_jax.models.common import bind_apply, init_model
+from dv_jax.models.common import BatchNormApply, bind_apply, init_model
 from dv_jax.models.mlp import MLP
 
 
@@ -85,6 +86,9 @@ def test_small_cnn_matches_numpy():
   np.testing.assert_allclose(feats, features, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='SmallCNN expects x'):
     apply_fn(params, x.reshape(2, 64))
+  # Four halvings of 8x8 images would leave nothing to read out.
+  with pytest.raises(ValueError, match='4 stages .* 8x8 are too small'):
+    init_model(SmallCNN(channels=(2, 2, 2, 2)), jax.random.PRNGKey(0), x)
 
 
 class _BatchNormNet(nn.Module):
@@ -114,6 +118,111 @@ def test_bind_apply_closes_over_batch_stats_in_inference_mode():
   # Differentiable in params only; the statistics stay fixed (no mutable collection).
   grads = jax.grad(lambda q: jnp.sum(apply_fn(q, x)))(params)
   assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
+
+
+class _DenseBatchNormDense(nn.Module):
+  """Dense -> BatchNorm -> Dense: the smallest classifier with batch statistics."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Dense(4, name='hidden')(x.reshape((x.shape[0], -1)))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name='bn')(h)
+    return nn.Dense(3, name='head')(nn.relu(h))
+
+
+def _bn_input(params, x):
+  """float64 input of the BatchNorm (the hidden layer's pre-activations) [n, 4]."""
+  p = _np(params)['hidden']
+  return np.asarray(x, np.float64).reshape(x.shape[0], -1) @ p['kernel'] + p['bias']
+
+
+def _dense_bn_dense():
+  model = _DenseBatchNormDense()
+  x = _images(b=6, seed=5)
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(5), x))
+  return model, apply_fn, params, x
+
+
+def test_batch_norm_apply_is_inference_mode_and_train_apply_uses_the_batch():
+  model, apply_fn, params, x = _dense_bn_dense()
+  assert isinstance(apply_fn, BatchNormApply)
+  variables = {'params': params, **apply_fn.state}
+  inference = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(apply_fn(params, x), inference, rtol=1e-6)
+  np.testing.assert_allclose(apply_fn.variables_apply(variables, x), inference, rtol=1e-6)
+  np.testing.assert_allclose(
+      apply_fn.train_apply(params, x),
+      model.apply(variables, x, train=True, mutable=['batch_stats'])[0], rtol=1e-6)
+  # Row 0 alone versus row 0 among the others: only train mode sees the other rows.
+  other = np.concatenate([x[:1], _images(b=5, seed=6)])
+  np.testing.assert_allclose(apply_fn(params, x)[0], apply_fn(params, other)[0], rtol=1e-6)
+  assert not np.allclose(apply_fn.train_apply(params, x)[0],
+                         apply_fn.train_apply(params, other)[0], rtol=1e-3)
+
+
+def test_batch_norm_apply_equality_follows_the_model_and_the_state_arrays():
+  model = _DenseBatchNormDense()
+  x = _images(b=6, seed=5)
+  variables = init_model(model, jax.random.PRNGKey(5), x)
+  a, _ = bind_apply(model, variables)
+  b, _ = bind_apply(_DenseBatchNormDense(), variables)  # an equal model, the same arrays
+  assert a == b and hash(a) == hash(b)
+  assert a.train_apply == b.train_apply and hash(a.train_apply) == hash(b.train_apply)
+  assert a.variables_apply == b.variables_apply
+  assert hash(a.variables_apply) == hash(b.variables_apply)
+  assert a != a.train_apply and a.train_apply != a.variables_apply
+  copied = dict(variables, batch_stats=jax.tree_util.tree_map(jnp.array, variables['batch_stats']))
+  c, _ = bind_apply(model, copied)  # equal values, other arrays: not provably the same state
+  assert c != a and c.train_apply != a.train_apply
+  assert c.variables_apply == a.variables_apply  # reads the statistics from its argument
+  # Equal applies share one compile.
+  jitted = jax.jit(lambda f, p, xb: f(p, xb), static_argnums=0)
+  jitted(a.train_apply, variables['params'], x)
+  before = jitted._cache_size()  # pylint: disable=protected-access
+  jitted(b.train_apply, variables['params'], x)
+  assert jitted._cache_size() == before  # pylint: disable=protected-access
+  # A model without batch statistics keeps the plain function.
+  mlp = MLP((4,), 3)
+  plain, _ = bind_apply(mlp, init_model(mlp, jax.random.PRNGKey(0), x))
+  assert not isinstance(plain, BatchNormApply) and not hasattr(plain, 'train_apply')
+
+
+def test_estimate_batch_stats_matches_a_numpy_running_average():
+  _, apply_fn, params, x = _dense_bn_dense()
+  x = _images(b=40, seed=7)
+  key, num_batches, batch_size, n = jax.random.PRNGKey(3), 5, 8, 30
+  padded = np.concatenate([x[:n], np.full((10,) + x.shape[1:], 1e3, np.float32)])
+  stats = apply_fn.estimate_batch_stats(params, padded, key=key, num_batches=num_batches,
+                                        batch_size=batch_size, num_rows=n)
+  h = _bn_input(params, x[:n])
+  mean, var = np.zeros(4), np.ones(4)  # the init statistics
+  for b in range(num_batches):
+    rows = np.asarray(jax.random.randint(jax.random.fold_in(key, b), (batch_size,), 0, n))
+    mean = 0.9 * mean + 0.1 * h[rows].mean(axis=0)
+    var = 0.9 * var + 0.1 * h[rows].var(axis=0)
+  np.testing.assert_allclose(stats['bn']['mean'], mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats['bn']['var'], var, rtol=1e-5, atol=1e-6)
+  # Whole-data batches, long enough that the init statistics have decayed (0.9 ** 300):
+  # the data's mean and (biased) variance, up to the resampling noise.
+  x = _images(b=512, seed=8)
+  h = _bn_input(params, x)
+  stats = apply_fn.estimate_batch_stats(params, x, key=key, num_batches=300, batch_size=512)
+  sd = h.std(axis=0)
+  np.testing.assert_allclose(stats['bn']['mean'], h.mean(axis=0), atol=float(0.05 * sd.min()))
+  np.testing.assert_allclose(stats['bn']['var'], h.var(axis=0), rtol=0.05)
+
+
+def test_estimate_batch_stats_errors():
+  _, apply_fn, params, x = _dense_bn_dense()
+  kw = dict(key=jax.random.PRNGKey(0), num_batches=2, batch_size=3)
+  with pytest.raises(ValueError, match='x must be'):
+    apply_fn.estimate_batch_stats(params, x[:0], **kw)
+  with pytest.raises(ValueError, match='num_batches'):
+    apply_fn.estimate_batch_stats(params, x, **dict(kw, num_batches=0))
+  with pytest.raises(ValueError, match='batch_size'):
+    apply_fn.estimate_batch_stats(params, x, **dict(kw, batch_size=0))
+  with pytest.raises(ValueError, match='num_rows'):
+    apply_fn.estimate_batch_stats(params, x, num_rows=7, **kw)
 
 
 def test_common_errors():

@@ -1,5 +1,6 @@
-"""Tests for dv_jax.models.resnet: parameter counts, a float64 NumPy BasicBlock, and the
-per-example independence that makes per-example NTKs exact (BatchNorm in inference mode)."""
+"""Tests for dv_jax.models.resnet: parameter counts, a float64 NumPy BasicBlock, the
+per-example independence that makes per-example NTKs exact (BatchNorm in inference mode),
+and the bound apply's training mode and re-estimated statistics (the ground truth's)."""
 
 import functools
 
@@ -8,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dv_jax import training
+from dv_jax.models.common import BatchNormApply, bind_apply
 from dv_jax.models.resnet import BasicBlock
 from dv_jax.models.resnet import ResNet18
 
@@ -142,3 +145,45 @@ def test_imagenet_stem_shapes_and_input_error():
                         variables, x).shape == (2, 32)
   with pytest.raises(ValueError, match='NHWC'):
     jax.eval_shape(model.apply, variables, jnp.zeros((16, 16, 3)))
+
+
+def test_bound_resnet_trains_with_batch_statistics_and_re_estimates_them():
+  model = ResNet18(5, num_filters=2)
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((6, 8, 8, 3)).astype(np.float32)
+  y = rng.integers(0, 5, size=6).astype(np.int32)
+  variables = _random_variables(model, x, seed=4)  # no init: eager ResNet init takes seconds
+  apply_fn, params = bind_apply(model, variables)
+  assert isinstance(apply_fn, BatchNormApply)
+  np.testing.assert_allclose(jax.jit(apply_fn)(params, x), jax.jit(model.apply)(variables, x),
+                             rtol=1e-5, atol=1e-6)
+  # One SGD step trains on the minibatch's statistics.
+  key = jax.random.PRNGKey(1)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=1, batch_size=4)
+  result = training.train(apply_fn, params, x, y, config=config, key=key, num_classes=5,
+                          use_batch_stats=True)
+  rows = jax.random.randint(jax.random.fold_in(key, 0), (4,), 0, 6)
+  # Jitted references: ResNet-18 dispatched op by op costs seconds per call.
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(training.cross_entropy(
+      model.apply({'params': p, **apply_fn.state}, x[rows], train=True,
+                  mutable=['batch_stats'])[0], y[rows]))))(params)
+  jax.tree_util.tree_map(
+      lambda new, p, g: np.testing.assert_allclose(new, p - 0.1 * g, rtol=1e-4, atol=1e-5),
+      result.params, params, grads)
+  # The re-estimate is flax's own running average over the keyed batches, every layer.
+  stats = apply_fn.estimate_batch_stats(result.params, x, key=key, num_batches=2, batch_size=5)
+  update = jax.jit(lambda stats, batch: model.apply(
+      {'params': result.params, 'batch_stats': stats}, batch, train=True,
+      mutable=['batch_stats'])[1]['batch_stats'])
+  expected = variables['batch_stats']
+  for b in range(2):
+    expected = update(expected, x[np.asarray(jax.random.randint(jax.random.fold_in(key, b),
+                                                                (5,), 0, 6))])
+  assert jax.tree_util.tree_structure(stats) == jax.tree_util.tree_structure(expected)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), stats, expected)
+  trained = {'params': result.params, 'batch_stats': stats}
+  inference = jax.jit(model.apply)(trained, x)
+  np.testing.assert_allclose(jax.jit(apply_fn.variables_apply)(trained, x), inference,
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(jax.jit(apply_fn)(result.params, x), inference, rtol=1e-3)

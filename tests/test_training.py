@@ -1,5 +1,6 @@
 """Tests of dv_jax.training: float64 NumPy references of the loss and single optimiser
-steps, the checkpoint bookkeeping, one compile per capacity, and the error paths."""
+steps, the checkpoint bookkeeping, one compile per capacity, training with BatchNorm's batch
+statistics, and the error paths."""
 
 import jax
 import jax.numpy as jnp
@@ -257,3 +258,57 @@ def test_integer_inputs_reach_the_model_as_int32():
   assert np.isfinite(np.asarray(result.losses)).all()
   evaluation = training.evaluate(model.apply, result.params, ids, np.arange(5) % 3)
   assert np.isfinite(evaluation.loss)
+
+
+def _batch_norm_apply(x):
+  """A Dense -> BatchNorm -> Dense classifier bound by ``bind_apply``: ``(apply_fn, params)``."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from dv_jax.models.common import bind_apply, init_model  # pylint: disable=g-import-not-at-top
+
+  class Net(nn.Module):
+
+    @nn.compact
+    def __call__(self, xb, train: bool = False):
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(
+          nn.Dense(4)(xb))
+      return nn.Dense(C)(nn.relu(h))
+
+  model = Net()
+  return bind_apply(model, init_model(model, jax.random.PRNGKey(4), x))
+
+
+def test_use_batch_stats_trains_with_the_batch_statistics():
+  x, y = _blobs(12, seed=4)
+  apply_fn, params = _batch_norm_apply(x)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=1, batch_size=6)
+  key = jax.random.PRNGKey(5)
+  rows = jax.random.randint(jax.random.fold_in(key, 0), (6,), 0, 12)  # the step's minibatch
+
+  def sgd_step(forward):
+    def loss(p):
+      return jnp.mean(training.cross_entropy(forward(p, x[rows]), y[rows]))
+    value, grads = jax.value_and_grad(loss)(params)
+    return value, jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+
+  kw = dict(config=config, key=key, num_classes=C)
+  for use_batch_stats, forward in ((True, apply_fn.train_apply), (False, apply_fn)):
+    result = training.train(apply_fn, params, x, y, use_batch_stats=use_batch_stats, **kw)
+    loss, expected = sgd_step(forward)
+    np.testing.assert_allclose(result.losses, [loss], rtol=1e-5)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        result.params, expected)
+  # The two modes take different steps (the init statistics are not the batch's).
+  batch_mode = training.train(apply_fn, params, x, y, use_batch_stats=True, **kw)
+  frozen = training.train(apply_fn, params, x, y, **kw)
+  assert not np.allclose(batch_mode.params['Dense_0']['kernel'],
+                         frozen.params['Dense_0']['kernel'], rtol=1e-4)
+  # vmapped seeds: each normalises its own minibatches, as a single run.
+  keys = jax.random.split(key, 2)
+  many = training.train_many_seeds(apply_fn, params, x, y, config=config._replace(steps=3),
+                                   keys=keys, num_classes=C, use_batch_stats=True)
+  one = training.train(apply_fn, params, x, y, config=config._replace(steps=3), key=keys[1],
+                       num_classes=C, use_batch_stats=True)
+  np.testing.assert_allclose(many.losses[1], one.losses, rtol=1e-5)
+  with pytest.raises(ValueError, match='use_batch_stats'):
+    training.train(_linear_apply, _linear_params(), x, y, use_batch_stats=True, **kw)

@@ -4,10 +4,20 @@ Every consumer in dv_jax (NTK, training, baselines) sees a model as a pure funct
 trainable parameters. Other collections (BatchNorm's ``batch_stats``) are closed over, and
 the module is run in inference mode, so the function is deterministic and differentiable
 in ``params`` only.
+
+A model with BatchNorm (a ``batch_stats`` collection and a ``train`` argument) is bound to a
+``BatchNormApply``: called, it is that same inference-mode function, and it also carries the
+standard training recipe's pieces, which the ground truth uses (``dv_jax.ground_truth``):
+``train_apply`` (train mode, each batch normalised by its own statistics),
+``estimate_batch_stats`` (running averages of trained parameters over training batches) and
+``variables_apply`` (inference mode from a full variables dict, to evaluate with them).
+
+Shape legend: ``b`` batch, ``n`` examples, ``c`` classes.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -17,13 +27,17 @@ import jax
 import jax.numpy as jnp
 
 
+def _accepted_kwargs(model: nn.Module) -> set[str]:
+  return set(inspect.signature(type(model).__call__).parameters)
+
+
 def _inference_kwargs(model: nn.Module) -> dict[str, bool]:
   """``train=False`` / ``deterministic=True`` when the module's ``__call__`` accepts them."""
-  params = inspect.signature(type(model).__call__).parameters
+  accepted = _accepted_kwargs(model)
   kwargs = {}
-  if 'train' in params:
+  if 'train' in accepted:
     kwargs['train'] = False
-  if 'deterministic' in params:
+  if 'deterministic' in accepted:
     kwargs['deterministic'] = True
   return kwargs
 
@@ -49,6 +63,156 @@ def init_model(model: nn.Module, key: Any, sample_x: Any) -> dict[str, Any]:
   return dict(flax.core.unfreeze(variables))
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'train_kwargs', 'num_batches',
+                                             'batch_size'))
+def _estimate_batch_stats(params, state, x, num_rows, key, *, model, train_kwargs, num_batches,
+                          batch_size):
+  """BatchNorm's running averages after ``num_batches`` train-mode batches (inside jit)."""
+
+  def update(batch_stats, b):
+    # Rows in [0, num_rows): zero-padded rows beyond it are never drawn.
+    rows = jax.random.randint(jax.random.fold_in(key, b), (batch_size,), 0, num_rows)
+    _, updated = model.apply({**state, 'params': params, 'batch_stats': batch_stats}, x[rows],
+                             mutable=['batch_stats'], **dict(train_kwargs))
+    # Older flax returns a FrozenDict; the scan carry must keep the plain dict's structure.
+    return flax.core.unfreeze(updated['batch_stats']), None
+
+  batch_stats, _ = jax.lax.scan(update, state['batch_stats'], jnp.arange(num_batches))
+  return batch_stats
+
+
+class BatchNormApply:
+  """``apply_fn(params, x [b, ...]) -> [b, c]`` of a BatchNorm model, plus its training mode.
+
+  Calling it runs the model in inference mode on the bound statistics (``bind_apply``'s
+  contract: each example's output depends on that example only, so per-example NTKs are
+  exact). Instances are static arguments of jitted functions, and jit caches compiles by
+  hash: two instances binding an equal model to the same state arrays (the same objects)
+  are equal, and so are their ``train_apply`` and ``variables_apply``, so they share one
+  compile.
+
+  Attributes:
+    model: the flax module.
+    state: the non-param collections, ``{'batch_stats': ...}``, closed over.
+    train_apply: ``train_apply(params, x [b, ...]) -> [b, c]``: train mode, each BatchNorm
+      normalises by the statistics of the batch ``x`` (a row's output depends on the other
+      rows); the updated running averages are discarded.
+    variables_apply: ``variables_apply(variables, x [b, ...]) -> [b, c]``: inference mode
+      from a full variables dict ``{'params': ..., 'batch_stats': ...}``, so that evaluating
+      many trained states is one jitted program.
+  """
+
+  def __init__(self, model: nn.Module, state: dict[str, Any]):
+    self.model = model
+    self.state = state
+    self._inference_kwargs = tuple(sorted(_inference_kwargs(model).items()))
+    self._train_kwargs = tuple(sorted({**dict(self._inference_kwargs), 'train': True}.items()))
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    # Identity, not values: comparing arrays by value would cost a device sync per lookup.
+    # `self.state` holds the leaves, so their ids stay valid while this object lives.
+    self._state_key = (treedef, tuple(id(leaf) for leaf in leaves))
+    self.train_apply = _TrainApply(self)
+    self.variables_apply = _VariablesApply(model, self._inference_kwargs)
+
+  def __call__(self, params: Any, x: Any) -> jax.Array:
+    return self.model.apply({'params': params, **self.state}, x,
+                            **dict(self._inference_kwargs))
+
+  def _key(self):
+    return (self.model, self._inference_kwargs, self._state_key)
+
+  def __eq__(self, other):
+    return type(other) is type(self) and other._key() == self._key()
+
+  def __hash__(self):
+    return hash((type(self), self._key()))
+
+  def __repr__(self):
+    return f'{type(self).__name__}({self.model!r})'
+
+  def estimate_batch_stats(self, params: Any, x: Any, *, key: Any, num_batches: int,
+                           batch_size: int, num_rows: int | None = None) -> dict[str, Any]:
+    """Re-estimates BatchNorm's running statistics of ``params`` on the data ``x``.
+
+    Starting from the bound statistics, runs ``num_batches`` train-mode forward passes on
+    batches of ``batch_size`` rows drawn uniformly with replacement from the first
+    ``num_rows`` rows of ``x`` (batch ``b`` from ``jax.random.fold_in(key, b)``), and keeps
+    the running averages each BatchNorm updates (``mean <- m mean + (1 - m) batch_mean``,
+    likewise the biased batch variance; ``m`` the module's momentum). The bound statistics
+    keep a weight ``m ** num_batches`` (0.9 ** 64 = 1e-3). One compile per
+    ``(x.shape, num_batches, batch_size)``: pad ``x`` and pass ``num_rows`` to reuse it.
+
+    Args:
+      params: trained parameters.
+      x: ``[n, ...]`` the training inputs (zero-padded beyond ``num_rows`` if given).
+      key: a ``jax.random.PRNGKey`` (the batches).
+      num_batches: number of batches (>= 1).
+      batch_size: rows per batch (>= 1).
+      num_rows: the real rows of ``x`` (default: all ``n``).
+
+    Returns:
+      The ``batch_stats`` collection (a dict with the structure of ``state['batch_stats']``).
+
+    Raises:
+      ValueError: naming the argument, for an empty ``x``, non-positive ``num_batches`` /
+        ``batch_size``, or ``num_rows`` outside ``[1, n]``.
+    """
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0:
+      raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
+    for name, value in (('num_batches', num_batches), ('batch_size', batch_size)):
+      if int(value) != value or value < 1:
+        raise ValueError(f'{name} must be an integer >= 1, got {value}')
+    num_rows = x.shape[0] if num_rows is None else num_rows
+    if int(num_rows) != num_rows or not 1 <= num_rows <= x.shape[0]:
+      raise ValueError(f'num_rows must be an integer in [1, {x.shape[0]}], got {num_rows}')
+    return _estimate_batch_stats(params, self.state, x, jnp.int32(num_rows), key,
+                                 model=self.model, train_kwargs=self._train_kwargs,
+                                 num_batches=int(num_batches), batch_size=int(batch_size))
+
+
+class _TrainApply:
+  """``BatchNormApply.train_apply``: equal for equal ``BatchNormApply``s (one compile)."""
+
+  def __init__(self, bound: BatchNormApply):
+    self.bound = bound
+
+  def __call__(self, params: Any, x: Any) -> jax.Array:
+    b = self.bound
+    return b.model.apply({'params': params, **b.state}, x, mutable=['batch_stats'],
+                         **dict(b._train_kwargs))[0]  # pylint: disable=protected-access
+
+  def __eq__(self, other):
+    return type(other) is type(self) and other.bound == self.bound
+
+  def __hash__(self):
+    return hash((type(self), self.bound))
+
+  def __repr__(self):
+    return f'{self.bound!r}.train_apply'
+
+
+class _VariablesApply:
+  """``BatchNormApply.variables_apply``: equal for an equal model (one compile)."""
+
+  def __init__(self, model: nn.Module, inference_kwargs: tuple):
+    self.model = model
+    self.inference_kwargs = inference_kwargs
+
+  def __call__(self, variables: Any, x: Any) -> jax.Array:
+    return self.model.apply(variables, x, **dict(self.inference_kwargs))
+
+  def __eq__(self, other):
+    return (type(other) is type(self) and other.model == self.model
+            and other.inference_kwargs == self.inference_kwargs)
+
+  def __hash__(self):
+    return hash((type(self), self.model, self.inference_kwargs))
+
+  def __repr__(self):
+    return f'{type(self).__name__}({self.model!r})'
+
+
 def bind_apply(model: nn.Module, variables: Any) -> tuple[Callable[[Any, Any], jax.Array], Any]:
   """Splits ``variables`` into a pure ``apply_fn(params, x)`` and the trainable ``params``.
 
@@ -59,7 +223,10 @@ def bind_apply(model: nn.Module, variables: Any) -> tuple[Callable[[Any, Any], j
   Returns:
     ``(apply_fn, params)``: ``apply_fn(params, x [b, ...]) -> [b, c]`` runs the model with
     the non-param collections fixed and ``train=False`` / ``deterministic=True`` passed
-    when ``__call__`` accepts them.
+    when ``__call__`` accepts them. For a model with a ``'batch_stats'`` collection and a
+    ``train`` argument, ``apply_fn`` is a ``BatchNormApply`` (the same function, plus
+    ``train_apply``, ``variables_apply`` and ``estimate_batch_stats``); otherwise a plain
+    function.
 
   Raises:
     ValueError: if ``variables`` has no ``'params'`` collection.
@@ -69,6 +236,8 @@ def bind_apply(model: nn.Module, variables: Any) -> tuple[Callable[[Any, Any], j
     raise ValueError(f"variables must hold a 'params' collection, got {sorted(variables)}")
   params = variables.pop('params')
   state = variables
+  if 'batch_stats' in state and 'train' in _accepted_kwargs(model):
+    return BatchNormApply(model, state), params
   kwargs = _inference_kwargs(model)
 
   def apply_fn(p, x):
@@ -77,4 +246,4 @@ def bind_apply(model: nn.Module, variables: Any) -> tuple[Callable[[Any, Any], j
   return apply_fn, params
 
 
-__all__ = ['init_model', 'bind_apply']
+__all__ = ['init_model', 'bind_apply', 'BatchNormApply']

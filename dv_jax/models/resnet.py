@@ -8,8 +8,17 @@ with BatchNorm in inference mode (`train=False`, i.e. `use_running_average=True`
 the NTK, the features or the loss at theta0 are computed: BatchNorm is then the fixed affine
 map scale * (x - mean) / sqrt(var + eps) + bias with the stored statistics (mean 0, var 1 at
 init), each example's output depends only on itself, and per-example NTKs are exact.
-Training (ground truth, baselines) uses `train=True` with `mutable=['batch_stats']`.
-`dv_jax.models.bind_apply` closes over the `batch_stats` collection for the NTK.
+
+`dv_jax.models.bind_apply` returns a `BatchNormApply`: called, it is that inference-mode
+function, closed over the `batch_stats` collection. Training depends on the caller:
+  - the ground truth (`dv_jax.ground_truth.retrain`) trains as the standard recipe does,
+    with `train=True` (each minibatch normalised by its own statistics, through
+    `train_apply`), then re-estimates each run's running statistics on its training data
+    (`estimate_batch_stats`, `config.ground_truth.bn_batches` batches) and evaluates the
+    test split in inference mode with them;
+  - TracIn and TRAK (`dv_jax.baselines`) call `dv_jax.training` without
+    `use_batch_stats`, so they train and take gradients with BatchNorm frozen at its initial
+    statistics (a fixed affine map: a normalisation-free ResNet-18).
 
 Layout: inputs are NHWC [b, H, W, C]. Convolutions are bias-free (each feeds a BatchNorm)
 and padded symmetrically by 1 for 3x3 kernels (as torchvision; flax's 'SAME' would pad a
