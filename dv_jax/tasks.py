@@ -762,10 +762,14 @@ def swap_responses(responses: Sequence[str], fraction: float, *, key: jax.Array)
   if not 0.0 <= float(fraction) <= 1.0:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
   num = int(round(float(fraction) * len(responses)))
-  if num < 2:
+  if num < 1 or len(responses) < 2:
     return responses
-  chosen = contributors_lib.host_rng(key).permutation(len(responses))[:num]
+  order = contributors_lib.host_rng(key).permutation(len(responses))
   out = list(responses)
+  if num == 1:  # a cycle of one is no swap: take the response of an example not chosen
+    out[order[0]] = responses[order[1]]
+    return out
+  chosen = order[:num]
   for src, dst in zip(chosen, np.roll(chosen, 1)):
     out[dst] = responses[src]
   return out

@@ -171,6 +171,9 @@ def test_swap_responses():
   assert sorted(out) == sorted(responses)
   assert sum(a != b for a, b in zip(out, responses)) == 4
   assert tasks.swap_responses(responses, 0.0, key=jax.random.PRNGKey(0)) == responses
+  # One example to corrupt (0.1 of 10) still gets another example's response.
+  one = tasks.swap_responses(responses, 0.1, key=jax.random.PRNGKey(0))
+  assert sum(a != b for a, b in zip(one, responses)) == 1
   with pytest.raises(ValueError, match='fraction'):
     tasks.swap_responses(responses, 1.5, key=jax.random.PRNGKey(0))
 
