@@ -121,7 +121,8 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
   """
   if config is None:
     config = GroundTruthConfig()
-  train_config = training.as_train_config(config)
+  train_config = training.as_train_config(
+      config, extra_fields=set(GroundTruthConfig._fields) - set(training.TrainConfig._fields))
   if train_config.checkpoint_every:
     train_config = train_config._replace(checkpoint_every=0)
   num_seeds = _get(config, 'num_seeds')

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,19 +56,31 @@ class TrainConfig(NamedTuple):
   checkpoint_every: int = 0
 
 
-def as_train_config(config: Any) -> TrainConfig:
+def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainConfig:
   """Reads the ``TrainConfig`` fields from a TrainConfig, ConfigDict, dict or object.
 
-  Missing fields take the ``TrainConfig`` defaults; extra fields (``num_seeds``, ``seed``)
-  are ignored.
+  Missing fields take the ``TrainConfig`` defaults. A dict or ConfigDict may hold only
+  those fields and the caller's ``extra_fields`` (e.g. the ground truth's ``num_seeds``):
+  a misspelt ``lr`` would otherwise train silently with the default learning rate.
+
+  Args:
+    config: the recipe (None: the defaults).
+    extra_fields: other keys the caller reads from the same mapping.
 
   Raises:
-    ValueError: naming the field, for an unknown optimiser or schedule, non-positive
-      ``steps`` / ``batch_size`` / ``learning_rate``, negative ``weight_decay`` or
-      ``momentum``, or a ``checkpoint_every`` that does not divide ``steps``.
+    ValueError: naming the field, for an unknown key, an unknown optimiser or schedule,
+      non-positive ``steps`` / ``batch_size`` / ``learning_rate``, negative
+      ``weight_decay``, ``momentum`` outside ``[0, 1)``, or a ``checkpoint_every`` that
+      does not divide ``steps``.
   """
   if config is None:
     config = TrainConfig()
+  if isinstance(config, dict) or (hasattr(config, 'keys') and not isinstance(config, tuple)):
+    known = set(TrainConfig._fields) | set(extra_fields)
+    unknown = sorted(set(config.keys()) - known)
+    if unknown:
+      raise ValueError(f'config has unknown training fields {unknown}; valid: '
+                       f'{sorted(known)}')
   values = {}
   for field in TrainConfig._fields:
     default = TrainConfig._field_defaults[field]

@@ -184,11 +184,17 @@ def test_evaluate_in_padded_blocks_matches_numpy():
 
 
 def test_config_from_dict_and_config_dict():
-  c = training.as_train_config({'optimizer': 'sgd', 'steps': 5, 'num_seeds': 3})
+  c = training.as_train_config({'optimizer': 'sgd', 'steps': 5, 'num_seeds': 3},
+                               extra_fields=('num_seeds',))
   assert c.optimizer == 'sgd' and c.steps == 5 and c.batch_size == 64
+  # A misspelt field is an error, not the default recipe.
+  with pytest.raises(ValueError, match=r"unknown training fields \['lr'\]"):
+    training.as_train_config({'optimizer': 'sgd', 'lr': 0.1})
   ml_collections = pytest.importorskip('ml_collections')
   cd = ml_collections.ConfigDict({'optimizer': 'adamw', 'learning_rate': 0.3, 'seed': 1})
-  c = training.as_train_config(cd)
+  with pytest.raises(ValueError, match='seed'):
+    training.as_train_config(cd)
+  c = training.as_train_config(cd, extra_fields=('seed',))
   assert c.optimizer == 'adamw' and c.learning_rate == 0.3 and c.steps == 300
 
 
