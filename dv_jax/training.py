@@ -10,8 +10,8 @@ BatchNorm. By default the loss is ``apply_fn(params, xb)``: for a model bound by
 ``dv_jax.models.bind_apply`` that is inference mode, BatchNorm a fixed affine map on its
 bound statistics. ``use_batch_stats=True`` trains as the standard recipe does, each
 minibatch normalised by its own statistics (``apply_fn.train_apply``); the running
-statistics are then re-estimated after training (``BatchNormApply.estimate_batch_stats``,
-as ``dv_jax.ground_truth`` does).
+statistics are then re-estimated after training (``dv_jax.models.common.recalibrated``, as
+the ground truth, TracIn and TRAK do).
 
 Shape legend: ``n`` examples, ``c`` classes, ``R`` seeds, ``T`` steps, ``J`` checkpoints.
 """

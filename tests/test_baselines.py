@@ -10,6 +10,7 @@ seeded, and every method for naming a bad contributor.
 import copy
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,13 +18,16 @@ import pytest
 
 from dv_jax import baselines
 from dv_jax import training
+from dv_jax import valuation
 from dv_jax.baselines import davinz
 from dv_jax.baselines import tracin
 from dv_jax.baselines import trak
 from dv_jax.data.contributors import Contributor
 from dv_jax.data.contributors import Split
+from dv_jax.models.common import BatchNormApply
 from dv_jax.models.common import bind_apply
 from dv_jax.models.common import init_model
+from dv_jax.models.common import recalibrated
 from dv_jax.models.mlp import MLP
 
 NUM_CLASSES = 3
@@ -266,6 +270,51 @@ def test_tracin_end_to_end_matches_a_loop_over_checkpoints(setup):
     for x_i, y_i, o in zip(x, y, owner):
       expected[o] += float(trained.learning_rates[j]) * flat_grad(p_j, x_i, y_i) @ target_sum
   np.testing.assert_allclose(result.values, expected, rtol=1e-3, atol=1e-6)
+
+
+class _BatchNormMLP(nn.Module):
+  """Dense -> BatchNorm -> relu -> Dense: a model whose training mode uses batch statistics."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(4)(x))
+    return nn.Dense(NUM_CLASSES)(nn.relu(h))
+
+
+def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
+  """TracIn's checkpoints are read with statistics re-estimated from their own params."""
+  model = _BatchNormMLP()
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(3),
+                                                  setup['target'].x))
+  assert isinstance(apply_fn, BatchNormApply)
+  bn_setup = dict(setup, apply_fn=apply_fn, params=params)
+  result = _call('tracin', bn_setup)
+  cfg = setup['config'].baselines.tracin
+  x, y, _, owner = valuation.pool_examples(setup['contributors'])
+  base = jax.random.fold_in(jax.random.PRNGKey(0), 12)
+  train_cfg = training.as_train_config(cfg.train)._replace(checkpoint_every=3)
+  trained = training.train(apply_fn, params, x, y, config=train_cfg,
+                           key=jax.random.split(base)[0], num_classes=NUM_CLASSES,
+                           use_batch_stats=True)
+  expected = np.zeros(3)
+  for j in range(2):
+    p_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], trained.checkpoints)
+    apply_j = recalibrated(apply_fn, p_j, x, key=jax.random.fold_in(jax.random.fold_in(base, 1),
+                                                                    j),
+                           num_batches=64, batch_size=train_cfg.batch_size)
+
+    def grad(x_i, y_i, apply_j=apply_j, p_j=p_j):
+      g = jax.grad(lambda p: training.cross_entropy(apply_j(p, x_i[None]),
+                                                    jnp.asarray([y_i]))[0])(p_j)
+      return np.concatenate([np.asarray(l, np.float64).ravel()
+                             for l in jax.tree_util.tree_leaves(g)])
+
+    target_sum = sum(grad(xt, yt) for xt, yt in zip(setup['target'].x, setup['target'].y))
+    for x_i, y_i, o in zip(x, y, owner):
+      expected[o] += float(trained.learning_rates[j]) * grad(x_i, y_i) @ target_sum
+  np.testing.assert_allclose(result.values, expected, rtol=1e-3, atol=1e-6)
+  # TRAK runs the same path (train mode, re-estimated statistics per model).
+  assert np.all(np.isfinite(_call('trak', bn_setup).values))
 
 
 # ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from dv_jax import training
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
+from dv_jax.models.common import BatchNormApply, recalibrated
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -139,17 +140,22 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 12)
   k_train, k_proj = jax.random.split(key)
+  k_bn = jax.random.fold_in(key, 1)  # BatchNorm re-estimates; leaves the two above as they were
   result = training.train(apply_fn, params, x, y, config=train_config, key=k_train,
-                          num_classes=num_classes)
+                          num_classes=num_classes,
+                          use_batch_stats=isinstance(apply_fn, BatchNormApply))
   jax.block_until_ready(result.checkpoints)
   seconds = {'train': time.perf_counter() - t0}
   t = time.perf_counter()
   projection = (ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind, k_proj)
                 if int(cfg.projection_dim) else None)
-  scalar_fn = loss_fn(apply_fn)
   train_grads, target_grads = [], []
   for j in range(num_checkpoints):
     params_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], result.checkpoints)
+    # A BatchNorm model trained with batch statistics is read with its own running ones.
+    scalar_fn = loss_fn(recalibrated(apply_fn, params_j, x, key=jax.random.fold_in(k_bn, j),
+                                     num_batches=int(cfg.get('bn_batches', 64)),
+                                     batch_size=train_config.batch_size))
     kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size),
                   param_filter=param_filter)
     train_grads.append(ntk_lib.per_example_grads(scalar_fn, params_j, x, y, **kwargs))

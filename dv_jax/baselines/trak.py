@@ -38,6 +38,7 @@ from dv_jax import training
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
+from dv_jax.models.common import BatchNormApply, recalibrated
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -131,25 +132,31 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                      f'got {num_models}, {cfg.projection_dim}')
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
   k_train, k_proj = jax.random.split(key)
+  k_bn = jax.random.fold_in(key, 1)  # BatchNorm re-estimates; leaves the two above as they were
   # Resolved before training, so that a bad filter fails before the long part.
   param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
+  batch_norm = isinstance(apply_fn, BatchNormApply)
   trained = training.train_many_seeds(apply_fn, params, x, y, config=cfg.train,
                                       keys=jax.random.split(k_train, num_models),
-                                      num_classes=num_classes)
+                                      num_classes=num_classes, use_batch_stats=batch_norm)
   jax.block_until_ready(trained.params)
   seconds = {'train': time.perf_counter() - t0}
   t = time.perf_counter()
-  scalar_fn = margin_fn(apply_fn)
   per_model = []
   for r in range(num_models):
     params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
+    # A BatchNorm model trained with batch statistics is read with its own running ones.
+    apply_r = recalibrated(apply_fn, params_r, x, key=jax.random.fold_in(k_bn, r),
+                           num_batches=int(cfg.get('bn_batches', 64)),
+                           batch_size=int(training.as_train_config(cfg.train).batch_size))
+    scalar_fn = margin_fn(apply_r)
     projection = ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind,
                                     jax.random.fold_in(k_proj, r))
     kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size),
                   param_filter=param_filter)
     phi = ntk_lib.per_example_grads(scalar_fn, params_r, x, y, **kwargs)
     phi_target = ntk_lib.per_example_grads(scalar_fn, params_r, tx, ty, **kwargs)
-    logits = valuation.logits_at(apply_fn, params_r, x, block_size=int(cfg.grad_block_size))
+    logits = valuation.logits_at(apply_r, params_r, x, block_size=int(cfg.grad_block_size))
     p_true = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), jnp.asarray(y)[:, None],
                                  axis=1)[:, 0]
     per_model.append(trak_scores(phi, phi_target, 1.0 - p_true, owner, len(contributors),

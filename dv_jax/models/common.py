@@ -171,6 +171,39 @@ class BatchNormApply:
                                  num_batches=int(num_batches), batch_size=int(batch_size))
 
 
+  def with_batch_stats(self, batch_stats: Any) -> 'BatchNormApply':
+    """The same model bound to other running statistics (e.g. `estimate_batch_stats`')."""
+    return BatchNormApply(self.model, {**self.state, 'batch_stats': batch_stats})
+
+
+def recalibrated(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: Any, *,
+                 key: Any, num_batches: int, batch_size: int
+                 ) -> Callable[[Any, Any], jax.Array]:
+  """`apply_fn` for trained `params`: BatchNorm statistics re-estimated on `x`, if it has any.
+
+  A model trained with batch statistics (`training.train(..., use_batch_stats=True)`) must
+  be read with running statistics of its trained parameters, not those bound at init. A
+  plain `apply_fn` is returned unchanged.
+
+  Args:
+    apply_fn: from `bind_apply`.
+    params: trained parameters.
+    x: `[n, ...]` the training inputs.
+    key: the batches' PRNG key.
+    num_batches: batches of the re-estimate.
+    batch_size: rows per batch (capped at `n`).
+
+  Returns:
+    An inference-mode `apply_fn(params, x)`.
+  """
+  if not isinstance(apply_fn, BatchNormApply):
+    return apply_fn
+  x = jnp.asarray(x)
+  stats = apply_fn.estimate_batch_stats(params, x, key=key, num_batches=num_batches,
+                                        batch_size=min(int(batch_size), x.shape[0]))
+  return apply_fn.with_batch_stats(stats)
+
+
 class _TrainApply:
   """``BatchNormApply.train_apply``: equal for equal ``BatchNormApply``s (one compile)."""
 
@@ -246,4 +279,4 @@ def bind_apply(model: nn.Module, variables: Any) -> tuple[Callable[[Any, Any], j
   return apply_fn, params
 
 
-__all__ = ['init_model', 'bind_apply', 'BatchNormApply']
+__all__ = ['init_model', 'bind_apply', 'BatchNormApply', 'recalibrated']

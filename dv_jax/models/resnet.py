@@ -10,15 +10,15 @@ map scale * (x - mean) / sqrt(var + eps) + bias with the stored statistics (mean
 init), each example's output depends only on itself, and per-example NTKs are exact.
 
 `dv_jax.models.bind_apply` returns a `BatchNormApply`: called, it is that inference-mode
-function, closed over the `batch_stats` collection. Training depends on the caller:
-  - the ground truth (`dv_jax.ground_truth.retrain`) trains as the standard recipe does,
-    with `train=True` (each minibatch normalised by its own statistics, through
-    `train_apply`), then re-estimates each run's running statistics on its training data
-    (`estimate_batch_stats`, `config.ground_truth.bn_batches` batches) and evaluates the
-    test split in inference mode with them;
-  - TracIn and TRAK (`dv_jax.baselines`) call `dv_jax.training` without
-    `use_batch_stats`, so they train and take gradients with BatchNorm frozen at its initial
-    statistics (a fixed affine map: a normalisation-free ResNet-18).
+function, closed over the `batch_stats` collection. Whatever trains the model trains it as
+the standard recipe does, with `train=True` (each minibatch normalised by its own
+statistics, through `train_apply`; `training.train(..., use_batch_stats=True)`), and reads
+the trained parameters with running statistics re-estimated on the training data
+(`estimate_batch_stats`, `common.recalibrated`):
+  - the ground truth (`dv_jax.ground_truth.retrain`) evaluates the test split with them
+    (`config.ground_truth.bn_batches` batches per run);
+  - TracIn and TRAK (`dv_jax.baselines`) take their gradients (and TRAK its logits) at each
+    checkpoint / model with them (`bn_batches` of their section, default 64).
 
 Layout: inputs are NHWC [b, H, W, C]. Convolutions are bias-free (each feeds a BatchNorm)
 and padded symmetrically by 1 for 3x3 kernels (as torchvision; flax's 'SAME' would pad a
