@@ -95,7 +95,7 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
     raise ValueError(f'config.schedule must be one of {SCHEDULES}, got {c.schedule!r}')
   for field in ('steps', 'batch_size'):
     value = getattr(c, field)
-    if int(value) != value or value < 1:
+    if isinstance(value, (bool, np.bool_)) or int(value) != value or value < 1:
       raise ValueError(f'config.{field} must be an integer >= 1, got {value}')
   if not float(c.learning_rate) > 0 or not math.isfinite(float(c.learning_rate)):
     raise ValueError(f'config.learning_rate must be finite and > 0, got {c.learning_rate}')

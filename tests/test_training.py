@@ -203,6 +203,7 @@ def test_config_from_dict_and_config_dict():
     ('schedule', 'linear', 'config.schedule'),
     ('steps', 0, 'config.steps'),
     ('batch_size', 2.5, 'config.batch_size'),
+    ('steps', True, 'config.steps'),
     ('learning_rate', -1.0, 'config.learning_rate'),
     ('weight_decay', -0.1, 'config.weight_decay'),
     ('momentum', float('inf'), 'config.momentum'),

@@ -160,6 +160,9 @@ class LlamaConfig:
                        f'got {self.model_type!r}')
     if self.hidden_act != 'silu':
       raise ValueError(f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
+    if self.head_dim is not None and (isinstance(self.head_dim, bool) or not isinstance(
+        self.head_dim, (int, np.integer)) or self.head_dim < 1):
+      raise ValueError(f'head_dim must be a positive int or None, got {self.head_dim!r}')
     if self.head_dim is None and self.hidden_size % self.num_attention_heads:
       raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
                        f'num_attention_heads={self.num_attention_heads}')
