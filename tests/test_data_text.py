@@ -51,6 +51,9 @@ def test_instruction_and_reasoning_layouts(tmp_path):
   np.testing.assert_array_equal(gsm.is_synthetic, [False, True])
   first = text.load_text_task(tmp_path / 'g.jsonl', task='reasoning', max_records=1)
   assert len(first.prompts) == 1
+  for bad in (1.5, True, 0):
+    with pytest.raises(ValueError, match='max_records must be an integer >= 1'):
+      text.load_text_task(tmp_path / 'g.jsonl', task='reasoning', max_records=bad)
   both = text.concatenate([first, text.subset(gsm, [1])])
   assert both.final_answers == ['5', '2000']
 

@@ -59,6 +59,7 @@ def test_splits_are_deterministic_and_seeded(splits):
     (dict(pool_fraction=0.0), 'pool_fraction'), (dict(pool_fraction=1.5), 'pool_fraction'),
     (dict(target_size=5), 'target_size'), (dict(test_size=20.5), 'test_size'),
     (dict(target_size=900, test_size=895), 'leave'),
+    (dict(seed=-1), 'seed must be an integer'),
 ])
 def test_split_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):

@@ -112,6 +112,8 @@ def pool_target_test(x_all: np.ndarray, y_all: np.ndarray, *, num_classes: int, 
   num_examples = int(y_all.shape[0])
   if not 0.0 < float(pool_fraction) <= 1.0:
     raise ValueError(f'pool_fraction must be in (0, 1], got {pool_fraction}')
+  if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32:
+    raise ValueError(f'seed must be an integer in [0, 2**32), got {seed!r}')
   for name, size in (('target_size', target_size), ('test_size', test_size)):
     if int(size) != size or size < num_classes:
       raise ValueError(f'{name} must be an integer >= {num_classes}, got {size}')

@@ -292,8 +292,9 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
       path.
   """
   path = Path(os.fspath(path))
-  if max_records is not None and max_records < 1:
-    raise ValueError(f'max_records must be >= 1, got {max_records!r}')
+  if max_records is not None and (isinstance(max_records, bool) or not isinstance(
+      max_records, (int, np.integer)) or max_records < 1):
+    raise ValueError(f'max_records must be an integer >= 1, got {max_records!r}')
   if path.is_file():
     if path.suffix != '.jsonl':
       raise ValueError(f'{path}: expected a .jsonl file or a datasets directory')
