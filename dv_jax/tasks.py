@@ -870,6 +870,11 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   _check_backbones(m.backbones, ('llm',), layout)
   records, real_rows, syn_rows, held = _text_records(d, layout)
   key = jax.random.PRNGKey(int(d.contributor_seed))
+  # The generated side is the user's synthetic records, not a truncation we apply: a
+  # truncation level set in the config would be ignored, so it is refused.
+  if tuple(d.truncations) != ('none',):
+    raise ValueError(f"config.data.truncations must be ('none',) for the {layout} task (its "
+                     f"synthetic records come from the data), got {tuple(d.truncations)}")
   specs = contributor_specs(d, key=key, truncations=('none',))
   real_parts = real_part_indices(specs, real_rows.size, key=jax.random.fold_in(key, 1))
   syn_parts = real_part_indices(specs, syn_rows.size, key=jax.random.fold_in(key, 2),

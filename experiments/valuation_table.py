@@ -28,12 +28,13 @@ summary over draws, the ground truth), table.md and figure.{png,pdf}.
 
 Expected result (measured; configs/valuation_table.py has the full list): on `digits`
 (one draw) our proposed score reaches Spearman 0.78 (MLP) / 0.69 (CNN) against retraining
-at 0.4 / 0.03 of the retraining time, the METHOD.md defaults 0.26 / 0.05; over the five
+at 0.61 / 0.06 of the retraining time, the METHOD.md defaults 0.26 / 0.05; over the five
 draws of `digits_draws` 0.73 ± 0.08 / 0.70 ± 0.10, ahead of DAVINZ, TRAK and random on
 both backbones and of TracIn on the CNN, behind TracIn on the MLP (0.78 ± 0.13). The
 paper's 0.8 is not reached. Times include JIT compilation (most of ours on these tiny
-models); retraining 12 MLPs x 3 seeds takes only ~2 s, so on the MLP no method is a small
-fraction of it. Runtime: `digits` 81 s wall on 2 CPU cores, `digits_draws` ~5 minutes.
+models); retraining 12 MLPs x 3 seeds takes only ~4 s, so on the MLP no method is a small
+fraction of it. Runtime: `digits` 81-146 s wall on 2 shared CPU cores, `digits_draws` ~9
+minutes.
 """
 
 import ast
@@ -400,7 +401,9 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
         store.save(unit_name, result_unit(result), fingerprint=fingerprint)
         logging.info('%s: %.1f s', unit_name, result.seconds['total'])
       unit = store.load(unit_name, fingerprint=fingerprint)
-      fitted = kind == 'ours' and overrides.get('valuation.weights') == 'fit'
+      # As needs_probes: a variant's own weights, else the config's.
+      fitted = kind == 'ours' and overrides.get('valuation.weights',
+                                                config.valuation.weights) == 'fit'
       row = {'draw': draw, 'backbone': backbone, 'method': name, 'kind': kind,
              'setting': describe(overrides) if kind == 'ours' else 'see dv_jax.baselines',
              **correlation_row(unit['values'], truth, config=config, key=key),

@@ -281,6 +281,7 @@ class _BatchNormMLP(nn.Module):
     return nn.Dense(NUM_CLASSES)(nn.relu(h))
 
 
+@pytest.mark.slow  # ~12 s of per-checkpoint compiles: main environment only
 def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
   """TracIn's checkpoints are read with statistics re-estimated from their own params."""
   model = _BatchNormMLP()

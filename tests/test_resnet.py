@@ -147,6 +147,7 @@ def test_imagenet_stem_shapes_and_input_error():
     jax.eval_shape(model.apply, variables, jnp.zeros((16, 16, 3)))
 
 
+@pytest.mark.slow  # ~15 s of ResNet compiles: main environment only
 def test_bound_resnet_trains_with_batch_statistics_and_re_estimates_them():
   model = ResNet18(5, num_filters=2)
   rng = np.random.default_rng(4)

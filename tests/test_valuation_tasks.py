@@ -212,6 +212,13 @@ def test_paper_scale_configs_build_their_models_on_fixtures(fixtures):
     assert len(bench.contributors) == 12
 
 
+def test_llm_tasks_refuse_a_truncation_they_would_ignore(fixtures):
+  config = _with_fixtures(CONFIGS.get_config('instruction_smoke'), 'instruction', fixtures)
+  config.data.truncations = ('hard:5',)
+  with pytest.raises(ValueError, match=r"config\.data\.truncations must be \('none',\)"):
+    valuation_table.build_benchmark(config)
+
+
 def test_davinz_projection_preserves_the_ntk_score():
   """Paper-scale DAVINZ projects gradients; a wide Gaussian projection keeps its score."""
   rng = np.random.default_rng(1)
