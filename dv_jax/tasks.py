@@ -872,7 +872,7 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   key = jax.random.PRNGKey(int(d.contributor_seed))
   # The generated side is the user's synthetic records, not a truncation we apply: a
   # truncation level set in the config would be ignored, so it is refused.
-  if tuple(d.truncations) != ('none',):
+  if tuple(d.get('truncations', ('none',))) != ('none',):
     raise ValueError(f"config.data.truncations must be ('none',) for the {layout} task (its "
                      f"synthetic records come from the data), got {tuple(d.truncations)}")
   specs = contributor_specs(d, key=key, truncations=('none',))
