@@ -506,6 +506,57 @@ def match_breaks(fitted: Sequence[float], predicted: Sequence[float]) -> List[fl
   return matched
 
 
+def _segment_slopes(params: scaling.BrokenPowerLaw) -> np.ndarray:
+  """`[J + 1]` decay exponents of the fit's segments (before, between, after the breaks)."""
+  return params.slope + np.concatenate([[0.0], np.cumsum(params.slope_changes)])
+
+
+def _three_phases(num_breaks: int, slopes: np.ndarray) -> bool:
+  """Two breaks, and the middle segment decays slower than both others."""
+  return bool(num_breaks == 2 and slopes[1] < min(slopes[0], slopes[2]))
+
+
+def _refit(config, x: np.ndarray, curves: Sequence[np.ndarray], predicted: Sequence[float]
+           ) -> List[Optional[Tuple[List[float], bool]]]:
+  """Per curve, `(breaks paired with predicted, three phases)`, or None if the fit failed.
+
+  The refits of a resampling study: no residual bootstrap of their own.
+  """
+  options = dict(_fit_options(config), num_bootstrap=0)
+  out = []
+  for y in curves:
+    try:
+      fit = scaling.fit_broken_power_law(x, y, **options)
+    except ValueError:  # e.g. a curve that reached 0
+      out.append(None)
+      continue
+    out.append((match_breaks(fit.breaks, predicted),
+                _three_phases(fit.num_breaks, _segment_slopes(fit.params))))
+  return out
+
+
+def _break_summary(matched: np.ndarray, ci_level: float,
+                   predicted: Optional[Sequence[float]] = None) -> Dict[str, float]:
+  """Per break `n1` / `n2` of `[M, 2]` refitted breaks (NaN: not found): the fraction
+  found, median and percentile interval of those found and, given `predicted`, the
+  fraction of all M within 2x of it."""
+  tail = 100.0 * (1.0 - ci_level) / 2.0
+  out = {}
+  for j, label in enumerate(('n1', 'n2')):
+    found = matched[:, j][np.isfinite(matched[:, j])]
+    out[f'{label}_found'] = found.size / len(matched)
+    out[f'{label}_median'] = float(np.median(found)) if found.size else math.nan
+    out[f'{label}_lo'], out[f'{label}_hi'] = (
+        (float(np.percentile(found, tail)), float(np.percentile(found, 100.0 - tail)))
+        if found.size else (math.nan, math.nan))
+    if predicted is not None:
+      target = float(predicted[j])
+      out[f'{label}_within_2x'] = (
+          float(np.sum(np.abs(np.log(found / target)) <= math.log(2.0))) / len(matched)
+          if math.isfinite(target) and target > 0 else math.nan)
+  return out
+
+
 def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
               ) -> Dict[str, Any]:
   """Broken power-law fit of a curve; a curve too short or invalid gives NaN breaks.
@@ -525,9 +576,8 @@ def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
     return {'ok': False, 'reason': str(error), 'num_breaks': 0, 'breaks': [], 'break_ci': [],
             'curve': [math.nan] * x.size, 'segment_slopes': [], 'three_phases': False}
   params = fit.params
-  slopes = params.slope + np.concatenate([[0.0], np.cumsum(params.slope_changes)])
-  # Three phases: two breaks, and the middle segment decays slower than both others.
-  three = bool(fit.num_breaks == 2 and slopes[1] < slopes[0] and slopes[1] < slopes[2])
+  slopes = _segment_slopes(params)
+  three = _three_phases(fit.num_breaks, slopes)
   return {'ok': True, 'reason': '', 'num_breaks': fit.num_breaks, 'breaks': fit.breaks,
           'break_ci': fit.break_ci, 'curve': scaling.broken_power_law(x, params),
           'segment_slopes': slopes, 'three_phases': three, 'floor': params.floor,
@@ -555,31 +605,14 @@ def seed_bootstrap(config, x: np.ndarray, per_seed: np.ndarray, predicted: Seque
   num_seeds = per_seed.shape[0]
   if num_seeds < config.fit.seed_bootstrap_min_seeds or config.fit.seed_bootstrap < 1:
     return None
-  options = dict(_fit_options(config), num_bootstrap=0)
   rng = np.random.default_rng(config.seed)
-  matched, three = [], []
-  for _ in range(int(config.fit.seed_bootstrap)):
-    y = per_seed[rng.integers(num_seeds, size=num_seeds)].mean(axis=0)
-    try:
-      fit = scaling.fit_broken_power_law(x, y, **options)
-    except ValueError:
-      continue
-    slopes = fit.params.slope + np.concatenate([[0.0], np.cumsum(fit.params.slope_changes)])
-    three.append(fit.num_breaks == 2 and slopes[1] < min(slopes[0], slopes[2]))
-    matched.append(match_breaks(fit.breaks, predicted))
-  if not matched:
+  resamples = [per_seed[rng.integers(num_seeds, size=num_seeds)].mean(axis=0)
+               for _ in range(int(config.fit.seed_bootstrap))]
+  fits = [fit for fit in _refit(config, x, resamples, predicted) if fit is not None]
+  if not fits:
     return None
-  matched = np.asarray(matched, dtype=float)
-  tail = 100.0 * (1.0 - config.fit.ci_level) / 2.0
-  out = {'replicates': len(matched), 'three_phases': float(np.mean(three))}
-  for j, label in enumerate(('n1', 'n2')):
-    values = matched[:, j][np.isfinite(matched[:, j])]
-    out[f'{label}_found'] = values.size / len(matched)
-    out[f'{label}_median'] = float(np.median(values)) if values.size else math.nan
-    out[f'{label}_lo'], out[f'{label}_hi'] = (
-        (float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail)))
-        if values.size else (math.nan, math.nan))
-  return out
+  return {'replicates': len(fits), 'three_phases': float(np.mean([t for _, t in fits])),
+          **_break_summary(np.asarray([m for m, _ in fits], float), config.fit.ci_level)}
 
 
 def ideal_learner_resolution(config, sizes: np.ndarray, p: np.ndarray, q: np.ndarray,
@@ -616,36 +649,13 @@ def ideal_learner_resolution(config, sizes: np.ndarray, p: np.ndarray, q: np.nda
   sizes = np.asarray(sizes, np.int64)
   errors = scaling.simulate_error(key, sizes, p, q, trials=replicates * num_seeds).errors
   curves = errors.reshape(replicates, num_seeds, sizes.size).mean(axis=1)
-  options = dict(_fit_options(config), num_bootstrap=0)
-  matched, three = [], []
-  for y in curves:
-    try:
-      fit = scaling.fit_broken_power_law(sizes.astype(np.float64), y, **options)
-    except ValueError:  # e.g. a curve that reached 0: counted as not found
-      matched.append([math.nan, math.nan])
-      three.append(False)
-      continue
-    slopes = fit.params.slope + np.concatenate([[0.0], np.cumsum(fit.params.slope_changes)])
-    three.append(fit.num_breaks == 2 and slopes[1] < min(slopes[0], slopes[2]))
-    matched.append(match_breaks(fit.breaks, predicted))
-  matched = np.asarray(matched, dtype=float)
-  tail = 100.0 * (1.0 - config.fit.ci_level) / 2.0
-  out = {'replicates': replicates, 'num_seeds': int(num_seeds),
-         'three_phases': float(np.mean(three))}
-  for j, label in enumerate(('n1', 'n2')):
-    values = matched[:, j]
-    found = values[np.isfinite(values)]
-    target = float(predicted[j])
-    out[f'{label}_found'] = found.size / replicates
-    out[f'{label}_median'] = float(np.median(found)) if found.size else math.nan
-    out[f'{label}_lo'], out[f'{label}_hi'] = (
-        (float(np.percentile(found, tail)), float(np.percentile(found, 100.0 - tail)))
-        if found.size else (math.nan, math.nan))
-    # Not found counts as not within: the rate is over all replicates.
-    out[f'{label}_within_2x'] = (
-        float(np.sum(np.abs(np.log(found / target)) <= math.log(2.0))) / replicates
-        if math.isfinite(target) and target > 0 else math.nan)
-  return out
+  # A failed fit counts as breaks not found (and not within 2x): rates are over all.
+  fits = [fit or ([math.nan, math.nan], False)
+          for fit in _refit(config, sizes.astype(np.float64), curves, predicted)]
+  return {'replicates': replicates, 'num_seeds': int(num_seeds),
+          'three_phases': float(np.mean([t for _, t in fits])),
+          **_break_summary(np.asarray([m for m, _ in fits], float), config.fit.ci_level,
+                           predicted)}
 
 
 def _ideal_columns(resolution: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -887,12 +897,14 @@ def run(config, workdir) -> Dict[str, Any]:
   # rerun leaves the workdir as it was.
   for mode, n, replicate in work:
     name = _unit_name(mode, n, replicate)
-    if name in store and store.load(name).get('fingerprint') != fingerprint:
-      raise ValueError(f'unit {name} in {store.directory} was trained with another data / '
-                       'model / train config; use a fresh --workdir')
+    if name in store:
+      units[name] = store.load(name)
+      if units[name].get('fingerprint') != fingerprint:
+        raise ValueError(f'unit {name} in {store.directory} was trained with another data / '
+                         'model / train config; use a fresh --workdir')
   for mode, n, replicate in tqdm(work, desc='train |S| grid', disable=not config.output.progress):
     name = _unit_name(mode, n, replicate)
-    if name not in store:
+    if name not in units:  # saved units were loaded (and checked) above
       unit_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
       tic = time.perf_counter()
       replicate_key = jax.random.fold_in(
@@ -905,7 +917,7 @@ def run(config, workdir) -> Dict[str, Any]:
       logging.info('%s: loss %.4f error %.4f (unseen mass %.4f) %d steps %.1fs', name,
                    out['loss'], out['error'], out['memorizer_error'], out['steps'],
                    out['seconds'])
-    units[name] = store.load(name)
+      units[name] = store.load(name)  # as a rerun will read it (JSON round trip)
   train_seconds = time.perf_counter() - start
 
   # Theory: exact E(n) per mode, on the measured grid (for fits) and a dense grid (figure).
