@@ -75,7 +75,7 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
   """
   if config is None:
     config = TrainConfig()
-  if isinstance(config, dict) or (hasattr(config, 'keys') and not isinstance(config, tuple)):
+  if hasattr(config, 'keys'):  # a dict or ConfigDict (a TrainConfig has no keys)
     known = set(TrainConfig._fields) | set(extra_fields)
     unknown = sorted(set(config.keys()) - known)
     if unknown:
@@ -357,10 +357,11 @@ def _eval_block_many(params, xb, yb, mask, apply_fn):
 
 
 def _evaluate(block_fn, apply_fn, one_params, params, x, y, block_size):
-  x, y = _check_xy(x, y, num_classes=None)
   # Labels outside the logits would be gathered silently (clamped, or wrapped from -1).
-  num_classes = int(jax.eval_shape(apply_fn, one_params, x[:1]).shape[-1])
-  _check_xy(x, y, num_classes=num_classes)
+  sample = np.asarray(x)[:1]
+  num_classes = int(jax.eval_shape(apply_fn, one_params,
+                                   sample.astype(_input_dtype(sample))).shape[-1])
+  x, y = _check_xy(x, y, num_classes=num_classes)
   if int(block_size) != block_size or block_size < 1:
     raise ValueError(f'block_size must be an integer >= 1, got {block_size}')
   n = x.shape[0]

@@ -36,10 +36,14 @@ CURVES = ('theory', 'measured_loss', 'measured_error')
 _Z95 = 1.959963984540054
 
 
+def _check_cuts(ks: Sequence[Any]) -> None:
+  if any(float(k) != int(float(k)) or float(k) < 1 for k in ks):
+    raise ValueError(f'config.sweep.ks must hold integers >= 1, got {tuple(ks)}')
+
+
 def config_for_k(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
   """The three_phase_scaling config of one cut: the sweep's config with `data.k = k`."""
-  if int(k) != k or k < 1:
-    raise ValueError(f'config.sweep.ks must hold integers >= 1, got {k!r}')
+  _check_cuts([k])
   out = ml_collections.ConfigDict(config.to_dict())
   out.data.k = int(k)
   del out['sweep']
@@ -156,8 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
   """
   start = time.perf_counter()
   workdir = Path(workdir)
-  if any(float(k) != int(float(k)) or float(k) < 1 for k in config.sweep.ks):
-    raise ValueError(f'config.sweep.ks must hold integers >= 1, got {tuple(config.sweep.ks)}')
+  _check_cuts(config.sweep.ks)  # before int() could truncate one
   ks = [int(k) for k in config.sweep.ks]
   if len(set(ks)) < 2:
     raise ValueError(f'config.sweep.ks must hold at least two distinct cuts, got {ks}')

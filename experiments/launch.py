@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 import sys
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -25,33 +25,37 @@ from ml_collections import config_flags
 from dv_jax import results
 
 
-def valid_config_keys(config, prefix: str = '') -> List[str]:
-  """Every dotted field path of a ConfigDict (tuples and lists are leaves)."""
-  keys = []
+def _config_leaves(config, prefix: str = '') -> List[Tuple[str, Any]]:
+  """`(dotted path, value)` of every field of a ConfigDict (tuples and lists are leaves)."""
+  leaves = []
   for name, value in config.items():
     path = f'{prefix}{name}'
     if hasattr(value, 'items') and callable(value.items):
-      keys += valid_config_keys(value, prefix=f'{path}.')
+      leaves += _config_leaves(value, prefix=f'{path}.')
     else:
-      keys.append(path)
-  return keys
+      leaves.append((path, value))
+  return leaves
 
 
-def nan_fields(config, prefix: str = '') -> List[str]:
+def valid_config_keys(config) -> List[str]:
+  """Every dotted field path of a ConfigDict (tuples and lists are leaves)."""
+  return [path for path, _ in _config_leaves(config)]
+
+
+def nan_fields(config) -> List[str]:
   """Dotted paths of the NaN values in a ConfigDict (inside tuples / lists too).
 
   No setting of any experiment means anything as NaN, and a NaN that reaches a library
   function fails there under the function's argument name, not the config key.
   """
+  def is_nan(value):
+    return isinstance(value, float) and math.isnan(value)
+
   found = []
-  for name, value in config.items():
-    path = f'{prefix}{name}'
-    if hasattr(value, 'items') and callable(value.items):
-      found += nan_fields(value, prefix=f'{path}.')
-    elif isinstance(value, (tuple, list)):
-      found += [f'{path}[{i}]' for i, item in enumerate(value)
-                if isinstance(item, float) and math.isnan(item)]
-    elif isinstance(value, float) and math.isnan(value):
+  for path, value in _config_leaves(config):
+    if isinstance(value, (tuple, list)):
+      found += [f'{path}[{i}]' for i, item in enumerate(value) if is_nan(item)]
+    elif is_nan(value):
       found.append(path)
   return found
 

@@ -142,13 +142,14 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   jax.block_until_ready(trained.params)
   seconds = {'train': time.perf_counter() - t0}
   t = time.perf_counter()
+  bn_batch_size = training.as_train_config(cfg.train).batch_size
   per_model = []
   for r in range(num_models):
     params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
     # A BatchNorm model trained with batch statistics is read with its own running ones.
     apply_r = recalibrated(apply_fn, params_r, x, key=jax.random.fold_in(k_bn, r),
                            num_batches=int(cfg.get('bn_batches', 64)),
-                           batch_size=int(training.as_train_config(cfg.train).batch_size))
+                           batch_size=bn_batch_size)
     scalar_fn = margin_fn(apply_r)
     projection = ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind,
                                     jax.random.fold_in(k_proj, r))
