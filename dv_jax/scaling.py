@@ -276,12 +276,16 @@ def effective_k(
 ) -> int:
   """Rank at which a soft truncation acts like the hard cut `k` (ours, not in the paper).
 
-  The paper's breakpoints `k^beta` and `k^beta / pi` need a cut `k`. For a general `p'` we
-  take the number of items whose mixture frequency is dominated by the synthetic part,
-  `#{i : (1 - pi) p'_i > pi p_i}`: exactly `k` for `hard` and the kept head for `top_p`;
-  for `temperature` the crossover rank past which only real data teach an item. The
-  empirical `p'` of `finite_sample` has singletons far into the tail, so there we take the
-  rank the generator expects to have seen once, `#{i : M p_i >= 1}`.
+  The paper's breakpoints `k^beta` and `k^beta / pi` need a cut `k`. For `hard` and
+  `top_p`, `p'` is a renormalised head of `p` and the cut is its size, `#{i : p'_i > 0}`:
+  exactly `k` for `hard` and the kept head for `top_p`, whatever `pi` (the head is learned
+  at rate `pi + (1 - pi) / H_k`, faster than the tail's `pi`, for every `pi < 1`). For
+  `temperature` we take the number of items whose mixture frequency is dominated by the
+  synthetic part, `#{i : (1 - pi) p'_i > pi p_i}`: the crossover rank past which only real
+  data teach an item. (That count is not used for the head modes: it equals the head size
+  only while `pi < 1 / (1 + H_k)`, about 1/2, and is 0 above it.) The empirical `p'` of
+  `finite_sample` has singletons far into the tail, so there we take the rank the
+  generator expects to have seen once, `#{i : M p_i >= 1}`.
 
   Args:
     p: `[N]` real frequencies.
@@ -313,6 +317,8 @@ def effective_k(
   if num_samples is not None:
     raise ValueError(f"num_samples is only used by mode='finite_sample', not mode={mode!r}; "
                      'pass None')
+  if mode in ('hard', 'top_p'):
+    return int(np.count_nonzero(p_syn))
   return int(np.count_nonzero((1.0 - pi) * p_syn > pi * p))
 
 
@@ -749,6 +755,11 @@ def broken_power_law(x: ArrayLike, params: BrokenPowerLaw) -> np.ndarray:
 
   Returns:
     float64 array of the shape of `x`.
+
+  Raises:
+    ValueError: `x` not positive and finite; `params` with a NaN/Inf field, a negative
+      floor, a non-positive scale, breaks not positive and increasing, a non-positive
+      smoothness, or per-break fields of different lengths.
   """
   x = np.asarray(x, dtype=np.float64)
   if np.any(~np.isfinite(x)) or np.any(x <= 0):
@@ -769,6 +780,14 @@ def _pack(params: BrokenPowerLaw) -> Tuple[np.ndarray, int, bool]:
   widths = np.atleast_1d(np.asarray(params.smoothness, dtype=np.float64))
   if not (breaks.shape == changes.shape == widths.shape and breaks.ndim == 1):
     raise ValueError('params.breaks, slope_changes and smoothness must have the same shape [J]')
+  scalars = np.array([params.floor, params.scale, params.slope], dtype=np.float64)
+  if not (np.all(np.isfinite(scalars)) and np.all(np.isfinite(breaks))
+          and np.all(np.isfinite(changes)) and np.all(np.isfinite(widths))):
+    raise ValueError(f'params must be finite, got {params}')
+  # A negative floor would otherwise be dropped as "no floor" without a word.
+  if params.floor < 0 or params.scale <= 0:
+    raise ValueError(f'params.floor must be >= 0 and params.scale > 0, got floor '
+                     f'{params.floor}, scale {params.scale}')
   if np.any(breaks <= 0) or np.any(widths <= 0) or np.any(np.diff(breaks) <= 0):
     raise ValueError('params.breaks must be positive and increasing, smoothness positive')
   floor = params.floor > 0

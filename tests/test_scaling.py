@@ -163,6 +163,18 @@ def test_effective_k_per_mode():
     scaling.effective_k(p, empirical, pi=PI, mode='finite_sample')
 
 
+@pytest.mark.parametrize('pi', [0.25, 0.6, 0.9])
+def test_effective_k_of_a_head_truncation_is_the_head_size_for_every_pi(pi):
+  # Before: the synthetic-dominated count (1 - pi) p'_i > pi p_i, which is the head size
+  # only for pi < 1 / (1 + H_k) ~ 1/2 and 0 above it (then no breakpoints at all).
+  p = scaling.zipf(1000, 2.0)
+  hard = scaling.synthetic_distribution(p, mode='hard', k=40)
+  assert scaling.effective_k(p, hard, pi=pi, mode='hard') == 40
+  nucleus = scaling.synthetic_distribution(p, mode='top_p', top_p=0.95)
+  assert scaling.effective_k(p, nucleus, pi=pi, mode='top_p') == 12  # p[:12].sum() >= 0.95
+  assert p[:11].sum() < 0.95 <= p[:12].sum()
+
+
 def test_effective_k_rejects_num_samples_of_another_mode():
   p = scaling.zipf(1000, 2.0)
   hard = scaling.synthetic_distribution(p, mode='hard', k=40)
@@ -393,6 +405,27 @@ def test_broken_power_law_matches_formula():
   np.testing.assert_allclose(
       scaling.broken_power_law(x, params),
       _model_reference(x, 0.01, 2.0, 0.5, [30.0, 3e4], [-0.4, 0.7], [0.3, 1.2]), rtol=1e-12)
+
+
+_GOOD_PARAMS = dict(floor=0.01, scale=2.0, slope=0.5, breaks=np.array([30.0, 3e4]),
+                    slope_changes=np.array([-0.4, 0.7]), smoothness=np.array([0.3, 1.2]))
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('floor', -0.01, 'floor must be >= 0'),  # before: read as "no floor", y silently 0.01 high
+    ('scale', 0.0, 'scale > 0'),
+    ('scale', np.nan, 'params must be finite'),  # before: NaN everywhere
+    ('slope', np.inf, 'params must be finite'),
+    ('breaks', np.array([30.0, np.nan]), 'params must be finite'),
+    ('slope_changes', np.array([np.nan, 0.7]), 'params must be finite'),
+    ('breaks', np.array([3e4, 30.0]), 'increasing'),
+    ('smoothness', np.array([0.3, 0.0]), 'smoothness positive'),
+    ('smoothness', np.array([0.3]), 'same shape'),
+])
+def test_broken_power_law_rejects_bad_params(field, value, match):
+  params = scaling.BrokenPowerLaw(**(_GOOD_PARAMS | {field: value}))
+  with pytest.raises(ValueError, match=match):
+    scaling.broken_power_law(np.array([1.0, 10.0]), params)
 
 
 @pytest.mark.parametrize('floor', [False, True])
