@@ -310,12 +310,15 @@ def ntk_term_from_kernel(theta: ArrayLike, residual: ArrayLike, *, eps: float = 
     `NTKTerm(value [], jitter)`.
 
   Raises:
-    ValueError: bad shapes, NaN/Inf, unknown normalization, never positive definite.
+    ValueError: bad shapes, NaN/Inf, `theta` not symmetric, unknown normalization, never
+      positive definite.
   """
   normalization = _check_normalization(normalization)
   theta = _as_float(theta, 'theta', (2,))
   if theta.shape[0] == 0 or theta.shape[0] != theta.shape[1]:
     raise ValueError(f'theta must be a non-empty square matrix [n, n], got {theta.shape}')
+  # Checked here too (quad_form checks its `a`) so that the error names `theta`.
+  linalg.check_symmetric(theta, 'theta')
   residual = _check_residual(residual, theta.shape[0])
   quad = linalg.quad_form(theta, residual, eps=eps)
   return NTKTerm(_normalize(quad.value, theta.shape[0], normalization), quad.jitter)

@@ -9,6 +9,9 @@ round-off). Everything here solves through a Cholesky factor, never `inv`:
   suits any scale of `a`) and is raised x10, with a `warnings.warn` naming the new value,
   until the Cholesky factor is finite. The jitter actually used is returned as a Python
   float so callers can record it.
+- `a` must be symmetric up to round-off (`check_symmetric`): a Cholesky factorisation reads
+  one triangle (JAX's symmetrizes its input first), so a non-symmetric `a` would silently
+  be solved as `(a + a^T) / 2`.
 - Positive-definiteness is tested the jit-friendly way: JAX's Cholesky returns NaNs for a
   matrix that is not positive definite, so one jitted program factors and reports
   `all(isfinite(L))`. The loop over jitter values is plain Python outside jit; every try
@@ -191,15 +194,48 @@ def checked_float_array(x: ArrayLike, name: str, *,
   return x
 
 
+@jax.jit
+def _asymmetry(a_NxN: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """`(max |a - a^T|, max |a|)`."""
+  return jnp.max(jnp.abs(a_NxN - a_NxN.T)), jnp.max(jnp.abs(a_NxN))
+
+
+def check_symmetric(a: jax.Array, name: str) -> None:
+  """Raises unless the finite square `a` is symmetric up to round-off.
+
+  The test is `max |a - a^T| <= sqrt(eps) * max |a|`, `eps` the machine epsilon of `a`'s
+  dtype (`sqrt(eps)` = 3.5e-4 in float32). A Gram matrix assembled in float32 by different
+  code paths (blocks, vjp / jvp products) is off its transpose by ~1e-7 relative, far
+  inside the bound; a matrix that is not a kernel (a cross-kernel `K(x1, x2)`, a
+  triangular factor) is far outside it. Cost: one `O(n^2)` jitted reduction, against the
+  `O(n^3)` Cholesky it guards.
+
+  Args:
+    a: `[n, n]` finite floating array (e.g. from `checked_float_array`).
+    name: the argument named in the error.
+
+  Raises:
+    ValueError: `a` is not symmetric within the tolerance.
+  """
+  asymmetry, scale = (float(v) for v in _asymmetry(a))
+  rtol = float(np.sqrt(jnp.finfo(a.dtype).eps))
+  if asymmetry > rtol * scale:
+    raise ValueError(
+        f'{name} must be symmetric: max |{name} - {name}^T| = {asymmetry:.3g} exceeds '
+        f'{rtol:.2g} * max |{name}| = {rtol * scale:.3g} (a Cholesky solve would silently '
+        f'use ({name} + {name}^T) / 2); symmetrize it first if the asymmetry is round-off')
+
+
 def _check_system(a: ArrayLike, b: ArrayLike, a_name: str, b_name: str
                   ) -> Tuple[jax.Array, jax.Array]:
-  """Validates a square finite `a` and a finite `b` with `b.shape[0] == n`."""
+  """Validates a square, symmetric, finite `a` and a finite `b` with `b.shape[0] == n`."""
   a = checked_float_array(a, a_name)
   b = checked_float_array(b, b_name)
   if a.ndim != 2 or a.shape[0] != a.shape[1]:
     raise ValueError(f'{a_name} must be a square matrix [n, n], got shape {a.shape}')
   if a.shape[0] == 0:
     raise ValueError(f'{a_name} must not be empty, got shape {a.shape}')
+  check_symmetric(a, a_name)
   if b.ndim not in (1, 2) or b.shape[0] != a.shape[0]:
     raise ValueError(
         f'{b_name} must have shape [n] or [n, k] with n = {a.shape[0]} (the size of '
@@ -237,7 +273,8 @@ def psd_solve(a: ArrayLike, b: ArrayLike, *, eps: float = 1e-4, max_tries: int =
     `SolveResult(solution [n] or [n, k], jitter)`.
 
   Raises:
-    ValueError: bad shapes, NaN/Inf, negative trace, or never positive definite.
+    ValueError: bad shapes, NaN/Inf, `a` not symmetric (`check_symmetric`), negative
+      trace, or never positive definite.
   """
   a, b = _check_system(a, b, 'a', 'b')
   if initial_jitter is None:
@@ -266,7 +303,8 @@ def quad_form(a: ArrayLike, y: ArrayLike, *, eps: float = 1e-4, max_tries: int =
     `QuadForm(value [], jitter)`.
 
   Raises:
-    ValueError: bad shapes, NaN/Inf, negative trace, or never positive definite.
+    ValueError: bad shapes, NaN/Inf, `a` not symmetric (`check_symmetric`), negative
+      trace, or never positive definite.
   """
   a, y = _check_system(a, y, 'a', 'y')
   if initial_jitter is None:

@@ -288,5 +288,9 @@ def test_ntk_term_from_kernel_and_bound_terms_errors():
     bound.ntk_term_from_kernel(np.ones((3, 4)), np.ones(3))
   with pytest.raises(ValueError, match='normalization must be one of'):
     bound.ntk_term_from_kernel(np.eye(3), np.ones(3), normalization='none')
+  # A cross-kernel K(x1, x2) of equal sizes is square but not a Gram matrix.
+  cross = GRADS[:3] @ GRADS[3:].T
+  with pytest.raises(ValueError, match='theta must be symmetric'):
+    bound.ntk_term_from_kernel(cross, np.ones(3))
   with pytest.raises(ValueError, match=r'grads must have shape \[n1 \+ n2, p\] = \[6, p\]'):
     bound.bound_terms(np.ones(2), np.ones(4), 0.1, 0.1, GRADS[:5], RESIDUAL[:5])

@@ -144,6 +144,27 @@ def test_psd_solve_errors(a, b, match):
     linalg.psd_solve(a, b)
 
 
+def test_non_symmetric_matrix_is_rejected_not_symmetrized():
+  # Before: Cholesky read (a + a^T) / 2, so this upper-triangular a, whose own solution is
+  # [0.125, 0.5], gave [0.364, 0.364] without a word.
+  a = np.array([[2.0, 1.5], [0.0, 2.0]])
+  with pytest.raises(ValueError, match=r'a must be symmetric: max \|a - a\^T\| = 1\.5'):
+    linalg.psd_solve(a, np.ones(2))
+  with pytest.raises(ValueError, match='a must be symmetric'):
+    linalg.quad_form(a, np.ones(2), initial_jitter=1e-3)  # also with an explicit jitter
+  # The tolerance is relative to the scale of a: float32 round-off of a Gram matrix of any
+  # scale passes, an asymmetry of 1e-3 relative does not.
+  for scale in (1e-8, 1.0, 1e8):
+    spd = _spd(6, seed=7) * scale
+    rounding = spd + np.triu(np.full((6, 6), 1e-6 * scale), 1)  # ~float32 eps relative
+    expected = np.linalg.solve(rounding + 1e-4 * np.trace(rounding) / 6 * np.eye(6), np.ones(6))
+    np.testing.assert_allclose(linalg.psd_solve(rounding, np.ones(6)).solution, expected,
+                               rtol=RTOL)
+    skewed = spd + np.triu(np.full((6, 6), 1e-3 * np.abs(spd).max()), 1)
+    with pytest.raises(ValueError, match='a must be symmetric'):
+      linalg.quad_form(skewed, np.ones(6))
+
+
 def test_quad_form_errors_name_y_and_hyperparameters():
   with pytest.raises(ValueError, match='y must have shape'):
     linalg.quad_form(np.eye(3), np.ones(2))
