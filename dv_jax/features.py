@@ -88,8 +88,9 @@ def init_features(apply_fn: Callable, params: Any, x: ArrayLike, *,
                   block_size: int = 256) -> jax.Array:
   """Penultimate features at `theta0`: the input of the last `nn.Dense` layer.
 
-  Computed in jitted blocks of `block_size` rows (the last one padded), so one compile
-  serves every `n`.
+  Computed in jitted blocks of `min(block_size, next_pow2(n))` rows (the last one padded),
+  so one compile serves every `n >= block_size` and one per power of two below it (a small
+  `x` is not padded to a whole block).
 
   Args:
     apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]` running a flax.linen module
@@ -114,7 +115,7 @@ def init_features(apply_fn: Callable, params: Any, x: ArrayLike, *,
       or block_size < 1:
     raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
   n = x.shape[0]
-  block = min(int(block_size), n)
+  block = min(int(block_size), 1 << (n - 1).bit_length())  # next power of two >= n
   x_pad = _pad_rows(x, block)
   blocks = [_features_block(apply_fn, params, x_pad[s:s + block])
             for s in range(0, x_pad.shape[0], block)]
@@ -138,7 +139,8 @@ def feature_fn(kind: str, *, apply_fn: Optional[Callable] = None, params: Any = 
     `phi`.
 
   Raises:
-    ValueError: unknown `kind`, or the function it needs is missing.
+    ValueError: unknown `kind`, or the function it needs is missing; `phi` of `'user'`
+      raises when `user_fn` returns other than `[n, d]` or non-finite values.
   """
   if kind == 'raw':
     return flatten
@@ -155,6 +157,10 @@ def feature_fn(kind: str, *, apply_fn: Optional[Callable] = None, params: Any = 
       if out.ndim != 2 or out.shape[0] != np.shape(x)[0]:
         raise ValueError(f'features_fn must return [n, d] = [{np.shape(x)[0]}, d], got '
                          f'shape {out.shape}')
+      # The user function is the boundary: without this check a NaN feature surfaces
+      # later as an MMD error about `x`, or as NaN terms after standardising.
+      if not bool(jnp.all(jnp.isfinite(out))):
+        raise ValueError('features_fn returned NaN or Inf features')
       return out.astype(jnp.float32)
     return phi
   raise ValueError(f'feature space must be one of {FEATURE_SPACES}, got {kind!r}')
@@ -183,11 +189,17 @@ def fit_standardizer(target_features: ArrayLike) -> Standardizer:
 
 
 def standardize_like(features: ArrayLike, standardizer: Standardizer) -> jax.Array:
-  """`(features - mean) / scale` with the target's `Standardizer`; `[n, d] -> [n, d]`."""
+  """`(features - mean) / scale` with the target's `Standardizer`; `[n, d] -> [n, d]`.
+
+  Raises:
+    ValueError: `features` not `[n, d]` with the standardizer's `d`, or NaN/Inf.
+  """
   f = jnp.asarray(features, jnp.float32)
   if f.ndim != 2 or f.shape[1] != standardizer.mean.shape[0]:
     raise ValueError(f'features must be [n, {standardizer.mean.shape[0]}], got shape '
                      f'{f.shape}')
+  if not bool(jnp.all(jnp.isfinite(f))):
+    raise ValueError('features contains NaN or Inf')
   return (f - standardizer.mean[None, :]) / standardizer.scale[None, :]
 
 

@@ -146,6 +146,10 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
                      f'{test_x.shape} and {test_y.shape}')
   if not np.all(np.isfinite(test_x)):
     raise ValueError('test.x contains NaN or Inf')
+  # Checked before any training: float labels (NaN among them) pass the range check below
+  # and would only fail in the evaluation, after every contributor has been trained.
+  if not np.issubdtype(test_y.dtype, np.integer):
+    raise ValueError(f'test.y must hold integer labels, got dtype {test_y.dtype}')
   num_classes = int(jax.eval_shape(apply_fn, params, test_x[:1]).shape[-1])
   if test_y.min() < 0 or test_y.max() >= num_classes:
     raise ValueError(f'test.y has labels outside [0, {num_classes})')

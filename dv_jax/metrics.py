@@ -44,8 +44,16 @@ def average_ranks(a: Any) -> np.ndarray:
 
   Returns:
     ``[..., K]`` float64 ranks.
+
+  Raises:
+    ValueError: ``a`` a scalar, or NaN (it compares unequal to itself, so every NaN would
+      get a rank of its own without a word).
   """
   a = np.asarray(a, np.float64)
+  if a.ndim < 1:
+    raise ValueError('a must have shape [..., K], got a scalar')
+  if np.any(np.isnan(a)):
+    raise ValueError('a contains NaN')
   less = (a[..., None, :] < a[..., :, None]).sum(axis=-1)
   equal = (a[..., None, :] == a[..., :, None]).sum(axis=-1)
   return less + (equal + 1) / 2.0
@@ -123,7 +131,15 @@ class ConfidenceInterval(NamedTuple):
 
 
 def bootstrap_indices(num_items: int, num_resamples: int, *, key: Any) -> np.ndarray:
-  """``[B, K]`` contributor indices drawn with replacement (``jax.random.randint``)."""
+  """``[B, K]`` contributor indices drawn with replacement (``jax.random.randint``).
+
+  Raises:
+    ValueError: ``num_items`` (``K``) or ``num_resamples`` (``B``) not an integer >= 1
+      (``randint`` on ``[0, 0)`` would return index 0 for an empty set).
+  """
+  for name, value in (('num_items', num_items), ('num_resamples', num_resamples)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
   return np.asarray(jax.random.randint(key, (num_resamples, num_items), 0, num_items))
 
 
@@ -164,8 +180,11 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
       return np.array([metric(xi, yi) for xi, yi in zip(x, y)], np.float64)
   else:
     raise ValueError(f'metric must be a string or a callable, got {metric!r}')
-  if int(num_resamples) != num_resamples or num_resamples < 1:
+  # float(nan).is_integer() is False, so a NaN count is named here rather than by int().
+  if (isinstance(num_resamples, bool) or not isinstance(num_resamples, (int, float, np.number))
+      or not float(num_resamples).is_integer() or num_resamples < 1):
     raise ValueError(f'num_resamples must be an integer >= 1, got {num_resamples}')
+  num_resamples = int(num_resamples)
   if not 0.0 < float(level) < 1.0:
     raise ValueError(f'level must be in (0, 1), got {level}')
   if key is None:

@@ -56,6 +56,7 @@ from dv_jax import linalg
 ArrayLike = jax.typing.ArrayLike
 
 ESTIMATORS = ('biased', 'unbiased', 'linear')
+DEFAULT_NUM_KERNELS = 5  # METHOD.md: M = 5 Gaussian kernels around the median heuristic
 # The median heuristic looks at an evenly spaced, deterministic subsample of at most this
 # many target rows: 2048 rows already give ~2M pairs, and the [r, r] matrix stays 16 MiB.
 MEDIAN_MAX_ROWS = 2048
@@ -176,7 +177,7 @@ def median_heuristic(x: ArrayLike, *, max_rows: int = MEDIAN_MAX_ROWS) -> jax.Ar
   return _median_heuristic(x, max_rows, 'x')
 
 
-def bandwidths_from(target: ArrayLike, num_kernels: int = 5) -> jax.Array:
+def bandwidths_from(target: ArrayLike, num_kernels: int = DEFAULT_NUM_KERNELS) -> jax.Array:
   """The kernel bandwidths `s_j = s * 2^(j - floor(M / 2))`, `s` = median heuristic of T.
 
   Args:
@@ -356,9 +357,13 @@ def _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size, x
   x_labels = _as_labels(x_labels, n, 'x_labels')
   y_labels = _as_labels(y_labels, m, 'y_labels')
   if bandwidths is None:
-    bandwidths = bandwidths_from(y, num_kernels)
+    bandwidths = bandwidths_from(y, DEFAULT_NUM_KERNELS if num_kernels is None else num_kernels)
   else:
     bandwidths = _check_bandwidths(bandwidths)
+    # Given bandwidths fix M; a num_kernels that disagrees would otherwise be ignored.
+    if num_kernels is not None and _check_num_kernels(num_kernels) != bandwidths.shape[0]:
+      raise ValueError(f'num_kernels = {num_kernels} disagrees with the {bandwidths.shape[0]} '
+                       'bandwidths given; pass one of them')
   dtype = jnp.result_type(x.dtype, y.dtype, bandwidths.dtype)
   x, y, bandwidths = x.astype(dtype), y.astype(dtype), bandwidths.astype(dtype)
   if estimator == 'linear':
@@ -386,7 +391,8 @@ def _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size, x
 
 
 def mk_mmd2(x: ArrayLike, y: ArrayLike, *, bandwidths: Optional[ArrayLike] = None,
-            num_kernels: int = 5, estimator: str = 'biased', block_size: int = 512,
+            num_kernels: Optional[int] = None, estimator: str = 'biased',
+            block_size: int = 512,
             x_labels: Optional[ArrayLike] = None, y_labels: Optional[ArrayLike] = None
             ) -> jax.Array:
   """Estimate of `MMD^2` between `x` and the target `y` with the multi-kernel Gaussian.
@@ -396,7 +402,8 @@ def mk_mmd2(x: ArrayLike, y: ArrayLike, *, bandwidths: Optional[ArrayLike] = Non
     y: `[m, d]`, the target set `T`.
     bandwidths: `[M]` squared length scales `s_j`; `None` means `bandwidths_from(y)`.
       Pass them explicitly to measure several sets with the same kernel.
-    num_kernels: `M` when `bandwidths` is None.
+    num_kernels: `M` when `bandwidths` is None (default `DEFAULT_NUM_KERNELS` = 5); with
+      `bandwidths` it may be given only as their number.
     estimator: `'biased'` (V-statistic, >= 0), `'unbiased'` (U-statistic, needs >= 2
       rows in each set) or `'linear'` (O(n), first `min(n, m)` rows, consecutive pairs).
     block_size: rows per block `B` of the blocked kernel sums.
@@ -410,7 +417,8 @@ def mk_mmd2(x: ArrayLike, y: ArrayLike, *, bandwidths: Optional[ArrayLike] = Non
   Raises:
     ValueError: naming the offending argument: unknown estimator, bad shapes, feature
       dimension mismatch, empty sets, NaN/Inf, too few rows for the estimator, labels
-      given for one set only, non-positive bandwidths or block size.
+      given for one set only, non-positive bandwidths or block size, a `num_kernels`
+      other than the number of `bandwidths` given.
   """
   mmd2, _ = _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size,
                                  x_labels, y_labels)
@@ -418,7 +426,8 @@ def mk_mmd2(x: ArrayLike, y: ArrayLike, *, bandwidths: Optional[ArrayLike] = Non
 
 
 def mk_mmd(x: ArrayLike, y: ArrayLike, *, bandwidths: Optional[ArrayLike] = None,
-           num_kernels: int = 5, estimator: str = 'biased', block_size: int = 512,
+           num_kernels: Optional[int] = None, estimator: str = 'biased',
+           block_size: int = 512,
            x_labels: Optional[ArrayLike] = None, y_labels: Optional[ArrayLike] = None
            ) -> MMD:
   """MK-MMD `sqrt(max(MMD^2, 0))` (safe gradient at 0) with the estimate and bandwidths.

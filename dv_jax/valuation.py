@@ -238,7 +238,11 @@ class Probes(NamedTuple):
 
 
 def ranking_of(values: ArrayLike) -> jax.Array:
-  """Contributor indices sorted by value, most valuable first (ties: lower index first)."""
+  """Contributor indices sorted by value, most valuable first (ties: lower index first).
+
+  A NaN value (a method that failed on one contributor) ranks last rather than raising, so
+  the other values and the failure both stay visible in the result.
+  """
   values = np.asarray(values, np.float64)
   return jnp.asarray(np.argsort(-values, kind='stable'), jnp.int32)
 
@@ -429,8 +433,18 @@ def _logits_block(apply_fn, params, x_b):
 
 def logits_at(apply_fn: Callable, params: Any, x: ArrayLike, *, block_size: int = 256
               ) -> jax.Array:
-  """`apply_fn(params, x)` in jitted blocks of `block_size` rows (last one padded); `[n, c]`."""
+  """`apply_fn(params, x)` in jitted blocks of `block_size` rows (last one padded); `[n, c]`.
+
+  Raises:
+    ValueError: `x` without a non-empty leading example axis, or `block_size` not a
+      positive integer.
+  """
   x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[0] == 0:
+    raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
+  if (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
+      or block_size < 1):
+    raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
   n = x.shape[0]
   block = min(int(block_size), _bucket(n))
   pad = -n % block
@@ -441,8 +455,27 @@ def logits_at(apply_fn: Callable, params: Any, x: ArrayLike, *, block_size: int 
 
 
 def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
-  """Per-example `logsumexp(z) - z_y`; `[n, c], [n] -> [n]`."""
+  """Per-example `logsumexp(z) - z_y`; `[n, c], [n] -> [n]`.
+
+  Raises:
+    ValueError: `logits` not `[n, c]`, `labels` not `[n]` integers, or (for concrete
+      labels) a label outside `[0, c)`, which the gather would turn into NaN silently.
+  """
   logits = jnp.asarray(logits)
+  if logits.ndim != 2:
+    raise ValueError(f'logits must be [n, c], got shape {logits.shape}')
+  if not isinstance(labels, jax.Array):  # (tracers are jax.Arrays too)
+    labels = np.asarray(labels)
+  if labels.shape != logits.shape[:1]:
+    raise ValueError(f'labels must be [{logits.shape[0]}] (one per row of logits), got shape '
+                     f'{labels.shape}')
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f'labels must be integer class indices, got dtype {labels.dtype}')
+  if not isinstance(labels, jax.core.Tracer) and labels.size:
+    low, high = int(np.min(labels)), int(np.max(labels))
+    if low < 0 or high >= logits.shape[1]:
+      raise ValueError(f'labels must lie in [0, {logits.shape[1]}) (the number of logits), '
+                       f'got values in [{low}, {high}]')
   labels = jnp.asarray(labels, jnp.int32)
   true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
   return jax.nn.logsumexp(logits, axis=-1) - true_logit
@@ -717,7 +750,8 @@ def gram_quad_form(grads: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
     `linalg.QuadForm(value, jitter)`.
 
   Raises:
-    ValueError: `grads` not `[n, q]` with `n >= 1`; `residual` not `[n]` or `[n, c]`.
+    ValueError: `grads` not `[n, q]` with `n >= 1`; `residual` not `[n]` or `[n, c]`;
+      NaN or Inf in either.
   """
   grads = np.asarray(grads, np.float32)
   if grads.ndim != 2 or grads.shape[0] < 1:
@@ -729,6 +763,10 @@ def gram_quad_form(grads: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
   if residual.ndim not in (1, 2) or residual.shape[0] != n:
     raise ValueError(f'residual must be [n] or [n, c] with n = {n} (the rows of grads), '
                      f'got shape {residual.shape}')
+  # Checked here, not left to quad_form, so that the error names these arguments.
+  for name, values in (('grads', grads), ('residual', residual)):
+    if not np.all(np.isfinite(values)):
+      raise ValueError(f'{name} contains NaN or Inf')
   residual = residual.reshape(n, -1)
   pad = _bucket(n) - n
   grads_pad = np.pad(grads, ((0, pad), (0, 0)))
@@ -834,8 +872,23 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
 
 
 def standardize_terms(raw: ArrayLike) -> np.ndarray:
-  """Column z-scores `(t - mean) / std` (population std); a constant column becomes 0."""
+  """Column z-scores `(t - mean) / std` (population std); a constant column becomes 0.
+
+  Args:
+    raw: `[K, F]` terms of `K >= 1` contributors.
+
+  Returns:
+    `[K, F]` float64.
+
+  Raises:
+    ValueError: `raw` not `[K, F]` with `K >= 1`, or NaN/Inf (a NaN term would make every
+      z-score of its column NaN).
+  """
   raw = np.asarray(raw, np.float64)
+  if raw.ndim != 2 or raw.shape[0] < 1:
+    raise ValueError(f'raw must be [K, F] with K >= 1, got shape {raw.shape}')
+  if not np.all(np.isfinite(raw)):
+    raise ValueError('raw contains NaN or Inf')
   mean = raw.mean(axis=0)
   std = raw.std(axis=0)
   safe = np.where(std > 0, std, 1.0)
@@ -1114,9 +1167,15 @@ def shapley_from_utility(utility: Callable[[Sequence[int]], float], num_players:
 
   Returns:
     `(values [K], stderr [K])` (stderr 0 for one permutation).
+
+  Raises:
+    ValueError: `num_players` or `num_permutations` not an integer >= 1.
   """
-  if int(num_permutations) < 1:
-    raise ValueError(f'num_permutations must be >= 1, got {num_permutations}')
+  if int(num_permutations) != num_permutations or num_permutations < 1:
+    raise ValueError(f'num_permutations must be an integer >= 1, got {num_permutations}')
+  if int(num_players) != num_players or num_players < 1:
+    raise ValueError(f'num_players must be an integer >= 1, got {num_players}')
+  num_players = int(num_players)
   marginals = np.zeros((int(num_permutations), num_players))
   empty = utility(())
   for t in range(int(num_permutations)):

@@ -88,6 +88,11 @@ def test_errors_name_the_contributor_or_argument(problem):
     ground_truth.retrain([], splits.test, **kw)
   with pytest.raises(ValueError, match='test.y'):
     ground_truth.retrain(cs, (splits.test.x, splits.test.y + 10), **kw)
+  # Float (NaN) labels pass a range check; caught before training, not after it.
+  float_y = splits.test.y.astype(np.float32)
+  float_y[0] = np.nan
+  with pytest.raises(ValueError, match='test.y must hold integer labels'):
+    ground_truth.retrain(cs, (splits.test.x, float_y), **kw)
   with pytest.raises(ValueError, match='num_seeds'):
     ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
                          config=CONFIG._replace(num_seeds=0), progress=False)

@@ -36,6 +36,14 @@ def test_average_ranks_match_rankdata_rowwise():
   np.testing.assert_array_equal(metrics.average_ranks(a), expected)
 
 
+def test_average_ranks_rejects_nan_and_scalars():
+  # NaN != NaN, so each NaN would otherwise get a rank of its own.
+  with pytest.raises(ValueError, match='a contains NaN'):
+    metrics.average_ranks([1.0, np.nan, 2.0])
+  with pytest.raises(ValueError, match='got a scalar'):
+    metrics.average_ranks(1.0)
+
+
 def test_perfect_and_reversed_rankings():
   a = np.array([0.3, -1.0, 2.0, 5.0, 0.0])
   assert metrics.spearman(a, 2 * a + 1) == pytest.approx(1.0)
@@ -105,10 +113,15 @@ def test_bootstrap_properties():
 
 def test_bootstrap_errors():
   a, b = np.arange(5.0), np.arange(5.0)
+  with pytest.raises(ValueError, match='num_items must be an integer >= 1'):
+    metrics.bootstrap_indices(0, 10, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='num_resamples must be an integer >= 1'):
+    metrics.bootstrap_indices(5, -1, key=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='metric must be one of'):
     metrics.bootstrap_ci(a, b, metric='pearson')
-  with pytest.raises(ValueError, match='num_resamples'):
-    metrics.bootstrap_ci(a, b, num_resamples=0)
+  for bad in (0, float('nan'), 2.5, '10', True):
+    with pytest.raises(ValueError, match='num_resamples must be an integer >= 1'):
+      metrics.bootstrap_ci(a, b, num_resamples=bad)
   with pytest.raises(ValueError, match='level'):
     metrics.bootstrap_ci(a, b, level=1.0)
 

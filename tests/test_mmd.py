@@ -35,14 +35,18 @@ def _np_mmd2(x, y, bandwidths, estimator, x_labels=None, y_labels=None):
           + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
 
 
-def _np_linear_mmd2(x, y, bandwidths):
+def _np_linear_mmd2(x, y, bandwidths, x_labels=None, y_labels=None):
   length = min(len(x), len(y))
   pairs = length // 2
+  x_labels = np.zeros(len(x), int) if x_labels is None else np.asarray(x_labels)
+  y_labels = np.zeros(len(y), int) if y_labels is None else np.asarray(y_labels)
   total = 0.0
   for i in range(pairs):  # the textbook loop over pairs (z_2i, z_2i+1)
     x1, x2, y1, y2 = x[2 * i], x[2 * i + 1], y[2 * i], y[2 * i + 1]
+    lx1, lx2, ly1, ly2 = x_labels[2 * i], x_labels[2 * i + 1], y_labels[2 * i], y_labels[2 * i + 1]
     k = lambda a, b: np.mean(np.exp(-np.sum((a - b) ** 2) / (2 * np.asarray(bandwidths))))
-    total += k(x1, x2) + k(y1, y2) - k(x1, y2) - k(x2, y1)
+    total += (k(x1, x2) * (lx1 == lx2) + k(y1, y2) * (ly1 == ly2) - k(x1, y2) * (lx1 == ly2)
+              - k(x2, y1) * (lx2 == ly1))
   return total / pairs
 
 
@@ -120,6 +124,20 @@ def test_linear_estimator_matches_numpy(n, m):
   bandwidths = _np_bandwidths(y, 5)
   got = mmd.mk_mmd2(x, y, estimator='linear')
   np.testing.assert_allclose(got, _np_linear_mmd2(x, y, bandwidths), atol=ATOL, rtol=1e-5)
+
+
+def test_label_aware_linear_estimator_matches_numpy():
+  # n = 9, m = 12: the first 9 rows of each set, 4 pairs; the labels mask each of the four
+  # kernel terms of h separately.
+  x, y = _sets(9, 12, 3, seed=3)
+  x_labels, y_labels = np.arange(9) % 2, (np.arange(12) // 2) % 2
+  bandwidths = np.array([0.5, 1.0, 2.0])
+  got = mmd.mk_mmd2(x, y, bandwidths=bandwidths, estimator='linear', x_labels=x_labels,
+                    y_labels=y_labels)
+  expected = _np_linear_mmd2(x, y, bandwidths, x_labels, y_labels)
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=1e-5)
+  # Differs from the label-free estimate, so the labels are not ignored.
+  assert abs(expected - _np_linear_mmd2(x, y, bandwidths)) > 100 * ATOL
 
 
 @pytest.mark.parametrize('estimator', ['biased', 'unbiased'])
@@ -239,6 +257,7 @@ GOOD_X, GOOD_Y = _sets(4, 5, 2, seed=10)
     (dict(bandwidths=[1.0, -1.0]), 'bandwidths must be positive'),
     (dict(bandwidths=[[1.0]]), r'bandwidths must have shape \[M\]'),
     (dict(num_kernels=0), 'num_kernels must be a positive integer'),
+    (dict(bandwidths=[1.0, 2.0], num_kernels=3), 'num_kernels = 3 disagrees with the 2'),
     (dict(x_labels=np.zeros(4, int)), 'x_labels and y_labels must be given together'),
     (dict(x_labels=np.zeros(3, int), y_labels=np.zeros(5, int)), r'x_labels must have shape'),
     (dict(x_labels=np.zeros(4), y_labels=np.zeros(5)), 'x_labels must be integer'),
@@ -253,6 +272,14 @@ def test_errors_name_the_argument(kwargs, match):
     mmd.mk_mmd2(x, y, **args)
   with pytest.raises(ValueError, match=match):
     mmd.mk_mmd(x, y, **args)
+
+
+def test_num_kernels_given_with_bandwidths_must_be_their_number():
+  bandwidths = _np_bandwidths(GOOD_Y, 3)
+  expected = _np_mmd2(GOOD_X, GOOD_Y, bandwidths, 'biased')
+  for num_kernels in (None, 3):
+    np.testing.assert_allclose(mmd.mk_mmd2(GOOD_X, GOOD_Y, bandwidths=bandwidths,
+                                           num_kernels=num_kernels), expected, rtol=1e-5)
 
 
 def test_bandwidth_helper_errors():

@@ -1,4 +1,5 @@
-"""Tests of dv_jax.ntk against explicit jax.jacrev contractions in float64 NumPy."""
+"""Tests of dv_jax.ntk against explicit jax.jacrev contractions (and one Jacobian written out
+by hand) in float64 NumPy, and against neural-tangents where it is installed."""
 
 import functools
 import math
@@ -135,6 +136,56 @@ def test_ntk_matches_jacrev(model, implementation):
                                   implementation=implementation)
     assert_close(ntk_fn(x, x2, params), reference_ntk(j1, j2, trace=bool(trace_axes)))
     assert_close(ntk_fn(x, None, params), reference_ntk(j1, j1, trace=bool(trace_axes)))
+
+
+def rank3_apply(params, x):
+  """Outputs `[b, 2, 3]`: two untraced-or-traced output axes besides the batch."""
+  h = jnp.tanh(x @ params['w1'])
+  return jnp.einsum('bh,hij->bij', h, params['w2']) + jnp.sin(x[:, :2])[:, :, None]
+
+
+def _rank3():
+  rng = np.random.default_rng(0)  # NumPy draws: no per-shape compile of random ops
+  params = {'w1': jnp.asarray(rng.normal(size=(4, 5)) / 2, jnp.float32),
+            'w2': jnp.asarray(rng.normal(size=(5, 2, 3)) / 2, jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+  return rank3_apply, params, x, x[:3] * 0.5 - 0.2
+
+
+def rank3_reference(j1, j2, trace_axes):
+  """Float64 NTK of `[b, 2, 3]` outputs in the zipped layout `[n1, n2, 2, 2, 3, 3]`."""
+  full = np.einsum('aijp,bklp->abikjl', j1, j2)
+  return {(): full,
+          (-1,): np.einsum('abikjj->abik', full) / 3,
+          (1,): np.einsum('abiijl->abjl', full) / 2,
+          (1, 2): np.einsum('abiijj->ab', full) / 6}[trace_axes]
+
+
+def _rank3_jacobian(params, x):
+  """`J[n, 2, 3, p]` of `rank3_apply` by hand in float64 (p = 4 * 5 + 5 * 2 * 3).
+
+  `d out[b, i, j] / d w1[d, h] = x[b, d] (1 - t[b, h]^2) w2[h, i, j]` and
+  `d out[b, i, j] / d w2[h, i', j'] = t[b, h] [i = i'] [j = j']`, `t = tanh(x w1)`.
+  """
+  w1, w2 = (np.asarray(params[k], np.float64) for k in ('w1', 'w2'))
+  x = np.asarray(x, np.float64)
+  t = np.tanh(x @ w1)
+  d_w1 = np.einsum('bd,bh,hij->bijdh', x, 1 - t**2, w2).reshape(len(x), 2, 3, -1)
+  d_w2 = np.einsum('bh,ik,jl->bijhkl', t, np.eye(2), np.eye(3)).reshape(len(x), 2, 3, -1)
+  return np.concatenate([d_w1, d_w2], axis=-1)
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_several_output_axes_trace_and_zip_like_the_reference(implementation):
+  # Every other test has [b, c] logits; here two output axes exercise the zipped layout,
+  # tracing either axis, and _swap_sides of two zipped pairs (x2=None, 3 blocks of 2).
+  apply_fn, params, x, x2 = _rank3()
+  j1, j2 = _rank3_jacobian(params, x), _rank3_jacobian(params, x2)
+  for trace_axes in [(), (-1,), (1,), (1, 2)]:
+    ntk_fn = ntk.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, block_size=2,
+                                  implementation=implementation)
+    assert_close(ntk_fn(x, x2, params), rank3_reference(j1, j2, trace_axes))
+    assert_close(ntk_fn(x, None, params), rank3_reference(j1, j1, trace_axes))
 
 
 @pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
@@ -355,6 +406,18 @@ def test_agrees_with_neural_tangents(model, require_neural_tangents):
   apply_fn, params, x = MODELS[model]()
   x2 = x[:3] - 0.2
   for trace_axes in [(-1,), ()]:
+    expected = np.asarray(nt.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, vmap_axes=0)(
+        x, x2, params), np.float64)
+    for implementation in IMPLEMENTATIONS + ('neural_tangents',):
+      ntk_fn = ntk.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, block_size=2,
+                                    implementation=implementation)
+      assert_close(ntk_fn(x, x2, params), expected)
+
+
+def test_several_output_axes_agree_with_neural_tangents(require_neural_tangents):
+  nt = require_neural_tangents
+  apply_fn, params, x, x2 = _rank3()
+  for trace_axes in [(), (-1,), (1,), (1, 2)]:
     expected = np.asarray(nt.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, vmap_axes=0)(
         x, x2, params), np.float64)
     for implementation in IMPLEMENTATIONS + ('neural_tangents',):

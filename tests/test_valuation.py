@@ -322,6 +322,54 @@ def test_coalition_ntk_is_the_submatrix(setup, residual):
                              rtol=2e-4)
 
 
+@pytest.mark.parametrize('normalization', ['per_example', 'paper'])
+def test_approximate_ntk_methods_match_numpy_on_the_same_rows(setup, normalization):
+  """block_diagonal and subsample through coalition_terms, against float64 NumPy.
+
+  The one-hot residual `[n, c]` and the trace-averaged kernel, on the rows (and in the
+  order) that the coalition's seeded key picks; `paper` divides by `sqrt(n)`.
+  """
+  config = _config(ntk__residual='one_hot')
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                apply_fn=setup['apply_fn'], params=setup['params'],
+                                config=config)
+  members = (0, 2)
+  parts = [_parts(setup['contributors'][i]) for i in members]
+  x = np.concatenate([p[0] for p in parts])
+  y = np.concatenate([p[1] for p in parts])
+  n = len(y)
+  factor = _np_jacobian(setup['apply_fn'], setup['params'], x).reshape(n, -1)
+  factor /= math.sqrt(NUM_CLASSES)  # F F^T = (1 / c) sum_j J_j J_j^T
+  residual = np.eye(NUM_CLASSES)[y] - _np_logits(setup['apply_fn'], setup['params'], x)
+
+  def quad(rows):
+    theta = factor[rows] @ factor[rows].T
+    lam = 1e-4 * np.trace(theta) / len(rows)
+    return np.sum(residual[rows] * np.linalg.solve(theta + lam * np.eye(len(rows)),
+                                                   residual[rows]))
+
+  def normalize(q):  # q estimates the quadratic form of all n rows
+    return math.sqrt(q / n) if normalization == 'per_example' else math.sqrt(q) / n
+
+  key = valuation.coalition_key(jax.random.fold_in(jax.random.PRNGKey(0), 1), members)
+  blocked = _config(ntk__residual='one_hot', ntk__method='block_diagonal', ntk__block_size=4,
+                    ntk__num_permutations=2, ntk__normalization=normalization)
+  quads = []
+  for perm_key in jax.random.split(key, 2):
+    order = np.asarray(jax.random.permutation(perm_key, n))
+    quads.append(sum(quad(order[s:s + 4]) for s in range(0, n, 4)))
+  np.testing.assert_allclose(valuation.coalition_terms(pool, members, config=blocked)[0][2],
+                             normalize(np.mean(quads)), rtol=2e-4)
+  sub = _config(ntk__residual='one_hot', ntk__method='subsample', ntk__num_sub=5,
+                ntk__normalization=normalization)
+  rows = np.asarray(jax.random.permutation(key, n))[:5]
+  np.testing.assert_allclose(valuation.coalition_terms(pool, members, config=sub)[0][2],
+                             normalize(quad(rows) * n / 5), rtol=2e-4)
+  # Both approximations differ from the full solve here, so the checks have teeth.
+  full = quad(np.arange(n))
+  assert abs(np.mean(quads) - full) > 1e-2 * full and abs(quad(rows) * n / 5 - full) > 1e-2 * full
+
+
 def test_one_hot_pool_kernel_is_the_trace_averaged_ntk(setup):
   config = _config(ntk__residual='one_hot')
   pool = valuation.with_pool_kernel(valuation.prepare_pool(
@@ -491,6 +539,23 @@ def test_init_features_are_the_readout_input(model):
   np.testing.assert_allclose(feats, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_init_features_compile_once_per_size_bucket():
+  model = MLP(hidden_sizes=(5,), num_classes=3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (40, 11))
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(1), x))
+  _, expected = model.apply({'params': params}, x, return_features=True)
+  for n in (1, 3, 17, 40):
+    np.testing.assert_allclose(features_lib.init_features(apply_fn, params, x[:n],
+                                                          block_size=16),
+                               expected[:n], rtol=1e-6, atol=1e-6)
+  # Below block_size, sizes share their power-of-two bucket: 17..32 rows, one program (it
+  # was one per n); <= because an equal model elsewhere in the session may have compiled it.
+  before = features_lib._features_block._cache_size()  # pylint: disable=protected-access
+  for n in (17, 23, 32):
+    features_lib.init_features(apply_fn, params, x[:n], block_size=64)
+  assert features_lib._features_block._cache_size() - before <= 1  # pylint: disable=protected-access
+
+
 def test_init_features_needs_a_dense_layer():
   with pytest.raises(ValueError, match='Dense'):
     features_lib.init_features(lambda p, x: x * p, jnp.ones(()), jnp.ones((3, 2)))
@@ -501,6 +566,20 @@ def test_standardizer_keeps_constant_features_unscaled():
   st = features_lib.fit_standardizer(t)
   np.testing.assert_allclose(st.scale, [1.0, 1.0])
   np.testing.assert_allclose(features_lib.standardize_like(t, st), [[-1, 0], [1, 0]])
+  with pytest.raises(ValueError, match='features contains NaN'):
+    features_lib.standardize_like(np.array([[np.nan, 5.0]]), st)
+  with pytest.raises(ValueError, match=r'features must be \[n, 2\]'):
+    features_lib.standardize_like(np.ones((2, 3)), st)
+
+
+def test_user_features_fn_must_return_finite_n_by_d():
+  x = np.ones((3, 4), np.float32)
+  nan_phi = features_lib.feature_fn('user', user_fn=lambda v: np.full((len(v), 2), np.nan))
+  with pytest.raises(ValueError, match='features_fn returned NaN or Inf'):
+    nan_phi(x)
+  flat_phi = features_lib.feature_fn('user', user_fn=lambda v: np.ones(len(v)))
+  with pytest.raises(ValueError, match=r'features_fn must return \[n, d\] = \[3, d\]'):
+    flat_phi(x)
 
 
 # ----------------------------------------------------------------------------------------
@@ -602,6 +681,10 @@ def test_gram_quad_form_checks_the_residual_shape():
       valuation.gram_quad_form(grads, residual)
   with pytest.raises(ValueError, match='grads must be'):
     valuation.gram_quad_form(grads[0], np.ones(1))
+  with pytest.raises(ValueError, match='grads contains NaN'):
+    valuation.gram_quad_form(np.where(grads > 1, np.nan, grads), np.ones(4))
+  with pytest.raises(ValueError, match='residual contains NaN'):
+    valuation.gram_quad_form(grads, np.array([1.0, np.inf, 0.0, 1.0]))
   # Valid shapes: y^T (G G^T + lam I)^-1 y in float64, lam = 1e-4 trace / n.
   theta = grads.astype(np.float64) @ grads.T.astype(np.float64)
   system = theta + 1e-4 * np.trace(theta) / 4 * np.eye(4)
@@ -614,5 +697,46 @@ def test_gram_quad_form_checks_the_residual_shape():
                              rtol=1e-3)
 
 
+def test_standardize_terms_matches_numpy_and_rejects_bad_input():
+  raw = np.array([[1.0, 5.0, 0.2], [3.0, 5.0, 0.1], [8.0, 5.0, 0.6]])
+  z = valuation.standardize_terms(raw)
+  mean, std = raw.mean(0), raw.std(0)  # population std (ddof 0)
+  np.testing.assert_allclose(z[:, [0, 2]], ((raw - mean) / np.where(std > 0, std, 1))[:, [0, 2]],
+                             rtol=1e-12)
+  np.testing.assert_array_equal(z[:, 1], 0.0)  # a constant column
+  with pytest.raises(ValueError, match=r'raw must be \[K, F\]'):
+    valuation.standardize_terms(raw[0])
+  with pytest.raises(ValueError, match='raw contains NaN'):
+    valuation.standardize_terms(np.where(raw > 7, np.nan, raw))
+
+
+def test_cross_entropy_matches_numpy_and_rejects_bad_labels(setup):
+  logits = np.random.default_rng(1).normal(size=(5, NUM_CLASSES)).astype(np.float32) * 4
+  labels = np.array([0, 2, 1, 1, 0])
+  np.testing.assert_allclose(valuation.cross_entropy(logits, labels),
+                             _np_ce(logits.astype(np.float64), labels), rtol=1e-5)
+  # Before: label 3 of 3 classes was gathered as NaN, -1 wrapped to class 2.
+  for bad, match in ((np.array([0, 3, 1, 1, 0]), r'labels must lie in \[0, 3\)'),
+                     (np.array([0, -1, 1, 1, 0]), r'labels must lie in \[0, 3\)'),
+                     (labels[:4], r'labels must be \[5\]'),
+                     (labels.astype(np.float32), 'labels must be integer')):
+    with pytest.raises(ValueError, match=match):
+      valuation.cross_entropy(logits, bad)
+  with pytest.raises(ValueError, match=r'logits must be \[n, c\]'):
+    valuation.cross_entropy(logits[0], labels[:1])
+  with pytest.raises(ValueError, match='x must be a non-empty batch'):
+    valuation.logits_at(setup['apply_fn'], setup['params'], np.zeros((0, DIM), np.float32))
+  with pytest.raises(ValueError, match='block_size must be a positive integer'):
+    valuation.logits_at(setup['apply_fn'], setup['params'], np.zeros((2, DIM), np.float32),
+                        block_size=0)
+  with pytest.raises(ValueError, match='num_players must be an integer >= 1'):
+    valuation.shapley_from_utility(lambda m: 0.0, 0, num_permutations=2,
+                                   key=jax.random.PRNGKey(0))
+
+
 def test_ranking_of_breaks_ties_by_index():
   np.testing.assert_array_equal(valuation.ranking_of([1.0, 3.0, 1.0, 2.0]), [1, 3, 0, 2])
+
+
+def test_ranking_of_puts_nan_last():
+  np.testing.assert_array_equal(valuation.ranking_of([1.0, np.nan, 3.0, 2.0]), [2, 3, 0, 1])
