@@ -467,8 +467,11 @@ def task_config(arg: str) -> ml_collections.ConfigDict:
       num_seeds=1 if smoke else (2 if paper else 3), seed=0, **train))
   if base == 'cifar100':
     # ResNet-18 trains with batch statistics; its running statistics are then re-estimated
-    # on this many training batches per run (dv_jax.ground_truth).
+    # on this many training batches per run (dv_jax.ground_truth) and per TracIn
+    # checkpoint / TRAK model (dv_jax.baselines), before the model is read.
     config.ground_truth.bn_batches = 64
+    config.baselines.tracin.bn_batches = 64
+    config.baselines.trak.bn_batches = 64
 
   config.output = ml_collections.ConfigDict()
   config.output.bootstrap_resamples = 50 if smoke else 2000

@@ -335,7 +335,7 @@ def _is_tracer(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer)
 
 
-def _check_class_labels(labels: Any, num_classes: int) -> None:
+def check_class_labels(labels: Any, num_classes: int) -> None:
   """Raises unless concrete `labels` are integers in `[0, num_classes)`.
 
   Tracers (labels inside jit or vmap) pass unchecked: their values are unknown there, and
@@ -369,7 +369,7 @@ class _TrueClassLogit(ApplyFnWrapper):
     logits = self.apply_fn(params, x_i[None])
     # Concrete only when called directly; inside per_example_grads' jitted block y_i is a
     # tracer and this costs nothing (per_example_grads checked the labels already).
-    _check_class_labels(y_i, logits.shape[1])
+    check_class_labels(y_i, logits.shape[1])
     return logits[0, y_i]
 
 
@@ -444,7 +444,7 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
   if getattr(scalar_fn, 'takes_class_labels', False) and not _is_tracer(y):
     # Once per call, outside jit: eval_shape traces the model without running it.
     out = jax.eval_shape(scalar_fn.apply_fn, params, x[:1])
-    _check_class_labels(y, out.shape[1])
+    check_class_labels(y, out.shape[1])
   _check_block_size(block_size, allow_none=False)
   _check_projection(projection)
   if not callable(scalar_fn):

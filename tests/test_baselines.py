@@ -3,8 +3,11 @@
 Each score is checked against a small float64 NumPy reference of its formula (DAVINZ's
 `sqrt(Y^T (G G^T + 1e-4 I)^-1 Y / n)` and kappa, TracIn's learning-rate-weighted sum of
 gradient dot products, TRAK's projected ridge formula), the per-example functions they
-differentiate against `jax.grad` one example at a time, the random baseline for being
-seeded, and every method for naming a bad contributor.
+differentiate against NumPy and `jax.grad` one example at a time, whole methods end to end
+(TracIn and TRAK retrained with the same keys, DAVINZ's NTK term from closed-form kernel
+gradients of the MLP), the random baseline for being seeded, every method for naming a bad
+contributor or config field (before training) and every score function for naming a bad
+argument; and, for a BatchNorm model, that all checkpoints / models share one compile.
 """
 
 import copy
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 from dv_jax import baselines
+from dv_jax import ntk
 from dv_jax import training
 from dv_jax import valuation
 from dv_jax.baselines import davinz
@@ -94,10 +98,14 @@ def test_each_baseline_returns_a_valuation(setup, name):
 
 
 @pytest.mark.parametrize('name', ['davinz', 'tracin', 'trak', 'random'])
-def test_bad_contributor_is_named(setup, name):
+@pytest.mark.parametrize('defect', ['nan', 'empty'])
+def test_bad_contributor_is_named(setup, name, defect):
   x, y = _data(jax.random.PRNGKey(3), 3)
   x = x.copy()
-  x[1, 2] = np.nan
+  if defect == 'nan':
+    x[1, 2] = np.nan
+  else:  # an empty subset
+    x, y = x[:0], y[:0]
   bad = Contributor('broken_one', x, y, None, None)
   with pytest.raises(ValueError, match='broken_one'):
     _call(name, setup, setup['contributors'][:2] + [bad])
@@ -175,6 +183,45 @@ def test_davinz_rejects_a_degenerate_config(setup, field, value, message):
       davinz.ntk_score(np.ones((4, 3)), np.ones(4), **kwargs)
 
 
+@pytest.mark.parametrize('grads, residual, jitter, message', [
+    (np.ones((4, 3)), np.ones(3), 1e-4, r'residual must be \[4\]'),
+    (np.ones((4, 3)), np.ones((4, 1)), 1e-4, r'residual must be \[4\]'),
+    (np.ones((0, 3)), np.ones(0), 1e-4, r'grads must be \[n, p\] with n >= 1'),
+    (np.ones(4), np.ones(4), 1e-4, r'grads must be \[n, p\]'),
+    (np.ones((4, 3)), np.ones(4), 0.0, 'jitter must be finite and > 0'),
+    (np.ones((4, 3)), np.full(4, np.nan), 1e-4, 'residual contains NaN'),
+])
+def test_davinz_ntk_score_names_a_bad_input(grads, residual, jitter, message):
+  # Before: a short residual was an IndexError, an empty subset a ZeroDivisionError, and a
+  # non-positive jitter was named `initial_jitter`.
+  with pytest.raises(ValueError, match=message):
+    davinz.ntk_score(grads, residual, num_blocks=1, num_permutations=1, jitter=jitter,
+                     key=jax.random.PRNGKey(0))
+
+
+def test_davinz_ntk_term_matches_closed_form_kernel_gradients(setup):
+  """extras['ntk'] from the closed-form gradients of the true-class logit of the MLP
+  `W2^T relu(W1^T x + b1) + b2` with respect to its kernels only (DAVINZ's weights-only
+  NTK), the residual `1 - f_y(x)`, one block (the default), in float64 NumPy."""
+  result = _call('davinz', setup)
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), setup['params'])
+  w1, b1 = p['Dense_0']['kernel'], p['Dense_0']['bias']
+  w2, b2 = p['Dense_1']['kernel'], p['Dense_1']['bias']
+  for i, c in enumerate(setup['contributors']):
+    data = c.pooled()
+    x, y = np.asarray(data.x, np.float64), np.asarray(data.y)
+    pre = x @ w1 + b1
+    h = np.maximum(pre, 0.0)
+    logit = (h @ w2 + b2)[np.arange(len(y)), y]
+    d_w2 = np.zeros((len(y),) + w2.shape)
+    d_w2[np.arange(len(y)), :, y] = h  # d logit_y / d W2[:, y] = h
+    d_w1 = x[:, :, None] * (w2[:, y].T * (pre > 0))[:, None, :]  # x (W2[:, y] * relu')^T
+    g = np.concatenate([d_w1.reshape(len(y), -1), d_w2.reshape(len(y), -1)], axis=1)
+    r = 1.0 - logit
+    expected = math.sqrt(r @ np.linalg.solve(g @ g.T + 1e-4 * np.eye(len(y)), r) / len(y))
+    np.testing.assert_allclose(result.extras['ntk'][i], expected, rtol=2e-3)
+
+
 def test_davinz_sigma_zero_or_none_is_the_median_heuristic(setup):
   values = []
   for sigma in (0.0, None):
@@ -230,14 +277,56 @@ def test_tracin_scores_reject_silent_truncation():
     tracin.tracin_scores(g, g, [0.1, 0.1], owner[:3], 2)
 
 
+@pytest.mark.parametrize('change, message', [
+    (dict(train=1, value=np.nan), r'train_grads\[1\] contains NaN or Inf'),
+    (dict(target=0, value=np.inf), r'target_grads\[0\] contains NaN or Inf'),
+    (dict(target=0, rows=0), r'target_grads\[0\] must be \[rows, p\] with at least one row'),
+    (dict(target=1, width=2), r'train_grads\[1\] and target_grads\[1\] must have the same '
+                              'width'),
+    (dict(train=0, ndim=1), r'train_grads\[0\] must be \[rows, p\]'),
+    (dict(eta=np.nan), 'learning_rates must be'),
+])
+def test_tracin_scores_name_a_bad_input(change, message):
+  # Before: NaN spread into the scores, an empty target scored every contributor 0, and a
+  # width mismatch was a TypeError from deep inside jnp.dot.
+  train = [np.ones((4, 3), np.float32) for _ in range(2)]
+  target = [np.ones((2, 3), np.float32) for _ in range(2)]
+  etas = [0.1, 0.1]
+  arrays, j = (train, change['train']) if 'train' in change else (target, change.get('target'))
+  if 'value' in change:
+    arrays[j] = arrays[j].copy()
+    arrays[j][0, 1] = change['value']
+  if 'rows' in change:
+    arrays[j] = arrays[j][:change['rows']]
+  if 'width' in change:
+    arrays[j] = arrays[j][:, :change['width']]
+  if 'ndim' in change:
+    arrays[j] = arrays[j][:, 0]
+  if 'eta' in change:
+    etas[1] = change['eta']
+  with pytest.raises(ValueError, match=message):
+    tracin.tracin_scores(train, target, etas, np.array([0, 0, 1, 1]), 2)
+
+
 def test_tracin_loss_fn_is_the_cross_entropy(setup):
   apply_fn, params = setup['apply_fn'], setup['params']
-  x, y = setup['target'].x[:2], setup['target'].y[:2]
+  x, y = setup['target'].x[:3], setup['target'].y[:3]
   fn = tracin.loss_fn(apply_fn)
   for x_i, y_i in zip(x, y):
-    expected = training.cross_entropy(apply_fn(params, x_i[None]), jnp.asarray([y_i]))[0]
-    np.testing.assert_allclose(fn(params, jnp.asarray(x_i), y_i), expected, rtol=1e-6)
+    z = np.asarray(apply_fn(params, x_i[None])[0], np.float64)
+    expected = z.max() + math.log(np.exp(z - z.max()).sum()) - z[y_i]  # float64 NumPy
+    np.testing.assert_allclose(fn(params, jnp.asarray(x_i), y_i), expected, rtol=1e-5)
   assert fn == tracin.loss_fn(apply_fn) and hash(fn) == hash(tracin.loss_fn(apply_fn))
+
+
+@pytest.mark.parametrize('scalar', [tracin.loss_fn, trak.margin_fn])
+@pytest.mark.parametrize('label', [NUM_CLASSES, -1])
+def test_per_example_scalars_refuse_a_label_outside_the_classes(setup, scalar, label):
+  # Before, called directly: label 3 of 3 classes gave NaN (loss) or the clamped class 2's
+  # margin; label -1 silently read class 2 in both.
+  fn = scalar(setup['apply_fn'])
+  with pytest.raises(ValueError, match=r'labels must lie in \[0, 3\)'):
+    fn(setup['params'], jnp.asarray(setup['target'].x[0]), label)
 
 
 def test_tracin_end_to_end_matches_a_loop_over_checkpoints(setup):
@@ -281,7 +370,7 @@ class _BatchNormMLP(nn.Module):
     return nn.Dense(NUM_CLASSES)(nn.relu(h))
 
 
-@pytest.mark.slow  # ~12 s of per-checkpoint compiles: main environment only
+@pytest.mark.slow  # ~7 s, mostly the eager jax.grad reference loop: main environment only
 def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
   """TracIn's checkpoints are read with statistics re-estimated from their own params."""
   model = _BatchNormMLP()
@@ -314,8 +403,46 @@ def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
     for x_i, y_i, o in zip(x, y, owner):
       expected[o] += float(trained.learning_rates[j]) * grad(x_i, y_i) @ target_sum
   np.testing.assert_allclose(result.values, expected, rtol=1e-3, atol=1e-6)
-  # TRAK runs the same path (train mode, re-estimated statistics per model).
+  # TRAK runs the same path (train mode, re-estimated statistics per model), its 2 models
+  # sharing one compile of the gradient block and one of the logits block (the statistics
+  # are arguments, not constants bound into a new apply_fn per model).
+  # pylint: disable=protected-access
+  grads_before = ntk._grads_block._cache_size()
+  logits_before = valuation._logits_block._cache_size()
   assert np.all(np.isfinite(_call('trak', bn_setup).values))
+  assert ntk._grads_block._cache_size() - grads_before == 1
+  assert valuation._logits_block._cache_size() - logits_before == 1
+
+
+class _CompileCountBatchNormMLP(nn.Module):
+  """`_BatchNormMLP` under a class of its own: no other test warms its compile caches."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(4)(x))
+    return nn.Dense(NUM_CLASSES)(nn.relu(h))
+
+
+def test_batch_norm_checkpoints_share_one_gradient_compile(setup):
+  """TracIn's per-checkpoint statistics are data, not constants: one compile for all.
+
+  Before, each checkpoint bound its re-estimated statistics into a new `BatchNormApply`, a
+  new static argument, so the gradient block compiled once per checkpoint (minutes per run
+  for ResNet-18). TRAK's models: the BatchNorm test above; the mechanism:
+  test_models_small's `recalibrated_state` tests.
+  """
+  model = _CompileCountBatchNormMLP()
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(3),
+                                                  setup['target'].x))
+  config = copy.deepcopy(setup['config'])
+  config.baselines.tracin.num_checkpoints = 3
+  config.baselines.tracin.bn_batches = 2
+  before = ntk._grads_block._cache_size()  # pylint: disable=protected-access
+  result = baselines.BASELINES['tracin'](setup['contributors'], setup['target'],
+                                         apply_fn=apply_fn, params=params, config=config)
+  # 3 checkpoints x (pool, target), both padded to one block shape: one compile.
+  assert ntk._grads_block._cache_size() - before == 1  # pylint: disable=protected-access
+  assert np.all(np.isfinite(result.values))
 
 
 # ----------------------------------------------------------------------------------------
@@ -354,6 +481,57 @@ def test_trak_scores_reject_a_bad_owner(owner, message):
     trak.trak_scores(phi, phi[:2], np.ones(4, np.float32), np.asarray(owner), 2, ridge=1e-3)
 
 
+@pytest.mark.parametrize('change, message', [
+    (dict(q=np.ones((4, 1), np.float32)), r'q must be \[4\]'),
+    (dict(q=np.array([1, np.nan, 1, 1], np.float32)), r'q must be \[4\]'),
+    (dict(phi=np.where(np.eye(4) > 0, np.nan, 0).astype(np.float32)),
+     'train_features contains NaN or Inf'),
+    (dict(phi_target=np.ones((0, 4), np.float32)),
+     r'target_features must be \[rows, k\] with at least one row'),
+    (dict(phi_target=np.ones((2, 3), np.float32)), 'target_features must have the width k = 4'),
+    (dict(ridge=0.0), 'ridge must be finite and > 0'),
+    (dict(ridge=float('nan')), 'ridge must be finite and > 0'),
+])
+def test_trak_scores_name_a_bad_input(change, message):
+  # Before: a [N, 1] q broadcast the scores to [K, N], a NaN q gave NaN scores, an empty
+  # target scored 0, and the rest were named as linalg.psd_solve's `a`, `b` and `eps`.
+  kwargs = dict(phi=np.eye(4, dtype=np.float32), phi_target=np.ones((2, 4), np.float32),
+                q=np.ones(4, np.float32), ridge=1e-3)
+  kwargs.update(change)
+  with pytest.raises(ValueError, match=message):
+    trak.trak_scores(kwargs['phi'], kwargs['phi_target'], kwargs['q'], np.array([0, 0, 1, 1]),
+                     2, ridge=kwargs['ridge'])
+
+
+@pytest.mark.parametrize('method, field, value, message', [
+    ('trak', 'projection_kind', 'sparse', 'projection_kind must be one of'),
+    ('trak', 'ridge', -1.0, 'ridge must be finite and > 0'),
+    ('trak', 'grad_block_size', 0, 'grad_block_size must be an int >= 1'),
+    ('trak', 'bn_batches', 0, 'bn_batches must be an int >= 1'),
+    ('trak', 'num_models', 0, 'needs num_models >= 1'),
+    ('tracin', 'projection_kind', 'sparse', 'projection_kind must be one of'),
+    ('tracin', 'projection_dim', -1, 'projection_dim must be an int >= 0'),
+    ('tracin', 'grad_block_size', 0, 'grad_block_size must be an int >= 1'),
+    ('tracin', 'num_checkpoints', 4, 'num_checkpoints must divide'),
+    ('davinz', 'jitter', 0.0, 'jitter must be finite and > 0'),
+])
+def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, field, value,
+                                                message):
+  # Before, TracIn's projection_kind and TRAK's ridge / projection_kind were first read
+  # after training: a typo cost the whole training before failing.
+  def no_training(*args, **kwargs):
+    raise AssertionError('trained before checking the config')
+
+  monkeypatch.setattr(training, 'train', no_training)
+  monkeypatch.setattr(training, 'train_many_seeds', no_training)
+  config = copy.deepcopy(setup['config'])
+  config.baselines[method][field] = value
+  if field == 'projection_kind' and method == 'tracin':
+    config.baselines.tracin.projection_dim = 4
+  with pytest.raises(ValueError, match=f'config.baselines.{method}.*{message}'):
+    _call(method, dict(setup, config=config))
+
+
 def test_trak_margin_is_the_log_odds(setup):
   apply_fn, params = setup['apply_fn'], setup['params']
   x_i, y_i = setup['target'].x[0], int(setup['target'].y[0])
@@ -366,11 +544,62 @@ def test_trak_margin_is_the_log_odds(setup):
   assert all(np.all(np.isfinite(l)) for l in jax.tree_util.tree_leaves(grad))
 
 
-def test_trak_averages_models(setup):
+def _flat(params):
+  return jnp.concatenate([jnp.ravel(l) for l in jax.tree_util.tree_leaves(params)])
+
+
+def _coordinate(params, e_i, _):
+  """`<theta, e_i>`: its per-example gradient is `e_i`, its projection row i of `P`."""
+  return _flat(params) @ e_i
+
+
+def test_trak_end_to_end_matches_a_float64_reference(setup):
+  """Retrains with the same keys; the margin's gradients by jax.grad per example, the
+  projection `P [p, k]` read off as the projected gradients of the coordinates, `Q`, the
+  relative ridge and the per-contributor sums in float64 NumPy; the models averaged."""
   result = _call('trak', setup)
-  per_model = result.extras['per_model']
-  assert per_model.shape == (2, 3)
-  np.testing.assert_allclose(result.values, per_model.mean(axis=0), rtol=1e-6)
+  cfg = setup['config'].baselines.trak
+  apply_fn, params = setup['apply_fn'], setup['params']
+  x, y, _, owner = valuation.pool_examples(setup['contributors'])
+  tx, ty = setup['target'].x, setup['target'].y
+  k_train, k_proj = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 13))
+  trained = training.train_many_seeds(apply_fn, params, x, y, config=cfg.train,
+                                      keys=jax.random.split(k_train, 2),
+                                      num_classes=NUM_CLASSES)
+
+  def margin(p, x_i, y_i):
+    z = apply_fn(p, x_i[None])[0]
+    return z[y_i] - jax.nn.logsumexp(jnp.delete(z, y_i, assume_unique_indices=True))
+
+  # One jitted program for pool and target together (op by op, vmap(grad) takes seconds).
+  flat_grads = jax.jit(jax.vmap(lambda p, x_i, y_i: _flat(jax.grad(margin)(p, x_i, y_i)),
+                                in_axes=(None, 0, 0)))
+  both_x, both_y = np.concatenate([x, tx]), np.concatenate([y, ty])
+
+  num_params = _flat(params).shape[0]
+  expected = []
+  for r in range(2):
+    p_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
+    projection = ntk.Projection(16, 'rademacher', jax.random.fold_in(k_proj, r))
+    proj_matrix = np.asarray(ntk.per_example_grads(_coordinate, p_r, np.eye(num_params),
+                                                   np.zeros(num_params), projection=projection),
+                             np.float64)
+    phi_both = np.asarray(flat_grads(p_r, both_x, both_y), np.float64) @ proj_matrix
+    phi, phi_target = phi_both[:len(y)], phi_both[len(y):]
+    z = np.asarray(apply_fn(p_r, x), np.float64)
+    prob = np.exp(z - z.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    q = 1.0 - prob[np.arange(len(y)), y]
+    gram = phi.T @ phi
+    u = np.linalg.solve(gram + cfg.ridge * np.trace(gram) / 16 * np.eye(16),
+                        phi_target.sum(0))
+    expected.append(np.bincount(owner, weights=(phi @ u) * q, minlength=3))
+  expected = np.stack(expected)
+  scale = np.abs(expected).max()
+  np.testing.assert_allclose(result.extras['per_model'], expected, rtol=1e-3,
+                             atol=1e-4 * scale)
+  np.testing.assert_allclose(result.values, expected.mean(axis=0), rtol=1e-3,
+                             atol=1e-4 * scale)
 
 
 # ----------------------------------------------------------------------------------------

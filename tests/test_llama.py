@@ -261,6 +261,17 @@ def test_rope_inverse_frequencies_llama3_bands():
   assert got[0] == base[0] and np.isclose(got[2], base[2] / 8) and base[1] / 8 < got[1] < base[1]
 
 
+@pytest.mark.parametrize('rope_scaling', [{'rope_type': 'linear', 'factor': 4.0},
+                                          {'type': 'linear', 'factor': 4.0},
+                                          {'rope_type': 'default'}])
+def test_rope_inverse_frequencies_linear_and_default(rope_scaling):
+  # HF's 'linear' scaling divides every default frequency theta^(-2j / hd) by `factor`.
+  cfg = LlamaConfig.from_hf_dict(dict(HF_CONFIGS['llama_untied'], rope_scaling=rope_scaling))
+  base = 1.0 / 10000.0 ** (np.arange(0, 4, 2, dtype=np.float64) / 4)
+  factor = rope_scaling.get('factor', 1.0)
+  np.testing.assert_allclose(rope_inverse_frequencies(cfg), base / factor, rtol=1e-14)
+
+
 def test_sample_runs_on_llama_greedy_is_argmax():
   hf = HF_CONFIGS['qwen2_tied_bias']
   cfg = LlamaConfig.from_hf_dict(hf)

@@ -1,7 +1,9 @@
 """Tests of the small models (MLP, SmallCNN) and bind_apply / init_model.
 
 References: the forward passes re-implemented in float64 NumPy with the same weights; for a
-BatchNorm model, the re-estimated statistics against a float64 NumPy running average.
+BatchNorm model, the re-estimated statistics against a float64 NumPy running average, and
+`recalibrated_state` (statistics as data) against `recalibrated` (statistics bound) and a
+float64 NumPy forward pass.
 """
 
 import flax.linen as nn
@@ -11,7 +13,10 @@ import numpy as np
 import pytest
 
 from dv_jax.models.cnn import SmallCNN
+from dv_jax import ntk
+from dv_jax import valuation
 from dv_jax.models.common import BatchNormApply, bind_apply, init_model
+from dv_jax.models.common import recalibrated, recalibrated_state
 from dv_jax.models.mlp import MLP
 
 
@@ -210,6 +215,89 @@ def test_estimate_batch_stats_matches_a_numpy_running_average():
   sd = h.std(axis=0)
   np.testing.assert_allclose(stats['bn']['mean'], h.mean(axis=0), atol=float(0.05 * sd.min()))
   np.testing.assert_allclose(stats['bn']['var'], h.var(axis=0), rtol=0.05)
+
+
+def _trained(params, seed):
+  """`params` moved away from init, as training would (the statistics then matter)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda a: (np.asarray(a) + 0.5 * rng.standard_normal(a.shape)).astype(np.float32), params)
+
+
+def test_recalibrated_state_passes_the_statistics_as_data():
+  _, apply_fn, params, x = _dense_bn_dense()
+  params = _trained(params, 0)
+  kw = dict(key=jax.random.PRNGKey(4), num_batches=3, batch_size=4)
+  state = recalibrated_state(apply_fn, params, x, **kw)
+  bound = recalibrated(apply_fn, params, x, **kw)
+  pair_params, pair_state = state.variables
+  assert pair_params is params
+  jax.tree_util.tree_map(np.testing.assert_array_equal, pair_state, bound.state)
+  # The forward pass in float64 NumPy with the re-estimated statistics.
+  p, stats = _np(params), _np(pair_state['batch_stats'])['bn']
+  h = (_bn_input(params, x) - stats['mean']) / np.sqrt(stats['var'] + 1e-5)
+  h = np.maximum(h * p['bn']['scale'] + p['bn']['bias'], 0.0)
+  expected = h @ p['head']['kernel'] + p['head']['bias']
+  np.testing.assert_allclose(state.apply_fn(state.variables, x), expected, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_array_equal(state.apply_fn(state.variables, x), bound(params, x))
+  # Gradients: of params only (the filter never selects a statistic), as `recalibrated`'s.
+  y = np.arange(6) % 3
+  scalar = ntk.true_class_logit
+  grads = {}
+  for param_filter in (None, 'head', lambda path, leaf: path.startswith('head/')):
+    pair = recalibrated_state(apply_fn, params, x, param_filter=param_filter, **kw)
+    grads[param_filter if param_filter is None or isinstance(param_filter, str)
+          else 'callable'] = ntk.per_example_grads(scalar(pair.apply_fn), pair.variables, x,
+                                                   y, param_filter=pair.param_filter)
+  want = ntk.per_example_grads(scalar(bound), params, x, y)
+  assert want.shape == (6, ntk.flat_param_count(params))
+  np.testing.assert_allclose(grads[None], want, rtol=1e-6, atol=1e-7)
+  # Leaf order bn/{bias, scale}, head/{bias, kernel}, hidden/...: the head's 3 + 12
+  # columns follow the BatchNorm's 4 + 4.
+  np.testing.assert_allclose(grads['head'], grads[None][:, 8:23], rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(grads['callable'], grads['head'])
+  # A model without statistics: everything back unchanged.
+  mlp = MLP((4,), 3)
+  plain, mlp_params = bind_apply(mlp, init_model(mlp, jax.random.PRNGKey(0), x))
+  unchanged = recalibrated_state(plain, mlp_params, x, param_filter='Dense_1', **kw)
+  assert (unchanged.apply_fn is plain and unchanged.variables is mlp_params
+          and unchanged.param_filter == 'Dense_1')
+  for bad, message in ((3, 'param_filter must be None, a regex'),
+                       ('(', "param_filter '\\(' is not a valid regex")):
+    with pytest.raises(ValueError, match=message):
+      recalibrated_state(apply_fn, params, x, param_filter=bad, **kw)
+  with pytest.raises(ValueError, match='x must be'):
+    recalibrated_state(apply_fn, params, x[:0], **kw)
+
+
+class _CompileCountDenseBatchNormDense(_DenseBatchNormDense):
+  """The same network under a class of its own: no other test warms its compile caches."""
+
+
+def test_recalibrated_states_of_one_model_share_one_compile():
+  """Two trained states (TRAK's models, TracIn's checkpoints): one gradient compile, one
+  logits compile. `recalibrated` binds the statistics as constants: a compile per state."""
+  model = _CompileCountDenseBatchNormDense()
+  x = _images(b=6, seed=5)
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(5), x))
+  y = np.arange(6) % 3
+  # pylint: disable=protected-access
+  grads_before = ntk._grads_block._cache_size()
+  logits_before = valuation._logits_block._cache_size()
+  for seed in (1, 2):
+    state = recalibrated_state(apply_fn, _trained(params, seed), x, key=jax.random.PRNGKey(seed),
+                               num_batches=2, batch_size=4)
+    ntk.per_example_grads(ntk.true_class_logit(state.apply_fn), state.variables, x, y,
+                          param_filter=state.param_filter)
+    valuation.logits_at(state.apply_fn, state.variables, x)
+  assert ntk._grads_block._cache_size() - grads_before == 1
+  assert valuation._logits_block._cache_size() - logits_before == 1
+  # `pair_apply` is equal across states; `with_batch_stats` itself is not (a new program).
+  other = apply_fn.with_batch_stats(state.variables[1]['batch_stats'])
+  assert other.pair_apply == apply_fn.pair_apply
+  assert hash(other.pair_apply) == hash(apply_fn.pair_apply)
+  assert other != apply_fn and apply_fn.pair_apply != apply_fn.variables_apply
 
 
 def test_estimate_batch_stats_errors():

@@ -104,14 +104,24 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
     The score (Python float).
 
   Raises:
-    ValueError: `num_blocks` or `num_permutations` not an int >= 1 (0 blocks would score
-      nothing and 0 permutations divide by zero); shapes, see `gram_quad_form`.
+    ValueError: naming the argument: `num_blocks` or `num_permutations` not an int >= 1 (0
+      blocks would score nothing and 0 permutations divide by zero); `grads` not `[n, p]`
+      with `n >= 1`; `residual` not `[n]`; `jitter` not finite and > 0; NaN or Inf in
+      `grads` or `residual`.
   """
   num_blocks = _check_count(num_blocks, 'num_blocks')
   num_permutations = _check_count(num_permutations, 'num_permutations')
   grads = np.asarray(grads, np.float32)
   residual = np.asarray(residual, np.float32)
+  if grads.ndim != 2 or grads.shape[0] < 1:
+    raise ValueError(f'grads must be [n, p] with n >= 1, got shape {grads.shape}')
   n = grads.shape[0]
+  # [n] only: the blocks index the rows of both, and DAVINZ's residual is one number each.
+  if residual.shape != (n,):
+    raise ValueError(f'residual must be [{n}] (one per row of grads), got shape '
+                     f'{residual.shape}')
+  if not (np.isfinite(jitter) and jitter > 0):
+    raise ValueError(f'jitter must be finite and > 0, got {jitter!r}')
   total = 0.0
   for perm_key in jax.random.split(key, num_permutations):
     order = np.asarray(jax.random.permutation(perm_key, valuation.bucket_size(n)))
@@ -144,7 +154,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
 
   Raises:
     ValueError: as `valuation.validate_inputs`; naming the field, a negative or non-finite
-      `sigma`, or `num_blocks` / `num_permutations` not an int >= 1.
+      `sigma`, `jitter` not finite and > 0, or `num_blocks` / `num_permutations` not an
+      int >= 1.
   """
   cfg = config.baselines.davinz
   t0 = time.perf_counter()
@@ -153,6 +164,10 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   num_blocks = _check_count(cfg.num_blocks, 'config.baselines.davinz.num_blocks')
   num_permutations = _check_count(cfg.num_permutations,
                                   'config.baselines.davinz.num_permutations')
+  jitter = float(cfg.jitter)
+  if not (np.isfinite(jitter) and jitter > 0):
+    raise ValueError(f'config.baselines.davinz.jitter must be finite and > 0, got '
+                     f'{cfg.jitter!r}')
   tx, _, _ = valuation.validate_inputs(contributors, target, apply_fn=apply_fn, params=params)
   target_flat = tx.reshape(tx.shape[0], -1)
   if sigma > 0:
@@ -182,7 +197,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                      estimator='biased').value))
     ntks.append(ntk_score(grads[rows], residual[rows], num_blocks=num_blocks,
                           num_permutations=num_permutations,
-                          jitter=float(cfg.jitter), key=jax.random.fold_in(key, i)))
+                          jitter=jitter, key=jax.random.fold_in(key, i)))
   mmds, ntks = np.array(mmds), np.array(ntks)
   kappa = float(mmds.mean() / ntks.mean()) if ntks.mean() > 0 else 0.0
   values = -(kappa * ntks + mmds)

@@ -31,7 +31,7 @@ from dv_jax import training
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
-from dv_jax.models.common import BatchNormApply, recalibrated
+from dv_jax.models.common import BatchNormApply, recalibrated_state
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,6 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
       # '' = all parameters, as the method's paper; 'last_layers:N' (an LLM's last N
       # blocks) or a regex on the leaf path (dv_jax.models.lm.resolve_param_filter).
       param_filter='',
+      # A model with BatchNorm may also set `bn_batches` (default 64): the training
+      # batches that re-estimate its running statistics at each checkpoint.
   ))
 
 
@@ -61,12 +63,48 @@ class _LossFn(ntk_lib.ApplyFnWrapper):
 
   def __call__(self, params, x_i, y_i):
     logits = self.apply_fn(params, x_i[None])
+    # Called directly, a label outside [0, c) would read NaN (or, negative, another class);
+    # inside per_example_grads' jitted block y_i is a tracer and this costs nothing.
+    ntk_lib.check_class_labels(y_i, logits.shape[-1])
     return training.cross_entropy(logits, jnp.reshape(y_i, (1,)))[0]
 
 
 def loss_fn(apply_fn: Callable) -> Callable:
-  """The per-example loss `l(params, x_i, y_i)` TracIn differentiates."""
+  """The per-example loss `l(params, x_i, y_i)` TracIn differentiates.
+
+  Args:
+    apply_fn: batched `apply_fn(params, x [b, ...]) -> logits [b, c]`.
+
+  Returns:
+    `l(params, x_i, y_i) = logsumexp(z) - z_{y_i}`, `z = apply_fn(params, x_i[None])[0]`,
+    for ONE unbatched example; a concrete label outside `[0, c)` raises a ValueError naming
+    `labels`.
+  """
   return _LossFn(apply_fn)
+
+
+def _config_int(value: Any, field: str, *, minimum: int) -> int:
+  """`config.baselines.tracin.<field>` as an int >= `minimum`, else a ValueError naming it."""
+  try:
+    ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
+  except (TypeError, ValueError):  # None, a string
+    ok = False
+  if not ok:
+    raise ValueError(f'config.baselines.tracin.{field} must be an int >= {minimum}, got '
+                     f'{value!r}')
+  return int(value)
+
+
+def _check_grads(grads: Any, name: str) -> jax.Array:
+  """`grads` as a `[rows >= 1, p]` finite array, else a ValueError naming it."""
+  grads = jnp.asarray(grads)
+  if grads.ndim != 2 or grads.shape[0] < 1:
+    raise ValueError(f'{name} must be [rows, p] with at least one row, got shape '
+                     f'{grads.shape}')
+  # A NaN gradient would turn its contributor's score (and any sum over it) into NaN.
+  if not bool(jnp.isfinite(grads).all()):
+    raise ValueError(f'{name} contains NaN or Inf')
+  return grads
 
 
 def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
@@ -85,22 +123,31 @@ def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
     `[K]` float64 scores.
 
   Raises:
-    ValueError: `train_grads`, `target_grads` and `learning_rates` of different lengths
-      (`zip` would silently drop checkpoints) or empty; `owner` not `[N]` integers in
+    ValueError: naming the argument: `train_grads`, `target_grads` and `learning_rates` of
+      different lengths (`zip` would silently drop checkpoints) or empty; a gradient array
+      not 2-D with at least one row, with NaN or Inf, or of another width than its
+      checkpoint's counterpart; a non-finite learning rate; `owner` not `[N]` integers in
       `[0, num_contributors)` (`segment_sum` would silently drop those rows).
   """
   lengths = (len(train_grads), len(target_grads), len(learning_rates))
   if len(set(lengths)) != 1 or lengths[0] < 1:
     raise ValueError('train_grads, target_grads and learning_rates must have the same '
                      f'length J >= 1 (one per checkpoint), got {lengths}')
-  for g_train in train_grads:
-    owner = valuation.check_owner(owner, np.shape(g_train)[0], num_contributors)
+  etas = np.asarray(learning_rates, np.float64)
+  if etas.ndim != 1 or not np.all(np.isfinite(etas)):
+    raise ValueError(f'learning_rates must be [J] finite numbers, got {learning_rates!r}')
+  train_grads = [_check_grads(g, f'train_grads[{j}]') for j, g in enumerate(train_grads)]
+  target_grads = [_check_grads(g, f'target_grads[{j}]') for j, g in enumerate(target_grads)]
+  for j, (g_train, g_target) in enumerate(zip(train_grads, target_grads)):
+    if g_train.shape[1] != g_target.shape[1]:
+      raise ValueError(f'train_grads[{j}] and target_grads[{j}] must have the same width p, '
+                       f'got {g_train.shape} and {g_target.shape}')
+    owner = valuation.check_owner(owner, g_train.shape[0], num_contributors)
   owner = jnp.asarray(owner)
   scores = np.zeros(num_contributors)
-  for g_train, g_target, eta in zip(train_grads, target_grads, learning_rates):
-    per_contributor = jax.ops.segment_sum(jnp.asarray(g_train), owner,
-                                          num_segments=num_contributors)
-    target_sum = jnp.sum(jnp.asarray(g_target), axis=0)
+  for g_train, g_target, eta in zip(train_grads, target_grads, etas):
+    per_contributor = jax.ops.segment_sum(g_train, owner, num_segments=num_contributors)
+    target_sum = jnp.sum(g_target, axis=0)
     scores += float(eta) * np.asarray(
         jnp.dot(per_contributor, target_sum, precision=jax.lax.Precision.HIGHEST), np.float64)
   return scores
@@ -122,7 +169,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     `learning_rates [J]`).
 
   Raises:
-    ValueError: as `valuation.validate_inputs`; `num_checkpoints` not dividing the steps.
+    ValueError: as `valuation.validate_inputs`; naming the field, `num_checkpoints` not
+      dividing the steps, a bad training recipe, `projection_dim` < 0, `grad_block_size` or
+      `bn_batches` < 1, an unknown `projection_kind` (all before training).
   """
   cfg = config.baselines.tracin
   t0 = time.perf_counter()
@@ -136,6 +185,13 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                      f'{steps}, got {num_checkpoints}')
   train_config = training.as_train_config(cfg.train)._replace(
       checkpoint_every=steps // num_checkpoints)
+  # The fields read after training, checked before it: a typo must not cost the training.
+  projection_dim = _config_int(cfg.projection_dim, 'projection_dim', minimum=0)
+  grad_block_size = _config_int(cfg.grad_block_size, 'grad_block_size', minimum=1)
+  bn_batches = _config_int(cfg.get('bn_batches', 64), 'bn_batches', minimum=1)
+  if projection_dim and cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
+    raise ValueError(f'config.baselines.tracin.projection_kind must be one of '
+                     f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')
   # Resolved before training, so that a bad filter fails before the long part.
   param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 12)
@@ -147,19 +203,22 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   jax.block_until_ready(result.checkpoints)
   seconds = {'train': time.perf_counter() - t0}
   t = time.perf_counter()
-  projection = (ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind, k_proj)
-                if int(cfg.projection_dim) else None)
+  projection = (ntk_lib.Projection(projection_dim, cfg.projection_kind, k_proj)
+                if projection_dim else None)
   train_grads, target_grads = [], []
   for j in range(num_checkpoints):
     params_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], result.checkpoints)
-    # A BatchNorm model trained with batch statistics is read with its own running ones.
-    scalar_fn = loss_fn(recalibrated(apply_fn, params_j, x, key=jax.random.fold_in(k_bn, j),
-                                     num_batches=int(cfg.get('bn_batches', 64)),
-                                     batch_size=train_config.batch_size))
-    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size),
-                  param_filter=param_filter)
-    train_grads.append(ntk_lib.per_example_grads(scalar_fn, params_j, x, y, **kwargs))
-    target_grads.append(ntk_lib.per_example_grads(scalar_fn, params_j, tx, ty, **kwargs))
+    # A BatchNorm model trained with batch statistics is read with its own running ones,
+    # passed with params_j as data so that every checkpoint shares one gradient compile.
+    state_j = recalibrated_state(apply_fn, params_j, x, key=jax.random.fold_in(k_bn, j),
+                                 num_batches=bn_batches, batch_size=train_config.batch_size,
+                                 param_filter=param_filter)
+    scalar_fn = loss_fn(state_j.apply_fn)
+    kwargs = dict(projection=projection, block_size=grad_block_size,
+                  param_filter=state_j.param_filter)
+    train_grads.append(ntk_lib.per_example_grads(scalar_fn, state_j.variables, x, y, **kwargs))
+    target_grads.append(ntk_lib.per_example_grads(scalar_fn, state_j.variables, tx, ty,
+                                                  **kwargs))
   learning_rates = np.asarray(result.learning_rates, np.float64)
   values = tracin_scores(train_grads, target_grads, learning_rates, owner, len(contributors))
   seconds['gradients'] = time.perf_counter() - t

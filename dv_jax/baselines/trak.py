@@ -38,7 +38,7 @@ from dv_jax import training
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
-from dv_jax.models.common import BatchNormApply, recalibrated
+from dv_jax.models.common import BatchNormApply, recalibrated_state
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -55,6 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
       # '' = all parameters, as the method's paper; 'last_layers:N' (an LLM's last N
       # blocks) or a regex on the leaf path (dv_jax.models.lm.resolve_param_filter).
       param_filter='',
+      # A model with BatchNorm may also set `bn_batches` (default 64): the training
+      # batches that re-estimate its running statistics for each model.
   ))
 
 
@@ -65,13 +67,46 @@ class _Margin(ntk_lib.ApplyFnWrapper):
 
   def __call__(self, params, x_i, y_i):
     logits = self.apply_fn(params, x_i[None])[0]
+    # Called directly, a label outside [0, c) would be clamped (or, negative, wrap) into a
+    # plausible wrong margin; inside per_example_grads' jitted block y_i is a tracer.
+    ntk_lib.check_class_labels(y_i, logits.shape[0])
     others = jnp.where(jnp.arange(logits.shape[0]) == y_i, -jnp.inf, logits)
     return logits[y_i] - jax.nn.logsumexp(others)
 
 
 def margin_fn(apply_fn: Callable) -> Callable:
-  """TRAK's model output `f(z) = log(p_y / (1 - p_y))` as a per-example scalar function."""
+  """TRAK's model output `f(z) = log(p_y / (1 - p_y))` as a per-example scalar function.
+
+  Args:
+    apply_fn: batched `apply_fn(params, x [b, ...]) -> logits [b, c]`, `c >= 2`.
+
+  Returns:
+    `f(params, x_i, y_i) = z_{y_i} - logsumexp_{j != y_i} z_j` for ONE unbatched example; a
+    concrete label outside `[0, c)` raises a ValueError naming `labels`.
+  """
   return _Margin(apply_fn)
+
+
+def _config_int(value: Any, field: str) -> int:
+  """`config.baselines.trak.<field>` as an int >= 1, else a ValueError naming it."""
+  try:
+    ok = not isinstance(value, bool) and float(value).is_integer() and value >= 1
+  except (TypeError, ValueError):  # None, a string
+    ok = False
+  if not ok:
+    raise ValueError(f'config.baselines.trak.{field} must be an int >= 1, got {value!r}')
+  return int(value)
+
+
+def _check_features(features: Any, name: str) -> jax.Array:
+  """`features` as a `[rows >= 1, k]` finite array, else a ValueError naming it."""
+  features = jnp.asarray(features)
+  if features.ndim != 2 or features.shape[0] < 1:
+    raise ValueError(f'{name} must be [rows, k] with at least one row, got shape '
+                     f'{features.shape}')
+  if not bool(jnp.isfinite(features).all()):
+    raise ValueError(f'{name} contains NaN or Inf')
+  return features
 
 
 def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
@@ -90,15 +125,27 @@ def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
     `[K]` float64 scores.
 
   Raises:
-    ValueError: `owner` not `[N]` integers in `[0, num_contributors)` (`segment_sum` would
-      silently drop the rows of an owner out of range), or `num_contributors < 1`.
+    ValueError: naming the argument: features not 2-D with at least one row, of different
+      widths `k`, or with NaN or Inf; `q` not `[N]` finite (a `[N, 1]` one would broadcast
+      the scores to `[K, N]`); `ridge` not finite and > 0; `owner` not `[N]` integers in
+      `[0, num_contributors)` (`segment_sum` would silently drop the rows of an owner out
+      of range), or `num_contributors < 1`.
   """
-  phi_NxK = jnp.asarray(train_features)
+  phi_NxK = _check_features(train_features, 'train_features')
+  target_MxK = _check_features(target_features, 'target_features')
+  if target_MxK.shape[1] != phi_NxK.shape[1]:
+    raise ValueError(f'target_features must have the width k = {phi_NxK.shape[1]} of '
+                     f'train_features, got shape {target_MxK.shape}')
+  q_N = jnp.asarray(q)
+  if q_N.shape != phi_NxK.shape[:1] or not bool(jnp.isfinite(q_N).all()):
+    raise ValueError(f'q must be [{phi_NxK.shape[0]}] (one finite weight per row of '
+                     f'train_features), got shape {q_N.shape}')
+  if not (np.isfinite(ridge) and ridge > 0):
+    raise ValueError(f'ridge must be finite and > 0, got {ridge!r}')
   owner = valuation.check_owner(owner, phi_NxK.shape[0], num_contributors)
   gram_KxK = jnp.dot(phi_NxK.T, phi_NxK, precision=jax.lax.Precision.HIGHEST)
-  u_K = linalg.psd_solve(gram_KxK, jnp.sum(jnp.asarray(target_features), axis=0),
-                         eps=float(ridge)).solution
-  per_example = jnp.dot(phi_NxK, u_K, precision=jax.lax.Precision.HIGHEST) * jnp.asarray(q)
+  u_K = linalg.psd_solve(gram_KxK, jnp.sum(target_MxK, axis=0), eps=float(ridge)).solution
+  per_example = jnp.dot(phi_NxK, u_K, precision=jax.lax.Precision.HIGHEST) * q_N
   return np.asarray(jax.ops.segment_sum(per_example, jnp.asarray(owner),
                                         num_segments=num_contributors), np.float64)
 
@@ -119,7 +166,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     [R, K]`).
 
   Raises:
-    ValueError: as `valuation.validate_inputs`; a bad config.
+    ValueError: as `valuation.validate_inputs`; naming the field, `num_models` or
+      `projection_dim` < 1, an unknown `projection_kind`, `ridge` not finite and > 0,
+      `grad_block_size` or `bn_batches` not an int >= 1 (all before training).
   """
   cfg = config.baselines.trak
   t0 = time.perf_counter()
@@ -130,6 +179,15 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   if num_models < 1 or int(cfg.projection_dim) < 1:
     raise ValueError(f'config.baselines.trak needs num_models >= 1 and projection_dim >= 1, '
                      f'got {num_models}, {cfg.projection_dim}')
+  # The fields read after training, checked before it: a typo must not cost the training.
+  if cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
+    raise ValueError(f'config.baselines.trak.projection_kind must be one of '
+                     f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')
+  ridge = float(cfg.ridge)
+  if not (np.isfinite(ridge) and ridge > 0):
+    raise ValueError(f'config.baselines.trak.ridge must be finite and > 0, got {cfg.ridge!r}')
+  grad_block_size = _config_int(cfg.grad_block_size, 'grad_block_size')
+  bn_batches = _config_int(cfg.get('bn_batches', 64), 'bn_batches')
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
   k_train, k_proj = jax.random.split(key)
   k_bn = jax.random.fold_in(key, 1)  # BatchNorm re-estimates; leaves the two above as they were
@@ -146,22 +204,24 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   per_model = []
   for r in range(num_models):
     params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
-    # A BatchNorm model trained with batch statistics is read with its own running ones.
-    apply_r = recalibrated(apply_fn, params_r, x, key=jax.random.fold_in(k_bn, r),
-                           num_batches=int(cfg.get('bn_batches', 64)),
-                           batch_size=bn_batch_size)
-    scalar_fn = margin_fn(apply_r)
+    # A BatchNorm model trained with batch statistics is read with its own running ones,
+    # passed with params_r as data so that every model shares one compile.
+    state_r = recalibrated_state(apply_fn, params_r, x, key=jax.random.fold_in(k_bn, r),
+                                 num_batches=bn_batches, batch_size=bn_batch_size,
+                                 param_filter=param_filter)
+    scalar_fn = margin_fn(state_r.apply_fn)
     projection = ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind,
                                     jax.random.fold_in(k_proj, r))
-    kwargs = dict(projection=projection, block_size=int(cfg.grad_block_size),
-                  param_filter=param_filter)
-    phi = ntk_lib.per_example_grads(scalar_fn, params_r, x, y, **kwargs)
-    phi_target = ntk_lib.per_example_grads(scalar_fn, params_r, tx, ty, **kwargs)
-    logits = valuation.logits_at(apply_r, params_r, x, block_size=int(cfg.grad_block_size))
+    kwargs = dict(projection=projection, block_size=grad_block_size,
+                  param_filter=state_r.param_filter)
+    phi = ntk_lib.per_example_grads(scalar_fn, state_r.variables, x, y, **kwargs)
+    phi_target = ntk_lib.per_example_grads(scalar_fn, state_r.variables, tx, ty, **kwargs)
+    logits = valuation.logits_at(state_r.apply_fn, state_r.variables, x,
+                                 block_size=grad_block_size)
     p_true = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), jnp.asarray(y)[:, None],
                                  axis=1)[:, 0]
     per_model.append(trak_scores(phi, phi_target, 1.0 - p_true, owner, len(contributors),
-                                 ridge=float(cfg.ridge)))
+                                 ridge=ridge))
   per_model = np.stack(per_model)
   values = per_model.mean(axis=0)
   seconds['features'] = time.perf_counter() - t

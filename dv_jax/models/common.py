@@ -12,6 +12,13 @@ standard training recipe's pieces, which the ground truth uses (``dv_jax.ground_
 ``estimate_batch_stats`` (running averages of trained parameters over training batches) and
 ``variables_apply`` (inference mode from a full variables dict, to evaluate with them).
 
+Jit caches compiles by the hash of its static arguments, and arrays closed over by a
+function become constants of its program: a ``BatchNormApply`` bound to new statistics is a
+new program. Code that reads many trained states of one model (TracIn's checkpoints, TRAK's
+models) therefore passes the statistics as an argument instead: ``recalibrated_state``
+returns ``pair_apply((params, state), x)`` (equal for an equal model) and the pair, so one
+compile serves every state of the same shapes.
+
 Shape legend: ``b`` batch, ``n`` examples, ``c`` classes.
 """
 
@@ -19,7 +26,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+import re
+from typing import Any, Callable, NamedTuple, Union
 
 import flax
 import flax.linen as nn
@@ -100,6 +108,10 @@ class BatchNormApply:
     variables_apply: ``variables_apply(variables, x [b, ...]) -> [b, c]``: inference mode
       from a full variables dict ``{'params': ..., 'batch_stats': ...}``, so that evaluating
       many trained states is one jitted program.
+    pair_apply: ``pair_apply((params, state), x [b, ...]) -> [b, c]``: the same, from the
+      pair that ``recalibrated_state`` returns. A tuple, not a dict, so that the leaves of
+      ``params`` come first, in their own order: a gradient projection, which draws a
+      leaf's rows from its index among all leaves, is the same as on ``params`` alone.
   """
 
   def __init__(self, model: nn.Module, state: dict[str, Any]):
@@ -113,6 +125,7 @@ class BatchNormApply:
     self._state_key = (treedef, tuple(id(leaf) for leaf in leaves))
     self.train_apply = _TrainApply(self)
     self.variables_apply = _VariablesApply(model, self._inference_kwargs)
+    self.pair_apply = _PairApply(model, self._inference_kwargs)
 
   def __call__(self, params: Any, x: Any) -> jax.Array:
     return self.model.apply({'params': params, **self.state}, x,
@@ -204,6 +217,98 @@ def recalibrated(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: Any,
   return apply_fn.with_batch_stats(stats)
 
 
+ParamFilter = Union[None, str, Callable[[str, Any], bool]]
+
+
+class _ParamsOfPair:
+  """`param_filter` of `dv_jax.ntk` for a `(params, state)` pair: `filter`'s leaves of params.
+
+  `dv_jax.ntk` spells the path of a leaf of `params` inside the pair as `'0/' + its path in
+  `params`; the filter sees the path without that prefix (as it would on `params` alone) and
+  never selects a leaf of `state`, so the statistics are held constant.
+  """
+
+  def __init__(self, param_filter: ParamFilter):
+    if not (param_filter is None or isinstance(param_filter, str) or callable(param_filter)):
+      raise ValueError('param_filter must be None, a regex string or a callable '
+                       f'(path_str, leaf) -> bool, got {type(param_filter).__name__}')
+    try:
+      self._pattern = re.compile(param_filter) if isinstance(param_filter, str) else None
+    except re.error as e:
+      raise ValueError(f'param_filter {param_filter!r} is not a valid regex: {e}') from e
+    self.param_filter = param_filter
+
+  def __call__(self, path: str, leaf: Any) -> bool:
+    head, _, rest = path.partition('/')
+    if head != '0':  # a leaf of the state
+      return False
+    if self.param_filter is None:
+      return True
+    if self._pattern is not None:
+      return bool(self._pattern.search(rest))
+    return bool(self.param_filter(rest, leaf))
+
+  def __repr__(self):
+    return f'{self.param_filter!r} (on the params of a (params, state) pair)'
+
+
+class RecalibratedState(NamedTuple):
+  """Trained parameters read with their own statistics, passed as data (`recalibrated_state`).
+
+  Attributes:
+    apply_fn: `apply_fn(variables, x [b, ...]) -> [b, c]`, the same object for every state
+      of one model (so jitted callers compile once).
+    variables: what `apply_fn` takes first: `(params, state)`, or `params` for a model
+      without statistics.
+    param_filter: `dv_jax.ntk`'s filter selecting, among the leaves of `variables`, the
+      leaves of `params` that the given filter selects (the statistics never).
+  """
+  apply_fn: Callable[[Any, Any], jax.Array]
+  variables: Any
+  param_filter: ParamFilter
+
+
+def recalibrated_state(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: Any, *,
+                       key: Any, num_batches: int, batch_size: int,
+                       param_filter: ParamFilter = None) -> RecalibratedState:
+  """`recalibrated`, with the re-estimated statistics an argument of the returned function.
+
+  `recalibrated` binds the statistics into a new `BatchNormApply`, which jitted callers
+  (static in the function) compile afresh for every trained state; this returns
+  `pair_apply`, equal for every state of the model, and the pair `(params, state)` to call
+  it on, so that differentiating (`dv_jax.ntk.per_example_grads` with the returned
+  `param_filter`) or evaluating many checkpoints is one compile. The numbers are those of
+  `recalibrated(apply_fn, params, x, ...)(params, .)`. A plain `apply_fn` is returned with
+  `params` and `param_filter` unchanged.
+
+  Args:
+    apply_fn: from `bind_apply`.
+    params: trained parameters.
+    x: `[n, ...]` the training inputs.
+    key: the batches' PRNG key.
+    num_batches: batches of the re-estimate.
+    batch_size: rows per batch (capped at `n`).
+    param_filter: `dv_jax.ntk`'s filter on the leaves of `params` (None: all).
+
+  Returns:
+    `RecalibratedState(apply_fn, variables, param_filter)`.
+
+  Raises:
+    ValueError: as `BatchNormApply.estimate_batch_stats` (an empty `x`, a batch count or
+      size below 1), naming the argument; a `param_filter` that is not None, a valid regex
+      or a callable.
+  """
+  if not isinstance(apply_fn, BatchNormApply):
+    return RecalibratedState(apply_fn, params, param_filter)
+  x = jnp.asarray(x)
+  # estimate_batch_stats checks x (an empty one included) before the capped batch size.
+  stats = apply_fn.estimate_batch_stats(params, x, key=key, num_batches=num_batches,
+                                        batch_size=min(int(batch_size), x.shape[0]))
+  return RecalibratedState(apply_fn.pair_apply,
+                           (params, {**apply_fn.state, 'batch_stats': stats}),
+                           _ParamsOfPair(param_filter))
+
+
 class _TrainApply:
   """``BatchNormApply.train_apply``: equal for equal ``BatchNormApply``s (one compile)."""
 
@@ -246,6 +351,14 @@ class _VariablesApply:
     return f'{type(self).__name__}({self.model!r})'
 
 
+class _PairApply(_VariablesApply):
+  """``BatchNormApply.pair_apply``: equal for an equal model (one compile)."""
+
+  def __call__(self, variables: Any, x: Any) -> jax.Array:
+    params, state = variables
+    return self.model.apply({'params': params, **state}, x, **dict(self.inference_kwargs))
+
+
 def bind_apply(model: nn.Module, variables: Any) -> tuple[Callable[[Any, Any], jax.Array], Any]:
   """Splits ``variables`` into a pure ``apply_fn(params, x)`` and the trainable ``params``.
 
@@ -279,4 +392,5 @@ def bind_apply(model: nn.Module, variables: Any) -> tuple[Callable[[Any, Any], j
   return apply_fn, params
 
 
-__all__ = ['init_model', 'bind_apply', 'BatchNormApply', 'recalibrated']
+__all__ = ['init_model', 'bind_apply', 'BatchNormApply', 'recalibrated', 'RecalibratedState',
+           'recalibrated_state']

@@ -18,7 +18,8 @@ the trained parameters with running statistics re-estimated on the training data
   - the ground truth (`dv_jax.ground_truth.retrain`) evaluates the test split with them
     (`config.ground_truth.bn_batches` batches per run);
   - TracIn and TRAK (`dv_jax.baselines`) take their gradients (and TRAK its logits) at each
-    checkpoint / model with them (`bn_batches` of their section, default 64).
+    checkpoint / model with them (`bn_batches` of their section, default 64), passed as
+    data (`common.recalibrated_state`) so that one compile serves every checkpoint.
 
 Layout: inputs are NHWC [b, H, W, C]. Convolutions are bias-free (each feeds a BatchNorm)
 and padded symmetrically by 1 for 3x3 kernels (as torchvision; flax's 'SAME' would pad a
