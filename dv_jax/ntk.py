@@ -15,6 +15,17 @@ Both paths are computed in fixed-size blocks by functions jitted at module level
 block is padded (by repeating the last example) and the padded rows are dropped, so one
 compile serves every `n` and memory is bounded by the block, never by `n`.
 
+Data parallelism (opt-in, `mesh=`). With a `jax.sharding.Mesh`, each padded block is
+placed with its example axis split over all the mesh's devices
+(`NamedSharding(mesh, PartitionSpec(axis_names))`) and the parameters and the projection
+key replicated; the jitted block runs its per-example body under `shard_map`, so every
+device runs the same program on its `block_size / mesh.size` examples and nothing crosses
+devices (`_per_device` says why not XLA's automatic partitioning). The finished block is
+gathered onto the mesh's first device, so the caller gets an ordinary single-device array,
+and one compile still serves every `n`. `data_parallel_mesh()` is the 1-D mesh over the
+local devices. Per-example gradients have no sum across examples, so the result equals the
+unsharded one up to float32 rounding (see `per_example_grads`).
+
 Parameters. `param_filter` selects the leaves that are differentiated; the others are held
 constant. Flattened gradients list the selected leaves in `jax.tree_util` leaf order, each
 leaf in row-major order.
@@ -285,6 +296,84 @@ def _check_block_size(block_size, allow_none: bool) -> None:
                      f'got {block_size!r}.')
 
 
+def data_parallel_mesh() -> jax.sharding.Mesh:
+  """The 1-D mesh over every local device, axis `'examples'`: what `mesh=` usually gets.
+
+  The devices are `jax.local_devices()` (in one process, `jax.devices()`), in their order,
+  so the results are gathered onto the default device. `config.ntk.data_parallel=True`
+  passes this mesh (`dv_jax.valuation.gradient_mesh`).
+  """
+  return jax.sharding.Mesh(np.asarray(jax.local_devices()), ('examples',))
+
+
+class _Placement(NamedTuple):
+  """Where a data-parallel call puts its arrays (see the module docstring)."""
+  mesh: jax.sharding.Mesh  # the caller's devices and axis names, axes of type Auto
+  examples: jax.sharding.NamedSharding  # leading (example) axis split over every device
+  replicated: jax.sharding.NamedSharding
+  home: Any  # the device the results are gathered onto: the mesh's first
+
+
+def _placement(mesh: Optional[jax.sharding.Mesh], block_size: Optional[int]
+               ) -> Optional[_Placement]:
+  """Validates `mesh` against `block_size` (already checked); None without a mesh."""
+  if mesh is None:
+    return None
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise ValueError(f'mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.')
+  devices = list(mesh.devices.flat)
+  if any(d.process_index != jax.process_index() for d in devices):
+    raise ValueError('mesh must hold only this process\'s devices (the blocks are split over '
+                     'local devices); use dv_jax.ntk.data_parallel_mesh().')
+  if block_size is None or block_size % mesh.size:
+    raise ValueError(f'block_size must be a multiple of the {mesh.size} devices of mesh (each '
+                     f'block\'s examples are split evenly over them), got {block_size!r}.')
+  # Automatic axes whatever the mesh's own (jax.make_mesh's are Explicit in recent JAX):
+  # the blocks are placed by their shardings and split by shard_map alone.
+  auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names)
+  return _Placement(auto, jax.sharding.NamedSharding(auto, _example_spec(auto)),
+                    jax.sharding.NamedSharding(auto, jax.sharding.PartitionSpec()), devices[0])
+
+
+def _example_spec(mesh: jax.sharding.Mesh) -> jax.sharding.PartitionSpec:
+  """The leading axis split over all the mesh's axes together; the other axes whole."""
+  return jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+
+
+def _replicate(placement: Optional[_Placement], params: PyTree, key):
+  """`params` and the projection key copied to every device of the mesh (as given if None)."""
+  if placement is None:
+    return params, key
+  return (jax.device_put(params, placement.replicated),
+          None if key is None else jax.device_put(key, placement.replicated))
+
+
+def _per_device(fn: Callable, mesh: Optional[jax.sharding.Mesh],
+                split: tuple[bool, ...]) -> Callable:
+  """Inside a jitted block: `fn` itself, or `fn` run by every device on its examples.
+
+  With a mesh, `fn` becomes a `shard_map`: each device runs the SAME per-example program
+  on the `b / mesh.size` examples it holds of every argument whose `split` entry is True,
+  and gets the others whole (the parameters, the projection key, a kernel's second side);
+  the outputs' leading axes are those examples, in order. Nothing is exchanged between
+  devices inside `fn`. (Left to the automatic partitioner instead, the per-example
+  gradient of a convolution came out wrong on all devices but the first: the vmapped
+  weight gradient is a `batch_group_count` convolution, and splitting it by examples gave
+  other rows than the unsplit program, with jax 0.5.3 and 0.10.2 on CPU.)
+  """
+  if mesh is None:
+    return fn
+  rows, whole = _example_spec(mesh), jax.sharding.PartitionSpec()
+  in_specs = tuple(rows if s else whole for s in split)
+  # The replication check is off: every output is split by examples, none is claimed
+  # replicated, so there is nothing for it to verify (and user models may use primitives
+  # without a replication rule).
+  if hasattr(jax, 'shard_map'):  # jax >= 0.7
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=rows, check_vma=False)
+  from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top
+  return shard_map(fn, mesh, in_specs=in_specs, out_specs=rows, check_rep=False)
+
+
 def _pad_rows(x: jax.Array, block: int) -> jax.Array:
   """Pads the leading axis to a multiple of `block` by repeating the last example.
 
@@ -394,27 +483,47 @@ class _GradSpec(NamedTuple):
   projection_kind: Optional[str]
 
 
-@functools.partial(jax.jit, static_argnames=('spec',))
-def _grads_block(spec: _GradSpec, params, projection_key, x_b, y_b):
-  """Per-example gradients of one fixed-size block: `[b, p]` or `[b, k]`."""
-  selected, rebuild = _split(params, spec.mask)
+@functools.partial(jax.jit, static_argnames=('spec', 'mesh'))
+def _grads_block(spec: _GradSpec, params, projection_key, x_b, y_b, mesh=None):
+  """Per-example gradients of one fixed-size block: `[b, p]` or `[b, k]`.
 
-  def scalar(sel, x_i, y_i):
-    return spec.scalar_fn(rebuild(sel), x_i, y_i)
+  `mesh`: None (one device), or the mesh whose devices each differentiate their
+  `b / mesh.size` examples (`_per_device`).
+  """
 
-  grads = jax.vmap(jax.grad(scalar), in_axes=(None, 0, 0))(selected, x_b, y_b)
-  return _flatten_and_project(grads, (x_b.shape[0],), _selected_indices(spec.mask),
-                              spec.projection_dim, spec.projection_kind, projection_key)
+  def grads(params, projection_key, x_b, y_b):
+    selected, rebuild = _split(params, spec.mask)
+
+    def scalar(sel, x_i, y_i):
+      return spec.scalar_fn(rebuild(sel), x_i, y_i)
+
+    per_example = jax.vmap(jax.grad(scalar), in_axes=(None, 0, 0))(selected, x_b, y_b)
+    return _flatten_and_project(per_example, (x_b.shape[0],), _selected_indices(spec.mask),
+                                spec.projection_dim, spec.projection_kind, projection_key)
+
+  return _per_device(grads, mesh, (False, False, True, True))(params, projection_key, x_b,
+                                                              y_b)
 
 
 def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: ArrayLike, *,
                       param_filter: ParamFilter = None,
                       projection: Optional[Projection] = None,
-                      block_size: int = 256) -> jax.Array:
+                      block_size: int = 256,
+                      mesh: Optional[jax.sharding.Mesh] = None) -> jax.Array:
   """Gradients `grad_theta g(x_i, y_i; theta)` of a scalar, one row per example.
 
   The rows of the result are the features of the NTK term: `Theta0 = G G^T`
   (METHOD.md section 2, term 3); with a projection, `Theta0 ~= (G P)(G P)^T`.
+
+  With a `mesh`, each block's `block_size` examples are split evenly over the mesh's
+  devices and `params` (and the projection key) are replicated on each, so every device
+  differentiates `block_size / mesh.size` examples of one jitted program (see the module
+  docstring); the result is gathered onto the mesh's first device. Nothing is summed
+  across examples, so it equals the unsharded result up to float32 rounding: XLA may tile a
+  per-example contraction (a layer's matmul, the projection `g @ P`) differently for
+  `block_size / mesh.size` rows than for `block_size`, which can move the last bits of a
+  sum over features or parameters. tests/test_data_parallel.py asserts agreement to 1e-5
+  of the largest entry.
 
   Args:
     scalar_fn: `scalar_fn(params, x_i, y_i) -> scalar` for ONE unbatched example, e.g.
@@ -425,14 +534,19 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
     param_filter: which leaves to differentiate (see the module docstring); the others are
       held constant.
     projection: optional `Projection` to `k` dimensions.
-    block_size: examples per jitted block; the last block is padded.
+    block_size: examples per jitted block; the last block is padded. With a `mesh`, a
+      multiple of `mesh.size`.
+    mesh: optional `jax.sharding.Mesh` of this process's devices to split each block's
+      examples over (all its axes together); `data_parallel_mesh()` is the usual one.
 
   Returns:
-    `[n, p]` (selected leaves concatenated in leaf order) or `[n, k]` when projected.
+    `[n, p]` (selected leaves concatenated in leaf order) or `[n, k]` when projected, on
+    one device.
 
   Raises:
     ValueError: on NaN/Inf or empty inputs, mismatched leading lengths, a filter that
-      selects nothing, an invalid projection or block size; naming `labels`, concrete
+      selects nothing, an invalid projection or block size, a `mesh` that is not a Mesh
+      of local devices or whose size does not divide `block_size`; naming `labels`, concrete
       labels outside `[0, c)` for a scalar that indexes the logits by them
       (`ApplyFnWrapper.takes_class_labels`, e.g. `true_class_logit`).
   """
@@ -446,6 +560,7 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
     out = jax.eval_shape(scalar_fn.apply_fn, params, x[:1])
     check_class_labels(y, out.shape[1])
   _check_block_size(block_size, allow_none=False)
+  placement = _placement(mesh, block_size)
   _check_projection(projection)
   if not callable(scalar_fn):
     raise ValueError('scalar_fn must be callable.')
@@ -454,13 +569,19 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
   spec = _GradSpec(scalar_fn, mask, None if projection is None else int(projection.dim),
                    None if projection is None else projection.kind)
   key = None if projection is None else projection.key
+  params, key = _replicate(placement, params, key)
+
+  def block(x_b, y_b):
+    if placement is None:
+      return _grads_block(spec, params, key, x_b, y_b)
+    out = _grads_block(spec, params, key, jax.device_put(x_b, placement.examples),
+                       jax.device_put(y_b, placement.examples), mesh=placement.mesh)
+    return jax.device_put(out, placement.home)
 
   n = x.shape[0]
   x_pad, y_pad = _pad_rows(x, block_size), _pad_rows(y, block_size)
-  blocks = [
-      _grads_block(spec, params, key, x_pad[s:s + block_size], y_pad[s:s + block_size])
-      for s in range(0, x_pad.shape[0], block_size)
-  ]
+  blocks = [block(x_pad[s:s + block_size], y_pad[s:s + block_size])
+            for s in range(0, x_pad.shape[0], block_size)]
   out = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=0)
   return out[:n]
 
@@ -523,9 +644,10 @@ def _block_jacobian(spec: _KernelSpec, params, projection_key, x_b) -> list:
                                spec.projection_dim, spec.projection_kind, projection_key)]
 
 
-@functools.partial(jax.jit, static_argnames=('spec',))
-def _jacobian_block(spec: _KernelSpec, params, projection_key, x_b):
-  return _block_jacobian(spec, params, projection_key, x_b)
+@functools.partial(jax.jit, static_argnames=('spec', 'mesh'))
+def _jacobian_block(spec: _KernelSpec, params, projection_key, x_b, mesh=None):
+  return _per_device(functools.partial(_block_jacobian, spec), mesh, (False, False, True))(
+      params, projection_key, x_b)
 
 
 def _contract_pair(traced: tuple[bool, ...], j1, j2):
@@ -552,20 +674,35 @@ def _contract_pair(traced: tuple[bool, ...], j1, j2):
   return jnp.transpose(k, zipped)
 
 
-@functools.partial(jax.jit, static_argnames=('traced',))
-def _contract_block(traced: tuple[bool, ...], j1: list, j2: list):
-  """NTK block from two Jacobian blocks: `[b1, b2, ...]` (zipped untraced output axes)."""
-  scale = _trace_scale(j1[0].shape[1:-1], traced)
-  return sum(_contract_pair(traced, a, b) for a, b in zip(j1, j2)) / scale
+@functools.partial(jax.jit, static_argnames=('traced', 'mesh'))
+def _contract_block(traced: tuple[bool, ...], j1: list, j2: list, mesh=None):
+  """NTK block from two Jacobian blocks: `[b1, b2, ...]` (zipped untraced output axes).
+
+  With a `mesh`, each device contracts its `b1` rows of `j1` with the whole of `j2`
+  (gathered onto every device).
+  """
+
+  def contract(j1, j2):
+    scale = _trace_scale(j1[0].shape[1:-1], traced)
+    return sum(_contract_pair(traced, a, b) for a, b in zip(j1, j2)) / scale
+
+  return _per_device(contract, mesh, (True, False))(j1, j2)
 
 
-@functools.partial(jax.jit, static_argnames=('spec',))
-def _vector_products_block(spec: _KernelSpec, params, projection_key, x1_b, x2_b):
+@functools.partial(jax.jit, static_argnames=('spec', 'mesh'))
+def _vector_products_block(spec: _KernelSpec, params, projection_key, x1_b, x2_b, mesh=None):
   """NTK block by vjp of f(x2) on basis cotangents, then jvp of f(x1) along each result.
 
   No Jacobian is formed as an array of its own: each column of J(x2)^T is a tangent that
-  is pushed straight through a jvp (vmapped over the block).
+  is pushed straight through a jvp (vmapped over the block). With a `mesh`, each device
+  pushes the tangents of the whole `x2` block through its rows of `x1`.
   """
+  return _per_device(functools.partial(_vector_products, spec), mesh,
+                     (False, False, True, False))(params, projection_key, x1_b, x2_b)
+
+
+def _vector_products(spec: _KernelSpec, params, projection_key, x1_b, x2_b):
+  """`_vector_products_block` on one device (its rows of `x1`, the whole `x2` block)."""
   selected, rebuild = _split(params, spec.mask)
   indices = _selected_indices(spec.mask)
 
@@ -627,15 +764,23 @@ def _import_neural_tangents():
   return neural_tangents
 
 
-@functools.partial(jax.jit, static_argnames=('spec', 'trace_axes'))
+@functools.partial(jax.jit, static_argnames=('spec', 'trace_axes', 'mesh'))
 def _neural_tangents_block(spec: _KernelSpec, trace_axes: tuple[int, ...], params,
-                           projection_key, x1_b, x2_b):
+                           projection_key, x1_b, x2_b, mesh=None):
   """NTK block computed by neural_tangents.empirical_ntk_fn (its default implementation).
 
   The filter and the projection are mapped by reparameterisation: neural-tangents
   differentiates `f(z, x) = apply_fn(theta with selected leaves + P z, x)` at `z = 0`,
-  whose Jacobian is `J P` (or, without a projection, `f(sel, x)` directly).
+  whose Jacobian is `J P` (or, without a projection, `f(sel, x)` directly). With a
+  `mesh`, each device computes its rows of `x1` against the whole `x2` block.
   """
+  return _per_device(functools.partial(_neural_tangents, spec, trace_axes), mesh,
+                     (False, False, True, False))(params, projection_key, x1_b, x2_b)
+
+
+def _neural_tangents(spec: _KernelSpec, trace_axes: tuple[int, ...], params, projection_key,
+                     x1_b, x2_b):
+  """`_neural_tangents_block` on one device (its rows of `x1`, the whole `x2` block)."""
   nt = _import_neural_tangents()
   selected, rebuild = _split(params, spec.mask)
   indices = _selected_indices(spec.mask)
@@ -672,7 +817,8 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
                      implementation: str = 'jacobian_contraction',
                      block_size: Optional[int] = None,
                      param_filter: ParamFilter = None,
-                     projection: Optional[Projection] = None) -> Callable:
+                     projection: Optional[Projection] = None,
+                     mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
   """Returns `ntk_fn(x1, x2, params)`, the empirical NTK `J(x1) J(x2)^T` of `apply_fn`.
 
   The semantics are those of `neural_tangents.empirical_ntk_fn` (with `diagonal_axes=()`):
@@ -683,6 +829,16 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
   The untraced output axes appear twice, zipped: `[n1, n2, o_1, o_1, o_2, o_2, ...]`. For
   logits `[b, c]`: `trace_axes=(-1,)` gives `[n1, n2]` (the mean over classes of the
   per-class NTK) and `trace_axes=()` gives `[n1, n2, c, c]`.
+
+  With a `mesh` (see the module docstring), each kernel block is computed with its `x1`
+  rows split over the mesh's devices (`params` and the projection key replicated), each
+  device against the whole `x2` block, then gathered onto the mesh's first device. The
+  Jacobian contraction also splits the `x2` block's Jacobian and gathers it onto every
+  device for the contraction; the vector-product and neural-tangents implementations
+  compute the `x2` side on every device. A kernel entry sums over parameters, never over
+  examples, so the result equals the unsharded one up to float32 rounding (XLA may tile
+  the sums differently for `block_size / mesh.size` rows); tests/test_data_parallel.py
+  asserts 1e-5 of the largest entry.
 
   Args:
     apply_fn: `apply_fn(params, x[b, ...]) -> out[b, ...]`, e.g. a flax `model.apply` or a
@@ -696,9 +852,11 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
       'ntk_vector_products' (vjp/jvp, no Jacobian array) or 'neural_tangents' (calls
       neural_tangents.empirical_ntk_fn per block; needs the optional package).
     block_size: examples per block on each side, the last block padded; None means one
-      block per side (compiled for each shape).
+      block per side (compiled for each shape). With a `mesh`, a multiple of `mesh.size`.
     param_filter: which leaves to differentiate (see the module docstring).
     projection: optional `Projection`; the kernel becomes `(J P)(J P)^T`.
+    mesh: optional `jax.sharding.Mesh` of this process's devices to split each block's
+      examples over; `data_parallel_mesh()` is the usual one. Needs `vmap_axes=0`.
 
   Returns:
     `ntk_fn(x1, x2, params) -> Array[n1, n2, ...]`; `x2=None` means `x2 = x1` (and only
@@ -706,8 +864,9 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
 
   Raises:
     ValueError: for an unknown `implementation`, a bad `vmap_axes`, `trace_axes`,
-      `block_size` or `projection`; `ntk_fn` raises it for bad inputs (NaN/Inf, empty,
-      mismatched trailing shapes) and for a filter selecting nothing.
+      `block_size`, `projection` or `mesh` (its size must divide `block_size`); `ntk_fn`
+      raises it for bad inputs (NaN/Inf, empty, mismatched trailing shapes) and for a
+      filter selecting nothing.
     ImportError: for 'neural_tangents' when the package is not installed.
   """
   if implementation not in IMPLEMENTATIONS:
@@ -723,6 +882,10 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
   if vmap_axes is None and block_size is not None:
     raise ValueError('block_size must be None when vmap_axes is None: examples interact, '
                      'so the batch cannot be split into blocks.')
+  if vmap_axes is None and mesh is not None:
+    raise ValueError('mesh must be None when vmap_axes is None: examples interact, so they '
+                     'cannot be split over devices.')
+  placement = _placement(mesh, block_size)
   _check_projection(projection)
   if implementation == 'neural_tangents':
     _import_neural_tangents()
@@ -758,6 +921,8 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
                        None if projection is None else int(projection.dim),
                        None if projection is None else projection.kind)
     key = None if projection is None else projection.key
+    params, key = _replicate(placement, params, key)
+    block_mesh = None if placement is None else placement.mesh
     n1, n2 = x1.shape[0], x2.shape[0]
     b1 = block_size or n1
     b2 = block_size or n2
@@ -765,30 +930,45 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
     starts1 = range(0, x1_pad.shape[0], b1)
     starts2 = range(0, x2_pad.shape[0], b2)
 
+    def split(x_b):  # a block's examples over the mesh
+      return x_b if placement is None else jax.device_put(x_b, placement.examples)
+
+    def whole(x_b):  # a block on every device of the mesh
+      return x_b if placement is None else jax.device_put(x_b, placement.replicated)
+
+    def gathered(kernel_block):  # a finished kernel block onto one device
+      return (kernel_block if placement is None
+              else jax.device_put(kernel_block, placement.home))
+
     if implementation == 'jacobian_contraction':
       # The Jacobian does not depend on the trace axes: one compile serves all of them.
       jac_spec = spec._replace(traced=())
 
+      def jacobian(x_b):
+        return _jacobian_block(jac_spec, params, key, split(x_b), mesh=block_mesh)
+
       def row_blocks(i, s1):
-        j1 = _jacobian_block(jac_spec, params, key, x1_pad[s1:s1 + b1])
+        j1 = jacobian(x1_pad[s1:s1 + b1])
         for j, s2 in enumerate(starts2):
           if symmetric and j < i:
             yield None
           elif symmetric and j == i:
-            yield _contract_block(traced, j1, j1)
+            yield gathered(_contract_block(traced, j1, j1, mesh=block_mesh))
           else:
-            yield _contract_block(traced, j1,
-                                  _jacobian_block(jac_spec, params, key, x2_pad[s2:s2 + b2]))
+            yield gathered(_contract_block(traced, j1, jacobian(x2_pad[s2:s2 + b2]),
+                                           mesh=block_mesh))
     elif implementation == 'ntk_vector_products':
       def row_blocks(i, s1):
         for j, s2 in enumerate(starts2):
-          yield None if symmetric and j < i else _vector_products_block(
-              spec, params, key, x1_pad[s1:s1 + b1], x2_pad[s2:s2 + b2])
+          yield None if symmetric and j < i else gathered(_vector_products_block(
+              spec, params, key, split(x1_pad[s1:s1 + b1]), whole(x2_pad[s2:s2 + b2]),
+              mesh=block_mesh))
     else:
       def row_blocks(i, s1):
         for j, s2 in enumerate(starts2):
-          yield None if symmetric and j < i else _neural_tangents_block(
-              spec, trace_axes, params, key, x1_pad[s1:s1 + b1], x2_pad[s2:s2 + b2])
+          yield None if symmetric and j < i else gathered(_neural_tangents_block(
+              spec, trace_axes, params, key, split(x1_pad[s1:s1 + b1]),
+              whole(x2_pad[s2:s2 + b2]), mesh=block_mesh))
 
     grid = [list(row_blocks(i, s1)) for i, s1 in enumerate(starts1)]
     if symmetric:

@@ -38,6 +38,9 @@ Variants (config fields, METHOD.md section 2; defaults first):
   the response NLL and whose true-class logit is the LM's `g`).
 - `ntk.normalization`: `per_example` | `paper`; `ntk.method`: `full` | `block_diagonal`
   | `subsample`; `ntk.param_filter`, `ntk.projection_dim` (0: none), `ntk.eps`.
+- `ntk.data_parallel`: False | True, where the gradients are computed, not what: each
+  gradient block's examples split over all local devices (`gradient_mesh`); the values are
+  unchanged up to float32 rounding.
 - `valuation.subsample`: 0 (all) or a budget of pool examples, spread over contributors in
   proportion to their sizes (each part stratified); `n` and `pi` stay the full ones.
 - `bound.terms`: which of the four terms enter `v` (the ablation drops one).
@@ -116,6 +119,10 @@ def default_config() -> ml_collections.ConfigDict:
       projection_dim=0,            # 0 = no projection; else k.
       projection_kind='rademacher',  # 'rademacher' | 'gaussian'.
       grad_block_size=256,         # examples per jitted gradient / kernel block.
+      data_parallel=False,         # split each gradient block's examples over all local
+                                   # devices (jax.devices()); grad_block_size must be a
+                                   # multiple of their number. Numbers unchanged up to
+                                   # float32 rounding. The baselines read it too.
   ))
   config.mmd = ml_collections.ConfigDict(dict(
       feature_space='raw',         # 'raw' | 'init_features' | 'user'.
@@ -339,6 +346,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if int(config.valuation.subsample) < 0 or int(config.valuation.min_subsample) < 1:
     raise ValueError('config.valuation.subsample must be >= 0 and min_subsample >= 1, got '
                      f'{config.valuation.subsample}, {config.valuation.min_subsample}')
+  # Before any per-example work: the block size must split evenly over the devices.
+  gradient_mesh(config, block_size=int(config.ntk.grad_block_size),
+                field='ntk.grad_block_size')
   estimator = config.mmd.estimator
   if (int(config.valuation.subsample) > 0 and int(config.valuation.min_subsample) < 2
       and _MMD_MIN_ROWS[estimator] > 1):
@@ -348,6 +358,42 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                      f'config.mmd.estimator={estimator!r} and valuation.subsample > 0 (a part '
                      f'subsampled to 1 row has no estimate), got '
                      f'{config.valuation.min_subsample}')
+
+
+def gradient_mesh(config: ml_collections.ConfigDict, *, block_size: int, field: str
+                  ) -> Optional[jax.sharding.Mesh]:
+  """The mesh `config.ntk.data_parallel` asks for, checked against a gradient block size.
+
+  Our score and the gradient baselines (DAVINZ, TracIn, TRAK) read the same field; a
+  config without it, or without an `ntk` section (`dv_jax.baselines.default_config()`),
+  runs each block on one device.
+
+  Args:
+    config: an experiment config, `default_config()` or a baseline config.
+    block_size: examples per gradient block (`per_example_grads`' `block_size`).
+    field: the config field `block_size` comes from, named by the error
+      (`'ntk.grad_block_size'`, `'baselines.tracin.grad_block_size'`).
+
+  Returns:
+    None when `data_parallel` is off or absent; else `dv_jax.ntk.data_parallel_mesh()`,
+    the 1-D mesh over the local devices.
+
+  Raises:
+    ValueError: `config.ntk.data_parallel` not a bool; naming both fields, a `block_size`
+      that is not a multiple of the number of local devices.
+  """
+  section = config.get('ntk', None)
+  data_parallel = False if section is None else section.get('data_parallel', False)
+  if not isinstance(data_parallel, (bool, np.bool_)):
+    raise ValueError(f'config.ntk.data_parallel must be True or False, got {data_parallel!r}')
+  if not data_parallel:
+    return None
+  mesh = ntk_lib.data_parallel_mesh()
+  if int(block_size) % mesh.size:
+    raise ValueError(f'config.ntk.data_parallel=True splits each gradient block over the '
+                     f'{mesh.size} local devices, so config.{field} must be a multiple of '
+                     f'{mesh.size}, got {block_size}')
+  return mesh
 
 
 def _check_mmd_rows(contributors: Sequence[Contributor],
@@ -571,11 +617,13 @@ def _ntk_factor(apply_fn, params, x, y, *, config, num_classes, key) -> jax.Arra
   projection = (ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind, key)
                 if int(cfg.projection_dim) else None)
   scalar_fn = ntk_lib.true_class_logit(apply_fn)
+  mesh = gradient_mesh(config, block_size=int(cfg.grad_block_size),
+                       field='ntk.grad_block_size')
 
   def grads(labels):
     return ntk_lib.per_example_grads(scalar_fn, params, x, labels, param_filter=param_filter,
                                      projection=projection,
-                                     block_size=int(cfg.grad_block_size))
+                                     block_size=int(cfg.grad_block_size), mesh=mesh)
 
   if cfg.residual in ('true_class', 'loss'):
     return grads(y)
@@ -1231,7 +1279,7 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
 __all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RESIDUALS',
            'Contributor', 'default_config', 'PRESETS', 'preset_config',
            'TermTable', 'FitReport', 'ValuationResult', 'Probes', 'ranking_of',
-           'validate_inputs', 'term_mask', 'Pool', 'prepare_pool', 'logits_at',
+           'validate_inputs', 'term_mask', 'gradient_mesh', 'Pool', 'prepare_pool', 'logits_at',
            'cross_entropy', 'pool_examples', 'check_owner', 'with_pool_kernel', 'bucket_size',
            'gram_quad_form', 'coalition_key', 'coalition_terms', 'standardize_terms',
            'WeightFit', 'fit_weights', 'value_contributors', 'Utility', 'leave_one_out',

@@ -102,11 +102,17 @@ _SELECTOR_FIELDS = {'data': ('num_draws',), 'model': ('backbones',),
                     'baselines': ('methods',)}
 
 
+# Config fields that choose where the work runs, not its result (float32 rounding aside),
+# so no unit depends on them either: toggling them reuses every saved unit, and units
+# saved before they existed keep their fingerprints.
+_PLACEMENT_FIELDS = {'ntk': ('data_parallel',)}
+
+
 def _without_selectors(section_name: str, section: Any) -> Any:
   fields = results.to_jsonable(section)
   if not isinstance(fields, dict):
     return fields
-  drop = _SELECTOR_FIELDS.get(section_name, ())
+  drop = _SELECTOR_FIELDS.get(section_name, ()) + _PLACEMENT_FIELDS.get(section_name, ())
   return {k: v for k, v in fields.items() if k not in drop}
 
 
@@ -114,7 +120,8 @@ def unit_fingerprint(config: ml_collections.ConfigDict, **sections: Any) -> str:
   """Fingerprint of a unit: the benchmark it is computed on and its method's `sections`.
 
   The benchmark is the seed, task, data and model config; the selector fields
-  (`_SELECTOR_FIELDS`) are left out of every section. A unit saved under one fingerprint
+  (`_SELECTOR_FIELDS`) and the placement fields (`_PLACEMENT_FIELDS`:
+  `ntk.data_parallel`) are left out of every section. A unit saved under one fingerprint
   is refused under another (`results.UnitStore`), so a rerun in a workdir with a setting
   changed fails instead of reporting stale results.
 

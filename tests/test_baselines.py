@@ -16,6 +16,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -530,6 +531,37 @@ def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, fiel
     config.baselines.tracin.projection_dim = 4
   with pytest.raises(ValueError, match=f'config.baselines.{method}.*{message}'):
     _call(method, dict(setup, config=config))
+
+
+@pytest.mark.parametrize('name, value_rtol', [
+    ('davinz', 1e-5), ('tracin', 1e-5),
+    # TRAK's ridge solve with the projected Gram matrix multiplies the gradients' float32
+    # rounding by its condition number.
+    ('trak', 1e-3),
+])
+def test_data_parallel_splits_the_gradients_and_keeps_the_values(setup, monkeypatch, name,
+                                                                 value_rtol):
+  # config.ntk.data_parallel, read from the shared ntk section: every gradient block over
+  # all local devices (tests/conftest.py gives this process four CPU devices).
+  calls = []
+  per_example_grads = ntk.per_example_grads
+
+  def compared(*args, mesh=None, **kwargs):  # each call against the same one on one device
+    grads = per_example_grads(*args, mesh=mesh, **kwargs)
+    reference = np.asarray(per_example_grads(*args, **kwargs))
+    calls.append((mesh, np.abs(np.asarray(grads) - reference).max() / np.abs(reference).max()))
+    return grads
+
+  config = copy.deepcopy(setup['config'])
+  expected = np.asarray(_call(name, dict(setup, config=config)).values)
+  monkeypatch.setattr(ntk, 'per_example_grads', compared)
+  config.ntk = ml_collections.ConfigDict(dict(data_parallel=True))
+  got = np.asarray(_call(name, dict(setup, config=config)).values)
+  assert calls and all(isinstance(mesh, jax.sharding.Mesh) and mesh.size == jax.device_count()
+                       for mesh, _ in calls)
+  # Nothing is summed across examples: the gradients differ by float32 rounding at most.
+  assert max(diff for _, diff in calls) <= 1e-5, calls
+  np.testing.assert_allclose(got, expected, atol=value_rtol * np.abs(expected).max())
 
 
 def test_trak_margin_is_the_log_odds(setup):

@@ -649,6 +649,24 @@ def test_one_row_part_fails_up_front_for_estimators_that_need_two(setup, monkeyp
     assert np.all(np.isfinite(np.asarray(result.terms.raw)))
 
 
+@pytest.mark.skipif(jax.device_count() < 2, reason='needs several devices (tests/conftest.py)')
+def test_data_parallel_block_size_fails_up_front(setup, monkeypatch):
+  # ntk.data_parallel splits each gradient block over the devices: a block size they do
+  # not divide fails before any per-example work, naming the field (tests/test_data_parallel.py
+  # checks the values on four devices).
+  def unreachable(*args, **kwargs):
+    raise AssertionError('per-example work started before the check')
+
+  monkeypatch.setattr(valuation, 'logits_at', unreachable)
+  block = jax.device_count() + 1
+  with pytest.raises(ValueError, match=f'config.ntk.grad_block_size must be a multiple of '
+                                       f'{jax.device_count()}, got {block}'):
+    valuation.value_contributors(setup['contributors'], setup['target'],
+                                 apply_fn=setup['apply_fn'], params=setup['params'],
+                                 config=_config(ntk__data_parallel=True,
+                                                ntk__grad_block_size=block))
+
+
 def test_one_row_contributor_fails_under_the_mixture(setup):
   x, y = _data(jax.random.PRNGKey(9), 1)
   with pytest.raises(ValueError, match=r"contributor 'single': its pooled .* has 1 row"):

@@ -147,15 +147,18 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     target: `T` (`Split` or `(x, y)`).
     apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
     params: `theta0`.
-    config: with `seed` and `baselines.davinz` (see `default_config`).
+    config: with `seed` and `baselines.davinz` (see `default_config`); an `ntk` section's
+      `data_parallel` (absent: False) splits the gradient blocks over the local devices
+      (`valuation.gradient_mesh`).
 
   Returns:
     `ValuationResult` with `extras` `mmd [K]`, `ntk [K]`, `kappa`.
 
   Raises:
     ValueError: as `valuation.validate_inputs`; naming the field, a negative or non-finite
-      `sigma`, `jitter` not finite and > 0, or `num_blocks` / `num_permutations` not an
-      int >= 1.
+      `sigma`, `jitter` not finite and > 0, `num_blocks` / `num_permutations` not an
+      int >= 1, or `grad_block_size` not a multiple of the device count under
+      `config.ntk.data_parallel`.
   """
   cfg = config.baselines.davinz
   t0 = time.perf_counter()
@@ -168,6 +171,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   if not (np.isfinite(jitter) and jitter > 0):
     raise ValueError(f'config.baselines.davinz.jitter must be finite and > 0, got '
                      f'{cfg.jitter!r}')
+  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
+  mesh = valuation.gradient_mesh(config, block_size=int(cfg.grad_block_size),
+                                 field='baselines.davinz.grad_block_size')
   tx, _, _ = valuation.validate_inputs(contributors, target, apply_fn=apply_fn, params=params)
   target_flat = tx.reshape(tx.shape[0], -1)
   if sigma > 0:
@@ -185,7 +191,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
       ntk_lib.true_class_logit(apply_fn), params, x, y,
       param_filter=lm_lib.resolve_param_filter(cfg.param_filter, params),
       projection=projection,
-      block_size=int(cfg.grad_block_size)))
+      block_size=int(cfg.grad_block_size), mesh=mesh))
   logits = np.asarray(valuation.logits_at(apply_fn, params, x,
                                           block_size=int(cfg.grad_block_size)))
   residual = 1.0 - logits[np.arange(y.shape[0]), y]

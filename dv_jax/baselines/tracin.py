@@ -162,7 +162,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     target: `T` (`Split` or `(x, y)`).
     apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
     params: `theta0`, where training starts.
-    config: with `seed` and `baselines.tracin` (see `default_config`).
+    config: with `seed` and `baselines.tracin` (see `default_config`); an `ntk` section's
+      `data_parallel` (absent: False) splits the gradient blocks over the local devices
+      (`valuation.gradient_mesh`).
 
   Returns:
     `ValuationResult` (`seconds`: `train`, `gradients`, `total`; `extras`:
@@ -171,7 +173,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   Raises:
     ValueError: as `valuation.validate_inputs`; naming the field, `num_checkpoints` not
       dividing the steps, a bad training recipe, `projection_dim` < 0, `grad_block_size` or
-      `bn_batches` < 1, an unknown `projection_kind` (all before training).
+      `bn_batches` < 1, an unknown `projection_kind`, a `grad_block_size` that is not a
+      multiple of the device count under `config.ntk.data_parallel` (all before training).
   """
   cfg = config.baselines.tracin
   t0 = time.perf_counter()
@@ -188,6 +191,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   # The fields read after training, checked before it: a typo must not cost the training.
   projection_dim = _config_int(cfg.projection_dim, 'projection_dim', minimum=0)
   grad_block_size = _config_int(cfg.grad_block_size, 'grad_block_size', minimum=1)
+  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
+  mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
+                                 field='baselines.tracin.grad_block_size')
   bn_batches = _config_int(cfg.get('bn_batches', 64), 'bn_batches', minimum=1)
   if projection_dim and cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
     raise ValueError(f'config.baselines.tracin.projection_kind must be one of '
@@ -215,7 +221,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                  param_filter=param_filter)
     scalar_fn = loss_fn(state_j.apply_fn)
     kwargs = dict(projection=projection, block_size=grad_block_size,
-                  param_filter=state_j.param_filter)
+                  param_filter=state_j.param_filter, mesh=mesh)
     train_grads.append(ntk_lib.per_example_grads(scalar_fn, state_j.variables, x, y, **kwargs))
     target_grads.append(ntk_lib.per_example_grads(scalar_fn, state_j.variables, tx, ty,
                                                   **kwargs))

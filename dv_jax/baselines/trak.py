@@ -159,7 +159,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     target: `T` (`Split` or `(x, y)`).
     apply_fn: `apply_fn(params, x [b, ...]) -> logits [b, c]`.
     params: `theta0`, where every model's training starts.
-    config: with `seed` and `baselines.trak` (see `default_config`).
+    config: with `seed` and `baselines.trak` (see `default_config`); an `ntk` section's
+      `data_parallel` (absent: False) splits the gradient blocks over the local devices
+      (`valuation.gradient_mesh`).
 
   Returns:
     `ValuationResult` (`seconds`: `train`, `features`, `total`; `extras`: `per_model
@@ -168,7 +170,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   Raises:
     ValueError: as `valuation.validate_inputs`; naming the field, `num_models` or
       `projection_dim` < 1, an unknown `projection_kind`, `ridge` not finite and > 0,
-      `grad_block_size` or `bn_batches` not an int >= 1 (all before training).
+      `grad_block_size` or `bn_batches` not an int >= 1, a `grad_block_size` that is not a
+      multiple of the device count under `config.ntk.data_parallel` (all before training).
   """
   cfg = config.baselines.trak
   t0 = time.perf_counter()
@@ -187,6 +190,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   if not (np.isfinite(ridge) and ridge > 0):
     raise ValueError(f'config.baselines.trak.ridge must be finite and > 0, got {cfg.ridge!r}')
   grad_block_size = _config_int(cfg.grad_block_size, 'grad_block_size')
+  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
+  mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
+                                 field='baselines.trak.grad_block_size')
   bn_batches = _config_int(cfg.get('bn_batches', 64), 'bn_batches')
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
   k_train, k_proj = jax.random.split(key)
@@ -213,7 +219,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     projection = ntk_lib.Projection(int(cfg.projection_dim), cfg.projection_kind,
                                     jax.random.fold_in(k_proj, r))
     kwargs = dict(projection=projection, block_size=grad_block_size,
-                  param_filter=state_r.param_filter)
+                  param_filter=state_r.param_filter, mesh=mesh)
     phi = ntk_lib.per_example_grads(scalar_fn, state_r.variables, x, y, **kwargs)
     phi_target = ntk_lib.per_example_grads(scalar_fn, state_r.variables, tx, ty, **kwargs)
     logits = valuation.logits_at(state_r.apply_fn, state_r.variables, x,
