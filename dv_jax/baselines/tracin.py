@@ -29,6 +29,7 @@ import numpy as np
 from dv_jax import ntk as ntk_lib
 from dv_jax import training
 from dv_jax import valuation
+from dv_jax.baselines import checks
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
 from dv_jax.models.common import BatchNormApply, recalibrated_state
@@ -83,28 +84,6 @@ def loss_fn(apply_fn: Callable) -> Callable:
   return _LossFn(apply_fn)
 
 
-def _config_int(value: Any, field: str, *, minimum: int) -> int:
-  """`config.baselines.tracin.<field>` as an int >= `minimum`, else a ValueError naming it."""
-  try:
-    ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
-  except (TypeError, ValueError):  # None, a string
-    ok = False
-  if not ok:
-    raise ValueError(f'config.baselines.tracin.{field} must be an int >= {minimum}, got '
-                     f'{value!r}')
-  return int(value)
-
-
-def _check_grads(grads: Any, name: str) -> jax.Array:
-  """`grads` as a `[rows >= 1, p]` finite array, else a ValueError naming it."""
-  grads = jnp.asarray(grads)
-  if grads.ndim != 2 or grads.shape[0] < 1:
-    raise ValueError(f'{name} must be [rows, p] with at least one row, got shape '
-                     f'{grads.shape}')
-  # A NaN gradient would turn its contributor's score (and any sum over it) into NaN.
-  if not bool(jnp.isfinite(grads).all()):
-    raise ValueError(f'{name} contains NaN or Inf')
-  return grads
 
 
 def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
@@ -136,8 +115,10 @@ def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
   etas = np.asarray(learning_rates, np.float64)
   if etas.ndim != 1 or not np.all(np.isfinite(etas)):
     raise ValueError(f'learning_rates must be [J] finite numbers, got {learning_rates!r}')
-  train_grads = [_check_grads(g, f'train_grads[{j}]') for j, g in enumerate(train_grads)]
-  target_grads = [_check_grads(g, f'target_grads[{j}]') for j, g in enumerate(target_grads)]
+  train_grads = [checks.example_rows(g, f'train_grads[{j}]', width='p')
+                 for j, g in enumerate(train_grads)]
+  target_grads = [checks.example_rows(g, f'target_grads[{j}]', width='p')
+                  for j, g in enumerate(target_grads)]
   for j, (g_train, g_target) in enumerate(zip(train_grads, target_grads)):
     if g_train.shape[1] != g_target.shape[1]:
       raise ValueError(f'train_grads[{j}] and target_grads[{j}] must have the same width p, '
@@ -189,12 +170,13 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   train_config = training.as_train_config(cfg.train)._replace(
       checkpoint_every=steps // num_checkpoints)
   # The fields read after training, checked before it: a typo must not cost the training.
-  projection_dim = _config_int(cfg.projection_dim, 'projection_dim', minimum=0)
-  grad_block_size = _config_int(cfg.grad_block_size, 'grad_block_size', minimum=1)
+  projection_dim = checks.config_int(cfg.projection_dim, 'baselines.tracin.projection_dim',
+                                     minimum=0)
+  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.tracin.grad_block_size')
   # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
   mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
                                  field='baselines.tracin.grad_block_size')
-  bn_batches = _config_int(cfg.get('bn_batches', 64), 'bn_batches', minimum=1)
+  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.tracin.bn_batches')
   if projection_dim and cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
     raise ValueError(f'config.baselines.tracin.projection_kind must be one of '
                      f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')

@@ -36,6 +36,7 @@ from dv_jax import linalg
 from dv_jax import ntk as ntk_lib
 from dv_jax import training
 from dv_jax import valuation
+from dv_jax.baselines import checks
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
 from dv_jax.models.common import BatchNormApply, recalibrated_state
@@ -87,26 +88,6 @@ def margin_fn(apply_fn: Callable) -> Callable:
   return _Margin(apply_fn)
 
 
-def _config_int(value: Any, field: str) -> int:
-  """`config.baselines.trak.<field>` as an int >= 1, else a ValueError naming it."""
-  try:
-    ok = not isinstance(value, bool) and float(value).is_integer() and value >= 1
-  except (TypeError, ValueError):  # None, a string
-    ok = False
-  if not ok:
-    raise ValueError(f'config.baselines.trak.{field} must be an int >= 1, got {value!r}')
-  return int(value)
-
-
-def _check_features(features: Any, name: str) -> jax.Array:
-  """`features` as a `[rows >= 1, k]` finite array, else a ValueError naming it."""
-  features = jnp.asarray(features)
-  if features.ndim != 2 or features.shape[0] < 1:
-    raise ValueError(f'{name} must be [rows, k] with at least one row, got shape '
-                     f'{features.shape}')
-  if not bool(jnp.isfinite(features).all()):
-    raise ValueError(f'{name} contains NaN or Inf')
-  return features
 
 
 def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
@@ -131,8 +112,8 @@ def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
       `[0, num_contributors)` (`segment_sum` would silently drop the rows of an owner out
       of range), or `num_contributors < 1`.
   """
-  phi_NxK = _check_features(train_features, 'train_features')
-  target_MxK = _check_features(target_features, 'target_features')
+  phi_NxK = checks.example_rows(train_features, 'train_features', width='k')
+  target_MxK = checks.example_rows(target_features, 'target_features', width='k')
   if target_MxK.shape[1] != phi_NxK.shape[1]:
     raise ValueError(f'target_features must have the width k = {phi_NxK.shape[1]} of '
                      f'train_features, got shape {target_MxK.shape}')
@@ -189,11 +170,11 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   ridge = float(cfg.ridge)
   if not (np.isfinite(ridge) and ridge > 0):
     raise ValueError(f'config.baselines.trak.ridge must be finite and > 0, got {cfg.ridge!r}')
-  grad_block_size = _config_int(cfg.grad_block_size, 'grad_block_size')
+  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.trak.grad_block_size')
   # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
   mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
                                  field='baselines.trak.grad_block_size')
-  bn_batches = _config_int(cfg.get('bn_batches', 64), 'bn_batches')
+  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.trak.bn_batches')
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
   k_train, k_proj = jax.random.split(key)
   k_bn = jax.random.fold_in(key, 1)  # BatchNorm re-estimates; leaves the two above as they were
