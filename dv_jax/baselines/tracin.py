@@ -84,8 +84,6 @@ def loss_fn(apply_fn: Callable) -> Callable:
   return _LossFn(apply_fn)
 
 
-
-
 def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
                   learning_rates: Sequence[float], owner: Any, num_contributors: int
                   ) -> np.ndarray:

@@ -88,8 +88,6 @@ def margin_fn(apply_fn: Callable) -> Callable:
   return _Margin(apply_fn)
 
 
-
-
 def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
                 num_contributors: int, *, ridge: float) -> np.ndarray:
   """One model's `sum_{z in S_i} sum_{z'} phi(z')^T (Phi^T Phi + lam I)^-1 phi(z) Q_z`.
