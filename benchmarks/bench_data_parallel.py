@@ -47,18 +47,10 @@ def _set_device_count(count: int) -> None:
 
 
 def _models(width: int):
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from dv_jax.models.cnn import SmallCNN  # pylint: disable=g-import-not-at-top
-
-  class MLP(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      x = nn.relu(nn.Dense(width)(x))
-      x = nn.relu(nn.Dense(width)(x))
-      return nn.Dense(10)(x)
-
-  return {'mlp': (MLP(), (64,)), 'cnn': (SmallCNN(channels=(16, 32)), (28, 28, 1))}
+  from dv_jax.models.mlp import MLP  # pylint: disable=g-import-not-at-top
+  mlp = MLP(hidden_sizes=(width, width), num_classes=10)
+  return {'mlp': (mlp, (64,)), 'cnn': (SmallCNN(channels=(16, 32)), (28, 28, 1))}
 
 
 def _median_seconds(fn, repeats: int) -> float:
