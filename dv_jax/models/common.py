@@ -211,10 +211,18 @@ def recalibrated(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: Any,
   """
   if not isinstance(apply_fn, BatchNormApply):
     return apply_fn
+  return apply_fn.with_batch_stats(_reestimated_stats(apply_fn, params, x, key=key,
+                                                      num_batches=num_batches,
+                                                      batch_size=batch_size))
+
+
+def _reestimated_stats(apply_fn: 'BatchNormApply', params: Any, x: Any, *, key: Any,
+                       num_batches: int, batch_size: int) -> dict[str, Any]:
+  """`estimate_batch_stats` with the batch size capped at the rows of `x`."""
   x = jnp.asarray(x)
-  stats = apply_fn.estimate_batch_stats(params, x, key=key, num_batches=num_batches,
-                                        batch_size=min(int(batch_size), x.shape[0]))
-  return apply_fn.with_batch_stats(stats)
+  # estimate_batch_stats checks x (an empty one included) before the capped batch size.
+  return apply_fn.estimate_batch_stats(params, x, key=key, num_batches=num_batches,
+                                       batch_size=min(int(batch_size), x.shape[0]))
 
 
 ParamFilter = Union[None, str, Callable[[str, Any], bool]]
@@ -300,10 +308,8 @@ def recalibrated_state(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x
   """
   if not isinstance(apply_fn, BatchNormApply):
     return RecalibratedState(apply_fn, params, param_filter)
-  x = jnp.asarray(x)
-  # estimate_batch_stats checks x (an empty one included) before the capped batch size.
-  stats = apply_fn.estimate_batch_stats(params, x, key=key, num_batches=num_batches,
-                                        batch_size=min(int(batch_size), x.shape[0]))
+  stats = _reestimated_stats(apply_fn, params, x, key=key, num_batches=num_batches,
+                             batch_size=batch_size)
   return RecalibratedState(apply_fn.pair_apply,
                            (params, {**apply_fn.state, 'batch_stats': stats}),
                            _ParamsOfPair(param_filter))
