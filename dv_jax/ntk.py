@@ -348,6 +348,16 @@ def _replicate(placement: Optional[_Placement], params: PyTree, key):
           None if key is None else jax.device_put(key, placement.replicated))
 
 
+def _split_examples(placement: Optional[_Placement], x_b):
+  """A block's examples split over the mesh's devices (as given without a mesh)."""
+  return x_b if placement is None else jax.device_put(x_b, placement.examples)
+
+
+def _gathered(placement: Optional[_Placement], out):
+  """A finished block gathered onto the mesh's first device (as given without a mesh)."""
+  return out if placement is None else jax.device_put(out, placement.home)
+
+
 def _per_device(fn: Callable, mesh: Optional[jax.sharding.Mesh],
                 split: tuple[bool, ...]) -> Callable:
   """Inside a jitted block: `fn` itself, or `fn` run by every device on its examples.
@@ -571,12 +581,12 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
   key = None if projection is None else projection.key
   params, key = _replicate(placement, params, key)
 
+  block_mesh = None if placement is None else placement.mesh
+
   def block(x_b, y_b):
-    if placement is None:
-      return _grads_block(spec, params, key, x_b, y_b)
-    out = _grads_block(spec, params, key, jax.device_put(x_b, placement.examples),
-                       jax.device_put(y_b, placement.examples), mesh=placement.mesh)
-    return jax.device_put(out, placement.home)
+    return _gathered(placement, _grads_block(spec, params, key,
+                                             _split_examples(placement, x_b),
+                                             _split_examples(placement, y_b), mesh=block_mesh))
 
   n = x.shape[0]
   x_pad, y_pad = _pad_rows(x, block_size), _pad_rows(y, block_size)
@@ -930,15 +940,11 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
     starts1 = range(0, x1_pad.shape[0], b1)
     starts2 = range(0, x2_pad.shape[0], b2)
 
-    def split(x_b):  # a block's examples over the mesh
-      return x_b if placement is None else jax.device_put(x_b, placement.examples)
+    split = functools.partial(_split_examples, placement)
+    gathered = functools.partial(_gathered, placement)
 
     def whole(x_b):  # a block on every device of the mesh
       return x_b if placement is None else jax.device_put(x_b, placement.replicated)
-
-    def gathered(kernel_block):  # a finished kernel block onto one device
-      return (kernel_block if placement is None
-              else jax.device_put(kernel_block, placement.home))
 
     if implementation == 'jacobian_contraction':
       # The Jacobian does not depend on the trace axes: one compile serves all of them.
