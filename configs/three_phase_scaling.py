@@ -39,18 +39,19 @@ Measured (2 shared CPU cores; `results.json` -> `summary`, `breakpoints.csv`):
             configs/breakpoint_sweep.py repeats this at k = 8, 16, 32: the breaks grow as
             k^beta (fitted slopes 1.84-1.98) and sit near zeta(beta) k^beta (/ pi).
             How far can a break of a 10-seed mean stray with no model at all? The ideal
-            learner simulated at the same sizes and seeds (fit.ideal_replicates=200) puts
-            the second break at 8298 (2.03x), 95% interval 5574-12391 (1.36-3.03x), within
-            2x in 49% of replicates; the first at 353 (1.38x), within 2x in 82%. The
-            measured breaks lie inside these intervals: the factor-2 bar on n2 is a coin
-            flip at beta=2 even for Lemma 1's own learner.
+            learner simulated at the same sizes and seeds (fit.ideal_replicates=200; a
+            fresh sample per size and seed, as the units draw theirs) puts the second
+            break at 8617 (2.10x), 95% interval 6391-12573 (1.56-3.07x), within 2x in 40%
+            of replicates; the first at 347 (1.35x), within 2x in 89%. The measured
+            breaks lie inside these intervals: the factor-2 bar on n2 is a coin flip at
+            beta=2 even for Lemma 1's own learner.
   facts_lm  beta=2, k=8, pi=0.0625, N=2048, 13 sizes x 8 seeds: 3 min 11 s. Loss breaks 119
             and 1093 (1.86x, 1.07x), error 134 and 1615 (2.09x, 1.58x); E(n)'s fit 107 and
             2166. The LM memorises every fact it saw (error on seen items ~0); its loss on
             unseen facts falls from ~10.6 to ~5.3 nats as |S| grows (overconfident guesses
             over the whole vocabulary), which tilts the loss curve. The ideal learner at
-            these 8 seeds: n1 95 (1.48x, 95% interval 29-195), within 2x in 61% of
-            replicates; n2 2390 (2.33x, 1127-9569), within 2x in 37%.
+            these 8 seeds: n1 90 (1.40x, 95% interval 29-183), within 2x in 65% of
+            replicates; n2 2620 (2.56x, 1236-8044), within 2x in 30%.
   cifar100  not run (no GPU or data here); 11 sizes up to 313600 examples and up to 32768
             ResNet-18 steps each: hours on one GPU (an estimate, not a measurement).
 """

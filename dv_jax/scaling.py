@@ -401,13 +401,17 @@ def simulate_error(
     q: ArrayLike,
     *,
     trials: int,
+    nested: bool = True,
 ) -> SimulatedError:
   """Monte Carlo estimate of `E(n)`: draw `n` samples from `q`, sum the real mass unseen.
 
-  Counts are multinomial draws from `q` (NumPy's float64 sampler, seeded by `key`). Within
-  one trial the sample sets are nested: the counts at the next larger `n` add a fresh
-  `Multinomial(n' - n, q)` draw, so each entry is an exact sample of the error at its own
-  `n` while a whole curve costs one pass per grid point.
+  Counts are multinomial draws from `q` (NumPy's float64 sampler, seeded by `key`). Each
+  entry is an exact sample of the error at its own `n`; `nested` says how the entries of
+  one trial relate. Nested (a growing data stream): the counts at the next larger `n` add
+  a fresh `Multinomial(n' - n, q)` draw, so a trial's curve never rises. Not nested (a new
+  data set per size, as an experiment that draws every unit's data afresh): each `n` gets
+  its own `Multinomial(n, q)`, and the errors at different `n` are independent. The mean
+  is the same; the noise along a curve, and so where a fit puts its bends, is not.
 
   Args:
     key: `jax.random.PRNGKey`.
@@ -415,6 +419,7 @@ def simulate_error(
     p: `[N]` real frequencies.
     q: `[N]` training frequencies.
     trials: number of independent repetitions, `>= 1` (`>= 2` for a finite stderr).
+    nested: one growing sample per trial (True) or an independent sample per `n` (False).
 
   Returns:
     `SimulatedError` with entries in the order of `n`.
@@ -430,6 +435,8 @@ def simulate_error(
   if q.shape != p.shape:
     raise ValueError(f'q must have the shape of p {p.shape}, got {q.shape}')
   trials = _check_positive_int(trials, 'trials')
+  if not isinstance(nested, (bool, np.bool_)):
+    raise ValueError(f'nested must be True or False, got {nested!r}')
   rng = _numpy_rng(key)
   q = q / q.sum()  # NumPy's multinomial rejects sums above 1 + 1e-12
   order = np.argsort(n, kind='stable')
@@ -439,6 +446,8 @@ def simulate_error(
     counts = np.zeros(p.size, dtype=np.int64)
     drawn = 0
     for position, size in zip(order, sorted_n):
+      if not nested:
+        counts, drawn = np.zeros(p.size, dtype=np.int64), 0
       if size > drawn:
         counts += rng.multinomial(size - drawn, q)
         drawn = size

@@ -623,7 +623,8 @@ def ideal_learner_resolution(config, sizes: np.ndarray, p: np.ndarray, q: np.nda
   The exact `E(n)` is a mean over infinitely many seeds; a measured curve averages
   `num_seeds`. Each of `config.fit.ideal_replicates` replicates draws `num_seeds` Monte
   Carlo curves of the ideal learner (it knows exactly the items it saw,
-  `scaling.simulate_error`) at `sizes`, fits their mean like the measured curve and pairs
+  `scaling.simulate_error`, a fresh sample per size like the measured units) at `sizes`,
+  fits their mean like the measured curve and pairs
   the breaks with `predicted`. No model is in the loop, so the spread of these breaks is
   the resolution of the breakpoint estimate at this grid and seed count, and `within_2x`
   is how often the ideal learner itself lands within a factor 2 of the prediction.
@@ -647,7 +648,10 @@ def ideal_learner_resolution(config, sizes: np.ndarray, p: np.ndarray, q: np.nda
   if replicates < 1 or num_seeds < 1:
     return None
   sizes = np.asarray(sizes, np.int64)
-  errors = scaling.simulate_error(key, sizes, p, q, trials=replicates * num_seeds).errors
+  # Not nested: every measured unit (size, seed) draws its training set afresh from its own
+  # key, so the noise of neighbouring sizes is independent, and so is the ideal learner's.
+  errors = scaling.simulate_error(key, sizes, p, q, trials=replicates * num_seeds,
+                                  nested=False).errors
   curves = errors.reshape(replicates, num_seeds, sizes.size).mean(axis=1)
   # A failed fit counts as breaks not found (and not within 2x): rates are over all.
   fits = [fit or ([math.nan, math.nan], False)

@@ -266,14 +266,34 @@ def test_simulation_is_deterministic_and_order_free():
   np.testing.assert_array_equal(first.errors, second.errors[:, ::-1])
 
 
+def test_simulation_nested_or_independent_samples():
+  # Same expectation either way; nested curves never rise, independent ones do, and their
+  # errors at two sizes are uncorrelated (nested ones strongly correlated).
+  p = scaling.zipf(40, 1.5)
+  q = scaling.mixture(p, scaling.synthetic_distribution(p, mode='hard', k=4), 0.3)
+  ns = np.array([20, 25, 30])
+  exact = scaling.expected_error(ns, p, q)
+  correlation = {}
+  for nested in (True, False):
+    sim = scaling.simulate_error(jax.random.PRNGKey(3), ns, p, q, trials=2000, nested=nested)
+    assert np.all(np.abs(sim.mean - exact) <= 4 * sim.stderr), (nested, sim.mean, exact)
+    rises = np.any(np.diff(sim.errors, axis=1) > 0, axis=1)
+    assert rises.any() != nested
+    correlation[nested] = np.corrcoef(sim.errors[:, 0], sim.errors[:, 1])[0, 1]
+  assert correlation[True] > 0.5, correlation
+  assert abs(correlation[False]) < 4 / np.sqrt(2000), correlation
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(n=[1.5]), 'integer'), (dict(n=[[1]]), 'shape'), (dict(trials=0), 'trials'),
-    (dict(key=None), 'key'), (dict(key=np.zeros(2, np.float32)), 'key')])
+    (dict(key=None), 'key'), (dict(key=np.zeros(2, np.float32)), 'key'),
+    (dict(nested='no'), 'nested')])
 def test_simulate_error_rejects(kwargs, match):
   p = scaling.zipf(5, 2.0)
-  arguments = dict(key=jax.random.PRNGKey(0), n=[1], trials=2) | kwargs
+  arguments = dict(key=jax.random.PRNGKey(0), n=[1], trials=2, nested=True) | kwargs
   with pytest.raises(ValueError, match=match):
-    scaling.simulate_error(arguments['key'], arguments['n'], p, p, trials=arguments['trials'])
+    scaling.simulate_error(arguments['key'], arguments['n'], p, p, trials=arguments['trials'],
+                           nested=arguments['nested'])
 
 
 # ---------------------------------------------------------------------------------------

@@ -144,17 +144,20 @@ def _small_mixture(num_items=512, beta=2.0, k=4, pi=0.25):
 
 def test_ideal_learner_resolution_converges_to_the_theory_fit():
   # Averaged over many seeds the Monte Carlo curve is the exact E(n), so every replicate's
-  # breaks must sit where the same fit puts the exact curve's.
+  # breaks must sit where the same fit puts the exact curve's. The ideal learner draws a
+  # fresh sample per size (independent noise along the curve), which moves a break of the
+  # smoke grid's 10 points by ~15% even at thousands of seeds: 16 points pin it.
   config = configs.get_config('smoke')
   config.fit.ideal_replicates = 6
+  config.scaling.num_points = 16
   p, q = _small_mixture()
   sizes = tps.size_grid(config)
   theory = tps.fit_curve(config, sizes, scaling.expected_error(sizes.astype(float), p, q),
                          bootstrap=False)
   assert theory['num_breaks'] == 2
   out = tps.ideal_learner_resolution(config, sizes, p, q, list(theory['breaks']),
-                                     num_seeds=2000, key=jax.random.PRNGKey(0))
-  assert out['replicates'] == 6 and out['num_seeds'] == 2000 and out['three_phases'] == 1.0
+                                     num_seeds=4000, key=jax.random.PRNGKey(0))
+  assert out['replicates'] == 6 and out['num_seeds'] == 4000 and out['three_phases'] == 1.0
   for j, label in enumerate(('n1', 'n2')):
     assert out[f'{label}_found'] == 1.0
     np.testing.assert_allclose(out[f'{label}_median'], theory['breaks'][j], rtol=0.1)
@@ -162,11 +165,11 @@ def test_ideal_learner_resolution_converges_to_the_theory_fit():
     assert out[f'{label}_within_2x'] == 1.0
   # Against a prediction 10x off, no replicate is within 2x.
   far = tps.ideal_learner_resolution(config, sizes, p, q, [10 * b for b in theory['breaks']],
-                                     num_seeds=2000, key=jax.random.PRNGKey(0))
+                                     num_seeds=200, key=jax.random.PRNGKey(0))
   assert far['n1_within_2x'] == far['n2_within_2x'] == 0.0
   # Few seeds spread the breaks out; off by default when replicates is 0.
   noisy = tps.ideal_learner_resolution(config, sizes, p, q, list(theory['breaks']),
-                                       num_seeds=1, key=jax.random.PRNGKey(1))
+                                       num_seeds=10, key=jax.random.PRNGKey(1))
   assert noisy['n2_hi'] / noisy['n2_lo'] > out['n2_hi'] / out['n2_lo']
   config.fit.ideal_replicates = 0
   assert tps.ideal_learner_resolution(config, sizes, p, q, [1.0, 2.0], num_seeds=3,
