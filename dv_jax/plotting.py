@@ -160,10 +160,15 @@ def curve_grid(panels: Sequence[Tuple[str, Sequence[Curve]]], *, ncols: int = 3,
 
   Returns:
     The figure (save it with `save_figure`).
+
+  Raises:
+    ValueError: no panels, or `ncols` not an integer >= 1.
   """
   if not panels:
     raise ValueError('panels is empty')
-  ncols = min(ncols, len(panels))
+  if isinstance(ncols, bool) or int(ncols) != ncols or ncols < 1:
+    raise ValueError(f'ncols must be an integer >= 1, got {ncols!r}')
+  ncols = min(int(ncols), len(panels))
   nrows = -(-len(panels) // ncols)
   fig, axes = new_figure(nrows=nrows, ncols=ncols)
   for ax, (title, curves) in zip(axes.ravel(), panels):

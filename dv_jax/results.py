@@ -6,15 +6,16 @@ directory and moved into place with `os.replace`, so a crash or a kill never lea
 half-written result that a rerun would trust.
 
 JSON conventions (`write_json`): NumPy and JAX scalars become Python numbers, arrays become
-nested lists, `NamedTuple`s become objects with their field names, tuples become lists,
-`Path`s strings, `ConfigDict`s plain objects. Non-finite floats (NaN, +-Inf), which strict
-JSON cannot hold, become `null` (so `read_json` gives `None` for them; the distinction
-between NaN and Inf is not kept). CSV (`write_csv`) writes NaN as `nan` and Inf as `inf`,
-which `read_csv` reads back as floats.
+nested lists, `NamedTuple`s become objects with their field names, tuples become lists, sets
+sorted lists, `Path`s strings, `ConfigDict`s plain objects. Non-finite floats (NaN, +-Inf),
+which strict JSON cannot hold, become `null` (so `read_json` gives `None` for them; the
+distinction between NaN and Inf is not kept). CSV (`write_csv`) writes NaN as `nan` and Inf
+as `inf`, which `read_csv` reads back as floats.
 """
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -93,6 +94,12 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 
 def to_jsonable(obj: Any) -> Any:
   """Converts `obj` to plain JSON types following the module's conventions."""
+  return _jsonable(obj, tag_nonfinite=False)
+
+
+def _jsonable(obj: Any, *, tag_nonfinite: bool) -> Any:
+  """`to_jsonable`; with `tag_nonfinite`, NaN / +-Inf become distinct strings, not null."""
+  convert = functools.partial(_jsonable, tag_nonfinite=tag_nonfinite)
   if obj is None or isinstance(obj, (bool, str)):
     return obj
   if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
@@ -101,22 +108,29 @@ def to_jsonable(obj: Any) -> Any:
     return bool(obj)
   if isinstance(obj, (float, np.floating)):
     value = float(obj)
-    return value if math.isfinite(value) else None
+    if math.isfinite(value):
+      return value
+    return f'<float {value!r}>' if tag_nonfinite else None
   if isinstance(obj, Path):
     return str(obj)
   if hasattr(obj, 'to_dict') and callable(obj.to_dict):  # ml_collections.ConfigDict
-    return to_jsonable(obj.to_dict())
+    return convert(obj.to_dict())
   if isinstance(obj, tuple) and hasattr(obj, '_fields'):  # NamedTuple: keep field names
-    return {name: to_jsonable(value) for name, value in zip(obj._fields, obj)}
+    return {name: convert(value) for name, value in zip(obj._fields, obj)}
   if isinstance(obj, Mapping):
-    return {str(key): to_jsonable(value) for key, value in obj.items()}
-  if isinstance(obj, (list, tuple, set, frozenset)):
-    return [to_jsonable(value) for value in obj]
+    return {str(key): convert(value) for key, value in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [convert(value) for value in obj]
+  if isinstance(obj, (set, frozenset)):
+    # Sorted: a set's iteration order (of strings) changes with the process's hash seed,
+    # which would change the file and the `fingerprint` from one run to the next.
+    items = [convert(value) for value in obj]
+    return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
   if isinstance(obj, np.ndarray) or hasattr(obj, '__array__'):  # NumPy and JAX arrays
     array = np.asarray(obj)
     if array.ndim == 0:
-      return to_jsonable(array.item())
-    return [to_jsonable(value) for value in array]
+      return convert(array.item())
+    return [convert(value) for value in array]
   if isinstance(obj, complex):
     raise TypeError(f'complex numbers are not JSON serialisable: {obj!r}')
   raise TypeError(f'cannot write an object of type {type(obj).__name__} as JSON')
@@ -156,8 +170,10 @@ def _csv_cell(value: Any) -> str:
     return repr(float(value))  # shortest round-tripping form; nan / inf stay readable
   if isinstance(value, str):
     return value
-  if isinstance(value, np.ndarray) and value.ndim == 0:
-    return _csv_cell(value.item())
+  if (isinstance(value, np.ndarray) or hasattr(value, '__array__')) and np.ndim(value) == 0:
+    # NumPy and JAX 0-d arrays are scalars: as a JSON cell a NaN would be written `null`
+    # and a bool `true`, which `read_csv` returns as strings.
+    return _csv_cell(np.asarray(value).item())
   # Lists, arrays, dicts: one JSON cell.
   return json.dumps(to_jsonable(value), allow_nan=False)
 
@@ -247,9 +263,11 @@ def fingerprint(*parts: Any) -> str:
   """A short hash of `parts` (configs, mappings, scalars) in their JSON form.
 
   Two configs that write the same JSON (`to_jsonable`, keys sorted) get the same
-  fingerprint; a unit saved with one is what a later run checks its config against.
+  fingerprint, except that NaN, +Inf, -Inf and None, which `to_jsonable` all writes as
+  `null`, are told apart; a unit saved with one is what a later run checks its config
+  against.
   """
-  text = json.dumps(to_jsonable(list(parts)), sort_keys=True, allow_nan=True)
+  text = json.dumps(_jsonable(list(parts), tag_nonfinite=True), sort_keys=True)
   return hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]
 
 

@@ -183,7 +183,8 @@ def pack_lm(tokens: Any, response_mask: Any, lengths: Any) -> np.ndarray:
 
   Args:
     tokens: int `[n, t]` (`n` may be 0), right-padded, ids in `[0, 2^24)`.
-    response_mask: `[n, t]` 0/1, 1 on the response tokens (at least one at a position >= 1).
+    response_mask: `[n, t]` 0/1, 1 on the response tokens (at least one at a position >= 1),
+      all within the row's real tokens.
     lengths: int `[n]`, real tokens per row (attention mask = `arange(t) < length`).
 
   Returns:
@@ -191,7 +192,7 @@ def pack_lm(tokens: Any, response_mask: Any, lengths: Any) -> np.ndarray:
 
   Raises:
     ValueError: bad shapes, ids out of range, a mask that is not 0/1, a row without a
-      response token.
+      response token, non-integer lengths or a response token beyond its row's length.
   """
   tokens = np.asarray(tokens)
   mask = np.asarray(response_mask)
@@ -205,13 +206,20 @@ def pack_lm(tokens: Any, response_mask: Any, lengths: Any) -> np.ndarray:
                      f'[{tokens.min()}, {tokens.max()}]')
   if mask.shape != tokens.shape or not np.all((mask == 0) | (mask == 1)):
     raise ValueError(f'response_mask must be 0/1 of shape {tokens.shape}')
-  if lengths.shape != (tokens.shape[0],) or np.any(lengths < 1) \
-      or np.any(lengths > tokens.shape[1]):
-    raise ValueError(f'lengths must be int [{tokens.shape[0]}] in [1, {tokens.shape[1]}]')
+  if lengths.shape != (tokens.shape[0],) or not (
+      np.issubdtype(lengths.dtype, np.integer) or lengths.size == 0) \
+      or np.any(lengths < 1) or np.any(lengths > tokens.shape[1]):
+    raise ValueError(f'lengths must be int [{tokens.shape[0]}] in [1, {tokens.shape[1]}], got '
+                     f'dtype {lengths.dtype} shape {lengths.shape}')
   empty = np.flatnonzero(mask[:, 1:].sum(axis=1) == 0)
   if empty.size:
     raise ValueError(f'response_mask has no response token in rows {empty[:10].tolist()}')
   attention = (np.arange(tokens.shape[1])[None, :] < lengths[:, None])
+  # g would average the log-probabilities of pad tokens (LMClassifier reads no attention).
+  beyond = np.flatnonzero(np.any((mask == 1) & ~attention, axis=1))
+  if beyond.size:
+    raise ValueError(f'response_mask marks tokens beyond lengths in rows '
+                     f'{beyond[:10].tolist()}')
   return np.stack([tokens, mask, attention], axis=1).astype(np.float32)
 
 
@@ -312,8 +320,11 @@ def real_part_indices(specs: Sequence[contributors_lib.ContributorSpec], pool_si
   """Disjoint index sets into a pool of `pool_size`, `spec.num_real` (or `num_synthetic`) each.
 
   Raises:
-    ValueError: the pool holds fewer examples than the specs need.
+    ValueError: `part` is neither 'real' nor 'synthetic', or the pool holds fewer examples
+      than the specs need.
   """
+  if part not in ('real', 'synthetic'):  # anything else would silently read num_synthetic
+    raise ValueError(f"part must be 'real' or 'synthetic', got {part!r}")
   counts = [s.num_real if part == 'real' else s.num_synthetic for s in specs]
   if sum(counts) > pool_size:
     raise ValueError(f'the {part} pool holds {pool_size} examples but the contributors need '

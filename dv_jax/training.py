@@ -41,7 +41,7 @@ class TrainConfig(NamedTuple):
     batch_size: examples per step (drawn with replacement).
     weight_decay: decoupled decay for ``adamw``; an L2 term added to the gradient
       (``optax.add_decayed_weights``) for ``adam`` and ``sgd``.
-    momentum: heavy-ball momentum of ``sgd`` (0: none).
+    momentum: heavy-ball momentum of ``sgd`` (0: none); must be 0 for the other optimisers.
     schedule: ``'constant'`` or ``'cosine'`` (``eta_t = eta (1 + cos(pi t / T)) / 2``).
     checkpoint_every: save parameters after every this many steps (0: never); must divide
       ``steps``. TracIn reads the checkpoints and their learning rates.
@@ -70,8 +70,8 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
   Raises:
     ValueError: naming the field, for an unknown key, an unknown optimiser or schedule,
       non-positive ``steps`` / ``batch_size`` / ``learning_rate``, negative
-      ``weight_decay``, ``momentum`` outside ``[0, 1)``, or a ``checkpoint_every`` that
-      does not divide ``steps``.
+      ``weight_decay``, ``momentum`` outside ``[0, 1)`` or non-zero for an optimiser other
+      than ``sgd``, or a ``checkpoint_every`` that does not divide ``steps``.
   """
   if config is None:
     config = TrainConfig()
@@ -103,6 +103,10 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
     raise ValueError(f'config.weight_decay must be finite and >= 0, got {c.weight_decay}')
   if not 0 <= float(c.momentum) < 1:  # momentum >= 1 lets the velocity grow without bound
     raise ValueError(f'config.momentum must lie in [0, 1), got {c.momentum}')
+  # Only sgd has a heavy-ball momentum: adam / adamw would train silently without it.
+  if float(c.momentum) and c.optimizer != 'sgd':
+    raise ValueError(f'config.momentum={c.momentum} is used only by optimizer sgd, got '
+                     f'optimizer {c.optimizer!r}; set momentum to 0')
   every = c.checkpoint_every
   if int(every) != every or every < 0 or (every and c.steps % every):
     raise ValueError(f'config.checkpoint_every must be 0 or divide steps={c.steps}, got '
@@ -150,7 +154,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def learning_rate_at(step: Any, *, learning_rate: float, schedule: str, steps: int) -> jax.Array:
-  """The learning rate ``eta_t`` of step ``t`` (0-based) under ``schedule``."""
+  """The learning rate ``eta_t`` of step ``t`` (0-based) under ``schedule``.
+
+  Raises:
+    ValueError: an unknown ``schedule`` (it would otherwise be read as cosine).
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
   step = jnp.asarray(step, jnp.float32)
   if schedule == 'constant':
     return jnp.full_like(step, learning_rate)
@@ -275,6 +285,8 @@ def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to, use_batch_s
   if out.shape != (1, num_classes):
     raise ValueError(f'num_classes={num_classes} but apply_fn returns logits of shape '
                      f'{out.shape} for one example')
+  if pad_to is not None and (isinstance(pad_to, (bool, np.bool_)) or int(pad_to) != pad_to):
+    raise ValueError(f'pad_to must be an integer >= n, got {pad_to!r}')
   capacity = _next_power_of_two(x.shape[0]) if pad_to is None else int(pad_to)
   x_pad, y_pad = pad_examples(x, y, capacity)
   static = dict(apply_fn=loss_apply, optimizer=c.optimizer, schedule=c.schedule, steps=c.steps,
@@ -343,9 +355,12 @@ def train_many_seeds(apply_fn: Callable[[Any, jax.Array], jax.Array], params: An
 
 def _eval_block_sums(params, xb, yb, mask, apply_fn):
   logits = apply_fn(params, xb)
-  loss = cross_entropy(logits, yb)
-  correct = (jnp.argmax(logits, axis=-1) == yb).astype(jnp.float32)
-  return jnp.sum(loss * mask), jnp.sum(correct * mask)
+  # where, not a product: a padded (all-zero) row may give NaN logits (e.g. a model that
+  # normalises its input), and NaN * 0 is NaN.
+  valid = mask > 0
+  loss = jnp.where(valid, cross_entropy(logits, yb), 0.0)
+  correct = jnp.where(valid, jnp.argmax(logits, axis=-1) == yb, False).astype(jnp.float32)
+  return jnp.sum(loss), jnp.sum(correct)
 
 
 _eval_block = jax.jit(_eval_block_sums, static_argnames=('apply_fn',))

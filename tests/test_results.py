@@ -111,6 +111,15 @@ def test_csv_round_trip_with_union_of_columns(tmp_path):
     results.write_csv(tmp_path / 'bad.csv', [[1, 2]])
 
 
+def test_csv_jax_scalars_read_back_as_numbers_and_bools(tmp_path):
+  # A JAX 0-d array is a scalar like NumPy's: NaN must come back a float, not 'null'.
+  rows = [{'nan': jnp.float32(np.nan), 'inf': jnp.asarray(-np.inf), 'flag': jnp.asarray(True),
+           'value': jnp.asarray(2.5), 'count': jnp.asarray(3, jnp.int32)}]
+  back = results.read_csv(results.write_csv(tmp_path / 'j.csv', rows))[0]
+  assert math.isnan(back['nan']) and back['inf'] == -math.inf
+  assert back['flag'] is True and back['value'] == 2.5 and back['count'] == 3
+
+
 def test_save_config_writes_config_json(tmp_path):
   config = ml_collections.ConfigDict({'seed': 0, 'data': {'betas': (2.0, 3.0)}})
   config.lock()
@@ -145,6 +154,36 @@ def test_fingerprint_is_the_configs_json_form():
   assert results.fingerprint(config) == results.fingerprint({'b': {'c': [1, 2]}, 'a': 1})
   assert results.fingerprint(config) != results.fingerprint({'a': 2, 'b': {'c': [1, 2]}})
   assert results.fingerprint(config, 1) != results.fingerprint(config, 2)
+
+
+def test_fingerprint_tells_non_finite_values_apart():
+  # to_jsonable writes NaN, +-Inf and None all as null; a config changed from one to another
+  # must still refuse the units computed under the old one.
+  values = [float('nan'), float('inf'), -float('inf'), None, np.float32(np.nan)]
+  prints = [results.fingerprint({'clip': v}) for v in values[:4]]
+  assert len(set(prints)) == 4
+  assert results.fingerprint({'clip': values[4]}) == prints[0]  # NaN is NaN in any dtype
+  assert (results.fingerprint({'w': np.array([1.0, np.inf])})
+          != results.fingerprint({'w': np.array([1.0, np.nan])}))
+  config = ml_collections.ConfigDict({'a': float('inf')})
+  assert results.fingerprint(config) == results.fingerprint({'a': float('inf')})
+
+
+def test_sets_are_written_in_a_fixed_order():
+  # A set of strings iterates in a hash-seed dependent order: the fingerprint (and the
+  # file) must not change from one process to the next.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  # results.py alone (NumPy only): importing dv_jax would load JAX in every process.
+  code = ('import importlib.util as u; '
+          f's = u.spec_from_file_location("r", {results.__file__!r}); '
+          'r = u.module_from_spec(s); s.loader.exec_module(r); '
+          "print(r.fingerprint({'m': {'davinz', 'tracin', 'trak', 'ours', 'random'}}))")
+  prints = {subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                           check=True, env={**os.environ, 'PYTHONHASHSEED': str(seed)}
+                           ).stdout for seed in (1, 2, 3)}
+  assert len(prints) == 1
+  assert results.to_jsonable({'b', 'a', 'c'}) == ['a', 'b', 'c']
 
 
 def test_unit_store_refuses_a_unit_computed_under_another_config(tmp_path):
@@ -194,3 +233,11 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
   assert len([ax for ax in grid.axes if ax.get_visible()]) == 3
   with pytest.raises(ValueError, match='panels'):
     plotting.curve_grid([])
+
+
+@pytest.mark.parametrize('ncols', [0, -1, 1.5])
+def test_curve_grid_refuses_a_bad_ncols(ncols):
+  # 0 divided by zero, a negative count reached matplotlib with a negative row count.
+  curve = plotting.Curve([1, 10], [1.0, 0.3], 'c')
+  with pytest.raises(ValueError, match='ncols must be an integer >= 1'):
+    plotting.curve_grid([('one', [curve]), ('two', [curve])], ncols=ncols)

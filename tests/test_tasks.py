@@ -68,6 +68,11 @@ def test_pack_unpack_round_trip():
     (np.array([[0, 1, 2]]), np.array([[0, 2, 1]]), [3], '0/1'),
     (np.array([[0, 1, 2]]), np.array([[1, 0, 0]]), [3], 'no response token'),
     (np.array([[0, 1, 2]]), np.array([[0, 1, 0]]), [4], 'lengths'),
+    # A fractional length would silently widen the attention mask (arange(t) < 2.5).
+    (np.array([[0, 1, 2]]), np.array([[0, 1, 0]]), [2.5], 'lengths must be int'),
+    # A response token among the pads: g would average the pads' log-probabilities.
+    (np.array([[0, 1, 2, 0]]), np.array([[0, 1, 1, 1]]), [3],
+     'beyond lengths in rows \\[0\\]'),
 ])
 def test_pack_errors(tokens, mask, lengths, message):
   with pytest.raises(ValueError, match=message):
@@ -163,6 +168,9 @@ def test_real_part_indices_are_disjoint_and_sized():
   assert [r.size for r in syn] == [s.num_synthetic for s in specs]
   with pytest.raises(ValueError, match='pool holds 5 examples'):
     tasks.real_part_indices(specs, 5, key=jax.random.PRNGKey(1))
+  # A misspelt part must not silently size the parts by num_synthetic.
+  with pytest.raises(ValueError, match="part must be 'real' or 'synthetic', got 'Real'"):
+    tasks.real_part_indices(specs, 60, key=jax.random.PRNGKey(1), part='Real')
 
 
 def test_swap_responses():

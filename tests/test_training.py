@@ -183,6 +183,31 @@ def test_evaluate_in_padded_blocks_matches_numpy():
   np.testing.assert_allclose(ev.accuracy, acc, rtol=1e-6)
 
 
+def test_evaluate_padded_rows_never_reach_the_sums():
+  """A padded row is all zeros; a model that is NaN there must not poison the block's sums."""
+
+  def normalised_apply(params, x):  # x / |x|: NaN on an all-zero row
+    return _linear_apply(params, x / jnp.linalg.norm(x, axis=-1, keepdims=True))
+
+  x, y = _blobs(5, seed=7)  # 5 rows: one block of 8, three padded rows
+  params = _linear_params(8)
+  w, b = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+  xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+  loss, *_ = _softmax_ce_grad(w, b, xn, y)
+  acc = np.mean(np.argmax(xn @ w + b, axis=1) == y)
+  ev = training.evaluate(normalised_apply, params, x, y)
+  np.testing.assert_allclose(ev.loss, loss, rtol=1e-5)
+  np.testing.assert_allclose(ev.accuracy, acc, rtol=1e-6)
+  stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), params)
+  many = training.evaluate_many(normalised_apply, stacked, x, y)
+  np.testing.assert_allclose(many.loss, [loss, loss], rtol=1e-5)
+
+
+def test_learning_rate_at_refuses_an_unknown_schedule():
+  with pytest.raises(ValueError, match="schedule must be one of .*'linear'"):
+    training.learning_rate_at(3, learning_rate=1.0, schedule='linear', steps=10)
+
+
 def test_config_from_dict_and_config_dict():
   c = training.as_train_config({'optimizer': 'sgd', 'steps': 5, 'num_seeds': 3},
                                extra_fields=('num_seeds',))
@@ -209,6 +234,8 @@ def test_config_from_dict_and_config_dict():
     ('momentum', float('inf'), 'config.momentum'),
     ('momentum', 1.0, 'config.momentum'),
     ('checkpoint_every', 7, 'config.checkpoint_every'),
+    # adam (the default) has no heavy-ball momentum: it would be dropped silently.
+    ('momentum', 0.9, 'config.momentum=0.9 is used only by optimizer sgd'),
 ])
 def test_config_errors(field, value, match):
   with pytest.raises(ValueError, match=match):
@@ -233,6 +260,8 @@ def test_data_errors():
     training.train(_linear_apply, params, x, y, num_classes=4, **kw)
   with pytest.raises(ValueError, match='pad_to'):
     training.train(_linear_apply, params, x, y, num_classes=C, pad_to=3, **kw)
+  with pytest.raises(ValueError, match='pad_to must be an integer'):  # not truncated to 8
+    training.train(_linear_apply, params, x, y, num_classes=C, pad_to=8.5, **kw)
   with pytest.raises(ValueError, match='keys'):
     training.train_many_seeds(_linear_apply, params, x, y, num_classes=C,
                               config=training.TrainConfig(steps=1), keys=jax.random.PRNGKey(0))
