@@ -64,6 +64,65 @@ def _exact(value: float) -> str:
 # The config fields that choose which cells exist; each cell's unit name spells its values.
 _GRID_FIELDS = ('betas', 'pis', 'modes', 'ks', 'top_ps', 'temperatures', 'num_samples')
 
+# The range of each soft mode's parameter (`dv_jax.scaling.synthetic_distribution`).
+_PARAMETER_RANGES = {
+    'top_p': (lambda v: 0 < v <= 1, 'in (0, 1] (the kept real mass)'),
+    'temperature': (lambda v: 0 < v < 1, 'in (0, 1) (a thinned tail)'),
+}
+
+
+def check_config(config) -> None:
+  """Fails, naming the field, on a setting that would break (or silently drop) later work.
+
+  Runs before any unit: the grid (`grid_cells`), the n grid, the Monte Carlo check, the
+  reference cell and the figure settings.
+
+  Raises:
+    ValueError: naming the config field.
+  """
+  grid_cells(config)
+  scale = config.scaling
+  if not (0 < float(scale.n_min) < float(scale.n_max) and math.isfinite(float(scale.n_max))):
+    raise ValueError(f'config.scaling.n_min and n_max must satisfy 0 < n_min < n_max '
+                     f'(finite), got {scale.n_min}, {scale.n_max}')
+  # The fit has 3 + 3 * max_breaks parameters and needs more points than that.
+  minimum = 4 + 3 * int(config.fit.max_breaks)
+  if int(scale.num_points) < minimum:
+    raise ValueError(f'config.scaling.num_points must be >= {minimum} for a fit with '
+                     f'{config.fit.max_breaks} breaks, got {scale.num_points}')
+  ns = [float(n) for n in scale.mc_ns]
+  if not ns or any(not (n >= 1 and n.is_integer()) for n in ns):
+    raise ValueError(f'config.scaling.mc_ns must be a non-empty list of integers >= 1, got '
+                     f'{tuple(scale.mc_ns)}')
+  if int(scale.mc_trials) < 1 or float(scale.mc_trials) != int(scale.mc_trials):
+    raise ValueError(f'config.scaling.mc_trials must be an integer >= 1, got '
+                     f'{scale.mc_trials}')
+  for field, items in (('data.num_items', config.data.num_items),
+                       ('data.reference.num_items', config.data.reference.num_items)):
+    if int(items) < 2 or float(items) != int(items):
+      raise ValueError(f'config.{field} must be an integer >= 2, got {items}')
+  ref = config.data.reference
+  if not (float(ref.beta) > 1 and math.isfinite(float(ref.beta))):
+    raise ValueError(f'config.data.reference.beta must be > 1, got {ref.beta}')
+  if not 0 <= float(ref.pi) <= 1:
+    raise ValueError(f'config.data.reference.pi must lie in [0, 1], got {ref.pi}')
+  if not (float(ref.k) == int(ref.k) and 1 <= int(ref.k) < int(ref.num_items)):
+    raise ValueError(f'config.data.reference.k must be an integer in [1, '
+                     f'config.data.reference.num_items), got {ref.k}')
+  if len(ref.paper_errors) != len(ref.ns) or not len(ref.ns):
+    raise ValueError(f'config.data.reference.paper_errors has {len(ref.paper_errors)} values '
+                     f'but config.data.reference.ns has {len(ref.ns)}: one error per n '
+                     '(at least one)')
+  if float(config.output.grid_beta) not in [float(b) for b in config.data.betas]:
+    # Otherwise the all-modes figure would have no curve and silently not be written.
+    raise ValueError(f'config.output.grid_beta must be one of config.data.betas '
+                     f'{tuple(config.data.betas)}, got {config.output.grid_beta}')
+  if int(config.output.grid_columns) < 1:
+    raise ValueError(f'config.output.grid_columns must be >= 1, got '
+                     f'{config.output.grid_columns}')
+  if not float(config.output.figure_dpi) > 0:
+    raise ValueError(f'config.output.figure_dpi must be > 0, got {config.output.figure_dpi}')
+
 
 def unit_fingerprint(config) -> str:
   """Hash of every config field a unit depends on: all but the output and the grid lists."""
@@ -77,12 +136,26 @@ def grid_cells(config) -> List[Cell]:
   """The cells of the grid, in a fixed order (beta, pi, mode, parameter value).
 
   Raises:
-    ValueError: an empty grid list, an unknown mode, or a rank / sample count that is not a
-      positive integer (each names its config field).
+    ValueError: an empty grid list, a list with a repeated entry, an unknown mode, a beta
+      that is not > 1, a pi outside [0, 1], a top_p outside (0, 1], a temperature outside
+      (0, 1), or a rank / sample count that is not a positive integer (each names its
+      config field). The library would reject most of these too, but only once the
+      reference and the Monte Carlo units are computed, and under its argument name.
   """
   for field in ('betas', 'pis', 'modes'):
     if not len(config.data[field]):
       raise ValueError(f'config.data.{field} is empty: the grid would have no cells')
+  for field in _GRID_FIELDS:
+    values = list(config.data[field])
+    if len(set(values)) != len(values):
+      # A repeated entry repeats a cell: the same unit twice in the tables.
+      raise ValueError(f'config.data.{field} repeats an entry: '
+                       f'{tuple(config.data[field])}')
+  for field, ok, allowed in (('betas', lambda v: v > 1, '> 1 (a normalisable Zipf tail)'),
+                             ('pis', lambda v: 0 <= v <= 1, 'in [0, 1]')):
+    bad = [v for v in config.data[field] if not (math.isfinite(float(v)) and ok(float(v)))]
+    if bad:
+      raise ValueError(f'config.data.{field} must hold values {allowed}, got {bad}')
   cells = []
   for beta in config.data.betas:
     for pi in config.data.pis:
@@ -97,6 +170,10 @@ def grid_cells(config) -> List[Cell]:
           if parameter in ('k', 'num_samples') and not (
               float(value) == int(float(value)) and int(float(value)) >= 1):
             raise ValueError(f'config.data.{field} must hold integers >= 1, got {value!r}')
+          if parameter in _PARAMETER_RANGES and not _PARAMETER_RANGES[parameter][0](
+              float(value)):
+            raise ValueError(f'config.data.{field} must hold values '
+                             f'{_PARAMETER_RANGES[parameter][1]}, got {value!r}')
           cells.append(Cell(float(beta), float(pi), mode, parameter, value))
   return cells
 
@@ -228,14 +305,14 @@ def _compute_monte_carlo(config, key: jax.Array) -> List[Dict[str, Any]]:
            'trials': config.scaling.mc_trials} for i, n in enumerate(ns)]
 
 
-def _summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-  """Per mode: how often BIC found 2 breaks and how far the fitted breaks are from theory."""
+def _summary(rows: List[Dict[str, Any]], max_breaks: int) -> Dict[str, Any]:
+  """Per mode: how many breaks BIC found and how far the fitted breaks are from theory."""
   summary = {}
   for mode in dict.fromkeys(row['mode'] for row in rows):
     mode_rows = [row for row in rows if row['mode'] == mode]
     entry = {'cells': len(mode_rows),
              'num_breaks': {str(j): sum(row['num_breaks'] == j for row in mode_rows)
-                            for j in range(3)}}
+                            for j in range(int(max_breaks) + 1)}}
     for key in ('ratio_fit_paper_n1', 'ratio_fit_paper_n2', 'ratio_fit_ours_n1',
                 'ratio_fit_ours_n2'):
       ratios = np.array([row[key] for row in mode_rows], dtype=float)
@@ -315,7 +392,8 @@ def run(config, workdir) -> Dict[str, Any]:
   """
   start = time.perf_counter()
   workdir = Path(workdir)
-  cells = grid_cells(config)  # checks the grid before any work
+  check_config(config)  # every setting, before any work
+  cells = grid_cells(config)
   store = results.UnitStore(workdir / 'units')
   key = jax.random.PRNGKey(config.seed)
   computed = []
@@ -378,7 +456,7 @@ def run(config, workdir) -> Dict[str, Any]:
                            'fitted': reference['fitted_breaks'],
                            'fitted_ci': reference['fitted_break_ci']},
       'monte_carlo': monte_carlo,
-      'summary': _summary(rows),
+      'summary': _summary(rows, config.fit.max_breaks),
       'units_computed': computed,
       'runtime_s': time.perf_counter() - start,
   }

@@ -72,6 +72,43 @@ def test_grid_checks_its_lists_and_names_cells_exactly(experiment):
     experiment.grid_cells(config)
 
 
+@pytest.mark.parametrize('section, field, value, match', [
+    ('data', 'pis', (1.5,), r'config\.data\.pis must hold values in \[0, 1\]'),
+    ('data', 'betas', (1.0,), r'config\.data\.betas must hold values > 1'),
+    ('data', 'top_ps', (1.5,), r'config\.data\.top_ps must hold values in \(0, 1\]'),
+    ('data', 'temperatures', (2.0,), r'config\.data\.temperatures must hold values in'),
+    ('data', 'ks', (10, 10.0), r'config\.data\.ks repeats an entry'),
+    ('data', 'modes', ('hard', 'hard'), r'config\.data\.modes repeats an entry'),
+    ('scaling', 'n_min', 1e6, r'config\.scaling\.n_min and n_max must satisfy'),
+    ('scaling', 'num_points', 5, r'config\.scaling\.num_points must be >= 10'),
+    ('scaling', 'mc_trials', 0, r'config\.scaling\.mc_trials must be an integer >= 1'),
+    # Would silently leave out the all-modes figure (no cell at that beta).
+    ('output', 'grid_beta', 3.0, r'config\.output\.grid_beta must be one of config\.data'),
+    ('output', 'grid_columns', 0, r'config\.output\.grid_columns must be >= 1'),
+])
+def test_bad_settings_fail_naming_the_field_before_any_unit(experiment, tmp_path, monkeypatch,
+                                                           section, field, value, match):
+  def forbidden(*args, **kwargs):
+    raise AssertionError('a unit was computed before the config was checked')
+
+  monkeypatch.setattr(scaling, 'expected_error', forbidden)
+  monkeypatch.setattr(scaling, 'simulate_error', forbidden)
+  config = lemma1_config.get_config('smoke')
+  config[section][field] = value
+  with pytest.raises(ValueError, match=match):
+    experiment.run(config, tmp_path)
+  assert not (tmp_path / 'units').exists()
+
+
+def test_summary_counts_every_number_of_breaks_the_fit_allows(experiment):
+  rows = [{'mode': 'hard', 'num_breaks': j, 'ratio_fit_paper_n1': 1.0,
+           'ratio_fit_paper_n2': 2.0, 'ratio_fit_ours_n1': 1.0, 'ratio_fit_ours_n2': 1.5}
+          for j in (0, 2, 3, 3)]
+  summary = experiment._summary(rows, 3)  # pylint: disable=protected-access
+  assert summary['hard']['num_breaks'] == {'0': 1, '1': 0, '2': 1, '3': 2}
+  assert sum(summary['hard']['num_breaks'].values()) == summary['hard']['cells']
+
+
 def test_unit_fingerprint_ignores_the_output_and_the_grid_lists(experiment):
   config = lemma1_config.get_config('smoke')
   before = experiment.unit_fingerprint(config)
