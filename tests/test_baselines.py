@@ -25,6 +25,7 @@ from dv_jax import ntk
 from dv_jax import training
 from dv_jax import valuation
 from dv_jax.baselines import davinz
+from dv_jax.baselines import random_baseline
 from dv_jax.baselines import tracin
 from dv_jax.baselines import trak
 from dv_jax.data.contributors import Contributor
@@ -509,7 +510,7 @@ def test_trak_scores_name_a_bad_input(change, message):
     ('trak', 'ridge', -1.0, 'ridge must be finite and > 0'),
     ('trak', 'grad_block_size', 0, 'grad_block_size must be an int >= 1'),
     ('trak', 'bn_batches', 0, 'bn_batches must be an int >= 1'),
-    ('trak', 'num_models', 0, 'needs num_models >= 1'),
+    ('trak', 'num_models', 0, 'num_models must be an int >= 1'),
     ('tracin', 'projection_kind', 'sparse', 'projection_kind must be one of'),
     ('tracin', 'projection_dim', -1, 'projection_dim must be an int >= 0'),
     ('tracin', 'grad_block_size', 0, 'grad_block_size must be an int >= 1'),
@@ -531,6 +532,75 @@ def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, fiel
     config.baselines.tracin.projection_dim = 4
   with pytest.raises(ValueError, match=f'config.baselines.{method}.*{message}'):
     _call(method, dict(setup, config=config))
+
+
+def _with(config, path, value):
+  """A copy of `config` with `baselines.<path>` set to `value`, of any type.
+
+  The section is rebuilt from a dict: a ConfigDict refuses to change a field's type (an
+  int field set to 2.5), which is exactly the typo these tests make.
+  """
+  config = copy.deepcopy(config)
+  method, *keys = path.split('.')
+  section = config.baselines[method].to_dict()
+  node = section
+  for key in keys[:-1]:
+    node = node[key]
+  node[keys[-1]] = value
+  config.baselines[method] = ml_collections.ConfigDict(section)
+  return config
+
+
+@pytest.mark.parametrize('path, value, message', [
+    ('davinz.sigma', 'wide', 'davinz.sigma must be a finite length scale'),
+    ('davinz.num_blocks', 1.5, 'davinz.num_blocks must be an int >= 1'),
+    ('davinz.jitter', None, 'davinz.jitter must be finite and > 0'),
+    ('davinz.grad_block_size', 0, 'davinz.grad_block_size must be an int >= 1'),
+    ('davinz.projection_dim', -1, 'davinz.projection_dim must be an int >= 0'),
+    ('tracin.num_checkpoints', 1.5, 'tracin.num_checkpoints must be an int >= 1'),
+    ('tracin.num_checkpoints', 4, 'tracin.num_checkpoints must divide train.steps'),
+    ('tracin.train.steps', 0, r'tracin.train: config.steps must be an integer >= 1'),
+    ('tracin.train.lr', 0.1, r'tracin.train: config has unknown training fields'),
+    ('tracin.bn_batches', 0, 'tracin.bn_batches must be an int >= 1'),
+    ('trak.ridge', -1.0, 'trak.ridge must be finite and > 0'),
+    ('trak.ridge', 'small', 'trak.ridge must be finite and > 0'),
+    ('trak.num_models', 2.5, 'trak.num_models must be an int >= 1'),
+    ('trak.projection_dim', 0, 'trak.projection_dim must be an int >= 1'),
+    ('trak.train.optimizer', 'adamm', r'trak.train: config.optimizer must be one of'),
+    ('random.seed_offset', -1, 'random.seed_offset must be an int >= 0'),
+])
+def test_check_config_names_a_bad_field_without_data_or_model(setup, path, value, message):
+  # Before, these failed only inside `value` (after an experiment's retraining), or not
+  # at all: int() truncated num_checkpoints = 1.5 and num_models = 2.5.
+  config = _with(setup['config'], path, value)
+  method = path.split('.')[0]
+  with pytest.raises(ValueError, match=f'^config.baselines.{message}'):
+    baselines.check_config(method, config)
+  # The method's own entry point runs the same check, first.
+  with pytest.raises(ValueError, match=f'^config.baselines.{message}'):
+    _call(method, dict(setup, config=config))
+
+
+def test_check_config_is_what_each_baseline_runs_first(setup, monkeypatch):
+  assert set(baselines.CONFIG_CHECKS) == set(baselines.BASELINES)
+  with pytest.raises(ValueError, match='unknown baseline'):
+    baselines.check_config('influence', setup['config'])
+  config = copy.deepcopy(setup['config'])
+  del config.baselines['trak']
+  with pytest.raises(ValueError, match=r'^config\.baselines\.trak is missing'):
+    baselines.check_config('trak', config)
+  for name, module in (('davinz', davinz), ('tracin', tracin), ('trak', trak),
+                       ('random', random_baseline)):
+    assert baselines.CONFIG_CHECKS[name] is module.check_config
+    baselines.check_config(name, setup['config'])  # the defaults pass
+
+    # One check, not two copies of it: replaced, the entry point calls the replacement.
+    def replaced(config, name=name):
+      raise ValueError(f'checked {name}')
+
+    monkeypatch.setattr(module, 'check_config', replaced)
+    with pytest.raises(ValueError, match=f'checked {name}'):
+      _call(name, setup)
 
 
 @pytest.mark.parametrize('name, value_rtol', [

@@ -5,10 +5,11 @@
 
 `config` holds `seed` and a `baselines` section with one sub-section per method
 (`default_config()` builds it). An unknown name raises (`get_baseline`, or indexing the
-registry).
+registry). `check_config(name, config)` checks a method's section without data or model:
+each method runs the same check first, and an experiment runs it before its own work.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import ml_collections
 
@@ -33,6 +34,15 @@ BASELINES = _Registry({
 })
 
 
+# Each method's check of its config section, the one its `value` runs first.
+CONFIG_CHECKS = _Registry({
+    'davinz': davinz.check_config,
+    'tracin': tracin.check_config,
+    'trak': trak.check_config,
+    'random': random_baseline.check_config,
+})
+
+
 def get_baseline(name: str) -> Callable:
   """The baseline called `name`.
 
@@ -42,6 +52,24 @@ def get_baseline(name: str) -> Callable:
   if name not in BASELINES:
     raise ValueError(f'unknown baseline {name!r}; known: {sorted(BASELINES)}')
   return BASELINES[name]
+
+
+def check_config(name: str, config: ml_collections.ConfigDict) -> Any:
+  """Checks `config.baselines.<name>` as baseline `name` will, without data or model.
+
+  Args:
+    name: a `BASELINES` name.
+    config: with `seed` and the `baselines` section (an `ntk` section's `data_parallel`
+      is checked against the gradient block size too).
+
+  Returns:
+    The method's checked settings (its `check_config`'s return value).
+
+  Raises:
+    ValueError: for an unknown name (as `get_baseline`); naming the field, a bad setting.
+  """
+  get_baseline(name)
+  return CONFIG_CHECKS[name](config)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,4 +82,4 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-__all__ = ['BASELINES', 'get_baseline', 'default_config']
+__all__ = ['BASELINES', 'CONFIG_CHECKS', 'check_config', 'get_baseline', 'default_config']

@@ -1,13 +1,18 @@
-"""Boundary checks the gradient baselines share (TracIn, TRAK).
+"""Boundary checks the baselines share (DAVINZ, TracIn, TRAK, random).
 
 Each raises a `ValueError` that names the config field or argument, so that a bad value
-fails before the training it would otherwise follow.
+fails before the training it would otherwise follow. Each baseline's `check_config` is
+built from them: its `value` calls it first, and an experiment calls it (through
+`dv_jax.baselines.check_config`) before any of its own work.
 """
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from dv_jax import training
 
 
 def config_int(value: Any, field: str, *, minimum: int = 1) -> int:
@@ -50,3 +55,46 @@ def example_rows(array: Any, name: str, *, width: str) -> jax.Array:
   if not bool(jnp.isfinite(array).all()):
     raise ValueError(f'{name} contains NaN or Inf')
   return array
+
+
+def config_positive_float(value: Any, field: str) -> float:
+  """`config.<field>` as a finite float > 0 (a jitter, a ridge).
+
+  Raises:
+    ValueError: naming `config.<field>`, for a bool, None, a string, zero, a negative or a
+      non-finite value.
+  """
+  try:
+    number = float(value) if not isinstance(value, bool) else math.nan
+  except (TypeError, ValueError):  # None, a string
+    number = math.nan
+  if not (math.isfinite(number) and number > 0):
+    raise ValueError(f'config.{field} must be finite and > 0, got {value!r}')
+  return number
+
+
+def config_section(config: Any, name: str) -> Any:
+  """`config.baselines.<name>`, the section of baseline `name`.
+
+  Raises:
+    ValueError: naming `config.baselines.<name>` when the config has no such section
+      (rather than an AttributeError from deep inside the baseline).
+  """
+  section = config.get('baselines', None)
+  if section is None or name not in section:
+    raise ValueError(f'config.baselines.{name} is missing: baseline {name!r} reads its '
+                     'settings from it (dv_jax.baselines.default_config() has the defaults)')
+  return section[name]
+
+
+def config_train(value: Any, field: str) -> training.TrainConfig:
+  """`config.<field>`, a training recipe, as `training.as_train_config` reads it.
+
+  Raises:
+    ValueError: `as_train_config`'s, prefixed with `config.<field>` (its own message names
+      only the field inside the recipe).
+  """
+  try:
+    return training.as_train_config(value)
+  except ValueError as error:
+    raise ValueError(f'config.{field}: {error}') from error

@@ -33,7 +33,7 @@ Shape legend: `K` contributors, `n` examples of one contributor, `p` parameters.
 """
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ import numpy as np
 from dv_jax import mmd as mmd_lib
 from dv_jax import ntk as ntk_lib
 from dv_jax import valuation
+from dv_jax.baselines import checks
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
 
@@ -76,13 +77,16 @@ def _check_sigma(sigma: Any) -> float:
   """The RBF length scale: > 0, or 0 / None for the median heuristic (returned as 0)."""
   if sigma is None:
     return 0.0
-  sigma = float(sigma)
+  try:
+    number = float(sigma) if not isinstance(sigma, bool) else np.nan
+  except (TypeError, ValueError):  # a string: named below, not by float()'s message
+    number = np.nan
   # 0 (or None) is how the median heuristic is asked for; a negative or non-finite sigma
   # is a typo, not such a request, and must not silently get the heuristic.
-  if not (np.isfinite(sigma) and sigma >= 0):
+  if not (np.isfinite(number) and number >= 0):
     raise ValueError('config.baselines.davinz.sigma must be a finite length scale > 0, or 0 '
-                     f'(or None) for the median heuristic, got {sigma}')
-  return sigma
+                     f'(or None) for the median heuristic, got {sigma!r}')
+  return number
 
 
 def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: int,
@@ -138,6 +142,61 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
   return float(np.sqrt(max(total / num_permutations, 0.0) / n))
 
 
+class Settings(NamedTuple):
+  """The `baselines.davinz` section as `value` reads it (`check_config`).
+
+  `param_filter` is not here: it is resolved against the parameters (`'last_layers:N'`
+  needs the model's depth), so `value` checks it when it has them.
+  """
+  sigma: float                    # 0: the median heuristic.
+  jitter: float
+  num_blocks: int
+  num_permutations: int
+  grad_block_size: int
+  projection_dim: int             # 0: exact gradients.
+  projection_kind: str
+  mesh: Optional[jax.sharding.Mesh]  # `config.ntk.data_parallel`'s, or None.
+
+
+def check_config(config: ml_collections.ConfigDict) -> Settings:
+  """Checks `config.baselines.davinz` without touching data or model.
+
+  `value` calls it first; an experiment calls it before its own work, so that a bad
+  field fails before hours of retraining instead of when DAVINZ's turn comes.
+
+  Args:
+    config: with `seed`, `baselines.davinz` and optionally `ntk.data_parallel`.
+
+  Returns:
+    The checked `Settings`.
+
+  Raises:
+    ValueError: naming the field: a missing section, a negative or non-finite `sigma`,
+      `jitter` not finite and > 0, `num_blocks` / `num_permutations` not an int >= 1,
+      `grad_block_size` not an int >= 1 (or not a multiple of the device count under
+      `config.ntk.data_parallel`), `projection_dim` not an int >= 0, an unknown
+      `projection_kind` with a projection.
+  """
+  cfg = checks.config_section(config, 'davinz')
+  sigma = _check_sigma(cfg.sigma)
+  num_blocks = _check_count(cfg.num_blocks, 'config.baselines.davinz.num_blocks')
+  num_permutations = _check_count(cfg.num_permutations,
+                                  'config.baselines.davinz.num_permutations')
+  jitter = checks.config_positive_float(cfg.jitter, 'baselines.davinz.jitter')
+  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.davinz.grad_block_size')
+  projection_dim = checks.config_int(cfg.get('projection_dim', 0),
+                                     'baselines.davinz.projection_dim', minimum=0)
+  projection_kind = cfg.get('projection_kind', 'rademacher')
+  if projection_dim and projection_kind not in ntk_lib.PROJECTION_KINDS:
+    raise ValueError(f'config.baselines.davinz.projection_kind must be one of '
+                     f'{ntk_lib.PROJECTION_KINDS}, got {projection_kind!r}')
+  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
+  mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
+                                 field='baselines.davinz.grad_block_size')
+  return Settings(sigma, jitter, num_blocks, num_permutations, grad_block_size,
+                  projection_dim, projection_kind, mesh)
+
+
 def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
           params: Any, config: ml_collections.ConfigDict) -> valuation.ValuationResult:
   """DAVINZ values `-(kappa N + MMD)` of the contributors.
@@ -155,27 +214,16 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     `ValuationResult` with `extras` `mmd [K]`, `ntk [K]`, `kappa`.
 
   Raises:
-    ValueError: as `valuation.validate_inputs`; naming the field, a negative or non-finite
-      `sigma`, `jitter` not finite and > 0, `num_blocks` / `num_permutations` not an
-      int >= 1, or `grad_block_size` not a multiple of the device count under
-      `config.ntk.data_parallel`.
+    ValueError: as `check_config` (first, naming the field); as
+      `valuation.validate_inputs`; a bad `param_filter` (`lm.resolve_param_filter`).
   """
-  cfg = config.baselines.davinz
   t0 = time.perf_counter()
   # The config first, so that a bad field fails before the gradients.
-  sigma = _check_sigma(cfg.sigma)
-  num_blocks = _check_count(cfg.num_blocks, 'config.baselines.davinz.num_blocks')
-  num_permutations = _check_count(cfg.num_permutations,
-                                  'config.baselines.davinz.num_permutations')
-  jitter = float(cfg.jitter)
-  if not (np.isfinite(jitter) and jitter > 0):
-    raise ValueError(f'config.baselines.davinz.jitter must be finite and > 0, got '
-                     f'{cfg.jitter!r}')
-  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
-  mesh = valuation.gradient_mesh(config, block_size=int(cfg.grad_block_size),
-                                 field='baselines.davinz.grad_block_size')
+  settings = check_config(config)
+  cfg = config.baselines.davinz
   tx, _, _ = valuation.validate_inputs(contributors, target, apply_fn=apply_fn, params=params)
   target_flat = tx.reshape(tx.shape[0], -1)
+  sigma, block_size = settings.sigma, settings.grad_block_size
   if sigma > 0:
     bandwidths = jnp.asarray([sigma ** 2], jnp.float32)
   else:
@@ -183,17 +231,15 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 11)
   # Per-example quantities once for the pooled examples (one compile for every size).
   x, y, _, owner = valuation.pool_examples(contributors)
-  projection_dim = int(cfg.get('projection_dim', 0))
-  projection = (ntk_lib.Projection(projection_dim, cfg.get('projection_kind', 'rademacher'),
+  projection = (ntk_lib.Projection(settings.projection_dim, settings.projection_kind,
                                    jax.random.fold_in(key, 1_000_003))
-                if projection_dim else None)
+                if settings.projection_dim else None)
   grads = np.asarray(ntk_lib.per_example_grads(
       ntk_lib.true_class_logit(apply_fn), params, x, y,
       param_filter=lm_lib.resolve_param_filter(cfg.param_filter, params),
       projection=projection,
-      block_size=int(cfg.grad_block_size), mesh=mesh))
-  logits = np.asarray(valuation.logits_at(apply_fn, params, x,
-                                          block_size=int(cfg.grad_block_size)))
+      block_size=block_size, mesh=settings.mesh))
+  logits = np.asarray(valuation.logits_at(apply_fn, params, x, block_size=block_size))
   residual = 1.0 - logits[np.arange(y.shape[0]), y]
   flat = x.reshape(x.shape[0], -1)
   mmds, ntks = [], []
@@ -201,9 +247,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     rows = owner == i
     mmds.append(float(mmd_lib.mk_mmd(flat[rows], target_flat, bandwidths=bandwidths,
                                      estimator='biased').value))
-    ntks.append(ntk_score(grads[rows], residual[rows], num_blocks=num_blocks,
-                          num_permutations=num_permutations,
-                          jitter=jitter, key=jax.random.fold_in(key, i)))
+    ntks.append(ntk_score(grads[rows], residual[rows], num_blocks=settings.num_blocks,
+                          num_permutations=settings.num_permutations,
+                          jitter=settings.jitter, key=jax.random.fold_in(key, i)))
   mmds, ntks = np.array(mmds), np.array(ntks)
   kappa = float(mmds.mean() / ntks.mean()) if ntks.mean() > 0 else 0.0
   values = -(kappa * ntks + mmds)
@@ -213,4 +259,4 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                    {'mmd': mmds, 'ntk': ntks, 'kappa': kappa})
 
 
-__all__ = ['default_config', 'ntk_score', 'value']
+__all__ = ['Settings', 'check_config', 'default_config', 'ntk_score', 'value']

@@ -16,12 +16,30 @@ import ml_collections
 import numpy as np
 
 from dv_jax import valuation
+from dv_jax.baselines import checks
 from dv_jax.data.contributors import Contributor
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The `baselines.random` section."""
   return ml_collections.ConfigDict(dict(seed_offset=0))
+
+
+def check_config(config: ml_collections.ConfigDict) -> int:
+  """Checks `config.baselines.random` without touching data or model.
+
+  Args:
+    config: with `seed` and `baselines.random`.
+
+  Returns:
+    `seed_offset`.
+
+  Raises:
+    ValueError: naming the field: a missing section, or `seed_offset` not an int >= 0
+      (`jax.random.fold_in` takes an unsigned 32-bit integer).
+  """
+  cfg = checks.config_section(config, 'random')
+  return checks.config_int(cfg.seed_offset, 'baselines.random.seed_offset', minimum=0)
 
 
 def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
@@ -42,16 +60,16 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     `ValuationResult`.
 
   Raises:
-    ValueError: as `valuation.validate_inputs`.
+    ValueError: as `check_config`; as `valuation.validate_inputs`.
   """
   t0 = time.perf_counter()
+  seed_offset = check_config(config)
   valuation.validate_inputs(contributors, target, apply_fn=apply_fn, params=params)
-  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)),
-                           14 + int(config.baselines.random.seed_offset))
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 14 + seed_offset)
   values = np.asarray(jax.random.uniform(key, (len(contributors),)), np.float64)
   seconds = {'total': time.perf_counter() - t0}
   return valuation.ValuationResult(tuple(c.name for c in contributors), jnp.asarray(values),
                                    valuation.ranking_of(values), None, seconds)
 
 
-__all__ = ['default_config', 'value']
+__all__ = ['check_config', 'default_config', 'value']

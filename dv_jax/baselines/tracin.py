@@ -19,7 +19,7 @@ Shape legend: `N` pooled examples, `m` target examples, `p` parameters (`k` proj
 """
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +132,62 @@ def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
   return scores
 
 
+class Settings(NamedTuple):
+  """The `baselines.tracin` section as `value` reads it (`check_config`).
+
+  `param_filter` is not here: it is resolved against the parameters (`'last_layers:N'`
+  needs the model's depth), so `value` checks it when it has them.
+  """
+  train: training.TrainConfig     # with checkpoint_every = steps / num_checkpoints.
+  num_checkpoints: int
+  projection_dim: int             # 0: exact gradients.
+  projection_kind: str
+  grad_block_size: int
+  bn_batches: int
+  mesh: Optional[jax.sharding.Mesh]  # `config.ntk.data_parallel`'s, or None.
+
+
+def check_config(config: ml_collections.ConfigDict) -> Settings:
+  """Checks `config.baselines.tracin` without touching data or model.
+
+  `value` calls it first; an experiment calls it before its own work, so that a bad
+  field fails before hours of retraining instead of when TracIn's turn comes.
+
+  Args:
+    config: with `seed`, `baselines.tracin` and optionally `ntk.data_parallel`.
+
+  Returns:
+    The checked `Settings`.
+
+  Raises:
+    ValueError: naming the field: a missing section, a bad training recipe,
+      `num_checkpoints` not an int >= 1 dividing `train.steps`, `projection_dim` not an
+      int >= 0, `grad_block_size` or `bn_batches` not an int >= 1, an unknown
+      `projection_kind` with a projection, a `grad_block_size` that is not a multiple of
+      the device count under `config.ntk.data_parallel`.
+  """
+  cfg = checks.config_section(config, 'tracin')
+  train_config = checks.config_train(cfg.train, 'baselines.tracin.train')
+  steps = int(train_config.steps)
+  num_checkpoints = checks.config_int(cfg.num_checkpoints, 'baselines.tracin.num_checkpoints')
+  if steps % num_checkpoints:
+    raise ValueError(f'config.baselines.tracin.num_checkpoints must divide train.steps = '
+                     f'{steps}, got {num_checkpoints}')
+  train_config = train_config._replace(checkpoint_every=steps // num_checkpoints)
+  projection_dim = checks.config_int(cfg.projection_dim, 'baselines.tracin.projection_dim',
+                                     minimum=0)
+  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.tracin.grad_block_size')
+  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
+  mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
+                                 field='baselines.tracin.grad_block_size')
+  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.tracin.bn_batches')
+  if projection_dim and cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
+    raise ValueError(f'config.baselines.tracin.projection_kind must be one of '
+                     f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')
+  return Settings(train_config, num_checkpoints, projection_dim, cfg.projection_kind,
+                  grad_block_size, bn_batches, mesh)
+
+
 def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
           params: Any, config: ml_collections.ConfigDict) -> valuation.ValuationResult:
   """TracInCP values of the contributors towards the target set.
@@ -150,34 +206,20 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     `learning_rates [J]`).
 
   Raises:
-    ValueError: as `valuation.validate_inputs`; naming the field, `num_checkpoints` not
-      dividing the steps, a bad training recipe, `projection_dim` < 0, `grad_block_size` or
-      `bn_batches` < 1, an unknown `projection_kind`, a `grad_block_size` that is not a
-      multiple of the device count under `config.ntk.data_parallel` (all before training).
+    ValueError: as `check_config` (first, naming the field); as
+      `valuation.validate_inputs`; a bad `param_filter` (`lm.resolve_param_filter`); all
+      before training.
   """
-  cfg = config.baselines.tracin
   t0 = time.perf_counter()
+  # The fields read after training, checked before it: a typo must not cost the training.
+  settings = check_config(config)
+  cfg = config.baselines.tracin
   tx, ty, num_classes = valuation.validate_inputs(contributors, target, apply_fn=apply_fn,
                                                   params=params)
   x, y, _, owner = valuation.pool_examples(contributors)
-  steps = int(cfg.train.steps)
-  num_checkpoints = int(cfg.num_checkpoints)
-  if num_checkpoints < 1 or steps % num_checkpoints:
-    raise ValueError(f'config.baselines.tracin.num_checkpoints must divide train.steps = '
-                     f'{steps}, got {num_checkpoints}')
-  train_config = training.as_train_config(cfg.train)._replace(
-      checkpoint_every=steps // num_checkpoints)
-  # The fields read after training, checked before it: a typo must not cost the training.
-  projection_dim = checks.config_int(cfg.projection_dim, 'baselines.tracin.projection_dim',
-                                     minimum=0)
-  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.tracin.grad_block_size')
-  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
-  mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
-                                 field='baselines.tracin.grad_block_size')
-  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.tracin.bn_batches')
-  if projection_dim and cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
-    raise ValueError(f'config.baselines.tracin.projection_kind must be one of '
-                     f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')
+  train_config, num_checkpoints = settings.train, settings.num_checkpoints
+  projection_dim, grad_block_size = settings.projection_dim, settings.grad_block_size
+  bn_batches, mesh = settings.bn_batches, settings.mesh
   # Resolved before training, so that a bad filter fails before the long part.
   param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 12)
@@ -214,4 +256,4 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                    {'learning_rates': learning_rates})
 
 
-__all__ = ['default_config', 'loss_fn', 'tracin_scores', 'value']
+__all__ = ['Settings', 'check_config', 'default_config', 'loss_fn', 'tracin_scores', 'value']

@@ -25,7 +25,7 @@ contributors, `R` models.
 """
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +129,57 @@ def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
                                         num_segments=num_contributors), np.float64)
 
 
+class Settings(NamedTuple):
+  """The `baselines.trak` section as `value` reads it (`check_config`).
+
+  `param_filter` is not here: it is resolved against the parameters (`'last_layers:N'`
+  needs the model's depth), so `value` checks it when it has them.
+  """
+  train: training.TrainConfig
+  num_models: int
+  projection_dim: int
+  projection_kind: str
+  ridge: float
+  grad_block_size: int
+  bn_batches: int
+  mesh: Optional[jax.sharding.Mesh]  # `config.ntk.data_parallel`'s, or None.
+
+
+def check_config(config: ml_collections.ConfigDict) -> Settings:
+  """Checks `config.baselines.trak` without touching data or model.
+
+  `value` calls it first; an experiment calls it before its own work, so that a bad
+  field fails before hours of retraining instead of when TRAK's turn comes.
+
+  Args:
+    config: with `seed`, `baselines.trak` and optionally `ntk.data_parallel`.
+
+  Returns:
+    The checked `Settings`.
+
+  Raises:
+    ValueError: naming the field: a missing section, a bad training recipe, `num_models`,
+      `projection_dim`, `grad_block_size` or `bn_batches` not an int >= 1, an unknown
+      `projection_kind`, `ridge` not finite and > 0, a `grad_block_size` that is not a
+      multiple of the device count under `config.ntk.data_parallel`.
+  """
+  cfg = checks.config_section(config, 'trak')
+  train_config = checks.config_train(cfg.train, 'baselines.trak.train')
+  num_models = checks.config_int(cfg.num_models, 'baselines.trak.num_models')
+  projection_dim = checks.config_int(cfg.projection_dim, 'baselines.trak.projection_dim')
+  if cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
+    raise ValueError(f'config.baselines.trak.projection_kind must be one of '
+                     f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')
+  ridge = checks.config_positive_float(cfg.ridge, 'baselines.trak.ridge')
+  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.trak.grad_block_size')
+  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
+  mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
+                                 field='baselines.trak.grad_block_size')
+  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.trak.bn_batches')
+  return Settings(train_config, num_models, projection_dim, cfg.projection_kind, ridge,
+                  grad_block_size, bn_batches, mesh)
+
+
 def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
           params: Any, config: ml_collections.ConfigDict) -> valuation.ValuationResult:
   """TRAK values of the contributors towards the target set.
@@ -147,32 +198,19 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     [R, K]`).
 
   Raises:
-    ValueError: as `valuation.validate_inputs`; naming the field, `num_models` or
-      `projection_dim` < 1, an unknown `projection_kind`, `ridge` not finite and > 0,
-      `grad_block_size` or `bn_batches` not an int >= 1, a `grad_block_size` that is not a
-      multiple of the device count under `config.ntk.data_parallel` (all before training).
+    ValueError: as `check_config` (first, naming the field); as
+      `valuation.validate_inputs`; a bad `param_filter` (`lm.resolve_param_filter`); all
+      before training.
   """
-  cfg = config.baselines.trak
   t0 = time.perf_counter()
+  # The fields read after training, checked before it: a typo must not cost the training.
+  settings = check_config(config)
+  cfg = config.baselines.trak
   tx, ty, num_classes = valuation.validate_inputs(contributors, target, apply_fn=apply_fn,
                                                   params=params)
   x, y, _, owner = valuation.pool_examples(contributors)
-  num_models = int(cfg.num_models)
-  if num_models < 1 or int(cfg.projection_dim) < 1:
-    raise ValueError(f'config.baselines.trak needs num_models >= 1 and projection_dim >= 1, '
-                     f'got {num_models}, {cfg.projection_dim}')
-  # The fields read after training, checked before it: a typo must not cost the training.
-  if cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
-    raise ValueError(f'config.baselines.trak.projection_kind must be one of '
-                     f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')
-  ridge = float(cfg.ridge)
-  if not (np.isfinite(ridge) and ridge > 0):
-    raise ValueError(f'config.baselines.trak.ridge must be finite and > 0, got {cfg.ridge!r}')
-  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.trak.grad_block_size')
-  # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
-  mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
-                                 field='baselines.trak.grad_block_size')
-  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.trak.bn_batches')
+  num_models, ridge, mesh = settings.num_models, settings.ridge, settings.mesh
+  grad_block_size, bn_batches = settings.grad_block_size, settings.bn_batches
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
   k_train, k_proj = jax.random.split(key)
   k_bn = jax.random.fold_in(key, 1)  # BatchNorm re-estimates; leaves the two above as they were
@@ -185,7 +223,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   jax.block_until_ready(trained.params)
   seconds = {'train': time.perf_counter() - t0}
   t = time.perf_counter()
-  bn_batch_size = training.as_train_config(cfg.train).batch_size
+  bn_batch_size = settings.train.batch_size
   per_model = []
   for r in range(num_models):
     params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
@@ -216,4 +254,4 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                    {'per_model': per_model})
 
 
-__all__ = ['default_config', 'margin_fn', 'trak_scores', 'value']
+__all__ = ['Settings', 'check_config', 'default_config', 'margin_fn', 'trak_scores', 'value']
