@@ -320,7 +320,18 @@ def validate_inputs(contributors: Sequence[Contributor], target: Any, *, apply_f
   return tx, ty, num_classes
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks a valuation config before any work: its sections, choices, terms and sizes.
+
+  `prepare_pool` (and so `value_contributors`) runs it first; an experiment that runs many
+  method configs calls it on each up front, so a bad one fails before any retraining.
+
+  Args:
+    config: `default_config()` or an experiment config with its sections.
+
+  Raises:
+    ValueError: naming the config field.
+  """
   for section in ('ntk', 'mmd', 'bound', 'valuation'):
     if section not in config:
       raise ValueError(f'config has no {section!r} section; start from default_config()')
@@ -664,7 +675,7 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
       a part (or, for `mmd.discrepancy='mixture'`, a contributor) of exactly 1 row with
       `mmd.estimator` 'unbiased' or 'linear', which need >= 2 rows.
   """
-  _check_config(config)
+  check_config(config)
   t0 = time.perf_counter()
   seconds = {}
   tx, ty, num_classes = validate_inputs(contributors, target, apply_fn=apply_fn,

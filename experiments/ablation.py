@@ -22,7 +22,7 @@ on 2 CPU cores.
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -51,6 +51,27 @@ def term_subsets() -> List[tuple]:
   return subsets
 
 
+def unit_fingerprints(config: ml_collections.ConfigDict,
+                      variants: Sequence[Tuple[str, Dict[str, Any]]]) -> Dict[str, str]:
+  """`{unit name: fingerprint}` of every unit `run` uses, from the config alone.
+
+  `run` checks the saved ones before any work and takes its fingerprints from here.
+  Every backbone is one of `config.model.backbones`, the names `build_benchmark` uses.
+
+  Args:
+    config: the experiment config.
+    variants: `[(name, overrides)]` (`valuation_table.checked_variants`).
+  """
+  truth = valuation_table.unit_fingerprint(config, ground_truth=config.ground_truth)
+  units = {}
+  for backbone in dict.fromkeys(config.model.backbones):
+    units[f'{backbone}/ground_truth'] = truth
+    for name, overrides in variants:
+      units[f'{backbone}/{name}'] = valuation_table.method_fingerprint(
+          config, valuation_table.method_config(config, overrides))
+  return units
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the ablation; writes results.csv/json, table.md and the figure."""
   workdir = Path(workdir)
@@ -59,27 +80,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                      f'draw), got {config.data.num_draws}; valuation_table.py runs several')
   if not len(config.valuation.variants):
     raise ValueError('config.valuation.variants is empty: nothing to ablate')
+  # Before the benchmark and the retraining: the bootstrap settings the table reads last,
+  # and every variant (fitted weights need probe coalitions this script does not retrain).
+  valuation_table.check_output(config)
+  variants = valuation_table.checked_variants(config, allow_fit=False, taken=('ground_truth',))
   store = results.UnitStore(workdir / 'units')
+  fingerprints = unit_fingerprints(config, variants)
+  # A saved unit of another config is refused here, not after the units before it ran.
+  valuation_table.check_saved_units(store, fingerprints)
   bench = valuation_table.build_benchmark(config)
   test = (bench.splits.test.x, bench.splits.test.y)
   key = jax.random.PRNGKey(int(config.seed))
-  variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
   rows = []
   for backbone, (apply_fn, params) in bench.backbones.items():
     gt = valuation_table.ground_truth_unit(
         store, f'{backbone}/ground_truth', bench.contributors, test, apply_fn=apply_fn,
         params=params, config=config,
-        fingerprint=valuation_table.unit_fingerprint(config, ground_truth=config.ground_truth))
+        fingerprint=fingerprints[f'{backbone}/ground_truth'])
     truth = -np.asarray(gt['test_loss'], np.float64)
     for name, overrides in tqdm(variants, desc=f'{backbone} variants',
                                 disable=not config.output.progress):
       unit_name = f'{backbone}/{name}'
-      method = valuation_table.method_config(config, overrides)
-      fingerprint = valuation_table.method_fingerprint(config, method)
+      fingerprint = fingerprints[unit_name]
       if unit_name not in store:
         result = valuation.value_contributors(
             bench.contributors, bench.splits.target, apply_fn=apply_fn, params=params,
-            config=method)
+            config=valuation_table.method_config(config, overrides))
         store.save(unit_name, valuation_table.result_unit(result), fingerprint=fingerprint)
       z = np.asarray(store.load(unit_name, fingerprint=fingerprint)['terms_standardized'],
                      np.float64)

@@ -20,7 +20,7 @@ Expected result and runtime: see configs/subsample_stability.py (measured: tau >
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 from absl import logging
 import ml_collections
@@ -37,6 +37,43 @@ from dv_jax import valuation  # noqa: E402
 
 
 
+def unit_name(backbone: str, variant: str, budget: int, repeat: int) -> str:
+  """The unit of one subsample (budget 0, repeat 0: the full-pool reference)."""
+  return f'{backbone}/{variant}/budget{budget}/repeat{repeat}'
+
+
+def method_of(config: ml_collections.ConfigDict, overrides: Dict[str, Any], budget: int,
+              repeat: int) -> ml_collections.ConfigDict:
+  """Our method's config for one subsample of a variant."""
+  method = valuation_table.method_config(config, {**overrides, 'valuation.subsample': budget})
+  # The repeat changes the subsample. The seed also draws the gradient projection and
+  # the block-diagonal / subsampled NTK's rows: with those options on, tau measures
+  # that randomness too (the METHOD.md defaults use none of them).
+  method.seed = int(config.seed) + repeat
+  return method
+
+
+def unit_fingerprints(config: ml_collections.ConfigDict,
+                      variants: Sequence[Tuple[str, Dict[str, Any]]],
+                      budgets: Sequence[int]) -> Dict[str, str]:
+  """`{unit name: fingerprint}` of every unit `run` uses, from the config alone.
+
+  `run` checks the saved ones before any work and takes its fingerprints from here.
+  Every backbone is one of `config.model.backbones`, the names `build_benchmark` uses.
+
+  Args:
+    config: the experiment config.
+    variants: `[(name, overrides)]` (`valuation_table.checked_variants`).
+    budgets: the subsample budgets (the reference, budget 0, is added).
+  """
+  jobs = [(0, 0)] + [(budget, repeat) for budget in budgets
+                     for repeat in range(int(config.valuation.num_repeats))]
+  return {unit_name(backbone, name, budget, repeat): valuation_table.method_fingerprint(
+              config, method_of(config, overrides, budget, repeat))
+          for backbone in dict.fromkeys(config.model.backbones)
+          for name, overrides in variants for budget, repeat in jobs}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the study; writes results.csv/json, table.md and the figure."""
   workdir = Path(workdir)
@@ -50,13 +87,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   if any(b < 1 or b != float(v) for b, v in zip(budgets, config.valuation.budgets)):
     raise ValueError('config.valuation.budgets must hold integers >= 1 (0 is the full-pool '
                      f'reference itself), got {tuple(config.valuation.budgets)}')
+  if len(set(budgets)) != len(budgets):
+    raise ValueError(f'config.valuation.budgets repeats a budget: '
+                     f'{tuple(config.valuation.budgets)}')
   if int(config.valuation.num_repeats) < 1:
     raise ValueError(f'config.valuation.num_repeats must be >= 1, got '
                      f'{config.valuation.num_repeats}')
+  # Each variant as the library will check it, with a subsample (fitted weights need
+  # probe coalitions, which only valuation_table.py retrains).
+  variants = valuation_table.checked_variants(config, allow_fit=False,
+                                              extra={'valuation.subsample': min(budgets)})
+  # This study sets valuation.subsample itself (0 for the reference, each budget in turn).
+  if int(config.valuation.subsample) != 0 or any('valuation.subsample' in overrides
+                                                 for _, overrides in variants):
+    raise ValueError('config.valuation.subsample (and a variant\'s valuation.subsample) '
+                     'must stay 0 here: the study sets it to each of config.valuation.budgets '
+                     f'in turn, got {config.valuation.subsample}')
   store = results.UnitStore(workdir / 'units')
+  fingerprints = unit_fingerprints(config, variants, budgets)
+  # A saved unit of another config is refused here, not after the units before it ran.
+  valuation_table.check_saved_units(store, fingerprints)
   bench = valuation_table.build_benchmark(config)
   total = sum(c.size for c in bench.contributors)
-  variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
+  if max(budgets) >= total:
+    # A budget of the whole pool keeps every example: the full-pool reference itself.
+    raise ValueError(f'config.valuation.budgets must stay below the pool size {total}, got '
+                     f'{tuple(config.valuation.budgets)}')
   rows = []
   jobs = [(b, v) for b in bench.backbones for v in variants]
   for backbone, (name, overrides) in tqdm(jobs, desc='variants',
@@ -64,17 +120,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     apply_fn, params = bench.backbones[backbone]
 
     def values_of(budget: int, repeat: int) -> np.ndarray:
-      unit_name = f'{backbone}/{name}/budget{budget}/repeat{repeat}'
-      method = valuation_table.method_config(config, {**overrides, 'valuation.subsample': budget})
-      # The repeat changes the subsample (and nothing the full pool depends on).
-      method.seed = int(config.seed) + repeat
-      fingerprint = valuation_table.method_fingerprint(config, method)
-      if unit_name not in store:
+      unit = unit_name(backbone, name, budget, repeat)
+      fingerprint = fingerprints[unit]
+      if unit not in store:
         result = valuation.value_contributors(bench.contributors, bench.splits.target,
                                               apply_fn=apply_fn, params=params,
-                                              config=method)
-        store.save(unit_name, valuation_table.result_unit(result), fingerprint=fingerprint)
-      return np.asarray(store.load(unit_name, fingerprint=fingerprint)['values'], np.float64)
+                                              config=method_of(config, overrides, budget,
+                                                               repeat))
+        store.save(unit, valuation_table.result_unit(result), fingerprint=fingerprint)
+      return np.asarray(store.load(unit, fingerprint=fingerprint)['values'], np.float64)
 
     reference = values_of(0, 0)
     for budget in budgets:

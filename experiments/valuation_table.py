@@ -243,6 +243,71 @@ def method_config(config: ml_collections.ConfigDict, overrides: Dict[str, Any]
   return out
 
 
+def check_output(config: ml_collections.ConfigDict) -> None:
+  """Fails, naming the field, on bootstrap settings the tables read only after every unit.
+
+  Raises:
+    ValueError: `config.output.bootstrap_resamples` not an integer >= 1, or
+      `config.output.ci_level` outside (0, 1).
+  """
+  resamples = config.output.bootstrap_resamples
+  if (isinstance(resamples, bool) or not isinstance(resamples, (int, float))
+      or not float(resamples).is_integer() or resamples < 1):
+    raise ValueError(f'config.output.bootstrap_resamples must be an integer >= 1, got '
+                     f'{resamples!r}')
+  level = config.output.ci_level
+  if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+    raise ValueError(f'config.output.ci_level must lie in (0, 1) (0.95, not 95), got '
+                     f'{level!r}')
+
+
+def checked_variants(config: ml_collections.ConfigDict, *, allow_fit: bool = True,
+                     taken: Sequence[str] = (), extra: Optional[Dict[str, Any]] = None
+                     ) -> List[Tuple[str, Dict[str, Any]]]:
+  """`config.valuation.variants` parsed, each checked as the library will check it.
+
+  A variant is a unit name: two variants of one name (or a variant named as another unit
+  of the run, `taken`) would share a unit, and the second be refused as "computed under
+  another config" after the first had run. A bad override would fail only when its
+  variant's turn comes, after the retraining.
+
+  Args:
+    config: the experiment config.
+    allow_fit: whether `valuation.weights='fit'` is meaningful (it needs probe coalitions,
+      which only valuation_table.py retrains).
+    taken: the other unit names beside the variants' (baselines, ground truth).
+    extra: overrides the experiment adds to every variant when it runs it.
+
+  Returns:
+    `[(name, overrides)]` in config order.
+
+  Raises:
+    ValueError: naming `config.valuation.variants` and the variant.
+  """
+  variants = []
+  for spec in config.valuation.variants:
+    try:
+      name, overrides = parse_variant(spec)
+      method = method_config(config, {**overrides, **(extra or {})})
+      # The library's own check of the method sections (choices, terms, sizes), which it
+      # would otherwise run only when this variant's unit is computed.
+      valuation.check_config(method)
+    except ValueError as error:
+      raise ValueError(f'config.valuation.variants: {spec!r}: {error}') from error
+    if not allow_fit and method.valuation.weights == 'fit':
+      raise ValueError(f'config.valuation.variants: {spec!r} has valuation.weights=fit '
+                       '(its own override or config.valuation.weights), which needs retrained '
+                       'probe coalitions that this experiment does not have '
+                       '(experiments/valuation_table.py runs fitted weights)')
+    variants.append((name, overrides))
+  names = [name for name, _ in variants] + list(taken)
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    raise ValueError(f'config.valuation.variants: the unit names {repeated} are used twice '
+                     f'(variant names must be unique and differ from {sorted(taken)})')
+  return variants
+
+
 def describe(overrides: Dict[str, Any]) -> str:
   """A table cell describing a variant's overrides."""
   if not overrides:
@@ -345,17 +410,69 @@ def draw_config(config: ml_collections.ConfigDict, draw: int) -> ml_collections.
   return out
 
 
+def fits_weights(config: ml_collections.ConfigDict, overrides: Dict[str, Any]) -> bool:
+  """Whether a variant uses NNLS-fitted weights: its own override, else the config's."""
+  return overrides.get('valuation.weights', config.valuation.weights) == 'fit'
+
+
+def draw_units(config: ml_collections.ConfigDict, draw: int) -> Dict[str, str]:
+  """`{unit name: fingerprint}` of every unit `run_draw(config, draw, ...)` uses.
+
+  Computed from the config alone (no data, no model), so that `run` checks the saved
+  units of every draw before any work; `run_draw` takes its fingerprints from here, so the
+  two cannot disagree. Every task's backbones are `config.model.backbones` (`dv_jax.tasks`
+  refuses any other name). Not listed: a task's `cache/...` units, whose names the task
+  derives internally (the tweets' synthetic data); the task checks them as it builds.
+  """
+  config = draw_config(config, draw)
+  variants = [parse_variant(spec) for spec in config.valuation.variants]
+  truth = unit_fingerprint(config, ground_truth=config.ground_truth)
+  # The unions are drawn from the valuation section's fit_* fields.
+  probe_truth = unit_fingerprint(config, ground_truth=config.ground_truth,
+                                 valuation=config.valuation)
+  methods = {name: method_fingerprint(config, method_config(config, overrides))
+             for name, overrides in variants}
+  methods.update({name: unit_fingerprint(config, baseline=config.baselines.get(name))
+                  for name in config.baselines.methods})
+  units = {}
+  for backbone in dict.fromkeys(config.model.backbones):
+    prefix = f'draw{draw}/{backbone}/'
+    units[prefix + 'ground_truth'] = truth
+    if any(fits_weights(config, overrides) for _, overrides in variants):
+      units[prefix + 'probe_ground_truth'] = probe_truth
+    units.update({prefix + name: fingerprint for name, fingerprint in methods.items()})
+  return units
+
+
+def check_saved_units(store: results.UnitStore, units: Dict[str, str]) -> None:
+  """Refuses, before any work, a saved unit of `units` computed under another config.
+
+  Otherwise the run would find it only when its turn came, after writing the units before
+  it, and leave the workdir half of one config and half of another.
+
+  Args:
+    store: the workdir's units.
+    units: `{unit name: the fingerprint this run computes it under}`.
+
+  Raises:
+    ValueError: as `results.UnitStore.load`, naming the unit.
+  """
+  for name, fingerprint in units.items():
+    if name in store:
+      store.load(name, fingerprint=fingerprint)
+
+
 def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitStore
              ) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
   """All (backbone, method) rows of one benchmark draw; units are prefixed `draw<d>/`."""
+  fingerprints = draw_units(config, draw)
   config = draw_config(config, draw)
   bench = build_benchmark(config, store)
   contributors = bench.contributors
   test = (bench.splits.test.x, bench.splits.test.y)  # ground truth only
   target = bench.splits.target                         # what every method sees
   variants = [parse_variant(spec) for spec in config.valuation.variants]
-  needs_probes = any(o.get('valuation.weights', config.valuation.weights) == 'fit'
-                     for _, o in variants)
+  needs_probes = any(fits_weights(config, overrides) for _, overrides in variants)
   coalitions = probe_coalitions(config, len(contributors))
   rows, truth_units = [], {}
   key = jax.random.PRNGKey(int(config.seed))
@@ -365,8 +482,7 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
   for backbone, (apply_fn, params) in bench.backbones.items():
     gt = ground_truth_unit(store, f'{prefix}{backbone}/ground_truth', contributors, test,
                            apply_fn=apply_fn, params=params, config=config,
-                           fingerprint=unit_fingerprint(config,
-                                                        ground_truth=config.ground_truth))
+                           fingerprint=fingerprints[f'{prefix}{backbone}/ground_truth'])
     truth = -np.asarray(gt['test_loss'], np.float64)
     # METHOD.md's value is minus the test loss; the test accuracy is a second, coarser
     # ground truth. Where the two disagree (an overconfident retrained model), neither
@@ -380,9 +496,7 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
           store, f'{prefix}{backbone}/probe_ground_truth',
           [union_contributor(contributors, c) for c in unions], test, apply_fn=apply_fn,
           params=params, config=config,
-          # The unions are drawn from the valuation section's fit_* fields.
-          fingerprint=unit_fingerprint(config, ground_truth=config.ground_truth,
-                                       valuation=config.valuation))
+          fingerprint=fingerprints[f'{prefix}{backbone}/probe_ground_truth'])
       union_loss = dict(zip(unions, probe_gt['test_loss']))
       probes = valuation.Probes(coalitions, np.array(
           [gt['test_loss'][c[0]] if len(c) == 1 else union_loss[c] for c in coalitions]))
@@ -392,15 +506,12 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
     for name, kind, overrides in tqdm(methods, desc=f'draw {draw} {backbone}',
                                       disable=not config.output.progress):
       unit_name = f'{prefix}{backbone}/{name}'
-      if kind == 'ours':
-        method = method_config(config, overrides)
-        fingerprint = method_fingerprint(config, method)
-      else:
-        fingerprint = unit_fingerprint(config, baseline=config.baselines.get(name))
+      fingerprint = fingerprints[unit_name]
       if unit_name not in store:
         if kind == 'ours':
           result = valuation.value_contributors(
-              contributors, target, apply_fn=apply_fn, params=params, config=method,
+              contributors, target, apply_fn=apply_fn, params=params,
+              config=method_config(config, overrides),
               probes=probes, features_fn=bench.features_fn.get(backbone))
         else:
           result = baselines.get_baseline(name)(contributors, target, apply_fn=apply_fn,
@@ -408,9 +519,7 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
         store.save(unit_name, result_unit(result), fingerprint=fingerprint)
         logging.info('%s: %.1f s', unit_name, result.seconds['total'])
       unit = store.load(unit_name, fingerprint=fingerprint)
-      # As needs_probes: a variant's own weights, else the config's.
-      fitted = kind == 'ours' and overrides.get('valuation.weights',
-                                                config.valuation.weights) == 'fit'
+      fitted = kind == 'ours' and fits_weights(config, overrides)
       row = {'draw': draw, 'backbone': backbone, 'method': name, 'kind': kind,
              'setting': describe(overrides) if kind == 'ours' else 'see dv_jax.baselines',
              **correlation_row(unit['values'], truth, config=config, key=key),
@@ -459,7 +568,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   if not len(config.valuation.variants) + len(config.baselines.methods):
     raise ValueError('config.valuation.variants and config.baselines.methods are both '
                      'empty: no method to compare')
+  # Every setting read after the benchmark, the retraining or the first unit, checked
+  # before any of them.
+  check_output(config)
+  methods = list(config.baselines.methods)
+  if len(set(methods)) != len(methods):
+    raise ValueError(f'config.baselines.methods repeats a method: {tuple(methods)}')
+  for name in methods:
+    try:
+      baselines.get_baseline(name)
+    except ValueError as error:
+      raise ValueError(f'config.baselines.methods: {error}') from error
+    # Its section as the baseline will check it, which it would otherwise do only after
+    # the retraining and our variants. The draws shift data seeds only: one check serves.
+    baselines.check_config(name, config)
+  checked_variants(config, taken=('ground_truth', 'probe_ground_truth',
+                                  *config.baselines.methods))
   store = results.UnitStore(workdir / 'units')
+  # Every saved unit of every draw against this config, before the first draw's work.
+  check_saved_units(store, {name: fingerprint
+                            for draw in range(int(config.data.num_draws))
+                            for name, fingerprint in draw_units(config, draw).items()})
   rows, infos = [], []
   for draw in range(int(config.data.num_draws)):
     draw_rows, info = run_draw(config, draw, store)

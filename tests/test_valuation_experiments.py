@@ -10,6 +10,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
@@ -124,6 +125,160 @@ def test_probe_coalitions_and_unions():
   np.testing.assert_array_equal(union.y_synthetic, [2, 2, 1])
 
 
+_MODULES = {'valuation_table': valuation_table, 'ablation': ablation,
+            'subsample_stability': subsample_stability}
+
+
+@pytest.mark.parametrize('name, field, value, match', [
+    # Read by the tables only after every unit: checked first, under the config key.
+    ('valuation_table', 'output.ci_level', 95, r'config\.output\.ci_level must lie in'),
+    ('valuation_table', 'output.bootstrap_resamples', 0,
+     r'config\.output\.bootstrap_resamples must be an integer >= 1'),
+    ('ablation', 'output.ci_level', 95, r'config\.output\.ci_level must lie in'),
+    # A variant is a unit name: a repeated one, or one named as another unit of the run,
+    # would be refused as "computed under another config" after the first had run.
+    ('valuation_table', 'valuation.variants', ('a|', 'a|ntk.residual=one_hot'),
+     r"config\.valuation\.variants: the unit names \['a'\] are used twice"),
+    ('valuation_table', 'valuation.variants', ('random|',), r"unit names \['random'\]"),
+    ('valuation_table', 'valuation.variants', ('ground_truth|',), r'unit names'),
+    ('ablation', 'valuation.variants', ('ground_truth|',), r'unit names'),
+    ('subsample_stability', 'valuation.variants', ('a|', 'a|mmd.label_aware=True'),
+     r'unit names'),
+    ('valuation_table', 'baselines.methods', ('davinz', 'davinz'),
+     r'config\.baselines\.methods repeats a method'),
+    ('valuation_table', 'baselines.methods', ('tracn',),
+     r"config\.baselines\.methods: unknown baseline 'tracn'"),
+    # A bad override fails before the retraining, naming the variant.
+    ('valuation_table', 'valuation.variants', ('x|ntk.residul=one_hot',),
+     r"config\.valuation\.variants: 'x\|ntk\.residul=one_hot': override 'ntk\.residul'"),
+    ('valuation_table', 'valuation.variants', ('x|ntk.residual=one_hott',),
+     r"config\.valuation\.variants: .*config\.ntk\.residual must be one of"),
+    # Fitted weights need probe coalitions that only valuation_table.py retrains.
+    ('ablation', 'valuation.weights', 'fit', r'valuation\.weights=fit'),
+    ('ablation', 'valuation.variants', ('x|valuation.weights=fit',), r'valuation\.weights=fit'),
+    ('subsample_stability', 'valuation.weights', 'fit', r'valuation\.weights=fit'),
+    # The study sets valuation.subsample per unit: a value of its own would be ignored.
+    ('subsample_stability', 'valuation.subsample', 100,
+     r'config\.valuation\.subsample .* must stay 0'),
+    ('subsample_stability', 'valuation.variants', ('x|valuation.subsample=50',),
+     r'config\.valuation\.subsample .* must stay 0'),
+    ('subsample_stability', 'valuation.budgets', (16, 16),
+     r'config\.valuation\.budgets repeats a budget'),
+])
+def test_bad_settings_fail_naming_the_field_before_any_work(tmp_path, monkeypatch, name, field,
+                                                            value, match):
+  _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
+          (valuation, 'value_contributors'))
+  config = CONFIGS[name].get_config('smoke')
+  section, key = field.split('.')
+  config[section][key] = value
+  with pytest.raises(ValueError, match=match):
+    _MODULES[name].run(config, tmp_path)
+  assert not (tmp_path / 'units').exists()
+
+
+def test_subsample_budget_of_the_whole_pool_is_refused(tmp_path, monkeypatch):
+  """A budget >= the pool keeps every example: the full-pool reference, tau = 1 by design."""
+  _forbid(monkeypatch, (valuation, 'value_contributors'))
+  config = CONFIGS['subsample_stability'].get_config('smoke')
+  config.valuation.budgets = (16, 100_000)
+  with pytest.raises(ValueError, match=r'config\.valuation\.budgets must stay below the '
+                     r'pool size'):
+    subsample_stability.run(config, tmp_path)
+
+
+def _with_baseline(config, path, value):
+  """`config` with `baselines.<path>` set to `value`, of any type (the section rebuilt:
+  a ConfigDict refuses to change a field's type, which is the typo tested)."""
+  method, *keys = path.split('.')
+  section = config.baselines[method].to_dict()
+  node = section
+  for key in keys[:-1]:
+    node = node[key]
+  node[keys[-1]] = value
+  config.baselines[method] = ml_collections.ConfigDict(section)
+  return config
+
+
+@pytest.mark.parametrize('path, value, match', [
+    ('trak.ridge', -1.0, r'config\.baselines\.trak\.ridge must be finite and > 0'),
+    ('tracin.num_checkpoints', 1.5,
+     r'config\.baselines\.tracin\.num_checkpoints must be an int >= 1'),
+    ('tracin.grad_block_size', 0, r'config\.baselines\.tracin\.grad_block_size must be an int'),
+    ('davinz.grad_block_size', 'big', r'config\.baselines\.davinz\.grad_block_size must be'),
+    ('davinz.sigma', -1.0, r'config\.baselines\.davinz\.sigma must be a finite length scale'),
+    ('trak.train.steps', 0, r'config\.baselines\.trak\.train: config\.steps must be'),
+    ('random.seed_offset', -1, r'config\.baselines\.random\.seed_offset must be an int >= 0'),
+])
+def test_bad_baseline_settings_fail_before_any_work(tmp_path, monkeypatch, path, value, match):
+  # Before, a baseline checked its section only when its unit's turn came: after the
+  # benchmark, the retraining and every variant of ours.
+  _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
+          (valuation, 'value_contributors'))
+  config = _with_baseline(CONFIGS['valuation_table'].get_config('smoke'), path, value)
+  with pytest.raises(ValueError, match=match):
+    valuation_table.run(config, tmp_path)
+  assert not (tmp_path / 'units').exists()
+
+
+def _stale_workdir(tmp_path, units, stale):
+  """A workdir holding `units` (saved under their own fingerprints) and the unit `stale`
+  saved under another config; returns its files' contents, to compare after a rerun."""
+  store = results.UnitStore(tmp_path / 'units')
+  for name, fingerprint in units.items():
+    if name != stale:
+      store.save(name, {'kept': name}, fingerprint=fingerprint)
+  store.save(stale, {'kept': stale}, fingerprint='0123456789abcdef')
+  return {p.name: p.read_bytes() for p in store.directory.iterdir()}
+
+
+def test_valuation_table_refuses_a_stale_unit_of_any_draw_before_any_work(tmp_path,
+                                                                          monkeypatch):
+  # Before, draw 0 was built, retrained and valued (and its units written) before the
+  # stale unit of draw 1 was found.
+  _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
+          (valuation, 'value_contributors'))
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  config.data.num_draws = 2
+  backbone = config.model.backbones[0]
+  expected = {**valuation_table.draw_units(config, 0), **valuation_table.draw_units(config, 1)}
+  assert f'draw1/{backbone}/probe_ground_truth' in expected  # the smoke rows fit weights
+  stale = f'draw1/{backbone}/random'
+  # Only a few saved units: the others are the ones a run would compute first.
+  saved = {name: fp for name, fp in expected.items() if name.startswith(f'draw1/{backbone}/')}
+  before = _stale_workdir(tmp_path, saved, stale)
+  with pytest.raises(ValueError, match=f"unit '{stale}' .* another config"):
+    valuation_table.run(config, tmp_path)
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'units').iterdir()} == before
+
+
+def test_ablation_refuses_a_stale_unit_before_any_work(tmp_path, monkeypatch):
+  _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
+          (valuation, 'value_contributors'))
+  config = CONFIGS['ablation'].get_config('smoke')
+  variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
+  expected = ablation.unit_fingerprints(config, variants)
+  stale = f'{config.model.backbones[-1]}/{variants[-1][0]}'
+  before = _stale_workdir(tmp_path, {stale: expected[stale]}, stale)
+  with pytest.raises(ValueError, match=f"unit '{stale}' .* another config"):
+    ablation.run(config, tmp_path)
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'units').iterdir()} == before
+
+
+def test_subsample_stability_refuses_a_stale_unit_before_any_work(tmp_path, monkeypatch):
+  _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (valuation, 'value_contributors'))
+  config = CONFIGS['subsample_stability'].get_config('smoke')
+  variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
+  budgets = [int(b) for b in config.valuation.budgets]
+  expected = subsample_stability.unit_fingerprints(config, variants, budgets)
+  stale = subsample_stability.unit_name(config.model.backbones[-1], variants[-1][0],
+                                        budgets[-1], int(config.valuation.num_repeats) - 1)
+  before = _stale_workdir(tmp_path, {stale: expected[stale]}, stale)
+  with pytest.raises(ValueError, match=f"unit '{stale}' .* another config"):
+    subsample_stability.run(config, tmp_path)
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'units').iterdir()} == before
+
+
 def _forbid(monkeypatch, *targets):
   def fail(*args, **kwargs):
     raise AssertionError('a finished unit was recomputed')
@@ -146,6 +301,8 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
   assert 'ours-fit-weights-proposed' in (tmp_path / 'table.md').read_text()
   # The second ground truth: each method's values ranked against the retrained accuracy.
   store = results.UnitStore(tmp_path / 'units')
+  # The up-front check (draw_units) lists exactly the units the run wrote.
+  assert set(store.names()) == set(valuation_table.draw_units(config, 0))
   for backbone in config.model.backbones:
     accuracy = store.load(f'draw0/{backbone}/ground_truth')['test_accuracy']
     for row in (r for r in out['rows'] if r['backbone'] == backbone):
@@ -174,6 +331,8 @@ def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch
   out = ablation.run(config, tmp_path)
   assert (tmp_path / 'table.md').is_file() and (tmp_path / 'figure.png').is_file()
   store = results.UnitStore(tmp_path / 'units')
+  variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
+  assert set(store.names()) == set(ablation.unit_fingerprints(config, variants))
   unit = store.load('mlp/ours-paper-defaults')
   # 'all four' is the score value_contributors returned.
   np.testing.assert_allclose(-np.sum(unit['terms_standardized'], axis=1), unit['values'],
@@ -196,6 +355,9 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
   assert all(-1 <= t <= 1 for t in taus)
   assert len(out['rows']) == (len(config.valuation.variants) * len(config.valuation.budgets)
                               * config.valuation.num_repeats)
+  variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
+  assert set(results.UnitStore(tmp_path / 'units').names()) == set(
+      subsample_stability.unit_fingerprints(config, variants, list(config.valuation.budgets)))
   _forbid(monkeypatch, (valuation, 'value_contributors'))
   again = subsample_stability.run(config, tmp_path)
   assert again['rows'] == out['rows']
