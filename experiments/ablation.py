@@ -20,11 +20,9 @@ on 2 CPU cores.
 """
 
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np

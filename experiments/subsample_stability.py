@@ -18,11 +18,9 @@ Expected result and runtime: see configs/subsample_stability.py (measured: tau >
 """
 
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
-from absl import logging
 import ml_collections
 import numpy as np
 from tqdm import tqdm

@@ -36,6 +36,8 @@ from dv_jax.models.common import init_model
 from dv_jax.models.common import recalibrated
 from dv_jax.models.mlp import MLP
 
+from config_helpers import with_baseline_setting
+
 NUM_CLASSES = 3
 DIM = 5
 
@@ -534,23 +536,6 @@ def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, fiel
     _call(method, dict(setup, config=config))
 
 
-def _with(config, path, value):
-  """A copy of `config` with `baselines.<path>` set to `value`, of any type.
-
-  The section is rebuilt from a dict: a ConfigDict refuses to change a field's type (an
-  int field set to 2.5), which is exactly the typo these tests make.
-  """
-  config = copy.deepcopy(config)
-  method, *keys = path.split('.')
-  section = config.baselines[method].to_dict()
-  node = section
-  for key in keys[:-1]:
-    node = node[key]
-  node[keys[-1]] = value
-  config.baselines[method] = ml_collections.ConfigDict(section)
-  return config
-
-
 @pytest.mark.parametrize('path, value, message', [
     ('davinz.sigma', 'wide', 'davinz.sigma must be a finite length scale'),
     ('davinz.num_blocks', 1.5, 'davinz.num_blocks must be an int >= 1'),
@@ -572,7 +557,7 @@ def _with(config, path, value):
 def test_check_config_names_a_bad_field_without_data_or_model(setup, path, value, message):
   # Before, these failed only inside `value` (after an experiment's retraining), or not
   # at all: int() truncated num_checkpoints = 1.5 and num_models = 2.5.
-  config = _with(setup['config'], path, value)
+  config = with_baseline_setting(setup['config'], path, value)
   method = path.split('.')[0]
   with pytest.raises(ValueError, match=f'^config.baselines.{message}'):
     baselines.check_config(method, config)

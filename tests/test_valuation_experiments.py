@@ -10,7 +10,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
@@ -18,6 +17,8 @@ import scipy.stats
 from dv_jax import ground_truth
 from dv_jax import results
 from dv_jax import valuation
+
+from config_helpers import with_baseline_setting
 
 _ROOT = Path(__file__).resolve().parents[1]
 # The experiment scripts import their shared helpers as `valuation_table`.
@@ -187,19 +188,6 @@ def test_subsample_budget_of_the_whole_pool_is_refused(tmp_path, monkeypatch):
     subsample_stability.run(config, tmp_path)
 
 
-def _with_baseline(config, path, value):
-  """`config` with `baselines.<path>` set to `value`, of any type (the section rebuilt:
-  a ConfigDict refuses to change a field's type, which is the typo tested)."""
-  method, *keys = path.split('.')
-  section = config.baselines[method].to_dict()
-  node = section
-  for key in keys[:-1]:
-    node = node[key]
-  node[keys[-1]] = value
-  config.baselines[method] = ml_collections.ConfigDict(section)
-  return config
-
-
 @pytest.mark.parametrize('path, value, match', [
     ('trak.ridge', -1.0, r'config\.baselines\.trak\.ridge must be finite and > 0'),
     ('tracin.num_checkpoints', 1.5,
@@ -215,7 +203,7 @@ def test_bad_baseline_settings_fail_before_any_work(tmp_path, monkeypatch, path,
   # benchmark, the retraining and every variant of ours.
   _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
           (valuation, 'value_contributors'))
-  config = _with_baseline(CONFIGS['valuation_table'].get_config('smoke'), path, value)
+  config = with_baseline_setting(CONFIGS['valuation_table'].get_config('smoke'), path, value)
   with pytest.raises(ValueError, match=match):
     valuation_table.run(config, tmp_path)
   assert not (tmp_path / 'units').exists()
