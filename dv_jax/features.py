@@ -185,7 +185,12 @@ def fit_standardizer(target_features: ArrayLike) -> Standardizer:
     raise ValueError('target_features contains NaN or Inf')
   mean = jnp.mean(f, axis=0)
   std = jnp.std(f, axis=0)
-  return Standardizer(mean, jnp.where(std > _MIN_STD, std, 1.0))
+  # A feature constant on T can still get a float32 std far above _MIN_STD: its mean is
+  # rounded (m copies of 3.3 average to 3.3 +- 1 ulp), and every row then differs from it.
+  # So constancy is decided exactly, and such a feature is centred on its exact value.
+  constant = jnp.all(f == f[:1], axis=0)
+  mean = jnp.where(constant, f[0], mean)
+  return Standardizer(mean, jnp.where((std > _MIN_STD) & ~constant, std, 1.0))
 
 
 def standardize_like(features: ArrayLike, standardizer: Standardizer) -> jax.Array:

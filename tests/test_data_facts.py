@@ -7,6 +7,7 @@ from scipy import stats
 
 from dv_jax import scaling
 from dv_jax.data import facts
+from dv_jax.data import longtail
 
 
 def _task(**overrides):
@@ -129,3 +130,58 @@ def test_error_paths():
     facts.encode_items(big, [0])
   with pytest.raises(ValueError, match='pi'):
     facts.make_mixture(task, num_examples=5, pi=-0.1, key=jax.random.PRNGKey(0))
+
+
+def test_item_ids_are_checked_not_misread():
+  task = _task()
+  # -1 silently marked the last item as seen; a one-hot Split.x cast to int marked items 0
+  # and 1; render flattened it into n * N prompts.
+  with pytest.raises(ValueError, match=r'train_item_ids must lie in \[0, 50\)'):
+    facts.memorizer_error(task, [3, -1])
+  one_hot = facts.encode_items(task, [3, 7])
+  with pytest.raises(ValueError, match='train_item_ids must be 1-D integer'):
+    facts.memorizer_error(task, one_hot)
+  with pytest.raises(ValueError, match='item_ids must be 1-D integer'):
+    facts.render(task, one_hot)
+  with pytest.raises(ValueError, match=r'ids must lie in \[0, 50\)'):
+    facts.item_codes(task, [-1])
+  assert facts.memorizer_error(task, []) == pytest.approx(1.0)
+  assert facts.item_codes(task, [], code_dim=4).shape == (0, 4)
+
+
+# ----------------------------------------------------------------------------------------
+# dv_jax.data.longtail, which draws the facts' item ids.
+
+
+class _TopUniform:
+  """Stands in for a NumPy generator whose every uniform is the largest double below 1."""
+
+  def random(self, size):
+    return np.full(size, np.nextafter(1.0, 0.0))
+
+
+@pytest.mark.parametrize('p', [
+    longtail.truncated_probs(longtail.zipf_probs(1000, beta=2.0), mode='hard', k=7),
+    np.array([0.1] * 10 + [0.0] * 5),
+])
+def test_sample_items_never_draws_a_zero_mass_tail(p, monkeypatch):
+  # These p sum to 1 - 2^-53 before their zero tail; with only cdf[-1] set to 1, a uniform
+  # in that gap drew the last item, whose synthetic frequency is 0.
+  monkeypatch.setattr(longtail, 'rng_from_key', lambda key: _TopUniform())
+  ids = longtail.sample_items(p, num_samples=3, key=jax.random.PRNGKey(0))
+  last_positive = np.flatnonzero(p)[-1]
+  np.testing.assert_array_equal(ids, last_positive)
+
+
+def test_sample_items_frequencies_chi_square():
+  p = longtail.truncated_probs(longtail.zipf_probs(30, beta=2.0), mode='hard', k=12)
+  ids = longtail.sample_items(p, num_samples=100_000, key=jax.random.PRNGKey(3))
+  assert ids.max() < 12
+  counts = np.bincount(ids, minlength=30)[:12]
+  assert stats.chisquare(counts, 100_000 * p[:12]).pvalue > 1e-3
+
+
+@pytest.mark.parametrize('value', [None, float('nan'), float('inf'), 2.5, -1, True])
+def test_check_count_names_the_argument(value):
+  with pytest.raises(ValueError, match='num_samples must be an integer >= 0'):
+    longtail.sample_items([0.5, 0.5], num_samples=value, key=jax.random.PRNGKey(0))

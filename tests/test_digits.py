@@ -258,3 +258,47 @@ def test_contributor_errors(splits, generator):
     contrib.digit_contributor_specs(12, key=jax.random.PRNGKey(0), pis=(0.5, 1.5))
   with pytest.raises(ValueError, match='truncation kind'):
     contrib.digit_contributor_specs(12, key=jax.random.PRNGKey(0), truncations=('drop:1',))
+
+
+@pytest.mark.parametrize('mutate,match', [
+    (lambda c: c._replace(x_real=np.float32(1.0)), 'x_real must be'),
+    (lambda c: c._replace(x_synthetic=np.full((2, 2, 2), 'a')), 'x_synthetic must hold numbers'),
+])
+def test_validate_contributor_bad_features_raise_value_error(mutate, match):
+  # These raised an IndexError and a TypeError that named neither contributor nor argument.
+  with pytest.raises(ValueError, match=match) as info:
+    contrib.validate_contributor(mutate(_toy(name='bob')), feature_shape=(2, 2),
+                                 num_classes=3)
+  assert "'bob'" in str(info.value)
+
+
+def _toy_data(n=300, num_classes=5):
+  rng = np.random.default_rng(0)
+  return (rng.normal(size=(n, 2)).astype(np.float32),
+          rng.integers(0, num_classes, n).astype(np.int32))
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(x_all=lambda x: x[:200]), 'x_all must have 300 rows'),
+    (dict(x_all=lambda x: np.concatenate([x, x])), 'x_all must have 300 rows'),
+    (dict(num_classes=3), r'y_all has labels in \[0, 4\], expected \[0, 3\)'),
+    (dict(y_all=lambda y: y.astype(np.float32)), 'y_all must be 1-D integer'),
+    (dict(seed=2**32 - 1), r'seed must be an integer in \[0, 2\*\*32 - 2\)'),
+])
+def test_pool_target_test_checks_its_inputs(change, match):
+  # Before: a shorter x_all failed as an IndexError, a longer one lost rows silently, labels
+  # >= num_classes were split as classes, and a seed near 2**32 passed the check and then
+  # failed inside scikit-learn as seed + 2.
+  x, y = _toy_data()
+  args = dict(num_classes=5, seed=0, pool_fraction=1.0, target_size=50, test_size=50)
+  if 'x_all' in change:
+    x = change['x_all'](x)
+  elif 'y_all' in change:
+    y = change['y_all'](y)
+  else:
+    args.update(change)
+  with pytest.raises(ValueError, match=match):
+    splits_lib.pool_target_test(x, y, **args)
+  ok = splits_lib.pool_target_test(*_toy_data(), num_classes=5, seed=2**32 - 3,
+                                   pool_fraction=1.0, target_size=50, test_size=50)
+  assert len(ok.pool_index) == 200

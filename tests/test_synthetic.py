@@ -196,3 +196,13 @@ def test_fit_errors(pool):
     synthetic.fit_generator(pool.x, pool.y, num_components=65)
   with pytest.raises(ValueError, match='y must be integer'):
     synthetic.fit_generator(pool.x, pool.y[:5])
+
+
+def test_infinite_temperature_is_refused(pool):
+  # tau = inf passed as_truncation and then failed as an OverflowError; as the covariance
+  # factor of sample it gave NaN pixels.
+  with pytest.raises(ValueError, match='finite tau > 0'):
+    synthetic.as_truncation('temperature:inf')
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
+  with pytest.raises(ValueError, match='temperature must be finite'):
+    synthetic.sample(gen, jax.random.PRNGKey(0), 5, temperature=float('inf'))

@@ -149,8 +149,9 @@ def validate_contributor(contributor: Contributor, *, feature_shape: Sequence[in
 
   Raises:
     ValueError: naming the contributor, for a part with features but no labels (or the
-      reverse), mismatched lengths, a feature shape other than ``feature_shape``, NaN or
-      Inf features, non-integer or out-of-range labels, or no examples at all.
+      reverse), mismatched lengths, a feature shape other than ``feature_shape``,
+      non-numeric, NaN or Inf features, non-integer or out-of-range labels, or no examples
+      at all.
   """
   name = getattr(contributor, 'name', None)
   if not isinstance(contributor, Contributor):
@@ -170,6 +171,10 @@ def validate_contributor(contributor: Contributor, *, feature_shape: Sequence[in
     if y_np.ndim != 1:
       raise ValueError(f'contributor {name!r}: y_{part} must be 1-D [n], got shape '
                        f'{y_np.shape}')
+    # A scalar x used to reach the row count message below and fail there as an IndexError.
+    if x_np.ndim < 1:
+      raise ValueError(f'contributor {name!r}: x_{part} must be [n, *feature_shape], got a '
+                       'scalar')
     if x_np.shape[0:1] != y_np.shape[0:1]:
       raise ValueError(f'contributor {name!r}: x_{part} has {x_np.shape[0]} rows but '
                        f'y_{part} has {y_np.shape[0]}')
@@ -178,6 +183,10 @@ def validate_contributor(contributor: Contributor, *, feature_shape: Sequence[in
     if tuple(x_np.shape[1:]) != feature_shape:
       raise ValueError(f'contributor {name!r}: x_{part} has feature shape '
                        f'{tuple(x_np.shape[1:])}, the target has {feature_shape}')
+    # np.isfinite raises a TypeError, naming neither, on strings or objects.
+    if not (np.issubdtype(x_np.dtype, np.number) or x_np.dtype == bool):
+      raise ValueError(f'contributor {name!r}: x_{part} must hold numbers, got dtype '
+                       f'{x_np.dtype}')
     if not np.all(np.isfinite(x_np)):
       raise ValueError(f'contributor {name!r}: x_{part} contains NaN or Inf')
     if not np.issubdtype(y_np.dtype, np.integer):

@@ -88,6 +88,22 @@ def make_facts_task(*, num_items: int, num_answers: int, beta: float, key: jax.A
 _CODE_BLOCK = 1024
 
 
+def _check_item_ids(ids, name: str, num_items: int) -> np.ndarray:
+  """`ids` as int64 [n], or a ValueError naming `name`.
+
+  Indexing by unchecked ids misreads silently: -1 is the last item, and a one-hot `Split.x`
+  cast to int marks items 0 and 1.
+  """
+  ids = np.asarray(ids)
+  if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+    raise ValueError(f'{name} must be 1-D integer item ids [n], got {ids.dtype} {ids.shape}')
+  ids = ids.astype(np.int64)
+  if ids.size and (ids.min() < 0 or ids.max() >= num_items):
+    raise ValueError(f'{name} must lie in [0, {num_items}), got range '
+                     f'[{ids.min()}, {ids.max()}]')
+  return ids
+
+
 @functools.partial(jax.jit, static_argnums=2)
 def _item_codes_block(code_key, ids_B, code_dim):
   # One code per item id, independent of which other items are drawn.
@@ -100,10 +116,18 @@ def item_codes(task: FactsTask, ids, *, code_dim: int = 64) -> np.ndarray:
 
   Computed in fixed blocks of 1024 ids (the last one padded) so one compile serves every n.
 
+  Args:
+    task: the `FactsTask`.
+    ids: int [n] item ids in `[0, N)`.
+    code_dim: length of each code.
+
   Returns:
     float32 [n, code_dim].
+
+  Raises:
+    ValueError: `ids` not 1-D integer ids in `[0, N)`, or a bad `code_dim`.
   """
-  ids = np.asarray(ids, np.int32).reshape(-1)
+  ids = _check_item_ids(ids, 'ids', task.num_items).astype(np.int32)
   code_dim = longtail.check_count(code_dim, 'code_dim')
   num_blocks = -(-ids.size // _CODE_BLOCK)
   padded = np.zeros(num_blocks * _CODE_BLOCK, np.int32)
@@ -218,11 +242,20 @@ def facts_error(task: FactsTask, predicted_answers) -> float:
 def memorizer_error(task: FactsTask, train_item_ids) -> float:
   """Test error of the ideal learner of Lemma 1: it knows exactly the items it saw.
 
+  Args:
+    task: the `FactsTask`.
+    train_item_ids: int [n] the item ids of the training examples (a `Split.x` sampled
+      with `representation='id'`).
+
   Returns:
     `sum_{i never seen} p_i`.
+
+  Raises:
+    ValueError: `train_item_ids` not 1-D integer ids in `[0, N)`.
   """
+  ids = _check_item_ids(train_item_ids, 'train_item_ids', task.num_items)
   seen = np.zeros(task.num_items, dtype=bool)
-  seen[np.asarray(train_item_ids, np.int64)] = True
+  seen[ids] = True
   return float(np.sum(task.p[~seen]))
 
 
@@ -267,10 +300,12 @@ def render(task: FactsTask, item_ids, *, tokenizer: Optional[tokenize.VocabToken
 
   Returns:
     `tokenize.TokenizedBatch`.
+
+  Raises:
+    ValueError: `item_ids` not 1-D integer ids in `[0, N)` (a one-hot `Split.x` would
+      otherwise be flattened into `n * N` prompts of items 0 and 1).
   """
-  item_ids = np.asarray(item_ids, np.int64)
-  if item_ids.size and (item_ids.min() < 0 or item_ids.max() >= task.num_items):
-    raise ValueError(f'item_ids must lie in [0, {task.num_items})')
+  item_ids = _check_item_ids(item_ids, 'item_ids', task.num_items)
   prompts, responses = facts_text(item_ids, task.answers[item_ids])
   tokenizer = facts_tokenizer(task) if tokenizer is None else tokenizer
   return tokenize.encode_pairs(tokenizer, prompts, responses, max_len=max_len)

@@ -66,7 +66,13 @@ def _check_probs(p, name: str) -> np.ndarray:
 
 
 def check_count(value, name: str, *, minimum: int = 1) -> int:
-  if isinstance(value, bool) or int(value) != value or value < minimum:
+  try:
+    # int() of None, NaN or Inf raises its own TypeError / ValueError / OverflowError, none
+    # of which names the argument.
+    valid = not isinstance(value, bool) and int(value) == value and value >= minimum
+  except (TypeError, ValueError, OverflowError):
+    valid = False
+  if not valid:
     raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
   return int(value)
 
@@ -145,7 +151,10 @@ def sample_items(p, *, num_samples: int, key: jax.Array) -> np.ndarray:
   p = _check_probs(p, 'p')
   num_samples = check_count(num_samples, 'num_samples', minimum=0)
   cdf = np.cumsum(p)
-  cdf[-1] = 1.0
+  # From the last item with positive mass on, the CDF is 1. Setting only cdf[-1] left
+  # trailing zero-mass items (a `hard` truncation's whole tail) the round-off gap
+  # [cumsum(p)[k-1], 1) of a few 2^-53, so the last of them could be drawn.
+  cdf[np.flatnonzero(p)[-1]:] = 1.0
   u = rng_from_key(key).random(num_samples)
   # side='right': u lands in item r iff cdf[r-1] <= u < cdf[r]; items with p_r = 0 have an
   # empty interval and are never drawn.

@@ -106,14 +106,29 @@ def pool_target_test(x_all: np.ndarray, y_all: np.ndarray, *, num_classes: int, 
     `PoolTargetTest`.
 
   Raises:
-    ValueError: naming the argument when a size or the fraction is out of range, or the
-      sizes leave fewer than `num_classes` rows for the pool.
+    ValueError: naming the argument when a size, the fraction or the seed is out of
+      range, `x_all` and `y_all` differ in length, a label lies outside
+      `[0, num_classes)`, or the sizes leave fewer than `num_classes` rows for the pool.
   """
+  y_all = np.asarray(y_all)
+  if y_all.ndim != 1 or not np.issubdtype(y_all.dtype, np.integer):
+    raise ValueError(f'y_all must be 1-D integer labels [N], got {y_all.dtype} '
+                     f'{y_all.shape}')
   num_examples = int(y_all.shape[0])
+  # Without these checks a longer x_all lost its extra rows and a shorter one failed as an
+  # IndexError; labels outside [0, num_classes) were split as if they were valid classes.
+  if np.ndim(x_all) < 1 or np.shape(x_all)[0] != num_examples:
+    raise ValueError(f'x_all must have {num_examples} rows like y_all, got shape '
+                     f'{np.shape(x_all)}')
+  if num_examples and (y_all.min() < 0 or y_all.max() >= num_classes):
+    raise ValueError(f'y_all has labels in [{y_all.min()}, {y_all.max()}], expected '
+                     f'[0, {num_classes})')
   if not 0.0 < float(pool_fraction) <= 1.0:
     raise ValueError(f'pool_fraction must be in (0, 1], got {pool_fraction}')
-  if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32:
-    raise ValueError(f'seed must be an integer in [0, 2**32), got {seed!r}')
+  # The three takes use seed, seed + 1 and seed + 2, each a scikit-learn random_state that
+  # must lie below 2**32.
+  if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32 - 2:
+    raise ValueError(f'seed must be an integer in [0, 2**32 - 2), got {seed!r}')
   for name, size in (('target_size', target_size), ('test_size', test_size)):
     if int(size) != size or size < num_classes:
       raise ValueError(f'{name} must be an integer >= {num_classes}, got {size}')

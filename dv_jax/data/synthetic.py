@@ -63,7 +63,7 @@ def as_truncation(truncation: Any) -> Truncation:
 
   Raises:
     ValueError: for an unknown kind or a value out of range (hard: integer k >= 1;
-      top_p: in (0, 1]; temperature: tau > 0; finite_sample: integer M >= 1).
+      top_p: in (0, 1]; temperature: finite tau > 0; finite_sample: integer M >= 1).
   """
   if truncation is None:
     return Truncation()
@@ -87,8 +87,10 @@ def as_truncation(truncation: Any) -> Truncation:
     raise ValueError(f'truncation {kind!r} needs an integer >= 1, got {value}')
   if kind == 'top_p' and not 0.0 < value <= 1.0:
     raise ValueError(f"truncation 'top_p' needs a value in (0, 1], got {value}")
-  if kind == 'temperature' and not value > 0.0:
-    raise ValueError(f"truncation 'temperature' needs tau > 0, got {value}")
+  # Finite too: tau = inf passed here and then failed as an OverflowError (or, as the
+  # covariance factor, gave NaN samples).
+  if kind == 'temperature' and not 0.0 < value < np.inf:
+    raise ValueError(f"truncation 'temperature' needs a finite tau > 0, got {value}")
   return Truncation(kind, value)
 
 
@@ -281,8 +283,9 @@ def sample_from_rng(generator: GaussianPCAGenerator, rng: np.random.Generator, n
   probs = _check_probs(probs, 'class_probs')
   if probs.shape[0] != c:
     raise ValueError(f'class_probs has {probs.shape[0]} classes, the generator has {c}')
-  if not float(temperature) > 0.0:
-    raise ValueError(f'temperature must be > 0, got {temperature}')
+  # An infinite factor makes z = m + inf * (L eps), whose 0 * inf entries are NaN.
+  if not 0.0 < float(temperature) < np.inf:
+    raise ValueError(f'temperature must be finite and > 0, got {temperature}')
   means = np.asarray(generator.class_means, np.float64)
   chols = np.asarray(generator.class_chols, np.float64)
   components = np.asarray(generator.components, np.float64)
@@ -310,14 +313,15 @@ def sample(generator: GaussianPCAGenerator, key: Any, num: int, *, class_probs: 
     num: number of examples, ``>= 0``.
     class_probs: ``[c]`` class distribution ``p'`` (e.g. ``truncate_class_probs``); None
       uses the fitting data's class frequencies. Classes with probability 0 never appear.
-    temperature: ``tau > 0``, the factor on the within-class covariance.
+    temperature: finite ``tau > 0``, the factor on the within-class covariance.
     clip: clip features to ``generator.value_range`` so they stay valid pixels.
 
   Returns:
     ``Split(x [num, *feature_shape] float32, y [num] int32, is_synthetic [num] all True)``.
 
   Raises:
-    ValueError: for a negative ``num``, bad ``class_probs`` or ``temperature <= 0``.
+    ValueError: for a negative ``num``, bad ``class_probs`` or a ``temperature`` not finite
+      and > 0.
   """
   out = sample_from_rng(generator, host_rng(key), num, class_probs=class_probs,
                         temperature=temperature, clip=clip)

@@ -1,0 +1,34 @@
+"""Tests of dv_jax.features: the target standardizer against float64 NumPy.
+
+(The init_features and user-feature tests live in tests/test_valuation.py.)"""
+
+import numpy as np
+import pytest
+
+from dv_jax import features as features_lib
+
+
+@pytest.mark.parametrize('value,m', [(3.3, 1000), (1000.1, 7), (12345.678, 100)])
+def test_standardizer_keeps_a_float32_constant_feature_unscaled(value, m):
+  # The float32 mean of m copies of `value` is off by an ulp, so the float32 std was 1e-6 ..
+  # 1e-2 and the "constant" feature was divided by it: a contributor at value + 0.1 there
+  # landed thousands of target standard deviations away.
+  rng = np.random.default_rng(0)
+  t = np.stack([rng.normal(size=m), np.full(m, value)], axis=1).astype(np.float32)
+  st = features_lib.fit_standardizer(t)
+  np.testing.assert_array_equal(np.asarray(st.scale)[1], 1.0)
+  np.testing.assert_array_equal(np.asarray(features_lib.standardize_like(t, st))[:, 1], 0.0)
+  moved = np.asarray(features_lib.standardize_like([[0.0, value + 0.1]], st))
+  np.testing.assert_allclose(moved[0, 1], np.float32(value + 0.1) - np.float32(value),
+                             rtol=1e-6)
+
+
+def test_standardizer_matches_numpy_float64():
+  rng = np.random.default_rng(1)
+  t = rng.normal(5.0, 3.0, (50, 4)).astype(np.float32)
+  x = rng.normal(size=(20, 4)).astype(np.float32)
+  st = features_lib.fit_standardizer(t)
+  t64 = t.astype(np.float64)
+  expected = (x - t64.mean(axis=0)) / t64.std(axis=0)
+  np.testing.assert_allclose(features_lib.standardize_like(x, st), expected, rtol=1e-5,
+                             atol=1e-5)
