@@ -16,8 +16,9 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: runs an experiment end to end (smoke config) or '
-                          'checks config wiring through whole methods; make test-nt skips it')
+  config.addinivalue_line('markers', 'slow: runs an experiment end to end (smoke config), '
+                          'checks config wiring through whole methods or runs a benchmark '
+                          'script at tiny sizes; make test-nt skips it')
 
 
 @pytest.fixture(scope='session')

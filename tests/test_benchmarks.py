@@ -1,0 +1,64 @@
+"""The benchmark scripts still run against the library (tiny sizes; the timings are not
+checked, only that every case runs and agrees with its reference).
+
+Benchmarks are not part of `make test`'s claims about speed: they print ratios against a
+reference measured in the same run. These smoke runs only keep them from rotting when a
+library signature changes. Marked slow (subprocesses that import JAX per case): the main
+environment runs them.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+  env = {**os.environ, 'PYTHONPATH': str(_ROOT)}
+  env.pop('XLA_FLAGS', None)  # bench_data_parallel sets its own device count
+  out = subprocess.run([sys.executable, str(_ROOT / 'benchmarks' / script), *args],
+                       capture_output=True, text=True, cwd=_ROOT, env=env, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.mark.slow
+def test_bench_kernels_runs_and_agrees_with_its_reference():
+  text = _run('bench_kernels.py', '--sizes', '32', '--repeats', '1', '--width', '16',
+              '--dim', '8', '--block-size', '16')
+  rows = {}
+  for line in text.splitlines():
+    match = re.match(r'\s+32\s+(\S+)\s+(?:\S+\s+){6}(\S+)\s+(ok|not importable)$', line)
+    if match:
+      rows.setdefault(match.group(1), []).append((match.group(2), match.group(3)))
+  for case in ('reference', 'jacobian_contraction', 'ntk_vector_products', 'mk_mmd2'):
+    assert rows.get(case), (case, text)
+    for err, status in rows[case]:
+      assert status == 'ok' and float(err) < 1e-4, (case, err, status)
+
+
+@pytest.mark.slow
+def test_bench_data_parallel_runs_and_agrees_with_one_device():
+  text = _run('bench_data_parallel.py', '--devices', '2', '--n', '16', '--block-size', '8',
+              '--width', '8', '--projection-dim', '8', '--repeats', '1',
+              '--cases', 'mlp', 'cnn+proj')
+  rows = [line.split() for line in text.splitlines()
+          if line.startswith(('mlp ', 'cnn+proj '))]
+  assert [row[0] for row in rows] == ['mlp', 'cnn+proj'], text
+  assert all(float(row[-1]) < 1e-5 for row in rows), text
+
+
+@pytest.mark.slow
+def test_bench_lm_ntk_memory_compiles_the_paper_scale_block():
+  text = _run('bench_lm_ntk_memory.py', '--quick', '--cases', 'reference', 'last2+proj',
+              '--block-size', '1', '--proj-dim', '16')
+  rows = [line for line in text.splitlines() if line.startswith('| Qwen2.5-0.5B |')]
+  assert len(rows) == 2 and all(row.rstrip().endswith('| ok |') for row in rows), text
+  # The last two blocks, projected, need less than all parameters unprojected.
+  ratio = float(rows[1].split('|')[9].strip().rstrip('x'))
+  assert ratio > 1.0, rows
