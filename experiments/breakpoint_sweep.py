@@ -6,8 +6,9 @@ then fits log(break) = slope * log(k) + c by least squares for every curve (the 
 theory E(n) at the measured sizes, the measured test loss and error) and each break.
 Lemma 1 predicts slope beta for both breaks. The interval of a measured slope propagates
 each k's seed-bootstrap interval of the break (read as a normal in log space, sd = width /
-(2 * 1.96)) through the least-squares weights: the slope's sampling error under the data
-noise of the seeds.
+(2 z), z the normal quantile of `fit.ci_level`, 1.96 at 0.95) through the least-squares
+weights: the slope's sampling error under the data noise of the seeds, at the same level.
+Every cut's settings and saved units are checked before the first cut trains.
 
   python experiments/breakpoint_sweep.py --config=configs/breakpoint_sweep.py \
       --workdir=workdirs/breakpoint_sweep
@@ -26,6 +27,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 from scipy import special
+from scipy import stats
 from tqdm import tqdm
 
 from dv_jax import plotting
@@ -33,7 +35,6 @@ from dv_jax import results
 import three_phase_scaling  # experiments/three_phase_scaling.py, beside this script
 
 CURVES = ('theory', 'measured_loss', 'measured_error')
-_Z95 = 1.959963984540054
 
 
 def _check_cuts(ks: Sequence[Any]) -> None:
@@ -51,15 +52,18 @@ def config_for_k(config: ml_collections.ConfigDict, k: int) -> ml_collections.Co
 
 
 def fit_exponent(ks: Sequence[float], breaks: Sequence[float],
-                 intervals: Sequence[Sequence[float]] = ()) -> Dict[str, float]:
+                 intervals: Sequence[Sequence[float]] = (), *, level: float = 0.95
+                 ) -> Dict[str, float]:
   """Least-squares slope of log(break) on log(k), and its interval from per-k intervals.
 
   Args:
     ks: `[J]` cuts, at least two distinct.
     breaks: `[J]` fitted breaks (NaN where a fit found none: left out).
-    intervals: optional `[J, 2]` (low, high) intervals of each break; each is read as a
-      normal in log space with sd = (log high - log low) / (2 * 1.96), and the slope's sd is
-      the least-squares weights applied to those sds (independent across k).
+    intervals: optional `[J, 2]` (low, high) intervals of each break at confidence `level`;
+      each is read as a normal in log space with sd = (log high - log low) / (2 z), z the
+      normal quantile of `(1 + level) / 2` (1.96 at 0.95), and the slope's sd is the
+      least-squares weights applied to those sds (independent across k).
+    level: the confidence level of `intervals` and of the returned slope interval.
 
   Returns:
     `{'slope', 'intercept', 'num_points', 'slope_lo', 'slope_hi'}` (NaN where undefined).
@@ -76,11 +80,12 @@ def fit_exponent(ks: Sequence[float], breaks: Sequence[float],
   slope = float(np.sum(weights * log_b[keep]))
   out.update(slope=slope, intercept=float(np.mean(log_b[keep]) - slope * log_k[keep].mean()))
   if len(intervals):
+    z = float(stats.norm.ppf((1.0 + level) / 2.0))  # 1.959963984540054 at 0.95
     bounds = np.log(np.asarray(intervals, np.float64))[keep]
     if np.all(np.isfinite(bounds)):
-      sd = (bounds[:, 1] - bounds[:, 0]) / (2 * _Z95)
+      sd = (bounds[:, 1] - bounds[:, 0]) / (2 * z)
       slope_sd = float(np.sqrt(np.sum((weights * sd) ** 2)))
-      out.update(slope_lo=slope - _Z95 * slope_sd, slope_hi=slope + _Z95 * slope_sd)
+      out.update(slope_lo=slope - z * slope_sd, slope_hi=slope + z * slope_sd)
   return out
 
 
@@ -151,6 +156,33 @@ def _figure(config, rows: Sequence[Dict[str, Any]], exponents: Sequence[Dict[str
   return fig
 
 
+def check_config(config: ml_collections.ConfigDict) -> List[int]:
+  """The cuts of `config.sweep.ks`, each cut's config checked as its run will check it.
+
+  Runs before any cut trains: a bad setting (or a cut out of range) would otherwise fail
+  only when its cut's turn came, after the cuts before it had trained.
+
+  Returns:
+    The cuts as ints, in config order.
+
+  Raises:
+    ValueError: naming `config.sweep.ks` (integers >= 1, at least two, none repeated) or,
+      through `three_phase_scaling.check_config`, the field a cut's config fails on.
+  """
+  _check_cuts(config.sweep.ks)  # before int() could truncate one
+  ks = [int(k) for k in config.sweep.ks]
+  if len(set(ks)) < 2:
+    raise ValueError(f'config.sweep.ks must hold at least two distinct cuts, got {ks}')
+  if len(set(ks)) != len(ks):  # a repeated cut would count twice in the slope fits
+    raise ValueError(f'config.sweep.ks repeats a cut: {tuple(config.sweep.ks)}')
+  for k in ks:
+    try:
+      three_phase_scaling.check_config(config_for_k(config, k))
+    except ValueError as error:
+      raise ValueError(f'config.sweep.ks: the cut k={k}: {error}') from error
+  return ks
+
+
 def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
   """Runs (or resumes) every cut, fits the exponents, writes tables and the figure.
 
@@ -160,10 +192,11 @@ def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
   """
   start = time.perf_counter()
   workdir = Path(workdir)
-  _check_cuts(config.sweep.ks)  # before int() could truncate one
-  ks = [int(k) for k in config.sweep.ks]
-  if len(set(ks)) < 2:
-    raise ValueError(f'config.sweep.ks must hold at least two distinct cuts, got {ks}')
+  ks = check_config(config)
+  # Every cut's saved units, before the first cut trains: a stale k<k>/ found only when
+  # its turn came would leave the sweep half run.
+  for k in ks:
+    three_phase_scaling.check_saved_units(config_for_k(config, k), workdir / f'k{k}')
   rows, computed = [], {}
   for k in tqdm(ks, desc='sweep k', disable=not config.output.progress):
     k_config = config_for_k(config, k)
@@ -179,7 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
     for label in ('n1', 'n2'):
       intervals = ([(r[f'seedboot_{label}_lo'], r[f'seedboot_{label}_hi']) for r in sub]
                    if curve != 'theory' else ())
-      fit = fit_exponent([r['k'] for r in sub], [r[f'fit_{label}'] for r in sub], intervals)
+      fit = fit_exponent([r['k'] for r in sub], [r[f'fit_{label}'] for r in sub], intervals,
+                         level=float(config.fit.ci_level))
       exponents.append({'curve': curve, 'break': label, 'predicted_slope': config.data.beta,
                         **fit})
       logging.info('%s %s: slope %.3f [%.3f, %.3f] (predicted %g)', curve, label,

@@ -41,7 +41,9 @@ of hard truncation carries the ideal learner's `ideal_*` columns), results.json,
 and the figures three_phase.{png,pdf} and truncation_modes.{png,pdf}.
 
 `--config.a.b=...` overrides are checked before flag parsing: a field that does not exist
-fails with the valid keys of its section listed (`check_config_overrides`).
+fails with the valid keys of its section listed (`check_config_overrides`). `run` then checks
+every setting it reads (`check_config`, naming the key) and every saved unit it would reuse
+(`check_saved_units`) before any data are loaded or any unit is trained.
 """
 
 import abc
@@ -61,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dv_jax import config_checks
 from dv_jax import plotting
 from dv_jax import results
 from dv_jax import scaling
@@ -211,18 +214,23 @@ def truncation_parameters(p: np.ndarray, config) -> Dict[str, Dict[str, Any]]:
   keeps exactly the top k items (a nucleus cut of a rank-ordered Zipf IS a hard cut),
   `temperature` is the smallest one with `effective_k = k`, and `finite_sample` draws
   `M = ceil(1 / p_k)` samples (so `#{i : M p_i >= 1} = k`).
+
+  Only the modes of `config.truncation.modes` are returned: a mode that is not run must
+  not fail the run (no temperature may reach the cut at a large pi).
   """
   data, trunc = config.data, config.truncation
   k = int(data.k)
   if trunc.match_k:
-    values = {'hard': k,
-              'top_p': float(np.cumsum(p)[k - 1]),
-              'temperature': matched_temperature(p, k=k, pi=data.pi),
-              'finite_sample': int(math.ceil(1.0 / p[k - 1]))}
+    values = {'hard': lambda: k,
+              'top_p': lambda: float(np.cumsum(p)[k - 1]),
+              'temperature': lambda: matched_temperature(p, k=k, pi=data.pi),
+              'finite_sample': lambda: int(math.ceil(1.0 / p[k - 1]))}
   else:
-    values = {'hard': k, 'top_p': float(trunc.top_p), 'temperature': float(trunc.temperature),
-              'finite_sample': int(trunc.generator_samples)}
-  return {mode: {_LOADER_ARGUMENT[mode]: values[mode]} for mode in MODES}
+    values = {'hard': lambda: k, 'top_p': lambda: float(trunc.top_p),
+              'temperature': lambda: float(trunc.temperature),
+              'finite_sample': lambda: int(trunc.generator_samples)}
+  return {mode: {_LOADER_ARGUMENT[mode]: values[mode]()} for mode in MODES
+          if mode in trunc.modes}
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,7 +287,7 @@ class FactsTask(_Task):
     # One task per mode from the same key (the answers are redrawn per seed in run_unit).
     self.tasks = {mode: facts.make_facts_task(
         num_items=data.num_items, num_answers=data.num_answers, beta=data.beta, key=key,
-        mode=mode, **self.parameters[mode]) for mode in MODES}
+        mode=mode, **self.parameters[mode]) for mode in self.parameters}
     task = self.tasks['hard']
     model_config = config.model
     if model_config.name == 'item_mlp':
@@ -380,7 +388,7 @@ class Cifar100Task(_Task):
             self.p, mode=mode, key=jax.random.fold_in(key, i),
             **{('num_samples' if name == 'generator_samples' else name): value
                for name, value in self.parameters[mode].items()})
-        for i, mode in enumerate(MODES)}
+        for i, mode in enumerate(MODES) if mode in self.parameters}
     self.test_weight = cifar100.longtail_test_weights(self.data.y_test, beta=data.beta)
     self.model = ResNet18(num_classes=self.num_classes,
                           num_filters=config.model.num_filters)
@@ -846,22 +854,212 @@ def _aggregate(units: List[Dict[str, Any]], mode: str, n: int) -> Dict[str, Any]
   return row
 
 
-def _check_config(config) -> None:
-  """Fails, naming the field, on settings that would otherwise break deep inside a run."""
+# The models each data set can be read by (`make_task`).
+_MODELS = {'facts': ('item_mlp', 'transformer_lm'), 'cifar100': ('resnet18',)}
+
+
+def fit_points_needed(config) -> int:
+  """The fewest distinct sizes a curve needs for the fit of `config.fit`.
+
+  The fit has up to `1 + 2 + 3 * max_breaks` parameters (floor, amplitude, slope, three per
+  break) and needs more points than that, and `min_segment_points` distinct sizes on each
+  side of its break grid (`dv_jax.scaling.fit_broken_power_law`).
+  """
+  fit = config.fit
+  return max(4 + 3 * int(fit.max_breaks), 2 * int(fit.min_segment_points))
+
+
+def _check_fit(config) -> None:
+  """Every `config.fit` field, as `fit_broken_power_law` and the resampling studies read it.
+
+  `fit_curve` turns a fit's ValueError into "no breaks" (a curve that reached 0, too few
+  points): a bad option would otherwise turn every fit into NaN breaks after all the
+  training, with only a log warning.
+  """
+  fit = config.fit
+  max_breaks = config_checks.config_int(fit.max_breaks, 'fit.max_breaks', minimum=0)
+  if max_breaks > 3:
+    raise ValueError(f'config.fit.max_breaks must be an integer in 0..3, got {max_breaks}')
+  for field, minimum in (('num_bootstrap', 0), ('grid_points', 1), ('num_starts', 1),
+                         ('min_segment_points', 1), ('seed_bootstrap', 0),
+                         ('seed_bootstrap_min_seeds', 1), ('ideal_replicates', 0)):
+    config_checks.config_int(fit[field], f'fit.{field}', minimum=minimum)
+  if fit.bootstrap not in ('residual', 'case'):
+    raise ValueError(f"config.fit.bootstrap must be 'residual' or 'case', got "
+                     f'{fit.bootstrap!r}')
+  config_checks.config_float(fit.ci_level, 'fit.ci_level', lambda v: 0 < v < 1,
+                'in (0, 1) (0.95, not 95)')
+  config_checks.config_bool(fit.floor, 'fit.floor')
+  config_checks.config_float(fit.min_break_ratio, 'fit.min_break_ratio', lambda v: v > 1, '> 1')
+  config_checks.config_float(fit.sigma_floor, 'fit.sigma_floor', lambda v: v > 0, '> 0')
+  bounds = tuple(fit.smoothness_range)
+  if len(bounds) != 2:
+    raise ValueError(f'config.fit.smoothness_range must be (low, high), got {bounds}')
+  low = config_checks.config_float(bounds[0], 'fit.smoothness_range[0]', lambda v: v > 0, '> 0')
+  config_checks.config_float(bounds[1], 'fit.smoothness_range[1]', lambda v: v > low,
+                f'> smoothness_range[0]={low}')
+  config_checks.config_float(fit.initial_smoothness, 'fit.initial_smoothness',
+                lambda v: bounds[0] <= v <= bounds[1], f'in config.fit.smoothness_range {bounds}')
+
+
+def _check_model(config) -> None:
+  data, model = config.data, config.model
+  if model.name not in _MODELS[data.name]:
+    raise ValueError(f'config.model.name must be one of {_MODELS[data.name]} for '
+                     f'{data.name}, got {model.name!r}')
+  if model.name == 'item_mlp':
+    config_checks.config_int(model.embed_dim, 'model.embed_dim', minimum=1)
+    config_checks.config_float(model.embed_init, 'model.embed_init', lambda v: v >= 0, '>= 0')
+    for index, width in enumerate(model.hidden_sizes):
+      config_checks.config_int(width, f'model.hidden_sizes[{index}]', minimum=1)
+  elif model.name == 'transformer_lm':
+    for field in ('d_model', 'num_layers', 'num_heads', 'd_ff'):
+      config_checks.config_int(model[field], f'model.{field}', minimum=1)
+    if model.d_model % model.num_heads:
+      raise ValueError(f'config.model.d_model={model.d_model} must be a multiple of '
+                       f'config.model.num_heads={model.num_heads}')
+  else:
+    config_checks.config_int(model.num_filters, 'model.num_filters', minimum=1)
+
+
+def _check_train(config) -> None:
+  train = config.train
+  for field in ('batch_size', 'min_steps', 'eval_block_size'):
+    config_checks.config_int(train[field], f'train.{field}', minimum=1)
+  if config_checks.config_int(train.max_steps, 'train.max_steps', minimum=1) < int(train.min_steps):
+    raise ValueError(f'config.train.max_steps={train.max_steps} must be >= '
+                     f'config.train.min_steps={train.min_steps}')
+  config_checks.config_float(train.epochs, 'train.epochs', lambda v: v > 0, '> 0')
+  config_checks.config_bool(train.pad_to_max, 'train.pad_to_max')
+  # Without a re-estimate a ResNet would be evaluated with its initial BN statistics.
+  config_checks.config_int(train.bn_batches, 'train.bn_batches',
+              minimum=1 if config.model.name == 'resnet18' else 0)
+  try:  # the recipe as every unit's `training.train` will read it
+    training.as_train_config(_recipe(config, int(train.min_steps)))
+  except ValueError as error:  # its message names `config.<recipe field>`
+    raise ValueError(str(error).replace('config.', 'config.train.', 1)) from error
+
+
+def _check_truncation(config) -> None:
+  trunc = config.truncation
+  modes = tuple(trunc.modes)
+  unknown = [mode for mode in modes if mode not in MODES]
+  if unknown or 'hard' not in modes:
+    raise ValueError(f'config.truncation.modes must hold hard and only modes of {MODES}, '
+                     f'got {modes}')
+  if len(set(modes)) != len(modes):  # a repeated mode repeats its rows and fits
+    raise ValueError(f'config.truncation.modes repeats a mode: {modes}')
+  if not config_checks.config_bool(trunc.match_k, 'truncation.match_k'):
+    if 'top_p' in modes:
+      config_checks.config_float(trunc.top_p, 'truncation.top_p', lambda v: 0 < v <= 1, 'in (0, 1]')
+    if 'temperature' in modes:
+      config_checks.config_float(trunc.temperature, 'truncation.temperature', lambda v: 0 < v < 1,
+                    'in (0, 1) (a thinned tail)')
+    if 'finite_sample' in modes:
+      config_checks.config_int(trunc.generator_samples, 'truncation.generator_samples', minimum=1)
+  config_checks.config_int(trunc.grid_stride, 'truncation.grid_stride', minimum=1)
+  if config_checks.config_bool(trunc.measure, 'truncation.measure'):
+    config_checks.config_int(trunc.num_seeds, 'truncation.num_seeds', minimum=1)
+
+
+def check_config(config) -> None:
+  """Fails, naming the field, on a setting that would break (or be dropped) after training.
+
+  Runs before any data are loaded or any unit is trained: every field `run` reads.
+
+  Raises:
+    ValueError: naming the config field.
+  """
+  config_checks.config_int(config.seed, 'seed', minimum=0)  # numpy's generators refuse a negative one
   data, grid = config.data, config.scaling
-  if not 1 <= int(data.k) < int(data.num_items) or int(data.k) != data.k:
+  if data.name not in _MODELS:
+    raise ValueError(f"config.data.name must be 'facts' or 'cifar100', got {data.name!r}")
+  num_items = config_checks.config_int(data.num_items, 'data.num_items', minimum=2)
+  config_checks.config_int(data.num_answers, 'data.num_answers', minimum=2)
+  if data.name == 'cifar100':
+    for field in ('num_items', 'num_answers'):
+      if data[field] != cifar100.NUM_CLASSES:
+        raise ValueError(f'config.data.{field} must be {cifar100.NUM_CLASSES} for cifar100 '
+                         f'(the classes are the items and the answers), got {data[field]}')
+    config_checks.config_bool(data.normalize, 'data.normalize')
+  config_checks.config_float(data.beta, 'data.beta', lambda v: v > 1, '> 1 (a normalisable Zipf tail)')
+  config_checks.config_float(data.pi, 'data.pi', lambda v: 0 < v <= 1, 'in (0, 1]')
+  try:
+    k = config_checks.config_int(data.k, 'data.k', minimum=1)
+  except ValueError:
+    k = 0
+  if not 1 <= k < num_items:
     raise ValueError(f'config.data.k must be an integer in [1, config.data.num_items), got '
                      f'k={data.k}, num_items={data.num_items}')
-  if int(grid.num_seeds) < 1:
-    raise ValueError(f'config.scaling.num_seeds must be >= 1, got {grid.num_seeds}')
-  # The fit has 3 + 3 * max_breaks parameters and needs more points than that.
-  minimum = 4 + 3 * int(config.fit.max_breaks)
-  if int(grid.num_points) < minimum:
+  _check_model(config)
+  _check_train(config)
+  _check_truncation(config)
+  _check_fit(config)
+  config_checks.config_float(grid.grid_below, 'scaling.grid_below', lambda v: v > 0, '> 0')
+  config_checks.config_float(grid.grid_above, 'scaling.grid_above', lambda v: v > 0, '> 0')
+  config_checks.config_int(grid.num_seeds, 'scaling.num_seeds', minimum=1)
+  config_checks.config_int(grid.theory_points, 'scaling.theory_points', minimum=2)
+  # The fit needs more points than its largest model has parameters; rounding to integer
+  # sizes can merge neighbouring points of the log grid, so count the distinct sizes.
+  minimum = fit_points_needed(config)
+  if config_checks.config_int(grid.num_points, 'scaling.num_points', minimum=1) < minimum:
     raise ValueError(f'config.scaling.num_points must be >= {minimum} for a fit with '
                      f'{config.fit.max_breaks} breaks, got {grid.num_points}')
-  if config.truncation.measure and int(config.truncation.num_seeds) < 1:
-    raise ValueError('config.truncation.num_seeds must be >= 1 when truncation.measure is '
-                     f'set, got {config.truncation.num_seeds}')
+  sizes = size_grid(config)
+  if sizes.size < minimum:
+    raise ValueError(f'config.scaling.num_points={grid.num_points} gives only {sizes.size} '
+                     f'distinct integer sizes between {sizes.min()} and {sizes.max()}; the fit '
+                     f'needs >= {minimum}: widen config.scaling.grid_below / grid_above or '
+                     'use fewer points')
+  stride = int(config.truncation.grid_stride)
+  if config.truncation.measure and len(config.truncation.modes) > 1:
+    measured = sizes[::stride].size
+    if measured < minimum:
+      # Otherwise the soft modes would be trained and then never fitted ("fit skipped").
+      raise ValueError(f'config.truncation.grid_stride={stride} leaves {measured} sizes for '
+                       f'the measured soft modes; their fit needs >= {minimum} (lower it, '
+                       'or set config.truncation.measure=False)')
+  config_checks.config_float(config.output.figure_dpi, 'output.figure_dpi', lambda v: v > 0, '> 0')
+  config_checks.config_bool(config.output.progress, 'output.progress')
+
+
+def planned_units(config) -> List[Tuple[str, int, int]]:
+  """`(mode, n, replicate)` of every unit `run(config, ...)` uses, in training order."""
+  grid = size_grid(config)
+  mode_grid = grid[::int(config.truncation.grid_stride)]
+  work = [('hard', int(n), r) for n in grid for r in range(int(config.scaling.num_seeds))]
+  if config.truncation.measure:
+    work += [(mode, int(n), r) for mode in config.truncation.modes if mode != 'hard'
+             for n in mode_grid for r in range(int(config.truncation.num_seeds))]
+  return work
+
+
+def check_saved_units(config, workdir) -> Dict[str, Dict[str, Any]]:
+  """Every saved unit `run(config, workdir)` would reuse, refused if trained otherwise.
+
+  Reads the config alone (no data, no model) and writes nothing, so that a caller (the
+  breakpoint sweep) can check all its workdirs before any training.
+
+  Returns:
+    `{unit name: saved unit}` of the planned units already in `workdir/units`.
+
+  Raises:
+    ValueError: a saved unit was trained under another data / model / train config.
+  """
+  directory = Path(workdir) / 'units'
+  if not directory.is_dir():
+    return {}
+  store = results.UnitStore(directory)
+  fingerprint = unit_fingerprint(config)
+  saved = {}
+  for mode, n, replicate in planned_units(config):
+    name = _unit_name(mode, n, replicate)
+    if name in store:
+      saved[name] = store.load(name)
+      if saved[name].get('fingerprint') != fingerprint:
+        raise ValueError(f'unit {name} in {store.directory} was trained with another data / '
+                         'model / train config; use a fresh --workdir')
+  return saved
 
 
 def run(config, workdir) -> Dict[str, Any]:
@@ -874,38 +1072,28 @@ def run(config, workdir) -> Dict[str, Any]:
   Returns:
     `{'breakpoints': rows, 'curve': rows, 'units_computed': names trained in this call,
     'summary': the headline numbers, 'files': written paths, 'runtime_s': seconds}`.
+
+  Raises:
+    ValueError: before any work, naming the config field of a bad setting
+      (`check_config`) or a saved unit trained under another config (`check_saved_units`).
   """
   start = time.perf_counter()
   workdir = Path(workdir)
+  check_config(config)
+  # Every saved unit this run would use is checked before any training (and before the
+  # units/ folder is made), so a refused rerun leaves the workdir as it was.
+  units = check_saved_units(config, workdir)
   store = results.UnitStore(workdir / 'units')
   key = jax.random.PRNGKey(config.seed)
-  unknown = set(config.truncation.modes) - set(MODES)
-  if unknown or 'hard' not in config.truncation.modes:
-    raise ValueError(f'config.truncation.modes must hold hard and only modes of {MODES}, '
-                     f'got {tuple(config.truncation.modes)}')
-  _check_config(config)
   task = make_task(config, jax.random.fold_in(key, 0))
 
   grid = size_grid(config)
-  mode_grid = grid[::max(int(config.truncation.grid_stride), 1)]
-  work = [('hard', int(n), r) for n in grid for r in range(config.scaling.num_seeds)]
-  if config.truncation.measure:
-    work += [(mode, int(n), r) for mode in config.truncation.modes if mode != 'hard'
-             for n in mode_grid for r in range(config.truncation.num_seeds)]
+  mode_grid = grid[::int(config.truncation.grid_stride)]
+  work = planned_units(config)
   pad_to = _next_power_of_two(int(grid.max())) if config.train.pad_to_max else None
 
   computed = []
-  units = {}
   fingerprint = unit_fingerprint(config)
-  # Every saved unit this run would use is checked before any training, so a refused
-  # rerun leaves the workdir as it was.
-  for mode, n, replicate in work:
-    name = _unit_name(mode, n, replicate)
-    if name in store:
-      units[name] = store.load(name)
-      if units[name].get('fingerprint') != fingerprint:
-        raise ValueError(f'unit {name} in {store.directory} was trained with another data / '
-                         'model / train config; use a fresh --workdir')
   for mode, n, replicate in tqdm(work, desc='train |S| grid', disable=not config.output.progress):
     name = _unit_name(mode, n, replicate)
     if name not in units:  # saved units were loaded (and checked) above
@@ -922,6 +1110,9 @@ def run(config, workdir) -> Dict[str, Any]:
                    out['loss'], out['error'], out['memorizer_error'], out['steps'],
                    out['seconds'])
       units[name] = store.load(name)  # as a rerun will read it (JSON round trip)
+  # In training order, however many were saved before: the means over seeds then add the
+  # same numbers in the same order, so a resumed run's tables equal an uninterrupted one's.
+  units = {name: units[name] for name in (_unit_name(*unit) for unit in work)}
   train_seconds = time.perf_counter() - start
 
   # Theory: exact E(n) per mode, on the measured grid (for fits) and a dense grid (figure).

@@ -51,10 +51,59 @@ def test_fit_exponent_interval_and_missing_breaks():
   assert math.isnan(breakpoint_sweep.fit_exponent(ks, [1.0, math.nan, math.nan])['slope'])
 
 
+def test_fit_exponent_interval_at_another_level():
+  # Intervals at 90% read with the 90% quantile (1.645), not 1.96: the same slope sd.
+  ks = np.array([8.0, 16.0, 32.0])
+  breaks = 2.0 * ks ** 1.5
+  sd = np.array([0.1, 0.2, 0.3])
+  z90 = 1.6448536269514722
+  intervals = np.stack([breaks * np.exp(-z90 * sd), breaks * np.exp(z90 * sd)], axis=1)
+  fit = breakpoint_sweep.fit_exponent(ks, breaks, intervals, level=0.9)
+  slope_sd = math.sqrt(0.1 ** 2 + 0.3 ** 2) / (2 * math.log(2.0))
+  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']],
+                             1.5 + np.array([-1, 1]) * z90 * slope_sd)
+
+
+def _no_training(*args, **kwargs):
+  raise AssertionError('a cut was run before every cut was checked')
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('sweep.ks', (3, 4, 300), r'config\.sweep\.ks: the cut k=300: config\.data\.k must be'),
+    ('sweep.ks', (3, 4, 3), r'config\.sweep\.ks repeats a cut'),
+    ('fit.ci_level', 95.0, r'config\.fit\.ci_level must be in \(0, 1\)'),
+    ('scaling.grid_below', 0.0, r'config\.scaling\.grid_below must be > 0'),
+])
+def test_sweep_checks_every_cut_before_any_training(tmp_path, monkeypatch, field, value,
+                                                    message):
+  config = configs.get_config('smoke')
+  section, name = field.split('.')
+  config[section][name] = value
+  monkeypatch.setattr(breakpoint_sweep.three_phase_scaling, 'run', _no_training)
+  with pytest.raises(ValueError, match=message):
+    breakpoint_sweep.run(config, tmp_path)
+  assert not list(tmp_path.iterdir())
+
+
+def test_sweep_refuses_a_stale_cut_before_any_training(tmp_path, monkeypatch):
+  # The last cut's workdir holds a unit of another config: refused before the first cut.
+  config = configs.get_config('smoke')
+  k = config.sweep.ks[-1]
+  tps = breakpoint_sweep.three_phase_scaling
+  k_config = breakpoint_sweep.config_for_k(config, k)
+  name = tps._unit_name(*tps.planned_units(k_config)[0])  # pylint: disable=protected-access
+  results.UnitStore(tmp_path / f'k{k}' / 'units').save(name, {'fingerprint': 'another config'})
+  monkeypatch.setattr(tps, 'run', _no_training)
+  with pytest.raises(ValueError, match='fresh --workdir'):
+    breakpoint_sweep.run(config, tmp_path)
+  assert sorted(path.name for path in tmp_path.iterdir()) == [f'k{k}']
+
+
 @pytest.mark.parametrize('variant', configs.VARIANTS)
 def test_config_has_cuts_not_a_k(variant):
   config = configs.get_config(variant)
   assert 'k' not in config.data and len(set(config.sweep.ks)) >= 2
+  assert breakpoint_sweep.check_config(config) == list(config.sweep.ks)
   assert tuple(config.truncation.modes) == ('hard',)
   one = breakpoint_sweep.config_for_k(config, config.sweep.ks[-1])
   assert one.data.k == config.sweep.ks[-1] and 'sweep' not in one

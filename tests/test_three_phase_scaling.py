@@ -52,6 +52,9 @@ def test_every_variant_builds(variant):
   # The fit needs more points than its largest model has parameters.
   assert grid.size > 3 + 3 * config.fit.max_breaks
   assert 'hard' in config.truncation.modes
+  # Every variant passes the checks run makes first (the smoke variants' measured soft
+  # modes used to get 5 sizes, too few for the fit, and were trained but never fitted).
+  tps.check_config(config)
 
 
 def test_paper_variant_is_the_papers_setting():
@@ -105,6 +108,17 @@ def test_truncation_parameters_match_the_effective_cut():
   # The bisection returns the smallest such temperature: a little lower misses k.
   p_low = scaling.synthetic_distribution(p, mode='temperature', temperature=tau * 0.99)
   assert scaling.effective_k(p, p_low, pi=pi, mode='temperature') < k
+
+
+def test_truncation_parameters_only_for_the_modes_that_run():
+  # At pi=0.9 no temperature reaches the cut; a run without that mode must not fail on it.
+  config = configs.get_config('smoke')
+  config.data.pi = 0.9
+  config.truncation.modes = ('hard', 'top_p')
+  p = scaling.zipf(config.data.num_items, config.data.beta)
+  assert set(tps.truncation_parameters(p, config)) == {'hard', 'top_p'}
+  task = tps.make_task(config, jax.random.PRNGKey(0))
+  assert set(task.tasks) == {'hard', 'top_p'}
 
 
 def test_matched_temperature_fails_when_unreachable():
@@ -234,6 +248,10 @@ def _check_outputs(workdir: Path, out):
   assert {'theory', 'measured_loss', 'measured_error'} <= curves
 
 
+def _untimed(rows):
+  return [{k: v for k, v in row.items() if k != 'seconds_mean'} for row in rows]
+
+
 @pytest.mark.slow
 def test_facts_smoke_runs_and_resumes(tmp_path):
   config = configs.get_config('smoke')
@@ -274,6 +292,16 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   store.path(victim).unlink()
   resumed = _run(config, tmp_path)
   assert resumed['units_computed'] == [victim]
+  # ... and its tables equal the uninterrupted run's, bit for bit (the means over seeds
+  # must add the seeds in one order, however many units were saved before).
+  lost = [name for name in store.names() if name.startswith('hard-') and name.endswith('-r0')]
+  for name in lost:
+    store.path(name).unlink()
+  resumed = _run(config, tmp_path)
+  assert sorted(resumed['units_computed']) == sorted(lost)
+  assert repr(_untimed(resumed['curve'])) == repr(_untimed(out['curve']))
+  assert repr(_untimed(resumed['breakpoints'])) == repr(_untimed(out['breakpoints']))
+  assert repr(resumed['summary']) == repr(out['summary'])
   # Units trained under another recipe are refused, not silently mixed in, and before
   # any new unit is trained (a wider grid would add some).
   config.train.learning_rate *= 2
@@ -286,7 +314,7 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
 
 @pytest.mark.parametrize('field, value, message', [
     ('data.k', 300, r'config\.data\.k must be an integer in \[1, config\.data\.num_items\)'),
-    ('scaling.num_seeds', 0, r'config\.scaling\.num_seeds must be >= 1'),
+    ('scaling.num_seeds', 0, r'config\.scaling\.num_seeds must be an int >= 1'),
     ('scaling.num_points', 5, r'config\.scaling\.num_points must be >= 10'),
 ])
 def test_run_names_the_bad_field(tmp_path, field, value, message):
@@ -295,6 +323,80 @@ def test_run_names_the_bad_field(tmp_path, field, value, message):
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
     tps.run(config, tmp_path)
+
+
+def _no_work(*args, **kwargs):
+  raise AssertionError('data were loaded or a unit was trained before the config check')
+
+
+@pytest.mark.parametrize('variant, field, value, message', [
+    ('smoke', 'seed', -1, r'config\.seed must be an int >= 0'),
+    ('smoke', 'data.beta', 1.0, r'config\.data\.beta must be > 1'),
+    ('smoke', 'data.pi', 0.0, r'config\.data\.pi must be in \(0, 1\]'),
+    ('smoke', 'data.name', 'cifar', r'config\.data\.name'),
+    ('smoke', 'model.name', 'resnet18', r'config\.model\.name must be one of'),
+    ('smoke', 'model.embed_dim', 0, r'config\.model\.embed_dim must be an int >= 1'),
+    ('smoke', 'model.hidden_sizes', (8, 0), r'config\.model\.hidden_sizes\[1\]'),
+    ('facts_lm_smoke', 'model.num_heads', 3, r'config\.model\.d_model=16 must be a multiple'),
+    ('cifar100_smoke', 'data.num_items', 50, r'config\.data\.num_items must be 100'),
+    ('cifar100_smoke', 'train.bn_batches', 0, r'config\.train\.bn_batches must be an int >= 1'),
+    ('smoke', 'train.learning_rate', -1.0, r'config\.train\.learning_rate must be finite'),
+    ('smoke', 'train.momentum', 0.5, r'config\.train\.momentum=0\.5 is used only by'),
+    ('smoke', 'train.optimizer', 'adamax', r'config\.train\.optimizer must be one of'),
+    ('smoke', 'train.epochs', 0.0, r'config\.train\.epochs must be > 0'),
+    ('smoke', 'train.max_steps', 5, r'max_steps=5 must be >= config\.train\.min_steps=20'),
+    ('smoke', 'train.eval_block_size', 0, r'config\.train\.eval_block_size'),
+    ('smoke', 'scaling.grid_below', 0.0, r'config\.scaling\.grid_below must be > 0'),
+    ('smoke', 'scaling.grid_above', -1.0, r'config\.scaling\.grid_above must be > 0'),
+    ('smoke', 'scaling.theory_points', 0, r'config\.scaling\.theory_points'),
+    ('smoke', 'scaling.grid_above', 1e-3, r'config\.scaling\.num_points=10 gives only'),
+    ('smoke', 'fit.max_breaks', -1, r'config\.fit\.max_breaks must be an int >= 0'),
+    ('smoke', 'fit.max_breaks', 4, r'config\.fit\.max_breaks must be an integer in 0\.\.3'),
+    ('smoke', 'fit.ci_level', 95.0, r'config\.fit\.ci_level must be in \(0, 1\)'),
+    ('smoke', 'fit.bootstrap', 'block', r'config\.fit\.bootstrap'),
+    ('smoke', 'fit.num_bootstrap', -1, r'config\.fit\.num_bootstrap'),
+    ('smoke', 'fit.smoothness_range', (1.0, 0.5), r'config\.fit\.smoothness_range\[1\]'),
+    ('smoke', 'fit.initial_smoothness', 2.0, r'config\.fit\.initial_smoothness'),
+    ('smoke', 'fit.min_break_ratio', 1.0, r'config\.fit\.min_break_ratio must be > 1'),
+    ('smoke', 'fit.sigma_floor', 0.0, r'config\.fit\.sigma_floor must be > 0'),
+    ('smoke', 'fit.grid_points', 0, r'config\.fit\.grid_points'),
+    ('smoke', 'fit.min_segment_points', 6, r'config\.scaling\.num_points must be >= 12'),
+    ('smoke', 'fit.seed_bootstrap', -1, r'config\.fit\.seed_bootstrap must be an int >= 0'),
+    ('smoke', 'fit.seed_bootstrap_min_seeds', 0, r'config\.fit\.seed_bootstrap_min_seeds'),
+    ('smoke', 'fit.ideal_replicates', -1, r'config\.fit\.ideal_replicates'),
+    ('smoke', 'truncation.modes', ('hard', 'top_p', 'hard'), r'truncation\.modes repeats'),
+    ('smoke', 'truncation.modes', ('top_p',), r'config\.truncation\.modes must hold hard'),
+    ('smoke', 'truncation.grid_stride', 0, r'config\.truncation\.grid_stride must be an int >= 1'),
+    ('smoke', 'truncation.grid_stride', 2, r'grid_stride=2 leaves 5 sizes'),
+    ('smoke', 'truncation.num_seeds', 0, r'config\.truncation\.num_seeds'),
+    ('smoke', 'output.figure_dpi', 0, r'config\.output\.figure_dpi must be > 0'),
+])
+def test_run_refuses_a_bad_setting_before_any_work(tmp_path, monkeypatch, variant, field,
+                                                   value, message):
+  config = configs.get_config(variant)
+  *sections, name = field.split('.')
+  section = config
+  for part in sections:
+    section = section[part]
+  section[name] = value
+  monkeypatch.setattr(tps, 'make_task', _no_work)
+  with pytest.raises(ValueError, match=message):
+    tps.run(config, tmp_path)
+  assert not (tmp_path / 'units').exists()
+
+
+def test_soft_mode_settings_checked_only_when_used(tmp_path, monkeypatch):
+  config = configs.get_config('smoke')
+  config.truncation.match_k = False
+  config.truncation.temperature = 1.5  # a fattened tail: no prediction of ours to pair with
+  monkeypatch.setattr(tps, 'make_task', _no_work)
+  with pytest.raises(ValueError, match=r'config\.truncation\.temperature must be in \(0, 1\)'):
+    tps.run(config, tmp_path)
+  config.truncation.modes = ('hard', 'top_p', 'finite_sample')  # temperature not run
+  tps.check_config(config)
+  config.truncation.generator_samples = 0
+  with pytest.raises(ValueError, match=r'config\.truncation\.generator_samples'):
+    tps.check_config(config)
 
 
 @pytest.mark.slow

@@ -2,38 +2,17 @@
 
 Each raises a `ValueError` that names the config field or argument, so that a bad value
 fails before the training it would otherwise follow. Each baseline's `check_config` is
-built from them: its `value` calls it first, and an experiment calls it (through
-`dv_jax.baselines.check_config`) before any of its own work.
+built from them and from `dv_jax.config_checks` (single fields): its `value` calls it
+first, and an experiment calls it (through `dv_jax.baselines.check_config`) before any of
+its own work.
 """
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from dv_jax import training
-
-
-def config_int(value: Any, field: str, *, minimum: int = 1) -> int:
-  """`config.<field>` as an int >= `minimum` (an integral float is accepted).
-
-  Args:
-    value: the field's value.
-    field: its dotted path under `config`, e.g. `'baselines.trak.grad_block_size'`.
-    minimum: the least value allowed.
-
-  Raises:
-    ValueError: naming `config.<field>`, for a bool, None, a string, a fraction or a value
-      below `minimum`.
-  """
-  try:
-    ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
-  except (TypeError, ValueError):  # None, a string
-    ok = False
-  if not ok:
-    raise ValueError(f'config.{field} must be an int >= {minimum}, got {value!r}')
-  return int(value)
 
 
 def example_rows(array: Any, name: str, *, width: str) -> jax.Array:
@@ -55,22 +34,6 @@ def example_rows(array: Any, name: str, *, width: str) -> jax.Array:
   if not bool(jnp.isfinite(array).all()):
     raise ValueError(f'{name} contains NaN or Inf')
   return array
-
-
-def config_positive_float(value: Any, field: str) -> float:
-  """`config.<field>` as a finite float > 0 (a jitter, a ridge).
-
-  Raises:
-    ValueError: naming `config.<field>`, for a bool, None, a string, zero, a negative or a
-      non-finite value.
-  """
-  try:
-    number = float(value) if not isinstance(value, bool) else math.nan
-  except (TypeError, ValueError):  # None, a string
-    number = math.nan
-  if not (math.isfinite(number) and number > 0):
-    raise ValueError(f'config.{field} must be finite and > 0, got {value!r}')
-  return number
 
 
 def config_section(config: Any, name: str) -> Any:

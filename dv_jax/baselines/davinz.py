@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import config_checks
 from dv_jax import mmd as mmd_lib
 from dv_jax import ntk as ntk_lib
 from dv_jax import valuation
@@ -182,9 +183,9 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   num_blocks = _check_count(cfg.num_blocks, 'config.baselines.davinz.num_blocks')
   num_permutations = _check_count(cfg.num_permutations,
                                   'config.baselines.davinz.num_permutations')
-  jitter = checks.config_positive_float(cfg.jitter, 'baselines.davinz.jitter')
-  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.davinz.grad_block_size')
-  projection_dim = checks.config_int(cfg.get('projection_dim', 0),
+  jitter = config_checks.config_positive_float(cfg.jitter, 'baselines.davinz.jitter')
+  grad_block_size = config_checks.config_int(cfg.grad_block_size, 'baselines.davinz.grad_block_size')
+  projection_dim = config_checks.config_int(cfg.get('projection_dim', 0),
                                      'baselines.davinz.projection_dim', minimum=0)
   projection_kind = cfg.get('projection_kind', 'rademacher')
   if projection_dim and projection_kind not in ntk_lib.PROJECTION_KINDS:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import config_checks
 from dv_jax import valuation
 from dv_jax.baselines import checks
 from dv_jax.data.contributors import Contributor
@@ -39,7 +40,7 @@ def check_config(config: ml_collections.ConfigDict) -> int:
       (`jax.random.fold_in` takes an unsigned 32-bit integer).
   """
   cfg = checks.config_section(config, 'random')
-  return checks.config_int(cfg.seed_offset, 'baselines.random.seed_offset', minimum=0)
+  return config_checks.config_int(cfg.seed_offset, 'baselines.random.seed_offset', minimum=0)
 
 
 def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,

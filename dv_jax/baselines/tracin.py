@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import config_checks
 from dv_jax import ntk as ntk_lib
 from dv_jax import training
 from dv_jax import valuation
@@ -169,18 +170,18 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   cfg = checks.config_section(config, 'tracin')
   train_config = checks.config_train(cfg.train, 'baselines.tracin.train')
   steps = int(train_config.steps)
-  num_checkpoints = checks.config_int(cfg.num_checkpoints, 'baselines.tracin.num_checkpoints')
+  num_checkpoints = config_checks.config_int(cfg.num_checkpoints, 'baselines.tracin.num_checkpoints')
   if steps % num_checkpoints:
     raise ValueError(f'config.baselines.tracin.num_checkpoints must divide train.steps = '
                      f'{steps}, got {num_checkpoints}')
   train_config = train_config._replace(checkpoint_every=steps // num_checkpoints)
-  projection_dim = checks.config_int(cfg.projection_dim, 'baselines.tracin.projection_dim',
+  projection_dim = config_checks.config_int(cfg.projection_dim, 'baselines.tracin.projection_dim',
                                      minimum=0)
-  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.tracin.grad_block_size')
+  grad_block_size = config_checks.config_int(cfg.grad_block_size, 'baselines.tracin.grad_block_size')
   # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
   mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
                                  field='baselines.tracin.grad_block_size')
-  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.tracin.bn_batches')
+  bn_batches = config_checks.config_int(cfg.get('bn_batches', 64), 'baselines.tracin.bn_batches')
   if projection_dim and cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
     raise ValueError(f'config.baselines.tracin.projection_kind must be one of '
                      f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')

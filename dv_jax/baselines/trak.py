@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import config_checks
 from dv_jax import linalg
 from dv_jax import ntk as ntk_lib
 from dv_jax import training
@@ -165,17 +166,17 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   """
   cfg = checks.config_section(config, 'trak')
   train_config = checks.config_train(cfg.train, 'baselines.trak.train')
-  num_models = checks.config_int(cfg.num_models, 'baselines.trak.num_models')
-  projection_dim = checks.config_int(cfg.projection_dim, 'baselines.trak.projection_dim')
+  num_models = config_checks.config_int(cfg.num_models, 'baselines.trak.num_models')
+  projection_dim = config_checks.config_int(cfg.projection_dim, 'baselines.trak.projection_dim')
   if cfg.projection_kind not in ntk_lib.PROJECTION_KINDS:
     raise ValueError(f'config.baselines.trak.projection_kind must be one of '
                      f'{ntk_lib.PROJECTION_KINDS}, got {cfg.projection_kind!r}')
-  ridge = checks.config_positive_float(cfg.ridge, 'baselines.trak.ridge')
-  grad_block_size = checks.config_int(cfg.grad_block_size, 'baselines.trak.grad_block_size')
+  ridge = config_checks.config_positive_float(cfg.ridge, 'baselines.trak.ridge')
+  grad_block_size = config_checks.config_int(cfg.grad_block_size, 'baselines.trak.grad_block_size')
   # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
   mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
                                  field='baselines.trak.grad_block_size')
-  bn_batches = checks.config_int(cfg.get('bn_batches', 64), 'baselines.trak.bn_batches')
+  bn_batches = config_checks.config_int(cfg.get('bn_batches', 64), 'baselines.trak.bn_batches')
   return Settings(train_config, num_models, projection_dim, cfg.projection_kind, ridge,
                   grad_block_size, bn_batches, mesh)
 

@@ -1,0 +1,59 @@
+"""Checks of single config fields, each raising a `ValueError` that names `config.<field>`.
+
+One wording for the library's own config checks (each baseline's `check_config`) and the
+experiment scripts' (`check_config` before any unit), so that a bad setting fails before
+the work it would otherwise follow, and says which key to fix. `field` is always the
+dotted path under `config`, e.g. `'baselines.trak.grad_block_size'` or `'fit.ci_level'`.
+"""
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+
+def config_int(value: Any, field: str, *, minimum: int = 1) -> int:
+  """`config.<field>` as an int >= `minimum` (an integral float is accepted).
+
+  Raises:
+    ValueError: naming `config.<field>`, for a bool, None, a string, a fraction, NaN / Inf
+      or a value below `minimum`.
+  """
+  try:
+    ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
+  except (TypeError, ValueError):  # None, a string
+    ok = False
+  if not ok:
+    raise ValueError(f'config.{field} must be an int >= {minimum}, got {value!r}')
+  return int(value)
+
+
+def config_float(value: Any, field: str, ok: Callable[[float], bool], allowed: str) -> float:
+  """`config.<field>` as a finite float for which `ok` holds; `allowed` says what that is.
+
+  Raises:
+    ValueError: `config.<field> must be <allowed>`, for a bool, None, a string, NaN / Inf
+      or a value `ok` refuses.
+  """
+  try:
+    number = float(value) if not isinstance(value, bool) else math.nan
+  except (TypeError, ValueError):  # None, a string
+    number = math.nan
+  if not (math.isfinite(number) and ok(number)):
+    raise ValueError(f'config.{field} must be {allowed}, got {value!r}')
+  return number
+
+
+def config_positive_float(value: Any, field: str) -> float:
+  """`config.<field>` as a finite float > 0 (a jitter, a ridge, a length scale)."""
+  return config_float(value, field, lambda v: v > 0, 'finite and > 0')
+
+
+def config_bool(value: Any, field: str) -> bool:
+  """`config.<field>` as a bool: `True` / `False` only (not 1, 0 or the string 'False')."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f'config.{field} must be True or False, got {value!r}')
+  return bool(value)
+
+
+__all__ = ['config_bool', 'config_float', 'config_int', 'config_positive_float']
