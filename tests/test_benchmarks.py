@@ -4,11 +4,12 @@ checked, only that every case runs and agrees with its reference).
 Benchmarks are not part of `make test`'s claims about speed: they print ratios against a
 reference measured in the same run. These smoke runs only keep them from rotting when a
 library signature changes. Marked slow (subprocesses that import JAX per case): the main
-environment runs them.
+environment runs them. bench_kernels.py is left out (seven subprocesses, ~30 s even at
+n = 32, for the NTK and MMD functions the unit tests already check against references):
+`.venv/bin/python benchmarks/bench_kernels.py --sizes 32 --repeats 1` is its smoke run.
 """
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,21 +26,6 @@ def _run(script: str, *args: str) -> str:
                        capture_output=True, text=True, cwd=_ROOT, env=env, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout
-
-
-@pytest.mark.slow
-def test_bench_kernels_runs_and_agrees_with_its_reference():
-  text = _run('bench_kernels.py', '--sizes', '32', '--repeats', '1', '--width', '16',
-              '--dim', '8', '--block-size', '16')
-  rows = {}
-  for line in text.splitlines():
-    match = re.match(r'\s+32\s+(\S+)\s+(?:\S+\s+){6}(\S+)\s+(ok|not importable)$', line)
-    if match:
-      rows.setdefault(match.group(1), []).append((match.group(2), match.group(3)))
-  for case in ('reference', 'jacobian_contraction', 'ntk_vector_products', 'mk_mmd2'):
-    assert rows.get(case), (case, text)
-    for err, status in rows[case]:
-      assert status == 'ok' and float(err) < 1e-4, (case, err, status)
 
 
 @pytest.mark.slow
