@@ -62,6 +62,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # Only the hard cut: the question is the scaling of Lemma 1's own breakpoints.
   config.truncation.modes = ('hard',)
   config.truncation.measure = False
+  # The ideal learner at the measured seeds only: the :facts run has the power analysis.
+  config.fit.ideal_seed_counts = ()
   # Up to 16 k^beta/pi (the :facts figure goes to 32): four octaves of tail learning place
   # the second break (with 8, k = 8's seed-bootstrap interval of n2 spanned three
   # decades), and k = 32 stays at <= 2048 steps per run on a CPU.

@@ -37,8 +37,9 @@ written atomically as it finishes; a rerun skips them, so an interrupted run res
 unit trained under another data / model / train config is refused), units.csv, curve.csv
 (per mode and n: means over seeds and the theory), breakpoints.csv (every fit against every
 prediction, with the fit's residual-bootstrap and a seed-bootstrap interval; the theory row
-of hard truncation carries the ideal learner's `ideal_*` columns), results.json,
-and the figures three_phase.{png,pdf} and truncation_modes.{png,pdf}.
+of hard truncation carries the ideal learner's `ideal_*` columns), ideal_learner.csv (the
+ideal learner's resolution at the measured seed count and at `fit.ideal_seed_counts`),
+results.json, and the figures three_phase.{png,pdf} and truncation_modes.{png,pdf}.
 
 `--config.a.b=...` overrides are checked before flag parsing: a field that does not exist
 fails with the valid keys of its section listed (`check_config_overrides`). `run` then checks
@@ -670,6 +671,38 @@ def ideal_learner_resolution(config, sizes: np.ndarray, p: np.ndarray, q: np.nda
                            predicted)}
 
 
+def ideal_learner_by_seeds(config, sizes: np.ndarray, p: np.ndarray, q: np.ndarray,
+                           predicted: Sequence[float], *, measured: Dict[str, Any],
+                           key: jax.Array) -> List[Dict[str, Any]]:
+  """The ideal learner's resolution at the measured seed count and at `fit.ideal_seed_counts`.
+
+  A power analysis of the breakpoint estimate: would more seeds bring a fitted break within
+  2x of `predicted`? As the seed count grows, the replicates' breaks close in on the fit of
+  the exact `E(n)`; their `within_2x` rate tends to 1 or 0 as that fit is inside or outside
+  the factor 2.
+
+  Args:
+    config: the experiment config (`fit.*`).
+    sizes, p, q, predicted: as `ideal_learner_resolution`.
+    measured: `ideal_learner_resolution` at the measured seed count (its row, unchanged).
+    key: the key of the measured seed count's simulation; another seed count `s` draws
+      from `fold_in(key, s)`.
+
+  Returns:
+    One row per seed count in increasing order, each `ideal_learner_resolution`'s dict plus
+    `measured` (True for the measured seed count).
+  """
+  rows = {int(measured['num_seeds']): dict(measured, measured=True)}
+  for num_seeds in config.fit.ideal_seed_counts:
+    num_seeds = int(num_seeds)
+    if num_seeds not in rows:
+      resolution = ideal_learner_resolution(config, sizes, p, q, predicted,
+                                             num_seeds=num_seeds,
+                                             key=jax.random.fold_in(key, num_seeds))
+      rows[num_seeds] = dict(resolution, measured=False)
+  return [rows[num_seeds] for num_seeds in sorted(rows)]
+
+
 def _ideal_columns(resolution: Optional[Dict[str, Any]]) -> Dict[str, Any]:
   """`ideal_<break>_<stat>` cells of the theory row of breakpoints.csv (empty if None)."""
   stats = ('median', 'lo', 'hi', 'found', 'within_2x')
@@ -884,6 +917,10 @@ def _check_fit(config) -> None:
                          ('min_segment_points', 1), ('seed_bootstrap', 0),
                          ('seed_bootstrap_min_seeds', 1), ('ideal_replicates', 0)):
     config_checks.config_int(fit[field], f'fit.{field}', minimum=minimum)
+  counts = [config_checks.config_int(count, f'fit.ideal_seed_counts[{index}]', minimum=1)
+            for index, count in enumerate(fit.ideal_seed_counts)]
+  if len(set(counts)) != len(counts):
+    raise ValueError(f'config.fit.ideal_seed_counts repeats a count: {tuple(counts)}')
   if fit.bootstrap not in ('residual', 'case'):
     raise ValueError(f"config.fit.bootstrap must be 'residual' or 'case', got "
                      f'{fit.bootstrap!r}')
@@ -1138,7 +1175,7 @@ def run(config, workdir) -> Dict[str, Any]:
       curve_rows.append(row)
 
   # Fits: measured curves and the theory at the same sizes (the like-for-like reference).
-  fits, breakpoint_rows, ideal = {}, [], {}
+  fits, breakpoint_rows, ideal, ideal_rows = {}, [], {}, []
   max_breaks = config.fit.max_breaks
   for mode in tqdm(config.truncation.modes, desc='fit breakpoints',
                    disable=not config.output.progress):
@@ -1160,10 +1197,15 @@ def run(config, workdir) -> Dict[str, Any]:
     replicates = sorted({u['replicate'] for u in units.values() if u['mode'] == mode})
     if mode == 'hard':
       # The theory at the measured seed count, not only at infinitely many seeds.
+      ideal_key = jax.random.fold_in(key, _IDEAL_LEARNER_STREAM)
+      real = task.distributions(mode)[0]
       ideal[mode] = ideal_learner_resolution(
-          config, n_measured, task.distributions(mode)[0], mixtures[mode], paired,
-          num_seeds=len(replicates), key=jax.random.fold_in(key, _IDEAL_LEARNER_STREAM))
+          config, n_measured, real, mixtures[mode], paired, num_seeds=len(replicates),
+          key=ideal_key)
       theory_row.update(_ideal_columns(ideal[mode]))
+      if ideal[mode] is not None:  # ... and at more seeds: would they resolve the bar?
+        ideal_rows = ideal_learner_by_seeds(config, n_measured, real, mixtures[mode],
+                                            paired, measured=ideal[mode], key=ideal_key)
     # The ideal learner on the same samples separates data noise from the model's own.
     metrics = ('loss', 'error', 'memorizer_error') if mode == 'hard' else ('loss', 'error')
     for metric in metrics:
@@ -1187,6 +1229,8 @@ def run(config, workdir) -> Dict[str, Any]:
       results.write_csv(workdir / 'curve.csv', curve_rows),
       results.write_csv(workdir / 'breakpoints.csv', breakpoint_rows),
   ]
+  if ideal_rows:
+    files.append(results.write_csv(workdir / 'ideal_learner.csv', ideal_rows))
   dpi = config.output.figure_dpi
   files += plotting.save_figure(
       _three_phase_figure(config, curve_rows, fits, theory, mode_predictions['hard'],
@@ -1207,6 +1251,7 @@ def run(config, workdir) -> Dict[str, Any]:
       'three_phases_loss': headline.get('measured_loss', {}).get('three_phases'),
       'three_phases_error': headline.get('measured_error', {}).get('three_phases'),
       'ideal_learner': ideal.get('hard'),
+      'ideal_learner_by_seeds': ideal_rows,
   }
   output = {
       'summary': summary,

@@ -190,6 +190,39 @@ def test_ideal_learner_resolution_converges_to_the_theory_fit():
                                       key=jax.random.PRNGKey(0)) is None
 
 
+def test_ideal_learner_by_seeds_narrows_towards_the_theory_fit():
+  # A power analysis: the measured seed count's row is kept as given, every other count is
+  # simulated afresh from its own key, rows come in increasing seed count, and with more
+  # seeds the fits find both breaks, around the fit of the exact E(n).
+  config = configs.get_config('smoke')
+  config.fit.ideal_replicates = 8
+  config.scaling.num_points = 16
+  p, q = _small_mixture()
+  sizes = tps.size_grid(config)
+  theory = tps.fit_curve(config, sizes, scaling.expected_error(sizes.astype(float), p, q),
+                         bootstrap=False)
+  predicted = list(theory['breaks'])
+  key = jax.random.PRNGKey(3)
+  measured = tps.ideal_learner_resolution(config, sizes, p, q, predicted, num_seeds=5, key=key)
+  config.fit.ideal_seed_counts = (2000, 5, 50)  # 5 is the measured count: not redrawn
+  rows = tps.ideal_learner_by_seeds(config, sizes, p, q, predicted, measured=measured, key=key)
+  assert [row['num_seeds'] for row in rows] == [5, 50, 2000]
+  assert [row['measured'] for row in rows] == [True, False, False]
+  assert {k: v for k, v in rows[0].items() if k != 'measured'} == measured
+  np.testing.assert_equal(
+      rows[1], dict(tps.ideal_learner_resolution(config, sizes, p, q, predicted, num_seeds=50,
+                                                 key=jax.random.fold_in(key, 50)),
+                    measured=False))
+  # 5 seeds: most replicates' fits miss a break; thousands find both, near the theory fit.
+  assert rows[0]['three_phases'] < 0.5 and rows[0]['n2_found'] < 0.5
+  assert rows[2]['three_phases'] == rows[2]['n1_found'] == rows[2]['n2_found'] == 1.0
+  np.testing.assert_allclose(rows[2]['n1_median'], theory['breaks'][0], rtol=0.1)
+  np.testing.assert_allclose(rows[2]['n2_median'], theory['breaks'][1], rtol=0.2)
+  config.fit.ideal_seed_counts = ()
+  assert tps.ideal_learner_by_seeds(config, sizes, p, q, predicted, measured=measured,
+                                    key=key) == [dict(measured, measured=True)]
+
+
 def test_per_example_metrics_against_numpy():
   rng = np.random.default_rng(0)
   w = rng.normal(size=(3, 5)).astype(np.float32)
@@ -274,6 +307,13 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   assert ideal['num_seeds'] == config.scaling.num_seeds
   assert ideal['replicates'] == config.fit.ideal_replicates
   assert theory['ideal_n2_within_2x'] == ideal['n2_within_2x']
+  # ... and at more seeds (the power analysis), the measured count's row first.
+  by_seeds = results.read_csv(tmp_path / 'ideal_learner.csv')
+  assert [row['num_seeds'] for row in by_seeds] == [config.scaling.num_seeds,
+                                                    *config.fit.ideal_seed_counts]
+  assert [row['measured'] for row in by_seeds] == [True, False]
+  assert by_seeds[0]['n2_within_2x'] == ideal['n2_within_2x']
+  assert out['summary']['ideal_learner_by_seeds'][1]['num_seeds'] == 6
   # Three seeds: the headline curves carry a seed-bootstrap interval.
   loss = next(row for row in out['breakpoints']
               if row['curve'] == 'measured_loss' and row['mode'] == 'hard')
@@ -364,6 +404,9 @@ def _no_work(*args, **kwargs):
     ('smoke', 'fit.seed_bootstrap', -1, r'config\.fit\.seed_bootstrap must be an int >= 0'),
     ('smoke', 'fit.seed_bootstrap_min_seeds', 0, r'config\.fit\.seed_bootstrap_min_seeds'),
     ('smoke', 'fit.ideal_replicates', -1, r'config\.fit\.ideal_replicates'),
+    ('smoke', 'fit.ideal_seed_counts', (6, 0), r'config\.fit\.ideal_seed_counts\[1\]'),
+    ('smoke', 'fit.ideal_seed_counts', (2.5,), r'config\.fit\.ideal_seed_counts\[0\]'),
+    ('smoke', 'fit.ideal_seed_counts', (6, 6), r'config\.fit\.ideal_seed_counts repeats'),
     ('smoke', 'truncation.modes', ('hard', 'top_p', 'hard'), r'truncation\.modes repeats'),
     ('smoke', 'truncation.modes', ('top_p',), r'config\.truncation\.modes must hold hard'),
     ('smoke', 'truncation.grid_stride', 0, r'config\.truncation\.grid_stride must be an int >= 1'),
