@@ -112,9 +112,20 @@ def _check_positive_int(value, name: str) -> int:
   return int(value)
 
 
+def _as_real_float64(values: ArrayLike, name: str) -> np.ndarray:
+  """`values` as float64; complex input is refused (the cast would drop its imaginary part
+  with only a warning), as is anything that is not numbers."""
+  if np.iscomplexobj(values):
+    raise ValueError(f'{name} must be real numbers, got complex values')
+  try:
+    return np.asarray(values, dtype=np.float64)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f'{name} must be an array of numbers: {error}') from error
+
+
 def _as_distribution(p: ArrayLike, name: str) -> np.ndarray:
   """Float64 `[N]` probability vector, validated."""
-  p = np.asarray(p, dtype=np.float64)
+  p = _as_real_float64(p, name)
   if p.ndim != 1:
     raise ValueError(f'{name} must have shape [N], got shape {p.shape}')
   if p.size == 0:
@@ -136,8 +147,9 @@ def _numpy_rng(key: ArrayLike) -> np.random.Generator:
   if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   words = np.asarray(key)
-  if words.dtype != np.uint32 or words.size < 2:
-    raise ValueError(f'key must be a jax.random.PRNGKey, got dtype {words.dtype}, '
+  # One key: a batch (`jax.random.split(key, B)`) used to be flattened into one seed.
+  if words.dtype != np.uint32 or words.ndim != 1 or words.size < 2:
+    raise ValueError(f'key must be a single jax.random.PRNGKey, got dtype {words.dtype}, '
                      f'shape {words.shape}')
   return np.random.default_rng([int(w) for w in words.ravel()])
 
@@ -266,6 +278,43 @@ def mixture(p: ArrayLike, p_syn: ArrayLike, pi: float) -> np.ndarray:
   return pi * p + (1.0 - pi) * p_syn
 
 
+# Relative slack of the consistency checks of `effective_k` (the inputs agree to ~1e-15).
+_CONSISTENCY_RTOL = 1e-6
+
+
+def _check_head(p: np.ndarray, p_syn: np.ndarray, mode: str) -> None:
+  """`p_syn` must be `p` renormalised on a head: its index head for `hard`, a set of most
+  probable items for `top_p`. The cut is read off `p_syn`'s support, so a `p_syn` of another
+  mode (e.g. a temperature one, positive everywhere) used to give `k = N` without a word."""
+  support = p_syn > 0
+  if mode == 'hard':
+    region = np.arange(p.size) <= np.flatnonzero(support)[-1]
+    shape = 'p renormalised on its first k items, 0 beyond'
+  else:
+    region = support
+    shape = 'p renormalised on a set of its most probable items, 0 elsewhere'
+    outside = p[~support]
+    if outside.size and outside.max() > p[support].min() * (1.0 + _CONSISTENCY_RTOL):
+      raise ValueError(f"p_syn is not a mode='top_p' truncation of p ({shape}): an item "
+                       'it drops is more probable than one it keeps')
+  scale = p_syn[region].sum() / p[region].sum() if p[region].sum() > 0 else np.inf
+  if not np.allclose(p_syn[region], scale * p[region], rtol=_CONSISTENCY_RTOL, atol=0.0):
+    raise ValueError(f'p_syn is not a mode={mode!r} truncation of p ({shape})')
+
+
+def _check_empirical(p_syn: np.ndarray, num_samples: int) -> None:
+  """`p_syn` must be counts of `num_samples` draws over `num_samples`; else `num_samples`
+  (the only thing `finite_sample` reads) could belong to another distribution. (A multiple
+  of the true count passes: `10 c_i / 10 M` is an empirical distribution of `10 M` draws.)"""
+  counts = num_samples * p_syn
+  whole = np.rint(counts)
+  if (not np.all(np.abs(counts - whole) <= _CONSISTENCY_RTOL * np.maximum(whole, 1.0))
+      or whole.sum() != num_samples):
+    raise ValueError(f"p_syn is not the empirical distribution of num_samples={num_samples} "
+                     "draws (mode='finite_sample': num_samples * p_syn must be counts summing "
+                     'to num_samples)')
+
+
 def effective_k(
     p: ArrayLike,
     p_syn: ArrayLike,
@@ -300,7 +349,9 @@ def effective_k(
 
   Raises:
     ValueError: invalid inputs, unknown `mode`, `num_samples` missing for
-      `finite_sample` or given for another mode.
+      `finite_sample` or given for another mode; a `p_syn` that is not of `mode`'s shape
+      (`hard`: `p` renormalised on its first items; `top_p`: on its most probable items;
+      `finite_sample`: counts of `num_samples` draws over `num_samples`).
   """
   p = _as_distribution(p, 'p')
   p_syn = _as_distribution(p_syn, 'p_syn')
@@ -313,11 +364,13 @@ def effective_k(
     if num_samples is None:
       raise ValueError("num_samples is required for mode='finite_sample'")
     num_samples = _check_positive_int(num_samples, 'num_samples')
+    _check_empirical(p_syn, num_samples)
     return int(np.count_nonzero(num_samples * p >= 1.0))
   if num_samples is not None:
     raise ValueError(f"num_samples is only used by mode='finite_sample', not mode={mode!r}; "
                      'pass None')
   if mode in ('hard', 'top_p'):
+    _check_head(p, p_syn, mode)
     return int(np.count_nonzero(p_syn))
   return int(np.count_nonzero((1.0 - pi) * p_syn > pi * p))
 
@@ -327,7 +380,7 @@ def effective_k(
 
 
 def _as_sample_sizes(n: ArrayLike, *, integer: bool) -> np.ndarray:
-  n = np.asarray(n, dtype=np.float64)
+  n = _as_real_float64(n, 'n')
   if n.size == 0:
     raise ValueError('n is empty')
   if not np.all(np.isfinite(n)):
@@ -415,7 +468,7 @@ def simulate_error(
 
   Args:
     key: `jax.random.PRNGKey`.
-    n: `[T]` non-negative integer sample counts (any order).
+    n: `[T]` non-negative integer sample counts below `2^63` (any order).
     p: `[N]` real frequencies.
     q: `[N]` training frequencies.
     trials: number of independent repetitions, `>= 1` (`>= 2` for a finite stderr).
@@ -425,7 +478,7 @@ def simulate_error(
     `SimulatedError` with entries in the order of `n`.
 
   Raises:
-    ValueError: invalid `n`, `p`, `q`, `trials` or `key`.
+    ValueError: invalid `n`, `p`, `q`, `trials` or `key` (e.g. a batch of keys).
   """
   n = _as_sample_sizes(n, integer=True)
   if n.ndim != 1:
@@ -434,6 +487,9 @@ def simulate_error(
   q = _as_distribution(q, 'q')
   if q.shape != p.shape:
     raise ValueError(f'q must have the shape of p {p.shape}, got {q.shape}')
+  # Multinomial counts are int64: a larger n wrapped to a negative count and the error read 1.
+  if n.max() >= 2.0 ** 63:
+    raise ValueError(f'n must be < 2^63 (int64 sample counts), got {n.max():g}')
   trials = _check_positive_int(trials, 'trials')
   if not isinstance(nested, (bool, np.bool_)):
     raise ValueError(f'nested must be True or False, got {nested!r}')
@@ -963,6 +1019,25 @@ def _fit_fixed_breaks(problem: _Problem, starts: list, initial_smoothness: float
   return best_theta, best_rss
 
 
+def _check_number(value: Any, name: str) -> float:
+  """`value` as a float; a string, None, a bool or an array is a ValueError naming `name`."""
+  array = np.asarray(value) if not isinstance(value, (str, bytes)) else None
+  if array is None or array.ndim != 0 or array.dtype.kind not in 'iuf':
+    raise ValueError(f'{name} must be a number, got {value!r}')
+  return float(array)
+
+
+def _check_range(value: Any, name: str) -> Tuple[float, float]:
+  """`(low, high)` as two floats; NaN fails every comparison the caller makes after."""
+  try:
+    values = tuple(value)
+  except TypeError:
+    values = ()
+  if len(values) != 2:
+    raise ValueError(f'{name} must be a pair (low, high), got {value!r}')
+  return tuple(_check_number(v, name) for v in values)
+
+
 def fit_broken_power_law(
     x: ArrayLike,
     y: ArrayLike,
@@ -1006,9 +1081,11 @@ def fit_broken_power_law(
     y: `[T]` positive values (e.g. test error).
     max_breaks: largest `J` tried, 0..3.
     num_bootstrap: `B >= 0` bootstrap refits of the selected model.
-    seed: seed of the bootstrap resampling.
-    floor: fit the additive floor `a >= 0` (else `a = 0`).
-    grid_points: candidate break locations of the coarse grid.
+    seed: seed of the bootstrap resampling, a non-negative integer (None is refused: the
+      bootstrap would change from call to call).
+    floor: fit the additive floor `a >= 0` (else `a = 0`); a bool.
+    grid_points: candidate break locations of the coarse grid (`>= 2` when
+      `max_breaks >= 1`).
     num_starts: grid candidates refined by local least squares, per `J`.
     min_segment_points: distinct `x` values kept outside the extreme grid candidates.
     min_break_ratio: smallest ratio `d_{j+1} / d_j` of neighbouring breaks, `> 1`.
@@ -1030,8 +1107,8 @@ def fit_broken_power_law(
   Raises:
     ValueError: invalid `x`/`y`, too few points for the largest model, or a bad option.
   """
-  x = np.asarray(x, dtype=np.float64)
-  y = np.asarray(y, dtype=np.float64)
+  x = _as_real_float64(x, 'x')
+  y = _as_real_float64(y, 'y')
   for name, values in (('x', x), ('y', y)):
     if values.ndim != 1:
       raise ValueError(f'{name} must have shape [T], got shape {values.shape}')
@@ -1047,7 +1124,18 @@ def fit_broken_power_law(
       or num_bootstrap < 0):
     raise ValueError(f'num_bootstrap must be a non-negative integer, got {num_bootstrap!r}')
   num_bootstrap = int(num_bootstrap)
+  # A string such as 'False' is truthy and used to fit a floor without a word.
+  if not isinstance(floor, (bool, np.bool_)):
+    raise ValueError(f'floor must be True or False, got {floor!r}')
+  # seed=None drew fresh OS entropy: a bootstrap that changed on every call.
+  if (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+      or seed < 0):
+    raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
   grid_points = _check_positive_int(grid_points, 'grid_points')
+  if max_breaks >= 1 and grid_points < 2:
+    # One candidate pins the first break's lower and upper bound to the same value, which
+    # SciPy refused with a message naming no argument.
+    raise ValueError(f'grid_points must be >= 2 to place a break, got {grid_points}')
   num_starts = _check_positive_int(num_starts, 'num_starts')
   min_segment_points = _check_positive_int(min_segment_points, 'min_segment_points')
   max_evaluations = _check_positive_int(max_evaluations, 'max_evaluations')
@@ -1055,13 +1143,17 @@ def fit_broken_power_law(
     raise ValueError(f'min_break_ratio must be a finite number > 1, got {min_break_ratio}')
   if bootstrap not in ('residual', 'case'):
     raise ValueError(f"bootstrap must be 'residual' or 'case', got {bootstrap!r}")
+  ci_level = _check_number(ci_level, 'ci_level')
   if not 0.0 < ci_level < 1.0:
     raise ValueError(f'ci_level must lie in (0, 1), got {ci_level}')
   if not (math.isfinite(sigma_floor) and sigma_floor > 0):
     raise ValueError(f'sigma_floor must be positive and finite, got {sigma_floor}')
-  if not (len(slope_range) == 2 and slope_range[0] < slope_range[1]):
+  slope_range = _check_range(slope_range, 'slope_range')
+  if not slope_range[0] < slope_range[1]:
     raise ValueError(f'slope_range must be (low, high) with low < high, got {slope_range}')
+  smoothness_range = _check_range(smoothness_range, 'smoothness_range')
   low, high = smoothness_range
+  initial_smoothness = _check_number(initial_smoothness, 'initial_smoothness')
   if not 0 < low < high:
     raise ValueError(f'smoothness_range must be (low, high) with 0 < low < high, '
                      f'got {smoothness_range}')
@@ -1083,7 +1175,7 @@ def fit_broken_power_law(
                      grid_points)
   min_log_gap = math.log(min_break_ratio)
   options = dict(grid=grid, min_log_gap=min_log_gap, smoothness_range=smoothness_range,
-                 slope_range=tuple(float(v) for v in slope_range))
+                 slope_range=slope_range)
 
   bic = np.full(max_breaks + 1, np.inf)
   rss = np.full(max_breaks + 1, np.inf)

@@ -559,3 +559,106 @@ def test_fit_options_takes_only_the_fits_keywords():
   assert fit.num_breaks == 0
   with pytest.raises(ValueError, match='seed_bootstrap'):
     scaling.fit_options({}, seed_bootstrap=3)
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs that used to be misread without an error (an audit's fixes).
+
+
+def test_simulate_error_refuses_counts_beyond_int64():
+  # Before: n = 2^63 wrapped to a negative int64 count, nothing was drawn and the error
+  # read 1.0 where E(n) is 0.
+  p = scaling.zipf(5, 2.0)
+  assert scaling.simulate_error(jax.random.PRNGKey(0), [2**62], p, p, trials=1).mean[0] == 0.0
+  with pytest.raises(ValueError, match=r'n must be < 2\^63'):
+    scaling.simulate_error(jax.random.PRNGKey(0), [2**63], p, p, trials=1)
+
+
+@pytest.mark.parametrize('batch', [jax.random.split(jax.random.PRNGKey(0), 3),
+                                   jax.random.split(jax.random.key(0), 3)])
+def test_a_batch_of_keys_is_refused(batch):
+  # Before: the [3, 2] words were flattened into one seed and the draws went ahead.
+  p = scaling.zipf(5, 2.0)
+  with pytest.raises(ValueError, match='key must be a single'):
+    scaling.simulate_error(batch, [3], p, p, trials=1)
+  with pytest.raises(ValueError, match='key must be a single'):
+    scaling.synthetic_distribution(p, mode='finite_sample', num_samples=5, key=batch)
+
+
+def test_complex_inputs_are_refused():
+  # Before: the float64 cast dropped the imaginary part with only a ComplexWarning.
+  p = scaling.zipf(4, 2.0)
+  with pytest.raises(ValueError, match='n must be real'):
+    scaling.expected_error(np.array([3 + 2j]), p, p)
+  with pytest.raises(ValueError, match='q must be real'):
+    scaling.expected_error(3.0, p, p + 0j)
+  x = np.geomspace(1, 1e4, 20)
+  with pytest.raises(ValueError, match='x must be real'):
+    scaling.fit_broken_power_law(x + 0j, x ** -0.5, num_bootstrap=0)
+  with pytest.raises(ValueError, match='n must be an array of numbers'):
+    scaling.expected_error('ten', p, p)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(floor='False'), 'floor must be True or False'),  # before: a floor was fitted
+    (dict(seed=None), 'seed must be a non-negative integer'),  # before: a random bootstrap
+    (dict(seed=-1), 'seed must be'), (dict(seed=1.5), 'seed must be'),
+    (dict(seed=True), 'seed must be'),
+    (dict(smoothness_range=(0.1, 1.0, 2.0)), 'smoothness_range must be a pair'),
+    (dict(smoothness_range=0.5), 'smoothness_range must be a pair'),
+    (dict(slope_range=('0', '5')), 'slope_range must be a number'),
+    (dict(ci_level='0.9'), 'ci_level must be a number'),
+    (dict(initial_smoothness=None), 'initial_smoothness must be a number'),
+    (dict(grid_points=1), 'grid_points must be >= 2'),  # before: SciPy's bounds message
+])
+def test_fit_rejects_options_it_used_to_misread(kwargs, match):
+  x = np.geomspace(1, 1e4, 20)
+  with pytest.raises(ValueError, match=match):
+    scaling.fit_broken_power_law(x, x ** -0.5, max_breaks=1, num_bootstrap=2, **kwargs)
+
+
+def test_fit_accepts_numpy_scalars_for_its_options():
+  x = np.geomspace(1, 1e6, 30)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [1e3], [0.5], [0.3])
+  y = y * np.exp(0.02 * np.random.default_rng(0).standard_normal(x.size))
+  plain = scaling.fit_broken_power_law(x, y, max_breaks=1, num_bootstrap=4, seed=7,
+                                       floor=False, ci_level=0.9, slope_range=[0, 10])
+  numpy = scaling.fit_broken_power_law(
+      x, y, max_breaks=1, num_bootstrap=4, seed=np.int64(7), floor=np.bool_(False),
+      ci_level=np.float32(0.9), slope_range=(np.float64(0), 10), grid_points=np.int64(25))
+  np.testing.assert_array_equal(plain.bootstrap_breaks, numpy.bootstrap_breaks)
+  np.testing.assert_allclose(plain.break_ci, numpy.break_ci, rtol=1e-7)
+  # max_breaks=0 needs no break grid: a single candidate stays allowed.
+  assert scaling.fit_broken_power_law(x, y, max_breaks=0, grid_points=1).num_breaks == 0
+
+
+def test_effective_k_refuses_a_p_syn_of_another_shape():
+  # Before: the cut was read off p_syn alone, so a temperature p_syn (positive everywhere)
+  # passed as 'hard' gave k = N, and finite_sample never looked at p_syn at all.
+  p = scaling.zipf(2000, 2.0)
+  sharp = scaling.synthetic_distribution(p, mode='temperature', temperature=0.7)
+  for mode in ('hard', 'top_p'):
+    with pytest.raises(ValueError, match=f"p_syn is not a mode='{mode}' truncation"):
+      scaling.effective_k(p, sharp, pi=PI, mode=mode)
+  tail = np.zeros_like(p)
+  tail[-10:] = p[-10:] / p[-10:].sum()  # a renormalised set, but of the rarest items
+  with pytest.raises(ValueError, match="mode='top_p' truncation"):
+    scaling.effective_k(p, tail, pi=PI, mode='top_p')
+  with pytest.raises(ValueError, match="mode='hard' truncation"):
+    scaling.effective_k(p, tail, pi=PI, mode='hard')
+  empirical = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=500,
+                                             key=jax.random.PRNGKey(0))
+  assert scaling.effective_k(p, empirical, pi=PI, mode='finite_sample', num_samples=500) == (
+      math.floor((500 * p[0]) ** 0.5))
+  # Counts that do not belong to p_syn (a multiple of 500, e.g. 5000, cannot be told
+  # apart: 10 c_i / 5000 is an empirical distribution of 5000 draws too).
+  for num_samples in (499, 250):
+    with pytest.raises(ValueError, match=f'num_samples={num_samples} draws'):
+      scaling.effective_k(p, empirical, pi=PI, mode='finite_sample', num_samples=num_samples)
+  with pytest.raises(ValueError, match='empirical distribution'):
+    scaling.effective_k(p, sharp, pi=PI, mode='finite_sample', num_samples=500)
+  # Head truncations of an unsorted p (top_p keeps the most probable items) stay accepted.
+  shuffled = p[np.random.default_rng(0).permutation(p.size)]
+  nucleus = scaling.synthetic_distribution(shuffled, mode='top_p', top_p=0.9)
+  assert scaling.effective_k(shuffled, nucleus, pi=PI, mode='top_p') == np.count_nonzero(
+      nucleus)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from dv_jax.data import digits, synthetic
+from dv_jax.data import contributors, digits, synthetic
 
 
 @pytest.fixture(scope='module')
@@ -206,3 +206,96 @@ def test_infinite_temperature_is_refused(pool):
   gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
   with pytest.raises(ValueError, match='temperature must be finite'):
     synthetic.sample(gen, jax.random.PRNGKey(0), 5, temperature=float('inf'))
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs that used to be misread without an error (an audit's fixes). The contributor
+# helpers are tested here too: they build on this module's truncations.
+
+
+def test_none_truncation_takes_no_value():
+  # Before: 'none:3' (e.g. a typo for 'hard:3') dropped the 3 and kept every class.
+  with pytest.raises(ValueError, match="'none' takes no value"):
+    synthetic.as_truncation('none:3')
+  with pytest.raises(ValueError, match="'none' takes no value"):
+    synthetic.as_truncation(synthetic.Truncation('none', 0.5))
+  assert synthetic.as_truncation(synthetic.Truncation('none', None)) == ('none', None)
+
+
+def test_truncate_class_probs_takes_key_or_rng_not_both():
+  # Before: the key was ignored when an rng was given.
+  p = _random_probs(0)
+  with pytest.raises(ValueError, match='key or rng, not both'):
+    synthetic.truncate_class_probs(p, 'finite_sample:5', key=jax.random.PRNGKey(0),
+                                   rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(ridge=np.inf), 'ridge must be finite'),  # before: NaN Cholesky factors
+    (dict(num_classes=10.5), 'num_classes must be an integer'),  # before: 10 classes
+    (dict(num_classes=float('nan')), 'num_classes must be an integer'),
+    (dict(num_components=True), 'num_components must be an integer'),  # before: q = 1
+    (dict(num_components=2.5), 'num_components must be an integer'),
+])
+def test_fit_generator_rejects_options_it_used_to_misread(pool, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    synthetic.fit_generator(pool.x, pool.y, **({'num_components': 3} | kwargs))
+
+
+def test_fit_generator_rejects_complex_features(pool):
+  # Before: the float64 cast dropped the imaginary part with only a ComplexWarning.
+  with pytest.raises(ValueError, match='x must be real'):
+    synthetic.fit_generator(np.asarray(pool.x) + 1j, pool.y, num_components=3)
+
+
+def test_sample_rejects_a_non_bool_clip_and_a_nan_count(pool):
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
+  with pytest.raises(ValueError, match='clip must be True or False'):  # 'no' is truthy
+    synthetic.sample(gen, jax.random.PRNGKey(0), 5, clip='no')
+  with pytest.raises(ValueError, match='num must be an integer'):  # before: int(nan) failed
+    synthetic.sample(gen, jax.random.PRNGKey(0), float('nan'))
+  assert synthetic.sample(gen, jax.random.PRNGKey(0), np.int64(3)).y.shape == (3,)
+
+
+def test_host_rng_path_must_be_integers():
+  # Before: int(1.7) == 1, so path (1.7,) silently reused stream (1,).
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match='path entries must be integers'):
+    contributors.host_rng(key, 1.7)
+  np.testing.assert_array_equal(contributors.host_rng(key, np.int64(1)).random(3),
+                                contributors.host_rng(key, 1).random(3))
+
+
+@pytest.mark.parametrize('y,match', [
+    (np.zeros((4, 2), np.int32), 'y must be 1-D'),  # before: whole rows were flipped
+    (np.array([0.7, 1.2, 2.9]), 'integer labels'),  # before: truncated to 0, 1, 2
+    (np.array([5, 7]), r'labels in \[5, 7\], expected \[0, 3\)'),  # before: kept as they were
+])
+def test_flip_labels_rejects_bad_labels(y, match):
+  with pytest.raises(ValueError, match=match):
+    contributors.flip_labels(y, fraction=0.5, num_classes=3, key=jax.random.PRNGKey(0))
+
+
+def test_contributor_specs_size_range_must_be_integers():
+  # Before: (10.9, 20.9) became sizes 10..20 without a word.
+  with pytest.raises(ValueError, match='size_range must hold two integers'):
+    contributors.digit_contributor_specs(3, key=jax.random.PRNGKey(0), size_range=(10.9, 20.9))
+  specs = contributors.digit_contributor_specs(3, key=jax.random.PRNGKey(0),
+                                               size_range=(10.0, np.int64(20)))
+  assert sorted(s.size for s in specs) == [10, 15, 20]
+
+
+def test_validate_contributor_rejects_complex_features():
+  # Before: accepted; pooled() then dropped the imaginary part in its float32 cast.
+  c = contributors.Contributor('c0', np.ones((3, 2), np.complex64), np.zeros(3, np.int32),
+                               None, None)
+  with pytest.raises(ValueError, match="'c0': x_real must hold numbers"):
+    contributors.validate_contributor(c, feature_shape=(2,), num_classes=2)
+
+
+def test_make_digit_contributors_names_a_nan_synthetic_beta(pool):
+  # Before: NaN passed the `< 0` test and failed later as "beta must be >= 0".
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
+  with pytest.raises(ValueError, match='synthetic_beta must be >= 0'):
+    contributors.make_digit_contributors(pool, gen, key=jax.random.PRNGKey(0),
+                                         synthetic_beta=float('nan'))

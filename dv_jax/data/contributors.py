@@ -49,15 +49,17 @@ def host_rng(key: Any, *path: int) -> np.random.Generator:
     A ``numpy.random.Generator``.
 
   Raises:
-    ValueError: if ``key`` is not a single key or a path entry is negative.
+    ValueError: if ``key`` is not a single key or a path entry is not an integer >= 0.
   """
   if hasattr(key, 'dtype') and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   words = np.asarray(key)
   if words.ndim != 1 or not np.issubdtype(words.dtype, np.integer):
     raise ValueError(f'key must be a single PRNG key, got {words.dtype} {words.shape}')
-  if any(int(i) < 0 for i in path):
-    raise ValueError(f'path entries must be >= 0, got {path}')
+  # int(1.7) == 1 used to reuse stream 1 for path entry 1.7.
+  if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or i < 0
+         for i in path):
+    raise ValueError(f'path entries must be integers >= 0, got {path}')
   return np.random.default_rng([int(w) for w in words.astype(np.uint32)] +
                                [int(i) for i in path])
 
@@ -183,8 +185,10 @@ def validate_contributor(contributor: Contributor, *, feature_shape: Sequence[in
     if tuple(x_np.shape[1:]) != feature_shape:
       raise ValueError(f'contributor {name!r}: x_{part} has feature shape '
                        f'{tuple(x_np.shape[1:])}, the target has {feature_shape}')
-    # np.isfinite raises a TypeError, naming neither, on strings or objects.
-    if not (np.issubdtype(x_np.dtype, np.number) or x_np.dtype == bool):
+    # np.isfinite raises a TypeError, naming neither, on strings or objects; complex
+    # features would lose their imaginary part in pooled()'s float32 cast.
+    if (not (np.issubdtype(x_np.dtype, np.number) or x_np.dtype == bool)
+        or np.issubdtype(x_np.dtype, np.complexfloating)):
       raise ValueError(f'contributor {name!r}: x_{part} must hold numbers, got dtype '
                        f'{x_np.dtype}')
     if not np.all(np.isfinite(x_np)):
@@ -263,6 +267,10 @@ def digit_contributor_specs(num_contributors: int = 12, *, key: Any,
     raise ValueError(f'num_contributors must be an integer >= 2, got {num_contributors}')
   if len(size_range) != 2:
     raise ValueError(f'size_range must be (smallest, largest), got {tuple(size_range)}')
+  # int(10.9) == 10 used to move the design's sizes without a word.
+  if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, float, np.number))
+         or not np.isfinite(s) or not float(s).is_integer() for s in size_range):
+    raise ValueError(f'size_range must hold two integers, got {tuple(size_range)}')
   lo, hi = (int(s) for s in size_range)
   if not 1 <= lo <= hi:
     raise ValueError(f'size_range must satisfy 1 <= low <= high, got {tuple(size_range)}')
@@ -307,6 +315,10 @@ def flip_labels(y: Any, *, fraction: float, num_classes: int, key: Any) -> jax.A
 
   Returns:
     ``[n]`` int32 labels; exactly ``round(fraction * n)`` of them differ from ``y``.
+
+  Raises:
+    ValueError: ``y`` not 1-D integer labels in ``[0, num_classes)``, ``fraction`` outside
+      ``[0, 1]`` or ``num_classes`` not an integer >= 2.
   """
   return jnp.asarray(_flip_labels(np.asarray(y), fraction=fraction, num_classes=num_classes,
                                   rng=host_rng(key)))
@@ -316,8 +328,19 @@ def _flip_labels(y: np.ndarray, *, fraction: float, num_classes: int,
                  rng: np.random.Generator) -> np.ndarray:
   if not 0.0 <= float(fraction) <= 1.0:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
-  if int(num_classes) != num_classes or num_classes < 2:
+  if (isinstance(num_classes, (bool, np.bool_))
+      or not isinstance(num_classes, (int, float, np.number)) or not np.isfinite(num_classes)
+      or int(num_classes) != num_classes or num_classes < 2):
     raise ValueError(f'num_classes must be an integer >= 2, got {num_classes}')
+  # A [n, 2] y used to have whole rows flipped, float labels were truncated to ints and labels
+  # outside [0, c) kept as they were.
+  y = np.asarray(y)
+  if y.ndim != 1:
+    raise ValueError(f'y must be 1-D labels [n], got shape {y.shape}')
+  if y.size and not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f'y must hold integer labels, got dtype {y.dtype}')
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f'y has labels in [{y.min()}, {y.max()}], expected [0, {num_classes})')
   y = np.array(y, np.int32)
   n = y.shape[0]
   num_flip = int(round(float(fraction) * n))
@@ -372,7 +395,7 @@ def make_digit_contributors(pool: Split, generator: Any, *, key: Any,
   num_classes = int(np.shape(generator.class_means)[0])
   if pool_y.size and (pool_y.min() < 0 or pool_y.max() >= num_classes):
     raise ValueError(f'pool has labels outside [0, {num_classes}) of the generator')
-  if float(synthetic_beta) < 0:
+  if not float(synthetic_beta) >= 0:  # NaN too
     raise ValueError(f'synthetic_beta must be >= 0, got {synthetic_beta}')
   if specs is None:
     specs = digit_contributor_specs(num_contributors, key=key, size_range=size_range,

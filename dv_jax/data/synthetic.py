@@ -79,6 +79,9 @@ def as_truncation(truncation: Any) -> Truncation:
   if kind not in TRUNCATION_KINDS:
     raise ValueError(f'truncation kind must be one of {TRUNCATION_KINDS}, got {kind!r}')
   if kind == 'none':
+    # 'none:3' used to drop the 3 without a word (e.g. a typo for 'hard:3').
+    if value is not None:
+      raise ValueError(f"truncation 'none' takes no value, got {value!r}")
     return Truncation('none', None)
   if value is None:
     raise ValueError(f'truncation {kind!r} needs a value, e.g. {kind!r}:3')
@@ -122,6 +125,17 @@ def long_tail_class_probs(num_classes: int, *, beta: float,
   return probs
 
 
+def _is_integer(value: Any, *, minimum: int) -> bool:
+  """A whole number (not a bool, not NaN) >= `minimum`; 3.0 counts, 2.5 and '3' do not."""
+  if isinstance(value, (str, bytes)):
+    return False
+  array = np.asarray(value)
+  if array.ndim != 0 or array.dtype.kind not in 'iuf':
+    return False
+  value = float(array)
+  return bool(np.isfinite(value) and value.is_integer() and value >= minimum)
+
+
 def _check_probs(probs: Any, name: str) -> np.ndarray:
   probs = np.asarray(probs, np.float64)
   if probs.ndim != 1 or probs.shape[0] == 0:
@@ -147,11 +161,14 @@ def truncate_class_probs(probs: Any, truncation: Any, *, key: Any = None,
     ``[c]`` float64 probabilities summing to 1.
 
   Raises:
-    ValueError: for bad ``probs``, a bad truncation, ``k > c``, or ``finite_sample``
-      without a key.
+    ValueError: for bad ``probs``, a bad truncation, ``k > c``, ``finite_sample``
+      without a key, or both ``key`` and ``rng``.
   """
   p = _check_probs(probs, 'probs')
   kind, value = as_truncation(truncation)
+  # Two sources of randomness: the key used to be ignored without a word.
+  if key is not None and rng is not None:
+    raise ValueError('pass key or rng, not both')
   if kind == 'none':
     return p.copy()
   if kind == 'finite_sample':
@@ -224,8 +241,13 @@ def fit_generator(x: Any, y: Any, *, num_components: int = 20, num_classes: int 
 
   Raises:
     ValueError: naming the argument, for NaN/Inf or empty ``x``, mismatched ``y``, labels
-      out of range, a class with fewer than 2 examples, or a bad ``num_components``.
+      out of range, a class with fewer than 2 examples, complex ``x``, a bad
+      ``num_components`` or ``num_classes`` (not an integer), or a ``ridge`` not finite
+      and >= 0.
   """
+  # Complex features used to lose their imaginary part in the float64 cast, with a warning.
+  if np.iscomplexobj(x):
+    raise ValueError('x must be real features, got complex values')
   x_np = np.asarray(x, np.float64)
   y_np = np.asarray(y)
   if x_np.ndim < 2 or x_np.shape[0] == 0:
@@ -235,17 +257,21 @@ def fit_generator(x: Any, y: Any, *, num_components: int = 20, num_classes: int 
   if y_np.shape != (x_np.shape[0],) or not np.issubdtype(y_np.dtype, np.integer):
     raise ValueError(f'y must be integer labels of shape ({x_np.shape[0]},), got '
                      f'{y_np.dtype} {y_np.shape}')
+  if num_classes is not None and not _is_integer(num_classes, minimum=1):
+    # int(10.5) used to give 10 classes silently.
+    raise ValueError(f'num_classes must be an integer >= 1 or None, got {num_classes!r}')
   c = int(y_np.max()) + 1 if num_classes is None else int(num_classes)
   if y_np.min() < 0 or y_np.max() >= c:
     raise ValueError(f'y has labels outside [0, {c})')
   flat = x_np.reshape(x_np.shape[0], -1)
   n, d = flat.shape
-  q = int(num_components)
-  if q != num_components or not 1 <= q <= min(n, d):
+  if not _is_integer(num_components, minimum=1) or not num_components <= min(n, d):
     raise ValueError(f'num_components must be an integer in [1, {min(n, d)}], got '
-                     f'{num_components}')
-  if not float(ridge) >= 0:
-    raise ValueError(f'ridge must be >= 0, got {ridge}')
+                     f'{num_components!r}')
+  q = int(num_components)
+  # ridge = inf made every Cholesky factor NaN (a warning, no error).
+  if not 0.0 <= float(ridge) < np.inf:
+    raise ValueError(f'ridge must be finite and >= 0, got {ridge}')
   counts = np.bincount(y_np, minlength=c)
   if np.any(counts < 2):
     raise ValueError(f'y: every class needs >= 2 examples, counts are {counts.tolist()}')
@@ -275,9 +301,11 @@ def sample_from_rng(generator: GaussianPCAGenerator, rng: np.random.Generator, n
     ``Split`` of NumPy arrays: ``x [num, *feature_shape]`` float32, ``y [num]`` int32,
     ``is_synthetic [num]`` all True.
   """
-  if int(num) != num or num < 0:
-    raise ValueError(f'num must be an integer >= 0, got {num}')
+  if not _is_integer(num, minimum=0):
+    raise ValueError(f'num must be an integer >= 0, got {num!r}')
   num = int(num)
+  if not isinstance(clip, (bool, np.bool_)):  # clip='no' is truthy
+    raise ValueError(f'clip must be True or False, got {clip!r}')
   c = generator.class_means.shape[0]
   probs = np.asarray(generator.class_freqs) if class_probs is None else class_probs
   probs = _check_probs(probs, 'class_probs')
