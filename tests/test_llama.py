@@ -633,3 +633,96 @@ REAL_CONFIGS = [
 def test_parameter_count_of_real_architectures(hf, count):
   shapes = checkpoint.param_shapes(LlamaConfig.from_hf_dict(hf))
   assert sum(int(np.prod(s)) for s in shapes.values()) == count
+
+
+# ------------------------------------------------------------- checkpoint input checks
+
+
+def test_load_refuses_a_tensor_stored_in_two_files(tmp_path):
+  # Used to load silently, the file later in name order winning: here a stale all-zero
+  # final norm beside the real weights.
+  pytest.importorskip('safetensors')
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  hf = HF_CONFIGS['llama_untied']
+  _write_hf_dir(tmp_path, hf, _hf_state(hf))
+  save_file({'model.norm.weight': np.zeros(16, np.float32)}, str(tmp_path / 'old.safetensors'))
+  with pytest.raises(ValueError, match=r"'model\.norm\.weight' is stored in both "
+                                       r"'model\.safetensors' and 'old\.safetensors'"):
+    checkpoint.load_hf_checkpoint(tmp_path)
+
+
+def test_load_refuses_an_index_that_misplaces_a_tensor(tmp_path):
+  pytest.importorskip('safetensors')
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  hf = HF_CONFIGS['llama_untied']
+  state = _hf_state(hf)
+  names = sorted(state)
+  save_file({k: state[k] for k in names[:5]}, str(tmp_path / 'a.safetensors'))
+  save_file({k: state[k] for k in names[5:]}, str(tmp_path / 'b.safetensors'))
+  weight_map = {k: 'a.safetensors' if k in names[:6] else 'b.safetensors' for k in names}
+  (tmp_path / 'model.safetensors.index.json').write_text(json.dumps({'weight_map': weight_map}))
+  (tmp_path / 'config.json').write_text(json.dumps(hf))
+  with pytest.raises(ValueError, match=rf"lists tensor '{names[5]}' in 'a\.safetensors', but "
+                                       r"it is in 'b\.safetensors'"):
+    checkpoint.load_hf_checkpoint(tmp_path)
+
+
+def test_load_names_the_file_of_a_misshapen_tensor(tmp_path):
+  pytest.importorskip('safetensors')
+  hf = HF_CONFIGS['llama_untied']
+  state = dict(_hf_state(hf), **{'model.norm.weight': np.ones(15, np.float32)})
+  _write_hf_dir(tmp_path, hf, state)
+  with pytest.raises(ValueError, match=r"'model\.norm\.weight' in file 'model\.safetensors' "
+                                       r'has shape \(15,\), the config needs \(16,\)'):
+    checkpoint.load_hf_checkpoint(tmp_path)
+
+
+def test_tied_config_refuses_a_different_lm_head():
+  # Used to be dropped silently: the logits then came from the embedding, not this head.
+  hf = HF_CONFIGS['qwen2_tied_bias']
+  cfg = LlamaConfig.from_hf_dict(hf)
+  state = _hf_state(hf)
+  with pytest.raises(ValueError, match='tie_word_embeddings.*lm_head'):
+    checkpoint.params_from_hf_state_dict(cfg, dict(state, **{'lm_head.weight': _hf_state(
+        HF_CONFIGS['llama_untied'], seed=9)['lm_head.weight']}))
+  # A duplicate equal to the embedding (some savers write one) is still fine.
+  same = dict(state, **{'lm_head.weight': state['model.embed_tokens.weight'].copy()})
+  _assert_tree_equal(checkpoint.params_from_hf_state_dict(cfg, same),
+                     checkpoint.params_from_hf_state_dict(cfg, state))
+
+
+@pytest.mark.parametrize('dtype', [jnp.int8, np.int32, 'bool', 'not a dtype'])
+def test_loader_refuses_a_non_floating_dtype(tmp_path, dtype):
+  # int8 used to truncate every weight to an integer without an error.
+  hf = HF_CONFIGS['llama_untied']
+  cfg = LlamaConfig.from_hf_dict(hf)
+  with pytest.raises(ValueError, match='dtype must be a floating dtype'):
+    checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf), dtype=dtype)
+  with pytest.raises(ValueError, match='dtype must be a floating dtype'):
+    checkpoint.load_hf_checkpoint(tmp_path, dtype=dtype)
+
+
+def test_save_refuses_params_the_config_does_not_hold(tmp_path):
+  # The params of a 2-layer model saved under a 1-layer config used to lose layer 1.
+  hf = HF_CONFIGS['llama_untied']
+  params = checkpoint.params_from_hf_state_dict(LlamaConfig.from_hf_dict(hf), _hf_state(hf))
+  shallow = LlamaConfig.from_hf_dict(dict(hf, num_hidden_layers=1))
+  with pytest.raises(ValueError, match=r'leaves that Llama\(config\) lacks.*layers_1/'):
+    checkpoint.save_hf_checkpoint(tmp_path, shallow, params)
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('name', ['qwen2_tied_bias', 'llama_bias_llama3rope'])
+def test_config_reads_rope_theta_written_inside_rope_scaling(name):
+  # Used to ignore it: Qwen's theta of 1e6 became the default 10000 (and the llama3 dict kept
+  # a stray key), wrong rotary frequencies without an error.
+  hf = HF_CONFIGS[name]
+  inside = {k: v for k, v in hf.items() if k != 'rope_theta'}
+  inside['rope_scaling'] = dict(hf.get('rope_scaling') or {'rope_type': 'default'},
+                                rope_theta=hf['rope_theta'])
+  cfg = LlamaConfig.from_hf_dict(inside)
+  assert cfg == LlamaConfig.from_hf_dict(hf)
+  np.testing.assert_allclose(rope_inverse_frequencies(cfg), _np_inv_freq(hf, cfg.dim_per_head),
+                             rtol=1e-12)
+  with pytest.raises(ValueError, match=r"rope_theta=500\.0 and rope_scaling\['rope_theta'\]"):
+    LlamaConfig.from_hf_dict(dict(inside, rope_theta=500.0))

@@ -319,3 +319,20 @@ def test_common_errors():
     init_model(model, jax.random.PRNGKey(0), np.zeros((0, 8, 8, 1)))
   with pytest.raises(ValueError, match="'params'"):
     bind_apply(model, {'batch_stats': {}})
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda: MLP((7.5,), 3), 'hidden_sizes'),
+    (lambda: MLP((4, 0), 3), 'hidden_sizes'),
+    (lambda: MLP((4,), 2.5), 'num_classes'),
+    (lambda: MLP((True,), 3), 'hidden_sizes'),
+    (lambda: SmallCNN((3.5,), 3), 'channels'),
+    (lambda: SmallCNN((2,), 0), 'num_classes'),
+])
+def test_widths_must_be_whole_numbers(make, message):
+  # int() used to cut a width of 7.5 to 7 (and 2.5 classes to 2) without a word; a width
+  # of 0 gave an empty layer.
+  with pytest.raises(ValueError, match=rf'{message} must hold whole numbers >= 1'):
+    init_model(make(), jax.random.PRNGKey(0), _images(b=1))
+  # Whole floats and NumPy ints (what a config may hold) are still accepted.
+  init_model(MLP((np.int64(4), 3.0), np.int32(3)), jax.random.PRNGKey(0), _images(b=1))

@@ -143,6 +143,18 @@ def test_forward_errors(tokens, message):
     LM.apply({'params': PARAMS}, tokens)
 
 
+@pytest.mark.parametrize('method, kwargs', [(None, {}), ('features', {}),
+                                            ('prefill', dict(cache_len=MAX_LEN))])
+@pytest.mark.parametrize('mask_shape', [(2, 1), (1, 5), (2, 6)])
+def test_attention_mask_of_another_shape_is_refused(method, kwargs, mask_shape):
+  # A [b, 1] or [1, t] mask used to broadcast against the [b, t, t] causal mask: one mask
+  # bit applied to every key, or row 0's mask to every row, without an error.
+  with pytest.raises(ValueError, match=r'attention_mask must have the shape of tokens '
+                                       r'\(2, 5\)'):
+    LM.apply({'params': PARAMS}, _tokens(2, 5), np.ones(mask_shape, np.int32), method=method,
+             **kwargs)
+
+
 # ------------------------------------------------------------------------------- KV cache
 
 
@@ -396,9 +408,29 @@ def test_sample_falls_back_without_decoding_methods():
     (dict(max_new_tokens=2, top_p=0.0), 'top_p'),
     (dict(max_new_tokens=2, prompt_lengths=np.array([0, 3])), 'prompt_lengths'),
     (dict(max_new_tokens=2, prompt_lengths=np.array([3])), 'prompt_lengths'),
+    # Ids outside [0, V): a pad_id past the embedding table used to become NaN keys after a
+    # short prompt, NaN logits and token 0 drawn; an eos_id there never ends a row.
+    (dict(max_new_tokens=2, pad_id=V), r'pad_id must be an int in \[0, 37\)'),
+    (dict(max_new_tokens=2, pad_id=-1), 'pad_id'),
+    (dict(max_new_tokens=2, pad_id=1.0), 'pad_id'),
+    (dict(max_new_tokens=2, eos_id=V), 'eos_id'),
+    (dict(max_new_tokens=2, eos_id=-1), 'eos_id'),
 ])
 def test_sample_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
     sample(LM, PARAMS, jax.random.PRNGKey(0), _tokens(2, 3), **kwargs)
   with pytest.raises(ValueError, match='prompt_tokens'):
     sample(LM, PARAMS, jax.random.PRNGKey(0), np.zeros((2, 3)), max_new_tokens=1)
+
+
+def test_sample_refuses_prompt_ids_outside_the_vocabulary_before_each_rows_length():
+  prompt = _tokens(2, 3)
+  prompt[1, 2] = V  # past row 1's length of 2: cleared to pad_id, never read
+  out = sample(LM, PARAMS, jax.random.PRNGKey(0), prompt, max_new_tokens=1,
+               prompt_lengths=np.array([3, 2]))
+  np.testing.assert_array_equal(np.asarray(out.tokens)[1, :2], prompt[1, :2])
+  for bad in (V, -1):
+    prompt[0, 1] = bad
+    with pytest.raises(ValueError, match=r'prompt_tokens holds ids outside \[0, 37\) .*\[0\]'):
+      sample(LM, PARAMS, jax.random.PRNGKey(0), prompt, max_new_tokens=1,
+             prompt_lengths=np.array([3, 2]))

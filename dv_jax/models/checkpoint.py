@@ -96,17 +96,19 @@ def params_from_hf_state_dict(config: LlamaConfig, state: Dict[str, Any], *,
   Args:
     config: the model config.
     state: HF tensor name -> array (Linear weights [out, in]); extra `inv_freq` buffers and,
-      for tied embeddings, a duplicate `lm_head.weight` are ignored.
-    dtype: dtype of the returned parameters.
+      for tied embeddings, a duplicate `lm_head.weight` equal to the embedding are ignored.
+    dtype: floating dtype of the returned parameters.
 
   Returns:
     nested dict of jax arrays, ready for `Llama(config).apply({'params': params}, tokens)`.
 
   Raises:
-    ValueError: a tensor is missing, unexpected, of the wrong shape, or not finite.
+    ValueError: a tensor is missing, unexpected, of the wrong shape, or not finite (naming
+      the file it came from when `state` is a loaded checkpoint's); a tied model's
+      `lm_head.weight` that differs from its embedding; a dtype that is not floating.
   """
+  dtype = _float_dtype(dtype)
   shapes = param_shapes(config)
-  dtype = jnp.dtype(dtype)
   params: Dict[str, Any] = {}
   expected = set()
   for name, path, transposed in hf_tensor_names(config):
@@ -121,11 +123,23 @@ def params_from_hf_state_dict(config: LlamaConfig, state: Dict[str, Any], *,
     if value.shape != shapes[path]:
       hf_shape = value.T.shape if transposed else value.shape
       want = shapes[path][::-1] if transposed else shapes[path]
-      raise ValueError(f'tensor {name!r} has shape {hf_shape}, the config needs {want}')
+      raise ValueError(f'tensor {name!r}{_source(state, name)} has shape {hf_shape}, the '
+                       f'config needs {want}')
     value = value.astype(dtype)
     if not np.all(np.isfinite(value.astype(np.float32))):
-      raise ValueError(f'tensor {name!r} holds NaN or Inf')
+      raise ValueError(f'tensor {name!r}{_source(state, name)} holds NaN or Inf (in {dtype})')
     _set(params, path, jnp.asarray(value))
+  if config.tie_word_embeddings and 'lm_head.weight' in state:
+    # Tied, the head is the embedding and this tensor goes unused; one that differs means
+    # the config and the weights disagree about tying, and the logits would silently come
+    # from the embedding rather than the head the weights were trained with.
+    head = np.asarray(state['lm_head.weight'])
+    embedding = np.asarray(state['model.embed_tokens.weight'])
+    if head.shape != embedding.shape or not np.array_equal(head, embedding):
+      raise ValueError(f"config.json sets tie_word_embeddings, but the checkpoint's "
+                       f"'lm_head.weight'{_source(state, 'lm_head.weight')} differs from "
+                       f"'model.embed_tokens.weight': set tie_word_embeddings to false to "
+                       f'use the separate head')
   missing_paths = set(shapes) - {path for _, path, _ in hf_tensor_names(config)}
   if missing_paths:
     raise ValueError(f'internal: name table misses parameters {sorted(missing_paths)}')
@@ -136,6 +150,22 @@ def params_from_hf_state_dict(config: LlamaConfig, state: Dict[str, Any], *,
   if unexpected:
     raise ValueError(f'checkpoint has tensors this architecture does not use: {unexpected}')
   return params
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+  # An integer dtype would truncate every weight to an integer without an error.
+  try:
+    out = jnp.dtype(dtype)
+  except TypeError as e:
+    raise ValueError(f'dtype must be a floating dtype, got {dtype!r}') from e
+  if not jnp.issubdtype(out, jnp.floating):
+    raise ValueError(f'dtype must be a floating dtype, got {out}')
+  return out
+
+
+def _source(state: Any, name: str) -> str:
+  """' in file X' for a tensor of a loaded checkpoint (a `_LazyState`), else ''."""
+  return f' in file {state.file_of(name).name!r}' if isinstance(state, _LazyState) else ''
 
 
 def params_to_hf_state_dict(config: LlamaConfig, params: Dict[str, Any]) -> Dict[str, np.ndarray]:
@@ -158,7 +188,8 @@ def _read_config(directory: Path) -> LlamaConfig:
   return LlamaConfig.from_hf_dict(hf)
 
 
-def _weight_files(directory: Path) -> List[Path]:
+def _weight_files(directory: Path) -> Tuple[List[Path], Optional[Dict[str, str]]]:
+  """The weight files to read, and the index's weight_map (None without an index)."""
   index = directory / INDEX_FILE
   if index.is_file():
     try:
@@ -170,6 +201,7 @@ def _weight_files(directory: Path) -> List[Path]:
       raise ValueError(f'{index} has no weight_map')
     files = [directory / name for name in sorted(set(weight_map.values()))]
   else:
+    weight_map = None
     files = sorted(directory.glob('*.safetensors'))
     if not files:
       raise ValueError(f'checkpoint directory {str(directory)!r} has no *.safetensors file '
@@ -178,7 +210,7 @@ def _weight_files(directory: Path) -> List[Path]:
     if not path.is_file():
       raise ValueError(f'weight file {path.name!r} listed in {INDEX_FILE} is missing from '
                        f'{str(directory)!r}')
-  return files
+  return files, weight_map
 
 
 def _read_safetensors(path: Path, read):
@@ -203,8 +235,35 @@ class _LazyState(dict):
   def __init__(self, locations: Dict[str, Path]):
     super().__init__(locations)
 
+  def file_of(self, name: str) -> Path:
+    return super().__getitem__(name)
+
   def __getitem__(self, name):
-    return _read_safetensors(super().__getitem__(name), lambda f: f.get_tensor(name))
+    return _read_safetensors(self.file_of(name), lambda f: f.get_tensor(name))
+
+
+def _tensor_locations(directory: Path) -> Dict[str, Path]:
+  """HF tensor name -> the weight file holding it.
+
+  Raises:
+    ValueError: a tensor is stored in two files (a stale copy beside the real one: which one
+      would be read is an accident of file-name order), or the index lists a tensor in a
+      file that does not hold it.
+  """
+  files, weight_map = _weight_files(directory)
+  locations: Dict[str, Path] = {}
+  for path in files:
+    for name in _read_safetensors(path, lambda f: list(f.keys())):
+      if name in locations:
+        raise ValueError(f'tensor {name!r} is stored in both {locations[name].name!r} and '
+                         f'{path.name!r} in {str(directory)!r}; remove the stale file')
+      locations[name] = path
+  for name, file_name in (weight_map or {}).items():
+    if name not in locations or locations[name].name != file_name:
+      found = (f'it is in {locations[name].name!r}' if name in locations
+               else 'no file the index lists holds it')
+      raise ValueError(f'{INDEX_FILE} lists tensor {name!r} in {file_name!r}, but {found}')
+  return locations
 
 
 def load_hf_checkpoint(directory: Any, *, dtype: Any = jnp.float32) -> HFCheckpoint:
@@ -220,18 +279,17 @@ def load_hf_checkpoint(directory: Any, *, dtype: Any = jnp.float32) -> HFCheckpo
 
   Raises:
     ValueError: naming the missing, malformed (invalid index JSON) or unreadable
-      (truncated safetensors) file, the missing tensor, a shape mismatch, or an unsupported
-      architecture.
+      (truncated safetensors) file, the missing tensor, a shape mismatch (and its file), a
+      tensor stored in two files or not where the index says, an unsupported architecture,
+      or a dtype that is not floating.
   """
+  dtype = _float_dtype(dtype)
   directory = Path(directory)
   if not directory.is_dir():
     raise ValueError(f'directory {str(directory)!r} does not exist')
   config = _read_config(directory)
-  locations: Dict[str, Path] = {}
-  for path in _weight_files(directory):
-    for name in _read_safetensors(path, lambda f: list(f.keys())):
-      locations[name] = path
-  params = params_from_hf_state_dict(config, _LazyState(locations), dtype=dtype)
+  params = params_from_hf_state_dict(config, _LazyState(_tensor_locations(directory)),
+                                     dtype=dtype)
   return HFCheckpoint(config, params)
 
 
@@ -264,12 +322,21 @@ def save_hf_checkpoint(directory: Any, config: LlamaConfig, params: Dict[str, An
     the paths written.
 
   Raises:
-    ValueError: params do not match the config, or max_shard_bytes < 1.
+    ValueError: params do not match the config (a missing leaf, a wrong shape, or a leaf
+      the config has no tensor for), or max_shard_bytes < 1.
   """
   if max_shard_bytes is not None and max_shard_bytes < 1:
     raise ValueError(f'max_shard_bytes must be >= 1, got {max_shard_bytes}')
   state = params_to_hf_state_dict(config, params)
   shapes = param_shapes(config)
+  # Leaves the config has no tensor for (the params of a deeper model, an untied head under
+  # a tied config) would be dropped from the files without a word.
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  extra = sorted('/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat
+                 if tuple(getattr(k, 'key', k) for k in path) not in shapes)
+  if extra:
+    raise ValueError(f'params has leaves that Llama(config) lacks, which would not be saved: '
+                     f'{extra[:10]}')
   for name, path, transposed in hf_tensor_names(config):
     want = shapes[path][::-1] if transposed else shapes[path]
     if state[name].shape != want:

@@ -10,6 +10,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from dv_jax.models.common import check_widths
+
 
 class SmallCNN(nn.Module):
   """``[Conv 3x3 SAME -> relu -> avg_pool 2x2]`` per entry of ``channels``, then a ``Dense``.
@@ -31,7 +33,13 @@ class SmallCNN(nn.Module):
 
     With ``return_features=True`` returns ``(logits, features)``, ``features`` the
     flattened output of the last pooling ``[b, H' * W' * channels[-1]]``.
+
+    Raises:
+      ValueError: a bad input shape, or a width in ``channels`` or ``num_classes`` that is
+        not an integer >= 1.
     """
+    channels = check_widths('channels', self.channels)
+    (num_classes,) = check_widths('num_classes', (self.num_classes,))
     if x.ndim == 3:
       x = x[..., None]
     if x.ndim != 4:
@@ -41,11 +49,11 @@ class SmallCNN(nn.Module):
                        f'halves H and W that often; images of {x.shape[1]}x{x.shape[2]} '
                        f'are too small')
     h = x
-    for width in self.channels:
-      h = nn.Conv(int(width), kernel_size=(3, 3), padding='SAME')(h)
+    for width in channels:
+      h = nn.Conv(width, kernel_size=(3, 3), padding='SAME')(h)
       h = nn.avg_pool(nn.relu(h), window_shape=(2, 2), strides=(2, 2))
     h = h.reshape((h.shape[0], -1))
-    logits = nn.Dense(int(self.num_classes))(h)
+    logits = nn.Dense(num_classes)(h)
     return (logits, h) if return_features else logits
 
 

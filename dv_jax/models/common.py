@@ -33,6 +33,22 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def check_widths(name: str, values: Any) -> tuple[int, ...]:
+  """Layer widths as ints, each an integer >= 1 (a float 7.5 or a 0 is refused, not cut).
+
+  Raises:
+    ValueError: naming `name`, for a value that is not a whole number >= 1.
+  """
+  out = []
+  for value in values:
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+        or not np.isfinite(value) or int(value) != value or value < 1):
+      raise ValueError(f'{name} must hold whole numbers >= 1, got {tuple(values)!r}')
+    out.append(int(value))
+  return tuple(out)
 
 
 def _accepted_kwargs(model: nn.Module) -> set[str]:

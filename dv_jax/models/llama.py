@@ -36,6 +36,7 @@ from dv_jax.models.transformer import LogitsAndCache
 from dv_jax.models.transformer import attend
 from dv_jax.models.transformer import attention_allowed
 from dv_jax.models.transformer import cache_from_prefill
+from dv_jax.models.transformer import check_attention_mask
 from dv_jax.models.transformer import check_decode_args
 from dv_jax.models.transformer import check_prefill_args
 from dv_jax.models.transformer import decode_allowed
@@ -210,7 +211,8 @@ class LlamaConfig:
     """Builds the config from a parsed HF `config.json`.
 
     Reads `rope_theta` / `rope_scaling` at the top level (transformers v4) or inside
-    `rope_parameters` (v5, where a `rope_type` of 'default' means no scaling).
+    `rope_parameters` (v5, where a `rope_type` of 'default' means no scaling); a
+    `rope_theta` inside `rope_scaling` is read as well.
 
     Raises:
       ValueError: a required field is missing or malformed (e.g. an incomplete
@@ -233,33 +235,39 @@ class LlamaConfig:
     kwargs['model_type'] = model_type
     if hf.get('rope_parameters') is not None:
       kwargs.update(cls._rope_from_parameters(hf))
+    elif isinstance(hf.get('rope_scaling'), dict) and 'rope_theta' in hf['rope_scaling']:
+      # Some transformers releases write rope_theta inside rope_scaling as well; left there
+      # it was ignored, the default theta of 10000 used when the top level has none.
+      kwargs.update(cls._rope_from_parameters(hf, field='rope_scaling'))
     if kwargs.get('rope_scaling') is not None:
       kwargs['rope_scaling'] = _freeze(kwargs['rope_scaling'])
     return cls(**kwargs)
 
   @staticmethod
-  def _rope_from_parameters(hf: dict) -> dict:
-    """rope_theta / rope_scaling from a transformers v5 `rope_parameters` entry.
+  def _rope_from_parameters(hf: dict, field: str = 'rope_parameters') -> dict:
+    """rope_theta / rope_scaling from a dict `hf[field]` that may hold both.
 
-    v5 moves both fields into `rope_parameters`; ignoring it would fall back to the
-    default theta of 10000 and give wrong logits without an error.
+    transformers v5 moves both fields into `rope_parameters` (and some releases also write
+    `rope_theta` into `rope_scaling`); ignoring it would fall back to the default theta of
+    10000 and give wrong logits without an error.
 
     Raises:
-      ValueError: `rope_parameters` is not a dict, or a top-level `rope_theta` /
-        `rope_scaling` disagrees with it.
+      ValueError: `hf[field]` is not a dict, or a top-level `rope_theta` / `rope_scaling`
+        disagrees with it.
     """
-    rope = hf['rope_parameters']
+    rope = hf[field]
     if not isinstance(rope, dict):
-      raise ValueError(f'rope_parameters must be a dict, got {rope!r}')
+      raise ValueError(f'{field} must be a dict, got {rope!r}')
     theta, scaling = _split_rope_parameters(rope)
     out = {}
     if theta is not None:
       if hf.get('rope_theta') is not None and hf['rope_theta'] != theta:
         raise ValueError(f"config.json has rope_theta={hf['rope_theta']!r} and "
-                         f"rope_parameters['rope_theta']={theta!r}; they disagree")
+                         f"{field}['rope_theta']={theta!r}; they disagree")
       out['rope_theta'] = theta
     top_scaling = hf.get('rope_scaling')
-    if top_scaling is not None and not _same_rope_scaling(top_scaling, scaling):
+    if (field != 'rope_scaling' and top_scaling is not None
+        and not _same_rope_scaling(top_scaling, scaling)):
       raise ValueError(f'config.json has rope_scaling={top_scaling!r} and '
                        f'rope_parameters={rope!r}; they disagree')
     out['rope_scaling'] = scaling
@@ -442,11 +450,7 @@ class Llama(nn.Module):
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f'tokens must be integer token ids, got dtype {tokens.dtype}')
     b, t = tokens.shape
-    if attention_mask is not None:
-      attention_mask = jnp.asarray(attention_mask)
-      if attention_mask.shape != (b, t):
-        raise ValueError(f'attention_mask must have shape {(b, t)}, got '
-                         f'{attention_mask.shape}')
+    attention_mask = check_attention_mask(attention_mask, (b, t))
     if position_ids is None:
       if attention_mask is None:
         position_ids = jnp.broadcast_to(jnp.arange(t)[None], (b, t))

@@ -10,6 +10,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from dv_jax.models.common import check_widths
+
 
 class MLP(nn.Module):
   """``Dense -> relu`` for each hidden size, then a ``Dense`` to ``num_classes`` logits.
@@ -31,11 +33,16 @@ class MLP(nn.Module):
 
     With ``return_features=True`` returns ``(logits, features)``, ``features [b, h_last]``
     the penultimate activations (the flattened input when there is no hidden layer).
+
+    Raises:
+      ValueError: a width in ``hidden_sizes`` or ``num_classes`` that is not an integer >= 1.
     """
+    hidden_sizes = check_widths('hidden_sizes', self.hidden_sizes)
+    (num_classes,) = check_widths('num_classes', (self.num_classes,))
     h = x.reshape((x.shape[0], -1))
-    for width in self.hidden_sizes:
-      h = nn.relu(nn.Dense(int(width))(h))
-    logits = nn.Dense(int(self.num_classes))(h)
+    for width in hidden_sizes:
+      h = nn.relu(nn.Dense(width)(h))
+    logits = nn.Dense(num_classes)(h)
     return (logits, h) if return_features else logits
 
 

@@ -100,6 +100,22 @@ def _check_tokens(tokens: jax.Array, max_len: Optional[int] = None) -> None:
     raise ValueError(f'tokens has length {tokens.shape[1]} > max_len={max_len}')
 
 
+def check_attention_mask(attention_mask: Any,
+                         tokens_shape: Tuple[int, ...]) -> Optional[jax.Array]:
+  """The mask as an array, checked to have the tokens' shape [b, t] (None passes through).
+
+  `attention_allowed` broadcasts it against [b, t, t], so a [b, 1] or [1, t] mask would
+  otherwise be accepted and applied to every key or every row.
+  """
+  if attention_mask is None:
+    return None
+  attention_mask = jnp.asarray(attention_mask)
+  if attention_mask.shape != tuple(tokens_shape):
+    raise ValueError(f'attention_mask must have the shape of tokens {tuple(tokens_shape)}, '
+                     f'got {attention_mask.shape}')
+  return attention_mask
+
+
 class KVCache(NamedTuple):
   """Keys and values of every layer, for incremental decoding (`prefill`, `decode_step`).
 
@@ -294,6 +310,7 @@ class TransformerLM(nn.Module):
     self.lm_head = nn.Dense(self.vocab_size, use_bias=False)
 
   def _mask(self, tokens, attention_mask):
+    attention_mask = check_attention_mask(attention_mask, jnp.shape(tokens))
     if attention_mask is None and self.pad_id is not None:
       return tokens != self.pad_id
     return attention_mask
@@ -564,6 +581,33 @@ def _sample_jit(model, params, key, buffer_BL, prompt_lengths_B, temperature, to
   return buffer_BL, lengths_B
 
 
+def _check_token_ids(model: nn.Module, params: Any, prompt_BT: np.ndarray,
+                     lengths_B: np.ndarray, *, eos_id: Any, pad_id: Any) -> None:
+  """ValueErrors for ids `sample` would feed the model or compare against outside [0, V).
+
+  The embedding gathers an id past the table as NaN (a negative one wraps around), and
+  `pad_id` fills the buffer the prompt is read from: a prompt shorter than its row then has
+  NaN keys and values after it, which the causal mask weights by 0, and 0 * NaN = NaN
+  turns the row's logits into NaN (token 0 drawn, cached and uncached paths disagreeing).
+  An eos_id outside the vocabulary can never be drawn, so no row would ever end.
+  """
+  vocab_size = int(jax.eval_shape(lambda p, x: model.apply({'params': p}, x), params,
+                                  jax.ShapeDtypeStruct((1, 1), jnp.int32)).shape[-1])
+  for name, value, optional in (('pad_id', pad_id, False), ('eos_id', eos_id, True)):
+    if optional and value is None:
+      continue
+    if (not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_))
+        or not 0 <= value < vocab_size):
+      raise ValueError(f'{name} must be an int in [0, {vocab_size}) (the model\'s '
+                       f'vocabulary), got {value!r}')
+  real_BT = np.arange(prompt_BT.shape[1])[None] < lengths_B[:, None]
+  bad = real_BT & ((prompt_BT < 0) | (prompt_BT >= vocab_size))
+  if np.any(bad):
+    rows = np.flatnonzero(bad.any(axis=1))
+    raise ValueError(f'prompt_tokens holds ids outside [0, {vocab_size}) (the model\'s '
+                     f'vocabulary) in rows {rows[:10].tolist()}')
+
+
 def supports_cache(model: nn.Module) -> bool:
   """Whether `model` has the incremental-decoding methods `prefill` and `decode_step`."""
   return callable(getattr(model, 'prefill', None)) and callable(
@@ -595,8 +639,9 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
     temperature: > 0.
     top_p: in (0, 1].
     prompt_lengths: optional int [b] in [1, t0]; default t0 for every row.
-    eos_id: optional end token; a row that draws it is finished and gets `pad_id` after.
-    pad_id: filler token after a row's end.
+    eos_id: optional end token in [0, V); a row that draws it is finished and gets
+      `pad_id` after.
+    pad_id: filler token after a row's end, in [0, V) (it is fed to the model).
     use_cache: decode with the key / value cache when the model has one; False reruns the
       full causal forward pass on the buffer every step (max_new_tokens forwards of length
       L: the reference the cached path is tested against). Given the same key both give the
@@ -606,7 +651,8 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
     SampleResult(tokens [b, t0 + max_new_tokens], lengths [b]).
 
   Raises:
-    ValueError: on bad shapes, lengths, temperature, top_p, max_new_tokens or use_cache.
+    ValueError: on bad shapes, lengths, temperature, top_p, max_new_tokens or use_cache,
+      or on prompt ids (before each row's length), eos_id or pad_id outside [0, V).
   """
   _validate_temperature_top_p(temperature, top_p)
   if not isinstance(use_cache, (bool, np.bool_)):
@@ -632,6 +678,7 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
   if max_len is not None and total > max_len:
     raise ValueError(f'prompt length {t0} + max_new_tokens {max_new_tokens} > model max_len '
                      f'{max_len}')
+  _check_token_ids(model, params, prompt, lengths, eos_id=eos_id, pad_id=pad_id)
   buffer = np.full((b, total), pad_id, np.int32)
   buffer[:, :t0] = prompt
   # Clear each row's padding so the result holds pad_id after every row's end.
