@@ -156,19 +156,28 @@ def _small_mixture(num_items=512, beta=2.0, k=4, pi=0.25):
   return p, scaling.mixture(p, p_syn, pi)
 
 
-def test_ideal_learner_resolution_converges_to_the_theory_fit():
-  # Averaged over many seeds the Monte Carlo curve is the exact E(n), so every replicate's
-  # breaks must sit where the same fit puts the exact curve's. The ideal learner draws a
-  # fresh sample per size (independent noise along the curve), which moves a break of the
-  # smoke grid's 10 points by ~15% even at thousands of seeds: 16 points pin it.
+def _ideal_learner_setting(replicates):
+  """The smoke config at 16 sizes, a small mixture, and the fit of its exact E(n).
+
+  The ideal learner draws a fresh sample per size (independent noise along the curve),
+  which moves a break of the smoke grid's 10 points by ~15% even at thousands of seeds:
+  16 points pin it.
+  """
   config = configs.get_config('smoke')
-  config.fit.ideal_replicates = 6
+  config.fit.ideal_replicates = replicates
   config.scaling.num_points = 16
   p, q = _small_mixture()
   sizes = tps.size_grid(config)
   theory = tps.fit_curve(config, sizes, scaling.expected_error(sizes.astype(float), p, q),
                          bootstrap=False)
   assert theory['num_breaks'] == 2
+  return config, p, q, sizes, theory
+
+
+def test_ideal_learner_resolution_converges_to_the_theory_fit():
+  # Averaged over many seeds the Monte Carlo curve is the exact E(n), so every replicate's
+  # breaks must sit where the same fit puts the exact curve's.
+  config, p, q, sizes, theory = _ideal_learner_setting(replicates=6)
   out = tps.ideal_learner_resolution(config, sizes, p, q, list(theory['breaks']),
                                      num_seeds=4000, key=jax.random.PRNGKey(0))
   assert out['replicates'] == 6 and out['num_seeds'] == 4000 and out['three_phases'] == 1.0
@@ -194,13 +203,7 @@ def test_ideal_learner_by_seeds_narrows_towards_the_theory_fit():
   # A power analysis: the measured seed count's row is kept as given, every other count is
   # simulated afresh from its own key, rows come in increasing seed count, and with more
   # seeds the fits find both breaks, around the fit of the exact E(n).
-  config = configs.get_config('smoke')
-  config.fit.ideal_replicates = 8
-  config.scaling.num_points = 16
-  p, q = _small_mixture()
-  sizes = tps.size_grid(config)
-  theory = tps.fit_curve(config, sizes, scaling.expected_error(sizes.astype(float), p, q),
-                         bootstrap=False)
+  config, p, q, sizes, theory = _ideal_learner_setting(replicates=8)
   predicted = list(theory['breaks'])
   key = jax.random.PRNGKey(3)
   measured = tps.ideal_learner_resolution(config, sizes, p, q, predicted, num_seeds=5, key=key)
