@@ -143,8 +143,13 @@ def empirical_loss_term(loss_real: ArrayLike, loss_synthetic: ArrayLike) -> jax.
   if n1 + n2 == 0:
     raise ValueError('loss_real and loss_synthetic are both empty')
   pi = n1 / (n1 + n2)
+  # At least float32: a bfloat16 result keeps ~3 significant digits, too few to tell
+  # contributors apart when the term is z-scored across them.
+  dtype = jnp.promote_types(jnp.result_type(loss_real.dtype, loss_synthetic.dtype),
+                            jnp.float32)
+  loss_real, loss_synthetic = loss_real.astype(dtype), loss_synthetic.astype(dtype)
   # Python-level branches: `0 * mean([])` would be 0 * NaN = NaN.
-  total = jnp.zeros((), jnp.result_type(loss_real.dtype, loss_synthetic.dtype))
+  total = jnp.zeros((), dtype)
   if n1:
     total = total + pi * jnp.mean(loss_real)
   if n2:
@@ -362,7 +367,9 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
   if grads.shape[1] == 0:
     raise ValueError(f'grads has no parameters (shape {grads.shape})')
   residual = _check_residual(residual, n)
-  dtype = jnp.result_type(grads.dtype, residual.dtype)
+  # At least float32 (bfloat16 gradients of a bfloat16 model): the Gram matrix feeds a
+  # Cholesky solve, which has no half-precision implementation and no use for one.
+  dtype = jnp.promote_types(jnp.result_type(grads.dtype, residual.dtype), jnp.float32)
   grads, residual = grads.astype(dtype), residual.astype(dtype)
   if method != 'full' and key is None:
     raise ValueError(f'key is required for method={method!r}')

@@ -80,6 +80,24 @@ class GroundTruth(NamedTuple):
     return -self.test_loss
 
 
+def _config_int(config: Any, field: str, *, minimum: int | None) -> int:
+  """``config.<field>`` as an int; a bool, a fraction, NaN, Inf or None is an error.
+
+  ``int()`` alone truncated a seed of 0.5 to 0, read ``num_seeds=True`` as 1, and raised
+  its own ValueError / OverflowError / TypeError, naming no field, for NaN, Inf and None.
+  """
+  value = _get(config, field)
+  try:
+    valid = (not isinstance(value, (bool, np.bool_)) and int(value) == value
+             and (minimum is None or value >= minimum))
+  except (TypeError, ValueError, OverflowError):
+    valid = False
+  if not valid:
+    bound = '' if minimum is None else f' >= {minimum}'
+    raise ValueError(f'config.{field} must be an integer{bound}, got {value!r}')
+  return int(value)
+
+
 def _get(config: Any, field: str) -> Any:
   default = GroundTruthConfig._field_defaults[field]
   if isinstance(config, dict):
@@ -125,14 +143,10 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
       config, extra_fields=set(GroundTruthConfig._fields) - set(training.TrainConfig._fields))
   if train_config.checkpoint_every:
     train_config = train_config._replace(checkpoint_every=0)
-  num_seeds = _get(config, 'num_seeds')
-  if int(num_seeds) != num_seeds or num_seeds < 1:
-    raise ValueError(f'config.num_seeds must be an integer >= 1, got {num_seeds}')
-  bn_batches = _get(config, 'bn_batches')
-  if int(bn_batches) != bn_batches or bn_batches < 1:
-    raise ValueError(f'config.bn_batches must be an integer >= 1, got {bn_batches}')
+  num_seeds = _config_int(config, 'num_seeds', minimum=1)
+  bn_batches = _config_int(config, 'bn_batches', minimum=1)
   batch_norm = isinstance(apply_fn, BatchNormApply)
-  seed = int(_get(config, 'seed'))
+  seed = _config_int(config, 'seed', minimum=None)
   contributors = list(contributors)
   if not contributors:
     raise ValueError('contributors must hold at least one contributor')

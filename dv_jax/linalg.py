@@ -12,6 +12,8 @@ round-off). Everything here solves through a Cholesky factor, never `inv`:
 - `a` must be symmetric up to round-off (`check_symmetric`): a Cholesky factorisation reads
   one triangle (JAX's symmetrizes its input first), so a non-symmetric `a` would silently
   be solved as `(a + a^T) / 2`.
+- Half-precision inputs (bfloat16 / float16 Gram matrices of a bfloat16 model) are solved
+  in float32: below it the default relative jitter is under the rounding of the diagonal.
 - Positive-definiteness is tested the jit-friendly way: JAX's Cholesky returns NaNs for a
   matrix that is not positive definite, so one jitted program factors and reports
   `all(isfinite(L))`. The loop over jitter values is plain Python outside jit; every try
@@ -100,7 +102,8 @@ def escalate_jitter(
     ValueError: if `max_tries < 1`, `initial_jitter` is not a positive finite number, or
       no jitter succeeds.
   """
-  if not isinstance(max_tries, (int, np.integer)) or max_tries < 1:
+  if (isinstance(max_tries, (bool, np.bool_)) or not isinstance(max_tries, (int, np.integer))
+      or max_tries < 1):
     raise ValueError(f'max_tries must be a positive integer, got {max_tries!r}')
   initial_jitter = float(initial_jitter)
   if not np.isfinite(initial_jitter) or initial_jitter <= 0:
@@ -240,7 +243,9 @@ def _check_system(a: ArrayLike, b: ArrayLike, a_name: str, b_name: str
     raise ValueError(
         f'{b_name} must have shape [n] or [n, k] with n = {a.shape[0]} (the size of '
         f'{a_name}), got shape {b.shape}')
-  dtype = jnp.promote_types(a.dtype, b.dtype)
+  # At least float32: a half-precision Cholesky is not implemented (NotImplementedError on
+  # CPU), and a relative jitter of 1e-4 would round away in bfloat16 (eps 7.8e-3) anyway.
+  dtype = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
   return a.astype(dtype), b.astype(dtype)
 
 

@@ -95,3 +95,31 @@ def test_error_paths():
     arithmetic.encode_operands(task, [0], [12])
   with pytest.raises(ValueError, match='too many'):
     arithmetic.arithmetic_test_split(_task(num_values=3000, k=5))
+
+
+@pytest.mark.parametrize('a,b,match', [
+    ([1, 2, 3], [4], 'same length'),            # broadcast b to every row before
+    ([[1], [2]], [[0], [3]], 'operand a must be 1-D'),  # n ones per one-hot row before
+    ([1.7, 2.0], [4, 9], 'operand a must hold whole numbers'),  # 1.7 read as 1 before
+    ([1, 2], [np.nan, 0], 'operand b must hold whole numbers'),
+    ([True], [1], 'operand a must hold whole numbers'),
+    ([-1], [1], r'operand a must lie in \[0, 12\)'),
+])
+def test_operands_of_the_wrong_shape_or_kind_are_rejected(a, b, match):
+  # Before: NumPy broadcasting and int64 casts answered these silently, e.g.
+  # encode_operands(task, [1, 2, 3], [4]) gave three rows, each with b = 4, and
+  # answers(task, [1.7, 2], [4, 9]) gave [5, 11].
+  task = _task()
+  for fn in (arithmetic.answers, arithmetic.encode_operands, arithmetic.arithmetic_text):
+    with pytest.raises(ValueError, match=match):
+      fn(task, a, b)
+  with pytest.raises(ValueError, match=match):
+    arithmetic.encode_operands(task, a, b, representation='id')
+
+
+def test_operands_that_are_whole_floats_or_empty_are_accepted():
+  task = _task()
+  np.testing.assert_array_equal(arithmetic.answers(task, np.array([3.0, 11.0]), [4, 11]),
+                                [7, 22])
+  assert arithmetic.encode_operands(task, [], []).shape == (0, 24)
+  assert arithmetic.arithmetic_text(task, [], []) == ([], [])

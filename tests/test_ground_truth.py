@@ -147,3 +147,18 @@ def test_batch_norm_model_is_evaluated_with_re_estimated_statistics(problem):
   with pytest.raises(ValueError, match='bn_batches'):
     ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
                          config=BN_CONFIG._replace(bn_batches=0), progress=False)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('seed', 0.5),             # silently truncated to seed 0 before
+    ('seed', None),            # TypeError naming no field before
+    ('num_seeds', True),       # read as one seed before
+    ('num_seeds', float('nan')),
+    ('num_seeds', float('inf')),  # OverflowError before
+    ('bn_batches', 2.5),
+])
+def test_config_integers_are_checked_and_named(problem, field, value):
+  splits, apply_fn, params, cs = problem
+  with pytest.raises(ValueError, match=f'config.{field} must be an integer'):
+    ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
+                         config=CONFIG._replace(**{field: value}), progress=False)

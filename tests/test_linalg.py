@@ -174,6 +174,8 @@ def test_quad_form_errors_name_y_and_hyperparameters():
     linalg.quad_form(np.eye(2), np.ones(2), eps=0.0)
   with pytest.raises(ValueError, match='max_tries'):
     linalg.quad_form(np.eye(2), np.ones(2), max_tries=0)
+  with pytest.raises(ValueError, match='max_tries'):  # True was read as one try
+    linalg.quad_form(np.eye(2), np.ones(2), max_tries=True)
   with pytest.raises(ValueError, match='initial_jitter'):
     linalg.quad_form(np.eye(2), np.ones(2), initial_jitter=-1.0)
 
@@ -206,3 +208,21 @@ def test_checked_float_array_converts_and_validates():
     linalg.checked_float_array(np.ones((1, 1, 1)), 'x', ndims=(1, 2))
   with pytest.raises(ValueError, match='x must be real-valued'):
     linalg.checked_float_array(np.array(['a']), 'x')
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_half_precision_inputs_are_solved_in_float32(dtype):
+  # Before: NotImplementedError ('Unsupported dtype bfloat16') from the Cholesky; and in
+  # bfloat16 (eps 7.8e-3) the default jitter 1e-4 * trace / n would round away.
+  a_half = jnp.asarray(_spd(6, seed=8), dtype)
+  b_half = jnp.asarray(np.random.default_rng(9).normal(size=(6, 2)), dtype)
+  a64, b64 = np.asarray(a_half, np.float64), np.asarray(b_half, np.float64)
+  lam = 1e-4 * np.trace(a64) / 6
+  expected = np.linalg.solve(a64 + lam * np.eye(6), b64)
+  result = linalg.psd_solve(a_half, b_half)
+  assert result.solution.dtype == jnp.float32
+  np.testing.assert_allclose(result.jitter, lam, rtol=1e-6)
+  np.testing.assert_allclose(result.solution, expected, rtol=RTOL, atol=1e-6)
+  quad = linalg.quad_form(a_half, b_half)
+  assert quad.value.dtype == jnp.float32
+  np.testing.assert_allclose(quad.value, np.sum(b64 * expected), rtol=RTOL)

@@ -106,10 +106,39 @@ def make_arithmetic_task(*, num_values: int, beta: float, key: jax.Array,
   return ArithmeticTask(order.astype(np.int64), p, p_syn, operation, modulus)
 
 
+def _check_operands(task: ArithmeticTask, a, b) -> tuple:
+  """`a`, `b` as int64 [n]: 1-D, equal lengths, whole numbers in `[0, V)`.
+
+  Without the check NumPy broadcasting answered silently: `b` of length 1 was paired with
+  every `a`, `[n, 1]` operands set `n` ones per one-hot row, and 1.7 became operand 1.
+  """
+  v = task.num_values
+  out = []
+  for name, arr in (('a', a), ('b', b)):
+    arr = np.asarray(arr)
+    if arr.ndim != 1:
+      raise ValueError(f'operand {name} must be 1-D [n], got shape {arr.shape}')
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer)
+                         or (np.issubdtype(arr.dtype, np.floating)
+                             and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))):
+      raise ValueError(f'operand {name} must hold whole numbers, got dtype {arr.dtype}')
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= v):
+      raise ValueError(f'operand {name} must lie in [0, {v})')
+    out.append(arr)
+  if out[0].shape != out[1].shape:
+    raise ValueError(f'operands a and b must have the same length, got {out[0].size} and '
+                     f'{out[1].size}')
+  return tuple(out)
+
+
 def answers(task: ArithmeticTask, a, b) -> np.ndarray:
-  """The answers (int64 [n]) of operand values a [n], b [n]."""
-  a = np.asarray(a, np.int64)
-  b = np.asarray(b, np.int64)
+  """The answers (int64 [n]) of operand values a [n], b [n] (whole numbers in `[0, V)`).
+
+  Raises:
+    ValueError: operands not 1-D, of different lengths, not whole numbers, or out of range.
+  """
+  a, b = _check_operands(task, a, b)
   return a + b if task.operation == 'add' else (a * b) % task.modulus
 
 
@@ -119,12 +148,8 @@ def encode_operands(task: ArithmeticTask, a, b, *,
   if representation not in REPRESENTATIONS:
     raise ValueError(f'representation must be one of {REPRESENTATIONS}, got '
                      f'{representation!r}')
-  a = np.asarray(a, np.int64)
-  b = np.asarray(b, np.int64)
+  a, b = _check_operands(task, a, b)
   v = task.num_values
-  for name, arr in (('a', a), ('b', b)):
-    if arr.size and (arr.min() < 0 or arr.max() >= v):
-      raise ValueError(f'operand {name} must lie in [0, {v})')
   if representation == 'id':
     return np.stack([a, b], axis=1).astype(np.int32)
   x = np.zeros((a.size, 2 * v), np.float32)
@@ -218,9 +243,9 @@ def _digits(value: int) -> str:
 def arithmetic_text(task: ArithmeticTask, a, b) -> tuple:
   """Prompts `'1 2 + 3 4 ='` and responses `'4 6'` for operand values a [n], b [n]."""
   symbol = '+' if task.operation == 'add' else '*'
+  a, b = _check_operands(task, a, b)  # zip below would drop the longer one's tail
   ans = answers(task, a, b)
-  prompts = [f'{_digits(x)} {symbol} {_digits(y)} =' for x, y in zip(np.asarray(a),
-                                                                     np.asarray(b))]
+  prompts = [f'{_digits(x)} {symbol} {_digits(y)} =' for x, y in zip(a, b)]
   return prompts, [_digits(z) for z in ans]
 
 

@@ -94,6 +94,9 @@ class VocabTokenizer:
                        f'{len(SPECIAL_TOKENS)} special and {len(extra_tokens)} extra tokens')
     if min_count < 1:
       raise ValueError(f'min_count must be >= 1, got {min_count}')
+    if isinstance(texts, (str, bytes)):
+      # Iterating a bare string fits a vocabulary of its characters, whatever the level.
+      raise ValueError('texts must be a sequence of strings, got one string')
     probe = cls(list(SPECIAL_TOKENS), level=level, lowercase=lowercase)
     counts = collections.Counter()
     for text in texts:
@@ -206,11 +209,20 @@ class HFTokenizer:
 
 
 def _check_texts(texts, name: str) -> list:
+  if isinstance(texts, (str, bytes)):
+    # list('abc') would silently be three one-character texts.
+    raise ValueError(f'{name} must be a sequence of strings, got one string')
   texts = list(texts)
   for i, text in enumerate(texts):
     if not isinstance(text, str):
       raise ValueError(f'{name}[{i}] must be a string, got {type(text).__name__}')
   return texts
+
+
+def _check_max_len(max_len) -> int:
+  if (isinstance(max_len, (bool, np.bool_)) or not isinstance(max_len, (int, np.integer))):
+    raise ValueError(f'max_len must be an integer, got {max_len!r}')
+  return int(max_len)
 
 
 def _specials(tokenizer) -> Tuple[list, list, list]:
@@ -237,13 +249,19 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
 
   Returns:
     `TokenizedBatch` (tokens int32 [n, t], response_mask float32 [n, t], lengths int32 [n]).
+
+  Raises:
+    ValueError: a bare string for `prompts` or `responses`, a non-string entry, unequal
+      lengths, a non-integer or too small `max_len`, or a pair left without a response
+      token (an empty response and a tokenizer without `<eos>`: nothing to score).
   """
+  max_len = _check_max_len(max_len)
   prompts = _check_texts(prompts, 'prompts')
   responses = _check_texts(responses, 'responses')
   if len(prompts) != len(responses):
     raise ValueError(f'prompts has {len(prompts)} entries but responses has {len(responses)}')
   bos, sep, eos = _specials(tokenizer)
-  budget = int(max_len) - len(bos) - len(sep)
+  budget = max_len - len(bos) - len(sep)
   if budget < 2:
     raise ValueError(f'max_len={max_len} leaves no room for a prompt and a response token')
   n = len(prompts)
@@ -253,6 +271,9 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
   for i, (prompt, response) in enumerate(zip(prompts, responses)):
     p_ids = tokenizer.encode(prompt)
     r_ids = (tokenizer.encode(response) + eos)[:budget - min(len(p_ids), 1)]
+    if not r_ids:
+      raise ValueError(f'responses[{i}] = {response!r} leaves no response token to score '
+                       '(the tokenizer has no eos token)')
     p_ids = p_ids[max(len(p_ids) - (budget - len(r_ids)), 0):]
     head = bos + p_ids + sep
     seq = head + r_ids
@@ -272,9 +293,10 @@ def encode_prompts(tokenizer, prompts: Sequence[str], *,
     tokens int32 [n, max_len] and lengths int32 [n] (the `prompt_lengths` of
     `dv_jax.models.transformer.sample`).
   """
+  max_len = _check_max_len(max_len)
   prompts = _check_texts(prompts, 'prompts')
   bos, sep, _ = _specials(tokenizer)
-  budget = int(max_len) - len(bos) - len(sep)
+  budget = max_len - len(bos) - len(sep)
   if budget < 1:
     raise ValueError(f'max_len={max_len} leaves no room for a prompt token')
   tokens = np.full((len(prompts), max_len), tokenizer.pad_id, np.int32)
@@ -294,6 +316,7 @@ def encode_texts(tokenizer, texts: Sequence[str], *,
   Returns:
     tokens int32 [n, max_len] and lengths int32 [n].
   """
+  max_len = _check_max_len(max_len)
   texts = _check_texts(texts, 'texts')
   bos, _, eos = _specials(tokenizer)
   if max_len < len(bos) + 1:

@@ -131,6 +131,10 @@ def read_tweets_csv(path=None, *, deduplicate: bool = True) -> Tweets:
         value = float(conf) if conf.strip() else float('nan')
       except ValueError:
         raise ValueError(f'{where}: confidence {conf!r} is not a number') from None
+      # An empty field is the one spelling of "unknown"; a literal 'nan', 'inf' or 1.5 is a
+      # malformed row, not a confidence that min_confidence could filter on.
+      if conf.strip() and not 0.0 <= value <= 1.0:
+        raise ValueError(f'{where}: confidence {conf!r} is not in [0, 1]')
       if deduplicate:
         if text in seen:
           continue
@@ -161,20 +165,36 @@ def load_tweets(*, seed: int = 0, target_size: int = 1000, test_size: int = 4000
 
   Returns:
     `TweetSplits`, each split in a seeded random order.
+
+  Raises:
+    ValueError: naming the argument: sizes that are not integers >= 3 or leave fewer than 3
+      tweets for training, a `train_size` above what is left, a NaN `min_confidence`, or a
+      malformed CSV (`read_tweets_csv`).
   """
+  # Checked before the CSV is read: a NaN threshold kept no tweet and was reported as sizes
+  # that "leave -5000 of 0 tweets", and a train_size of 10.5 was silently cut to 10.
+  target_size = longtail.check_count(target_size, 'target_size', minimum=NUM_CLASSES)
+  test_size = longtail.check_count(test_size, 'test_size', minimum=NUM_CLASSES)
+  if train_size is not None:
+    train_size = longtail.check_count(train_size, 'train_size', minimum=NUM_CLASSES)
+  if min_confidence is not None:
+    try:
+      finite = np.isfinite(float(min_confidence))
+    except (TypeError, ValueError):
+      finite = False
+    if not finite:
+      raise ValueError(f'min_confidence must be a finite number or None, got '
+                       f'{min_confidence!r}')
   data = read_tweets_csv(path, deduplicate=deduplicate)
   if min_confidence is not None:
     keep = np.flatnonzero(np.nan_to_num(data.confidence, nan=-np.inf) >= min_confidence)
     data = subset(data, keep)
   n = len(data.texts)
-  for name, size in (('target_size', target_size), ('test_size', test_size)):
-    if int(size) != size or size < NUM_CLASSES:
-      raise ValueError(f'{name} must be an integer >= {NUM_CLASSES}, got {size}')
-  rest_size = n - int(target_size) - int(test_size)
+  rest_size = n - target_size - test_size
   if rest_size < NUM_CLASSES:
     raise ValueError(f'target_size={target_size} and test_size={test_size} leave {rest_size} '
                      f'of {n} tweets for training')
-  if train_size is not None and not NUM_CLASSES <= train_size <= rest_size:
+  if train_size is not None and train_size > rest_size:
     raise ValueError(f'train_size must lie in [{NUM_CLASSES}, {rest_size}], got {train_size}')
   index = np.arange(n)
   test_index, rest = splits.stratified_take(index, data.labels, int(test_size), seed)
@@ -309,6 +329,12 @@ def train_tweet_lm(train_texts: Sequence[str], train_labels, *, key: jax.Array,
   for field in ('max_len', 'num_steps', 'batch_size', 'sample_batch_size', 'num_layers',
                 'num_heads', 'd_model', 'd_ff'):
     longtail.check_count(getattr(cfg, field), f'lm_config.{field}')
+  # A NaN or non-positive rate trained NaN (or frozen) weights without a word.
+  learning_rate = cfg.learning_rate
+  if (isinstance(learning_rate, (bool, np.bool_))
+      or not isinstance(learning_rate, (int, float, np.integer, np.floating))
+      or not (np.isfinite(learning_rate) and learning_rate > 0)):
+    raise ValueError(f'lm_config.learning_rate must be finite and > 0, got {learning_rate!r}')
   if cfg.max_len < 4:
     raise ValueError(f'lm_config.max_len must be >= 4, got {cfg.max_len}')
   tokenizer = tokenize.VocabTokenizer.fit(texts, level=cfg.level, max_vocab=cfg.max_vocab,
@@ -340,8 +366,21 @@ def sample_tweets(model, params, tokenizer, labels, *, key: jax.Array,
 
   Runs in fixed batches of `sample_batch_size` prompts (the last one padded), so one compile
   serves every `num`.
+
+  Raises:
+    ValueError: `labels` not 1-D integers in `[0, 3)` (a label of -1 used to index the
+      label tokens from the end and prompt a *positive* tweet; 1.7 became 1), or a
+      `sample_batch_size` that is not a positive integer.
   """
-  labels = np.asarray(labels, np.int64)
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+    raise ValueError(f'labels must be 1-D integers, got dtype {labels.dtype} shape '
+                     f'{labels.shape}')
+  if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    raise ValueError(f'labels must lie in [0, {NUM_CLASSES}), got values in '
+                     f'[{labels.min()}, {labels.max()}]')
+  labels = labels.astype(np.int64)
+  sample_batch_size = longtail.check_count(sample_batch_size, 'sample_batch_size')
   label_ids = np.asarray([tokenizer.tokens.index(tok) for tok in LABEL_TOKENS], np.int32)
   prompts = np.stack([np.full(labels.size, tokenizer.bos_id, np.int32), label_ids[labels]],
                      axis=1)
@@ -393,15 +432,21 @@ def generate_synthetic_tweets(train_texts: Sequence[str], train_labels, *, key: 
     raise ValueError(f'temperature must be finite and > 0, got {temperature!r}')
   if not (np.isfinite(top_p) and 0 < top_p <= 1):
     raise ValueError(f'top_p must lie in (0, 1], got {top_p!r}')
+  if label_probs is not None:
+    # Also before the training, which used to run in full before a bad law was refused.
+    label_probs = np.asarray(label_probs, np.float64)
+    if label_probs.shape != (NUM_CLASSES,):
+      raise ValueError(f'label_probs must have shape [{NUM_CLASSES}], got '
+                       f'{label_probs.shape}')
+    if not (np.all(np.isfinite(label_probs)) and np.all(label_probs >= 0)
+            and label_probs.sum() > 0):
+      raise ValueError(f'label_probs must be finite, >= 0 and not all 0, got {label_probs}')
   cfg = TweetLMConfig() if lm_config is None else lm_config
   train_key, label_key, sample_key = jax.random.split(key, 3)
   model, params, tokenizer, losses = train_tweet_lm(train_texts, train_labels, key=train_key,
                                                     lm_config=cfg)
   if label_probs is None:
     label_probs = np.bincount(np.asarray(train_labels), minlength=NUM_CLASSES)
-  label_probs = np.asarray(label_probs, np.float64)
-  if label_probs.shape != (NUM_CLASSES,):
-    raise ValueError(f'label_probs must have shape [{NUM_CLASSES}], got {label_probs.shape}')
   labels = longtail.sample_items(label_probs, num_samples=num, key=label_key)
   texts = sample_tweets(model, params, tokenizer, labels, key=sample_key,
                         temperature=temperature, top_p=top_p,
