@@ -28,8 +28,9 @@ Commands:
 
 Measured (2 shared CPU cores; `results.json` -> `summary`, `breakpoints.csv`):
   facts     beta=2, k=16, pi=0.0625, N=8192, 25 sizes x 10 seeds + 3 soft modes x 13 sizes x
-            3 seeds: 2 min 43 s. Three phases (BIC picks 2 breaks, middle segment flattest,
-            in 100% of seed-bootstrap resamples). Fitted breaks of the test loss 425 and 8687
+            3 seeds: 3 min 26 s (2 min 43 s before the ideal learner at 20-80 seeds below
+            was added). Three phases (BIC picks 2 breaks, middle segment flattest, in 100%
+            of seed-bootstrap resamples). Fitted breaks of the test loss 425 and 8687
             (1.66x k^beta, 2.12x k^beta/pi), of the error 390 and 8731 (1.52x, 2.13x); the
             same fit on the exact E(n) at the same sizes gives 394 and 7715 (1.54x, 1.88x),
             so measured / theory-fit = 1.08 and 1.13. The measured second break is NOT
@@ -48,8 +49,7 @@ Measured (2 shared CPU cores; `results.json` -> `summary`, `breakpoints.csv`):
             (ideal_learner.csv, fit.ideal_seed_counts): at 20, 40, 80 seeds the ideal
             learner's n2 is 1.97x, 1.95x, 1.91x k^beta/pi (80 seeds: 95% interval
             1.68-2.31x), within 2x in 52%, 56%, 64% of replicates, closing in on the exact
-            curve's fit at 1.88x; n1 is within 2x in 97%, 99.5%, 100%. Simulating them
-            adds ~45 s to a run.
+            curve's fit at 1.88x; n1 is within 2x in 97%, 99.5%, 100%.
   facts_lm  beta=2, k=8, pi=0.0625, N=2048, 13 sizes x 8 seeds: 3 min 11 s. Loss breaks 119
             and 1093 (1.86x, 1.07x), error 134 and 1615 (2.09x, 1.58x); E(n)'s fit 107 and
             2166. The LM memorises every fact it saw (error on seen items ~0); its loss on
