@@ -169,6 +169,12 @@ def feature_fn(kind: str, *, apply_fn: Optional[Callable] = None, params: Any = 
 def fit_standardizer(target_features: ArrayLike) -> Standardizer:
   """Per-feature mean and std of the target features (std 1 where T is constant).
 
+  The std is the population one (ddof 0), our choice where METHOD.md says only "T's
+  mean/std". Unless a feature is constant on T (scale 1 either way), it does not reach the
+  MMD: ddof 1 would scale every feature by the same `sqrt(m / (m - 1))`, and the bandwidths,
+  the median heuristic of T in the same space, scale with the squared distances, so every
+  kernel value stays the same.
+
   Args:
     target_features: `[m, d]`, m >= 1.
 

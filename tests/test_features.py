@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dv_jax import features as features_lib
+from dv_jax import mmd
 
 
 @pytest.mark.parametrize('value,m', [(3.3, 1000), (1000.1, 7), (12345.678, 100)])
@@ -32,3 +33,18 @@ def test_standardizer_matches_numpy_float64():
   expected = (x - t64.mean(axis=0)) / t64.std(axis=0)
   np.testing.assert_allclose(features_lib.standardize_like(x, st), expected, rtol=1e-5,
                              atol=1e-5)
+
+
+def test_mmd_does_not_depend_on_the_std_convention():
+  """fit_standardizer's docstring: ddof 0 or 1 gives the same MK-MMD (bandwidths from T)."""
+  rng = np.random.default_rng(2)
+  t = rng.normal(5.0, [1.0, 3.0, 0.5], (12, 3)).astype(np.float32)
+  x = rng.normal(4.0, 2.0, (9, 3)).astype(np.float32)
+  st = features_lib.fit_standardizer(t)
+  t64 = t.astype(np.float64)
+  mean, sd1 = t64.mean(axis=0), t64.std(axis=0, ddof=1)
+  values = [float(mmd.mk_mmd2(features_lib.standardize_like(x, st),
+                              features_lib.standardize_like(t, st))),
+            float(mmd.mk_mmd2((x - mean) / sd1, (t64 - mean) / sd1))]
+  assert values[0] > 1e-2
+  np.testing.assert_allclose(values[0], values[1], rtol=1e-5)

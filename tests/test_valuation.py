@@ -200,6 +200,58 @@ def test_terms_match_numpy_float64(setup, residual, label_aware):
                              [empirical, discrepancy, ntk_value, composition], rtol=2e-4)
 
 
+def _np_raw_terms(setup, *, residual, mixture=False):
+  """`[K, 4]` float64 terms of every contributor, from the references above."""
+  apply_fn, params = setup['apply_fn'], setup['params']
+  tx = np.asarray(setup['target'].x, np.float64)
+  mean, std = tx.mean(0), tx.std(0)
+  t_std = (tx - mean) / std
+  s_j = _np_bandwidths(t_std)
+  rows = []
+  for c in setup['contributors']:
+    n1, n2 = c.num_real, c.num_synthetic
+    n, pi = n1 + n2, n1 / (n1 + n2)
+    parts = [(np.asarray(x), np.asarray(y), w) for x, y, w in
+             ((c.x_real, c.y_real, pi), (c.x_synthetic, c.y_synthetic, 1 - pi))
+             if x is not None and np.shape(x)[0]]
+    empirical = sum(w * _np_ce(_np_logits(apply_fn, params, x), y).mean() for x, y, w in parts)
+    x, y = _parts(c)
+    if mixture:
+      discrepancy = _np_mmd((x - mean) / std, t_std, s_j)
+    else:
+      discrepancy = sum(w * _np_mmd((xp - mean) / std, t_std, s_j) for xp, _, w in parts)
+    rows.append([empirical, discrepancy,
+                 _np_ntk_term(apply_fn, params, x, y, residual=residual),
+                 math.sqrt(max(pi, 1 - pi)) / n])
+  return np.array(rows)
+
+
+@pytest.mark.parametrize('preset,drop', [
+    ('paper', None), ('paper', 'empirical_loss'), ('paper', 'discrepancy'),
+    ('paper', 'ntk'), ('paper', 'composition'), ('recommended', None), ('proposed', None)])
+def test_values_of_presets_and_ablations_match_numpy(setup, preset, drop):
+  """`v = -sum` of the z-scores of the terms in `bound.terms` only, larger = more valuable.
+
+  The whole value vector and ranking of a preset (or of the paper defaults with one term
+  dropped, as the ablation runs them) against float64 NumPy: terms from the references
+  above, z-scored across the contributors with the population std.
+  """
+  config = valuation.preset_config(preset)
+  if drop is not None:
+    config.bound.terms = tuple(t for t in valuation.TERM_NAMES if t != drop)
+  result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                        apply_fn=setup['apply_fn'], params=setup['params'],
+                                        config=config)
+  raw = _np_raw_terms(setup, residual=config.ntk.residual,
+                      mixture=config.mmd.discrepancy == 'mixture')
+  np.testing.assert_allclose(np.asarray(result.terms.raw), raw, rtol=2e-4)
+  z = (raw - raw.mean(0)) / raw.std(0)
+  keep = [t in config.bound.terms for t in valuation.TERM_NAMES]
+  expected = -z[:, keep].sum(axis=1)
+  np.testing.assert_allclose(np.asarray(result.values), expected, rtol=1e-3, atol=1e-3)
+  assert list(np.asarray(result.ranking)) == list(np.argsort(-expected, kind='stable'))
+
+
 def test_mixture_discrepancy_is_the_mmd_of_the_union(setup):
   """mmd.discrepancy='mixture': MMD(T, S1 ∪ S2), never above Eq. 8's weighted parts."""
   kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
