@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
 from dv_jax import linalg
 from dv_jax import mmd as mmd_lib
 
@@ -98,12 +99,6 @@ def _check_pi(pi: ArrayLike) -> float:
   if not 0.0 <= pi <= 1.0:  # also rejects NaN
     raise ValueError(f'pi must be in [0, 1], got {pi}')
   return pi
-
-
-def _check_positive_int(value, name: str) -> int:
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-    raise ValueError(f'{name} must be a positive integer, got {value!r}')
-  return int(value)
 
 
 def _check_normalization(normalization: str) -> str:
@@ -208,7 +203,7 @@ def composition_term(n: int, pi: ArrayLike) -> float:
   Raises:
     ValueError: `n` not a positive integer, pi outside [0, 1].
   """
-  n = _check_positive_int(n, 'n')
+  n = checks.check_int(n, 'n')
   pi = _check_pi(pi)
   return math.sqrt(max(pi, 1.0 - pi)) / n
 
@@ -380,7 +375,7 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
   if method == 'subsample':
     if num_sub is None:
       raise ValueError("num_sub is required for method='subsample'")
-    num_sub = _check_positive_int(num_sub, 'num_sub')
+    num_sub = checks.check_int(num_sub, 'num_sub')
     if num_sub > n:
       raise ValueError(f'num_sub must be <= n = {n}, got {num_sub}')
     grads_sub, residual_sub = _subsample_rows(key, grads, residual, num_sub=num_sub)
@@ -388,8 +383,8 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
     # Q_sub estimates Q * n_sub / n; rescale to the full set before normalizing.
     return NTKTerm(_normalize(quad.value * (n / num_sub), n, normalization), quad.jitter)
 
-  block_size = _check_positive_int(block_size, 'block_size')
-  num_permutations = _check_positive_int(num_permutations, 'num_permutations')
+  block_size = checks.check_int(block_size, 'block_size')
+  num_permutations = checks.check_int(num_permutations, 'num_permutations')
   eps = float(eps)
   if not np.isfinite(eps) or eps <= 0:
     raise ValueError(f'eps must be positive and finite, got {eps}')

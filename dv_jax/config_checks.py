@@ -7,25 +7,23 @@ dotted path under `config`, e.g. `'baselines.trak.grad_block_size'` or `'fit.ci_
 """
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from dv_jax import checks
 
-def config_int(value: Any, field: str, *, minimum: int = 1) -> int:
-  """`config.<field>` as an int >= `minimum` (an integral float is accepted).
+
+def config_int(value: Any, field: str, *, minimum: Optional[int] = 1,
+               maximum: Optional[int] = None) -> int:
+  """`config.<field>` as an int in `[minimum, maximum]` (None: unbounded); a whole float
+  is accepted.
 
   Raises:
-    ValueError: naming `config.<field>`, for a bool, None, a string, a fraction, NaN / Inf
-      or a value below `minimum`.
+    ValueError: `config.<field> must be an integer >= <minimum>` (`dv_jax.checks.check_int`),
+      for a bool, None, a string, a fraction, NaN / Inf or a value below `minimum`.
   """
-  try:
-    ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
-  except (TypeError, ValueError):  # None, a string
-    ok = False
-  if not ok:
-    raise ValueError(f'config.{field} must be an int >= {minimum}, got {value!r}')
-  return int(value)
+  return checks.check_int(value, f'config.{field}', minimum=minimum, maximum=maximum)
 
 
 def config_float(value: Any, field: str, ok: Callable[[float], bool], allowed: str) -> float:

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
+
 ArrayLike = jax.typing.ArrayLike
 
 FEATURE_SPACES = ('raw', 'init_features', 'user')
@@ -111,9 +113,7 @@ def init_features(apply_fn: Callable, params: Any, x: ArrayLike, *,
     raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
   if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x))):
     raise ValueError('x contains NaN or Inf')
-  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-      or block_size < 1:
-    raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
+  block_size = checks.check_int(block_size, 'block_size')
   n = x.shape[0]
   block = min(int(block_size), 1 << (n - 1).bit_length())  # next power of two >= n
   x_pad = _pad_rows(x, block)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dv_jax import config_checks
 from dv_jax import training
 from dv_jax.models.common import BatchNormApply
 from dv_jax.data.contributors import Contributor, Split, validate_contributor
@@ -80,24 +81,6 @@ class GroundTruth(NamedTuple):
     return -self.test_loss
 
 
-def _config_int(config: Any, field: str, *, minimum: int | None) -> int:
-  """``config.<field>`` as an int; a bool, a fraction, NaN, Inf or None is an error.
-
-  ``int()`` alone truncated a seed of 0.5 to 0, read ``num_seeds=True`` as 1, and raised
-  its own ValueError / OverflowError / TypeError, naming no field, for NaN, Inf and None.
-  """
-  value = _get(config, field)
-  try:
-    valid = (not isinstance(value, (bool, np.bool_)) and int(value) == value
-             and (minimum is None or value >= minimum))
-  except (TypeError, ValueError, OverflowError):
-    valid = False
-  if not valid:
-    bound = '' if minimum is None else f' >= {minimum}'
-    raise ValueError(f'config.{field} must be an integer{bound}, got {value!r}')
-  return int(value)
-
-
 def _get(config: Any, field: str) -> Any:
   default = GroundTruthConfig._field_defaults[field]
   if isinstance(config, dict):
@@ -143,10 +126,10 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
       config, extra_fields=set(GroundTruthConfig._fields) - set(training.TrainConfig._fields))
   if train_config.checkpoint_every:
     train_config = train_config._replace(checkpoint_every=0)
-  num_seeds = _config_int(config, 'num_seeds', minimum=1)
-  bn_batches = _config_int(config, 'bn_batches', minimum=1)
+  num_seeds = config_checks.config_int(_get(config, 'num_seeds'), 'num_seeds')
+  bn_batches = config_checks.config_int(_get(config, 'bn_batches'), 'bn_batches')
   batch_norm = isinstance(apply_fn, BatchNormApply)
-  seed = _config_int(config, 'seed', minimum=None)
+  seed = config_checks.config_int(_get(config, 'seed'), 'seed', minimum=None)
   contributors = list(contributors)
   if not contributors:
     raise ValueError('contributors must hold at least one contributor')

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
+
 ArrayLike = jax.typing.ArrayLike
 _Result = TypeVar('_Result')
 
@@ -102,9 +104,7 @@ def escalate_jitter(
     ValueError: if `max_tries < 1`, `initial_jitter` is not a positive finite number, or
       no jitter succeeds.
   """
-  if (isinstance(max_tries, (bool, np.bool_)) or not isinstance(max_tries, (int, np.integer))
-      or max_tries < 1):
-    raise ValueError(f'max_tries must be a positive integer, got {max_tries!r}')
+  max_tries = checks.check_int(max_tries, 'max_tries')
   initial_jitter = float(initial_jitter)
   if not np.isfinite(initial_jitter) or initial_jitter <= 0:
     raise ValueError(f'initial_jitter must be positive and finite, got {initial_jitter}')

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import numpy as np
 
+from dv_jax import checks
+
 
 def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
   a = np.asarray(a, np.float64)
@@ -137,9 +139,8 @@ def bootstrap_indices(num_items: int, num_resamples: int, *, key: Any) -> np.nda
     ValueError: ``num_items`` (``K``) or ``num_resamples`` (``B``) not an integer >= 1
       (``randint`` on ``[0, 0)`` would return index 0 for an empty set).
   """
-  for name, value in (('num_items', num_items), ('num_resamples', num_resamples)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+  num_items = checks.check_int(num_items, 'num_items')
+  num_resamples = checks.check_int(num_resamples, 'num_resamples')
   return np.asarray(jax.random.randint(key, (num_resamples, num_items), 0, num_items))
 
 
@@ -180,11 +181,7 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
       return np.array([metric(xi, yi) for xi, yi in zip(x, y)], np.float64)
   else:
     raise ValueError(f'metric must be a string or a callable, got {metric!r}')
-  # float(nan).is_integer() is False, so a NaN count is named here rather than by int().
-  if (isinstance(num_resamples, bool) or not isinstance(num_resamples, (int, float, np.number))
-      or not float(num_resamples).is_integer() or num_resamples < 1):
-    raise ValueError(f'num_resamples must be an integer >= 1, got {num_resamples}')
-  num_resamples = int(num_resamples)
+  num_resamples = checks.check_int(num_resamples, 'num_resamples')
   if not 0.0 < float(level) < 1.0:
     raise ValueError(f'level must be in (0, 1), got {level}')
   if key is None:

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
 from dv_jax import linalg
 
 ArrayLike = jax.typing.ArrayLike
@@ -106,10 +107,7 @@ def _as_labels(labels: Optional[ArrayLike], n: int, name: str) -> jax.Array:
 
 
 def _check_num_kernels(num_kernels: int) -> int:
-  if (isinstance(num_kernels, bool) or not isinstance(num_kernels, (int, np.integer))
-      or num_kernels < 1):
-    raise ValueError(f'num_kernels must be a positive integer, got {num_kernels!r}')
-  return int(num_kernels)
+  return checks.check_int(num_kernels, 'num_kernels')
 
 
 def _check_bandwidths(bandwidths: ArrayLike) -> jax.Array:
@@ -144,9 +142,7 @@ def _median_sq_dist(x_RxD: jax.Array) -> jax.Array:
 
 
 def _median_heuristic(x: ArrayLike, max_rows: int, name: str) -> jax.Array:
-  if (isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer))
-      or max_rows < 2):
-    raise ValueError(f'max_rows must be an integer >= 2, got {max_rows!r}')
+  max_rows = checks.check_int(max_rows, 'max_rows', minimum=2)
   x = _as_features(x, name)
   n = x.shape[0]
   if n < 2:
@@ -344,9 +340,7 @@ def _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size, x
                          y_labels) -> Tuple[jax.Array, jax.Array]:
   if estimator not in ESTIMATORS:
     raise ValueError(f'estimator must be one of {ESTIMATORS}, got {estimator!r}')
-  if (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
-      or block_size < 1):
-    raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
+  block_size = checks.check_int(block_size, 'block_size')
   x = _as_features(x, 'x')
   y = _as_features(y, 'y')
   (n, d), m = x.shape, y.shape[0]

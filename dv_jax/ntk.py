@@ -52,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from dv_jax import checks
+
 PyTree = Any
 ParamFilter = Union[None, str, Callable[[str, Any], bool]]
 
@@ -177,9 +179,7 @@ def _check_projection(projection: Optional[Projection]) -> None:
     return
   if not isinstance(projection, Projection):
     raise ValueError(f'projection must be a Projection or None, got {type(projection).__name__}.')
-  if isinstance(projection.dim, bool) or not isinstance(projection.dim, (int, np.integer)) \
-      or projection.dim < 1:
-    raise ValueError(f'projection.dim must be a positive int, got {projection.dim!r}.')
+  checks.check_int(projection.dim, 'projection.dim')
   if projection.kind not in PROJECTION_KINDS:
     raise ValueError(f'projection.kind must be one of {PROJECTION_KINDS}, got '
                      f'{projection.kind!r}.')
@@ -287,13 +287,10 @@ def _check_batch(x: ArrayLike, name: str) -> jax.Array:
   return x
 
 
-def _check_block_size(block_size, allow_none: bool) -> None:
+def _check_block_size(block_size, allow_none: bool) -> Optional[int]:
   if block_size is None and allow_none:
-    return
-  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-      or block_size < 1:
-    raise ValueError(f'block_size must be a positive int{" or None" if allow_none else ""}, '
-                     f'got {block_size!r}.')
+    return None
+  return checks.check_int(block_size, 'block_size' + (' (or None)' if allow_none else ''))
 
 
 def data_parallel_mesh() -> jax.sharding.Mesh:
@@ -569,7 +566,7 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
     # Once per call, outside jit: eval_shape traces the model without running it.
     out = jax.eval_shape(scalar_fn.apply_fn, params, x[:1])
     check_class_labels(y, out.shape[1])
-  _check_block_size(block_size, allow_none=False)
+  block_size = _check_block_size(block_size, allow_none=False)
   placement = _placement(mesh, block_size)
   _check_projection(projection)
   if not callable(scalar_fn):
@@ -888,7 +885,7 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
     trace_axes = tuple(int(a) for a in trace_axes)
   except TypeError as e:
     raise ValueError(f'trace_axes must be a sequence of ints, got {trace_axes!r}.') from e
-  _check_block_size(block_size, allow_none=True)
+  block_size = _check_block_size(block_size, allow_none=True)
   if vmap_axes is None and block_size is not None:
     raise ValueError('block_size must be None when vmap_axes is None: examples interact, '
                      'so the batch cannot be split into blocks.')

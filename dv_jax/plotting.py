@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, U
 
 import numpy as np
 
+from dv_jax import checks
 from dv_jax import results
 
 if TYPE_CHECKING:
@@ -166,9 +167,7 @@ def curve_grid(panels: Sequence[Tuple[str, Sequence[Curve]]], *, ncols: int = 3,
   """
   if not panels:
     raise ValueError('panels is empty')
-  if isinstance(ncols, bool) or int(ncols) != ncols or ncols < 1:
-    raise ValueError(f'ncols must be an integer >= 1, got {ncols!r}')
-  ncols = min(int(ncols), len(panels))
+  ncols = min(checks.check_int(ncols, 'ncols'), len(panels))
   nrows = -(-len(panels) // ncols)
   fig, axes = new_figure(nrows=nrows, ncols=ncols)
   for ax, (title, curves) in zip(axes.ravel(), panels):

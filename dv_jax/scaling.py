@@ -70,6 +70,8 @@ import numpy as np
 from scipy import optimize
 from scipy import special
 
+from dv_jax import checks
+
 ArrayLike = jax.typing.ArrayLike
 
 MODES = ('hard', 'top_p', 'temperature', 'finite_sample')
@@ -104,12 +106,6 @@ def _check_pi(pi: float, *, allow_zero: bool = False) -> float:
     interval = '[0, 1]' if allow_zero else '(0, 1]'
     raise ValueError(f'pi (the real fraction) must lie in {interval}, got {pi}')
   return pi
-
-
-def _check_positive_int(value, name: str) -> int:
-  if isinstance(value, bool) or not float(value).is_integer() or value < 1:
-    raise ValueError(f'{name} must be a positive integer, got {value!r}')
-  return int(value)
 
 
 def _as_real_float64(values: ArrayLike, name: str) -> np.ndarray:
@@ -167,7 +163,7 @@ def zipf(num_items: int, beta: float) -> np.ndarray:
   Raises:
     ValueError: `num_items` not a positive integer or `beta <= 1`.
   """
-  num_items = _check_positive_int(num_items, 'num_items')
+  num_items = checks.check_int(num_items, 'num_items')
   beta = _check_beta(beta)
   weights = np.arange(1, num_items + 1, dtype=np.float64) ** -beta
   # Sum smallest first: the tail of 10^6 tiny terms would otherwise lose digits.
@@ -225,7 +221,7 @@ def synthetic_distribution(
   num_items = p.size
 
   if mode == 'hard':
-    k = _check_positive_int(k, 'k')
+    k = checks.check_int(k, 'k')
     if k > num_items:
       raise ValueError(f'k must be <= the number of items {num_items}, got {k}')
     head = np.zeros_like(p)
@@ -250,7 +246,7 @@ def synthetic_distribution(
     # Subtract the max before exp: p^(1/tau) underflows for small tau.
     head = np.where(positive, np.exp(scaled - scaled[positive].max()), 0.0)
   else:
-    num_samples = _check_positive_int(num_samples, 'num_samples')
+    num_samples = checks.check_int(num_samples, 'num_samples')
     rng = _numpy_rng(key)
     head = rng.multinomial(num_samples, p / p.sum()).astype(np.float64)
   return head / head.sum()
@@ -363,7 +359,7 @@ def effective_k(
   if mode == 'finite_sample':
     if num_samples is None:
       raise ValueError("num_samples is required for mode='finite_sample'")
-    num_samples = _check_positive_int(num_samples, 'num_samples')
+    num_samples = checks.check_int(num_samples, 'num_samples')
     _check_empirical(p_syn, num_samples)
     return int(np.count_nonzero(num_samples * p >= 1.0))
   if num_samples is not None:
@@ -490,7 +486,7 @@ def simulate_error(
   # Multinomial counts are int64: a larger n wrapped to a negative count and the error read 1.
   if n.max() >= 2.0 ** 63:
     raise ValueError(f'n must be < 2^63 (int64 sample counts), got {n.max():g}')
-  trials = _check_positive_int(trials, 'trials')
+  trials = checks.check_int(trials, 'trials')
   if not isinstance(nested, (bool, np.bool_)):
     raise ValueError(f'nested must be True or False, got {nested!r}')
   rng = _numpy_rng(key)
@@ -539,7 +535,7 @@ class PhaseAsymptotes(NamedTuple):
 
 
 def _check_k(k) -> int:
-  return _check_positive_int(k, 'k')
+  return checks.check_int(k, 'k')
 
 
 def breakpoints(beta: float, k: int, pi: float) -> Breakpoints:
@@ -750,7 +746,7 @@ def predicted_breakpoints(
   if mode == 'finite_sample':
     if num_samples is None:
       raise ValueError("num_samples is required for mode='finite_sample'")
-    num_samples = _check_positive_int(num_samples, 'num_samples')
+    num_samples = checks.check_int(num_samples, 'num_samples')
     return Breakpoints(n1=float(num_samples), n2=num_samples / pi)
   if temperature is None:
     raise ValueError("temperature is required for mode='temperature'")
@@ -1116,29 +1112,21 @@ def fit_broken_power_law(
       raise ValueError(f'{name} must be positive and finite (it is fitted in log space)')
   if y.shape != x.shape:
     raise ValueError(f'y must have the shape of x {x.shape}, got {y.shape}')
-  if isinstance(max_breaks, bool) or not float(max_breaks).is_integer() or not (
-      0 <= max_breaks <= 3):
-    raise ValueError(f'max_breaks must be an integer in 0..3, got {max_breaks!r}')
-  max_breaks = int(max_breaks)
-  if (isinstance(num_bootstrap, bool) or not float(num_bootstrap).is_integer()
-      or num_bootstrap < 0):
-    raise ValueError(f'num_bootstrap must be a non-negative integer, got {num_bootstrap!r}')
-  num_bootstrap = int(num_bootstrap)
+  max_breaks = checks.check_int(max_breaks, 'max_breaks', minimum=0, maximum=3)
+  num_bootstrap = checks.check_int(num_bootstrap, 'num_bootstrap', minimum=0)
   # A string such as 'False' is truthy and used to fit a floor without a word.
   if not isinstance(floor, (bool, np.bool_)):
     raise ValueError(f'floor must be True or False, got {floor!r}')
   # seed=None drew fresh OS entropy: a bootstrap that changed on every call.
-  if (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
-      or seed < 0):
-    raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
-  grid_points = _check_positive_int(grid_points, 'grid_points')
+  seed = checks.check_int(seed, 'seed', minimum=0)
+  grid_points = checks.check_int(grid_points, 'grid_points')
   if max_breaks >= 1 and grid_points < 2:
     # One candidate pins the first break's lower and upper bound to the same value, which
     # SciPy refused with a message naming no argument.
     raise ValueError(f'grid_points must be >= 2 to place a break, got {grid_points}')
-  num_starts = _check_positive_int(num_starts, 'num_starts')
-  min_segment_points = _check_positive_int(min_segment_points, 'min_segment_points')
-  max_evaluations = _check_positive_int(max_evaluations, 'max_evaluations')
+  num_starts = checks.check_int(num_starts, 'num_starts')
+  min_segment_points = checks.check_int(min_segment_points, 'min_segment_points')
+  max_evaluations = checks.check_int(max_evaluations, 'max_evaluations')
   if not (math.isfinite(min_break_ratio) and min_break_ratio > 1.0):
     raise ValueError(f'min_break_ratio must be a finite number > 1, got {min_break_ratio}')
   if bootstrap not in ('residual', 'case'):

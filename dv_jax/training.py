@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dv_jax import checks
+from dv_jax import config_checks
+
 OPTIMIZERS = ('adam', 'sgd', 'adamw')
 SCHEDULES = ('constant', 'cosine')
 
@@ -93,10 +96,8 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
     raise ValueError(f'config.optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}')
   if c.schedule not in SCHEDULES:
     raise ValueError(f'config.schedule must be one of {SCHEDULES}, got {c.schedule!r}')
-  for field in ('steps', 'batch_size'):
-    value = getattr(c, field)
-    if isinstance(value, (bool, np.bool_)) or int(value) != value or value < 1:
-      raise ValueError(f'config.{field} must be an integer >= 1, got {value}')
+  steps = config_checks.config_int(c.steps, 'steps')
+  batch_size = config_checks.config_int(c.batch_size, 'batch_size')
   if not float(c.learning_rate) > 0 or not math.isfinite(float(c.learning_rate)):
     raise ValueError(f'config.learning_rate must be finite and > 0, got {c.learning_rate}')
   if not (float(c.weight_decay) >= 0 and math.isfinite(float(c.weight_decay))):
@@ -107,12 +108,12 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
   if float(c.momentum) and c.optimizer != 'sgd':
     raise ValueError(f'config.momentum={c.momentum} is used only by optimizer sgd, got '
                      f'optimizer {c.optimizer!r}; set momentum to 0')
-  every = c.checkpoint_every
-  if int(every) != every or every < 0 or (every and c.steps % every):
-    raise ValueError(f'config.checkpoint_every must be 0 or divide steps={c.steps}, got '
+  every = config_checks.config_int(c.checkpoint_every, 'checkpoint_every', minimum=0)
+  if every and steps % every:
+    raise ValueError(f'config.checkpoint_every must be 0 or divide steps={steps}, got '
                      f'{every}')
-  return c._replace(steps=int(c.steps), batch_size=int(c.batch_size),
-                    checkpoint_every=int(every), learning_rate=float(c.learning_rate),
+  return c._replace(steps=steps, batch_size=batch_size,
+                    checkpoint_every=every, learning_rate=float(c.learning_rate),
                     weight_decay=float(c.weight_decay), momentum=float(c.momentum))
 
 
@@ -285,9 +286,10 @@ def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to, use_batch_s
   if out.shape != (1, num_classes):
     raise ValueError(f'num_classes={num_classes} but apply_fn returns logits of shape '
                      f'{out.shape} for one example')
-  if pad_to is not None and (isinstance(pad_to, (bool, np.bool_)) or int(pad_to) != pad_to):
-    raise ValueError(f'pad_to must be an integer >= n, got {pad_to!r}')
-  capacity = _next_power_of_two(x.shape[0]) if pad_to is None else int(pad_to)
+  if pad_to is None:
+    capacity = _next_power_of_two(x.shape[0])
+  else:
+    capacity = checks.check_int(pad_to, 'pad_to', minimum=x.shape[0])
   x_pad, y_pad = pad_examples(x, y, capacity)
   static = dict(apply_fn=loss_apply, optimizer=c.optimizer, schedule=c.schedule, steps=c.steps,
                 batch_size=c.batch_size, weight_decay=c.weight_decay, momentum=c.momentum,
@@ -377,10 +379,9 @@ def _evaluate(block_fn, apply_fn, one_params, params, x, y, block_size):
   num_classes = int(jax.eval_shape(apply_fn, one_params,
                                    sample.astype(_input_dtype(sample))).shape[-1])
   x, y = _check_xy(x, y, num_classes=num_classes)
-  if int(block_size) != block_size or block_size < 1:
-    raise ValueError(f'block_size must be an integer >= 1, got {block_size}')
+  block_size = checks.check_int(block_size, 'block_size')
   n = x.shape[0]
-  block = min(int(block_size), _next_power_of_two(n))
+  block = min(block_size, _next_power_of_two(n))
   num_blocks = -(-n // block)
   x_pad, y_pad = pad_examples(x, y, num_blocks * block)
   # Host arrays: slicing them costs no device compile per block shape.

@@ -72,6 +72,7 @@ import numpy as np
 import scipy.optimize
 
 from dv_jax import bound
+from dv_jax import checks
 from dv_jax import features as features_lib
 from dv_jax import linalg
 from dv_jax import mmd as mmd_lib
@@ -499,11 +500,9 @@ def logits_at(apply_fn: Callable, params: Any, x: ArrayLike, *, block_size: int 
   x = jnp.asarray(x)
   if x.ndim < 1 or x.shape[0] == 0:
     raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
-  if (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
-      or block_size < 1):
-    raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
+  block_size = checks.check_int(block_size, 'block_size')
   n = x.shape[0]
-  block = min(int(block_size), _bucket(n))
+  block = min(block_size, _bucket(n))
   pad = -n % block
   if pad:
     x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
@@ -578,8 +577,7 @@ def check_owner(owner: ArrayLike, num_rows: int, num_contributors: int) -> np.nd
     ValueError: naming `num_contributors` or `owner`, for `K < 1`, a shape other than
       `[N]`, non-integer entries, or an entry outside `[0, K)`.
   """
-  if int(num_contributors) != num_contributors or num_contributors < 1:
-    raise ValueError(f'num_contributors must be an int >= 1, got {num_contributors!r}')
+  num_contributors = checks.check_int(num_contributors, 'num_contributors')
   owner = np.asarray(owner)
   if owner.shape != (num_rows,):
     raise ValueError(f'owner must be [{num_rows}] (one entry per row), got shape '
@@ -1230,12 +1228,9 @@ def shapley_from_utility(utility: Callable[[Sequence[int]], float], num_players:
   Raises:
     ValueError: `num_players` or `num_permutations` not an integer >= 1.
   """
-  if int(num_permutations) != num_permutations or num_permutations < 1:
-    raise ValueError(f'num_permutations must be an integer >= 1, got {num_permutations}')
-  if int(num_players) != num_players or num_players < 1:
-    raise ValueError(f'num_players must be an integer >= 1, got {num_players}')
-  num_players = int(num_players)
-  marginals = np.zeros((int(num_permutations), num_players))
+  num_permutations = checks.check_int(num_permutations, 'num_permutations')
+  num_players = checks.check_int(num_players, 'num_players')
+  marginals = np.zeros((num_permutations, num_players))
   empty = utility(())
   for t in range(int(num_permutations)):
     order = np.asarray(jax.random.permutation(jax.random.fold_in(key, t), num_players))

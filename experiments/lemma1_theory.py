@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from dv_jax import config_checks
 from dv_jax import plotting
 from dv_jax import results
 from dv_jax import scaling
@@ -94,13 +95,10 @@ def check_config(config) -> None:
   if not ns or any(not (n >= 1 and n.is_integer()) for n in ns):
     raise ValueError(f'config.scaling.mc_ns must be a non-empty list of integers >= 1, got '
                      f'{tuple(scale.mc_ns)}')
-  if int(scale.mc_trials) < 1 or float(scale.mc_trials) != int(scale.mc_trials):
-    raise ValueError(f'config.scaling.mc_trials must be an integer >= 1, got '
-                     f'{scale.mc_trials}')
+  config_checks.config_int(scale.mc_trials, 'scaling.mc_trials')
   for field, items in (('data.num_items', config.data.num_items),
                        ('data.reference.num_items', config.data.reference.num_items)):
-    if int(items) < 2 or float(items) != int(items):
-      raise ValueError(f'config.{field} must be an integer >= 2, got {items}')
+    config_checks.config_int(items, field, minimum=2)
   ref = config.data.reference
   if not (float(ref.beta) > 1 and math.isfinite(float(ref.beta))):
     raise ValueError(f'config.data.reference.beta must be > 1, got {ref.beta}')

@@ -910,9 +910,7 @@ def _check_fit(config) -> None:
   training, with only a log warning.
   """
   fit = config.fit
-  max_breaks = config_checks.config_int(fit.max_breaks, 'fit.max_breaks', minimum=0)
-  if max_breaks > 3:
-    raise ValueError(f'config.fit.max_breaks must be an integer in 0..3, got {max_breaks}')
+  config_checks.config_int(fit.max_breaks, 'fit.max_breaks', minimum=0, maximum=3)
   for field, minimum in (('num_bootstrap', 0), ('grid_points', 1), ('num_starts', 1),
                          ('min_segment_points', 1), ('seed_bootstrap', 0),
                          ('seed_bootstrap_min_seeds', 1), ('ideal_replicates', 0)):

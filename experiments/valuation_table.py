@@ -49,6 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dv_jax import baselines
+from dv_jax import config_checks
 from dv_jax import ground_truth
 from dv_jax import metrics
 from dv_jax import plotting
@@ -250,11 +251,7 @@ def check_output(config: ml_collections.ConfigDict) -> None:
     ValueError: `config.output.bootstrap_resamples` not an integer >= 1, or
       `config.output.ci_level` outside (0, 1).
   """
-  resamples = config.output.bootstrap_resamples
-  if (isinstance(resamples, bool) or not isinstance(resamples, (int, float))
-      or not float(resamples).is_integer() or resamples < 1):
-    raise ValueError(f'config.output.bootstrap_resamples must be an integer >= 1, got '
-                     f'{resamples!r}')
+  config_checks.config_int(config.output.bootstrap_resamples, 'output.bootstrap_resamples')
   level = config.output.ci_level
   if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
     raise ValueError(f'config.output.ci_level must lie in (0, 1) (0.95, not 95), got '

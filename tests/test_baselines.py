@@ -166,8 +166,8 @@ def test_davinz_value_is_kappa_ntk_plus_mmd(setup):
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('num_blocks', 0, 'num_blocks must be an int >= 1'),
-    ('num_permutations', 0, 'num_permutations must be an int >= 1'),
+    ('num_blocks', 0, 'num_blocks must be an integer >= 1'),
+    ('num_permutations', 0, 'num_permutations must be an integer >= 1'),
     ('sigma', -1.0, 'sigma must be a finite length scale'),
     ('sigma', float('nan'), 'sigma must be a finite length scale'),
 ])
@@ -510,12 +510,12 @@ def test_trak_scores_name_a_bad_input(change, message):
 @pytest.mark.parametrize('method, field, value, message', [
     ('trak', 'projection_kind', 'sparse', 'projection_kind must be one of'),
     ('trak', 'ridge', -1.0, 'ridge must be finite and > 0'),
-    ('trak', 'grad_block_size', 0, 'grad_block_size must be an int >= 1'),
-    ('trak', 'bn_batches', 0, 'bn_batches must be an int >= 1'),
-    ('trak', 'num_models', 0, 'num_models must be an int >= 1'),
+    ('trak', 'grad_block_size', 0, 'grad_block_size must be an integer >= 1'),
+    ('trak', 'bn_batches', 0, 'bn_batches must be an integer >= 1'),
+    ('trak', 'num_models', 0, 'num_models must be an integer >= 1'),
     ('tracin', 'projection_kind', 'sparse', 'projection_kind must be one of'),
-    ('tracin', 'projection_dim', -1, 'projection_dim must be an int >= 0'),
-    ('tracin', 'grad_block_size', 0, 'grad_block_size must be an int >= 1'),
+    ('tracin', 'projection_dim', -1, 'projection_dim must be an integer >= 0'),
+    ('tracin', 'grad_block_size', 0, 'grad_block_size must be an integer >= 1'),
     ('tracin', 'num_checkpoints', 4, 'num_checkpoints must divide'),
     ('davinz', 'jitter', 0.0, 'jitter must be finite and > 0'),
 ])
@@ -538,21 +538,21 @@ def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, fiel
 
 @pytest.mark.parametrize('path, value, message', [
     ('davinz.sigma', 'wide', 'davinz.sigma must be a finite length scale'),
-    ('davinz.num_blocks', 1.5, 'davinz.num_blocks must be an int >= 1'),
+    ('davinz.num_blocks', 1.5, 'davinz.num_blocks must be an integer >= 1'),
     ('davinz.jitter', None, 'davinz.jitter must be finite and > 0'),
-    ('davinz.grad_block_size', 0, 'davinz.grad_block_size must be an int >= 1'),
-    ('davinz.projection_dim', -1, 'davinz.projection_dim must be an int >= 0'),
-    ('tracin.num_checkpoints', 1.5, 'tracin.num_checkpoints must be an int >= 1'),
+    ('davinz.grad_block_size', 0, 'davinz.grad_block_size must be an integer >= 1'),
+    ('davinz.projection_dim', -1, 'davinz.projection_dim must be an integer >= 0'),
+    ('tracin.num_checkpoints', 1.5, 'tracin.num_checkpoints must be an integer >= 1'),
     ('tracin.num_checkpoints', 4, 'tracin.num_checkpoints must divide train.steps'),
     ('tracin.train.steps', 0, r'tracin.train: config.steps must be an integer >= 1'),
     ('tracin.train.lr', 0.1, r'tracin.train: config has unknown training fields'),
-    ('tracin.bn_batches', 0, 'tracin.bn_batches must be an int >= 1'),
+    ('tracin.bn_batches', 0, 'tracin.bn_batches must be an integer >= 1'),
     ('trak.ridge', -1.0, 'trak.ridge must be finite and > 0'),
     ('trak.ridge', 'small', 'trak.ridge must be finite and > 0'),
-    ('trak.num_models', 2.5, 'trak.num_models must be an int >= 1'),
-    ('trak.projection_dim', 0, 'trak.projection_dim must be an int >= 1'),
+    ('trak.num_models', 2.5, 'trak.num_models must be an integer >= 1'),
+    ('trak.projection_dim', 0, 'trak.projection_dim must be an integer >= 1'),
     ('trak.train.optimizer', 'adamm', r'trak.train: config.optimizer must be one of'),
-    ('random.seed_offset', -1, 'random.seed_offset must be an int >= 0'),
+    ('random.seed_offset', -1, 'random.seed_offset must be an integer >= 0'),
 ])
 def test_check_config_names_a_bad_field_without_data_or_model(setup, path, value, message):
   # Before, these failed only inside `value` (after an experiment's retraining), or not

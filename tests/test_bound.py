@@ -247,7 +247,7 @@ def test_discrepancy_errors(args, pi, match):
 
 
 @pytest.mark.parametrize('n,pi,match', [
-    (0, 0.5, 'n must be a positive integer'), (2.5, 0.5, 'n must be a positive integer'),
+    (0, 0.5, 'n must be an integer >= 1'), (2.5, 0.5, 'n must be an integer >= 1'),
     (3, -0.1, 'pi must be in')])
 def test_composition_errors(n, pi, match):
   with pytest.raises(ValueError, match=match):
@@ -264,8 +264,8 @@ GRADS, RESIDUAL = _grads(6, 8, seed=12)
     (dict(method='subsample', num_sub=3), 'key is required'),
     (dict(method='subsample', key=KEY), 'num_sub is required'),
     (dict(method='subsample', key=KEY, num_sub=7), 'num_sub must be <= n'),
-    (dict(method='subsample', key=KEY, num_sub=0), 'num_sub must be a positive integer'),
-    (dict(method='block_diagonal', key=KEY, block_size=0), 'block_size must be a positive'),
+    (dict(method='subsample', key=KEY, num_sub=0), 'num_sub must be an integer >= 1'),
+    (dict(method='block_diagonal', key=KEY, block_size=0), 'block_size must be an integer'),
     (dict(method='block_diagonal', key=KEY, num_permutations=0), 'num_permutations must be'),
     (dict(method='block_diagonal', key=KEY, eps=0.0), 'eps must be positive'),
     (dict(eps=-1.0), 'eps must be positive'),

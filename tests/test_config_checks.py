@@ -19,7 +19,7 @@ def test_valid_values_come_back_typed():
 
 @pytest.mark.parametrize('value', [True, None, 'three', 2.5, math.nan, math.inf, 0, -1])
 def test_config_int_refuses(value):
-  with pytest.raises(ValueError, match=r'config\.train\.steps must be an int >= 1, got'):
+  with pytest.raises(ValueError, match=r'config\.train\.steps must be an integer >= 1, got'):
     config_checks.config_int(value, 'train.steps')
 
 

@@ -283,7 +283,7 @@ def _toy_data(n=300, num_classes=5):
     (dict(x_all=lambda x: np.concatenate([x, x])), 'x_all must have 300 rows'),
     (dict(num_classes=3), r'y_all has labels in \[0, 4\], expected \[0, 3\)'),
     (dict(y_all=lambda y: y.astype(np.float32)), 'y_all must be 1-D integer'),
-    (dict(seed=2**32 - 1), r'seed must be an integer in \[0, 2\*\*32 - 2\)'),
+    (dict(seed=2**32 - 1), r'seed must be an integer in \[0, 4294967293\]'),
 ])
 def test_pool_target_test_checks_its_inputs(change, match):
   # Before: a shorter x_all failed as an IndexError, a longer one lost rows silently, labels

@@ -388,7 +388,7 @@ def test_config_round_trip_and_derived_fields():
     (dict(model_type='qwen2', use_sliding_window=True), 'sliding'),
     (dict(vocab_size=0), 'vocab_size'),
     (dict(head_dim=5), 'even'),
-    (dict(head_dim=0), 'head_dim must be a positive int'),  # not hidden / heads silently
+    (dict(head_dim=0), 'head_dim must be an integer >= 1'),  # not hidden / heads silently
 ])
 def test_config_errors(change, message):
   with pytest.raises(ValueError, match=message):

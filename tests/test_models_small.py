@@ -332,7 +332,7 @@ def test_common_errors():
 def test_widths_must_be_whole_numbers(make, message):
   # int() used to cut a width of 7.5 to 7 (and 2.5 classes to 2) without a word; a width
   # of 0 gave an empty layer.
-  with pytest.raises(ValueError, match=rf'{message} must hold whole numbers >= 1'):
+  with pytest.raises(ValueError, match=rf'{message}(\[\d\])? must be an integer >= 1'):
     init_model(make(), jax.random.PRNGKey(0), _images(b=1))
   # Whole floats and NumPy ints (what a config may hold) are still accepted.
   init_model(MLP((np.int64(4), 3.0), np.int32(3)), jax.random.PRNGKey(0), _images(b=1))

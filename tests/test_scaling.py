@@ -105,9 +105,9 @@ def test_finite_sample_is_an_empirical_distribution():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(mode='hard'), 'k is required'),
-    (dict(mode='hard', k=0), 'k must be a positive integer'),
+    (dict(mode='hard', k=0), 'k must be an integer >= 1'),
     (dict(mode='hard', k=11), 'k must be <='),
-    (dict(mode='hard', k=2.5), 'k must be a positive integer'),
+    (dict(mode='hard', k=2.5), 'k must be an integer >= 1'),
     (dict(mode='hard', k=3, top_p=0.5), 'top_p is not used'),
     (dict(mode='top_p'), 'top_p is required'),
     (dict(mode='top_p', top_p=0.0), 'top_p must lie'),
@@ -601,7 +601,7 @@ def test_complex_inputs_are_refused():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(floor='False'), 'floor must be True or False'),  # before: a floor was fitted
-    (dict(seed=None), 'seed must be a non-negative integer'),  # before: a random bootstrap
+    (dict(seed=None), 'seed must be an integer >= 0'),  # before: a random bootstrap
     (dict(seed=-1), 'seed must be'), (dict(seed=1.5), 'seed must be'),
     (dict(seed=True), 'seed must be'),
     (dict(smoothness_range=(0.1, 1.0, 2.0)), 'smoothness_range must be a pair'),

@@ -260,8 +260,8 @@ def test_sample_rejects_a_non_bool_clip_and_a_nan_count(pool):
 def test_host_rng_path_must_be_integers():
   # Before: int(1.7) == 1, so path (1.7,) silently reused stream (1,).
   key = jax.random.PRNGKey(0)
-  with pytest.raises(ValueError, match='path entries must be integers'):
-    contributors.host_rng(key, 1.7)
+  with pytest.raises(ValueError, match=r'path\[1\] must be an integer >= 0, got 1.7'):
+    contributors.host_rng(key, 0, 1.7)
   np.testing.assert_array_equal(contributors.host_rng(key, np.int64(1)).random(3),
                                 contributors.host_rng(key, 1).random(3))
 
@@ -278,8 +278,10 @@ def test_flip_labels_rejects_bad_labels(y, match):
 
 def test_contributor_specs_size_range_must_be_integers():
   # Before: (10.9, 20.9) became sizes 10..20 without a word.
-  with pytest.raises(ValueError, match='size_range must hold two integers'):
+  with pytest.raises(ValueError, match=r'size_range\[0\] must be an integer >= 1'):
     contributors.digit_contributor_specs(3, key=jax.random.PRNGKey(0), size_range=(10.9, 20.9))
+  with pytest.raises(ValueError, match=r'size_range\[1\] must be an integer >= 20, got 10'):
+    contributors.digit_contributor_specs(3, key=jax.random.PRNGKey(0), size_range=(20, 10))
   specs = contributors.digit_contributor_specs(3, key=jax.random.PRNGKey(0),
                                                size_range=(10.0, np.int64(20)))
   assert sorted(s.size for s in specs) == [10, 15, 20]

@@ -357,7 +357,7 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
 
 @pytest.mark.parametrize('field, value, message', [
     ('data.k', 300, r'config\.data\.k must be an integer in \[1, config\.data\.num_items\)'),
-    ('scaling.num_seeds', 0, r'config\.scaling\.num_seeds must be an int >= 1'),
+    ('scaling.num_seeds', 0, r'config\.scaling\.num_seeds must be an integer >= 1'),
     ('scaling.num_points', 5, r'config\.scaling\.num_points must be >= 10'),
 ])
 def test_run_names_the_bad_field(tmp_path, field, value, message):
@@ -373,16 +373,16 @@ def _no_work(*args, **kwargs):
 
 
 @pytest.mark.parametrize('variant, field, value, message', [
-    ('smoke', 'seed', -1, r'config\.seed must be an int >= 0'),
+    ('smoke', 'seed', -1, r'config\.seed must be an integer >= 0'),
     ('smoke', 'data.beta', 1.0, r'config\.data\.beta must be > 1'),
     ('smoke', 'data.pi', 0.0, r'config\.data\.pi must be in \(0, 1\]'),
     ('smoke', 'data.name', 'cifar', r'config\.data\.name'),
     ('smoke', 'model.name', 'resnet18', r'config\.model\.name must be one of'),
-    ('smoke', 'model.embed_dim', 0, r'config\.model\.embed_dim must be an int >= 1'),
+    ('smoke', 'model.embed_dim', 0, r'config\.model\.embed_dim must be an integer >= 1'),
     ('smoke', 'model.hidden_sizes', (8, 0), r'config\.model\.hidden_sizes\[1\]'),
     ('facts_lm_smoke', 'model.num_heads', 3, r'config\.model\.d_model=16 must be a multiple'),
     ('cifar100_smoke', 'data.num_items', 50, r'config\.data\.num_items must be 100'),
-    ('cifar100_smoke', 'train.bn_batches', 0, r'config\.train\.bn_batches must be an int >= 1'),
+    ('cifar100_smoke', 'train.bn_batches', 0, r'config\.train\.bn_batches must be an integer >= 1'),
     ('smoke', 'train.learning_rate', -1.0, r'config\.train\.learning_rate must be finite'),
     ('smoke', 'train.momentum', 0.5, r'config\.train\.momentum=0\.5 is used only by'),
     ('smoke', 'train.optimizer', 'adamax', r'config\.train\.optimizer must be one of'),
@@ -393,8 +393,8 @@ def _no_work(*args, **kwargs):
     ('smoke', 'scaling.grid_above', -1.0, r'config\.scaling\.grid_above must be > 0'),
     ('smoke', 'scaling.theory_points', 0, r'config\.scaling\.theory_points'),
     ('smoke', 'scaling.grid_above', 1e-3, r'config\.scaling\.num_points=10 gives only'),
-    ('smoke', 'fit.max_breaks', -1, r'config\.fit\.max_breaks must be an int >= 0'),
-    ('smoke', 'fit.max_breaks', 4, r'config\.fit\.max_breaks must be an integer in 0\.\.3'),
+    ('smoke', 'fit.max_breaks', -1, r'config\.fit\.max_breaks must be an integer in \[0, 3\]'),
+    ('smoke', 'fit.max_breaks', 4, r'config\.fit\.max_breaks must be an integer in \[0, 3\]'),
     ('smoke', 'fit.ci_level', 95.0, r'config\.fit\.ci_level must be in \(0, 1\)'),
     ('smoke', 'fit.bootstrap', 'block', r'config\.fit\.bootstrap'),
     ('smoke', 'fit.num_bootstrap', -1, r'config\.fit\.num_bootstrap'),
@@ -404,7 +404,7 @@ def _no_work(*args, **kwargs):
     ('smoke', 'fit.sigma_floor', 0.0, r'config\.fit\.sigma_floor must be > 0'),
     ('smoke', 'fit.grid_points', 0, r'config\.fit\.grid_points'),
     ('smoke', 'fit.min_segment_points', 6, r'config\.scaling\.num_points must be >= 12'),
-    ('smoke', 'fit.seed_bootstrap', -1, r'config\.fit\.seed_bootstrap must be an int >= 0'),
+    ('smoke', 'fit.seed_bootstrap', -1, r'config\.fit\.seed_bootstrap must be an integer >= 0'),
     ('smoke', 'fit.seed_bootstrap_min_seeds', 0, r'config\.fit\.seed_bootstrap_min_seeds'),
     ('smoke', 'fit.ideal_replicates', -1, r'config\.fit\.ideal_replicates'),
     ('smoke', 'fit.ideal_seed_counts', (6, 0), r'config\.fit\.ideal_seed_counts\[1\]'),
@@ -412,7 +412,8 @@ def _no_work(*args, **kwargs):
     ('smoke', 'fit.ideal_seed_counts', (6, 6), r'config\.fit\.ideal_seed_counts repeats'),
     ('smoke', 'truncation.modes', ('hard', 'top_p', 'hard'), r'truncation\.modes repeats'),
     ('smoke', 'truncation.modes', ('top_p',), r'config\.truncation\.modes must hold hard'),
-    ('smoke', 'truncation.grid_stride', 0, r'config\.truncation\.grid_stride must be an int >= 1'),
+    ('smoke', 'truncation.grid_stride', 0,
+     r'config\.truncation\.grid_stride must be an integer >= 1'),
     ('smoke', 'truncation.grid_stride', 2, r'grid_stride=2 leaves 5 sizes'),
     ('smoke', 'truncation.num_seeds', 0, r'config\.truncation\.num_seeds'),
     ('smoke', 'output.figure_dpi', 0, r'config\.output\.figure_dpi must be > 0'),

@@ -796,7 +796,7 @@ def test_cross_entropy_matches_numpy_and_rejects_bad_labels(setup):
     valuation.cross_entropy(logits[0], labels[:1])
   with pytest.raises(ValueError, match='x must be a non-empty batch'):
     valuation.logits_at(setup['apply_fn'], setup['params'], np.zeros((0, DIM), np.float32))
-  with pytest.raises(ValueError, match='block_size must be a positive integer'):
+  with pytest.raises(ValueError, match='block_size must be an integer >= 1'):
     valuation.logits_at(setup['apply_fn'], setup['params'], np.zeros((2, DIM), np.float32),
                         block_size=0)
   with pytest.raises(ValueError, match='num_players must be an integer >= 1'):

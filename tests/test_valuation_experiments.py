@@ -191,12 +191,12 @@ def test_subsample_budget_of_the_whole_pool_is_refused(tmp_path, monkeypatch):
 @pytest.mark.parametrize('path, value, match', [
     ('trak.ridge', -1.0, r'config\.baselines\.trak\.ridge must be finite and > 0'),
     ('tracin.num_checkpoints', 1.5,
-     r'config\.baselines\.tracin\.num_checkpoints must be an int >= 1'),
-    ('tracin.grad_block_size', 0, r'config\.baselines\.tracin\.grad_block_size must be an int'),
+     r'config\.baselines\.tracin\.num_checkpoints must be an integer >= 1'),
+    ('tracin.grad_block_size', 0, r'config\.baselines\.tracin\.grad_block_size must be an integer'),
     ('davinz.grad_block_size', 'big', r'config\.baselines\.davinz\.grad_block_size must be'),
     ('davinz.sigma', -1.0, r'config\.baselines\.davinz\.sigma must be a finite length scale'),
     ('trak.train.steps', 0, r'config\.baselines\.trak\.train: config\.steps must be'),
-    ('random.seed_offset', -1, r'config\.baselines\.random\.seed_offset must be an int >= 0'),
+    ('random.seed_offset', -1, r'config\.baselines\.random\.seed_offset must be an integer >= 0'),
 ])
 def test_bad_baseline_settings_fail_before_any_work(tmp_path, monkeypatch, path, value, match):
   # Before, a baseline checked its section only when its unit's turn came: after the

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import checks as checks_lib
 from dv_jax import config_checks
 from dv_jax import mmd as mmd_lib
 from dv_jax import ntk as ntk_lib
@@ -65,13 +66,6 @@ def default_config() -> ml_collections.ConfigDict:
       projection_dim=0,
       projection_kind='rademacher',
   ))
-
-
-def _check_count(value: Any, name: str) -> int:
-  """`value` as an int >= 1, else a ValueError naming `name`."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f'{name} must be an int >= 1, got {value!r}')
-  return int(value)
 
 
 def _check_sigma(sigma: Any) -> float:
@@ -114,8 +108,8 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
       with `n >= 1`; `residual` not `[n]`; `jitter` not finite and > 0; NaN or Inf in
       `grads` or `residual`.
   """
-  num_blocks = _check_count(num_blocks, 'num_blocks')
-  num_permutations = _check_count(num_permutations, 'num_permutations')
+  num_blocks = checks_lib.check_int(num_blocks, 'num_blocks')
+  num_permutations = checks_lib.check_int(num_permutations, 'num_permutations')
   grads = np.asarray(grads, np.float32)
   residual = np.asarray(residual, np.float32)
   if grads.ndim != 2 or grads.shape[0] < 1:
@@ -180,13 +174,14 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   """
   cfg = checks.config_section(config, 'davinz')
   sigma = _check_sigma(cfg.sigma)
-  num_blocks = _check_count(cfg.num_blocks, 'config.baselines.davinz.num_blocks')
-  num_permutations = _check_count(cfg.num_permutations,
-                                  'config.baselines.davinz.num_permutations')
+  num_blocks = config_checks.config_int(cfg.num_blocks, 'baselines.davinz.num_blocks')
+  num_permutations = config_checks.config_int(cfg.num_permutations,
+                                              'baselines.davinz.num_permutations')
   jitter = config_checks.config_positive_float(cfg.jitter, 'baselines.davinz.jitter')
-  grad_block_size = config_checks.config_int(cfg.grad_block_size, 'baselines.davinz.grad_block_size')
+  grad_block_size = config_checks.config_int(cfg.grad_block_size,
+                                             'baselines.davinz.grad_block_size')
   projection_dim = config_checks.config_int(cfg.get('projection_dim', 0),
-                                     'baselines.davinz.projection_dim', minimum=0)
+                                            'baselines.davinz.projection_dim', minimum=0)
   projection_kind = cfg.get('projection_kind', 'rademacher')
   if projection_dim and projection_kind not in ntk_lib.PROJECTION_KINDS:
     raise ValueError(f'config.baselines.davinz.projection_kind must be one of '

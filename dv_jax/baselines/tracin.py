@@ -170,14 +170,16 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   cfg = checks.config_section(config, 'tracin')
   train_config = checks.config_train(cfg.train, 'baselines.tracin.train')
   steps = int(train_config.steps)
-  num_checkpoints = config_checks.config_int(cfg.num_checkpoints, 'baselines.tracin.num_checkpoints')
+  num_checkpoints = config_checks.config_int(cfg.num_checkpoints,
+                                             'baselines.tracin.num_checkpoints')
   if steps % num_checkpoints:
     raise ValueError(f'config.baselines.tracin.num_checkpoints must divide train.steps = '
                      f'{steps}, got {num_checkpoints}')
   train_config = train_config._replace(checkpoint_every=steps // num_checkpoints)
   projection_dim = config_checks.config_int(cfg.projection_dim, 'baselines.tracin.projection_dim',
-                                     minimum=0)
-  grad_block_size = config_checks.config_int(cfg.grad_block_size, 'baselines.tracin.grad_block_size')
+                                            minimum=0)
+  grad_block_size = config_checks.config_int(cfg.grad_block_size,
+                                             'baselines.tracin.grad_block_size')
   # config.ntk.data_parallel (absent: off) splits each gradient block over the devices.
   mesh = valuation.gradient_mesh(config, block_size=grad_block_size,
                                  field='baselines.tracin.grad_block_size')

@@ -26,6 +26,7 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
+from dv_jax import checks
 from dv_jax.data import longtail
 from dv_jax.data import tokenize
 from dv_jax.data.contributors import Split
@@ -91,12 +92,10 @@ def make_arithmetic_task(*, num_values: int, beta: float, key: jax.Array,
   if operation not in OPERATIONS:
     raise ValueError(f'operation must be one of {OPERATIONS}, got {operation!r}')
   if operation == 'mul_mod':
-    if modulus is None or int(modulus) != modulus or modulus < 2:
-      raise ValueError(f'modulus must be an integer >= 2 for mul_mod, got {modulus!r}')
-    modulus = int(modulus)
+    modulus = checks.check_int(modulus, 'modulus', minimum=2)
   elif modulus is not None:
     raise ValueError('modulus is only used by operation="mul_mod"')
-  num_values = longtail.check_count(num_values, 'num_values', minimum=2)
+  num_values = checks.check_int(num_values, 'num_values', minimum=2)
   order_key, trunc_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
   p = longtail.zipf_probs(num_values, beta=beta)
   p_syn = longtail.truncated_probs(p, mode=mode, k=k, top_p=top_p, temperature=temperature,

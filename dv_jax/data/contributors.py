@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
+
 
 class Split(NamedTuple):
   """A set of labelled examples.
@@ -57,11 +59,8 @@ def host_rng(key: Any, *path: int) -> np.random.Generator:
   if words.ndim != 1 or not np.issubdtype(words.dtype, np.integer):
     raise ValueError(f'key must be a single PRNG key, got {words.dtype} {words.shape}')
   # int(1.7) == 1 used to reuse stream 1 for path entry 1.7.
-  if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or i < 0
-         for i in path):
-    raise ValueError(f'path entries must be integers >= 0, got {path}')
-  return np.random.default_rng([int(w) for w in words.astype(np.uint32)] +
-                               [int(i) for i in path])
+  path = [checks.check_int(i, f'path[{j}]', minimum=0) for j, i in enumerate(path)]
+  return np.random.default_rng([int(w) for w in words.astype(np.uint32)] + path)
 
 
 def _part_size(x: Any, y: Any) -> int:
@@ -263,17 +262,12 @@ def digit_contributor_specs(num_contributors: int = 12, *, key: Any,
     ValueError: naming the argument for ``K < 2``, a bad size range, or levels out of range.
   """
   from dv_jax.data import synthetic  # pylint: disable=g-import-not-at-top  (acyclic imports)
-  if int(num_contributors) != num_contributors or num_contributors < 2:
-    raise ValueError(f'num_contributors must be an integer >= 2, got {num_contributors}')
+  num_contributors = checks.check_int(num_contributors, 'num_contributors', minimum=2)
   if len(size_range) != 2:
     raise ValueError(f'size_range must be (smallest, largest), got {tuple(size_range)}')
   # int(10.9) == 10 used to move the design's sizes without a word.
-  if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, float, np.number))
-         or not np.isfinite(s) or not float(s).is_integer() for s in size_range):
-    raise ValueError(f'size_range must hold two integers, got {tuple(size_range)}')
-  lo, hi = (int(s) for s in size_range)
-  if not 1 <= lo <= hi:
-    raise ValueError(f'size_range must satisfy 1 <= low <= high, got {tuple(size_range)}')
+  lo = checks.check_int(size_range[0], 'size_range[0]')
+  hi = checks.check_int(size_range[1], 'size_range[1]', minimum=lo)
   for arg, levels in (('pis', pis), ('label_noises', label_noises)):
     if len(levels) == 0 or any(not 0.0 <= float(v) <= 1.0 for v in levels):
       raise ValueError(f'{arg} must be a non-empty list of values in [0, 1], got {levels}')
@@ -328,10 +322,7 @@ def _flip_labels(y: np.ndarray, *, fraction: float, num_classes: int,
                  rng: np.random.Generator) -> np.ndarray:
   if not 0.0 <= float(fraction) <= 1.0:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
-  if (isinstance(num_classes, (bool, np.bool_))
-      or not isinstance(num_classes, (int, float, np.number)) or not np.isfinite(num_classes)
-      or int(num_classes) != num_classes or num_classes < 2):
-    raise ValueError(f'num_classes must be an integer >= 2, got {num_classes}')
+  num_classes = checks.check_int(num_classes, 'num_classes', minimum=2)
   # A [n, 2] y used to have whole rows flipped, float labels were truncated to ints and labels
   # outside [0, c) kept as they were.
   y = np.asarray(y)

@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
+from dv_jax import checks
 from dv_jax.data import longtail
 from dv_jax.data import tokenize
 from dv_jax.data.contributors import Split
@@ -76,7 +77,7 @@ def make_facts_task(*, num_items: int, num_answers: int, beta: float, key: jax.A
   Returns:
     `FactsTask`.
   """
-  num_answers = longtail.check_count(num_answers, 'num_answers', minimum=2)
+  num_answers = checks.check_int(num_answers, 'num_answers', minimum=2)
   answer_key, trunc_key, code_key = (jax.random.fold_in(key, i) for i in range(3))
   p = longtail.zipf_probs(num_items, beta=beta)
   p_syn = longtail.truncated_probs(p, mode=mode, k=k, top_p=top_p, temperature=temperature,
@@ -128,7 +129,7 @@ def item_codes(task: FactsTask, ids, *, code_dim: int = 64) -> np.ndarray:
     ValueError: `ids` not 1-D integer ids in `[0, N)`, or a bad `code_dim`.
   """
   ids = _check_item_ids(ids, 'ids', task.num_items).astype(np.int32)
-  code_dim = longtail.check_count(code_dim, 'code_dim')
+  code_dim = checks.check_int(code_dim, 'code_dim')
   num_blocks = -(-ids.size // _CODE_BLOCK)
   padded = np.zeros(num_blocks * _CODE_BLOCK, np.int32)
   padded[:ids.size] = ids
@@ -212,9 +213,9 @@ def facts_test_split(task: FactsTask, *, representation: str = 'one_hot',
   Returns:
     `WeightedSplit(split, weight = p)`; `sum weight * [wrong]` is the test error.
   """
-  num = task.num_items if max_items is None else min(int(max_items), task.num_items)
-  if num < 1:
-    raise ValueError(f'max_items must be >= 1, got {max_items!r}')
+  num = task.num_items
+  if max_items is not None:  # int(2.5) used to keep 2 items without a word
+    num = min(checks.check_int(max_items, 'max_items'), num)
   ids = np.arange(num)
   weight = task.p[:num] / task.p[:num].sum()
   split = Split(encode_items(task, ids, representation=representation, code_dim=code_dim),

@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
+from dv_jax import checks
 from dv_jax import scaling
 from dv_jax.data.contributors import Split
 
@@ -65,18 +66,6 @@ def _check_probs(p, name: str) -> np.ndarray:
   return p / total
 
 
-def check_count(value, name: str, *, minimum: int = 1) -> int:
-  try:
-    # int() of None, NaN or Inf raises its own TypeError / ValueError / OverflowError, none
-    # of which names the argument.
-    valid = not isinstance(value, bool) and int(value) == value and value >= minimum
-  except (TypeError, ValueError, OverflowError):
-    valid = False
-  if not valid:
-    raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
-  return int(value)
-
-
 def zipf_probs(num_items: int, *, beta: float) -> np.ndarray:
   """Real item frequencies `p_r ∝ r^-beta`, `r = 1..N`, in float64 (`scaling.zipf`).
 
@@ -90,7 +79,7 @@ def zipf_probs(num_items: int, *, beta: float) -> np.ndarray:
   Raises:
     ValueError: if `num_items < 1` or `beta <= 1`.
   """
-  num_items = check_count(num_items, 'num_items')
+  num_items = checks.check_int(num_items, 'num_items')
   return np.asarray(scaling.zipf(num_items, beta), dtype=np.float64)
 
 
@@ -149,7 +138,7 @@ def sample_items(p, *, num_samples: int, key: jax.Array) -> np.ndarray:
     int64 [n] item indices in `[0, N)` (index `r - 1` for rank `r`).
   """
   p = _check_probs(p, 'p')
-  num_samples = check_count(num_samples, 'num_samples', minimum=0)
+  num_samples = checks.check_int(num_samples, 'num_samples', minimum=0)
   cdf = np.cumsum(p)
   # From the last item with positive mass on, the CDF is 1. Setting only cdf[-1] left
   # trailing zero-mass items (a `hard` truncation's whole tail) the round-off gap
@@ -223,7 +212,7 @@ def sample_by_class(labels, class_probs, *, num_samples: int, key: jax.Array) ->
   if empty.size:
     raise ValueError(f'classes {empty[:10].tolist()} have positive probability but no example '
                      'in labels')
-  num_samples = check_count(num_samples, 'num_samples', minimum=0)
+  num_samples = checks.check_int(num_samples, 'num_samples', minimum=0)
   class_key, example_key = jax.random.split(key)
   classes = sample_items(class_probs, num_samples=num_samples, key=class_key)
   by_class = np.argsort(labels, kind='stable')
@@ -258,7 +247,7 @@ def longtail_indices(labels, *, beta: float, num_samples: int, key: jax.Array,
   if labels.ndim != 1 or labels.size == 0:
     raise ValueError(f'labels must be a non-empty 1-D array, got shape {labels.shape}')
   if num_classes is not None:
-    num_classes = check_count(num_classes, 'num_classes')
+    num_classes = checks.check_int(num_classes, 'num_classes')
     if class_order is not None and len(class_order) != num_classes:
       raise ValueError(f'class_order has {len(class_order)} labels but num_classes is '
                        f'{num_classes}')
@@ -272,7 +261,7 @@ def longtail_indices(labels, *, beta: float, num_samples: int, key: jax.Array,
 
 def split_counts(num_examples: int, *, pi: float) -> tuple:
   """`(n_real, n_synthetic)` with `n_real = round(pi * n)` (the paper's `pi = |S1| / n`)."""
-  num_examples = check_count(num_examples, 'num_examples', minimum=0)
+  num_examples = checks.check_int(num_examples, 'num_examples', minimum=0)
   if not np.isfinite(pi) or not 0.0 <= pi <= 1.0:
     raise ValueError(f'pi must lie in [0, 1], got {pi!r}')
   num_real = int(round(pi * num_examples))

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dv_jax import checks
+
 from dv_jax.data.contributors import Split
 
 
@@ -55,9 +57,7 @@ def stratified_take(index, labels, size: int, seed: int):
   n = index.shape[0]
   if labels.shape != (n,):
     raise ValueError(f'labels must have shape ({n},) like index, got {labels.shape}')
-  if isinstance(size, bool) or int(size) != size or not 1 <= size <= n:
-    raise ValueError(f'size must be an integer in [1, {n}], got {size!r}')
-  size = int(size)
+  size = checks.check_int(size, 'size', maximum=n)
   if size == n:
     return np.sort(index), index[:0]
   counts = np.unique(labels, return_counts=True)[1]
@@ -127,20 +127,18 @@ def pool_target_test(x_all: np.ndarray, y_all: np.ndarray, *, num_classes: int, 
     raise ValueError(f'pool_fraction must be in (0, 1], got {pool_fraction}')
   # The three takes use seed, seed + 1 and seed + 2, each a scikit-learn random_state that
   # must lie below 2**32.
-  if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**32 - 2:
-    raise ValueError(f'seed must be an integer in [0, 2**32 - 2), got {seed!r}')
-  for name, size in (('target_size', target_size), ('test_size', test_size)):
-    if int(size) != size or size < num_classes:
-      raise ValueError(f'{name} must be an integer >= {num_classes}, got {size}')
-  rest_size = num_examples - int(target_size) - int(test_size)
+  seed = checks.check_int(seed, 'seed', minimum=0, maximum=2**32 - 3)
+  target_size = checks.check_int(target_size, 'target_size', minimum=num_classes)
+  test_size = checks.check_int(test_size, 'test_size', minimum=num_classes)
+  rest_size = num_examples - target_size - test_size
   pool_size = int(round(float(pool_fraction) * rest_size))
   if pool_size < num_classes:
     raise ValueError(f'target_size={target_size} and test_size={test_size} with '
                      f'pool_fraction={pool_fraction} leave {pool_size} pool rows of '
                      f'{num_examples}; need >= {num_classes}')
   index = np.arange(num_examples)
-  test_index, rest = stratified_take(index, y_all, int(test_size), seed)
-  target_index, rest = stratified_take(rest, y_all[rest], int(target_size), seed + 1)
+  test_index, rest = stratified_take(index, y_all, test_size, seed)
+  target_index, rest = stratified_take(rest, y_all[rest], target_size, seed + 1)
   pool_index, _ = stratified_take(rest, y_all[rest], pool_size, seed + 2)
 
   def split(idx):

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
 from dv_jax import scaling
 from dv_jax.data.contributors import Split, host_rng
 
@@ -112,8 +113,7 @@ def long_tail_class_probs(num_classes: int, *, beta: float,
   Raises:
     ValueError: for ``c < 1``, ``beta < 0`` or an ``order`` that is not a permutation.
   """
-  if int(num_classes) != num_classes or num_classes < 1:
-    raise ValueError(f'num_classes must be an integer >= 1, got {num_classes}')
+  num_classes = checks.check_int(num_classes, 'num_classes')
   if not float(beta) >= 0.0:
     raise ValueError(f'beta must be >= 0, got {beta}')
   order = np.arange(num_classes) if order is None else np.asarray(order)
@@ -123,17 +123,6 @@ def long_tail_class_probs(num_classes: int, *, beta: float,
   probs = np.empty(num_classes)
   probs[order] = ranked / ranked.sum()
   return probs
-
-
-def _is_integer(value: Any, *, minimum: int) -> bool:
-  """A whole number (not a bool, not NaN) >= `minimum`; 3.0 counts, 2.5 and '3' do not."""
-  if isinstance(value, (str, bytes)):
-    return False
-  array = np.asarray(value)
-  if array.ndim != 0 or array.dtype.kind not in 'iuf':
-    return False
-  value = float(array)
-  return bool(np.isfinite(value) and value.is_integer() and value >= minimum)
 
 
 def _check_probs(probs: Any, name: str) -> np.ndarray:
@@ -257,18 +246,15 @@ def fit_generator(x: Any, y: Any, *, num_components: int = 20, num_classes: int 
   if y_np.shape != (x_np.shape[0],) or not np.issubdtype(y_np.dtype, np.integer):
     raise ValueError(f'y must be integer labels of shape ({x_np.shape[0]},), got '
                      f'{y_np.dtype} {y_np.shape}')
-  if num_classes is not None and not _is_integer(num_classes, minimum=1):
-    # int(10.5) used to give 10 classes silently.
-    raise ValueError(f'num_classes must be an integer >= 1 or None, got {num_classes!r}')
-  c = int(y_np.max()) + 1 if num_classes is None else int(num_classes)
+  if num_classes is None:
+    c = int(y_np.max()) + 1
+  else:  # int(10.5) used to give 10 classes silently.
+    c = checks.check_int(num_classes, 'num_classes')
   if y_np.min() < 0 or y_np.max() >= c:
     raise ValueError(f'y has labels outside [0, {c})')
   flat = x_np.reshape(x_np.shape[0], -1)
   n, d = flat.shape
-  if not _is_integer(num_components, minimum=1) or not num_components <= min(n, d):
-    raise ValueError(f'num_components must be an integer in [1, {min(n, d)}], got '
-                     f'{num_components!r}')
-  q = int(num_components)
+  q = checks.check_int(num_components, 'num_components', maximum=min(n, d))
   # ridge = inf made every Cholesky factor NaN (a warning, no error).
   if not 0.0 <= float(ridge) < np.inf:
     raise ValueError(f'ridge must be finite and >= 0, got {ridge}')
@@ -301,9 +287,7 @@ def sample_from_rng(generator: GaussianPCAGenerator, rng: np.random.Generator, n
     ``Split`` of NumPy arrays: ``x [num, *feature_shape]`` float32, ``y [num]`` int32,
     ``is_synthetic [num]`` all True.
   """
-  if not _is_integer(num, minimum=0):
-    raise ValueError(f'num must be an integer >= 0, got {num!r}')
-  num = int(num)
+  num = checks.check_int(num, 'num', minimum=0)
   if not isinstance(clip, (bool, np.bool_)):  # clip='no' is truthy
     raise ValueError(f'clip must be True or False, got {clip!r}')
   c = generator.class_means.shape[0]

@@ -24,6 +24,8 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dv_jax import checks
+
 TASKS = ('sentiment', 'instruction', 'reasoning')
 SENTIMENT_LABEL_NAMES = ('negative', 'positive')
 SOURCES = ('real', 'synthetic')
@@ -292,9 +294,8 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
       path.
   """
   path = Path(os.fspath(path))
-  if max_records is not None and (isinstance(max_records, bool) or not isinstance(
-      max_records, (int, np.integer)) or max_records < 1):
-    raise ValueError(f'max_records must be an integer >= 1, got {max_records!r}')
+  if max_records is not None:
+    max_records = checks.check_int(max_records, 'max_records')
   if path.is_file():
     if path.suffix != '.jsonl':
       raise ValueError(f'{path}: expected a .jsonl file or a datasets directory')

@@ -18,6 +18,8 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dv_jax import checks
+
 PAD, UNK, BOS, EOS, SEP = '<pad>', '<unk>', '<bos>', '<eos>', '<sep>'
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, SEP)
 LEVELS = ('char', 'word')
@@ -89,11 +91,12 @@ class VocabTokenizer:
     """
     if level not in LEVELS:
       raise ValueError(f'level must be one of {LEVELS}, got {level!r}')
-    if max_vocab is not None and max_vocab < len(SPECIAL_TOKENS) + len(extra_tokens):
-      raise ValueError(f'max_vocab={max_vocab} leaves no room beyond the '
-                       f'{len(SPECIAL_TOKENS)} special and {len(extra_tokens)} extra tokens')
-    if min_count < 1:
-      raise ValueError(f'min_count must be >= 1, got {min_count}')
+    if max_vocab is not None:
+      max_vocab = checks.check_int(max_vocab, 'max_vocab', minimum=None)
+      if max_vocab < len(SPECIAL_TOKENS) + len(extra_tokens):
+        raise ValueError(f'max_vocab={max_vocab} leaves no room beyond the '
+                         f'{len(SPECIAL_TOKENS)} special and {len(extra_tokens)} extra tokens')
+    min_count = checks.check_int(min_count, 'min_count')
     if isinstance(texts, (str, bytes)):
       # Iterating a bare string fits a vocabulary of its characters, whatever the level.
       raise ValueError('texts must be a sequence of strings, got one string')
@@ -219,12 +222,6 @@ def _check_texts(texts, name: str) -> list:
   return texts
 
 
-def _check_max_len(max_len) -> int:
-  if (isinstance(max_len, (bool, np.bool_)) or not isinstance(max_len, (int, np.integer))):
-    raise ValueError(f'max_len must be an integer, got {max_len!r}')
-  return int(max_len)
-
-
 def _specials(tokenizer) -> Tuple[list, list, list]:
   bos = [] if getattr(tokenizer, 'bos_id', None) is None else [tokenizer.bos_id]
   sep = [] if getattr(tokenizer, 'sep_id', None) is None else [tokenizer.sep_id]
@@ -255,7 +252,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
       lengths, a non-integer or too small `max_len`, or a pair left without a response
       token (an empty response and a tokenizer without `<eos>`: nothing to score).
   """
-  max_len = _check_max_len(max_len)
+  max_len = checks.check_int(max_len, 'max_len')
   prompts = _check_texts(prompts, 'prompts')
   responses = _check_texts(responses, 'responses')
   if len(prompts) != len(responses):
@@ -293,7 +290,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], *,
     tokens int32 [n, max_len] and lengths int32 [n] (the `prompt_lengths` of
     `dv_jax.models.transformer.sample`).
   """
-  max_len = _check_max_len(max_len)
+  max_len = checks.check_int(max_len, 'max_len')
   prompts = _check_texts(prompts, 'prompts')
   bos, sep, _ = _specials(tokenizer)
   budget = max_len - len(bos) - len(sep)
@@ -316,7 +313,7 @@ def encode_texts(tokenizer, texts: Sequence[str], *,
   Returns:
     tokens int32 [n, max_len] and lengths int32 [n].
   """
-  max_len = _check_max_len(max_len)
+  max_len = checks.check_int(max_len, 'max_len')
   texts = _check_texts(texts, 'texts')
   bos, _, eos = _specials(tokenizer)
   if max_len < len(bos) + 1:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dv_jax import checks
 from dv_jax.data import longtail
 from dv_jax.data import splits
 from dv_jax.data import tokenize
@@ -173,10 +174,10 @@ def load_tweets(*, seed: int = 0, target_size: int = 1000, test_size: int = 4000
   """
   # Checked before the CSV is read: a NaN threshold kept no tweet and was reported as sizes
   # that "leave -5000 of 0 tweets", and a train_size of 10.5 was silently cut to 10.
-  target_size = longtail.check_count(target_size, 'target_size', minimum=NUM_CLASSES)
-  test_size = longtail.check_count(test_size, 'test_size', minimum=NUM_CLASSES)
+  target_size = checks.check_int(target_size, 'target_size', minimum=NUM_CLASSES)
+  test_size = checks.check_int(test_size, 'test_size', minimum=NUM_CLASSES)
   if train_size is not None:
-    train_size = longtail.check_count(train_size, 'train_size', minimum=NUM_CLASSES)
+    train_size = checks.check_int(train_size, 'train_size', minimum=NUM_CLASSES)
   if min_confidence is not None:
     try:
       finite = np.isfinite(float(min_confidence))
@@ -328,7 +329,7 @@ def train_tweet_lm(train_texts: Sequence[str], train_labels, *, key: jax.Array,
     raise ValueError(f'train_labels must lie in [0, {NUM_CLASSES})')
   for field in ('max_len', 'num_steps', 'batch_size', 'sample_batch_size', 'num_layers',
                 'num_heads', 'd_model', 'd_ff'):
-    longtail.check_count(getattr(cfg, field), f'lm_config.{field}')
+    checks.check_int(getattr(cfg, field), f'lm_config.{field}')
   # A NaN or non-positive rate trained NaN (or frozen) weights without a word.
   learning_rate = cfg.learning_rate
   if (isinstance(learning_rate, (bool, np.bool_))
@@ -380,7 +381,7 @@ def sample_tweets(model, params, tokenizer, labels, *, key: jax.Array,
     raise ValueError(f'labels must lie in [0, {NUM_CLASSES}), got values in '
                      f'[{labels.min()}, {labels.max()}]')
   labels = labels.astype(np.int64)
-  sample_batch_size = longtail.check_count(sample_batch_size, 'sample_batch_size')
+  sample_batch_size = checks.check_int(sample_batch_size, 'sample_batch_size')
   label_ids = np.asarray([tokenizer.tokens.index(tok) for tok in LABEL_TOKENS], np.int32)
   prompts = np.stack([np.full(labels.size, tokenizer.bos_id, np.int32), label_ids[labels]],
                      axis=1)
@@ -426,7 +427,7 @@ def generate_synthetic_tweets(train_texts: Sequence[str], train_labels, *, key: 
   Returns:
     `SyntheticTweets`.
   """
-  num = longtail.check_count(num, 'num')
+  num = checks.check_int(num, 'num')
   # Checked before the (costly) training rather than by the sampler after it.
   if not (np.isfinite(temperature) and temperature > 0):
     raise ValueError(f'temperature must be finite and > 0, got {temperature!r}')

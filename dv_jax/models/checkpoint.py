@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
 from dv_jax.models.llama import Llama
 from dv_jax.models.llama import LlamaConfig
 
@@ -325,8 +326,8 @@ def save_hf_checkpoint(directory: Any, config: LlamaConfig, params: Dict[str, An
     ValueError: params do not match the config (a missing leaf, a wrong shape, or a leaf
       the config has no tensor for), or max_shard_bytes < 1.
   """
-  if max_shard_bytes is not None and max_shard_bytes < 1:
-    raise ValueError(f'max_shard_bytes must be >= 1, got {max_shard_bytes}')
+  if max_shard_bytes is not None:
+    max_shard_bytes = checks.check_int(max_shard_bytes, 'max_shard_bytes')
   state = params_to_hf_state_dict(config, params)
   shapes = param_shapes(config)
   # Leaves the config has no tensor for (the params of a deeper model, an untied head under

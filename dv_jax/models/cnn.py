@@ -10,6 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from dv_jax import checks
 from dv_jax.models.common import check_widths
 
 
@@ -39,7 +40,7 @@ class SmallCNN(nn.Module):
         not an integer >= 1.
     """
     channels = check_widths('channels', self.channels)
-    (num_classes,) = check_widths('num_classes', (self.num_classes,))
+    num_classes = checks.check_int(self.num_classes, 'num_classes')
     if x.ndim == 3:
       x = x[..., None]
     if x.ndim != 4:

@@ -33,22 +33,17 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from dv_jax import checks
 
 
 def check_widths(name: str, values: Any) -> tuple[int, ...]:
   """Layer widths as ints, each an integer >= 1 (a float 7.5 or a 0 is refused, not cut).
 
   Raises:
-    ValueError: naming `name`, for a value that is not a whole number >= 1.
+    ValueError: naming `name[i]`, for a value that is not a whole number >= 1.
   """
-  out = []
-  for value in values:
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-        or not np.isfinite(value) or int(value) != value or value < 1):
-      raise ValueError(f'{name} must hold whole numbers >= 1, got {tuple(values)!r}')
-    out.append(int(value))
-  return tuple(out)
+  return tuple(checks.check_int(value, f'{name}[{i}]') for i, value in enumerate(values))
 
 
 def _accepted_kwargs(model: nn.Module) -> set[str]:
@@ -189,15 +184,14 @@ class BatchNormApply:
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[0] == 0:
       raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
-    for name, value in (('num_batches', num_batches), ('batch_size', batch_size)):
-      if int(value) != value or value < 1:
-        raise ValueError(f'{name} must be an integer >= 1, got {value}')
-    num_rows = x.shape[0] if num_rows is None else num_rows
-    if int(num_rows) != num_rows or not 1 <= num_rows <= x.shape[0]:
-      raise ValueError(f'num_rows must be an integer in [1, {x.shape[0]}], got {num_rows}')
+    num_batches = checks.check_int(num_batches, 'num_batches')
+    batch_size = checks.check_int(batch_size, 'batch_size')
+    if num_rows is None:
+      num_rows = x.shape[0]
+    num_rows = checks.check_int(num_rows, 'num_rows', maximum=x.shape[0])
     return _estimate_batch_stats(params, self.state, x, jnp.int32(num_rows), key,
                                  model=self.model, train_kwargs=self._train_kwargs,
-                                 num_batches=int(num_batches), batch_size=int(batch_size))
+                                 num_batches=num_batches, batch_size=batch_size)
 
 
   def with_batch_stats(self, batch_stats: Any) -> 'BatchNormApply':

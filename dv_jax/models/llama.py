@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
 from dv_jax.models.transformer import KVCache
 from dv_jax.models.transformer import LogitsAndCache
 from dv_jax.models.transformer import attend
@@ -153,17 +154,14 @@ class LlamaConfig:
   def _validate(self):
     for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
                  'num_attention_heads', 'num_key_value_heads'):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f'{name} must be a positive int, got {value!r}')
+      object.__setattr__(self, name, checks.check_int(getattr(self, name), name))
     if self.model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(f'model_type must be one of {SUPPORTED_MODEL_TYPES}, '
                        f'got {self.model_type!r}')
     if self.hidden_act != 'silu':
       raise ValueError(f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
-    if self.head_dim is not None and (isinstance(self.head_dim, bool) or not isinstance(
-        self.head_dim, (int, np.integer)) or self.head_dim < 1):
-      raise ValueError(f'head_dim must be a positive int or None, got {self.head_dim!r}')
+    if self.head_dim is not None:
+      object.__setattr__(self, 'head_dim', checks.check_int(self.head_dim, 'head_dim'))
     if self.head_dim is None and self.hidden_size % self.num_attention_heads:
       raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
                        f'num_attention_heads={self.num_attention_heads}')

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
 from dv_jax import ntk
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -145,8 +146,7 @@ def response_nll(apply_fn: ApplyFn, params: Any, tokens: Any, response_mask: Any
   Raises:
     ValueError: see `validate_lm_batch`; block_size < 1.
   """
-  if not isinstance(block_size, (int, np.integer)) or block_size < 1:
-    raise ValueError(f'block_size must be an int >= 1, got {block_size}')
+  block_size = checks.check_int(block_size, 'block_size')
   tokens, mask = validate_lm_batch(tokens, response_mask)
   # An id past the vocabulary would be gathered clamped (a wrong log-prob, or NaN).
   vocab_size = int(jax.eval_shape(apply_fn, params, jnp.asarray(tokens[:1])).shape[-1])
@@ -188,10 +188,8 @@ def last_layers_filter(num_layers: int, *, total_layers: int, model: str = 'llam
   """
   if model not in _LAYER_NAMES:
     raise ValueError(f'model must be one of {sorted(_LAYER_NAMES)}, got {model!r}')
-  if not isinstance(total_layers, (int, np.integer)) or total_layers < 1:
-    raise ValueError(f'total_layers must be an int >= 1, got {total_layers}')
-  if not isinstance(num_layers, (int, np.integer)) or not 0 <= num_layers <= total_layers:
-    raise ValueError(f'num_layers must be an int in [0, {total_layers}], got {num_layers}')
+  total_layers = checks.check_int(total_layers, 'total_layers')
+  num_layers = checks.check_int(num_layers, 'num_layers', minimum=0, maximum=total_layers)
   layer_prefix, norm_name, head_names = _LAYER_NAMES[model]
   names = [re.escape(norm_name)]
   layers = [str(i) for i in range(total_layers - num_layers, total_layers)]

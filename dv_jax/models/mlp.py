@@ -10,6 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from dv_jax import checks
 from dv_jax.models.common import check_widths
 
 
@@ -38,7 +39,7 @@ class MLP(nn.Module):
       ValueError: a width in ``hidden_sizes`` or ``num_classes`` that is not an integer >= 1.
     """
     hidden_sizes = check_widths('hidden_sizes', self.hidden_sizes)
-    (num_classes,) = check_widths('num_classes', (self.num_classes,))
+    num_classes = checks.check_int(self.num_classes, 'num_classes')
     h = x.reshape((x.shape[0], -1))
     for width in hidden_sizes:
       h = nn.relu(nn.Dense(width)(h))

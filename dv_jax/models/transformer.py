@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dv_jax import checks
+
 # Masked attention scores get the most negative finite float32, not -inf: a query row with no
 # visible key (a left pad) then gets a uniform, finite softmax instead of NaN (as HF does).
 _MASK_VALUE = float(np.finfo(np.float32).min)
@@ -657,8 +659,7 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
   _validate_temperature_top_p(temperature, top_p)
   if not isinstance(use_cache, (bool, np.bool_)):
     raise ValueError(f'use_cache must be a bool, got {use_cache!r}')
-  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-    raise ValueError(f'max_new_tokens must be an int >= 1, got {max_new_tokens}')
+  max_new_tokens = checks.check_int(max_new_tokens, 'max_new_tokens')
   prompt = np.asarray(prompt_tokens)
   if prompt.ndim != 2 or prompt.shape[0] == 0 or prompt.shape[1] == 0:
     raise ValueError(f'prompt_tokens must be a non-empty [b, t0] array, got {prompt.shape}')
@@ -673,7 +674,7 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
       raise ValueError(f'prompt_lengths must be int [{b}], got {lengths.dtype} {lengths.shape}')
     if np.any(lengths < 1) or np.any(lengths > t0):
       raise ValueError(f'prompt_lengths must lie in [1, {t0}], got {lengths}')
-  total = t0 + int(max_new_tokens)
+  total = t0 + max_new_tokens
   max_len = getattr(model, 'max_len', None)
   if max_len is not None and total > max_len:
     raise ValueError(f'prompt length {t0} + max_new_tokens {max_new_tokens} > model max_len '
@@ -687,6 +688,6 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
       model, params, key, jnp.asarray(buffer), jnp.asarray(lengths, jnp.int32),
       jnp.float32(temperature), jnp.float32(top_p),
       jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
-      max_new_tokens=int(max_new_tokens),
+      max_new_tokens=max_new_tokens,
       use_cache=bool(use_cache) and supports_cache(model))
   return SampleResult(tokens, out_lengths)

@@ -1,0 +1,65 @@
+"""Checks of the library's function arguments, each raising a `ValueError` that names one.
+
+One rule and one wording for "this argument is a whole number" (a count, a size, a block
+size, a seed), so that every function refuses the same inputs in the same words. Fields of
+a config go through `dv_jax.config_checks`, which words its errors as `config.<field>` and
+delegates its integer check here.
+"""
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+
+def _whole_number(value: Any) -> Optional[int]:
+  """`value` as an int if it is a whole number (3, np.int64(3), 3.0), else None."""
+  if getattr(value, 'shape', None) == ():  # a 0-d NumPy / JAX array, a NumPy scalar
+    value = np.asarray(value)[()]
+  if isinstance(value, (bool, np.bool_)):  # True is an int to Python, never a count here
+    return None
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(
+      value).is_integer():
+    return int(value)
+  return None
+
+
+def check_int(value: Any, name: str, *, minimum: Optional[int] = 1,
+              maximum: Optional[int] = None) -> int:
+  """`value` as an int in `[minimum, maximum]`; a whole float (3.0) is accepted.
+
+  Accepts Python ints, NumPy integers, finite whole floats and 0-d arrays of these; refuses
+  bool / `np.bool_`, None, strings, fractions (2.5), NaN and Inf, rather than cutting or
+  reading them (`int(2.5) == 2`, `int(True) == 1`).
+
+  Args:
+    value: the argument.
+    name: its name in the message (`'block_size'`, `'config.train.steps'`).
+    minimum: the smallest value allowed; None for no lower bound.
+    maximum: the largest value allowed (inclusive); None for no upper bound.
+
+  Returns:
+    `value` as a Python int.
+
+  Raises:
+    ValueError: `<name> must be an integer >= <minimum>, got <value!r>` (`in [<minimum>,
+      <maximum>]` when both bounds are given).
+  """
+  number = _whole_number(value)
+  if (number is None or (minimum is not None and number < minimum)
+      or (maximum is not None and number > maximum)):
+    if minimum is not None and maximum is not None:
+      wanted = f' in [{minimum}, {maximum}]'
+    elif minimum is not None:
+      wanted = f' >= {minimum}'
+    elif maximum is not None:
+      wanted = f' <= {maximum}'
+    else:
+      wanted = ''
+    raise ValueError(f'{name} must be an integer{wanted}, got {value!r}')
+  return number
+
+
+__all__ = ['check_int']

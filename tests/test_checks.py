@@ -1,0 +1,49 @@
+"""dv_jax.checks.check_int: which values count as whole numbers, and the one message."""
+
+import fractions
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dv_jax import checks
+
+
+@pytest.mark.parametrize('value', [
+    3, np.int64(3), np.int32(3), np.uint8(3), 3.0, np.float32(3.0), np.float64(3.0),
+    np.array(3), np.array(3.0), jnp.int32(3), jnp.array(3.0),
+])
+def test_accepts_whole_numbers_as_python_ints(value):
+  out = checks.check_int(value, 'k')
+  assert out == 3 and type(out) is int  # pylint: disable=unidiomatic-typecheck
+
+
+def test_bounds_are_inclusive():
+  assert checks.check_int(0, 'k', minimum=0) == 0
+  assert checks.check_int(5, 'k', minimum=2, maximum=5) == 5
+  assert checks.check_int(-7, 'k', minimum=None) == -7
+  assert checks.check_int(2**70, 'k') == 2**70  # no float round trip
+
+
+@pytest.mark.parametrize('value', [
+    True, False, np.bool_(True), None, '3', b'3', 2.5, np.float32(0.5), math.nan, math.inf,
+    -math.inf, np.nan, fractions.Fraction(3, 1), np.array([3]), [3], 3 + 0j,
+])
+def test_refuses_what_is_not_a_whole_number(value):
+  with pytest.raises(ValueError, match=r'^k must be an integer >= 1, got '):
+    checks.check_int(value, 'k')
+
+
+@pytest.mark.parametrize('kwargs,value,message', [
+    (dict(), 0, r'^num_items must be an integer >= 1, got 0$'),
+    (dict(minimum=2), 1, r'^num_items must be an integer >= 2, got 1$'),
+    (dict(minimum=0), -1, r'^num_items must be an integer >= 0, got -1$'),
+    (dict(maximum=4), 5, r'^num_items must be an integer in \[1, 4\], got 5$'),
+    (dict(minimum=None, maximum=4), 5, r'^num_items must be an integer <= 4, got 5$'),
+    (dict(minimum=None), 2.5, r'^num_items must be an integer, got 2\.5$'),
+    (dict(), 'ten', r"^num_items must be an integer >= 1, got 'ten'$"),
+])
+def test_message_names_the_argument_the_bounds_and_the_value(kwargs, value, message):
+  with pytest.raises(ValueError, match=message):
+    checks.check_int(value, 'num_items', **kwargs)
