@@ -10,7 +10,6 @@ from typing import NamedTuple
 import numpy as np
 
 from dv_jax import checks
-
 from dv_jax.data.contributors import Split
 
 
