@@ -182,6 +182,6 @@ def test_sample_items_frequencies_chi_square():
 
 
 @pytest.mark.parametrize('value', [None, float('nan'), float('inf'), 2.5, -1, True])
-def test_check_count_names_the_argument(value):
+def test_sample_items_names_a_bad_num_samples(value):
   with pytest.raises(ValueError, match='num_samples must be an integer >= 0'):
     longtail.sample_items([0.5, 0.5], num_samples=value, key=jax.random.PRNGKey(0))
