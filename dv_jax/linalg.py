@@ -243,8 +243,8 @@ def _check_system(a: ArrayLike, b: ArrayLike, a_name: str, b_name: str
     raise ValueError(
         f'{b_name} must have shape [n] or [n, k] with n = {a.shape[0]} (the size of '
         f'{a_name}), got shape {b.shape}')
-  # At least float32: a half-precision Cholesky is not implemented (NotImplementedError on
-  # CPU), and a relative jitter of 1e-4 would round away in bfloat16 (eps 7.8e-3) anyway.
+  # At least float32: XLA's CPU Cholesky has no half-precision kernel (it raises), and a
+  # relative jitter of 1e-4 would round away in bfloat16 (eps 7.8e-3) anyway.
   dtype = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
   return a.astype(dtype), b.astype(dtype)
 
