@@ -70,7 +70,16 @@ def _last_dense_input(apply_fn: Callable, params: Any, x_b: jax.Array) -> jax.Ar
                      'readout whose input could serve as penultimate features; pass a user '
                      'feature function instead')
   features = captured[-1]
-  return features.reshape((features.shape[0], -1))
+  if features.ndim != 2:
+    # A sequence model's readout reads per-position states [b, t, d]. Flattening them
+    # would compare sequences position by position, padding included; METHOD.md's LM
+    # feature is their mean over real tokens, which needs the attention mask.
+    raise ValueError(
+        f'init_features: the last Dense layer reads inputs of shape {features.shape}, not '
+        '[b, d] (per-position states of a sequence model?); for an LM use '
+        "dv_jax.tasks.lm_features_fn (its mean-pooled last hidden state) with "
+        "mmd.feature_space='user'")
+  return features
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn',))
@@ -105,8 +114,9 @@ def init_features(apply_fn: Callable, params: Any, x: ArrayLike, *,
     `[n, d]` float32 features.
 
   Raises:
-    ValueError: for empty or non-finite `x`, a bad `block_size`, or a model without a
-      `Dense` layer.
+    ValueError: for empty or non-finite `x`, a bad `block_size`, a model without a
+      `Dense` layer, or one whose last `Dense` reads more than `[b, d]` (an LM's
+      per-position states: use `dv_jax.tasks.lm_features_fn`).
   """
   x = jnp.asarray(x)
   if x.ndim < 1 or x.shape[0] == 0:

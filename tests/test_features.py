@@ -48,3 +48,17 @@ def test_mmd_does_not_depend_on_the_std_convention():
             float(mmd.mk_mmd2((x - mean) / sd1, (t64 - mean) / sd1))]
   assert values[0] > 1e-2
   np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
+
+
+def test_init_features_refuses_an_lms_per_position_states():
+  """An LM's readout reads [b, t, d]; flattening it compared sequences position by position
+  (padding included). METHOD.md's LM feature is the masked mean: the error says where."""
+  import jax
+  from dv_jax.models import transformer
+  model = transformer.TransformerLM(vocab_size=11, num_layers=1, num_heads=2, d_model=8,
+                                    d_ff=16, max_len=6)
+  tokens = np.arange(12, dtype=np.int32).reshape(2, 6) % 11
+  params = model.init(jax.random.PRNGKey(0), tokens)['params']
+  apply_fn = lambda p, x: model.apply({'params': p}, x)
+  with pytest.raises(ValueError, match=r'\(2, 6, 8\).*lm_features_fn'):
+    features_lib.init_features(apply_fn, params, tokens)
