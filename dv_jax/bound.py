@@ -130,10 +130,19 @@ def empirical_loss_term(loss_real: ArrayLike, loss_synthetic: ArrayLike) -> jax.
     `[]`.
 
   Raises:
-    ValueError: not 1-D, NaN/Inf, or both parts empty.
+    ValueError: not 1-D, NaN/Inf, a negative loss, or both parts empty.
   """
   loss_real = _as_float(loss_real, 'loss_real', (1,))
   loss_synthetic = _as_float(loss_synthetic, 'loss_synthetic', (1,))
+  for losses, name in ((loss_real, 'loss_real'), (loss_synthetic, 'loss_synthetic')):
+    # The bound is of a non-negative loss; a negative entry is most likely a
+    # log-likelihood passed for a loss, which would flip the term's sign unnoticed.
+    # Rounding of a float32 loss near 0 stays inside the tolerance.
+    if not losses.size:
+      continue
+    lowest = float(jnp.min(losses))
+    if lowest < -1e-6 * max(1.0, float(jnp.max(jnp.abs(losses)))):
+      raise ValueError(f'{name} must hold per-example losses >= 0, got a minimum of {lowest}')
   n1, n2 = loss_real.shape[0], loss_synthetic.shape[0]
   if n1 + n2 == 0:
     raise ValueError('loss_real and loss_synthetic are both empty')

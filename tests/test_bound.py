@@ -225,10 +225,18 @@ def test_bound_terms_composes_the_four_terms():
     (np.array([1.0, np.nan]), np.ones(2), 'loss_real contains NaN'),
     (np.ones(2), np.array([np.inf]), 'loss_synthetic contains NaN'),
     (np.ones(2), np.ones((2, 1)), 'loss_synthetic must be 1-D'),
+    (np.array([0.5, -0.2]), np.ones(2), r'loss_real must hold per-example losses >= 0'),
+    (np.ones(2), np.array([-2.3, -0.1]), r'loss_synthetic must .* minimum of -2.29'),
 ])
 def test_empirical_loss_errors(loss_real, loss_synthetic, match):
   with pytest.raises(ValueError, match=match):
     bound.empirical_loss_term(loss_real, loss_synthetic)
+
+
+def test_empirical_loss_tolerates_float32_rounding_below_zero():
+  # A loss computed in float32 for a confident prediction can round to a hair below 0.
+  got = bound.empirical_loss_term(np.array([-1e-8, 1.0], np.float32), np.zeros(0, np.float32))
+  np.testing.assert_allclose(got, 0.5, rtol=1e-6)
 
 
 @pytest.mark.parametrize('args,pi,match', [
