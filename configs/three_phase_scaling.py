@@ -55,9 +55,10 @@ Measured (2 shared CPU cores; `results.json` -> `summary`, `breakpoints.csv`):
             2166. The LM memorises every fact it saw (error on seen items ~0); its loss on
             unseen facts falls from ~10.6 to ~5.3 nats as |S| grows (overconfident guesses
             over the whole vocabulary), which tilts the loss curve. The ideal learner at
-            these 8 seeds: n1 90 (1.40x, 95% interval 29-183), within 2x in 65% of
-            replicates; n2 2620 (2.56x, 1236-8044), within 2x in 30%. At 20, 40, 80
-            seeds: n1 within 2x in 77%, 89%, 96%; n2 stays at 2.2-2.3x, within 2x in
+            these 8 seeds: n1 90 (1.40x, 95% interval 29-183), within 2x in 64% of
+            replicates; n2 2620 (2.56x, 1236-4598, the top of the sizes' break range:
+            no fitted break lies past the data), within 2x in 30%. At 20, 40, 80
+            seeds: n1 within 2x in 76%, 88%, 96%; n2 stays at 2.2-2.3x, within 2x in
             25-29%, as the exact curve's own fit (2166) is 2.12x k^beta/pi.
   cifar100  not run (no GPU or data here); 11 sizes up to 313600 examples and up to 32768
             ResNet-18 steps each: hours on one GPU (an estimate, not a measurement).

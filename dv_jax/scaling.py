@@ -825,17 +825,11 @@ def broken_power_law(x: ArrayLike, params: BrokenPowerLaw) -> np.ndarray:
   x = np.asarray(x, dtype=np.float64)
   if np.any(~np.isfinite(x)) or np.any(x <= 0):
     raise ValueError('x must be positive and finite')
-  theta, num_breaks, floor = _pack(params)
-  return np.exp(_log_model(theta, np.log(x), num_breaks, floor))
+  return np.exp(_log_curve(np.log(x), *_natural(params)))
 
 
-# theta layout: [log a (only with a floor)] + [log b, s_0] + [g_j, s_j, log f_j] * J, where
-# s_j is the decay exponent of the segment after break j (so c_j = s_j - s_{j-1}) and
-# g_1 = log d_1, g_j = log d_j - log d_{j-1} (j >= 2). Box bounds on these do two jobs: gaps
-# >= log(min_break_ratio) keep the breaks ordered and apart, and segment slopes within
-# slope_range (non-negative by default: a learning curve does not rise) stop two breaks
-# with huge opposite slope changes from faking a bump between them.
-def _pack(params: BrokenPowerLaw) -> Tuple[np.ndarray, int, bool]:
+def _natural(params: BrokenPowerLaw):
+  """Checked `(log_a or None, log_b, c0, log_d [J], c [J], log_f [J])` of `params`."""
   breaks = np.atleast_1d(np.asarray(params.breaks, dtype=np.float64))
   changes = np.atleast_1d(np.asarray(params.slope_changes, dtype=np.float64))
   widths = np.atleast_1d(np.asarray(params.smoothness, dtype=np.float64))
@@ -851,26 +845,109 @@ def _pack(params: BrokenPowerLaw) -> Tuple[np.ndarray, int, bool]:
                      f'{params.floor}, scale {params.scale}')
   if np.any(breaks <= 0) or np.any(widths <= 0) or np.any(np.diff(breaks) <= 0):
     raise ValueError('params.breaks must be positive and increasing, smoothness positive')
-  floor = params.floor > 0
-  head = [math.log(params.floor)] if floor else []
-  head += [math.log(params.scale), params.slope]
-  gaps = np.diff(np.log(breaks), prepend=0.0)
-  slopes = params.slope + np.cumsum(changes)
-  per_break = np.stack([gaps, slopes, np.log(widths)], axis=1).ravel()
-  return np.concatenate([np.asarray(head, dtype=np.float64), per_break]), breaks.size, floor
+  log_a = math.log(params.floor) if params.floor > 0 else None
+  return (log_a, math.log(params.scale), float(params.slope), np.log(breaks), changes,
+          np.log(widths))
 
 
-def _split(theta: np.ndarray, num_breaks: int, floor: bool):
+def _log_curve(log_x: np.ndarray, log_a: Optional[float], log_b: float, slope: float,
+               log_d: np.ndarray, changes: np.ndarray, log_f: np.ndarray) -> np.ndarray:
+  """`log y` of the model at `log_x`; softplus form so no power ever overflows."""
+  widths = np.exp(log_f)
+  z_TxJ = (log_x[..., None] - log_d) / widths
+  log_body = log_b - slope * log_x - (np.logaddexp(0.0, z_TxJ) * (changes * widths)).sum(-1)
+  if log_a is None:
+    return log_body
+  return np.logaddexp(log_a, log_body)
+
+
+class _BreakRange(NamedTuple):
+  """Where the breaks of a fit may lie, in `log x`.
+
+  `low <= log d_1`, `log d_J <= high`, and `log d_{j+1} - log d_j >= min_gap`.
+  """
+  low: float
+  high: float
+  min_gap: float
+
+  def slack(self, num_breaks: int) -> float:
+    """Room left in the range once `num_breaks` breaks sit `min_gap` apart (< 0: none fit)."""
+    return self.high - self.low - max(num_breaks - 1, 0) * self.min_gap
+
+
+# theta layout: [log a (only with a floor)] + [log b, s_0] + [u_j, s_j, log f_j] * J, where
+# s_j is the decay exponent of the segment after break j (so c_j = s_j - s_{j-1}) and
+# u_j in [0, 1] places break j (`_decode_breaks`). The breaks must be ordered, `min_gap`
+# apart and all inside `_BreakRange` (a break beyond the data is no break the data show),
+# a constraint on their sum that least squares, which takes only box bounds, cannot state
+# on log-gaps. So the breaks share the range's slack R = high - low - (J - 1) min_gap:
+# break j takes the fraction u_j of the slack the earlier ones left,
+#   log d_j = log d_{j-1} + min_gap + u_j R_j,   R_1 = R,   R_{j+1} = (1 - u_j) R_j
+# (with log d_0 + min_gap read as low), i.e. R_j = high - log d_{j-1} - (J - j + 1) min_gap.
+# Every u in the unit box is an admissible break set and every admissible set has a u
+# (unique while no u_j = 1), and the map is a polynomial, so the box stays a box, the
+# Jacobian stays analytic by the chain rule, and a fit with its breaks inside the range
+# has the optimum it had with free gaps. (A penalty for leaving the range would let breaks
+# out by an amount that depends on its weight; clipping would flatten the gradient.) Box
+# bounds on the slopes keep them within slope_range (non-negative by default: a learning
+# curve does not rise), which stops two breaks with huge opposite slope changes from
+# faking a bump between them.
+def _decode_breaks(fractions: np.ndarray, break_range: _BreakRange
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """`(log_d [J], d log_d / d u [J, J])` of the break fractions `u` (layout above)."""
+  num_breaks = fractions.size
+  log_d = np.empty(num_breaks)
+  jac_JxJ = np.zeros((num_breaks, num_breaks))
+  # A slack a hair below 0 is round-off of a range that just holds J breaks; an
+  # infeasible J never gets here (`_hinge_starts` finds no start for it).
+  room, bottom = max(break_range.slack(num_breaks), 0.0), break_range.low
+  d_room, d_bottom = np.zeros(num_breaks), np.zeros(num_breaks)  # their gradients in u
+  for j, u in enumerate(fractions):
+    log_d[j] = bottom + u * room
+    jac_JxJ[j] = d_bottom + u * d_room
+    jac_JxJ[j, j] += room
+    d_room = (1.0 - u) * d_room
+    d_room[j] -= room
+    room *= 1.0 - u
+    bottom, d_bottom = log_d[j] + break_range.min_gap, jac_JxJ[j]
+  return log_d, jac_JxJ
+
+
+def _encode_breaks(log_d: np.ndarray, break_range: _BreakRange) -> np.ndarray:
+  """`[J]` fractions `u` of admissible `log_d` (inverse of `_decode_breaks`; clipped)."""
+  fractions = np.zeros(log_d.size)
+  room, bottom = max(break_range.slack(log_d.size), 0.0), break_range.low
+  for j, value in enumerate(log_d):
+    # No room (J breaks exactly min_gap apart end to end): every u gives the same break.
+    fractions[j] = np.clip((value - bottom) / room, 0.0, 1.0) if room > 0 else 0.0
+    bottom += fractions[j] * room + break_range.min_gap
+    room *= 1.0 - fractions[j]
+  return fractions
+
+
+def _pack(log_a: Optional[float], log_b: float, slope: float, log_d: np.ndarray,
+          changes: np.ndarray, log_f: np.ndarray, break_range: _BreakRange) -> np.ndarray:
+  """theta (layout above) of the natural parameters; `log_a` None means no floor."""
+  head = [log_a] if log_a is not None else []
+  head += [log_b, slope]
+  per_break = np.stack([_encode_breaks(np.asarray(log_d, np.float64), break_range),
+                        slope + np.cumsum(changes), log_f], axis=1).ravel()
+  return np.concatenate([np.asarray(head, dtype=np.float64), per_break])
+
+
+def _split(theta: np.ndarray, num_breaks: int, floor: bool, break_range: _BreakRange):
   """`(log_a or None, log_b, c0, log_d [J], c [J], log_f [J])` from `theta`."""
   offset = 1 if floor else 0
   per_break = theta[offset + 2:].reshape(num_breaks, 3)
   slopes = np.concatenate([[theta[offset + 1]], per_break[:, 1]])
-  return (theta[0] if floor else None, theta[offset], theta[offset + 1],
-          np.cumsum(per_break[:, 0]), np.diff(slopes), per_break[:, 2])
+  log_d, _ = _decode_breaks(per_break[:, 0], break_range)
+  return (theta[0] if floor else None, theta[offset], theta[offset + 1], log_d,
+          np.diff(slopes), per_break[:, 2])
 
 
-def _unpack(theta: np.ndarray, num_breaks: int, floor: bool) -> BrokenPowerLaw:
-  log_a, log_b, slope, log_d, changes, log_f = _split(theta, num_breaks, floor)
+def _unpack(theta: np.ndarray, num_breaks: int, floor: bool, break_range: _BreakRange
+            ) -> BrokenPowerLaw:
+  log_a, log_b, slope, log_d, changes, log_f = _split(theta, num_breaks, floor, break_range)
   return BrokenPowerLaw(
       floor=float(np.exp(log_a)) if floor else 0.0,
       scale=float(np.exp(log_b)),
@@ -881,22 +958,16 @@ def _unpack(theta: np.ndarray, num_breaks: int, floor: bool) -> BrokenPowerLaw:
   )
 
 
-def _log_model(theta: np.ndarray, log_x: np.ndarray, num_breaks: int, floor: bool
-               ) -> np.ndarray:
-  """`[T]` `log y` of the model; softplus form so no power ever overflows."""
-  log_a, log_b, slope, log_d, changes, log_f = _split(theta, num_breaks, floor)
-  widths = np.exp(log_f)
-  z_TxJ = (log_x[:, None] - log_d) / widths
-  log_body = log_b - slope * log_x - (np.logaddexp(0.0, z_TxJ) * (changes * widths)).sum(1)
-  if floor:
-    return np.logaddexp(log_a, log_body)
-  return log_body
+def _log_model(theta: np.ndarray, log_x: np.ndarray, num_breaks: int, floor: bool,
+               break_range: _BreakRange) -> np.ndarray:
+  """`[T]` `log y` of the model with parameters `theta`."""
+  return _log_curve(log_x, *_split(theta, num_breaks, floor, break_range))
 
 
-def _log_model_jacobian(theta: np.ndarray, log_x: np.ndarray, num_breaks: int, floor: bool
-                        ) -> np.ndarray:
+def _log_model_jacobian(theta: np.ndarray, log_x: np.ndarray, num_breaks: int, floor: bool,
+                        break_range: _BreakRange) -> np.ndarray:
   """`[T, len(theta)]` derivative of `_log_model` (analytic: 10x fewer model evaluations)."""
-  log_a, log_b, slope, log_d, changes, log_f = _split(theta, num_breaks, floor)
+  log_a, log_b, slope, log_d, changes, log_f = _split(theta, num_breaks, floor, break_range)
   offset = 1 if floor else 0
   widths = np.exp(log_f)
   z_TxJ = (log_x[:, None] - log_d) / widths
@@ -910,9 +981,11 @@ def _log_model_jacobian(theta: np.ndarray, log_x: np.ndarray, num_breaks: int, f
   d_slope = d_change - np.concatenate([d_change[:, 1:], np.zeros((log_x.size, 1))], axis=1)
   jac[:, offset + 1] = d_slope[:, 0]
   jac[:, offset + 3::3] = d_slope[:, 1:]
-  # d log y / d log d_j; gap g_i moves every break j >= i, hence the reversed cumsum.
+  # d log y / d log d_j, then by the chain rule through the break map: u_i moves break i
+  # and, through the slack it leaves, every later break.
   d_log_d = changes * sigmoid
-  jac[:, offset + 2::3] = np.cumsum(d_log_d[:, ::-1], axis=1)[:, ::-1]
+  _, d_log_d_du_JxJ = _decode_breaks(theta[offset + 2::3], break_range)
+  jac[:, offset + 2::3] = d_log_d @ d_log_d_du_JxJ
   jac[:, offset + 4::3] = -changes * widths * (softplus - sigmoid * z_TxJ)  # d / d log f_j
   if floor:
     log_body = log_b - slope * log_x - (softplus * (changes * widths)).sum(1)
@@ -927,22 +1000,28 @@ class _Problem(NamedTuple):
   log_y: np.ndarray
   num_breaks: int
   floor: bool
+  break_range: _BreakRange
   lower: np.ndarray
   upper: np.ndarray
 
 
 def _make_problem(log_x, log_y, num_breaks, floor, *, grid, min_log_gap, smoothness_range,
                   slope_range) -> _Problem:
-  """Box constraints: first break inside the grid, gaps >= min_log_gap, slopes in range."""
-  span = grid[-1] - grid[0]
+  """Box constraints: break fractions in [0, 1], slopes and smoothness in range.
+
+  The fractions place every break inside the grid's range, `min_log_gap` from its
+  neighbours (the layout note above `_decode_breaks`).
+  """
   log_width_lo, log_width_hi = math.log(smoothness_range[0]), math.log(smoothness_range[1])
   slope_lo, slope_hi = slope_range
   lower = ([log_y.min() - 30.0] if floor else []) + [-np.inf, slope_lo]
   upper = ([log_y.max()] if floor else []) + [np.inf, slope_hi]
-  for j in range(num_breaks):
-    lower += [grid[0] if j == 0 else min_log_gap, slope_lo, log_width_lo]
-    upper += [grid[-1] if j == 0 else max(span, min_log_gap * 1.001), slope_hi, log_width_hi]
-  return _Problem(log_x, log_y, num_breaks, floor, np.asarray(lower), np.asarray(upper))
+  for _ in range(num_breaks):
+    lower += [0.0, slope_lo, log_width_lo]
+    upper += [1.0, slope_hi, log_width_hi]
+  return _Problem(log_x, log_y, num_breaks, floor,
+                  _BreakRange(float(grid[0]), float(grid[-1]), float(min_log_gap)),
+                  np.asarray(lower), np.asarray(upper))
 
 
 def _hinge_starts(log_x: np.ndarray, log_y: np.ndarray, num_breaks: int, grid: np.ndarray,
@@ -985,10 +1064,11 @@ def _solve(problem: _Problem, theta0: np.ndarray, max_evaluations: int
   width = np.where(np.isfinite(problem.upper - problem.lower), problem.upper - problem.lower,
                    1.0)
   theta0 = np.clip(theta0, problem.lower + 1e-6 * width, problem.upper - 1e-6 * width)
+  model_args = (problem.log_x, problem.num_breaks, problem.floor, problem.break_range)
   result = optimize.least_squares(
-      lambda t: _log_model(t, problem.log_x, problem.num_breaks, problem.floor) - problem.log_y,
+      lambda t: _log_model(t, *model_args) - problem.log_y,
       theta0,
-      jac=lambda t: _log_model_jacobian(t, problem.log_x, problem.num_breaks, problem.floor),
+      jac=lambda t: _log_model_jacobian(t, *model_args),
       bounds=(problem.lower, problem.upper),
       method='trf',
       x_scale='jac',
@@ -1002,13 +1082,11 @@ def _fit_fixed_breaks(problem: _Problem, starts: list, initial_smoothness: float
   """Best local fit with exactly `problem.num_breaks` breaks over the grid's best starts."""
   best_theta, best_rss = None, np.inf
   for log_breaks, intercept, slope, changes in starts:
-    head = [problem.log_y.min() - 3.0] if problem.floor else []
-    # Hinge coefficients are slopes of log y; the model's segment slopes are their negatives.
-    segment_slopes = -(slope + np.cumsum(changes))
-    gaps = np.diff(log_breaks, prepend=0.0)
-    per_break = np.stack([gaps, segment_slopes,
-                          np.full(problem.num_breaks, math.log(initial_smoothness))], axis=1)
-    theta0 = np.concatenate([head, [intercept, -slope], per_break.ravel()])
+    # Hinge coefficients are slopes of log y; the model's slopes are their negatives.
+    theta0 = _pack(problem.log_y.min() - 3.0 if problem.floor else None, intercept, -slope,
+                   log_breaks, -changes,
+                   np.full(problem.num_breaks, math.log(initial_smoothness)),
+                   problem.break_range)
     theta, rss = _solve(problem, theta0, max_evaluations)
     if rss < best_rss:
       best_theta, best_rss = theta, rss
@@ -1057,20 +1135,21 @@ def fit_broken_power_law(
   """Fits a smoothly broken power law in log-log space and selects the number of breaks.
 
   Model (METHOD.md §1): `y = a + b x^-c0 prod_j (1 + (x/d_j)^(1/f_j))^(-c_j f_j)`, residuals
-  in `log y`, break locations parameterised in `log x` (the first break and the log-gaps to
-  the next, each gap at least `log(min_break_ratio)`), slopes by each segment's decay
-  exponent (bounded by `slope_range`). For each `J = 0..max_breaks`: a
-  coarse grid of `grid_points` candidate breaks in `log x` (all admissible `J`-subsets) is
-  scored by a continuous piecewise-linear least squares; the `num_starts` best start a
-  bounded local least squares (`scipy.optimize.least_squares`, analytic Jacobian). The
-  first break stays within the grid, which keeps `min_segment_points` data points beyond
-  each end. BIC `T ln(max(RSS/T, sigma_floor^2)) + (#params) ln T` picks `J`. The variance
-  floor says that misfits below `sigma_floor` (in `ln y`) are not evidence: without it a
-  noise-free curve always buys more breaks with round-off. The selected model is refitted
-  on `num_bootstrap` resamples (`residual`: `log y_hat +` resampled residuals; `case`:
-  resampled points), started from the fit, and the percentile interval of each break is
-  returned. Residuals of a noise-free curve are misfit rather than noise, so there the
-  interval measures how firmly the data pin each break, not sampling error.
+  in `log y`, slopes by each segment's decay exponent (bounded by `slope_range`). For each
+  `J = 0..max_breaks`: a coarse grid of `grid_points` candidate breaks in `log x` (all
+  admissible `J`-subsets) is scored by a continuous piecewise-linear least squares; the
+  `num_starts` best start a bounded local least squares (`scipy.optimize.least_squares`,
+  analytic Jacobian). Every break of every model (and of every bootstrap refit) stays
+  within the grid's range, which keeps `min_segment_points` data points beyond each end,
+  with neighbouring breaks at least `min_break_ratio` apart: a break beyond the data is
+  not one the data show. BIC `T ln(max(RSS/T, sigma_floor^2)) + (#params) ln T` picks
+  `J`. The variance floor says that misfits below `sigma_floor` (in `ln y`) are not
+  evidence: without it a noise-free curve always buys more breaks with round-off. The
+  selected model is refitted on `num_bootstrap` resamples (`residual`: `log y_hat +`
+  resampled residuals; `case`: resampled points), started from the fit, and the
+  percentile interval of each break is returned. Residuals of a noise-free curve are
+  misfit rather than noise, so there the interval measures how firmly the data pin each
+  break, not sampling error.
 
   Args:
     x: `[T]` positive abscissae (e.g. sample counts).
@@ -1098,7 +1177,8 @@ def fit_broken_power_law(
 
   Returns:
     `BrokenPowerLawFit`. A `J` for which no admissible grid subset exists (the data span
-    too short for `J` breaks `min_break_ratio` apart) gets BIC `inf`.
+    too short for `J` breaks `min_break_ratio` apart) gets BIC `inf` and RSS `inf`, and
+    `models` stops before it.
 
   Raises:
     ValueError: invalid `x`/`y`, too few points for the largest model, or a bad option.
@@ -1172,13 +1252,16 @@ def fit_broken_power_law(
     problem = _make_problem(log_x, log_y, num_breaks, floor, **options)
     starts = _hinge_starts(log_x, log_y, num_breaks, grid, min_log_gap, num_starts)
     theta, rss_j = _fit_fixed_breaks(problem, starts, initial_smoothness, max_evaluations)
-    if theta is None:  # no admissible break set: more breaks cannot be tried either
+    # No admissible grid subset means the range cannot hold J breaks min_log_gap apart (the
+    # grid spans exactly the break range), so no J-break model exists: more breaks cannot
+    # be tried either.
+    if theta is None:
       break
     rss[num_breaks] = rss_j
     bic[num_breaks] = (num_points * math.log(max(rss_j / num_points, sigma_floor ** 2))
                        + theta.size * math.log(num_points))
     thetas.append(theta)
-    models.append(_unpack(theta, num_breaks, floor))
+    models.append(_unpack(theta, num_breaks, floor, problem.break_range))
   chosen = int(np.argmin(bic))
   params = models[chosen]
 
@@ -1186,7 +1269,7 @@ def fit_broken_power_law(
   if chosen > 0 and num_bootstrap > 0:
     rng = np.random.default_rng(seed)
     problem = _make_problem(log_x, log_y, chosen, floor, **options)
-    fitted = _log_model(thetas[chosen], log_x, chosen, floor)
+    fitted = _log_model(thetas[chosen], log_x, chosen, floor, problem.break_range)
     residuals = log_y - fitted
     for b in range(num_bootstrap):
       index = rng.integers(num_points, size=num_points)
@@ -1199,7 +1282,7 @@ def fit_broken_power_law(
         theta_b, _ = _solve(replicate, thetas[chosen], max_evaluations)
       except (ValueError, np.linalg.LinAlgError):  # a degenerate resample: recorded as NaN
         continue
-      boot[b] = _unpack(theta_b, chosen, floor).breaks
+      boot[b] = _unpack(theta_b, chosen, floor, problem.break_range).breaks
   if chosen > 0 and np.any(np.isfinite(boot)):
     tail = 100.0 * (1.0 - ci_level) / 2.0
     break_ci = np.nanpercentile(boot, [tail, 100.0 - tail], axis=0).T

@@ -448,18 +448,108 @@ def test_broken_power_law_rejects_bad_params(field, value, match):
     scaling.broken_power_law(np.array([1.0, 10.0]), params)
 
 
+# Breaks live in log x within [2, 13], neighbours at least a factor 2 apart; theta stores
+# each break as the fraction u_j of the slack the earlier breaks left (scaling._pack).
+_BREAK_RANGE = scaling._BreakRange(2.0, 13.0, math.log(2.0))
+
+
+@pytest.mark.parametrize('num_breaks', [1, 2, 3])
 @pytest.mark.parametrize('floor', [False, True])
-def test_jacobian_matches_finite_differences(floor):
+def test_jacobian_matches_finite_differences(floor, num_breaks):
   log_x = np.linspace(0, 15, 20)
-  theta = np.concatenate([[-6.0] if floor else [], [0.5, 0.4, 5.0, -0.3, -0.5, 4.0, 0.6, 0.2]])
-  analytic = scaling._log_model_jacobian(theta, log_x, 2, floor)
+  # [u_j, s_j, log f_j] per break; u away from 0 and 1 so every break moves the later ones.
+  per_break = np.array([[0.3, -0.3, -0.5], [0.6, 0.6, 0.2], [0.4, 1.1, -1.0]])[:num_breaks]
+  theta = np.concatenate([[-6.0] if floor else [], [0.5, 0.4], per_break.ravel()])
+  args = (log_x, num_breaks, floor, _BREAK_RANGE)
+  analytic = scaling._log_model_jacobian(theta, *args)
   numeric = np.empty_like(analytic)
   for i in range(theta.size):
     step = np.zeros_like(theta)
     step[i] = 1e-6
-    numeric[:, i] = (scaling._log_model(theta + step, log_x, 2, floor)
-                     - scaling._log_model(theta - step, log_x, 2, floor)) / 2e-6
+    numeric[:, i] = (scaling._log_model(theta + step, *args)
+                     - scaling._log_model(theta - step, *args)) / 2e-6
   np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize('num_breaks', [1, 2, 3])
+def test_break_fractions_map_the_box_onto_the_admissible_breaks(num_breaks):
+  low, high, gap = _BREAK_RANGE
+  rng = np.random.default_rng(num_breaks)
+  corners = np.array(list(np.ndindex(*(2,) * num_breaks)), dtype=np.float64)
+  for fractions in np.concatenate([rng.uniform(size=(50, num_breaks)), corners]):
+    log_d, _ = scaling._decode_breaks(fractions, _BREAK_RANGE)
+    assert np.all(log_d >= low - 1e-12) and np.all(log_d <= high + 1e-12), log_d
+    assert np.all(np.diff(log_d) >= gap - 1e-12), log_d
+    if not np.any(fractions[:-1] == 1.0):  # u_j = 1 leaves no room: later u_j are moot
+      np.testing.assert_allclose(scaling._encode_breaks(log_d, _BREAK_RANGE), fractions,
+                                 atol=1e-12)
+  # Every admissible break set has fractions: an ordered draw with the gaps added back.
+  for _ in range(50):
+    slack = high - low - (num_breaks - 1) * gap
+    log_d = low + np.sort(rng.uniform(0.0, slack, num_breaks)) + gap * np.arange(num_breaks)
+    fractions = scaling._encode_breaks(log_d, _BREAK_RANGE)
+    assert np.all((fractions >= 0.0) & (fractions <= 1.0))
+    np.testing.assert_allclose(scaling._decode_breaks(fractions, _BREAK_RANGE)[0], log_d,
+                               rtol=1e-12)
+  # The natural parameters round-trip through theta.
+  natural = (-5.0, 0.5, 0.4, log_d, rng.normal(size=num_breaks), rng.normal(size=num_breaks))
+  theta = scaling._pack(*natural, _BREAK_RANGE)
+  for got, want in zip(scaling._split(theta, num_breaks, True, _BREAK_RANGE), natural):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_fit_keeps_every_break_inside_the_data():
+  # One clear break at 100 and the start of a second bend at 2e4, past the last x (1e4).
+  # Before, a later break was a free log-gap from the one before it and landed at 2e4:
+  # BIC selected a break the data do not show, and bootstrap refits went further still.
+  x = np.geomspace(1, 1e4, 25)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [1e2, 2e4], [-0.4, 1.0], [0.3, 0.5])
+  for bootstrap in ('residual', 'case'):
+    fit = scaling.fit_broken_power_law(x, y, floor=False, num_bootstrap=20, seed=0,
+                                       bootstrap=bootstrap)
+    # The range the first break was always held to: min_segment_points=3 x values beyond it.
+    low, high = x[2] * (1 - 1e-9), x[-3] * (1 + 1e-9)
+    assert len(fit.models) == 3
+    for model in fit.models:
+      assert np.all((model.breaks >= low) & (model.breaks <= high)), model.breaks
+      assert np.all(np.diff(model.breaks) >= 2.0 * (1 - 1e-9)), model.breaks
+    boot = fit.bootstrap_breaks[np.isfinite(fit.bootstrap_breaks)]
+    assert boot.size and np.all((boot >= low) & (boot <= high)), fit.bootstrap_breaks
+    assert np.all((fit.break_ci >= low) & (fit.break_ci <= high))
+    np.testing.assert_allclose(fit.models[1].breaks, [100.0], rtol=0.25)
+
+
+@pytest.mark.parametrize('min_break_ratio,feasible', [(3.0, 4), (4.0, 3), (20.0, 2)])
+def test_fit_marks_too_many_breaks_for_the_range_infeasible(min_break_ratio, feasible):
+  # Breaks may lie in [x[2], x[-3]], a factor 20^(16/19) = 12.5 apart: J breaks need
+  # min_break_ratio^(J - 1) <= 12.5, and a J beyond that is infeasible (BIC and RSS inf, no
+  # model), not an error. `feasible` counts the models J = 0, 1, ... that fit.
+  x = np.geomspace(1, 20, 20)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [4.0], [0.6], [0.3])
+  fit = scaling.fit_broken_power_law(x, y, floor=False, max_breaks=3, num_bootstrap=0,
+                                     min_break_ratio=min_break_ratio)
+  assert np.all(np.isfinite(fit.bic[:feasible])) and np.all(np.isinf(fit.bic[feasible:]))
+  assert np.all(np.isinf(fit.rss[feasible:]))
+  assert len(fit.models) == feasible and fit.num_breaks < feasible
+  for model in fit.models:
+    assert np.all((model.breaks >= x[2] * (1 - 1e-9)) & (model.breaks <= x[-3] * (1 + 1e-9)))
+
+
+def test_fit_with_a_range_that_just_holds_its_breaks():
+  # log x = 0..10: breaks in log x [1, 9], and three breaks e^4 apart fill it exactly (no
+  # slack left to place them), which must fit, with the breaks at the range's ends.
+  x = np.exp(np.linspace(0.0, 10.0, 21))
+  y = _model_reference(x, 0.0, 1.0, 0.5, [np.e ** 3], [0.6], [0.3])
+  fit = scaling.fit_broken_power_law(x, y, floor=False, max_breaks=3, num_bootstrap=0,
+                                     grid_points=9, min_break_ratio=math.exp(4.0))
+  assert np.isfinite(fit.bic[3])
+  np.testing.assert_allclose(np.log(fit.models[3].breaks), [1.0, 5.0, 9.0], atol=1e-9)
+  # A slack of round-off below 0 places the breaks as a slack of 0 does, still ordered.
+  tight = scaling._BreakRange(1.0, 9.0, 4.0 + 1e-15)
+  assert tight.slack(3) < 0
+  log_d, jac = scaling._decode_breaks(np.array([0.3, 0.5, 0.7]), tight)
+  np.testing.assert_allclose(log_d, [1.0, 5.0, 9.0], atol=1e-12)
+  assert np.all(np.diff(log_d) > 0) and np.all(jac == 0.0)
 
 
 @pytest.mark.parametrize('true_breaks,changes', [((1e3, 1e5), (-0.45, 0.45)),

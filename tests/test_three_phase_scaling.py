@@ -190,10 +190,12 @@ def test_ideal_learner_resolution_converges_to_the_theory_fit():
   far = tps.ideal_learner_resolution(config, sizes, p, q, [10 * b for b in theory['breaks']],
                                      num_seeds=200, key=jax.random.PRNGKey(0))
   assert far['n1_within_2x'] == far['n2_within_2x'] == 0.0
-  # Few seeds spread the breaks out; off by default when replicates is 0.
+  # Few seeds spread the breaks out, and a fit that can only place breaks inside the
+  # sizes often loses n2 (this grid ends 2.5x above it); off when replicates is 0.
   noisy = tps.ideal_learner_resolution(config, sizes, p, q, list(theory['breaks']),
                                        num_seeds=10, key=jax.random.PRNGKey(1))
-  assert noisy['n2_hi'] / noisy['n2_lo'] > out['n2_hi'] / out['n2_lo']
+  assert noisy['n1_hi'] / noisy['n1_lo'] > out['n1_hi'] / out['n1_lo']
+  assert noisy['n2_found'] < out['n2_found']
   config.fit.ideal_replicates = 0
   assert tps.ideal_learner_resolution(config, sizes, p, q, [1.0, 2.0], num_seeds=3,
                                       key=jax.random.PRNGKey(0)) is None
