@@ -42,7 +42,12 @@ Variants (config fields, METHOD.md section 2; defaults first):
   gradient block's examples split over all local devices (`gradient_mesh`); the values are
   unchanged up to float32 rounding.
 - `valuation.subsample`: 0 (all) or a budget of pool examples, spread over contributors in
-  proportion to their sizes (each part stratified); `n` and `pi` stay the full ones.
+  proportion to their sizes (each part stratified, each non-empty part floored at
+  `valuation.min_subsample`); `n` and `pi` stay the full ones, and every coalition term
+  still estimates the FULL coalition's, in which each (contributor, part) weighs its full
+  size: E and the MMD weigh the parts' kept rows by full size (the MMD through part-level
+  kernel sums computed once per pool; the `linear` estimator is refused), the NTK term
+  uses kept rows in proportion to the full part sizes (`coalition_terms`).
 - `bound.terms`: which of the four terms enter `v` (the ablation drops one).
 - `valuation.fit_target`: `loss` | `log_loss` for the `fit` weights.
 
@@ -61,6 +66,7 @@ target examples, `d` features, `p` parameters (`k` projected), `c` classes, `P` 
 """
 
 import functools
+import math
 import time
 import zlib
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
@@ -140,7 +146,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.valuation = ml_collections.ConfigDict(dict(
       weights='standardize',       # 'standardize' | 'fit' (needs probes).
       fit_target='loss',           # 'loss' | 'log_loss': what the NNLS fit regresses.
-      subsample=0,                 # 0 = all examples; else a budget of pool examples.
+      subsample=0,                 # 0 = all examples; else a budget of pool examples
+                                   # (terms reweighted to the full sizes; not with
+                                   # mmd.estimator='linear').
       min_subsample=2,             # least examples kept of a non-empty part.
   ))
   return config
@@ -440,6 +448,30 @@ def term_mask(config: ml_collections.ConfigDict) -> np.ndarray:
 # The pool: everything per example, computed once.
 
 
+class PartKernelSums(NamedTuple):
+  """Kernel sums between the parts of a subsampled pool and the target, for the MMD.
+
+  Groups: `2 i` is contributor `i`'s real part, `2 i + 1` its synthetic part, `2 K` the
+  target. The kernel is `dv_jax.mmd.mk_mmd`'s: the uniform mixture of Gaussians with the
+  pool's bandwidths on `Pool.features` (already standardised), times `[y == y']` when
+  `label_aware`. From these sums the MMD^2 of ANY weighted mixture of parts against the
+  target is a quadratic form (`_weighted_mmd2`), so a coalition costs O(P^2), not a pass
+  over its rows.
+
+  Attributes:
+    sums: `[2K + 1, 2K + 1]` float64, `sums[g, h]` = the sum of `k(a, b)` over the ordered
+      pairs of DISTINCT rows `a` of group `g`, `b` of group `h` (the `a == b` terms of a
+      group with itself excluded; each is `k(a, a) = 1` and the biased estimator adds them
+      back as the group's row count).
+    counts: `[2K + 1]` rows of each group: kept rows of a part (0 for an empty part), `m`
+      for the target.
+    label_aware: whether the label indicator was applied (`config.mmd.label_aware`).
+  """
+  sums: np.ndarray
+  counts: np.ndarray
+  label_aware: bool
+
+
 class Pool(NamedTuple):
   """Per-example quantities of the pooled contributors at `theta0`, computed once.
 
@@ -461,6 +493,9 @@ class Pool(NamedTuple):
     kernel: `[N, N]` `factor factor^T` once `with_pool_kernel` formed it, else None.
     residual: `[N]` or `[N, c]`.
     seconds: wall time of each stage of the pool's construction.
+    part_kernel_sums: `PartKernelSums` when the pool is subsampled (fewer rows than
+      `sizes.sum()`), else None: the MMD of a subsampled coalition is formed from them
+      (see `coalition_terms`).
   """
   names: Tuple[str, ...]
   owner: np.ndarray
@@ -477,6 +512,8 @@ class Pool(NamedTuple):
   factor: jax.Array
   residual: np.ndarray
   seconds: Dict[str, float]
+  # Last and defaulted, so every existing positional or keyword construction still works.
+  part_kernel_sums: Optional[PartKernelSums] = None
 
 
 def _ready(tree):
@@ -652,6 +689,239 @@ def with_pool_kernel(pool: 'Pool') -> 'Pool':
   return pool._replace(kernel=_gram(pool.factor))
 
 
+# ----------------------------------------------------------------------------------------
+# A subsampled pool: part-level kernel sums for the MMD, proportional rows for the NTK.
+
+
+def _is_subsampled(pool: 'Pool') -> bool:
+  """Whether `valuation.subsample` dropped rows (kept rows fewer than the full sizes)."""
+  return pool.owner.size < int(np.sum(pool.sizes))
+
+
+def _part_groups(pool: 'Pool') -> np.ndarray:
+  """`[N]` the part of each kept row: `2 owner` (real) or `2 owner + 1` (synthetic)."""
+  return 2 * np.asarray(pool.owner, np.int64) + np.asarray(pool.is_synthetic, np.int64)
+
+
+def _full_part_sizes(pool: 'Pool') -> np.ndarray:
+  """`[2K]` full sizes `N_p` of the parts (real, synthetic of contributor 0, then 1, ...)."""
+  num_real = np.asarray(pool.num_real, np.int64)
+  return np.stack([num_real, np.asarray(pool.sizes, np.int64) - num_real], axis=1).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames=('num_groups',))
+def _group_kernel_sums(blocks_NBxBxD, groups_NBxB, labels_NBxB, pair_a, pair_b,
+                       bandwidths_M, *, num_groups):
+  """`[G, G]` sums of the kernel over ordered pairs of distinct rows, by group.
+
+  One scan over the unordered block pairs, as `dv_jax.mmd._kernel_sums`: one `[B, B]`
+  kernel tile at a time (the same multi-kernel, distances and label indicator as
+  `dv_jax.mmd._block_pair_sum`), the `i == j` terms of a block with itself dropped, summed
+  into groups by two segment sums; a tile of two different blocks also stands for its
+  transpose. Padded rows carry the group `G` and fall into a discarded extra segment.
+
+  Args:
+    blocks_NBxBxD: `[nb, B, d]` rows (centered on the target mean).
+    groups_NBxB: `[nb, B]` int group of each row, `G` for padding.
+    labels_NBxB: `[nb, B]` int labels (all 0 for the plain feature kernel).
+    pair_a, pair_b: `[P]` block indices with `pair_a <= pair_b`, every such pair once.
+    bandwidths_M: `[M]`.
+    num_groups: `G`.
+
+  Returns:
+    `[G, G]`, symmetric.
+  """
+  block = blocks_NBxBxD.shape[1]
+  eye_BxB = jnp.eye(block, dtype=bool)
+
+  def step(carry, pair):
+    totals_GxG, compensation_GxG = carry
+    a, b = pair
+    x_BxD, y_BxD = blocks_NBxBxD[a], blocks_NBxBxD[b]
+    sq_x, sq_y = jnp.sum(x_BxD * x_BxD, axis=1), jnp.sum(y_BxD * y_BxD, axis=1)
+    cross_BxB = jnp.dot(x_BxD, y_BxD.T, precision=_PRECISION)
+    d2_BxB = jnp.maximum(sq_x[:, None] + sq_y[None, :] - 2 * cross_BxB, 0)
+    s_11M = bandwidths_M.reshape(1, 1, -1)
+    kernel_BxB = jnp.mean(jnp.exp(-d2_BxB[..., None] / (2 * s_11M)), axis=-1)
+    keep_BxB = (labels_NBxB[a][:, None] == labels_NBxB[b][None, :]) & ~((a == b) & eye_BxB)
+    kernel_BxB = jnp.where(keep_BxB, kernel_BxB, 0)
+    by_row_GxB = jax.ops.segment_sum(kernel_BxB, groups_NBxB[a], num_segments=num_groups + 1)
+    tile_GxG = jax.ops.segment_sum(by_row_GxB.T, groups_NBxB[b],
+                                   num_segments=num_groups + 1).T[:num_groups, :num_groups]
+    tile_GxG = tile_GxG + jnp.where(a != b, tile_GxG.T, 0)
+    # Kahan summation, as dv_jax.mmd: MMD^2 is a small difference of large float32 sums.
+    increment_GxG = tile_GxG - compensation_GxG
+    new_totals_GxG = totals_GxG + increment_GxG
+    compensation_GxG = (new_totals_GxG - totals_GxG) - increment_GxG
+    return (new_totals_GxG, compensation_GxG), None
+
+  zeros_GxG = jnp.zeros((num_groups, num_groups), blocks_NBxBxD.dtype)
+  (totals_GxG, _), _ = jax.lax.scan(step, (zeros_GxG, zeros_GxG), (pair_a, pair_b))
+  return totals_GxG
+
+
+def _part_kernel_sums(pool: 'Pool', *, label_aware: bool, block_size: int
+                      ) -> PartKernelSums:
+  """The `PartKernelSums` of a pool: one blocked pass over its kept rows and the target.
+
+  O((N + m)^2) kernel values in blocks of `block_size` rows (fewer for a small pool: the
+  next power of two, at least 8), memory O(B^2 M + G^2).
+  """
+  k = len(pool.names)
+  target_group = 2 * k
+  features = np.asarray(pool.features, np.float32)
+  target = np.asarray(pool.target_features, np.float32)
+  # Distances are translation invariant; centering on the target mean, as dv_jax.mmd does,
+  # shrinks |x|^2 and with it the cancellation in |a|^2 + |b|^2 - 2 a.b.
+  center = target.mean(axis=0, keepdims=True)
+  rows = np.concatenate([features - center, target - center])
+  groups = np.concatenate([_part_groups(pool), np.full(target.shape[0], target_group)])
+  if label_aware:
+    labels = np.concatenate([np.asarray(pool.y), np.asarray(pool.target_y)])
+  else:
+    labels = np.zeros(rows.shape[0], np.int32)
+  num_rows = rows.shape[0]
+  block = min(int(block_size), bucket_size(num_rows))
+  num_blocks = -(-num_rows // block)
+  pad = num_blocks * block - num_rows
+  blocks = np.pad(rows, ((0, pad), (0, 0))).reshape(num_blocks, block, -1)
+  group_blocks = np.pad(groups, (0, pad), constant_values=target_group + 1)
+  label_blocks = np.pad(labels.astype(np.int32), (0, pad))
+  pair_a, pair_b = np.triu_indices(num_blocks)
+  bandwidths = jnp.asarray(pool.bandwidths, jnp.float32)
+  sums = _group_kernel_sums(
+      jnp.asarray(blocks), jnp.asarray(group_blocks.reshape(num_blocks, block), jnp.int32),
+      jnp.asarray(label_blocks.reshape(num_blocks, block)), jnp.asarray(pair_a, jnp.int32),
+      jnp.asarray(pair_b, jnp.int32), bandwidths, num_groups=target_group + 1)
+  counts = np.append(np.bincount(_part_groups(pool), minlength=target_group),
+                     target.shape[0])
+  return PartKernelSums(np.asarray(sums, np.float64), counts.astype(np.int64),
+                        bool(label_aware))
+
+
+def _weighted_mmd2(sums: PartKernelSums, parts: np.ndarray, weights: np.ndarray, *,
+                   unbiased: bool) -> float:
+  """`MMD^2(sum_p w_p P_p, T)` from part-level kernel sums, in float64.
+
+  `MMD^2 = sum_{p,q} w_p w_q K_pq - 2 sum_p w_p K_pT + K_TT = v^T K v` with
+  `v = (w, -1)` over (parts, target) and `K_gh` the mean kernel value between groups `g`
+  and `h`. On the diagonal (`g = h`) the unbiased estimator averages over the `c (c - 1)`
+  pairs of distinct rows; the biased one over all `c^2` pairs, adding `k(a, a) = 1` for
+  each row, which makes the result exactly the V-statistic of the weighted empirical
+  mixture (rows of part `p` weighted `w_p / c_p`). Each `K_gh` is unbiased (resp. the
+  plug-in) for the mean-embedding inner product `<mu_g, mu_h>`, so with fixed weights the
+  form estimates the MMD^2 of the weighted mixture.
+
+  Args:
+    sums: the pool's `PartKernelSums`.
+    parts: `[P]` group indices of non-empty parts (unbiased: >= 2 rows each).
+    weights: `[P]` their weights (the full sizes over the full total).
+    unbiased: the U-statistic diagonal.
+
+  Returns:
+    The estimate of MMD^2 (can be negative for the unbiased estimator).
+  """
+  groups = np.append(np.asarray(parts, np.int64), sums.counts.size - 1)
+  v = np.append(np.asarray(weights, np.float64), -1.0)
+  counts = sums.counts[groups].astype(np.float64)
+  pair_sums = sums.sums[np.ix_(groups, groups)]
+  means = pair_sums / np.outer(counts, counts)
+  if unbiased:
+    diagonal = np.diag(pair_sums) / (counts * (counts - 1))
+  else:
+    diagonal = (np.diag(pair_sums) + counts) / (counts * counts)
+  np.fill_diagonal(means, diagonal)
+  return float(v @ means @ v)
+
+
+def _check_subsampled_mmd(contributors: Sequence[Contributor], rows: list,
+                          config: ml_collections.ConfigDict) -> None:
+  """Raises unless the MMD of a subsampled pool can be formed from part-level kernel sums.
+
+  `linear`: its O(n) streaming statistic over consecutive row pairs has no weighted-mixture
+  form. `unbiased`: each part's own kernel mean drops the diagonal, so every non-empty part
+  needs >= 2 kept rows (true under `discrepancy='parts'` by `_check_mmd_rows` and
+  `min_subsample >= 2`; a 1-row part can reach here only under `'mixture'`).
+  """
+  estimator = config.mmd.estimator
+  if estimator == 'linear':
+    raise ValueError(
+        f"config.mmd.estimator='linear' cannot be combined with config.valuation.subsample="
+        f'{int(config.valuation.subsample)}, which keeps '
+        f'{sum(r.size + s.size for r, s in rows)} of the '
+        f"{sum(c.size for c in contributors)} pool rows: a subsampled coalition's MMD is "
+        'formed from part-level kernel sums, and the streaming linear estimator has no such '
+        "form; use config.mmd.estimator='unbiased' (the same unbiased target) or 'biased', "
+        'or config.valuation.subsample=0')
+  if estimator != 'unbiased':
+    return
+  for c, (real_rows, syn_rows) in zip(contributors, rows):
+    for part, kept in (('real', real_rows.size), ('synthetic', syn_rows.size)):
+      if kept == 1:
+        raise ValueError(
+            f"contributor {c.name!r}: its {part} part has 1 row, but "
+            f"config.mmd.estimator='unbiased' with config.valuation.subsample > 0 weighs "
+            "each part's own kernel mean, which needs >= 2 rows; use "
+            "config.mmd.estimator='biased', or config.valuation.subsample=0")
+
+
+def _proportional_rows(pool: 'Pool', members: Sequence[int], key: jax.Array) -> np.ndarray:
+  """Kept rows of a coalition in proportion to the full part sizes (the NTK's rows).
+
+  `f` = the smallest kept fraction `kept_p / N_p` over the coalition's non-empty parts;
+  each part contributes a uniform subset of `max(1, round(f N_p))` of its kept rows drawn
+  with `fold_in(key, p)`. So a part that the floor `min_subsample` forced above its share
+  is thinned back, and a part with `round(f N_p) = 0` keeps one row: its only residual
+  over-representation.
+
+  Returns:
+    `[n_rows]` sorted pool row indices.
+  """
+  groups = _part_groups(pool)
+  full = _full_part_sizes(pool)
+  parts = [(p, np.flatnonzero(groups == p)) for i in members for p in (2 * i, 2 * i + 1)
+           if full[p] > 0]
+  fraction = min(part_rows.size / full[p] for p, part_rows in parts)
+  chosen = []
+  for p, part_rows in parts:
+    take = min(max(1, int(round(fraction * full[p]))), part_rows.size)
+    if take < part_rows.size:
+      # A permutation of the next power of two, filtered: uniform, one compile per bucket.
+      order = np.asarray(jax.random.permutation(jax.random.fold_in(key, p),
+                                                bucket_size(part_rows.size)))
+      part_rows = part_rows[order[order < part_rows.size][:take]]
+    chosen.append(part_rows)
+  return np.sort(np.concatenate(chosen))
+
+
+def coalition_rows(pool: 'Pool', members: Sequence[int], *,
+                   config: ml_collections.ConfigDict) -> np.ndarray:
+  """The pool rows whose NTK (and residual) make a coalition's NTK term.
+
+  Every kept row of the members when nothing was subsampled; for a subsampled pool, rows
+  in proportion to the full part sizes, drawn with the coalition's key, so the same
+  coalition gets the same rows whatever the order of `members` (see `coalition_terms`).
+
+  Args:
+    pool: from `prepare_pool`.
+    members: contributor indices (non-empty).
+    config: the config the pool was built with (its `seed`).
+
+  Returns:
+    `[n_rows]` sorted pool row indices.
+
+  Raises:
+    ValueError: empty or out-of-range `members`.
+  """
+  members = _check_members(pool, members)
+  if not _is_subsampled(pool):
+    return np.flatnonzero(np.isin(pool.owner, members))
+  # Stage 3 of config.seed (0: the projection, 1: the approximate NTK methods' rows,
+  # 2: the subsample).
+  key = coalition_key(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 3), members)
+  return _proportional_rows(pool, members, key)
+
+
 def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
                  params: Any, config: ml_collections.ConfigDict,
                  features_fn: Optional[Callable] = None) -> Pool:
@@ -671,7 +941,11 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
   Raises:
     ValueError: see `validate_inputs`; a bad config; naming the contributor and the part,
       a part (or, for `mmd.discrepancy='mixture'`, a contributor) of exactly 1 row with
-      `mmd.estimator` 'unbiased' or 'linear', which need >= 2 rows.
+      `mmd.estimator` 'unbiased' or 'linear', which need >= 2 rows. When
+      `valuation.subsample` drops rows: naming both fields, `mmd.estimator='linear'`
+      (no weighted-mixture form); naming the contributor and the part, a part of 1 row
+      with `mmd.estimator='unbiased'` (possible under `'mixture'`). All before any
+      per-example work.
   """
   check_config(config)
   t0 = time.perf_counter()
@@ -684,6 +958,10 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
   k_proj, k_sub = jax.random.fold_in(key, 0), jax.random.fold_in(key, 2)
   rows = _subsample_rows(contributors, int(config.valuation.subsample),
                          int(config.valuation.min_subsample), k_sub)
+  subsampled = (sum(r.size + s.size for r, s in rows)
+                < sum(c.size for c in contributors))
+  if subsampled:
+    _check_subsampled_mmd(contributors, rows, config)
   xs, ys, flags, owners = [], [], [], []
   for i, (c, (real_rows, syn_rows)) in enumerate(zip(contributors, rows)):
     for xpart, ypart, r, flag in ((c.x_real, c.y_real, real_rows, False),
@@ -729,7 +1007,7 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
     residual = jax.nn.one_hot(y, num_classes, dtype=logits.dtype) - logits
   _ready((factor, residual))
   seconds['ntk_gradients'] = time.perf_counter() - t
-  return Pool(
+  pool = Pool(
       names=tuple(c.name for c in contributors), owner=np.concatenate(owners),
       is_synthetic=np.concatenate(flags), y=y_np,
       sizes=np.array([c.size for c in contributors]),
@@ -738,6 +1016,12 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
       target_y=jnp.asarray(ty), bandwidths=bandwidths, kernel=None, factor=factor,
       residual=np.asarray(residual),
       seconds=seconds)
+  if subsampled:
+    t = time.perf_counter()
+    pool = pool._replace(part_kernel_sums=_part_kernel_sums(
+        pool, label_aware=bool(config.mmd.label_aware), block_size=int(config.mmd.block_size)))
+    seconds['mmd_part_sums'] = time.perf_counter() - t
+  return pool
 
 
 # ----------------------------------------------------------------------------------------
@@ -857,13 +1141,89 @@ def coalition_key(key: jax.Array, members: Sequence[int]) -> jax.Array:
   return jax.random.fold_in(key, tag & 0x7FFFFFFF)
 
 
+def _check_members(pool: 'Pool', members: Sequence[int]) -> list:
+  members = sorted(set(int(i) for i in members))
+  k = len(pool.names)
+  if not members or members[0] < 0 or members[-1] >= k:
+    raise ValueError(f'members must be a non-empty subset of range({k}), got {members}')
+  return members
+
+
+def _subsampled_loss_and_discrepancy(pool: Pool, members: Sequence[int], *,
+                                     config: ml_collections.ConfigDict, n: int, pi: float
+                                     ) -> Tuple[float, float]:
+  """E and D of the FULL coalition, estimated from a subsampled pool.
+
+  Each non-empty part `p` (a member's real or synthetic part) weighs `w_p = N_p / n`, its
+  FULL size over the coalition's: `E = sum_p w_p mean(loss of p's kept rows)`. The MMD of a
+  weighted mixture of parts is the quadratic form `_weighted_mmd2` of the pool's
+  `PartKernelSums`: `discrepancy='mixture'` weighs every part by `N_p / n`; `'parts'`
+  forms the real mixture with `N_p / n_real` over the real parts (the synthetic one
+  likewise) and combines the two MMDs with the full pi, as Eq. 8.
+  """
+  cfg = config.mmd
+  estimator = cfg.estimator
+  if estimator == 'linear':
+    raise ValueError("config.mmd.estimator='linear' cannot be combined with a subsampled pool "
+                     '(config.valuation.subsample > 0); see prepare_pool')
+  sums = pool.part_kernel_sums
+  if sums is None:  # a pool built by hand: the one pass prepare_pool would have made
+    sums = _part_kernel_sums(pool, label_aware=bool(cfg.label_aware),
+                             block_size=int(cfg.block_size))
+  if sums.label_aware != bool(cfg.label_aware):
+    raise ValueError(f"the pool's MMD kernel sums were computed with mmd.label_aware="
+                     f'{sums.label_aware}, but config.mmd.label_aware={cfg.label_aware}; '
+                     'pass the config the pool was built with')
+  full = _full_part_sizes(pool)
+  parts = np.array([p for i in members for p in (2 * i, 2 * i + 1) if full[p] > 0])
+  synthetic = parts % 2 == 1
+  unbiased = estimator == 'unbiased'
+  if unbiased and np.any(sums.counts[parts] < 2):
+    raise ValueError("config.mmd.estimator='unbiased' needs >= 2 kept rows in every part of "
+                     'a subsampled pool; see prepare_pool')
+
+  groups = _part_groups(pool)
+  losses = np.asarray(pool.losses, np.float64)
+  empirical = float(sum(full[p] / n * np.mean(losses[groups == p]) for p in parts))
+
+  def mmd(selected):  # the MMD of the mixture of `parts[selected]` weighted by full size
+    weights = full[parts[selected]] / full[parts[selected]].sum()
+    # As mk_mmd: sqrt(max(MMD^2, 0)) (dv_jax.linalg.safe_sqrt), here on a host float.
+    return math.sqrt(max(_weighted_mmd2(sums, parts[selected], weights, unbiased=unbiased),
+                         0.0))
+
+  if cfg.get('discrepancy', 'parts') == 'mixture':
+    return empirical, mmd(np.ones(parts.size, bool))
+  discrepancy = bound.discrepancy_term(mmd(~synthetic) if pi > 0 else None,
+                                       mmd(synthetic) if pi < 1 else None, pi=pi)
+  return empirical, float(discrepancy)
+
+
 def coalition_terms(pool: Pool, members: Sequence[int], *,
                     config: ml_collections.ConfigDict) -> Tuple[np.ndarray, float]:
   """The four raw terms of the union of the contributors `members`.
 
-  `n` and `pi` are the full sizes; the per-example quantities come from the pooled (and
-  possibly subsampled) rows. The NTK of the coalition is the principal sub-matrix of the
-  pool's kernel (or the factor's rows).
+  `n` and `pi` are the full sizes. The NTK of the coalition is the principal sub-matrix of
+  the pool's kernel (or the factor's rows) on `coalition_rows`.
+
+  Without subsampling (`valuation.subsample = 0`, or a budget that keeps every row) the
+  per-example quantities are those of the union of the members' rows. With subsampling,
+  every term still estimates the FULL coalition's, in which a part `p` (a member's real or
+  synthetic part) weighs `w_p = N_p / n` (`N_p` its full size), whereas the kept rows
+  carry their own, distorted proportions (`min_subsample` floors, rounding):
+  - E: `sum_p w_p mean(loss of p's kept rows)`.
+  - D: the MMD of the `w`-weighted mixture of the parts (of the real parts, weighted by
+    full size, and of the synthetic ones for `discrepancy='parts'`), a quadratic form in
+    the weights over the pool's `PartKernelSums` (O(P^2) per coalition). With the biased
+    estimator this is exactly the V-statistic of the weighted empirical mixture; with the
+    unbiased one each part's own kernel mean drops its diagonal. The linear estimator is
+    refused (`prepare_pool`).
+  - N: on rows in proportion to the full part sizes (`coalition_rows`): with `f` the
+    smallest kept fraction `kept_p / N_p` of the coalition's parts, `max(1, round(f N_p))`
+    random kept rows of each part, drawn with the coalition's key (the same rows whatever
+    the order of `members`), and then the value computed exactly as without subsampling.
+    A part that the floor forced above its share is thinned back; a part with
+    `round(f N_p) = 0` keeps one row (the residual distortion).
 
   Args:
     pool: from `prepare_pool`.
@@ -874,42 +1234,48 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
     `(terms [4] float64 in TERM_NAMES order, ntk jitter)`.
 
   Raises:
-    ValueError: empty or out-of-range `members`.
+    ValueError: empty or out-of-range `members`; for a subsampled pool, a config whose
+      `mmd.estimator` is 'linear' or whose `mmd.label_aware` differs from the pool's.
   """
-  members = sorted(set(int(i) for i in members))
-  k = len(pool.names)
-  if not members or members[0] < 0 or members[-1] >= k:
-    raise ValueError(f'members must be a non-empty subset of range({k}), got {members}')
+  members = _check_members(pool, members)
   sel = np.isin(pool.owner, members)
-  real = np.flatnonzero(sel & ~pool.is_synthetic)
-  syn = np.flatnonzero(sel & pool.is_synthetic)
   n = int(pool.sizes[members].sum())
   pi = float(pool.num_real[members].sum()) / n
 
-  def part_mean(values, rows):
-    return float(np.mean(values[rows], dtype=np.float64)) if rows.size else 0.0
-
-  # E: the full pi weighs the (sub)sample means; an empty part weighs 0.
-  empirical = pi * part_mean(pool.losses, real) + (1 - pi) * part_mean(pool.losses, syn)
-
-  cfg = config.mmd
-
-  def part_mmd(rows):
-    if rows.size == 0:
-      return None
-    labels = (pool.y[rows], pool.target_y) if cfg.label_aware else (None, None)
-    return mmd_lib.mk_mmd(pool.features[rows], pool.target_features,
-                          bandwidths=pool.bandwidths, estimator=cfg.estimator,
-                          block_size=int(cfg.block_size), x_labels=labels[0],
-                          y_labels=labels[1]).value
-
-  if cfg.get('discrepancy', 'parts') == 'mixture':
-    discrepancy = float(part_mmd(np.flatnonzero(sel)))
+  if _is_subsampled(pool):
+    empirical, discrepancy = _subsampled_loss_and_discrepancy(pool, members, config=config,
+                                                              n=n, pi=pi)
+    rows = coalition_rows(pool, members, config=config)
   else:
-    discrepancy = float(bound.discrepancy_term(part_mmd(real) if pi > 0 else None,
-                                               part_mmd(syn) if pi < 1 else None, pi=pi))
+    # Every row kept: the union's means are the full coalition's. This is the path every
+    # shipped table (valuation.subsample = 0) was computed with; keep it bit for bit.
+    real = np.flatnonzero(sel & ~pool.is_synthetic)
+    syn = np.flatnonzero(sel & pool.is_synthetic)
 
-  rows = np.flatnonzero(sel)
+    def part_mean(values, rows):
+      return float(np.mean(values[rows], dtype=np.float64)) if rows.size else 0.0
+
+    # E: pi weighs the part means; an empty part weighs 0.
+    empirical = pi * part_mean(pool.losses, real) + (1 - pi) * part_mean(pool.losses, syn)
+
+    cfg = config.mmd
+
+    def part_mmd(rows):
+      if rows.size == 0:
+        return None
+      labels = (pool.y[rows], pool.target_y) if cfg.label_aware else (None, None)
+      return mmd_lib.mk_mmd(pool.features[rows], pool.target_features,
+                            bandwidths=pool.bandwidths, estimator=cfg.estimator,
+                            block_size=int(cfg.block_size), x_labels=labels[0],
+                            y_labels=labels[1]).value
+
+    if cfg.get('discrepancy', 'parts') == 'mixture':
+      discrepancy = float(part_mmd(np.flatnonzero(sel)))
+    else:
+      discrepancy = float(bound.discrepancy_term(part_mmd(real) if pi > 0 else None,
+                                                 part_mmd(syn) if pi < 1 else None, pi=pi))
+    rows = np.flatnonzero(sel)
+
   ncfg = config.ntk
   if ncfg.method == 'full':
     term = _full_ntk_term(pool, rows, eps=float(ncfg.eps))
@@ -1093,7 +1459,8 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
       than the target's, labels out of range, no examples) and for a part of 1 row with
       `mmd.estimator` 'unbiased' or 'linear' (see `prepare_pool`), before any
       per-example work; a bad config (e.g. `valuation.min_subsample < 2` with those
-      estimators and `valuation.subsample > 0`); `fit` without probes.
+      estimators and `valuation.subsample > 0`, or `mmd.estimator='linear'` with a
+      `valuation.subsample` that drops rows); `fit` without probes.
   """
   config = default_config() if config is None else config
   t0 = time.perf_counter()
@@ -1285,8 +1652,9 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
 __all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RESIDUALS',
            'Contributor', 'default_config', 'PRESETS', 'preset_config',
            'TermTable', 'FitReport', 'ValuationResult', 'Probes', 'ranking_of',
-           'validate_inputs', 'term_mask', 'gradient_mesh', 'Pool', 'prepare_pool', 'logits_at',
-           'cross_entropy', 'pool_examples', 'check_owner', 'with_pool_kernel', 'bucket_size',
-           'gram_quad_form', 'coalition_key', 'coalition_terms', 'standardize_terms',
+           'validate_inputs', 'term_mask', 'gradient_mesh', 'PartKernelSums', 'Pool',
+           'prepare_pool', 'logits_at', 'cross_entropy', 'pool_examples', 'check_owner',
+           'with_pool_kernel', 'bucket_size', 'gram_quad_form', 'coalition_key',
+           'coalition_rows', 'coalition_terms', 'standardize_terms',
            'WeightFit', 'fit_weights', 'value_contributors', 'Utility', 'leave_one_out',
            'shapley_from_utility', 'shapley']

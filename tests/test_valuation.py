@@ -501,6 +501,290 @@ def test_shapley_exact_by_enumeration_and_monte_carlo_converges(setup):
 
 
 # ----------------------------------------------------------------------------------------
+# Subsampling (valuation.subsample > 0): every term estimates the FULL coalition's.
+
+
+SUBSAMPLE_BUDGET = 40
+
+
+def _identity_features(x):
+  return jnp.asarray(x).reshape(np.shape(x)[0], -1)
+
+
+def _subsample_contributors():
+  """108 rows at a budget of 40: 'few_real' (3 real + 30 synthetic, 9% real) keeps 2 + 11.
+
+  The floor `min_subsample = 2` lifts its real part to 2 of 13 kept rows (15% real): the
+  distortion the reweighting removes. The parts are shifted apart so that it shows.
+  """
+  keys = jax.random.split(jax.random.PRNGKey(5), 5)
+  return [
+      Contributor('few_real', *_data(keys[0], 3, shift=1.5), *_data(keys[1], 30, shift=-1.0)),
+      Contributor('both', *_data(keys[2], 20), *_data(keys[3], 15, shift=0.5)),
+      Contributor('real_only', *_data(keys[4], 40, shift=0.3), None, None),
+  ]
+
+
+@pytest.fixture(scope='module')
+def subsampled(setup):
+  """A subsampled pool whose features are the raw inputs, so NumPy sees the kept rows."""
+  contributors = _subsample_contributors()
+  config = _config(valuation__subsample=SUBSAMPLE_BUDGET, mmd__feature_space='user',
+                   mmd__standardize=False)
+  pool = valuation.prepare_pool(contributors, setup['target'], apply_fn=setup['apply_fn'],
+                                params=setup['params'], config=config,
+                                features_fn=_identity_features)
+  t = np.asarray(setup['target'].x, np.float64)
+  return dict(contributors=contributors, config=config, pool=pool, t=t,
+              s_j=_np_bandwidths(t))
+
+
+def _kept(pool, i, synthetic):
+  """Pool rows of contributor i's real (or synthetic) part."""
+  return np.flatnonzero((pool.owner == i) & (pool.is_synthetic == synthetic))
+
+
+def _full_parts(contributors, members):
+  """`(i, synthetic, N_p)` of the members' non-empty parts, with their FULL sizes."""
+  return [(i, synthetic, size) for i in members
+          for synthetic, size in ((False, contributors[i].num_real),
+                                  (True, contributors[i].num_synthetic)) if size]
+
+
+def _np_kernel(a, b, s_j):
+  d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+  return np.mean([np.exp(-d2 / (2 * s)) for s in s_j], axis=0)
+
+
+def _np_weighted_mmd(parts, t, s_j, *, estimator):
+  """MMD of the mixture `sum_p w_p P_p` (parts: `(x_p, w_p)`, sum w = 1) to T, float64.
+
+  Biased: the V-statistic of the weighted empirical mixture, each row of part p weighted
+  `w_p / |x_p|`. Unbiased: `sum_pq w_p w_q mean k(P_p, P_q) - 2 ... + ...` with each
+  set's own mean over pairs of distinct rows.
+  """
+  if estimator == 'biased':
+    x = np.concatenate([xp for xp, _ in parts])
+    alpha = np.concatenate([np.full(len(xp), w / len(xp)) for xp, w in parts])
+    mmd2 = (alpha @ _np_kernel(x, x, s_j) @ alpha
+            - 2 * alpha @ _np_kernel(x, t, s_j).mean(axis=1) + _np_kernel(t, t, s_j).mean())
+    return math.sqrt(max(mmd2, 0.0))
+  sets = list(parts) + [(t, -1.0)]
+  mmd2 = 0.0
+  for i, (a, wa) in enumerate(sets):
+    for j, (b, wb) in enumerate(sets):
+      kern = _np_kernel(a, b, s_j)
+      mean = (kern.sum() - np.trace(kern)) / (len(a) * (len(a) - 1)) if i == j else kern.mean()
+      mmd2 += wa * wb * mean
+  return math.sqrt(max(mmd2, 0.0))
+
+
+def test_subsample_floor_distorts_the_kept_proportions(subsampled):
+  """The premise of the tests below: the kept rows are NOT in the full proportions."""
+  pool = subsampled['pool']
+  kept = [(_kept(pool, i, False).size, _kept(pool, i, True).size) for i in range(3)]
+  assert kept == [(2, 11), (7, 6), (15, 0)]
+  assert pool.part_kernel_sums is not None
+  assert pool.part_kernel_sums.counts.tolist() == [2, 11, 7, 6, 15, 0, 10]
+
+
+@pytest.mark.parametrize('estimator', ['biased', 'unbiased'])
+def test_subsampled_mixture_mmd_weighs_parts_by_full_size(subsampled, estimator):
+  """discrepancy='mixture': MMD of the mixture with w_p = N_p / n, not of the kept union.
+
+  'few_real' keeps 2 real + 11 synthetic rows (15% real, against its true 3 / 33 = 9%).
+  """
+  pool, t, s_j = subsampled['pool'], subsampled['t'], subsampled['s_j']
+  contributors = subsampled['contributors']
+  config = _config(valuation__subsample=SUBSAMPLE_BUDGET, mmd__feature_space='user',
+                   mmd__standardize=False, mmd__discrepancy='mixture',
+                   mmd__estimator=estimator)
+  features = np.asarray(pool.features, np.float64)
+  for members in ((0,), (0, 1), (0, 1, 2)):
+    parts = _full_parts(contributors, members)
+    n = sum(size for _, _, size in parts)
+    expected = _np_weighted_mmd([(features[_kept(pool, i, syn)], size / n)
+                                 for i, syn, size in parts], t, s_j, estimator=estimator)
+    got = valuation.coalition_terms(pool, members, config=config)[0][1]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, err_msg=str(members))
+    if members == (0,):
+      # The old value, the MMD of the union of the kept rows, is off by far more.
+      union = features[np.flatnonzero(np.isin(pool.owner, members))]
+      old = _np_weighted_mmd([(union, 1.0)], t, s_j, estimator=estimator)
+      assert abs(old - expected) > 1e-2 * expected, (old, expected)
+
+
+@pytest.mark.parametrize('estimator', ['biased', 'unbiased'])
+def test_subsampled_parts_mmd_weighs_each_side_by_full_size(subsampled, estimator):
+  """discrepancy='parts': pi MMD(T, real mixture) + (1 - pi) MMD(T, synthetic mixture).
+
+  Each side's mixture weighs the members' parts by their full sizes (`N_p / n_real`).
+  """
+  pool, t, s_j = subsampled['pool'], subsampled['t'], subsampled['s_j']
+  contributors = subsampled['contributors']
+  config = _config(valuation__subsample=SUBSAMPLE_BUDGET, mmd__feature_space='user',
+                   mmd__standardize=False, mmd__estimator=estimator)
+  features = np.asarray(pool.features, np.float64)
+  for members in ((0,), (0, 1), (0, 2), (0, 1, 2)):
+    parts = _full_parts(contributors, members)
+    n = sum(size for _, _, size in parts)
+    expected, old = 0.0, 0.0
+    for side in (False, True):
+      side_parts = [(i, size) for i, syn, size in parts if syn == side]
+      side_size = sum(size for _, size in side_parts)
+      expected += side_size / n * _np_weighted_mmd(
+          [(features[_kept(pool, i, side)], size / side_size) for i, size in side_parts],
+          t, s_j, estimator=estimator)
+      union = np.concatenate([features[_kept(pool, i, side)] for i, _ in side_parts])
+      old += side_size / n * _np_weighted_mmd([(union, 1.0)], t, s_j, estimator=estimator)
+    got = valuation.coalition_terms(pool, members, config=config)[0][1]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, err_msg=str(members))
+    if members == (0, 2):  # both real parts kept at very different rates (2/3 vs 15/40)
+      assert abs(old - expected) > 1e-2 * expected, (old, expected)
+
+
+def test_subsampled_empirical_loss_weighs_parts_by_full_size(setup, subsampled):
+  """E = sum_p (N_p / n) mean(loss of p's kept rows), contributors of unequal sizes."""
+  pool, contributors = subsampled['pool'], subsampled['contributors']
+  features = np.asarray(pool.features)
+  losses = _np_ce(_np_logits(setup['apply_fn'], setup['params'], features), pool.y)
+  for members in ((0,), (0, 1), (0, 2), (0, 1, 2)):
+    parts = _full_parts(contributors, members)
+    n = sum(size for _, _, size in parts)
+    expected = sum(size / n * losses[_kept(pool, i, syn)].mean() for i, syn, size in parts)
+    got = valuation.coalition_terms(pool, members, config=subsampled['config'])[0][0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=str(members))
+  # The old value, the full pi on the means of the kept real and synthetic unions: the
+  # real union holds 'few_real' at 2 of 17 kept rows, against its 3 of 43 full ones.
+  members = (0, 2)
+  pi = (3 + 40) / 73
+  real = np.concatenate([_kept(pool, i, False) for i in members])
+  old = pi * losses[real].mean() + (1 - pi) * losses[_kept(pool, 0, True)].mean()
+  got = valuation.coalition_terms(pool, members, config=subsampled['config'])[0][0]
+  assert abs(old - got) > 1e-3 * abs(got), (old, got)
+
+
+def test_subsampled_ntk_rows_are_proportional_and_order_free(setup, subsampled):
+  """N on kept rows in proportion to the full part sizes, drawn with the coalition's key.
+
+  Coalition ('few_real', 'both'): kept fractions 2/3, 11/30, 7/20, 6/15, so f = 7/20 and
+  the rows per part are max(1, round(f N_p)) = 1, 10, 7, 5 (the floored real part of
+  'few_real' thinned back from 2 to 1).
+  """
+  pool, config = subsampled['pool'], subsampled['config']
+  apply_fn, params = setup['apply_fn'], setup['params']
+  features = np.asarray(pool.features)
+  members = (0, 1)
+  got = valuation.coalition_terms(pool, members, config=config)[0][2]
+  # First the old value, the NTK term of every kept row of the coalition: not it.
+  union = np.flatnonzero(np.isin(pool.owner, members))
+  old = _np_ntk_term(apply_fn, params, features[union], pool.y[union], residual='true_class')
+  assert abs(old - got) > 1e-2 * got, (old, got)
+
+  rows = valuation.coalition_rows(pool, members, config=config)
+  np.testing.assert_array_equal(rows, valuation.coalition_rows(pool, (1, 0, 1), config=config))
+  counts = [np.isin(rows, _kept(pool, i, syn)).sum() for i, syn, _ in
+            _full_parts(subsampled['contributors'], members)]
+  fraction = min(2 / 3, 11 / 30, 7 / 20, 6 / 15)
+  assert counts == [max(1, round(fraction * size)) for size in (3, 30, 20, 15)] == [1, 10, 7, 5]
+  assert np.all(np.isin(rows, union)) and np.all(np.diff(rows) > 0)
+  # The value, as without subsampling, on those rows: sqrt(r^T (Theta + lam I)^-1 r / n_rows)
+  # with lam = 1e-4 trace(Theta) / n_rows (the jitter rule of bound.ntk_term).
+  expected = _np_ntk_term(apply_fn, params, features[rows], pool.y[rows], residual='true_class')
+  np.testing.assert_allclose(got, expected, rtol=2e-4)
+  # The same through the pool's kernel (Utility's path), which keeps the kernel sums.
+  with_kernel = valuation.with_pool_kernel(pool)
+  assert with_kernel.part_kernel_sums is pool.part_kernel_sums
+  np.testing.assert_allclose(valuation.coalition_terms(with_kernel, (1, 0), config=config)[0],
+                             valuation.coalition_terms(pool, members, config=config)[0],
+                             rtol=1e-5)
+  # A singleton with one part keeps every kept row (f N_p = kept_p).
+  np.testing.assert_array_equal(valuation.coalition_rows(pool, (2,), config=config),
+                                _kept(pool, 2, False))
+
+
+def test_weighted_kernel_sums_match_the_direct_estimator_without_subsampling(setup):
+  """The kernel-sum route and mk_mmd on the rows agree where they must (no subsampling).
+
+  Biased: for any coalition the full-size weights are the kept proportions, and the
+  quadratic form is then the V-statistic of the union. Unbiased: for single parts. The
+  sums are formed in blocks of 8 rows, so tiles of distinct blocks (and their transposes)
+  are exercised; the label-aware kernel too.
+  """
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                apply_fn=setup['apply_fn'], params=setup['params'],
+                                config=_config())
+  assert pool.part_kernel_sums is None
+  for label_aware in (False, True):
+    sums = valuation._part_kernel_sums(pool, label_aware=label_aware, block_size=8)
+    weighted_pool = pool._replace(part_kernel_sums=sums)
+    cases = [('biased', discrepancy, members) for discrepancy in ('parts', 'mixture')
+             for r in (1, 2, 3) for members in itertools.combinations(range(3), r)]
+    cases += [('unbiased', 'parts', (i,)) for i in range(3)]
+    for estimator, discrepancy, members in cases:
+      config = _config(mmd__label_aware=label_aware, mmd__estimator=estimator,
+                       mmd__discrepancy=discrepancy)
+      direct = valuation.coalition_terms(pool, members, config=config)[0]
+      n = int(pool.sizes[list(members)].sum())
+      pi = float(pool.num_real[list(members)].sum()) / n
+      weighted = valuation._subsampled_loss_and_discrepancy(weighted_pool, members,
+                                                            config=config, n=n, pi=pi)
+      np.testing.assert_allclose(weighted, direct[:2], rtol=2e-5,
+                                 err_msg=f'{label_aware} {estimator} {discrepancy} {members}')
+
+
+def test_subsample_budget_that_keeps_every_row_is_bit_for_bit_the_full_pool(setup):
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  full_config, budget_config = _config(), _config(valuation__subsample=10**6)
+  full = valuation.prepare_pool(setup['contributors'], setup['target'], config=full_config,
+                                **kwargs)
+  budget = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                  config=budget_config, **kwargs)
+  assert budget.part_kernel_sums is None and 'mmd_part_sums' not in budget.seconds
+  for r in (1, 2, 3):
+    for members in itertools.combinations(range(3), r):
+      np.testing.assert_array_equal(
+          valuation.coalition_terms(budget, members, config=budget_config)[0],
+          valuation.coalition_terms(full, members, config=full_config)[0])
+      np.testing.assert_array_equal(
+          valuation.coalition_rows(budget, members, config=budget_config),
+          np.flatnonzero(np.isin(full.owner, members)))
+
+
+def test_subsample_refuses_linear_and_one_row_unbiased_parts(setup, monkeypatch):
+  """Before any per-example work, naming the fields (or the contributor and its part)."""
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+
+  def unreachable(*args, **kwargs):
+    raise AssertionError('per-example work started before the check')
+
+  x, y = _data(jax.random.PRNGKey(9), 5)
+  one_real = Contributor('one_real', x[:1], y[:1], x[1:], y[1:])
+  contributors = _subsample_contributors()
+  with monkeypatch.context() as patch:
+    patch.setattr(valuation, 'logits_at', unreachable)
+    with pytest.raises(ValueError, match=r"config.mmd.estimator='linear' cannot be combined "
+                                         r'with config.valuation.subsample=40'):
+      valuation.prepare_pool(contributors, setup['target'], **kwargs,
+                             config=_config(valuation__subsample=40, mmd__estimator='linear'))
+    with pytest.raises(ValueError, match=r"contributor 'one_real': its real part has 1 row.*"
+                                         r"'unbiased' with config.valuation.subsample"):
+      valuation.prepare_pool(contributors + [one_real], setup['target'], **kwargs,
+                             config=_config(valuation__subsample=40, mmd__estimator='unbiased',
+                                            mmd__discrepancy='mixture'))
+  # A budget that keeps every row subsamples nothing: linear stays available.
+  valuation.prepare_pool(setup['contributors'], setup['target'], **kwargs,
+                         config=_config(valuation__subsample=10**6, mmd__estimator='linear'))
+
+
+def test_subsampled_pool_rejects_another_label_kernel(subsampled):
+  config = _config(valuation__subsample=SUBSAMPLE_BUDGET, mmd__feature_space='user',
+                   mmd__standardize=False, mmd__label_aware=True)
+  with pytest.raises(ValueError, match='config.mmd.label_aware=True'):
+    valuation.coalition_terms(subsampled['pool'], (0,), config=config)
+
+
+# ----------------------------------------------------------------------------------------
 # Fitted weights.
 
 
