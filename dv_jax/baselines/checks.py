@@ -7,11 +7,12 @@ first, and an experiment calls it (through `dv_jax.baselines.check_config`) befo
 its own work.
 """
 
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 
+from dv_jax import config_checks
 from dv_jax import training
 
 
@@ -36,18 +37,41 @@ def example_rows(array: Any, name: str, *, width: str) -> jax.Array:
   return array
 
 
-def config_section(config: Any, name: str) -> Any:
+def config_section(config: Any, name: str, *, fields: Optional[Iterable[str]] = None) -> Any:
   """`config.baselines.<name>`, the section of baseline `name`.
+
+  Args:
+    config: with the `baselines` section.
+    name: the baseline.
+    fields: the keys the section may hold (None: not checked).
 
   Raises:
     ValueError: naming `config.baselines.<name>` when the config has no such section
-      (rather than an AttributeError from deep inside the baseline).
+      (rather than an AttributeError from deep inside the baseline), or when it holds a
+      key outside `fields` (a misspelt `rigde` would otherwise be ignored and the default
+      ridge used, as `training.as_train_config` refuses for a recipe).
   """
   section = config.get('baselines', None)
   if section is None or name not in section:
     raise ValueError(f'config.baselines.{name} is missing: baseline {name!r} reads its '
                      'settings from it (dv_jax.baselines.default_config() has the defaults)')
-  return section[name]
+  section = section[name]
+  if fields is not None:
+    unknown = sorted(set(section.keys()) - set(fields))
+    if unknown:
+      raise ValueError(f'config.baselines.{name} has unknown fields {unknown}; valid: '
+                       f'{sorted(fields)}')
+  return section
+
+
+def config_seed(config: Any) -> int:
+  """`config.seed`, the seed every baseline derives its keys from.
+
+  Raises:
+    ValueError: naming `config.seed` when it is missing or not a whole number (`int()`
+      would cut 1.5 to 1 and read True as 1, or fail on None / NaN without naming it).
+  """
+  return config_checks.config_int(config.get('seed', None), 'seed', minimum=None)
 
 
 def config_train(value: Any, field: str) -> training.TrainConfig:

@@ -9,9 +9,10 @@ apart), with the target set `T`:
 
 following the choices of the official code (github.com/ZhaoxuanWu/DAVINZ-DataValuation):
 - `Theta[a, b] = <grad f_{y_a}(x_a), grad f_{y_b}(x_b)>`, the NTK of the TRUE-CLASS logit at
-  initialisation, differentiated with respect to the weight matrices / kernels only (the
-  official `get_weights` takes `Conv2d` / `Linear` weights, no biases): here the
-  `param_filter` regex `'kernel'`, i.e. flax's `Dense` / `Conv` kernels.
+  initialisation, differentiated with respect to the weight matrices / kernels only: the
+  official code differentiates its `Conv2d` / `Linear` layers, all built with
+  `bias=False` (BatchNorm reset to the identity); our models have biases, so the
+  `param_filter` regex `'kernel'` keeps flax's `Dense` / `Conv` kernels (our reading).
 - residual `Y = 1 - f_y(x)` (classification);
 - an ABSOLUTE jitter `1e-4 I` (`diagonal_I_mag`), not relative to the trace (raised x10
   with a warning only if the Cholesky factor still fails, which the official code does
@@ -166,13 +167,15 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
     The checked `Settings`.
 
   Raises:
-    ValueError: naming the field: a missing section, a negative or non-finite `sigma`,
+    ValueError: naming the field: a missing section or a key it does not know, `seed`
+      not a whole number, a negative or non-finite `sigma`,
       `jitter` not finite and > 0, `num_blocks` / `num_permutations` not an int >= 1,
       `grad_block_size` not an int >= 1 (or not a multiple of the device count under
       `config.ntk.data_parallel`), `projection_dim` not an int >= 0, an unknown
       `projection_kind` with a projection.
   """
-  cfg = checks.config_section(config, 'davinz')
+  cfg = checks.config_section(config, 'davinz', fields=default_config().keys())
+  checks.config_seed(config)
   sigma = _check_sigma(cfg.sigma)
   num_blocks = config_checks.config_int(cfg.num_blocks, 'baselines.davinz.num_blocks')
   num_permutations = config_checks.config_int(cfg.num_permutations,

@@ -21,6 +21,9 @@ from dv_jax.baselines import checks
 from dv_jax.data.contributors import Contributor
 
 
+_MAX_SEED_OFFSET = 2**32 - 1 - 14  # `value` folds in 14 + seed_offset, a uint32
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The `baselines.random` section."""
   return ml_collections.ConfigDict(dict(seed_offset=0))
@@ -36,11 +39,18 @@ def check_config(config: ml_collections.ConfigDict) -> int:
     `seed_offset`.
 
   Raises:
-    ValueError: naming the field: a missing section, or `seed_offset` not an int >= 0
-      (`jax.random.fold_in` takes an unsigned 32-bit integer).
+    ValueError: naming the field: a missing section or a key it does not know, `seed` not
+      a whole number, or `seed_offset` not an int in `[0, 2^32 - 15]` (`value` folds in
+      `14 + seed_offset`, and `jax.random.fold_in` takes an unsigned 32-bit integer).
   """
-  cfg = checks.config_section(config, 'random')
-  return config_checks.config_int(cfg.seed_offset, 'baselines.random.seed_offset', minimum=0)
+  cfg = checks.config_section(config, 'random', fields=default_config().keys())
+  checks.config_seed(config)
+  seed_offset = config_checks.config_int(cfg.seed_offset, 'baselines.random.seed_offset',
+                                         minimum=0)
+  if seed_offset > _MAX_SEED_OFFSET:
+    raise ValueError(f'config.baselines.random.seed_offset must be <= {_MAX_SEED_OFFSET} '
+                     f'(14 + seed_offset is folded into a uint32), got {seed_offset}')
+  return seed_offset
 
 
 def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,

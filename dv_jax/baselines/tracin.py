@@ -126,6 +126,10 @@ def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
   owner = jnp.asarray(owner)
   scores = np.zeros(num_contributors)
   for g_train, g_target, eta in zip(train_grads, target_grads, etas):
+    # Summed in at least float32: bfloat16 sums of a bfloat16 model's gradients over a
+    # contributor keep ~3 significant digits.
+    dtype = jnp.promote_types(jnp.result_type(g_train, g_target), jnp.float32)
+    g_train, g_target = g_train.astype(dtype), g_target.astype(dtype)
     per_contributor = jax.ops.segment_sum(g_train, owner, num_segments=num_contributors)
     target_sum = jnp.sum(g_target, axis=0)
     scores += float(eta) * np.asarray(
@@ -161,13 +165,16 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
     The checked `Settings`.
 
   Raises:
-    ValueError: naming the field: a missing section, a bad training recipe,
+    ValueError: naming the field: a missing section or a key it does not know, `seed`
+      not a whole number, a bad training recipe,
       `num_checkpoints` not an int >= 1 dividing `train.steps`, `projection_dim` not an
       int >= 0, `grad_block_size` or `bn_batches` not an int >= 1, an unknown
       `projection_kind` with a projection, a `grad_block_size` that is not a multiple of
       the device count under `config.ntk.data_parallel`.
   """
-  cfg = checks.config_section(config, 'tracin')
+  cfg = checks.config_section(config, 'tracin',
+                               fields=[*default_config().keys(), 'bn_batches'])
+  checks.config_seed(config)
   train_config = checks.config_train(cfg.train, 'baselines.tracin.train')
   steps = int(train_config.steps)
   num_checkpoints = config_checks.config_int(cfg.num_checkpoints,

@@ -123,6 +123,10 @@ def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
   if not (np.isfinite(ridge) and ridge > 0):
     raise ValueError(f'ridge must be finite and > 0, got {ridge!r}')
   owner = valuation.check_owner(owner, phi_NxK.shape[0], num_contributors)
+  # At least float32 (the bfloat16 features of a bfloat16 model): a bfloat16 Gram matrix
+  # keeps ~3 significant digits, coarser than the relative ridge it is solved with.
+  dtype = jnp.promote_types(jnp.result_type(phi_NxK, target_MxK, q_N), jnp.float32)
+  phi_NxK, target_MxK, q_N = (a.astype(dtype) for a in (phi_NxK, target_MxK, q_N))
   gram_KxK = jnp.dot(phi_NxK.T, phi_NxK, precision=jax.lax.Precision.HIGHEST)
   u_K = linalg.psd_solve(gram_KxK, jnp.sum(target_MxK, axis=0), eps=float(ridge)).solution
   per_example = jnp.dot(phi_NxK, u_K, precision=jax.lax.Precision.HIGHEST) * q_N
@@ -159,12 +163,14 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
     The checked `Settings`.
 
   Raises:
-    ValueError: naming the field: a missing section, a bad training recipe, `num_models`,
+    ValueError: naming the field: a missing section or a key it does not know, `seed`
+      not a whole number, a bad training recipe, `num_models`,
       `projection_dim`, `grad_block_size` or `bn_batches` not an int >= 1, an unknown
       `projection_kind`, `ridge` not finite and > 0, a `grad_block_size` that is not a
       multiple of the device count under `config.ntk.data_parallel`.
   """
-  cfg = checks.config_section(config, 'trak')
+  cfg = checks.config_section(config, 'trak', fields=[*default_config().keys(), 'bn_batches'])
+  checks.config_seed(config)
   train_config = checks.config_train(cfg.train, 'baselines.trak.train')
   num_models = config_checks.config_int(cfg.num_models, 'baselines.trak.num_models')
   projection_dim = config_checks.config_int(cfg.projection_dim, 'baselines.trak.projection_dim')
@@ -242,6 +248,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     phi_target = ntk_lib.per_example_grads(scalar_fn, state_r.variables, tx, ty, **kwargs)
     logits = valuation.logits_at(state_r.apply_fn, state_r.variables, x,
                                  block_size=grad_block_size)
+    # In at least float32: a bfloat16 `1 - p` rounds every Q of a confident example to a
+    # multiple of 2^-8.
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     p_true = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), jnp.asarray(y)[:, None],
                                  axis=1)[:, 0]
     per_model.append(trak_scores(phi, phi_target, 1.0 - p_true, owner, len(contributors),
