@@ -165,8 +165,8 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
     ``ConfidenceInterval``; ``low = high = NaN`` when no resample has a finite metric.
 
   Raises:
-    ValueError: as ``spearman``, for an unknown metric, ``B < 1`` or ``level`` outside
-      ``(0, 1)``.
+    ValueError: as ``spearman``, for an unknown metric, ``B < 1``, ``level`` outside
+      ``(0, 1)`` or (without ``key``) a ``seed`` that is not a whole number.
   """
   a, b = _check_pair(a, b)
   if isinstance(metric, str):
@@ -185,7 +185,8 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
   if not 0.0 < float(level) < 1.0:
     raise ValueError(f'level must be in (0, 1), got {level}')
   if key is None:
-    key = jax.random.PRNGKey(int(seed))
+    # check_int, not int(): int(2.5) == 2 would silently reuse seed 2's resamples.
+    key = jax.random.PRNGKey(checks.check_int(seed, 'seed', minimum=None))
   idx = bootstrap_indices(a.shape[0], int(num_resamples), key=key)
   resamples = np.asarray(rows(a[idx], b[idx]), np.float64)
   valid = resamples[np.isfinite(resamples)]

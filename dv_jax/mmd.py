@@ -38,6 +38,8 @@ neither waste a full block nor compile once per size. Squared distances are form
 `|a|^2 + |b|^2 - 2 a.b` after centering both sets on the target mean (less cancellation
 in float32) at `Precision.HIGHEST` (no TF32 on GPUs), clipped at 0.
 
+Half-precision inputs (float16, bfloat16) are computed in float32, bandwidths included.
+
 These functions validate their inputs in Python and are called outside `jit`.
 
 Shape legend: `n` examples of `x`, `m` examples of the target `y`, `d` features, `M`
@@ -102,6 +104,12 @@ def _as_labels(labels: Optional[ArrayLike], n: int, name: str) -> jax.Array:
     raise ValueError(f'{name} must be integer class labels, got dtype {labels.dtype}')
   if labels.shape != (n,):
     raise ValueError(f'{name} must have shape [{n}] (one label per row), got {labels.shape}')
+  # The kernel compares int32 labels: a wider label outside that range would wrap onto
+  # another (2**32 -> 0) and silently match it. (Narrower dtypes need no look at the values.)
+  if not np.can_cast(labels.dtype, np.int32) and labels.size and (
+      int(labels.min()) < np.iinfo(np.int32).min or int(labels.max()) > np.iinfo(np.int32).max):
+    raise ValueError(f'{name} must fit in int32, got values in [{labels.min()}, '
+                     f'{labels.max()}]')
   labels = labels.astype(np.int32)
   return labels if isinstance(labels, jax.Array) else jax.device_put(labels)
 
@@ -144,6 +152,7 @@ def _median_sq_dist(x_RxD: jax.Array) -> jax.Array:
 def _median_heuristic(x: ArrayLike, max_rows: int, name: str) -> jax.Array:
   max_rows = checks.check_int(max_rows, 'max_rows', minimum=2)
   x = _as_features(x, name)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # as _mmd2_and_bandwidths
   n = x.shape[0]
   if n < 2:
     raise ValueError(f'{name} needs at least 2 rows for a pairwise distance, got {n}')
@@ -358,7 +367,9 @@ def _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size, x
     if num_kernels is not None and _check_num_kernels(num_kernels) != bandwidths.shape[0]:
       raise ValueError(f'num_kernels = {num_kernels} disagrees with the {bandwidths.shape[0]} '
                        'bandwidths given; pass one of them')
-  dtype = jnp.result_type(x.dtype, y.dtype, bandwidths.dtype)
+  # At least float32: float16 kernel sums (n^2 terms of up to 1) overflow past 65504, and
+  # in bfloat16 MMD^2, a small difference of such sums, is off by percents.
+  dtype = jnp.promote_types(jnp.result_type(x.dtype, y.dtype, bandwidths.dtype), jnp.float32)
   x, y, bandwidths = x.astype(dtype), y.astype(dtype), bandwidths.astype(dtype)
   if estimator == 'linear':
     num_rows = min(n, m)
@@ -411,8 +422,8 @@ def mk_mmd2(x: ArrayLike, y: ArrayLike, *, bandwidths: Optional[ArrayLike] = Non
   Raises:
     ValueError: naming the offending argument: unknown estimator, bad shapes, feature
       dimension mismatch, empty sets, NaN/Inf, too few rows for the estimator, labels
-      given for one set only, non-positive bandwidths or block size, a `num_kernels`
-      other than the number of `bandwidths` given.
+      given for one set only, non-integer or outside int32, non-positive bandwidths or
+      block size, a `num_kernels` other than the number of `bandwidths` given.
   """
   mmd2, _ = _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size,
                                  x_labels, y_labels)

@@ -39,7 +39,9 @@ so a leaf keeps its rows whatever the filter) are drawn in chunks of
 `draw(fold_in(fold_in(key, l), j), [r, k]) / sqrt(k)` and its rows past the end of the leaf
 are unused. A Gaussian `draw` is `jax.random.normal`; a Rademacher one takes
 `jax.random.bits(key, [r, ceil(k / 32)], uint32)` and maps bit `b` of word `w` (least
-significant first) to entry `32 w + b` of the row, 1 -> +1, 0 -> -1.
+significant first) to entry `32 w + b` of the row, 1 -> +1, 0 -> -1. `P` is drawn and
+`g @ P` summed in at least float32 whatever the gradients' dtype, so a bfloat16 model gets
+the same `P` as a float32 one and float32 projected gradients.
 """
 
 import functools
@@ -217,10 +219,14 @@ def _chunking(size: int) -> tuple[int, int]:
 
 
 def _project_leaf(g_MxL, leaf_key, dim: int, kind: str):
-  """`g @ P_leaf` for `g[m, L]` (L = leaf size); returns `[m, k]`."""
+  """`g @ P_leaf` for `g[m, L]` (L = leaf size); returns `[m, k]`, at least float32."""
   m, size = g_MxL.shape
   rows, num_chunks = _chunking(size)
-  dtype = g_MxL.dtype
+  # At least float32: bfloat16 gradients (of a bfloat16 model) summed over p in bfloat16,
+  # chunk after chunk, lose digits with every chunk; and a float32 P is the same matrix
+  # whatever the model's dtype (a bfloat16 normal draw is another one).
+  dtype = jnp.promote_types(g_MxL.dtype, jnp.float32)
+  g_MxL = g_MxL.astype(dtype)
   if num_chunks == 1:
     return jnp.matmul(g_MxL, _draw(jax.random.fold_in(leaf_key, 0), (rows, dim), kind, dtype),
                       precision=_PRECISION)
@@ -238,10 +244,15 @@ def _project_leaf(g_MxL, leaf_key, dim: int, kind: str):
 
 
 def _unproject_leaf(z_MxK, leaf_key, size: int, kind: str):
-  """`z @ P_leaf^T` for `z[m, k]`; returns `[m, L]` (a tangent in the leaf's space)."""
+  """`z @ P_leaf^T` for `z[m, k]`; returns `[m, L]` (a tangent in the leaf's space).
+
+  At least float32, with the float32 `P` of `_project_leaf`; callers cast to the leaf's
+  dtype.
+  """
   m, dim = z_MxK.shape
   rows, num_chunks = _chunking(size)
-  dtype = z_MxK.dtype
+  dtype = jnp.promote_types(z_MxK.dtype, jnp.float32)
+  z_MxK = z_MxK.astype(dtype)
 
   # Checkpointed so that differentiating through it regenerates each chunk instead of
   # saving all of them as residuals (which would materialise P).
@@ -547,8 +558,8 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
       examples over (all its axes together); `data_parallel_mesh()` is the usual one.
 
   Returns:
-    `[n, p]` (selected leaves concatenated in leaf order) or `[n, k]` when projected, on
-    one device.
+    `[n, p]` (selected leaves concatenated in leaf order) or `[n, k]` when projected (at
+    least float32), on one device.
 
   Raises:
     ValueError: on NaN/Inf or empty inputs, mismatched leading lengths, a filter that
@@ -800,7 +811,7 @@ def _neural_tangents(spec: _KernelSpec, trace_axes: tuple[int, ...], params, pro
       shifted = [
           leaf + _unproject_leaf(z_k[None].astype(leaf.dtype),
                                  jax.random.fold_in(projection_key, index), leaf.size,
-                                 spec.projection_kind).reshape(leaf.shape)
+                                 spec.projection_kind).reshape(leaf.shape).astype(leaf.dtype)
           for leaf, index in zip(selected, indices)
       ]
       return spec.apply_fn(rebuild(shifted), x)
@@ -882,7 +893,9 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
   if vmap_axes not in (0, None) or isinstance(vmap_axes, bool):
     raise ValueError(f'vmap_axes must be 0 (independent examples) or None, got {vmap_axes!r}.')
   try:
-    trace_axes = tuple(int(a) for a in trace_axes)
+    # check_int, not int(): int(1.5) == 1 and int(True) == 1 would trace another axis.
+    trace_axes = tuple(checks.check_int(a, 'trace_axes entry', minimum=None)
+                       for a in trace_axes)
   except TypeError as e:
     raise ValueError(f'trace_axes must be a sequence of ints, got {trace_axes!r}.') from e
   block_size = _check_block_size(block_size, allow_none=True)

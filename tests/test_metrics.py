@@ -124,6 +124,12 @@ def test_bootstrap_errors():
       metrics.bootstrap_ci(a, b, num_resamples=bad)
   with pytest.raises(ValueError, match='level'):
     metrics.bootstrap_ci(a, b, level=1.0)
+  # int(seed) read 2.5 as seed 2 (the same resamples) and failed on None with a TypeError.
+  for bad in (2.5, None, '3', True):
+    with pytest.raises(ValueError, match='seed must be an integer'):
+      metrics.bootstrap_ci(a, b, seed=bad)
+  np.testing.assert_array_equal(metrics.bootstrap_ci(a, b, seed=3.0).resamples,
+                                metrics.bootstrap_ci(a, b, seed=3).resamples)
 
 
 def test_ranking_stability_matches_scipy_kendall():

@@ -238,6 +238,44 @@ def test_many_tiles_keep_float32_precision():
   np.testing.assert_allclose(got, _np_mmd2(x, y, bandwidths, 'biased'), atol=3e-7)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16])
+def test_half_precision_inputs_are_computed_in_float32(dtype):
+  # Computed in the inputs' dtype, the float16 kernel sums (300^2 terms) overflowed to
+  # inf - inf = NaN and bfloat16 missed MMD^2 by ~4%. The reference takes the same
+  # half-precision values, so only the float32 arithmetic differs.
+  x, y = _sets(300, 300, 4, seed=13, shift=0.3)
+  x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+  x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  bandwidths = _np_bandwidths(y64, 5)
+  for estimator in ('biased', 'linear'):
+    got = mmd.mk_mmd(x, y, estimator=estimator)
+    expected = (_np_mmd2(x64, y64, bandwidths, 'biased') if estimator == 'biased'
+                else _np_linear_mmd2(x64, y64, bandwidths))
+    np.testing.assert_allclose(np.asarray(got.mmd2, np.float64), expected, atol=ATOL,
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.bandwidths, np.float64), bandwidths, rtol=1e-5)
+    assert got.mmd2.dtype == got.bandwidths.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('n,m,block_size', [(1, 3, 2), (2, 2, 1), (3, 2, 512), (2, 7, 3)])
+def test_tiny_sets_with_duplicates_and_mixed_label_dtypes_match_numpy(n, m, block_size):
+  # 1-3 rows, blocks of one row and blocks larger than both sets, a duplicated row in each
+  # set (the U-statistic drops the diagonal, not duplicates), uint8 labels against int64.
+  x, y = _sets(n, m, 3, seed=n * 10 + m)
+  x[-1], y[-1] = x[0], y[0]
+  x_labels = (np.arange(n) % 2).astype(np.uint8)
+  y_labels = (np.arange(m) // 2 % 2).astype(np.int64)
+  bandwidths = np.array([0.5, 2.0])
+  # One row: only the biased estimator is defined (the others raise, tested below).
+  for estimator in ('biased',) if min(n, m) < 2 else mmd.ESTIMATORS:
+    for labels in ((None, None), (x_labels, y_labels)):
+      got = mmd.mk_mmd2(x, y, bandwidths=bandwidths, estimator=estimator,
+                        block_size=block_size, x_labels=labels[0], y_labels=labels[1])
+      expected = (_np_linear_mmd2(x, y, bandwidths, *labels) if estimator == 'linear'
+                  else _np_mmd2(x, y, bandwidths, estimator, *labels))
+      np.testing.assert_allclose(got, expected, atol=ATOL, rtol=1e-5)
+
+
 GOOD_X, GOOD_Y = _sets(4, 5, 2, seed=10)
 
 
@@ -261,6 +299,9 @@ GOOD_X, GOOD_Y = _sets(4, 5, 2, seed=10)
     (dict(x_labels=np.zeros(4, int)), 'x_labels and y_labels must be given together'),
     (dict(x_labels=np.zeros(3, int), y_labels=np.zeros(5, int)), r'x_labels must have shape'),
     (dict(x_labels=np.zeros(4), y_labels=np.zeros(5)), 'x_labels must be integer'),
+    # Cast to int32, label 2**32 became 0 and silently matched y's label 0.
+    (dict(x_labels=np.array([0, 1, 2, 2**32]), y_labels=np.zeros(5, int)),
+     'x_labels must fit in int32'),
     (dict(y=np.ones((5, 2))), 'target has median pairwise squared distance 0'),
     (dict(y=np.ones((1, 2))), 'target needs at least 2 rows'),
 ])
