@@ -363,9 +363,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not terms or any(t not in TERM_NAMES for t in terms) or len(set(terms)) != len(terms):
     raise ValueError(f'config.bound.terms must be a non-empty subset of {TERM_NAMES}, got '
                      f'{terms}')
-  if int(config.valuation.subsample) < 0 or int(config.valuation.min_subsample) < 1:
-    raise ValueError('config.valuation.subsample must be >= 0 and min_subsample >= 1, got '
-                     f'{config.valuation.subsample}, {config.valuation.min_subsample}')
+  # Whole numbers, not int(): 1.5 -> 1 or True -> 1 would run another seed or budget.
+  checks.check_int(config.get('seed', None), 'config.seed', minimum=None)
+  checks.check_int(config.valuation.subsample, 'config.valuation.subsample', minimum=0)
+  checks.check_int(config.valuation.min_subsample, 'config.valuation.min_subsample')
   # Before any per-example work: the block size must split evenly over the devices.
   gradient_mesh(config, block_size=int(config.ntk.grad_block_size),
                 field='ntk.grad_block_size')

@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -954,6 +955,23 @@ def test_bad_config_and_duplicate_names(setup):
   twins = [setup['contributors'][0], setup['contributors'][0]]
   with pytest.raises(ValueError, match='unique'):
     valuation.value_contributors(twins, setup['target'], **kwargs)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('seed', 1.5, r'config.seed must be an integer'),      # int() ran seed 1
+    ('seed', True, r'config.seed must be an integer'),
+    ('seed', None, r'config.seed must be an integer'),
+    ('valuation.subsample', 99.5, r'config.valuation.subsample must be an integer >= 0'),
+    ('valuation.subsample', -1, r'config.valuation.subsample must be an integer >= 0'),
+    ('valuation.min_subsample', 0, r'config.valuation.min_subsample must be an integer >= 1'),
+])
+def test_check_config_refuses_fractional_seed_and_budgets(field, value, match):
+  # Built from a dict: assigning into a typed ConfigDict field would be refused earlier.
+  fields = valuation.default_config().to_dict()
+  section, _, name = field.rpartition('.')
+  (fields[section] if section else fields)[name] = value
+  with pytest.raises(ValueError, match=match):
+    valuation.check_config(ml_collections.ConfigDict(fields))
 
 
 @pytest.mark.parametrize('estimator', ['unbiased', 'linear'])
