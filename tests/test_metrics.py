@@ -122,8 +122,10 @@ def test_bootstrap_errors():
   for bad in (0, float('nan'), 2.5, '10', True):
     with pytest.raises(ValueError, match='num_resamples must be an integer >= 1'):
       metrics.bootstrap_ci(a, b, num_resamples=bad)
-  with pytest.raises(ValueError, match='level'):
-    metrics.bootstrap_ci(a, b, level=1.0)
+  # float() read the string '0.9' as 0.9; None raised a TypeError naming nothing.
+  for bad in (1.0, 0.0, float('nan'), '0.9', None, True):
+    with pytest.raises(ValueError, match=r'level must be a number in \(0, 1\)'):
+      metrics.bootstrap_ci(a, b, level=bad)
   # int(seed) read 2.5 as seed 2 (the same resamples) and failed on None with a TypeError.
   for bad in (2.5, None, '3', True):
     with pytest.raises(ValueError, match='seed must be an integer'):
