@@ -811,3 +811,19 @@ def test_random_is_seeded_and_data_independent(setup):
   finally:
     setup['config'].seed = 0
   assert not np.allclose(first.values, other.values)
+
+
+def test_davinz_with_blocks_does_not_depend_on_the_order_of_contributors(setup):
+  # Each contributor's block permutation was keyed by its position in the list, so with
+  # num_blocks > 1 reordering the contributors changed their values; now by its name.
+  config = baselines.default_config()
+  config.baselines.davinz.num_blocks = 2
+  contributors = setup['contributors']
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config)
+  forward = baselines.BASELINES['davinz'](contributors, setup['target'], **kwargs)
+  backward = baselines.BASELINES['davinz'](contributors[::-1], setup['target'], **kwargs)
+  assert backward.names == forward.names[::-1]
+  np.testing.assert_allclose(np.asarray(backward.extras['ntk'])[::-1],
+                             np.asarray(forward.extras['ntk']), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(backward.values)[::-1], np.asarray(forward.values),
+                             rtol=1e-5)

@@ -34,6 +34,7 @@ Shape legend: `K` contributors, `n` examples of one contributor, `p` parameters.
 """
 
 import time
+import zlib
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -83,6 +84,12 @@ def _check_sigma(sigma: Any) -> float:
     raise ValueError('config.baselines.davinz.sigma must be a finite length scale > 0, or 0 '
                      f'(or None) for the median heuristic, got {sigma!r}')
   return number
+
+
+def _contributor_key(key: jax.Array, contributor: Contributor) -> jax.Array:
+  """The permutation key of one contributor, from its (unique) name, not its position:
+  with `num_blocks > 1` a contributor's value must not change when the list is reordered."""
+  return jax.random.fold_in(key, zlib.crc32(contributor.name.encode('utf-8')) & 0x7FFFFFFF)
 
 
 def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: int,
@@ -248,7 +255,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                      estimator='biased').value))
     ntks.append(ntk_score(grads[rows], residual[rows], num_blocks=settings.num_blocks,
                           num_permutations=settings.num_permutations,
-                          jitter=settings.jitter, key=jax.random.fold_in(key, i)))
+                          jitter=settings.jitter, key=_contributor_key(key, contributors[i])))
   mmds, ntks = np.array(mmds), np.array(ntks)
   kappa = float(mmds.mean() / ntks.mean()) if ntks.mean() > 0 else 0.0
   values = -(kappa * ntks + mmds)
