@@ -796,6 +796,8 @@ class BrokenPowerLawFit(NamedTuple):
     rss: `[max_breaks + 1]` residual sum of squares of `log y` of those models.
     models: the best `BrokenPowerLaw` with 0, 1, ... breaks.
     bootstrap_breaks: `[B, J]` the breaks of every bootstrap refit (NaN where it failed).
+    break_range: `(low, high)` in units of `x`, the range every break was held to (NaN
+      when unknown); a break at either end is censored (`breaks_on_edge`).
   """
   num_breaks: int
   breaks: np.ndarray
@@ -805,6 +807,7 @@ class BrokenPowerLawFit(NamedTuple):
   rss: np.ndarray
   models: Tuple[BrokenPowerLaw, ...]
   bootstrap_breaks: np.ndarray
+  break_range: Tuple[float, float] = (math.nan, math.nan)
 
 
 def broken_power_law(x: ArrayLike, params: BrokenPowerLaw) -> np.ndarray:
@@ -1297,7 +1300,19 @@ def fit_broken_power_law(
       rss=rss,
       models=tuple(models),
       bootstrap_breaks=boot,
+      break_range=(float(np.exp(grid[0])), float(np.exp(grid[-1]))),
   )
+
+
+def breaks_on_edge(fit: BrokenPowerLawFit, *, rtol: float = 1e-6) -> np.ndarray:
+  """`[J]` whether each selected break sits on an end of `fit.break_range`.
+
+  Such a break is censored: the fit would have put it further out if it could, so the data
+  say only that the bend lies at or beyond it, not where.
+  """
+  breaks = np.asarray(fit.breaks, np.float64)
+  low, high = fit.break_range
+  return (np.abs(np.log(breaks / low)) <= rtol) | (np.abs(np.log(breaks / high)) <= rtol)
 
 
 def fit_options(fit_config: Mapping[str, Any], **overrides: Any) -> Dict[str, Any]:

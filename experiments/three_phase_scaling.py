@@ -583,12 +583,15 @@ def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
   except ValueError as error:
     logging.warning('fit skipped: %s', error)
     return {'ok': False, 'reason': str(error), 'num_breaks': 0, 'breaks': [], 'break_ci': [],
-            'curve': [math.nan] * x.size, 'segment_slopes': [], 'three_phases': False}
+            'breaks_on_edge': [], 'curve': [math.nan] * x.size, 'segment_slopes': [],
+            'three_phases': False}
   params = fit.params
   slopes = _segment_slopes(params)
   three = _three_phases(fit.num_breaks, slopes)
   return {'ok': True, 'reason': '', 'num_breaks': fit.num_breaks, 'breaks': fit.breaks,
-          'break_ci': fit.break_ci, 'curve': scaling.broken_power_law(x, params),
+          'break_ci': fit.break_ci,
+          'breaks_on_edge': [bool(b) for b in scaling.breaks_on_edge(fit)],
+          'curve': scaling.broken_power_law(x, params),
           'segment_slopes': slopes, 'three_phases': three, 'floor': params.floor,
           'bic': fit.bic}
 
@@ -721,6 +724,8 @@ def breakpoint_row(curve: str, mode: str, fit: Dict[str, Any], prediction: Dict[
     row[f'fit_break{j + 1}'] = float(fit['breaks'][j]) if has else math.nan
     row[f'fit_break{j + 1}_lo'] = float(fit['break_ci'][j][0]) if has else math.nan
     row[f'fit_break{j + 1}_hi'] = float(fit['break_ci'][j][1]) if has else math.nan
+    # Held at an end of the sizes' range: censored, the bend lies there or beyond.
+    row[f'fit_break{j + 1}_on_edge'] = bool(fit['breaks_on_edge'][j]) if has else None
   references = {'paper': prediction['paper'], 'ours': prediction['ours']}
   if reference is not None:
     references['theoryfit'] = match_breaks(reference['breaks'], prediction['paper']

@@ -519,6 +519,21 @@ def test_fit_keeps_every_break_inside_the_data():
     np.testing.assert_allclose(fit.models[1].breaks, [100.0], rtol=0.25)
 
 
+def test_breaks_on_edge_flags_a_break_held_at_the_end_of_the_range():
+  # The curve of test_fit_keeps_every_break_inside_the_data: its second bend starts past
+  # the data, so the selected second break is held at the top of the range (censored).
+  x = np.geomspace(1, 1e4, 25)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [1e2, 2e4], [-0.4, 1.0], [0.3, 0.5])
+  fit = scaling.fit_broken_power_law(x, y, floor=False, num_bootstrap=0)
+  np.testing.assert_allclose(fit.break_range, (x[2], x[-3]), rtol=1e-12)
+  assert fit.num_breaks == 2
+  np.testing.assert_array_equal(scaling.breaks_on_edge(fit), [False, True])
+  # Both bends inside the data: no break on an edge.
+  inside = _model_reference(x, 0.0, 1.0, 0.5, [1e1, 1e3], [-0.4, 1.0], [0.1, 0.1])
+  fit = scaling.fit_broken_power_law(x, inside, floor=False, num_bootstrap=0)
+  assert fit.num_breaks == 2 and not np.any(scaling.breaks_on_edge(fit))
+
+
 @pytest.mark.parametrize('min_break_ratio,feasible', [(3.0, 4), (4.0, 3), (20.0, 2)])
 def test_fit_marks_too_many_breaks_for_the_range_infeasible(min_break_ratio, feasible):
   # Breaks may lie in [x[2], x[-3]], a factor 20^(16/19) = 12.5 apart: J breaks need

@@ -307,6 +307,9 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
                 if row['curve'] == 'theory' and row['mode'] == 'hard')
   assert theory['num_breaks'] == 2 and theory['three_phases']
   assert out['summary']['predicted_paper'] == [16.0, 64.0]
+  # The smoke grid ends 8x above k^beta/pi, too soon for E(n)'s slow second bend: the fit
+  # holds n2 at the top of the sizes' range, and the row says it is censored.
+  assert [theory['fit_break1_on_edge'], theory['fit_break2_on_edge']] == [False, True]
   # ... and the ideal learner measured at the same seed count gives the resolution.
   ideal = out['summary']['ideal_learner']
   assert ideal['num_seeds'] == config.scaling.num_seeds
