@@ -26,6 +26,16 @@ def config_int(value: Any, field: str, *, minimum: Optional[int] = 1,
   return checks.check_int(value, f'config.{field}', minimum=minimum, maximum=maximum)
 
 
+def config_seed(config: Any) -> int:
+  """`config.seed`, the seed a method derives its keys from, as a whole number.
+
+  Raises:
+    ValueError: naming `config.seed` when it is missing or not a whole number (`int()`
+      would cut 1.5 to 1 and read True as 1, or fail on None / NaN without naming it).
+  """
+  return config_int(config.get('seed', None), 'seed', minimum=None)
+
+
 def config_float(value: Any, field: str, ok: Callable[[float], bool], allowed: str) -> float:
   """`config.<field>` as a finite float for which `ok` holds; `allowed` says what that is.
 

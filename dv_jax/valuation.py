@@ -79,6 +79,7 @@ import scipy.optimize
 
 from dv_jax import bound
 from dv_jax import checks
+from dv_jax import config_checks
 from dv_jax import features as features_lib
 from dv_jax import linalg
 from dv_jax import mmd as mmd_lib
@@ -364,7 +365,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.bound.terms must be a non-empty subset of {TERM_NAMES}, got '
                      f'{terms}')
   # Whole numbers, not int(): 1.5 -> 1 or True -> 1 would run another seed or budget.
-  checks.check_int(config.get('seed', None), 'config.seed', minimum=None)
+  config_checks.config_seed(config)
   checks.check_int(config.valuation.subsample, 'config.valuation.subsample', minimum=0)
   checks.check_int(config.valuation.min_subsample, 'config.valuation.min_subsample')
   # Before any per-example work: the block size must split evenly over the devices.

@@ -12,7 +12,6 @@ from typing import Any, Iterable, Optional
 import jax
 import jax.numpy as jnp
 
-from dv_jax import config_checks
 from dv_jax import training
 
 
@@ -63,15 +62,6 @@ def config_section(config: Any, name: str, *, fields: Optional[Iterable[str]] = 
                        f'{sorted(fields)}')
   return section
 
-
-def config_seed(config: Any) -> int:
-  """`config.seed`, the seed every baseline derives its keys from.
-
-  Raises:
-    ValueError: naming `config.seed` when it is missing or not a whole number (`int()`
-      would cut 1.5 to 1 and read True as 1, or fail on None / NaN without naming it).
-  """
-  return config_checks.config_int(config.get('seed', None), 'seed', minimum=None)
 
 
 def config_train(value: Any, field: str) -> training.TrainConfig:

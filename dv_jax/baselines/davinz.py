@@ -182,7 +182,7 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
       `projection_kind` with a projection.
   """
   cfg = checks.config_section(config, 'davinz', fields=default_config().keys())
-  checks.config_seed(config)
+  config_checks.config_seed(config)
   sigma = _check_sigma(cfg.sigma)
   num_blocks = config_checks.config_int(cfg.num_blocks, 'baselines.davinz.num_blocks')
   num_permutations = config_checks.config_int(cfg.num_permutations,

@@ -44,7 +44,7 @@ def check_config(config: ml_collections.ConfigDict) -> int:
       `14 + seed_offset`, and `jax.random.fold_in` takes an unsigned 32-bit integer).
   """
   cfg = checks.config_section(config, 'random', fields=default_config().keys())
-  checks.config_seed(config)
+  config_checks.config_seed(config)
   seed_offset = config_checks.config_int(cfg.seed_offset, 'baselines.random.seed_offset',
                                          minimum=0)
   if seed_offset > _MAX_SEED_OFFSET:

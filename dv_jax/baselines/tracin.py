@@ -174,7 +174,7 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   """
   cfg = checks.config_section(config, 'tracin',
                                fields=[*default_config().keys(), 'bn_batches'])
-  checks.config_seed(config)
+  config_checks.config_seed(config)
   train_config = checks.config_train(cfg.train, 'baselines.tracin.train')
   steps = int(train_config.steps)
   num_checkpoints = config_checks.config_int(cfg.num_checkpoints,

@@ -170,7 +170,7 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
       multiple of the device count under `config.ntk.data_parallel`.
   """
   cfg = checks.config_section(config, 'trak', fields=[*default_config().keys(), 'bn_batches'])
-  checks.config_seed(config)
+  config_checks.config_seed(config)
   train_config = checks.config_train(cfg.train, 'baselines.trak.train')
   num_models = config_checks.config_int(cfg.num_models, 'baselines.trak.num_models')
   projection_dim = config_checks.config_int(cfg.projection_dim, 'baselines.trak.projection_dim')
