@@ -149,8 +149,7 @@ def empirical_loss_term(loss_real: ArrayLike, loss_synthetic: ArrayLike) -> jax.
   pi = n1 / (n1 + n2)
   # At least float32: a bfloat16 result keeps ~3 significant digits, too few to tell
   # contributors apart when the term is z-scored across them.
-  dtype = jnp.promote_types(jnp.result_type(loss_real.dtype, loss_synthetic.dtype),
-                            jnp.float32)
+  dtype = linalg.compute_dtype(loss_real.dtype, loss_synthetic.dtype)
   loss_real, loss_synthetic = loss_real.astype(dtype), loss_synthetic.astype(dtype)
   # Python-level branches: `0 * mean([])` would be 0 * NaN = NaN.
   total = jnp.zeros((), dtype)
@@ -373,7 +372,7 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
   residual = _check_residual(residual, n)
   # At least float32 (bfloat16 gradients of a bfloat16 model): the Gram matrix feeds a
   # Cholesky solve, which has no half-precision implementation and no use for one.
-  dtype = jnp.promote_types(jnp.result_type(grads.dtype, residual.dtype), jnp.float32)
+  dtype = linalg.compute_dtype(grads.dtype, residual.dtype)
   grads, residual = grads.astype(dtype), residual.astype(dtype)
   if method != 'full' and key is None:
     raise ValueError(f'key is required for method={method!r}')

@@ -151,6 +151,18 @@ def _all_finite(x: jax.Array) -> jax.Array:
   return jnp.all(jnp.isfinite(x))
 
 
+def compute_dtype(*arrays_or_dtypes) -> jnp.dtype:
+  """The dtype to compute in: the inputs' promoted type, but at least float32.
+
+  The library's one rule for half precision (a bfloat16 or float16 model's outputs): keep
+  the inputs' dtype from float32 up, and compute bfloat16 / float16 inputs in float32.
+  Their ~3 significant digits are too few for the sums, Gram matrices and solves that
+  follow (XLA's CPU Cholesky has no half-precision kernel at all); each caller says what
+  it would lose.
+  """
+  return jnp.promote_types(jnp.result_type(*arrays_or_dtypes), jnp.float32)
+
+
 def checked_float_array(x: ArrayLike, name: str, *,
                         ndims: Optional[Tuple[int, ...]] = None) -> jax.Array:
   """Boundary validation shared by the numeric modules: a finite, real, float JAX array.
@@ -245,7 +257,7 @@ def _check_system(a: ArrayLike, b: ArrayLike, a_name: str, b_name: str
         f'{a_name}), got shape {b.shape}')
   # At least float32: XLA's CPU Cholesky has no half-precision kernel (it raises), and a
   # relative jitter of 1e-4 would round away in bfloat16 (eps 7.8e-3) anyway.
-  dtype = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
+  dtype = compute_dtype(a.dtype, b.dtype)
   return a.astype(dtype), b.astype(dtype)
 
 

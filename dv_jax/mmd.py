@@ -152,7 +152,7 @@ def _median_sq_dist(x_RxD: jax.Array) -> jax.Array:
 def _median_heuristic(x: ArrayLike, max_rows: int, name: str) -> jax.Array:
   max_rows = checks.check_int(max_rows, 'max_rows', minimum=2)
   x = _as_features(x, name)
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # as _mmd2_and_bandwidths
+  x = x.astype(linalg.compute_dtype(x.dtype))  # as _mmd2_and_bandwidths
   n = x.shape[0]
   if n < 2:
     raise ValueError(f'{name} needs at least 2 rows for a pairwise distance, got {n}')
@@ -393,7 +393,7 @@ def _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size, x
                        'bandwidths given; pass one of them')
   # At least float32: float16 kernel sums (n^2 terms of up to 1) overflow past 65504, and
   # in bfloat16 MMD^2, a small difference of such sums, is off by percents.
-  dtype = jnp.promote_types(jnp.result_type(x.dtype, y.dtype, bandwidths.dtype), jnp.float32)
+  dtype = linalg.compute_dtype(x.dtype, y.dtype, bandwidths.dtype)
   x, y, bandwidths = x.astype(dtype), y.astype(dtype), bandwidths.astype(dtype)
   if estimator == 'linear':
     num_rows = min(n, m)

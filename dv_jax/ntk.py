@@ -55,6 +55,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from dv_jax import checks
+from dv_jax import linalg
 
 PyTree = Any
 ParamFilter = Union[None, str, Callable[[str, Any], bool]]
@@ -225,7 +226,7 @@ def _project_leaf(g_MxL, leaf_key, dim: int, kind: str):
   # At least float32: bfloat16 gradients (of a bfloat16 model) summed over p in bfloat16,
   # chunk after chunk, lose digits with every chunk; and a float32 P is the same matrix
   # whatever the model's dtype (a bfloat16 normal draw is another one).
-  dtype = jnp.promote_types(g_MxL.dtype, jnp.float32)
+  dtype = linalg.compute_dtype(g_MxL.dtype)
   g_MxL = g_MxL.astype(dtype)
   if num_chunks == 1:
     return jnp.matmul(g_MxL, _draw(jax.random.fold_in(leaf_key, 0), (rows, dim), kind, dtype),
@@ -251,7 +252,7 @@ def _unproject_leaf(z_MxK, leaf_key, size: int, kind: str):
   """
   m, dim = z_MxK.shape
   rows, num_chunks = _chunking(size)
-  dtype = jnp.promote_types(z_MxK.dtype, jnp.float32)
+  dtype = linalg.compute_dtype(z_MxK.dtype)
   z_MxK = z_MxK.astype(dtype)
 
   # Checkpointed so that differentiating through it regenerates each chunk instead of

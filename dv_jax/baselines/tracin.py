@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from dv_jax import config_checks
+from dv_jax import linalg
 from dv_jax import ntk as ntk_lib
 from dv_jax import training
 from dv_jax import valuation
@@ -128,7 +129,7 @@ def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
   for g_train, g_target, eta in zip(train_grads, target_grads, etas):
     # Summed in at least float32: bfloat16 sums of a bfloat16 model's gradients over a
     # contributor keep ~3 significant digits.
-    dtype = jnp.promote_types(jnp.result_type(g_train, g_target), jnp.float32)
+    dtype = linalg.compute_dtype(g_train, g_target)
     g_train, g_target = g_train.astype(dtype), g_target.astype(dtype)
     per_contributor = jax.ops.segment_sum(g_train, owner, num_segments=num_contributors)
     target_sum = jnp.sum(g_target, axis=0)

@@ -125,7 +125,7 @@ def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
   owner = valuation.check_owner(owner, phi_NxK.shape[0], num_contributors)
   # At least float32 (the bfloat16 features of a bfloat16 model): a bfloat16 Gram matrix
   # keeps ~3 significant digits, coarser than the relative ridge it is solved with.
-  dtype = jnp.promote_types(jnp.result_type(phi_NxK, target_MxK, q_N), jnp.float32)
+  dtype = linalg.compute_dtype(phi_NxK, target_MxK, q_N)
   phi_NxK, target_MxK, q_N = (a.astype(dtype) for a in (phi_NxK, target_MxK, q_N))
   gram_KxK = jnp.dot(phi_NxK.T, phi_NxK, precision=jax.lax.Precision.HIGHEST)
   u_K = linalg.psd_solve(gram_KxK, jnp.sum(target_MxK, axis=0), eps=float(ridge)).solution
@@ -250,7 +250,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                  block_size=grad_block_size)
     # In at least float32: a bfloat16 `1 - p` rounds every Q of a confident example to a
     # multiple of 2^-8.
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logits = logits.astype(linalg.compute_dtype(logits.dtype))
     p_true = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), jnp.asarray(y)[:, None],
                                  axis=1)[:, 0]
     per_model.append(trak_scores(phi, phi_target, 1.0 - p_true, owner, len(contributors),
