@@ -341,7 +341,12 @@ def test_bfloat16_model_is_projected_in_float32_by_the_same_matrix(kind):
   projected = ntk.per_example_grads(scalar_fn, params, x, y, block_size=4,
                                     projection=ntk.Projection(24, kind, key))
   p_matrix = np.concatenate(explicit_projection_matrices(params, key, 24, kind))
-  assert_close(projected, np.asarray(grads.astype(jnp.float32), np.float64) @ p_matrix)
+  # On an H200 the two differed by 1.4e-4 of the largest entry: the projecting program
+  # need not round the gradients to bfloat16 first (XLA may keep bfloat16 intermediates
+  # in float32 on a GPU). 1e-3 there still catches the 6e-3 of the old defect.
+  rtol = 2e-5 if jax.default_backend() == 'cpu' else 1e-3
+  assert_close(projected, np.asarray(grads.astype(jnp.float32), np.float64) @ p_matrix,
+               rtol=rtol)
   assert projected.dtype == jnp.float32
 
 
