@@ -39,27 +39,39 @@ default 4 = the config's grad_block_size). Cases:
 Compile s is lowering plus compilation; compile RSS MB is the child's peak resident memory,
 which is the compiler's (nothing model-sized is allocated).
 
-`--measure` checks the estimate against a real run: a fresh child compiles the last2+proj
-block for the Qwen2.5-0.5B shape at `--measure-seq-len` (128) and `--measure-block-size`
-(2), creates random float32 parameters (~1.9 GB), runs the compiled block once on random
-tokens, and reports its peak resident memory (`ru_maxrss`, its high-water mark restarted
-through /proc/self/clear_refs once the parameters exist) minus its resident memory just
-after the parameters were created, next to the compiled output + temp of the same
-executable, and the wall time of the block. Drawing the projection costs about
-p * k random values per block whatever b is, which a CPU does slowly, so the measured row
-projects to `--measure-proj-dim` (256) instead of k; the compiled estimate at k is printed
-next to it, and the same block without projection is timed to separate the projection's
-share of the time.
+`--measure` checks the estimate against a real run: a fresh child per shape in
+`--measure-models` (default Qwen2.5-0.5B) compiles the last2+proj block at
+`--measure-seq-len` (128) and `--measure-block-size` (2), creates random float32
+parameters (~1.9 GB at 0.5B), runs the compiled block on random tokens, and reports the
+memory the block took beyond the parameters, next to the compiled output + temp of the
+same executable, and the wall time of the block:
+  - on a CPU, its peak resident memory (`ru_maxrss`, its high-water mark restarted through
+    /proc/self/clear_refs once the parameters exist) minus its resident memory just after
+    the parameters were created;
+  - on a GPU or TPU, where the buffers live in device memory, the device allocator's
+    `peak_bytes_in_use` after the run minus its `bytes_in_use` after the parameters (the
+    peak cannot be reset; creating the parameters leaf by leaf peaks lower), and a second
+    call of the block is timed, the first one paying the runtime's one-off set-up.
+Drawing the projection costs about p * k random values per block whatever b is, which a
+CPU does slowly, so the measured row projects to `--measure-proj-dim` (256) instead of k;
+the compiled estimate at k is printed next to it, and the same block without projection is
+timed to separate the projection's share of the time. On an accelerator pass
+`--measure-proj-dim 2048 --measure-seq-len 512 --measure-block-size 4`: the paper-scale
+config's block itself.
 
-Caveats: this is XLA's CPU buffer assignment, not a GPU's (fusion, rematerialisation and
-scheduling differ by backend), and argument + output + temp counts every buffer as if live
-at once, an upper-bound-style estimate of the executable's footprint; it excludes the
-runtime's own overhead and the rest of the pipeline (kernel, MMD, other blocks' outputs).
+Caveats: the compile-only table is the buffer assignment of the backend it runs on (a
+CPU's and a GPU's differ: fusion, rematerialisation and scheduling), and argument +
+output + temp counts every buffer as if live at once, an upper-bound-style estimate of the
+executable's footprint; it excludes the runtime's own overhead and the rest of the
+pipeline (kernel, MMD, other blocks' outputs).
 
 Usage:
   .venv/bin/python benchmarks/bench_lm_ntk_memory.py --quick     # 0.5B shape, t = 128
   .venv/bin/python benchmarks/bench_lm_ntk_memory.py             # 3 shapes, t = 512, b = 4
   .venv/bin/python benchmarks/bench_lm_ntk_memory.py --measure --models   # the real run only
+  python benchmarks/bench_lm_ntk_memory.py --models --measure --measure-models Qwen2.5-0.5B \
+      Llama-3.2-1B Qwen2.5-1.5B --measure-seq-len 512 --measure-block-size 4 \
+      --measure-proj-dim 2048                     # on a GPU: the config's block, 3 shapes
   .venv/bin/python benchmarks/bench_lm_ntk_memory.py --out /tmp/lm_ntk_memory.json
 """
 
@@ -211,7 +223,23 @@ def _random_params(params_abstract, scale: float):
   return jax.tree_util.tree_map_with_path(make, params_abstract)
 
 
+def _device_memory() -> dict:
+  """The default device's allocator statistics; empty on a CPU (which has none).
+
+  On a GPU or TPU the parameters and the block's buffers live in device memory, which the
+  process's RSS does not see: `bytes_in_use` and `peak_bytes_in_use` (since the process
+  started; JAX cannot reset it) are what the allocator reports.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.default_backend() == 'cpu':
+    return {}
+  stats = jax.devices()[0].memory_stats() or {}
+  return {key: int(stats[key]) for key in ('bytes_in_use', 'peak_bytes_in_use') if key in stats}
+
+
 def _run_measure_case(case: dict) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -221,16 +249,20 @@ def _run_measure_case(case: dict) -> dict:
   # the run's increment, and the estimate and the run are one and the same executable.
   compiled, key, estimate = _compile(scalar_fn, params_abstract, param_filter,
                                      case['proj_dim'], b, t)
-  _, _, estimate_full_k = _compile(scalar_fn, params_abstract, param_filter,
-                                   case['full_proj_dim'], b, t)
+  estimate_full_k = estimate
+  if case['full_proj_dim'] != case['proj_dim']:
+    _, _, estimate_full_k = _compile(scalar_fn, params_abstract, param_filter,
+                                     case['full_proj_dim'], b, t)
   compiled_noproj, _, estimate_noproj = _compile(scalar_fn, params_abstract, param_filter,
                                                  None, b, t)
   rss_before_params_mb = case_runner.current_rss_mb()
+  device_before_params = _device_memory()
 
   start = time.perf_counter()
   params = _random_params(params_abstract, config.initializer_range)
   init_s = time.perf_counter() - start
   rss_params_mb = case_runner.current_rss_mb()
+  device_params = _device_memory()
   maxrss_init_mb = case_runner.maxrss_mb()
   # Restart the high-water mark here, so ru_maxrss below is the block's own peak and not
   # an earlier transient (Linux >= 4.0; otherwise the peak since the process started).
@@ -244,17 +276,29 @@ def _run_measure_case(case: dict) -> dict:
   grads_bk.block_until_ready()
   block_s = time.perf_counter() - start
   maxrss_run_mb = case_runner.maxrss_mb()
+  device_run = _device_memory()
   finite = bool(jnp.isfinite(grads_bk).all())
 
   # After the memory reading: the same block without the projection, for the time split.
   start = time.perf_counter()
   compiled_noproj(params, None, tokens, response_mask).block_until_ready()
   block_noproj_s = time.perf_counter() - start
+  # An accelerator's first call also pays one-off runtime set-up (kernel loading): the
+  # steady time per block, what a pool of n / b blocks costs, is the second call's.
+  block_again_s = None
+  if device_run:
+    start = time.perf_counter()
+    compiled(params, key, tokens, response_mask).block_until_ready()
+    block_again_s = time.perf_counter() - start
   return {'status': 'ok', 'estimate': estimate, 'estimate_full_k': estimate_full_k,
           'estimate_noproj': estimate_noproj, 'rss_before_params_mb': rss_before_params_mb,
           'rss_params_mb': rss_params_mb, 'maxrss_init_mb': maxrss_init_mb,
           'maxrss_run_mb': maxrss_run_mb, 'init_s': init_s, 'block_s': block_s,
-          'block_noproj_s': block_noproj_s, 'finite': finite, 'hwm_reset': hwm_reset}
+          'block_noproj_s': block_noproj_s, 'block_again_s': block_again_s, 'finite': finite,
+          'hwm_reset': hwm_reset,
+          'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
+          'device_before_params': device_before_params, 'device_params': device_params,
+          'device_run': device_run}
 
 
 def _child(case: dict) -> None:
@@ -291,12 +335,50 @@ def _print_table(rows: list, pool: int) -> None:
   sys.stdout.flush()
 
 
+def _print_device_measure(r: dict, case: dict) -> None:
+  """The accelerator's rows: its allocator's bytes, not the process's RSS."""
+  est, full, noproj = r['estimate'], r['estimate_full_k'], r['estimate_noproj']
+  before, params, run = r['device_before_params'], r['device_params'], r['device_run']
+  in_use_params = params['bytes_in_use']
+  block_peak = run['peak_bytes_in_use'] - in_use_params
+  # The peak cannot be reset: if creating the parameters peaked higher than the block,
+  # the block's own peak is only bounded by it.
+  bounded = run['peak_bytes_in_use'] <= params['peak_bytes_in_use']
+  print(f'{r["device_kind"]} ({r["backend"]}); device memory from the allocator\'s '
+        f'memory_stats(), MB = 2^20 bytes')
+  print('| quantity | MB |')
+  print('|---|---:|')
+  print(f'| compiled argument (params + tokens) | {est["argument"] / _MB:,.0f} |')
+  print(f'| device bytes in use after params created, minus before | '
+        f'{(in_use_params - before.get("bytes_in_use", 0)) / _MB:,.0f} |')
+  print(f'| compiled output + temp, k = {case["proj_dim"]} | '
+        f'{(est["output"] + est["temp"]) / _MB:,.0f} |')
+  if case['proj_dim'] != case['full_proj_dim']:
+    print(f'| compiled output + temp, k = {case["full_proj_dim"]} (same shapes) | '
+          f'{(full["output"] + full["temp"]) / _MB:,.0f} |')
+  print(f'| compiled output + temp, no projection (same filter) | '
+        f'{(noproj["output"] + noproj["temp"]) / _MB:,.0f} |')
+  print(f'| **measured: device peak of the run minus in use after params** | '
+        f'**{"<= " if bounded else ""}{block_peak / _MB:,.0f}** |')
+  print(f'| device peak of the process (params + block) | '
+        f'{run["peak_bytes_in_use"] / _MB:,.0f} |')
+  print(f'\np = {est["p"]:,}; one block: {r["block_s"]:.3f} s the first call, '
+        f'{r["block_again_s"]:.3f} s the second, with the projection to k = '
+        f'{case["proj_dim"]}; {r["block_noproj_s"]:.3f} s without (the gradients alone); '
+        f'init {r["init_s"]:.1f} s; output finite: {r["finite"]}; '
+        f'child wall {r["wall_s"]:.0f} s.')
+  sys.stdout.flush()
+
+
 def _print_measure(r: dict, case: dict) -> None:
   print(f'\nMeasured: {case["model"]} shape, random float32 init, last2+proj, '
         f't = {case["t"]}, b = {case["b"]}, k = {case["proj_dim"]} '
         f'(remat={case["remat"]})')
   if r['status'] != 'ok':
     print(f'  {r["status"]}')
+    return
+  if r.get('device_run'):
+    _print_device_measure(r, case)
     return
   est, full, noproj = r['estimate'], r['estimate_full_k'], r['estimate_noproj']
   measured_mb = r['maxrss_run_mb'] - r['rss_params_mb']
@@ -343,7 +425,9 @@ def main() -> None:
   parser.add_argument('--quick', action='store_true',
                       help='Qwen2.5-0.5B shape only, t = 128 (overrides --models, --seq-len)')
   parser.add_argument('--measure', action='store_true',
-                      help='also run last2+proj for real on the Qwen2.5-0.5B shape')
+                      help='also run last2+proj for real (on --measure-models shapes)')
+  parser.add_argument('--measure-models', nargs='+', default=['Qwen2.5-0.5B'],
+                      choices=list(MODELS), help='model shapes of the --measure run')
   parser.add_argument('--measure-seq-len', type=int, default=128)
   parser.add_argument('--measure-block-size', type=int, default=2)
   parser.add_argument('--measure-proj-dim', type=int, default=256,
@@ -388,14 +472,14 @@ def main() -> None:
               f'config.json fields not stored in LlamaConfig: '
               f'{", ".join(ok[0]["ignored_fields"]) or "none"}')
 
-  measured = None
-  if args.measure:
-    case = {'kind': 'measure', 'model': 'Qwen2.5-0.5B', 'name': 'last2+proj',
+  measured = []
+  for model in (args.measure_models if args.measure else ()):
+    case = {'kind': 'measure', 'model': model, 'name': 'last2+proj',
             't': args.measure_seq_len, 'b': args.measure_block_size,
             'proj_dim': args.measure_proj_dim, 'full_proj_dim': args.proj_dim,
             'remat': args.remat}
-    measured = {'case': case, 'result': case_runner.spawn(__file__, case, args.timeout)}
-    _print_measure(measured['result'], case)
+    measured.append({'case': case, 'result': case_runner.spawn(__file__, case, args.timeout)})
+    _print_measure(measured[-1]['result'], case)
 
   if args.out:
     out = {'args': vars(args), 'jax': jax.__version__, 'cpus': os.cpu_count(),

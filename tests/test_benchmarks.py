@@ -9,6 +9,7 @@ n = 32, for the NTK and MMD functions the unit tests already check against refer
 `.venv/bin/python benchmarks/bench_kernels.py --sizes 32 --repeats 1` is its smoke run.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str) -> str:
-  env = {**os.environ, 'PYTHONPATH': str(_ROOT)}
+  # Prepended, not replaced: packages reached through PYTHONPATH stay importable.
+  env = {**os.environ,
+         'PYTHONPATH': os.pathsep.join(filter(None, [str(_ROOT), os.environ.get('PYTHONPATH')]))}
   env.pop('XLA_FLAGS', None)  # bench_data_parallel sets its own device count
   out = subprocess.run([sys.executable, str(_ROOT / 'benchmarks' / script), *args],
                        capture_output=True, text=True, cwd=_ROOT, env=env, timeout=600)
@@ -48,3 +51,19 @@ def test_bench_lm_ntk_memory_compiles_the_paper_scale_block():
   # The last two blocks, projected, need less than all parameters unprojected.
   ratio = float(rows[1].split('|')[9].strip().rstrip('x'))
   assert ratio > 1.0, rows
+
+
+@pytest.mark.slow
+def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
+  out = tmp_path / 'estimate.json'
+  text = _run('estimate_cifar100_runtime.py', '--variant', 'cifar100_smoke', '--steps', '2',
+              '--per-class', '2', '1', '--out', str(out))
+  estimate = json.loads(out.read_text())
+  assert sorted(estimate['timings']) == ['2_first', '2_steady', '4_first', '4_steady'], text
+  # The estimate is the sum of the printed per-size rows' parts, over the config's grid.
+  assert len(estimate['grid']) == len(estimate['steps']) == 10
+  parts = estimate['overhead_s'] + estimate['compile_s']
+  expected = estimate['one_off_s'] + sum(s * estimate['per_step_s'] + parts
+                                         for s in estimate['steps'])
+  assert estimate['estimate_s'] == pytest.approx(expected)
+  assert '| all 10 sizes, one-off compile included |' in text

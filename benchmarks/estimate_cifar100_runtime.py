@@ -1,0 +1,191 @@
+"""How long the paper-scale `:cifar100` three-phase run takes on this machine, from timed units.
+
+`experiments/three_phase_scaling.py --config=configs/three_phase_scaling.py:cifar100` trains
+one ResNet-18 per |S| of its grid (11 sizes, 306 to 313,600 examples), each for
+`steps_for(n)` SGD steps of batch 128 (512 to 32,768; 99,328 in all), then re-estimates
+BatchNorm statistics (64 batches) and evaluates on the 10,000 test images. Running it
+takes a GPU and the CIFAR-100 files; this script measures what one unit costs and adds the
+units up, so a researcher knows what the full run asks before starting it.
+
+What runs is the experiment's own code: `make_task` builds the `Cifar100Task` of the
+config (`--config` variant, `--set key=value` overrides), and `task.run_unit` is the unit
+the experiment calls. Without `--data-dir` the task reads a CIFAR-100 folder the script
+writes in the official python layout with random pixels at the real sizes (500 train and
+100 test images per class): timing does not depend on the pixel values.
+
+Measured (each call blocks until its result is on the host):
+  - the smallest size's unit at S1 and then at S2 = 2 S1 steps (`--steps`), each twice:
+    a first call compiles the training program (one per (steps, capacity), as in the
+    run), the second is the steady cost;
+  - per step = (steady(S2) - steady(S1)) / (S2 - S1); overhead = steady(S1) - S1 * per
+    step (sampling, init, BatchNorm re-estimation, evaluation); compile per unit =
+    first(S2) - steady(S2), the training program alone; one-off = first(S1) - steady(S1)
+    - compile per unit, the programs every unit shares (init, BatchNorm step, evaluation),
+    which the first unit of a run compiles;
+  - estimate = one-off + sum over the grid of steps(n) * per step + overhead + compile per
+    unit (the run compiles once per size: each size has its own capacity, the next power
+    of two >= n). The largest sizes also copy their padded data to the device (capacity *
+    3072 * 4 bytes: 6.4 GB at 313,600 examples) once; that is not in the estimate.
+
+One run (NVIDIA H200, jax 0.11.2, the paper's config, `--steps 256`, random pixels): per
+step 4.39 ms, overhead 0.45 s, compile per unit 2.9 s, one-off 8.8 s; 99,328 steps in
+all: about 480 s (8 min) for the whole grid, of which 436 s are steps. The training runs
+at JAX's default matmul precision (TF32 on this GPU), as the experiment does.
+
+Usage:
+  python benchmarks/estimate_cifar100_runtime.py                     # the paper's config
+  python benchmarks/estimate_cifar100_runtime.py --steps 64 --set model.num_filters=8
+  python benchmarks/estimate_cifar100_runtime.py --data-dir /data/cifar100 --out est.json
+"""
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import pickle
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str, relative: str):
+  spec = importlib.util.spec_from_file_location(name, _ROOT / relative)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def write_random_cifar100(directory: Path, *, per_class_train: int, per_class_test: int,
+                          seed: int = 0) -> Path:
+  """A CIFAR-100 folder in the official python layout, random pixels, every class present."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  folder = directory / 'cifar-100-python'
+  folder.mkdir(parents=True, exist_ok=True)
+  for split, per_class in (('train', per_class_train), ('test', per_class_test)):
+    labels = np.repeat(np.arange(100), per_class)
+    batch = {b'data': rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8),
+             b'fine_labels': labels.tolist(), b'coarse_labels': (labels // 5).tolist()}
+    with open(folder / split, 'wb') as f:
+      pickle.dump(batch, f)
+  with open(folder / 'meta', 'wb') as f:
+    pickle.dump({b'fine_label_names': [f'class{i}'.encode() for i in range(100)],
+                 b'coarse_label_names': [f'super{i}'.encode() for i in range(20)]}, f)
+  return directory
+
+
+def _override(config, assignment: str) -> None:
+  """`key.sub=value` (value a Python literal, or a string) on a ConfigDict."""
+  path, sep, text = assignment.partition('=')
+  if not sep:
+    raise ValueError(f'--set expects key=value, got {assignment!r}')
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  *parents, leaf = path.split('.')
+  node = config
+  for parent in parents:
+    node = node[parent]
+  if leaf not in node:
+    raise ValueError(f'--set {path}: no such config field (valid: {sorted(node.keys())})')
+  node[leaf] = value
+
+
+def _with_steps(config, steps: int):
+  """A copy of `config` whose recipe gives exactly `steps` steps at every size."""
+  copy = config.copy_and_resolve_references()
+  copy.train.min_steps = steps
+  copy.train.max_steps = steps
+  return copy
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--variant', default='cifar100', help='configs/three_phase_scaling.py')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override, e.g. model.num_filters=8 (repeatable)')
+  parser.add_argument('--data-dir', help='a real CIFAR-100 folder (default: random pixels)')
+  parser.add_argument('--steps', type=int, default=256, help='S1; S2 = 2 S1')
+  parser.add_argument('--per-class', type=int, nargs=2, default=(500, 100),
+                      metavar=('TRAIN', 'TEST'),
+                      help='images per class of the random folder (default: the real sizes)')
+  parser.add_argument('--out', help='write the measurements and the estimate as JSON')
+  args = parser.parse_args()
+  if args.steps < 1:
+    parser.error('--steps must be >= 1')
+  if min(args.per_class) < 1:
+    parser.error('--per-class counts must be >= 1')
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  sys.path.insert(0, str(_ROOT))
+  tps = _load('three_phase_scaling', 'experiments/three_phase_scaling.py')
+  configs = _load('three_phase_scaling_config', 'configs/three_phase_scaling.py')
+  config = configs.get_config(args.variant)
+  for assignment in args.set:
+    _override(config, assignment)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    if args.data_dir:
+      config.data.directory = args.data_dir
+    else:
+      start = time.perf_counter()
+      config.data.directory = str(write_random_cifar100(
+          Path(tmp), per_class_train=args.per_class[0], per_class_test=args.per_class[1]))
+      print(f'random CIFAR-100 folder written in {time.perf_counter() - start:.1f} s',
+            flush=True)
+    start = time.perf_counter()
+    task = tps.make_task(config, jax.random.PRNGKey(config.seed))
+    setup_s = time.perf_counter() - start
+    grid = [int(n) for n in tps.size_grid(config)]
+    steps = [tps.steps_for(n, config.train) for n in grid]
+    print(f'jax {jax.__version__}, {jax.devices()[0].device_kind} ({jax.default_backend()}); '
+          f'variant {args.variant}, ResNet-18 num_filters={config.model.num_filters}, '
+          f'batch {config.train.batch_size}, {len(task.data.y_train)} train / '
+          f'{len(task.data.y_test)} test images; task set-up {setup_s:.1f} s', flush=True)
+
+    n = grid[0]
+    timings = {}
+    for num_steps in (args.steps, 2 * args.steps):
+      task.config = _with_steps(config, num_steps)
+      for call in ('first', 'steady'):
+        start = time.perf_counter()
+        out = task.run_unit('hard', n, jax.random.PRNGKey(0), jax.random.PRNGKey(1), None)
+        timings[(num_steps, call)] = time.perf_counter() - start
+        print(f'  n = {n}, {num_steps} steps, {call} call: {timings[(num_steps, call)]:.2f} s '
+              f'(test loss {out["loss"]:.3f})', flush=True)
+    task.config = config
+
+  s1, s2 = args.steps, 2 * args.steps
+  per_step = (timings[(s2, 'steady')] - timings[(s1, 'steady')]) / (s2 - s1)
+  overhead = timings[(s1, 'steady')] - s1 * per_step
+  compile_s = timings[(s2, 'first')] - timings[(s2, 'steady')]
+  one_off_s = timings[(s1, 'first')] - timings[(s1, 'steady')] - compile_s
+  total = one_off_s + sum(num * per_step + overhead + compile_s for num in steps)
+  print(f'\nper step {per_step * 1e3:.2f} ms; per unit overhead {overhead:.2f} s; '
+        f'compile per unit {compile_s:.1f} s; one-off compile {one_off_s:.1f} s')
+  print('| n | steps | estimated s |')
+  print('|---:|---:|---:|')
+  for size, num in zip(grid, steps):
+    print(f'| {size:,} | {num:,} | {num * per_step + overhead + compile_s:,.0f} |')
+  print(f'| all {len(grid)} sizes, one-off compile included | {sum(steps):,} | '
+        f'{total:,.0f} ({total / 3600:.2f} h) |')
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump({'variant': args.variant, 'overrides': args.set, 'jax': jax.__version__,
+                 'device': jax.devices()[0].device_kind, 'cpus': os.cpu_count(),
+                 'grid': grid, 'steps': steps,
+                 'timings': {f'{k[0]}_{k[1]}': v for k, v in timings.items()},
+                 'per_step_s': per_step, 'overhead_s': overhead, 'compile_s': compile_s,
+                 'one_off_s': one_off_s, 'estimate_s': total}, f, indent=1)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+  main()
