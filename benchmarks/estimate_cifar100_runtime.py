@@ -9,9 +9,9 @@ units up, so a researcher knows what the full run asks before starting it.
 
 What runs is the experiment's own code: `make_task` builds the `Cifar100Task` of the
 config (`--config` variant, `--set key=value` overrides), and `task.run_unit` is the unit
-the experiment calls. Without `--data-dir` the task reads a CIFAR-100 folder the script
-writes in the official python layout with random pixels at the real sizes (500 train and
-100 test images per class): timing does not depend on the pixel values.
+the experiment calls. Without `--data-dir` the task reads a `cifar100.npz` the script writes
+with random pixels at the real sizes (500 train and 100 test images per class, or
+`--per-class`): timing does not depend on the pixel values.
 
 Measured (each call blocks until its result is on the host):
   - the smallest size's unit at S1 and then at S2 = 2 S1 steps (`--steps`), each twice:
@@ -43,7 +43,6 @@ import ast
 import importlib.util
 import json
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -61,21 +60,19 @@ def _load(name: str, relative: str):
 
 def write_random_cifar100(directory: Path, *, per_class_train: int, per_class_test: int,
                           seed: int = 0) -> Path:
-  """A CIFAR-100 folder in the official python layout, random pixels, every class present."""
+  """`directory/cifar100.npz` (a layout `load_cifar100` reads): random uint8 pixels, every
+  class present, `per_class_*` images of each class per split."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(seed)
-  folder = directory / 'cifar-100-python'
-  folder.mkdir(parents=True, exist_ok=True)
-  for split, per_class in (('train', per_class_train), ('test', per_class_test)):
-    labels = np.repeat(np.arange(100), per_class)
-    batch = {b'data': rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8),
-             b'fine_labels': labels.tolist(), b'coarse_labels': (labels // 5).tolist()}
-    with open(folder / split, 'wb') as f:
-      pickle.dump(batch, f)
-  with open(folder / 'meta', 'wb') as f:
-    pickle.dump({b'fine_label_names': [f'class{i}'.encode() for i in range(100)],
-                 b'coarse_label_names': [f'super{i}'.encode() for i in range(20)]}, f)
+  y_train = np.repeat(np.arange(100), per_class_train)
+  y_test = np.repeat(np.arange(100), per_class_test)
+  directory.mkdir(parents=True, exist_ok=True)
+  np.savez(directory / 'cifar100.npz',
+           x_train=rng.integers(0, 256, size=(y_train.size, 32, 32, 3), dtype=np.uint8),
+           y_train=y_train,
+           x_test=rng.integers(0, 256, size=(y_test.size, 32, 32, 3), dtype=np.uint8),
+           y_test=y_test)
   return directory
 
 

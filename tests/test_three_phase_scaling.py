@@ -9,7 +9,6 @@ metrics against a float64 NumPy reference and the memorisation property of `Item
 
 import importlib.util
 import math
-import pickle
 from pathlib import Path
 
 import jax
@@ -18,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import task_fixtures
 from dv_jax import results
 from dv_jax import scaling
 from dv_jax import training
@@ -462,26 +462,10 @@ def test_facts_lm_smoke_runs(tmp_path):
   assert max(row['unseen_loss'] or 0.0 for row in units) > 0
 
 
-def _write_fake_cifar100(directory: Path, *, per_class_train: int, per_class_test: int):
-  """A tiny CIFAR-100 in the official python layout (every class present)."""
-  rng = np.random.default_rng(0)
-  folder = directory / 'cifar-100-python'
-  folder.mkdir(parents=True)
-  for split, per_class in (('train', per_class_train), ('test', per_class_test)):
-    labels = np.repeat(np.arange(100), per_class)
-    batch = {b'data': rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8),
-             b'fine_labels': labels.tolist(), b'coarse_labels': (labels // 5).tolist()}
-    with open(folder / split, 'wb') as f:
-      pickle.dump(batch, f)
-  with open(folder / 'meta', 'wb') as f:
-    pickle.dump({b'fine_label_names': [f'class{i}'.encode() for i in range(100)],
-                 b'coarse_label_names': [f'super{i}'.encode() for i in range(20)]}, f)
-
-
 @pytest.mark.slow
 def test_cifar100_path_on_a_fake_folder(tmp_path):
   data_dir = tmp_path / 'cifar'
-  _write_fake_cifar100(data_dir, per_class_train=2, per_class_test=1)
+  task_fixtures.write_fake_cifar100(data_dir, per_class_train=2, per_class_test=1)
   config = configs.get_config('cifar100_smoke')
   config.data.directory = str(data_dir)
   config.truncation.modes = ('hard', 'finite_sample')
