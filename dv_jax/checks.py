@@ -63,3 +63,21 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = 1,
 
 
 __all__ = ['check_int']
+
+
+def check_indices(indices: Any, name: str = 'indices') -> np.ndarray:
+  """`indices` as a 1-D int64 array of positions; an empty list is fine.
+
+  Refuses a boolean mask and float positions instead of casting them: `np.asarray(mask,
+  np.int64)` reads `[True, False, True]` as the positions 1, 0, 1, and 2.7 as 2.
+
+  Raises:
+    ValueError: naming `name`, for a non-integer dtype or an array that is not 1-D.
+  """
+  idx = np.asarray(indices)
+  if idx.size and not np.issubdtype(idx.dtype, np.integer):
+    hint = ' (for a boolean mask pass np.flatnonzero(mask))' if idx.dtype == bool else ''
+    raise ValueError(f'{name} must be integers, got dtype {idx.dtype}{hint}')
+  if idx.ndim != 1:
+    raise ValueError(f'{name} must be 1-D, got shape {idx.shape}')
+  return idx.astype(np.int64)

@@ -1,4 +1,5 @@
-"""dv_jax.checks.check_int: which values count as whole numbers, and the one message."""
+"""dv_jax.checks: check_int (which values count as whole numbers, and the one message) and
+check_indices."""
 
 import fractions
 import math
@@ -47,3 +48,16 @@ def test_refuses_what_is_not_a_whole_number(value):
 def test_message_names_the_argument_the_bounds_and_the_value(kwargs, value, message):
   with pytest.raises(ValueError, match=message):
     checks.check_int(value, 'num_items', **kwargs)
+
+
+def test_check_indices_keeps_integer_positions_and_refuses_masks_and_floats():
+  out = checks.check_indices(np.array([2, 0], np.int32))
+  assert out.dtype == np.int64 and out.tolist() == [2, 0]
+  assert checks.check_indices([]).tolist() == []
+  with pytest.raises(ValueError, match=r'rows must be integers, got dtype bool \(for a '
+                                       r'boolean mask pass np\.flatnonzero\(mask\)\)'):
+    checks.check_indices(np.array([True, False]), 'rows')
+  with pytest.raises(ValueError, match='indices must be integers, got dtype float64$'):
+    checks.check_indices([1.0, 2.7])
+  with pytest.raises(ValueError, match=r'indices must be 1-D, got shape \(1, 2\)'):
+    checks.check_indices([[0, 1]])

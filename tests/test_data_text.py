@@ -110,6 +110,37 @@ def test_jsonl_with_byte_order_mark(tmp_path):
   np.testing.assert_array_equal(text.load_text_task(path, task='sentiment').labels, [1])
 
 
+@pytest.mark.parametrize('encoding,bad_line', [('utf-16', 1), ('cp1252', 2)])
+def test_jsonl_not_utf8_names_file_and_line(tmp_path, encoding, bad_line):
+  # Used to raise the codec's bare "'utf-8' codec can't decode byte ...", with no file name.
+  path = tmp_path / 'win.jsonl'
+  lines = [json.dumps(SST2[0]), json.dumps({'sentence': 'café', 'label': 1}, ensure_ascii=False)]
+  path.write_bytes(('\r\n'.join(lines) + '\r\n').encode(encoding))
+  with pytest.raises(ValueError, match=f'win.jsonl line {bad_line}: not UTF-8 text'):
+    text.load_text_task(path, task='sentiment')
+
+
+@pytest.mark.parametrize('flag', [{'is_synthetic': True}, {'Source': 'synthetic'},
+                                  {'synthetic': 1}, {'source': None, 'is_synthetic': True}])
+def test_synthetic_flag_under_another_name_is_refused(tmp_path, flag):
+  # Used to be ignored: every record read as real, so pi = 1 for every contributor.
+  path = _write_jsonl(tmp_path / 'gen.jsonl', [SST2[0], {**SST2[0], **flag}])
+  with pytest.raises(ValueError, match=r"gen.jsonl line 2: no 'source' field but a"):
+    text.load_text_task(path, task='sentiment')
+
+
+def test_subset_refuses_a_boolean_mask_and_float_indices(tmp_path):
+  data = text.load_text_task(_write_jsonl(tmp_path / 'sst2.jsonl', SST2), task='sentiment')
+  # A mask used to be read as the indices 0 and 1: [True, False, True] gave records 1, 0, 1.
+  with pytest.raises(ValueError, match='indices must be integers, got dtype bool'):
+    text.subset(data, ~data.is_synthetic)
+  with pytest.raises(ValueError, match='indices must be integers, got dtype float64'):
+    text.subset(data, [1.7])
+  assert text.subset(data, np.flatnonzero(~data.is_synthetic)).prompts == [
+      'a gorgeous film', 'fine']
+  assert text.subset(data, []).prompts == []
+
+
 def test_split_is_rejected_for_jsonl(tmp_path):
   # Used to be ignored silently, as if the file were the requested split.
   path = _write_jsonl(tmp_path / 'sst2.jsonl', SST2)
@@ -224,6 +255,24 @@ def test_encode_pairs_layout_mask_and_truncation():
     tokenize.encode_pairs(tok, ['a', 3], ['b', 'c'], max_len=8)
   with pytest.raises(ValueError, match='special tokens'):
     tokenize.VocabTokenizer(['a', 'b'])
+
+
+class _EosOnlyTokenizer:
+  """A tokenizer with `<eos>` but neither `<bos>` nor `<sep>` (a Qwen2-style HFTokenizer)."""
+  pad_id, bos_id, sep_id, eos_id = 0, None, None, 1
+
+  def encode(self, text):
+    return [2 + len(word) for word in text.split()]
+
+
+def test_encode_pairs_refuses_an_empty_prompt_without_bos_or_sep():
+  # The response used to start at position 0, which no logit predicts: its first token was
+  # in the mask but never scored, so the mean log-probability silently skipped it.
+  with pytest.raises(ValueError, match=r"prompts\[1\] = '' encodes to no token"):
+    tokenize.encode_pairs(_EosOnlyTokenizer(), ['a', ''], ['bb', 'bb c'], max_len=6)
+  batch = tokenize.encode_pairs(_EosOnlyTokenizer(), ['a'], ['bb c'], max_len=6)
+  np.testing.assert_array_equal(batch.tokens, [[3, 4, 3, 1, 0, 0]])
+  np.testing.assert_array_equal(batch.response_mask, [[0, 1, 1, 1, 0, 0]])
 
 
 def test_hf_tokenizer_adapter(tmp_path):

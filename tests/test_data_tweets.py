@@ -237,6 +237,17 @@ def test_load_tweets_argument_errors(tmp_path, kwargs, match):
     tweets.load_tweets(**args)
 
 
+def test_subset_refuses_a_boolean_mask(tmp_path):
+  path = tmp_path / 'tweets.csv'
+  path.write_text('sentiment,confidence,text\nnegative,0.4,bad\npositive,0.9,good\n'
+                  'neutral,0.5,fine\n')
+  data = tweets.read_tweets_csv(path)
+  # A mask used to be read as the positions 1, 0, 1 (True, False, True).
+  with pytest.raises(ValueError, match='indices must be integers, got dtype bool'):
+    tweets.subset(data, np.array([True, False, True]))
+  assert tweets.subset(data, np.flatnonzero([True, False, True])).texts == ['bad', 'fine']
+
+
 def test_load_tweets_min_confidence_filters_before_splitting(tmp_path):
   # Confidences 0.1 .. 0.9 cycle; >= 0.5 keeps 5 of every 9 rows.
   path = _small_csv(tmp_path, n=90)

@@ -29,6 +29,8 @@ from dv_jax import checks
 TASKS = ('sentiment', 'instruction', 'reasoning')
 SENTIMENT_LABEL_NAMES = ('negative', 'positive')
 SOURCES = ('real', 'synthetic')
+# Keys a hand-made file may use for the real/synthetic flag instead of `source`.
+_SOURCE_LOOKALIKES = ('source', 'is_synthetic', 'synthetic')
 _ANSWER_MARK = '####'
 
 
@@ -92,6 +94,13 @@ def _text_field(record: dict, name: str, where: str, *, required: bool = True,
 def _is_synthetic(record: dict, where: str) -> bool:
   source = record.get('source')
   if source is None:
+    # A flag under another name (`is_synthetic: true`, `Source`) would otherwise leave
+    # every record real without a word, and pi = 1 for every contributor.
+    for key in record:
+      if key != 'source' and str(key).strip().lower() in _SOURCE_LOOKALIKES:
+        raise ValueError(f"{where}: no 'source' field but a {key!r} field; name the "
+                         f"real/synthetic flag 'source' with values {SOURCES} (a record "
+                         "without 'source' is read as real)")
     return False
   if source not in SOURCES:
     raise ValueError(f'{where}: source must be one of {SOURCES}, got {source!r}')
@@ -174,15 +183,27 @@ def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
 def _jsonl_records(path: Path):
   # utf-8-sig: files saved by Windows tools start with a byte-order mark.
   with open(path, 'r', encoding='utf-8-sig') as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path} line {line_no}'
+    try:
+      for line_no, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        where = f'{path} line {line_no}'
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f'{where}: invalid JSON ({e.msg})') from None
+        yield where, record
+    except UnicodeDecodeError:
+      # A UTF-16 (PowerShell's `>`) or cp1252 file used to raise the codec's bare message,
+      # naming neither the file nor the line.
+      raw = path.read_bytes()
       try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: invalid JSON ({e.msg})') from None
-      yield where, record
+        raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        bad_line = raw.count(b'\n', 0, e.start) + 1
+        raise ValueError(f'{path} line {bad_line}: not UTF-8 text (byte {raw[e.start]:#04x} '
+                         f'at offset {e.start}); save the file as UTF-8') from None
+      raise
 
 
 def _polarity(name: str) -> Optional[int]:
@@ -321,9 +342,8 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
 
 def subset(data: TextDataset, indices) -> TextDataset:
   """The records at `indices` (int [k]), in that order."""
-  idx = np.asarray(indices, dtype=np.int64)
-  if idx.ndim != 1:
-    raise ValueError(f'indices must be 1-D, got shape {idx.shape}')
+  # A boolean mask (`~data.is_synthetic`) is refused, not read as the positions 0 and 1.
+  idx = checks.check_indices(indices)
   pick = lambda seq: [seq[i] for i in idx]  # pylint: disable=unnecessary-lambda-assignment
   return TextDataset(
       prompts=pick(data.prompts), responses=pick(data.responses),

@@ -249,8 +249,9 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
 
   Raises:
     ValueError: a bare string for `prompts` or `responses`, a non-string entry, unequal
-      lengths, a non-integer or too small `max_len`, or a pair left without a response
-      token (an empty response and a tokenizer without `<eos>`: nothing to score).
+      lengths, a non-integer or too small `max_len`, a pair left without a response
+      token (an empty response and a tokenizer without `<eos>`: nothing to score), or an
+      empty prompt with a tokenizer that has neither `<bos>` nor `<sep>`.
   """
   max_len = checks.check_int(max_len, 'max_len')
   prompts = _check_texts(prompts, 'prompts')
@@ -273,6 +274,12 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
                        '(the tokenizer has no eos token)')
     p_ids = p_ids[max(len(p_ids) - (budget - len(r_ids)), 0):]
     head = bos + p_ids + sep
+    if not head:
+      # The response would start at position 0, which no logit predicts: its first token
+      # was masked in but never scored.
+      raise ValueError(f'prompts[{i}] = {prompt!r} encodes to no token and the tokenizer has '
+                       'no bos or sep token: the first response token has nothing to be '
+                       'predicted from')
     seq = head + r_ids
     tokens[i, :len(seq)] = seq
     mask[i, len(head):len(seq)] = 1.0

@@ -92,7 +92,8 @@ def tweets_csv_path() -> Path:
 
 def subset(tweets: Tweets, indices) -> Tweets:
   """The tweets at `indices` (int [k]), in that order."""
-  idx = np.asarray(indices, dtype=np.int64)
+  # A boolean mask (`~tweets.is_synthetic`) is refused, not read as the positions 0 and 1.
+  idx = checks.check_indices(indices)
   return Tweets([tweets.texts[i] for i in idx], tweets.labels[idx], tweets.confidence[idx],
                 tweets.is_synthetic[idx])
 
