@@ -61,6 +61,7 @@ Shape legend: `n` examples, `t` tokens per sequence, `c` classes, `K` contributo
 import functools
 import inspect
 import json
+import os
 import zlib
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -789,13 +790,13 @@ def swap_responses(responses: Sequence[str], fraction: float, *, key: jax.Array)
 def _text_records(d, layout):
   from dv_jax.data import text  # pylint: disable=g-import-not-at-top
 
-  def load(path):
-    return text.load_text_task(str(path), task=layout, split=str(d.split) or None,
+  def load(path, split):
+    return text.load_text_task(str(path), task=layout, split=str(split) or None,
                                max_records=int(d.max_records) or None)
 
   if not str(d.path):
     raise ValueError('config.data.path must name a local JSONL file or datasets directory')
-  records = load(d.path)
+  records = load(d.path, d.split)
   real = np.flatnonzero(~records.is_synthetic)
   syn = np.flatnonzero(records.is_synthetic)
   rng = np.random.default_rng(int(d.split_seed))
@@ -805,7 +806,22 @@ def _text_records(d, layout):
   for name, path_field, size_field in (('target', 'target_path', 'target_size'),
                                        ('test', 'test_path', 'test_size')):
     if str(d[path_field]):
-      held[name] = load(d[path_field])
+      # Each held-out source has its own split: one `split` for all three read a
+      # DatasetDict's training split again as the target, and failed on a JSONL target.
+      split_field = f'{name}_split'
+      if (os.path.realpath(str(d[path_field])) == os.path.realpath(str(d.path))
+          and str(d[split_field]) == str(d.split)):
+        raise ValueError(
+            f'config.data.{path_field} with {split_field}={str(d[split_field])!r} reads the '
+            f'same records as config.data.path with split={str(d.split)!r}; name another '
+            f'split (or file), or leave {path_field} empty to hold out {size_field} real '
+            'records of path')
+      held[name] = load(d[path_field], d[split_field])
+      if held[name].is_synthetic.any():
+        # Held out by size, these sets are real records only; a file must be the same.
+        raise ValueError(
+            f'config.data.{path_field} holds {int(held[name].is_synthetic.sum())} records '
+            f'marked source: synthetic; the {name} set is real data')
     else:
       size = int(d[size_field])
       if offset + size > real.size:
@@ -865,7 +881,9 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   Reads `config.data`: path (JSONL or datasets
   directory; records may carry `source: real | synthetic`), split (of a DatasetDict; ''
   for none), max_records (0: all), target_path / test_path ('' = hold target_size /
-  test_size REAL records out of `path`), split_seed, max_len (tokens per example), and the
+  test_size REAL records out of `path`) with their own target_split / test_split (''
+  for none; the pool's own path and split, or records marked synthetic, are refused),
+  split_seed, max_len (tokens per example), and the
   contributor design (num_contributors, size_range, pis, label_noises = the fraction of
   swapped responses, `swap_responses`; contributor_seed). Real parts are disjoint draws
   from the real records, synthetic parts from the synthetic ones (fixed texts carry no

@@ -3,6 +3,8 @@ independent `dv_jax.models.lm.response_nll`, the shared contributor helpers, and
 builder on tiny sizes (paper-scale builders on the on-disk fixtures of task_fixtures.py).
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -344,7 +346,7 @@ def test_cifar100_builder_pca_and_generated_images(fixtures):
 def _text_config(fixtures, name):
   path = fixtures['alpaca'] if name == 'instruction' else fixtures['gsm8k']
   return _config(dict(path=str(path), split='', max_records=0, target_path='', test_path='',
-                      target_size=6, test_size=6, split_seed=0, max_len=24,
+                      target_split='', test_split='', target_size=6, test_size=6, split_seed=0, max_len=24,
                       num_contributors=4, size_range=(4, 8), pis=(0.0, 0.5, 1.0),
                       label_noises=(0.0, 0.5), contributor_seed=0),
                  dict(backbones=('llm',), checkpoint=str(fixtures['checkpoint']),
@@ -368,6 +370,37 @@ def test_text_lm_builder_on_a_tiny_checkpoint(fixtures, name):
   # Held-out target / test records are real and never in a contributor.
   pool = _row_set(task.pool.x)
   assert not _row_set(task.target.x) & pool and not _row_set(task.test.x) & pool
+
+
+def test_text_lm_held_out_sources_have_their_own_split(fixtures, tmp_path):
+  # One `split` used to be read for path, target_path and test_path alike: a target in the
+  # pool's own DatasetDict was its training split again, and a JSONL target failed.
+  datasets = pytest.importorskip('datasets')
+  rows = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  def dataset(records):
+    return datasets.Dataset.from_dict({k: [r[k] for r in records] for k in records[0]})
+
+  folder = str(tmp_path / 'alpaca_dd')
+  datasets.DatasetDict({'train': dataset(rows[6:]), 'heldout': dataset(rows[:6])}
+                       ).save_to_disk(folder)
+  config = _text_config(fixtures, 'instruction')
+  config.data.update(path=folder, split='train', target_path=folder, target_split='heldout')
+  task = tasks.build_task('instruction', config)
+  assert task.target.x.shape[0] == 6 and not _row_set(task.target.x) & _row_set(task.pool.x)
+  # A JSONL target beside a DatasetDict pool takes no split.
+  real_jsonl = tmp_path / 'target.jsonl'
+  real_jsonl.write_text(''.join(json.dumps(r) + '\n' for r in rows[:6]), encoding='utf-8')
+  config.data.update(target_path=str(real_jsonl), target_split='')
+  assert _row_set(tasks.build_task('instruction', config).target.x) == _row_set(task.target.x)
+  # A held-out file with synthetic records is refused: the target is real data.
+  config.data.update(target_path=str(fixtures['alpaca']))
+  with pytest.raises(ValueError, match='target_path holds 24 records marked source: synthetic'):
+    tasks.build_task('instruction', config)
+  # The pool's own path and split as a held-out source is refused, naming the fields.
+  config.data.update(target_path=folder, target_split='train')
+  with pytest.raises(ValueError, match=r"target_path with target_split='train' reads the "
+                                       r'same records as config.data.path'):
+    tasks.build_task('instruction', config)
 
 
 def test_text_lm_builder_errors(fixtures):
