@@ -40,8 +40,8 @@ def config_float(value: Any, field: str, ok: Callable[[float], bool], allowed: s
   """`config.<field>` as a finite float for which `ok` holds; `allowed` says what that is.
 
   Raises:
-    ValueError: `config.<field> must be <allowed>`, for a bool, None, a string, NaN / Inf
-      or a value `ok` refuses.
+    ValueError: `config.<field> must be <allowed>`, for a bool, None, a string that is not
+      a number ('0.5' is read as 0.5), NaN / Inf or a value `ok` refuses.
   """
   try:
     number = float(value) if not isinstance(value, bool) else math.nan

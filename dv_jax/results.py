@@ -118,7 +118,7 @@ def _jsonable(obj: Any, *, tag_nonfinite: bool) -> Any:
   if isinstance(obj, tuple) and hasattr(obj, '_fields'):  # NamedTuple: keep field names
     return {name: convert(value) for name, value in zip(obj._fields, obj)}
   if isinstance(obj, Mapping):
-    return {str(key): convert(value) for key, value in obj.items()}
+    return {key: convert(value) for key, value in _string_keys(obj).items()}
   if isinstance(obj, (list, tuple)):
     return [convert(value) for value in obj]
   if isinstance(obj, (set, frozenset)):
@@ -136,6 +136,20 @@ def _jsonable(obj: Any, *, tag_nonfinite: bool) -> Any:
   raise TypeError(f'cannot write an object of type {type(obj).__name__} as JSON')
 
 
+def _string_keys(mapping: Mapping) -> Dict[str, Any]:
+  """`mapping` with `str` keys; two keys with one string form (1 and '1') are an error."""
+  # A plain `str(key)` comprehension kept only the last of two such keys: a dict keyed by
+  # ints merged with one read back from JSON (string keys) lost entries without a word.
+  out, original = {}, {}
+  for key, value in mapping.items():
+    text = str(key)
+    if text in out:
+      raise ValueError(f'keys {original[text]!r} and {key!r} would both be written as '
+                       f'{text!r}; one would be lost')
+    out[text], original[text] = value, key
+  return out
+
+
 def write_json(path: PathLike, obj: Any) -> Path:
   """Writes `obj` as indented strict JSON, atomically (conventions in the module docstring).
 
@@ -148,6 +162,7 @@ def write_json(path: PathLike, obj: Any) -> Path:
 
   Raises:
     TypeError: an object with no JSON form.
+    ValueError: two keys of one mapping with the same string form (1 and '1').
   """
   text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
   return atomic_write_text(path, text + '\n')
@@ -170,6 +185,8 @@ def _csv_cell(value: Any) -> str:
     return repr(float(value))  # shortest round-tripping form; nan / inf stay readable
   if isinstance(value, str):
     return value
+  if isinstance(value, os.PathLike):  # as a JSON cell it would keep its quotes: '"a/b"'
+    return os.fspath(value)
   if (isinstance(value, np.ndarray) or hasattr(value, '__array__')) and np.ndim(value) == 0:
     # NumPy and JAX 0-d arrays are scalars: as a JSON cell a NaN would be written `null`
     # and a bool `true`, which `read_csv` returns as strings.
@@ -190,20 +207,24 @@ def write_csv(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
 
   Returns:
     `path` as a `Path`.
+
+  Raises:
+    ValueError: a row that is not a mapping, or two keys of one row (or of a mapping
+      written as a cell) with the same string form.
   """
   rows = list(rows)
   columns: Dict[str, None] = {}
   for row in rows:
     if not isinstance(row, Mapping):
       raise ValueError(f'rows must be mappings, got {type(row).__name__}')
-    for key in row:
-      columns.setdefault(str(key), None)
+    for key in _string_keys(row):
+      columns.setdefault(key, None)
   buffer = io.StringIO()
   if columns:
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(columns)
     for row in rows:
-      cells = {str(key): value for key, value in row.items()}
+      cells = _string_keys(row)
       writer.writerow([_csv_cell(cells.get(column)) for column in columns])
   return atomic_write_text(path, buffer.getvalue())
 

@@ -19,7 +19,6 @@ Shape legend: ``n`` examples, ``c`` classes, ``R`` seeds, ``T`` steps, ``J`` che
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -98,14 +97,17 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
     raise ValueError(f'config.schedule must be one of {SCHEDULES}, got {c.schedule!r}')
   steps = config_checks.config_int(c.steps, 'steps')
   batch_size = config_checks.config_int(c.batch_size, 'batch_size')
-  if not float(c.learning_rate) > 0 or not math.isfinite(float(c.learning_rate)):
-    raise ValueError(f'config.learning_rate must be finite and > 0, got {c.learning_rate}')
-  if not (float(c.weight_decay) >= 0 and math.isfinite(float(c.weight_decay))):
-    raise ValueError(f'config.weight_decay must be finite and >= 0, got {c.weight_decay}')
-  if not 0 <= float(c.momentum) < 1:  # momentum >= 1 lets the velocity grow without bound
-    raise ValueError(f'config.momentum must lie in [0, 1), got {c.momentum}')
+  # config_float, not float(): float() read True as 1.0, and failed on None with a
+  # TypeError that did not name the field.
+  learning_rate = config_checks.config_float(c.learning_rate, 'learning_rate',
+                                             lambda v: v > 0, 'finite and > 0')
+  weight_decay = config_checks.config_float(c.weight_decay, 'weight_decay',
+                                            lambda v: v >= 0, 'finite and >= 0')
+  # momentum >= 1 lets the velocity grow without bound
+  momentum = config_checks.config_float(c.momentum, 'momentum', lambda v: 0 <= v < 1,
+                                        'a number in [0, 1)')
   # Only sgd has a heavy-ball momentum: adam / adamw would train silently without it.
-  if float(c.momentum) and c.optimizer != 'sgd':
+  if momentum and c.optimizer != 'sgd':
     raise ValueError(f'config.momentum={c.momentum} is used only by optimizer sgd, got '
                      f'optimizer {c.optimizer!r}; set momentum to 0')
   every = config_checks.config_int(c.checkpoint_every, 'checkpoint_every', minimum=0)
@@ -113,8 +115,8 @@ def as_train_config(config: Any, *, extra_fields: Sequence[str] = ()) -> TrainCo
     raise ValueError(f'config.checkpoint_every must be 0 or divide steps={steps}, got '
                      f'{every}')
   return c._replace(steps=steps, batch_size=batch_size,
-                    checkpoint_every=every, learning_rate=float(c.learning_rate),
-                    weight_decay=float(c.weight_decay), momentum=float(c.momentum))
+                    checkpoint_every=every, learning_rate=learning_rate,
+                    weight_decay=weight_decay, momentum=momentum)
 
 
 class TrainResult(NamedTuple):
@@ -249,9 +251,14 @@ def _check_xy(x: Any, y: Any, *, num_classes: int | None) -> tuple[np.ndarray, n
     raise ValueError(f'y must have shape ({x.shape[0]},) to match x, got {y.shape}')
   if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(f'y must hold integer labels, got dtype {y.dtype}')
-  if num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f'y has labels in [{y.min()}, {y.max()}], expected [0, {num_classes})')
+  if num_classes is not None:
+    _check_labels(y, num_classes)
   return x, y.astype(np.int32)
+
+
+def _check_labels(y: np.ndarray, num_classes: int) -> None:
+  if y.min() < 0 or y.max() >= num_classes:
+    raise ValueError(f'y has labels in [{y.min()}, {y.max()}], expected [0, {num_classes})')
 
 
 def pad_examples(x: Any, y: Any, capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -374,11 +381,11 @@ def _eval_block_many(params, xb, yb, mask, apply_fn):
 
 
 def _evaluate(block_fn, apply_fn, one_params, params, x, y, block_size):
+  # Shapes first: an empty or 1-D x reached the model below and failed inside it (a
+  # ZeroDivisionError, a dot_general shape error) instead of naming x.
+  x, y = _check_xy(x, y, num_classes=None)
   # Labels outside the logits would be gathered silently (clamped, or wrapped from -1).
-  sample = np.asarray(x)[:1]
-  num_classes = int(jax.eval_shape(apply_fn, one_params,
-                                   sample.astype(_input_dtype(sample))).shape[-1])
-  x, y = _check_xy(x, y, num_classes=num_classes)
+  _check_labels(y, int(jax.eval_shape(apply_fn, one_params, x[:1]).shape[-1]))
   block_size = checks.check_int(block_size, 'block_size')
   n = x.shape[0]
   block = min(block_size, _next_power_of_two(n))

@@ -120,6 +120,27 @@ def test_csv_jax_scalars_read_back_as_numbers_and_bools(tmp_path):
   assert back['flag'] is True and back['value'] == 2.5 and back['count'] == 3
 
 
+def test_keys_with_one_string_form_are_refused_not_dropped(tmp_path):
+  # An int-keyed dict merged with one read back from JSON: str() made both keys '100' and
+  # the writer kept only the last value.
+  merged = {100: 0.5, '100': 0.25}
+  with pytest.raises(ValueError, match="keys 100 and '100' would both be written as '100'"):
+    results.write_json(tmp_path / 'r.json', {'per_n': merged})
+  with pytest.raises(ValueError, match="keys 100 and '100'"):
+    results.write_csv(tmp_path / 'r.csv', [merged])
+  with pytest.raises(ValueError, match="keys 100 and '100'"):
+    results.fingerprint(merged)
+  assert not (tmp_path / 'r.json').exists() and not (tmp_path / 'r.csv').exists()
+  # Distinct string forms are still written.
+  assert results.to_jsonable({1: 'a', np.int64(2): 'b'}) == {'1': 'a', '2': 'b'}
+
+
+def test_csv_path_cells_are_plain_strings(tmp_path):
+  # Written as a JSON cell a Path kept its quotes and read back as '"a/b.png"'.
+  path = results.write_csv(tmp_path / 'p.csv', [{'figure': Path('a') / 'b.png'}])
+  assert results.read_csv(path) == [{'figure': str(Path('a') / 'b.png')}]
+
+
 def test_save_config_writes_config_json(tmp_path):
   config = ml_collections.ConfigDict({'seed': 0, 'data': {'betas': (2.0, 3.0)}})
   config.lock()

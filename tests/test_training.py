@@ -234,6 +234,11 @@ def test_config_from_dict_and_config_dict():
     ('momentum', float('inf'), 'config.momentum'),
     ('momentum', 1.0, 'config.momentum'),
     ('checkpoint_every', 7, 'config.checkpoint_every'),
+    # float() read True as 1.0, and failed on None without naming the field.
+    ('learning_rate', True, 'config.learning_rate must be finite and > 0, got True'),
+    ('learning_rate', None, 'config.learning_rate'),
+    ('weight_decay', True, 'config.weight_decay'),
+    ('momentum', None, 'config.momentum'),
     # adam (the default) has no heavy-ball momentum: it would be dropped silently.
     ('momentum', 0.9, 'config.momentum=0.9 is used only by optimizer sgd'),
 ])
@@ -272,6 +277,12 @@ def test_data_errors():
     with pytest.raises(ValueError, match='y has labels'):
       training.evaluate_many(_linear_apply, jax.tree_util.tree_map(lambda a: a[None], params),
                              x, labels)
+  # A malformed x is named before it reaches the model (which failed with a
+  # ZeroDivisionError on an empty x, a dot_general error on a 1-D one).
+  with pytest.raises(ValueError, match='x must be a non-empty batch'):
+    training.evaluate(_linear_apply, params, x[:0], y[:0])
+  with pytest.raises(ValueError, match='x must be a non-empty batch'):
+    training.evaluate(_linear_apply, params, x[0], y[:1])
 
 
 def test_integer_inputs_reach_the_model_as_int32():
