@@ -305,3 +305,63 @@ def test_sampler_error_paths():
     longtail.split_counts(10, pi=1.5)
   with pytest.raises(ValueError, match='num_samples'):
     longtail.sample_items([1.0], num_samples=-1, key=key)
+
+
+def _png_folder(tmp_path, arrays):
+  """tmp_path/gen with class folder 5/ holding one PNG per array."""
+  image = pytest.importorskip('PIL.Image')
+  folder = tmp_path / 'gen' / '5'
+  folder.mkdir(parents=True)
+  for i, a in enumerate(arrays):
+    image.fromarray(a).save(folder / f'img{i}.png')
+  return tmp_path / 'gen'
+
+
+def test_generated_folders_skip_hidden_entries_and_refuse_nested_folders(tmp_path):
+  x = np.random.default_rng(2).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+  root = _png_folder(tmp_path, [x])
+  # What Jupyter and macOS leave beside real data: not classes, not images.
+  (root / '.ipynb_checkpoints').mkdir()
+  (root / '5' / '.DS_Store').write_bytes(b'\0\0\0\1Bud1')
+  (root / '5' / '._img0.png').write_bytes(b'\0\5\26\7 AppleDouble')
+  split = cifar100.load_generated_images(root)
+  np.testing.assert_array_equal(split.y, [5])
+  np.testing.assert_allclose(split.x[0], x / 255.0, atol=1e-7)
+  (root / '5' / 'batch0').mkdir()
+  with pytest.raises(ValueError, match="sub-folder 'batch0'"):
+    cifar100.load_generated_images(root)
+
+
+def test_generated_folders_read_16_bit_png_and_refuse_transparency(tmp_path):
+  gray16 = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
+  root = _png_folder(tmp_path, [gray16])
+  split = cifar100.load_generated_images(root)
+  # convert('RGB') clipped 16-bit values at 255: 99.5% of these pixels came out white.
+  np.testing.assert_allclose(split.x[0], np.repeat(gray16[..., None], 3, -1) / 65535.0,
+                             atol=0.5 / 255 + 1e-6)
+  rgba = np.full((32, 32, 4), 200, np.uint8)
+  (root / '5' / 'img0.png').unlink()
+  rgba[..., 3] = 255
+  image = pytest.importorskip('PIL.Image')
+  image.fromarray(rgba).save(root / '5' / 'opaque.png')
+  np.testing.assert_allclose(cifar100.load_generated_images(root).x[0], 200 / 255.0,
+                             atol=1e-7)
+  rgba[0, 0, 3] = 0
+  image.fromarray(rgba).save(root / '5' / 'opaque.png')
+  with pytest.raises(ValueError, match='opaque.png has transparent pixels'):
+    cifar100.load_generated_images(root)
+
+
+def test_npz_reads_keras_column_labels_and_bytes_label_names(tmp_path):
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 256, size=(NUM_CLASSES, 32, 32, 3), dtype=np.uint8)
+  y = np.arange(NUM_CLASSES)
+  # Keras' cifar100.load_data() layout ([n, 1] labels) and names from the meta pickle (bytes).
+  np.savez(tmp_path / 'k.npz', x_train=x, y_train=y[:, None], x_test=x, y_test=y[:, None],
+           label_names=np.array([f'class{i}'.encode() for i in y]))
+  data = cifar100.load_cifar100(tmp_path / 'k.npz')
+  np.testing.assert_array_equal(data.y_train, y)
+  assert data.y_train.dtype == np.int32 and data.label_names[:2] == ('class0', 'class1')
+  np.savez(tmp_path / 'f.npz', x_train=x, y_train=y.astype(np.float32), x_test=x, y_test=y)
+  with pytest.raises(ValueError, match='f.npz:y_train: expected 100 integer labels'):
+    cifar100.load_cifar100(tmp_path / 'f.npz')

@@ -101,6 +101,10 @@ def _to_nhwc(images: np.ndarray, name: str) -> np.ndarray:
 
 def _check_labels(labels, n: int, name: str, num_classes: int) -> np.ndarray:
   labels = np.asarray(labels)
+  if labels.shape == (n, 1):
+    # Keras' `cifar100.load_data()` returns labels as a column [n, 1], the usual source of a
+    # saved cifar100.npz; unambiguous, so accepted rather than refused.
+    labels = labels[:, 0]
   if labels.shape != (n,) or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
     raise ValueError(f'{name}: expected {n} integer labels, got shape {labels.shape} and '
                      f'dtype {labels.dtype}')
@@ -153,7 +157,10 @@ def _load_npz(path: Path, label_mode: str):
       labels = _check_labels(data[f'y_{split}'], images.shape[0], f'{path}:y_{split}',
                              num_classes)
       out.append((images, labels))
-    names = tuple(str(n) for n in data['label_names']) if 'label_names' in data.files else ()
+    # Names copied from the official meta pickle are bytes; str() of them gives "b'apple'".
+    names = (tuple(n.decode('utf-8') if isinstance(n, bytes) else str(n)
+                   for n in data['label_names'].tolist())
+             if 'label_names' in data.files else ())
   return out[0], out[1], names
 
 
@@ -162,7 +169,8 @@ def load_cifar100(directory, *, normalize: bool = False, label_mode: str = 'fine
 
   Looked up in this order: `directory` itself if it is an `.npz` file;
   `directory/cifar100.npz` (arrays `x_train`, `y_train`, `x_test`, `y_test`, optional
-  `label_names`; images uint8 [n, 32, 32, 3] / [n, 3072] or float in [0, 1]);
+  `label_names`; images uint8 [n, 32, 32, 3] / [n, 3072] or float in [0, 1]; labels [n]
+  or Keras' [n, 1]);
   `directory/cifar-100-python/{train,test,meta}`; `directory/{train,test,meta}`.
 
   Args:
@@ -223,7 +231,9 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
       [0, 1]) and `y` (int [n]);
     * a directory of such `.npz` shards, concatenated in sorted file-name order;
     * a directory with one sub-folder per class named by its integer label
-      (`0/`, `1/`, ...) holding 32x32 RGB image files (read with Pillow).
+      (`0/`, `1/`, ...) holding 32x32 image files (read with Pillow; grayscale, palette,
+      16-bit and opaque RGBA are converted to RGB, other sizes and transparency refused).
+    Hidden entries (names starting with '.') are skipped.
 
   Args:
     source: the file or directory.
@@ -241,7 +251,7 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
   if path.is_file() and path.suffix == '.npz':
     shards = [path]
   elif path.is_dir():
-    shards = sorted(p for p in path.iterdir() if p.suffix == '.npz')
+    shards = sorted(p for p in path.iterdir() if p.suffix == '.npz' and not _hidden(p))
   else:
     raise ValueError(f'synthetic source {path} is neither an .npz file nor a directory')
   if shards:
@@ -272,14 +282,28 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
   return Split(x, y, np.ones(x.shape[0], dtype=bool))
 
 
+def _hidden(path: Path) -> bool:
+  # Tools leave hidden entries beside real data: Jupyter's `.ipynb_checkpoints/`, macOS's
+  # `.DS_Store` and `._name.png` AppleDouble files (not images, though named like them).
+  return path.name.startswith('.')
+
+
 def _load_image_folders(path: Path, num_classes: int):
-  class_dirs = sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
+  class_dirs = sorted((p for p in path.iterdir() if p.is_dir() and not _hidden(p)),
+                      key=lambda p: p.name)
   files, labels = [], []
   for class_dir in class_dirs:
     if not class_dir.name.isdigit() or int(class_dir.name) >= num_classes:
       raise ValueError(f'synthetic source: class folder {class_dir} must be named by an '
                        f'integer label in [0, {num_classes})')
     for f in sorted(class_dir.iterdir()):
+      if _hidden(f):
+        continue
+      if f.is_dir():
+        # Images one level deeper (`7/batch0/*.png`) would be skipped without a word and
+        # the class silently lose them.
+        raise ValueError(f'synthetic source: class folder {class_dir} holds a sub-folder '
+                         f'{f.name!r}; put the images directly in the class folder')
       if f.suffix.lower() in _IMAGE_SUFFIXES:
         files.append(f)
         labels.append(int(class_dir.name))
@@ -293,11 +317,30 @@ def _load_image_folders(path: Path, num_classes: int):
   images = []
   for f in files:
     with Image.open(f) as im:
-      arr = np.asarray(im.convert('RGB'), dtype=np.uint8)
+      arr = _image_to_rgb(im, f)
     if arr.shape != IMAGE_SHAPE:
       raise ValueError(f'synthetic source: {f} has shape {arr.shape}, expected {IMAGE_SHAPE}')
     images.append(arr)
   return _to_unit_float(np.stack(images), str(path)), np.asarray(labels, np.int32)
+
+
+def _image_to_rgb(im, f: Path) -> np.ndarray:
+  """A Pillow image -> uint8 [h, w, 3], refusing what `convert('RGB')` would get wrong."""
+  if im.mode.startswith('I;16'):
+    # 16-bit PNG: convert('RGB') clips values above 255 instead of rescaling, so almost every
+    # pixel of a 16-bit grayscale image would come out white.
+    gray = np.round(np.asarray(im, dtype=np.float64) / 257.0).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if im.mode in ('I', 'F'):
+    raise ValueError(f'synthetic source: {f} has Pillow mode {im.mode!r} (32-bit integer or '
+                     f'float pixels) of unknown range; save it as 8-bit RGB')
+  if 'A' in im.getbands() or 'transparency' in im.info:
+    # convert('RGB') drops the alpha channel: under transparent pixels is arbitrary colour.
+    alpha = np.asarray(im.convert('RGBA'))[..., 3]
+    if alpha.size and alpha.min() < 255:
+      raise ValueError(f'synthetic source: {f} has transparent pixels (alpha down to '
+                       f'{alpha.min()}); composite it onto a background first')
+  return np.asarray(im.convert('RGB'), dtype=np.uint8)
 
 
 def _check_rows(x, y):
