@@ -42,6 +42,9 @@ def host_rng(key: Any, *path: int) -> np.random.Generator:
   Data construction draws many differently sized samples; doing that on the host avoids
   compiling one device program per size, while the key stays the single source of
   randomness. ``host_rng(key, 3, i)`` and ``host_rng(key, 3, j)`` are independent streams.
+  Paths that differ only by trailing zeros are NOT: NumPy's ``SeedSequence`` pads short
+  entropy with zeros, so ``host_rng(key)``, ``host_rng(key, 0)`` and ``host_rng(key, 0, 0)``
+  are one stream (no caller pairs them; changing the seeding would change every draw).
 
   Args:
     key: a ``jax.random.PRNGKey`` (raw ``uint32[2]``) or a typed ``jax.random.key``.
@@ -320,7 +323,12 @@ def flip_labels(y: Any, *, fraction: float, num_classes: int, key: Any) -> jax.A
 
 def _flip_labels(y: np.ndarray, *, fraction: float, num_classes: int,
                  rng: np.random.Generator) -> np.ndarray:
-  if not 0.0 <= float(fraction) <= 1.0:
+  # float('a') / float(None) used to raise their own errors, naming no argument.
+  try:
+    valid = 0.0 <= float(fraction) <= 1.0
+  except (TypeError, ValueError):
+    valid = False
+  if not valid:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
   num_classes = checks.check_int(num_classes, 'num_classes', minimum=2)
   # A [n, 2] y used to have whole rows flipped, float labels were truncated to ints and labels
@@ -395,6 +403,17 @@ def make_digit_contributors(pool: Split, generator: Any, *, key: Any,
   specs = list(specs)
   if len(specs) < 2:
     raise ValueError(f'specs must hold at least 2 contributors, got {len(specs)}')
+  # Checked before `needed`: a NaN pi used to fail inside `spec.num_real` ('cannot convert
+  # float NaN to integer'), a fractional size inside sample_from_rng ('num must be an
+  # integer'), and a pi above 1 could be reported as a too-small pool, none naming the spec.
+  for i, spec in enumerate(specs):
+    try:
+      checks.check_int(spec.size, f'specs[{i}].size')
+      valid = 0.0 <= spec.pi <= 1.0 and 0.0 <= spec.label_noise <= 1.0
+    except (TypeError, ValueError):
+      valid = False
+    if not valid:
+      raise ValueError(f'specs[{i}] is invalid: {spec}')
   needed = sum(s.num_real for s in specs)
   if needed > pool_y.shape[0]:
     raise ValueError(f'pool has {pool_y.shape[0]} real examples but the contributors need '
@@ -405,8 +424,6 @@ def make_digit_contributors(pool: Split, generator: Any, *, key: Any,
   contributors = []
   offset = 0
   for i, spec in enumerate(specs):
-    if spec.size < 1 or not 0.0 <= spec.pi <= 1.0 or not 0.0 <= spec.label_noise <= 1.0:
-      raise ValueError(f'specs[{i}] is invalid: {spec}')
     idx = perm[offset:offset + spec.num_real]
     offset += spec.num_real
     y_real = _flip_labels(pool_y[idx], fraction=spec.label_noise, num_classes=num_classes,

@@ -1,0 +1,61 @@
+"""dv_jax.data.contributors: label flipping, the digit contributors' composition and
+disjoint real parts, and invalid specs named before any sampling."""
+
+import jax
+import numpy as np
+import pytest
+
+from dv_jax.data import contributors
+from dv_jax.data import digits
+from dv_jax.data import synthetic
+from dv_jax.data.contributors import ContributorSpec
+
+
+@pytest.fixture(scope='module')
+def pool():
+  return digits.load_digits_splits(seed=0).pool
+
+
+@pytest.mark.parametrize('fraction', [None, 'a'])
+def test_flip_labels_names_a_non_numeric_fraction(fraction):
+  with pytest.raises(ValueError, match='fraction must be in'):
+    contributors.flip_labels(np.array([0, 1, 2]), fraction=fraction, num_classes=3,
+                             key=jax.random.PRNGKey(0))
+
+
+def test_flip_labels_flips_exactly_to_another_class():
+  y = np.random.default_rng(0).integers(0, 10, 1000)
+  z = np.asarray(contributors.flip_labels(y, fraction=0.37, num_classes=10,
+                                          key=jax.random.PRNGKey(1)))
+  assert (z != y).sum() == 370
+
+
+@pytest.mark.parametrize('spec', [
+    ContributorSpec(3, float('nan'), 'none', 0.0),  # used to fail inside spec.num_real
+    ContributorSpec(2.5, 1.0, 'none', 0.0),  # used to fail in sample_from_rng, as 'num'
+    ContributorSpec(5000, 1.5, 'none', 0.0),  # used to be reported as a too-small pool
+])
+def test_make_digit_contributors_names_an_invalid_spec(pool, spec):
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
+  with pytest.raises(ValueError, match=r'specs\[0\] is invalid'):
+    contributors.make_digit_contributors(pool, gen, key=jax.random.PRNGKey(0),
+                                         specs=[spec, ContributorSpec(4, 0.5, 'none', 0.0)])
+
+
+def test_digit_contributors_composition_and_disjoint_real_parts(pool):
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
+  key = jax.random.PRNGKey(0)
+  specs = [ContributorSpec(1, 1.0, 'none', 0.0), ContributorSpec(1, 0.0, 'hard:3', 0.0),
+           ContributorSpec(20, 0.5, 'none', 0.5), ContributorSpec(30, 0.9, 'top_p:0.6', 0.1)]
+  out = contributors.make_digit_contributors(pool, gen, key=key, specs=specs)
+  flat = np.asarray(pool.x).reshape(pool.y.shape[0], -1)
+  rows = []
+  for c, s in zip(out, specs):
+    assert (c.num_real, c.num_synthetic) == (s.num_real, s.num_synthetic)
+    for v in np.asarray(c.x_real).reshape(c.num_real, flat.shape[1]):
+      rows.append(int(np.flatnonzero((flat == v).all(1))[0]))
+  assert len(rows) == len(set(rows))
+  again = contributors.make_digit_contributors(pool, gen, key=key, specs=specs)
+  for a, b in zip(out, again):
+    np.testing.assert_array_equal(a.x_synthetic, b.x_synthetic)
+    np.testing.assert_array_equal(a.y_real, b.y_real)

@@ -1,0 +1,50 @@
+"""dv_jax.data.longtail: the truncations against float64 closed forms, class sampling
+frequencies (chi-square), and split_counts' arithmetic and refusals."""
+
+import jax
+import numpy as np
+import pytest
+
+from dv_jax.data import longtail
+
+
+@pytest.mark.parametrize('mode, kwargs, reference', [
+    ('hard', {'k': 7}, lambda p: np.where(np.arange(p.size) < 7, p, 0.0)),
+    ('top_p', {'top_p': 0.9}, lambda p: np.where(np.cumsum(p) - p < 0.9, p, 0.0)),
+    ('temperature', {'temperature': 0.5}, lambda p: p ** 2.0),
+])
+def test_truncations_match_float64_closed_form(mode, kwargs, reference):
+  r = np.arange(1, 51, dtype=np.float64) ** -1.5
+  p = r / r.sum()
+  np.testing.assert_allclose(longtail.zipf_probs(50, beta=1.5), p, rtol=1e-14)
+  q = reference(p)
+  np.testing.assert_allclose(longtail.truncated_probs(p, mode=mode, **kwargs), q / q.sum(),
+                             rtol=1e-12, atol=1e-15)
+
+
+def test_sample_by_class_frequencies_chi_square():
+  labels = np.array([0, 0, 1, 2, 2, 2, 3, 5, 5, 4])
+  probs = np.array([0.3, 0.2, 0.1, 0.15, 0.05, 0.2])
+  n = 200_000
+  idx = longtail.sample_by_class(labels, probs, num_samples=n, key=jax.random.PRNGKey(0))
+  counts = np.bincount(labels[idx], minlength=probs.size)
+  chi2 = ((counts - n * probs) ** 2 / (n * probs)).sum()
+  assert chi2 < 20.5  # chi-square, 5 dof, p = 0.001
+  # Uniform within a class: the three rows of class 2 each get a third.
+  rows = np.bincount(idx, minlength=labels.size)[labels == 2]
+  np.testing.assert_allclose(rows / rows.sum(), 1 / 3, atol=0.01)
+
+
+@pytest.mark.parametrize('pi', [None, 'half', '0.5'])
+def test_split_counts_names_a_non_numeric_pi(pi):
+  with pytest.raises(ValueError, match='pi must lie in'):
+    longtail.split_counts(10, pi=pi)
+
+
+def test_split_counts_sum_to_n():
+  for n in range(0, 60):
+    for pi in np.linspace(0.0, 1.0, 41):
+      num_real, num_syn = longtail.split_counts(n, pi=float(pi))
+      assert num_real + num_syn == n and num_real >= 0 and num_syn >= 0
+  assert longtail.split_counts(7, pi=0.0) == (0, 7)
+  assert longtail.split_counts(7, pi=1.0) == (7, 0)
