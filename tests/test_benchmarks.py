@@ -1,5 +1,6 @@
 """The benchmark scripts still run against the library (tiny sizes; the timings are not
-checked, only that every case runs and agrees with its reference).
+checked, only that every case runs and agrees with its reference, and that the runtime
+estimate adds its parts up).
 
 Benchmarks are not part of `make test`'s claims about speed: they print ratios against a
 reference measured in the same run. These smoke runs only keep them from rotting when a
