@@ -62,9 +62,6 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = 1,
   return number
 
 
-__all__ = ['check_int']
-
-
 def check_indices(indices: Any, name: str = 'indices') -> np.ndarray:
   """`indices` as a 1-D int64 array of positions; an empty list is fine.
 
@@ -81,3 +78,21 @@ def check_indices(indices: Any, name: str = 'indices') -> np.ndarray:
   if idx.ndim != 1:
     raise ValueError(f'{name} must be 1-D, got shape {idx.shape}')
   return idx.astype(np.int64)
+
+
+def unit_fraction(value: Any) -> Optional[float]:
+  """`value` as a float in [0, 1] (a fraction, a share), or None if it is not one.
+
+  None also for a bool, a string (even '0.5', which `float()` would read), None, NaN and
+  anything `float()` refuses; each caller words its own error, naming its argument.
+  """
+  if isinstance(value, (bool, np.bool_, str, bytes)):
+    return None
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return None
+  return number if 0.0 <= number <= 1.0 else None  # NaN fails both comparisons
+
+
+__all__ = ['check_indices', 'check_int', 'unit_fraction']

@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import checks
 from dv_jax import ntk
 from dv_jax.data import contributors as contributors_lib
 from dv_jax.data import synthetic
@@ -771,7 +772,7 @@ def swap_responses(responses: Sequence[str], fraction: float, *, key: jax.Array)
   example receives a response that was written for a different prompt (when `n >= 2`).
   """
   responses = list(responses)
-  if not 0.0 <= float(fraction) <= 1.0:
+  if checks.unit_fraction(fraction) is None:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
   num = int(round(float(fraction) * len(responses)))
   if num < 1 or len(responses) < 2:

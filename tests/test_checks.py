@@ -1,5 +1,5 @@
-"""dv_jax.checks: check_int (which values count as whole numbers, and the one message) and
-check_indices."""
+"""dv_jax.checks: check_int (which values count as whole numbers, and the one message),
+check_indices and unit_fraction."""
 
 import fractions
 import math
@@ -61,3 +61,10 @@ def test_check_indices_keeps_integer_positions_and_refuses_masks_and_floats():
     checks.check_indices([1.0, 2.7])
   with pytest.raises(ValueError, match=r'indices must be 1-D, got shape \(1, 2\)'):
     checks.check_indices([[0, 1]])
+
+
+def test_unit_fraction_reads_numbers_in_the_unit_interval_only():
+  assert checks.unit_fraction(0.25) == 0.25 and checks.unit_fraction(np.float32(1.0)) == 1.0
+  assert checks.unit_fraction(jnp.array(0.0)) == 0.0 and checks.unit_fraction(1) == 1.0
+  for value in (True, '0.5', b'0.5', None, math.nan, -0.1, 1.5, [0.5], object()):
+    assert checks.unit_fraction(value) is None, value

@@ -324,11 +324,7 @@ def flip_labels(y: Any, *, fraction: float, num_classes: int, key: Any) -> jax.A
 def _flip_labels(y: np.ndarray, *, fraction: float, num_classes: int,
                  rng: np.random.Generator) -> np.ndarray:
   # float('a') / float(None) used to raise their own errors, naming no argument.
-  try:
-    valid = 0.0 <= float(fraction) <= 1.0
-  except (TypeError, ValueError):
-    valid = False
-  if not valid:
+  if checks.unit_fraction(fraction) is None:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
   num_classes = checks.check_int(num_classes, 'num_classes', minimum=2)
   # A [n, 2] y used to have whole rows flipped, float labels were truncated to ints and labels
@@ -408,11 +404,12 @@ def make_digit_contributors(pool: Split, generator: Any, *, key: Any,
   # integer'), and a pi above 1 could be reported as a too-small pool, none naming the spec.
   for i, spec in enumerate(specs):
     try:
-      checks.check_int(spec.size, f'specs[{i}].size')
-      valid = 0.0 <= spec.pi <= 1.0 and 0.0 <= spec.label_noise <= 1.0
-    except (TypeError, ValueError):
-      valid = False
-    if not valid:
+      checks.check_int(spec.size, 'size')  # a whole number >= 1
+      size_ok = True
+    except ValueError:
+      size_ok = False
+    if (not size_ok or checks.unit_fraction(spec.pi) is None
+        or checks.unit_fraction(spec.label_noise) is None):
       raise ValueError(f'specs[{i}] is invalid: {spec}')
   needed = sum(s.num_real for s in specs)
   if needed > pool_y.shape[0]:

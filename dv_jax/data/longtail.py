@@ -263,15 +263,11 @@ def split_counts(num_examples: int, *, pi: float) -> tuple:
   """`(n_real, n_synthetic)` with `n_real = round(pi * n)` (the paper's `pi = |S1| / n`)."""
   num_examples = checks.check_int(num_examples, 'num_examples', minimum=0)
   # A None or string pi (an unset config field) used to escape as np.isfinite's TypeError,
-  # naming no argument. A string is refused even when float() reads it: '0.5' * n repeats it.
-  try:
-    valid = (not isinstance(pi, (str, bytes)) and bool(np.isfinite(float(pi)))
-             and 0.0 <= float(pi) <= 1.0)
-  except (TypeError, ValueError):
-    valid = False
-  if not valid:
+  # naming no argument; '0.5' * n would repeat the string.
+  fraction = checks.unit_fraction(pi)
+  if fraction is None:
     raise ValueError(f'pi must lie in [0, 1], got {pi!r}')
-  num_real = int(round(pi * num_examples))
+  num_real = int(round(fraction * num_examples))
   return num_real, num_examples - num_real
 
 
