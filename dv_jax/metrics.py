@@ -13,7 +13,6 @@ Shape legend: ``K`` contributors, ``B`` bootstrap resamples.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -184,12 +183,8 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
     raise ValueError(f'metric must be a string or a callable, got {metric!r}')
   num_resamples = checks.check_int(num_resamples, 'num_resamples')
   # A number, not whatever float() takes: '0.9' or True would pass as 0.9 or 1.0.
-  try:
-    level_value = (float(level) if not isinstance(level, (str, bytes, bool))
-                   else math.nan)
-  except (TypeError, ValueError):  # None, an array
-    level_value = math.nan
-  if not 0.0 < level_value < 1.0:  # NaN fails too
+  level_value = checks.unit_fraction(level)
+  if level_value is None or level_value in (0.0, 1.0):  # the interval is open
     raise ValueError(f'level must be a number in (0, 1), got {level!r}')
   if key is None:
     # check_int, not int(): int(2.5) == 2 would silently reuse seed 2's resamples.

@@ -213,19 +213,20 @@ def write_csv(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
       written as a cell) with the same string form.
   """
   rows = list(rows)
-  columns: Dict[str, None] = {}
   for row in rows:
     if not isinstance(row, Mapping):
       raise ValueError(f'rows must be mappings, got {type(row).__name__}')
-    for key in _string_keys(row):
+  rows = [_string_keys(row) for row in rows]
+  columns: Dict[str, None] = {}
+  for row in rows:
+    for key in row:
       columns.setdefault(key, None)
   buffer = io.StringIO()
   if columns:
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(columns)
     for row in rows:
-      cells = _string_keys(row)
-      writer.writerow([_csv_cell(cells.get(column)) for column in columns])
+      writer.writerow([_csv_cell(row.get(column)) for column in columns])
   return atomic_write_text(path, buffer.getvalue())
 
 
