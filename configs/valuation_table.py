@@ -358,7 +358,8 @@ def _task_data_model(base: str, smoke: bool):
                  cnn_channels=(2, 4), mlp_hidden_sizes=(32,), init_seed=1)
   else:  # instruction, reasoning_llm
     data = dict(path='', split='', max_records=0, target_path='', test_path='',
-                target_split='', test_split='', target_size=6 if smoke else 500, test_size=6 if smoke else 1000, split_seed=0,
+                target_split='', test_split='', target_size=6 if smoke else 500,
+                test_size=6 if smoke else 1000, split_seed=0,
                 max_len=24 if smoke else 512,
                 **_design(12, (200, 2000), ('none',), smoke=smoke))
     if smoke:

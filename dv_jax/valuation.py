@@ -366,8 +366,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'{terms}')
   # Whole numbers, not int(): 1.5 -> 1 or True -> 1 would run another seed or budget.
   config_checks.config_seed(config)
-  checks.check_int(config.valuation.subsample, 'config.valuation.subsample', minimum=0)
-  checks.check_int(config.valuation.min_subsample, 'config.valuation.min_subsample')
+  config_checks.config_int(config.valuation.subsample, 'valuation.subsample', minimum=0)
+  config_checks.config_int(config.valuation.min_subsample, 'valuation.min_subsample')
   # Before any per-example work: the block size must split evenly over the devices.
   gradient_mesh(config, block_size=int(config.ntk.grad_block_size),
                 field='ntk.grad_block_size')

@@ -21,8 +21,9 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 # The tests check models, gradients and kernels against float64 NumPy at float32
 # tolerances. A GPU's default float32 matmul and convolution is TF32 (a TPU's, bfloat16
 # passes): on an H200, 42 such tests missed by TF32's rounding (by up to 1.6e-2, on trained
-# ResNet-18 logits) and all passed at 'highest'. The CPU computes float32 in full either way, so nothing changes
-# there; the library's own kernel contractions and solves ask for HIGHEST themselves.
+# ResNet-18 logits) and all passed at 'highest'. The CPU computes float32 in full either
+# way, so nothing changes there; the library's own kernel contractions and solves ask for
+# HIGHEST themselves.
 if jax.default_backend() != 'cpu':
   jax.config.update('jax_default_matmul_precision', 'highest')
 

@@ -346,7 +346,8 @@ def test_cifar100_builder_pca_and_generated_images(fixtures):
 def _text_config(fixtures, name):
   path = fixtures['alpaca'] if name == 'instruction' else fixtures['gsm8k']
   return _config(dict(path=str(path), split='', max_records=0, target_path='', test_path='',
-                      target_split='', test_split='', target_size=6, test_size=6, split_seed=0, max_len=24,
+                      target_split='', test_split='', target_size=6, test_size=6,
+                      split_seed=0, max_len=24,
                       num_contributors=4, size_range=(4, 8), pis=(0.0, 0.5, 1.0),
                       label_noises=(0.0, 0.5), contributor_seed=0),
                  dict(backbones=('llm',), checkpoint=str(fixtures['checkpoint']),
