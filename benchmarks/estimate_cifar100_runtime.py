@@ -8,10 +8,11 @@ takes a GPU and the CIFAR-100 files; this script measures what one unit costs an
 units up, so a researcher knows what the full run asks before starting it.
 
 What runs is the experiment's own code: `make_task` builds the `Cifar100Task` of the
-config (`--config` variant, `--set key=value` overrides), and `task.run_unit` is the unit
-the experiment calls. Without `--data-dir` the task reads a `cifar100.npz` the script writes
-with random pixels at the real sizes (500 train and 100 test images per class, or
-`--per-class`): timing does not depend on the pixel values.
+config (the experiments' command line: `--config=configs/three_phase_scaling.py:<variant>`,
+default the `cifar100` variant, with `--config.a.b=value` overrides), and `task.run_unit`
+is the unit the experiment calls. Without `--data_dir` the task reads a `cifar100.npz` the
+script writes with random pixels at the real sizes (500 train and 100 test images per
+class, or `--per_class`): timing does not depend on the pixel values.
 
 Measured (each call blocks until its result is on the host):
   - the smallest size's unit at S1 and then at S2 = 2 S1 steps (`--steps`), each twice:
@@ -34,12 +35,10 @@ at JAX's default matmul precision (TF32 on this GPU), as the experiment does.
 
 Usage:
   python benchmarks/estimate_cifar100_runtime.py                     # the paper's config
-  python benchmarks/estimate_cifar100_runtime.py --steps 64 --set model.num_filters=8
-  python benchmarks/estimate_cifar100_runtime.py --data-dir /data/cifar100 --out est.json
+  python benchmarks/estimate_cifar100_runtime.py --steps 64 --config.model.num_filters=8
+  python benchmarks/estimate_cifar100_runtime.py --data_dir /data/cifar100 --out est.json
 """
 
-import argparse
-import ast
 import importlib.util
 import json
 import os
@@ -47,6 +46,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,24 +79,6 @@ def write_random_cifar100(directory: Path, *, per_class_train: int, per_class_te
   return directory
 
 
-def _override(config, assignment: str) -> None:
-  """`key.sub=value` (value a Python literal, or a string) on a ConfigDict."""
-  path, sep, text = assignment.partition('=')
-  if not sep:
-    raise ValueError(f'--set expects key=value, got {assignment!r}')
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    value = text
-  *parents, leaf = path.split('.')
-  node = config
-  for parent in parents:
-    node = node[parent]
-  if leaf not in node:
-    raise ValueError(f'--set {path}: no such config field (valid: {sorted(node.keys())})')
-  node[leaf] = value
-
-
 def _with_steps(config, steps: int):
   """A copy of `config` whose recipe gives exactly `steps` steps at every size."""
   copy = config.copy_and_resolve_references()
@@ -102,31 +87,20 @@ def _with_steps(config, steps: int):
   return copy
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--variant', default='cifar100', help='configs/three_phase_scaling.py')
-  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='config override, e.g. model.num_filters=8 (repeatable)')
-  parser.add_argument('--data-dir', help='a real CIFAR-100 folder (default: random pixels)')
-  parser.add_argument('--steps', type=int, default=256, help='S1; S2 = 2 S1')
-  parser.add_argument('--per-class', type=int, nargs=2, default=(500, 100),
-                      metavar=('TRAIN', 'TEST'),
-                      help='images per class of the random folder (default: the real sizes)')
-  parser.add_argument('--out', help='write the measurements and the estimate as JSON')
-  args = parser.parse_args()
-  if args.steps < 1:
-    parser.error('--steps must be >= 1')
-  if min(args.per_class) < 1:
-    parser.error('--per-class counts must be >= 1')
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  args = flags.FLAGS
+  per_class = [int(v) for v in args.per_class]
+  if len(per_class) != 2 or min(per_class) < 1:
+    raise app.UsageError(f'--per_class must be two counts >= 1 (train,test), got '
+                         f'{args.per_class}')
+  config = args.config  # the variant with its --config.a.b overrides, locked
 
   import jax  # pylint: disable=g-import-not-at-top
 
   sys.path.insert(0, str(_ROOT))
   tps = _load('three_phase_scaling', 'experiments/three_phase_scaling.py')
-  configs = _load('three_phase_scaling_config', 'configs/three_phase_scaling.py')
-  config = configs.get_config(args.variant)
-  for assignment in args.set:
-    _override(config, assignment)
 
   with tempfile.TemporaryDirectory() as tmp:
     if args.data_dir:
@@ -134,7 +108,7 @@ def main() -> None:
     else:
       start = time.perf_counter()
       config.data.directory = str(write_random_cifar100(
-          Path(tmp), per_class_train=args.per_class[0], per_class_test=args.per_class[1]))
+          Path(tmp), per_class_train=per_class[0], per_class_test=per_class[1]))
       print(f'random CIFAR-100 folder written in {time.perf_counter() - start:.1f} s',
             flush=True)
     start = time.perf_counter()
@@ -143,7 +117,7 @@ def main() -> None:
     grid = [int(n) for n in tps.size_grid(config)]
     steps = [tps.steps_for(n, config.train) for n in grid]
     print(f'jax {jax.__version__}, {jax.devices()[0].device_kind} ({jax.default_backend()}); '
-          f'variant {args.variant}, ResNet-18 num_filters={config.model.num_filters}, '
+          f'ResNet-18 num_filters={config.model.num_filters}, '
           f'batch {config.train.batch_size}, {len(task.data.y_train)} train / '
           f'{len(task.data.y_test)} test images; task set-up {setup_s:.1f} s', flush=True)
 
@@ -175,14 +149,34 @@ def main() -> None:
         f'{total:,.0f} ({total / 3600:.2f} h) |')
   if args.out:
     with open(args.out, 'w') as f:
-      json.dump({'variant': args.variant, 'overrides': args.set, 'jax': jax.__version__,
+      json.dump({'config': config.to_dict(), 'jax': jax.__version__,
                  'device': jax.devices()[0].device_kind, 'cpus': os.cpu_count(),
                  'grid': grid, 'steps': steps,
                  'timings': {f'{k[0]}_{k[1]}': v for k, v in timings.items()},
                  'per_step_s': per_step, 'overhead_s': overhead, 'compile_s': compile_s,
-                 'one_off_s': one_off_s, 'estimate_s': total}, f, indent=1)
+                 'one_off_s': one_off_s, 'estimate_s': total}, f, indent=1, default=str)
     print(f'wrote {args.out}')
 
 
 if __name__ == '__main__':
-  main()
+  # The experiments' command line (experiments/launch.py): --config=FILE:variant, locked,
+  # with --config.a.b=value overrides checked against the config's keys (before the flag
+  # is defined: config_flags applies the overrides to its default as it defines it).
+  sys.path.insert(0, str(_ROOT / 'experiments'))
+  import launch  # pylint: disable=g-import-not-at-top
+  default_config = str(_ROOT / 'configs' / 'three_phase_scaling.py') + ':cifar100'
+  has_config = any(a == '--config' or a.startswith('--config=') for a in sys.argv[1:])
+  try:
+    launch.check_config_overrides(
+        sys.argv if has_config else [sys.argv[0], f'--config={default_config}', *sys.argv[1:]])
+  except app.UsageError as error:
+    sys.exit(f'FATAL Flags parsing error: {error}')
+  config_flags.DEFINE_config_file('config', default_config,
+                                  'The three-phase config[:variant] (a cifar100 one).',
+                                  lock_config=True)
+  flags.DEFINE_string('data_dir', None, 'A real CIFAR-100 folder (default: random pixels).')
+  flags.DEFINE_integer('steps', 256, 'S1; S2 = 2 S1.', lower_bound=1)
+  flags.DEFINE_list('per_class', ['500', '100'],
+                    'TRAIN,TEST images per class of the random folder (the real sizes).')
+  flags.DEFINE_string('out', None, 'Write the measurements and the estimate as JSON.')
+  app.run(main)

@@ -57,8 +57,9 @@ def test_bench_lm_ntk_memory_compiles_the_paper_scale_block():
 @pytest.mark.slow
 def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
   out = tmp_path / 'estimate.json'
-  text = _run('estimate_cifar100_runtime.py', '--variant', 'cifar100_smoke', '--steps', '2',
-              '--per-class', '2', '1', '--out', str(out))
+  text = _run('estimate_cifar100_runtime.py',
+              f'--config={_ROOT / "configs" / "three_phase_scaling.py"}:cifar100_smoke',
+              '--steps=2', '--per_class=2,1', f'--out={out}')
   estimate = json.loads(out.read_text())
   assert sorted(estimate['timings']) == ['2_first', '2_steady', '4_first', '4_steady'], text
   # The estimate is the sum of the printed per-size rows' parts, over the config's grid.
