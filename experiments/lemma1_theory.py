@@ -19,7 +19,6 @@ lemma1_reference.{png,pdf} and lemma1_modes.{png,pdf}.
 
 import math
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Sequence
 
@@ -32,6 +31,7 @@ from dv_jax import config_checks
 from dv_jax import plotting
 from dv_jax import results
 from dv_jax import scaling
+from dv_jax.data import contributors
 
 # The argument name each mode's parameter list is stored under in config.data.
 _MODE_PARAMETERS = {
@@ -423,7 +423,7 @@ def run(config, workdir) -> Dict[str, Any]:
         zipf_cache[cell.beta] = scaling.zipf(config.data.num_items, cell.beta)
       # The key depends on the cell's name, not its position: editing the grid leaves the
       # other cells' finite samples unchanged.
-      cell_key = jax.random.fold_in(key, zlib.crc32(cell.name.encode()) & 0x7FFFFFFF)
+      cell_key = contributors.fold_in_name(key, cell.name)
       return _compute_cell(cell, config, zipf_cache[cell.beta], cell_key)
     cells_out.append(unit(cell.name, compute))
   rows = [out['row'] for out in cells_out]

@@ -53,7 +53,6 @@ import hashlib
 import json
 import math
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -70,6 +69,7 @@ from dv_jax import results
 from dv_jax import scaling
 from dv_jax import training
 from dv_jax.data import cifar100
+from dv_jax.data import contributors
 from dv_jax.data import facts
 from dv_jax.data import longtail
 from dv_jax.models import common
@@ -1137,10 +1137,9 @@ def run(config, workdir) -> Dict[str, Any]:
   for mode, n, replicate in tqdm(work, desc='train |S| grid', disable=not config.output.progress):
     name = _unit_name(mode, n, replicate)
     if name not in units:  # saved units were loaded (and checked) above
-      unit_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+      unit_key = contributors.fold_in_name(key, name)
       tic = time.perf_counter()
-      replicate_key = jax.random.fold_in(
-          key, zlib.crc32(f'replicate-{replicate}'.encode()) & 0x7FFFFFFF)
+      replicate_key = contributors.fold_in_name(key, f'replicate-{replicate}')
       out = task.run_unit(mode, n, unit_key, replicate_key, pad_to)
       out.update(mode=mode, n=n, replicate=replicate, seconds=time.perf_counter() - tic,
                  fingerprint=fingerprint)

@@ -1,5 +1,7 @@
 """dv_jax.data.contributors: label flipping, the digit contributors' composition and
-disjoint real parts, and invalid specs named before any sampling."""
+disjoint real parts, invalid specs named before any sampling, and keys folded from names."""
+
+import zlib
 
 import jax
 import numpy as np
@@ -59,3 +61,12 @@ def test_digit_contributors_composition_and_disjoint_real_parts(pool):
   for a, b in zip(out, again):
     np.testing.assert_array_equal(a.x_synthetic, b.x_synthetic)
     np.testing.assert_array_equal(a.y_real, b.y_real)
+
+
+def test_fold_in_name_is_the_crc32_of_the_name_and_independent_of_order():
+  key = jax.random.PRNGKey(3)
+  # The reference: CRC-32 of the UTF-8 name, kept to 31 bits (the units' saved keys).
+  expected = jax.random.fold_in(key, zlib.crc32('unit-é'.encode('utf-8')) & 0x7FFFFFFF)
+  np.testing.assert_array_equal(contributors.fold_in_name(key, 'unit-é'), expected)
+  assert not np.array_equal(contributors.fold_in_name(key, 'a'),
+                            contributors.fold_in_name(key, 'b'))

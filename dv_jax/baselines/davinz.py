@@ -34,7 +34,6 @@ Shape legend: `K` contributors, `n` examples of one contributor, `p` parameters.
 """
 
 import time
-import zlib
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -48,6 +47,7 @@ from dv_jax import mmd as mmd_lib
 from dv_jax import ntk as ntk_lib
 from dv_jax import valuation
 from dv_jax.baselines import checks
+from dv_jax.data import contributors as contributors_lib
 from dv_jax.data.contributors import Contributor
 from dv_jax.models import lm as lm_lib
 
@@ -89,7 +89,7 @@ def _check_sigma(sigma: Any) -> float:
 def _contributor_key(key: jax.Array, contributor: Contributor) -> jax.Array:
   """The permutation key of one contributor, from its (unique) name, not its position:
   with `num_blocks > 1` a contributor's value must not change when the list is reordered."""
-  return jax.random.fold_in(key, zlib.crc32(contributor.name.encode('utf-8')) & 0x7FFFFFFF)
+  return contributors_lib.fold_in_name(key, contributor.name)
 
 
 def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: int,

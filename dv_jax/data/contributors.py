@@ -15,6 +15,7 @@ Shape legend: ``n`` examples, ``d`` features (``feature_shape``, ``(8, 8, 1)`` f
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,15 @@ class Split(NamedTuple):
   x: Any
   y: Any
   is_synthetic: Any
+
+
+def fold_in_name(key: Any, name: str) -> jax.Array:
+  """`key` folded with a stable 31-bit hash (CRC-32) of `name`.
+
+  The key of a named unit of work (an experiment unit, a contributor) that stays the same
+  whatever order the units run in, or which of them run.
+  """
+  return jax.random.fold_in(key, zlib.crc32(name.encode('utf-8')) & 0x7FFFFFFF)
 
 
 def host_rng(key: Any, *path: int) -> np.random.Generator:
