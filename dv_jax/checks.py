@@ -62,6 +62,21 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = 1,
   return number
 
 
+# `jax.random.PRNGKey` keeps a seed's low 32 bits: PRNGKey(2**32) is PRNGKey(0)'s key and
+# PRNGKey(-1) is PRNGKey(2**32 - 1)'s, so a seed outside [0, MAX_SEED] silently repeats
+# another seed's draws; NumPy's generators refuse negative seeds outright.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, name: str = 'seed') -> int:
+  """`value` as a seed: an int in `[0, MAX_SEED]`, each naming a PRNG key of its own.
+
+  Raises:
+    ValueError: `<name> must be an integer in [0, 4294967295], got <value!r>`.
+  """
+  return check_int(value, name, minimum=0, maximum=MAX_SEED)
+
+
 def check_indices(indices: Any, name: str = 'indices') -> np.ndarray:
   """`indices` as a 1-D int64 array of positions; an empty list is fine.
 

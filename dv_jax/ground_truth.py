@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dv_jax import checks
 from dv_jax import config_checks
 from dv_jax import training
 from dv_jax.models.common import BatchNormApply
@@ -129,7 +130,7 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
   num_seeds = config_checks.config_int(_get(config, 'num_seeds'), 'num_seeds')
   bn_batches = config_checks.config_int(_get(config, 'bn_batches'), 'bn_batches')
   batch_norm = isinstance(apply_fn, BatchNormApply)
-  seed = config_checks.config_int(_get(config, 'seed'), 'seed', minimum=None)
+  seed = checks.check_seed(_get(config, 'seed'), 'config.seed')
   contributors = list(contributors)
   if not contributors:
     raise ValueError('contributors must hold at least one contributor')

@@ -188,7 +188,7 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
     raise ValueError(f'level must be a number in (0, 1), got {level!r}')
   if key is None:
     # check_int, not int(): int(2.5) == 2 would silently reuse seed 2's resamples.
-    key = jax.random.PRNGKey(checks.check_int(seed, 'seed', minimum=None))
+    key = jax.random.PRNGKey(checks.check_seed(seed))
   idx = bootstrap_indices(a.shape[0], int(num_resamples), key=key)
   resamples = np.asarray(rows(a[idx], b[idx]), np.float64)
   valid = resamples[np.isfinite(resamples)]

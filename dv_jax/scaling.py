@@ -1201,7 +1201,7 @@ def fit_broken_power_law(
   if not isinstance(floor, (bool, np.bool_)):
     raise ValueError(f'floor must be True or False, got {floor!r}')
   # seed=None drew fresh OS entropy: a bootstrap that changed on every call.
-  seed = checks.check_int(seed, 'seed', minimum=0)
+  seed = checks.check_seed(seed)
   grid_points = checks.check_int(grid_points, 'grid_points')
   if max_breaks >= 1 and grid_points < 2:
     # One candidate pins the first break's lower and upper bound to the same value, which

@@ -81,6 +81,7 @@ def check_config(config) -> None:
   Raises:
     ValueError: naming the config field.
   """
+  config_checks.config_seed(config)
   grid_cells(config)
   scale = config.scaling
   if not (0 < float(scale.n_min) < float(scale.n_max) and math.isfinite(float(scale.n_max))):

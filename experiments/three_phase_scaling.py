@@ -1010,7 +1010,7 @@ def check_config(config) -> None:
   Raises:
     ValueError: naming the config field.
   """
-  config_checks.config_int(config.seed, 'seed', minimum=0)  # numpy's generators refuse a negative one
+  config_checks.config_seed(config)
   data, grid = config.data, config.scaling
   if data.name not in _MODELS:
     raise ValueError(f"config.data.name must be 'facts' or 'cifar100', got {data.name!r}")

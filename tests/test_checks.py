@@ -1,9 +1,10 @@
 """dv_jax.checks: check_int (which values count as whole numbers, and the one message),
-check_indices and unit_fraction."""
+check_seed, check_indices and unit_fraction."""
 
 import fractions
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -48,6 +49,17 @@ def test_refuses_what_is_not_a_whole_number(value):
 def test_message_names_the_argument_the_bounds_and_the_value(kwargs, value, message):
   with pytest.raises(ValueError, match=message):
     checks.check_int(value, 'num_items', **kwargs)
+
+
+def test_check_seed_takes_exactly_the_seeds_with_keys_of_their_own():
+  assert checks.check_seed(0) == 0 and checks.check_seed(np.uint32(2**32 - 1)) == 2**32 - 1
+  # What the bound is for: PRNGKey keeps the low 32 bits, so these repeat another seed.
+  assert (jax.random.key_data(jax.random.PRNGKey(2**32)).tolist()
+          == jax.random.key_data(jax.random.PRNGKey(0)).tolist())
+  for seed in (2**32, -1, 1.5, True, None):
+    with pytest.raises(ValueError, match=r'^config\.seed must be an integer in '
+                                         r'\[0, 4294967295\], got'):
+      checks.check_seed(seed, 'config.seed')
 
 
 def test_check_indices_keeps_integer_positions_and_refuses_masks_and_floats():

@@ -100,6 +100,14 @@ def test_bad_settings_fail_naming_the_field_before_any_unit(experiment, tmp_path
   assert not (tmp_path / 'units').exists()
 
 
+def test_a_seed_past_32_bits_fails_before_any_unit(experiment, tmp_path):
+  config = lemma1_config.get_config('smoke')
+  config.seed = 2**32  # PRNGKey would give seed 0's draws
+  with pytest.raises(ValueError, match=r'config\.seed must be an integer in \[0, 4294967295\]'):
+    experiment.run(config, tmp_path)
+  assert not (tmp_path / 'units').exists()
+
+
 def test_summary_counts_every_number_of_breaks_the_fit_allows(experiment):
   rows = [{'mode': 'hard', 'num_breaks': j, 'ratio_fit_paper_n1': 1.0,
            'ratio_fit_paper_n2': 2.0, 'ratio_fit_ours_n1': 1.0, 'ratio_fit_ours_n2': 1.5}

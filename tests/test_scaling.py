@@ -706,9 +706,11 @@ def test_complex_inputs_are_refused():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(floor='False'), 'floor must be True or False'),  # before: a floor was fitted
-    (dict(seed=None), 'seed must be an integer >= 0'),  # before: a random bootstrap
+    # seed=None drew a random bootstrap before.
+    (dict(seed=None), r'seed must be an integer in \[0, 4294967295\]'),
     (dict(seed=-1), 'seed must be'), (dict(seed=1.5), 'seed must be'),
     (dict(seed=True), 'seed must be'),
+    (dict(seed=2**32), 'seed must be'),  # PRNGKey(2**32) is seed 0's key
     (dict(smoothness_range=(0.1, 1.0, 2.0)), 'smoothness_range must be a pair'),
     (dict(smoothness_range=0.5), 'smoothness_range must be a pair'),
     (dict(slope_range=('0', '5')), 'slope_range must be a number'),

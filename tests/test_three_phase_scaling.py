@@ -376,7 +376,8 @@ def _no_work(*args, **kwargs):
 
 
 @pytest.mark.parametrize('variant, field, value, message', [
-    ('smoke', 'seed', -1, r'config\.seed must be an integer >= 0'),
+    ('smoke', 'seed', -1, r'config\.seed must be an integer in \[0, 4294967295\]'),
+    ('smoke', 'seed', 2**32, r'config\.seed must be an integer in \[0, 4294967295\]'),
     ('smoke', 'data.beta', 1.0, r'config\.data\.beta must be > 1'),
     ('smoke', 'data.pi', 0.0, r'config\.data\.pi must be in \(0, 1\]'),
     ('smoke', 'data.name', 'cifar', r'config\.data\.name'),

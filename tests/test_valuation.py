@@ -964,6 +964,8 @@ def test_bad_config_and_duplicate_names(setup):
     ('seed', 1.5, r'config.seed must be an integer'),      # int() ran seed 1
     ('seed', True, r'config.seed must be an integer'),
     ('seed', None, r'config.seed must be an integer'),
+    ('seed', 2**32, r'config.seed must be an integer in \[0, 4294967295\]'),  # seed 0's key
+    ('seed', -1, r'config.seed must be an integer in \[0, 4294967295\]'),
     ('valuation.subsample', 99.5, r'config.valuation.subsample must be an integer >= 0'),
     ('valuation.subsample', -1, r'config.valuation.subsample must be an integer >= 0'),
     ('valuation.min_subsample', 0, r'config.valuation.min_subsample must be an integer >= 1'),
