@@ -266,8 +266,12 @@ def _run_sharded_checks() -> None:
 
 
 def test_sharded_on_four_devices():
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={NUM_DEVICES}',
-             JAX_PLATFORMS='cpu')
+  # The session's other XLA flags (conftest's optimisation level) carry over; the device
+  # count is this test's own.
+  flags = [flag for flag in os.environ.get('XLA_FLAGS', '').split()
+           if not flag.startswith('--xla_force_host_platform_device_count')]
+  flags.append(f'--xla_force_host_platform_device_count={NUM_DEVICES}')
+  env = dict(os.environ, XLA_FLAGS=' '.join(flags), JAX_PLATFORMS='cpu')
   env['PYTHONPATH'] = str(_ROOT) + os.pathsep + env.get('PYTHONPATH', '')
   proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env,
                         timeout=300, check=False, cwd=str(_ROOT))
