@@ -36,12 +36,26 @@ _UNSAFE = re.compile(r'[^A-Za-z0-9._-]')
 _MAX_NAME = 120
 
 
+def _process_umask() -> int:
+  """The process umask, read without changing it where the system allows."""
+  # Linux reports it in /proc (kernels >= 4.7). Elsewhere it can only be read by setting
+  # it, and a file another thread creates in that instant gets mode 0o666.
+  try:
+    with open('/proc/self/status', encoding='ascii') as status:
+      for line in status:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _file_mode() -> int:
   """The mode `open()` would give a new file: 0o666 less the process umask."""
   # `mkstemp` creates files 0600 whatever the umask; results are meant to be shared.
-  mask = os.umask(0)
-  os.umask(mask)
-  return 0o666 & ~mask
+  return 0o666 & ~_process_umask()
 
 
 @contextlib.contextmanager

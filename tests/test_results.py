@@ -49,6 +49,17 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
   assert _leftovers(tmp_path) == []
 
 
+def test_the_umask_is_read_without_being_changed(monkeypatch):
+  old = os.umask(0o027)
+  try:
+    if os.path.exists('/proc/self/status'):  # Linux: read from /proc, os.umask never called
+      monkeypatch.setattr(os, 'umask', lambda mask: pytest.fail('the umask was set'))
+    assert results._process_umask() == 0o027  # pylint: disable=protected-access
+    monkeypatch.undo()
+  finally:
+    os.umask(old)
+
+
 def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
   old = os.umask(0o022)
   try:
