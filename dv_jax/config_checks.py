@@ -26,16 +26,16 @@ def config_int(value: Any, field: str, *, minimum: Optional[int] = 1,
   return checks.check_int(value, f'config.{field}', minimum=minimum, maximum=maximum)
 
 
-def config_seed(config: Any, field: str = 'seed') -> int:
-  """`config.<field>` (default `config.seed`), a seed keys are derived from, as an int in
+def config_seed(config: Any) -> int:
+  """`config.seed`, the seed a method derives its keys from, as an int in
   `[0, dv_jax.checks.MAX_SEED]`.
 
   Raises:
-    ValueError: naming `config.<field>` when it is missing, not a whole number (`int()`
+    ValueError: naming `config.seed` when it is missing, not a whole number (`int()`
       would cut 1.5 to 1 and read True as 1, or fail on None / NaN without naming it), or
       outside the range (`PRNGKey` keeps a seed's low 32 bits: 2**32 is seed 0 again).
   """
-  return checks.check_seed(config.get(field, None), f'config.{field}')
+  return checks.check_seed(config.get('seed', None), 'config.seed')
 
 
 def config_float(value: Any, field: str, ok: Callable[[float], bool], allowed: str) -> float:

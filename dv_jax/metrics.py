@@ -166,7 +166,7 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
 
   Raises:
     ValueError: as ``spearman``, for an unknown metric, ``B < 1``, ``level`` outside
-      ``(0, 1)`` or (without ``key``) a ``seed`` that is not a whole number.
+      ``(0, 1)`` or (without ``key``) a ``seed`` that is not an int in ``[0, 2^32 - 1]``.
   """
   a, b = _check_pair(a, b)
   if isinstance(metric, str):
@@ -187,7 +187,7 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
   if level_value is None or level_value in (0.0, 1.0):  # the interval is open
     raise ValueError(f'level must be a number in (0, 1), got {level!r}')
   if key is None:
-    # check_int, not int(): int(2.5) == 2 would silently reuse seed 2's resamples.
+    # check_seed, not int(): int(2.5) == 2 would silently reuse seed 2's resamples.
     key = jax.random.PRNGKey(checks.check_seed(seed))
   idx = bootstrap_indices(a.shape[0], int(num_resamples), key=key)
   resamples = np.asarray(rows(a[idx], b[idx]), np.float64)

@@ -1159,7 +1159,7 @@ def fit_broken_power_law(
     y: `[T]` positive values (e.g. test error).
     max_breaks: largest `J` tried, 0..3.
     num_bootstrap: `B >= 0` bootstrap refits of the selected model.
-    seed: seed of the bootstrap resampling, a non-negative integer (None is refused: the
+    seed: seed of the bootstrap resampling, an int in [0, 2^32 - 1] (None is refused: the
       bootstrap would change from call to call).
     floor: fit the additive floor `a >= 0` (else `a = 0`); a bool.
     grid_points: candidate break locations of the coarse grid (`>= 2` when

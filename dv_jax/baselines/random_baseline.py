@@ -40,8 +40,9 @@ def check_config(config: ml_collections.ConfigDict) -> int:
 
   Raises:
     ValueError: naming the field: a missing section or a key it does not know, `seed` not
-      an int in `[0, 2^32 - 1]`, or `seed_offset` not an int in `[0, 2^32 - 15]` (`value` folds in
-      `14 + seed_offset`, and `jax.random.fold_in` takes an unsigned 32-bit integer).
+      an int in `[0, 2^32 - 1]`, or `seed_offset` not an int in `[0, 2^32 - 15]` (`value`
+      folds in `14 + seed_offset`, and `jax.random.fold_in` takes an unsigned 32-bit
+      integer).
   """
   cfg = checks.config_section(config, 'random', fields=default_config().keys())
   config_checks.config_seed(config)
