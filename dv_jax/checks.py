@@ -110,4 +110,4 @@ def unit_fraction(value: Any) -> Optional[float]:
   return number if 0.0 <= number <= 1.0 else None  # NaN fails both comparisons
 
 
-__all__ = ['check_indices', 'check_int', 'unit_fraction']
+__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_seed', 'unit_fraction']

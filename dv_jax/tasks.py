@@ -772,9 +772,10 @@ def swap_responses(responses: Sequence[str], fraction: float, *, key: jax.Array)
   example receives a response that was written for a different prompt (when `n >= 2`).
   """
   responses = list(responses)
-  if checks.unit_fraction(fraction) is None:
+  share = checks.unit_fraction(fraction)
+  if share is None:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
-  num = int(round(float(fraction) * len(responses)))
+  num = int(round(share * len(responses)))
   if num < 1 or len(responses) < 2:
     return responses
   order = contributors_lib.host_rng(key).permutation(len(responses))

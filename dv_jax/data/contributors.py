@@ -334,7 +334,8 @@ def flip_labels(y: Any, *, fraction: float, num_classes: int, key: Any) -> jax.A
 def _flip_labels(y: np.ndarray, *, fraction: float, num_classes: int,
                  rng: np.random.Generator) -> np.ndarray:
   # float('a') / float(None) used to raise their own errors, naming no argument.
-  if checks.unit_fraction(fraction) is None:
+  share = checks.unit_fraction(fraction)
+  if share is None:
     raise ValueError(f'fraction must be in [0, 1], got {fraction}')
   num_classes = checks.check_int(num_classes, 'num_classes', minimum=2)
   # A [n, 2] y used to have whole rows flipped, float labels were truncated to ints and labels
@@ -348,7 +349,7 @@ def _flip_labels(y: np.ndarray, *, fraction: float, num_classes: int,
     raise ValueError(f'y has labels in [{y.min()}, {y.max()}], expected [0, {num_classes})')
   y = np.array(y, np.int32)
   n = y.shape[0]
-  num_flip = int(round(float(fraction) * n))
+  num_flip = int(round(share * n))
   which = rng.permutation(n)[:num_flip]
   # A shift in [1, c) guarantees the new label is wrong, uniformly over the other classes.
   shift = rng.integers(1, num_classes, size=num_flip)
@@ -415,12 +416,10 @@ def make_digit_contributors(pool: Split, generator: Any, *, key: Any,
   for i, spec in enumerate(specs):
     try:
       checks.check_int(spec.size, 'size')  # a whole number >= 1
-      size_ok = True
+      if checks.unit_fraction(spec.pi) is None or checks.unit_fraction(spec.label_noise) is None:
+        raise ValueError('pi and label_noise must lie in [0, 1]')
     except ValueError:
-      size_ok = False
-    if (not size_ok or checks.unit_fraction(spec.pi) is None
-        or checks.unit_fraction(spec.label_noise) is None):
-      raise ValueError(f'specs[{i}] is invalid: {spec}')
+      raise ValueError(f'specs[{i}] is invalid: {spec}') from None
   needed = sum(s.num_real for s in specs)
   if needed > pool_y.shape[0]:
     raise ValueError(f'pool has {pool_y.shape[0]} real examples but the contributors need '
