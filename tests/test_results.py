@@ -49,6 +49,28 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
   assert _leftovers(tmp_path) == []
 
 
+def test_the_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+  events = []
+  real_replace, real_fsync = os.replace, os.fsync
+
+  def recording_replace(src, dst):
+    events.append('replace')
+    real_replace(src, dst)
+
+  def recording_fsync(handle):
+    kind = 'directory' if os.path.isdir(f'/proc/self/fd/{handle}') else 'file'
+    events.append(f'fsync {kind}')
+    real_fsync(handle)
+
+  if not os.path.isdir('/proc/self/fd'):
+    pytest.skip('needs /proc/self/fd to tell a directory handle from a file handle')
+  monkeypatch.setattr(os, 'replace', recording_replace)
+  monkeypatch.setattr(os, 'fsync', recording_fsync)
+  results.atomic_write_text(tmp_path / 'out.txt', 'x')
+  # The data reaches the disk before the rename, the directory entry after it.
+  assert events == ['fsync file', 'replace', 'fsync directory']
+
+
 def test_the_umask_is_read_without_being_changed(monkeypatch):
   old = os.umask(0o027)
   try:

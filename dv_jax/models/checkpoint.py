@@ -20,7 +20,6 @@ of the loader (tests write tiny checkpoints with it) and lives beside it on purp
 """
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dv_jax import checks
+from dv_jax import results
 from dv_jax.models.llama import Llama
 from dv_jax.models.llama import LlamaConfig
 
@@ -296,16 +296,13 @@ def load_hf_checkpoint(directory: Any, *, dtype: Any = jnp.float32) -> HFCheckpo
 
 def _atomic_save_file(tensors: Dict[str, np.ndarray], path: Path) -> None:
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  tmp = path.with_name(path.name + '.tmp')
-  # 'format': 'pt' is the metadata HF transformers expects of a safetensors checkpoint.
-  save_file(tensors, str(tmp), metadata={'format': 'pt'})
-  os.replace(tmp, path)
+  with results.atomic_path(path) as temporary:
+    # 'format': 'pt' is the metadata HF transformers expects of a safetensors checkpoint.
+    save_file(tensors, str(temporary), metadata={'format': 'pt'})
 
 
 def _atomic_write_json(obj: Any, path: Path) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, path)
+  results.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
 def save_hf_checkpoint(directory: Any, config: LlamaConfig, params: Dict[str, Any], *,
