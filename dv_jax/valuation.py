@@ -919,7 +919,7 @@ def coalition_rows(pool: 'Pool', members: Sequence[int], *,
   if not _is_subsampled(pool):
     return np.flatnonzero(np.isin(pool.owner, members))
   # Stage 3 of config.seed (0: the projection, 1: the approximate NTK methods' rows,
-  # 2: the subsample).
+  # 2: the subsample, 4: the linear MMD estimator's row orders).
   key = coalition_key(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 3), members)
   return _proportional_rows(pool, members, key)
 
@@ -1209,7 +1209,10 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
   the pool's kernel (or the factor's rows) on `coalition_rows`.
 
   Without subsampling (`valuation.subsample = 0`, or a budget that keeps every row) the
-  per-example quantities are those of the union of the members' rows. With subsampling,
+  per-example quantities are those of the union of the members' rows. The linear MMD
+  estimator, which reads only the leading `min(n, m)` rows of each set, reads them in a
+  random order (the coalition's and the target's, from stage 4 of `config.seed`), so every
+  member and part can enter it. With subsampling,
   every term still estimates the FULL coalition's, in which a part `p` (a member's real or
   synthetic part) weighs `w_p = N_p / n` (`N_p` its full size), whereas the kept rows
   carry their own, distorted proportions (`min_subsample` floors, rounding):
@@ -1261,21 +1264,37 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
     empirical = pi * part_mean(pool.losses, real) + (1 - pi) * part_mean(pool.losses, syn)
 
     cfg = config.mmd
+    target_rows = np.arange(pool.target_features.shape[0])
+    if cfg.estimator == 'linear':
+      # The linear estimator pairs up the leading min(n, m) rows of each set and ignores the
+      # rest. Pool rows come member by member, real before synthetic, so in that order a
+      # coalition's D would be its first member's alone (and a mixture's its real part's).
+      # Random orders make the rows it reads a uniform draw from the whole set: the
+      # target's one order for every coalition, the coalition's whatever the order of
+      # `members`. Stage 4 of config.seed (see `coalition_rows`).
+      k_target, k_rows = jax.random.split(
+          jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 4))
+      target_rows = np.asarray(jax.random.permutation(k_target, target_rows.size))
+      k_rows = coalition_key(k_rows, members)
 
-    def part_mmd(rows):
+    def part_mmd(rows, part):
       if rows.size == 0:
         return None
-      labels = (pool.y[rows], pool.target_y) if cfg.label_aware else (None, None)
-      return mmd_lib.mk_mmd(pool.features[rows], pool.target_features,
+      if cfg.estimator == 'linear':
+        rows = rows[np.asarray(jax.random.permutation(jax.random.fold_in(k_rows, part),
+                                                      rows.size))]
+      labels = ((pool.y[rows], pool.target_y[target_rows]) if cfg.label_aware
+                else (None, None))
+      return mmd_lib.mk_mmd(pool.features[rows], pool.target_features[target_rows],
                             bandwidths=pool.bandwidths, estimator=cfg.estimator,
                             block_size=int(cfg.block_size), x_labels=labels[0],
                             y_labels=labels[1]).value
 
     if cfg.get('discrepancy', 'parts') == 'mixture':
-      discrepancy = float(part_mmd(np.flatnonzero(sel)))
+      discrepancy = float(part_mmd(np.flatnonzero(sel), 0))
     else:
-      discrepancy = float(bound.discrepancy_term(part_mmd(real) if pi > 0 else None,
-                                                 part_mmd(syn) if pi < 1 else None, pi=pi))
+      discrepancy = float(bound.discrepancy_term(part_mmd(real, 1) if pi > 0 else None,
+                                                 part_mmd(syn, 2) if pi < 1 else None, pi=pi))
     rows = np.flatnonzero(sel)
 
   ncfg = config.ntk
