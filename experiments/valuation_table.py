@@ -38,6 +38,7 @@ minutes.
 """
 
 import ast
+import math
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -312,19 +313,44 @@ def describe(overrides: Dict[str, Any]) -> str:
   return '; '.join(f'{k}={v}' for k, v in overrides.items())
 
 
+def check_probes(config: ml_collections.ConfigDict, num_contributors: int
+                 ) -> Tuple[int, int, int]:
+  """`(fit_union_size, fit_num_unions, fit_seed)`, checked against `num_contributors`.
+
+  A union is of 2..K contributors (a singleton is already a probe), and there are only
+  `comb(K, size)` distinct ones.
+
+  Raises:
+    ValueError: naming the `config.valuation` field.
+  """
+  v = config.valuation
+  size = config_checks.config_int(v.fit_union_size, 'valuation.fit_union_size', minimum=2,
+                                  maximum=num_contributors)
+  count = config_checks.config_int(v.fit_num_unions, 'valuation.fit_num_unions',
+                                   maximum=math.comb(num_contributors, size))
+  seed = config_checks.config_int(v.fit_seed, 'valuation.fit_seed', minimum=0)
+  return size, count, seed
+
+
 def probe_coalitions(config: ml_collections.ConfigDict, num_contributors: int
                      ) -> Tuple[Tuple[int, ...], ...]:
-  """The K singletons plus `fit_num_unions` distinct seeded random unions."""
-  size = int(config.valuation.fit_union_size)
-  rng = np.random.default_rng(int(config.valuation.fit_seed))
+  """The K singletons plus `fit_num_unions` distinct seeded random unions.
+
+  Raises:
+    ValueError: as `check_probes`.
+  """
+  size, target, seed = check_probes(config, num_contributors)
+  rng = np.random.default_rng(seed)
   unions = []
-  target = int(config.valuation.fit_num_unions)
-  for _ in range(100 * max(target, 1)):
+  for _ in range(100 * target):
     if len(unions) >= target:
       break
     members = tuple(sorted(rng.choice(num_contributors, size=size, replace=False).tolist()))
     if members not in unions:
       unions.append(members)
+  if len(unions) < target:  # comb(K, size) >= target makes this all but impossible
+    raise RuntimeError(f'drew {len(unions)} distinct unions of {size} in {100 * target} '
+                       f'tries, {target} asked')
   return tuple((i,) for i in range(num_contributors)) + tuple(unions)
 
 
@@ -470,7 +496,7 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
   target = bench.splits.target                         # what every method sees
   variants = [parse_variant(spec) for spec in config.valuation.variants]
   needs_probes = any(fits_weights(config, overrides) for _, overrides in variants)
-  coalitions = probe_coalitions(config, len(contributors))
+  coalitions = probe_coalitions(config, len(contributors)) if needs_probes else ()
   rows, truth_units = [], {}
   key = jax.random.PRNGKey(int(config.seed))
   prefix = f'draw{draw}/'
@@ -579,8 +605,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     # Its section as the baseline will check it, which it would otherwise do only after
     # the retraining and our variants. The draws shift data seeds only: one check serves.
     baselines.check_config(name, config)
-  checked_variants(config, taken=('ground_truth', 'probe_ground_truth',
-                                  *config.baselines.methods))
+  variants = checked_variants(config, taken=('ground_truth', 'probe_ground_truth',
+                                             *config.baselines.methods))
+  if any(fits_weights(config, overrides) for _, overrides in variants):
+    check_probes(config, config_checks.config_int(config.data.num_contributors,
+                                                  'data.num_contributors'))
   store = results.UnitStore(workdir / 'units')
   # Every saved unit of every draw against this config, before the first draw's work.
   check_saved_units(store, {name: fingerprint

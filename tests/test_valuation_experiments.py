@@ -121,6 +121,13 @@ def test_probe_coalitions_and_unions():
   a = valuation.Contributor('a', np.ones((2, 3), np.float32), np.array([0, 1]), None, None)
   b = valuation.Contributor('b', None, None, np.zeros((3, 3), np.float32),
                             np.array([2, 2, 1]))
+  # Every distinct union when all are asked for.
+  config.valuation.fit_num_unions = 66
+  assert len(set(valuation_table.probe_coalitions(config, 12)[12:])) == 66
+  config.valuation.fit_num_unions = 67
+  with pytest.raises(ValueError, match=r'config\.valuation\.fit_num_unions must be an '
+                     r'integer in \[1, 66\]'):
+    valuation_table.probe_coalitions(config, 12)
   union = valuation_table.union_contributor([a, b], (0, 1))
   assert (union.num_real, union.num_synthetic) == (2, 3)
   np.testing.assert_array_equal(union.y_synthetic, [2, 2, 1])
@@ -145,6 +152,16 @@ _MODULES = {'valuation_table': valuation_table, 'ablation': ablation,
     ('ablation', 'valuation.variants', ('ground_truth|',), r'unit names'),
     ('subsample_stability', 'valuation.variants', ('a|', 'a|mmd.label_aware=True'),
      r'unit names'),
+    # The smoke rows fit weights on probe unions of 2..K = 4 contributors: comb(4, 2) = 6.
+    # Before, these failed only after the first retraining, or drew fewer unions silently.
+    ('valuation_table', 'valuation.fit_union_size', 1,
+     r'config\.valuation\.fit_union_size must be an integer in \[2, 4\]'),
+    ('valuation_table', 'valuation.fit_union_size', 5,
+     r'config\.valuation\.fit_union_size must be an integer in \[2, 4\]'),
+    ('valuation_table', 'valuation.fit_num_unions', 0,
+     r'config\.valuation\.fit_num_unions must be an integer in \[1, 6\]'),
+    ('valuation_table', 'valuation.fit_num_unions', 7,
+     r'config\.valuation\.fit_num_unions must be an integer in \[1, 6\]'),
     ('valuation_table', 'baselines.methods', ('davinz', 'davinz'),
      r'config\.baselines\.methods repeats a method'),
     ('valuation_table', 'baselines.methods', ('tracn',),
