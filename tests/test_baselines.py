@@ -631,6 +631,9 @@ def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, fiel
     ('tracin.num_checkpoints', 1.5, 'tracin.num_checkpoints must be an integer >= 1'),
     ('tracin.num_checkpoints', 4, 'tracin.num_checkpoints must divide train.steps'),
     ('tracin.train.steps', 0, r'tracin.train: config.steps must be an integer >= 1'),
+    # Before: overridden by steps / num_checkpoints without a word.
+    ('tracin.train.checkpoint_every', 2,
+     r'tracin.train.checkpoint_every is set by num_checkpoints'),
     ('tracin.train.lr', 0.1, r'tracin.train: config has unknown training fields'),
     ('tracin.bn_batches', 0, 'tracin.bn_batches must be an integer >= 1'),
     ('trak.ridge', -1.0, 'trak.ridge must be finite and > 0'),

@@ -168,7 +168,8 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   Raises:
     ValueError: naming the field: a missing section or a key it does not know, `seed`
       not a whole number, a bad training recipe,
-      `num_checkpoints` not an int >= 1 dividing `train.steps`, `projection_dim` not an
+      `num_checkpoints` not an int >= 1 dividing `train.steps`, a `train.checkpoint_every`
+      other than 0 or `train.steps / num_checkpoints`, `projection_dim` not an
       int >= 0, `grad_block_size` or `bn_batches` not an int >= 1, an unknown
       `projection_kind` with a projection, a `grad_block_size` that is not a multiple of
       the device count under `config.ntk.data_parallel`.
@@ -183,7 +184,13 @@ def check_config(config: ml_collections.ConfigDict) -> Settings:
   if steps % num_checkpoints:
     raise ValueError(f'config.baselines.tracin.num_checkpoints must divide train.steps = '
                      f'{steps}, got {num_checkpoints}')
-  train_config = train_config._replace(checkpoint_every=steps // num_checkpoints)
+  every = steps // num_checkpoints
+  if train_config.checkpoint_every not in (0, every):
+    # The checkpoints are num_checkpoints'; a spacing of its own would be overridden.
+    raise ValueError(f'config.baselines.tracin.train.checkpoint_every is set by '
+                     f'num_checkpoints ({num_checkpoints} -> every {every} steps): leave it '
+                     f'0 or {every}, got {train_config.checkpoint_every}')
+  train_config = train_config._replace(checkpoint_every=every)
   projection_dim = config_checks.config_int(cfg.projection_dim, 'baselines.tracin.projection_dim',
                                             minimum=0)
   grad_block_size = config_checks.config_int(cfg.grad_block_size,
