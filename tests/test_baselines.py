@@ -148,6 +148,17 @@ def test_davinz_ntk_score_matches_numpy():
   order = order[order < 11]  # a permutation of the next power of two, filtered
   blocks = [order[b * 11 // 3:(b + 1) * 11 // 3] for b in range(3)]
   np.testing.assert_allclose(three, _np_davinz_ntk(grads, residual, 1e-2, blocks), rtol=1e-4)
+  # Several permutations: the mean of each one's square-rooted score, as the official
+  # code (before: the square root of the mean, larger by Jensen's inequality).
+  mean = davinz.ntk_score(grads, residual, num_blocks=3, num_permutations=4, jitter=1e-2,
+                          key=key)
+  scores = []
+  for perm_key in jax.random.split(key, 4):
+    order = np.asarray(jax.random.permutation(perm_key, 16))
+    order = order[order < 11]
+    scores.append(_np_davinz_ntk(grads, residual, 1e-2,
+                                 [order[b * 11 // 3:(b + 1) * 11 // 3] for b in range(3)]))
+  np.testing.assert_allclose(mean, np.mean(scores), rtol=1e-4)
 
 
 def test_davinz_value_is_kappa_ntk_plus_mmd(setup):

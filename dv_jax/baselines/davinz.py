@@ -94,7 +94,8 @@ def _contributor_key(key: jax.Array, contributor: Contributor) -> jax.Array:
 
 def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: int,
               jitter: float, key: jax.Array) -> float:
-  """DAVINZ's `sqrt(sum_b Y_b^T (G_b G_b^T + jitter I)^-1 Y_b / n)`.
+  """DAVINZ's `sqrt(sum_b Y_b^T (G_b G_b^T + jitter I)^-1 Y_b / n)`, averaged over
+  permutations (the mean of the square roots, as the official code).
 
   Args:
     grads: `[n, p]` per-example gradients of the true-class logit.
@@ -141,8 +142,9 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
       # Padded to a power-of-two bucket: one Cholesky compile serves every block size.
       score += float(valuation.gram_quad_form(grads[rows], residual[rows],
                                               initial_jitter=jitter).value)
-    total += score
-  return float(np.sqrt(max(total / num_permutations, 0.0) / n))
+    # The official code averages each permutation's square-rooted score.
+    total += float(np.sqrt(max(score, 0.0) / n))
+  return total / num_permutations
 
 
 class Settings(NamedTuple):
