@@ -82,7 +82,10 @@ def check_config(config) -> None:
     ValueError: naming the config field.
   """
   config_checks.config_seed(config)
-  grid_cells(config)
+  for field, items in (('data.num_items', config.data.num_items),
+                       ('data.reference.num_items', config.data.reference.num_items)):
+    config_checks.config_int(items, field, minimum=2)
+  grid_cells(config)  # reads data.num_items
   scale = config.scaling
   if not (0 < float(scale.n_min) < float(scale.n_max) and math.isfinite(float(scale.n_max))):
     raise ValueError(f'config.scaling.n_min and n_max must satisfy 0 < n_min < n_max '
@@ -97,14 +100,11 @@ def check_config(config) -> None:
     raise ValueError(f'config.scaling.mc_ns must be a non-empty list of integers >= 1, got '
                      f'{tuple(scale.mc_ns)}')
   config_checks.config_int(scale.mc_trials, 'scaling.mc_trials')
-  for field, items in (('data.num_items', config.data.num_items),
-                       ('data.reference.num_items', config.data.reference.num_items)):
-    config_checks.config_int(items, field, minimum=2)
   ref = config.data.reference
   if not (float(ref.beta) > 1 and math.isfinite(float(ref.beta))):
     raise ValueError(f'config.data.reference.beta must be > 1, got {ref.beta}')
-  if not 0 <= float(ref.pi) <= 1:
-    raise ValueError(f'config.data.reference.pi must lie in [0, 1], got {ref.pi}')
+  if not 0 < float(ref.pi) <= 1:  # pi = 0: no real data, no breakpoint k^beta / pi
+    raise ValueError(f'config.data.reference.pi must lie in (0, 1], got {ref.pi}')
   if not (float(ref.k) == int(ref.k) and 1 <= int(ref.k) < int(ref.num_items)):
     raise ValueError(f'config.data.reference.k must be an integer in [1, '
                      f'config.data.reference.num_items), got {ref.k}')
@@ -136,9 +136,10 @@ def grid_cells(config) -> List[Cell]:
 
   Raises:
     ValueError: an empty grid list, a list with a repeated entry, an unknown mode, a beta
-      that is not > 1, a pi outside [0, 1], a top_p outside (0, 1], a temperature outside
-      (0, 1), or a rank / sample count that is not a positive integer (each names its
-      config field). The library would reject most of these too, but only once the
+      that is not > 1, a pi outside (0, 1] (or 1 with the temperature mode, which needs a
+      synthetic phase), a top_p outside (0, 1], a temperature outside (0, 1), a rank / sample
+      count that is not a positive integer, or a rank above `data.num_items` (each names
+      its config field). The library would reject most of these too, but only once the
       reference and the Monte Carlo units are computed, and under its argument name.
   """
   for field in ('betas', 'pis', 'modes'):
@@ -151,7 +152,7 @@ def grid_cells(config) -> List[Cell]:
       raise ValueError(f'config.data.{field} repeats an entry: '
                        f'{tuple(config.data[field])}')
   for field, ok, allowed in (('betas', lambda v: v > 1, '> 1 (a normalisable Zipf tail)'),
-                             ('pis', lambda v: 0 <= v <= 1, 'in [0, 1]')):
+                             ('pis', lambda v: 0 < v <= 1, 'in (0, 1]')):
     bad = [v for v in config.data[field] if not (math.isfinite(float(v)) and ok(float(v)))]
     if bad:
       raise ValueError(f'config.data.{field} must hold values {allowed}, got {bad}')
@@ -165,10 +166,16 @@ def grid_cells(config) -> List[Cell]:
         parameter, field = _MODE_PARAMETERS[mode]
         if not len(config.data[field]):
           raise ValueError(f'config.data.{field} is empty, but mode {mode!r} needs values')
+        if mode == 'temperature' and float(pi) == 1:
+          raise ValueError("config.data.pis holds 1, but mode 'temperature' needs pi < 1 "
+                           '(its asymptotes are those of a synthetic phase)')
         for value in config.data[field]:
           if parameter in ('k', 'num_samples') and not (
               float(value) == int(float(value)) and int(float(value)) >= 1):
             raise ValueError(f'config.data.{field} must hold integers >= 1, got {value!r}')
+          if parameter == 'k' and int(float(value)) > int(config.data.num_items):
+            raise ValueError(f'config.data.{field} must hold ranks <= config.data.num_items = '
+                             f'{int(config.data.num_items)}, got {value!r}')
           if parameter in _PARAMETER_RANGES and not _PARAMETER_RANGES[parameter][0](
               float(value)):
             raise ValueError(f'config.data.{field} must hold values '

@@ -73,7 +73,11 @@ def test_grid_checks_its_lists_and_names_cells_exactly(experiment):
 
 
 @pytest.mark.parametrize('section, field, value, match', [
-    ('data', 'pis', (1.5,), r'config\.data\.pis must hold values in \[0, 1\]'),
+    ('data', 'pis', (1.5,), r'config\.data\.pis must hold values in \(0, 1\]'),
+    # Before, the next two failed after the reference and Monte Carlo units, under the
+    # library's argument names.
+    ('data', 'pis', (0.0,), r'config\.data\.pis must hold values in \(0, 1\]'),
+    ('data', 'ks', (10**9,), r'config\.data\.ks must hold ranks <= config\.data\.num_items'),
     ('data', 'betas', (1.0,), r'config\.data\.betas must hold values > 1'),
     ('data', 'top_ps', (1.5,), r'config\.data\.top_ps must hold values in \(0, 1\]'),
     ('data', 'temperatures', (2.0,), r'config\.data\.temperatures must hold values in'),
@@ -98,6 +102,28 @@ def test_bad_settings_fail_naming_the_field_before_any_unit(experiment, tmp_path
   with pytest.raises(ValueError, match=match):
     experiment.run(config, tmp_path)
   assert not (tmp_path / 'units').exists()
+
+
+@pytest.mark.parametrize('change, match', [
+    (dict(pis=(0.25, 1.0), modes=('hard', 'temperature')),
+     r"config\.data\.pis holds 1, but mode 'temperature' needs pi < 1"),
+    (dict(reference_pi=0.0), r'config\.data\.reference\.pi must lie in \(0, 1\]'),
+])
+def test_a_pi_without_the_phase_it_needs_fails_before_any_unit(experiment, tmp_path,
+                                                               monkeypatch, change, match):
+  monkeypatch.setattr(scaling, 'expected_error', lambda *args, **kwargs: pytest.fail('a unit'))
+  config = lemma1_config.get_config('smoke')
+  for field, value in change.items():
+    if field == 'reference_pi':
+      config.data.reference.pi = value
+    else:
+      config.data[field] = value
+  with pytest.raises(ValueError, match=match):
+    experiment.run(config, tmp_path)
+  assert not (tmp_path / 'units').exists()
+  if 'pis' in change:  # pi = 1 stays valid for the modes without a synthetic asymptote
+    config.data.modes = ('hard',)
+    experiment.check_config(config)
 
 
 def test_a_seed_past_32_bits_fails_before_any_unit(experiment, tmp_path):
