@@ -1115,6 +1115,72 @@ def _check_range(value: Any, name: str) -> Tuple[float, float]:
   return tuple(_check_number(v, name) for v in values)
 
 
+def check_fit_options(**options: Any) -> Dict[str, Any]:
+  """`fit_broken_power_law`'s options, checked and normalised, its defaults filled in.
+
+  The fit runs this first; an experiment runs it on its `config.fit` (`fit_options`)
+  before the training whose curves it will fit, so that a bad option fails first.
+
+  Args:
+    **options: keywords of `fit_broken_power_law` other than `x` and `y`.
+
+  Returns:
+    `{keyword: value}` for every option: ints as ints, numbers as floats, ranges as
+    `(low, high)` float tuples.
+
+  Raises:
+    ValueError: naming the option: an unknown one, or a value the fit cannot use.
+  """
+  defaults = {name: parameter.default
+              for name, parameter in inspect.signature(fit_broken_power_law).parameters.items()
+              if name not in ('x', 'y')}
+  unknown = sorted(set(options) - set(defaults))
+  if unknown:
+    raise ValueError(f'{unknown} are not options of fit_broken_power_law; known: '
+                     f'{sorted(defaults)}')
+  o = {**defaults, **options}
+  o['max_breaks'] = checks.check_int(o['max_breaks'], 'max_breaks', minimum=0, maximum=3)
+  o['num_bootstrap'] = checks.check_int(o['num_bootstrap'], 'num_bootstrap', minimum=0)
+  # A string such as 'False' is truthy and used to fit a floor without a word.
+  if not isinstance(o['floor'], (bool, np.bool_)):
+    raise ValueError(f"floor must be True or False, got {o['floor']!r}")
+  # seed=None drew fresh OS entropy: a bootstrap that changed on every call.
+  o['seed'] = checks.check_seed(o['seed'])
+  o['grid_points'] = checks.check_int(o['grid_points'], 'grid_points')
+  if o['max_breaks'] >= 1 and o['grid_points'] < 2:
+    # One candidate pins the first break's lower and upper bound to the same value, which
+    # SciPy refused with a message naming no argument.
+    raise ValueError(f"grid_points must be >= 2 to place a break, got {o['grid_points']}")
+  for name in ('num_starts', 'min_segment_points', 'max_evaluations'):
+    o[name] = checks.check_int(o[name], name)
+  o['min_break_ratio'] = _check_number(o['min_break_ratio'], 'min_break_ratio')
+  if not (math.isfinite(o['min_break_ratio']) and o['min_break_ratio'] > 1.0):
+    raise ValueError(f"min_break_ratio must be a finite number > 1, got "
+                     f"{o['min_break_ratio']}")
+  if o['bootstrap'] not in ('residual', 'case'):
+    raise ValueError(f"bootstrap must be 'residual' or 'case', got {o['bootstrap']!r}")
+  o['ci_level'] = _check_number(o['ci_level'], 'ci_level')
+  if not 0.0 < o['ci_level'] < 1.0:
+    raise ValueError(f"ci_level must lie in (0, 1), got {o['ci_level']}")
+  o['sigma_floor'] = _check_number(o['sigma_floor'], 'sigma_floor')
+  if not (math.isfinite(o['sigma_floor']) and o['sigma_floor'] > 0):
+    raise ValueError(f"sigma_floor must be positive and finite, got {o['sigma_floor']}")
+  o['slope_range'] = slope_range = _check_range(o['slope_range'], 'slope_range')
+  if not slope_range[0] < slope_range[1]:
+    raise ValueError(f'slope_range must be (low, high) with low < high, got {slope_range}')
+  o['smoothness_range'] = smoothness_range = _check_range(o['smoothness_range'],
+                                                          'smoothness_range')
+  low, high = smoothness_range
+  o['initial_smoothness'] = _check_number(o['initial_smoothness'], 'initial_smoothness')
+  if not 0 < low < high:
+    raise ValueError(f'smoothness_range must be (low, high) with 0 < low < high, '
+                     f'got {smoothness_range}')
+  if not low <= o['initial_smoothness'] <= high:
+    raise ValueError(f"initial_smoothness must lie in smoothness_range, got "
+                     f"{o['initial_smoothness']}")
+  return o
+
+
 def fit_broken_power_law(
     x: ArrayLike,
     y: ArrayLike,
@@ -1195,42 +1261,18 @@ def fit_broken_power_law(
       raise ValueError(f'{name} must be positive and finite (it is fitted in log space)')
   if y.shape != x.shape:
     raise ValueError(f'y must have the shape of x {x.shape}, got {y.shape}')
-  max_breaks = checks.check_int(max_breaks, 'max_breaks', minimum=0, maximum=3)
-  num_bootstrap = checks.check_int(num_bootstrap, 'num_bootstrap', minimum=0)
-  # A string such as 'False' is truthy and used to fit a floor without a word.
-  if not isinstance(floor, (bool, np.bool_)):
-    raise ValueError(f'floor must be True or False, got {floor!r}')
-  # seed=None drew fresh OS entropy: a bootstrap that changed on every call.
-  seed = checks.check_seed(seed)
-  grid_points = checks.check_int(grid_points, 'grid_points')
-  if max_breaks >= 1 and grid_points < 2:
-    # One candidate pins the first break's lower and upper bound to the same value, which
-    # SciPy refused with a message naming no argument.
-    raise ValueError(f'grid_points must be >= 2 to place a break, got {grid_points}')
-  num_starts = checks.check_int(num_starts, 'num_starts')
-  min_segment_points = checks.check_int(min_segment_points, 'min_segment_points')
-  max_evaluations = checks.check_int(max_evaluations, 'max_evaluations')
-  if not (math.isfinite(min_break_ratio) and min_break_ratio > 1.0):
-    raise ValueError(f'min_break_ratio must be a finite number > 1, got {min_break_ratio}')
-  if bootstrap not in ('residual', 'case'):
-    raise ValueError(f"bootstrap must be 'residual' or 'case', got {bootstrap!r}")
-  ci_level = _check_number(ci_level, 'ci_level')
-  if not 0.0 < ci_level < 1.0:
-    raise ValueError(f'ci_level must lie in (0, 1), got {ci_level}')
-  if not (math.isfinite(sigma_floor) and sigma_floor > 0):
-    raise ValueError(f'sigma_floor must be positive and finite, got {sigma_floor}')
-  slope_range = _check_range(slope_range, 'slope_range')
-  if not slope_range[0] < slope_range[1]:
-    raise ValueError(f'slope_range must be (low, high) with low < high, got {slope_range}')
-  smoothness_range = _check_range(smoothness_range, 'smoothness_range')
-  low, high = smoothness_range
-  initial_smoothness = _check_number(initial_smoothness, 'initial_smoothness')
-  if not 0 < low < high:
-    raise ValueError(f'smoothness_range must be (low, high) with 0 < low < high, '
-                     f'got {smoothness_range}')
-  if not low <= initial_smoothness <= high:
-    raise ValueError(f'initial_smoothness must lie in smoothness_range, got '
-                     f'{initial_smoothness}')
+  o = check_fit_options(
+      max_breaks=max_breaks, num_bootstrap=num_bootstrap, seed=seed, floor=floor,
+      grid_points=grid_points, num_starts=num_starts, min_segment_points=min_segment_points,
+      min_break_ratio=min_break_ratio, initial_smoothness=initial_smoothness,
+      smoothness_range=smoothness_range, slope_range=slope_range, sigma_floor=sigma_floor,
+      bootstrap=bootstrap, ci_level=ci_level, max_evaluations=max_evaluations)
+  max_breaks, num_bootstrap, seed = o['max_breaks'], o['num_bootstrap'], o['seed']
+  grid_points, num_starts = o['grid_points'], o['num_starts']
+  min_segment_points, max_evaluations = o['min_segment_points'], o['max_evaluations']
+  min_break_ratio, ci_level, sigma_floor = o['min_break_ratio'], o['ci_level'], o['sigma_floor']
+  slope_range, smoothness_range = o['slope_range'], o['smoothness_range']
+  initial_smoothness = o['initial_smoothness']
   order = np.argsort(x, kind='stable')
   log_x, log_y = np.log(x[order]), np.log(y[order])
   num_points = log_x.size

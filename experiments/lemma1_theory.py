@@ -86,6 +86,11 @@ def check_config(config) -> None:
                        ('data.reference.num_items', config.data.reference.num_items)):
     config_checks.config_int(items, field, minimum=2)
   grid_cells(config)  # reads data.num_items
+  # Every cell fits its curve: a bad option would fail after the first units.
+  try:
+    scaling.check_fit_options(**_fit_options(config))
+  except ValueError as error:
+    raise ValueError(f'config.fit: {error}') from error
   scale = config.scaling
   if not (0 < float(scale.n_min) < float(scale.n_max) and math.isfinite(float(scale.n_max))):
     raise ValueError(f'config.scaling.n_min and n_max must satisfy 0 < n_min < n_max '

@@ -940,6 +940,11 @@ def _check_fit(config) -> None:
                 f'> smoothness_range[0]={low}')
   config_checks.config_float(fit.initial_smoothness, 'fit.initial_smoothness',
                 lambda v: bounds[0] <= v <= bounds[1], f'in config.fit.smoothness_range {bounds}')
+  # And whatever else the fit itself refuses (e.g. grid_points = 1 with a break to place).
+  try:
+    scaling.check_fit_options(**_fit_options(config))
+  except ValueError as error:
+    raise ValueError(f'config.fit: {error}') from error
 
 
 def _check_model(config) -> None:

@@ -86,6 +86,9 @@ def test_grid_checks_its_lists_and_names_cells_exactly(experiment):
     ('scaling', 'n_min', 1e6, r'config\.scaling\.n_min and n_max must satisfy'),
     ('scaling', 'num_points', 5, r'config\.scaling\.num_points must be >= 10'),
     ('scaling', 'mc_trials', 0, r'config\.scaling\.mc_trials must be an integer >= 1'),
+    # The fit's options: before, a bad one failed in the first cell, after two units.
+    ('fit', 'grid_points', 1, r'config\.fit: grid_points must be >= 2 to place a break'),
+    ('fit', 'ci_level', 95.0, r'config\.fit: ci_level must lie in \(0, 1\)'),
     # Would silently leave out the all-modes figure (no cell at that beta).
     ('output', 'grid_beta', 3.0, r'config\.output\.grid_beta must be one of config\.data'),
     ('output', 'grid_columns', 0, r'config\.output\.grid_columns must be >= 1'),

@@ -1,5 +1,6 @@
 """Tests of dv_jax.scaling: Lemma 1 distributions, error curves, asymptotes, break fitting."""
 
+import inspect
 import math
 
 import jax
@@ -717,11 +718,27 @@ def test_complex_inputs_are_refused():
     (dict(ci_level='0.9'), 'ci_level must be a number'),
     (dict(initial_smoothness=None), 'initial_smoothness must be a number'),
     (dict(grid_points=1), 'grid_points must be >= 2'),  # before: SciPy's bounds message
+    # Before: a TypeError from math.isfinite that named no option.
+    (dict(min_break_ratio=None), 'min_break_ratio must be a number'),
+    (dict(sigma_floor='1e-3'), 'sigma_floor must be a number'),
 ])
 def test_fit_rejects_options_it_used_to_misread(kwargs, match):
   x = np.geomspace(1, 1e4, 20)
   with pytest.raises(ValueError, match=match):
     scaling.fit_broken_power_law(x, x ** -0.5, max_breaks=1, num_bootstrap=2, **kwargs)
+  # The same check without data, as the experiments run it on their config before training.
+  with pytest.raises(ValueError, match=match):
+    scaling.check_fit_options(max_breaks=1, num_bootstrap=2, **kwargs)
+
+
+def test_check_fit_options_fills_the_fits_defaults_and_refuses_unknown_options():
+  options = scaling.check_fit_options(max_breaks=np.int64(1), slope_range=[0, 5])
+  assert options['max_breaks'] == 1 and type(options['max_breaks']) is int
+  assert options['slope_range'] == (0.0, 5.0) and options['grid_points'] == 25
+  assert set(options) == set(inspect.signature(scaling.fit_broken_power_law).parameters) - {
+      'x', 'y'}
+  with pytest.raises(ValueError, match=r"\['seed_bootstrap'\] are not options"):
+    scaling.check_fit_options(seed_bootstrap=3)
 
 
 def test_fit_accepts_numpy_scalars_for_its_options():

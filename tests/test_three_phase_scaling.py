@@ -407,6 +407,9 @@ def _no_work(*args, **kwargs):
     ('smoke', 'fit.min_break_ratio', 1.0, r'config\.fit\.min_break_ratio must be > 1'),
     ('smoke', 'fit.sigma_floor', 0.0, r'config\.fit\.sigma_floor must be > 0'),
     ('smoke', 'fit.grid_points', 0, r'config\.fit\.grid_points'),
+    # Before: accepted, and every fit after the training reported NaN breaks.
+    ('smoke', 'fit.grid_points', 1, r'config\.fit: grid_points must be >= 2 to place a break'),
+    ('smoke', 'fit.slope_range', (1.0, 0.0), r'config\.fit: slope_range must be'),
     ('smoke', 'fit.min_segment_points', 6, r'config\.scaling\.num_points must be >= 12'),
     ('smoke', 'fit.seed_bootstrap', -1, r'config\.fit\.seed_bootstrap must be an integer >= 0'),
     ('smoke', 'fit.seed_bootstrap_min_seeds', 0, r'config\.fit\.seed_bootstrap_min_seeds'),
