@@ -118,6 +118,11 @@ def test_error_paths():
     facts.encode_items(task, [0], representation='embedding')
   with pytest.raises(ValueError, match=r'item ids must lie in \[0, 50\)'):
     facts.encode_items(task, [50])
+  # Before: 0.5 and 1.7 were cut to items 0 and 1, and a one-hot matrix came back as "ids".
+  with pytest.raises(ValueError, match=r'item ids must be 1-D integer item ids'):
+    facts.encode_items(task, [0.5, 1.7])
+  with pytest.raises(ValueError, match=r'item ids must be 1-D integer item ids'):
+    facts.encode_items(task, np.eye(50)[[3, 4]], representation='id')
   with pytest.raises(ValueError, match='num_answers'):
     _task(num_answers=1)
   with pytest.raises(ValueError, match='k'):

@@ -141,13 +141,16 @@ def item_codes(task: FactsTask, ids, *, code_dim: int = 64) -> np.ndarray:
 
 def encode_items(task: FactsTask, ids, *, representation: str = 'one_hot',
                  code_dim: int = 64) -> np.ndarray:
-  """Inputs for item ids [n] in the chosen representation (see the module docstring)."""
+  """Inputs for item ids [n] in the chosen representation (see the module docstring).
+
+  Raises:
+    ValueError: an unknown `representation`, or `ids` not 1-D integer ids in `[0, N)` (a
+      float id was cut to an integer, and a one-hot matrix passed through as "ids").
+  """
   if representation not in REPRESENTATIONS:
     raise ValueError(f'representation must be one of {REPRESENTATIONS}, got '
                      f'{representation!r}')
-  ids = np.asarray(ids, np.int64)
-  if ids.size and (ids.min() < 0 or ids.max() >= task.num_items):
-    raise ValueError(f'item ids must lie in [0, {task.num_items})')
+  ids = _check_item_ids(ids, 'item ids', task.num_items)
   if representation == 'id':
     return ids.astype(np.int32)
   if representation == 'code':
