@@ -151,6 +151,9 @@ def _median_sq_dist(x_RxD: jax.Array) -> jax.Array:
 
 def _median_heuristic(x: ArrayLike, max_rows: int, name: str) -> jax.Array:
   max_rows = checks.check_int(max_rows, 'max_rows', minimum=2)
+  # Host float64 rows centred before the float32 cast, as mk_mmd's (the distances do not
+  # depend on the translation; the digits lost to it do).
+  x, _ = _center_float64_on_host(x, x)
   x = _as_features(x, name)
   x = x.astype(linalg.compute_dtype(x.dtype))  # as _mmd2_and_bandwidths
   n = x.shape[0]

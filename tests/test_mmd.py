@@ -356,3 +356,8 @@ def test_float64_features_far_from_zero_keep_their_digits(estimator):
   np.testing.assert_allclose(float(got), want, rtol=5e-5)
   # The default bandwidths (the target's median heuristic) do not move with the offset.
   np.testing.assert_allclose(mmd.mk_mmd(x, y).bandwidths, bandwidths, rtol=1e-5)
+  # Nor do the public median heuristic and bandwidths (before: 7e-4 too small at 1e5).
+  d2 = ((y[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+  median = np.median(d2[np.triu_indices(m, 1)])
+  np.testing.assert_allclose(float(mmd.median_heuristic(y)), median, rtol=1e-5)
+  np.testing.assert_allclose(mmd.bandwidths_from(y), bandwidths, rtol=1e-5)
