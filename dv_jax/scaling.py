@@ -1131,14 +1131,11 @@ def check_fit_options(**options: Any) -> Dict[str, Any]:
   Raises:
     ValueError: naming the option: an unknown one, or a value the fit cannot use.
   """
-  defaults = {name: parameter.default
-              for name, parameter in inspect.signature(fit_broken_power_law).parameters.items()
-              if name not in ('x', 'y')}
-  unknown = sorted(set(options) - set(defaults))
+  unknown = sorted(set(options) - set(_FIT_DEFAULTS))
   if unknown:
     raise ValueError(f'{unknown} are not options of fit_broken_power_law; known: '
-                     f'{sorted(defaults)}')
-  o = {**defaults, **options}
+                     f'{sorted(_FIT_DEFAULTS)}')
+  o = {**_FIT_DEFAULTS, **options}
   o['max_breaks'] = checks.check_int(o['max_breaks'], 'max_breaks', minimum=0, maximum=3)
   o['num_bootstrap'] = checks.check_int(o['num_bootstrap'], 'num_bootstrap', minimum=0)
   # A string such as 'False' is truthy and used to fit a floor without a word.
@@ -1346,6 +1343,13 @@ def fit_broken_power_law(
   )
 
 
+# The fit's options and their defaults, read once from its signature (so that a test's
+# stand-in for the fit does not change them).
+_FIT_DEFAULTS = {name: parameter.default
+                 for name, parameter in inspect.signature(fit_broken_power_law).parameters.items()
+                 if name not in ('x', 'y')}
+
+
 def breaks_on_edge(fit: BrokenPowerLawFit, *, rtol: float = 1e-6) -> np.ndarray:
   """`[J]` whether each selected break sits on an end of `fit.break_range`.
 
@@ -1375,7 +1379,7 @@ def fit_options(fit_config: Mapping[str, Any], **overrides: Any) -> Dict[str, An
   Raises:
     ValueError: an override that is not a keyword of the fit.
   """
-  keywords = set(inspect.signature(fit_broken_power_law).parameters) - {'x', 'y'}
+  keywords = set(_FIT_DEFAULTS)
   unknown = sorted(set(overrides) - keywords)
   if unknown:
     raise ValueError(f'overrides {unknown} are not keywords of fit_broken_power_law')
