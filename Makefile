@@ -29,7 +29,7 @@ quickstart: $(VENV)/.installed
 	$(VENV)/bin/python experiments/valuation_table.py --config=configs/valuation_table.py:digits --workdir=$(WORKDIR)/valuation_digits
 	$(VENV)/bin/python experiments/ablation.py --config=configs/ablation.py:digits --workdir=$(WORKDIR)/ablation_digits
 	@echo
-	@echo "Outputs (config.json, results.csv/json, table.md, figures as PNG and PDF):"
+	@echo "Outputs (config.json, results.json, CSV tables, figures as PNG and PDF; table.md for the valuation runs):"
 	@for d in lemma1_theory three_phase_facts valuation_digits ablation_digits; do echo "  $(WORKDIR)/$$d/"; done
 
 test: test-main test-nt
