@@ -696,7 +696,8 @@ def build_arithmetic(config: ml_collections.ConfigDict, *, cache: Cache = no_cac
     if objective == 'lm':
       prompts, _ = arithmetic.arithmetic_text(task, a, b)
       responses = [' '.join(str(int(z))) for z in answers]
-      batch = tokenize.encode_pairs(tokenizer, prompts, responses, max_len=lm_len)
+      batch = tokenize.encode_pairs(tokenizer, prompts, responses, max_len=lm_len,
+                                    truncate=False)
       return pack_lm(batch.tokens, batch.response_mask, batch.lengths), np.zeros(a.size,
                                                                                 np.int32)
     if representation == 'one_hot':

@@ -110,6 +110,10 @@ def test_text_rendering_for_the_lm():
   assert tok.unk_id not in batch.tokens
   assert tok.decode(batch.tokens[1]) == f'fact 49 ? a{task.answers[49]}'
   np.testing.assert_array_equal(batch.response_mask[1], [0, 0, 0, 0, 0, 1, 1, 0])
+  assert facts.render(task, [3], tokenizer=tok, max_len=7).tokens.shape == (1, 7)
+  # Before: cut to '? a<answer>', the item gone, so every fact read the same.
+  with pytest.raises(ValueError, match=r'max_len=6 would cut pair 0 .* needs 7 tokens'):
+    facts.render(task, [3], tokenizer=tok, max_len=6)
 
 
 def test_error_paths():

@@ -242,6 +242,12 @@ def test_encode_pairs_layout_mask_and_truncation():
   np.testing.assert_array_equal(cut.tokens[0], [bos, ids['b'], sep, ids['x'], ids['y'],
                                                 ids['z']])
   np.testing.assert_array_equal(cut.response_mask[0], [0, 0, 0, 1, 1, 1])
+  # truncate=False: a pair that fits whole is laid out as before, a longer one refused.
+  whole = tokenize.encode_pairs(tok, ['ab'], ['x'], max_len=6, truncate=False)
+  np.testing.assert_array_equal(whole.tokens, batch.tokens[:1, :6])
+  with pytest.raises(ValueError, match=r"max_len=8 would cut pair 1 \('abcd', 'xyz'\), "
+                     r'which needs 10 tokens'):
+    tokenize.encode_pairs(tok, ['ab', 'abcd'], ['x', 'xyz'], max_len=8, truncate=False)
   prompts, lengths = tokenize.encode_prompts(tok, ['abcd'], max_len=4)
   np.testing.assert_array_equal(prompts[0], [bos, ids['c'], ids['d'], sep])
   texts, lengths = tokenize.encode_texts(tok, ['ab', 'abcdab'], max_len=5)

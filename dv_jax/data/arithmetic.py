@@ -260,6 +260,10 @@ def render(task: ArithmeticTask, a, b, *, max_len: Optional[int] = None,
   """Token arrays `<bos> question <sep> answer <eos>` with the response mask.
 
   `max_len` defaults to the longest question of the task, so nothing is cut.
+
+  Raises:
+    ValueError: a `max_len` that would cut a question or its answer (a cut question is a
+      false equation).
   """
   if max_len is None:
     digits_v = len(str(task.num_values - 1))
@@ -267,7 +271,7 @@ def render(task: ArithmeticTask, a, b, *, max_len: Optional[int] = None,
     max_len = 2 * digits_v + 2 + digits_ans + 3
   prompts, responses = arithmetic_text(task, a, b)
   tokenizer = arithmetic_tokenizer() if tokenizer is None else tokenizer
-  return tokenize.encode_pairs(tokenizer, prompts, responses, max_len=max_len)
+  return tokenize.encode_pairs(tokenizer, prompts, responses, max_len=max_len, truncate=False)
 
 
 def arithmetic(*, num_values: int = 100, beta: float = 1.5, operation: str = 'add',

@@ -307,12 +307,14 @@ def render(task: FactsTask, item_ids, *, tokenizer: Optional[tokenize.VocabToken
 
   Raises:
     ValueError: `item_ids` not 1-D integer ids in `[0, N)` (a one-hot `Split.x` would
-      otherwise be flattened into `n * N` prompts of items 0 and 1).
+      otherwise be flattened into `n * N` prompts of items 0 and 1), or a `max_len` below
+      the 7 tokens of a fact.
   """
   item_ids = _check_item_ids(item_ids, 'item_ids', task.num_items)
   prompts, responses = facts_text(item_ids, task.answers[item_ids])
   tokenizer = facts_tokenizer(task) if tokenizer is None else tokenizer
-  return tokenize.encode_pairs(tokenizer, prompts, responses, max_len=max_len)
+  # Cut, a prompt would lose its item first: every item would read the same.
+  return tokenize.encode_pairs(tokenizer, prompts, responses, max_len=max_len, truncate=False)
 
 
 def facts(*, num_items: int = 1000, num_answers: int = 10, beta: float = 2.0,

@@ -230,12 +230,14 @@ def _specials(tokenizer) -> Tuple[list, list, list]:
 
 
 def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
-                 max_len: int) -> TokenizedBatch:
+                 max_len: int, truncate: bool = True) -> TokenizedBatch:
   """Lays out `<bos> prompt <sep> response <eos>` in `[n, max_len]` with a response mask.
 
   Too-long pairs are cut so the response survives: the response (with its `<eos>`) keeps at
   most `max_len - len(bos + sep) - 1` tokens, cut at its end (the `<eos>` goes first, so a
-  cut response has none), and the prompt keeps its last tokens that still fit.
+  cut response has none), and the prompt keeps its last tokens that still fit. Free text
+  survives a cut; a question does not (`12 + 34 = 46` cut to `2 + 34 = 46` is a false
+  fact): `truncate=False` refuses any pair that does not fit whole.
 
   Args:
     tokenizer: `VocabTokenizer` or `HFTokenizer` (or any object with `encode`, `pad_id`,
@@ -243,13 +245,15 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
     prompts: [n] strings.
     responses: [n] strings (empty strings allowed: only `<eos>` is then scored).
     max_len: `t`.
+    truncate: cut a pair that does not fit (True), or raise (False).
 
   Returns:
     `TokenizedBatch` (tokens int32 [n, t], response_mask float32 [n, t], lengths int32 [n]).
 
   Raises:
     ValueError: a bare string for `prompts` or `responses`, a non-string entry, unequal
-      lengths, a non-integer or too small `max_len`, a pair left without a response
+      lengths, a non-integer or too small `max_len` (with `truncate=False`: shorter than a
+      pair), a pair left without a response
       token (an empty response and a tokenizer without `<eos>`: nothing to score), or an
       empty prompt with a tokenizer that has neither `<bos>` nor `<sep>`.
   """
@@ -268,7 +272,12 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
   lengths = np.zeros(n, np.int32)
   for i, (prompt, response) in enumerate(zip(prompts, responses)):
     p_ids = tokenizer.encode(prompt)
-    r_ids = (tokenizer.encode(response) + eos)[:budget - min(len(p_ids), 1)]
+    r_ids = tokenizer.encode(response) + eos
+    need = len(bos) + len(p_ids) + len(sep) + len(r_ids)
+    if not truncate and need > max_len:
+      raise ValueError(f'max_len={max_len} would cut pair {i} ({prompt!r}, {response!r}), '
+                       f'which needs {need} tokens')
+    r_ids = r_ids[:budget - min(len(p_ids), 1)]
     if not r_ids:
       raise ValueError(f'responses[{i}] = {response!r} leaves no response token to score '
                        '(the tokenizer has no eos token)')
