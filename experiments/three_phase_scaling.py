@@ -92,8 +92,8 @@ _LOADER_ARGUMENT = {'hard': 'k', 'top_p': 'top_p', 'temperature': 'temperature',
 class ItemMLP(nn.Module):
   """An item-embedding table read by an MLP: item ids [b] (or [b, 1]) -> logits [b, c].
 
-  The ids arrive as float32 (the shared training loop casts inputs to float32; exact for
-  ids < 2^24) and are cast back to int32.
+  The ids arrive as int32 (the shared training loop keeps integer inputs exact: through
+  float32, ids from 2^24 up would collide).
 
   Attributes:
     num_items: N, rows of the table.
@@ -140,7 +140,8 @@ def per_example_metrics(apply_fn, params, x: np.ndarray, y: np.ndarray, *,
   n = x.shape[0]
   block = min(int(block_size), 1 << max(n - 1, 0).bit_length())
   num_blocks = -(-n // block)
-  x_pad, y_pad = training.pad_examples(np.asarray(x, np.float32), np.asarray(y, np.int32),
+  # Integer inputs (item ids, tokens) stay integers; anything else becomes float32.
+  x_pad, y_pad = training.pad_examples(np.asarray(x), np.asarray(y, np.int32),
                                        num_blocks * block)
   losses, correct = [], []
   for b in range(num_blocks):  # a Python loop over fixed-size blocks, not examples
@@ -296,7 +297,7 @@ class FactsTask(_Task):
                            embed_init=model_config.embed_init,
                            hidden_sizes=tuple(model_config.hidden_sizes),
                            num_classes=data.num_answers)
-      self.item_inputs = np.arange(data.num_items, dtype=np.float32)[:, None]
+      self.item_inputs = np.arange(data.num_items, dtype=np.int32)[:, None]
       self.answer_labels = np.arange(data.num_answers, dtype=np.int32)
       self.num_classes = data.num_answers
       self.init_input = jnp.asarray(self.item_inputs[:1])
@@ -310,7 +311,7 @@ class FactsTask(_Task):
         raise ValueError('the facts rendering does not put every answer at one position')
       answer_position = int(first_response[0])
       # The LM reads everything before the answer; causal, so later tokens do not matter.
-      self.item_inputs = rendered.tokens[:, :answer_position].astype(np.float32)
+      self.item_inputs = rendered.tokens[:, :answer_position]  # int32 token ids
       # The label of answer a is the token id of `a<a>` (the prompts do not depend on it).
       self.answer_labels = np.array(
           [tokenizer.encode(facts.answer_token(a))[0] for a in range(data.num_answers)],
