@@ -298,9 +298,14 @@ def test_next_token_probs_tiny_top_p_is_greedy_and_errors():
   for kwargs, message in [(dict(temperature=0.0), 'temperature'),
                           (dict(temperature=np.nan), 'temperature'),
                           (dict(temperature=1e-40), 'temperature'),  # 0 in float32
-                          (dict(top_p=0.0), 'top_p'), (dict(top_p=1.5), 'top_p')]:
+                          (dict(top_p=0.0), 'top_p'), (dict(top_p=1.5), 'top_p'),
+                          # 0 in float32: before, no token was kept and every p was NaN.
+                          (dict(top_p=1e-46), r'top_p must be in \(0, 1\] \(and > 0 in float32\)')]:
     with pytest.raises(ValueError, match=message):
       next_token_probs(logits, **kwargs)
+  # A temperature tiny enough to overflow the logits to inf (before: NaN) is greedy too.
+  big = np.array([[10.0, 40.0, 0.0], [-5.0, -6.0, -30.0]])
+  np.testing.assert_array_equal(next_token_probs(big, temperature=1e-37), np.eye(3)[[1, 0]])
   with pytest.raises(ValueError, match='finite'):
     next_token_probs(np.full((1, V), np.inf))
 

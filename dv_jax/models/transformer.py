@@ -469,7 +469,14 @@ class SampleResult(NamedTuple):
 
 def _truncated_logits(logits: jax.Array, temperature: Any, top_p: Any) -> jax.Array:
   """Logits / temperature with the tokens outside the top-p nucleus set to -inf."""
-  scaled = logits.astype(jnp.float32) / temperature
+  logits = logits.astype(jnp.float32)
+  scaled = logits / temperature
+  # A tiny temperature overflows ordinary logits to inf (40 / 1e-37), and the softmax of
+  # two infs is NaN. Shifted by the row's maximum first, the logits stay <= 0 (0 at the
+  # argmax) and cannot overflow. Only rows that overflowed take the shifted form: the
+  # others keep the very bits (and draws) they had.
+  shifted = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
+  scaled = jnp.where(jnp.all(jnp.isfinite(scaled), axis=-1, keepdims=True), scaled, shifted)
   probs = jax.nn.softmax(scaled, axis=-1)
   order = jnp.argsort(-probs, axis=-1)
   sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
@@ -487,8 +494,10 @@ def _validate_temperature_top_p(temperature, top_p):
   # would give inf / NaN probabilities.
   if not (np.isfinite(temperature) and np.float32(temperature) >= np.finfo(np.float32).tiny):
     raise ValueError(f'temperature must be finite and > 0 in float32, got {temperature}')
-  if not (np.isfinite(top_p) and 0 < top_p <= 1):
-    raise ValueError(f'top_p must be in (0, 1], got {top_p}')
+  # The nucleus test compares with float32(top_p): one that rounds to 0 there (1e-46)
+  # would keep no token at all.
+  if not (np.isfinite(top_p) and 0 < np.float32(top_p) and top_p <= 1):
+    raise ValueError(f'top_p must be in (0, 1] (and > 0 in float32), got {top_p}')
 
 
 def next_token_probs(logits: jax.Array, *, temperature: float = 1.0,
