@@ -525,12 +525,21 @@ def tweet_truncation(truncation: Any, label_probs: np.ndarray, *, base_temperatu
   `none` keeps both at their base.
   """
   trunc = synthetic.as_truncation(truncation)
+  temperature, top_p = _tweet_sampling(trunc, base_temperature, base_top_p)
+  if trunc.kind in ('temperature', 'top_p'):
+    return np.asarray(label_probs, np.float64), temperature, top_p
+  return synthetic.truncate_class_probs(label_probs, trunc, key=key), temperature, top_p
+
+
+def _tweet_sampling(trunc: Any, base_temperature: float, base_top_p: float
+                    ) -> Tuple[float, float]:
+  """`(temperature, top_p)` the sampler uses under the truncation `trunc`."""
   temperature, top_p = float(base_temperature), float(base_top_p)
   if trunc.kind == 'temperature':
-    return np.asarray(label_probs, np.float64), float(trunc.value), top_p
+    return float(trunc.value), top_p
   if trunc.kind == 'top_p':
-    return np.asarray(label_probs, np.float64), temperature, float(trunc.value)
-  return synthetic.truncate_class_probs(label_probs, trunc, key=key), temperature, top_p
+    return temperature, float(trunc.value)
+  return temperature, top_p
 
 
 def _tweet_synthetic(train, specs, config) -> Dict[str, Any]:
@@ -544,6 +553,15 @@ def _tweet_synthetic(train, specs, config) -> Dict[str, Any]:
       d_model=int(g.d_model), d_ff=int(g.d_ff), num_steps=int(g.num_steps),
       batch_size=int(g.batch_size), learning_rate=float(g.learning_rate),
       sample_batch_size=int(g.sample_batch_size))
+  # Every part's sampling settings, before the generator's training (minutes on a CPU).
+  from dv_jax.models import transformer  # pylint: disable=g-import-not-at-top
+  for spec in specs:
+    try:
+      transformer.check_sampling(*_tweet_sampling(synthetic.as_truncation(spec.truncation),
+                                                  g.temperature, g.top_p))
+    except ValueError as error:
+      raise ValueError(f'config.data.generator (temperature, top_p) under the truncation '
+                       f'{spec.truncation!r}: {error}') from error
   key = jax.random.PRNGKey(int(g.seed))
   model, params, tokenizer, losses = tweets_lib.train_tweet_lm(
       train.texts, train.labels, key=jax.random.fold_in(key, 0), lm_config=lm_config)

@@ -91,6 +91,22 @@ def test_task_configs_build(variant):
       tasks.build_task(config.task, config)
 
 
+@pytest.mark.parametrize('field, value, match', [
+    ('top_p', 0.0, r'top_p must be in \(0, 1\]'),
+    ('temperature', 1e-40, r'temperature must be finite and > 0 in float32'),
+])
+def test_tweet_sampling_settings_fail_before_the_generator_trains(monkeypatch, field, value,
+                                                                 match):
+  # Before, the sampler refused them only after the generator LM's training.
+  monkeypatch.setattr(tweets_lib, 'train_tweet_lm',
+                      lambda *args, **kwargs: pytest.fail('the generator was trained'))
+  config = CONFIGS.get_config('tweets_smoke')
+  config.data.generator[field] = value
+  with pytest.raises(ValueError, match=r'config\.data\.generator \(temperature, top_p\) '
+                     f'under the truncation .*{match}'):
+    tasks.build_task(config.task, config)
+
+
 def test_unknown_variant_and_override_typos_list_the_valid_names():
   with pytest.raises(ValueError, match='unknown variant.*tweets_smoke'):
     CONFIGS.get_config('tweet')

@@ -447,10 +447,7 @@ def generate_synthetic_tweets(train_texts: Sequence[str], train_labels, *, key: 
   """
   num = checks.check_int(num, 'num')
   # Checked before the (costly) training rather than by the sampler after it.
-  if not (np.isfinite(temperature) and temperature > 0):
-    raise ValueError(f'temperature must be finite and > 0, got {temperature!r}')
-  if not (np.isfinite(top_p) and 0 < top_p <= 1):
-    raise ValueError(f'top_p must lie in (0, 1], got {top_p!r}')
+  transformer.check_sampling(temperature, top_p)
   if label_probs is not None:
     # Also before the training, which used to run in full before a bad law was refused.
     label_probs = np.asarray(label_probs, np.float64)

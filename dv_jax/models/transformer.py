@@ -489,7 +489,15 @@ def _truncated_logits(logits: jax.Array, temperature: Any, top_p: Any) -> jax.Ar
   return jnp.where(keep, scaled, -jnp.inf)
 
 
-def _validate_temperature_top_p(temperature, top_p):
+def check_sampling(temperature: Any, top_p: Any) -> None:
+  """Raises unless `sample` / `next_token_probs` can use `temperature` and `top_p`.
+
+  Callers that train a model before sampling from it run this first.
+
+  Raises:
+    ValueError: a temperature not finite or 0 in float32, a top_p outside (0, 1] or 0 in
+      float32.
+  """
   # Logits are divided by the temperature in float32: one that rounds to 0 there (1e-40)
   # would give inf / NaN probabilities.
   if not (np.isfinite(temperature) and np.float32(temperature) >= np.finfo(np.float32).tiny):
@@ -518,7 +526,7 @@ def next_token_probs(logits: jax.Array, *, temperature: float = 1.0,
   Raises:
     ValueError: on a bad temperature or top_p, or non-finite logits.
   """
-  _validate_temperature_top_p(temperature, top_p)
+  check_sampling(temperature, top_p)
   logits = jnp.asarray(logits)
   if not bool(jnp.all(jnp.isfinite(logits))):
     raise ValueError('logits must be finite')
@@ -665,7 +673,7 @@ def sample(model: nn.Module, params: Any, key: jax.Array, prompt_tokens: Any, *,
     ValueError: on bad shapes, lengths, temperature, top_p, max_new_tokens or use_cache,
       or on prompt ids (before each row's length), eos_id or pad_id outside [0, V).
   """
-  _validate_temperature_top_p(temperature, top_p)
+  check_sampling(temperature, top_p)
   if not isinstance(use_cache, (bool, np.bool_)):
     raise ValueError(f'use_cache must be a bool, got {use_cache!r}')
   max_new_tokens = checks.check_int(max_new_tokens, 'max_new_tokens')
