@@ -1264,7 +1264,7 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
     empirical = pi * part_mean(pool.losses, real) + (1 - pi) * part_mean(pool.losses, syn)
 
     cfg = config.mmd
-    target_rows = np.arange(pool.target_features.shape[0])
+    target_features, target_y = pool.target_features, pool.target_y
     if cfg.estimator == 'linear':
       # The linear estimator pairs up the leading min(n, m) rows of each set and ignores the
       # rest. Pool rows come member by member, real before synthetic, so in that order a
@@ -1274,7 +1274,8 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
       # `members`. Stage 4 of config.seed (see `coalition_rows`).
       k_target, k_rows = jax.random.split(
           jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 4))
-      target_rows = np.asarray(jax.random.permutation(k_target, target_rows.size))
+      target_rows = np.asarray(jax.random.permutation(k_target, target_y.shape[0]))
+      target_features, target_y = target_features[target_rows], target_y[target_rows]
       k_rows = coalition_key(k_rows, members)
 
     def part_mmd(rows, part):
@@ -1283,9 +1284,8 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
       if cfg.estimator == 'linear':
         rows = rows[np.asarray(jax.random.permutation(jax.random.fold_in(k_rows, part),
                                                       rows.size))]
-      labels = ((pool.y[rows], pool.target_y[target_rows]) if cfg.label_aware
-                else (None, None))
-      return mmd_lib.mk_mmd(pool.features[rows], pool.target_features[target_rows],
+      labels = (pool.y[rows], target_y) if cfg.label_aware else (None, None)
+      return mmd_lib.mk_mmd(pool.features[rows], target_features,
                             bandwidths=pool.bandwidths, estimator=cfg.estimator,
                             block_size=int(cfg.block_size), x_labels=labels[0],
                             y_labels=labels[1]).value
