@@ -383,21 +383,22 @@ def test_linear_mmd_reads_every_member_and_both_parts(setup):
   near, far = _data(keys[0], 60), _data(keys[1], 60, shift=4.0)
   tx, ty = _data(keys[2], 40)
   target = Split(tx, ty, np.zeros(40, bool))
-  contributors = [Contributor('near', *near, None, None), Contributor('far', *far, None, None),
-                  Contributor('near_synthetic', *near, *_data(keys[3], 60)),
-                  Contributor('far_synthetic', *near, *_data(keys[4], 60, shift=4.0))]
   kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
-  for discrepancy in ('parts', 'mixture'):
+
+  def discrepancies(contributors, discrepancy):
     config = _config(mmd__estimator='linear', mmd__discrepancy=discrepancy)
     pool = valuation.prepare_pool(contributors, target, config=config, **kwargs)
+    return {members: valuation.coalition_terms(pool, members, config=config)[0][1]
+            for members in ((0,), (1,), (0, 1), (1, 0))}
 
-    def d(*members, pool=pool, config=config):
-      return valuation.coalition_terms(pool, members, config=config)[0][1]
-
-    assert d(0) + 0.2 < d(0, 1) < d(1)
-    assert d(1, 0) == d(0, 1)  # the same rows whatever the order of the members
-  # Only the mixture pools a contributor's parts into one set.
-  assert d(3) > d(2) + 0.2
+  d = discrepancies([Contributor('near', *near, None, None),
+                     Contributor('far', *far, None, None)], 'parts')
+  assert d[0,] + 0.2 < d[0, 1] < d[1,]
+  assert d[1, 0] == d[0, 1]  # the same rows whatever the order of the members
+  d = discrepancies([Contributor('near_synthetic', *near, *_data(keys[3], 60)),
+                     Contributor('far_synthetic', *near, *_data(keys[4], 60, shift=4.0))],
+                    'mixture')
+  assert d[1,] > d[0,] + 0.2
 
 
 @pytest.mark.parametrize('normalization', ['per_example', 'paper'])
