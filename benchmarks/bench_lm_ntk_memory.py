@@ -45,7 +45,7 @@ which is the compiler's (nothing model-sized is allocated).
 parameters (~1.9 GB at 0.5B), runs the compiled block on random tokens, and reports the
 memory the block took beyond the parameters, next to the compiled output + temp of the
 same executable, and the wall time of the block:
-  - on a CPU, its peak resident memory (`ru_maxrss`, its high-water mark restarted through
+  - on a CPU, its peak resident memory (`VmHWM`, its high-water mark restarted through
     /proc/self/clear_refs once the parameters exist) minus its resident memory just after
     the parameters were created;
   - on a GPU or TPU, where the buffers live in device memory, the device allocator's
@@ -264,7 +264,7 @@ def _run_measure_case(case: dict) -> dict:
   rss_params_mb = case_runner.current_rss_mb()
   device_params = _device_memory()
   maxrss_init_mb = case_runner.maxrss_mb()
-  # Restart the high-water mark here, so ru_maxrss below is the block's own peak and not
+  # Restart the high-water mark here, so VmHWM below is the block's own peak and not
   # an earlier transient (Linux >= 4.0; otherwise the peak since the process started).
   hwm_reset = _reset_peak_rss()
 

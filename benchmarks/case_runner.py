@@ -18,8 +18,22 @@ _PREFIX = 'RESULT '
 
 
 def maxrss_mb() -> float:
-  """This process's peak resident memory so far, MB (ru_maxrss is KiB on Linux)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  """This process's peak resident memory so far, MB.
+
+  Linux: `VmHWM` of /proc/self/status, this program's own high-water mark. Not
+  `ru_maxrss`, which keeps the peak from before `exec`: the child starts as a copy of the
+  benchmark's parent (vfork), so it reported at least the parent's peak (160 MB with JAX
+  imported) whatever the case used. Elsewhere `ru_maxrss` (KiB on Linux, bytes on macOS).
+  """
+  try:
+    with open('/proc/self/status', encoding='ascii') as status:
+      for line in status:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024  # kB
+  except (OSError, ValueError, IndexError):
+    pass
+  scale = 2**20 if sys.platform == 'darwin' else 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def current_rss_mb() -> float:

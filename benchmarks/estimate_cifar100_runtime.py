@@ -23,10 +23,13 @@ Measured (each call blocks until its result is on the host):
     first(S2) - steady(S2), the training program alone; one-off = first(S1) - steady(S1)
     - compile per unit, the programs every unit shares (init, BatchNorm step, evaluation),
     which the first unit of a run compiles;
-  - estimate = one-off + sum over the grid of steps(n) * per step + overhead + compile per
-    unit (the run compiles once per size: each size has its own capacity, the next power
-    of two >= n). The largest sizes also copy their padded data to the device (capacity *
-    3072 * 4 bytes: 6.4 GB at 313,600 examples) once; that is not in the estimate.
+  - estimate = one-off + sum over the grid of steps(n) * per step + overhead, plus compile
+    per unit once per training program of the run, i.e. per distinct (steps, capacity):
+    the capacity is the next power of two >= n, so each size has its own, unless
+    `train.pad_to_max` pads every size to the largest one's (then sizes with equal step
+    counts share a program). The units are timed with the experiment's own `pad_to`. The
+    largest sizes also copy their padded data to the device (capacity * 3072 * 4 bytes:
+    6.4 GB at 313,600 examples) once; that is not in the estimate.
 
 One run (NVIDIA H200, jax 0.11.2, the paper's config, `--steps 256`, random pixels): per
 step 4.39 ms, overhead 0.45 s, compile per unit 2.9 s, one-off 8.8 s; 99,328 steps in
@@ -116,6 +119,8 @@ def main(argv) -> None:
     setup_s = time.perf_counter() - start
     grid = [int(n) for n in tps.size_grid(config)]
     steps = [tps.steps_for(n, config.train) for n in grid]
+    # As the experiment's run(): one capacity for every size, or each its own.
+    pad_to = tps._next_power_of_two(max(grid)) if config.train.pad_to_max else None  # pylint: disable=protected-access
     print(f'jax {jax.__version__}, {jax.devices()[0].device_kind} ({jax.default_backend()}); '
           f'ResNet-18 num_filters={config.model.num_filters}, '
           f'batch {config.train.batch_size}, {len(task.data.y_train)} train / '
@@ -127,7 +132,7 @@ def main(argv) -> None:
       task.config = _with_steps(config, num_steps)
       for call in ('first', 'steady'):
         start = time.perf_counter()
-        out = task.run_unit('hard', n, jax.random.PRNGKey(0), jax.random.PRNGKey(1), None)
+        out = task.run_unit('hard', n, jax.random.PRNGKey(0), jax.random.PRNGKey(1), pad_to)
         timings[(num_steps, call)] = time.perf_counter() - start
         print(f'  n = {n}, {num_steps} steps, {call} call: {timings[(num_steps, call)]:.2f} s '
               f'(test loss {out["loss"]:.3f})', flush=True)
@@ -138,20 +143,29 @@ def main(argv) -> None:
   overhead = timings[(s1, 'steady')] - s1 * per_step
   compile_s = timings[(s2, 'first')] - timings[(s2, 'steady')]
   one_off_s = timings[(s1, 'first')] - timings[(s1, 'steady')] - compile_s
-  total = one_off_s + sum(num * per_step + overhead + compile_s for num in steps)
+  # A unit compiles its training program unless an earlier unit compiled the same one.
+  programs, compiles = set(), []
+  for size, num in zip(grid, steps):
+    program = (num, pad_to or tps._next_power_of_two(size))  # pylint: disable=protected-access
+    compiles.append(0.0 if program in programs else compile_s)
+    programs.add(program)
+  unit_s = [num * per_step + overhead + c for num, c in zip(steps, compiles)]
+  total = one_off_s + sum(unit_s)
   print(f'\nper step {per_step * 1e3:.2f} ms; per unit overhead {overhead:.2f} s; '
-        f'compile per unit {compile_s:.1f} s; one-off compile {one_off_s:.1f} s')
+        f'compile per program {compile_s:.1f} s ({len(programs)} programs); one-off compile '
+        f'{one_off_s:.1f} s')
   print('| n | steps | estimated s |')
   print('|---:|---:|---:|')
-  for size, num in zip(grid, steps):
-    print(f'| {size:,} | {num:,} | {num * per_step + overhead + compile_s:,.0f} |')
+  for size, num, seconds in zip(grid, steps, unit_s):
+    print(f'| {size:,} | {num:,} | {seconds:,.0f} |')
   print(f'| all {len(grid)} sizes, one-off compile included | {sum(steps):,} | '
         f'{total:,.0f} ({total / 3600:.2f} h) |')
   if args.out:
     with open(args.out, 'w') as f:
       json.dump({'config': config.to_dict(), 'jax': jax.__version__,
                  'device': jax.devices()[0].device_kind, 'cpus': os.cpu_count(),
-                 'grid': grid, 'steps': steps,
+                 'grid': grid, 'steps': steps, 'pad_to': pad_to,
+                 'compiles_s': compiles, 'num_programs': len(programs),
                  'timings': {f'{k[0]}_{k[1]}': v for k, v in timings.items()},
                  'per_step_s': per_step, 'overhead_s': overhead, 'compile_s': compile_s,
                  'one_off_s': one_off_s, 'estimate_s': total}, f, indent=1, default=str)

@@ -64,8 +64,13 @@ def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
   assert sorted(estimate['timings']) == ['2_first', '2_steady', '4_first', '4_steady'], text
   # The estimate is the sum of the printed per-size rows' parts, over the config's grid.
   assert len(estimate['grid']) == len(estimate['steps']) == 10
-  parts = estimate['overhead_s'] + estimate['compile_s']
-  expected = estimate['one_off_s'] + sum(s * estimate['per_step_s'] + parts
-                                         for s in estimate['steps'])
+  # The smoke config pads every size to the largest one's capacity, as its run does: one
+  # training program per distinct step count, compiled once (before: once per size).
+  assert estimate['pad_to'] == 1 << (max(estimate['grid']) - 1).bit_length()
+  assert estimate['num_programs'] == len(set(estimate['steps']))
+  assert sum(c > 0 for c in estimate['compiles_s']) == estimate['num_programs']
+  expected = estimate['one_off_s'] + sum(
+      s * estimate['per_step_s'] + estimate['overhead_s'] + c
+      for s, c in zip(estimate['steps'], estimate['compiles_s']))
   assert estimate['estimate_s'] == pytest.approx(expected)
   assert '| all 10 sizes, one-off compile included |' in text
