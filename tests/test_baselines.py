@@ -346,27 +346,40 @@ def test_per_example_scalars_refuse_a_label_outside_the_classes(setup, scalar, l
     fn(setup['params'], jnp.asarray(setup['target'].x[0]), label)
 
 
-def test_tracin_end_to_end_matches_a_loop_over_checkpoints(setup):
-  """Retrains with the same key and recomputes the score with jax.grad per example."""
-  result = _call('tracin', setup)
-  cfg = setup['config'].baselines.tracin
+@pytest.mark.parametrize('projection_dim', [0, 8])
+def test_tracin_end_to_end_matches_a_loop_over_checkpoints(setup, projection_dim):
+  """Retrains with the same key and recomputes the score with jax.grad per example; with a
+  projection, the gradients times `P [p, k]`, read off as the projected gradients of the
+  coordinates (before, a projection was checked only for its config errors)."""
+  config = copy.deepcopy(setup['config'])
+  config.baselines.tracin.projection_dim = projection_dim
+  result = _call('tracin', dict(setup, config=config))
+  cfg = config.baselines.tracin
   apply_fn, params = setup['apply_fn'], setup['params']
   x = np.concatenate([np.concatenate([p for p in (c.x_real, c.x_synthetic) if p is not None])
                       for c in setup['contributors']])
   y = np.concatenate([np.concatenate([p for p in (c.y_real, c.y_synthetic) if p is not None])
                       for c in setup['contributors']])
   owner = np.repeat([0, 1, 2], [c.size for c in setup['contributors']])
-  key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 12))[0]
+  key, k_proj = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 12))
   train_cfg = training.as_train_config(cfg.train)._replace(checkpoint_every=3)
   trained = training.train(apply_fn, params, x, y, config=train_cfg, key=key,
                            num_classes=NUM_CLASSES)
+  num_params = _flat(params).shape[0]
+  if projection_dim:
+    projection = ntk.Projection(projection_dim, 'rademacher', k_proj)
+    proj_matrix = np.asarray(ntk.per_example_grads(_coordinate, params, np.eye(num_params),
+                                                   np.zeros(num_params), projection=projection),
+                             np.float64)
+  else:
+    proj_matrix = np.eye(num_params)
 
   def loss(p, x_i, y_i):
     return training.cross_entropy(apply_fn(p, x_i[None]), jnp.asarray([y_i]))[0]
 
   def flat_grad(p, x_i, y_i):
     return np.concatenate([np.asarray(l, np.float64).ravel() for l in
-                           jax.tree_util.tree_leaves(jax.grad(loss)(p, x_i, y_i))])
+                           jax.tree_util.tree_leaves(jax.grad(loss)(p, x_i, y_i))]) @ proj_matrix
 
   expected = np.zeros(3)
   for j in range(2):

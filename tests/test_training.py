@@ -80,6 +80,37 @@ def test_one_step_matches_numpy(optimizer, weight_decay):
   np.testing.assert_allclose(result.params['b'], b0 - 0.1 * step_b, rtol=1e-5, atol=1e-6)
 
 
+def test_momentum_and_decoupled_weight_decay_match_numpy():
+  # One step cannot tell heavy-ball momentum from plain SGD, and AdamW was not among the
+  # one-step cases: two SGD steps at momentum 0.9, one AdamW step, against float64 NumPy.
+  params = _linear_params()
+  x = np.random.default_rng(3).normal(size=(1, D)).astype(np.float32)
+  y = np.array([1], np.int32)
+  x64 = x.astype(np.float64)
+  w0, b0 = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+  kwargs = dict(key=jax.random.PRNGKey(0), num_classes=C, pad_to=4)
+
+  sgd = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=2, batch_size=3,
+                             momentum=0.9)
+  result = training.train(_linear_apply, params, x, y, config=sgd, **kwargs)
+  loss0, gw0, gb0 = _softmax_ce_grad(w0, b0, x64, y)
+  w1, b1 = w0 - 0.1 * gw0, b0 - 0.1 * gb0  # the trace starts at the first gradient
+  loss1, gw1, gb1 = _softmax_ce_grad(w1, b1, x64, y)
+  w2, b2 = w1 - 0.1 * (gw1 + 0.9 * gw0), b1 - 0.1 * (gb1 + 0.9 * gb0)
+  np.testing.assert_allclose(result.losses, [loss0, loss1], rtol=1e-5)
+  np.testing.assert_allclose(result.params['w'], w2, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(result.params['b'], b2, rtol=1e-5, atol=1e-6)
+
+  adamw = training.TrainConfig(optimizer='adamw', learning_rate=0.1, steps=1, batch_size=3,
+                               weight_decay=0.5)
+  result = training.train(_linear_apply, params, x, y, config=adamw, **kwargs)
+  # Adam's first step g / (|g| + eps), plus the decay on the weights outside the moments.
+  step_w = gw0 / (np.abs(gw0) + 1e-8) + 0.5 * w0
+  step_b = gb0 / (np.abs(gb0) + 1e-8) + 0.5 * b0
+  np.testing.assert_allclose(result.params['w'], w0 - 0.1 * step_w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(result.params['b'], b0 - 0.1 * step_b, rtol=1e-5, atol=1e-6)
+
+
 def test_training_learns_and_is_deterministic():
   x, y = _blobs(60)
   params = _linear_params(1)

@@ -299,7 +299,6 @@ def test_paper_normalization_is_per_example_over_sqrt_n(setup):
 @pytest.mark.parametrize('overrides', [
     dict(ntk__method='block_diagonal', ntk__block_size=4, ntk__num_permutations=2),
     dict(ntk__method='subsample', ntk__num_sub=5, ntk__residual='one_hot'),
-    dict(ntk__projection_dim=16, ntk__param_filter='Dense_1'),
     dict(mmd__feature_space='init_features', mmd__estimator='unbiased'),
 ])
 def test_variants_run_and_are_finite(setup, overrides):
@@ -308,6 +307,57 @@ def test_variants_run_and_are_finite(setup, overrides):
                                         config=_config(**overrides))
   assert np.all(np.isfinite(np.asarray(result.terms.raw)))
   assert np.all(np.isfinite(np.asarray(result.values)))
+
+
+def test_projected_filtered_ntk_term_matches_numpy(setup):
+  # ntk.projection_dim / param_filter: the NTK of the projected gradients of the readout
+  # only. Before, nothing but finiteness was checked: a projection left unused passed.
+  apply_fn, params = setup['apply_fn'], setup['params']
+  config = _config(ntk__projection_dim=16, ntk__param_filter='Dense_1')
+  result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                        apply_fn=apply_fn, params=params, config=config)
+  # The projection valuation draws: stage 0 of config.seed.
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0)
+  projection = ntk_lib.Projection(16, 'rademacher', key)
+  for i, c in enumerate(setup['contributors']):
+    x, y = _parts(c)
+    g = np.asarray(ntk_lib.per_example_grads(ntk_lib.true_class_logit(apply_fn), params, x, y,
+                                             param_filter='Dense_1', projection=projection),
+                   np.float64)
+    assert g.shape == (len(y), 16)
+    n = len(y)
+    theta = g @ g.T
+    r = 1.0 - _np_logits(apply_fn, params, x)[np.arange(n), y]
+    lam = 1e-4 * np.trace(theta) / n
+    expected = math.sqrt(r @ np.linalg.solve(theta + lam * np.eye(n), r) / n)
+    np.testing.assert_allclose(np.asarray(result.terms.raw)[i, 2], expected, rtol=2e-4)
+
+
+def test_init_features_discrepancy_matches_numpy(setup):
+  # mmd.feature_space='init_features': the MMD in the space of the readout's input (ReLU of
+  # the hidden layer at theta0), standardised with T's mean / std (1 where T is constant).
+  config = _config(mmd__feature_space='init_features')
+  result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                        apply_fn=setup['apply_fn'], params=setup['params'],
+                                        config=config)
+  dense = {name: {k: np.asarray(v, np.float64) for k, v in leaf.items()}
+           for name, leaf in setup['variables']['params'].items()}
+
+  def phi(x):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return np.maximum(x @ dense['Dense_0']['kernel'] + dense['Dense_0']['bias'], 0.0)
+
+  t = phi(setup['target'].x)
+  mean, std = t.mean(0), t.std(0)
+  std = np.where(std > 1e-6, std, 1.0)
+  t_std = (t - mean) / std
+  s_j = _np_bandwidths(t_std)
+  for i, c in enumerate(setup['contributors']):
+    pi = c.num_real / c.size
+    parts = [(x, w) for x, w in ((c.x_real, pi), (c.x_synthetic, 1 - pi))
+             if x is not None and np.shape(x)[0]]
+    expected = sum(w * _np_mmd((phi(x) - mean) / std, t_std, s_j) for x, w in parts)
+    np.testing.assert_allclose(np.asarray(result.terms.raw)[i, 1], expected, rtol=2e-4)
 
 
 def test_subsample_keeps_full_sizes(setup):

@@ -309,11 +309,17 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
   # The up-front check (draw_units) lists exactly the units the run wrote.
   assert set(store.names()) == set(valuation_table.draw_units(config, 0))
   for backbone in config.model.backbones:
-    accuracy = store.load(f'draw0/{backbone}/ground_truth')['test_accuracy']
+    truth = store.load(f'draw0/{backbone}/ground_truth')
     for row in (r for r in out['rows'] if r['backbone'] == backbone):
       values = store.load(f'draw0/{backbone}/{row["method"]}')['values']
-      expected = scipy.stats.spearmanr(values, accuracy)[0]
+      expected = scipy.stats.spearmanr(values, truth['test_accuracy'])[0]
       np.testing.assert_allclose(row['spearman_accuracy'], expected, equal_nan=True)
+      # The headline: against METHOD.md's value, minus the retrained test loss.
+      minus_loss = -np.asarray(truth['test_loss'])
+      for metric, reference in (('spearman', scipy.stats.spearmanr),
+                                ('kendall', scipy.stats.kendalltau)):
+        np.testing.assert_allclose(row[metric], reference(values, minus_loss)[0],
+                                   equal_nan=True, rtol=1e-12)
   _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
   monkeypatch.setattr(valuation_table.baselines, 'BASELINES',  # known, never called
                       {name: valuation.value_contributors
@@ -342,6 +348,15 @@ def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch
   # 'all four' is the score value_contributors returned.
   np.testing.assert_allclose(-np.sum(unit['terms_standardized'], axis=1), unit['values'],
                              rtol=1e-6)
+  # Each term subset's ranking against minus the retrained test loss (METHOD.md's value).
+  minus_loss = -np.asarray(store.load('mlp/ground_truth')['test_loss'])
+  subsets = dict(ablation.term_subsets())
+  for row in (r for r in out['rows'] if r['backbone'] == 'mlp'):
+    z = np.asarray(store.load(f'mlp/{row["variant"]}')['terms_standardized'])
+    values = -z[:, list(subsets[row['terms']])].sum(axis=1)
+    np.testing.assert_allclose(row['spearman'],
+                               scipy.stats.spearmanr(values, minus_loss)[0], equal_nan=True,
+                               rtol=1e-12)
   assert len(out['rows']) == len(config.valuation.variants) * 9
   _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
   again = ablation.run(config, tmp_path)
@@ -356,8 +371,15 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
   config = CONFIGS['subsample_stability'].get_config('smoke')
   out = subsample_stability.run(config, tmp_path)
   assert (tmp_path / 'table.md').is_file() and (tmp_path / 'figure.pdf').is_file()
-  taus = [r['kendall'] for r in out['rows']]
-  assert all(-1 <= t <= 1 for t in taus)
+  # Each budget's ranking against the full pool's (budget 0), from the saved units.
+  store = results.UnitStore(tmp_path / 'units')
+  for row in out['rows']:
+    def values(budget, repeat, row=row):
+      return store.load(subsample_stability.unit_name(row['backbone'], row['variant'], budget,
+                                                      repeat))['values']
+    np.testing.assert_allclose(
+        row['kendall'], scipy.stats.kendalltau(values(row['budget'], row['repeat']),
+                                               values(0, 0))[0], equal_nan=True, rtol=1e-12)
   assert len(out['rows']) == (len(config.valuation.variants) * len(config.valuation.budgets)
                               * config.valuation.num_repeats)
   variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
