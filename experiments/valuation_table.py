@@ -194,7 +194,9 @@ def build_benchmark(config: ml_collections.ConfigDict,
                                       num_classes=digits.NUM_CLASSES)
   contributors = contributors_lib.make_digit_contributors(
       splits.pool, generator, key=jax.random.PRNGKey(int(d.contributor_seed)),
-      num_contributors=int(d.num_contributors), size_range=tuple(d.size_range),
+      num_contributors=config_checks.config_int(d.num_contributors, 'data.num_contributors',
+                                                minimum=2),
+      size_range=tuple(d.size_range),
       pis=tuple(d.pis), truncations=tuple(d.truncations), label_noises=tuple(d.label_noises),
       synthetic_beta=float(d.synthetic_beta))
   backbones = {}

@@ -252,6 +252,11 @@ def test_contributor_errors(splits, generator):
   syn = splits.pool._replace(is_synthetic=np.ones(len(splits.pool.y), bool))
   with pytest.raises(ValueError, match='pool must hold real examples'):
     contrib.make_digit_contributors(syn, generator, key=jax.random.PRNGKey(0))
+  # Before: built, and the parts' shapes clashed later in a concatenation naming nothing.
+  flat = splits.pool._replace(x=np.asarray(splits.pool.x).reshape(len(splits.pool.y), -1))
+  with pytest.raises(ValueError, match=r"pool examples have shape \(64,\), the generator's "
+                     r'\(8, 8, 1\)'):
+    contrib.make_digit_contributors(flat, generator, key=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='num_contributors'):
     contrib.digit_contributor_specs(1, key=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='pis'):

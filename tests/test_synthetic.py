@@ -242,6 +242,17 @@ def test_fit_generator_rejects_options_it_used_to_misread(pool, kwargs, match):
     synthetic.fit_generator(pool.x, pool.y, **({'num_components': 3} | kwargs))
 
 
+def test_fit_generator_without_ridge_names_a_singular_class(pool):
+  # ridge = 0 is allowed, but a class of <= q examples then has a singular covariance:
+  # before, NumPy's LinAlgError named nothing.
+  keep = np.concatenate([np.flatnonzero(np.asarray(pool.y) == k)[:3]
+                         for k in np.unique(pool.y)])
+  x, y = np.asarray(pool.x)[keep], np.asarray(pool.y)[keep]
+  with pytest.raises(ValueError, match=r'ridge=0.0: a class covariance is singular'):
+    synthetic.fit_generator(x, y, num_components=5, ridge=0.0)
+  synthetic.fit_generator(x, y, num_components=5, ridge=1e-4)  # the default ridge copes
+
+
 def test_fit_generator_rejects_complex_features(pool):
   # Before: the float64 cast dropped the imaginary part with only a ComplexWarning.
   with pytest.raises(ValueError, match='x must be real'):

@@ -173,6 +173,11 @@ def test_real_part_indices_are_disjoint_and_sized():
   # A misspelt part must not silently size the parts by num_synthetic.
   with pytest.raises(ValueError, match="part must be 'real' or 'synthetic', got 'Real'"):
     tasks.real_part_indices(specs, 60, key=jax.random.PRNGKey(1), part='Real')
+  # Before: int() made 4.7 contributors 4 and True one contributor.
+  for bad in (4.7, True):
+    with pytest.raises(ValueError, match=r'config\.data\.num_contributors must be an integer'):
+      tasks.contributor_specs(ml_collections.ConfigDict(dict(DESIGN, num_contributors=bad)),
+                              key=jax.random.PRNGKey(3))
 
 
 def test_swap_responses():
@@ -333,6 +338,12 @@ def test_cifar100_builder_pca_and_generated_images(fixtures):
   for spec, c in zip(generated.info['contributors'], generated.contributors):
     if c.num_synthetic and spec['label_noise'] == 0:
       assert set(np.asarray(c.y_synthetic).tolist()) <= {0, 1, 2, 3, 5}
+  # Any draw from the generated set passes that: hard:3 must also keep to the head, classes
+  # 0..2 (rank = class index), and with the law ignored some draw would leave it.
+  config = _cifar_config(fixtures, str(fixtures['generated']))
+  config.data.truncations, config.data.label_noises, config.data.pis = ('hard:3',), (0.0,), (0.25,)
+  for c in tasks.build_task('cifar100', config).contributors:
+    assert c.num_synthetic and set(np.asarray(c.y_synthetic).tolist()) <= {0, 1, 2}
   config = _cifar_config(fixtures)
   config.data.directory = ''
   with pytest.raises(ValueError, match='nothing is downloaded'):

@@ -389,7 +389,8 @@ def make_digit_contributors(pool: Split, generator: Any, *, key: Any,
 
   Raises:
     ValueError: naming the argument, if the pool is too small for the real parts, holds
-      synthetic examples, or labels outside the generator's classes.
+      synthetic examples, examples of another shape than the generator's, or labels
+      outside the generator's classes.
   """
   from dv_jax.data import synthetic  # pylint: disable=g-import-not-at-top  (acyclic imports)
   if not isinstance(pool, Split):
@@ -398,6 +399,10 @@ def make_digit_contributors(pool: Split, generator: Any, *, key: Any,
   pool_y = np.asarray(pool.y)
   if np.any(np.asarray(pool.is_synthetic)):
     raise ValueError('pool must hold real examples only (is_synthetic is set)')
+  if pool_x.shape[1:] != tuple(generator.feature_shape):
+    # Else the real and synthetic parts differ in shape and fail later, naming nothing.
+    raise ValueError(f'pool examples have shape {pool_x.shape[1:]}, the generator\'s '
+                     f'{tuple(generator.feature_shape)}')
   num_classes = int(np.shape(generator.class_means)[0])
   if pool_y.size and (pool_y.min() < 0 or pool_y.max() >= num_classes):
     raise ValueError(f'pool has labels outside [0, {num_classes}) of the generator')

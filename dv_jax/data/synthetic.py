@@ -231,8 +231,8 @@ def fit_generator(x: Any, y: Any, *, num_components: int = 20, num_classes: int 
   Raises:
     ValueError: naming the argument, for NaN/Inf or empty ``x``, mismatched ``y``, labels
       out of range, a class with fewer than 2 examples, complex ``x``, a bad
-      ``num_components`` or ``num_classes`` (not an integer), or a ``ridge`` not finite
-      and >= 0.
+      ``num_components`` or ``num_classes`` (not an integer), a ``ridge`` not finite
+      and >= 0, or ``ridge = 0`` with a singular class covariance.
   """
   # Complex features used to lose their imaginary part in the float64 cast, with a warning.
   if np.iscomplexobj(x):
@@ -268,7 +268,13 @@ def fit_generator(x: Any, y: Any, *, num_components: int = 20, num_classes: int 
   jitter = float(ridge) * np.trace(np.cov(z, rowvar=False).reshape(q, q)) / q
   class_means = np.stack([z[y_np == k].mean(axis=0) for k in range(c)])
   class_covs = np.stack([np.cov(z[y_np == k], rowvar=False).reshape(q, q) for k in range(c)])
-  class_chols = np.linalg.cholesky(class_covs + jitter * np.eye(q))
+  try:
+    class_chols = np.linalg.cholesky(class_covs + jitter * np.eye(q))
+  except np.linalg.LinAlgError as error:
+    # With ridge = 0 a class of <= q examples has a singular covariance.
+    raise ValueError(f'ridge={ridge}: a class covariance is singular (a class with <= '
+                     f'num_components={q} examples, counts {counts.tolist()}); use ridge > 0'
+                     ) from error
   return GaussianPCAGenerator(
       mean=jnp.asarray(mean, jnp.float32), components=jnp.asarray(components, jnp.float32),
       class_means=jnp.asarray(class_means, jnp.float32),
