@@ -243,6 +243,24 @@ def test_contributors_follow_their_specs(splits, generator):
   # hard:3 with the seeded long-tail order: 3 classes only, the synthetic world's head.
   assert len(np.unique(np.asarray(cs[1].y_synthetic))) <= 3
   assert cs[1].name == 'c01_n80_pi0.00_hard3_noise0.00'
+  # The synthetic parts by the documented recipe, from the public pieces: the class law
+  # (Zipf over the seeded order, beta = synthetic_beta, then the spec's truncation), the
+  # generator at the truncation's covariance temperature, then the spec's label noise.
+  # Before, a temperature, a synthetic_beta, a class order or a synthetic noise left unused
+  # still passed this test.
+  key = jax.random.PRNGKey(2)
+  order = contrib.host_rng(key, 1).permutation(10)
+  base = synthetic.long_tail_class_probs(10, beta=1.0, order=order)
+  for i in (1, 2, 3):
+    trunc = synthetic.as_truncation(specs[i].truncation)
+    probs = synthetic.truncate_class_probs(base, trunc, rng=contrib.host_rng(key, 3, i, 1))
+    expected = synthetic.sample_from_rng(generator, contrib.host_rng(key, 3, i, 2),
+                                         specs[i].num_synthetic, class_probs=probs,
+                                         temperature=trunc.covariance_temperature)
+    np.testing.assert_allclose(cs[i].x_synthetic, expected.x, rtol=1e-6, atol=1e-6)
+    flipped = np.asarray(cs[i].y_synthetic) != np.asarray(expected.y)
+    assert flipped.sum() == round(specs[i].label_noise * specs[i].num_synthetic)
+  assert set(np.asarray(cs[1].y_synthetic).tolist()) <= set(order[:3].tolist())
 
 
 def test_contributor_errors(splits, generator):

@@ -73,16 +73,22 @@ def test_errors_name_the_argument(fn):
 
 @pytest.mark.parametrize('metric,scipy_fn', [('spearman', stats.spearmanr),
                                              ('kendall', stats.kendalltau)])
-def test_bootstrap_resamples_match_scipy_on_the_same_indices(metric, scipy_fn):
-  a, b = _tied_pair(10, seed=7, levels=6)
+@pytest.mark.parametrize('pair', ['tied', 'four'])
+def test_bootstrap_resamples_match_scipy_on_the_same_indices(metric, scipy_fn, pair):
+  if pair == 'tied':
+    a, b = _tied_pair(10, seed=7, levels=6)
+  else:  # four contributors: some resamples repeat one, a constant metric (NaN)
+    a, b = np.array([1., 2., 3., 4.]), np.array([1., 3., 2., 4.])
   key = jax.random.PRNGKey(3)
   ci = metrics.bootstrap_ci(a, b, metric=metric, num_resamples=200, key=key, level=0.9)
-  idx = metrics.bootstrap_indices(10, 200, key=key)
+  idx = metrics.bootstrap_indices(len(a), 200, key=key)
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # scipy warns on constant resamples (NaN, as ours).
     expected = np.array([scipy_fn(a[i], b[i]).statistic for i in idx])
   np.testing.assert_array_equal(np.isnan(ci.resamples), np.isnan(expected))
   ok = ~np.isnan(expected)
+  if pair == 'four':  # else the interval's skipping of NaN resamples goes unchecked
+    assert 0 < ok.sum() < 200
   np.testing.assert_allclose(ci.resamples[ok], expected[ok], rtol=1e-12, atol=1e-12)
   low, high = np.quantile(expected[ok], [0.05, 0.95])
   assert ci.low == pytest.approx(low) and ci.high == pytest.approx(high)
