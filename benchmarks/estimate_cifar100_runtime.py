@@ -103,6 +103,7 @@ def main(argv) -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   sys.path.insert(0, str(_ROOT))
+  from dv_jax import training  # pylint: disable=g-import-not-at-top
   tps = _load('three_phase_scaling', 'experiments/three_phase_scaling.py')
 
   with tempfile.TemporaryDirectory() as tmp:
@@ -119,8 +120,7 @@ def main(argv) -> None:
     setup_s = time.perf_counter() - start
     grid = [int(n) for n in tps.size_grid(config)]
     steps = [tps.steps_for(n, config.train) for n in grid]
-    # As the experiment's run(): one capacity for every size, or each its own.
-    pad_to = tps._next_power_of_two(max(grid)) if config.train.pad_to_max else None  # pylint: disable=protected-access
+    pad_to = tps.run_pad_to(config, grid)  # as the experiment's run()
     print(f'jax {jax.__version__}, {jax.devices()[0].device_kind} ({jax.default_backend()}); '
           f'ResNet-18 num_filters={config.model.num_filters}, '
           f'batch {config.train.batch_size}, {len(task.data.y_train)} train / '
@@ -146,7 +146,7 @@ def main(argv) -> None:
   # A unit compiles its training program unless an earlier unit compiled the same one.
   programs, compiles = set(), []
   for size, num in zip(grid, steps):
-    program = (num, pad_to or tps._next_power_of_two(size))  # pylint: disable=protected-access
+    program = (num, training.padded_capacity(size, pad_to))
     compiles.append(0.0 if program in programs else compile_s)
     programs.add(program)
   unit_s = [num * per_step + overhead + c for num, c in zip(steps, compiles)]

@@ -285,6 +285,18 @@ def _loss_apply(apply_fn, use_batch_stats):
   return train_apply
 
 
+def padded_capacity(n: int, pad_to: int | None = None) -> int:
+  """The rows ``n`` training examples are padded to: ``pad_to`` (>= n), else the next power
+  of two >= n. The training program compiles once per (steps, capacity).
+
+  Raises:
+    ValueError: a ``pad_to`` that is not an integer >= n.
+  """
+  if pad_to is None:
+    return _next_power_of_two(n)
+  return checks.check_int(pad_to, 'pad_to', minimum=n)
+
+
 def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to, use_batch_stats):
   c = as_train_config(config)
   loss_apply = _loss_apply(apply_fn, use_batch_stats)
@@ -293,11 +305,7 @@ def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to, use_batch_s
   if out.shape != (1, num_classes):
     raise ValueError(f'num_classes={num_classes} but apply_fn returns logits of shape '
                      f'{out.shape} for one example')
-  if pad_to is None:
-    capacity = _next_power_of_two(x.shape[0])
-  else:
-    capacity = checks.check_int(pad_to, 'pad_to', minimum=x.shape[0])
-  x_pad, y_pad = pad_examples(x, y, capacity)
+  x_pad, y_pad = pad_examples(x, y, padded_capacity(x.shape[0], pad_to))
   static = dict(apply_fn=loss_apply, optimizer=c.optimizer, schedule=c.schedule, steps=c.steps,
                 batch_size=c.batch_size, weight_decay=c.weight_decay, momentum=c.momentum,
                 checkpoint_every=c.checkpoint_every)
@@ -439,5 +447,6 @@ def evaluate_many(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, 
 
 
 __all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'as_train_config', 'TrainResult',
-           'Evaluation', 'cross_entropy', 'learning_rate_at', 'pad_examples', 'train',
+           'Evaluation', 'cross_entropy', 'learning_rate_at', 'pad_examples', 'padded_capacity',
+           'train',
            'train_many_seeds', 'evaluate', 'evaluate_many']

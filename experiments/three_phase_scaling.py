@@ -164,6 +164,12 @@ def _next_power_of_two(n: int) -> int:
   return 1 << max(int(n) - 1, 0).bit_length()
 
 
+def run_pad_to(config, grid) -> Optional[int]:
+  """The capacity every unit's data are padded to: the largest size's under
+  `train.pad_to_max` (one training program per step count), else None (each size its own)."""
+  return _next_power_of_two(int(max(grid))) if config.train.pad_to_max else None
+
+
 def steps_for(n: int, train_config) -> int:
   """`clip(next_pow2(ceil(epochs n / batch)), min_steps, max_steps)` optimiser steps.
 
@@ -1136,7 +1142,7 @@ def run(config, workdir) -> Dict[str, Any]:
   grid = size_grid(config)
   mode_grid = grid[::int(config.truncation.grid_stride)]
   work = planned_units(config)
-  pad_to = _next_power_of_two(int(grid.max())) if config.train.pad_to_max else None
+  pad_to = run_pad_to(config, grid)
 
   computed = []
   fingerprint = unit_fingerprint(config)

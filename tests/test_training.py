@@ -111,6 +111,13 @@ def test_momentum_and_decoupled_weight_decay_match_numpy():
   np.testing.assert_allclose(result.params['b'], b0 - 0.1 * step_b, rtol=1e-5, atol=1e-6)
 
 
+def test_padded_capacity_is_pad_to_or_the_next_power_of_two():
+  assert [training.padded_capacity(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+  assert training.padded_capacity(5, 64) == 64
+  with pytest.raises(ValueError, match='pad_to must be an integer >= 5'):
+    training.padded_capacity(5, 4)
+
+
 def test_training_learns_and_is_deterministic():
   x, y = _blobs(60)
   params = _linear_params(1)
