@@ -109,7 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
   experiment config's sections, so an experiment config can be passed as it is.
 
   Returns:
-    A ConfigDict.
+    A locked ConfigDict: its fields can be set, not added.
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -152,6 +152,9 @@ def default_config() -> ml_collections.ConfigDict:
                                    # mmd.estimator='linear').
       min_subsample=2,             # least examples kept of a non-empty part.
   ))
+  # Locked: setting a misspelt field (`config.valuation.weight = 'fit'`) raises, with the
+  # valid names, instead of adding a field no stage reads.
+  config.lock()
   return config
 
 
@@ -345,6 +348,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for section in ('ntk', 'mmd', 'bound', 'valuation'):
     if section not in config:
       raise ValueError(f'config has no {section!r} section; start from default_config()')
+  # A misspelt field (`ntk.projection_dimension`) would otherwise leave the default in
+  # force without a word. `valuation` also holds an experiment's own fields (its variants,
+  # probe settings), so only the method's sections are closed; default_config() is locked.
+  defaults = default_config()
+  for section in ('ntk', 'mmd', 'bound'):
+    unknown = sorted(set(config[section].keys()) - set(defaults[section].keys()))
+    if unknown:
+      raise ValueError(f'config.{section} has unknown fields {unknown}; valid: '
+                       f'{sorted(defaults[section].keys())}')
   # Every choice field against its allowed values (fields added later have defaults).
   choices = (
       ('ntk', 'residual', None, NTK_RESIDUALS),
@@ -368,6 +380,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   config_checks.config_seed(config)
   config_checks.config_int(config.valuation.subsample, 'valuation.subsample', minimum=0)
   config_checks.config_int(config.valuation.min_subsample, 'valuation.min_subsample')
+  # The sizes and settings the per-example stages read, checked here rather than where they
+  # are first used: that is after the pool's gradients (and an experiment's retraining),
+  # and the error there names the inner argument (`initial_jitter`), not the config field.
+  for section, field, minimum in (('ntk', 'block_size', 1), ('ntk', 'num_permutations', 1),
+                                  ('ntk', 'num_sub', 1), ('ntk', 'projection_dim', 0),
+                                  ('ntk', 'grad_block_size', 1), ('mmd', 'num_kernels', 1),
+                                  ('mmd', 'block_size', 1),
+                                  ('mmd', 'feature_block_size', 1)):
+    config_checks.config_int(config[section].get(field, defaults[section][field]),
+                             f'{section}.{field}', minimum=minimum)
+  config_checks.config_positive_float(config.ntk.get('eps', defaults.ntk.eps), 'ntk.eps')
+  kind = config.ntk.get('projection_kind', defaults.ntk.projection_kind)
+  if kind not in ntk_lib.PROJECTION_KINDS:
+    raise ValueError(f'config.ntk.projection_kind must be one of {ntk_lib.PROJECTION_KINDS}, '
+                     f'got {kind!r}')
+  for section, field in (('mmd', 'standardize'), ('mmd', 'label_aware')):
+    config_checks.config_bool(config[section].get(field, defaults[section][field]),
+                              f'{section}.{field}')
   # Before any per-example work: the block size must split evenly over the devices.
   gradient_mesh(config, block_size=int(config.ntk.grad_block_size),
                 field='ntk.grad_block_size')
@@ -1484,6 +1514,11 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
       `valuation.subsample` that drops rows); `fit` without probes.
   """
   config = default_config() if config is None else config
+  check_config(config)
+  fit_target = config.valuation.get('fit_target', 'loss')
+  if config.valuation.weights == 'fit':
+    # Before the pool's per-example work, which a missing or bad probe would waste.
+    probes = _check_probes(probes, len(contributors), fit_target=fit_target)
   t0 = time.perf_counter()
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
                       features_fn=features_fn)
@@ -1506,8 +1541,6 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
     values = -standardized[:, mask].sum(axis=1)
   else:
     t = time.perf_counter()
-    fit_target = config.valuation.get('fit_target', 'loss')
-    probes = _check_probes(probes, k, fit_target=fit_target)
     if fit_target == 'log_loss':
       # Ranking by predicted log loss is ranking by predicted loss; the log keeps a few
       # catastrophic losses (a contributor missing classes) from dominating the fit.
@@ -1523,6 +1556,17 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
 
 # ----------------------------------------------------------------------------------------
 # Coalition utilities: leave-one-out and Shapley.
+
+
+def _term_weights(term_weights: Optional[ArrayLike], config: ml_collections.ConfigDict
+                  ) -> np.ndarray:
+  """`[4]` weights on the scaled terms: `term_weights`, or 1 for `bound.terms`."""
+  if term_weights is None:
+    return term_mask(config).astype(np.float64)
+  weights = np.asarray(term_weights, np.float64)
+  if weights.shape != (len(TERM_NAMES),) or not np.all(np.isfinite(weights)):
+    raise ValueError(f'term_weights must be [{len(TERM_NAMES)}] finite, got {weights}')
+  return weights
 
 
 class Utility:
@@ -1542,13 +1586,7 @@ class Utility:
     singles = np.stack([coalition_terms(self.pool, (i,), config=config)[0] for i in range(k)])
     std = singles.std(axis=0)
     self.scale = np.where(std > 0, std, np.inf)  # a constant term weighs nothing
-    if term_weights is None:
-      self.weights = term_mask(config).astype(np.float64)
-    else:
-      self.weights = np.asarray(term_weights, np.float64)
-      if self.weights.shape != (len(TERM_NAMES),) or not np.all(np.isfinite(self.weights)):
-        raise ValueError(f'term_weights must be [{len(TERM_NAMES)}] finite, got '
-                         f'{self.weights}')
+    self.weights = _term_weights(term_weights, config)
     for i in range(k):
       self.cache[(i,)] = self._value(singles[i])
 
@@ -1581,6 +1619,8 @@ def leave_one_out(contributors: Sequence[Contributor], target: Any, *, apply_fn:
     ValueError: as `value_contributors`.
   """
   config = default_config() if config is None else config
+  check_config(config)
+  _term_weights(term_weights, config)  # before the pool's per-example work
   t0 = time.perf_counter()
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
                       features_fn=features_fn)
@@ -1656,6 +1696,10 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
     ValueError: as `value_contributors`; `num_permutations < 1`.
   """
   config = default_config() if config is None else config
+  # Before the pool's per-example work, which a bad argument here would waste.
+  check_config(config)
+  _term_weights(term_weights, config)
+  num_permutations = checks.check_int(num_permutations, 'num_permutations')
   t0 = time.perf_counter()
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
                       features_fn=features_fn)

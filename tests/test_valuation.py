@@ -1045,6 +1045,23 @@ def test_bad_config_and_duplicate_names(setup):
     ('valuation.subsample', 99.5, r'config.valuation.subsample must be an integer >= 0'),
     ('valuation.subsample', -1, r'config.valuation.subsample must be an integer >= 0'),
     ('valuation.min_subsample', 0, r'config.valuation.min_subsample must be an integer >= 1'),
+    # The per-example stages' settings: before, each failed after the pool's gradients
+    # (and an experiment's retraining), naming an inner argument ('initial_jitter').
+    ('ntk.eps', -1.0, r'config.ntk.eps must be finite and > 0'),
+    ('ntk.eps', float('nan'), r'config.ntk.eps must be finite and > 0'),
+    ('ntk.num_sub', 0, r'config.ntk.num_sub must be an integer >= 1'),
+    ('ntk.block_size', 0, r'config.ntk.block_size must be an integer >= 1'),
+    ('ntk.num_permutations', 0, r'config.ntk.num_permutations must be an integer >= 1'),
+    ('ntk.projection_dim', -3, r'config.ntk.projection_dim must be an integer >= 0'),
+    ('ntk.projection_kind', 'bogus', r'config.ntk.projection_kind must be one of'),
+    ('ntk.grad_block_size', 0, r'config.ntk.grad_block_size must be an integer >= 1'),
+    ('mmd.num_kernels', 0, r'config.mmd.num_kernels must be an integer >= 1'),
+    ('mmd.block_size', 0, r'config.mmd.block_size must be an integer >= 1'),
+    ('mmd.feature_block_size', 2.5, r'config.mmd.feature_block_size must be an integer'),
+    ('mmd.standardize', 'False', r'config.mmd.standardize must be True or False'),
+    # A misspelt field left the default in force without a word.
+    ('ntk.projection_dimension', 4, r"config.ntk has unknown fields \['projection_dimension'\]"),
+    ('mmd.estimater', 'unbiased', r"config.mmd has unknown fields \['estimater'\]"),
 ])
 def test_check_config_refuses_fractional_seed_and_budgets(field, value, match):
   # Built from a dict: assigning into a typed ConfigDict field would be refused earlier.
@@ -1053,6 +1070,46 @@ def test_check_config_refuses_fractional_seed_and_budgets(field, value, match):
   (fields[section] if section else fields)[name] = value
   with pytest.raises(ValueError, match=match):
     valuation.check_config(ml_collections.ConfigDict(fields))
+
+
+def test_default_config_refuses_a_misspelt_field():
+  config = valuation.default_config()
+  with pytest.raises(AttributeError, match='weight'):
+    config.valuation.weight = 'fit'  # before: added a field no stage reads
+  config.valuation.weights = 'fit'  # an existing field can still be set
+
+
+@pytest.mark.parametrize('call', ['fit_without_probes', 'fit_bad_probes', 'loo_weights',
+                                  'shapley_weights', 'shapley_permutations'])
+def test_bad_arguments_fail_before_per_example_work(setup, monkeypatch, call):
+  # Before: probes, term_weights and num_permutations were checked after the pool's
+  # logits and gradients had been computed.
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  contributors, target = setup['contributors'], setup['target']
+
+  def unreachable(*args, **kwargs):
+    raise AssertionError('per-example work started before the check')
+
+  monkeypatch.setattr(valuation, 'logits_at', unreachable)
+  fit = _config(valuation__weights='fit')
+  with pytest.raises(ValueError) as info:
+    if call == 'fit_without_probes':
+      valuation.value_contributors(contributors, target, **kwargs, config=fit)
+    elif call == 'fit_bad_probes':
+      probes = valuation.Probes(((0,), (1, 2)), np.array([1.0]))
+      valuation.value_contributors(contributors, target, **kwargs, config=fit,
+                                   probes=probes)
+    elif call == 'loo_weights':
+      valuation.leave_one_out(contributors, target, **kwargs, term_weights=[1.0, 2.0])
+    elif call == 'shapley_weights':
+      valuation.shapley(contributors, target, **kwargs, num_permutations=2,
+                        key=jax.random.PRNGKey(0), term_weights=[np.nan, 1, 1, 1])
+    else:
+      valuation.shapley(contributors, target, **kwargs, num_permutations=0,
+                        key=jax.random.PRNGKey(0))
+  assert {'fit_without_probes': 'needs probes', 'fit_bad_probes': 'probes.losses',
+          'loo_weights': 'term_weights', 'shapley_weights': 'term_weights',
+          'shapley_permutations': 'num_permutations'}[call] in str(info.value)
 
 
 @pytest.mark.parametrize('estimator', ['unbiased', 'linear'])
