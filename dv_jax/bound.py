@@ -92,13 +92,11 @@ def _as_float(x: ArrayLike, name: str, ndims: Tuple[int, ...]) -> jax.Array:
 
 
 def _check_pi(pi: ArrayLike) -> float:
-  try:
-    pi = float(pi)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f'pi must be a number in [0, 1], got {pi!r}') from e
-  if not 0.0 <= pi <= 1.0:  # also rejects NaN
-    raise ValueError(f'pi must be in [0, 1], got {pi}')
-  return pi
+  # checks.unit_fraction, not float(): '0.5' and True are not a real share.
+  number = checks.unit_fraction(pi)
+  if number is None:
+    raise ValueError(f'pi must be a number in [0, 1], got {pi!r}')
+  return number
 
 
 def _check_normalization(normalization: str) -> str:

@@ -48,8 +48,14 @@ class Standardizer(NamedTuple):
 
 
 def flatten(x: ArrayLike) -> jax.Array:
-  """`[n, ...] -> [n, d]` float32 (the `raw` feature space)."""
+  """`[n, ...] -> [n, d]` float32 (the `raw` feature space).
+
+  Raises:
+    ValueError: naming `x`, for a scalar or no rows (`n = 0`).
+  """
   x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[0] == 0:
+    raise ValueError(f'x must be [n, ...] with n >= 1 examples, got shape {x.shape}')
   return x.reshape((x.shape[0], -1)).astype(jnp.float32)
 
 

@@ -575,6 +575,9 @@ def per_example_grads(scalar_fn: Callable, params: PyTree, x: ArrayLike, y: Arra
     raise ValueError(f'x and y must have the same number of examples, got {x.shape[0]} and '
                      f'{y.shape[0]} (y).')
   if getattr(scalar_fn, 'takes_class_labels', False) and not _is_tracer(y):
+    if y.ndim != 1:  # [n, 1] would index the logits by a vector: a non-scalar "scalar"
+      raise ValueError(f'labels (y) must be [n] class indices for a scalar_fn that indexes '
+                       f'the logits by them, got shape {y.shape}.')
     # Once per call, outside jit: eval_shape traces the model without running it.
     out = jax.eval_shape(scalar_fn.apply_fn, params, x[:1])
     check_class_labels(y, out.shape[1])

@@ -240,9 +240,11 @@ def test_empirical_loss_tolerates_float32_rounding_below_zero():
 
 
 @pytest.mark.parametrize('args,pi,match', [
-    ((0.1, 0.2), 1.5, 'pi must be in'),
-    ((0.1, 0.2), float('nan'), 'pi must be in'),
+    ((0.1, 0.2), 1.5, 'pi must be a number in'),
+    ((0.1, 0.2), float('nan'), 'pi must be a number in'),
     ((0.1, 0.2), 'half', 'pi must be a number'),
+    ((0.1, 0.2), '0.5', 'pi must be a number'),  # float() read it as 0.5
+    ((0.1, 0.2), True, 'pi must be a number'),   # float() read it as 1.0
     ((None, 0.2), 0.3, 'mmd_real is None'),
     ((0.1, None), 0.3, 'mmd_synthetic is None'),
     ((-0.1, 0.2), 0.3, 'mmd_real must be >= 0'),
@@ -256,7 +258,7 @@ def test_discrepancy_errors(args, pi, match):
 
 @pytest.mark.parametrize('n,pi,match', [
     (0, 0.5, 'n must be an integer >= 1'), (2.5, 0.5, 'n must be an integer >= 1'),
-    (3, -0.1, 'pi must be in')])
+    (3, -0.1, 'pi must be a number in'), (3, True, 'pi must be a number in')])
 def test_composition_errors(n, pi, match):
   with pytest.raises(ValueError, match=match):
     bound.composition_term(n, pi)

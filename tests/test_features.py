@@ -62,3 +62,10 @@ def test_init_features_refuses_an_lms_per_position_states():
   apply_fn = lambda p, x: model.apply({'params': p}, x)
   with pytest.raises(ValueError, match=r'\(2, 6, 8\).*lm_features_fn'):
     features_lib.init_features(apply_fn, params, tokens)
+
+
+@pytest.mark.parametrize('x', [np.zeros((0, 3)), np.float32(3.0)])
+def test_flatten_refuses_no_rows_and_scalars(x):
+  # Before: ZeroDivisionError (no rows) and IndexError (a scalar), naming nothing.
+  with pytest.raises(ValueError, match=r'x must be \[n, \.\.\.\] with n >= 1'):
+    features_lib.flatten(x)

@@ -560,6 +560,8 @@ def test_out_of_range_labels_are_rejected_not_clamped(labels):
     scalar_fn(params, x[0], next(l for l in labels if not 0 <= l < 3))
   with pytest.raises(ValueError, match='labels must be integer'):
     ntk.per_example_grads(scalar_fn, params, x, jnp.zeros(x.shape[0], jnp.float32))
+  with pytest.raises(ValueError, match=r'labels \(y\) must be \[n\]'):  # was a deep TypeError
+    ntk.per_example_grads(scalar_fn, params, x, jnp.zeros((x.shape[0], 1), jnp.int32))
   # Valid labels are unchanged, directly and under jit (where labels are tracers).
   valid = jnp.asarray([0, 1, 2, 0, 1, 2])
   assert np.isfinite(np.asarray(ntk.per_example_grads(scalar_fn, params, x, valid))).all()
