@@ -1245,6 +1245,10 @@ def run(config, workdir) -> Dict[str, Any]:
   ]
   if ideal_rows:
     files.append(results.write_csv(workdir / 'ideal_learner.csv', ideal_rows))
+  else:
+    # A refit here without the ideal learner (config.fit is outside the units' fingerprint)
+    # must not leave an earlier run's rows beside these results.
+    (workdir / 'ideal_learner.csv').unlink(missing_ok=True)
   dpi = config.output.figure_dpi
   files += plotting.save_figure(
       _three_phase_figure(config, curve_rows, fits, theory, mode_predictions['hard'],

@@ -7,6 +7,7 @@ tests: the truncation matching, the step schedule, the break matching, the per-e
 metrics against a float64 NumPy reference and the memorisation property of `ItemMLP`.
 """
 
+import copy
 import importlib.util
 import math
 from pathlib import Path
@@ -348,6 +349,12 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   assert repr(_untimed(resumed['curve'])) == repr(_untimed(out['curve']))
   assert repr(_untimed(resumed['breakpoints'])) == repr(_untimed(out['breakpoints']))
   assert repr(resumed['summary']) == repr(out['summary'])
+  # A refit without the ideal learner trains nothing and leaves no earlier run's
+  # ideal_learner.csv beside its results (it used to stay, describing the old config).
+  refit = copy.deepcopy(config)
+  refit.fit.ideal_replicates = 0
+  assert _run(refit, tmp_path)['units_computed'] == []
+  assert not (tmp_path / 'ideal_learner.csv').exists()
   # Units trained under another recipe are refused, not silently mixed in, and before
   # any new unit is trained (a wider grid would add some).
   config.train.learning_rate *= 2
