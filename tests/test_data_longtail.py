@@ -35,6 +35,30 @@ def test_sample_by_class_frequencies_chi_square():
   np.testing.assert_allclose(rows / rows.sum(), 1 / 3, atol=0.01)
 
 
+def test_sample_by_class_draws_classes_and_examples_independently():
+  # Two classes of two rows, so a draw is a class bit and a row bit. Were both draws seeded
+  # from the same key, NumPy would take the row of draw 2m + 1 from the bits of the uniform
+  # that picked draw m's class, and the two would always agree; independent ones agree half
+  # the time.
+  labels = np.array([0, 0, 1, 1])
+  n = 4000
+  idx = longtail.sample_by_class(labels, [0.5, 0.5], num_samples=n, key=jax.random.PRNGKey(0))
+  cls, row = labels[idx], idx % 2
+  bound = 4 * 0.5 / np.sqrt(n // 2)  # 4 sigma of a fair coin's agreement rate
+  for shift in (0, 1):
+    assert abs(np.mean(cls[:n // 2] == row[shift::2]) - 0.5) < bound, shift
+  assert abs(np.mean(cls == row) - 0.5) < 4 * 0.5 / np.sqrt(n)
+
+
+@pytest.mark.parametrize('n, pi, expected', [
+    (10, 0.37, (4, 6)), (10, 0.34, (3, 7)), (7, 0.9, (6, 1)), (3, 0.99, (3, 0)),
+    (100, 0.0625, (6, 94)),
+])
+def test_split_counts_rounds_to_nearest(n, pi, expected):
+  # n_real = round(pi * n), not the floor: 3.7 real examples are 4.
+  assert longtail.split_counts(n, pi=pi) == expected
+
+
 @pytest.mark.parametrize('pi', [None, 'half', '0.5'])
 def test_split_counts_names_a_non_numeric_pi(pi):
   with pytest.raises(ValueError, match='pi must lie in'):

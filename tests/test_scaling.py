@@ -185,6 +185,15 @@ def test_effective_k_rejects_num_samples_of_another_mode():
     scaling.effective_k(p, hard, pi=PI, mode='hard', num_samples=5000)
 
 
+@pytest.mark.parametrize('pi', [0.0, 1.5, float('nan')])
+def test_effective_k_refuses_a_pi_outside_its_range(pi):
+  # The head modes never use pi, so nothing downstream would notice a bad one.
+  p = scaling.zipf(100, 2.0)
+  hard = scaling.synthetic_distribution(p, mode='hard', k=10)
+  with pytest.raises(ValueError, match=r'pi \(the real fraction\) must lie in \(0, 1\]'):
+    scaling.effective_k(p, hard, pi=pi, mode='hard')
+
+
 # ---------------------------------------------------------------------------------------
 # Expected and simulated error.
 
@@ -213,6 +222,15 @@ def test_expected_error_edge_items_and_precision():
   q = np.array([1.0 - 1e-18, 0.0, 1e-18])
   out = scaling.expected_error(np.array([0.0, 1.0, 1e17]), p, q)
   np.testing.assert_allclose(out, [1.0, 0.25 + 0.5, 0.25 + 0.5 * math.exp(-0.1)], rtol=1e-12)
+
+
+def test_expected_error_of_a_q_slightly_above_one_is_zero():
+  # A q summing to 1 within the 1e-6 tolerance may hold q_i > 1; log1p(-q_i) would be NaN,
+  # and such an item is learned from its first sample like q_i = 1.
+  np.testing.assert_array_equal(scaling.expected_error([1.0, 5.0], [1.0], [1.0 + 5e-7]),
+                                [0.0, 0.0])
+  np.testing.assert_allclose(scaling.expected_error(3.0, [0.5, 0.5], [1.0 + 5e-7, 0.0]), 0.5,
+                             rtol=1e-15)
 
 
 def test_expected_error_is_monotone(paper_cell):
@@ -258,6 +276,17 @@ def test_simulation_agrees_with_expectation_paper_cell(paper_cell):
   sim = scaling.simulate_error(jax.random.PRNGKey(1), ns, p, q, trials=12)
   exact = scaling.expected_error(ns, p, q)
   assert np.all(np.abs(sim.mean - exact) <= 4 * sim.stderr), (sim.mean, sim.stderr, exact)
+
+
+def test_simulation_stderr_is_the_sample_std_over_root_trials():
+  # Few trials, where the unbiased (T - 1) and the biased (T) variance differ by 4/3.
+  p = scaling.zipf(5, 1.5)
+  sim = scaling.simulate_error(jax.random.PRNGKey(0), [1, 2, 4], p, p, trials=4)
+  deviations = sim.errors - sim.errors.sum(axis=0) / 4
+  expected = np.sqrt((deviations ** 2).sum(axis=0) / 3) / 2
+  assert np.all(expected > 0)
+  np.testing.assert_allclose(sim.stderr, expected, rtol=1e-12)
+  np.testing.assert_allclose(sim.mean, sim.errors.sum(axis=0) / 4, rtol=1e-12)
 
 
 def test_simulation_is_deterministic_and_order_free():
@@ -373,6 +402,18 @@ def test_temperature_asymptotes_and_crossing():
   assert math.isclose(at_n2.synthetic, at_n2.tail, rel_tol=1e-10)
   with pytest.raises(ValueError, match='temperature'):
     scaling.temperature_asymptotes(1.0, beta=2.0, temperature=1.0, pi=PI)
+
+
+def test_temperature_synthetic_asymptote_is_the_synthetic_only_sum():
+  # pi = 1/2: the synthetic part draws (1 - pi) n samples, a factor 2^0.35 in the asymptote
+  # (at PI = 1/16 the factor is 1.02, within the loose tolerance above).
+  pi, temperature = 0.5, 0.7
+  p = scaling.zipf(N, 2.0)
+  p_syn = scaling.synthetic_distribution(p, mode='temperature', temperature=temperature)
+  ns = np.array([1e3, 1e4, 1e5])
+  synthetic_only = [math.fsum(p * np.exp(-(1 - pi) * n * p_syn)) for n in ns]
+  asymptote = scaling.temperature_asymptotes(ns, beta=2.0, temperature=temperature, pi=pi)
+  np.testing.assert_allclose(asymptote.synthetic, synthetic_only, rtol=1e-3)
 
 
 def test_predicted_breakpoints_per_mode():
@@ -639,6 +680,31 @@ def test_fit_bootstrap_is_seeded():
   assert not np.array_equal(runs[0].bootstrap_breaks, runs[2].bootstrap_breaks)
 
 
+@pytest.mark.parametrize('floor', [False, True])
+def test_fit_bic_and_break_ci_follow_their_formulas(floor):
+  # sigma_floor = 0.05 is above the 2% noise: it binds for the models with a break and not
+  # for the no-break one, so both sides of the max are exercised. The curve steepens, which
+  # a floor cannot mimic.
+  x = np.geomspace(10, 1e5, 40)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [1e3], [0.6], [0.3])
+  y = y * np.exp(0.02 * np.random.default_rng(1).standard_normal(x.size))
+  sigma_floor = 0.05
+  fit = scaling.fit_broken_power_law(x, y, floor=floor, max_breaks=2, num_bootstrap=20,
+                                     sigma_floor=sigma_floor)
+  # [a,] b, c0, then d_j, c_j, f_j per break.
+  num_params = (1 if floor else 0) + 2 + 3 * np.arange(3)
+  variance = np.maximum(fit.rss / x.size, sigma_floor ** 2)
+  assert variance[0] > sigma_floor ** 2 and variance[1] == sigma_floor ** 2
+  np.testing.assert_allclose(
+      fit.bic, x.size * np.log(variance) + num_params * math.log(x.size), rtol=1e-12)
+  assert fit.num_breaks == 1
+  # The 95% interval leaves 2.5% in each tail.
+  boot = fit.bootstrap_breaks
+  assert boot.shape == (20, 1) and np.unique(boot[np.isfinite(boot)]).size > 10
+  np.testing.assert_allclose(fit.break_ci, np.nanpercentile(boot, [2.5, 97.5], axis=0).T,
+                             rtol=1e-12)
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(x=-np.ones(20)), 'x must be positive'), (dict(y=np.zeros(20)), 'y must be positive'),
     (dict(y=np.ones(19)), 'shape'), (dict(x=np.ones((20, 1))), 'shape'),
@@ -646,12 +712,42 @@ def test_fit_bootstrap_is_seeded():
     (dict(ci_level=1.0), 'ci_level'), (dict(num_bootstrap=-1), 'num_bootstrap'),
     (dict(min_break_ratio=1.0), 'min_break_ratio'), (dict(sigma_floor=0.0), 'sigma_floor'),
     (dict(slope_range=(1.0, 0.0)), 'slope_range'),
+    (dict(initial_smoothness=5.0), 'initial_smoothness must lie in smoothness_range'),
+    (dict(initial_smoothness=0.5, smoothness_range=(1.0, 2.0)), 'initial_smoothness must lie'),
     (dict(x=np.geomspace(1, 10, 8), y=np.ones(8)), 'points')])
 def test_fit_rejects(kwargs, match):
   arguments = dict(x=np.geomspace(1, 1e4, 20), y=np.geomspace(1, 1e-2, 20)) | kwargs
   x, y = arguments.pop('x'), arguments.pop('y')
   with pytest.raises(ValueError, match=match):
     scaling.fit_broken_power_law(x, y, **arguments)
+
+
+def test_fit_needs_more_points_than_parameters():
+  # The largest model has 1 + 2 + 3 * max_breaks parameters with a floor: as many points as
+  # parameters fit them exactly and leave BIC no residual to judge by.
+  x = np.geomspace(1, 1e3, 12)
+  with pytest.raises(ValueError, match='x has 12 points; a model with 3 breaks has 12 '
+                                       'parameters and needs more points'):
+    scaling.fit_broken_power_law(x, x ** -0.5, max_breaks=3, num_bootstrap=0,
+                                 min_segment_points=1, grid_points=4, min_break_ratio=1.5)
+  x = np.geomspace(1, 1e3, 4)
+  with pytest.raises(ValueError, match='x has 3 points; a model with 0 breaks has 3'):
+    scaling.fit_broken_power_law(x[:3], x[:3] ** -0.5, max_breaks=0, min_segment_points=1)
+  fit = scaling.fit_broken_power_law(x, 2.0 * x ** -0.5, max_breaks=0, min_segment_points=1)
+  assert fit.num_breaks == 0 and math.isclose(fit.params.slope, 0.5, rel_tol=1e-3)
+
+
+def test_fit_needs_min_segment_points_distinct_x_on_each_side():
+  # Repeated x values do not pin a segment: 20 points at 5 distinct x cannot hold 3 on each
+  # side of a break, 6 distinct x can.
+  for distinct, ok in ((5, False), (6, True)):
+    x = np.tile(np.geomspace(1, 1e3, distinct), 4)[:20]
+    if ok:
+      assert scaling.fit_broken_power_law(x, x ** -0.5, max_breaks=0).num_breaks == 0
+    else:
+      with pytest.raises(ValueError, match=r'x needs at least 6 distinct values '
+                                           r'\(min_segment_points=3 on each side\)'):
+        scaling.fit_broken_power_law(x, x ** -0.5, max_breaks=1, num_bootstrap=0)
 
 
 def test_fit_options_takes_only_the_fits_keywords():

@@ -1,6 +1,8 @@
 """Tests of dv_jax.data.synthetic: the PCA Gaussian generator against float64 NumPy, the
 moments of its samples, and the class truncations of METHOD.md section 1."""
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -124,6 +126,24 @@ def test_hard_and_top_p_keep_the_head(seed):
     np.testing.assert_allclose(kept[order[:k]], p[order[:k]] / p[order[:k]].sum(), rtol=1e-12)
 
 
+def test_hard_breaks_frequency_ties_by_class_index():
+  # Two head classes at the ends and a tie of 18 between them: the lowest indices win.
+  p = np.ones(20)
+  p[[0, 19]] = 3.0
+  kept = synthetic.truncate_class_probs(p, 'hard:5')
+  np.testing.assert_array_equal(np.flatnonzero(kept), [0, 1, 2, 3, 19])
+  np.testing.assert_allclose(kept[[0, 1, 2, 3, 19]], np.array([3, 1, 1, 1, 3]) / 9, rtol=1e-12)
+  uniform = synthetic.truncate_class_probs(np.full(100, 0.01), 'hard:10')
+  np.testing.assert_array_equal(np.flatnonzero(uniform), np.arange(10))
+
+
+def test_class_entropy_is_in_nats():
+  assert math.isclose(synthetic.class_entropy([0.25] * 4), math.log(4), rel_tol=1e-15)
+  # 0 log 0 = 0, and the input is normalised: [2, 1, 1, 0] is [1/2, 1/4, 1/4, 0].
+  assert math.isclose(synthetic.class_entropy([2.0, 1.0, 1.0, 0.0]), 1.5 * math.log(2),
+                      rel_tol=1e-15)
+
+
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_temperature_thins_the_tail(seed):
   p = _random_probs(seed)
@@ -166,6 +186,35 @@ def test_none_is_the_identity():
 def test_truncation_errors(spec, match):
   with pytest.raises(ValueError, match=match):
     synthetic.as_truncation(spec)
+
+
+def test_covariance_temperature_is_tau_for_temperature_only():
+  assert synthetic.as_truncation('temperature:0.3').covariance_temperature == 0.3
+  for spec in (None, 'hard:3', 'top_p:0.6', 'finite_sample:8'):
+    assert synthetic.as_truncation(spec).covariance_temperature == 1.0
+
+
+def test_temperature_contributors_shrink_the_within_class_spread(pool):
+  # 'temperature:0.25' scales each class covariance by 1/4 (METHOD.md section 1). Clipping
+  # to the pixel range trims the wider untempered samples more, so the variance ratio in
+  # PCA space comes out near 0.3 rather than 0.25; without the factor it would be 1.
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=8)
+  specs = [contributors.ContributorSpec(2000, 0.0, 'temperature:0.25', 0.0),
+           contributors.ContributorSpec(2000, 0.0, 'none', 0.0)]
+  tempered, plain = contributors.make_digit_contributors(
+      pool, gen, key=jax.random.PRNGKey(0), specs=specs, synthetic_beta=0.0)
+  w = np.asarray(gen.components, np.float64)
+
+  def class_variance(c, k):
+    x = np.asarray(c.x_synthetic, np.float64).reshape(len(c.y_synthetic), -1)
+    z = (x - np.asarray(gen.mean, np.float64))[np.asarray(c.y_synthetic) == k] @ w.T
+    assert len(z) > 50
+    return z.var(axis=0, ddof=1).sum()
+
+  # synthetic_beta=0: uniform classes, ~200 samples of each in either part.
+  ratios = [class_variance(tempered, k) / class_variance(plain, k) for k in range(10)]
+  np.testing.assert_array_less(ratios, 0.4)
+  np.testing.assert_array_less(0.2, ratios)
 
 
 def test_truncate_and_sample_errors(pool):
