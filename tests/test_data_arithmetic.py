@@ -79,6 +79,9 @@ def test_text_rendering_and_tokens():
   assert batch.tokens.shape[1] == 14
   np.testing.assert_array_equal(batch.response_mask[0, 9:13], [1, 1, 1, 1])
   assert batch.response_mask[0].sum() == 4 and batch.response_mask[1].sum() == 2
+  # mul_mod writes '*': 3 * 4 = 12 = 5 mod 7.
+  mul = _task(operation='mul_mod', modulus=7)
+  assert arithmetic.arithmetic_text(mul, [3], [4]) == (['3 * 4 ='], ['5'])
   # Before: cut to '2 + 1 0 5 = 1 1 7', a false equation, without a word.
   with pytest.raises(ValueError, match=r"max_len=12 would cut pair 0 \('1 2 \+ 1 0 5 =', "):
     arithmetic.render(task, [12, 7], [105, 0], max_len=12)

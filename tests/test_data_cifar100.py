@@ -61,6 +61,8 @@ def test_load_official_pickles_layout_and_range(official_dir):
   np.testing.assert_array_equal(again.x_test, data.x_test)
   coarse = cifar100.load_cifar100(root, label_mode='coarse')
   np.testing.assert_array_equal(coarse.y_train, train[b'coarse_labels'])
+  # The names follow the labels: 20 super-class names, not the 100 fine ones.
+  assert coarse.label_names == tuple(f'super{i}' for i in range(20))
 
 
 def test_npz_matches_pickles_and_normalisation(official_dir, tmp_path):
@@ -99,6 +101,16 @@ def test_missing_files_are_named(official_dir, tmp_path):
            x_test=np.zeros((1, 32, 32, 3)), y_test=[0])
   with pytest.raises(ValueError, match=r'\[0, 1\]'):
     cifar100.load_cifar100(tmp_path / 'range.npz')
+
+
+def test_npz_coarse_labels_must_lie_below_20(tmp_path):
+  x = np.zeros((10, 32, 32, 3), np.uint8)
+  y = np.arange(10) * 7  # fine labels up to 63, saved where coarse ones were expected
+  np.savez(tmp_path / 'c.npz', x_train=x, y_train=y, x_test=x, y_test=y)
+  with pytest.raises(ValueError, match=r'c.npz:y_train: labels must lie in \[0, 20\), got '
+                     r'range \[0, 63\]'):
+    cifar100.load_cifar100(tmp_path / 'c.npz', label_mode='coarse')
+  assert cifar100.load_cifar100(tmp_path / 'c.npz').y_train.max() == 63
 
 
 @pytest.mark.parametrize('empty, message', [('train', 'training split'),
@@ -266,14 +278,48 @@ def test_cifar100_mixture_end_to_end(official_dir, tmp_path):
   assert mix.test_weight.sum() == pytest.approx(1.0)
   again = cifar100.cifar100_mixture(root, **kwargs)
   np.testing.assert_array_equal(again.train.x, mix.train.x)
+  # T is drawn with a key of its own: drawn with S1's, its class sequence would be S1's
+  # (here both have 40 rows).
+  assert not np.array_equal(mix.target.y, mix.train.y[:40])
   # Generated images replace the truncation when a source is given.
   gen = np.zeros((3, 32, 32, 3), np.uint8)
   np.savez(tmp_path / 'gen.npz', x=gen, y=[1, 2, 3])
   with_gen = cifar100.cifar100_mixture(root, synthetic_source=tmp_path / 'gen.npz',
                                        normalize=False, **kwargs)
   assert np.all(with_gen.train.x[with_gen.train.is_synthetic] == 0.0)
+  # The 3 generated images are resampled to n - round(pi n) = 120 synthetic rows.
+  assert with_gen.train.x.shape[0] == 160 and with_gen.train.is_synthetic.sum() == 120
+  assert set(with_gen.train.y[with_gen.train.is_synthetic].tolist()) <= {1, 2, 3}
   with pytest.raises(ValueError, match='holdout_fraction'):
     cifar100.cifar100_mixture(root, **{**kwargs, 'holdout_fraction': 1.0})
+
+
+@pytest.mark.parametrize('num_samples', [-1, 2.5, True, '3'])
+def test_synthetic_split_names_a_bad_num_samples(tmp_path, num_samples):
+  # -1 used to fail in NumPy as 'negative dimensions' and 2.5 as a TypeError.
+  np.savez(tmp_path / 'gen.npz', x=np.zeros((3, 32, 32, 3), np.uint8), y=[1, 2, 3])
+  with pytest.raises(ValueError, match='num_samples must be an integer >= 0'):
+    cifar100.synthetic_split(source=tmp_path / 'gen.npz', num_samples=num_samples,
+                             key=jax.random.PRNGKey(0))
+  ok = cifar100.synthetic_split(source=tmp_path / 'gen.npz', num_samples=5.0,
+                                key=jax.random.PRNGKey(0))
+  assert ok.y.shape == (5,) and set(ok.y.tolist()) <= {1, 2, 3}
+
+
+@pytest.mark.parametrize('y_test, match', [
+    ([0, 1, 150], r'y_test must hold labels in \[0, 100\), got values in \[0, 150\]'),
+    ([0, -1], r'y_test must hold labels in \[0, 100\), got values in \[-1, 0\]'),
+    ([0.0, 1.0], 'y_test must be integers'),
+])
+def test_longtail_test_weights_names_bad_labels(y_test, match):
+  # 150 used to fail as a broadcast error and -1 inside np.bincount.
+  with pytest.raises(ValueError, match=match):
+    cifar100.longtail_test_weights(np.array(y_test), beta=2.0)
+  # The reference: p(y) / count(y) with p Zipf(2) over 3 classes, class 0 counted twice.
+  p = np.array([1.0, 1 / 4, 1 / 9]) / (1 + 1 / 4 + 1 / 9)
+  np.testing.assert_allclose(cifar100.longtail_test_weights([0, 2, 0, 1], beta=2.0,
+                                                            num_classes=3),
+                             [p[0] / 2, p[2], p[0] / 2, p[1]], rtol=1e-12)
 
 
 def test_stratified_partition_is_disjoint_and_balanced():

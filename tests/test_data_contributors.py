@@ -63,6 +63,36 @@ def test_digit_contributors_composition_and_disjoint_real_parts(pool):
     np.testing.assert_array_equal(a.y_real, b.y_real)
 
 
+@pytest.mark.parametrize('size, pi, num_real', [(9, 0.75, 7), (9, 0.25, 2), (4, 0.5, 2),
+                                               (10, 0.0, 0), (10, 1.0, 10)])
+def test_spec_num_real_rounds_to_nearest(size, pi, num_real):
+  # The docstring's round(pi * n): 6.75 -> 7 and 2.25 -> 2, where int() would give 6.
+  spec = ContributorSpec(size, pi, 'none', 0.0)
+  assert (spec.num_real, spec.num_synthetic) == (num_real, size - num_real)
+
+
+def test_identical_finite_sample_contributors_draw_their_own_class_sets(pool):
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
+  # finite_sample:4 keeps the classes of 4 draws from the class law, each with mass >= 1/4
+  # (60 samples miss such a class with chance 0.75**60 < 1e-7); each contributor makes its
+  # own 4 draws, so identical specs must not all get one class set.
+  specs = [ContributorSpec(60, 0.0, 'finite_sample:4', 0.0)] * 4
+  out = contributors.make_digit_contributors(pool, gen, key=jax.random.PRNGKey(0),
+                                             specs=specs)
+  class_sets = {frozenset(np.asarray(c.y_synthetic).tolist()) for c in out}
+  assert all(len(s) <= 4 for s in class_sets)
+  assert len(class_sets) > 1
+
+
+def test_specs_shuffle_pi_independently_of_size():
+  # Each factor has its own permutation; shuffling pi with the sizes' permutation paired
+  # the same pi with the same size for every key (size confounded with pi).
+  pairings = {tuple(sorted((s.size, s.pi) for s in
+                           contributors.digit_contributor_specs(12, key=jax.random.PRNGKey(k))))
+              for k in range(3)}
+  assert len(pairings) > 1
+
+
 def test_fold_in_name_is_the_crc32_of_the_name_and_independent_of_order():
   key = jax.random.PRNGKey(3)
   # The reference: CRC-32 of the UTF-8 name, kept to 31 bits (the units' saved keys).

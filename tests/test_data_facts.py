@@ -66,6 +66,16 @@ def test_mixture_counts_flags_and_representations():
   assert not np.allclose(codes_a[0], codes_a[1])
 
 
+def test_item_codes_have_unit_expected_squared_norm():
+  task = _task(num_items=1000)
+  # code_dim=16 as in test_mixture_counts_flags_and_representations: one compile serves both.
+  codes = facts.item_codes(task, np.arange(1000), code_dim=16).astype(np.float64)
+  # Entries N(0, 1/16): the squared norm is chi2_16 / 16, mean 1 and sd 0.35, so the mean
+  # over 1000 items is 1 +- 0.011 (without the 1/sqrt(code_dim) scale it would be 16).
+  assert np.mean(np.sum(codes ** 2, axis=1)) == pytest.approx(1.0, abs=0.05)
+  assert np.var(codes) == pytest.approx(1 / 16, rel=0.05)
+
+
 def test_weighted_test_split_and_error():
   task = _task()
   test = facts.facts_test_split(task, representation='id')

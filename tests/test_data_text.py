@@ -58,6 +58,11 @@ def test_instruction_and_reasoning_layouts(tmp_path):
   assert both.final_answers == ['5', '2000']
 
 
+def test_gsm8k_final_answer_is_after_the_last_marker():
+  # A solution that revises itself: the answer is what follows its last '####'.
+  assert text.gsm8k_final_answer('step 1 #### 5 then redo #### 1,000') == '1000'
+
+
 @pytest.mark.parametrize('task,record,message', [
     ('sentiment', {'sentence': 'x', 'label': 1, 'source': 'generated'},
      r'line 2: source must be one of'),
@@ -186,6 +191,18 @@ def test_datasets_class_label_names_unrecognised(tmp_path):
   np.testing.assert_array_equal(loaded.labels, [1])
 
 
+def test_datasets_class_label_source_is_read_by_name(tmp_path):
+  datasets = pytest.importorskip('datasets')
+  features = datasets.Features({'sentence': datasets.Value('string'),
+                                'label': datasets.Value('int64'),
+                                'source': datasets.ClassLabel(names=['real', 'synthetic'])})
+  # Stored as the ids 1 and 0; read as ids they are not 'real' / 'synthetic' at all.
+  datasets.Dataset.from_dict({'sentence': ['good', 'bad'], 'label': [1, 0], 'source': [1, 0]},
+                             features=features).save_to_disk(str(tmp_path / 'd'))
+  loaded = text.load_text_task(tmp_path / 'd', task='sentiment')
+  np.testing.assert_array_equal(loaded.is_synthetic, [True, False])
+
+
 def test_datasets_save_to_disk_directory(tmp_path):
   datasets = pytest.importorskip('datasets')
   train = datasets.Dataset.from_list([{'question': r['question'], 'answer': r['answer'],
@@ -216,6 +233,8 @@ def test_vocab_tokenizer_is_deterministic_and_ordered():
   # Counts: the 3, cat 2, dog 2, then singletons alphabetically (punctuation sorts first).
   assert tok.tokens[5:] == ['the', 'cat', 'dog', '!', ',', 'a', 'sat']
   assert tok.encode('the cat ate') == [5, 6, tok.unk_id]
+  # <unk> stands for a real word: decode keeps it where it drops <bos>, <eos> and <pad>.
+  assert tok.decode(tok.encode('the cat ate')) == 'the cat <unk>'
   assert tok.decode(tok.encode('the dog, the cat!')) == 'the dog , the cat !'
   capped = tokenize.VocabTokenizer.fit(texts, level='word', max_vocab=7, extra_tokens=['<x>'])
   assert capped.tokens == list(tokenize.SPECIAL_TOKENS) + ['<x>', 'the']
@@ -242,6 +261,11 @@ def test_encode_pairs_layout_mask_and_truncation():
   np.testing.assert_array_equal(cut.tokens[0], [bos, ids['b'], sep, ids['x'], ids['y'],
                                                 ids['z']])
   np.testing.assert_array_equal(cut.response_mask[0], [0, 0, 0, 1, 1, 1])
+  # With an empty prompt no slot is kept for it: the response fills max_len - 2 tokens.
+  empty = tokenize.encode_pairs(tok, [''], ['xyzxyz'], max_len=6)
+  np.testing.assert_array_equal(empty.tokens[0], [bos, sep, ids['x'], ids['y'], ids['z'],
+                                                  ids['x']])
+  np.testing.assert_array_equal(empty.response_mask[0], [0, 0, 1, 1, 1, 1])
   # truncate=False: a pair that fits whole is laid out as before, a longer one refused.
   whole = tokenize.encode_pairs(tok, ['ab'], ['x'], max_len=6, truncate=False)
   np.testing.assert_array_equal(whole.tokens, batch.tokens[:1, :6])

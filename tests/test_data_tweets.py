@@ -229,12 +229,23 @@ def _small_csv(tmp_path, n=60):
     (dict(test_size=2), 'test_size must be an integer >= 3'),
     (dict(min_confidence=float('nan')), 'min_confidence must be a finite number'),
     (dict(train_size=43), r'train_size must lie in \[3, 42\]'),
+    # The takes use seed + 1 and seed + 2 as scikit-learn random_states (< 2**32): these
+    # failed inside scikit-learn as an InvalidParameterError that named no argument.
+    (dict(seed=-1), r'seed must be an integer in \[0, 4294967293\]'),
+    (dict(seed=1.5), r'seed must be an integer in \[0, 4294967293\]'),
+    (dict(seed=2**32 - 2), r'seed must be an integer in \[0, 4294967293\]'),
 ])
 def test_load_tweets_argument_errors(tmp_path, kwargs, match):
   args = dict(path=_small_csv(tmp_path), target_size=9, test_size=9)
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     tweets.load_tweets(**args)
+
+
+def test_load_tweets_accepts_the_largest_seed(tmp_path):
+  splits = tweets.load_tweets(path=_small_csv(tmp_path), target_size=9, test_size=9,
+                              train_size=12, seed=2**32 - 3)
+  assert [len(s.texts) for s in splits] == [12, 9, 9]
 
 
 def test_subset_refuses_a_boolean_mask(tmp_path):
@@ -301,6 +312,45 @@ def test_sample_tweets_uses_top_p_and_batch_size(untrained_lm):
   full = [tweets.sample_tweets(model, params, tokenizer, labels, key=jax.random.PRNGKey(s),
                                top_p=1.0, sample_batch_size=4) for s in (1, 2)]
   assert full[0] != full[1]
+
+
+def test_sample_tweets_draws_each_batch_with_its_own_key(untrained_lm):
+  model, params, tokenizer, _ = untrained_lm
+  # Eight prompts of one label in batches of 4: the second batch has the same prompts as
+  # the first, so only its key can make it differ (with one key it repeated batch 1).
+  out = tweets.sample_tweets(model, params, tokenizer, np.zeros(8, np.int64),
+                             key=jax.random.PRNGKey(1), top_p=1.0, sample_batch_size=4)
+  assert len(out) == 8 and out[:4] != out[4:]
+
+
+def test_lm_loss_matches_a_numpy_reference(untrained_lm):
+  model, params, tokenizer, _ = untrained_lm
+  texts = ['good', 'bad awful sad', 'the of and to the of and to the']  # the last is cut
+  tokens, lengths, _ = tweets._encode_conditioned(  # pylint: disable=protected-access
+      tokenizer, texts, np.array([2, 0, 1]), model.max_len)
+  np.testing.assert_array_equal(lengths, [4, 6, model.max_len])
+  logits = np.asarray(jax.jit(model.apply)({'params': params}, tokens), np.float64)
+  logp = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+  # Sequences are <bos> <label> text <eos>: the text and <eos> tokens (positions
+  # 2..length-1) are scored, each from the logits one position before it; the label is a
+  # given prompt, not a prediction.
+  nll = [-logp[b, j - 1, tokens[b, j]] for b in range(len(texts)) for j in range(2, lengths[b])]
+  # Jitted as in training: eagerly, flax dispatches op by op, several times slower.
+  lm_loss = jax.jit(tweets._lm_loss, static_argnums=0)  # pylint: disable=protected-access
+  got = lm_loss(model, params, tokens, lengths)
+  np.testing.assert_allclose(float(got), np.mean(nll), rtol=1e-5)
+
+
+def test_synthetic_labels_default_to_the_training_frequencies():
+  texts, _, _ = _toy_corpus(np.random.default_rng(0), 30)
+  labels = np.array([2] * 27 + [0] * 3)  # frequencies 0.1, 0, 0.9
+  # The untrained_lm fixture's settings and vocabulary: its compiled steps are reused.
+  cfg = TINY_LM._replace(num_steps=1, sample_batch_size=4, max_len=8)
+  syn = tweets.generate_synthetic_tweets(texts, labels, key=jax.random.PRNGKey(0), num=60,
+                                         lm_config=cfg)
+  counts = np.bincount(syn.labels, minlength=3)
+  # Expected [6, 0, 54]; a uniform law would give about 20 of each.
+  assert counts[1] == 0 and counts[2] >= 45, counts
 
 
 def test_train_tweet_lm_learning_rate_must_be_positive():

@@ -55,6 +55,13 @@ def test_splits_are_deterministic_and_seeded(splits):
   assert set(half.pool_index) <= set(splits.pool_index)
 
 
+def test_pool_size_rounds_to_nearest():
+  # 0.7 of the 1197 rows left after target and test is 837.9: the documented
+  # round(pool_fraction * rest) keeps 838 rows, a truncating int() would keep 837.
+  s = digits.load_digits_splits(pool_fraction=0.7)
+  assert s.pool.x.shape[0] == s.pool_index.size == 838
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(pool_fraction=0.0), 'pool_fraction'), (dict(pool_fraction=1.5), 'pool_fraction'),
     (dict(target_size=5), 'target_size'), (dict(test_size=20.5), 'test_size'),
@@ -305,6 +312,8 @@ def _toy_data(n=300, num_classes=5):
     (dict(x_all=lambda x: x[:200]), 'x_all must have 300 rows'),
     (dict(x_all=lambda x: np.concatenate([x, x])), 'x_all must have 300 rows'),
     (dict(num_classes=3), r'y_all has labels in \[0, 4\], expected \[0, 3\)'),
+    # The boundary: a label equal to num_classes is already one class too many.
+    (dict(num_classes=4), r'y_all has labels in \[0, 4\], expected \[0, 4\)'),
     (dict(y_all=lambda y: y.astype(np.float32)), 'y_all must be 1-D integer'),
     (dict(seed=2**32 - 1), r'seed must be an integer in \[0, 4294967293\]'),
 ])

@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from dv_jax import checks
 from dv_jax.data import longtail
 from dv_jax.data.contributors import Split
 from dv_jax.data.longtail import longtail_indices  # re-exported: the CIFAR sampler
@@ -450,7 +451,15 @@ def synthetic_split(x=None, y=None, *, source=None, num_samples: Optional[int] =
 
   Returns:
     `Split` with `is_synthetic` all True.
+
+  Raises:
+    ValueError: naming the argument: a `num_samples` that is not an integer >= 0, a missing
+      `key` or pool, or a malformed `source` (`load_generated_images`).
   """
+  if num_samples is not None:
+    # Checked before the images are read: -1 failed in NumPy as 'negative dimensions' and
+    # 2.5 as a TypeError, neither naming num_samples.
+    num_samples = checks.check_int(num_samples, 'num_samples', minimum=0)
   if source is not None:
     split = load_generated_images(source, channel_mean=channel_mean, channel_std=channel_std)
     if num_samples is None:
@@ -477,8 +486,17 @@ def longtail_test_weights(y_test, *, beta: float,
 
   Returns:
     float64 [n_test].
+
+  Raises:
+    ValueError: naming `y_test` when it is not 1-D integer labels in `[0, num_classes)`, or
+      lacks a class of positive probability.
   """
-  y_test = np.asarray(y_test)
+  y_test = checks.check_indices(y_test, 'y_test')
+  # A label >= num_classes failed as a broadcast error in the final indexing, and -1 in
+  # np.bincount; neither named y_test.
+  if y_test.size and (y_test.min() < 0 or y_test.max() >= num_classes):
+    raise ValueError(f'y_test must hold labels in [0, {num_classes}), got values in '
+                     f'[{y_test.min()}, {y_test.max()}]')
   p = longtail.class_probabilities(num_classes, beta=beta, class_order=class_order)
   counts = np.bincount(y_test, minlength=num_classes)
   if np.any((counts == 0) & (p > 0)):

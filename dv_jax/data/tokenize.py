@@ -234,10 +234,12 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
   """Lays out `<bos> prompt <sep> response <eos>` in `[n, max_len]` with a response mask.
 
   Too-long pairs are cut so the response survives: the response (with its `<eos>`) keeps at
-  most `max_len - len(bos + sep) - 1` tokens, cut at its end (the `<eos>` goes first, so a
-  cut response has none), and the prompt keeps its last tokens that still fit. Free text
-  survives a cut; a question does not (`12 + 34 = 46` cut to `2 + 34 = 46` is a false
-  fact): `truncate=False` refuses any pair that does not fit whole.
+  most `max_len - len(bos + sep) - 1` tokens when the prompt is non-empty (one slot stays
+  for the prompt's last token) and `max_len - len(bos + sep)` when it is empty, cut at its
+  end (the `<eos>` goes first, so a cut response has none), and the prompt keeps its last
+  tokens that still fit. Free text survives a cut; a question does not (`12 + 34 = 46` cut
+  to `2 + 34 = 46` is a false fact): `truncate=False` refuses any pair that does not fit
+  whole.
 
   Args:
     tokenizer: `VocabTokenizer` or `HFTokenizer` (or any object with `encode`, `pad_id`,

@@ -186,12 +186,15 @@ def load_tweets(*, seed: int = 0, target_size: int = 1000, test_size: int = 4000
     `TweetSplits`, each split in a seeded random order.
 
   Raises:
-    ValueError: naming the argument: sizes that are not integers >= 3 or leave fewer than 3
-      tweets for training, a `train_size` above what is left, a NaN `min_confidence`, or a
-      malformed CSV (`read_tweets_csv`).
+    ValueError: naming the argument: a `seed` outside `[0, 2**32 - 3]`, sizes that are not
+      integers >= 3 or leave fewer than 3 tweets for training, a `train_size` above what is
+      left, a NaN `min_confidence`, or a malformed CSV (`read_tweets_csv`).
   """
   # Checked before the CSV is read: a NaN threshold kept no tweet and was reported as sizes
   # that "leave -5000 of 0 tweets", and a train_size of 10.5 was silently cut to 10.
+  # The takes use seed, seed + 1 and seed + 2, each a scikit-learn random_state that must
+  # lie below 2**32; -1 or 1.5 used to fail inside scikit-learn without naming seed.
+  seed = checks.check_int(seed, 'seed', minimum=0, maximum=2**32 - 3)
   target_size = checks.check_int(target_size, 'target_size', minimum=NUM_CLASSES)
   test_size = checks.check_int(test_size, 'test_size', minimum=NUM_CLASSES)
   if train_size is not None:
