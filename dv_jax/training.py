@@ -328,7 +328,8 @@ def train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, 
     x: ``[n, ...]`` features.
     y: ``[n]`` int labels in ``[0, num_classes)``.
     config: ``TrainConfig`` or a ConfigDict with its fields.
-    key: a ``jax.random.PRNGKey`` (the minibatch order).
+    key: a ``jax.random.PRNGKey`` (the minibatch order): step ``t`` trains on the rows
+      ``jax.random.randint(fold_in(key, t), (batch_size,), 0, n)``.
     num_classes: ``c``; checked against the logits of ``apply_fn``.
     pad_to: capacity the data are padded to (>= n).
     use_batch_stats: the loss calls ``apply_fn.train_apply`` (BatchNorm normalises each

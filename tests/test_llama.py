@@ -156,7 +156,11 @@ def _assert_tree_equal(a, b):
   flat_b = jax.tree_util.tree_flatten_with_path(b)[0]
   assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
   for (path, x), (_, y) in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+    # Dtypes too: assert_array_equal passes a bfloat16 leaf equal in value to a float32 one,
+    # and the loader's dtype is part of what it promises.
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype, f'{jax.tree_util.keystr(path)}: {x.dtype} != {y.dtype}'
+    np.testing.assert_array_equal(x, y, err_msg=str(path))
 
 
 # ---------------------------------------------------------------------------- forward pass
@@ -544,6 +548,9 @@ def test_save_load_round_trip(tmp_path, max_shard_bytes):
   loaded_cfg, loaded = checkpoint.load_hf_checkpoint(tmp_path)
   assert loaded_cfg == cfg
   _assert_tree_equal(loaded, params)
+  # A float32 checkpoint read as bfloat16 is cast on the way in (the files stay float32).
+  _, loaded16 = checkpoint.load_hf_checkpoint(tmp_path, dtype=jnp.bfloat16)
+  _assert_tree_equal(loaded16, jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params))
   tokens = _tokens(seed=6)
   np.testing.assert_array_equal(_apply(Llama(cfg), loaded, tokens)[0],
                                 _apply(Llama(cfg), params, tokens)[0])

@@ -76,6 +76,20 @@ def test_response_logprob_matches_numpy_log_softmax():
       rtol=1e-5, atol=1e-6)
 
 
+def test_mean_response_logprob_of_a_row_without_response_tokens_is_zero():
+  # A block's padding rows have no response token (row 1's only mask bit is at position 0,
+  # which nothing predicts): their g is the documented 0, not 0 / 0 = NaN.
+  tokens, mask = _batch()
+  mask[1, 6] = 0
+  logits = np.random.default_rng(5).normal(size=(3, 8, V)).astype(np.float32)
+  got = np.asarray(lm.mean_response_logprob(logits, tokens, mask))
+  rows = [0, 2]
+  np.testing.assert_allclose(got[rows], _np_mean_response_logprob(logits[rows], tokens[rows],
+                                                                  mask[rows]),
+                             rtol=1e-5, atol=1e-6)
+  assert got[1] == 0.0
+
+
 def test_per_example_grads_of_last_layers_match_jax_grad():
   ntk = pytest.importorskip('dv_jax.ntk')
   tokens, mask = _batch()

@@ -271,6 +271,54 @@ def test_recalibrated_state_passes_the_statistics_as_data():
     recalibrated_state(apply_fn, params, x[:0], **kw)
 
 
+def test_recalibrated_caps_the_batch_size_at_the_rows_of_x():
+  # batch_size=64 on 6 rows re-estimates with batches of 6 rows, drawn as
+  # estimate_batch_stats draws them (not 64 draws with replacement).
+  _, apply_fn, params, x = _dense_bn_dense()
+  params = _trained(params, 1)
+  key, num_batches = jax.random.PRNGKey(6), 3
+  bound = recalibrated(apply_fn, params, x, key=key, num_batches=num_batches, batch_size=64)
+  h = _bn_input(params, x)
+  mean, var = np.zeros(4), np.ones(4)  # the init statistics
+  for b in range(num_batches):
+    rows = np.asarray(jax.random.randint(jax.random.fold_in(key, b), (6,), 0, 6))
+    mean = 0.9 * mean + 0.1 * h[rows].mean(axis=0)
+    var = 0.9 * var + 0.1 * h[rows].var(axis=0)
+  np.testing.assert_allclose(bound.state['batch_stats']['bn']['mean'], mean, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(bound.state['batch_stats']['bn']['var'], var, rtol=1e-5, atol=1e-6)
+
+
+class _DropoutBatchNormNet(nn.Module):
+  """Dense -> BatchNorm -> Dropout -> Dense, dropout on unless told ``deterministic``."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, deterministic: bool = False):
+    h = nn.Dense(4, name='hidden')(x.reshape((x.shape[0], -1)))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name='bn')(h)
+    return nn.Dense(3, name='head')(nn.Dropout(0.5)(nn.relu(h), deterministic=deterministic))
+
+
+def test_bound_applies_pass_deterministic_to_a_dropout_model():
+  """bind_apply passes deterministic=True: the inference apply and train_apply (batch
+  statistics, as training.train calls it, with no dropout key) are the dropout-free forward."""
+  model = _DropoutBatchNormNet()
+  x = _images(b=6, seed=5)
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(5), x))
+  params = _trained(params, 2)
+  p = _np(params)
+  h = _bn_input(params, x)
+
+  def head(normalised):
+    relu = np.maximum(normalised * p['bn']['scale'] + p['bn']['bias'], 0.0)
+    return relu @ p['head']['kernel'] + p['head']['bias']
+  np.testing.assert_allclose(apply_fn(params, x), head(h / np.sqrt(1 + 1e-5)), rtol=1e-5,
+                             atol=1e-5)  # init statistics: mean 0, var 1
+  np.testing.assert_allclose(apply_fn.train_apply(params, x),
+                             head((h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)), rtol=1e-5,
+                             atol=1e-5)
+
+
 class _CompileCountDenseBatchNormDense(_DenseBatchNormDense):
   """The same network under a class of its own: no other test warms its compile caches."""
 

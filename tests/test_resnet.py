@@ -4,6 +4,7 @@ and the bound apply's training mode and re-estimated statistics (the ground trut
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,6 +146,44 @@ def test_imagenet_stem_shapes_and_input_error():
                         variables, x).shape == (2, 32)
   with pytest.raises(ValueError, match='NHWC'):
     jax.eval_shape(model.apply, variables, jnp.zeros((16, 16, 3)))
+
+
+def test_estimate_batch_stats_keeps_a_tenth_of_each_batch_in_every_batch_norm():
+  """Momentum 0.9 (PyTorch's 0.1) in the stem and in every block: one re-estimated batch
+  moves each running mean and variance a tenth of the way to the batch's own."""
+  model = ResNet18(5, num_filters=2)
+  x = np.random.default_rng(5).standard_normal((6, 8, 8, 3)).astype(np.float32)
+  variables = _random_variables(model, x, seed=5)  # statistics away from 0 / 1
+  apply_fn, params = bind_apply(model, variables)
+  key = jax.random.PRNGKey(2)
+  stats = apply_fn.estimate_batch_stats(params, x, key=key, num_batches=1, batch_size=4)
+  batch = x[np.asarray(jax.random.randint(jax.random.fold_in(key, 0), (4,), 0, 6))]
+  # Each BatchNorm reads its convolution's output: train-mode conv outputs on the batch.
+  _, state = jax.jit(lambda v, xb: model.apply(
+      v, xb, train=True, mutable=['batch_stats', 'intermediates'],
+      capture_intermediates=lambda module, _: isinstance(module, nn.Conv)))(variables, batch)
+  convs = jax.tree_util.tree_map(lambda a: np.asarray(a[0], np.float64),
+                                 state['intermediates'], is_leaf=lambda a: isinstance(a, tuple))
+  # The stem's input is independent of every BatchNorm: its conv in float64 NumPy.
+  stem_in = _np_conv(batch.astype(np.float64),
+                     np.asarray(variables['params']['stem_conv']['kernel'], np.float64), 1, 1)
+  np.testing.assert_allclose(convs['stem_conv']['__call__'], stem_in, rtol=1e-4, atol=1e-5)
+  conv_of = {'stem_bn': 'stem_conv', 'bn1': 'conv1', 'bn2': 'conv2', 'proj_bn': 'proj_conv'}
+  checked = []
+  for path, old in jax.tree_util.tree_flatten_with_path(variables['batch_stats'])[0]:
+    *scope, bn, stat = (k.key for k in path)
+    h = convs
+    for name in scope:
+      h = h[name]
+    h = h[conv_of[bn]]['__call__']
+    batch_stat = h.mean((0, 1, 2)) if stat == 'mean' else h.var((0, 1, 2))
+    new = stats
+    for name in (*scope, bn, stat):
+      new = new[name]
+    np.testing.assert_allclose(new, 0.9 * np.asarray(old, np.float64) + 0.1 * batch_stat,
+                               rtol=1e-4, atol=1e-5, err_msg='/'.join((*scope, bn, stat)))
+    checked.append(bn)
+  assert checked.count('stem_bn') == 2 and checked.count('proj_bn') == 6  # 3 downsamplings
 
 
 @pytest.mark.slow  # ~15 s of ResNet compiles: main environment only

@@ -58,7 +58,9 @@ def test_learning_rate_schedules():
   np.testing.assert_allclose(const, np.full(11, 0.2), rtol=1e-7)
 
 
-@pytest.mark.parametrize('optimizer,weight_decay', [('sgd', 0.0), ('sgd', 0.1), ('adam', 0.0)])
+# ('adam', 0.1): adam's L2 term enters the gradient before the moments, as sgd's does.
+@pytest.mark.parametrize('optimizer,weight_decay', [('sgd', 0.0), ('sgd', 0.1), ('adam', 0.0),
+                                                    ('adam', 0.1)])
 def test_one_step_matches_numpy(optimizer, weight_decay):
   # n = 1 (padded to 4 rows): every minibatch index is 0, so the step is deterministic.
   params = _linear_params()
@@ -187,6 +189,28 @@ def test_padding_rows_are_never_drawn():
                                    np.asarray(params['b'], np.float64), x[:1].astype(float),
                                    y[:1])
   np.testing.assert_allclose(run.losses, np.full(20, real_loss), rtol=1e-4)
+
+
+def test_each_step_trains_on_the_minibatch_its_own_key_draws():
+  """Step t's minibatch is drawn from ``fold_in(key, t)``: a stream that reused one key would
+  train on the same rows at every step."""
+  # lr 1e-30 leaves the parameters bit-identical, so each step's loss is the loss of the
+  # row it drew. steps=20, batch_size=1 and pad_to=64 are test_padding_rows_are_never_drawn's
+  # compiled program (the learning rate is traced).
+  params = _linear_params(4)
+  x, y = _blobs(5, seed=9)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=1e-30, steps=20, batch_size=1)
+  key = jax.random.PRNGKey(6)
+  run = training.train(_linear_apply, params, x, y, config=config, key=key, num_classes=C,
+                       pad_to=64)
+  w, b = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+  row_losses = np.array([_softmax_ce_grad(w, b, x[i:i + 1].astype(np.float64), y[i:i + 1])[0]
+                         for i in range(5)])
+  assert len(np.unique(row_losses.round(6))) == 5  # a loss names its row
+  rows = [int(jax.random.randint(jax.random.fold_in(key, t), (1,), 0, 5)[0])
+          for t in range(20)]
+  assert len(set(rows)) > 1
+  np.testing.assert_allclose(run.losses, row_losses[rows], rtol=1e-5)
 
 
 @pytest.mark.parametrize('schedule', ['constant', 'cosine'])

@@ -106,6 +106,14 @@ def test_logits_and_features_match_float64_numpy_reference():
   np.testing.assert_allclose(feats[1], ref_hidden[1, :5].mean(0), rtol=1e-4, atol=1e-5)
 
 
+def test_masked_mean_of_an_all_padding_row_is_zero():
+  # The documented value, not 0 / 0 = NaN: a batch may carry rows that are all padding.
+  hidden = np.random.default_rng(12).standard_normal((2, 3, 4)).astype(np.float32)
+  got = transformer.masked_mean(hidden, np.array([[1, 0, 1], [0, 0, 0]]))
+  np.testing.assert_allclose(got[0], hidden[0, [0, 2]].astype(np.float64).mean(0), rtol=1e-6)
+  np.testing.assert_array_equal(got[1], np.zeros(4))
+
+
 def test_causality():
   tokens = _tokens()
   changed = tokens.copy()
@@ -310,6 +318,18 @@ def test_next_token_probs_tiny_top_p_is_greedy_and_errors():
     next_token_probs(np.full((1, V), np.inf))
 
 
+def test_next_token_probs_at_the_nucleus_boundaries():
+  # Probabilities exactly [1/2, 1/4, 1/4] in float32: token 0 alone reaches top_p = 1/2, so
+  # token 1, with exactly top_p above it, is outside the nucleus.
+  np.testing.assert_array_equal(next_token_probs(np.array([np.log(2.0), 0.0, 0.0]), top_p=0.5),
+                                [1.0, 0.0, 0.0])
+  # top_p = 1 keeps every token: in float32 the head alone rounds to mass 1, so the mass
+  # above each tail token is 1 and the tail survives only by the top_p >= 1 rule.
+  tail = np.exp(-20.0) / (1 + 3 * np.exp(-20.0))
+  got = next_token_probs(np.array([0.0, -20.0, -20.0, -20.0]), top_p=1.0)
+  np.testing.assert_allclose(got, [1 - 3 * tail, tail, tail, tail], rtol=1e-5)
+
+
 def _greedy_rollout(prompt, steps, lengths=None):
   """Greedy decoding by a Python loop of full forward passes (independent of `sample`)."""
   b, t0 = prompt.shape
@@ -349,6 +369,20 @@ def test_sample_greedy_variable_prompts_and_eos():
     np.testing.assert_array_equal(out.tokens[row, end:], 0)
     assert out.lengths[row] == end
   assert out.lengths[0] == 6
+
+
+def test_sample_writes_pad_id_after_each_rows_end():
+  # SampleResult: prompt, generated tokens, then pad_id, even where prompt_tokens holds
+  # other ids past a row's length (row 1's 9s). A [2, 3] prompt and one new token is the
+  # program test_sample_refuses_prompt_ids_outside_the_vocabulary_... compiles.
+  prompt = np.array([[5, 6, 7], [5, 9, 9]], np.int32)
+  lengths = np.array([3, 1])
+  out = sample(LM, PARAMS, jax.random.PRNGKey(0), prompt, max_new_tokens=1, top_p=1e-7,
+               prompt_lengths=lengths, pad_id=0)
+  expected = _greedy_rollout(prompt, 1, lengths)  # zeros after each row's end
+  np.testing.assert_array_equal(np.asarray(out.tokens)[1, 2:], [0, 0])
+  np.testing.assert_array_equal(out.tokens, expected)
+  np.testing.assert_array_equal(out.lengths, [4, 2])
 
 
 def test_sample_frequencies_follow_truncated_distribution():
