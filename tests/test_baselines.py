@@ -216,11 +216,15 @@ def test_davinz_ntk_score_names_a_bad_input(grads, residual, jitter, message):
                      key=jax.random.PRNGKey(0))
 
 
-def test_davinz_ntk_term_matches_closed_form_kernel_gradients(setup):
+@pytest.mark.parametrize('jitter', [1e-4, 0.3])
+def test_davinz_ntk_term_matches_closed_form_kernel_gradients(setup, jitter):
   """extras['ntk'] from the closed-form gradients of the true-class logit of the MLP
   `W2^T relu(W1^T x + b1) + b2` with respect to its kernels only (DAVINZ's weights-only
-  NTK), the residual `1 - f_y(x)`, one block (the default), in float64 NumPy."""
-  result = _call('davinz', setup)
+  NTK), the residual `1 - f_y(x)`, one block (the default), the absolute jitter
+  `baselines.davinz.jitter` (default 1e-4), in float64 NumPy."""
+  config = copy.deepcopy(setup['config'])
+  config.baselines.davinz.jitter = jitter
+  result = _call('davinz', dict(setup, config=config))
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), setup['params'])
   w1, b1 = p['Dense_0']['kernel'], p['Dense_0']['bias']
   w2, b2 = p['Dense_1']['kernel'], p['Dense_1']['bias']
@@ -235,7 +239,7 @@ def test_davinz_ntk_term_matches_closed_form_kernel_gradients(setup):
     d_w1 = x[:, :, None] * (w2[:, y].T * (pre > 0))[:, None, :]  # x (W2[:, y] * relu')^T
     g = np.concatenate([d_w1.reshape(len(y), -1), d_w2.reshape(len(y), -1)], axis=1)
     r = 1.0 - logit
-    expected = math.sqrt(r @ np.linalg.solve(g @ g.T + 1e-4 * np.eye(len(y)), r) / len(y))
+    expected = math.sqrt(r @ np.linalg.solve(g @ g.T + jitter * np.eye(len(y)), r) / len(y))
     np.testing.assert_allclose(result.extras['ntk'][i], expected, rtol=2e-3)
 
 
@@ -423,16 +427,21 @@ class _BatchNormMLP(nn.Module):
     return nn.Dense(NUM_CLASSES)(nn.relu(h))
 
 
-@pytest.mark.slow  # ~7 s, mostly the eager jax.grad reference loop: main environment only
+@pytest.mark.slow  # ~8 s, mostly the eager jax.grad reference loop: main environment only
 def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
-  """TracIn's checkpoints are read with statistics re-estimated from their own params."""
+  """TracIn's checkpoints and TRAK's models are read with statistics re-estimated from
+  their own params, on `bn_batches` batches (2, not the default 64) keyed per checkpoint
+  (model): fold_in(fold_in(stage key, 1), j)."""
   model = _BatchNormMLP()
   apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(3),
                                                   setup['target'].x))
   assert isinstance(apply_fn, BatchNormApply)
-  bn_setup = dict(setup, apply_fn=apply_fn, params=params)
+  config = copy.deepcopy(setup['config'])
+  config.baselines.tracin.bn_batches = 2
+  config.baselines.trak.bn_batches = 2
+  bn_setup = dict(setup, apply_fn=apply_fn, params=params, config=config)
   result = _call('tracin', bn_setup)
-  cfg = setup['config'].baselines.tracin
+  cfg = config.baselines.tracin
   x, y, _, owner = valuation.pool_examples(setup['contributors'])
   base = jax.random.fold_in(jax.random.PRNGKey(0), 12)
   train_cfg = training.as_train_config(cfg.train)._replace(checkpoint_every=3)
@@ -444,7 +453,7 @@ def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
     p_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], trained.checkpoints)
     apply_j = recalibrated(apply_fn, p_j, x, key=jax.random.fold_in(jax.random.fold_in(base, 1),
                                                                     j),
-                           num_batches=64, batch_size=train_cfg.batch_size)
+                           num_batches=2, batch_size=train_cfg.batch_size)
 
     def grad(x_i, y_i, apply_j=apply_j, p_j=p_j):
       g = jax.grad(lambda p: training.cross_entropy(apply_j(p, x_i[None]),
@@ -462,9 +471,29 @@ def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
   # pylint: disable=protected-access
   grads_before = ntk._grads_block._cache_size()
   logits_before = valuation._logits_block._cache_size()
-  assert np.all(np.isfinite(_call('trak', bn_setup).values))
+  result = _call('trak', bn_setup)
   assert ntk._grads_block._cache_size() - grads_before == 1
   assert valuation._logits_block._cache_size() - logits_before == 1
+  # pylint: enable=protected-access
+  cfg = config.baselines.trak
+  stage = jax.random.fold_in(jax.random.PRNGKey(0), 13)
+  k_train, k_proj = jax.random.split(stage)
+  trained = training.train_many_seeds(apply_fn, params, x, y, config=cfg.train,
+                                      keys=jax.random.split(k_train, 2),
+                                      num_classes=NUM_CLASSES, use_batch_stats=True)
+  expected = []
+  for r in range(2):
+    p_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
+    apply_r = recalibrated(apply_fn, p_r, x, key=jax.random.fold_in(jax.random.fold_in(stage, 1),
+                                                                    r),
+                           num_batches=2, batch_size=cfg.train.batch_size)
+    expected.append(_np_trak_model_scores(apply_r, p_r, jax.random.fold_in(k_proj, r),
+                                          (x, y, owner),
+                                          (setup['target'].x, setup['target'].y),
+                                          ridge=cfg.ridge))
+  expected = np.stack(expected)
+  np.testing.assert_allclose(result.extras['per_model'], expected, rtol=1e-3,
+                             atol=1e-4 * np.abs(expected).max())
 
 
 class _CompileCountBatchNormMLP(nn.Module):
@@ -773,48 +802,55 @@ def _coordinate(params, e_i, _):
   return _flat(params) @ e_i
 
 
-def test_trak_end_to_end_matches_a_float64_reference(setup):
-  """Retrains with the same keys; the margin's gradients by jax.grad per example, the
-  projection `P [p, k]` read off as the projected gradients of the coordinates, `Q`, the
-  relative ridge and the per-contributor sums in float64 NumPy; the models averaged."""
-  result = _call('trak', setup)
-  cfg = setup['config'].baselines.trak
-  apply_fn, params = setup['apply_fn'], setup['params']
-  x, y, _, owner = valuation.pool_examples(setup['contributors'])
-  tx, ty = setup['target'].x, setup['target'].y
-  k_train, k_proj = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 13))
-  trained = training.train_many_seeds(apply_fn, params, x, y, config=cfg.train,
-                                      keys=jax.random.split(k_train, 2),
-                                      num_classes=NUM_CLASSES)
+def _np_trak_model_scores(apply_fn, params, projection_key, pool, target, *, ridge):
+  """One trained model's TRAK scores `[K]`: the margin's gradients by jax.grad per example,
+  the projection `P [p, 16]` read off as the projected gradients of the coordinates, `Q`,
+  the relative ridge and the per-contributor sums in float64 NumPy.
+
+  pool: `(x, y, owner)`; target: `(x, y)`.
+  """
+  x, y, owner = pool
 
   def margin(p, x_i, y_i):
     z = apply_fn(p, x_i[None])[0]
     return z[y_i] - jax.nn.logsumexp(jnp.delete(z, y_i, assume_unique_indices=True))
 
   # One jitted program for pool and target together (op by op, vmap(grad) takes seconds).
-  flat_grads = jax.jit(jax.vmap(lambda p, x_i, y_i: _flat(jax.grad(margin)(p, x_i, y_i)),
-                                in_axes=(None, 0, 0)))
-  both_x, both_y = np.concatenate([x, tx]), np.concatenate([y, ty])
-
+  flat_grads = jax.jit(jax.vmap(lambda x_i, y_i: _flat(jax.grad(margin)(params, x_i, y_i))))
   num_params = _flat(params).shape[0]
-  expected = []
-  for r in range(2):
-    p_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
-    projection = ntk.Projection(16, 'rademacher', jax.random.fold_in(k_proj, r))
-    proj_matrix = np.asarray(ntk.per_example_grads(_coordinate, p_r, np.eye(num_params),
-                                                   np.zeros(num_params), projection=projection),
-                             np.float64)
-    phi_both = np.asarray(flat_grads(p_r, both_x, both_y), np.float64) @ proj_matrix
-    phi, phi_target = phi_both[:len(y)], phi_both[len(y):]
-    z = np.asarray(apply_fn(p_r, x), np.float64)
-    prob = np.exp(z - z.max(1, keepdims=True))
-    prob /= prob.sum(1, keepdims=True)
-    q = 1.0 - prob[np.arange(len(y)), y]
-    gram = phi.T @ phi
-    u = np.linalg.solve(gram + cfg.ridge * np.trace(gram) / 16 * np.eye(16),
-                        phi_target.sum(0))
-    expected.append(np.bincount(owner, weights=(phi @ u) * q, minlength=3))
-  expected = np.stack(expected)
+  projection = ntk.Projection(16, 'rademacher', projection_key)
+  proj_matrix = np.asarray(ntk.per_example_grads(_coordinate, params, np.eye(num_params),
+                                                 np.zeros(num_params), projection=projection),
+                           np.float64)
+  phi_both = np.asarray(flat_grads(np.concatenate([x, target[0]]),
+                                   np.concatenate([y, target[1]])), np.float64) @ proj_matrix
+  phi, phi_target = phi_both[:len(y)], phi_both[len(y):]
+  z = np.asarray(apply_fn(params, x), np.float64)
+  prob = np.exp(z - z.max(1, keepdims=True))
+  prob /= prob.sum(1, keepdims=True)
+  q = 1.0 - prob[np.arange(len(y)), y]
+  gram = phi.T @ phi
+  u = np.linalg.solve(gram + ridge * np.trace(gram) / 16 * np.eye(16), phi_target.sum(0))
+  return np.bincount(owner, weights=(phi @ u) * q, minlength=3)
+
+
+def test_trak_end_to_end_matches_a_float64_reference(setup):
+  """Retrains with the same keys; each model's scores by `_np_trak_model_scores`; the
+  models averaged."""
+  result = _call('trak', setup)
+  cfg = setup['config'].baselines.trak
+  apply_fn, params = setup['apply_fn'], setup['params']
+  x, y, _, owner = valuation.pool_examples(setup['contributors'])
+  k_train, k_proj = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 13))
+  trained = training.train_many_seeds(apply_fn, params, x, y, config=cfg.train,
+                                      keys=jax.random.split(k_train, 2),
+                                      num_classes=NUM_CLASSES)
+  expected = np.stack([
+      _np_trak_model_scores(apply_fn, jax.tree_util.tree_map(lambda leaf, r=r: leaf[r],
+                                                             trained.params),
+                            jax.random.fold_in(k_proj, r), (x, y, owner),
+                            (setup['target'].x, setup['target'].y), ridge=cfg.ridge)
+      for r in range(2)])
   scale = np.abs(expected).max()
   np.testing.assert_allclose(result.extras['per_model'], expected, rtol=1e-3,
                              atol=1e-4 * scale)
@@ -838,6 +874,17 @@ def test_random_is_seeded_and_data_independent(setup):
   finally:
     setup['config'].seed = 0
   assert not np.allclose(first.values, other.values)
+
+
+def test_random_seed_offset_moves_the_key(setup):
+  # The values are uniform draws from fold_in(PRNGKey(seed), 14 + seed_offset) (the module
+  # docstring): offset 5 draws from fold_in(PRNGKey(0), 19), not from offset 0's key.
+  config = copy.deepcopy(setup['config'])
+  config.baselines.random.seed_offset = 5
+  shifted = np.asarray(_call('random', dict(setup, config=config)).values)
+  expected = jax.random.uniform(jax.random.fold_in(jax.random.PRNGKey(0), 19), (3,))
+  np.testing.assert_allclose(shifted, np.asarray(expected), rtol=1e-6)
+  assert not np.allclose(shifted, np.asarray(_call('random', setup).values))
 
 
 def test_davinz_with_blocks_does_not_depend_on_the_order_of_contributors(setup):

@@ -66,6 +66,23 @@ def test_shapes_and_consistency(problem, result):
   np.testing.assert_allclose(result.test_accuracy_per_seed[0, 1], ev.accuracy, rtol=1e-6)
 
 
+def test_seed_is_the_base_of_the_seed_keys(problem, result):
+  # Seed r of config.seed = 1 trains with split(PRNGKey(1), R)[r], reproduced by hand for
+  # 'clean' (the other tests run seed 0 only, which a key ignoring config.seed also gets).
+  splits, apply_fn, params, cs = problem
+  config = CONFIG._replace(seed=1)
+  again = ground_truth.retrain(cs[:1], splits.test, apply_fn=apply_fn, params=params,
+                               config=config, progress=False)
+  keys = jax.random.split(jax.random.PRNGKey(1), config.num_seeds)
+  for r in range(config.num_seeds):
+    run = training.train(apply_fn, params, cs[0].x_real, cs[0].y_real,
+                         config=training.as_train_config(config), key=keys[r],
+                         num_classes=10, pad_to=200)
+    ev = training.evaluate(apply_fn, run.params, splits.test.x, splits.test.y)
+    np.testing.assert_allclose(again.test_loss_per_seed[0, r], ev.loss, rtol=1e-4)
+  assert not np.allclose(again.test_loss_per_seed[0], result.test_loss_per_seed[0], rtol=1e-4)
+
+
 def test_deterministic_and_accepts_a_config_dict(problem, result):
   splits, apply_fn, params, cs = problem
   again = ground_truth.retrain(cs, (splits.test.x, splits.test.y), apply_fn=apply_fn,
@@ -96,6 +113,30 @@ def test_errors_name_the_contributor_or_argument(problem):
   with pytest.raises(ValueError, match='num_seeds'):
     ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
                          config=CONFIG._replace(num_seeds=0), progress=False)
+
+
+@pytest.mark.parametrize('defect, message', [
+    ('nan_x', 'test.x contains NaN or Inf'),
+    ('label_below', r'test.y has labels outside \[0, 10\)'),
+    ('label_c', r'test.y has labels outside \[0, 10\)'),
+])
+def test_a_bad_test_split_fails_before_any_training(problem, monkeypatch, defect, message):
+  # Without its own check, a NaN input or a label outside [0, c) fails only in the
+  # evaluation, after every contributor has been trained.
+  splits, apply_fn, params, cs = problem
+
+  def no_training(*args, **kwargs):
+    raise AssertionError('trained before checking the test split')
+
+  monkeypatch.setattr(training, 'train_many_seeds', no_training)
+  x, y = np.array(splits.test.x), np.array(splits.test.y)
+  if defect == 'nan_x':
+    x[5, 3] = np.nan
+  else:
+    y[5] = -1 if defect == 'label_below' else 10
+  with pytest.raises(ValueError, match=message):
+    ground_truth.retrain(cs, (x, y), apply_fn=apply_fn, params=params, config=CONFIG,
+                         progress=False)
 
 
 class _DenseBatchNormDense(nn.Module):

@@ -169,9 +169,11 @@ def test_value_contributors_end_to_end(setup):
 
 @pytest.mark.parametrize('residual', ['true_class', 'one_hot'])
 @pytest.mark.parametrize('label_aware', [False, True])
-def test_terms_match_numpy_float64(setup, residual, label_aware):
+@pytest.mark.parametrize('num_kernels', [5, 1])
+def test_terms_match_numpy_float64(setup, residual, label_aware, num_kernels):
   """All four terms of the 'mixed' contributor against independent float64 references."""
-  config = _config(ntk__residual=residual, mmd__label_aware=label_aware)
+  config = _config(ntk__residual=residual, mmd__label_aware=label_aware,
+                   mmd__num_kernels=num_kernels)
   result = valuation.value_contributors(setup['contributors'], setup['target'],
                                         apply_fn=setup['apply_fn'], params=setup['params'],
                                         config=config)
@@ -186,7 +188,7 @@ def test_terms_match_numpy_float64(setup, residual, label_aware):
   tx = np.asarray(setup['target'].x, np.float64)
   mean, std = tx.mean(0), tx.std(0)
   t_std = (tx - mean) / std
-  s_j = _np_bandwidths(t_std)
+  s_j = _np_bandwidths(t_std, num_kernels)
   ty = np.asarray(setup['target'].y)
   labels = label_aware
   mmd_real = _np_mmd((np.asarray(c.x_real) - mean) / std, t_std, s_j,
@@ -518,6 +520,7 @@ def _brute_force_utility(setup, config, scales_from):
   singles = np.stack([valuation.coalition_terms(full, (i,), config=config)[0]
                       for i in range(len(contributors))])
   scale = singles.std(axis=0)
+  varies = scale > 0  # a term constant across the singletons weighs nothing (Utility)
   del scales_from
 
   def utility(members):
@@ -525,7 +528,7 @@ def _brute_force_utility(setup, config, scales_from):
       return 0.0
     sub = valuation.prepare_pool([contributors[i] for i in members], setup['target'], **kwargs)
     terms, _ = valuation.coalition_terms(sub, tuple(range(len(members))), config=config)
-    return float(-np.sum(terms / scale))
+    return float(-np.sum(terms[varies] / scale[varies]))
   return utility
 
 
@@ -541,6 +544,24 @@ def test_leave_one_out_matches_brute_force(setup):
               for i in range(k)]
   np.testing.assert_allclose(result.values, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(result.extras['grand_value'], utility(everyone), rtol=1e-4)
+
+
+def test_leave_one_out_drops_a_term_constant_across_the_singletons(setup):
+  """Three real-only contributors of 8 rows: every singleton's composition term is
+  sqrt(1) / 8, so it weighs nothing, in the coalitions too, where it is not constant
+  (1 / 16 without one member, 1 / 24 for all: weighted, it would move each value by 1 / 48).
+  """
+  keys = jax.random.split(jax.random.PRNGKey(7), 3)
+  contributors = [Contributor(f'real_{i}', *_data(keys[i], 8, shift=0.3 * i), None, None)
+                  for i in range(3)]
+  config = _config()
+  result = valuation.leave_one_out(contributors, setup['target'], apply_fn=setup['apply_fn'],
+                                   params=setup['params'], config=config)
+  utility = _brute_force_utility(dict(setup, contributors=contributors), config, None)
+  everyone = (0, 1, 2)
+  expected = [utility(everyone) - utility(tuple(j for j in everyone if j != i))
+              for i in range(3)]
+  np.testing.assert_allclose(result.values, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_shapley_exact_by_enumeration_and_monte_carlo_converges(setup):
@@ -575,6 +596,29 @@ def test_shapley_exact_by_enumeration_and_monte_carlo_converges(setup):
   est, _ = valuation.shapley_from_utility(lambda m: float(additive[list(m)].sum()), 3,
                                           num_permutations=5, key=jax.random.PRNGKey(0))
   np.testing.assert_allclose(est, additive, atol=1e-12)
+
+
+def test_shapley_from_utility_stderr_is_the_sample_std_over_sqrt_t():
+  """stderr = std(marginals, ddof=1) / sqrt(T), the marginals of v(S) = (sum_S a)^2 by hand
+  on the documented permutations (permutation t from fold_in(key, t)); one permutation: 0."""
+  a = np.array([1.0, 2.0, 4.0])
+  key = jax.random.PRNGKey(0)
+  marginals = np.zeros((4, 3))
+  for t in range(4):
+    before = 0.0
+    for i in np.asarray(jax.random.permutation(jax.random.fold_in(key, t), 3)):
+      marginals[t, i] = (before + a[i]) ** 2 - before ** 2
+      before += a[i]
+  assert np.all(marginals.std(axis=0) > 0)  # every player seen at two positions at least
+
+  def utility(members):
+    return float(a[list(members)].sum() ** 2)
+
+  values, stderr = valuation.shapley_from_utility(utility, 3, num_permutations=4, key=key)
+  np.testing.assert_allclose(values, marginals.mean(axis=0), rtol=1e-12)
+  np.testing.assert_allclose(stderr, marginals.std(axis=0, ddof=1) / 2, rtol=1e-12)
+  _, stderr = valuation.shapley_from_utility(utility, 3, num_permutations=1, key=key)
+  np.testing.assert_array_equal(stderr, 0.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -778,6 +822,34 @@ def test_subsampled_ntk_rows_are_proportional_and_order_free(setup, subsampled):
   # A singleton with one part keeps every kept row (f N_p = kept_p).
   np.testing.assert_array_equal(valuation.coalition_rows(pool, (2,), config=config),
                                 _kept(pool, 2, False))
+
+
+def test_subsampled_ntk_rows_round_f_n_p(subsampled):
+  """Coalition ('few_real', 'real_only'): kept fractions 2/3, 11/30, 15/40, so f = 11/30
+  and f N_p = 1.1, 11, 14.67; max(1, round(f N_p)) = 1, 11, 15 rows, where a floor would
+  take 14 of the 15 kept rows of 'real_only'."""
+  pool = subsampled['pool']
+  members = (0, 2)
+  rows = valuation.coalition_rows(pool, members, config=subsampled['config'])
+  counts = [np.isin(rows, _kept(pool, i, syn)).sum() for i, syn, _ in
+            _full_parts(subsampled['contributors'], members)]
+  fraction = min(2 / 3, 11 / 30, 15 / 40)
+  assert counts == [max(1, round(fraction * size)) for size in (3, 30, 40)] == [1, 11, 15]
+
+
+def test_subsampled_paper_normalization_divides_by_the_full_size(setup, subsampled):
+  """ntk.normalization='paper': the per-example value on the coalition's rows over
+  sqrt(n), n the FULL size: 33 for 'few_real', of which 12 rows (1 + 11) are read."""
+  pool = subsampled['pool']
+  config = _config(valuation__subsample=SUBSAMPLE_BUDGET, mmd__feature_space='user',
+                   mmd__standardize=False, ntk__normalization='paper')
+  rows = valuation.coalition_rows(pool, (0,), config=config)
+  assert rows.size == 12
+  features = np.asarray(pool.features)
+  per_example = _np_ntk_term(setup['apply_fn'], setup['params'], features[rows],
+                             pool.y[rows], residual='true_class')
+  np.testing.assert_allclose(valuation.coalition_terms(pool, (0,), config=config)[0][2],
+                             per_example / math.sqrt(33), rtol=2e-4)
 
 
 def test_weighted_kernel_sums_match_the_direct_estimator_without_subsampling(setup):
@@ -1021,6 +1093,33 @@ def test_bad_input_names_the_contributor(setup, make, message):
   with pytest.raises(ValueError, match=message) as info:
     _bad(setup, bad)
   assert bad.name in str(info.value)
+
+
+@pytest.mark.parametrize('defect, message', [
+    ('label_below', r'target.y has labels outside \[0, 3\)'),
+    ('label_c', r'target.y has labels outside \[0, 3\)'),
+    ('nan', 'target.x contains NaN'),
+    ('one_row', r'target.x must be \[m, ...\] with m >= 2, got shape \(1, 6\)'),
+])
+def test_bad_target_is_named_before_per_example_work(setup, monkeypatch, defect, message):
+  # The target's labels enter the label-aware kernel and its rows the bandwidths: a label
+  # outside [0, c), a NaN or a single row must fail as a contributor's do, up front.
+  def unreachable(*args, **kwargs):
+    raise AssertionError('per-example work started before the check')
+
+  monkeypatch.setattr(valuation, 'logits_at', unreachable)
+  x, y = np.array(setup['target'].x), np.array(setup['target'].y)
+  if defect == 'label_below':
+    y[3] = -1
+  elif defect == 'label_c':
+    y[3] = NUM_CLASSES
+  elif defect == 'nan':
+    x[3, 1] = np.nan
+  else:
+    x, y = x[:1], y[:1]
+  with pytest.raises(ValueError, match=message):
+    valuation.value_contributors(setup['contributors'], (x, y), apply_fn=setup['apply_fn'],
+                                 params=setup['params'])
 
 
 def test_bad_config_and_duplicate_names(setup):
