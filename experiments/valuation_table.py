@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from dv_jax import baselines
 from dv_jax import config_checks
+from dv_jax import features as features_lib
 from dv_jax import ground_truth
 from dv_jax import metrics
 from dv_jax import plotting
@@ -487,6 +488,30 @@ def check_saved_units(store: results.UnitStore, units: Dict[str, str]) -> None:
       store.load(name, fingerprint=fingerprint)
 
 
+def check_feature_spaces(config: ml_collections.ConfigDict, bench: Benchmark,
+                         variants: Sequence[Tuple[str, Dict[str, Any]]]) -> None:
+  """Runs each variant's `init_features` on two target rows of every backbone.
+
+  `checked_variants` cannot know the backbones; a backbone without a `[b, d]` readout
+  input (an LM reads `[b, t, d]`) would otherwise refuse `mmd.feature_space=init_features`
+  only when that variant's turn came, after the ground-truth retraining.
+
+  Raises:
+    ValueError: naming `config.valuation.variants`, the variant and the backbone.
+  """
+  rows = bench.splits.target.x[:2]
+  for name, overrides in variants:
+    method = method_config(config, overrides)
+    if method.mmd.feature_space != 'init_features':
+      continue  # raw needs nothing of the backbone; user features are the task's own
+    for backbone, (apply_fn, params) in bench.backbones.items():
+      try:
+        features_lib.init_features(apply_fn, params, rows, block_size=2)
+      except ValueError as error:
+        raise ValueError(f'config.valuation.variants: {name!r} on backbone {backbone!r}: '
+                         f'{error}') from error
+
+
 def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitStore
              ) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
   """All (backbone, method) rows of one benchmark draw; units are prefixed `draw<d>/`."""
@@ -504,6 +529,7 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
   prefix = f'draw{draw}/'
   for name in config.baselines.methods:  # an unknown name fails before any work
     baselines.get_baseline(name)
+  check_feature_spaces(config, bench, variants)
   for backbone, (apply_fn, params) in bench.backbones.items():
     gt = ground_truth_unit(store, f'{prefix}{backbone}/ground_truth', contributors, test,
                            apply_fn=apply_fn, params=params, config=config,

@@ -228,6 +228,21 @@ def test_paper_scale_configs_build_their_models_on_fixtures(fixtures):
     assert len(bench.contributors) == 12
 
 
+def test_init_features_on_an_lm_fails_before_the_ground_truth(monkeypatch, tmp_path):
+  # The variant passes checked_variants (which cannot know the backbone); before, it failed
+  # only at its turn, after the ground truth had been retrained and saved.
+  config = CONFIGS.get_config('arithmetic_lm_smoke')
+  config.valuation.variants = ('lm_init|mmd.feature_space=init_features',)
+
+  def unreachable(*args, **kwargs):
+    raise AssertionError('the ground truth was retrained before the check')
+
+  monkeypatch.setattr(valuation_table, 'ground_truth_unit', unreachable)
+  with pytest.raises(ValueError, match=r"config\.valuation\.variants: 'lm_init' on backbone "
+                                       r"'\w+': init_features: the last Dense layer"):
+    valuation_table.run(config, tmp_path)
+
+
 def test_llm_tasks_refuse_a_truncation_they_would_ignore(fixtures):
   config = _with_fixtures(CONFIGS.get_config('instruction_smoke'), 'instruction', fixtures)
   config.data.truncations = ('hard:5',)
