@@ -101,6 +101,8 @@ def unit_fraction(value: Any) -> Optional[float]:
   None also for a bool, a string (even '0.5', which `float()` would read), None, NaN and
   anything `float()` refuses; each caller words its own error, naming its argument.
   """
+  if getattr(value, 'shape', None) == ():  # np.array(True) is not an instance of np.bool_
+    value = np.asarray(value)[()]
   if isinstance(value, (bool, np.bool_, str, bytes)):
     return None
   try:

@@ -72,6 +72,7 @@ import ml_collections
 import numpy as np
 
 from dv_jax import checks
+from dv_jax import config_checks
 from dv_jax import ntk
 from dv_jax.data import contributors as contributors_lib
 from dv_jax.data import synthetic
@@ -489,8 +490,11 @@ def build_cifar100(config: ml_collections.ConfigDict, *, cache: Cache = no_cache
                        'images left after the target')
     rest, _ = splits.stratified_take(rest, data.y_train[rest], int(d.pool_size), seed + 1)
   test_idx = np.arange(data.y_test.shape[0])
-  if 0 < int(d.test_size) < test_idx.size:
-    test_idx, _ = splits.stratified_take(test_idx, data.y_test, int(d.test_size), seed + 2)
+  # Only 0 means all of the official test split: -3 or more rows than it holds is a typo.
+  test_size = config_checks.config_int(d.test_size, 'data.test_size', minimum=0,
+                                       maximum=test_idx.size)
+  if 0 < test_size < test_idx.size:
+    test_idx, _ = splits.stratified_take(test_idx, data.y_test, test_size, seed + 2)
 
   def split(x, y, idx):
     return Split(x[idx], y[idx], np.zeros(idx.size, bool))

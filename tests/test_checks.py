@@ -80,3 +80,16 @@ def test_unit_fraction_reads_numbers_in_the_unit_interval_only():
   assert checks.unit_fraction(jnp.array(0.0)) == 0.0 and checks.unit_fraction(1) == 1.0
   for value in (True, '0.5', b'0.5', None, math.nan, -0.1, 1.5, [0.5], object()):
     assert checks.unit_fraction(value) is None, value
+
+
+def test_check_indices_refuses_a_0d_array():
+  # A lone position is not a list of positions: astype would hand back a 0-d array.
+  with pytest.raises(ValueError, match=r'^rows must be 1-D, got shape \(\)$'):
+    checks.check_indices(np.array(3), 'rows')
+
+
+@pytest.mark.parametrize('value', [np.True_, np.bool_(False), np.array(True), np.array(False),
+                                   jnp.array(True)])
+def test_unit_fraction_refuses_numpy_bools_and_0d_bool_arrays(value):
+  # float() reads each of these as 1.0 or 0.0, a share nobody meant.
+  assert checks.unit_fraction(value) is None

@@ -2,6 +2,7 @@
 
 import math
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -23,10 +24,29 @@ def test_config_int_refuses(value):
     config_checks.config_int(value, 'train.steps')
 
 
-@pytest.mark.parametrize('value', [False, None, 'wide', math.nan, -math.inf, 0.0, -2.0])
+@pytest.mark.parametrize('value', [
+    True, False, None, 'wide', math.nan, math.inf, -math.inf, 0.0, -2.0])
 def test_config_positive_float_refuses(value):
   with pytest.raises(ValueError, match=r'config\.trak\.ridge must be finite and > 0, got'):
     config_checks.config_positive_float(value, 'trak.ridge')
+
+
+@pytest.mark.parametrize('value', [True, np.True_, np.array(True), math.inf, None, 'wide'])
+def test_config_float_refuses_bools_and_infinities(value):
+  # Each of these passes the predicate once float() has read it (True as 1.0, inf > 0).
+  with pytest.raises(ValueError, match=r'config\.fit\.scale must be > 0, got'):
+    config_checks.config_float(value, 'fit.scale', lambda v: v > 0, '> 0')
+
+
+def test_config_float_reads_a_0d_number_array():
+  assert config_checks.config_float(np.array(0.5), 'fit.scale', lambda v: v > 0, '> 0') == 0.5
+
+
+def test_config_seed_names_a_missing_seed():
+  with pytest.raises(ValueError, match=r'^config\.seed must be an integer in '
+                                       r'\[0, 4294967295\], got None$'):
+    config_checks.config_seed(ml_collections.ConfigDict({'data': {}}))
+  assert config_checks.config_seed(ml_collections.ConfigDict({'seed': 7})) == 7
 
 
 def test_config_float_uses_the_predicate_and_its_wording():

@@ -68,6 +68,19 @@ def test_script_exits_on_a_typo_with_the_valid_keys(tmp_path):
   assert not (tmp_path / 'config.json').exists()
 
 
+def test_script_exits_on_a_stray_positional_argument(tmp_path):
+  # absl hands positionals to main; a typo like `--workdir x y` must not run the experiment.
+  workdir = tmp_path / 'work'
+  proc = subprocess.run(
+      [sys.executable, str(_ROOT / 'experiments' / 'lemma1_theory.py'),
+       f'--config={_ROOT / "configs" / "lemma1_theory.py"}:smoke', f'--workdir={workdir}',
+       'stray_positional'],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert 'Too many command-line arguments' in proc.stderr
+  assert not workdir.exists()
+
+
 def _load_config(path):
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location('_config_under_test', path)

@@ -270,6 +270,28 @@ def test_setup_logging_writes_absl_and_python_records(tmp_path):
     root.setLevel(old_level)
 
 
+def test_a_long_safe_name_gets_a_short_file_name(tmp_path):
+  # 300 safe characters used to become a 305-character file name: OSError 36 on save.
+  store = results.UnitStore(tmp_path / 'units')
+  long_name = 'a' * 300
+  assert len(store.path(long_name).name) <= 136  # 120 characters, '-', 10 of a hash, .json
+  assert store.path(long_name) != store.path(long_name + 'a')
+  store.save(long_name, {'value': 1})
+  assert store.load(long_name) == {'value': 1}
+
+
+def test_plot_loglog_curves_draws_the_fit_and_the_fitted_break():
+  _, axes = plotting.new_figure()
+  curve = plotting.Curve([1, 10, 100], [1.0, 0.3, 0.1], 'c', predicted_breaks=[10.0],
+                         fitted_breaks=[12.0], fit=[1.0, 0.31, 0.1])
+  ax = plotting.plot_loglog_curves(axes[0, 0], [curve])
+  drawn = [(line.get_linestyle(), list(line.get_xdata()), list(line.get_ydata()))
+           for line in ax.lines]
+  assert (':', [1, 10, 100], [1.0, 0.31, 0.1]) in drawn  # the fitted curve
+  assert ('-', [10.0, 10.0], [0, 1]) in drawn  # the predicted break
+  assert ('--', [12.0, 12.0], [0, 1]) in drawn  # the fitted break
+
+
 def test_save_figure_writes_png_and_pdf(tmp_path):
   fig, axes = plotting.new_figure(nrows=1, ncols=2)
   assert axes.shape == (1, 2)

@@ -180,6 +180,13 @@ def test_real_part_indices_are_disjoint_and_sized():
                               key=jax.random.PRNGKey(3))
 
 
+def test_contributor_specs_take_their_label_noises_from_the_config():
+  data = ml_collections.ConfigDict(dict(DESIGN, label_noises=(0.0, 0.25)))
+  specs = tasks.contributor_specs(data, key=jax.random.PRNGKey(3))
+  # Cycled over K = 4 contributors, then shuffled: each level twice.
+  assert sorted(s.label_noise for s in specs) == [0.0, 0.0, 0.25, 0.25]
+
+
 def test_swap_responses():
   responses = [f'r{i}' for i in range(10)]
   out = tasks.swap_responses(responses, 0.4, key=jax.random.PRNGKey(0))
@@ -238,6 +245,7 @@ def test_mnist5k_builder():
       dict(backbones=('mlp',), mlp_hidden_sizes=(8,), cnn_channels=(2, 4), init_seed=0)))
   _check_task(task)
   assert task.target.x.shape[1:] == (28, 28, 1) and task.objective == 'classification'
+  assert task.target.y.shape[0] == 50 and task.test.y.shape[0] == 60
   pool = _row_set(task.pool.x)
   for c in task.contributors:
     if c.num_real:
@@ -275,6 +283,23 @@ def test_arithmetic_one_hot_head_truncation_and_label_noise():
     expected = (round(spec['label_noise'] * c.num_real)
                 + round(spec['label_noise'] * c.num_synthetic))
     assert wrong == expected
+
+
+def test_arithmetic_draws_are_independent_across_contributors_and_splits():
+  # One spec for all four contributors and equal target / test sizes: only the keys tell
+  # the draws apart, so a key shared by two of them shows as equal arrays.
+  data = dict(ARITH_DATA, objective='classification', representation='one_hot',
+              target_size=30, test_size=30, size_range=(30, 30), pis=(0.5,),
+              truncations=('none',), label_noises=(0.0,))
+  task = tasks.build_task('arithmetic', _config(data, dict(backbones=('mlp',), **ARITH_MODEL)))
+  synthetic = [np.asarray(c.x_synthetic) for c in task.contributors]
+  assert all(x.shape[0] == 15 for x in synthetic)
+  for i in range(len(synthetic)):
+    for j in range(i):
+      assert not np.array_equal(synthetic[i], synthetic[j]), (i, j)
+  assert not np.array_equal(np.asarray(task.target.x), np.asarray(task.test.x))
+  with pytest.raises(ValueError, match=r'model\.backbones is empty'):
+    tasks.build_task('arithmetic', _config(data, dict(ARITH_MODEL, backbones=())))
 
 
 def test_arithmetic_tokens_and_lm_objectives():
@@ -354,6 +379,57 @@ def test_cifar100_builder_pca_and_generated_images(fixtures):
     tasks.build_task('cifar100', config)
 
 
+def test_cifar100_splits_come_from_their_official_images(fixtures):
+  from dv_jax.data import cifar100  # pylint: disable=g-import-not-at-top
+  data = cifar100.load_cifar100(str(fixtures['cifar']), normalize=True)
+  task = tasks.build_task('cifar100', _cifar_config(fixtures))
+  assert task.target.y.shape[0] == 100 and task.test.y.shape[0] == 100
+  # The target is held out of the training images, the test set drawn from the test ones.
+  assert _row_set(task.target.x) <= _row_set(data.x_train)
+  assert _row_set(task.test.x) <= _row_set(data.x_test)
+  # generator_fit_size=200 fits the generator on 200 of the 300 pool images; 0 on all.
+  config = _cifar_config(fixtures)
+  config.data.generator_fit_size = 0
+  all_rows = tasks.build_task('cifar100', config)
+  assert any(c.num_synthetic and not np.array_equal(c.x_synthetic, a.x_synthetic)
+             for c, a in zip(task.contributors, all_rows.contributors))
+
+
+@pytest.mark.parametrize('test_size', [-3, 201])
+def test_cifar100_test_size_outside_the_official_split_is_refused(fixtures, test_size):
+  # Only 0 means "all 200 test images"; these used to mean it too, without a word.
+  config = _cifar_config(fixtures)
+  config.data.test_size = test_size
+  with pytest.raises(ValueError, match=r'^config\.data\.test_size must be an integer in '
+                                       rf'\[0, 200\], got {test_size}$'):
+    tasks.build_task('cifar100', config)
+
+
+def test_cifar100_generated_images_draw_per_contributor_with_label_noise(fixtures):
+  from dv_jax.data import cifar100  # pylint: disable=g-import-not-at-top
+  data = cifar100.load_cifar100(str(fixtures['cifar']), normalize=True)
+  source = cifar100.load_generated_images(str(fixtures['generated']),
+                                          channel_mean=data.channel_mean,
+                                          channel_std=data.channel_std)
+  label_of = {r.tobytes(): int(y) for r, y in zip(np.asarray(source.x).reshape(60, -1),
+                                                  np.asarray(source.y))}
+  # Four equal specs: only the per-contributor keys tell their draws apart.
+  config = _cifar_config(fixtures, str(fixtures['generated']))
+  config.data.update(size_range=(12, 12), pis=(0.5,), truncations=('none',),
+                     label_noises=(0.5,))
+  task = tasks.build_task('cifar100', config)
+  draws = []
+  for c in task.contributors:
+    x = np.asarray(c.x_synthetic).reshape(c.num_synthetic, -1)
+    assert c.num_synthetic == 6 and _row_set(x) <= set(label_of)  # generated images only
+    flipped = sum(label_of[r.tobytes()] != y for r, y in zip(x, np.asarray(c.y_synthetic)))
+    assert flipped == round(0.5 * 6)
+    draws.append(x)
+  for i in range(len(draws)):
+    for j in range(i):
+      assert not np.array_equal(draws[i], draws[j]), (i, j)
+
+
 def _text_config(fixtures, name):
   path = fixtures['alpaca'] if name == 'instruction' else fixtures['gsm8k']
   return _config(dict(path=str(path), split='', max_records=0, target_path='', test_path='',
@@ -413,6 +489,39 @@ def test_text_lm_held_out_sources_have_their_own_split(fixtures, tmp_path):
   with pytest.raises(ValueError, match=r"target_path with target_split='train' reads the "
                                        r'same records as config.data.path'):
     tasks.build_task('instruction', config)
+
+
+def _encoded_records(path, config):
+  """`pack_lm` rows of every record in `path`, and which are synthetic."""
+  from dv_jax.data import text  # pylint: disable=g-import-not-at-top
+  records = text.load_text_task(str(path), task='instruction')
+  _, _, tokenizer = tasks.load_lm_checkpoint(config.model)
+  batch = tokenize.encode_pairs(tokenizer, list(records.prompts), list(records.responses),
+                                max_len=int(config.data.max_len))
+  return (tasks.pack_lm(batch.tokens, batch.response_mask, batch.lengths),
+          np.asarray(records.is_synthetic))
+
+
+def test_text_lm_target_is_the_target_file_and_synthetic_parts_the_synthetic_records(
+    fixtures, tmp_path):
+  rows = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  target_file = tmp_path / 'target.jsonl'
+  target_file.write_text(''.join(json.dumps(r) + '\n' for r in rows[3:9]), encoding='utf-8')
+  pool_file = task_fixtures.write_alpaca_jsonl(tmp_path / 'pool.jsonl', num_real=20,
+                                               num_synthetic=24, seed=1)
+  config = _text_config(fixtures, 'instruction')
+  # All-synthetic contributors needing 22 of the 24 synthetic records, more than the 14
+  # real ones left once the test split is held out: synthetic rows read through positions
+  # among the real ones would repeat.
+  config.data.update(path=str(pool_file), target_path=str(target_file), pis=(0.0,),
+                     size_range=(5, 6), label_noises=(0.0,))
+  task = tasks.build_task('instruction', config)
+  expected_target, _ = _encoded_records(target_file, config)
+  np.testing.assert_array_equal(task.target.x, expected_target)
+  x_all, is_synthetic = _encoded_records(pool_file, config)
+  synthetic = np.concatenate([np.asarray(c.x_synthetic) for c in task.contributors])
+  assert synthetic.shape[0] == 22 and len(_row_set(synthetic)) == 22
+  assert _row_set(synthetic) <= _row_set(x_all[is_synthetic])
 
 
 def test_text_lm_builder_errors(fixtures):
