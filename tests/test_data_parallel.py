@@ -325,6 +325,7 @@ def test_data_parallel_is_off_by_default_and_read_tolerantly():
   # Baseline configs have no ntk section; older configs no field: one device.
   for section in (None, {'grad_block_size': 5}):
     other = valuation.default_config()
+    other.unlock()  # default_config() is locked: a field cannot be removed from it
     if section is None:
       del other['ntk']
     else:
