@@ -12,10 +12,18 @@ from typing import Any, Optional
 import numpy as np
 
 
+def unwrap_scalar(value: Any) -> Any:
+  """The scalar a 0-d NumPy / JAX array (or NumPy scalar) holds; anything else as it is.
+
+  Type tests then see what the array holds: `np.array(True)` is no `np.bool_`, and
+  `float()` would read it as 1.0.
+  """
+  return np.asarray(value)[()] if getattr(value, 'shape', None) == () else value
+
+
 def _whole_number(value: Any) -> Optional[int]:
   """`value` as an int if it is a whole number (3, np.int64(3), 3.0), else None."""
-  if getattr(value, 'shape', None) == ():  # a 0-d NumPy / JAX array, a NumPy scalar
-    value = np.asarray(value)[()]
+  value = unwrap_scalar(value)
   if isinstance(value, (bool, np.bool_)):  # True is an int to Python, never a count here
     return None
   if isinstance(value, (int, np.integer)):
@@ -101,8 +109,7 @@ def unit_fraction(value: Any) -> Optional[float]:
   None also for a bool, a string (even '0.5', which `float()` would read), None, NaN and
   anything `float()` refuses; each caller words its own error, naming its argument.
   """
-  if getattr(value, 'shape', None) == ():  # np.array(True) is not an instance of np.bool_
-    value = np.asarray(value)[()]
+  value = unwrap_scalar(value)
   if isinstance(value, (bool, np.bool_, str, bytes)):
     return None
   try:
@@ -112,4 +119,5 @@ def unit_fraction(value: Any) -> Optional[float]:
   return number if 0.0 <= number <= 1.0 else None  # NaN fails both comparisons
 
 
-__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_seed', 'unit_fraction']
+__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_seed', 'unit_fraction',
+           'unwrap_scalar']

@@ -45,8 +45,7 @@ def config_float(value: Any, field: str, ok: Callable[[float], bool], allowed: s
     ValueError: `config.<field> must be <allowed>`, for a bool, None, a string that is not
       a number ('0.5' is read as 0.5), NaN / Inf or a value `ok` refuses.
   """
-  # A 0-d array is judged by the scalar it holds; float(np.array(True)) would be 1.0.
-  scalar = np.asarray(value)[()] if getattr(value, 'shape', None) == () else value
+  scalar = checks.unwrap_scalar(value)  # float(np.array(True)) would be 1.0
   try:
     number = float(scalar) if not isinstance(scalar, (bool, np.bool_)) else math.nan
   except (TypeError, ValueError):  # None, a string
