@@ -312,8 +312,8 @@ def contributor_specs(data: ml_collections.ConfigDict, *, key: jax.Array,
                       ) -> List[contributors_lib.ContributorSpec]:
   """`K` specs (size, pi, truncation, label noise) from `data`'s factor levels."""
   # Checked, not int(): 4.7 contributors were cut to 4, and True read as 1.
-  num_contributors = checks.check_int(data.num_contributors, 'config.data.num_contributors',
-                                      minimum=2)
+  num_contributors = config_checks.config_int(data.num_contributors, 'data.num_contributors',
+                                              minimum=2)
   return contributors_lib.digit_contributor_specs(
       num_contributors, key=key, size_range=tuple(data.size_range),
       pis=tuple(data.pis),
