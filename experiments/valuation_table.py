@@ -499,17 +499,19 @@ def check_feature_spaces(config: ml_collections.ConfigDict, bench: Benchmark,
   Raises:
     ValueError: naming `config.valuation.variants`, the variant and the backbone.
   """
+  # raw needs nothing of the backbone, and user features are the task's own: only
+  # init_features can be refused, and once per backbone answers for every such variant.
+  names = [name for name, overrides in variants
+           if method_config(config, overrides).mmd.feature_space == 'init_features']
+  if not names:
+    return
   rows = bench.splits.target.x[:2]
-  for name, overrides in variants:
-    method = method_config(config, overrides)
-    if method.mmd.feature_space != 'init_features':
-      continue  # raw needs nothing of the backbone; user features are the task's own
-    for backbone, (apply_fn, params) in bench.backbones.items():
-      try:
-        features_lib.init_features(apply_fn, params, rows, block_size=2)
-      except ValueError as error:
-        raise ValueError(f'config.valuation.variants: {name!r} on backbone {backbone!r}: '
-                         f'{error}') from error
+  for backbone, (apply_fn, params) in bench.backbones.items():
+    try:
+      features_lib.init_features(apply_fn, params, rows, block_size=2)
+    except ValueError as error:
+      raise ValueError(f'config.valuation.variants: {names[0]!r} on backbone {backbone!r}: '
+                       f'{error}') from error
 
 
 def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitStore
