@@ -1514,7 +1514,6 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
       `valuation.subsample` that drops rows); `fit` without probes.
   """
   config = default_config() if config is None else config
-  check_config(config)
   fit_target = config.valuation.get('fit_target', 'loss')
   if config.valuation.weights == 'fit':
     # Before the pool's per-example work, which a missing or bad probe would waste.
@@ -1619,7 +1618,6 @@ def leave_one_out(contributors: Sequence[Contributor], target: Any, *, apply_fn:
     ValueError: as `value_contributors`.
   """
   config = default_config() if config is None else config
-  check_config(config)
   _term_weights(term_weights, config)  # before the pool's per-example work
   t0 = time.perf_counter()
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
@@ -1696,8 +1694,7 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
     ValueError: as `value_contributors`; `num_permutations < 1`.
   """
   config = default_config() if config is None else config
-  # Before the pool's per-example work, which a bad argument here would waste.
-  check_config(config)
+  # Before the pool's per-example work (prepare_pool checks the config first).
   _term_weights(term_weights, config)
   num_permutations = checks.check_int(num_permutations, 'num_permutations')
   t0 = time.perf_counter()
