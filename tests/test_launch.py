@@ -23,6 +23,9 @@ def test_override_typo_lists_the_valid_keys():
     launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}', '--config.dat.k=3'])
   launch.check_config_overrides(argv[:3])  # valid overrides pass
   launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}', '--noconfig.output.progress'])
+  # absl's boolean spelling `--noconfig.x` is an override too, so its typo is caught as well.
+  with pytest.raises(launch.app.UsageError, match=r'config\.output\.progres: no such config'):
+    launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}', '--noconfig.output.progres'])
 
 
 def test_override_check_reads_every_spelling_and_reports_load_errors_in_one_line():
