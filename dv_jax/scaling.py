@@ -62,7 +62,7 @@ bootstrap replicates.
 import inspect
 import itertools
 import math
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -1359,6 +1359,49 @@ def breaks_on_edge(fit: BrokenPowerLawFit, *, rtol: float = 1e-6) -> np.ndarray:
   breaks = np.asarray(fit.breaks, np.float64)
   low, high = fit.break_range
   return (np.abs(np.log(breaks / low)) <= rtol) | (np.abs(np.log(breaks / high)) <= rtol)
+
+
+def segment_slopes(params: BrokenPowerLaw) -> np.ndarray:
+  """`[J + 1]` decay exponents of the fit's segments: before, between and after the breaks.
+
+  Segment `j` decays as `x^-(c0 + c_1 + ... + c_j)` far from every break (the curve's log-log
+  slope there is minus this).
+  """
+  changes = np.asarray(params.slope_changes, np.float64)
+  return float(params.slope) + np.concatenate([[0.0], np.cumsum(changes)])
+
+
+def match_breaks(fitted: Sequence[float], predicted: Sequence[float]) -> List[float]:
+  """The fitted break paired with each predicted one (NaN where none is).
+
+  A prediction that is NaN or not positive (e.g. temperature truncation's first break, which
+  has no plateau to end) takes no break. Equal counts pair in order. Otherwise the pairs
+  closest in `log n` are taken first, each break used at most once: a lone fitted break goes
+  to the prediction nearest to it, not to the first one.
+
+  Args:
+    fitted: the fit's breaks, increasing (`BrokenPowerLawFit.breaks`).
+    predicted: the predicted breaks, e.g. `(n1, n2)`.
+
+  Returns:
+    One value per prediction, in its order.
+  """
+  fitted = [float(value) for value in fitted]
+  predicted = [float(value) for value in predicted]
+  finite = [i for i, value in enumerate(predicted) if math.isfinite(value) and value > 0]
+  matched = [math.nan] * len(predicted)
+  if len(fitted) == len(finite):
+    for i, value in zip(finite, fitted):
+      matched[i] = value
+    return matched
+  pairs = sorted((abs(math.log(fitted[j] / predicted[i])), i, j)
+                 for i in finite for j in range(len(fitted)))
+  used = set()
+  for _, i, j in pairs:
+    if math.isnan(matched[i]) and j not in used:
+      matched[i] = fitted[j]
+      used.add(j)
+  return matched
 
 
 def fit_options(fit_config: Mapping[str, Any], **overrides: Any) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ lemma1_reference.{png,pdf} and lemma1_modes.{png,pdf}.
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Sequence
+from typing import Any, Dict, List, NamedTuple
 
 from absl import logging
 import jax
@@ -197,29 +197,6 @@ def _fit_options(config) -> Dict[str, Any]:
   return scaling.fit_options(config.fit, seed=config.seed)
 
 
-def _match_breaks(fitted: np.ndarray, predicted: Sequence[float]) -> List[float]:
-  """The fitted break paired with each predicted one (NaN if none).
-
-  Equal counts pair in order; otherwise each finite prediction takes the fitted break
-  nearest to it in log n, each fitted break used at most once.
-  """
-  predicted = [float(value) for value in predicted]
-  finite = [i for i, value in enumerate(predicted) if math.isfinite(value)]
-  matched = [math.nan] * len(predicted)
-  if len(fitted) == len(finite):
-    for i, value in zip(finite, fitted):
-      matched[i] = float(value)
-    return matched
-  free = list(range(len(fitted)))
-  for i in finite:
-    if not free:
-      break
-    best = min(free, key=lambda j: abs(math.log(fitted[j] / predicted[i])))
-    matched[i] = float(fitted[best])
-    free.remove(best)
-  return matched
-
-
 def _compute_cell(cell: Cell, config, p: np.ndarray, key: jax.Array) -> Dict[str, Any]:
   """Curve, fit and predictions of one cell (a unit of the store)."""
   ns = _n_grid(config)
@@ -241,10 +218,10 @@ def _compute_cell(cell: Cell, config, p: np.ndarray, key: jax.Array) -> Dict[str
   ours = scaling.predicted_breakpoints(
       cell.beta, cell.pi, mode=cell.mode, k=k_eff if cell.mode in ('hard', 'top_p') else None,
       temperature=value if cell.mode == 'temperature' else None, num_samples=num_samples)
-  matched = _match_breaks(fit.breaks, ours)
+  matched = scaling.match_breaks(fit.breaks, ours)
 
   params = fit.params
-  segment_slopes = params.slope + np.concatenate([[0.0], np.cumsum(params.slope_changes)])
+  segment_slopes = scaling.segment_slopes(params)
   fitted_curve = scaling.broken_power_law(ns, params)
   row = {
       'beta': cell.beta, 'pi': cell.pi, 'mode': cell.mode, 'parameter': cell.parameter,

@@ -498,35 +498,6 @@ def _fit_options(config) -> Dict[str, Any]:
   return scaling.fit_options(config.fit, seed=config.seed)
 
 
-def match_breaks(fitted: Sequence[float], predicted: Sequence[float]) -> List[float]:
-  """The fitted break paired with each predicted one (NaN if none).
-
-  Equal counts pair in order; otherwise the closest (in log n) fitted-predicted pairs are
-  taken first, each break used at most once.
-  """
-  fitted = [float(value) for value in fitted]
-  predicted = [float(value) for value in predicted]
-  finite = [i for i, value in enumerate(predicted) if math.isfinite(value) and value > 0]
-  matched = [math.nan] * len(predicted)
-  if len(fitted) == len(finite):
-    for i, value in zip(finite, fitted):
-      matched[i] = value
-    return matched
-  pairs = sorted((abs(math.log(fitted[j] / predicted[i])), i, j)
-                 for i in finite for j in range(len(fitted)))
-  used_fitted = set()
-  for _, i, j in pairs:
-    if math.isnan(matched[i]) and j not in used_fitted:
-      matched[i] = fitted[j]
-      used_fitted.add(j)
-  return matched
-
-
-def _segment_slopes(params: scaling.BrokenPowerLaw) -> np.ndarray:
-  """`[J + 1]` decay exponents of the fit's segments (before, between, after the breaks)."""
-  return params.slope + np.concatenate([[0.0], np.cumsum(params.slope_changes)])
-
-
 def _three_phases(num_breaks: int, slopes: np.ndarray) -> bool:
   """Two breaks, and the middle segment decays slower than both others."""
   return bool(num_breaks == 2 and slopes[1] < min(slopes[0], slopes[2]))
@@ -546,8 +517,8 @@ def _refit(config, x: np.ndarray, curves: Sequence[np.ndarray], predicted: Seque
     except ValueError:  # e.g. a curve that reached 0
       out.append(None)
       continue
-    out.append((match_breaks(fit.breaks, predicted),
-                _three_phases(fit.num_breaks, _segment_slopes(fit.params))))
+    out.append((scaling.match_breaks(fit.breaks, predicted),
+                _three_phases(fit.num_breaks, scaling.segment_slopes(fit.params))))
   return out
 
 
@@ -593,7 +564,7 @@ def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
             'breaks_on_edge': [], 'curve': [math.nan] * x.size, 'segment_slopes': [],
             'three_phases': False}
   params = fit.params
-  slopes = _segment_slopes(params)
+  slopes = scaling.segment_slopes(params)
   three = _three_phases(fit.num_breaks, slopes)
   return {'ok': True, 'reason': '', 'num_breaks': fit.num_breaks, 'breaks': fit.breaks,
           'break_ci': fit.break_ci,
@@ -735,9 +706,9 @@ def breakpoint_row(curve: str, mode: str, fit: Dict[str, Any], prediction: Dict[
     row[f'fit_break{j + 1}_on_edge'] = bool(fit['breaks_on_edge'][j]) if has else None
   references = {'paper': prediction['paper'], 'ours': prediction['ours']}
   if reference is not None:
-    references['theoryfit'] = match_breaks(reference['breaks'], prediction['paper']
+    references['theoryfit'] = scaling.match_breaks(reference['breaks'], prediction['paper']
                                            if mode != 'temperature' else prediction['ours'])
-  matched = match_breaks(fit['breaks'], prediction['paper'] if mode != 'temperature'
+  matched = scaling.match_breaks(fit['breaks'], prediction['paper'] if mode != 'temperature'
                          else prediction['ours'])
   for j, label in enumerate(('n1', 'n2')):
     row[f'fit_{label}'] = matched[j]

@@ -561,6 +561,38 @@ def test_fit_keeps_every_break_inside_the_data():
     np.testing.assert_allclose(fit.models[1].breaks, [100.0], rtol=0.25)
 
 
+def test_match_breaks():
+  assert scaling.match_breaks([10.0, 100.0], [8.0, 200.0]) == [10.0, 100.0]
+  assert all(math.isnan(v) for v in scaling.match_breaks([], [8.0, 200.0]))
+  for fitted in ([300.0], [5.0, 300.0]):  # a NaN prediction (temperature's n1) stays NaN
+    got = scaling.match_breaks(fitted, [math.nan, 200.0])
+    assert math.isnan(got[0]) and got[1] == 300.0
+  # Three fitted breaks for two predictions: each prediction takes its nearest.
+  assert scaling.match_breaks([9.0, 50.0, 180.0], [8.0, 200.0]) == [9.0, 180.0]
+
+
+def test_match_breaks_single_fitted_break_goes_to_the_nearest_prediction():
+  got = scaling.match_breaks([150.0], [8.0, 200.0])
+  assert math.isnan(got[0]) and got[1] == 150.0
+  got = scaling.match_breaks([9.0], [8.0, 200.0])
+  assert got[0] == 9.0 and math.isnan(got[1])
+  # lemma1_theory once paired greedily in prediction order, so a break 1.2x below n2 was
+  # reported as n1 at 10x.
+  got = scaling.match_breaks([1000.0], [100.0, 1200.0])
+  assert math.isnan(got[0]) and got[1] == 1000.0
+
+
+def test_segment_slopes_are_the_curves_log_log_slopes_far_from_the_breaks():
+  params = scaling.BrokenPowerLaw(floor=0.0, scale=2.0, slope=1.0, breaks=np.array([1e2, 1e6]),
+                                  slope_changes=np.array([-0.8, 0.6]),
+                                  smoothness=np.array([0.1, 0.1]))
+  np.testing.assert_allclose(scaling.segment_slopes(params), [1.0, 0.2, 0.8])
+  # The same from the curve itself: minus its log-log slope at n = 1, 1e4 and 1e8.
+  for n, expected in ((1.0, 1.0), (1e4, 0.2), (1e8, 0.8)):
+    y0, y1 = scaling.broken_power_law(np.array([n, n * 1.01]), params)
+    assert -math.log(y1 / y0) / math.log(1.01) == pytest.approx(expected, abs=1e-3)
+
+
 def test_breaks_on_edge_flags_a_break_held_at_the_end_of_the_range():
   # The curve of test_fit_keeps_every_break_inside_the_data: its second bend starts past
   # the data, so the selected second break is held at the top of the range (censored).

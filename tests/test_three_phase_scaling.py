@@ -136,21 +136,6 @@ def test_steps_for(n, expected):
   assert tps.steps_for(n, recipe) == expected
 
 
-def test_match_breaks():
-  assert tps.match_breaks([10.0, 100.0], [8.0, 200.0]) == [10.0, 100.0]
-  assert all(math.isnan(v) for v in tps.match_breaks([], [8.0, 200.0]))
-  for fitted in ([300.0], [5.0, 300.0]):  # a NaN prediction (temperature's n1) stays NaN
-    got = tps.match_breaks(fitted, [math.nan, 200.0])
-    assert math.isnan(got[0]) and got[1] == 300.0
-
-
-def test_match_breaks_single_fitted_break_goes_to_the_nearest_prediction():
-  got = tps.match_breaks([150.0], [8.0, 200.0])
-  assert math.isnan(got[0]) and got[1] == 150.0
-  got = tps.match_breaks([9.0], [8.0, 200.0])
-  assert got[0] == 9.0 and math.isnan(got[1])
-
-
 def _small_mixture(num_items=512, beta=2.0, k=4, pi=0.25):
   p = scaling.zipf(num_items, beta)
   p_syn = scaling.synthetic_distribution(p, mode='hard', k=k)
