@@ -104,7 +104,8 @@ def check_config(config) -> None:
   if not ns or any(not (n >= 1 and n.is_integer()) for n in ns):
     raise ValueError(f'config.scaling.mc_ns must be a non-empty list of integers >= 1, got '
                      f'{tuple(scale.mc_ns)}')
-  config_checks.config_int(scale.mc_trials, 'scaling.mc_trials')
+  # The Monte Carlo standard error (and so its z-score) needs two trials.
+  config_checks.config_int(scale.mc_trials, 'scaling.mc_trials', minimum=2)
   ref = config.data.reference
   if not (float(ref.beta) > 1 and math.isfinite(float(ref.beta))):
     raise ValueError(f'config.data.reference.beta must be > 1, got {ref.beta}')
@@ -117,6 +118,11 @@ def check_config(config) -> None:
     raise ValueError(f'config.data.reference.paper_errors has {len(ref.paper_errors)} values '
                      f'but config.data.reference.ns has {len(ref.ns)}: one error per n '
                      '(at least one)')
+  for name, values in (('ns', ref.ns), ('paper_errors', ref.paper_errors)):
+    # rel_diff_paper divides by the quoted error; E(n) needs sample sizes >= 0.
+    if any(not (float(v) > 0 and math.isfinite(float(v))) for v in values):
+      raise ValueError(f'config.data.reference.{name} must be positive and finite, got '
+                       f'{tuple(values)}')
   if float(config.output.grid_beta) not in [float(b) for b in config.data.betas]:
     # Otherwise the all-modes figure would have no curve and silently not be written.
     raise ValueError(f'config.output.grid_beta must be one of config.data.betas '

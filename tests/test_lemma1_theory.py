@@ -85,7 +85,8 @@ def test_grid_checks_its_lists_and_names_cells_exactly(experiment):
     ('data', 'modes', ('hard', 'hard'), r'config\.data\.modes repeats an entry'),
     ('scaling', 'n_min', 1e6, r'config\.scaling\.n_min and n_max must satisfy'),
     ('scaling', 'num_points', 5, r'config\.scaling\.num_points must be >= 10'),
-    ('scaling', 'mc_trials', 0, r'config\.scaling\.mc_trials must be an integer >= 1'),
+    # One trial has no standard error: mc_stderr and z were written as NaN.
+    ('scaling', 'mc_trials', 1, r'config\.scaling\.mc_trials must be an integer >= 2'),
     # The fit's options: before, a bad one failed in the first cell, after two units.
     ('fit', 'grid_points', 1, r'config\.fit: grid_points must be >= 2 to place a break'),
     ('fit', 'ci_level', 95.0, r'config\.fit: ci_level must lie in \(0, 1\)'),
@@ -126,6 +127,19 @@ def test_a_pi_without_the_phase_it_needs_fails_before_any_unit(experiment, tmp_p
   assert not (tmp_path / 'units').exists()
   if 'pis' in change:  # pi = 1 stays valid for the modes without a synthetic asymptote
     config.data.modes = ('hard',)
+    experiment.check_config(config)
+
+
+@pytest.mark.parametrize('field, values', [
+    # A quoted error of 0 made rel_diff_paper inf; a negative n failed in the library
+    # under its own argument name.
+    ('paper_errors', (0.069, 0.0112, 0.0, 0.0016)),
+    ('ns', (100, -4900, 78400, 3_000_000)),
+])
+def test_a_bad_reference_value_fails_naming_the_field(experiment, field, values):
+  config = lemma1_config.get_config('smoke')
+  config.data.reference[field] = values
+  with pytest.raises(ValueError, match=rf'config\.data\.reference\.{field} must be positive'):
     experiment.check_config(config)
 
 
