@@ -5,9 +5,9 @@ in `<workdir>/k<k>/` with its own units (a rerun, or an interrupted sweep, resum
 then fits log(break) = slope * log(k) + c by least squares for every curve (the exact
 theory E(n) at the measured sizes, the measured test loss and error) and each break.
 Lemma 1 predicts slope beta for both breaks. The interval of a measured slope propagates
-each k's seed-bootstrap interval of the break (read as a normal in log space, sd = width /
-(2 z), z the normal quantile of `fit.ci_level`, 1.96 at 0.95) through the least-squares
-weights: the slope's sampling error under the data noise of the seeds, at the same level.
+each k's seed-bootstrap interval of the break (at level `fit.ci_level`, read as a normal in
+log space) through the least-squares weights: the slope's sampling error under the data
+noise of the seeds, at the same level.
 Every cut's settings and saved units are checked before the first cut trains.
 
   python experiments/breakpoint_sweep.py --config=configs/breakpoint_sweep.py \
@@ -27,7 +27,6 @@ from absl import logging
 import ml_collections
 import numpy as np
 from scipy import special
-from scipy import stats
 from tqdm import tqdm
 
 from dv_jax import plotting
@@ -52,18 +51,19 @@ def config_for_k(config: ml_collections.ConfigDict, k: int) -> ml_collections.Co
 
 
 def fit_exponent(ks: Sequence[float], breaks: Sequence[float],
-                 intervals: Sequence[Sequence[float]] = (), *, level: float = 0.95
-                 ) -> Dict[str, float]:
+                 intervals: Sequence[Sequence[float]] = ()) -> Dict[str, float]:
   """Least-squares slope of log(break) on log(k), and its interval from per-k intervals.
+
+  Each break's interval is read as a normal in log space, independent across k, and the
+  slope is a fixed linear combination `sum_j w_j log b_j` of the breaks. So its interval,
+  at the same confidence level as the per-k ones, has half-width `sqrt(sum_j (w_j h_j)^2)`,
+  `h_j` the half-width of break j's interval in log space. The level's normal quantile
+  cancels: the slope's interval has whatever level the per-k intervals have.
 
   Args:
     ks: `[J]` cuts, at least two distinct.
     breaks: `[J]` fitted breaks (NaN where a fit found none: left out).
-    intervals: optional `[J, 2]` (low, high) intervals of each break at confidence `level`;
-      each is read as a normal in log space with sd = (log high - log low) / (2 z), z the
-      normal quantile of `(1 + level) / 2` (1.96 at 0.95), and the slope's sd is the
-      least-squares weights applied to those sds (independent across k).
-    level: the confidence level of `intervals` and of the returned slope interval.
+    intervals: optional `[J, 2]` (low, high) intervals of the breaks, all at one level.
 
   Returns:
     `{'slope', 'intercept', 'num_points', 'slope_lo', 'slope_hi'}` (NaN where undefined).
@@ -80,12 +80,11 @@ def fit_exponent(ks: Sequence[float], breaks: Sequence[float],
   slope = float(np.sum(weights * log_b[keep]))
   out.update(slope=slope, intercept=float(np.mean(log_b[keep]) - slope * log_k[keep].mean()))
   if len(intervals):
-    z = float(stats.norm.ppf((1.0 + level) / 2.0))  # 1.959963984540054 at 0.95
     bounds = np.log(np.asarray(intervals, np.float64))[keep]
     if np.all(np.isfinite(bounds)):
-      sd = (bounds[:, 1] - bounds[:, 0]) / (2 * z)
-      slope_sd = float(np.sqrt(np.sum((weights * sd) ** 2)))
-      out.update(slope_lo=slope - z * slope_sd, slope_hi=slope + z * slope_sd)
+      half_widths = (bounds[:, 1] - bounds[:, 0]) / 2
+      half_width = float(np.sqrt(np.sum((weights * half_widths) ** 2)))
+      out.update(slope_lo=slope - half_width, slope_hi=slope + half_width)
   return out
 
 
@@ -212,8 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
     for label in ('n1', 'n2'):
       intervals = ([(r[f'seedboot_{label}_lo'], r[f'seedboot_{label}_hi']) for r in sub]
                    if curve != 'theory' else ())
-      fit = fit_exponent([r['k'] for r in sub], [r[f'fit_{label}'] for r in sub], intervals,
-                         level=float(config.fit.ci_level))
+      fit = fit_exponent([r['k'] for r in sub], [r[f'fit_{label}'] for r in sub], intervals)
       exponents.append({'curve': curve, 'break': label, 'predicted_slope': config.data.beta,
                         **fit})
       logging.info('%s %s: slope %.3f [%.3f, %.3f] (predicted %g)', curve, label,

@@ -51,17 +51,24 @@ def test_fit_exponent_interval_and_missing_breaks():
   assert math.isnan(breakpoint_sweep.fit_exponent(ks, [1.0, math.nan, math.nan])['slope'])
 
 
-def test_fit_exponent_interval_at_another_level():
-  # Intervals at 90% read with the 90% quantile (1.645), not 1.96: the same slope sd.
+def test_fit_exponent_interval_has_the_level_of_the_per_k_intervals():
+  # The same log-space sds as 90% intervals give the 90% slope interval: z = 1.645 on both
+  # sides, so the per-k intervals' own level carries through (no level argument to misread).
   ks = np.array([8.0, 16.0, 32.0])
   breaks = 2.0 * ks ** 1.5
   sd = np.array([0.1, 0.2, 0.3])
   z90 = 1.6448536269514722
   intervals = np.stack([breaks * np.exp(-z90 * sd), breaks * np.exp(z90 * sd)], axis=1)
-  fit = breakpoint_sweep.fit_exponent(ks, breaks, intervals, level=0.9)
+  fit = breakpoint_sweep.fit_exponent(ks, breaks, intervals)
   slope_sd = math.sqrt(0.1 ** 2 + 0.3 ** 2) / (2 * math.log(2.0))
   np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']],
                              1.5 + np.array([-1, 1]) * z90 * slope_sd)
+  # A cut without a break but with a finite interval is left out of the interval too: the
+  # two-point slope's weights are (-1, 1) / (2 log 2).
+  fit = breakpoint_sweep.fit_exponent(ks, [breaks[0], math.nan, breaks[2]], intervals)
+  half_width = z90 * math.sqrt(0.1 ** 2 + 0.3 ** 2) / (2 * math.log(2.0))
+  np.testing.assert_allclose([fit['slope'], fit['slope_lo'], fit['slope_hi']],
+                             [1.5, 1.5 - half_width, 1.5 + half_width])
 
 
 def _no_training(*args, **kwargs):
