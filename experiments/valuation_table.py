@@ -490,21 +490,29 @@ def check_saved_units(store: results.UnitStore, units: Dict[str, str]) -> None:
 
 def check_feature_spaces(config: ml_collections.ConfigDict, bench: Benchmark,
                          variants: Sequence[Tuple[str, Dict[str, Any]]]) -> None:
-  """Runs each variant's `init_features` on two target rows of every backbone.
+  """Checks that every backbone can give each variant's MMD feature space.
 
-  `checked_variants` cannot know the backbones; a backbone without a `[b, d]` readout
-  input (an LM reads `[b, t, d]`) would otherwise refuse `mmd.feature_space=init_features`
-  only when that variant's turn came, after the ground-truth retraining.
+  `checked_variants` cannot know the backbones. Without this, a variant the task cannot
+  serve would be refused only when its turn came, after the ground-truth retraining:
+  `init_features` on a backbone without a `[b, d]` readout input (an LM reads `[b, t, d]`),
+  and `user` on a task that has no features of its own (`bench.features_fn`: the LM tasks
+  have them, the image and classification tasks do not).
 
   Raises:
     ValueError: naming `config.valuation.variants`, the variant and the backbone.
   """
-  # raw needs nothing of the backbone, and user features are the task's own: only
-  # init_features can be refused, and once per backbone answers for every such variant.
-  names = [name for name, overrides in variants
-           if method_config(config, overrides).mmd.feature_space == 'init_features']
+  spaces = [(name, method_config(config, overrides).mmd.feature_space)
+            for name, overrides in variants]
+  for name, space in spaces:  # raw needs nothing of the backbone
+    missing = [b for b in bench.backbones if b not in bench.features_fn]
+    if space == 'user' and missing:
+      raise ValueError(f'config.valuation.variants: {name!r} sets mmd.feature_space=user, '
+                       f'but this task has no features of its own for backbone '
+                       f'{missing[0]!r} (only for {sorted(bench.features_fn)})')
+  names = [name for name, space in spaces if space == 'init_features']
   if not names:
     return
+  # One call per backbone answers for every init_features variant.
   rows = bench.splits.target.x[:2]
   for backbone, (apply_fn, params) in bench.backbones.items():
     try:

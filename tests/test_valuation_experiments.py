@@ -257,6 +257,19 @@ def test_valuation_table_refuses_a_stale_unit_of_any_draw_before_any_work(tmp_pa
   assert {p.name: p.read_bytes() for p in (tmp_path / 'units').iterdir()} == before
 
 
+def test_user_features_on_a_task_without_them_fail_before_the_ground_truth(tmp_path,
+                                                                           monkeypatch):
+  # digits has no features of its own; before, the variant was refused only at its turn,
+  # after the ground truth had been retrained and saved, and not under the config key.
+  _forbid(monkeypatch, (ground_truth, 'retrain'), (valuation, 'value_contributors'))
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  config.valuation.variants = ('mine|mmd.feature_space=user',)
+  with pytest.raises(ValueError, match=r"config\.valuation\.variants: 'mine' sets "
+                     r"mmd\.feature_space=user, but this task has no features of its own"):
+    valuation_table.run(config, tmp_path)
+  assert not any((tmp_path / 'units').glob('*'))
+
+
 def test_ablation_refuses_a_stale_unit_before_any_work(tmp_path, monkeypatch):
   _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
           (valuation, 'value_contributors'))
