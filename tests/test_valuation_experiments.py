@@ -319,6 +319,15 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
   assert 'ours-fit-weights-proposed' in (tmp_path / 'table.md').read_text()
   # The second ground truth: each method's values ranked against the retrained accuracy.
   store = results.UnitStore(tmp_path / 'units')
+  for row in out['rows']:
+    # A method's cost against the retraining; fitted weights also pay for their probes:
+    # the singletons (the whole ground truth) and the retrained unions.
+    retrain = store.load(f'draw0/{row["backbone"]}/ground_truth')['seconds']
+    probes = (retrain + store.load(f'draw0/{row["backbone"]}/probe_ground_truth')['seconds']
+              if row['method'] == 'ours-fit-weights-proposed' else 0.0)
+    np.testing.assert_allclose([row['retrain_seconds'], row['probe_retrain_seconds'],
+                                row['cost_fraction']],
+                               [retrain, probes, (row['seconds'] + probes) / retrain])
   # The up-front check (draw_units) lists exactly the units the run wrote.
   assert set(store.names()) == set(valuation_table.draw_units(config, 0))
   for backbone in config.model.backbones:
