@@ -3,8 +3,10 @@
 End to end: the smoke variants of the facts MLP, the facts LM and the paper's CIFAR-100 /
 ResNet-18 path (on a tiny fake CIFAR-100 folder in the official pickle format) run in a
 temporary workdir, write their tables and figures, and a rerun trains nothing. Unit
-tests: the truncation matching, the step schedule, the break matching, the per-example
-metrics against a float64 NumPy reference and the memorisation property of `ItemMLP`.
+tests: the truncation matching, the step schedule, the planned units and their
+fingerprint, the predictions, the break matching and the breakpoint rows and summaries on
+hand-made fits, the per-example and per-unit metrics against a float64 NumPy reference
+and the memorisation property of `ItemMLP`.
 """
 
 import copy
@@ -134,6 +136,288 @@ def test_steps_for(n, expected):
       {'epochs': 4.0, 'batch_size': 100, 'min_steps': 8, 'max_steps': 64})
   # ceil(4 n / 100) rounded up to a power of two, then clipped to [8, 64].
   assert tps.steps_for(n, recipe) == expected
+
+
+def test_steps_for_rounds_a_fractional_epoch_up():
+  # 1650 examples in batches of 100 take 16.5 batches: the docstring's ceil gives 17 and
+  # the next power of two 32 (flooring first would give 16 and drop half an epoch).
+  recipe = ml_collections.ConfigDict(
+      {'epochs': 1.0, 'batch_size': 100, 'min_steps': 1, 'max_steps': 1024})
+  assert tps.steps_for(1650, recipe) == 32
+  assert tps.steps_for(1600, recipe) == 16  # exactly 16 batches
+
+
+def test_planned_units_by_hand():
+  # The facts variant: 25 sizes x 10 seeds of hard truncation, then each of the 3 soft
+  # modes at every 2nd size (13 of them, from the smallest) x truncation.num_seeds = 3.
+  config = configs.get_config('facts')
+  grid = tps.size_grid(config)
+  assert grid.size == 25 and config.truncation.grid_stride == 2
+  work = tps.planned_units(config)
+  hard = [unit for unit in work if unit[0] == 'hard']
+  assert sorted(hard) == sorted((('hard', int(n), r) for n in grid for r in range(10)))
+  for mode in ('top_p', 'temperature', 'finite_sample'):
+    soft = [unit for unit in work if unit[0] == mode]
+    assert len(soft) == 13 * 3
+    assert sorted({n for _, n, _ in soft}) == [int(n) for n in grid[0::2]]
+    assert {r for _, _, r in soft} == {0, 1, 2}
+  assert len(work) == 250 + 3 * 13 * 3
+  config.truncation.measure = False  # theory curves only: no soft-mode units
+  assert tps.planned_units(config) == hard
+
+
+def _saved_unit_workdir(config, workdir):
+  """`workdir/units` holding the first planned unit, saved under `config`'s fingerprint."""
+  name = tps._unit_name(*tps.planned_units(config)[0])
+  results.UnitStore(Path(workdir) / 'units').save(
+      name, {'loss': 1.0, 'fingerprint': tps.unit_fingerprint(config)})
+  return name
+
+
+@pytest.mark.parametrize('field, value', [
+    ('seed', 1),  # another seed draws other mixtures and initialisations
+    ('truncation.top_p', 0.8),  # read without match_k: other synthetic data
+    ('truncation.temperature', 0.4),
+    ('truncation.generator_samples', 50),
+    ('train.learning_rate', 0.02),
+    ('model.embed_dim', 16),
+    ('data.num_answers', 5),
+])
+def test_saved_unit_of_another_config_is_refused(tmp_path, field, value):
+  config = configs.get_config('smoke')
+  config.truncation.match_k = False
+  name = _saved_unit_workdir(config, tmp_path)
+  assert list(tps.check_saved_units(config, tmp_path)) == [name]
+  *sections, last = field.split('.')
+  changed = copy.deepcopy(config)
+  section = changed
+  for part in sections:
+    section = section[part]
+  section[last] = value
+  with pytest.raises(ValueError, match=f'unit {name} .* fresh --workdir'):
+    tps.check_saved_units(changed, tmp_path)
+
+
+def test_saved_unit_is_reused_when_only_the_fits_change(tmp_path):
+  # The fits and the seed counts are not part of a trained unit (refits are free).
+  config = configs.get_config('smoke')
+  name = _saved_unit_workdir(config, tmp_path)
+  config.fit.num_bootstrap += 1
+  config.fit.ideal_replicates = 0
+  config.scaling.num_seeds += 1
+  assert list(tps.check_saved_units(config, tmp_path)) == [name]
+
+
+def test_seen_metrics_by_hand():
+  # Four items, the first two seen; every expected number is a hand sum.
+  weight = np.array([0.4, 0.3, 0.2, 0.1])
+  loss = np.array([0.1, 1.0, 2.0, 3.0])
+  correct = np.array([True, False, True, False])
+  seen = np.array([True, True, False, False])
+  expected = {
+      'loss': 0.04 + 0.3 + 0.4 + 0.3,
+      'error': 0.3 + 0.1,
+      'memorizer_error': 0.2 + 0.1,  # the unseen mass: Lemma 1's learner errs exactly there
+      'seen_error': 0.3 / 0.7,       # per unit of seen mass, not of all mass
+      'seen_loss': (0.04 + 0.3) / 0.7,
+      'unseen_loss': (0.4 + 0.3) / 0.3,
+  }
+  got = tps._seen_metrics(weight, loss, correct, seen)
+  assert set(got) == set(expected)
+  for name, value in expected.items():
+    np.testing.assert_allclose(got[name], value, rtol=1e-12, err_msg=name)
+  # Everything seen: no unseen mass, and the unseen loss is undefined rather than 0/0.
+  every = tps._seen_metrics(weight, loss, correct, np.ones(4, bool))
+  assert every['memorizer_error'] == 0.0 and math.isnan(every['unseen_loss'])
+  np.testing.assert_allclose(every['seen_error'], 0.4, rtol=1e-12)
+
+
+def _spy(function, calls):
+  """`function`, recording `(args, kwargs, result)` of every call in `calls`."""
+  def wrapped(*args, **kwargs):
+    out = function(*args, **kwargs)
+    calls.append((args, kwargs, out))
+    return out
+  return wrapped
+
+
+def test_facts_unit_against_numpy(monkeypatch):
+  """`FactsTask.run_unit` against a float64 NumPy recomputation from what it drew, trained
+  and evaluated (spied): test weights the real Zipf p, every drawn item seen, the final
+  training loss over the last tenth of the steps, and one answer table per seed."""
+  config = configs.get_config('smoke')
+  config.truncation.modes = ('hard',)
+  # Real items first in a mixture, so at pi=3/4 the second half of the draws still holds
+  # real items the first half missed.
+  config.data.pi = 0.75
+  task = tps.FactsTask(config, jax.random.PRNGKey(0))
+  mixtures, trained, evaluated = [], [], []
+  monkeypatch.setattr(tps.facts, 'make_mixture', _spy(tps.facts.make_mixture, mixtures))
+  monkeypatch.setattr(tps.training, 'train', _spy(tps.training.train, trained))
+  monkeypatch.setattr(tps, 'per_example_metrics', _spy(tps.per_example_metrics, evaluated))
+  seed_a, seed_b = jax.random.PRNGKey(10), jax.random.PRNGKey(11)
+  units = [task.run_unit('hard', 40, jax.random.PRNGKey(i), replicate, None)
+           for i, replicate in enumerate((seed_a, seed_a, seed_b))]
+  assert len(mixtures) == len(trained) == len(evaluated) == 3
+  num_items = config.data.num_items
+  p = scaling.zipf(num_items, config.data.beta)
+  for unit, mixture, train_call, eval_call in zip(units, mixtures, trained, evaluated):
+    ids = np.asarray(mixture[2].x).ravel()
+    assert ids.size == 40
+    seen = np.isin(np.arange(num_items), ids)
+    wrong = ~np.asarray(eval_call[2][1])
+    loss = np.asarray(eval_call[2][0], np.float64)
+    assert unit['num_distinct_items'] == np.unique(ids).size
+    np.testing.assert_allclose(unit['memorizer_error'], p[~seen].sum(), rtol=1e-12)
+    np.testing.assert_allclose(unit['loss'], np.sum(p * loss), rtol=1e-12)
+    np.testing.assert_allclose(unit['error'], np.sum(p * wrong), rtol=1e-12)
+    np.testing.assert_allclose(unit['seen_error'], p[seen] @ wrong[seen] / p[seen].sum(),
+                               rtol=1e-12)
+    losses = np.asarray(train_call[2].losses, np.float64)
+    assert unit['steps'] == losses.size == 20
+    np.testing.assert_allclose(unit['train_loss_final'], losses[-2:].mean(), rtol=1e-6)
+  # The labels evaluated are every item's answer: one table per seed (replicate key),
+  # whatever the unit's own key.
+  labels = [np.asarray(call[0][3]) for call in evaluated]
+  np.testing.assert_array_equal(labels[0], labels[1])
+  assert np.mean(labels[0] != labels[2]) > 0.5  # 10 answers: ~90% differ
+
+
+def test_predictions_per_mode():
+  # The smoke setting: beta=2, k=4, pi=1/4, so the paper's breaks are k^beta = 16 and
+  # k^beta/pi = 64; every soft mode is matched to the same effective cut.
+  config = configs.get_config('smoke')
+  p = scaling.zipf(config.data.num_items, config.data.beta)
+  parameters = tps.truncation_parameters(p, config)
+
+  def predict(mode):
+    (name, value), = parameters[mode].items()
+    p_syn = scaling.synthetic_distribution(p, mode=mode, **{name: value})
+    return tps.predictions(config, mode, p, p_syn, parameters[mode])
+
+  refined = scaling.refined_breakpoints(2.0, 4, 0.25)
+  hard = predict('hard')
+  assert hard['k_eff'] == 4 and hard['paper'] == [16.0, 64.0]
+  assert hard['ours'] == [refined.n1, refined.n2]
+  # top_p of a rank-ordered Zipf is the hard cut at k_eff: the same predictions of ours.
+  top_p = predict('top_p')
+  assert top_p['k_eff'] == 4 and top_p['ours'] == [refined.n1, refined.n2]
+  # Temperature has no plateau: no paper n1, only the end of the synthetic phase.
+  temperature = predict('temperature')
+  assert temperature['k_eff'] == 4 and math.isnan(temperature['paper'][0])
+  assert temperature['paper'][1] == 64.0
+  assert math.isnan(temperature['ours'][0]) and temperature['ours'][1] > 0
+
+
+@pytest.mark.parametrize('num_breaks, slopes, expected', [
+    (2, [0.5, 0.1, 0.4], True),    # a plateau between two faster decays
+    (2, [0.5, 0.3, 0.2], False),   # flatter than the first, not than the last segment
+    (2, [0.2, 0.3, 0.5], False),
+    (1, [0.5, 0.1], False),
+])
+def test_three_phases(num_breaks, slopes, expected):
+  assert tps._three_phases(num_breaks, np.array(slopes)) is expected
+
+
+def _hand_fit(**extra):
+  return dict({'ok': True, 'num_breaks': 2, 'breaks': [120.0, 1800.0],
+               'break_ci': [[100.0, 150.0], [1500.0, 2500.0]],
+               'breaks_on_edge': [False, True], 'segment_slopes': np.array([0.5, 0.1, 0.4]),
+               'three_phases': True}, **extra)
+
+
+def test_breakpoint_row_of_a_hand_made_fit():
+  boot = {'n1_median': 125.0, 'n1_lo': 90.0, 'n1_hi': 160.0, 'n1_found': 1.0,
+          'n2_median': 1700.0, 'n2_lo': 1200.0, 'n2_hi': 2600.0, 'n2_found': 0.75,
+          'three_phases': 0.5}
+  fit = _hand_fit(seed_bootstrap=boot)
+  # Temperature: no paper n1, so the fit is paired with our (n1, n2), and so is the
+  # theory fit's (pairing it with the paper's would lose its first break).
+  prediction = {'k_eff': 4, 'parameter': 'temperature', 'value': 0.3,
+                'paper': [math.nan, 1000.0], 'ours': [100.0, 2000.0]}
+  row = tps.breakpoint_row('measured_loss', 'temperature', fit, prediction,
+                           {'breaks': [110.0, 1900.0]}, max_breaks=2)
+  assert (row['fit_break1'], row['fit_break1_lo'], row['fit_break1_hi']) == (120.0, 100.0, 150.0)
+  assert (row['fit_break2'], row['fit_break2_lo'], row['fit_break2_hi']) == (1800.0, 1500.0, 2500.0)
+  assert [row['fit_break1_on_edge'], row['fit_break2_on_edge']] == [False, True]
+  assert [row[f'segment_slope{j}'] for j in range(3)] == [0.5, 0.1, 0.4]
+  assert [row['fit_n1'], row['fit_n2']] == [120.0, 1800.0]
+  assert [row['theoryfit_n1'], row['theoryfit_n2']] == [110.0, 1900.0]
+  np.testing.assert_allclose([row['ratio_ours_n1'], row['ratio_ours_n2']], [1.2, 0.9])
+  np.testing.assert_allclose(row['ratio_theoryfit_n1'], 120.0 / 110.0)
+  assert math.isnan(row['ratio_paper_n1']) and row['within_2x_paper_n1'] is None
+  np.testing.assert_allclose(row['ratio_paper_n2'], 1.8)
+  assert row['within_2x_paper_n2'] is True
+  for name, value in boot.items():
+    assert row[f'seedboot_{name}'] == value, name
+  # No seed bootstrap, one break: the missing cells are NaN, not absent.
+  fit = _hand_fit(num_breaks=1, breaks=[120.0], break_ci=[[100.0, 150.0]],
+                  breaks_on_edge=[False], segment_slopes=np.array([0.5, 0.1]))
+  row = tps.breakpoint_row('measured_loss', 'hard', fit,
+                           dict(prediction, paper=[100.0, 400.0]), None, max_breaks=2)
+  assert row['fit_break1_lo'] == 100.0 and math.isnan(row['fit_break2_lo'])
+  assert row['fit_break2_on_edge'] is None and 'theoryfit_n1' not in row
+  assert row['segment_slope1'] == 0.1 and math.isnan(row['segment_slope2'])
+  assert all(math.isnan(row[f'seedboot_n1_{stat}']) for stat in ('median', 'lo', 'hi'))
+
+
+def test_break_intervals_prefer_the_seed_bootstrap():
+  boot = {'n1_lo': 90.0, 'n1_hi': 160.0, 'n2_lo': 1200.0, 'n2_hi': 2600.0}
+  intervals, source = tps._break_intervals(_hand_fit(seed_bootstrap=boot))
+  assert source == 'seeds'
+  np.testing.assert_array_equal(intervals, [[90.0, 160.0], [1200.0, 2600.0]])
+  intervals, source = tps._break_intervals(_hand_fit())
+  assert source == 'residuals'
+  np.testing.assert_array_equal(intervals, [[100.0, 150.0], [1500.0, 2500.0]])
+
+
+def test_break_summary_by_hand():
+  # Six refits; n1 found in 5, n2 in 2. ci_level 0.5 is the 25th-75th percentile, which
+  # by linear interpolation over 1..5 is 2..4, over (12, 50) is 21.5..40.5.
+  matched = np.array([[1.0, np.nan], [2.0, np.nan], [3.0, 12.0], [4.0, 50.0],
+                      [5.0, np.nan], [np.nan, np.nan]])
+  out = tps._break_summary(matched, 0.5, predicted=[2.5, 20.0])
+  expected = {'n1_found': 5 / 6, 'n1_median': 3.0, 'n1_lo': 2.0, 'n1_hi': 4.0,
+              # within 2x of 2.5 is [1.25, 5]: 2, 3, 4, 5, over all six refits
+              'n1_within_2x': 4 / 6,
+              'n2_found': 2 / 6, 'n2_median': 31.0, 'n2_lo': 21.5, 'n2_hi': 40.5,
+              'n2_within_2x': 1 / 6}  # 12 is (0.6x), 50 is not (2.5x)
+  assert set(out) == set(expected)
+  for name, value in expected.items():
+    np.testing.assert_allclose(out[name], value, rtol=1e-12, err_msg=name)
+  # Nothing found for n1 (all NaN); n2 found 1 and 2, and only 1 is within 2x of 0.9.
+  out = tps._break_summary(matched[:, ::-1][[0, 1, 5]], 0.95, predicted=[math.nan, 0.9])
+  assert out['n1_found'] == 0.0 and math.isnan(out['n1_median']) and math.isnan(out['n1_lo'])
+  assert math.isnan(out['n1_within_2x']) and out['n2_within_2x'] == 1 / 3
+  assert 'n1_within_2x' not in tps._break_summary(matched, 0.5)
+
+
+def test_seed_bootstrap_resamples_whole_seeds(monkeypatch):
+  # Seed r's curve is the indicator of size r, so a resample's mean curve times the seed
+  # count is how often each seed was drawn. The refit is stubbed: its "break" is the
+  # number of draws of seed 0, so the summary of the resamples can be checked by hand.
+  config = configs.get_config('smoke')
+  config.fit.seed_bootstrap = 200
+  config.fit.seed_bootstrap_min_seeds = 4
+  curves = []
+
+  def fake_refit(config, x, resamples, predicted):
+    curves.extend(resamples)
+    return [([1.0 + 4 * c[0], math.nan], 4 * c[0] > 1) for c in resamples]
+
+  monkeypatch.setattr(tps, '_refit', fake_refit)
+  out = tps.seed_bootstrap(config, np.arange(1.0, 5.0), np.eye(4), [1.0, 2.0])
+  counts = np.round(4 * np.array(curves)).astype(int)
+  np.testing.assert_allclose(4 * np.array(curves), counts, atol=1e-12)
+  assert counts.shape == (200, 4) and np.all(counts.sum(axis=1) == 4)
+  # Draws with replacement: ~Binomial(4, 1/4) per seed, so resamples differ.
+  assert len({tuple(c) for c in counts}) > 10
+  np.testing.assert_allclose(counts.mean(axis=0), 1.0, atol=0.25)
+  assert out['replicates'] == 200 and out['n1_found'] == 1.0 and out['n2_found'] == 0.0
+  assert out['n1_lo'] < out['n1_median'] < out['n1_hi']
+  np.testing.assert_allclose(out['three_phases'], np.mean(counts[:, 0] > 1))
+  # Fewer seeds than seed_bootstrap_min_seeds: no interval.
+  assert tps.seed_bootstrap(config, np.arange(1.0, 4.0), np.eye(3), [1.0, 2.0]) is None
 
 
 def _small_mixture(num_items=512, beta=2.0, k=4, pi=0.25):
@@ -312,6 +596,39 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   loss = next(row for row in out['breakpoints']
               if row['curve'] == 'measured_loss' and row['mode'] == 'hard')
   assert 'seedboot_n2_median' in loss and 'ratio_theoryfit_n2' in loss
+  # ... from seeds drawn with replacement (resampling nothing would give lo == hi).
+  assert loss['seedboot_n1_found'] > 0
+  assert loss['seedboot_n1_lo'] < loss['seedboot_n1_hi']
+  # Hard truncation also fits the unseen mass of the samples (the ideal learner's curve
+  # on the model's own draws); the summary quotes the loss and error rows' breaks.
+  hard_rows = {row['curve']: row for row in out['breakpoints'] if row['mode'] == 'hard'}
+  assert set(hard_rows) == {'theory', 'measured_loss', 'measured_error',
+                            'measured_memorizer_error'}
+  for metric in ('loss', 'error'):
+    np.testing.assert_equal(out['summary'][f'fitted_{metric}'],
+                            [hard_rows[f'measured_{metric}'][f'fit_{j}'] for j in ('n1', 'n2')])
+  # The curve's standard errors over seeds, against float64 NumPy (unbiased variance).
+  units = results.read_csv(tmp_path / 'units.csv')
+  for row in out['curve']:
+    for metric in ('loss', 'error'):
+      values = np.array([u[metric] for u in units
+                         if u['mode'] == row['mode'] and u['n'] == row['n']])
+      assert values.size == row['num_seeds']
+      if values.size > 1:
+        sem = np.sqrt(np.sum((values - values.mean()) ** 2) / (values.size - 1) / values.size)
+        np.testing.assert_allclose(row[f'{metric}_sem'], sem, rtol=1e-10)
+  # Each mode's theory column is its own exact E(n) (temperature's differs from hard's).
+  data = config.data
+  p = scaling.zipf(data.num_items, data.beta)
+  for mode, p_syn in (
+      ('hard', scaling.synthetic_distribution(p, mode='hard', k=data.k)),
+      ('temperature', scaling.synthetic_distribution(
+          p, mode='temperature', temperature=out['truncation']['temperature']['value']))):
+    rows = [row for row in out['curve'] if row['mode'] == mode]
+    np.testing.assert_allclose(
+        [row['theory_error'] for row in rows],
+        scaling.expected_error(np.array([row['n'] for row in rows], float), p,
+                               scaling.mixture(p, p_syn, data.pi)), rtol=1e-10)
   # Learning happens: the largest mixture beats the smallest one.
   hard = [row for row in out['curve'] if row['mode'] == 'hard']
   assert hard[-1]['error_mean'] < hard[0]['error_mean']
@@ -459,19 +776,56 @@ def test_facts_lm_smoke_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_cifar100_path_on_a_fake_folder(tmp_path):
+def test_cifar100_path_on_a_fake_folder(tmp_path, monkeypatch):
   data_dir = tmp_path / 'cifar'
   task_fixtures.write_fake_cifar100(data_dir, per_class_train=2, per_class_test=1)
   config = configs.get_config('cifar100_smoke')
   config.data.directory = str(data_dir)
   config.truncation.modes = ('hard', 'finite_sample')
   workdir = tmp_path / 'work'
+  # What every unit draws, trains on and evaluates, for the checks at the end.
+  draws, trained, evaluated = [], [], []
+  monkeypatch.setattr(tps.longtail, 'sample_by_class', _spy(tps.longtail.sample_by_class, draws))
+  monkeypatch.setattr(tps.training, 'train', _spy(tps.training.train, trained))
+  monkeypatch.setattr(tps, 'per_example_metrics', _spy(tps.per_example_metrics, evaluated))
   out = _run(config, workdir)
   _check_outputs(workdir, out)
   units = results.read_csv(workdir / 'units.csv')
   assert all(row['steps'] == 2 for row in units)
   # The paper's breakpoints for beta=2, k=70, pi=0.0625.
   assert out['summary']['predicted_paper'] == [4900.0, 78400.0]
+
+  # Each unit against float64 NumPy on what it drew and evaluated. The fake test split has
+  # one image per class, so an image's weight is its class's Zipf(2) probability.
+  ranks = np.arange(1.0, 101.0)
+  p = ranks ** -2.0 / np.sum(ranks ** -2.0)
+  store = results.UnitStore(workdir / 'units')
+  names = out['units_computed']
+  assert len(names) == len(units) and len(draws) == 2 * len(names)
+  assert len(trained) == len(evaluated) == len(names)
+  for i, name in enumerate(names):
+    unit = store.load(name)
+    # The real part from the real long tail (every class), the synthetic from the cut at k.
+    real_probs, syn_probs = draws[2 * i][0][1], draws[2 * i + 1][0][1]
+    np.testing.assert_allclose(real_probs, p, rtol=1e-12)
+    assert np.all(np.asarray(syn_probs)[:70] > 0) and np.all(np.asarray(syn_probs)[70:] == 0)
+    y_train = np.asarray(trained[i][0][3])
+    _, variables, _, y_test = evaluated[i][0]
+    loss, correct = evaluated[i][2]
+    assert np.array_equal(np.sort(y_test), np.arange(100))
+    weight = p[y_test]
+    unseen = ~np.isin(y_test, y_train)
+    assert unit['num_distinct_items'] == np.unique(y_train).size < 100
+    np.testing.assert_allclose(unit['memorizer_error'], weight[unseen].sum(), rtol=1e-12)
+    np.testing.assert_allclose(unit['loss'], np.sum(weight * loss), rtol=1e-12)
+    np.testing.assert_allclose(unit['error'], np.sum(weight * ~correct), rtol=1e-12)
+    # Evaluated with BatchNorm statistics re-estimated on the mixture, not the initial
+    # ones (means 0, variances 1).
+    leaves = jax.tree_util.tree_leaves_with_path(variables['batch_stats'])
+    means = [np.asarray(leaf) for path, leaf in leaves if 'mean' in jax.tree_util.keystr(path)]
+    variances = [np.asarray(leaf) for path, leaf in leaves if 'var' in jax.tree_util.keystr(path)]
+    assert means and len(means) == len(variances)
+    assert all(np.any(m != 0) for m in means) and all(np.any(v != 1) for v in variances)
 
 
 def test_cifar100_needs_a_directory():
