@@ -1005,7 +1005,8 @@ def check_config(config) -> None:
         raise ValueError(f'config.data.{field} must be {cifar100.NUM_CLASSES} for cifar100 '
                          f'(the classes are the items and the answers), got {data[field]}')
     config_checks.config_bool(data.normalize, 'data.normalize')
-  config_checks.config_float(data.beta, 'data.beta', lambda v: v > 1, '> 1 (a normalisable Zipf tail)')
+  config_checks.config_float(data.beta, 'data.beta', lambda v: v > 1,
+                             '> 1 (a normalisable Zipf tail)')
   config_checks.config_float(data.pi, 'data.pi', lambda v: 0 < v <= 1, 'in (0, 1]')
   try:
     k = config_checks.config_int(data.k, 'data.k', minimum=1)
