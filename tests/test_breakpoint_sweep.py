@@ -71,6 +71,84 @@ def test_fit_exponent_interval_has_the_level_of_the_per_k_intervals():
                              [1.5, 1.5 - half_width, 1.5 + half_width])
 
 
+# zeta(3/2): the Zipf law's normalisation at beta = 1.5 (tabulated, not scipy's).
+_ZETA_1_5 = 2.6123753486854883
+
+
+def _breakpoint_row(curve, mode, k, beta, pi, scale):
+  """A three_phase_scaling breakpoints row whose breaks are `scale` x the paper's.
+
+  Measured curves carry a seed-bootstrap interval (median, lo, hi all distinct); the theory
+  carries the ideal learner's instead, and no seed bootstrap (as three_phase_scaling).
+  """
+  row = {'curve': curve, 'mode': mode, 'num_breaks': 2, 'three_phases': True}
+  for label, paper in (('n1', k ** beta), ('n2', k ** beta / pi)):
+    boot = (1.1, 0.5, 2.0) if curve != 'theory' else (math.nan,) * 3
+    row.update({f'fit_{label}': scale * paper, f'paper_{label}': paper,
+                **{f'seedboot_{label}_{stat}': f * scale * paper
+                   for stat, f in zip(('median', 'lo', 'hi'), boot)}})
+    if curve == 'theory':
+      row.update({f'ideal_{label}_median': scale * paper, f'ideal_{label}_lo': 0.8 * paper,
+                  f'ideal_{label}_hi': 3.0 * paper, f'ideal_{label}_within_2x': 0.9})
+  return row
+
+
+def test_sweep_rows_keep_the_hard_cut_and_normalise_by_zeta():
+  beta, pi, k = 1.5, 0.25, 4
+  output = {'breakpoints': [
+      _breakpoint_row('theory', 'hard', k, beta, pi, 1.2),
+      _breakpoint_row('measured_loss', 'hard', k, beta, pi, 1.5),
+      _breakpoint_row('measured_loss', 'top_p', k, beta, pi, 9.0),  # a soft cut: not Lemma 1's
+  ]}
+  rows = breakpoint_sweep.sweep_rows(k, output, beta)
+  assert [(r['k'], r['curve']) for r in rows] == [(4, 'theory'), (4, 'measured_loss')]
+  for row, source, scale in zip(rows, output['breakpoints'], (1.2, 1.5)):
+    for label in ('n1', 'n2'):
+      np.testing.assert_allclose([row[f'ratio_paper_{label}'], row[f'ratio_normalised_{label}']],
+                                 [scale, scale / _ZETA_1_5], rtol=1e-12)
+      # The seed-bootstrap interval is the cut's own (lo and hi, not its median).
+      np.testing.assert_array_equal(
+          [row[f'seedboot_{label}_lo'], row[f'seedboot_{label}_hi']],
+          [source[f'seedboot_{label}_lo'], source[f'seedboot_{label}_hi']])
+  assert rows[0]['ideal_n2_hi'] == output['breakpoints'][0]['ideal_n2_hi']
+
+
+def test_sweep_uses_the_configs_beta_and_draws_each_curves_interval(tmp_path, monkeypatch):
+  # The cuts' runs replaced by their breakpoint rows: the sweep's own arithmetic and figure
+  # at beta = 1.5 (the defaults' beta = 2 would hide a hard-coded 2).
+  config = configs.get_config('smoke')
+  config.data.beta = beta = 1.5
+  pi = config.data.pi
+  scales = {'theory': 1.2, 'measured_loss': 1.5, 'measured_error': 1.8}
+
+  def cut(k_config, workdir):
+    del workdir
+    return {'breakpoints': [_breakpoint_row(curve, 'hard', k_config.data.k, beta, pi, scale)
+                            for curve, scale in scales.items()], 'units_computed': []}
+
+  figures = []
+  monkeypatch.setattr(breakpoint_sweep.three_phase_scaling, 'run', cut)
+  monkeypatch.setattr(breakpoint_sweep.plotting, 'save_figure',
+                      lambda fig, path, dpi: figures.append(fig) or [])
+  out = breakpoint_sweep.run(config, tmp_path)
+  for row in out['rows']:
+    np.testing.assert_allclose(row['ratio_normalised_n2'], scales[row['curve']] / _ZETA_1_5,
+                               rtol=1e-12)
+  (figure,) = figures
+  for ax, constant in zip(figure.axes, (1.0, 1.0 / pi)):  # n1, then n2
+    # The reference lines: the paper's k^beta (n2: / pi), and zeta(beta) times it.
+    paper, normalised = ax.lines[:2]
+    np.testing.assert_allclose(paper.get_ydata() / paper.get_xdata() ** beta, constant)
+    np.testing.assert_allclose(normalised.get_ydata() / normalised.get_xdata() ** beta,
+                               _ZETA_1_5 * constant)
+    # Error bars: the ideal learner's interval on the theory, the seeds' on the measured.
+    bars = {c.get_label().split(' (')[0]: c for c in ax.containers}
+    for text, lo, hi in (('fit to exact E(n)', 0.8, 3.0), ('measured loss', 0.75, 3.0)):
+      ends = [segment[:, 1] for segment in bars[text].lines[2][0].get_segments()]
+      paper_breaks = [k ** beta * constant for k in config.sweep.ks]
+      np.testing.assert_allclose(ends, [[lo * b, hi * b] for b in paper_breaks], rtol=1e-12)
+
+
 def _no_training(*args, **kwargs):
   raise AssertionError('a cut was run before every cut was checked')
 

@@ -10,11 +10,15 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import jax
+from matplotlib.container import ErrorbarContainer
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
 
 from dv_jax import ground_truth
+from dv_jax import metrics
 from dv_jax import results
 from dv_jax import valuation
 
@@ -304,9 +308,170 @@ def _forbid(monkeypatch, *targets):
     monkeypatch.setattr(module, attribute, fail)
 
 
+# ---------------------------------------------------------------------------------------
+# valuation_table without a run: what each unit's fingerprint covers, the seeds each part
+# reads, the CIs' level, and the summary, table and figure over draws.
+
+
+def _copy_with(config, **fields):
+  """A copy of `config` with `fields` ('section__field' for a nested one) set."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  for path, value in fields.items():
+    *sections, name = path.split('__')
+    node = out
+    for section in sections:
+      node = node[section]
+    node[name] = value
+  return out
+
+
+def test_unit_fingerprints_cover_what_each_unit_depends_on():
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  units = valuation_table.draw_units(config, 0)
+  prefix = 'draw0/mlp/'
+  truth, probe = prefix + 'ground_truth', prefix + 'probe_ground_truth'
+  ours = {prefix + valuation_table.parse_variant(v)[0] for v in config.valuation.variants}
+  theirs = {prefix + name for name in config.baselines.methods}
+  assert set(units) == {truth, probe} | ours | theirs
+
+  def changed(**fields):
+    other = valuation_table.draw_units(_copy_with(config, **fields), 0)
+    return {name for name in units if other[name] != units[name]}
+
+  # theta0 (model.init_seed) enters every unit: the retraining starts from it, every
+  # method differentiates at it.
+  assert changed(model__init_seed=2) == set(units)
+  # config.seed keys our method and every baseline (e.g. random's draws).
+  assert ours | theirs <= changed(seed=1)
+  # The valuation section is part of our method; not of the ground truth or a baseline.
+  subsample = changed(valuation__min_subsample=3)
+  assert ours <= subsample and not subsample & ({truth} | theirs)
+  # The probe unions are drawn from valuation.fit_seed: its ground truth must follow it,
+  # while the contributors' own ground truth does not.
+  fit_seed = changed(valuation__fit_seed=1)
+  assert probe in fit_seed and truth not in fit_seed
+  # Adding a draw or a backbone selects more units and leaves the saved ones reusable.
+  more = valuation_table.draw_units(_copy_with(config, data__num_draws=2,
+                                          model__backbones=('mlp', 'cnn')), 0)
+  assert {name: more[name] for name in units} == units
+  assert 'draw0/cnn/ground_truth' in more
+
+
+def test_config_level_fitted_weights_need_probes():
+  # valuation.weights='fit' set for the whole config (no variant overrides it) fits weights
+  # too, so the probes' ground truth is planned; a variant's own override wins.
+  config = _copy_with(CONFIGS['valuation_table'].get_config('smoke'), valuation__weights='fit',
+                 valuation__variants=('plain|', 'standardized|valuation.weights=standardize'))
+  assert valuation_table.fits_weights(config, {})
+  assert not valuation_table.fits_weights(config, {'valuation.weights': 'standardize'})
+  assert 'draw0/mlp/probe_ground_truth' in valuation_table.draw_units(config, 0)
+
+
+def test_seeds_reach_the_method_the_probes_and_theta0():
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  assert valuation_table.method_config(_copy_with(config, seed=7), {}).seed == 7
+  digits = CONFIGS['valuation_table'].get_config('digits')
+  coalitions = valuation_table.probe_coalitions(digits, 12)
+  assert valuation_table.probe_coalitions(digits, 12) == coalitions
+  assert valuation_table.probe_coalitions(_copy_with(digits, valuation__fit_seed=1),
+                                          12)[12:] != coalitions[12:]
+
+  def theta0(**fields):
+    bench = valuation_table.build_benchmark(_copy_with(config, **fields))
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(bench.backbones['mlp'][1])]
+
+  # theta0 comes from model.init_seed alone (config.seed keys the methods, not the model).
+  first = theta0()
+  for a, b in zip(first, theta0(seed=5)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(first, theta0(model__init_seed=2)))
+
+
+def test_correlation_cis_have_the_configured_level():
+  values = np.array([3., 1., 4., 1.5, 5., 9., 2., 6., 5.3, 3.5, 8., 9.7])
+  truth = np.array([2., 7., 1., 8., 2.8, 1.8, 2.9, 4.5, 9.1, 0.5, 6.6, 3.2])
+  config = _copy_with(CONFIGS['valuation_table'].get_config('smoke'), output__ci_level=0.5)
+  key = jax.random.PRNGKey(3)
+  row = valuation_table.correlation_row(values, truth, config=config, key=key)
+  # Reference: the same resamples of the contributors, each ranked by scipy, and their
+  # 25% / 75% quantiles.
+  index = np.asarray(metrics.bootstrap_indices(12, config.output.bootstrap_resamples, key=key))
+  for metric, reference in (('spearman', scipy.stats.spearmanr),
+                            ('kendall', scipy.stats.kendalltau)):
+    resamples = np.array([reference(values[i], truth[i])[0] for i in index])
+    np.testing.assert_allclose(row[metric], reference(values, truth)[0], rtol=1e-12)
+    np.testing.assert_allclose([row[f'{metric}_low'], row[f'{metric}_high']],
+                               np.nanquantile(resamples, [0.25, 0.75]), rtol=1e-12)
+
+
+def _two_draw_rows():
+  """Rows of two draws, one backbone, one of our rows and one baseline; CIs asymmetric."""
+  rows = []
+  for draw, ((s_ours, k_ours), (s_random, k_random)) in enumerate(
+      [((0.3, 0.2), (-0.1, -0.1)), ((0.5, 0.4), (0.1, 0.0))]):
+    for method, kind, s, k in (('ours-a', 'ours', s_ours, k_ours),
+                               ('random', 'baseline', s_random, k_random)):
+      rows.append({'draw': draw, 'backbone': 'mlp', 'method': method, 'kind': kind,
+                   'setting': 'x', 'spearman': s, 'spearman_low': s - 0.2,
+                   'spearman_high': s + 0.3, 'kendall': k, 'kendall_low': k - 0.2,
+                   'kendall_high': k + 0.3, 'spearman_accuracy': -s, 'seconds': 2.0 + draw,
+                   'probe_retrain_seconds': 0.0, 'retrain_seconds': 10.0,
+                   'cost_fraction': (2.0 + draw) / 10.0})
+  return rows
+
+
+def test_table_over_draws_has_the_mean_and_std_and_ordered_cis():
+  rows = _two_draw_rows()
+  summary = valuation_table.summarize(rows)
+  # By hand: ours-a's Kendall over the draws, 0.2 and 0.4: mean 0.3, std 0.1 (ddof 0).
+  np.testing.assert_allclose([summary[0]['kendall_mean'], summary[0]['kendall_std']],
+                             [0.3, 0.1])
+  config = _copy_with(CONFIGS['valuation_table'].get_config('smoke'), data__num_draws=2)
+  lines = valuation_table.markdown_table(rows, summary, config).splitlines()
+  assert '## Mean ± std over draws' in lines
+  assert '| mlp | ours-a | +0.40 ± 0.10 | +0.30 ± 0.10 | -0.40 ± 0.10 | 2.5 | 0.250 |' in lines
+  # Per draw, each CI reads [low, high].
+  assert '| ours-a | x | +0.30 [+0.10, +0.60] | +0.20 [+0.00, +0.50] | -0.30 | 2.0 | 0.200 |' \
+      in lines
+
+
+def test_figure_draws_the_cis_and_the_wall_times(monkeypatch):
+  figures = []
+  monkeypatch.setattr(valuation_table.plotting, 'save_figure',
+                      lambda fig, path: figures.append(fig))
+  rows = [r for r in _two_draw_rows() if r['draw'] == 0]  # one draw: bars are the CIs
+  valuation_table.plot(rows, valuation_table.summarize(rows), Path('unused'))
+  (figure,) = figures
+  left, right = figure.axes
+  # Horizontal error bars from low to high at each method's bar (top to bottom).
+  (errorbars,) = [c for c in left.containers if isinstance(c, ErrorbarContainer)]
+  spans = [segment[:, 0] for segment in errorbars.lines[2][0].get_segments()]
+  np.testing.assert_allclose(spans, [[r['spearman_low'], r['spearman_high']] for r in rows])
+  np.testing.assert_allclose([p.get_width() for p in right.patches],
+                             [r['seconds'] for r in rows])
+
+
 @pytest.mark.slow
 def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
   config = CONFIGS['valuation_table'].get_config('smoke')
+  # What the benchmark, the retraining and each method are given, and what they return.
+  calls = {'benchmark': [], 'retrain': [], 'ours': [], 'baseline': []}
+
+  def spy(kind, function):
+    def wrapped(*args, **kwargs):
+      output = function(*args, **kwargs)
+      calls[kind].append((args, kwargs, output))
+      return output
+    return wrapped
+
+  monkeypatch.setattr(valuation_table, 'build_benchmark',
+                      spy('benchmark', valuation_table.build_benchmark))
+  monkeypatch.setattr(ground_truth, 'retrain', spy('retrain', ground_truth.retrain))
+  monkeypatch.setattr(valuation, 'value_contributors',
+                      spy('ours', valuation.value_contributors))
+  monkeypatch.setattr(valuation_table.baselines, 'BASELINES',
+                      {name: spy('baseline', function)
+                       for name, function in valuation_table.baselines.BASELINES.items()})
   out = valuation_table.run(config, tmp_path)
   for name in ('results.csv', 'results.json', 'table.md', 'figure.png', 'figure.pdf'):
     assert (tmp_path / name).is_file()
@@ -330,6 +495,33 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
                                [retrain, probes, (row['seconds'] + probes) / retrain])
   # The up-front check (draw_units) lists exactly the units the run wrote.
   assert set(store.names()) == set(valuation_table.draw_units(config, 0))
+  # METHOD.md: "Ground truth is always measured on a separate test split, never on T".
+  # Both retrainings (the contributors and the probe unions) score on the test split;
+  # every method, ours and the baselines, sees the target split only.
+  (bench,) = [output for _, _, output in calls['benchmark']]
+  test, target = bench.splits.test, bench.splits.target
+  assert len(calls['retrain']) == 2 and len(calls['ours']) == 3
+  assert len(calls['baseline']) == len(config.baselines.methods)
+  for args, _, _ in calls['retrain']:
+    np.testing.assert_array_equal(args[1][0], test.x)
+    np.testing.assert_array_equal(args[1][1], test.y)
+  for args, _, _ in calls['ours'] + calls['baseline']:
+    np.testing.assert_array_equal(args[1].x, target.x)
+    np.testing.assert_array_equal(args[1].y, target.y)
+  # Each row runs its own variant (smoke: the defaults, proposed, fitted proposed).
+  assert [(c.ntk.residual, c.mmd.discrepancy, c.valuation.weights)
+          for c in (kwargs['config'] for _, kwargs, _ in calls['ours'])] == [
+              ('true_class', 'parts', 'standardize'), ('one_hot', 'mixture', 'standardize'),
+              ('one_hot', 'mixture', 'fit')]
+  # The units hold what the retraining and the fitted row returned.
+  for _, _, retrained in calls['retrain']:
+    name = ('ground_truth' if list(retrained.names) == [c.name for c in bench.contributors]
+            else 'probe_ground_truth')
+    unit = store.load(f'draw0/mlp/{name}')
+    np.testing.assert_allclose([unit['test_loss'], unit['test_accuracy']],
+                               [retrained.test_loss, retrained.test_accuracy], rtol=1e-6)
+  np.testing.assert_allclose(store.load('draw0/mlp/ours-fit-weights-proposed')['fit_weights'],
+                             calls['ours'][2][2].fit.weights, rtol=1e-6)
   for backbone in config.model.backbones:
     truth = store.load(f'draw0/{backbone}/ground_truth')
     for row in (r for r in out['rows'] if r['backbone'] == backbone):
