@@ -351,8 +351,8 @@ def test_unit_fingerprints_cover_what_each_unit_depends_on():
   fit_seed = changed(valuation__fit_seed=1)
   assert probe in fit_seed and truth not in fit_seed
   # Adding a draw or a backbone selects more units and leaves the saved ones reusable.
-  more = valuation_table.draw_units(_copy_with(config, data__num_draws=2,
-                                          model__backbones=('mlp', 'cnn')), 0)
+  more = valuation_table.draw_units(
+      _copy_with(config, data__num_draws=2, model__backbones=('mlp', 'cnn')), 0)
   assert {name: more[name] for name in units} == units
   assert 'draw0/cnn/ground_truth' in more
 
@@ -361,7 +361,8 @@ def test_config_level_fitted_weights_need_probes():
   # valuation.weights='fit' set for the whole config (no variant overrides it) fits weights
   # too, so the probes' ground truth is planned; a variant's own override wins.
   config = _copy_with(CONFIGS['valuation_table'].get_config('smoke'), valuation__weights='fit',
-                 valuation__variants=('plain|', 'standardized|valuation.weights=standardize'))
+                      valuation__variants=('plain|',
+                                           'standardized|valuation.weights=standardize'))
   assert valuation_table.fits_weights(config, {})
   assert not valuation_table.fits_weights(config, {'valuation.weights': 'standardize'})
   assert 'draw0/mlp/probe_ground_truth' in valuation_table.draw_units(config, 0)
