@@ -7,7 +7,10 @@ from pathlib import Path
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+import scipy.special
 
 from dv_jax import results
 from dv_jax import scaling
@@ -152,12 +155,16 @@ def test_a_seed_past_32_bits_fails_before_any_unit(experiment, tmp_path):
 
 
 def test_summary_counts_every_number_of_breaks_the_fit_allows(experiment):
-  rows = [{'mode': 'hard', 'num_breaks': j, 'ratio_fit_paper_n1': 1.0,
+  rows = [{'mode': 'hard', 'num_breaks': j, 'ratio_fit_paper_n1': ratio,
            'ratio_fit_paper_n2': 2.0, 'ratio_fit_ours_n1': 1.0, 'ratio_fit_ours_n2': 1.5}
-          for j in (0, 2, 3, 3)]
+          for j, ratio in zip((0, 2, 3, 3), (0.4, 1.0, 2.5, 9.0))]
   summary = experiment._summary(rows, 3)  # pylint: disable=protected-access
   assert summary['hard']['num_breaks'] == {'0': 1, '1': 0, '2': 1, '3': 2}
   assert sum(summary['hard']['num_breaks'].values()) == summary['hard']['cells']
+  # By hand: the median of 0.4, 1, 2.5, 9 is (1 + 2.5) / 2 (their mean is 3.225); only 1
+  # lies within a factor 2 of theory (0.4 and 2.5 are within a factor 3).
+  assert summary['hard']['ratio_fit_paper_n1'] == {'median': 1.75, 'min': 0.4, 'max': 9.0,
+                                                   'within_2x': 0.25}
 
 
 def test_unit_fingerprint_ignores_the_output_and_the_grid_lists(experiment):
@@ -168,6 +175,40 @@ def test_unit_fingerprint_ignores_the_output_and_the_grid_lists(experiment):
   assert experiment.unit_fingerprint(config) == before
   config.scaling.mc_trials += 1
   assert experiment.unit_fingerprint(config) != before
+
+
+def test_reference_errors_match_the_quoted_values_at_the_paper_size():
+  # METHOD.md section 1 quotes E(n) at the paper's cell for N = 10^6 Zipf items: the exact
+  # E(n) = sum_i p_i (1 - q_i)^n in float64 NumPy, with the config's reference fields,
+  # must give the config's quoted values (measured: within 0.6%). A changed pi or a
+  # mistyped value moves some of them by 5%.
+  ref = lemma1_config.get_config().data.reference
+  assert ref.num_items == 10**6
+  ranks = np.arange(1, ref.num_items + 1, dtype=np.float64)
+  p = ranks ** -ref.beta / np.sum(ranks ** -ref.beta)
+  head = np.where(ranks <= ref.k, p, 0.0)
+  q = ref.pi * p + (1 - ref.pi) * head / head.sum()
+  exact = [np.sum(p * (1 - q) ** n) for n in ref.ns]
+  np.testing.assert_allclose(exact, ref.paper_errors, rtol=0.01)
+
+
+def test_a_cell_reads_its_own_beta_and_temperature(experiment):
+  # The smoke grid has only beta = 2 (where 1 - 1/beta = 1/beta) and temperature 0.5: a
+  # cell at beta = 3, temperature 0.7 tells the right values from those.
+  config = lemma1_config.get_config('smoke')
+  cell = experiment.Cell(beta=3.0, pi=0.25, mode='temperature', parameter='temperature',
+                         value=0.7)
+  row = experiment._compute_cell(  # pylint: disable=protected-access
+      cell, config, scaling.zipf(config.data.num_items, cell.beta),
+      jax.random.PRNGKey(0))['row']
+  assert row['theory_slope'] == pytest.approx(2 / 3, rel=1e-12)  # s = 1 - 1/beta
+  # The crossing depends on the temperature (the library's own tests check its value).
+  ours = scaling.predicted_breakpoints(3.0, 0.25, mode='temperature', temperature=0.7)
+  assert row['ours_n2'] == ours.n2
+  assert ours.n2 != scaling.predicted_breakpoints(3.0, 0.25, mode='temperature',
+                                                  temperature=0.5).n2
+  # No plateau under temperature: neither the paper's nor our n1 exists.
+  assert math.isnan(row['paper_n1']) and math.isnan(row['ours_n1'])
 
 
 @pytest.mark.slow
@@ -192,6 +233,70 @@ def test_smoke_run_writes_outputs_and_resumes(experiment, tmp_path, monkeypatch)
   for row in out['reference']:
     assert abs(row['rel_diff_paper']) < 0.1  # N = 1e4 in the smoke config: a few % off
   assert results.read_json(tmp_path / 'results.json')['cells'] == out['cells']
+  # One Monte Carlo row per config.scaling.mc_ns, z = (mean - exact) / s.e.
+  assert [row['n'] for row in results.read_csv(tmp_path / 'monte_carlo.csv')] == list(
+      config.scaling.mc_ns)
+  for row in out['monte_carlo']:
+    assert row['z'] == pytest.approx((row['mc_mean'] - row['exact']) / row['mc_stderr'],
+                                     rel=1e-12)
+
+  # The reference cell (beta=2, k=70, pi=1/16): the paper's breaks k^beta = 4900 and
+  # k^beta / pi = 78400 (METHOD.md section 1); the phases in closed form (constants as
+  # derived in dv_jax.scaling's docstring): rapid C (a n)^-s, plateau the real tail mass
+  # zeta(beta, k+1) / zeta(beta), tail C (pi n)^-s, with s = 1 - 1/beta,
+  # C = Gamma(s) zeta(beta)^(-1/beta) / beta, head rate a = pi + (1 - pi) / (1 - plateau).
+  ref = config.data.reference
+  assert out['reference_breaks']['paper'] == [4900.0, 78400.0]
+  s = 1 - 1 / ref.beta
+  zeta = scipy.special.zeta(ref.beta)
+  constant = scipy.special.gamma(s) * zeta ** (-1 / ref.beta) / ref.beta
+  tail_mass = scipy.special.zeta(ref.beta, ref.k + 1) / zeta
+  head_rate = ref.pi + (1 - ref.pi) / (1 - tail_mass)
+  for row in out['reference']:
+    np.testing.assert_allclose(
+        [row['rapid'], row['plateau'], row['tail'], row['rel_diff_paper']],
+        [constant * (head_rate * row['n']) ** -s, tail_mass, constant * (ref.pi * row['n']) ** -s,
+         row['exact'] / row['paper'] - 1], rtol=1e-10)
+
+  # Each cell's unit: its columns against its own curve and fit.
+  store = results.UnitStore(tmp_path / 'units')
+  for cell, row in zip(experiment.grid_cells(config), out['cells']):
+    unit = store.load(cell.name)
+    assert unit['row'] == row
+    ns, error, fit = (np.asarray(unit[key], np.float64) for key in ('n', 'error', 'fit'))
+    assert row['fit_max_abs_log_residual'] == pytest.approx(
+        np.max(np.abs(np.log(fit / error))), rel=1e-12)
+    # Past the last break (over 50x below n_max here) the fit's log-log slope is the last
+    # segment's: the first slope plus every change (measured: within 0.002).
+    end_slope = -np.log(fit[-1] / fit[-2]) / np.log(ns[-1] / ns[-2])
+    assert abs(end_slope - row[f'segment_slope{row["num_breaks"]}']) < 0.02
+    for j in range(1, row['num_breaks'] + 1):
+      assert row[f'fit_break{j}_lo'] < row[f'fit_break{j}_hi']
+    for label in ('n1', 'n2'):
+      for theory in ('paper', 'ours'):
+        ratio = row[f'ratio_fit_{theory}_{label}']
+        if row[f'fit_{label}'] is None or row[f'{theory}_{label}'] is None:  # NaN: null
+          assert ratio is None
+        else:
+          assert ratio == pytest.approx(row[f'fit_{label}'] / row[f'{theory}_{label}'],
+                                        rel=1e-12)
+  temperature = out['cells'][list(config.data.modes).index('temperature')]
+  assert temperature['paper_n1'] is None  # no plateau: the paper's n1 has no meaning
+  # The hard cell's curve against E(n) = sum_i p_i (1 - q_i)^n in float64 NumPy on a
+  # geometric n grid: Zipf p, the hard cut p' (the top k renormalised), q = pi p + (1 - pi) p'.
+  cell = experiment.grid_cells(config)[0]
+  assert cell.mode == 'hard'
+  unit = store.load(cell.name)
+  ns = np.asarray(unit['n'], np.float64)
+  assert ns.size == config.scaling.num_points
+  np.testing.assert_allclose(ns[[0, -1]], [config.scaling.n_min, config.scaling.n_max],
+                             rtol=1e-12)
+  np.testing.assert_allclose(np.diff(np.log(ns)), np.log(ns[1] / ns[0]), rtol=1e-9)
+  ranks = np.arange(1, config.data.num_items + 1, dtype=np.float64)
+  p = ranks ** -cell.beta / np.sum(ranks ** -cell.beta)
+  head = np.where(ranks <= cell.value, p, 0.0)
+  q = cell.pi * p + (1 - cell.pi) * head / head.sum()
+  np.testing.assert_allclose(unit['error'], [np.sum(p * (1 - q) ** n) for n in ns], rtol=1e-9)
 
   # Second run: every unit is reused, nothing is recomputed.
   def forbidden(*args, **kwargs):
@@ -204,6 +309,15 @@ def test_smoke_run_writes_outputs_and_resumes(experiment, tmp_path, monkeypatch)
   assert results.read_csv(tmp_path / 'results.csv') == rows
   # A setting the saved units depend on changed: refused, not reported from stale units.
   config.scaling.mc_trials += 1
+  with pytest.raises(ValueError, match='another config'):
+    experiment.run(config, tmp_path)
+  config.scaling.mc_trials -= 1
+  # The reference cell and the items of every cell are settings of the units too.
+  config.data.reference.pi /= 2
+  with pytest.raises(ValueError, match='another config'):
+    experiment.run(config, tmp_path)
+  config.data.reference.pi *= 2
+  config.data.num_items += 1
   with pytest.raises(ValueError, match='another config'):
     experiment.run(config, tmp_path)
 

@@ -186,6 +186,8 @@ _MODULES = {'valuation_table': valuation_table, 'ablation': ablation,
      r'config\.valuation\.subsample .* must stay 0'),
     ('subsample_stability', 'valuation.budgets', (16, 16),
      r'config\.valuation\.budgets repeats a budget'),
+    # One benchmark draw only: refused rather than ignored.
+    ('subsample_stability', 'data.num_draws', 2, r'config\.data\.num_draws must be 1'),
 ])
 def test_bad_settings_fail_naming_the_field_before_any_work(tmp_path, monkeypatch, name, field,
                                                             value, match):
@@ -201,12 +203,17 @@ def test_bad_settings_fail_naming_the_field_before_any_work(tmp_path, monkeypatc
 
 def test_subsample_budget_of_the_whole_pool_is_refused(tmp_path, monkeypatch):
   """A budget >= the pool keeps every example: the full-pool reference, tau = 1 by design."""
-  _forbid(monkeypatch, (valuation, 'value_contributors'))
   config = CONFIGS['subsample_stability'].get_config('smoke')
-  config.valuation.budgets = (16, 100_000)
-  with pytest.raises(ValueError, match=r'config\.valuation\.budgets must stay below the '
-                     r'pool size'):
-    subsample_stability.run(config, tmp_path)
+  bench = valuation_table.build_benchmark(config)
+  pool_size = sum(c.num_real + c.num_synthetic for c in bench.contributors)
+  # Built once: each run below gets this benchmark.
+  monkeypatch.setattr(valuation_table, 'build_benchmark', lambda config: bench)
+  _forbid(monkeypatch, (valuation, 'value_contributors'))
+  for budget in (pool_size, 100_000):  # exactly the pool, and far past it
+    config.valuation.budgets = (16, budget)
+    with pytest.raises(ValueError, match=r'config\.valuation\.budgets must stay below the '
+                       r'pool size'):
+      subsample_stability.run(config, tmp_path)
 
 
 @pytest.mark.parametrize('path, value, match', [
@@ -278,6 +285,7 @@ def test_ablation_refuses_a_stale_unit_before_any_work(tmp_path, monkeypatch):
   _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
           (valuation, 'value_contributors'))
   config = CONFIGS['ablation'].get_config('smoke')
+  config.model.backbones = ('mlp', 'cnn')  # the stale unit is under the second backbone
   variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
   expected = ablation.unit_fingerprints(config, variants)
   stale = f'{config.model.backbones[-1]}/{variants[-1][0]}'
@@ -290,6 +298,7 @@ def test_ablation_refuses_a_stale_unit_before_any_work(tmp_path, monkeypatch):
 def test_subsample_stability_refuses_a_stale_unit_before_any_work(tmp_path, monkeypatch):
   _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (valuation, 'value_contributors'))
   config = CONFIGS['subsample_stability'].get_config('smoke')
+  config.model.backbones = ('mlp', 'cnn')  # the stale unit is under the second backbone
   variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
   budgets = [int(b) for b in config.valuation.budgets]
   expected = subsample_stability.unit_fingerprints(config, variants, budgets)
@@ -551,6 +560,15 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
     valuation_table.run(config, tmp_path)
 
 
+def test_ablation_term_subsets_are_all_four_each_dropped_and_each_alone():
+  # Indices into valuation.TERM_NAMES: E empirical loss, D discrepancy, N NTK, C composition.
+  assert valuation.TERM_NAMES == ('empirical_loss', 'discrepancy', 'ntk', 'composition')
+  assert ablation.term_subsets() == [
+      ('all four', (0, 1, 2, 3)),
+      ('drop E', (1, 2, 3)), ('drop D', (0, 2, 3)), ('drop N', (0, 1, 3)), ('drop C', (0, 1, 2)),
+      ('only E', (0,)), ('only D', (1,)), ('only N', (2,)), ('only C', (3,))]
+
+
 @pytest.mark.slow
 def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch):
   config = CONFIGS['ablation'].get_config('smoke')
@@ -573,9 +591,32 @@ def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch
                                scipy.stats.spearmanr(values, minus_loss)[0], equal_nan=True,
                                rtol=1e-12)
   assert len(out['rows']) == len(config.valuation.variants) * 9
+  # Each row's variant setting, and table.md's cells: Spearman, then Kendall, with CIs.
+  assert {(r['variant'], r['setting']) for r in out['rows']} == {
+      ('ours-paper-defaults', 'METHOD.md defaults'), ('ours-one-hot-N', 'ntk.residual=one_hot')}
+  table = [[cell.strip() for cell in line.strip('|').split('|')]
+           for line in (tmp_path / 'table.md').read_text().splitlines()
+           if line.startswith('| ours-')]
+  expected = []
+  for r in out['rows']:
+    expected.append([r['variant'], r['terms']] + [
+        f'{r[m]:+.2f} [{r[m + "_low"]:+.2f}, {r[m + "_high"]:+.2f}]'
+        for m in ('spearman', 'kendall')])
+  assert table == expected
   _forbid(monkeypatch, (valuation, 'value_contributors'), (ground_truth, 'retrain'))
   again = ablation.run(config, tmp_path)
   assert again['rows'] == out['rows']
+  # A setting the saved units depend on changed: refused, not reported from stale units.
+  config.ground_truth.steps += 1
+  with pytest.raises(ValueError, match='ground_truth.* another config'):
+    ablation.run(config, tmp_path)
+  config.ground_truth.steps -= 1
+  variants_before = config.valuation.variants
+  name = variants[1][0]  # the same name, another override
+  config.valuation.variants = (variants_before[0], f'{name}|ntk.residual=true_class')
+  with pytest.raises(ValueError, match=f'{name}.* another config'):
+    ablation.run(config, tmp_path)
+  config.valuation.variants = variants_before
   config.data.num_draws = 2  # one draw only: refused rather than ignored
   with pytest.raises(ValueError, match='config.data.num_draws must be 1'):
     ablation.run(config, tmp_path)
@@ -588,6 +629,7 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
   assert (tmp_path / 'table.md').is_file() and (tmp_path / 'figure.pdf').is_file()
   # Each budget's ranking against the full pool's (budget 0), from the saved units.
   store = results.UnitStore(tmp_path / 'units')
+  pool_size = results.read_json(tmp_path / 'results.json')['pool_size']
   for row in out['rows']:
     def values(budget, repeat, row=row):
       return store.load(subsample_stability.unit_name(row['backbone'], row['variant'], budget,
@@ -595,6 +637,31 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose(
         row['kendall'], scipy.stats.kendalltau(values(row['budget'], row['repeat']),
                                                values(0, 0))[0], equal_nan=True, rtol=1e-12)
+    # A subsample is not the full pool, and each repeat draws a subsample of its own.
+    assert not np.allclose(values(row['budget'], row['repeat']), values(0, 0))
+    if row['repeat'] > 0:
+      assert not np.allclose(values(row['budget'], row['repeat']), values(row['budget'], 0))
+    assert row['fraction'] == row['budget'] / pool_size < 1
+  # One unit per (backbone, variant): the full-pool reference and each (budget, repeat).
+  assert len(store.names()) == len(config.model.backbones) * len(config.valuation.variants) * (
+      1 + len(config.valuation.budgets) * config.valuation.num_repeats)
+  # The summary per (backbone, variant, budget), in row order: mean, (population) std and min
+  # of tau over the repeats; table.md shows the same numbers.
+  summary = results.read_json(tmp_path / 'results.json')['summary']
+  groups = {}
+  for row in out['rows']:
+    groups.setdefault((row['backbone'], row['variant'], row['budget']), []).append(
+        row['kendall'])
+  assert [(s['backbone'], s['variant'], s['budget']) for s in summary] == list(groups)
+  lines = []
+  for s, taus in zip(summary, groups.values()):
+    taus = np.asarray(taus, np.float64)
+    assert s['repeats'] == taus.size == config.valuation.num_repeats
+    np.testing.assert_allclose([s['kendall_mean'], s['kendall_std'], s['kendall_min']],
+                               [np.mean(taus), np.std(taus), np.min(taus)], rtol=1e-12)
+    lines.append(f'| {s["backbone"]} | {s["variant"]} | {s["budget"]} | {np.mean(taus):+.2f} | '
+                 f'{np.std(taus):.2f} | {np.min(taus):+.2f} | {taus.size} |')
+  assert (tmp_path / 'table.md').read_text().splitlines()[-len(lines):] == lines
   assert len(out['rows']) == (len(config.valuation.variants) * len(config.valuation.budgets)
                               * config.valuation.num_repeats)
   variants = [valuation_table.parse_variant(v) for v in config.valuation.variants]
