@@ -23,7 +23,9 @@ Measured (each call blocks until its result is on the host):
     first(S2) - steady(S2), the training program alone; one-off = first(S1) - steady(S1)
     - compile per unit, the programs every unit shares (init, BatchNorm step, evaluation),
     which the first unit of a run compiles;
-  - estimate = one-off + sum over the grid of steps(n) * per step + overhead, plus compile
+  - estimate = one-off + sum over the run's units (`planned_units`: every seed of every
+    size, and the measured truncation modes' units if `truncation.measure`) of
+    steps(n) * per step + overhead, plus compile
     per unit once per training program of the run, i.e. per distinct (steps, capacity):
     the capacity is the next power of two >= n, so each size has its own, unless
     `train.pad_to_max` pads every size to the largest one's (then sizes with equal step
@@ -33,7 +35,7 @@ Measured (each call blocks until its result is on the host):
 
 One run (NVIDIA H200, jax 0.11.2, the paper's config, `--steps 256`, random pixels): per
 step 4.39 ms, overhead 0.45 s, compile per unit 2.9 s, one-off 8.8 s; 99,328 steps in
-all: about 480 s (8 min) for the whole grid, of which 436 s are steps. The training runs
+all (one seed, 11 units): about 480 s (8 min) for the whole grid, of which 436 s are steps. The training runs
 at JAX's default matmul precision (TF32 on this GPU), as the experiment does.
 
 Usage:
@@ -119,7 +121,10 @@ def main(argv) -> None:
     task = tps.make_task(config, jax.random.PRNGKey(config.seed))
     setup_s = time.perf_counter() - start
     grid = [int(n) for n in tps.size_grid(config)]
-    steps = [tps.steps_for(n, config.train) for n in grid]
+    # Every unit the experiment's run() trains, in its order: each seed of each size, and
+    # the measured truncation modes' units when config.truncation.measure is set.
+    units = [(mode, int(n), replicate) for mode, n, replicate in tps.planned_units(config)]
+    steps = [tps.steps_for(n, config.train) for _, n, _ in units]
     pad_to = tps.run_pad_to(config, grid)  # as the experiment's run()
     print(f'jax {jax.__version__}, {jax.devices()[0].device_kind} ({jax.default_backend()}); '
           f'ResNet-18 num_filters={config.model.num_filters}, '
@@ -144,8 +149,9 @@ def main(argv) -> None:
   compile_s = timings[(s2, 'first')] - timings[(s2, 'steady')]
   one_off_s = timings[(s1, 'first')] - timings[(s1, 'steady')] - compile_s
   # A unit compiles its training program unless an earlier unit compiled the same one.
+  # A unit's cost depends on its size and steps, not on its truncation mode.
   programs, compiles = set(), []
-  for size, num in zip(grid, steps):
+  for (_, size, _), num in zip(units, steps):
     program = (num, training.padded_capacity(size, pad_to))
     compiles.append(0.0 if program in programs else compile_s)
     programs.add(program)
@@ -154,17 +160,19 @@ def main(argv) -> None:
   print(f'\nper step {per_step * 1e3:.2f} ms; per unit overhead {overhead:.2f} s; '
         f'compile per program {compile_s:.1f} s ({len(programs)} programs); one-off compile '
         f'{one_off_s:.1f} s')
-  print('| n | steps | estimated s |')
-  print('|---:|---:|---:|')
-  for size, num, seconds in zip(grid, steps, unit_s):
-    print(f'| {size:,} | {num:,} | {seconds:,.0f} |')
-  print(f'| all {len(grid)} sizes, one-off compile included | {sum(steps):,} | '
-        f'{total:,.0f} ({total / 3600:.2f} h) |')
+  print('| n | units | steps per unit | estimated s |')
+  print('|---:|---:|---:|---:|')
+  for size in grid:
+    mine = [i for i, (_, n, _) in enumerate(units) if n == size]
+    print(f'| {size:,} | {len(mine)} | {steps[mine[0]]:,} | '
+          f'{sum(unit_s[i] for i in mine):,.0f} |')
+  print(f'| all {len(units)} units ({len(grid)} sizes), one-off compile included | | '
+        f'{sum(steps):,} in all | {total:,.0f} ({total / 3600:.2f} h) |')
   if args.out:
     with open(args.out, 'w') as f:
       json.dump({'config': config.to_dict(), 'jax': jax.__version__,
                  'device': jax.devices()[0].device_kind, 'cpus': os.cpu_count(),
-                 'grid': grid, 'steps': steps, 'pad_to': pad_to,
+                 'grid': grid, 'units': units, 'steps': steps, 'pad_to': pad_to,
                  'compiles_s': compiles, 'num_programs': len(programs),
                  'timings': {f'{k[0]}_{k[1]}': v for k, v in timings.items()},
                  'per_step_s': per_step, 'overhead_s': overhead, 'compile_s': compile_s,

@@ -59,11 +59,15 @@ def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
   out = tmp_path / 'estimate.json'
   text = _run('estimate_cifar100_runtime.py',
               f'--config={_ROOT / "configs" / "three_phase_scaling.py"}:cifar100_smoke',
-              '--steps=2', '--per_class=2,1', f'--out={out}')
+              '--steps=2', '--per_class=2,1', f'--out={out}',
+              '--config.scaling.num_seeds=2')  # the estimate counts every seed's units
   estimate = json.loads(out.read_text())
   assert sorted(estimate['timings']) == ['2_first', '2_steady', '4_first', '4_steady'], text
-  # The estimate is the sum of the printed per-size rows' parts, over the config's grid.
-  assert len(estimate['grid']) == len(estimate['steps']) == 10
+  # The estimate is the sum of the printed rows' parts, over every unit the run trains:
+  # the 10 sizes x 2 seeds, and no measured truncation modes (before: one per size).
+  assert len(estimate['grid']) == 10
+  assert len(estimate['units']) == len(estimate['steps']) == 20
+  assert sorted(n for _, n, _ in estimate['units']) == sorted(2 * estimate['grid'])
   # The smoke config pads every size to the largest one's capacity, as its run does: one
   # training program per distinct step count, compiled once (before: once per size).
   assert estimate['pad_to'] == 1 << (max(estimate['grid']) - 1).bit_length()
@@ -73,4 +77,4 @@ def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
       s * estimate['per_step_s'] + estimate['overhead_s'] + c
       for s, c in zip(estimate['steps'], estimate['compiles_s']))
   assert estimate['estimate_s'] == pytest.approx(expected)
-  assert '| all 10 sizes, one-off compile included |' in text
+  assert '| all 20 units (10 sizes), one-off compile included |' in text
