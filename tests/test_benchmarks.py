@@ -95,17 +95,23 @@ def test_bench_lm_ntk_memory_compiles_the_paper_scale_block(tmp_path):
   assert [row.split('|')[10].strip() for row in rows] == ['3.59 TB', '125 KB'], rows
 
 
-@pytest.mark.slow
-def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
+def _estimate(tmp_path, *args):
+  """estimate_cifar100_runtime on the cifar100_smoke config: (its stdout, its JSON).
+
+  Step counts 2 to 16 across the grid (the smoke recipe gives 2 at every size); the timed
+  units set their own steps, so this costs nothing.
+  """
   out = tmp_path / 'estimate.json'
   text = _run('estimate_cifar100_runtime.py',
               f'--config={_ROOT / "configs" / "three_phase_scaling.py"}:cifar100_smoke',
-              '--steps=2', '--per_class=2,1', f'--out={out}',
-              '--config.scaling.num_seeds=2',  # the estimate counts every seed's units
-              # Step counts 2 to 16 across the grid (the smoke recipe gives 2 at every size);
-              # the timed units set their own steps, so this costs nothing.
-              '--config.train.epochs=1.0', '--config.train.max_steps=16')
-  estimate = json.loads(out.read_text())
+              f'--out={out}', '--config.train.epochs=1.0', '--config.train.max_steps=16', *args)
+  return text, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
+  text, estimate = _estimate(tmp_path, '--steps=2', '--per_class=2,1',
+                             '--config.scaling.num_seeds=2')  # every seed's units count
   assert sorted(estimate['timings']) == ['2_first', '2_steady', '4_first', '4_steady'], text
   # The estimate is the sum of the printed rows' parts, over every unit the run trains:
   # the 10 sizes x 2 seeds, and no measured truncation modes (before: one per size).
@@ -130,13 +136,8 @@ def test_estimate_cifar100_runtime_times_the_experiment_units(tmp_path):
 
 @pytest.mark.slow
 def test_estimate_cifar100_runtime_compiles_per_size_capacity_without_pad_to_max(tmp_path):
-  out = tmp_path / 'estimate.json'
-  text = _run('estimate_cifar100_runtime.py',
-              f'--config={_ROOT / "configs" / "three_phase_scaling.py"}:cifar100_smoke',
-              '--steps=1', '--per_class=1,1', f'--out={out}',
-              '--config.train.pad_to_max=False',
-              '--config.train.epochs=1.0', '--config.train.max_steps=16')
-  estimate = json.loads(out.read_text())
+  text, estimate = _estimate(tmp_path, '--steps=1', '--per_class=1,1',
+                             '--config.train.pad_to_max=False')
   # Each size pads to its own next power of two, so a program is a (steps, capacity) pair:
   # sizes with equal step counts but different capacities compile apart.
   assert estimate['pad_to'] is None
