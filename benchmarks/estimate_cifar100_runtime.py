@@ -35,8 +35,9 @@ Measured (each call blocks until its result is on the host):
 
 One run (NVIDIA H200, jax 0.11.2, the paper's config, `--steps 256`, random pixels): per
 step 4.39 ms, overhead 0.45 s, compile per unit 2.9 s, one-off 8.8 s; 99,328 steps in
-all (one seed, 11 units): about 480 s (8 min) for the whole grid, of which 436 s are steps. The training runs
-at JAX's default matmul precision (TF32 on this GPU), as the experiment does.
+all (one seed, 11 units): about 480 s (8 min) for the whole grid, of which 436 s are
+steps. The training runs at JAX's default matmul precision (TF32 on this GPU), as the
+experiment does.
 
 Usage:
   python benchmarks/estimate_cifar100_runtime.py                     # the paper's config

@@ -691,6 +691,12 @@ def _ideal_columns(resolution: Optional[Dict[str, Any]]) -> Dict[str, Any]:
           for label in ('n1', 'n2') for stat in stats}
 
 
+def paired_breaks(prediction: Dict[str, Any], mode: str) -> List[float]:
+  """The predicted `(n1, n2)` a mode's fitted breaks are paired with: the paper's, except
+  under temperature, which has no plateau for the paper's n1 (ours, from its asymptotes)."""
+  return prediction['paper'] if mode != 'temperature' else prediction['ours']
+
+
 def breakpoint_row(curve: str, mode: str, fit: Dict[str, Any], prediction: Dict[str, Any],
                    reference: Optional[Dict[str, Any]], max_breaks: int) -> Dict[str, Any]:
   """One row of breakpoints.csv: a fit against the paper's, our and the theory's breaks."""
@@ -705,11 +711,10 @@ def breakpoint_row(curve: str, mode: str, fit: Dict[str, Any], prediction: Dict[
     # Held at an end of the sizes' range: censored, the bend lies there or beyond.
     row[f'fit_break{j + 1}_on_edge'] = bool(fit['breaks_on_edge'][j]) if has else None
   references = {'paper': prediction['paper'], 'ours': prediction['ours']}
+  paired = paired_breaks(prediction, mode)
   if reference is not None:
-    references['theoryfit'] = scaling.match_breaks(reference['breaks'], prediction['paper']
-                                           if mode != 'temperature' else prediction['ours'])
-  matched = scaling.match_breaks(fit['breaks'], prediction['paper'] if mode != 'temperature'
-                         else prediction['ours'])
+    references['theoryfit'] = scaling.match_breaks(reference['breaks'], paired)
+  matched = scaling.match_breaks(fit['breaks'], paired)
   for j, label in enumerate(('n1', 'n2')):
     row[f'fit_{label}'] = matched[j]
     for name, values in references.items():
@@ -1166,7 +1171,7 @@ def run(config, workdir) -> Dict[str, Any]:
   for mode in tqdm(config.truncation.modes, desc='fit breakpoints',
                    disable=not config.output.progress):
     pred = mode_predictions[mode]
-    paired = pred['paper'] if mode != 'temperature' else pred['ours']
+    paired = paired_breaks(pred, mode)
     rows = [row for row in curve_rows if row['mode'] == mode]
     if mode != 'hard':
       rows = [row for row in rows if row['in_mode_grid']]

@@ -503,8 +503,8 @@ def check_feature_spaces(config: ml_collections.ConfigDict, bench: Benchmark,
   """
   spaces = [(name, method_config(config, overrides).mmd.feature_space)
             for name, overrides in variants]
+  missing = [b for b in bench.backbones if b not in bench.features_fn]
   for name, space in spaces:  # raw needs nothing of the backbone
-    missing = [b for b in bench.backbones if b not in bench.features_fn]
     if space == 'user' and missing:
       raise ValueError(f'config.valuation.variants: {name!r} sets mmd.feature_space=user, '
                        f'but this task has no features of its own for backbone '
