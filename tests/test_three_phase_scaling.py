@@ -667,6 +667,42 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   assert len(store) == before
 
 
+def test_soft_mode_theory_is_fitted_at_its_measured_sizes(tmp_path):
+  # With grid_stride 2 (the facts variant's setting) a soft mode is measured at every 2nd
+  # size; its theory row must be fitted at those sizes, like for like with its measured
+  # curves, not on the full grid. Saved units stand in for training: run() only fits.
+  config = configs.get_config('smoke')
+  config.scaling.num_points = 20
+  config.truncation.grid_stride = 2
+  config.truncation.modes = ('hard', 'top_p')
+  config.fit.ideal_replicates = 0
+  grid = tps.size_grid(config)
+  assert grid.size == 20
+  store = results.UnitStore(tmp_path / 'units')
+  rng = np.random.default_rng(0)
+  for mode, n, replicate in tps.planned_units(config):
+    error = float(0.9 * (n / grid[0]) ** -0.4 * (1 + 0.02 * rng.standard_normal()))
+    store.save(tps._unit_name(mode, n, replicate), {
+        'mode': mode, 'n': int(n), 'replicate': replicate, 'loss': 2 * error,
+        'error': error, 'memorizer_error': error, 'seen_error': 0.0, 'unseen_loss': 1.0,
+        'seen_loss': 0.1, 'train_loss_final': 0.1, 'num_distinct_items': int(n),
+        'steps': 20, 'seconds': 0.0, 'fingerprint': tps.unit_fingerprint(config)})
+  out = _run(config, tmp_path)
+  assert out['units_computed'] == []
+  rows = [row for row in out['curve'] if row['mode'] == 'top_p']
+  sizes = np.array([row['n'] for row in rows])
+  np.testing.assert_array_equal(sizes, grid[::2])
+  expected = tps.fit_curve(config, sizes, [row['theory_error'] for row in rows],
+                           bootstrap=False)
+  assert expected['ok'] and expected['num_breaks'] >= 1
+  theory = next(row for row in out['breakpoints']
+                if row['curve'] == 'theory' and row['mode'] == 'top_p')
+  assert theory['num_breaks'] == expected['num_breaks']
+  np.testing.assert_allclose(
+      [theory[f'fit_break{j + 1}'] for j in range(expected['num_breaks'])],
+      expected['breaks'], rtol=1e-12)
+
+
 @pytest.mark.parametrize('field, value, message', [
     ('data.k', 300, r'config\.data\.k must be an integer in \[1, config\.data\.num_items\)'),
     ('scaling.num_seeds', 0, r'config\.scaling\.num_seeds must be an integer >= 1'),
