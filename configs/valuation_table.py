@@ -457,9 +457,13 @@ def task_config(arg: str) -> ml_collections.ConfigDict:
   block = 4 if paper and base != 'cifar100' and not smoke else (64 if paper and not smoke
                                                                  else 256)
   # DAVINZ as its official code, except at paper scale: projected gradients (and, for an
-  # LLM, the last blocks only, as ours) so that the whole pool's gradients fit.
+  # LLM, the last blocks only, as ours) so that the whole pool's gradients fit, and the
+  # official large-model 100 blocks (its CNN setting, 1, is kept on CPU): a projected
+  # block's NTK has rank <= 2048, and contributors of up to 5,000 examples in one block
+  # would be scored by the jitter (davinz.ntk_score; at most 50 rows per block here).
   config.baselines.davinz = ml_collections.ConfigDict(dict(
-      sigma=5.0, jitter=1e-4, num_blocks=1, num_permutations=1,
+      sigma=5.0, jitter=1e-4, num_blocks=100 if paper and not smoke else 1,
+      num_permutations=1,
       param_filter=llm_filter or 'kernel',
       grad_block_size=block, projection_dim=2048 if paper and not smoke else 0,
       projection_kind='rademacher'))

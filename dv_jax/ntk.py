@@ -84,6 +84,32 @@ class Projection(NamedTuple):
   key: Any = None
 
 
+def check_projected_block_rows(rows: int, projection_dim: int, *, what: str) -> None:
+  """Refuses a kernel block of `rows` examples on gradients projected to `projection_dim`.
+
+  The projected NTK `G G^T` of a block has rank at most `k = projection_dim`, while the
+  true NTK of a large model is full rank. As `rows` nears `k` its smallest eigenvalues
+  fall towards 0 (for a random projection, about `(1 - sqrt(rows / k))^2` times the
+  mean), and past `k` the block is singular: the quadratic form `Y^T (G G^T + lam I)^-1 Y`
+  is then set by the jitter `lam`, not by the data. Up to `k / 2` rows the smallest
+  eigenvalue stays above ~9% of the mean.
+
+  Args:
+    rows: the most examples one kernel block holds.
+    projection_dim: `k`; 0 (exact gradients) is not checked.
+    what: the block and the config fields that set it, for the error.
+
+  Raises:
+    ValueError: naming `what`, when `2 * rows > projection_dim > 0`.
+  """
+  if projection_dim and 2 * rows > projection_dim:
+    raise ValueError(
+        f'{what} holds up to {rows} examples, more than half of projection_dim='
+        f'{projection_dim}: the projected NTK of such a block has rank <= {projection_dim} '
+        'and is near-singular, so its quadratic form measures the jitter, not the data. '
+        f'Use blocks of at most {projection_dim // 2} rows or a larger projection_dim.')
+
+
 # ----------------------------------------------------------------------------------------
 # Parameter paths and filters.
 

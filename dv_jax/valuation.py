@@ -1328,6 +1328,13 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
     rows = np.flatnonzero(sel)
 
   ncfg = config.ntk
+  # A projected NTK has rank <= projection_dim: a block must stay well below it.
+  block = {'full': rows.size, 'block_diagonal': min(int(ncfg.block_size), rows.size),
+           'subsample': min(int(ncfg.num_sub), rows.size)}[ncfg.method]
+  ntk_lib.check_projected_block_rows(
+      block, int(ncfg.projection_dim),
+      what=f'the NTK block of coalition {members} (ntk.method={ncfg.method!r}; block_diagonal '
+           'and subsample cap it at ntk.block_size / ntk.num_sub)')
   if ncfg.method == 'full':
     term = _full_ntk_term(pool, rows, eps=float(ncfg.eps))
   else:

@@ -178,6 +178,27 @@ def test_davinz_value_is_kappa_ntk_plus_mmd(setup):
   np.testing.assert_allclose(mmd[0], math.sqrt(k(x, x) + k(t, t) - 2 * k(x, t)), rtol=1e-4)
 
 
+def test_davinz_refuses_projected_blocks_the_projection_cannot_hold(setup, monkeypatch):
+  # The projected NTK of a block has rank <= projection_dim: one block of contributor c's 7
+  # rows on 8 projected dimensions scored the jitter (the paper-scale config had 1 block of
+  # up to 5,000 rows on 2,048). Refused before any gradient, naming num_blocks.
+  config = copy.deepcopy(setup['config'])
+  config.baselines.davinz.projection_dim = 8
+  monkeypatch.setattr(ntk, 'per_example_grads', None)  # not reached
+  with pytest.raises(ValueError, match=r'contributor of 7 examples in baselines\.davinz\.'
+                                       r'num_blocks=1 blocks\) holds up to 7 examples, more '
+                                       r'than half of projection_dim=8'):
+    baselines.BASELINES['davinz'](setup['contributors'], setup['target'],
+                                  apply_fn=setup['apply_fn'], params=setup['params'],
+                                  config=config)
+  monkeypatch.undo()
+  config.baselines.davinz.num_blocks = 2  # blocks of <= 4 rows
+  result = baselines.BASELINES['davinz'](setup['contributors'], setup['target'],
+                                         apply_fn=setup['apply_fn'], params=setup['params'],
+                                         config=config)
+  assert np.all(np.isfinite(result.values))
+
+
 @pytest.mark.parametrize('field, value, message', [
     ('num_blocks', 0, 'num_blocks must be an integer >= 1'),
     ('num_permutations', 0, 'num_permutations must be an integer >= 1'),

@@ -576,3 +576,13 @@ def test_custom_scalar_targets_are_not_checked_as_labels():
   grads = ntk.per_example_grads(lambda p, x_i, y_i: apply_fn(p, x_i[None])[0, 0] * y_i,
                                 params, x, targets)
   assert np.isfinite(np.asarray(grads)).all()
+
+
+@pytest.mark.parametrize('rows, projection_dim, refused', [
+    (8, 16, False), (9, 16, True), (5000, 2048, True), (50, 2048, False), (10 ** 6, 0, False)])
+def test_check_projected_block_rows_at_half_the_projection(rows, projection_dim, refused):
+  if refused:
+    with pytest.raises(ValueError, match=f'the block holds up to {rows} examples'):
+      ntk.check_projected_block_rows(rows, projection_dim, what='the block')
+  else:
+    ntk.check_projected_block_rows(rows, projection_dim, what='the block')

@@ -8,6 +8,7 @@ leave-one-out and Shapley against brute-force enumeration, the NNLS fit for bein
 non-negative and out of sample, and every bad input for naming the contributor.
 """
 
+import functools
 import itertools
 import math
 
@@ -314,25 +315,49 @@ def test_variants_run_and_are_finite(setup, overrides):
 def test_projected_filtered_ntk_term_matches_numpy(setup):
   # ntk.projection_dim / param_filter: the NTK of the projected gradients of the readout
   # only. Before, nothing but finiteness was checked: a projection left unused passed.
+  # 24 dimensions: a contributor's (<= 12 rows) block stays within k / 2.
   apply_fn, params = setup['apply_fn'], setup['params']
-  config = _config(ntk__projection_dim=16, ntk__param_filter='Dense_1')
+  config = _config(ntk__projection_dim=24, ntk__param_filter='Dense_1')
   result = valuation.value_contributors(setup['contributors'], setup['target'],
                                         apply_fn=apply_fn, params=params, config=config)
   # The projection valuation draws: stage 0 of config.seed.
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0)
-  projection = ntk_lib.Projection(16, 'rademacher', key)
+  projection = ntk_lib.Projection(24, 'rademacher', key)
   for i, c in enumerate(setup['contributors']):
     x, y = _parts(c)
     g = np.asarray(ntk_lib.per_example_grads(ntk_lib.true_class_logit(apply_fn), params, x, y,
                                              param_filter='Dense_1', projection=projection),
                    np.float64)
-    assert g.shape == (len(y), 16)
+    assert g.shape == (len(y), 24)
     n = len(y)
     theta = g @ g.T
     r = 1.0 - _np_logits(apply_fn, params, x)[np.arange(n), y]
     lam = 1e-4 * np.trace(theta) / n
     expected = math.sqrt(r @ np.linalg.solve(theta + lam * np.eye(n), r) / n)
     np.testing.assert_allclose(np.asarray(result.terms.raw)[i, 2], expected, rtol=2e-4)
+
+
+@pytest.mark.parametrize('method, field, value, refused', [
+    ('full', None, None, True),             # the largest coalition, 12 rows, on 16 dims
+    ('block_diagonal', 'block_size', 8, False),
+    ('block_diagonal', 'block_size', 9, True),
+    ('subsample', 'num_sub', 8, False),
+])
+def test_projected_ntk_block_larger_than_half_the_projection_is_refused(setup, method, field,
+                                                                        value, refused):
+  # The projected NTK has rank <= projection_dim: a block nearing it is set by the jitter.
+  overrides = dict(ntk__projection_dim=16, ntk__method=method)
+  if field:
+    overrides[f'ntk__{field}'] = value
+  call = functools.partial(valuation.value_contributors, setup['contributors'],
+                           setup['target'], apply_fn=setup['apply_fn'],
+                           params=setup['params'], config=_config(**overrides))
+  if refused:
+    with pytest.raises(ValueError, match=fr"ntk.method='{method}'.* holds up to "
+                                         r'\d+ examples, more than half of projection_dim=16'):
+      call()
+  else:
+    assert np.all(np.isfinite(np.asarray(call().values)))
 
 
 def test_init_features_discrepancy_matches_numpy(setup):

@@ -7,6 +7,7 @@ the probe coalitions and the union contributor.
 """
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -56,6 +57,20 @@ def test_configs_build(name, variant):
     valuation_table.method_config(config, overrides)  # every override names a real field
   with pytest.raises(ValueError, match='unknown variant'):
     CONFIGS[name].get_config('imagenet')
+
+
+@pytest.mark.parametrize('variant', CONFIGS['valuation_table'].PAPER_SCALE)
+def test_paper_scale_ntk_blocks_fit_their_projection(variant):
+  # A projected NTK block has rank <= projection_dim (ntk.check_projected_block_rows): the
+  # largest contributor's DAVINZ blocks and our blocks must hold at most half of it. With
+  # DAVINZ's one block, contributors of up to 5,000 examples were scored by the jitter.
+  config = CONFIGS['valuation_table'].get_config(variant)
+  largest = config.data.size_range[1]
+  davinz = config.baselines.davinz
+  assert davinz.projection_dim > 0 and config.ntk.projection_dim > 0
+  assert 2 * math.ceil(largest / davinz.num_blocks) <= davinz.projection_dim
+  assert config.ntk.method == 'block_diagonal'
+  assert 2 * config.ntk.block_size <= config.ntk.projection_dim
 
 
 def test_digits_table_has_the_required_rows():

@@ -31,7 +31,10 @@ following the choices of the official code (github.com/ZhaoxuanWu/DAVINZ-DataVal
 - `kappa` as above, over the contributors valued together.
 Beyond the official code (off by default): `projection_dim = k > 0` randomly projects the
 per-example gradients to `k` dimensions (`dv_jax.ntk.Projection`), without which a
-ResNet-18 or an LLM has per-example gradients too large to hold for the whole pool.
+ResNet-18 or an LLM has per-example gradients too large to hold for the whole pool. The
+projected NTK of a block has rank <= k, so a block may hold at most k / 2 rows
+(`ntk.check_projected_block_rows`): with one block, a contributor larger than k would be
+scored by the jitter alone. Use the official large-model setting, `num_blocks=100`.
 
 Shape legend: `K` contributors, `n` examples of one contributor, `p` parameters.
 """
@@ -226,7 +229,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
 
   Raises:
     ValueError: as `check_config` (first, naming the field); as
-      `valuation.validate_inputs`; a bad `param_filter` (`lm.resolve_param_filter`).
+      `valuation.validate_inputs`; a bad `param_filter` (`lm.resolve_param_filter`); with
+      a projection, a block of more than `projection_dim / 2` rows
+      (`ntk.check_projected_block_rows`: raise `num_blocks`).
   """
   t0 = time.perf_counter()
   # The config first, so that a bad field fails before the gradients.
@@ -242,6 +247,12 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 11)
   # Per-example quantities once for the pooled examples (one compile for every size).
   x, y, _, owner = valuation.pool_examples(contributors)
+  # Before the gradients: the largest contributor's largest block holds ceil(n / B) rows.
+  largest = int(np.bincount(owner).max())
+  ntk_lib.check_projected_block_rows(
+      -(-largest // settings.num_blocks), settings.projection_dim,
+      what=f'a DAVINZ block (a contributor of {largest} examples in '
+           f'baselines.davinz.num_blocks={settings.num_blocks} blocks)')
   projection = (ntk_lib.Projection(settings.projection_dim, settings.projection_kind,
                                    jax.random.fold_in(key, 1_000_003))
                 if settings.projection_dim else None)
