@@ -49,6 +49,8 @@ variant with a `<variant>_smoke` twin that the tests run:
   instruction    paper scale: Alpaca-layout records (`data.path`, `source` flags) and a local
                  Qwen / Llama checkpoint (`model.checkpoint`), LM objective (GPU).
   reasoning_llm  paper scale: GSM8K-layout records and a checkpoint, LM objective (GPU).
+  sentiment_llm  paper scale: SST-2 / IMDB-layout records (review -> label name) and a
+                 checkpoint, LM objective (GPU).
 
   python experiments/valuation_table.py --config=configs/valuation_table.py:mnist5k \
       --workdir=workdirs/valuation_table_mnist5k        # likewise tweets, arithmetic, ...
@@ -80,8 +82,8 @@ CIs are about +-0.5 wide with K=12; full tables in <workdir>/table.md):
     projected to 1024) cost 26-31 s, 1.8-2.1x the 14.5 s retraining.
   arithmetic_lm (70 s wall): defaults 0.76, LM features 0.78, proposed 0.59, fit 0.82;
     DAVINZ 0.90, TracIn 0.28, TRAK 0.64, random -0.45.
-  cifar100, instruction, reasoning_llm: not run here (no accelerator); their data and model
-    paths run on tiny fixtures in tests/test_valuation_tasks.py.
+  cifar100, instruction, reasoning_llm, sentiment_llm: not run here (no accelerator);
+    their data and model paths run on tiny fixtures in tests/test_valuation_tasks.py.
 """
 
 import ml_collections
@@ -250,8 +252,11 @@ TASK_OF_VARIANT = {
     'cifar100': 'cifar100',          # paper scale: CIFAR-100, ResNet-18.
     'instruction': 'instruction',    # paper scale: Alpaca layout, Qwen / Llama checkpoint.
     'reasoning_llm': 'reasoning',    # paper scale: GSM8K layout, Qwen / Llama checkpoint.
+    'sentiment_llm': 'sentiment',    # paper scale: SST-2 / IMDB layout, Qwen / Llama.
 }
-PAPER_SCALE = ('cifar100', 'instruction', 'reasoning_llm')
+# The text tasks a local LLM checkpoint reads (dv_jax.tasks.build_text_lm).
+LLM_TEXT = ('instruction', 'reasoning_llm', 'sentiment_llm')
+PAPER_SCALE = ('cifar100',) + LLM_TEXT
 TASK_VARIANTS = tuple(v for base in TASK_OF_VARIANT for v in (base, base + '_smoke'))
 # The smoke twins keep the test suite fast (compilation dominates at these sizes): their
 # rows are the METHOD.md defaults plus what exercises a path no other test covers (DAVINZ
@@ -265,6 +270,7 @@ SMOKE_ROWS = {
     'cifar100': ((0,), ('random',)),
     'instruction': ((0, 1), ('davinz', 'tracin', 'trak', 'random')),
     'reasoning_llm': ((0,), ('random',)),
+    'sentiment_llm': ((0,), ('random',)),
 }
 
 # Rows of our method on the classification tasks: the METHOD.md defaults, the settings the
@@ -356,7 +362,7 @@ def _task_data_model(base: str, smoke: bool):
     # the fixture.
     model = dict(backbones=('cnn',) if smoke else ('resnet18',), resnet_width=64,
                  cnn_channels=(2, 4), mlp_hidden_sizes=(32,), init_seed=1)
-  else:  # instruction, reasoning_llm
+  else:  # LLM_TEXT
     data = dict(path='', split='', max_records=0, target_path='', test_path='',
                 target_split='', test_split='', target_size=6 if smoke else 500,
                 test_size=6 if smoke else 1000, split_seed=0,
@@ -377,7 +383,7 @@ def _train_recipe(base: str, smoke: bool) -> dict:
   if smoke:
     return dict(optimizer='adam', learning_rate=1e-2, steps=8, batch_size=8,
                 weight_decay=0.0, momentum=0.0, schedule='constant')
-  if base in ('instruction', 'reasoning_llm'):
+  if base in LLM_TEXT:
     return dict(optimizer='adamw', learning_rate=1e-5, steps=200, batch_size=8,
                 weight_decay=0.0, momentum=0.0, schedule='cosine')
   if base == 'cifar100':
@@ -404,7 +410,7 @@ def task_config(arg: str) -> ml_collections.ConfigDict:
     raise ValueError(f'unknown variant {arg!r}; known: {VARIANTS + TASK_VARIANTS}')
   smoke = arg.endswith('_smoke')
   base = arg[:-len('_smoke')] if smoke else arg
-  lm = base in ('arithmetic_lm', 'instruction', 'reasoning_llm')
+  lm = base == 'arithmetic_lm' or base in LLM_TEXT
   paper = base in PAPER_SCALE
   config = ml_collections.ConfigDict()
   config.variant = arg

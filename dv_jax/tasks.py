@@ -24,9 +24,12 @@ Tasks (the paper's four, at CPU scale and at paper scale):
   use only operands of the truncated distribution (the head). Objective `classification`
   (question tokens -> answer class, `SequenceClassifier`; or one-hot operands, MLP) or
   `lm` (a `TransformerLM` scoring the response tokens).
-- `instruction` / `reasoning` (paper scale): Alpaca- / GSM8K-layout JSONL or `datasets`
-  directories whose records carry `source: real | synthetic`, with a local Hugging Face
-  Llama / Qwen checkpoint (`theta0` = the pretrained weights) and its `tokenizer.json`.
+- `instruction` / `reasoning` / `sentiment` (paper scale): Alpaca- / GSM8K- / SST-2- or
+  IMDB-layout JSONL or `datasets` directories whose records carry `source: real |
+  synthetic`, with a local Hugging Face Llama / Qwen checkpoint (`theta0` = the pretrained
+  weights) and its `tokenizer.json`. Sentiment is read as the LM reads it: the review is
+  the prompt and its label name (`negative` / `positive`) the response, so the objective,
+  the NTK scalar and the residual are the LM ones below, as for the other two.
 
 The LM objective through the classification interface (our choice, documented here): an
 LM example is packed as `x float32 [3, t]` = (token ids, response mask, attention mask), see
@@ -897,13 +900,18 @@ class _LlamaApply:
     return hash((_LlamaApply, self.model))
 
 
+# The `dv_jax.data.text` layouts an LLM reads as prompt -> response.
+_TEXT_LM_LAYOUTS = ('instruction', 'reasoning', 'sentiment')
+
+
 def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
                   cache: Cache = no_cache) -> ValuationTask:
-  """Instruction following (Alpaca layout) or reasoning (GSM8K layout) with an LLM.
+  """Instruction following (Alpaca), reasoning (GSM8K) or sentiment (SST-2 / IMDB) with an LLM.
 
   Args:
     config: see below.
-    layout: 'instruction' or 'reasoning' (the `dv_jax.data.text` layout of the records).
+    layout: 'instruction', 'reasoning' or 'sentiment' (the `dv_jax.data.text` layout of the
+      records; a sentiment record's response is its label name).
     cache: unused (nothing slow to cache).
 
   Reads `config.data`: path (JSONL or datasets
@@ -911,18 +919,19 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   for none), max_records (0: all), target_path / test_path ('' = hold target_size /
   test_size REAL records out of `path`) with their own target_split / test_split (''
   for none; the pool's own path and split, or records marked synthetic, are refused),
-  split_seed, max_len (tokens per example), and the
-  contributor design (num_contributors, size_range, pis, label_noises = the fraction of
-  swapped responses, `swap_responses`; contributor_seed). Real parts are disjoint draws
-  from the real records, synthetic parts from the synthetic ones (fixed texts carry no
+  split_seed, max_len (tokens per example), and the contributor design (num_contributors,
+  size_range, pis, label_noises = the fraction of swapped responses, `swap_responses`, or
+  of flipped labels for sentiment; contributor_seed). Real parts are disjoint draws from
+  the real records, synthetic parts from the synthetic ones (fixed texts carry no
   truncation knob; the specs' truncation is 'none'). `config.model`: checkpoint (required),
   dtype ('float32' | 'bfloat16'), remat, bos_token / eos_token / pad_token / sep_token ('' =
   none), feature_block_size, backbones (('llm',)).
   """
   del cache
+  from dv_jax.data import text as text_lib  # pylint: disable=g-import-not-at-top
   from dv_jax.data import tokenize  # pylint: disable=g-import-not-at-top
-  if layout not in ('instruction', 'reasoning'):
-    raise ValueError(f"layout must be 'instruction' or 'reasoning', got {layout!r}")
+  if layout not in _TEXT_LM_LAYOUTS:
+    raise ValueError(f'layout must be one of {_TEXT_LM_LAYOUTS}, got {layout!r}')
   d, m = config.data, config.model
   _check_backbones(m.backbones, ('llm',), layout)
   records, real_rows, syn_rows, held = _text_records(d, layout)
@@ -950,8 +959,16 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   for i, (spec, r_idx, s_idx) in enumerate(zip(specs, real_parts, syn_parts)):
     parts = []
     for j, idx in enumerate((real_rows[r_idx], syn_rows[s_idx])):
-      responses = swap_responses([records.responses[k] for k in idx], spec.label_noise,
-                                 key=jax.random.fold_in(key, 10 + 2 * i + j))
+      noise_key = jax.random.fold_in(key, 10 + 2 * i + j)
+      if layout == 'sentiment':
+        # Label noise as in the classification tasks: a chosen review gets ANOTHER label
+        # (swapping responses would often swap a label for the same one).
+        names = text_lib.SENTIMENT_LABEL_NAMES
+        flipped = _flip(records.labels[idx], spec.label_noise, len(names), noise_key)
+        responses = [names[label] for label in flipped]
+      else:
+        responses = swap_responses([records.responses[k] for k in idx], spec.label_noise,
+                                   key=noise_key)
       parts.append(encode([records.prompts[k] for k in idx], responses))
     contributors.append(Contributor(contributors_lib.spec_name(i, spec), parts[0][0],
                                     parts[0][1], parts[1][0], parts[1][1]))
@@ -996,6 +1013,7 @@ TASKS = _Registry({
     'arithmetic': build_arithmetic,
     'instruction': functools.partial(build_text_lm, layout='instruction'),
     'reasoning': functools.partial(build_text_lm, layout='reasoning'),
+    'sentiment': functools.partial(build_text_lm, layout='sentiment'),
 })
 
 

@@ -16,8 +16,9 @@ seeded random ranking.
 
 The same table runs on the paper's four tasks (`config.task`, built by `dv_jax.tasks`):
 image classification (`mnist5k` on CPU, `cifar100` + ResNet-18 at scale), sentiment
-(`tweets`), reasoning (`arithmetic`, `arithmetic_lm` on CPU; `reasoning_llm` with a Qwen /
-Llama checkpoint at scale) and instruction following (`instruction`, checkpoint at scale);
+(`tweets` on CPU; `sentiment_llm`, SST-2 / IMDB records with a Qwen / Llama checkpoint, at
+scale), reasoning (`arithmetic`, `arithmetic_lm` on CPU; `reasoning_llm` with a checkpoint
+at scale) and instruction following (`instruction`, checkpoint at scale);
 configs/valuation_table.py lists the variants, commands and measured results. Slow
 intermediate results of a task (the synthetic tweets) are cached as `cache/...` units.
 

@@ -1,7 +1,7 @@
 """Tiny on-disk fixtures of the paper-scale tasks (shared by test_tasks and
-test_valuation_tasks): a fake CIFAR-100 in the official pickle layout, Alpaca / GSM8K JSONL
-files with `source` flags, and a tiny random Llama / Qwen2 checkpoint with a word-level
-`tokenizer.json`. Everything is written under a directory the test owns.
+test_valuation_tasks): a fake CIFAR-100 in the official pickle layout, Alpaca / GSM8K /
+SST-2 JSONL files with `source` flags, and a tiny random Llama / Qwen2 checkpoint with a
+word-level `tokenizer.json`. Everything is written under a directory the test owns.
 """
 
 import json
@@ -22,6 +22,9 @@ WORDS = ('give', 'list', 'name', 'three', 'two', 'red', 'blue', 'green', 'colors
          'and', 'is', 'how', 'many', 'has', 'tom', 'ann', 'cats', 'dogs', 'if', 'he', 'buys',
          'more', 'then', 'so', 'answer', '####', '=', '+', '?', '.') + tuple(str(i)
                                                                           for i in range(10))
+# The sentiment label names (dv_jax.data.text.SENTIMENT_LABEL_NAMES), the responses of the
+# SST-2 fixture; after WORDS so that the other fixtures' token ids stay as they were.
+LABEL_WORDS = ('negative', 'positive')
 TOKENS = dict(bos_token='<s>', eos_token='</s>', pad_token='<pad>', sep_token='')
 
 
@@ -93,12 +96,24 @@ def write_gsm8k_jsonl(path, *, num_real: int = 30, num_synthetic: int = 24,
   return Path(path)
 
 
+def write_sst2_jsonl(path, *, num_real: int = 30, num_synthetic: int = 24,
+                     seed: int = 0) -> Path:
+  """SST-2-layout records (`sentence`, integer `label`, `source`), both labels in each part."""
+  rng = np.random.default_rng(seed)
+  with open(path, 'w', encoding='utf-8') as f:
+    for i in range(num_real + num_synthetic):
+      record = {'sentence': _sentence(rng, 3, 8), 'label': i % 2,
+                'source': 'real' if i < num_real else 'synthetic'}
+      f.write(json.dumps(record) + '\n')
+  return Path(path)
+
+
 def write_tiny_checkpoint(directory, *, model_type: str = 'qwen2', seed: int = 0) -> Path:
   """A random 2-layer Llama / Qwen2 checkpoint and a word-level tokenizer.json."""
   import tokenizers  # pylint: disable=g-import-not-at-top
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
+  vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS + LABEL_WORDS)}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='[UNK]'))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   tok.save(str(directory / 'tokenizer.json'))

@@ -43,7 +43,7 @@ def _row_set(x):
 
 def test_registry_and_unknown_names():
   assert set(tasks.TASKS) == {'mnist5k', 'cifar100', 'tweets', 'arithmetic', 'instruction',
-                              'reasoning'}
+                              'reasoning', 'sentiment'}
   with pytest.raises(ValueError, match="unknown task 'imagenet'; known: .*mnist5k"):
     tasks.build_task('imagenet', _config({}, {}))
   with pytest.raises(KeyError, match='known'):
@@ -341,7 +341,8 @@ def fixtures(tmp_path_factory):
       generated=task_fixtures.write_generated_npz(root / 'generated.npz'),
       checkpoint=task_fixtures.write_tiny_checkpoint(root / 'ckpt'),
       alpaca=task_fixtures.write_alpaca_jsonl(root / 'alpaca.jsonl'),
-      gsm8k=task_fixtures.write_gsm8k_jsonl(root / 'gsm8k.jsonl'))
+      gsm8k=task_fixtures.write_gsm8k_jsonl(root / 'gsm8k.jsonl'),
+      sst2=task_fixtures.write_sst2_jsonl(root / 'sst2.jsonl'))
 
 
 def _cifar_config(fixtures, source=''):
@@ -431,7 +432,7 @@ def test_cifar100_generated_images_draw_per_contributor_with_label_noise(fixture
 
 
 def _text_config(fixtures, name):
-  path = fixtures['alpaca'] if name == 'instruction' else fixtures['gsm8k']
+  path = fixtures[{'instruction': 'alpaca', 'reasoning': 'gsm8k', 'sentiment': 'sst2'}[name]]
   return _config(dict(path=str(path), split='', max_records=0, target_path='', test_path='',
                       target_split='', test_split='', target_size=6, test_size=6,
                       split_seed=0, max_len=24,
@@ -442,7 +443,7 @@ def _text_config(fixtures, name):
                       **task_fixtures.TOKENS))
 
 
-@pytest.mark.parametrize('name', ['instruction', 'reasoning'])
+@pytest.mark.parametrize('name', ['instruction', 'reasoning', 'sentiment'])
 def test_text_lm_builder_on_a_tiny_checkpoint(fixtures, name):
   task = tasks.build_task(name, _text_config(fixtures, name))
   _check_task(task)
@@ -458,6 +459,31 @@ def test_text_lm_builder_on_a_tiny_checkpoint(fixtures, name):
   # Held-out target / test records are real and never in a contributor.
   pool = _row_set(task.pool.x)
   assert not _row_set(task.target.x) & pool and not _row_set(task.test.x) & pool
+
+
+def test_sentiment_lm_responses_are_label_names_and_noise_flips_them(fixtures):
+  # An SST-2 review is the prompt and its label name the response (one token each here);
+  # label noise gives a chosen review the OTHER label, as in the classification tasks.
+  config = _text_config(fixtures, 'sentiment')
+  config.data.update(pis=(1.0,), label_noises=(0.0, 1.0), size_range=(4, 4))
+  task = tasks.build_task('sentiment', config)
+  # The fixture tokenizer's ids are positions in its word list.
+  vocab = task_fixtures.SPECIALS + task_fixtures.WORDS + task_fixtures.LABEL_WORDS
+  rows = [json.loads(line) for line in open(fixtures['sst2'], encoding='utf-8')]
+  label_of = {r['sentence']: r['label'] for r in rows}
+  num_flipped = []
+  for contributor in task.contributors:
+    tokens, mask, _ = tasks.unpack_lm(contributor.x_real)
+    flipped = 0
+    for row, row_mask in zip(np.asarray(tokens, np.int64), np.asarray(mask)):
+      words = [vocab[t] for t in row]
+      response = [w for w, m in zip(words, row_mask) if m > 0 and w in vocab[-2:]]
+      assert len(response) == 1  # the label name is the response
+      prompt = ' '.join(w for w, m in zip(words, row_mask) if m == 0 and w in task_fixtures.WORDS)
+      flipped += response[0] != ('negative', 'positive')[label_of[prompt]]
+    num_flipped.append(flipped)
+  expected = [round(spec['label_noise'] * 4) for spec in task.info['contributors']]
+  assert num_flipped == expected and sorted(expected) == [0, 0, 4, 4]
 
 
 def test_text_lm_held_out_sources_have_their_own_split(fixtures, tmp_path):

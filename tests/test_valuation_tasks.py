@@ -50,14 +50,15 @@ def fixtures(tmp_path_factory):
   return dict(cifar=task_fixtures.write_fake_cifar100(root / 'cifar'),
               checkpoint=task_fixtures.write_tiny_checkpoint(root / 'ckpt'),
               instruction=task_fixtures.write_alpaca_jsonl(root / 'alpaca.jsonl'),
-              reasoning_llm=task_fixtures.write_gsm8k_jsonl(root / 'gsm8k.jsonl'))
+              reasoning_llm=task_fixtures.write_gsm8k_jsonl(root / 'gsm8k.jsonl'),
+              sentiment_llm=task_fixtures.write_sst2_jsonl(root / 'sst2.jsonl'))
 
 
 def _with_fixtures(config, base, fixtures):
   """Points a paper-scale config at the fixtures (the only overrides the tests make)."""
   if base == 'cifar100':
     config.data.directory = str(fixtures['cifar'])
-  elif base in ('instruction', 'reasoning_llm'):
+  elif base in CONFIGS.LLM_TEXT:
     config.data.path = str(fixtures[base])
     config.model.checkpoint = str(fixtures['checkpoint'])
     for field, value in task_fixtures.TOKENS.items():
@@ -83,9 +84,9 @@ def test_task_configs_build(variant):
     assert names[0] == 'ours-paper-defaults' and config.data.num_contributors >= 12
     assert set(config.baselines.methods) == {'davinz', 'tracin', 'trak', 'random'}
     assert f'{variant}_smoke' in CONFIGS.TASK_VARIANTS
-  if config.task in ('instruction', 'reasoning') or config.data.get('objective') == 'lm':
-    assert config.ntk.residual == 'loss'  # METHOD.md's LM residual, the response NLL
   base = variant[:-len('_smoke')] if smoke else variant
+  if base in CONFIGS.LLM_TEXT or config.data.get('objective') == 'lm':
+    assert config.ntk.residual == 'loss'  # METHOD.md's LM residual, the response NLL
   if base in CONFIGS.PAPER_SCALE:  # no local paths in the config: building names them
     with pytest.raises(ValueError, match='(directory|checkpoint|path) must name a local'):
       tasks.build_task(config.task, config)
@@ -216,7 +217,7 @@ def test_paper_scale_configs_build_their_models_on_fixtures(fixtures):
   bench = valuation_table.build_benchmark(config)
   apply_fn, params = bench.backbones['resnet18']
   assert apply_fn(params, bench.splits.target.x[:2]).shape == (2, 100)
-  for base in ('instruction', 'reasoning_llm'):
+  for base in CONFIGS.LLM_TEXT:
     config = _with_fixtures(CONFIGS.get_config(base), base, fixtures)
     config.data.update(dict(target_size=6, test_size=6, max_len=24, size_range=(1, 2)))
     config.data.num_contributors = 12
