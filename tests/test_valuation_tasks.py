@@ -229,6 +229,32 @@ def test_paper_scale_configs_build_their_models_on_fixtures(fixtures):
     assert len(bench.contributors) == 12
 
 
+@pytest.mark.slow
+def test_paper_scale_method_settings_run_on_the_llm_fixture(fixtures):
+  # The smoke twins drop the paper-scale NTK settings (block_diagonal, the 2048-dim
+  # projection, the 2,000-example subsample; DAVINZ's projection and 100 blocks), so they
+  # run here with the paper config itself on the tiny checkpoint, at the fixture's sizes.
+  config = _with_fixtures(CONFIGS.get_config('instruction'), 'instruction', fixtures)
+  config.data.update(dict(target_size=6, test_size=6, max_len=24, size_range=(1, 2)))
+  assert (config.ntk.method, config.ntk.projection_dim, config.valuation.subsample) == (
+      'block_diagonal', 2048, 2000)
+  assert (config.baselines.davinz.projection_dim, config.baselines.davinz.num_blocks) == (
+      2048, 100)
+  bench = valuation_table.build_benchmark(config)
+  apply_fn, params = bench.backbones['llm']
+  target = bench.splits.target
+  for spec in config.valuation.variants[:2]:  # the defaults and the LM-features row
+    _, overrides = valuation_table.parse_variant(spec)
+    result = valuation.value_contributors(
+        bench.contributors, target, apply_fn=apply_fn, params=params,
+        config=valuation_table.method_config(config, overrides),
+        features_fn=bench.features_fn['llm'])
+    assert np.all(np.isfinite(np.asarray(result.values)))
+  result = davinz.value(bench.contributors, target, apply_fn=apply_fn, params=params,
+                        config=config)
+  assert np.all(np.isfinite(result.values)) and np.all(result.extras['ntk'] > 0)
+
+
 def test_init_features_on_an_lm_fails_before_the_ground_truth(monkeypatch, tmp_path):
   # The variant passes checked_variants (which cannot know the backbone); before, it failed
   # only at its turn, after the ground truth had been retrained and saved.
