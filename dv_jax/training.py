@@ -142,16 +142,37 @@ class Evaluation(NamedTuple):
   accuracy: jax.Array
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def cross_entropy(logits: Any, labels: Any) -> jax.Array:
   """Per-example softmax cross-entropy ``logsumexp(z) - z_y``.
 
   Args:
-    logits: ``[b, c]``.
-    labels: ``[b]`` int.
+    logits: ``[n, c]``.
+    labels: ``[n]`` int in ``[0, c)`` (checked when concrete; a traced label is not).
 
   Returns:
-    ``[b]`` losses.
+    ``[n]`` losses.
+
+  Raises:
+    ValueError: ``logits`` not ``[n, c]``, ``labels`` not ``[n]`` integers, or (for
+      concrete labels) a label outside ``[0, c)``: the gather turns ``c`` into NaN and
+      ``-1`` into the last class, silently.
   """
+  logits = jnp.asarray(logits)
+  if logits.ndim != 2:
+    raise ValueError(f'logits must be [n, c], got shape {logits.shape}')
+  if not isinstance(labels, jax.Array):  # (tracers are jax.Arrays too)
+    labels = np.asarray(labels)
+  if labels.shape != logits.shape[:1]:
+    raise ValueError(f'labels must be [{logits.shape[0]}] (one per row of logits), got shape '
+                     f'{labels.shape}')
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f'labels must be integer class indices, got dtype {labels.dtype}')
+  if not isinstance(labels, jax.core.Tracer) and labels.size:
+    low, high = int(np.min(labels)), int(np.max(labels))
+    if low < 0 or high >= logits.shape[1]:
+      raise ValueError(f'labels must lie in [0, {logits.shape[1]}) (the number of logits), '
+                       f'got values in [{low}, {high}]')
+  labels = jnp.asarray(labels, jnp.int32)
   true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
   return jax.nn.logsumexp(logits, axis=-1) - true_logit
 

@@ -84,6 +84,7 @@ from dv_jax import features as features_lib
 from dv_jax import linalg
 from dv_jax import mmd as mmd_lib
 from dv_jax import ntk as ntk_lib
+from dv_jax import training
 from dv_jax.data.contributors import Contributor
 from dv_jax.data.contributors import Split
 from dv_jax.data.contributors import validate_contributor
@@ -579,31 +580,9 @@ def logits_at(apply_fn: Callable, params: Any, x: ArrayLike, *, block_size: int 
   return (out[0] if len(out) == 1 else jnp.concatenate(out, axis=0))[:n]
 
 
-def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
-  """Per-example `logsumexp(z) - z_y`; `[n, c], [n] -> [n]`.
-
-  Raises:
-    ValueError: `logits` not `[n, c]`, `labels` not `[n]` integers, or (for concrete
-      labels) a label outside `[0, c)`, which the gather would turn into NaN silently.
-  """
-  logits = jnp.asarray(logits)
-  if logits.ndim != 2:
-    raise ValueError(f'logits must be [n, c], got shape {logits.shape}')
-  if not isinstance(labels, jax.Array):  # (tracers are jax.Arrays too)
-    labels = np.asarray(labels)
-  if labels.shape != logits.shape[:1]:
-    raise ValueError(f'labels must be [{logits.shape[0]}] (one per row of logits), got shape '
-                     f'{labels.shape}')
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f'labels must be integer class indices, got dtype {labels.dtype}')
-  if not isinstance(labels, jax.core.Tracer) and labels.size:
-    low, high = int(np.min(labels)), int(np.max(labels))
-    if low < 0 or high >= logits.shape[1]:
-      raise ValueError(f'labels must lie in [0, {logits.shape[1]}) (the number of logits), '
-                       f'got values in [{low}, {high}]')
-  labels = jnp.asarray(labels, jnp.int32)
-  true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-  return jax.nn.logsumexp(logits, axis=-1) - true_logit
+# One checked implementation, in the lower-level module: `training.cross_entropy` used to
+# check nothing (a label 5 of 3 classes gave NaN, -1 wrapped to the last class).
+cross_entropy = training.cross_entropy
 
 
 @jax.jit

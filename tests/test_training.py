@@ -50,6 +50,17 @@ def test_cross_entropy_matches_numpy():
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize('labels, match', [
+    ([0, 3], r'labels must lie in \[0, 3\)'),  # before: NaN for the second example
+    ([0, -1], r'labels must lie in \[0, 3\)'),  # before: wrapped to the last class
+    ([0, 1, 2], r'labels must be \[2\]'),  # before: a bare broadcasting error
+    ([0.0, 1.0], 'labels must be integer'),
+])
+def test_cross_entropy_refuses_bad_labels(labels, match):
+  with pytest.raises(ValueError, match=match):
+    training.cross_entropy(jnp.zeros((2, 3)), np.asarray(labels))
+
+
 def test_learning_rate_schedules():
   t = np.arange(0, 11)
   cos = training.learning_rate_at(t, learning_rate=0.2, schedule='cosine', steps=10)
