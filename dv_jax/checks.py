@@ -103,21 +103,33 @@ def check_indices(indices: Any, name: str = 'indices') -> np.ndarray:
   return idx.astype(np.int64)
 
 
+def real_number(value: Any) -> Optional[float]:
+  """`value` as a Python float if it is a real number (NaN and Inf included), else None.
+
+  None for a bool, a string (even '2', which `float()` would read), bytes, None, a complex
+  number and anything `float()` refuses; each caller words its own error and range,
+  naming its argument.
+  """
+  value = unwrap_scalar(value)
+  if isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating)):
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
 def unit_fraction(value: Any) -> Optional[float]:
   """`value` as a float in [0, 1] (a fraction, a share), or None if it is not one.
 
   None also for a bool, a string (even '0.5', which `float()` would read), None, NaN and
   anything `float()` refuses; each caller words its own error, naming its argument.
   """
-  value = unwrap_scalar(value)
-  if isinstance(value, (bool, np.bool_, str, bytes)):
-    return None
-  try:
-    number = float(value)
-  except (TypeError, ValueError):
+  number = real_number(value)
+  if number is None:
     return None
   return number if 0.0 <= number <= 1.0 else None  # NaN fails both comparisons
 
 
-__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_seed', 'unit_fraction',
-           'unwrap_scalar']
+__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_seed', 'real_number',
+           'unit_fraction', 'unwrap_scalar']

@@ -92,20 +92,26 @@ _BLOCK_ELEMENTS = 1 << 21
 # Distributions.
 
 
+# The real-number checks below go through checks.real_number, not float(): float() reads
+# '2' and True as numbers (mixture(p, q, True) returned p) and words None as a TypeError
+# that names no argument.
+
+
 def _check_beta(beta: float) -> float:
-  beta = float(beta)
-  if not math.isfinite(beta) or beta <= 1.0:
-    raise ValueError(f'beta must be a finite number > 1 (a normalisable Zipf tail), got {beta}')
-  return beta
+  number = checks.real_number(beta)
+  if number is None or not math.isfinite(number) or number <= 1.0:
+    raise ValueError(f'beta must be a finite number > 1 (a normalisable Zipf tail), got '
+                     f'{beta!r}')
+  return number
 
 
 def _check_pi(pi: float, *, allow_zero: bool = False) -> float:
-  pi = float(pi)
-  low_ok = pi >= 0.0 if allow_zero else pi > 0.0
-  if not (math.isfinite(pi) and low_ok and pi <= 1.0):
+  number = checks.real_number(pi)
+  low_ok = number is not None and (number >= 0.0 if allow_zero else number > 0.0)
+  if not (low_ok and math.isfinite(number) and number <= 1.0):
     interval = '[0, 1]' if allow_zero else '(0, 1]'
-    raise ValueError(f'pi (the real fraction) must lie in {interval}, got {pi}')
-  return pi
+    raise ValueError(f'pi (the real fraction) must lie in {interval}, got {pi!r}')
+  return number
 
 
 def _as_real_float64(values: ArrayLike, name: str) -> np.ndarray:
@@ -227,9 +233,10 @@ def synthetic_distribution(
     head = np.zeros_like(p)
     head[:k] = p[:k]
   elif mode == 'top_p':
-    top_p = float(top_p)
-    if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-      raise ValueError(f'top_p must lie in (0, 1], got {top_p}')
+    number = checks.real_number(top_p)
+    if number is None or not 0.0 < number <= 1.0:  # (NaN fails the comparison)
+      raise ValueError(f'top_p must lie in (0, 1], got {top_p!r}')
+    top_p = number
     order = np.argsort(-p, kind='stable')
     mass = np.cumsum(p[order])
     # Smallest head reaching top_p; the relative slack absorbs cumsum round-off at 1.
@@ -237,9 +244,10 @@ def synthetic_distribution(
     head = np.zeros_like(p)
     head[order[:keep]] = p[order[:keep]]
   elif mode == 'temperature':
-    temperature = float(temperature)
-    if not (math.isfinite(temperature) and temperature > 0.0):
-      raise ValueError(f'temperature must be a positive finite number, got {temperature}')
+    number = checks.real_number(temperature)
+    if number is None or not (math.isfinite(number) and number > 0.0):
+      raise ValueError(f'temperature must be a positive finite number, got {temperature!r}')
+    temperature = number
     positive = p > 0
     log_p = np.log(p, where=positive, out=np.full_like(p, -np.inf))
     scaled = log_p / temperature
@@ -678,9 +686,10 @@ def temperature_asymptotes(n: ArrayLike, *, beta: float, temperature: float, pi:
     `TemperatureAsymptotes`, each float64 of the shape of `n`.
   """
   beta, pi = _check_beta(beta), _check_pi(pi)
-  temperature = float(temperature)
-  if not 0.0 < temperature < 1.0:
-    raise ValueError(f'temperature must lie in (0, 1) (a thinned tail), got {temperature}')
+  number = checks.real_number(temperature)
+  if number is None or not 0.0 < number < 1.0:  # (NaN fails the comparison)
+    raise ValueError(f'temperature must lie in (0, 1) (a thinned tail), got {temperature!r}')
+  temperature = number
   if pi >= 1.0:
     raise ValueError(f'pi must be < 1 for a synthetic phase, got {pi}')
   n = _as_sample_sizes(n, integer=False)

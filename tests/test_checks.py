@@ -1,5 +1,5 @@
 """dv_jax.checks: check_int (which values count as whole numbers, and the one message),
-check_seed, check_indices and unit_fraction."""
+check_seed, check_indices, real_number, unit_fraction and check_key."""
 
 import fractions
 import math
@@ -93,3 +93,11 @@ def test_check_indices_refuses_a_0d_array():
 def test_unit_fraction_refuses_numpy_bools_and_0d_bool_arrays(value):
   # float() reads each of these as 1.0 or 0.0, a share nobody meant.
   assert checks.unit_fraction(value) is None
+
+
+def test_real_number_reads_real_numbers_and_refuses_what_float_would_misread():
+  assert checks.real_number(2) == 2.0 and checks.real_number(np.float32(0.5)) == 0.5
+  assert checks.real_number(jnp.array(3.0)) == 3.0 and math.isnan(checks.real_number(math.nan))
+  assert checks.real_number(-math.inf) == -math.inf  # the range is each caller's to check
+  for value in (True, np.True_, '2', b'2', None, 1 + 0j, np.complex128(1.0), [2.0], object()):
+    assert checks.real_number(value) is None, value

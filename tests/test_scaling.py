@@ -42,7 +42,9 @@ def test_zipf_matches_reference(num_items, beta):
 
 @pytest.mark.parametrize('num_items,beta,match', [
     (10, 1.0, 'beta'), (10, 0.5, 'beta'), (10, float('nan'), 'beta'), (0, 2.0, 'num_items'),
-    (2.5, 2.0, 'num_items'), (True, 2.0, 'num_items')])
+    (2.5, 2.0, 'num_items'), (True, 2.0, 'num_items'),
+    # Before: float() read '2' as 2.0 and None failed as a TypeError naming no argument.
+    (10, '2', 'beta must be a finite number'), (10, None, 'beta must be a finite number')])
 def test_zipf_rejects(num_items, beta, match):
   with pytest.raises(ValueError, match=match):
     scaling.zipf(num_items, beta)
@@ -116,6 +118,9 @@ def test_finite_sample_is_an_empirical_distribution():
     (dict(mode='temperature'), 'temperature is required'),
     (dict(mode='temperature', temperature=0.0), 'temperature must be'),
     (dict(mode='temperature', temperature=float('inf')), 'temperature must be'),
+    # Before: float() read True as top_p = 1 (p came back unchanged) and '0.5' as 0.5.
+    (dict(mode='top_p', top_p=True), 'top_p must lie'),
+    (dict(mode='temperature', temperature='0.5'), 'temperature must be'),
     (dict(mode='finite_sample', num_samples=10), 'key is required'),
     (dict(mode='finite_sample', num_samples=0, key=jax.random.PRNGKey(0)), 'num_samples'),
     (dict(mode='finite_sample', key=jax.random.PRNGKey(0)), 'num_samples is required'),
@@ -142,6 +147,9 @@ def test_mixture_formula_and_errors():
   np.testing.assert_allclose(scaling.mixture(p, p_syn, 0.0), p_syn)
   with pytest.raises(ValueError, match='pi'):
     scaling.mixture(p, p_syn, 1.2)
+  # Before: float(True) == 1.0 returned p, as if pi were a real share.
+  with pytest.raises(ValueError, match=r'pi \(the real fraction\) must lie in'):
+    scaling.mixture(p, p_syn, True)
   with pytest.raises(ValueError, match='p_syn must have the shape'):
     scaling.mixture(p, p_syn[:10] / p_syn[:10].sum(), 0.5)
 
@@ -338,6 +346,8 @@ def test_paper_breakpoints():
     scaling.breakpoints(2.0, 0, 0.5)
   with pytest.raises(ValueError, match='beta'):
     scaling.breakpoints(1.0, 70, 0.5)
+  with pytest.raises(ValueError, match=r'pi \(the real fraction\) must lie in'):
+    scaling.breakpoints(2.0, 70, '0.5')  # before: float('0.5') read the string
 
 
 @pytest.mark.parametrize('beta', [1.5, 2.0, 3.0])
@@ -402,6 +412,8 @@ def test_temperature_asymptotes_and_crossing():
   assert math.isclose(at_n2.synthetic, at_n2.tail, rel_tol=1e-10)
   with pytest.raises(ValueError, match='temperature'):
     scaling.temperature_asymptotes(1.0, beta=2.0, temperature=1.0, pi=PI)
+  with pytest.raises(ValueError, match=r'temperature must lie in \(0, 1\)'):
+    scaling.temperature_asymptotes(1.0, beta=2.0, temperature='0.7', pi=PI)
 
 
 def test_temperature_synthetic_asymptote_is_the_synthetic_only_sum():
