@@ -64,6 +64,9 @@ def safe_sqrt(x: ArrayLike) -> jax.Array:
   away from 0, so its (discarded) derivative is finite and `0 * inf` never appears in the
   backward pass.
 
+  NaN stays NaN, as in `max(x, 0)`: a NaN estimate (an MMD^2 of NaN features) must not
+  read as 0, the value of a perfect match.
+
   Args:
     x: any shape; integers are promoted to the default float dtype.
 
@@ -73,9 +76,10 @@ def safe_sqrt(x: ArrayLike) -> jax.Array:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.result_type(float))
-  positive = x > 0
-  safe_x = jnp.where(positive, x, jnp.ones_like(x))
-  return jnp.where(positive, jnp.sqrt(safe_x), jnp.zeros_like(x))
+  # `x <= 0`, not `~(x > 0)`: NaN fails both tests, so it takes the sqrt branch and stays NaN.
+  non_positive = x <= 0
+  safe_x = jnp.where(non_positive, jnp.ones_like(x), x)
+  return jnp.where(non_positive, jnp.zeros_like(x), jnp.sqrt(safe_x))
 
 
 def escalate_jitter(

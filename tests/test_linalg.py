@@ -128,6 +128,14 @@ def test_safe_sqrt_values_and_gradients():
   assert linalg.safe_sqrt(4).dtype == jnp.result_type(float)
 
 
+def test_safe_sqrt_keeps_nan():
+  # Before: NaN failed `x > 0` and came back 0.0, a NaN MMD^2 reading as a perfect match.
+  assert np.isnan(linalg.safe_sqrt(jnp.nan))
+  np.testing.assert_array_equal(linalg.safe_sqrt(jnp.array([jnp.nan, -1.0, 4.0, jnp.inf])),
+                                [np.nan, 0.0, 2.0, np.inf])
+  assert np.isnan(jax.grad(linalg.safe_sqrt)(jnp.nan))
+
+
 @pytest.mark.parametrize('a,b,match', [
     (np.ones((3, 4)), np.ones(3), 'a must be a square'),
     (np.ones(3), np.ones(3), 'a must be a square'),
