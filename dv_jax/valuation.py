@@ -529,6 +529,9 @@ class Pool(NamedTuple):
     part_kernel_sums: `PartKernelSums` when the pool is subsampled (fewer rows than
       `sizes.sum()`), else None: the MMD of a subsampled coalition is formed from them
       (see `coalition_terms`).
+    built_with: `((field, value), ...)`, the config fields that shaped these arrays
+      (`pool_config_record`), checked against each coalition's config; None for a pool
+      built by hand (nothing to check).
   """
   names: Tuple[str, ...]
   owner: np.ndarray
@@ -547,6 +550,48 @@ class Pool(NamedTuple):
   seconds: Dict[str, float]
   # Last and defaulted, so every existing positional or keyword construction still works.
   part_kernel_sums: Optional[PartKernelSums] = None
+  built_with: Optional[Tuple[Tuple[str, Any], ...]] = None
+
+
+def pool_config_record(config: ml_collections.ConfigDict) -> Tuple[Tuple[str, Any], ...]:
+  """The fields of `config` that shape a `Pool`'s arrays, as `((field, value), ...)`.
+
+  The NTK factor and residual, the MMD features and bandwidths and the subsample are
+  computed once, in `prepare_pool`; a coalition only reads them. A field that changes
+  nothing (the projection's kind without a projection; the seed, which draws only the
+  projection and the subsample, without either) is recorded as None, so configs that build
+  the same pool have the same record.
+  """
+  projected = int(config.ntk.projection_dim) > 0
+  subsampled = int(config.valuation.subsample) > 0
+  return (
+      ('seed', int(config.seed) if projected or subsampled else None),
+      ('ntk.residual', str(config.ntk.residual)),
+      ('ntk.param_filter', str(config.ntk.param_filter)),
+      ('ntk.projection_dim', int(config.ntk.projection_dim)),
+      ('ntk.projection_kind', str(config.ntk.projection_kind) if projected else None),
+      ('mmd.feature_space', str(config.mmd.feature_space)),
+      ('mmd.standardize', bool(config.mmd.standardize)),
+      ('mmd.num_kernels', int(config.mmd.num_kernels)),
+      ('valuation.subsample', int(config.valuation.subsample)),
+      ('valuation.min_subsample', int(config.valuation.min_subsample) if subsampled else None),
+  )
+
+
+def _check_pool_config(pool: 'Pool', config: ml_collections.ConfigDict) -> None:
+  """Refuses a config whose pool-level fields differ from those the pool was built with.
+
+  Without it a coalition silently got the pool's terms: a one_hot config on a true_class
+  pool returned the true_class NTK term.
+  """
+  if pool.built_with is None:
+    return
+  now = dict(pool_config_record(config))
+  differ = [f'{field} (pool: {value!r}, config: {now[field]!r})'
+            for field, value in pool.built_with if now[field] != value]
+  if differ:
+    raise ValueError('config differs from the config the pool was built with in '
+                     f'{", ".join(differ)}; pass the pool\'s config or rebuild the pool')
 
 
 def _ready(tree):
@@ -1026,7 +1071,7 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
       features=np.asarray(pool_features), target_features=target_features,
       target_y=jnp.asarray(ty), bandwidths=bandwidths, kernel=None, factor=factor,
       residual=np.asarray(residual),
-      seconds=seconds)
+      seconds=seconds, built_with=pool_config_record(config))
   if subsampled:
     t = time.perf_counter()
     pool = pool._replace(part_kernel_sums=_part_kernel_sums(
@@ -1248,10 +1293,14 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
     `(terms [4] float64 in TERM_NAMES order, ntk jitter)`.
 
   Raises:
-    ValueError: empty or out-of-range `members`; for a subsampled pool, a config whose
-      `mmd.estimator` is 'linear' or whose `mmd.label_aware` differs from the pool's.
+    ValueError: empty or out-of-range `members`; a config whose pool-level fields
+      (`pool_config_record`: the NTK residual and factor, the MMD features and kernels,
+      the subsample) differ from those the pool was built with; for a subsampled pool, a
+      config whose `mmd.estimator` is 'linear' or whose `mmd.label_aware` differs from the
+      pool's.
   """
   members = _check_members(pool, members)
+  _check_pool_config(pool, config)
   sel = np.isin(pool.owner, members)
   n = int(pool.sizes[members].sum())
   pi = float(pool.num_real[members].sum()) / n
@@ -1701,6 +1750,7 @@ __all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RE
            'Contributor', 'default_config', 'PRESETS', 'preset_config',
            'TermTable', 'FitReport', 'ValuationResult', 'Probes', 'ranking_of',
            'validate_inputs', 'term_mask', 'gradient_mesh', 'PartKernelSums', 'Pool',
+           'pool_config_record',
            'prepare_pool', 'logits_at', 'cross_entropy', 'pool_examples', 'check_owner',
            'with_pool_kernel', 'bucket_size', 'gram_quad_form', 'coalition_key',
            'coalition_rows', 'coalition_terms', 'standardize_terms',

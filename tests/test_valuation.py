@@ -11,6 +11,7 @@ non-negative and out of sample, and every bad input for naming the contributor.
 import functools
 import itertools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -400,6 +401,30 @@ def test_subsample_keeps_full_sizes(setup):
     assert pool.is_synthetic[rows].sum() >= min(c.num_synthetic, 2)
     terms, _ = valuation.coalition_terms(pool, (i,), config=config)
     np.testing.assert_allclose(terms[3], math.sqrt(max(c.pi, 1 - c.pi)) / c.size)
+
+
+@pytest.mark.parametrize('overrides, fields', [
+    (dict(ntk__residual='one_hot'), ['ntk.residual']),
+    (dict(mmd__num_kernels=1, mmd__feature_space='init_features'),
+     ['mmd.feature_space', 'mmd.num_kernels']),
+    (dict(ntk__projection_dim=4), ['seed', 'ntk.projection_dim', 'ntk.projection_kind']),
+])
+def test_coalition_terms_refuse_a_config_the_pool_was_not_built_with(setup, overrides, fields):
+  # Before: the pool's terms came back as if computed under the other config (a one_hot
+  # config on a true_class pool returned the true_class NTK term).
+  config = _config()
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                apply_fn=setup['apply_fn'], params=setup['params'],
+                                config=config)
+  other = _config(**overrides)
+  for call in (lambda: valuation.coalition_terms(pool, (0, 1), config=other),
+               lambda: valuation.Utility(pool, config=other)):
+    with pytest.raises(ValueError, match='config differs from the config the pool was built '
+                       'with in ' + r'.*, '.join(re.escape(f) for f in fields)):
+      call()
+  # Fields read per coalition may change: the NTK method, the MMD estimator.
+  valuation.coalition_terms(pool, (0, 1), config=_config(ntk__method='block_diagonal',
+                                                         mmd__estimator='unbiased'))
 
 
 def test_user_feature_space(setup):
