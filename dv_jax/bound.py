@@ -110,6 +110,8 @@ def _check_residual(residual: ArrayLike, n: int) -> jax.Array:
   if residual.shape[0] != n:
     raise ValueError(f'residual must have {n} rows (one per example of grads), got shape '
                      f'{residual.shape}')
+  if residual.size == 0:  # [n, 0]: the quadratic form would be 0, a perfect-fit score
+    raise ValueError(f'residual has no columns (shape {residual.shape})')
   return residual
 
 
@@ -355,8 +357,9 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
 
   Raises:
     ValueError: naming the argument: unknown method or normalization, bad shapes,
-      NaN/Inf, empty grads, missing key or num_sub, num_sub outside [1, n], non-positive
-      block_size or num_permutations, never positive definite.
+      NaN/Inf, empty grads (no rows or no parameters), a residual of no columns, missing
+      key or num_sub, num_sub outside [1, n], non-positive block_size or
+      num_permutations, never positive definite.
   """
   if method not in NTK_METHODS:
     raise ValueError(f'method must be one of {NTK_METHODS}, got {method!r}')

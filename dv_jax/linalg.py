@@ -255,10 +255,11 @@ def _check_system(a: ArrayLike, b: ArrayLike, a_name: str, b_name: str
   if a.shape[0] == 0:
     raise ValueError(f'{a_name} must not be empty, got shape {a.shape}')
   check_symmetric(a, a_name)
-  if b.ndim not in (1, 2) or b.shape[0] != a.shape[0]:
+  # k >= 1: a [n, 0] right-hand side made quad_form 0, which reads as a perfect fit.
+  if b.ndim not in (1, 2) or b.shape[0] != a.shape[0] or b.size == 0:
     raise ValueError(
         f'{b_name} must have shape [n] or [n, k] with n = {a.shape[0]} (the size of '
-        f'{a_name}), got shape {b.shape}')
+        f'{a_name}) and k >= 1, got shape {b.shape}')
   # At least float32: XLA's CPU Cholesky has no half-precision kernel (it raises), and a
   # relative jitter of 1e-4 would round away in bfloat16 (eps 7.8e-3) anyway.
   dtype = compute_dtype(a.dtype, b.dtype)

@@ -1147,19 +1147,22 @@ def gram_quad_form(grads: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
     `linalg.QuadForm(value, jitter)`.
 
   Raises:
-    ValueError: `grads` not `[n, q]` with `n >= 1`; `residual` not `[n]` or `[n, c]`;
-      NaN or Inf in either.
+    ValueError: `grads` not `[n, q]` with `n, q >= 1`; `residual` not `[n]` or `[n, c]`
+      with `c >= 1`; NaN or Inf in either.
   """
   grads = np.asarray(grads, np.float32)
-  if grads.ndim != 2 or grads.shape[0] < 1:
-    raise ValueError(f'grads must be [n, q] with n >= 1, got shape {grads.shape}')
+  # q >= 1: zero-width gradients give Theta = 0, and y^T (lam I)^-1 y with the fallback
+  # jitter is a huge finite number that reads as a real score.
+  if grads.ndim != 2 or min(grads.shape) < 1:
+    raise ValueError(f'grads must be [n, q] with n >= 1 and q >= 1, got shape {grads.shape}')
   n = grads.shape[0]
   residual = np.asarray(residual, np.float32)
   # Checked, not reshaped blindly: a residual of the wrong length would otherwise be
-  # folded into [n, c] columns and give a plausible but meaningless number.
-  if residual.ndim not in (1, 2) or residual.shape[0] != n:
-    raise ValueError(f'residual must be [n] or [n, c] with n = {n} (the rows of grads), '
-                     f'got shape {residual.shape}')
+  # folded into [n, c] columns and give a plausible but meaningless number; one of no
+  # columns would give 0.
+  if residual.ndim not in (1, 2) or residual.shape[0] != n or residual.size == 0:
+    raise ValueError(f'residual must be [n] or [n, c] with n = {n} (the rows of grads) and '
+                     f'c >= 1, got shape {residual.shape}')
   # Checked here, not left to quad_form, so that the error names these arguments.
   for name, values in (('grads', grads), ('residual', residual)):
     if not np.all(np.isfinite(values)):

@@ -228,6 +228,12 @@ def test_davinz_rejects_a_degenerate_config(setup, field, value, message):
     (np.ones(4), np.ones(4), 1e-4, r'grads must be \[n, p\]'),
     (np.ones((4, 3)), np.ones(4), 0.0, 'jitter must be finite and > 0'),
     (np.ones((4, 3)), np.full(4, np.nan), 1e-4, 'residual contains NaN'),
+    # Before: zero-width gradients scored 1/sqrt(jitter) = 31.6 (Theta = 0), and jitter
+    # None or '1e-3' was a TypeError, True ran with jitter 1.0.
+    (np.ones((4, 0)), np.ones(4), 1e-3, r'grads must be \[n, p\] with n >= 1 and p >= 1'),
+    (np.ones((4, 3)), np.ones(4), None, 'jitter must be finite and > 0'),
+    (np.ones((4, 3)), np.ones(4), '1e-3', 'jitter must be finite and > 0'),
+    (np.ones((4, 3)), np.ones(4), True, 'jitter must be finite and > 0'),
 ])
 def test_davinz_ntk_score_names_a_bad_input(grads, residual, jitter, message):
   # Before: a short residual was an IndexError, an empty subset a ZeroDivisionError, and a

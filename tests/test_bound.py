@@ -285,6 +285,8 @@ GRADS, RESIDUAL = _grads(6, 8, seed=12)
     (dict(residual=np.ones(5)), 'residual must have 6 rows'),
     (dict(residual=np.ones((6, 1, 1))), 'residual must be 1-D or 2-D'),
     (dict(residual=np.array([np.inf] * 6)), 'residual contains NaN'),
+    # Before: a residual of no columns gave 0.0, the score of a perfect fit.
+    (dict(residual=np.ones((6, 0))), r'residual has no columns \(shape \(6, 0\)\)'),
 ])
 def test_ntk_term_errors(kwargs, match):
   args = dict(grads=GRADS, residual=RESIDUAL)

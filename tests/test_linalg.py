@@ -176,6 +176,9 @@ def test_non_symmetric_matrix_is_rejected_not_symmetrized():
 def test_quad_form_errors_name_y_and_hyperparameters():
   with pytest.raises(ValueError, match='y must have shape'):
     linalg.quad_form(np.eye(3), np.ones(2))
+  # Before: y [n, 0] gave 0.0, the value of a perfect fit.
+  with pytest.raises(ValueError, match=r'y must have shape .* and k >= 1, got shape \(3, 0\)'):
+    linalg.quad_form(np.eye(3), np.ones((3, 0)))
   with pytest.raises(ValueError, match='y contains NaN'):
     linalg.quad_form(np.eye(2), np.array([np.nan, 1.0]))
   with pytest.raises(ValueError, match='eps must be positive'):

@@ -1340,6 +1340,12 @@ def test_gram_quad_form_checks_the_residual_shape():
       valuation.gram_quad_form(grads, residual)
   with pytest.raises(ValueError, match='grads must be'):
     valuation.gram_quad_form(grads[0], np.ones(1))
+  # Before: grads [n, 0] gave 50000.0 (Theta = 0 with the fallback jitter), and a residual
+  # [n, 0] gave 0.0.
+  with pytest.raises(ValueError, match=r'grads must be \[n, q\] with n >= 1 and q >= 1'):
+    valuation.gram_quad_form(np.zeros((5, 0)), np.ones(5))
+  with pytest.raises(ValueError, match=r'residual must be .* and c >= 1'):
+    valuation.gram_quad_form(grads, np.ones((4, 0)))
   with pytest.raises(ValueError, match='grads contains NaN'):
     valuation.gram_quad_form(np.where(grads > 1, np.nan, grads), np.ones(4))
   with pytest.raises(ValueError, match='residual contains NaN'):

@@ -120,21 +120,22 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
   Raises:
     ValueError: naming the argument: `num_blocks` or `num_permutations` not an int >= 1 (0
       blocks would score nothing and 0 permutations divide by zero); `grads` not `[n, p]`
-      with `n >= 1`; `residual` not `[n]`; `jitter` not finite and > 0; NaN or Inf in
+      with `n, p >= 1`; `residual` not `[n]`; `jitter` not finite and > 0; NaN or Inf in
       `grads` or `residual`.
   """
   num_blocks = checks_lib.check_int(num_blocks, 'num_blocks')
   num_permutations = checks_lib.check_int(num_permutations, 'num_permutations')
   grads = np.asarray(grads, np.float32)
   residual = np.asarray(residual, np.float32)
-  if grads.ndim != 2 or grads.shape[0] < 1:
-    raise ValueError(f'grads must be [n, p] with n >= 1, got shape {grads.shape}')
+  if grads.ndim != 2 or min(grads.shape) < 1:  # p = 0 scored ~1/sqrt(jitter), not an error
+    raise ValueError(f'grads must be [n, p] with n >= 1 and p >= 1, got shape {grads.shape}')
   n = grads.shape[0]
   # [n] only: the blocks index the rows of both, and DAVINZ's residual is one number each.
   if residual.shape != (n,):
     raise ValueError(f'residual must be [{n}] (one per row of grads), got shape '
                      f'{residual.shape}')
-  if not (np.isfinite(jitter) and jitter > 0):
+  jitter_value = checks_lib.real_number(jitter)  # not np.isfinite: True would be 1.0
+  if jitter_value is None or not (np.isfinite(jitter_value) and jitter_value > 0):
     raise ValueError(f'jitter must be finite and > 0, got {jitter!r}')
   total = 0.0
   for perm_key in jax.random.split(key, num_permutations):
@@ -147,7 +148,7 @@ def ntk_score(grads: Any, residual: Any, *, num_blocks: int, num_permutations: i
         continue
       # Padded to a power-of-two bucket: one Cholesky compile serves every block size.
       score += float(valuation.gram_quad_form(grads[rows], residual[rows],
-                                              initial_jitter=jitter).value)
+                                              initial_jitter=jitter_value).value)
     # The official code averages each permutation's square-rooted score.
     total += float(np.sqrt(max(score, 0.0) / n))
   return total / num_permutations
