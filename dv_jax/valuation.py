@@ -1200,8 +1200,16 @@ def coalition_key(key: jax.Array, members: Sequence[int]) -> jax.Array:
   return jax.random.fold_in(key, tag & 0x7FFFFFFF)
 
 
+def _member_indices(members: Sequence[int], name: str) -> list:
+  """`members` as sorted distinct Python ints; `checks.check_indices` refuses floats and
+  bools, which `int()` cut (1.9 read as contributor 1, True as 1)."""
+  if isinstance(members, (set, frozenset)):  # a set is a fine coalition, but no array
+    members = list(members)
+  return sorted(set(checks.check_indices(members, name).tolist()))
+
+
 def _check_members(pool: 'Pool', members: Sequence[int]) -> list:
-  members = sorted(set(int(i) for i in members))
+  members = _member_indices(members, 'members')
   k = len(pool.names)
   if not members or members[0] < 0 or members[-1] >= k:
     raise ValueError(f'members must be a non-empty subset of range({k}), got {members}')
@@ -1470,7 +1478,8 @@ def _check_probes(probes: Optional[Probes], k: int, *, fit_target: str) -> Probe
   if probes is None:
     raise ValueError("config.valuation.weights='fit' needs probes (Probes of coalitions and "
                      'their ground-truth losses)')
-  coalitions = tuple(tuple(sorted(set(int(i) for i in c))) for c in probes.coalitions)
+  coalitions = tuple(tuple(_member_indices(c, f'probes.coalitions[{j}]'))
+                     for j, c in enumerate(probes.coalitions))
   losses = np.asarray(probes.losses, np.float64)
   if losses.shape != (len(coalitions),):
     raise ValueError(f'probes.losses must be [{len(coalitions)}], got {losses.shape}')
@@ -1478,6 +1487,8 @@ def _check_probes(probes: Optional[Probes], k: int, *, fit_target: str) -> Probe
     raise ValueError('probes.losses contains NaN or Inf')
   if fit_target == 'log_loss' and np.any(losses <= 0):
     raise ValueError("probes.losses must be > 0 for fit_target='log_loss'")
+  if np.any(losses < 0):  # test cross-entropies; empirical_loss_term refuses them too
+    raise ValueError(f'probes.losses must be >= 0 (test losses), got {losses.min()}')
   for c in coalitions:
     if not c or c[0] < 0 or c[-1] >= k:
       raise ValueError(f'probes.coalitions: {c} is not a non-empty subset of range({k})')
@@ -1631,7 +1642,7 @@ class Utility:
     return float(-np.sum(self.weights * terms / self.scale))
 
   def __call__(self, members: Sequence[int]) -> float:
-    key = tuple(sorted(set(int(i) for i in members)))
+    key = tuple(_member_indices(members, 'members'))
     if not key:
       return 0.0
     if key not in self.cache:

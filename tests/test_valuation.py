@@ -1030,7 +1030,7 @@ def test_fit_mode_is_leave_one_contributor_out(setup):
   assert np.all(np.asarray(result.fit.weights) >= 0)
   # Changing the losses of every probe that contains contributor 0 leaves its value alone.
   changed = losses.copy()
-  changed[[0, 3, 5]] = [9.0, -4.0, 2.5]
+  changed[[0, 3, 5]] = [9.0, 0.1, 2.5]
   again = valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
                                        probes=valuation.Probes(coalitions, changed))
   np.testing.assert_allclose(again.values[0], result.values[0], rtol=1e-9)
@@ -1060,6 +1060,40 @@ def test_fit_on_log_loss(setup):
     valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
                                  config=config,
                                  probes=valuation.Probes(coalitions, losses - 1.0))
+
+
+@pytest.mark.parametrize('coalition, losses, match', [
+    # Before: int() cut 2.7 to contributor 2, and a loss of -1 was fitted as a loss.
+    ((0, 2.7), [1.0, 0.8, 0.9], r'probes\.coalitions\[2\] must be integers'),
+    ((True,), [1.0, 0.8, 0.9], r'probes\.coalitions\[2\] must be integers'),
+    ((0, 2), [-1.0, 0.8, 0.9], r'probes\.losses must be >= 0'),
+])
+def test_fit_probes_refuse_fractional_members_and_negative_losses(setup, coalition, losses,
+                                                                  match):
+  probes = valuation.Probes(((0,), (1, 2), coalition), np.array(losses))
+  with pytest.raises(ValueError, match=match):
+    valuation.value_contributors(setup['contributors'], setup['target'],
+                                 apply_fn=setup['apply_fn'], params=setup['params'],
+                                 config=_config(valuation__weights='fit'), probes=probes)
+
+
+def test_coalition_members_must_be_integers(setup):
+  config = _config()
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                apply_fn=setup['apply_fn'], params=setup['params'],
+                                config=config)
+  utility = valuation.Utility(pool, config=config)
+  # Before: int() read 1.9 as contributor 1 and True as contributor 1.
+  for members in ((1.9,), (True,), (0, 1.5)):
+    for call in (lambda: valuation.coalition_terms(pool, members, config=config),
+                 lambda: valuation.coalition_rows(pool, members, config=config),
+                 lambda: utility(members)):
+      with pytest.raises(ValueError, match='members must be integers'):
+        call()
+  # Any order, repeats and a set name the same coalition.
+  np.testing.assert_array_equal(valuation.coalition_terms(pool, {1, 0}, config=config)[0],
+                                valuation.coalition_terms(pool, (1, 0, 1), config=config)[0])
+  assert utility(np.array([2, 0])) == utility((0, 2))
 
 
 # ----------------------------------------------------------------------------------------
