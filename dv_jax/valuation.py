@@ -263,8 +263,13 @@ def ranking_of(values: ArrayLike) -> jax.Array:
 
   A NaN value (a method that failed on one contributor) ranks last rather than raising, so
   the other values and the failure both stay visible in the result.
+
+  Raises:
+    ValueError: `values` not 1-D (a `[K, R]` table used to come back ranked row by row).
   """
   values = np.asarray(values, np.float64)
+  if values.ndim != 1:
+    raise ValueError(f'values must be 1-D [K], got shape {values.shape}')
   return jnp.asarray(np.argsort(-values, kind='stable'), jnp.int32)
 
 
@@ -1434,8 +1439,18 @@ class WeightFit(NamedTuple):
   scale: np.ndarray
 
   def predict(self, terms: ArrayLike) -> np.ndarray:
-    """Predicted loss `[R]` of raw terms `[R, F]`."""
-    z = (np.asarray(terms, np.float64) - self.mean) / self.scale
+    """Predicted loss `[R]` of raw terms `[R, F]`.
+
+    Raises:
+      ValueError: `terms` not `[R, F]` with the fit's `F`, or NaN / Inf in it.
+    """
+    terms = np.asarray(terms, np.float64)
+    if terms.ndim != 2 or terms.shape[1] != self.mean.shape[0]:
+      raise ValueError(f'terms must be [R, {self.mean.shape[0]}] (the terms the weights were '
+                       f'fitted on), got shape {terms.shape}')
+    if not np.all(np.isfinite(terms)):
+      raise ValueError('terms contains NaN or Inf')
+    z = (terms - self.mean) / self.scale
     return self.intercept + z @ self.weights
 
 
@@ -1448,7 +1463,7 @@ def fit_weights(terms: ArrayLike, losses: ArrayLike) -> WeightFit:
   NNLS of the centred losses on `Z` (`scipy.optimize.nnls`).
 
   Args:
-    terms: `[P, F]` raw terms of the fit probes, `P >= 2`.
+    terms: `[P, F]` raw terms of the fit probes, `P >= 2`, `F >= 1`.
     losses: `[P]` their ground-truth losses.
 
   Returns:
@@ -1459,9 +1474,10 @@ def fit_weights(terms: ArrayLike, losses: ArrayLike) -> WeightFit:
   """
   terms = np.asarray(terms, np.float64)
   losses = np.asarray(losses, np.float64)
-  if terms.ndim != 2 or losses.shape != (terms.shape[0],):
-    raise ValueError(f'terms must be [P, F] and losses [P], got {terms.shape} and '
-                     f'{losses.shape}')
+  # F >= 1: scipy's nnls aborts the interpreter (a double free) on a [P, 0] matrix.
+  if terms.ndim != 2 or terms.shape[1] < 1 or losses.shape != (terms.shape[0],):
+    raise ValueError(f'terms must be [P, F] with F >= 1 and losses [P], got {terms.shape} '
+                     f'and {losses.shape}')
   if terms.shape[0] < 2:
     raise ValueError(f'fit_weights needs >= 2 probes, got {terms.shape[0]}')
   if not (np.all(np.isfinite(terms)) and np.all(np.isfinite(losses))):

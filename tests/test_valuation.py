@@ -12,6 +12,8 @@ import functools
 import itertools
 import math
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -1014,6 +1016,24 @@ def test_fit_weights_nonnegative_and_recovers_a_known_fit():
   np.testing.assert_allclose(fit.predict(terms[:2]), fit.intercept + z[:2] @ fit.weights)
   with pytest.raises(ValueError, match='>= 2 probes'):
     valuation.fit_weights(terms[:1], losses[:1])
+  # Before: a bare broadcasting error for the wrong width, and NaN predicted as NaN.
+  with pytest.raises(ValueError, match=r'terms must be \[R, 4\]'):
+    fit.predict(np.ones((1, 5)))
+  with pytest.raises(ValueError, match=r'terms must be \[R, 4\]'):
+    fit.predict(np.ones(4))
+  with pytest.raises(ValueError, match='terms contains NaN'):
+    fit.predict(np.where(np.eye(1, 4) > 0, np.nan, terms[:1]))
+
+
+def test_fit_weights_refuses_terms_without_columns():
+  # Before: scipy's nnls aborted the whole interpreter (rc 134) on terms [3, 0]; a
+  # subprocess keeps the old behaviour from taking the test session down with it.
+  code = ('import numpy as np\nfrom dv_jax import valuation\n'
+          'valuation.fit_weights(np.zeros((3, 0)), [1.0, 2.0, 3.0])\n')
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 1, done.stderr[-2000:]
+  assert 'ValueError: terms must be [P, F] with F >= 1' in done.stderr
 
 
 def test_fit_mode_is_leave_one_contributor_out(setup):
@@ -1439,3 +1459,9 @@ def test_ranking_of_breaks_ties_by_index():
 
 def test_ranking_of_puts_nan_last():
   np.testing.assert_array_equal(valuation.ranking_of([1.0, np.nan, 3.0, 2.0]), [2, 3, 0, 1])
+
+
+def test_ranking_of_refuses_a_table():
+  # Before: [[1, 2], [3, 4]] came back ranked row by row, a [2, 2] "ranking".
+  with pytest.raises(ValueError, match=r'values must be 1-D \[K\], got shape \(2, 2\)'):
+    valuation.ranking_of([[1.0, 2.0], [3.0, 4.0]])
