@@ -137,6 +137,20 @@ def test_stratified_take_largest_remainder(labels, size):
     splits_lib.stratified_take(np.arange(9), np.zeros(8), 3, seed=0)
 
 
+@pytest.mark.parametrize('index, seed, match', [
+    # Before: a repeated row landed in both sides ([0, 1] and [0, 0, 1, 1]), 0.5 was row 0,
+    # and a seed of -1 failed in scikit-learn, naming random_state.
+    ([0, 0, 0, 1, 1, 1], 0, 'index must not repeat a row'),
+    ([0.5, 1.5, 2.5, 3.5, 4.5, 5.5], 0, 'index must be integers'),
+    ([0, 1, 2, 3, 4, 5], -1, r'seed must be an integer in \[0, 4294967295\]'),
+    ([0, 1, 2, 3, 4, 5], 1.5, r'seed must be an integer in \[0, 4294967295\]'),
+])
+def test_stratified_take_refuses_repeated_or_fractional_rows_and_bad_seeds(index, seed,
+                                                                           match):
+  with pytest.raises(ValueError, match=match):
+    splits_lib.stratified_take(np.array(index), np.array([0, 0, 0, 1, 1, 1]), 2, seed)
+
+
 def _toy(name='a', n_real=3, n_syn=2, shape=(2, 2)):
   rng = np.random.default_rng(0)
   return Contributor(name, rng.uniform(size=(n_real,) + shape).astype(np.float32),
@@ -316,6 +330,12 @@ def _toy_data(n=300, num_classes=5):
     (dict(num_classes=4), r'y_all has labels in \[0, 4\], expected \[0, 4\)'),
     (dict(y_all=lambda y: y.astype(np.float32)), 'y_all must be 1-D integer'),
     (dict(seed=2**32 - 1), r'seed must be an integer in \[0, 4294967293\]'),
+    # Before: all-NaN features were split as data, 2.5 classes compared as is, and None or
+    # '0.5' reached float().
+    (dict(x_all=lambda x: np.full_like(x, np.nan)), 'x_all contains NaN or Inf'),
+    (dict(num_classes=5.5), 'num_classes must be an integer >= 1'),
+    (dict(pool_fraction=None), r'pool_fraction must be in \(0, 1\]'),
+    (dict(pool_fraction='0.5'), r'pool_fraction must be in \(0, 1\]'),
 ])
 def test_pool_target_test_checks_its_inputs(change, match):
   # Before: a shorter x_all failed as an IndexError, a longer one lost rows silently, labels

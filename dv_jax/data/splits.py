@@ -39,24 +39,31 @@ def stratified_take(index, labels, size: int, seed: int):
   class within one row of `size * count / n`), still exactly `size` in all.
 
   Args:
-    index: int `[n]` row indices.
+    index: int `[n]` distinct row indices.
     labels: `[n]` labels of those rows.
     size: rows to take, `1 <= size <= n`.
-    seed: shuffle seed.
+    seed: shuffle seed, in `[0, 2^32 - 1]`.
 
   Returns:
     `(taken, rest)` int64 index arrays.
 
   Raises:
-    ValueError: if `size` is outside `[1, n]` or `labels` does not match `index`.
+    ValueError: naming the argument: `index` not distinct integers, `size` outside
+      `[1, n]`, `labels` not matching `index`, `seed` not an integer in `[0, 2^32 - 1]`.
   """
   from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
-  index = np.asarray(index)
+  # Integers, not cast: 2.5 would be row 2. Distinct: a repeated row could land in both
+  # taken and rest ([0, 0, 0, 1, 1, 1] gave ([0, 1], [0, 0, 1, 1])).
+  index = checks.check_indices(index, 'index')
+  if np.unique(index).size != index.size:
+    raise ValueError(f'index must not repeat a row, got {index.size - np.unique(index).size} '
+                     'repeats')
   labels = np.asarray(labels)
   n = index.shape[0]
   if labels.shape != (n,):
     raise ValueError(f'labels must have shape ({n},) like index, got {labels.shape}')
   size = checks.check_int(size, 'size', maximum=n)
+  seed = checks.check_seed(seed)  # else scikit-learn's error names random_state
   if size == n:
     return np.sort(index), index[:0]
   counts = np.unique(labels, return_counts=True)[1]
@@ -105,10 +112,12 @@ def pool_target_test(x_all: np.ndarray, y_all: np.ndarray, *, num_classes: int, 
     `PoolTargetTest`.
 
   Raises:
-    ValueError: naming the argument when a size, the fraction or the seed is out of
-      range, `x_all` and `y_all` differ in length, a label lies outside
+    ValueError: naming the argument when a size, `num_classes`, the fraction or the seed
+      is out of range, `x_all` has NaN or Inf, `x_all` and `y_all` differ in length, a
+      label lies outside
       `[0, num_classes)`, or the sizes leave fewer than `num_classes` rows for the pool.
   """
+  num_classes = checks.check_int(num_classes, 'num_classes')  # 2.5 was compared as is
   y_all = np.asarray(y_all)
   if y_all.ndim != 1 or not np.issubdtype(y_all.dtype, np.integer):
     raise ValueError(f'y_all must be 1-D integer labels [N], got {y_all.dtype} '
@@ -119,18 +128,23 @@ def pool_target_test(x_all: np.ndarray, y_all: np.ndarray, *, num_classes: int, 
   if np.ndim(x_all) < 1 or np.shape(x_all)[0] != num_examples:
     raise ValueError(f'x_all must have {num_examples} rows like y_all, got shape '
                      f'{np.shape(x_all)}')
+  x_all = np.asarray(x_all)
+  # Every split inherits the rows as they are: NaN features would reach each model.
+  if np.issubdtype(x_all.dtype, np.inexact) and not np.all(np.isfinite(x_all)):
+    raise ValueError('x_all contains NaN or Inf')
   if num_examples and (y_all.min() < 0 or y_all.max() >= num_classes):
     raise ValueError(f'y_all has labels in [{y_all.min()}, {y_all.max()}], expected '
                      f'[0, {num_classes})')
-  if not 0.0 < float(pool_fraction) <= 1.0:
-    raise ValueError(f'pool_fraction must be in (0, 1], got {pool_fraction}')
+  fraction = checks.unit_fraction(pool_fraction)  # not float(): None, '0.5', True
+  if not fraction:  # None or 0
+    raise ValueError(f'pool_fraction must be in (0, 1], got {pool_fraction!r}')
   # The three takes use seed, seed + 1 and seed + 2, each a scikit-learn random_state that
   # must lie below 2**32.
   seed = checks.check_int(seed, 'seed', minimum=0, maximum=2**32 - 3)
   target_size = checks.check_int(target_size, 'target_size', minimum=num_classes)
   test_size = checks.check_int(test_size, 'test_size', minimum=num_classes)
   rest_size = num_examples - target_size - test_size
-  pool_size = int(round(float(pool_fraction) * rest_size))
+  pool_size = int(round(fraction * rest_size))
   if pool_size < num_classes:
     raise ValueError(f'target_size={target_size} and test_size={test_size} with '
                      f'pool_fraction={pool_fraction} leave {pool_size} pool rows of '
