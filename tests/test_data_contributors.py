@@ -100,3 +100,16 @@ def test_fold_in_name_is_the_crc32_of_the_name_and_independent_of_order():
   np.testing.assert_array_equal(contributors.fold_in_name(key, 'unit-é'), expected)
   assert not np.array_equal(contributors.fold_in_name(key, 'a'),
                             contributors.fold_in_name(key, 'b'))
+
+
+@pytest.mark.parametrize('parts, match', [
+    # Before: a Split of x [2] and y [3] rows, and labels 0.7, 1.9 cut to 0, 1.
+    ((np.zeros((2, 2)), np.zeros(3, int)), 'x_real has 2 rows but y_real has 3'),
+    ((np.zeros((2, 2)), np.array([0.7, 1.9])), 'y_real must hold integer labels'),
+    ((np.full((2, 2), np.nan), np.zeros(2, int)), 'x_real contains NaN or Inf'),
+    ((None, np.zeros(2, int)), 'x_real and y_real must both be given'),
+])
+def test_pooled_checks_each_part_as_validate_contributor_does(parts, match):
+  c = contributors.Contributor('ann', *parts, np.ones((1, 2)), np.zeros(1, int))
+  with pytest.raises(ValueError, match=f"contributor 'ann': {match}"):
+    c.pooled()

@@ -14,7 +14,7 @@ Shape legend: ``n`` examples, ``d`` features (``feature_shape``, ``(8, 8, 1)`` f
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 import zlib
 
 import jax
@@ -137,8 +137,15 @@ class Contributor(NamedTuple):
       ``Split(x [n, *feature_shape] float32, y [n] int32, is_synthetic [n] bool)``.
 
     Raises:
-      ValueError: if the contributor has no examples.
+      ValueError: naming the contributor, if it has no examples, or for a part that
+        `validate_contributor` would refuse without a target: half a part, mismatched
+        lengths, non-numeric, NaN or Inf features, non-integer labels.
     """
+    # The casts below used to cut label 1.9 to 1, and x of 2 rows with y of 3 made a Split
+    # of unequal lengths.
+    for part, x, y in (('real', self.x_real, self.y_real),
+                       ('synthetic', self.x_synthetic, self.y_synthetic)):
+      _check_part(self.name, part, x, y)
     parts = [(x, y, flag) for x, y, flag in ((self.x_real, self.y_real, False),
                                              (self.x_synthetic, self.y_synthetic, True))
              if _part_size(x, y) > 0]
@@ -150,6 +157,50 @@ class Contributor(NamedTuple):
     y = np.concatenate([np.asarray(p[1], np.int32) for p in parts], axis=0)
     flags = np.concatenate([np.full((_part_size(p[0], p[1]),), p[2]) for p in parts])
     return Split(jnp.asarray(x), jnp.asarray(y), jnp.asarray(flags))
+
+
+def _check_part(name: Any, part: str, x: Any, y: Any, *,
+                feature_shape: Optional[Tuple[int, ...]] = None,
+                num_classes: Optional[int] = None) -> None:
+  """One part's checks of `validate_contributor`; without a target (`feature_shape` or
+  `num_classes` None, as in `Contributor.pooled`) the feature shape or the label range
+  goes unchecked."""
+  if x is None and y is None:
+    return
+  if x is None or y is None:
+    raise ValueError(f'contributor {name!r}: x_{part} and y_{part} must both be given or '
+                     'both be None')
+  x_np = np.asarray(x)
+  y_np = np.asarray(y)
+  if y_np.ndim != 1:
+    raise ValueError(f'contributor {name!r}: y_{part} must be 1-D [n], got shape '
+                     f'{y_np.shape}')
+  # A scalar x used to reach the row count message below and fail there as an IndexError.
+  if x_np.ndim < 1:
+    raise ValueError(f'contributor {name!r}: x_{part} must be [n, *feature_shape], got a '
+                     'scalar')
+  if x_np.shape[0:1] != y_np.shape[0:1]:
+    raise ValueError(f'contributor {name!r}: x_{part} has {x_np.shape[0]} rows but '
+                     f'y_{part} has {y_np.shape[0]}')
+  if y_np.shape[0] == 0:
+    return
+  if feature_shape is not None and tuple(x_np.shape[1:]) != feature_shape:
+    raise ValueError(f'contributor {name!r}: x_{part} has feature shape '
+                     f'{tuple(x_np.shape[1:])}, the target has {feature_shape}')
+  # np.isfinite raises a TypeError, naming neither, on strings or objects; complex
+  # features would lose their imaginary part in pooled()'s float32 cast.
+  if (not (np.issubdtype(x_np.dtype, np.number) or x_np.dtype == bool)
+      or np.issubdtype(x_np.dtype, np.complexfloating)):
+    raise ValueError(f'contributor {name!r}: x_{part} must hold numbers, got dtype '
+                     f'{x_np.dtype}')
+  if not np.all(np.isfinite(x_np)):
+    raise ValueError(f'contributor {name!r}: x_{part} contains NaN or Inf')
+  if not np.issubdtype(y_np.dtype, np.integer):
+    raise ValueError(f'contributor {name!r}: y_{part} must hold integer labels, got '
+                     f'dtype {y_np.dtype}')
+  if num_classes is not None and (y_np.min() < 0 or y_np.max() >= num_classes):
+    raise ValueError(f'contributor {name!r}: y_{part} has labels in '
+                     f'[{y_np.min()}, {y_np.max()}], expected [0, {num_classes})')
 
 
 def validate_contributor(contributor: Contributor, *, feature_shape: Sequence[int],
@@ -173,44 +224,9 @@ def validate_contributor(contributor: Contributor, *, feature_shape: Sequence[in
                      f'{type(contributor).__name__}')
   feature_shape = tuple(int(s) for s in feature_shape)
   for part in ('real', 'synthetic'):
-    x = getattr(contributor, f'x_{part}')
-    y = getattr(contributor, f'y_{part}')
-    if x is None and y is None:
-      continue
-    if x is None or y is None:
-      raise ValueError(f'contributor {name!r}: x_{part} and y_{part} must both be given or '
-                       'both be None')
-    x_np = np.asarray(x)
-    y_np = np.asarray(y)
-    if y_np.ndim != 1:
-      raise ValueError(f'contributor {name!r}: y_{part} must be 1-D [n], got shape '
-                       f'{y_np.shape}')
-    # A scalar x used to reach the row count message below and fail there as an IndexError.
-    if x_np.ndim < 1:
-      raise ValueError(f'contributor {name!r}: x_{part} must be [n, *feature_shape], got a '
-                       'scalar')
-    if x_np.shape[0:1] != y_np.shape[0:1]:
-      raise ValueError(f'contributor {name!r}: x_{part} has {x_np.shape[0]} rows but '
-                       f'y_{part} has {y_np.shape[0]}')
-    if y_np.shape[0] == 0:
-      continue
-    if tuple(x_np.shape[1:]) != feature_shape:
-      raise ValueError(f'contributor {name!r}: x_{part} has feature shape '
-                       f'{tuple(x_np.shape[1:])}, the target has {feature_shape}')
-    # np.isfinite raises a TypeError, naming neither, on strings or objects; complex
-    # features would lose their imaginary part in pooled()'s float32 cast.
-    if (not (np.issubdtype(x_np.dtype, np.number) or x_np.dtype == bool)
-        or np.issubdtype(x_np.dtype, np.complexfloating)):
-      raise ValueError(f'contributor {name!r}: x_{part} must hold numbers, got dtype '
-                       f'{x_np.dtype}')
-    if not np.all(np.isfinite(x_np)):
-      raise ValueError(f'contributor {name!r}: x_{part} contains NaN or Inf')
-    if not np.issubdtype(y_np.dtype, np.integer):
-      raise ValueError(f'contributor {name!r}: y_{part} must hold integer labels, got '
-                       f'dtype {y_np.dtype}')
-    if y_np.min() < 0 or y_np.max() >= num_classes:
-      raise ValueError(f'contributor {name!r}: y_{part} has labels in '
-                       f'[{y_np.min()}, {y_np.max()}], expected [0, {num_classes})')
+    _check_part(name, part, getattr(contributor, f'x_{part}'),
+                getattr(contributor, f'y_{part}'), feature_shape=feature_shape,
+                num_classes=num_classes)
   if contributor.size == 0:
     raise ValueError(f'contributor {name!r} has no examples (both parts are empty)')
 
