@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from dv_jax import scaling
 from dv_jax.data import longtail
 
 
@@ -20,6 +21,22 @@ def test_truncations_match_float64_closed_form(mode, kwargs, reference):
   q = reference(p)
   np.testing.assert_allclose(longtail.truncated_probs(p, mode=mode, **kwargs), q / q.sum(),
                              rtol=1e-12, atol=1e-15)
+
+
+def test_float_class_order_is_refused():
+  # Before: [0., 1., 2.] passed the permutation test and failed as a bare IndexError.
+  with pytest.raises(ValueError, match='class_order must be integers'):
+    longtail.longtail_indices(np.array([0, 1, 2]), beta=2.0, num_samples=3,
+                              key=jax.random.PRNGKey(0), class_order=[0.0, 1.0, 2.0])
+
+
+def test_truncated_probs_refuses_p_that_does_not_sum_to_one():
+  # Before: 3 * p was renormalised to p, while scaling.synthetic_distribution refuses it.
+  p = longtail.zipf_probs(10, beta=2.0)
+  with pytest.raises(ValueError, match='p must sum to 1'):
+    longtail.truncated_probs(3 * p, mode='hard', k=3)
+  with pytest.raises(ValueError, match='p must sum to 1'):
+    scaling.synthetic_distribution(3 * p, mode='hard', k=3)
 
 
 def test_sample_by_class_frequencies_chi_square():

@@ -101,7 +101,7 @@ def truncated_probs(p, *, mode: str = 'hard', k: Optional[int] = None,
   `key`); the parameters of the other modes are ignored.
 
   Args:
-    p: [N] real frequencies, in rank order.
+    p: [N] real frequencies, in rank order, summing to 1.
     mode: one of `TRUNCATION_MODES`.
     k, top_p, temperature, num_samples: the parameter of the chosen mode.
     key: JAX PRNG key, used by `finite_sample` only.
@@ -110,9 +110,11 @@ def truncated_probs(p, *, mode: str = 'hard', k: Optional[int] = None,
     float64 [N], sums to 1.
 
   Raises:
-    ValueError: unknown mode, or the mode's parameter missing or invalid.
+    ValueError: unknown mode, the mode's parameter missing or invalid, or `p` not a
+      probability vector (NaN, negative entries, a sum other than 1).
   """
-  p = _check_probs(p, 'p')
+  # p is not renormalised here: scaling.synthetic_distribution refuses a p that does not
+  # sum to 1, and every caller passes zipf_probs; 3 * p used to pass as p.
   if mode not in _MODE_ARGUMENT:
     raise ValueError(f'mode must be one of {TRUNCATION_MODES}, got {mode!r}')
   given = {'k': k, 'top_p': top_p, 'temperature': temperature, 'num_samples': num_samples}
@@ -171,7 +173,7 @@ def ranks_to_labels(p_ranked, class_order: Optional[Sequence[int]] = None) -> np
   p_ranked = np.asarray(p_ranked, dtype=np.float64)
   if class_order is None:
     return p_ranked
-  order = np.asarray(class_order)
+  order = checks.check_indices(class_order, 'class_order')  # floats: a bare IndexError below
   if order.shape != p_ranked.shape or not np.array_equal(np.sort(order),
                                                         np.arange(p_ranked.size)):
     raise ValueError(f'class_order must be a permutation of range({p_ranked.size}), '
