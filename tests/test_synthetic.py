@@ -255,6 +255,21 @@ def test_infinite_temperature_is_refused(pool):
   gen = synthetic.fit_generator(pool.x, pool.y, num_components=3)
   with pytest.raises(ValueError, match='temperature must be finite'):
     synthetic.sample(gen, jax.random.PRNGKey(0), 5, temperature=float('inf'))
+  with pytest.raises(ValueError, match='temperature must be finite'):  # was a TypeError
+    synthetic.sample(gen, jax.random.PRNGKey(0), 5, temperature=None)
+
+
+@pytest.mark.parametrize('call, match', [
+    # Before: True was k = 1, a float order and None beta were bare IndexError / TypeError.
+    (lambda: synthetic.as_truncation(synthetic.Truncation('hard', True)),
+     "truncation 'hard' needs a number, got True"),
+    (lambda: synthetic.long_tail_class_probs(3, beta=1.0, order=[2.0, 1.0, 0.0]),
+     'order must be integers'),
+    (lambda: synthetic.long_tail_class_probs(3, beta=None), 'beta must be >= 0, got None'),
+])
+def test_misread_truncation_and_class_order_are_refused(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
 
 
 # ---------------------------------------------------------------------------------------

@@ -86,7 +86,10 @@ def as_truncation(truncation: Any) -> Truncation:
     return Truncation('none', None)
   if value is None:
     raise ValueError(f'truncation {kind!r} needs a value, e.g. {kind!r}:3')
-  value = float(value)
+  number = checks.real_number(value)  # not float(): True was k = 1, 'x' float()'s error
+  if number is None:
+    raise ValueError(f'truncation {kind!r} needs a number, got {value!r}')
+  value = number
   if kind in ('hard', 'finite_sample') and (not value.is_integer() or value < 1):
     raise ValueError(f'truncation {kind!r} needs an integer >= 1, got {value}')
   if kind == 'top_p' and not 0.0 < value <= 1.0:
@@ -114,9 +117,12 @@ def long_tail_class_probs(num_classes: int, *, beta: float,
     ValueError: for ``c < 1``, ``beta < 0`` or an ``order`` that is not a permutation.
   """
   num_classes = checks.check_int(num_classes, 'num_classes')
-  if not float(beta) >= 0.0:
-    raise ValueError(f'beta must be >= 0, got {beta}')
-  order = np.arange(num_classes) if order is None else np.asarray(order)
+  beta_value = checks.real_number(beta)  # not float(): None was a TypeError naming no one
+  if beta_value is None or not beta_value >= 0.0:
+    raise ValueError(f'beta must be >= 0, got {beta!r}')
+  beta = beta_value
+  # Integers: a float order passed the permutation test and failed as a bare IndexError.
+  order = np.arange(num_classes) if order is None else checks.check_indices(order, 'order')
   if sorted(order.tolist()) != list(range(num_classes)):
     raise ValueError(f'order must be a permutation of range({num_classes}), got {order}')
   ranked = np.arange(1, num_classes + 1, dtype=np.float64) ** -float(beta)
@@ -302,8 +308,8 @@ def sample_from_rng(generator: GaussianPCAGenerator, rng: np.random.Generator, n
   if probs.shape[0] != c:
     raise ValueError(f'class_probs has {probs.shape[0]} classes, the generator has {c}')
   # An infinite factor makes z = m + inf * (L eps), whose 0 * inf entries are NaN.
-  if not 0.0 < float(temperature) < np.inf:
-    raise ValueError(f'temperature must be finite and > 0, got {temperature}')
+  if not 0.0 < (checks.real_number(temperature) or 0.0) < np.inf:  # None: not float()'s error
+    raise ValueError(f'temperature must be finite and > 0, got {temperature!r}')
   means = np.asarray(generator.class_means, np.float64)
   chols = np.asarray(generator.class_chols, np.float64)
   components = np.asarray(generator.components, np.float64)
