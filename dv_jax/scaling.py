@@ -1394,8 +1394,16 @@ def match_breaks(fitted: Sequence[float], predicted: Sequence[float]) -> List[fl
 
   Returns:
     One value per prediction, in its order.
+
+  Raises:
+    ValueError: `fitted` not positive, finite and strictly increasing (a break <= 0 failed
+      as log's 'math domain error'; an unsorted list was paired in the order given).
   """
   fitted = [float(value) for value in fitted]
+  if not all(math.isfinite(value) and value > 0 for value in fitted):
+    raise ValueError(f'fitted must be positive finite breaks, got {fitted}')
+  if any(b <= a for a, b in zip(fitted, fitted[1:])):
+    raise ValueError(f'fitted must be increasing (BrokenPowerLawFit.breaks), got {fitted}')
   predicted = [float(value) for value in predicted]
   finite = [i for i, value in enumerate(predicted) if math.isfinite(value) and value > 0]
   matched = [math.nan] * len(predicted)

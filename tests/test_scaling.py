@@ -581,6 +581,14 @@ def test_match_breaks():
     assert math.isnan(got[0]) and got[1] == 300.0
   # Three fitted breaks for two predictions: each prediction takes its nearest.
   assert scaling.match_breaks([9.0, 50.0, 180.0], [8.0, 200.0]) == [9.0, 180.0]
+  # Before: a break of 0 failed as log's 'math domain error', and [60, 4] was paired as
+  # given (n1 = 60, n2 = 4) although breaks are increasing.
+  with pytest.raises(ValueError, match='fitted must be positive finite breaks'):
+    scaling.match_breaks([0.0], [5.0, 50.0])
+  with pytest.raises(ValueError, match='fitted must be positive finite breaks'):
+    scaling.match_breaks([math.nan, 40.0], [5.0, 50.0])
+  with pytest.raises(ValueError, match='fitted must be increasing'):
+    scaling.match_breaks([60.0, 4.0], [5.0, 50.0])
 
 
 def test_match_breaks_single_fitted_break_goes_to_the_nearest_prediction():
