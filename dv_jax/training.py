@@ -181,13 +181,15 @@ def learning_rate_at(step: Any, *, learning_rate: float, schedule: str, steps: i
   """The learning rate ``eta_t`` of step ``t`` (0-based) under ``schedule``.
 
   Raises:
-    ValueError: an unknown ``schedule`` (it would otherwise be read as cosine).
+    ValueError: an unknown ``schedule`` (it would otherwise be read as cosine), or for
+      ``cosine``, ``steps`` not an integer >= 1 (0 gave NaN, ``step / 0``).
   """
   if schedule not in SCHEDULES:
     raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
   step = jnp.asarray(step, jnp.float32)
   if schedule == 'constant':
     return jnp.full_like(step, learning_rate)
+  steps = checks.check_int(steps, 'steps')  # static under jit (`_STATIC`), so checkable
   return learning_rate * 0.5 * (1.0 + jnp.cos(jnp.pi * step / steps))
 
 

@@ -67,6 +67,8 @@ def test_learning_rate_schedules():
   np.testing.assert_allclose(cos, 0.2 * 0.5 * (1 + np.cos(np.pi * t / 10)), rtol=1e-6)
   const = training.learning_rate_at(t, learning_rate=0.2, schedule='constant', steps=10)
   np.testing.assert_allclose(const, np.full(11, 0.2), rtol=1e-7)
+  with pytest.raises(ValueError, match='steps must be an integer >= 1'):  # was NaN
+    training.learning_rate_at(1, learning_rate=0.1, schedule='cosine', steps=0)
 
 
 # ('adam', 0.1): adam's L2 term enters the gradient before the moments, as sgd's does.
