@@ -375,8 +375,10 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
   # Cholesky solve, which has no half-precision implementation and no use for one.
   dtype = linalg.compute_dtype(grads.dtype, residual.dtype)
   grads, residual = grads.astype(dtype), residual.astype(dtype)
-  if method != 'full' and key is None:
-    raise ValueError(f'key is required for method={method!r}')
+  if method != 'full':
+    if key is None:
+      raise ValueError(f'key is required for method={method!r}')
+    key = checks.check_key(key)
 
   if method == 'full':
     return ntk_term_from_kernel(_gram(grads), residual, eps=eps, normalization=normalization)

@@ -9,6 +9,7 @@ delegates its integer check here.
 import math
 from typing import Any, Optional
 
+import jax
 import numpy as np
 
 
@@ -131,5 +132,31 @@ def unit_fraction(value: Any) -> Optional[float]:
   return number if 0.0 <= number <= 1.0 else None  # NaN fails both comparisons
 
 
-__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_seed', 'real_number',
+def check_key(key: Any, name: str = 'key') -> Any:
+  """`key` unchanged if it is one JAX PRNG key: a raw `uint32 [2]` (`jax.random.PRNGKey`,
+  `[4]` under the rbg implementation) or a typed scalar key (`jax.random.key`).
+
+  Only the dtype and shape are read, so a traced key passes too. Without this check an int
+  seed, None or a batch of keys reaches `jax.random` and fails there with an error that
+  does not name the argument (or, for a batch, draws a batch of streams).
+
+  Raises:
+    ValueError: `<name> must be a single jax.random.PRNGKey ...`, naming what it got.
+  """
+  dtype, shape = getattr(key, 'dtype', None), getattr(key, 'shape', None)
+  if dtype is not None and shape is not None:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      if shape == ():
+        return key
+    elif dtype == np.uint32 and len(shape) == 1 and shape[0] in (2, 4):
+      return key
+    got = f'dtype {dtype}, shape {tuple(shape)}'
+  else:
+    got = repr(key)
+  hint = ' (for a seed pass jax.random.PRNGKey(seed))' if isinstance(key, int) else ''
+  raise ValueError(f'{name} must be a single jax.random.PRNGKey (uint32 [2]) or typed key, '
+                   f'got {got}{hint}')
+
+
+__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_key', 'check_seed', 'real_number',
            'unit_fraction', 'unwrap_scalar']

@@ -141,6 +141,7 @@ def bootstrap_indices(num_items: int, num_resamples: int, *, key: Any) -> np.nda
   """
   num_items = checks.check_int(num_items, 'num_items')
   num_resamples = checks.check_int(num_resamples, 'num_resamples')
+  key = checks.check_key(key)
   return np.asarray(jax.random.randint(key, (num_resamples, num_items), 0, num_items))
 
 
@@ -189,6 +190,7 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
   if key is None:
     # check_seed, not int(): int(2.5) == 2 would silently reuse seed 2's resamples.
     key = jax.random.PRNGKey(checks.check_seed(seed))
+  key = checks.check_key(key)
   idx = bootstrap_indices(a.shape[0], int(num_resamples), key=key)
   resamples = np.asarray(rows(a[idx], b[idx]), np.float64)
   valid = resamples[np.isfinite(resamples)]

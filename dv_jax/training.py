@@ -367,6 +367,7 @@ def train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, 
       ``y``, logits that do not have ``num_classes`` columns, a bad config, or
       ``use_batch_stats`` with an ``apply_fn`` that has no ``train_apply``.
   """
+  key = checks.check_key(key)
   c, x_pad, y_pad, n, static = _prepare(apply_fn, params, x, y, config=config,
                                         num_classes=num_classes, pad_to=pad_to,
                                         use_batch_stats=use_batch_stats)

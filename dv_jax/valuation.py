@@ -1721,6 +1721,7 @@ def shapley_from_utility(utility: Callable[[Sequence[int]], float], num_players:
   """
   num_permutations = checks.check_int(num_permutations, 'num_permutations')
   num_players = checks.check_int(num_players, 'num_players')
+  key = checks.check_key(key)
   marginals = np.zeros((num_permutations, num_players))
   empty = utility(())
   for t in range(int(num_permutations)):
@@ -1762,6 +1763,7 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
   # Before the pool's per-example work (prepare_pool checks the config first).
   _term_weights(term_weights, config)
   num_permutations = checks.check_int(num_permutations, 'num_permutations')
+  key = checks.check_key(key)  # before the pool's per-example work
   t0 = time.perf_counter()
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
                       features_fn=features_fn)

@@ -273,6 +273,8 @@ GRADS, RESIDUAL = _grads(6, 8, seed=12)
     (dict(method='block_diagonal'), 'key is required'),
     (dict(method='subsample', num_sub=3), 'key is required'),
     (dict(method='subsample', key=KEY), 'num_sub is required'),
+    # Before: a raw JAX error that did not name key.
+    (dict(method='block_diagonal', key=0), r'key must be a single jax\.random\.PRNGKey'),
     (dict(method='subsample', key=KEY, num_sub=7), 'num_sub must be <= n'),
     (dict(method='subsample', key=KEY, num_sub=0), 'num_sub must be an integer >= 1'),
     (dict(method='block_diagonal', key=KEY, block_size=0), 'block_size must be an integer'),

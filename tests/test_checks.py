@@ -101,3 +101,19 @@ def test_real_number_reads_real_numbers_and_refuses_what_float_would_misread():
   assert checks.real_number(-math.inf) == -math.inf  # the range is each caller's to check
   for value in (True, np.True_, '2', b'2', None, 1 + 0j, np.complex128(1.0), [2.0], object()):
     assert checks.real_number(value) is None, value
+
+
+@pytest.mark.parametrize('key', [jax.random.PRNGKey(3), np.asarray(jax.random.PRNGKey(3)),
+                                 jax.random.key(3)])
+def test_check_key_passes_one_raw_or_typed_key(key):
+  assert checks.check_key(key) is key
+
+
+@pytest.mark.parametrize('key, got', [
+    (3, r'got 3 \(for a seed pass jax.random.PRNGKey\(seed\)\)'), (None, 'got None'),
+    (jax.random.split(jax.random.PRNGKey(0), 3), r'shape \(3, 2\)'),
+    (np.array([0, 3]), 'dtype int64'), (jax.random.split(jax.random.key(0), 2), r'shape \(2,\)'),
+])
+def test_check_key_names_the_argument_and_what_it_got(key, got):
+  with pytest.raises(ValueError, match=r'^rng_key must be a single jax.random.PRNGKey .*' + got):
+    checks.check_key(key, 'rng_key')

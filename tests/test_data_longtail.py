@@ -23,6 +23,15 @@ def test_truncations_match_float64_closed_form(mode, kwargs, reference):
                              rtol=1e-12, atol=1e-15)
 
 
+def test_key_is_checked_by_name():
+  # Before: a raw JAX error ("unexpected PRNG key type") that did not name key.
+  p = longtail.zipf_probs(10, beta=2.0)
+  with pytest.raises(ValueError, match=r'key must be a single jax\.random\.PRNGKey'):
+    longtail.sample_items(p, num_samples=3, key=None)
+  with pytest.raises(ValueError, match=r'key must be a single jax\.random\.PRNGKey'):
+    longtail.sample_by_class(np.array([0, 1]), [0.5, 0.5], num_samples=3, key=0)
+
+
 def test_float_class_order_is_refused():
   # Before: [0., 1., 2.] passed the permutation test and failed as a bare IndexError.
   with pytest.raises(ValueError, match='class_order must be integers'):

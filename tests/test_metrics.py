@@ -102,6 +102,9 @@ def test_bootstrap_properties():
   noisy = truth + 0.3 * rng.normal(size=14)
   ci = metrics.bootstrap_ci(noisy, truth, num_resamples=500, seed=1)
   assert ci.low <= ci.estimate <= ci.high
+  # Before: key=3 (a seed passed as key) was a raw JAX error that did not name key.
+  with pytest.raises(ValueError, match=r'key must be a single jax\.random\.PRNGKey'):
+    metrics.bootstrap_ci(noisy, truth, num_resamples=5, key=3)
   assert ci.high <= 1.0 and ci.low > 0.0
   # Deterministic from the seed; another seed gives other resamples.
   again = metrics.bootstrap_ci(noisy, truth, num_resamples=500, seed=1)

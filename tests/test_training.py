@@ -330,6 +330,9 @@ def test_data_errors():
   bad[2, 1] = np.nan
   with pytest.raises(ValueError, match='x contains NaN'):
     training.train(_linear_apply, params, bad, y, num_classes=C, **kw)
+  # Before: a raw JAX error that did not name key.
+  with pytest.raises(ValueError, match=r'key must be a single jax\.random\.PRNGKey'):
+    training.train(_linear_apply, params, x, y, num_classes=C, config=kw['config'], key=None)
   with pytest.raises(ValueError, match='y has labels'):
     training.train(_linear_apply, params, x, y + 3, num_classes=C, **kw)
   with pytest.raises(ValueError, match='y must have shape'):

@@ -667,6 +667,9 @@ def test_shapley_from_utility_stderr_is_the_sample_std_over_sqrt_t():
     return float(a[list(members)].sum() ** 2)
 
   values, stderr = valuation.shapley_from_utility(utility, 3, num_permutations=4, key=key)
+  # Before: a raw JAX error that did not name key.
+  with pytest.raises(ValueError, match=r'key must be a single jax\.random\.PRNGKey'):
+    valuation.shapley_from_utility(utility, 3, num_permutations=4, key=None)
   np.testing.assert_allclose(values, marginals.mean(axis=0), rtol=1e-12)
   np.testing.assert_allclose(stderr, marginals.std(axis=0, ddof=1) / 2, rtol=1e-12)
   _, stderr = valuation.shapley_from_utility(utility, 3, num_permutations=1, key=key)
@@ -1283,7 +1286,7 @@ def test_default_config_refuses_a_misspelt_field():
 
 
 @pytest.mark.parametrize('call', ['fit_without_probes', 'fit_bad_probes', 'loo_weights',
-                                  'shapley_weights', 'shapley_permutations'])
+                                  'shapley_weights', 'shapley_permutations', 'shapley_key'])
 def test_bad_arguments_fail_before_per_example_work(setup, monkeypatch, call):
   # Before: probes, term_weights and num_permutations were checked after the pool's
   # logits and gradients had been computed.
@@ -1307,12 +1310,15 @@ def test_bad_arguments_fail_before_per_example_work(setup, monkeypatch, call):
     elif call == 'shapley_weights':
       valuation.shapley(contributors, target, **kwargs, num_permutations=2,
                         key=jax.random.PRNGKey(0), term_weights=[np.nan, 1, 1, 1])
-    else:
+    elif call == 'shapley_permutations':
       valuation.shapley(contributors, target, **kwargs, num_permutations=0,
                         key=jax.random.PRNGKey(0))
+    else:  # before: a raw JAX error naming no argument, after the pool's work
+      valuation.shapley(contributors, target, **kwargs, num_permutations=2, key=3)
   assert {'fit_without_probes': 'needs probes', 'fit_bad_probes': 'probes.losses',
           'loo_weights': 'term_weights', 'shapley_weights': 'term_weights',
-          'shapley_permutations': 'num_permutations'}[call] in str(info.value)
+          'shapley_permutations': 'num_permutations',
+          'shapley_key': 'key must be a single'}[call] in str(info.value)
 
 
 @pytest.mark.parametrize('estimator', ['unbiased', 'linear'])

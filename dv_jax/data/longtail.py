@@ -48,6 +48,7 @@ def rng_from_key(key: jax.Array) -> np.random.Generator:
   Returns:
     `np.random.Generator` whose stream is a pure function of `key`.
   """
+  key = checks.check_key(key)
   bits = jax.random.bits(key, (4,), dtype=np.uint32)
   return np.random.default_rng(np.asarray(bits, dtype=np.uint64))
 
@@ -215,7 +216,7 @@ def sample_by_class(labels, class_probs, *, num_samples: int, key: jax.Array) ->
     raise ValueError(f'classes {empty[:10].tolist()} have positive probability but no example '
                      'in labels')
   num_samples = checks.check_int(num_samples, 'num_samples', minimum=0)
-  class_key, example_key = jax.random.split(key)
+  class_key, example_key = jax.random.split(checks.check_key(key))
   classes = sample_items(class_probs, num_samples=num_samples, key=class_key)
   by_class = np.argsort(labels, kind='stable')
   starts = np.cumsum(counts) - counts
