@@ -21,9 +21,15 @@ import numpy as np
 from dv_jax import checks
 
 
+def _numbers(values: Any, name: str) -> np.ndarray:
+  try:
+    return np.asarray(values, np.float64)
+  except (TypeError, ValueError) as e:  # strings, ragged lists: numpy's words name nothing
+    raise ValueError(f'{name} must be numbers, got {values!r} ({e})') from None
+
+
 def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
+  a, b = _numbers(a, 'a'), _numbers(b, 'b')
   for name, v in (('a', a), ('b', b)):
     if v.ndim != 1:
       raise ValueError(f'{name} must be 1-D [K], got shape {v.shape}')

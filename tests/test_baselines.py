@@ -333,6 +333,7 @@ def test_tracin_scores_reject_silent_truncation():
                               'width'),
     (dict(train=0, ndim=1), r'train_grads\[0\] must be \[rows, p\]'),
     (dict(eta=np.nan), 'learning_rates must be'),
+    (dict(etas=0.1), r'learning_rates must be \[J\]'),  # len(0.1) was a TypeError before
 ])
 def test_tracin_scores_name_a_bad_input(change, message):
   # Before: NaN spread into the scores, an empty target scored every contributor 0, and a
@@ -352,6 +353,7 @@ def test_tracin_scores_name_a_bad_input(change, message):
     arrays[j] = arrays[j][:, 0]
   if 'eta' in change:
     etas[1] = change['eta']
+  etas = change.get('etas', etas)
   with pytest.raises(ValueError, match=message):
     tracin.tracin_scores(train, target, etas, np.array([0, 0, 1, 1]), 2)
 
@@ -600,6 +602,8 @@ def test_trak_scores_reject_a_bad_owner(owner, message):
     (dict(phi_target=np.ones((2, 3), np.float32)), 'target_features must have the width k = 4'),
     (dict(ridge=0.0), 'ridge must be finite and > 0'),
     (dict(ridge=float('nan')), 'ridge must be finite and > 0'),
+    (dict(ridge=None), 'ridge must be finite and > 0'),  # a TypeError from isfinite before
+    (dict(ridge=True), 'ridge must be finite and > 0'),  # ran as a ridge of 1.0
 ])
 def test_trak_scores_name_a_bad_input(change, message):
   # Before: a [N, 1] q broadcast the scores to [K, N], a NaN q gave NaN scores, an empty

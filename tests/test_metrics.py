@@ -69,6 +69,8 @@ def test_errors_name_the_argument(fn):
     fn([1.0, 2.0], [np.nan, 1.0])
   with pytest.raises(ValueError, match='a must be 1-D'):
     fn(np.ones((2, 2)), np.ones(4))
+  with pytest.raises(ValueError, match="b must be numbers, got \\['x', 'y'\\]"):
+    fn([1.0, 2.0], ['x', 'y'])  # numpy's "could not convert string to float" named nothing
 
 
 @pytest.mark.parametrize('metric,scipy_fn', [('spearman', stats.spearmanr),

@@ -108,6 +108,8 @@ def tracin_scores(train_grads: Sequence[Any], target_grads: Sequence[Any],
       checkpoint's counterpart; a non-finite learning rate; `owner` not `[N]` integers in
       `[0, num_contributors)` (`segment_sum` would silently drop those rows).
   """
+  if np.ndim(learning_rates) != 1:  # a bare 0.1 has no len()
+    raise ValueError(f'learning_rates must be [J] finite numbers, got {learning_rates!r}')
   lengths = (len(train_grads), len(target_grads), len(learning_rates))
   if len(set(lengths)) != 1 or lengths[0] < 1:
     raise ValueError('train_grads, target_grads and learning_rates must have the same '

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dv_jax import checks as checks_lib
 from dv_jax import config_checks
 from dv_jax import linalg
 from dv_jax import ntk as ntk_lib
@@ -120,8 +121,10 @@ def trak_scores(train_features: Any, target_features: Any, q: Any, owner: Any,
   if q_N.shape != phi_NxK.shape[:1] or not bool(jnp.isfinite(q_N).all()):
     raise ValueError(f'q must be [{phi_NxK.shape[0]}] (one finite weight per row of '
                      f'train_features), got shape {q_N.shape}')
-  if not (np.isfinite(ridge) and ridge > 0):
+  number = checks_lib.real_number(ridge)  # None, '1e-3' and True are not a ridge
+  if number is None or not (np.isfinite(number) and number > 0):
     raise ValueError(f'ridge must be finite and > 0, got {ridge!r}')
+  ridge = number
   owner = valuation.check_owner(owner, phi_NxK.shape[0], num_contributors)
   # At least float32 (the bfloat16 features of a bfloat16 model): a bfloat16 Gram matrix
   # keeps ~3 significant digits, coarser than the relative ridge it is solved with.
