@@ -208,13 +208,8 @@ def test_smoke_variant_runs(base, fixtures, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_paper_scale_configs_build_their_models_on_fixtures(fixtures):
-  config = _with_fixtures(CONFIGS.get_config('cifar100'), 'cifar100', fixtures)
   # Sizes the fixture holds; the data and model paths are the paper-scale config's.
-  config.data.update(dict(target_size=100, test_size=100, pool_size=300,
-                          generator_fit_size=200, generator_components=8,
-                          size_range=(5, 10)))
-  config.model.resnet_width = 2
-  bench = valuation_table.build_benchmark(config)
+  bench = valuation_table.build_benchmark(_cifar100_fixture_config(fixtures))
   apply_fn, params = bench.backbones['resnet18']
   assert apply_fn(params, bench.splits.target.x[:2]).shape == (2, 100)
   for base in CONFIGS.LLM_TEXT:
@@ -229,26 +224,40 @@ def test_paper_scale_configs_build_their_models_on_fixtures(fixtures):
     assert len(bench.contributors) == 12
 
 
+def _cifar100_fixture_config(fixtures):
+  """The paper's cifar100 config at the sizes the fake CIFAR-100 folder holds."""
+  config = _with_fixtures(CONFIGS.get_config('cifar100'), 'cifar100', fixtures)
+  config.data.update(dict(target_size=100, test_size=100, pool_size=300,
+                          generator_fit_size=200, generator_components=8,
+                          size_range=(5, 10)))
+  config.model.resnet_width = 2
+  return config
+
+
 @pytest.mark.slow
-def test_paper_scale_method_settings_run_on_the_llm_fixture(fixtures):
-  # The smoke twins drop the paper-scale NTK settings (block_diagonal, the 2048-dim
-  # projection, the 2,000-example subsample; DAVINZ's projection and 100 blocks), so they
-  # run here with the paper config itself on the tiny checkpoint, at the fixture's sizes.
-  config = _with_fixtures(CONFIGS.get_config('instruction'), 'instruction', fixtures)
-  config.data.update(dict(target_size=6, test_size=6, max_len=24, size_range=(1, 2)))
-  assert (config.ntk.method, config.ntk.projection_dim, config.valuation.subsample) == (
-      'block_diagonal', 2048, 2000)
+@pytest.mark.parametrize('base', ['cifar100', 'instruction'])
+def test_paper_scale_method_settings_run_on_the_fixtures(fixtures, base):
+  # The smoke twins drop the paper-scale NTK settings (block_diagonal on 2048-dim projected
+  # gradients, the LLM's 2,000-example subsample; DAVINZ's projection and 100 blocks), so
+  # they run here with the paper config itself on the fixtures, at the fixtures' sizes.
+  if base == 'cifar100':
+    config = _cifar100_fixture_config(fixtures)
+  else:
+    config = _with_fixtures(CONFIGS.get_config(base), base, fixtures)
+    config.data.update(dict(target_size=6, test_size=6, max_len=24, size_range=(1, 2)))
+  assert (config.ntk.method, config.ntk.projection_dim) == ('block_diagonal', 2048)
+  assert config.valuation.subsample == (0 if base == 'cifar100' else 2000)
   assert (config.baselines.davinz.projection_dim, config.baselines.davinz.num_blocks) == (
       2048, 100)
   bench = valuation_table.build_benchmark(config)
-  apply_fn, params = bench.backbones['llm']
+  (backbone, (apply_fn, params)), = bench.backbones.items()
   target = bench.splits.target
-  for spec in config.valuation.variants[:2]:  # the defaults and the LM-features row
+  for spec in config.valuation.variants[:2]:  # the defaults and the next row
     _, overrides = valuation_table.parse_variant(spec)
     result = valuation.value_contributors(
         bench.contributors, target, apply_fn=apply_fn, params=params,
         config=valuation_table.method_config(config, overrides),
-        features_fn=bench.features_fn['llm'])
+        features_fn=bench.features_fn.get(backbone))
     assert np.all(np.isfinite(np.asarray(result.values)))
   result = davinz.value(bench.contributors, target, apply_fn=apply_fn, params=params,
                         config=config)
