@@ -700,7 +700,10 @@ def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, A
             f'({config.output.bootstrap_resamples} resamples of the contributors); cost = '
             '(seconds + the probes\' retraining for fitted weights) / retraining. "Spearman vs '
             'accuracy" ranks against the retrained test accuracy instead (no CI): a second '
-            'ground truth, shown because the two can disagree.', '']
+            'ground truth, shown because the two can disagree. Seconds are wall time with '
+            'JAX compilation included: the first row of a backbone (and a row with new '
+            'array shapes, such as block_diagonal) compiles kernels that later rows reuse, '
+            'so at CPU scale its time is mostly compilation.', '']
   for draw in range(num_draws):
     for backbone in dict.fromkeys(r['backbone'] for r in rows):
       sub = [r for r in rows if r['backbone'] == backbone and r['draw'] == draw]
