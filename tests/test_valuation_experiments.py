@@ -91,14 +91,14 @@ def test_draws_shift_the_seeds_and_summaries_average_them():
       config.data.split_seed + 2, config.data.contributor_seed + 2, config.model.init_seed + 2)
   rows = [{'draw': d, 'backbone': 'mlp', 'method': m, 'kind': 'ours', 'setting': '',
            'spearman': s, 'kendall': s / 2, 'spearman_accuracy': -s, 'seconds': 1.0 + d,
-           'cost_fraction': 0.1,
-           'retrain_seconds': 10.0}
+           'probe_retrain_seconds': 3.0 * d, 'cost_fraction': 0.1, 'retrain_seconds': 10.0}
           for d, (m, s) in enumerate([('a', 0.2), ('a', 0.6), ('b', 0.1)])]
   summary = valuation_table.summarize(rows)
   assert [(s['method'], s['draws']) for s in summary] == [('a', 2), ('b', 1)]
   np.testing.assert_allclose([summary[0]['spearman_mean'], summary[0]['spearman_std'],
                               summary[0]['spearman_accuracy_mean'],
-                              summary[0]['seconds_mean']], [0.4, 0.2, -0.4, 1.5])
+                              summary[0]['seconds_mean'],
+                              summary[0]['probe_retrain_seconds_mean']], [0.4, 0.2, -0.4, 1.5, 1.5])
 
 
 def test_table_rows_match_the_library_presets():
@@ -465,15 +465,44 @@ def test_figure_draws_the_cis_and_the_wall_times(monkeypatch):
   monkeypatch.setattr(valuation_table.plotting, 'save_figure',
                       lambda fig, path: figures.append(fig))
   rows = [r for r in _two_draw_rows() if r['draw'] == 0]  # one draw: bars are the CIs
-  valuation_table.plot(rows, valuation_table.summarize(rows), Path('unused'))
+  # ours-a fits its weights: its cost also counts the probes' retraining.
+  rows[0]['probe_retrain_seconds'] = 7.0
+  valuation_table.plot(rows, valuation_table.summarize(rows), Path('unused'), ci_level=0.95)
   (figure,) = figures
   left, right = figure.axes
   # Horizontal error bars from low to high at each method's bar (top to bottom).
   (errorbars,) = [c for c in left.containers if isinstance(c, ErrorbarContainer)]
   spans = [segment[:, 0] for segment in errorbars.lines[2][0].get_segments()]
   np.testing.assert_allclose(spans, [[r['spearman_low'], r['spearman_high']] for r in rows])
-  np.testing.assert_allclose([p.get_width() for p in right.patches],
-                             [r['seconds'] for r in rows])
+  # A CI cap at exactly +-1 stays inside the frame.
+  low, high = left.get_xlim()
+  assert low < -1 and high > 1
+  # The key names what is drawn: the two colours, the black whiskers, the dashed line, the
+  # hatched probes' retraining and the red line.
+  (legend,) = figure.legends
+  assert [t.get_text() for t in legend.get_texts()] == [
+      'ours', 'baseline', '95% bootstrap CI', '0.8 target',
+      valuation_table.PROBE_RETRAIN_LABEL, 'retraining']
+  # Wall time: each method's own seconds, and stacked on it the probes' retraining, so a
+  # bar ends at seconds + probe_retrain_seconds, what table.md's cost / retraining counts.
+  own, probes = right.containers
+  np.testing.assert_allclose([p.get_width() for p in own], [r['seconds'] for r in rows])
+  assert probes.get_label() == valuation_table.PROBE_RETRAIN_LABEL
+  np.testing.assert_allclose([(p.get_x(), p.get_width()) for p in probes],
+                             [(rows[0]['seconds'], rows[0]['probe_retrain_seconds'])])
+
+
+def test_figure_over_draws_keys_the_spread_and_the_dots(monkeypatch):
+  figures = []
+  monkeypatch.setattr(valuation_table.plotting, 'save_figure',
+                      lambda fig, path: figures.append(fig))
+  rows = _two_draw_rows()  # no fitted weights: no probes' bar
+  valuation_table.plot(rows, valuation_table.summarize(rows), Path('unused'))
+  (legend,) = figures[0].legends
+  assert [t.get_text() for t in legend.get_texts()] == [
+      'ours', 'baseline', 'std over 2 draws', '0.8 target', 'one draw', 'retraining']
+  (own,) = figures[0].axes[1].containers
+  np.testing.assert_allclose([p.get_width() for p in own], [2.5, 2.5])
 
 
 @pytest.mark.slow
