@@ -21,7 +21,7 @@ on 2 CPU cores.
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -115,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   results.write_csv(workdir / 'results.csv', rows)
   results.write_json(workdir / 'results.json', {'rows': rows})
   results.atomic_write_text(workdir / 'table.md', markdown_table(rows))
-  plot(rows, workdir / 'figure')
+  plot(rows, workdir / 'figure', ci_level=float(config.output.ci_level))
   return {'rows': rows}
 
 
@@ -133,22 +133,52 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
-  """Spearman of each term subset, one panel per (backbone, variant)."""
-  panels = list(dict.fromkeys((r['backbone'], r['variant']) for r in rows))
-  fig, axes = plotting.new_figure(nrows=1, ncols=len(panels), panel_size=(3.6, 3.4))
-  for ax, (backbone, variant) in zip(axes[0], panels):
-    sub = [r for r in rows if r['backbone'] == backbone and r['variant'] == variant]
-    ypos = np.arange(len(sub))[::-1]
-    err = np.array([[r['spearman'] - r['spearman_low'] for r in sub],
-                    [r['spearman_high'] - r['spearman'] for r in sub]])
-    ax.barh(ypos, [r['spearman'] for r in sub], xerr=np.nan_to_num(np.clip(err, 0, None)),
-            color=['tab:blue'] + ['tab:orange'] * 4 + ['tab:gray'] * 4, capsize=2)
-    ax.set_yticks(ypos, [r['terms'] for r in sub], fontsize=7)
-    ax.set_xlim(-1, 1)
-    ax.axvline(0, color='k', lw=0.5)
-    ax.set_title(f'{backbone}: {variant}', fontsize=7)
-    ax.set_xlabel('Spearman vs retraining')
+# Bar colour per kind of term subset (term_subsets' labels start with these words).
+SUBSET_COLORS = {'all': ('tab:blue', 'all four terms'), 'drop': ('tab:orange', 'one dropped'),
+                 'only': ('tab:gray', 'one alone')}
+
+
+def plot(rows: Sequence[Dict[str, Any]], path: Path, *, ci_level: Optional[float] = None
+         ) -> None:
+  """Spearman of each term subset: a grid, one row per backbone, one column per variant."""
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
+  backbones = list(dict.fromkeys(r['backbone'] for r in rows))
+  variants = list(dict.fromkeys(r['variant'] for r in rows))
+  # A grid rather than one row of six: at 21.6 in wide, scaled to a page, the text was
+  # unreadable; each row shares its subsets' labels, each column its variant.
+  fig, axes = plotting.new_figure(nrows=len(backbones), ncols=len(variants),
+                                  panel_size=(3.8, 3.2))
+  for b, backbone in enumerate(backbones):
+    for v, variant in enumerate(variants):
+      ax = axes[b, v]
+      sub = [r for r in rows if r['backbone'] == backbone and r['variant'] == variant]
+      if not sub:
+        ax.set_visible(False)
+        continue
+      ypos = np.arange(len(sub))[::-1]
+      err = np.array([[r['spearman'] - r['spearman_low'] for r in sub],
+                      [r['spearman_high'] - r['spearman'] for r in sub]])
+      ax.barh(ypos, [r['spearman'] for r in sub], xerr=np.nan_to_num(np.clip(err, 0, None)),
+              color=[SUBSET_COLORS[r['terms'].split()[0]][0] for r in sub], capsize=2)
+      ax.set_yticks(ypos, [r['terms'] for r in sub] if v == 0 else [''] * len(sub),
+                    fontsize=9)
+      # A little past [-1, 1]: a CI cap at exactly 1 would otherwise sit on the frame.
+      ax.set_xlim(-1.05, 1.05)
+      ax.set_xticks([-1.0, -0.5, 0.0, 0.5, 1.0])
+      ax.axvline(0, color='k', lw=0.5)
+      ax.tick_params(axis='x', labelsize=9)
+      if b == 0:
+        ax.set_title(variant, fontsize=10)
+      if v == 0:
+        ax.set_ylabel(backbone, fontsize=11)
+      if b == len(backbones) - 1:
+        ax.set_xlabel('Spearman vs retraining', fontsize=10)
+  level = f'{round(100 * ci_level)}% ' if ci_level is not None else ''
+  handles = [Patch(color=color, label=label) for color, label in SUBSET_COLORS.values()]
+  handles.append(Line2D([], [], color='k', marker='|', ms=6, lw=1.0,
+                        label=f'{level}bootstrap CI'))
+  fig.legend(handles=handles, loc='outside upper center', ncols=len(handles), fontsize=9)
   plotting.save_figure(fig, path)
 
 

@@ -613,6 +613,31 @@ def test_ablation_term_subsets_are_all_four_each_dropped_and_each_alone():
       ('only E', (0,)), ('only D', (1,)), ('only N', (2,)), ('only C', (3,))]
 
 
+def test_ablation_figure_is_a_grid_of_backbones_by_variants(monkeypatch):
+  figures = []
+  monkeypatch.setattr(ablation.plotting, 'save_figure', lambda fig, path: figures.append(fig))
+  rows = [{'backbone': backbone, 'variant': variant, 'terms': label, 'spearman': 0.1,
+           'spearman_low': -0.2, 'spearman_high': 1.0}
+          for backbone in ('mlp', 'cnn') for variant in ('a', 'b', 'c')
+          for label, _ in ablation.term_subsets()]
+  ablation.plot(rows, Path('unused'), ci_level=0.95)
+  (figure,) = figures
+  # Rows are backbones, columns variants: not one row of six panels 21.6 in wide.
+  assert len(figure.axes) == 6
+  assert figure.axes[0].get_subplotspec().get_geometry()[:2] == (2, 3)
+  assert figure.get_figwidth() < 12
+  assert [ax.get_title() for ax in figure.axes[:3]] == ['a', 'b', 'c']
+  assert [figure.axes[i].get_ylabel() for i in (0, 3)] == ['mlp', 'cnn']
+  # Each bar's colour says which kind of subset it is, and the key says so; a CI cap at 1
+  # stays inside the frame.
+  (legend,) = figure.legends
+  assert [t.get_text() for t in legend.get_texts()] == [
+      'all four terms', 'one dropped', 'one alone', '95% bootstrap CI']
+  for ax in figure.axes:
+    low, high = ax.get_xlim()
+    assert low < -1 and high > 1
+
+
 @pytest.mark.slow
 def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch):
   config = CONFIGS['ablation'].get_config('smoke')
