@@ -62,10 +62,11 @@ class Curve(NamedTuple):
     label: legend entry.
     predicted_breaks: x positions drawn as solid vertical lines.
     fitted_breaks: x positions drawn as dashed vertical lines.
-    fit: `[T]` fitted curve on `x`, drawn dotted (optional).
+    fit: `[T]` fitted curve on `x`, drawn dotted on top of the curve (optional).
     color: matplotlib color (None: the axes' cycle).
     style: line style of the curve itself (e.g. ':' for a guide such as an asymptote).
     width: line width of the curve.
+    fit_color: color of the fit (None: the curve's; a close fit then hides under it).
   """
   x: Sequence[float]
   y: Sequence[float]
@@ -76,6 +77,7 @@ class Curve(NamedTuple):
   color: Optional[str] = None
   style: str = '-'
   width: float = 1.6
+  fit_color: Optional[str] = None
 
 
 class Points(NamedTuple):
@@ -95,6 +97,18 @@ class Points(NamedTuple):
   yerr: Optional[Sequence[float]] = None
   marker: str = 'o'
   color: Optional[str] = None
+
+
+def _key_color(colors: Sequence[str]) -> str:
+  """A legend key's color: that of the curves it describes when they share one, else gray."""
+  from matplotlib.colors import to_hex  # pylint: disable=g-import-not-at-top
+  unique = {to_hex(color) for color in colors}
+  return unique.pop() if len(unique) == 1 else 'gray'
+
+
+def _finite(positions: Sequence[float]) -> np.ndarray:
+  positions = np.asarray(positions, dtype=float).ravel()
+  return positions[np.isfinite(positions)]
 
 
 def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[Points] = (),
@@ -117,18 +131,27 @@ def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[
     `ax`.
   """
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  predicted_colors, fitted_colors, fit_colors = [], [], []
   for curve in curves:
     (line,) = ax.loglog(np.asarray(curve.x), np.asarray(curve.y), curve.style,
                         lw=curve.width, color=curve.color, label=curve.label)
     color = line.get_color()
     if curve.fit is not None:
-      ax.loglog(np.asarray(curve.x), np.asarray(curve.fit), ':', lw=1.2, color=color)
-    for position in np.asarray(curve.predicted_breaks, dtype=float):
-      if np.isfinite(position):
-        ax.axvline(position, color=color, lw=1.0, ls='-', alpha=0.6)
-    for position in np.asarray(curve.fitted_breaks, dtype=float):
-      if np.isfinite(position):
-        ax.axvline(position, color=color, lw=1.0, ls='--', alpha=0.9)
+      fit_color = color if curve.fit_color is None else curve.fit_color
+      # Above the curve: a good fit runs along it and would otherwise be hidden.
+      ax.loglog(np.asarray(curve.x), np.asarray(curve.fit), ':', lw=1.4, color=fit_color,
+                zorder=line.get_zorder() + 0.5)
+      fit_colors.append(fit_color)
+    predicted = _finite(curve.predicted_breaks)
+    for position in predicted:
+      ax.axvline(position, color=color, lw=1.0, ls='-', alpha=0.6)
+    fitted = _finite(curve.fitted_breaks)
+    for position in fitted:
+      ax.axvline(position, color=color, lw=1.0, ls='--', alpha=0.9)
+    if predicted.size:
+      predicted_colors.append(color)
+    if fitted.size:
+      fitted_colors.append(color)
   for group in points:
     ax.errorbar(np.asarray(group.x), np.asarray(group.y),
                 yerr=None if group.yerr is None else np.asarray(group.yerr),
@@ -140,11 +163,17 @@ def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[
     ax.set_title(title, fontsize=9)
   ax.grid(True, which='major', alpha=0.3)
   if legend:
+    # Keys to the line styles, in the color drawn when every such line has one color.
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color='gray', ls='-', lw=1.0, label='predicted break'),
-                Line2D([], [], color='gray', ls='--', lw=1.0, label='fitted break')]
-    if any(curve.fit is not None for curve in curves):
-      handles.append(Line2D([], [], color='gray', ls=':', lw=1.2, label='broken power law'))
+    if predicted_colors:
+      handles.append(Line2D([], [], color=_key_color(predicted_colors), ls='-', lw=1.0,
+                            label='predicted break'))
+    if fitted_colors:
+      handles.append(Line2D([], [], color=_key_color(fitted_colors), ls='--', lw=1.0,
+                            label='fitted break'))
+    if fit_colors:
+      handles.append(Line2D([], [], color=_key_color(fit_colors), ls=':', lw=1.4,
+                            label='broken power law'))
     ax.legend(handles=handles, fontsize=7, loc='lower left')
   return ax
 

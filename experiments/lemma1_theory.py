@@ -326,7 +326,8 @@ def _reference_figure(reference: Dict[str, Any], monte_carlo, config):
   curves = [
       plotting.Curve(reference['n'], reference['error'], 'exact E(n)', color='C0',
                      predicted_breaks=reference['paper_breaks'],
-                     fitted_breaks=reference['fitted_breaks'], fit=reference['fit']),
+                     fitted_breaks=reference['fitted_breaks'], fit=reference['fit'],
+                     fit_color='k'),
       plotting.Curve(reference['n'], phases['rapid'], 'rapid C(an)^-s', color='C2',
                      style='-.', width=1.0),
       plotting.Curve(reference['n'], phases['plateau'], 'plateau (tail mass)', color=gray,
@@ -349,7 +350,7 @@ def _reference_figure(reference: Dict[str, Any], monte_carlo, config):
       axes[0, 0], curves, points=points,
       title=(f'Lemma 1, hard truncation: beta={ref.beta:g}, k={ref.k}, pi={ref.pi:g}, '
              f'N={ref.num_items:g}\nsolid: k^beta, k^beta/pi; dashed: fitted breaks; '
-             'dotted: broken power law'))
+             'black dotted: broken power law'))
   return fig
 
 

@@ -211,6 +211,38 @@ def test_a_cell_reads_its_own_beta_and_temperature(experiment):
   assert math.isnan(row['paper_n1']) and math.isnan(row['ours_n1'])
 
 
+def _legend_colors(ax):
+  from matplotlib.colors import to_hex  # pylint: disable=g-import-not-at-top
+  legend = ax.get_legend()
+  return {text.get_text(): to_hex(handle.get_color())
+          for text, handle in zip(legend.get_texts(), legend.legend_handles)
+          if hasattr(handle, 'get_linestyle')}
+
+
+def test_reference_figure_draws_the_fit_visibly_and_keys_what_is_drawn(experiment):
+  from matplotlib.colors import to_hex  # pylint: disable=g-import-not-at-top
+  config = lemma1_config.get_config('smoke')
+  n = np.geomspace(10, 1e6, 20)
+  error = n ** -0.5
+  phases = {name: error for name in ('rapid', 'plateau', 'tail', 'continuum')}
+  reference = {'n': n, 'error': error, 'fit': error * 1.001, 'phases': phases,
+               'paper_breaks': [100.0, 1600.0], 'fitted_breaks': [120.0, 2000.0],
+               'rows': [{'n': 100.0, 'paper': 0.1}]}
+  monte_carlo = [{'n': 100, 'mc_mean': 0.1, 'mc_stderr': 0.001}]
+  fig = experiment._reference_figure(reference, monte_carlo, config)
+  ax = fig.axes[0]
+  (exact,) = [line for line in ax.lines if line.get_label() == 'exact E(n)']
+  (fit,) = [line for line in ax.lines if line.get_linestyle() == ':']
+  # The fit runs along the exact curve: it is drawn above it and in another color, else it
+  # is invisible under it although title and legend announce it.
+  assert fit.get_zorder() > exact.get_zorder()
+  assert to_hex(fit.get_color()) != to_hex(exact.get_color())
+  # The keys to the break lines and the fit take the colors drawn, not a neutral gray.
+  colors = _legend_colors(ax)
+  assert colors['predicted break'] == colors['fitted break'] == to_hex(exact.get_color())
+  assert colors['broken power law'] == to_hex(fit.get_color())
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_outputs_and_resumes(experiment, tmp_path, monkeypatch):
   config = lemma1_config.get_config('smoke')

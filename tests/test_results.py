@@ -292,6 +292,28 @@ def test_plot_loglog_curves_draws_the_fit_and_the_fitted_break():
   assert ('--', [12.0, 12.0], [0, 1]) in drawn  # the fitted break
 
 
+def test_plot_loglog_curves_keys_only_what_is_drawn_in_its_colors():
+  from matplotlib.colors import to_hex  # pylint: disable=g-import-not-at-top
+
+  def keys(curves):
+    _, axes = plotting.new_figure()
+    legend = plotting.plot_loglog_curves(axes[0, 0], curves).get_legend()
+    return {text.get_text(): to_hex(handle.get_color())
+            for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+
+  blue = plotting.Curve([1, 10, 100], [1.0, 0.3, 0.1], 'blue', color='C0',
+                        predicted_breaks=[10.0], fitted_breaks=[12.0], fit=[1.0, 0.31, 0.1],
+                        fit_color='k')
+  # One curve with breaks: the keys take its color, the fit's key the fit's color.
+  assert keys([blue]) == {'blue': to_hex('C0'), 'predicted break': to_hex('C0'),
+                          'fitted break': to_hex('C0'), 'broken power law': to_hex('k')}
+  # Breaks of several colors: a neutral key; a curve without breaks adds no key.
+  red = blue._replace(label='red', color='C3', fit=None)
+  assert keys([blue, red])['fitted break'] == to_hex('gray')
+  assert set(keys([blue._replace(predicted_breaks=[float('nan')], fitted_breaks=(),
+                                 fit=None)])) == {'blue'}
+
+
 def test_save_figure_writes_png_and_pdf(tmp_path):
   fig, axes = plotting.new_figure(nrows=1, ncols=2)
   assert axes.shape == (1, 2)
