@@ -354,6 +354,16 @@ def _reference_figure(reference: Dict[str, Any], monte_carlo, config):
   return fig
 
 
+def _predicted_caption(cells_out: List[Dict[str, Any]]) -> str:
+  """'; solid: ...' naming the predicted breaks a panel draws: temperature has no paper n1
+  (NaN by design), so a fixed 'k_eff^beta, k_eff^beta/pi' would name a line not there."""
+  # None (a NaN through JSON) reads as NaN.
+  breaks = np.array([out['paper_breaks'] for out in cells_out], dtype=float).reshape(-1, 2)
+  drawn = [name for name, column in zip(('k_eff^beta', 'k_eff^beta/pi'), breaks.T)
+           if np.isfinite(column).any()]
+  return f'; solid: {", ".join(drawn)}' if drawn else ''
+
+
 def _modes_figure(cells_out: List[Dict[str, Any]], config):
   beta = config.output.grid_beta
   panels = []
@@ -368,7 +378,7 @@ def _modes_figure(cells_out: List[Dict[str, Any]], config):
           color=f'C{index % 10}', predicted_breaks=out['paper_breaks'],
           fitted_breaks=out['fitted_breaks']))
     if curves:
-      panels.append((f'{mode} (beta={beta:g}); solid: k_eff^beta, k_eff^beta/pi', curves))
+      panels.append((f'{mode} (beta={beta:g}){_predicted_caption(chosen)}', curves))
   if not panels:
     return None
   return plotting.curve_grid(panels, ncols=config.output.grid_columns)

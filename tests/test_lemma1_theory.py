@@ -243,6 +243,25 @@ def test_reference_figure_draws_the_fit_visibly_and_keys_what_is_drawn(experimen
   assert colors['broken power law'] == to_hex(fit.get_color())
 
 
+def test_modes_figure_titles_name_the_predicted_breaks_each_panel_draws(experiment):
+  config = lemma1_config.get_config('smoke')
+  config.data.modes = ('hard', 'temperature')
+  beta = config.output.grid_beta
+  n = np.geomspace(10, 1e6, 20)
+
+  def cell(mode, paper_breaks):
+    return {'row': {'mode': mode, 'beta': beta, 'parameter': 'x', 'value': 1.0, 'pi': 0.25},
+            'n': n, 'error': n ** -0.5, 'paper_breaks': paper_breaks,
+            'fitted_breaks': [150.0, 2000.0]}
+
+  # temperature has no paper n1 (NaN by design; None through the units' JSON).
+  fig = experiment._modes_figure([cell('hard', [100.0, 1600.0]),
+                                  cell('temperature', [None, 1600.0])], config)
+  titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+  assert titles == [f'hard (beta={beta:g}); solid: k_eff^beta, k_eff^beta/pi',
+                    f'temperature (beta={beta:g}); solid: k_eff^beta/pi']
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_outputs_and_resumes(experiment, tmp_path, monkeypatch):
   config = lemma1_config.get_config('smoke')
