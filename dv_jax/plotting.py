@@ -113,7 +113,10 @@ def _finite(positions: Sequence[float]) -> np.ndarray:
 
 def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[Points] = (),
                        title: Optional[str] = None, xlabel: str = 'n (training samples)',
-                       ylabel: str = 'E(n)', legend: bool = True) -> 'Axes':
+                       ylabel: str = 'E(n)', legend: bool = True,
+                       shared_breaks: Sequence[float] = (),
+                       shared_label: str = 'predicted break (shared)',
+                       mark_fitted_breaks: bool = False) -> 'Axes':
   """Draws curves on log-log axes with predicted (solid) and fitted (dashed) breakpoints.
 
   Vertical lines take their curve's color; non-finite break positions are skipped.
@@ -126,13 +129,19 @@ def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[
     xlabel: x axis label.
     ylabel: y axis label.
     legend: draw a legend (curves plus a key to the line styles).
+    shared_breaks: predicted breaks common to several curves, drawn once in black (in one
+      curve's color, the last drawn would hide the others').
+    shared_label: their legend entry.
+    mark_fitted_breaks: also mark each fitted break with a triangle near the top of the
+      axes, one row per curve, so that near-coincident breaks of different curves, whose
+      dashed lines overlap, stay distinguishable.
 
   Returns:
     `ax`.
   """
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   predicted_colors, fitted_colors, fit_colors = [], [], []
-  for curve in curves:
+  for index, curve in enumerate(curves):
     (line,) = ax.loglog(np.asarray(curve.x), np.asarray(curve.y), curve.style,
                         lw=curve.width, color=curve.color, label=curve.label)
     color = line.get_color()
@@ -148,10 +157,17 @@ def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[
     fitted = _finite(curve.fitted_breaks)
     for position in fitted:
       ax.axvline(position, color=color, lw=1.0, ls='--', alpha=0.9)
+    if mark_fitted_breaks and fitted.size:
+      # x in data, y in axes coordinates: a row per curve, top down.
+      ax.plot(fitted, np.full(fitted.shape, 0.97 - 0.035 * index), 'v', ms=5, color=color,
+              transform=ax.get_xaxis_transform(), clip_on=False)
     if predicted.size:
       predicted_colors.append(color)
     if fitted.size:
       fitted_colors.append(color)
+  shared = _finite(shared_breaks)
+  for position in shared:
+    ax.axvline(position, color='k', lw=1.0, ls='-', alpha=0.8)
   for group in points:
     ax.errorbar(np.asarray(group.x), np.asarray(group.y),
                 yerr=None if group.yerr is None else np.asarray(group.yerr),
@@ -168,8 +184,11 @@ def plot_loglog_curves(ax: 'Axes', curves: Sequence[Curve], *, points: Sequence[
     if predicted_colors:
       handles.append(Line2D([], [], color=_key_color(predicted_colors), ls='-', lw=1.0,
                             label='predicted break'))
+    if shared.size:
+      handles.append(Line2D([], [], color='k', ls='-', lw=1.0, label=shared_label))
     if fitted_colors:
       handles.append(Line2D([], [], color=_key_color(fitted_colors), ls='--', lw=1.0,
+                            marker='v' if mark_fitted_breaks else None, ms=5,
                             label='fitted break'))
     if fit_colors:
       handles.append(Line2D([], [], color=_key_color(fit_colors), ls=':', lw=1.4,

@@ -797,46 +797,76 @@ def _three_phase_figure(config, curve_rows, fits, theory, prediction, num_classe
   return fig
 
 
+def shared_predicted_breaks(predictions: Dict[str, Sequence[float]]
+                            ) -> Tuple[List[float], Dict[str, List[float]]]:
+  """Splits each mode's predicted breaks into those two or more modes share and its own.
+
+  Args:
+    predictions: per mode, its predicted breaks (NaN or None: none).
+
+  Returns:
+    `(shared, own)`: the positions predicted by more than one mode (equal up to rounding,
+    as matched modes have one k_eff), and per mode the positions no other mode predicts.
+  """
+  finite = {mode: [float(b) for b in breaks if b is not None and math.isfinite(float(b))]
+            for mode, breaks in predictions.items()}
+  shared = []
+  for mode, breaks in finite.items():
+    for position in breaks:
+      others = sum(any(math.isclose(position, b, rel_tol=1e-9) for b in finite[other])
+                   for other in finite if other != mode)
+      if others and not any(math.isclose(position, s, rel_tol=1e-9) for s in shared):
+        shared.append(position)
+  own = {mode: [b for b in breaks if not any(math.isclose(b, s, rel_tol=1e-9) for s in shared)]
+         for mode, breaks in finite.items()}
+  return sorted(shared), own
+
+
 def _modes_figure(config, curve_rows, fits, theory, mode_predictions):
   measured_modes = [mode for mode in config.truncation.modes
                     if ('measured_loss', mode) in fits]
   ncols = 2 if measured_modes else 1
   fig, axes = plotting.new_figure(ncols=ncols, panel_size=(5.8, 4.4))
-  def predicted(mode):
-    # Matched modes share k_eff and so the paper's breaks: draw them once (with hard's).
-    same = mode != 'hard' and mode_predictions[mode]['paper'] == mode_predictions['hard']['paper']
-    return () if same else mode_predictions[mode]['paper']
 
   def width(mode):
     # top_p of a rank-ordered Zipf is a hard cut: the thick hard curve shows under it.
     return 3.5 if mode == 'hard' else 1.6
 
-  curves = []
-  for index, mode in enumerate(config.truncation.modes):
+  # Matched modes share k_eff and so the paper's breaks: drawn once, in black, rather than
+  # in the color of whichever mode came last over the others'.
+  def panel(ax, modes, curve_of, **kwargs):
+    shared, own = shared_predicted_breaks(
+        {mode: mode_predictions[mode]['paper'] for mode in modes})
+    curves = [curve_of(mode)._replace(predicted_breaks=own[mode]) for mode in modes]
+    # Fitted breaks of different modes can nearly coincide (hard and top_p): a marker per
+    # mode at the top of the axes keeps each one visible.
+    plotting.plot_loglog_curves(ax, curves, xlabel='|S| (training examples)',
+                                shared_breaks=shared,
+                                shared_label='predicted break (shared: same k_eff)',
+                                mark_fitted_breaks=True, **kwargs)
+
+  colors = {mode: f'C{index}' for index, mode in enumerate(config.truncation.modes)}
+
+  def theory_curve(mode):
     pred = mode_predictions[mode]
-    fit = fits[('theory', mode)]
-    curves.append(plotting.Curve(
+    return plotting.Curve(
         theory['n'], theory[mode],
         f"{mode} ({pred['parameter']}={pred['value']:.4g}, k_eff={pred['k_eff']})",
-        color=f'C{index}', predicted_breaks=predicted(mode), fitted_breaks=fit['breaks'],
-        width=width(mode)))
-  plotting.plot_loglog_curves(axes[0, 0], curves, xlabel='|S| (training examples)',
-                              ylabel='E(n), exact (Lemma 1)',
-                              title='theory: solid k_eff^beta, k_eff^beta/pi; dashed: fitted')
+        color=colors[mode], fitted_breaks=fits[('theory', mode)]['breaks'], width=width(mode))
+
+  panel(axes[0, 0], list(config.truncation.modes), theory_curve,
+        ylabel='E(n), exact (Lemma 1)',
+        title='theory: solid k_eff^beta, k_eff^beta/pi; dashed and \u25bc: fitted')
   if measured_modes:
-    curves = []
-    for index, mode in enumerate(config.truncation.modes):
-      if mode not in measured_modes:
-        continue
+    def measured_curve(mode):
       rows = [row for row in curve_rows if row['mode'] == mode and row['in_mode_grid']]
-      fit = fits[('measured_loss', mode)]
-      curves.append(plotting.Curve(
+      return plotting.Curve(
           [row['n'] for row in rows], [row['loss_mean'] for row in rows],
-          f"{mode} ({rows[0]['num_seeds']} seeds)", color=f'C{index}',
-          predicted_breaks=predicted(mode), fitted_breaks=fit['breaks'], width=width(mode)))
-    plotting.plot_loglog_curves(axes[0, 1], curves, xlabel='|S| (training examples)',
-                                ylabel='test loss (real distribution)',
-                                title=f'measured: {config.data.name} / {config.model.name}')
+          f"{mode} ({rows[0]['num_seeds']} seeds)", color=colors[mode],
+          fitted_breaks=fits[('measured_loss', mode)]['breaks'], width=width(mode))
+
+    panel(axes[0, 1], measured_modes, measured_curve, ylabel='test loss (real distribution)',
+          title=f'measured: {config.data.name} / {config.model.name}')
   data = config.data
   fig.suptitle(f'Truncation mechanisms at matched effective cut: beta={data.beta:g}, '
                f'k={data.k}, pi={data.pi:g}, N={data.num_items}', fontsize=10)

@@ -309,6 +309,51 @@ def test_predictions_per_mode():
   assert math.isnan(temperature['ours'][0]) and temperature['ours'][1] > 0
 
 
+def test_shared_predicted_breaks():
+  nan = float('nan')
+  shared, own = tps.shared_predicted_breaks({'hard': [16.0, 64.0], 'top_p': [16.0, 64.0],
+                                             'temperature': [nan, 64.0 * (1 + 1e-12)],
+                                             'other': [None, 100.0]})
+  assert shared == [16.0, 64.0]
+  assert own == {'hard': [], 'top_p': [], 'temperature': [], 'other': [100.0]}
+  # Unmatched modes (k_eff differs): nothing shared, each mode keeps its own breaks.
+  assert tps.shared_predicted_breaks({'hard': [16.0, 64.0], 'top_p': [25.0, 100.0]}) == (
+      [], {'hard': [16.0, 64.0], 'top_p': [25.0, 100.0]})
+
+
+def test_modes_figure_draws_a_shared_break_once_and_marks_each_modes_fit():
+  from matplotlib.colors import to_hex  # pylint: disable=g-import-not-at-top
+  config = configs.get_config('smoke')
+  config.truncation.modes = ('hard', 'top_p', 'temperature')
+  n = np.geomspace(10, 1e4, 30)
+  theory = {mode: n ** -0.5 for mode in config.truncation.modes}
+  theory['n'] = n
+  predictions = {mode: {'parameter': 'x', 'value': 1.0, 'k_eff': 4, 'paper': paper}
+                 for mode, paper in (('hard', [16.0, 64.0]), ('top_p', [16.0, 64.0]),
+                                     ('temperature', [float('nan'), 64.0]))}
+  # hard's and top_p's fitted breaks nearly coincide.
+  fits = {('theory', 'hard'): {'breaks': [20.0, 80.0]},
+          ('theory', 'top_p'): {'breaks': [20.001, 80.001]},
+          ('theory', 'temperature'): {'breaks': [300.0]}}
+  fig = tps._modes_figure(config, [], fits, theory, predictions)
+  ax = fig.axes[0]
+  solid = [(line.get_xdata()[0], to_hex(line.get_color())) for line in ax.lines
+           if line.get_linestyle() == '-' and list(line.get_ydata()) == [0, 1]]
+  # Every mode predicts 64 and two predict 16: each drawn once, in black, not in a mode's
+  # color over another's.
+  assert sorted(solid) == [(16.0, to_hex('k')), (64.0, to_hex('k'))]
+  legend = [text.get_text() for text in ax.get_legend().get_texts()]
+  assert 'predicted break (shared: same k_eff)' in legend
+  assert 'predicted break' not in legend  # no mode has a break of its own here
+  # One marker row per mode at the top of the axes: coincident fitted breaks stay apart.
+  markers = {to_hex(line.get_color()): (list(line.get_xdata()), set(line.get_ydata()))
+             for line in ax.lines if line.get_marker() == 'v'}
+  assert {color: xs for color, (xs, _) in markers.items()} == {
+      to_hex('C0'): [20.0, 80.0], to_hex('C1'): [20.001, 80.001], to_hex('C2'): [300.0]}
+  heights = [ys for _, ys in markers.values()]
+  assert all(len(ys) == 1 for ys in heights) and len(set.union(*heights)) == 3
+
+
 @pytest.mark.parametrize('num_breaks, slopes, expected', [
     (2, [0.5, 0.1, 0.4], True),    # a plateau between two faster decays
     (2, [0.5, 0.3, 0.2], False),   # flatter than the first, not than the last segment
