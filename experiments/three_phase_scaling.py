@@ -775,7 +775,8 @@ def _three_phase_figure(config, curve_rows, fits, theory, prediction, num_classe
                        width=1.2),
         plotting.Curve(n, mean, f'measured, mean of {config.scaling.num_seeds} seed(s)',
                        color='C0', predicted_breaks=prediction['paper'],
-                       fitted_breaks=fit['breaks'], fit=fit['curve'] if fit['ok'] else None),
+                       fitted_breaks=fit['breaks'], fit=fit['curve'] if fit['ok'] else None,
+                       fit_color='k'),  # in the curve's own blue the fit hid under it
     ]
     points = [plotting.Points(n, mean, '±1 s.e. over seeds',
                               yerr=np.nan_to_num(sem), marker='.', color='C0')]
