@@ -191,8 +191,14 @@ def test_davinz_refuses_projected_blocks_the_projection_cannot_hold(setup, monke
     baselines.BASELINES['davinz'](setup['contributors'], setup['target'],
                                   apply_fn=setup['apply_fn'], params=setup['params'],
                                   config=config)
+  # Two blocks of 7 rows hold 3 and 4 (the larger is ceil(7 / 2)): 4 > 7 / 2.
+  config.baselines.davinz.update(num_blocks=2, projection_dim=7)
+  with pytest.raises(ValueError, match=r'num_blocks=2 blocks\) holds up to 4 examples'):
+    baselines.BASELINES['davinz'](setup['contributors'], setup['target'],
+                                  apply_fn=setup['apply_fn'], params=setup['params'],
+                                  config=config)
   monkeypatch.undo()
-  config.baselines.davinz.num_blocks = 2  # blocks of <= 4 rows
+  config.baselines.davinz.update(num_blocks=2, projection_dim=8)  # blocks of <= 4 rows
   result = baselines.BASELINES['davinz'](setup['contributors'], setup['target'],
                                          apply_fn=setup['apply_fn'], params=setup['params'],
                                          config=config)
@@ -234,6 +240,7 @@ def test_davinz_rejects_a_degenerate_config(setup, field, value, message):
     (np.ones((4, 3)), np.ones(4), None, 'jitter must be finite and > 0'),
     (np.ones((4, 3)), np.ones(4), '1e-3', 'jitter must be finite and > 0'),
     (np.ones((4, 3)), np.ones(4), True, 'jitter must be finite and > 0'),
+    (np.ones((4, 3)), np.ones(4), np.inf, '^jitter must be finite and > 0'),
 ])
 def test_davinz_ntk_score_names_a_bad_input(grads, residual, jitter, message):
   # Before: a short residual was an IndexError, an empty subset a ZeroDivisionError, and a
@@ -604,6 +611,7 @@ def test_trak_scores_reject_a_bad_owner(owner, message):
     (dict(ridge=float('nan')), 'ridge must be finite and > 0'),
     (dict(ridge=None), 'ridge must be finite and > 0'),  # a TypeError from isfinite before
     (dict(ridge=True), 'ridge must be finite and > 0'),  # ran as a ridge of 1.0
+    (dict(ridge=float('inf')), 'ridge must be finite and > 0'),
 ])
 def test_trak_scores_name_a_bad_input(change, message):
   # Before: a [N, 1] q broadcast the scores to [K, N], a NaN q gave NaN scores, an empty

@@ -104,7 +104,8 @@ def test_real_number_reads_real_numbers_and_refuses_what_float_would_misread():
 
 
 @pytest.mark.parametrize('key', [jax.random.PRNGKey(3), np.asarray(jax.random.PRNGKey(3)),
-                                 jax.random.key(3)])
+                                 jax.random.key(3),
+                                 np.arange(4, dtype=np.uint32)])  # a raw key under rbg
 def test_check_key_passes_one_raw_or_typed_key(key):
   assert checks.check_key(key) is key
 
@@ -112,6 +113,8 @@ def test_check_key_passes_one_raw_or_typed_key(key):
 @pytest.mark.parametrize('key, got', [
     (3, r'got 3 \(for a seed pass jax.random.PRNGKey\(seed\)\)'), (None, 'got None'),
     (jax.random.split(jax.random.PRNGKey(0), 3), r'shape \(3, 2\)'),
+    # split's default: two raw keys, whose leading 2 is not a key's length.
+    (jax.random.split(jax.random.PRNGKey(0)), r'shape \(2, 2\)'),
     (np.array([0, 3]), 'dtype int64'), (jax.random.split(jax.random.key(0), 2), r'shape \(2,\)'),
 ])
 def test_check_key_names_the_argument_and_what_it_got(key, got):

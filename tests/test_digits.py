@@ -189,6 +189,7 @@ def test_validate_contributor_accepts_good_data():
      'x_real contains NaN'),
     (lambda c: c._replace(x_synthetic=np.ones((2, 3, 2), np.float32)), 'feature shape'),
     (lambda c: c._replace(y_real=np.array([0, 1, 3])), 'labels in'),
+    (lambda c: c._replace(y_real=np.array([0, -1, 2])), r'labels in \[-1, 2\]'),
     (lambda c: c._replace(y_synthetic=np.array([0.0, 1.0])), 'integer labels'),
     (lambda c: c._replace(y_real=np.array([0, 1])), 'rows'),
     (lambda c: c._replace(y_synthetic=None), 'both be given'),

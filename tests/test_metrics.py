@@ -128,6 +128,8 @@ def test_bootstrap_errors():
     metrics.bootstrap_indices(0, 10, key=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='num_resamples must be an integer >= 1'):
     metrics.bootstrap_indices(5, -1, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='key must be a single jax.random.PRNGKey'):
+    metrics.bootstrap_indices(5, 10, key=0)  # a seed, not a key
   with pytest.raises(ValueError, match='metric must be one of'):
     metrics.bootstrap_ci(a, b, metric='pearson')
   for bad in (0, float('nan'), 2.5, '10', True):

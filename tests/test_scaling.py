@@ -589,6 +589,10 @@ def test_match_breaks():
     scaling.match_breaks([math.nan, 40.0], [5.0, 50.0])
   with pytest.raises(ValueError, match='fitted must be increasing'):
     scaling.match_breaks([60.0, 4.0], [5.0, 50.0])
+  with pytest.raises(ValueError, match='fitted must be increasing'):  # strictly
+    scaling.match_breaks([60.0, 60.0], [5.0, 50.0])
+  with pytest.raises(ValueError, match='fitted must be positive finite breaks'):
+    scaling.match_breaks([40.0, math.inf], [5.0, 50.0])
 
 
 def test_match_breaks_single_fitted_break_goes_to_the_nearest_prediction():

@@ -266,6 +266,7 @@ def test_infinite_temperature_is_refused(pool):
     (lambda: synthetic.long_tail_class_probs(3, beta=1.0, order=[2.0, 1.0, 0.0]),
      'order must be integers'),
     (lambda: synthetic.long_tail_class_probs(3, beta=None), 'beta must be >= 0, got None'),
+    (lambda: synthetic.long_tail_class_probs(3, beta=float('nan')), 'beta must be >= 0, got nan'),
 ])
 def test_misread_truncation_and_class_order_are_refused(call, match):
   with pytest.raises(ValueError, match=match):

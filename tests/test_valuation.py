@@ -342,6 +342,7 @@ def test_projected_filtered_ntk_term_matches_numpy(setup):
 
 @pytest.mark.parametrize('method, field, value, refused', [
     ('full', None, None, True),             # the largest coalition, 12 rows, on 16 dims
+    ('full', 'block_size', 2, True),        # block_size caps only block_diagonal's blocks
     ('block_diagonal', 'block_size', 8, False),
     ('block_diagonal', 'block_size', 9, True),
     ('subsample', 'num_sub', 8, False),
@@ -410,6 +411,10 @@ def test_subsample_keeps_full_sizes(setup):
     (dict(mmd__num_kernels=1, mmd__feature_space='init_features'),
      ['mmd.feature_space', 'mmd.num_kernels']),
     (dict(ntk__projection_dim=4), ['seed', 'ntk.projection_dim', 'ntk.projection_kind']),
+    (dict(ntk__param_filter='kernel', mmd__standardize=False),
+     ['ntk.param_filter', 'mmd.standardize']),
+    (dict(valuation__subsample=8),
+     ['seed', 'valuation.subsample', 'valuation.min_subsample']),
 ])
 def test_coalition_terms_refuse_a_config_the_pool_was_not_built_with(setup, overrides, fields):
   # Before: the pool's terms came back as if computed under the other config (a one_hot
@@ -424,9 +429,13 @@ def test_coalition_terms_refuse_a_config_the_pool_was_not_built_with(setup, over
     with pytest.raises(ValueError, match='config differs from the config the pool was built '
                        'with in ' + r'.*, '.join(re.escape(f) for f in fields)):
       call()
-  # Fields read per coalition may change: the NTK method, the MMD estimator.
-  valuation.coalition_terms(pool, (0, 1), config=_config(ntk__method='block_diagonal',
-                                                         mmd__estimator='unbiased'))
+  # Fields read per coalition may change: the NTK method, the MMD estimator; and so may
+  # those that shape nothing in this pool (the seed and the projection's kind without a
+  # projection or a subsample).
+  same = _config(ntk__method='block_diagonal', mmd__estimator='unbiased',
+                 ntk__projection_kind='gaussian')
+  same.seed = int(config.seed) + 1
+  valuation.coalition_terms(pool, (0, 1), config=same)
 
 
 def test_user_feature_space(setup):
