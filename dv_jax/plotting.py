@@ -99,6 +99,15 @@ class Points(NamedTuple):
   color: Optional[str] = None
 
 
+def whisker_key(ci_level: Optional[float] = None, *, label: Optional[str] = None):
+  """A legend handle for black error whiskers: `label`, or the bootstrap CI at `ci_level`
+  (a bar's own legend entry would show its filled patch instead)."""
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  if label is None:
+    label = (f'{round(100 * ci_level)}% ' if ci_level is not None else '') + 'bootstrap CI'
+  return Line2D([], [], color='k', marker='|', ms=6, lw=1.0, label=label)
+
+
 def _key_color(colors: Sequence[str]) -> str:
   """A legend key's color: that of the curves it describes when they share one, else gray."""
   from matplotlib.colors import to_hex  # pylint: disable=g-import-not-at-top

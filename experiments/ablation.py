@@ -141,7 +141,6 @@ SUBSET_COLORS = {'all': ('tab:blue', 'all four terms'), 'drop': ('tab:orange', '
 def plot(rows: Sequence[Dict[str, Any]], path: Path, *, ci_level: Optional[float] = None
          ) -> None:
   """Spearman of each term subset: a grid, one row per backbone, one column per variant."""
-  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
   backbones = list(dict.fromkeys(r['backbone'] for r in rows))
   variants = list(dict.fromkeys(r['variant'] for r in rows))
@@ -174,10 +173,8 @@ def plot(rows: Sequence[Dict[str, Any]], path: Path, *, ci_level: Optional[float
         ax.set_ylabel(backbone, fontsize=11)
       if b == len(backbones) - 1:
         ax.set_xlabel('Spearman vs retraining', fontsize=10)
-  level = f'{round(100 * ci_level)}% ' if ci_level is not None else ''
   handles = [Patch(color=color, label=label) for color, label in SUBSET_COLORS.values()]
-  handles.append(Line2D([], [], color='k', marker='|', ms=6, lw=1.0,
-                        label=f'{level}bootstrap CI'))
+  handles.append(plotting.whisker_key(ci_level))
   fig.legend(handles=handles, loc='outside upper center', ncols=len(handles), fontsize=9)
   plotting.save_figure(fig, path)
 

@@ -737,7 +737,7 @@ def plot(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
   for b, backbone in enumerate(backbones):
     sub = [s for s in summary if s['backbone'] == backbone]
     ypos = np.arange(len(sub))[::-1]
-    colors = np.array([colors_of['ours' if s['kind'] == 'ours' else 'baseline'] for s in sub])
+    colors = np.array([colors_of[s['kind']] for s in sub])
     ax = axes[b, 0]
     if num_draws == 1:
       first = [r for r in rows if r['backbone'] == backbone]
@@ -776,13 +776,8 @@ def plot(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
     ax.set_xlabel('wall time [s]')
   # One key for every panel, outside them: explicit handles, as the bars' own entry would
   # show a blue patch for black whiskers; inside, it covered the lowest rows' bars.
-  if num_draws == 1:
-    spread = Line2D([], [], color='k', marker='|', ms=6, lw=1.0,
-                    label=(f'{round(100 * ci_level)}% bootstrap CI' if ci_level is not None
-                           else 'bootstrap CI'))
-  else:
-    spread = Line2D([], [], color='k', marker='|', ms=6, lw=1.0,
-                    label=f'std over {num_draws} draws')
+  spread = plotting.whisker_key(
+      ci_level, label=None if num_draws == 1 else f'std over {num_draws} draws')
   handles = [Patch(color=colors_of['ours'], label='ours'),
              Patch(color=colors_of['baseline'], label='baseline'), spread,
              Line2D([], [], color='k', lw=0.8, ls='--', label=f'{SPEARMAN_TARGET:g} target')]
