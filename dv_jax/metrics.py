@@ -196,7 +196,6 @@ def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 
   if key is None:
     # check_seed, not int(): int(2.5) == 2 would silently reuse seed 2's resamples.
     key = jax.random.PRNGKey(checks.check_seed(seed))
-  key = checks.check_key(key)
   idx = bootstrap_indices(a.shape[0], int(num_resamples), key=key)
   resamples = np.asarray(rows(a[idx], b[idx]), np.float64)
   valid = resamples[np.isfinite(resamples)]

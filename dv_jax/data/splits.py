@@ -55,9 +55,9 @@ def stratified_take(index, labels, size: int, seed: int):
   # Integers, not cast: 2.5 would be row 2. Distinct: a repeated row could land in both
   # taken and rest ([0, 0, 0, 1, 1, 1] gave ([0, 1], [0, 0, 1, 1])).
   index = checks.check_indices(index, 'index')
-  if np.unique(index).size != index.size:
-    raise ValueError(f'index must not repeat a row, got {index.size - np.unique(index).size} '
-                     'repeats')
+  repeats = index.size - np.unique(index).size
+  if repeats:
+    raise ValueError(f'index must not repeat a row, got {repeats} repeats')
   labels = np.asarray(labels)
   n = index.shape[0]
   if labels.shape != (n,):
