@@ -127,8 +127,12 @@ class TrainResult(NamedTuple):
     losses: ``[T]`` mean minibatch cross-entropy at each step (before its update).
     checkpoints: parameters after steps ``e, 2e, ..., T`` stacked on a leading ``[J]`` axis
       (``e = checkpoint_every``), or None.
-    learning_rates: ``[J]`` the learning rate used at the last step before each checkpoint,
-      or None.
+    learning_rates: ``[J]`` the mean learning rate over the steps since the previous
+      checkpoint (steps ``j e, ..., (j + 1) e - 1`` for checkpoint ``j``), or None. TracInCP
+      weighs checkpoint ``j`` by the step size used between it and the one before; under a
+      decaying schedule that step size is not constant, and its mean keeps the first-order
+      sum over those steps (the rate of the last step alone gives a cosine run's final
+      checkpoint a weight near 0).
   """
   params: Any
   losses: jax.Array
@@ -236,8 +240,8 @@ def _fit(params, x_pad, y_pad, n, key, learning_rate, *, apply_fn, optimizer, sc
     return carry, (carry[0], losses)
 
   (params, _), (checkpoints, losses) = jax.lax.scan(chunk, carry, jnp.arange(num_checkpoints))
-  last_steps = (jnp.arange(num_checkpoints) + 1) * checkpoint_every - 1
-  return TrainResult(params, losses.reshape(steps), checkpoints, lr_fn(last_steps))
+  interval_rates = lr_fn(jnp.arange(steps)).reshape(num_checkpoints, checkpoint_every)
+  return TrainResult(params, losses.reshape(steps), checkpoints, interval_rates.mean(axis=1))
 
 
 _fit_jit = jax.jit(_fit, static_argnames=_STATIC)

@@ -433,8 +433,9 @@ def test_tracin_end_to_end_matches_a_loop_over_checkpoints(setup, projection_dim
 
 def test_tracin_weights_each_checkpoint_by_its_own_learning_rate(setup, monkeypatch):
   """Under a cosine schedule each checkpoint's rate differs: checkpoint j (after steps
-  (j + 1) e) is weighted by the rate of its last step, eta (1 + cos(pi t / T)) / 2 with
-  t = (j + 1) e - 1, not by the base or the final rate."""
+  (j + 1) e) is weighted by the mean rate of the steps since the previous checkpoint,
+  eta (1 + cos(pi t / T)) / 2 for t = j e, ..., (j + 1) e - 1, not by the base rate, nor by
+  the last step's rate, which gives the final checkpoint a weight near 0."""
   captured = []
   scores = tracin.tracin_scores
 
@@ -448,7 +449,8 @@ def test_tracin_weights_each_checkpoint_by_its_own_learning_rate(setup, monkeypa
   config.baselines.tracin.num_checkpoints = 3  # steps 6: checkpoints after steps 2, 4, 6
   result = _call('tracin', dict(setup, config=config))
   eta = config.baselines.tracin.train.learning_rate
-  expected = eta * (1 + np.cos(np.pi * np.array([1, 3, 5]) / 6)) / 2
+  step_rates = eta * (1 + np.cos(np.pi * np.arange(6) / 6)) / 2
+  expected = step_rates.reshape(3, 2).mean(axis=1)
   assert len(captured) == 1
   np.testing.assert_allclose(captured[0], expected, rtol=1e-6)
   np.testing.assert_allclose(result.extras['learning_rates'], expected, rtol=1e-6)

@@ -1,8 +1,10 @@
 """TracIn (TracInCP, Pruthi et al., NeurIPS 2020) aggregated per contributor (METHOD.md 3).
 
 The model is trained once, from `theta0`, on the pooled data of all contributors with the
-shared recipe (`dv_jax.training`), saving `J` checkpoints `theta_j` and the learning rate
-`eta_j` in force at each. The value of contributor `S` towards the target set `T` is
+shared recipe (`dv_jax.training`), saving `J` checkpoints `theta_j` and the step size `eta_j`
+used between `theta_{j-1}` and `theta_j` (its mean over those steps when the schedule
+decays; Pruthi et al. assume it constant there). The value of contributor `S` towards the
+target set `T` is
 
   TracIn(S, T) = sum_j eta_j sum_{z in S} sum_{z' in T} <grad l(z; theta_j), grad l(z'; theta_j)>
                = sum_j eta_j < sum_{z in S} grad l(z; theta_j), sum_{z' in T} grad l(z'; theta_j) >
