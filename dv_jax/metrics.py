@@ -143,7 +143,8 @@ def bootstrap_indices(num_items: int, num_resamples: int, *, key: Any) -> np.nda
 
   Raises:
     ValueError: ``num_items`` (``K``) or ``num_resamples`` (``B``) not an integer >= 1
-      (``randint`` on ``[0, 0)`` would return index 0 for an empty set).
+      (``randint`` on ``[0, 0)`` would return index 0 for an empty set), or ``key`` not
+      one PRNG key (``checks.check_key``).
   """
   num_items = checks.check_int(num_items, 'num_items')
   num_resamples = checks.check_int(num_resamples, 'num_resamples')
@@ -223,7 +224,11 @@ def ranking_stability(values_by_size: Mapping[Any, Any], reference: Any) -> dict
 
   Raises:
     ValueError: naming the offending key, as ``kendall``.
+    TypeError: ``values_by_size`` not a mapping (a bare list of rankings has no sizes).
   """
+  if not isinstance(values_by_size, Mapping):
+    raise TypeError('values_by_size must be a mapping {subsample size: [K] values}, got '
+                    f'{type(values_by_size).__name__}')
   out = {}
   for size, values in values_by_size.items():
     try:

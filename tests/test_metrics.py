@@ -159,3 +159,5 @@ def test_ranking_stability_matches_scipy_kendall():
   assert taus[1000] == pytest.approx(1.0)
   with pytest.raises(ValueError, match=r'values_by_size\[400\]'):
     metrics.ranking_stability({400: np.ones(3)}, reference)
+  with pytest.raises(TypeError, match='values_by_size must be a mapping'):  # AttributeError before
+    metrics.ranking_stability([reference, reference], reference)
