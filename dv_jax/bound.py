@@ -358,8 +358,8 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
   Raises:
     ValueError: naming the argument: unknown method or normalization, bad shapes,
       NaN/Inf, empty grads (no rows or no parameters), a residual of no columns, missing
-      key or num_sub, num_sub outside [1, n], non-positive block_size or
-      num_permutations, never positive definite.
+      key or num_sub, a key that is not one PRNG key, num_sub outside [1, n],
+      non-positive block_size or num_permutations, never positive definite.
   """
   if method not in NTK_METHODS:
     raise ValueError(f'method must be one of {NTK_METHODS}, got {method!r}')

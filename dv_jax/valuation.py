@@ -1717,7 +1717,8 @@ def shapley_from_utility(utility: Callable[[Sequence[int]], float], num_players:
     `(values [K], stderr [K])` (stderr 0 for one permutation).
 
   Raises:
-    ValueError: `num_players` or `num_permutations` not an integer >= 1.
+    ValueError: `num_players` or `num_permutations` not an integer >= 1, or `key` not one
+      PRNG key.
   """
   num_permutations = checks.check_int(num_permutations, 'num_permutations')
   num_players = checks.check_int(num_players, 'num_players')
@@ -1757,7 +1758,7 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
     `ValuationResult` (terms None; `extras['stderr']` per contributor).
 
   Raises:
-    ValueError: as `value_contributors`; `num_permutations < 1`.
+    ValueError: as `value_contributors`; `num_permutations < 1`; `key` not one PRNG key.
   """
   config = default_config() if config is None else config
   # Before the pool's per-example work (prepare_pool checks the config first).

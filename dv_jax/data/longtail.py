@@ -47,6 +47,9 @@ def rng_from_key(key: jax.Array) -> np.random.Generator:
 
   Returns:
     `np.random.Generator` whose stream is a pure function of `key`.
+
+  Raises:
+    ValueError: `key` not one PRNG key (an int seed, None, a batch of keys).
   """
   key = checks.check_key(key)
   bits = jax.random.bits(key, (4,), dtype=np.uint32)
@@ -199,7 +202,8 @@ def sample_by_class(labels, class_probs, *, num_samples: int, key: jax.Array) ->
     int64 [num_samples] indices into `labels`.
 
   Raises:
-    ValueError: if a class with positive probability has no example in `labels`.
+    ValueError: if a class with positive probability has no example in `labels`, or `key`
+      is not one PRNG key.
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
