@@ -27,7 +27,10 @@ following the choices of the official code (github.com/ZhaoxuanWu/DAVINZ-DataVal
   error). Kept for fidelity, but know what it does on raw pixels: on scikit-learn's digits
   the median squared distance is ~2,400, so a typical off-diagonal kernel value is
   exp(-2400 / 50) ~ 1e-21 (CIFAR's 3,072 dimensions are further still), and the MMD is
-  close to `sqrt(1/n + 1/m)`, a function of the sizes alone; `sigma=0` measures the data;
+  close to `sqrt(1/n + 1/m)`, a function of the sizes alone; `sigma=0` measures the data.
+  For text the raw input is the packed token row (ids and masks, `dv_jax.models.lm`): with
+  a real vocabulary any two different sequences are far apart at `sigma=5` and the same
+  holds; the official code has no text path, so `sigma=0` is the setting to consider there;
 - `kappa` as above, over the contributors valued together.
 Beyond the official code (off by default): `projection_dim = k > 0` randomly projects the
 per-example gradients to `k` dimensions (`dv_jax.ntk.Projection`), without which a
