@@ -108,6 +108,30 @@ def test_file_level_errors(tmp_path):
     text.load_text_task(tmp_path / 'plain', task='sentiment')
 
 
+def test_json_array_and_json_lines_under_a_json_name(tmp_path):
+  """Stanford Alpaca ships alpaca_data.json as ONE JSON array; `Dataset.to_json` writes JSON
+  lines under whatever name it is given. Both used to be refused as 'expected a .jsonl'."""
+  array = tmp_path / 'alpaca_data.json'
+  array.write_text('\ufeff' + json.dumps(ALPACA, indent=4), encoding='utf-8')
+  data = text.load_text_task(array, task='instruction')
+  assert data.prompts == ['Add the numbers.\n\n2 and 3', 'Say hi.', 'Name a colour.']
+  np.testing.assert_array_equal(data.is_synthetic, [False, True, False])
+  lines = _write_jsonl(tmp_path / 'to_json.json', GSM8K)
+  assert text.load_text_task(lines, task='reasoning').final_answers == ['5', '2000']
+  # Errors still name the file and the record (or line).
+  array.write_text(json.dumps([ALPACA[0], {'instruction': 'x'}]), encoding='utf-8')
+  with pytest.raises(ValueError, match=r"alpaca_data.json record 1: .*'output'"):
+    text.load_text_task(array, task='instruction')
+  array.write_text('[{"instruction": "x",\n "output": }]', encoding='utf-8')
+  with pytest.raises(ValueError, match='alpaca_data.json line 2: invalid JSON'):
+    text.load_text_task(array, task='instruction')
+  array.write_text('{"instruction": "x", "output": "y"}', encoding='utf-8')
+  assert text.load_text_task(array, task='instruction').responses == ['y']  # one JSON line
+  (tmp_path / 'data.csv').write_text('sentence,label\n')
+  with pytest.raises(ValueError, match='expected a .jsonl / .json file'):
+    text.load_text_task(tmp_path / 'data.csv', task='sentiment')
+
+
 def test_jsonl_with_byte_order_mark(tmp_path):
   # Used to fail with 'invalid JSON': the BOM was read as part of the first line.
   path = tmp_path / 'bom.jsonl'
@@ -149,7 +173,7 @@ def test_subset_refuses_a_boolean_mask_and_float_indices(tmp_path):
 def test_split_is_rejected_for_jsonl(tmp_path):
   # Used to be ignored silently, as if the file were the requested split.
   path = _write_jsonl(tmp_path / 'sst2.jsonl', SST2)
-  with pytest.raises(ValueError, match=r"split='train' given but .*sst2.jsonl is a JSONL"):
+  with pytest.raises(ValueError, match=r"split='train' given but .*sst2.jsonl is a JSON file"):
     text.load_text_task(path, task='sentiment', split='train')
 
 

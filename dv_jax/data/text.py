@@ -9,9 +9,11 @@ Three layouts, one per task (METHOD.md section 5):
     `####` of `answer`.
 Text fields must be non-empty (Alpaca's `input` may be empty). Every record may carry
 `source: real | synthetic` (missing or null means real), which becomes the `is_synthetic`
-flag that the valuation keeps end to end. Nothing is downloaded: a Hugging Face `datasets`
-directory is one written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, and
-`datasets` is imported only on that branch.
+flag that the valuation keeps end to end. Files are JSON lines (`.jsonl`, or a `.json`
+written by `Dataset.to_json`) or one JSON array of records (`.json`, as Stanford Alpaca's
+`alpaca_data.json`). Nothing is downloaded: a Hugging Face `datasets` directory is one
+written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, and `datasets` is imported
+only on that branch.
 
 Shape legend: `n` records.
 """
@@ -180,6 +182,29 @@ def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
       is_synthetic=np.asarray(synthetic, dtype=bool))
 
 
+def _is_json_array(path: Path) -> bool:
+  """Whether a `.json` file is one JSON array (Alpaca's layout), not JSON lines."""
+  with open(path, 'rb') as f:
+    head = f.read(4096)
+  if head.startswith(b'\xef\xbb\xbf'):  # a byte-order mark, as `_jsonl_records` allows
+    head = head[3:]
+  return head.lstrip()[:1] == b'['
+
+
+def _json_array_records(path: Path):
+  try:
+    records = json.loads(path.read_text(encoding='utf-8-sig'))
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} line {e.lineno}: invalid JSON ({e.msg})') from None
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path}: not UTF-8 text ({e.reason} at offset {e.start}); save the '
+                     'file as UTF-8') from None
+  if not isinstance(records, list):
+    raise ValueError(f'{path}: a JSON array of records expected')
+  for i, record in enumerate(records):
+    yield f'{path} record {i}', record
+
+
 def _jsonl_records(path: Path):
   # utf-8-sig: files saved by Windows tools start with a byte-order mark.
   with open(path, 'r', encoding='utf-8-sig') as f:
@@ -295,11 +320,12 @@ def _datasets_records(path: Path, split: Optional[str], label_names: Sequence[st
 def load_text_task(path, *, task: str, split: Optional[str] = None,
                    label_names: Sequence[str] = SENTIMENT_LABEL_NAMES,
                    max_records: Optional[int] = None) -> TextDataset:
-  """Loads a text task from a `.jsonl` file or a `datasets` `save_to_disk` directory.
+  """Loads a text task from a JSON / JSONL file or a `datasets` `save_to_disk` directory.
 
   Args:
-    path: a `.jsonl` file (one JSON object per line, blank lines skipped) or a directory
-      written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
+    path: a `.jsonl` file (one JSON object per line, blank lines skipped), a `.json` file
+      holding either JSON lines or one array of objects (`alpaca_data.json`), or a
+      directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
     task: 'sentiment', 'instruction' or 'reasoning' (see the module docstring for fields).
     split: for a `DatasetDict` directory with several splits, the one to read (an error for
       a JSONL file or a single `Dataset`, which have none).
@@ -318,11 +344,12 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
   if max_records is not None:
     max_records = checks.check_int(max_records, 'max_records')
   if path.is_file():
-    if path.suffix != '.jsonl':
-      raise ValueError(f'{path}: expected a .jsonl file or a datasets directory')
+    if path.suffix not in ('.jsonl', '.json'):
+      raise ValueError(f'{path}: expected a .jsonl / .json file or a datasets directory')
     if split is not None:
-      raise ValueError(f'split={split!r} given but {path} is a JSONL file, which has no splits')
-    records = _jsonl_records(path)
+      raise ValueError(f'split={split!r} given but {path} is a JSON file, which has no splits')
+    records = (_json_array_records(path) if path.suffix == '.json' and _is_json_array(path)
+               else _jsonl_records(path))
   elif path.is_dir():
     if not ((path / 'dataset_info.json').is_file() or (path / 'dataset_dict.json').is_file()):
       raise ValueError(f'{path} is not a datasets save_to_disk directory (no '
