@@ -65,6 +65,7 @@ import functools
 import inspect
 import json
 import os
+import warnings
 import zlib
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -881,6 +882,13 @@ def load_lm_checkpoint(m: ml_collections.ConfigDict):
                              eos_token=str(m.eos_token) or None,
                              pad_token=str(m.pad_token) or None,
                              sep_token=str(m.sep_token) or None)
+  # The config names special tokens itself ('' = none); a checkpoint trained with a BOS,
+  # or scored without its EOS, is read off its training distribution, so say so.
+  for field, token in checkpoint.named_special_tokens(str(m.checkpoint)).items():
+    if not str(m[field]):
+      warnings.warn(f"{m.checkpoint}'s tokenizer_config.json names {field}={token!r} but "
+                    f"config.model.{field} is '', so sequences are encoded without it; "
+                    f"set --config.model.{field}='{token}' to match the checkpoint")
   return model, ckpt.params, tok
 
 
@@ -952,6 +960,11 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
     if not prompts:
       return np.zeros((0, 3, max_len), np.float32), np.zeros(0, np.int32)
     batch = tokenize.encode_pairs(tokenizer, list(prompts), list(responses), max_len=max_len)
+    # An id past the embedding table is not an error inside jit: its logits come out NaN.
+    if int(batch.tokens.max()) >= model.config.vocab_size:
+      raise ValueError(f'{m.checkpoint}: the tokenizer gives id {int(batch.tokens.max())}, '
+                       f'outside the model vocabulary (config.json vocab_size='
+                       f'{model.config.vocab_size}); is tokenizer.json from another model?')
     return (pack_lm(batch.tokens, batch.response_mask, batch.lengths),
             np.zeros(len(prompts), np.int32))
 

@@ -4,6 +4,7 @@ builder on tiny sizes (paper-scale builders on the on-disk fixtures of task_fixt
 """
 
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -515,6 +516,53 @@ def test_text_lm_held_out_sources_have_their_own_split(fixtures, tmp_path):
   with pytest.raises(ValueError, match=r"target_path with target_split='train' reads the "
                                        r'same records as config.data.path'):
     tasks.build_task('instruction', config)
+
+
+def test_text_lm_refuses_token_ids_past_the_vocabulary(fixtures, tmp_path):
+  """A tokenizer.json from another model used to give NaN logits (an id past the embedding
+  table is not an error inside jit), so every score was NaN with no word of why."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  ckpt = tmp_path / 'ckpt'
+  shutil.copytree(fixtures['checkpoint'], ckpt)
+  words = task_fixtures.SPECIALS + task_fixtures.WORDS + task_fixtures.LABEL_WORDS
+  vocab = {tok: i + 100 * (tok in task_fixtures.WORDS) for i, tok in enumerate(words)}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='[UNK]'))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tok.save(str(ckpt / 'tokenizer.json'))
+  config = _text_config(fixtures, 'instruction')
+  config.model.checkpoint = str(ckpt)
+  with pytest.raises(ValueError, match=r'the tokenizer gives id 1\d\d, outside the model '
+                                       r'vocabulary \(config.json vocab_size=\d+\)'):
+    tasks.build_task('instruction', config)
+
+
+def test_text_lm_warns_of_special_tokens_the_checkpoint_names_but_the_config_drops(
+    fixtures, tmp_path):
+  """Llama-3 is trained with <|begin_of_text|>; a run with the config's default
+  bos_token='' encodes without it, which used to pass in silence."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  ckpt = tmp_path / 'ckpt'
+  shutil.copytree(fixtures['checkpoint'], ckpt)
+  (ckpt / 'tokenizer_config.json').write_text(json.dumps(
+      {'bos_token': '<s>', 'eos_token': {'content': '</s>', 'lstrip': False}}))
+  config = _text_config(fixtures, 'instruction')
+  config.model.update(checkpoint=str(ckpt), bos_token='', eos_token='')
+  with pytest.warns(UserWarning) as record:
+    tasks.load_lm_checkpoint(config.model)
+  messages = sorted(str(w.message) for w in record)
+  assert len(messages) == 2
+  assert "names bos_token='<s>' but config.model.bos_token is ''" in messages[0]
+  assert "set --config.model.eos_token='</s>'" in messages[1]
+  config.model.update(bos_token='<s>', eos_token='</s>')  # named: nothing to say
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    tasks.load_lm_checkpoint(config.model)
+  (ckpt / 'tokenizer_config.json').write_text(json.dumps({'bos_token': None}))  # as Qwen2
+  config.model.update(bos_token='', eos_token='')
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    tasks.load_lm_checkpoint(config.model)
 
 
 def _encoded_records(path, config):

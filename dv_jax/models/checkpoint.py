@@ -385,3 +385,30 @@ def load_tokenizer(directory: Any):
     return Tokenizer.from_file(str(path))
   except Exception as e:  # tokenizers raises a bare Exception on malformed JSON.
     raise ValueError(f'{path} is not a valid tokenizers file: {e}') from e
+
+
+TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
+
+
+def named_special_tokens(directory: Any) -> Dict[str, str]:
+  """The `bos_token` / `eos_token` a checkpoint's tokenizer_config.json names, if any.
+
+  `transformers` reads them from there (a string, or an `{"content": ...}` dict in older
+  files); `tokenizers` alone never does. A null or absent entry is left out (Qwen2 names
+  no bos_token), as is everything when the file is missing or is not a JSON object.
+  """
+  path = Path(directory) / TOKENIZER_CONFIG_FILE
+  try:
+    spec = json.loads(path.read_text(encoding='utf-8'))
+  except (OSError, ValueError):  # absent or unreadable: it is optional
+    return {}
+  if not isinstance(spec, dict):
+    return {}
+  named = {}
+  for field in ('bos_token', 'eos_token'):
+    value = spec.get(field)
+    if isinstance(value, dict):
+      value = value.get('content')
+    if isinstance(value, str) and value:
+      named[field] = value
+  return named
