@@ -126,6 +126,28 @@ def test_momentum_and_decoupled_weight_decay_match_numpy():
   np.testing.assert_allclose(result.params['b'], b0 - 0.1 * step_b, rtol=1e-5, atol=1e-6)
 
 
+def test_cosine_schedule_sets_each_steps_update_like_numpy():
+  # learning_rate_at's formula is checked above, and TrainResult.learning_rates reads it,
+  # but neither shows that the optimiser steps with it: three SGD steps of a cosine schedule
+  # over T = 3 take eta_t = eta (1 + cos(pi t / 3)) / 2 = eta, 3 eta / 4, eta / 4.
+  params = _linear_params()
+  x = np.random.default_rng(4).normal(size=(1, D)).astype(np.float32)
+  y = np.array([0], np.int32)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.5, steps=3, batch_size=3,
+                                schedule='cosine')
+  result = training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(0),
+                          num_classes=C, pad_to=4)
+  w, b = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+  losses = []
+  for eta in (0.5, 0.375, 0.125):
+    loss, gw, gb = _softmax_ce_grad(w, b, x.astype(np.float64), y)
+    losses.append(loss)
+    w, b = w - eta * gw, b - eta * gb
+  np.testing.assert_allclose(result.losses, losses, rtol=1e-5)
+  np.testing.assert_allclose(result.params['w'], w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(result.params['b'], b, rtol=1e-5, atol=1e-6)
+
+
 def test_padded_capacity_is_pad_to_or_the_next_power_of_two():
   assert [training.padded_capacity(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
   assert training.padded_capacity(5, 64) == 64
