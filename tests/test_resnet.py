@@ -111,6 +111,58 @@ def test_basic_block_matches_float64_numpy(filters, stride):
                                                     train), rtol=1e-4, atol=1e-4)
 
 
+def _np_max_pool_3x3_s2(x):
+  """3x3 max-pool, stride 2, padded by 1 with -inf (torchvision's ImageNet stem)."""
+  x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+  out = np.full((x.shape[0], ho, wo, x.shape[3]), -np.inf)
+  for i in range(3):
+    for j in range(3):
+      out = np.maximum(out, x[:, i:i + 2 * ho:2, j:j + 2 * wo:2])
+  return out
+
+
+def _np_resnet18(variables, x, *, small_images, train):
+  """float64 ResNet-18: stem, four stages of two blocks (first strides 1, 2, 2, 2), global
+  average pool, Dense head. Returns (logits, features)."""
+  v = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
+  p, s = v['params'], v['batch_stats']
+  stride, pad = (1, 1) if small_images else (2, 3)
+  y = _np_conv(np.asarray(x, np.float64), p['stem_conv']['kernel'], stride, pad)
+  y = np.maximum(_np_batch_norm(y, p['stem_bn'], s['stem_bn'], train), 0)
+  if not small_images:
+    y = _np_max_pool_3x3_s2(y)
+  for i, block_stride in enumerate((1, 1, 2, 1, 2, 1, 2, 1)):
+    name = f'blocks_{i}'
+    y = _np_basic_block({'params': p[name], 'batch_stats': s[name]}, y, block_stride, train)
+  features = y.mean((1, 2))
+  return features @ p['head']['kernel'] + p['head']['bias'], features
+
+
+# Sizes that leave the last stage 2x2, so the global average pool is not the identity.
+@pytest.mark.parametrize('small_images, size, train', [(True, 16, False), (True, 16, True),
+                                                       (False, 48, False)])
+def test_resnet18_matches_float64_numpy(small_images, size, train):
+  # The BasicBlock is checked above; this pins the assembly around it: the stem (3x3 s1, or
+  # 7x7 s2 + max-pool), the stage strides, the pooling and the head.
+  model = ResNet18(5, num_filters=2, small_images=small_images)
+  x = np.random.default_rng(6).standard_normal((3, size, size, 3)).astype(np.float32)
+  variables = _random_variables(model, x, seed=6)
+
+  @jax.jit
+  def run(variables, x):
+    if train:
+      logits, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+      return logits, None
+    return model.apply(variables, x), model.apply(variables, x, method='features')
+  logits, features = run(variables, x)
+  expected, expected_features = _np_resnet18(variables, x, small_images=small_images,
+                                             train=train)
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+  if features is not None:
+    np.testing.assert_allclose(features, expected_features, rtol=1e-4, atol=1e-4)
+
+
 def test_resnet_inference_mode_is_per_example_and_features_feed_the_head():
   model = ResNet18(10, num_filters=4)
   x = np.random.default_rng(2).standard_normal((3, 8, 8, 3)).astype(np.float32)
