@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 from scipy import special
+from scipy import stats
 
 from dv_jax import scaling
 
@@ -104,6 +105,25 @@ def test_finite_sample_is_an_empirical_distribution():
   typed = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=500,
                                          key=jax.random.key(3))
   np.testing.assert_array_equal(p_syn, typed)  # same bits, same draws
+
+
+def test_finite_sample_counts_follow_the_multinomial_of_p():
+  # The test above checks that p' is an empirical law; this one that its draws come from p:
+  # M p' ~ Multinomial(M, p), so chi-square against M p (and a uniform law is far off).
+  p = scaling.zipf(12, 1.5)
+  num_samples = 100_000
+  p_syn = scaling.synthetic_distribution(p, mode='finite_sample', num_samples=num_samples,
+                                         key=jax.random.PRNGKey(7))
+  counts = np.round(p_syn * num_samples)
+  assert counts.sum() == num_samples
+  assert stats.chisquare(counts, num_samples * p).pvalue > 1e-3
+  # Few draws: items with M p_i << 1 are mostly missing (P(drawn) = 1 - (1 - p_i)^M).
+  few = [scaling.synthetic_distribution(p, mode='finite_sample', num_samples=5,
+                                        key=jax.random.PRNGKey(s)) > 0 for s in range(400)]
+  seen = np.mean(few, axis=0)
+  expected = 1 - (1 - p) ** 5
+  bound = 4 * np.sqrt(expected * (1 - expected) / 400)
+  assert np.all(np.abs(seen - expected) <= bound), (seen, expected)
 
 
 @pytest.mark.parametrize('kwargs,match', [
