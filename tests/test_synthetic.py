@@ -6,6 +6,7 @@ import math
 import jax
 import numpy as np
 import pytest
+from scipy import stats
 
 from dv_jax.data import contributors, digits, synthetic
 
@@ -84,6 +85,23 @@ def test_sample_is_deterministic_and_respects_zero_probabilities(pool):
   assert set(np.unique(np.asarray(a.y))) <= set(np.flatnonzero(probs))
   empty = synthetic.sample(gen, jax.random.PRNGKey(2), 0)
   assert empty.x.shape == (0, 8, 8, 1) and empty.y.shape == (0,)
+
+
+def test_sample_labels_follow_class_probs_chi_square(pool):
+  # y ~ p' (the docstring): the label counts of many draws against n p', for a given p' and
+  # for the default (the fitting data's class frequencies).
+  gen = synthetic.fit_generator(pool.x, pool.y, num_components=4)
+  num = 20_000
+  probs = synthetic.truncate_class_probs(
+      synthetic.long_tail_class_probs(10, beta=1.2, order=[4, 1, 7, 0, 9, 2, 8, 3, 6, 5]),
+      'hard:6')
+  for class_probs, key in ((probs, 5), (None, 6)):
+    out = synthetic.sample(gen, jax.random.PRNGKey(key), num, class_probs=class_probs)
+    expected = probs if class_probs is not None else np.bincount(pool.y) / len(pool.y)
+    counts = np.bincount(np.asarray(out.y), minlength=10)
+    keep = expected > 0
+    assert counts[~keep].sum() == 0
+    assert stats.chisquare(counts[keep], num * expected[keep]).pvalue > 1e-3
 
 
 def test_temperature_shrinks_diversity(pool):
