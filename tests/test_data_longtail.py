@@ -98,3 +98,17 @@ def test_split_counts_sum_to_n():
       assert num_real + num_syn == n and num_real >= 0 and num_syn >= 0
   assert longtail.split_counts(7, pi=0.0) == (0, 7)
   assert longtail.split_counts(7, pi=1.0) == (7, 0)
+
+
+def test_stratified_partition_cuts_each_class_at_its_rounded_cumulative_share():
+  # Uneven classes (7, 3, 11, 1, 5 rows, interleaved): part j holds round(F_j n_c) -
+  # round(F_{j-1} n_c) rows of class c, F the cumulative fractions (no .5 ties here).
+  counts = np.array([7, 3, 11, 1, 5])
+  labels = np.random.default_rng(0).permutation(np.repeat(np.arange(5), counts))
+  fractions = (0.2, 0.35, 0.45)
+  parts = longtail.stratified_partition(labels, fractions=fractions, key=jax.random.PRNGKey(2))
+  np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(labels.size))
+  cuts = np.floor(np.outer(counts, np.cumsum(fractions)) + 0.5).astype(int)
+  expected = np.diff(np.concatenate([np.zeros((5, 1), int), cuts], axis=1), axis=1)
+  got = np.stack([np.bincount(labels[part], minlength=5) for part in parts], axis=1)
+  np.testing.assert_array_equal(got, expected)
