@@ -83,6 +83,24 @@ def test_seed_is_the_base_of_the_seed_keys(problem, result):
   assert not np.allclose(again.test_loss_per_seed[0], result.test_loss_per_seed[0], rtol=1e-4)
 
 
+def test_a_mixed_contributor_trains_on_both_parts(problem):
+  # The other contributors are real-only. S_i = S1 ∪ S2 (METHOD.md section 4): seed r of a
+  # contributor with both parts is train(key_r) on the real rows then the synthetic ones,
+  # reproduced by hand for r = 1 (a retrain reading only S1 would not match it).
+  splits, apply_fn, params, cs = problem
+  x, y = cs[0].x_real, cs[0].y_real
+  mixed = Contributor('mixed', x[:40], y[:40], x[100:160], y[100:160])
+  got = ground_truth.retrain([mixed], splits.test, apply_fn=apply_fn, params=params,
+                             config=CONFIG, progress=False)
+  keys = jax.random.split(jax.random.PRNGKey(CONFIG.seed), CONFIG.num_seeds)
+  run = training.train(apply_fn, params, np.concatenate([x[:40], x[100:160]]),
+                       np.concatenate([y[:40], y[100:160]]),
+                       config=training.as_train_config(CONFIG), key=keys[1], num_classes=10,
+                       pad_to=100)
+  ev = training.evaluate(apply_fn, run.params, splits.test.x, splits.test.y)
+  np.testing.assert_allclose(got.test_loss_per_seed[0, 1], ev.loss, rtol=1e-4)
+
+
 def test_deterministic_and_accepts_a_config_dict(problem, result):
   splits, apply_fn, params, cs = problem
   again = ground_truth.retrain(cs, (splits.test.x, splits.test.y), apply_fn=apply_fn,
