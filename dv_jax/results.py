@@ -377,7 +377,8 @@ class UnitStore:
       raise ValueError(
           f'unit {name!r} in {self.directory} was computed under another config '
           f'(fingerprint {saved}, this run {fingerprint}): a setting it depends on changed. '
-          'Use a fresh --workdir, or rerun with the config.json of that workdir')
+          'Use a fresh --workdir, or rerun with the config that workdir saved: '
+          '--config=configs/from_json.py:<workdir>/config.json')
     return record['value']
 
   def names(self) -> List[str]:

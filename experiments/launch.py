@@ -5,14 +5,20 @@
 
 `main(run, name=...)` defines the two flags (`--config`, locked, and `--workdir`), checks the
 overrides before absl parses them, and runs `main`: write `config.json` (a new workdir; a
-rerun rewrites it once it succeeds), add the log file, call the script's importable
-`run(config, workdir)`. Flags are defined only when a script runs as `__main__`: tests
+rerun rewrites it once it succeeds), add the log file, log the command, `environment()` and
+the config, call the script's importable `run(config, workdir)` (a failure is logged
+too). `--config=configs/from_json.py:<workdir>/config.json` reruns a saved config. Flags are defined only when a script runs as `__main__`: tests
 import `run` from several scripts into one process, and absl refuses a flag defined twice.
 """
 
+import importlib.metadata
 import importlib.util
+import json
 import math
+import os
 from pathlib import Path
+import platform
+import subprocess
 import sys
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -121,6 +127,36 @@ def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None
                          + ', '.join(fields))
 
 
+def environment() -> dict:
+  """What a run's numbers depend on besides its config: versions, devices, precision flags.
+
+  Unit fingerprints are of the config only (`dv_jax.results`), so this, logged at each
+  run's start, is what tells later which code and which hardware produced a workdir.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for package in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'dv_jax'):
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = None
+  root = Path(__file__).resolve().parent.parent
+
+  def git(*args):
+    return subprocess.run(['git', '-C', str(root), *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
+
+  try:
+    commit, dirty = git('rev-parse', 'HEAD'), bool(git('status', '--porcelain', '--', '.'))
+  except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+    commit, dirty = None, None
+  return {'python': platform.python_version(), 'versions': versions, 'git_commit': commit,
+          'uncommitted_changes': dirty,
+          'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
+          **{var: os.environ.get(var) for var in ('JAX_DEFAULT_MATMUL_PRECISION',
+                                                  'JAX_ENABLE_X64', 'XLA_FLAGS')}}
+
+
 def main(run: Callable[[Any, str], Any], *, name: str) -> None:
   """Runs an experiment script: flags, override check, config.json, log, `run`."""
   config_flags.DEFINE_config_file('config', None, 'Path to the config file[:variant].',
@@ -146,9 +182,18 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
     if not (Path(workdir) / 'config.json').exists():
       results.save_config(config, workdir)
     results.setup_logging(workdir)
+    logging.info('command: %s', ' '.join(sys.argv))
+    logging.info('environment: %s', json.dumps(environment()))
     logging.info('config:\n%s', config)
     start = time.perf_counter()
-    run(config, workdir)
+    try:
+      run(config, workdir)
+    except BaseException:
+      # Into log.txt too: the config just logged is not what config.json and the results
+      # in the workdir were computed under.
+      logging.exception('%s stopped; config.json and the saved results are those of the '
+                        'last run that finished', name)
+      raise
     results.save_config(config, workdir)
     logging.info('%s finished in %.1f s', name, time.perf_counter() - start)
 

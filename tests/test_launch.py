@@ -11,7 +11,8 @@ sys.path.insert(0, str(_ROOT / 'experiments'))
 import launch  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 TPS_CONFIG = _ROOT / 'configs' / 'three_phase_scaling.py'
-CONFIGS = sorted(p.name for p in (_ROOT / 'configs').glob('*.py'))
+# The experiments' configs; from_json.py reads a saved config.json back instead.
+CONFIGS = sorted(p.name for p in (_ROOT / 'configs').glob('*.py') if p.name != 'from_json.py')
 
 
 def test_override_typo_lists_the_valid_keys():
@@ -59,6 +60,30 @@ def test_every_config_builds_and_rejects_an_unknown_key(config_name):
     launch.check_config_overrides(['prog', f'--config={path}', f'--config.{typo}=1'])
 
 
+@pytest.mark.parametrize('config_name,variant', [
+    ('lemma1_theory.py', ''), ('three_phase_scaling.py', 'facts'),
+    ('three_phase_scaling.py', 'cifar100'), ('valuation_table.py', 'digits'),
+    ('valuation_table.py', 'instruction'), ('ablation.py', 'digits'),
+    ('subsample_stability.py', ''), ('breakpoint_sweep.py', '')])
+def test_from_json_reads_a_saved_config_back_to_the_same_fingerprint(tmp_path, config_name,
+                                                                     variant):
+  """configs/from_json.py turns a run's config.json back into the config it was: JSON lists
+  become the configs' tuples, so the units it reruns carry the same fingerprints."""
+  from dv_jax import results  # pylint: disable=g-import-not-at-top
+  module = _load_module(_ROOT / 'configs' / config_name)
+  config = module.get_config(variant) if variant else module.get_config()
+  results.save_config(config, tmp_path)
+  from_json = _load_module(_ROOT / 'configs' / 'from_json.py')
+  reloaded = from_json.get_config(str(tmp_path / 'config.json'))
+  assert reloaded == config  # ConfigDict equality: same fields, values and types
+  assert results.fingerprint(reloaded) == results.fingerprint(config)
+  assert from_json.get_config(str(tmp_path)) == config  # the workdir itself works too
+  with pytest.raises(ValueError, match='no saved config at'):
+    from_json.get_config(str(tmp_path / 'missing.json'))
+  with pytest.raises(ValueError, match='name the saved config'):
+    from_json.get_config()
+
+
 def test_script_exits_on_a_typo_with_the_valid_keys(tmp_path):
   """End to end: the real script, a misspelt override, a non-zero exit naming the keys."""
   proc = subprocess.run(
@@ -84,6 +109,14 @@ def test_script_exits_on_a_stray_positional_argument(tmp_path):
   assert not workdir.exists()
 
 
+def _load_module(path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(f'_module_under_test_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _load_config(path):
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location('_config_under_test', path)
@@ -106,8 +139,23 @@ def test_a_refused_rerun_keeps_the_workdirs_config_json(tmp_path):
   first = run_script()
   assert first.returncode == 0, first.stderr[-2000:]
   saved = (tmp_path / 'config.json').read_text()
+  log = (tmp_path / 'log.txt').read_text()
+  # What the numbers depend on besides the config, for whoever reads the workdir later.
+  assert 'environment: {"python": ' in log and '"jax": "' in log and '"devices": [' in log
   refused = run_script('--config.scaling.mc_trials=5')
   assert refused.returncode != 0 and 'another config' in refused.stderr
+  assert (tmp_path / 'config.json').read_text() == saved
+  # log.txt says so too: it ended with the refused config and no word of the failure.
+  new_log = (tmp_path / 'log.txt').read_text()[len(log):]
+  assert 'mc_trials: 5' in new_log
+  assert 'lemma1_theory stopped; config.json and the saved results are those of the last' in (
+      new_log)
+  # The refusal's advice works: the saved config.json, read back, reruns and reuses it all.
+  relaunched = subprocess.run(
+      [sys.executable, str(_ROOT / 'experiments' / 'lemma1_theory.py'),
+       f'--config={_ROOT / "configs" / "from_json.py"}:{tmp_path / "config.json"}',
+       f'--workdir={tmp_path}'], capture_output=True, text=True, timeout=300, check=False)
+  assert relaunched.returncode == 0, relaunched.stderr[-2000:]
   assert (tmp_path / 'config.json').read_text() == saved
   # An output-only change reuses every unit and then records the new config.
   again = run_script('--config.output.figure_dpi=80')
