@@ -145,7 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
 
 def summarize(rows: Sequence[Dict[str, Any]]) -> list:
-  """Mean, std and min tau per (backbone, variant, budget)."""
+  """Mean, std (population, ddof 0) and min tau per (backbone, variant, budget)."""
   out = []
   for key in dict.fromkeys((r['backbone'], r['variant'], r['budget']) for r in rows):
     taus = np.array([r['kendall'] for r in rows
@@ -158,7 +158,8 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> list:
 
 def markdown_table(summary: Sequence[Dict[str, Any]], total: int) -> str:
   lines = [f'# Ranking stability under subsampling (pool of {total} examples)', '',
-           "Kendall's tau of the ranking from a subsample against the full-pool ranking.", '',
+           "Kendall's tau of the ranking from a subsample against the full-pool ranking; "
+           'tau std is the population std (ddof 0) over the repeats.', '',
            '| backbone | variant | budget | tau mean | tau std | tau min | repeats |',
            '|---|---|---|---|---|---|---|']
   for s in summary:

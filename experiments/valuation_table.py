@@ -605,7 +605,11 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
 
 
 def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """Per (backbone, method): mean and std over draws of the correlations and costs."""
+  """Per (backbone, method): mean and std over draws of the correlations and costs.
+
+  The std is the population one (ddof 0), as the README's quoted spreads were measured; the
+  sample std of `d` draws is `sqrt(d / (d - 1))` times it. table.md says which.
+  """
   out = []
   for backbone, method in dict.fromkeys((r['backbone'], r['method']) for r in rows):
     sub = [r for r in rows if (r['backbone'], r['method']) == (backbone, method)]
@@ -690,7 +694,7 @@ def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, A
            f'contributors, {num_draws} benchmark draw(s); ground truth = minus the test '
            'loss after retraining', '']
   if num_draws > 1:
-    lines += ['## Mean ± std over draws', '',
+    lines += ['## Mean ± std over draws (population std, ddof 0)', '',
               '| backbone | method | Spearman | Kendall | Spearman vs accuracy | seconds | '
               'cost / retraining |', '|---|---|---|---|---|---|---|']
     for s in summary:

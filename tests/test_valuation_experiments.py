@@ -453,7 +453,7 @@ def test_table_over_draws_has_the_mean_and_std_and_ordered_cis():
                              [0.3, 0.1])
   config = _copy_with(CONFIGS['valuation_table'].get_config('smoke'), data__num_draws=2)
   lines = valuation_table.markdown_table(rows, summary, config).splitlines()
-  assert '## Mean ± std over draws' in lines
+  assert '## Mean ± std over draws (population std, ddof 0)' in lines
   assert '| mlp | ours-a | +0.40 ± 0.10 | +0.30 ± 0.10 | -0.40 ± 0.10 | 2.5 | 0.250 |' in lines
   # Per draw, each CI reads [low, high].
   assert '| ours-a | x | +0.30 [+0.10, +0.60] | +0.20 [+0.00, +0.50] | -0.30 | 2.0 | 0.200 |' \
