@@ -384,8 +384,23 @@ def _replicate(placement: Optional[_Placement], params: PyTree, key):
 
 
 def _split_examples(placement: Optional[_Placement], x_b):
-  """A block's examples split over the mesh's devices (as given without a mesh)."""
-  return x_b if placement is None else jax.device_put(x_b, placement.examples)
+  """A block's examples split over the mesh's devices; without a mesh, on one device.
+
+  An input the caller already sharded over several devices is gathered first when there is
+  no mesh: jit would otherwise hand it to XLA's automatic partitioner, which splits the
+  examples and gives a convolution wrong per-example weight gradients (`_per_device`).
+  """
+  if placement is not None:
+    return jax.device_put(x_b, placement.examples)
+  return _on_one_device(x_b)
+
+
+def _on_one_device(x_b):
+  """`x_b` as given, or gathered onto the default device if it is spread over several."""
+  sharding = getattr(x_b, 'sharding', None)
+  if sharding is not None and len(sharding.device_set) > 1:
+    return jax.device_put(x_b, jax.devices()[0])
+  return x_b
 
 
 def _gathered(placement: Optional[_Placement], out):
@@ -983,8 +998,9 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
     split = functools.partial(_split_examples, placement)
     gathered = functools.partial(_gathered, placement)
 
-    def whole(x_b):  # a block on every device of the mesh
-      return x_b if placement is None else jax.device_put(x_b, placement.replicated)
+    def whole(x_b):  # a block on every device of the mesh (on one without a mesh)
+      return _on_one_device(x_b) if placement is None else jax.device_put(x_b,
+                                                                           placement.replicated)
 
     if implementation == 'jacobian_contraction':
       # The Jacobian does not depend on the trace axes: one compile serves all of them.

@@ -7,7 +7,10 @@ so they run in ONE fresh interpreter with four CPU devices (this file run as a s
 `n` not a multiple of the block; one compile for every `n`) and the shardings of what each
 jitted block receives and returns (the examples split over the four devices, the
 parameters replicated); `empirical_ntk_fn` for each implementation installed (a CNN or
-an MLP); `value_contributors` with `config.ntk.data_parallel=True`; and the errors for a
+an MLP), and that each of its blocks really runs split; inputs the caller sharded over the
+devices by examples, with no mesh (gathered onto one device: left to XLA's partitioner a
+CNN's gradients came out wrong); `value_contributors` with `config.ntk.data_parallel=True`,
+whose gradient calls get the mesh; and the errors for a
 block size the device count does not divide, from the kernels and, before any training,
 from our score and each gradient baseline. Agreement is asserted to 1e-5 of the largest
 entry: no sum runs across examples, so only float32 rounding may differ (measured here:
@@ -152,6 +155,89 @@ def _check_empirical_ntk(report):
     report[f'empirical_ntk {implementation} {case}'] = diff
 
 
+def _check_sharded_input_without_mesh(report):
+  """Inputs the caller already split over the devices by examples, no mesh: each block is
+  gathered onto one device first. Handed to jit as they were, XLA's automatic partitioner
+  split them, and a CNN's per-example gradients came out wrong (0.38 of the largest entry
+  off) and its kernel too (0.15; jax 0.5.3 failed to compile it)."""
+  apply_fn, params, x, y = _tiny_cnn()
+  mesh = ntk.data_parallel_mesh()
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+  x_sharded, y_sharded = jax.device_put(x[:32], rows), jax.device_put(y[:32], rows)
+  assert len(x_sharded.sharding.device_set) == NUM_DEVICES
+  scalar_fn = ntk.true_class_logit(apply_fn)
+  want = ntk.per_example_grads(scalar_fn, params, x[:32], y[:32], block_size=32)
+  got = ntk.per_example_grads(scalar_fn, params, x_sharded, y_sharded, block_size=32)
+  report['per_example_grads cnn, sharded x, no mesh'] = _max_rel_diff(got, want)
+  assert report['per_example_grads cnn, sharded x, no mesh'] <= RTOL, report
+  assert got.sharding.device_set == {jax.devices()[0]}, got.sharding
+  for implementation in ('jacobian_contraction', 'ntk_vector_products'):
+    kernel_fn = ntk.empirical_ntk_fn(apply_fn, implementation=implementation)
+    want = kernel_fn(x[:32], x[:12], params)
+    got = kernel_fn(x_sharded, jax.device_put(x[:12], rows), params)
+    name = f'empirical_ntk {implementation} cnn, sharded x, no mesh'
+    report[name] = _max_rel_diff(got, want)
+    assert report[name] <= RTOL, report
+    assert got.sharding.device_set == {jax.devices()[0]}, got.sharding
+
+
+def _check_mesh_is_used(report):
+  """The mesh really splits `empirical_ntk_fn`'s blocks (equal values alone would not show
+  a mesh that is checked and then ignored), and `config.ntk.data_parallel` really hands
+  our score's gradient calls a mesh of every device."""
+  apply_fn, params, x, _ = _tiny_cnn()
+  mesh = ntk.data_parallel_mesh()
+  seen = []
+  originals = {name: getattr(ntk, name) for name in
+               ('_jacobian_block', '_contract_block', '_vector_products_block')}
+
+  def spy(name):
+    def wrapped(*args, **kwargs):
+      out = originals[name](*args, **kwargs)
+      seen.append((name, out))
+      return out
+    return wrapped
+
+  for name in originals:
+    setattr(ntk, name, spy(name))
+  try:
+    for implementation in ('jacobian_contraction', 'ntk_vector_products'):
+      kernel = ntk.empirical_ntk_fn(apply_fn, implementation=implementation, block_size=8,
+                                    mesh=mesh)(x[:16], x[16:24], params)
+      assert kernel.sharding.device_set == {jax.devices()[0]}, kernel.sharding
+  finally:
+    for name, original in originals.items():
+      setattr(ntk, name, original)
+  assert {name for name, _ in seen} == set(originals), seen
+  for name, out in seen:
+    leaf = jax.tree_util.tree_leaves(out)[0]
+    shards = sorted((s.device.id, s.index[0].start, s.data.shape[0])
+                    for s in leaf.addressable_shards)
+    assert shards == [(d, 2 * d, 2) for d in range(NUM_DEVICES)], (name, shards)
+  report['empirical_ntk blocks split over the mesh'] = len(seen)
+
+  contributors, target, apply_fn, params = _valuation_setup()
+  config = valuation.default_config()
+  config.ntk.grad_block_size = 8
+  config.ntk.data_parallel = True
+  meshes = []
+  original = ntk.per_example_grads
+
+  def grads_spy(*args, **kwargs):
+    meshes.append(kwargs.get('mesh'))
+    return original(*args, **kwargs)
+
+  ntk.per_example_grads = grads_spy
+  try:
+    valuation.value_contributors(contributors, target, apply_fn=apply_fn, params=params,
+                                 config=config)
+  finally:
+    ntk.per_example_grads = original
+  assert meshes and all(isinstance(m, jax.sharding.Mesh) and m.size == NUM_DEVICES
+                        for m in meshes), meshes
+  report['ours: gradient calls given the mesh'] = len(meshes)
+
+
 def _valuation_setup():
   from dv_jax.data.contributors import Contributor  # pylint: disable=g-import-not-at-top
   from dv_jax.data.contributors import Split  # pylint: disable=g-import-not-at-top
@@ -258,6 +344,7 @@ def _run_sharded_checks() -> None:
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   report = {}
   for check in (_check_per_example_grads, _check_empirical_ntk,
+                _check_sharded_input_without_mesh, _check_mesh_is_used,
                 _check_valuation_and_baselines, _check_errors):
     start = time.perf_counter()
     check(report)
