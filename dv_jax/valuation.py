@@ -1634,11 +1634,19 @@ def _term_weights(term_weights: Optional[ArrayLike], config: ml_collections.Conf
 
 
 class Utility:
-  """`v(S) = -sum_j w_j t_j(S) / s_j` for any coalition, with `v(∅) = 0`; cached.
+  """`v(S) = -sum_j w_j t_j(S) / s_j` for any non-empty coalition; cached.
 
   `s_j` is the std of term `j` across the `K` single contributors (the scale that
   `standardize` uses), so the utility of a singleton differs from its standardised value
   only by a constant. `w_j` is 1 for the terms in `bound.terms` (or `term_weights`).
+
+  `v(∅)` is the mean utility of the singletons, not 0. The bound's terms are all positive,
+  so every `v(S)` sits far below 0 (about -40 on digits) while coalitions differ by about
+  1: with `v(∅) = 0`, a Monte Carlo Shapley estimate shifted each player by `v(∅)` times the
+  share of sampled permutations it came first in, and its ranking mostly recorded that
+  share (Spearman 0.4 against the exact values on digits, K = 12, at any of 10-100
+  permutations; 0.76-0.93 with this `v(∅)`). Exact Shapley values move by the same
+  `-v(∅) / K` for every player and leave-one-out not at all, so neither ranking changes.
   """
 
   def __init__(self, pool: Pool, *, config: ml_collections.ConfigDict,
@@ -1653,6 +1661,7 @@ class Utility:
     self.weights = _term_weights(term_weights, config)
     for i in range(k):
       self.cache[(i,)] = self._value(singles[i])
+    self.empty = float(np.mean([self.cache[(i,)] for i in range(k)]))
 
   def _value(self, terms: np.ndarray) -> float:
     return float(-np.sum(self.weights * terms / self.scale))
@@ -1660,7 +1669,7 @@ class Utility:
   def __call__(self, members: Sequence[int]) -> float:
     key = tuple(_member_indices(members, 'members'))
     if not key:
-      return 0.0
+      return self.empty
     if key not in self.cache:
       self.cache[key] = self._value(coalition_terms(self.pool, key, config=self.config)[0])
     return self.cache[key]
@@ -1743,10 +1752,11 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
             config: Optional[ml_collections.ConfigDict] = None,
             features_fn: Optional[Callable] = None,
             term_weights: Optional[ArrayLike] = None) -> ValuationResult:
-  """Monte Carlo Shapley values with the bound as the utility (`Utility`, `v(∅) = 0`).
+  """Monte Carlo Shapley values with the bound as the utility (`Utility`).
 
-  The choice of `v(∅)` shifts every value by the same `-v(∅) / K`, so the ranking does not
-  depend on it.
+  `v(∅)` is the singletons' mean utility (`Utility`): it shifts the exact values by the
+  same `-v(∅) / K` for every player, and keeps the sampled first-position marginals, which
+  the estimate weighs unequally, as small as the others.
 
   Args:
     contributors, target, apply_fn, params, config, features_fn: as `value_contributors`.

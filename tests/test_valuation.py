@@ -584,12 +584,16 @@ def _brute_force_utility(setup, config, scales_from):
   varies = scale > 0  # a term constant across the singletons weighs nothing (Utility)
   del scales_from
 
-  def utility(members):
-    if not members:
-      return 0.0
+  def nonempty(members):
     sub = valuation.prepare_pool([contributors[i] for i in members], setup['target'], **kwargs)
     terms, _ = valuation.coalition_terms(sub, tuple(range(len(members))), config=config)
     return float(-np.sum(terms[varies] / scale[varies]))
+
+  # v(empty): the singletons' mean utility (see valuation.Utility).
+  empty = float(np.mean([nonempty((i,)) for i in range(len(contributors))]))
+
+  def utility(members):
+    return nonempty(members) if members else empty
   return utility
 
 
@@ -644,7 +648,7 @@ def test_shapley_exact_by_enumeration_and_monte_carlo_converges(setup):
       exact[i] += cached(perm[:pos + 1]) - cached(perm[:pos])
   exact /= len(perms)
   # Efficiency: the values add up to v(D) - v(empty).
-  np.testing.assert_allclose(exact.sum(), cached(tuple(range(k))), rtol=1e-6)
+  np.testing.assert_allclose(exact.sum(), cached(tuple(range(k))) - cached(()), rtol=1e-6)
   mc = valuation.shapley(setup['contributors'], setup['target'], apply_fn=setup['apply_fn'],
                          params=setup['params'], config=config, num_permutations=400,
                          key=jax.random.PRNGKey(3))
@@ -1126,6 +1130,10 @@ def test_coalition_members_must_be_integers(setup):
   np.testing.assert_array_equal(valuation.coalition_terms(pool, {1, 0}, config=config)[0],
                                 valuation.coalition_terms(pool, (1, 0, 1), config=config)[0])
   assert utility(np.array([2, 0])) == utility((0, 2))
+  # v(empty) is the singletons' mean utility: with 0, every v(S) ~ -40 below it made the
+  # Monte Carlo Shapley ranking record how often each player was drawn first.
+  singles = [utility((i,)) for i in range(len(setup['contributors']))]
+  assert utility(()) == pytest.approx(np.mean(singles), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------------------
