@@ -217,14 +217,20 @@ def _fit(params, x_pad, y_pad, n, key, learning_rate, *, apply_fn, optimizer, sc
                             steps=steps)
   tx = _optimizer(lr_fn, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum)
 
-  def loss_fn(p, xb, yb):
-    return jnp.mean(cross_entropy(apply_fn(p, xb), yb))
+  # A train-mode forward (BatchNorm's `train_apply`) also takes the step's key, for a
+  # module whose train mode turns on Dropout too.
+  takes_rng = getattr(apply_fn, 'takes_rng', False)
+
+  def loss_fn(p, xb, yb, step_key):
+    logits = apply_fn(p, xb, step_key) if takes_rng else apply_fn(p, xb)
+    return jnp.mean(cross_entropy(logits, yb))
 
   def step(carry, t):
     p, state = carry
+    step_key = jax.random.fold_in(key, t)
     # Indices in [0, n): padded rows beyond n are never drawn.
-    idx = jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, n)
-    loss, grads = jax.value_and_grad(loss_fn)(p, x_pad[idx], y_pad[idx])
+    idx = jax.random.randint(step_key, (batch_size,), 0, n)
+    loss, grads = jax.value_and_grad(loss_fn)(p, x_pad[idx], y_pad[idx], step_key)
     updates, state = tx.update(grads, state, p)
     return (optax.apply_updates(p, updates), state), loss
 

@@ -192,6 +192,44 @@ def test_batch_norm_apply_equality_follows_the_model_and_the_state_arrays():
   assert not isinstance(plain, BatchNormApply) and not hasattr(plain, 'train_apply')
 
 
+class _BatchNormDropout(nn.Module):
+  """BatchNorm and Dropout tied to one `train` flag, the usual flax idiom."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Dense(8, name='hidden')(x.reshape((x.shape[0], -1)))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(h)
+    h = nn.Dropout(0.5, deterministic=not train)(nn.relu(h))
+    return nn.Dense(3, name='head')(h)
+
+
+def test_train_mode_of_a_model_whose_train_flag_also_turns_on_dropout():
+  """Every train-mode path (train_apply, training with batch statistics, the statistics'
+  re-estimate) failed with flax's "Dropout_0 needs PRNG for 'dropout'"."""
+  from dv_jax import training  # pylint: disable=g-import-not-at-top
+  model = _BatchNormDropout()
+  x = _images(b=16, seed=5)
+  y = np.arange(16, dtype=np.int32) % 3
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(5), x))
+  # Inference mode: no dropout, deterministic. Train mode: the masks follow the key.
+  np.testing.assert_array_equal(apply_fn(params, x), apply_fn(params, x))
+  a, b = (apply_fn.train_apply(params, x, jax.random.PRNGKey(s)) for s in (1, 2))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(a, apply_fn.train_apply(params, x, jax.random.PRNGKey(1)))
+  variables = {'params': params, **apply_fn.state}
+  np.testing.assert_allclose(a, model.apply(variables, x, train=True, mutable=['batch_stats'],
+                                            rngs={'dropout': jax.random.fold_in(
+                                                jax.random.PRNGKey(1), 1)})[0], rtol=1e-6)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=4, batch_size=8)
+  run = training.train(apply_fn, params, x, y, config=config, key=jax.random.PRNGKey(0),
+                       num_classes=3, use_batch_stats=True)
+  assert np.all(np.isfinite(run.losses))
+  stats = apply_fn.estimate_batch_stats(run.params, x, key=jax.random.PRNGKey(3),
+                                        num_batches=2, batch_size=8)
+  assert jax.tree_util.tree_structure(stats) == jax.tree_util.tree_structure(
+      apply_fn.state['batch_stats'])
+
+
 def test_estimate_batch_stats_matches_a_numpy_running_average():
   _, apply_fn, params, x = _dense_bn_dense()
   x = _images(b=40, seed=7)

@@ -82,6 +82,16 @@ def init_model(model: nn.Module, key: Any, sample_x: Any) -> dict[str, Any]:
   return dict(flax.core.unfreeze(variables))
 
 
+def train_rngs(key: Any) -> dict[str, Any]:
+  """The PRNG streams of a train-mode forward pass drawn from ``key``: ``'dropout'``.
+
+  A user's module commonly ties Dropout to the same ``train`` flag as BatchNorm
+  (``nn.Dropout(deterministic=not train)``); without this stream its train mode failed
+  with flax's "Dropout_0 needs PRNG for 'dropout'". Modules without Dropout ignore it.
+  """
+  return {'dropout': jax.random.fold_in(key, 1)}
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'train_kwargs', 'num_batches',
                                              'batch_size'))
 def _estimate_batch_stats(params, state, x, num_rows, key, *, model, train_kwargs, num_batches,
@@ -90,9 +100,11 @@ def _estimate_batch_stats(params, state, x, num_rows, key, *, model, train_kwarg
 
   def update(batch_stats, b):
     # Rows in [0, num_rows): zero-padded rows beyond it are never drawn.
-    rows = jax.random.randint(jax.random.fold_in(key, b), (batch_size,), 0, num_rows)
+    batch_key = jax.random.fold_in(key, b)
+    rows = jax.random.randint(batch_key, (batch_size,), 0, num_rows)
     _, updated = model.apply({**state, 'params': params, 'batch_stats': batch_stats}, x[rows],
-                             mutable=['batch_stats'], **dict(train_kwargs))
+                             mutable=['batch_stats'], rngs=train_rngs(batch_key),
+                             **dict(train_kwargs))
     # Older flax returns a FrozenDict; the scan carry must keep the plain dict's structure.
     return flax.core.unfreeze(updated['batch_stats']), None
 
@@ -113,9 +125,11 @@ class BatchNormApply:
   Attributes:
     model: the flax module.
     state: the non-param collections, ``{'batch_stats': ...}``, closed over.
-    train_apply: ``train_apply(params, x [b, ...]) -> [b, c]``: train mode, each BatchNorm
-      normalises by the statistics of the batch ``x`` (a row's output depends on the other
-      rows); the updated running averages are discarded.
+    train_apply: ``train_apply(params, x [b, ...], rng=None) -> [b, c]``: train mode, each
+      BatchNorm normalises by the statistics of the batch ``x`` (a row's output depends on
+      the other rows); the updated running averages are discarded. A module whose train
+      mode also turns on Dropout draws its masks from ``rng`` (``train_rngs``; training
+      passes each step's key, None means ``PRNGKey(0)``).
     variables_apply: ``variables_apply(variables, x [b, ...]) -> [b, c]``: inference mode
       from a full variables dict ``{'params': ..., 'batch_stats': ...}``, so that evaluating
       many trained states is one jitted program.
@@ -328,12 +342,17 @@ def recalibrated_state(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x
 class _TrainApply:
   """``BatchNormApply.train_apply``: equal for equal ``BatchNormApply``s (one compile)."""
 
+  # `training` hands a train-mode forward a per-step key (`train_rngs`).
+  takes_rng = True
+
   def __init__(self, bound: BatchNormApply):
     self.bound = bound
 
-  def __call__(self, params: Any, x: Any) -> jax.Array:
+  def __call__(self, params: Any, x: Any, rng: Any = None) -> jax.Array:
     b = self.bound
+    rng = jax.random.PRNGKey(0) if rng is None else rng
     return b.model.apply({'params': params, **b.state}, x, mutable=['batch_stats'],
+                         rngs=train_rngs(rng),
                          **dict(b._train_kwargs))[0]  # pylint: disable=protected-access
 
   def __eq__(self, other):
