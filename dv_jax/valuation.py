@@ -321,10 +321,23 @@ def validate_inputs(contributors: Sequence[Contributor], target: Any, *, apply_f
   Raises:
     ValueError: naming the contributor for NaN/Inf features, a feature shape other than
       the target's, labels outside `[0, c)`, or no examples; naming the argument for an
-      empty list, duplicate names or a bad target.
+      empty list, duplicate names or a bad target; integer inputs that `apply_fn` cannot
+      take as float32 (naming `dv_jax.tasks.TokenInputs`).
   """
   tx, ty = _as_target(target)
-  num_classes = _num_classes(apply_fn, params, tx)
+  try:
+    num_classes = _num_classes(apply_fn, params, tx)
+  except (TypeError, ValueError) as e:
+    raw_x = target.x if isinstance(target, Split) else target[0]
+    if not np.issubdtype(np.asarray(raw_x).dtype, np.integer):
+      raise
+    # The pipeline moves every input as float32 (ids stay exact below 2^24); a model that
+    # looks its inputs up in an embedding table fails on them, with flax's own words.
+    raise ValueError(
+        'apply_fn failed on the target inputs as the pipeline passes them, float32 (the '
+        'integer inputs given are cast, as every input is); for a model that needs integer '
+        'ids, pass dv_jax.tasks.TokenInputs(apply_fn), which casts them back to int32: '
+        f'{type(e).__name__}: {e}') from e
   if ty.min() < 0 or ty.max() >= num_classes:
     raise ValueError(f'target.y has labels outside [0, {num_classes})')
   contributors = list(contributors)

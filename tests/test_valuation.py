@@ -1488,3 +1488,30 @@ def test_ranking_of_refuses_a_table():
   # Before: [[1, 2], [3, 4]] came back ranked row by row, a [2, 2] "ranking".
   with pytest.raises(ValueError, match=r'values must be 1-D \[K\], got shape \(2, 2\)'):
     valuation.ranking_of([[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_integer_inputs_of_an_embedding_model_name_the_token_wrapper():
+  """A user's own embedding model on integer ids failed deep inside flax ('Input type must
+  be an integer'): the pipeline moves inputs as float32. The error now names the wrapper
+  that casts them back, and with it the valuation runs."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from dv_jax import tasks  # pylint: disable=g-import-not-at-top
+
+  class BagOfEmbeddings(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+      return nn.Dense(2)(nn.Embed(50, 8)(tokens).mean(axis=1))
+
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 50, (30, 6)).astype(np.int32)
+  labels = rng.integers(0, 2, 30).astype(np.int32)
+  model = BagOfEmbeddings()
+  apply_fn, params = bind_apply(model, model.init(jax.random.PRNGKey(0), tokens[:1]))
+  contributors = [Contributor(name, tokens[a:b], labels[a:b], None, None)
+                  for name, a, b in (('a', 0, 10), ('b', 10, 20), ('c', 20, 25))]
+  target = (tokens[20:], labels[20:])
+  with pytest.raises(ValueError, match=r'pass dv_jax.tasks.TokenInputs\(apply_fn\)'):
+    valuation.value_contributors(contributors, target, apply_fn=apply_fn, params=params)
+  result = valuation.value_contributors(contributors, target,
+                                        apply_fn=tasks.TokenInputs(apply_fn), params=params)
+  assert np.all(np.isfinite(np.asarray(result.values)))
