@@ -334,6 +334,13 @@ def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to, use_batch_s
   c = as_train_config(config)
   loss_apply = _loss_apply(apply_fn, use_batch_stats)
   x, y = _check_xy(x, y, num_classes=num_classes)
+  # Every leaf is differentiated and updated; an integer one (a step counter) failed inside
+  # jax.grad with a message naming no leaf, even when a gradient method filtered it out.
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+      raise ValueError(f'params leaf {jax.tree_util.keystr(path)} has non-float dtype '
+                       f'{jnp.result_type(leaf)}: training updates every leaf of params; keep '
+                       'integer state outside them')
   out = jax.eval_shape(apply_fn, params, jnp.asarray(x[:1]))
   if out.shape != (1, num_classes):
     raise ValueError(f'num_classes={num_classes} but apply_fn returns logits of shape '
@@ -374,7 +381,8 @@ def train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, 
 
   Raises:
     ValueError: naming the argument, for NaN/Inf or empty ``x``, mismatched or out-of-range
-      ``y``, logits that do not have ``num_classes`` columns, a bad config,
+      ``y``, logits that do not have ``num_classes`` columns, a non-float ``params`` leaf,
+      a bad config,
       ``use_batch_stats`` with an ``apply_fn`` that has no ``train_apply``, or ``key`` not
       one PRNG key.
   """

@@ -461,3 +461,14 @@ def test_use_batch_stats_trains_with_the_batch_statistics():
   np.testing.assert_allclose(many.losses[1], one.losses, rtol=1e-5)
   with pytest.raises(ValueError, match='use_batch_stats'):
     training.train(_linear_apply, _linear_params(), x, y, use_batch_stats=True, **kw)
+
+
+def test_an_integer_params_leaf_is_refused_by_its_path():
+  # Used to fail inside jax.grad ("grad requires real- or complex-valued inputs ... got
+  # int32"), naming no leaf; TracIn and TRAK train every leaf whatever their param_filter.
+  x, y = _blobs(16, seed=2)
+  params = {**_linear_params(), 'step': jnp.int32(0)}
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=2, batch_size=4)
+  with pytest.raises(ValueError, match=r"params leaf \['step'\] has non-float dtype int32"):
+    training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(0),
+                   num_classes=C)
