@@ -452,6 +452,10 @@ def test_config_rope_parameters_conflicts(change, message):
     (dict(rope_theta='10000'), 'rope_theta'),
     (dict(rope_theta=float('nan')), 'rope_theta'),
     (dict(rms_norm_eps=None), 'rms_norm_eps'),
+    # Equal factors divided by zero in rope_inverse_frequencies.
+    (dict(rope_scaling={'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 4.0,
+                        'high_freq_factor': 4.0, 'original_max_position_embeddings': 64}),
+     'needs high_freq_factor > low_freq_factor'),
 ])
 def test_config_rope_field_errors(change, message):
   with pytest.raises(ValueError, match=message):

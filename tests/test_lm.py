@@ -260,7 +260,9 @@ def test_resolve_param_filter_passes_other_strings_through():
 @pytest.mark.parametrize('spec, message', [
     ('last_layers:x', "'last_layers:N'"),
     ('last_layers:-1', "'last_layers:N'"),
-    ('last_layers:3', 'num_layers'),
+    ('last_layers:3', "'last_layers:3': the model has 2 blocks, so N must be in [0, 2]"),
+    ('last_layers:\u00b2', "'last_layers:N'"),  # str.isdigit() is True: int() failed
+    ('last_layers:\u0663', "'last_layers:N'"),  # Arabic-Indic 3 was read as 3
     ('no_such_leaf', 'selects no parameter'),
     ('(', 'not a valid regex'),
 ])

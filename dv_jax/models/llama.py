@@ -187,6 +187,11 @@ class LlamaConfig:
         if not _is_real_number(rope[key]) or not np.isfinite(rope[key]) or rope[key] <= 0:
           raise ValueError(f'rope_scaling[{key!r}] must be a finite number > 0, '
                            f'got {rope[key]!r}')
+      # llama3 blends the two bands over [low, high) wavelengths: equal factors divide by 0.
+      if rope_type == 'llama3' and rope['high_freq_factor'] <= rope['low_freq_factor']:
+        raise ValueError("rope_scaling of type 'llama3' needs high_freq_factor > "
+                         f"low_freq_factor, got {rope['high_freq_factor']!r} <= "
+                         f"{rope['low_freq_factor']!r}")
 
   @property
   def dim_per_head(self) -> int:

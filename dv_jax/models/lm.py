@@ -235,7 +235,7 @@ def resolve_param_filter(param_filter: str, params: Any) -> Optional[str]:
     ntk.flat_param_count(params, param_filter)  # a bad regex fails here, before long work
     return param_filter
   count = param_filter[len(LAST_LAYERS_SPEC):]
-  if not count.isdigit():
+  if not (count.isascii() and count.isdigit()):  # '²' and '٣' are digits to str.isdigit
     raise ValueError(f"param_filter {param_filter!r}: expected 'last_layers:N' with N an int "
                      '>= 0')
   components = set()
@@ -250,6 +250,9 @@ def resolve_param_filter(param_filter: str, params: Any) -> Optional[str]:
   if layers != list(range(len(layers))):
     raise ValueError(f'param_filter {param_filter!r}: the blocks are not numbered 0..L-1: '
                      f'{layers}')
+  if int(count) > len(layers):  # last_layers_filter would name its own num_layers argument
+    raise ValueError(f'param_filter {param_filter!r}: the model has {len(layers)} blocks, so '
+                     f'N must be in [0, {len(layers)}]')
   regex = last_layers_filter(int(count), total_layers=len(layers), model=families[0])
   ntk.flat_param_count(params, regex)  # raises, naming the paths, if it selects nothing
   return regex
