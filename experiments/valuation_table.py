@@ -220,9 +220,19 @@ def build_benchmark(config: ml_collections.ConfigDict,
 def parse_variant(spec: str) -> Tuple[str, Dict[str, Any]]:
   """`'name|section.field=value;...'` -> `(name, {'section.field': value})`.
 
-  Values are Python literals; anything that is not one is kept as a string.
+  Values are Python literals; anything that is not one is kept as a string. `'name|'` is
+  METHOD.md's defaults.
+
+  Raises:
+    ValueError: a spec without `|` (a bare `ours-proposed`, or `a,b` typed on the command
+      line, which ml_collections reads as ONE string, used to run the defaults under that
+      name), no name, or an item that is not `section.field=value`.
   """
-  name, _, body = spec.partition('|')
+  name, bar, body = spec.partition('|')
+  if not bar:
+    raise ValueError(f"variant {spec!r} has no '|': write '{spec}|' for METHOD.md's "
+                     "defaults or 'name|section.field=value;...'; several variants are a "
+                     "tuple: --config.valuation.variants='(\"a|...\", \"b|...\")'")
   if not name:
     raise ValueError(f'variant {spec!r} has no name')
   overrides = {}
@@ -297,7 +307,7 @@ def checked_variants(config: ml_collections.ConfigDict, *, allow_fit: bool = Tru
       # The library's own check of the method sections (choices, terms, sizes), which it
       # would otherwise run only when this variant's unit is computed.
       valuation.check_config(method)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # ConfigDict raises TypeError on a bad type
       raise ValueError(f'config.valuation.variants: {spec!r}: {error}') from error
     if not allow_fit and method.valuation.weights == 'fit':
       raise ValueError(f'config.valuation.variants: {spec!r} has valuation.weights=fit '

@@ -128,6 +128,16 @@ def test_parse_variant_and_method_config():
     valuation_table.method_config(config, {'ntk.colour': 1})
   with pytest.raises(ValueError, match='section.field=value'):
     valuation_table.parse_variant('v|residual')
+  # A bare name (or 'a,b', which the command line reads as one string) used to run
+  # METHOD.md's defaults under that name.
+  for bare in ('ours-proposed', 'ours-proposed,ours-recommended'):
+    with pytest.raises(ValueError, match=f"variant '{bare}' has no '\\|'"):
+      valuation_table.parse_variant(bare)
+  assert valuation_table.parse_variant('defaults|') == ('defaults', {})
+  # ConfigDict's TypeError for a bad type now names the variant too, as a ValueError.
+  config.valuation.variants = ('a|mmd.label_aware="true"',)
+  with pytest.raises(ValueError, match=r"config.valuation.variants: 'a\|mmd.label_aware"):
+    valuation_table.checked_variants(config)
 
 
 def test_probe_coalitions_and_unions():
