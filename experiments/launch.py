@@ -77,6 +77,52 @@ def _config_argument(argv: Sequence[str], flag: str) -> Optional[str]:
   return value
 
 
+def load_config_file(config_arg: str, *, flag: str = 'config'):
+  """The config `--<flag>=path[:variant]` names, built as config_flags builds it.
+
+  Raises:
+    app.UsageError: the file is missing, is not a Python config, or its `get_config` fails.
+  """
+  path, _, variant = config_arg.partition(':')
+  if not Path(path).is_file():
+    raise app.UsageError(f'--{flag}={config_arg}: no such config file {path!r}')
+  spec = importlib.util.spec_from_file_location('_checked_config', path)
+  if spec is None or spec.loader is None:
+    raise app.UsageError(f'--{flag}={config_arg}: {path!r} is not a Python config file')
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    # As config_flags does: get_config(arg) with a ':arg' suffix, get_config() without.
+    return module.get_config(variant) if variant else module.get_config()
+  except Exception as error:  # the config file's own message, e.g. an unknown variant
+    raise app.UsageError(f'--{flag}={config_arg}: {error}') from error
+
+
+def floats_where_the_default_has_floats(config, default) -> List[str]:
+  """Whole numbers typed into a float tuple become floats, in place; returns their paths.
+
+  ml_collections keeps each tuple element's literal type, so `--config.data.pis=0,0.5` gave
+  `(0, 0.5)`: the same setting as the default's `(0.0, 0.5)`, but another `config.json`,
+  so its unit fingerprints differed and a rerun was refused as "a setting changed".
+  """
+  defaults = dict(_config_leaves(default))
+  changed = []
+  for path, value in _config_leaves(config):
+    before = defaults.get(path)
+    if not (isinstance(value, tuple) and isinstance(before, tuple) and before
+            and all(isinstance(v, float) for v in before)):
+      continue
+    if any(isinstance(v, int) and not isinstance(v, bool) for v in value):
+      section = config
+      *parents, name = path.split('.')
+      for parent in parents:
+        section = section[parent]
+      section[name] = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool)
+                            else v for v in value)
+      changed.append(path)
+  return changed
+
+
 def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None:
   """Fails on a `--config.a.b=...` override that names no field, listing the valid ones.
 
@@ -93,19 +139,7 @@ def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None
   config_arg = _config_argument(argv[1:], flag)
   if config_arg is None or not overrides:
     return
-  path, _, variant = config_arg.partition(':')
-  if not Path(path).is_file():
-    raise app.UsageError(f'--{flag}={config_arg}: no such config file {path!r}')
-  spec = importlib.util.spec_from_file_location('_checked_config', path)
-  if spec is None or spec.loader is None:
-    raise app.UsageError(f'--{flag}={config_arg}: {path!r} is not a Python config file')
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    # As config_flags does: get_config(arg) with a ':arg' suffix, get_config() without.
-    config = module.get_config(variant) if variant else module.get_config()
-  except Exception as error:  # the config file's own message, e.g. an unknown variant
-    raise app.UsageError(f'--{flag}={config_arg}: {error}') from error
+  config = load_config_file(config_arg, flag=flag)
   valid = valid_config_keys(config)
   for key in overrides:
     if key in valid:
@@ -172,6 +206,9 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
     if len(argv) > 1:
       raise app.UsageError('Too many command-line arguments.')
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    config_arg = _config_argument(sys.argv[1:], 'config')
+    if config_arg is not None:
+      floats_where_the_default_has_floats(config, load_config_file(config_arg))
     bad = nan_fields(config)
     if bad:
       raise app.UsageError('NaN is not a valid setting: ' + ', '.join(f'--config.{b}'

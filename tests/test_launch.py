@@ -43,6 +43,18 @@ def test_override_check_reads_every_spelling_and_reports_load_errors_in_one_line
     launch.check_config_overrides(['prog', f'--config={TPS_CONFIG}:smoke', '--config.fit=3'])
 
 
+def test_whole_numbers_in_a_float_tuple_become_floats():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  default = ml_collections.ConfigDict({'data': {'pis': (0.0, 0.5), 'ks': (10, 30),
+                                                'modes': ('hard',)}, 'seed': 0})
+  config = ml_collections.ConfigDict({'data': {'pis': (0, 0.5, 1, True), 'ks': (10, 20),
+                                               'modes': ('hard',)}, 'seed': 1})
+  assert launch.floats_where_the_default_has_floats(config, default) == ['data.pis']
+  assert config.data.pis == (0.0, 0.5, 1.0, True)
+  assert [type(v) for v in config.data.pis[:3]] == [float, float, float]
+  assert config.data.ks == (10, 20) and type(config.data.ks[0]) is int  # int tuples stay
+
+
 def test_nan_fields_are_found_at_any_depth():
   import ml_collections  # pylint: disable=g-import-not-at-top
   nan = float('nan')
@@ -157,6 +169,10 @@ def test_a_refused_rerun_keeps_the_workdirs_config_json(tmp_path):
        f'--workdir={tmp_path}'], capture_output=True, text=True, timeout=300, check=False)
   assert relaunched.returncode == 0, relaunched.stderr[-2000:]
   assert (tmp_path / 'config.json').read_text() == saved
+  # The default's betas, (2.0,), typed as a whole number: the same setting, so the same
+  # fingerprints (it was refused as a changed setting: the tuple kept the int 2).
+  whole = run_script('--config.data.betas=2')
+  assert whole.returncode == 0, whole.stderr[-2000:]
   # An output-only change reuses every unit and then records the new config.
   again = run_script('--config.output.figure_dpi=80')
   assert again.returncode == 0, again.stderr[-2000:]
