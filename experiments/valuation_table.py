@@ -262,6 +262,43 @@ def method_config(config: ml_collections.ConfigDict, overrides: Dict[str, Any]
   return out
 
 
+# The fields of the shared training recipe (`dv_jax.training.TrainConfig`).
+_RECIPE_FIELDS = ('optimizer', 'learning_rate', 'steps', 'batch_size', 'weight_decay',
+                  'momentum', 'schedule')
+
+
+def recipe_differences(config: ml_collections.ConfigDict) -> List[str]:
+  """Where TracIn's / TRAK's training recipe, or a gradient method's param_filter, differs
+  from the ground truth's / ours.
+
+  The configs copy one recipe into each section, so an override of `ground_truth.steps`
+  alone leaves the baselines on the old one, in silence. Differing may be meant, so this
+  only says so (the run logs it).
+  """
+  lines = []
+  for name in ('tracin', 'trak'):
+    if name not in config.baselines.methods or 'train' not in config.baselines[name]:
+      continue
+    train = config.baselines[name].train
+    differ = [f'{field} {train[field]!r} vs {config.ground_truth[field]!r}'
+              for field in _RECIPE_FIELDS
+              if field in train and field in config.ground_truth
+              and train[field] != config.ground_truth[field]]
+    if differ:
+      lines.append(f'baselines.{name}.train differs from the ground truth\'s recipe: '
+                   + ', '.join(differ) + f' (override baselines.{name}.train.* too to '
+                   'train it as the ground truth)')
+  ours = str(config.ntk.get('param_filter', ''))
+  for name in ('davinz', 'tracin', 'trak'):
+    theirs = config.baselines.get(name, {}).get('param_filter')
+    if name in config.baselines.methods and theirs is not None and str(theirs) != ours:
+      if name == 'davinz' and str(theirs) == 'kernel' and not ours:
+        continue  # the official DAVINZ differentiates the kernels only, by design
+      lines.append(f'baselines.{name}.param_filter {str(theirs)!r} differs from '
+                   f'ntk.param_filter {ours!r}')
+  return lines
+
+
 def check_output(config: ml_collections.ConfigDict) -> None:
   """Fails, naming the field, on bootstrap settings the tables read only after every unit.
 
@@ -668,6 +705,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   if any(fits_weights(config, overrides) for _, overrides in variants):
     check_probes(config, config_checks.config_int(config.data.num_contributors,
                                                   'data.num_contributors'))
+  for line in recipe_differences(config):
+    logging.warning(line)
   store = results.UnitStore(workdir / 'units')
   # Every saved unit of every draw against this config, before the first draw's work.
   check_saved_units(store, {name: fingerprint

@@ -140,6 +140,22 @@ def test_parse_variant_and_method_config():
     valuation_table.checked_variants(config)
 
 
+def test_recipe_differences_name_a_ground_truth_override_the_baselines_did_not_get():
+  """The configs copy one training recipe into the ground truth, TracIn and TRAK, and one
+  param_filter into every gradient method; overriding one copy used to pass in silence."""
+  config = CONFIGS['valuation_table'].get_config('digits')
+  assert valuation_table.recipe_differences(config) == []
+  config.ground_truth.steps = 100
+  lines = valuation_table.recipe_differences(config)
+  assert [line.split(' ')[0] for line in lines] == ['baselines.tracin.train',
+                                                    'baselines.trak.train']
+  assert 'steps 300 vs 100' in lines[0]
+  llm = CONFIGS['valuation_table'].get_config('instruction')
+  assert valuation_table.recipe_differences(llm) == []
+  llm.ntk.param_filter = 'last_layers:4'
+  assert len(valuation_table.recipe_differences(llm)) == 3  # davinz, tracin, trak
+
+
 def test_probe_coalitions_and_unions():
   config = CONFIGS['valuation_table'].get_config('digits')
   coalitions = valuation_table.probe_coalitions(config, 12)
