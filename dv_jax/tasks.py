@@ -827,7 +827,8 @@ def _text_records(d, layout):
                                max_records=int(d.max_records) or None)
 
   if not str(d.path):
-    raise ValueError('config.data.path must name a local JSON / JSONL file or datasets directory')
+    raise ValueError('config.data.path must name a local JSON / JSONL file or datasets '
+                     'directory')
   records = load(d.path, d.split)
   real = np.flatnonzero(~records.is_synthetic)
   syn = np.flatnonzero(records.is_synthetic)

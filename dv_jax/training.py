@@ -382,9 +382,8 @@ def train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: Any, 
   Raises:
     ValueError: naming the argument, for NaN/Inf or empty ``x``, mismatched or out-of-range
       ``y``, logits that do not have ``num_classes`` columns, a non-float ``params`` leaf,
-      a bad config,
-      ``use_batch_stats`` with an ``apply_fn`` that has no ``train_apply``, or ``key`` not
-      one PRNG key.
+      a bad config, ``use_batch_stats`` with an ``apply_fn`` that has no ``train_apply``,
+      or ``key`` not one PRNG key.
   """
   key = checks.check_key(key)
   c, x_pad, y_pad, n, static = _prepare(apply_fn, params, x, y, config=config,

@@ -6,9 +6,10 @@
 `main(run, name=...)` defines the two flags (`--config`, locked, and `--workdir`), checks the
 overrides before absl parses them, and runs `main`: write `config.json` (a new workdir; a
 rerun rewrites it once it succeeds), add the log file, log the command, `environment()` and
-the config, call the script's importable `run(config, workdir)` (a failure is logged
-too). `--config=configs/from_json.py:<workdir>/config.json` reruns a saved config. Flags are defined only when a script runs as `__main__`: tests
-import `run` from several scripts into one process, and absl refuses a flag defined twice.
+the config, call the script's importable `run(config, workdir)` (a failure is logged too).
+`--config=configs/from_json.py:<workdir>/config.json` reruns a saved config. Flags are
+defined only when a script runs as `__main__`: tests import `run` from several scripts into
+one process, and absl refuses a flag defined twice.
 """
 
 import importlib.metadata
