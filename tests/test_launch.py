@@ -53,6 +53,12 @@ def test_whole_numbers_in_a_float_tuple_become_floats():
   assert config.data.pis == (0.0, 0.5, 1.0, True)
   assert [type(v) for v in config.data.pis[:3]] == [float, float, float]
   assert config.data.ks == (10, 20) and type(config.data.ks[0]) is int  # int tuples stay
+  # An empty default says nothing of the type: three_phase_scaling's model.hidden_sizes=()
+  # typed as 64,64 must stay layer widths, not become (64.0, 64.0).
+  default = ml_collections.ConfigDict({'model': {'hidden_sizes': ()}})
+  config = ml_collections.ConfigDict({'model': {'hidden_sizes': (64, 64)}})
+  assert launch.floats_where_the_default_has_floats(config, default) == []
+  assert [type(v) for v in config.model.hidden_sizes] == [int, int]
 
 
 def test_nan_fields_are_found_at_any_depth():
@@ -94,6 +100,38 @@ def test_from_json_reads_a_saved_config_back_to_the_same_fingerprint(tmp_path, c
     from_json.get_config(str(tmp_path / 'missing.json'))
   with pytest.raises(ValueError, match='name the saved config'):
     from_json.get_config()
+
+
+def test_from_json_refuses_a_file_that_is_not_a_json_config_object(tmp_path):
+  from_json = _load_module(_ROOT / 'configs' / 'from_json.py')
+  path = tmp_path / 'config.json'
+  path.write_text('[1, 2]')
+  with pytest.raises(ValueError, match='config.json is not a JSON object of config fields'):
+    from_json.get_config(str(path))
+  path.write_text('{"seed": ')
+  with pytest.raises(ValueError, match='config.json is not a JSON config'):
+    from_json.get_config(str(path))
+
+
+def test_environment_names_the_code_and_the_devices():
+  """log.txt's `environment:` line: versions, the git commit and whether the checkout had
+  uncommitted changes, and the devices, which the config-only fingerprints leave out."""
+  import jax  # pylint: disable=g-import-not-at-top
+  env = launch.environment()
+  assert env['versions']['jax'] == jax.__version__
+  assert env['backend'] == jax.default_backend()
+  assert env['devices'] == [str(d) for d in jax.devices()]
+
+  def git(*args):
+    return subprocess.run(['git', '-C', str(_ROOT), *args], capture_output=True, text=True,
+                          timeout=10, check=False)
+
+  head = git('rev-parse', 'HEAD')
+  if head.returncode != 0:
+    pytest.skip('not a git checkout')
+  assert env['git_commit'] == head.stdout.strip()
+  dirty = bool(git('status', '--porcelain', '--', '.').stdout.strip())
+  assert env['uncommitted_changes'] is dirty
 
 
 def test_script_exits_on_a_typo_with_the_valid_keys(tmp_path):
@@ -154,6 +192,9 @@ def test_a_refused_rerun_keeps_the_workdirs_config_json(tmp_path):
   log = (tmp_path / 'log.txt').read_text()
   # What the numbers depend on besides the config, for whoever reads the workdir later.
   assert 'environment: {"python": ' in log and '"jax": "' in log and '"devices": [' in log
+  command = [line for line in log.splitlines() if 'command: ' in line]
+  assert len(command) == 1 and 'lemma1_theory.py --config=' in command[0], command
+  assert f'--workdir={tmp_path}' in command[0]
   refused = run_script('--config.scaling.mc_trials=5')
   assert refused.returncode != 0 and 'another config' in refused.stderr
   assert (tmp_path / 'config.json').read_text() == saved
@@ -173,6 +214,7 @@ def test_a_refused_rerun_keeps_the_workdirs_config_json(tmp_path):
   # fingerprints (it was refused as a changed setting: the tuple kept the int 2).
   whole = run_script('--config.data.betas=2')
   assert whole.returncode == 0, whole.stderr[-2000:]
+  assert (tmp_path / 'config.json').read_text() == saved  # recorded as (2.0,), not (2,)
   # An output-only change reuses every unit and then records the new config.
   again = run_script('--config.output.figure_dpi=80')
   assert again.returncode == 0, again.stderr[-2000:]
