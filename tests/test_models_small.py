@@ -230,6 +230,54 @@ def test_train_mode_of_a_model_whose_train_flag_also_turns_on_dropout():
       apply_fn.state['batch_stats'])
 
 
+class _DropoutBatchNorm(nn.Module):
+  """Dropout ahead of BatchNorm: the masks change the batch statistics."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Dropout(0.5, deterministic=not train)(x.reshape((x.shape[0], -1)))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(h)
+    return nn.Dense(3, name='head')(h)
+
+def test_dropout_masks_follow_each_training_steps_key_and_each_batchs_key():
+  """Training step t draws its Dropout masks from fold_in(key, t) (the key that also draws
+  its minibatch) and the statistics' re-estimate batch b from fold_in(key, b): one fixed
+  mask for every step (the call key, or PRNGKey(0)) still trains, so only the losses and
+  statistics themselves show it."""
+  from dv_jax import training  # pylint: disable=g-import-not-at-top
+  model = _BatchNormDropout()
+  x = _images(b=16, seed=5)
+  y = np.arange(16, dtype=np.int32) % 3
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(5), x))
+  key = jax.random.PRNGKey(7)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=2, batch_size=8)
+  kw = dict(key=key, num_classes=3, use_batch_stats=True)
+  run = training.train(apply_fn, params, x, y, config=config, **kw)
+  after_one = training.train(apply_fn, params, x, y, config=config._replace(steps=1),
+                             **kw).params  # a constant rate: the two-step run's first step
+  for t, p in enumerate((params, after_one)):
+    step_key = jax.random.fold_in(key, t)
+    rows = np.asarray(jax.random.randint(step_key, (8,), 0, 16))
+    logits = apply_fn.train_apply(p, x[rows], step_key)
+    want = float(jnp.mean(training.cross_entropy(logits, y[rows])))
+    np.testing.assert_allclose(run.losses[t], want, rtol=1e-5)
+  # Dropout before BatchNorm, so that the masks reach the statistics.
+  model = _DropoutBatchNorm()
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(5), x))
+  stats_key = jax.random.PRNGKey(3)
+  stats = apply_fn.estimate_batch_stats(params, x, key=stats_key, num_batches=2, batch_size=8)
+  want = apply_fn.state['batch_stats']
+  for b in range(2):
+    batch_key = jax.random.fold_in(stats_key, b)
+    rows = np.asarray(jax.random.randint(batch_key, (8,), 0, 16))
+    _, updated = model.apply({'params': params, 'batch_stats': want}, x[rows], train=True,
+                             mutable=['batch_stats'],
+                             rngs={'dropout': jax.random.fold_in(batch_key, 1)})
+    want = updated['batch_stats']
+  for got_leaf, want_leaf in zip(jax.tree_util.tree_leaves(stats),
+                                 jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-6)
+
 def test_estimate_batch_stats_matches_a_numpy_running_average():
   _, apply_fn, params, x = _dense_bn_dense()
   x = _images(b=40, seed=7)
