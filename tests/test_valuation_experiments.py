@@ -154,6 +154,38 @@ def test_recipe_differences_name_a_ground_truth_override_the_baselines_did_not_g
   assert valuation_table.recipe_differences(llm) == []
   llm.ntk.param_filter = 'last_layers:4'
   assert len(valuation_table.recipe_differences(llm)) == 3  # davinz, tracin, trak
+  # Every field of the recipe counts, the schedule too.
+  config = CONFIGS['valuation_table'].get_config('digits')
+  config.ground_truth.schedule = 'cosine'
+  lines = valuation_table.recipe_differences(config)
+  assert [line.split(' ')[0] for line in lines] == ['baselines.tracin.train',
+                                                    'baselines.trak.train']
+  assert "schedule 'constant' vs 'cosine'" in lines[0]
+  # DAVINZ's 'kernel' is by design only beside our all-parameter filter.
+  config = CONFIGS['valuation_table'].get_config('digits')
+  config.ntk.param_filter = 'bias'
+  assert [line.split(' ')[0] for line in valuation_table.recipe_differences(config)] == [
+      'baselines.davinz.param_filter', 'baselines.tracin.param_filter',
+      'baselines.trak.param_filter']
+  # Only the methods the run computes are compared.
+  config.ground_truth.schedule = 'cosine'
+  config.baselines.methods = ('random',)
+  assert valuation_table.recipe_differences(config) == []
+
+
+def test_valuation_table_logs_the_recipe_differences_before_any_work(tmp_path, monkeypatch):
+  _forbid(monkeypatch, (valuation_table, 'build_benchmark'), (ground_truth, 'retrain'),
+          (valuation, 'value_contributors'))
+  warned = []
+  monkeypatch.setattr(valuation_table.logging, 'warning',
+                      lambda message, *args: warned.append(message % args if args else message))
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  config.ground_truth.steps = int(config.ground_truth.steps) + 1
+  expected = valuation_table.recipe_differences(config)
+  assert expected
+  with pytest.raises(AssertionError, match='recomputed'):
+    valuation_table.run(config, tmp_path)
+  assert all(line in warned for line in expected), warned
 
 
 def test_probe_coalitions_and_unions():
