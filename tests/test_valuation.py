@@ -1515,3 +1515,22 @@ def test_integer_inputs_of_an_embedding_model_name_the_token_wrapper():
   result = valuation.value_contributors(contributors, target,
                                         apply_fn=tasks.TokenInputs(apply_fn), params=params)
   assert np.all(np.isfinite(np.asarray(result.values)))
+  # A model that indexes its own table fails with a TypeError: named the same way.
+  class TableLookup(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+      table = self.param('table', nn.initializers.normal(), (50, 2))
+      return table[tokens].mean(axis=1)
+
+  lookup = TableLookup()
+  lookup_fn, lookup_params = bind_apply(lookup, lookup.init(jax.random.PRNGKey(0), tokens[:1]))
+  with pytest.raises(ValueError, match=r'pass dv_jax.tasks.TokenInputs\(apply_fn\)'):
+    valuation.value_contributors(contributors, target, apply_fn=lookup_fn,
+                                 params=lookup_params)
+  # Float inputs the model fails on are not ids: its own error, with no word of TokenInputs.
+  floats = [Contributor(name, tokens[a:b].astype(np.float32), labels[a:b], None, None)
+            for name, a, b in (('a', 0, 10), ('b', 10, 20), ('c', 20, 25))]
+  with pytest.raises((TypeError, ValueError)) as error:
+    valuation.value_contributors(floats, (target[0].astype(np.float32), target[1]),
+                                 apply_fn=apply_fn, params=params)
+  assert 'TokenInputs' not in str(error.value)
