@@ -127,6 +127,13 @@ def test_json_array_and_json_lines_under_a_json_name(tmp_path):
     text.load_text_task(array, task='instruction')
   array.write_text('{"instruction": "x", "output": "y"}', encoding='utf-8')
   assert text.load_text_task(array, task='instruction').responses == ['y']  # one JSON line
+  # A pretty-printed array may open with blank lines (here after the byte-order mark).
+  array.write_text('\ufeff\n\n  ' + json.dumps(ALPACA[:1]), encoding='utf-8')
+  assert text.load_text_task(array, task='instruction').prompts == [
+      'Add the numbers.\n\n2 and 3']
+  # A .json file has no splits either.
+  with pytest.raises(ValueError, match=r"split='train' given but .*alpaca_data.json is a JSON"):
+    text.load_text_task(array, task='instruction', split='train')
   (tmp_path / 'data.csv').write_text('sentence,label\n')
   with pytest.raises(ValueError, match='expected a .jsonl / .json file'):
     text.load_text_task(tmp_path / 'data.csv', task='sentiment')
