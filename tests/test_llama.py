@@ -623,6 +623,24 @@ def test_tokenizer_loads(tmp_path):
     checkpoint.load_tokenizer(tmp_path / 'bad')
 
 
+def test_named_special_tokens_reads_tokenizer_config_and_tolerates_what_it_cannot_read(
+    tmp_path):
+  """tokenizer_config.json is optional: a missing, malformed or non-object file names no
+  token (loading a checkpoint must not fail on it), and an empty or non-string entry is no
+  token either (it would be warned of as `bos_token=''`)."""
+  config = tmp_path / 'tokenizer_config.json'
+  assert checkpoint.named_special_tokens(tmp_path) == {}
+  config.write_text(json.dumps({'bos_token': '<s>', 'eos_token': {'content': '</s>'}}))
+  assert checkpoint.named_special_tokens(tmp_path) == {'bos_token': '<s>', 'eos_token': '</s>'}
+  config.write_text(json.dumps({'bos_token': '', 'eos_token': {'content': ''}}))
+  assert checkpoint.named_special_tokens(tmp_path) == {}
+  config.write_text(json.dumps({'bos_token': None, 'eos_token': 2}))
+  assert checkpoint.named_special_tokens(tmp_path) == {}
+  config.write_text('{"bos_token": ')
+  assert checkpoint.named_special_tokens(tmp_path) == {}
+  config.write_text('["<s>"]')
+  assert checkpoint.named_special_tokens(tmp_path) == {}
+
 # Published sizes of real checkpoints: the architecture (GQA widths, biases, tying) matches.
 REAL_CONFIGS = [
     (dict(model_type='qwen2', vocab_size=151936, hidden_size=896, intermediate_size=4864,
