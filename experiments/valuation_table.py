@@ -754,7 +754,9 @@ def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, A
                    f'{s["seconds_mean"]:.1f} | {s["cost_fraction_mean"]:.3f} |')
     lines.append('')
   lines += [f'Per draw: Spearman / Kendall with {level}% bootstrap CIs '
-            f'({config.output.bootstrap_resamples} resamples of the contributors); cost = '
+            f'({config.output.bootstrap_resamples} resamples of the contributors: they leave '
+            'out the noise of the retraining and of the method\'s own seeds, and all rows '
+            'share the resamples); cost = '
             '(seconds + the probes\' retraining for fitted weights) / retraining. "Spearman vs '
             'accuracy" ranks against the retrained test accuracy instead (no CI): a second '
             'ground truth, shown because the two can disagree. Seconds are wall time with '
