@@ -701,23 +701,43 @@ def check_owner(owner: ArrayLike, num_rows: int, num_contributors: int) -> np.nd
   return owner
 
 
-def _subsample_rows(contributors, budget: int, min_part: int, key) -> list:
-  """Per contributor: `(real rows, synthetic rows)` kept, stratified by part."""
-  sizes = np.array([c.size for c in contributors])
-  total = sizes.sum()
-  rows = []
-  for i, c in enumerate(contributors):
+def _subsample_counts(contributors, budget: int, min_part: int) -> list:
+  """Per contributor: `(real rows kept, synthetic rows kept)` under `valuation.subsample`."""
+  total = sum(c.size for c in contributors)
+  counts = []
+  for c in contributors:
     if budget <= 0 or budget >= total:
-      rows.append((np.arange(c.num_real), np.arange(c.num_synthetic)))
+      counts.append((c.num_real, c.num_synthetic))
       continue
     n_sub = max(int(round(budget * c.size / total)), 1)
-    k_real, k_syn = jax.random.split(jax.random.fold_in(key, i))
+    counts.append(tuple(0 if num == 0 else min(num, max(int(round(n_sub * frac)), min_part))
+                        for num, frac in ((c.num_real, c.pi), (c.num_synthetic, 1 - c.pi))))
+  return counts
+
+
+def subsampled_pool_size(contributors: Sequence[Contributor], budget: int,
+                         min_subsample: int) -> int:
+  """The pooled examples `valuation.subsample = budget` keeps (the key only picks which).
+
+  Each contributor keeps `round(budget * n_i / N)` rows split by part, each part at least
+  `min_subsample` and at most its size, so the total can differ from `budget` and, near
+  `N`, reach it: a study of budgets must not count such a one as a subsample.
+  """
+  return int(sum(r + s for r, s in _subsample_counts(contributors, int(budget),
+                                                      int(min_subsample))))
+
+
+def _subsample_rows(contributors, budget: int, min_part: int, key) -> list:
+  """Per contributor: `(real rows, synthetic rows)` kept, stratified by part."""
+  rows = []
+  for i, (c, counts) in enumerate(zip(contributors,
+                                      _subsample_counts(contributors, budget, min_part))):
+    keys = jax.random.split(jax.random.fold_in(key, i))
     parts = []
-    for num, k, frac in ((c.num_real, k_real, c.pi), (c.num_synthetic, k_syn, 1 - c.pi)):
-      if num == 0:
-        parts.append(np.arange(0))
+    for num, k, keep in zip((c.num_real, c.num_synthetic), keys, counts):
+      if keep == num:
+        parts.append(np.arange(num))
         continue
-      keep = min(num, max(int(round(n_sub * frac)), min_part))
       # A permutation of the next power of two, filtered: uniform, one compile per bucket.
       order = np.asarray(jax.random.permutation(k, bucket_size(num)))
       parts.append(np.sort(order[order < num][:keep]))
@@ -1809,6 +1829,6 @@ __all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RE
            'pool_config_record',
            'prepare_pool', 'logits_at', 'cross_entropy', 'pool_examples', 'check_owner',
            'with_pool_kernel', 'bucket_size', 'gram_quad_form', 'coalition_key',
-           'coalition_rows', 'coalition_terms', 'standardize_terms',
+           'coalition_rows', 'coalition_terms', 'standardize_terms', 'subsampled_pool_size',
            'WeightFit', 'fit_weights', 'value_contributors', 'Utility', 'leave_one_out',
            'shapley_from_utility', 'shapley']

@@ -87,6 +87,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # A saved unit of another config is refused here, not after the units before it ran.
   valuation_table.check_saved_units(store, fingerprints)
   bench = valuation_table.build_benchmark(config)
+  # Before the retraining: a variant's feature space the task's backbones cannot give.
+  valuation_table.check_feature_spaces(config, bench, variants)
   test = (bench.splits.test.x, bench.splits.test.y)
   key = jax.random.PRNGKey(int(config.seed))
   rows = []
@@ -103,7 +105,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       if unit_name not in store:
         result = valuation.value_contributors(
             bench.contributors, bench.splits.target, apply_fn=apply_fn, params=params,
-            config=valuation_table.method_config(config, overrides))
+            config=valuation_table.method_config(config, overrides),
+            features_fn=bench.features_fn.get(backbone))
         store.save(unit_name, valuation_table.result_unit(result), fingerprint=fingerprint)
       z = np.asarray(store.load(unit_name, fingerprint=fingerprint)['terms_standardized'],
                      np.float64)

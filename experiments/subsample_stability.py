@@ -107,11 +107,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # A saved unit of another config is refused here, not after the units before it ran.
   valuation_table.check_saved_units(store, fingerprints)
   bench = valuation_table.build_benchmark(config)
+  valuation_table.check_feature_spaces(config, bench, variants)
   total = sum(c.size for c in bench.contributors)
-  if max(budgets) >= total:
-    # A budget of the whole pool keeps every example: the full-pool reference itself.
-    raise ValueError(f'config.valuation.budgets must stay below the pool size {total}, got '
-                     f'{tuple(config.valuation.budgets)}')
+  # A budget that keeps the whole pool is the full-pool reference itself (tau = 1). Each
+  # contributor's share is rounded and floored at valuation.min_subsample, so a budget just
+  # below the pool size can keep all of it too.
+  kept = {b: valuation.subsampled_pool_size(bench.contributors, b,
+                                            int(config.valuation.min_subsample))
+          for b in budgets}
+  whole = [b for b in budgets if b >= total or kept[b] >= total]
+  if whole:
+    raise ValueError(f'config.valuation.budgets {tuple(whole)} keep the whole pool of {total} '
+                     'examples (each contributor\'s share is rounded, and at least '
+                     'valuation.min_subsample per part): keep them below it')
   rows = []
   jobs = [(b, v) for b in bench.backbones for v in variants]
   for backbone, (name, overrides) in tqdm(jobs, desc='variants',
@@ -125,7 +133,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         result = valuation.value_contributors(bench.contributors, bench.splits.target,
                                               apply_fn=apply_fn, params=params,
                                               config=method_of(config, overrides, budget,
-                                                               repeat))
+                                                               repeat),
+                                              features_fn=bench.features_fn.get(backbone))
         store.save(unit, valuation_table.result_unit(result), fingerprint=fingerprint)
       return np.asarray(store.load(unit, fingerprint=fingerprint)['values'], np.float64)
 

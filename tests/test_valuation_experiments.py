@@ -282,11 +282,19 @@ def test_subsample_budget_of_the_whole_pool_is_refused(tmp_path, monkeypatch):
   # Built once: each run below gets this benchmark.
   monkeypatch.setattr(valuation_table, 'build_benchmark', lambda config: bench)
   _forbid(monkeypatch, (valuation, 'value_contributors'))
-  for budget in (pool_size, 100_000):  # exactly the pool, and far past it
+  # Exactly the pool, far past it, and one short of it: each contributor's rounded share
+  # then keeps all its rows, and the row reported tau = 1 as a subsample.
+  for budget in (pool_size, 100_000, pool_size - 1):
+    assert valuation.subsampled_pool_size(
+        bench.contributors, budget, config.valuation.min_subsample) == pool_size
     config.valuation.budgets = (16, budget)
-    with pytest.raises(ValueError, match=r'config\.valuation\.budgets must stay below the '
-                       r'pool size'):
+    with pytest.raises(ValueError, match=rf'config\.valuation\.budgets \({budget},\) keep '
+                                         rf'the whole pool of {pool_size} examples'):
       subsample_stability.run(config, tmp_path)
+  # What the subsample really keeps: the count the rows of a run add up to.
+  rows = valuation._subsample_rows(bench.contributors, 40, 2, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  assert sum(r.size + s_.size for r, s_ in rows) == valuation.subsampled_pool_size(
+      bench.contributors, 40, 2)
 
 
 @pytest.mark.parametrize('path, value, match', [
@@ -341,16 +349,21 @@ def test_valuation_table_refuses_a_stale_unit_of_any_draw_before_any_work(tmp_pa
   assert {p.name: p.read_bytes() for p in (tmp_path / 'units').iterdir()} == before
 
 
+@pytest.mark.parametrize('script', ['valuation_table', 'ablation', 'subsample_stability'])
 def test_user_features_on_a_task_without_them_fail_before_the_ground_truth(tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch,
+                                                                           script):
   # digits has no features of its own; before, the variant was refused only at its turn,
-  # after the ground truth had been retrained and saved, and not under the config key.
+  # after the ground truth had been retrained and saved, and not under the config key
+  # (the ablation and the subsample study did not check at all).
   _forbid(monkeypatch, (ground_truth, 'retrain'), (valuation, 'value_contributors'))
-  config = CONFIGS['valuation_table'].get_config('smoke')
+  config = CONFIGS[script].get_config('smoke')
   config.valuation.variants = ('mine|mmd.feature_space=user',)
+  module = {'valuation_table': valuation_table, 'ablation': ablation,
+            'subsample_stability': subsample_stability}[script]
   with pytest.raises(ValueError, match=r"config\.valuation\.variants: 'mine' sets "
                      r"mmd\.feature_space=user, but this task has no features of its own"):
-    valuation_table.run(config, tmp_path)
+    module.run(config, tmp_path)
   assert not any((tmp_path / 'units').glob('*'))
 
 
