@@ -999,8 +999,9 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
     gathered = functools.partial(_gathered, placement)
 
     def whole(x_b):  # a block on every device of the mesh (on one without a mesh)
-      return _on_one_device(x_b) if placement is None else jax.device_put(x_b,
-                                                                           placement.replicated)
+      if placement is None:
+        return _on_one_device(x_b)
+      return jax.device_put(x_b, placement.replicated)
 
     if implementation == 'jacobian_contraction':
       # The Jacobian does not depend on the trace axes: one compile serves all of them.

@@ -124,12 +124,15 @@ def floats_where_the_default_has_floats(config, default) -> List[str]:
   return changed
 
 
-def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None:
+def check_config_overrides(argv: Sequence[str], *, flag: str = 'config'):
   """Fails on a `--config.a.b=...` override that names no field, listing the valid ones.
 
   `lock_config=True` already rejects such a flag, but only with the bare unknown name; this
   check runs before flag parsing and says which keys exist. It loads the config file to do
   so, so a missing file or an unknown variant is reported here, in one line.
+
+  Returns:
+    The config as the file gives it, before the overrides (None without overrides).
 
   Raises:
     app.UsageError: an override names no field (or a whole section) of the config, or the
@@ -139,7 +142,7 @@ def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None
                if arg.startswith((f'--{flag}.', f'--no{flag}.'))]
   config_arg = _config_argument(argv[1:], flag)
   if config_arg is None or not overrides:
-    return
+    return None
   config = load_config_file(config_arg, flag=flag)
   valid = valid_config_keys(config)
   for key in overrides:
@@ -160,6 +163,7 @@ def check_config_overrides(argv: Sequence[str], *, flag: str = 'config') -> None
     where = f'{flag}.{section}' if section else flag
     raise app.UsageError(f'--{flag}.{key}: no such config field. Valid keys of {where}: '
                          + ', '.join(fields))
+  return config
 
 
 def environment() -> dict:
@@ -199,7 +203,7 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
   flags.DEFINE_string('workdir', None, 'Directory for results, figures and the log.')
   flags.mark_flags_as_required(['config', 'workdir'])
   try:
-    check_config_overrides(sys.argv)
+    default = check_config_overrides(sys.argv)
   except app.UsageError as error:
     sys.exit(f'FATAL Flags parsing error: {error}')
 
@@ -207,9 +211,8 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
     if len(argv) > 1:
       raise app.UsageError('Too many command-line arguments.')
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    config_arg = _config_argument(sys.argv[1:], 'config')
-    if config_arg is not None:
-      floats_where_the_default_has_floats(config, load_config_file(config_arg))
+    if default is not None:  # overrides were given: read against the file's own values
+      floats_where_the_default_has_floats(config, default)
     bad = nan_fields(config)
     if bad:
       raise app.UsageError('NaN is not a valid setting: ' + ', '.join(f'--config.{b}'

@@ -112,10 +112,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # A budget that keeps the whole pool is the full-pool reference itself (tau = 1). Each
   # contributor's share is rounded and floored at valuation.min_subsample, so a budget just
   # below the pool size can keep all of it too.
-  kept = {b: valuation.subsampled_pool_size(bench.contributors, b,
-                                            int(config.valuation.min_subsample))
-          for b in budgets}
-  whole = [b for b in budgets if b >= total or kept[b] >= total]
+  whole = [b for b in budgets if valuation.subsampled_pool_size(
+      bench.contributors, b, int(config.valuation.min_subsample)) >= total]
   if whole:
     raise ValueError(f'config.valuation.budgets {tuple(whole)} keep the whole pool of {total} '
                      'examples (each contributor\'s share is rounded, and at least '
