@@ -15,8 +15,8 @@ Two views of an example:
     [n, 2V]) or ids (int32 [n, 2]); `y` = the answer as a class (`2V - 1` classes for
     `add`, `M` for `mul_mod`);
   * text for the LM: prompt `'1 2 + 3 4 ='`, response `'4 6'` (digits space-separated so a
-    word-level tokenizer of 15 symbols covers every question; `mul_mod` writes `'*'` and
-    leaves `mod M` implicit, it is one constant of the task).
+    word-level tokenizer of 18 tokens, 13 symbols and 5 specials, covers every question;
+    `mul_mod` writes `'*'` and leaves `mod M` implicit, it is one constant of the task).
 
 Shape legend: `V` operand values, `n` examples.
 """

@@ -4,9 +4,9 @@ A contributor ``i`` supplies ``S = S1 ∪ S2``: ``S1`` real, ``S2`` synthetic, `
 ``pi = |S1| / n``. Every example keeps its ``is_synthetic`` flag end to end, so a pooled view
 (``Contributor.pooled``) carries it beside the features and labels.
 
-``make_digit_contributors`` builds the digits benchmark: K >= 12 contributors that differ in
-size, real fraction ``pi``, the truncation of their synthetic part (METHOD.md section 1) and
-label noise, all from config values and one key.
+``make_digit_contributors`` builds the digits benchmark: K contributors (12 by default, at
+least 2) that differ in size, real fraction ``pi``, the truncation of their synthetic part
+(METHOD.md section 1) and label noise, all from config values and one key.
 
 Shape legend: ``n`` examples, ``d`` features (``feature_shape``, ``(8, 8, 1)`` for digits),
 ``c`` classes, ``K`` contributors.
