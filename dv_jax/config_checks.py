@@ -38,6 +38,17 @@ def config_seed(config: Any) -> int:
   return checks.check_seed(config.get('seed', None), 'config.seed')
 
 
+def seed_field(value: Any, field: str) -> int:
+  """`config.<field>`, a seed of one part of a task (data split, contributors, init), as an
+  int in `[0, dv_jax.checks.MAX_SEED]`.
+
+  Raises:
+    ValueError: naming `config.<field>`, as `config_seed` does: `PRNGKey` keeps a seed's low
+      32 bits, so 2**32 would silently be seed 0 again and -1 seed 2**32 - 1.
+  """
+  return checks.check_seed(value, f'config.{field}')
+
+
 def config_float(value: Any, field: str, ok: Callable[[float], bool], allowed: str) -> float:
   """`config.<field>` as a finite float for which `ok` holds; `allowed` says what that is.
 

@@ -191,24 +191,26 @@ def build_benchmark(config: ml_collections.ConfigDict,
     return Benchmark(TaskSplits(task.pool, task.target, task.test), task.contributors,
                      task.backbones, dict(task.features_fn), dict(task.info))
   d = config.data
-  splits = digits.load_digits_splits(seed=int(d.split_seed), pool_fraction=float(d.pool_fraction),
+  splits = digits.load_digits_splits(seed=config_checks.seed_field(d.split_seed, 'data.split_seed'),
+                                     pool_fraction=float(d.pool_fraction),
                                      target_size=int(d.target_size),
                                      test_size=int(d.test_size))
   generator = synthetic.fit_generator(splits.pool.x, splits.pool.y,
                                       num_components=int(d.generator_components),
                                       num_classes=digits.NUM_CLASSES)
   contributors = contributors_lib.make_digit_contributors(
-      splits.pool, generator, key=jax.random.PRNGKey(int(d.contributor_seed)),
+      splits.pool, generator,
+      key=jax.random.PRNGKey(config_checks.seed_field(d.contributor_seed, 'data.contributor_seed')),
       num_contributors=config_checks.config_int(d.num_contributors, 'data.num_contributors',
                                                 minimum=2),
       size_range=tuple(d.size_range),
       pis=tuple(d.pis), truncations=tuple(d.truncations), label_noises=tuple(d.label_noises),
       synthetic_beta=float(d.synthetic_beta))
   backbones = {}
+  init_key = jax.random.PRNGKey(config_checks.seed_field(config.model.init_seed, 'model.init_seed'))
   for name in config.model.backbones:
     model = make_model(name, config)
-    variables = init_model(model, jax.random.PRNGKey(int(config.model.init_seed)),
-                           splits.target.x)
+    variables = init_model(model, init_key, splits.target.x)
     backbones[name] = bind_apply(model, variables)
   return Benchmark(splits, contributors, backbones)
 
@@ -480,10 +482,11 @@ def correlation_row(values: Any, truth: Any, *, config, key: jax.Array) -> Dict[
 def draw_config(config: ml_collections.ConfigDict, draw: int) -> ml_collections.ConfigDict:
   """The config of benchmark draw `draw`: split, contributor and init seeds shifted by it."""
   out = ml_collections.ConfigDict(config.to_dict())
-  out.data.split_seed = int(config.data.split_seed) + draw
-  out.data.contributor_seed = int(config.data.contributor_seed) + draw
+  out.data.split_seed = config_checks.seed_field(config.data.split_seed, 'data.split_seed') + draw
+  out.data.contributor_seed = (
+      config_checks.seed_field(config.data.contributor_seed, 'data.contributor_seed') + draw)
   if 'init_seed' in config.model:  # an LLM's theta0 is its checkpoint: nothing to reseed
-    out.model.init_seed = int(config.model.init_seed) + draw
+    out.model.init_seed = config_checks.seed_field(config.model.init_seed, 'model.init_seed') + draw
   return out
 
 

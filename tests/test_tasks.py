@@ -615,3 +615,15 @@ def test_text_lm_builder_errors(fixtures):
   config.model.dtype = 'float16'
   with pytest.raises(ValueError, match='dtype'):
     tasks.build_task('instruction', config)
+
+
+@pytest.mark.parametrize('section, field', [('data', 'split_seed'), ('data', 'contributor_seed'),
+                                            ('model', 'init_seed')])
+@pytest.mark.parametrize('bad', [-1, 2**32, 1.5])
+def test_seed_fields_outside_a_prng_key_are_refused_by_name(section, field, bad):
+  # PRNGKey keeps a seed's low 32 bits: 2**32 would silently be seed 0 again, -1 be 2**32-1.
+  data = dict(ARITH_DATA, objective='classification', representation='one_hot')
+  model = dict(backbones=('mlp',), **ARITH_MODEL)
+  dict(data=data, model=model)[section][field] = bad
+  with pytest.raises(ValueError, match=rf'config\.{section}\.{field} must be an integer'):
+    tasks.build_task('arithmetic', _config(data, model))

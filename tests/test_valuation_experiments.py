@@ -83,12 +83,30 @@ def test_digits_table_has_the_required_rows():
   assert tuple(config.model.backbones) == ('mlp', 'cnn')
 
 
-def test_draws_shift_the_seeds_and_summaries_average_them():
+def test_draws_shift_the_seeds():
   config = CONFIGS['valuation_table'].get_config('digits_draws')
   assert config.data.num_draws == 5
   second = valuation_table.draw_config(config, 2)
   assert (second.data.split_seed, second.data.contributor_seed, second.model.init_seed) == (
       config.data.split_seed + 2, config.data.contributor_seed + 2, config.model.init_seed + 2)
+  for field in ('split_seed', 'contributor_seed'):
+    bad = CONFIGS['valuation_table'].get_config('digits_draws')
+    bad.data[field] = -1
+    with pytest.raises(ValueError, match=rf'config\.data\.{field} must be an integer'):
+      valuation_table.draw_config(bad, 2)
+
+
+@pytest.mark.parametrize('field', ['data.split_seed', 'data.contributor_seed', 'model.init_seed'])
+def test_digits_seed_fields_outside_a_prng_key_are_refused_by_name(field):
+  # PRNGKey keeps a seed's low 32 bits: 2**32 would silently be seed 0 again.
+  config = CONFIGS['valuation_table'].get_config('smoke')
+  section, name = field.split('.')
+  config[section][name] = 2**32
+  with pytest.raises(ValueError, match=rf'config\.{section}\.{name} must be an integer'):
+    valuation_table.build_benchmark(config)
+
+
+def test_draw_summaries_average_the_draws():
   rows = [{'draw': d, 'backbone': 'mlp', 'method': m, 'kind': 'ours', 'setting': '',
            'spearman': s, 'kendall': s / 2, 'spearman_accuracy': -s, 'seconds': 1.0 + d,
            'probe_retrain_seconds': 3.0 * d, 'cost_fraction': 0.1, 'retrain_seconds': 10.0}
