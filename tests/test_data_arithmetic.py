@@ -129,3 +129,10 @@ def test_operands_that_are_whole_floats_or_empty_are_accepted():
                                 [7, 22])
   assert arithmetic.encode_operands(task, [], []).shape == (0, 24)
   assert arithmetic.arithmetic_text(task, [], []) == ([], [])
+
+
+@pytest.mark.parametrize('seed', [-1, 2**32, 1.5, True])
+def test_registry_entry_refuses_a_seed_outside_a_prng_key(seed):
+  # PRNGKey keeps a seed's low 32 bits: 2**32 would silently be seed 0's draws again.
+  with pytest.raises(ValueError, match='seed must be an integer'):
+    arithmetic.arithmetic(seed=seed)

@@ -292,6 +292,9 @@ def test_cifar100_mixture_end_to_end(official_dir, tmp_path):
   assert set(with_gen.train.y[with_gen.train.is_synthetic].tolist()) <= {1, 2, 3}
   with pytest.raises(ValueError, match='holdout_fraction'):
     cifar100.cifar100_mixture(root, **{**kwargs, 'holdout_fraction': 1.0})
+  # PRNGKey keeps a seed's low 32 bits: 2**32 would silently be seed 0's draws again.
+  with pytest.raises(ValueError, match='seed must be an integer'):
+    cifar100.cifar100_mixture(root, **{**kwargs, 'seed': 2**32})
 
 
 @pytest.mark.parametrize('num_samples', [-1, 2.5, True, '3'])

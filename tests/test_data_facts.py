@@ -204,3 +204,10 @@ def test_sample_items_frequencies_chi_square():
 def test_sample_items_names_a_bad_num_samples(value):
   with pytest.raises(ValueError, match='num_samples must be an integer >= 0'):
     longtail.sample_items([0.5, 0.5], num_samples=value, key=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize('seed', [-1, 2**32, 1.5, True])
+def test_registry_entry_refuses_a_seed_outside_a_prng_key(seed):
+  # PRNGKey keeps a seed's low 32 bits: 2**32 would silently be seed 0's draws again.
+  with pytest.raises(ValueError, match='seed must be an integer'):
+    facts.facts(seed=seed)

@@ -285,7 +285,7 @@ def arithmetic(*, num_values: int = 100, beta: float = 1.5, operation: str = 'ad
   Returns:
     `(ArithmeticTask, train ArithmeticExamples, test ArithmeticTest)`.
   """
-  key = jax.random.PRNGKey(seed)
+  key = jax.random.PRNGKey(checks.check_seed(seed))
   task = make_arithmetic_task(num_values=num_values, beta=beta, key=jax.random.fold_in(key, 0),
                               operation=operation, modulus=modulus,
                               shuffle_values=shuffle_values, mode=mode, k=k, top_p=top_p,

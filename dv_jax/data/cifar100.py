@@ -535,6 +535,7 @@ def cifar100_mixture(directory, *, num_examples: int, pi: float, seed: int = 0,
   """
   if not 0.0 < holdout_fraction < 1.0:
     raise ValueError(f'holdout_fraction must lie in (0, 1), got {holdout_fraction!r}')
+  seed = checks.check_seed(seed)
   data = load_cifar100(directory, normalize=normalize)
   key = jax.random.PRNGKey(seed)
   order_key, hold_key, real_key, syn_key, target_key = (jax.random.fold_in(key, i)

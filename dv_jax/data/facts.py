@@ -327,7 +327,7 @@ def facts(*, num_items: int = 1000, num_answers: int = 10, beta: float = 2.0,
   Returns:
     `(FactsTask, train Split, test WeightedSplit)`.
   """
-  key = jax.random.PRNGKey(seed)
+  key = jax.random.PRNGKey(checks.check_seed(seed))
   task = make_facts_task(num_items=num_items, num_answers=num_answers, beta=beta,
                          key=jax.random.fold_in(key, 0), mode=mode, k=k, top_p=top_p,
                          temperature=temperature, generator_samples=generator_samples)
