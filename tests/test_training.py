@@ -472,3 +472,19 @@ def test_an_integer_params_leaf_is_refused_by_its_path():
   with pytest.raises(ValueError, match=r"params leaf \['step'\] has non-float dtype int32"):
     training.train(_linear_apply, params, x, y, config=config, key=jax.random.PRNGKey(0),
                    num_classes=C)
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+def test_a_non_finite_params_leaf_is_refused_by_its_path(bad):
+  # Used to train to NaN losses silently; ground_truth.retrain returned all-NaN test losses.
+  x, y = _blobs(16, seed=2)
+  params = _linear_params()
+  params = {**params, 'b': params['b'].at[0].set(bad)}
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=2, batch_size=4)
+  for run in (lambda: training.train(_linear_apply, params, x, y, config=config,
+                                     key=jax.random.PRNGKey(0), num_classes=C),
+              lambda: training.train_many_seeds(_linear_apply, params, x, y, config=config,
+                                                keys=jax.random.split(jax.random.PRNGKey(0), 2),
+                                                num_classes=C)):
+    with pytest.raises(ValueError, match=r"params leaf \['b'\] holds NaN or Inf"):
+      run()
