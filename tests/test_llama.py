@@ -365,6 +365,14 @@ def test_decode_errors():
   with pytest.raises(ValueError, match='layers'):
     Llama(cfg).apply(variables, token, token, KVCache(cache.keys[:1], cache.values[:1],
                                                        cache.key_mask), method='decode_step')
+  # nn.Embed read id -1 as the last row (finite, wrong) and an id past the table as NaN.
+  for bad in (-1, cfg.vocab_size):
+    with pytest.raises(ValueError, match=rf'token_B must be token ids in \[0, {cfg.vocab_size}\)'):
+      Llama(cfg).apply(variables, np.full(2, bad, np.int32), token, cache, method='decode_step')
+    tokens = np.asarray(_tokens(2, 4)).copy()
+    tokens[1, 2] = bad
+    with pytest.raises(ValueError, match=rf'tokens must be token ids .* from -?\d+ to \d+'):
+      Llama(cfg).apply(variables, tokens)
 
 
 # ------------------------------------------------------------------------------ config

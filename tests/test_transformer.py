@@ -145,6 +145,9 @@ def test_sequence_classifier_ignores_padding_with_pad_id():
     (np.zeros((1, MAX_LEN + 1), np.int32), 'max_len'),
     (np.zeros((1, 4), np.float32), 'integer'),
     (np.zeros((4,), np.int32), r'\[b, t\]'),
+    # nn.Embed read id -1 as the last row (finite, wrong) and an id past the table as NaN.
+    (np.full((1, 4), -1, np.int32), rf'tokens must be token ids in \[0, {V}\) .* from -1 to -1'),
+    (np.full((1, 4), V, np.int32), rf'tokens must be token ids in \[0, {V}\)'),
 ])
 def test_forward_errors(tokens, message):
   with pytest.raises(ValueError, match=message):
@@ -259,6 +262,8 @@ def test_prefill_errors(kwargs, message):
     (np.zeros(2, np.int32), np.zeros(2, np.int32), 'tuple', 'KVCache'),
     (np.zeros(2, np.int32), np.zeros(2, np.int32), 'layers', 'layers'),
     (np.zeros(2, np.int32), np.zeros(2, np.int32), 'batch', 'batch'),
+    (np.full(2, V, np.int32), np.zeros(2, np.int32), None,
+     rf'token_B must be token ids in \[0, {V}\)'),
 ])
 def test_decode_step_errors(token, position, change, message):
   _, cache = jax.eval_shape(functools.partial(prefill, LM, cache_len=8), PARAMS,

@@ -40,6 +40,7 @@ from dv_jax.models.transformer import cache_from_prefill
 from dv_jax.models.transformer import check_attention_mask
 from dv_jax.models.transformer import check_decode_args
 from dv_jax.models.transformer import check_prefill_args
+from dv_jax.models.transformer import check_token_ids
 from dv_jax.models.transformer import decode_allowed
 from dv_jax.models.transformer import hidden_at
 from dv_jax.models.transformer import masked_mean
@@ -452,6 +453,7 @@ class Llama(nn.Module):
       raise ValueError(f'tokens must be [b, t], got shape {tokens.shape}')
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f'tokens must be integer token ids, got dtype {tokens.dtype}')
+    check_token_ids(tokens, self.config.vocab_size)
     b, t = tokens.shape
     attention_mask = check_attention_mask(attention_mask, (b, t))
     if position_ids is None:
@@ -557,6 +559,7 @@ class Llama(nn.Module):
     """
     token_B, position_B = jnp.asarray(token_B), jnp.asarray(position_B)
     check_decode_args(token_B, position_B, cache, self.config.num_hidden_layers)
+    check_token_ids(token_B, self.config.vocab_size, 'token_B')
     rows = jnp.arange(token_B.shape[0])
     key_mask_BL = cache.key_mask.at[rows, position_B].set(True)
     allowed_B1L = decode_allowed(key_mask_BL, position_B)

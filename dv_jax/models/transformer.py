@@ -102,6 +102,21 @@ def _check_tokens(tokens: jax.Array, max_len: Optional[int] = None) -> None:
     raise ValueError(f'tokens has length {tokens.shape[1]} > max_len={max_len}')
 
 
+def check_token_ids(tokens: jax.Array, vocab_size: int, name: str = 'tokens') -> None:
+  """Refuses ids outside `[0, vocab_size)` where the tokens are concrete (outside jit).
+
+  `nn.Embed` reads id -1 as the last row, a finite and wrong result, and an id past the
+  table as NaN. Under jit / vmap the values are unknown and the check is skipped: the
+  task builders check their token data once, before any model runs.
+  """
+  if isinstance(tokens, jax.core.Tracer) or not tokens.size:
+    return
+  low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
+  if low < 0 or high >= vocab_size:
+    raise ValueError(f'{name} must be token ids in [0, {vocab_size}) (vocab_size), got '
+                     f'ids from {low} to {high}')
+
+
 def check_attention_mask(attention_mask: Any,
                          tokens_shape: Tuple[int, ...]) -> Optional[jax.Array]:
   """The mask as an array, checked to have the tokens' shape [b, t] (None passes through).
@@ -321,6 +336,7 @@ class TransformerLM(nn.Module):
     """Final-LayerNorm hidden states [b, t, d], each layer's (keys, values), the key mask."""
     tokens = jnp.asarray(tokens)
     _check_tokens(tokens, self.max_len)
+    check_token_ids(tokens, self.vocab_size)
     attention_mask = self._mask(tokens, attention_mask)
     t = tokens.shape[1]
     x_BTD = self.embed(tokens) + self.pos_embed[None, :t]
@@ -395,6 +411,7 @@ class TransformerLM(nn.Module):
     """
     token_B, position_B = jnp.asarray(token_B), jnp.asarray(position_B)
     check_decode_args(token_B, position_B, cache, self.num_layers)
+    check_token_ids(token_B, self.vocab_size, 'token_B')
     rows = jnp.arange(token_B.shape[0])
     visible_B = (jnp.ones(token_B.shape, bool) if self.pad_id is None
                  else token_B != self.pad_id)
