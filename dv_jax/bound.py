@@ -394,7 +394,9 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
     # Q_sub estimates Q * n_sub / n; rescale to the full set before normalizing.
     return NTKTerm(_normalize(quad.value * (n / num_sub), n, normalization), quad.jitter)
 
-  block_size = checks.check_int(block_size, 'block_size')
+  # One block of all n rows is the whole kernel: a larger block only pads it with zero
+  # rows, and its [B, B] Gram was allocated whole (block_size=10**12 aborted the process).
+  block_size = min(checks.check_int(block_size, 'block_size'), n)
   num_permutations = checks.check_int(num_permutations, 'num_permutations')
   eps = float(eps)
   if not np.isfinite(eps) or eps <= 0:

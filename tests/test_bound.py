@@ -118,6 +118,21 @@ def test_block_diagonal_with_one_block_equals_full(block_size):
   np.testing.assert_allclose(blocked.jitter, full.jitter, rtol=1e-5)
 
 
+def test_a_block_larger_than_n_is_one_block_of_n(monkeypatch):
+  # Its [B, B] Gram used to be allocated whole: block_size=10**12 aborted the process.
+  permuted_blocks = bound._permuted_blocks
+
+  def checked(key, grads, residual, *, block_size):
+    assert block_size <= grads.shape[0], block_size  # rather than allocating it
+    return permuted_blocks(key, grads, residual, block_size=block_size)
+
+  monkeypatch.setattr(bound, '_permuted_blocks', checked)
+  grads, residual = _grads(10, 16, seed=3)
+  blocked = bound.ntk_term(grads, residual, method='block_diagonal', block_size=10**12,
+                           num_permutations=2, key=KEY)
+  np.testing.assert_allclose(blocked.value, bound.ntk_term(grads, residual).value, rtol=RTOL)
+
+
 @pytest.mark.parametrize('normalization', ['per_example', 'paper'])
 def test_block_diagonal_matches_numpy_blocks_with_a_ragged_last_block(normalization):
   # n = 11, B = 4: blocks of 4, 4, 3 (the last padded by one row); 3 permutations averaged.
