@@ -469,7 +469,7 @@ class _BatchNormMLP(nn.Module):
 def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
   """TracIn's checkpoints and TRAK's models are read with statistics re-estimated from
   their own params, on `bn_batches` batches (2, not the default 64) keyed per checkpoint
-  (model): fold_in(fold_in(stage key, 1), j)."""
+  (model): fold_in(fold_in(stage key, 2), j), apart from the projection's key (stage, 1)."""
   model = _BatchNormMLP()
   apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(3),
                                                   setup['target'].x))
@@ -489,7 +489,7 @@ def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
   expected = np.zeros(3)
   for j in range(2):
     p_j = jax.tree_util.tree_map(lambda leaf, j=j: leaf[j], trained.checkpoints)
-    apply_j = recalibrated(apply_fn, p_j, x, key=jax.random.fold_in(jax.random.fold_in(base, 1),
+    apply_j = recalibrated(apply_fn, p_j, x, key=jax.random.fold_in(jax.random.fold_in(base, 2),
                                                                     j),
                            num_batches=2, batch_size=train_cfg.batch_size)
 
@@ -522,7 +522,7 @@ def test_tracin_and_trak_train_a_batch_norm_model_with_batch_statistics(setup):
   expected = []
   for r in range(2):
     p_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], trained.params)
-    apply_r = recalibrated(apply_fn, p_r, x, key=jax.random.fold_in(jax.random.fold_in(stage, 1),
+    apply_r = recalibrated(apply_fn, p_r, x, key=jax.random.fold_in(jax.random.fold_in(stage, 2),
                                                                     r),
                            num_batches=2, batch_size=cfg.train.batch_size)
     expected.append(_np_trak_model_scores(apply_r, p_r, jax.random.fold_in(k_proj, r),

@@ -246,7 +246,10 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 12)
   k_train, k_proj = jax.random.split(key)
-  k_bn = jax.random.fold_in(key, 1)  # BatchNorm re-estimates; leaves the two above as they were
+  # BatchNorm re-estimates. Not fold_in(key, 1): under JAX's default (partitionable)
+  # threefry split(key)[i] is fold_in(key, i), so that was k_proj, and batch b's rows were
+  # drawn from the same bits as projection leaf b's signs.
+  k_bn = jax.random.fold_in(key, 2)
   result = training.train(apply_fn, params, x, y, config=train_config, key=k_train,
                           num_classes=num_classes,
                           use_batch_stats=isinstance(apply_fn, BatchNormApply))

@@ -226,7 +226,10 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   grad_block_size, bn_batches = settings.grad_block_size, settings.bn_batches
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
   k_train, k_proj = jax.random.split(key)
-  k_bn = jax.random.fold_in(key, 1)  # BatchNorm re-estimates; leaves the two above as they were
+  # BatchNorm re-estimates. Not fold_in(key, 1): under JAX's default (partitionable)
+  # threefry split(key)[i] is fold_in(key, i), so that was k_proj, and batch b's rows were
+  # drawn from the same bits as projection leaf b's signs.
+  k_bn = jax.random.fold_in(key, 2)
   # Resolved before training, so that a bad filter fails before the long part.
   param_filter = lm_lib.resolve_param_filter(cfg.param_filter, params)
   batch_norm = isinstance(apply_fn, BatchNormApply)
