@@ -589,20 +589,28 @@ def seed_bootstrap(config, x: np.ndarray, per_seed: np.ndarray, predicted: Seque
 
   Returns:
     Median and percentile interval of each matched break, and the fraction of resamples
-    whose fit shows three phases; None with fewer than `fit.seed_bootstrap_min_seeds`
-    seeds or no resamples.
+    whose fit shows three phases (over the resamples whose fit succeeded: `replicates`);
+    None with fewer than `fit.seed_bootstrap_min_seeds` seeds or no resamples. Also every
+    resample in draw order: `resample_seeds` `[B, R]` (the rows of `per_seed` it drew)
+    and `resample_breaks` `[B, 2]` (its matched breaks, NaN where not found or the fit
+    failed). The draws come from `config.seed` alone, so runs with one seed and seed count
+    draw the same rows: breakpoint_sweep pairs its cuts' resamples through them.
   """
   num_seeds = per_seed.shape[0]
   if num_seeds < config.fit.seed_bootstrap_min_seeds or config.fit.seed_bootstrap < 1:
     return None
   rng = np.random.default_rng(config.seed)
-  resamples = [per_seed[rng.integers(num_seeds, size=num_seeds)].mean(axis=0)
-               for _ in range(int(config.fit.seed_bootstrap))]
-  fits = [fit for fit in _refit(config, x, resamples, predicted) if fit is not None]
+  draws = np.array([rng.integers(num_seeds, size=num_seeds)
+                    for _ in range(int(config.fit.seed_bootstrap))])
+  refits = _refit(config, x, [per_seed[rows].mean(axis=0) for rows in draws], predicted)
+  fits = [fit for fit in refits if fit is not None]
   if not fits:
     return None
   return {'replicates': len(fits), 'three_phases': float(np.mean([t for _, t in fits])),
-          **_break_summary(np.asarray([m for m, _ in fits], float), config.fit.ci_level)}
+          **_break_summary(np.asarray([m for m, _ in fits], float), config.fit.ci_level),
+          'resample_seeds': draws.tolist(),
+          'resample_breaks': [[float(b) for b in fit[0]] if fit is not None
+                              else [math.nan, math.nan] for fit in refits]}
 
 
 def ideal_learner_resolution(config, sizes: np.ndarray, p: np.ndarray, q: np.ndarray,
@@ -1131,7 +1139,11 @@ def run(config, workdir) -> Dict[str, Any]:
 
   Returns:
     `{'breakpoints': rows, 'curve': rows, 'units_computed': names trained in this call,
-    'summary': the headline numbers, 'files': written paths, 'runtime_s': seconds}`.
+    'summary': the headline numbers, 'files': written paths, 'runtime_s': seconds}`, as in
+    results.json, and (returned only, not written) `seed_bootstrap`: per measured curve
+    and mode with a seed bootstrap, `{'curve', 'mode', 'replicates', 'breaks'}`: the
+    replicate ids each resample drew (`[B, R]`) and its matched `(n1, n2)` (`[B, 2]`, NaN
+    where not found), for breakpoint_sweep's paired interval of the slope.
 
   Raises:
     ValueError: before any work, naming the config field of a bad setting
@@ -1197,7 +1209,7 @@ def run(config, workdir) -> Dict[str, Any]:
       curve_rows.append(row)
 
   # Fits: measured curves and the theory at the same sizes (the like-for-like reference).
-  fits, breakpoint_rows, ideal, ideal_rows = {}, [], {}, []
+  fits, breakpoint_rows, ideal, ideal_rows, resamples = {}, [], {}, [], []
   max_breaks = config.fit.max_breaks
   for mode in tqdm(config.truncation.modes, desc='fit breakpoints',
                    disable=not config.output.progress):
@@ -1232,12 +1244,18 @@ def run(config, workdir) -> Dict[str, Any]:
     metrics = ('loss', 'error', 'memorizer_error') if mode == 'hard' else ('loss', 'error')
     for metric in metrics:
       fit = fit_curve(config, n_measured, [row[f'{metric}_mean'] for row in rows])
+      complete = [r for r in replicates
+                  if all(_unit_name(mode, int(n), r) in units for n in n_measured)]
       per_seed = np.array([[units[_unit_name(mode, int(n), r)][metric] for n in n_measured]
-                           for r in replicates
-                           if all(_unit_name(mode, int(n), r) in units for n in n_measured)])
+                           for r in complete])
       if per_seed.size and fit['ok']:
-        fit['seed_bootstrap'] = seed_bootstrap(config, n_measured.astype(float), per_seed,
-                                               paired)
+        fit['seed_bootstrap'] = boot = seed_bootstrap(config, n_measured.astype(float),
+                                                      per_seed, paired)
+        if boot is not None:  # the resamples by replicate id, so runs can be paired
+          resamples.append({
+              'curve': f'measured_{metric}', 'mode': mode,
+              'replicates': np.asarray(complete)[np.asarray(boot['resample_seeds'])].tolist(),
+              'breaks': boot['resample_breaks']})
       fits[(f'measured_{metric}', mode)] = fit
       breakpoint_rows.append(breakpoint_row(f'measured_{metric}', mode, fit, pred, theory_fit,
                                             max_breaks))
@@ -1293,6 +1311,7 @@ def run(config, workdir) -> Dict[str, Any]:
   files.append(workdir / 'results.json')
   output['files'] = [str(path) for path in files]
   results.write_json(workdir / 'results.json', output)
+  output['seed_bootstrap'] = resamples  # per resample: for the caller, not results.json
   logging.info('three_phase_scaling: %d units trained, %d reused, %.1f s', len(computed),
                len(units) - len(computed), output['runtime_s'])
   return output

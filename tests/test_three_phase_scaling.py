@@ -461,8 +461,41 @@ def test_seed_bootstrap_resamples_whole_seeds(monkeypatch):
   assert out['replicates'] == 200 and out['n1_found'] == 1.0 and out['n2_found'] == 0.0
   assert out['n1_lo'] < out['n1_median'] < out['n1_hi']
   np.testing.assert_allclose(out['three_phases'], np.mean(counts[:, 0] > 1))
+  # Every resample kept in draw order: the rows it drew and its own breaks.
+  drawn = np.array(out['resample_seeds'])
+  assert drawn.shape == (200, 4)
+  np.testing.assert_array_equal([np.bincount(d, minlength=4) for d in drawn], counts)
+  breaks = np.array(out['resample_breaks'])
+  np.testing.assert_array_equal(breaks[:, 0], 1.0 + counts[:, 0])
+  assert np.all(np.isnan(breaks[:, 1]))
   # Fewer seeds than seed_bootstrap_min_seeds: no interval.
   assert tps.seed_bootstrap(config, np.arange(1.0, 4.0), np.eye(3), [1.0, 2.0]) is None
+
+
+def test_seed_bootstrap_draws_depend_on_the_seed_only(monkeypatch):
+  # breakpoint_sweep pairs its cuts' resamples: the same seed and seed count must draw the
+  # same rows whatever the curves, and a failed refit keeps its place (NaN breaks) in the
+  # per-resample list while the summary counts only the fits that succeeded.
+  config = configs.get_config('smoke')
+  config.fit.seed_bootstrap, config.fit.seed_bootstrap_min_seeds = 30, 3
+
+  def fake_refit(config, x, resamples, predicted):
+    return [None if i % 3 == 0 else ([float(c.sum()), 2.0], True)
+            for i, c in enumerate(resamples)]
+
+  monkeypatch.setattr(tps, '_refit', fake_refit)
+  rng = np.random.default_rng(7)
+  one = tps.seed_bootstrap(config, np.arange(1.0, 6.0), rng.random((5, 5)), [1.0, 2.0])
+  two = tps.seed_bootstrap(config, np.arange(1.0, 6.0), rng.random((5, 5)), [1.0, 2.0])
+  assert one['resample_seeds'] == two['resample_seeds']
+  assert one['replicates'] == 20
+  breaks = np.array(one['resample_breaks'])
+  assert breaks.shape == (30, 2)
+  failed = np.arange(30) % 3 == 0
+  assert np.all(np.isnan(breaks[failed])) and np.all(np.isfinite(breaks[~failed]))
+  config.seed += 1
+  other = tps.seed_bootstrap(config, np.arange(1.0, 6.0), rng.random((5, 5)), [1.0, 2.0])
+  assert other['resample_seeds'] != one['resample_seeds']
 
 
 def _small_mixture(num_items=512, beta=2.0, k=4, pi=0.25):
@@ -644,6 +677,15 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   # ... from seeds drawn with replacement (resampling nothing would give lo == hi).
   assert loss['seedboot_n1_found'] > 0
   assert loss['seedboot_n1_lo'] < loss['seedboot_n1_hi']
+  # ... and the returned output (not results.json) keeps each resample, by replicate id.
+  boots = {(b['curve'], b['mode']): b for b in out['seed_bootstrap']}
+  boot = boots[('measured_loss', 'hard')]
+  drawn = np.array(boot['replicates'])
+  assert drawn.shape == (config.fit.seed_bootstrap, config.scaling.num_seeds)
+  assert set(drawn.ravel()) <= set(range(config.scaling.num_seeds))
+  assert np.array(boot['breaks']).shape == (config.fit.seed_bootstrap, 2)
+  np.testing.assert_equal(boots[('measured_error', 'hard')]['replicates'], drawn)
+  assert 'seed_bootstrap' not in results.read_json(tmp_path / 'results.json')
   # Hard truncation also fits the unseen mass of the samples (the ideal learner's curve
   # on the model's own draws); the summary quotes the loss and error rows' breaks.
   hard_rows = {row['curve']: row for row in out['breakpoints'] if row['mode'] == 'hard'}
