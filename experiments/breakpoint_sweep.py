@@ -4,10 +4,13 @@ Runs `three_phase_scaling.run` (hard truncation) once per cut k of `config.sweep
 in `<workdir>/k<k>/` with its own units (a rerun, or an interrupted sweep, resumes there),
 then fits log(break) = slope * log(k) + c by least squares for every curve (the exact
 theory E(n) at the measured sizes, the measured test loss and error) and each break.
-Lemma 1 predicts slope beta for both breaks. The interval of a measured slope propagates
-each k's seed-bootstrap interval of the break (at level `fit.ci_level`, read as a normal in
-log space) through the least-squares weights: the slope's sampling error under the data
-noise of the seeds, at the same level.
+Lemma 1 predicts slope beta for both breaks. The interval of a measured slope is a paired
+seed bootstrap: the cuts are not independent (they share the seed, so a size common to two
+cuts is the same unit draw), and every cut's seed bootstrap draws the same seed indices in
+resample b (`three_phase_scaling.seed_bootstrap`). So resample b gives one slope, fitted to
+its own breaks at every cut; the interval is the percentile interval of those slopes at
+`fit.ci_level`, over the resamples with the break at every cut (the others are dropped and
+counted: `resamples`, `resamples_dropped` in exponents.csv).
 Every cut's settings and saved units are checked before the first cut trains.
 
   python experiments/breakpoint_sweep.py --config=configs/breakpoint_sweep.py \
@@ -21,7 +24,7 @@ exponents.csv (one row per curve and break), results.json, breakpoint_sweep.{png
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 import ml_collections
@@ -51,41 +54,83 @@ def config_for_k(config: ml_collections.ConfigDict, k: int) -> ml_collections.Co
 
 
 def fit_exponent(ks: Sequence[float], breaks: Sequence[float],
-                 intervals: Sequence[Sequence[float]] = ()) -> Dict[str, float]:
-  """Least-squares slope of log(break) on log(k), and its interval from per-k intervals.
+                 resample_breaks: Optional[Sequence[Sequence[float]]] = None,
+                 ci_level: float = 0.95) -> Dict[str, float]:
+  """Least-squares slope of log(break) on log(k), and its paired-bootstrap interval.
 
-  Each break's interval is read as a normal in log space, independent across k, and the
-  slope is a fixed linear combination `sum_j w_j log b_j` of the breaks. So its interval,
-  at the same confidence level as the per-k ones, has half-width `sqrt(sum_j (w_j h_j)^2)`,
-  `h_j` the half-width of break j's interval in log space. The level's normal quantile
-  cancels: the slope's interval has whatever level the per-k intervals have.
+  The slope is a fixed linear combination `sum_j w_j log b_j` of the breaks. Resample b
+  of a paired bootstrap has a break `B_jb` at every cut j, all from the same resampled
+  seeds, so its slope `sum_j w_j log B_jb` carries the cuts' correlation with it; the
+  interval is the `ci_level` percentile interval of these slopes (no assumption of
+  independence across k, nor of normality). A resample without the break at a cut of the
+  fit has no slope and is dropped; `resamples` / `resamples_dropped` count both.
 
   Args:
     ks: `[J]` cuts, at least two distinct.
-    breaks: `[J]` fitted breaks (NaN where a fit found none: left out).
-    intervals: optional `[J, 2]` (low, high) intervals of the breaks, all at one level.
+    breaks: `[J]` fitted breaks (NaN where a fit found none: left out, from the slope and
+      from every resample's slope).
+    resample_breaks: optional `[J, B]` breaks of B paired resamples (resample b drew the
+      same seeds at every cut; NaN where its fit found no break).
+    ci_level: the interval's level, in (0, 1).
 
   Returns:
-    `{'slope', 'intercept', 'num_points', 'slope_lo', 'slope_hi'}` (NaN where undefined).
+    `{'slope', 'intercept', 'num_points', 'slope_lo', 'slope_hi', 'resamples',
+    'resamples_dropped'}` (NaN where undefined; counts 0 without resamples).
+
+  Raises:
+    ValueError: naming `resample_breaks` if it is not `[J, B]`, or `ci_level` outside (0, 1).
   """
+  if not 0.0 < ci_level < 1.0:
+    raise ValueError(f'ci_level must be in (0, 1), got {ci_level}')
   log_k = np.log(np.asarray(ks, np.float64))
   log_b = np.log(np.asarray(breaks, np.float64))
   keep = np.isfinite(log_b)
   out = {'slope': math.nan, 'intercept': math.nan, 'num_points': int(keep.sum()),
-         'slope_lo': math.nan, 'slope_hi': math.nan}
+         'slope_lo': math.nan, 'slope_hi': math.nan, 'resamples': 0, 'resamples_dropped': 0}
+  if resample_breaks is not None:
+    resample_breaks = np.asarray(resample_breaks, np.float64)
+    if resample_breaks.ndim != 2 or resample_breaks.shape[0] != log_k.size:
+      raise ValueError(f'resample_breaks must be [J={log_k.size}, B], got shape '
+                       f'{resample_breaks.shape}')
   if keep.sum() < 2 or np.ptp(log_k[keep]) == 0:
     return out
   x = log_k[keep] - log_k[keep].mean()
   weights = x / np.sum(x * x)  # slope = sum_j weights_j log_b_j
   slope = float(np.sum(weights * log_b[keep]))
   out.update(slope=slope, intercept=float(np.mean(log_b[keep]) - slope * log_k[keep].mean()))
-  if len(intervals):
-    bounds = np.log(np.asarray(intervals, np.float64))[keep]
-    if np.all(np.isfinite(bounds)):
-      half_widths = (bounds[:, 1] - bounds[:, 0]) / 2
-      half_width = float(np.sqrt(np.sum((weights * half_widths) ** 2)))
-      out.update(slope_lo=slope - half_width, slope_hi=slope + half_width)
+  if resample_breaks is not None:
+    with np.errstate(divide='ignore', invalid='ignore'):  # a break <= 0 counts as missing
+      log_r = np.log(resample_breaks[keep])
+    complete = np.all(np.isfinite(log_r), axis=0)
+    out.update(resamples=int(complete.sum()), resamples_dropped=int((~complete).sum()))
+    if complete.any():
+      slopes = weights @ log_r[:, complete]
+      tail = 100.0 * (1.0 - ci_level) / 2.0
+      out.update(slope_lo=float(np.percentile(slopes, tail)),
+                 slope_hi=float(np.percentile(slopes, 100.0 - tail)))
   return out
+
+
+def paired_resamples(cuts: Sequence[Optional[Dict[str, Any]]]) -> Optional[np.ndarray]:
+  """`[J, B, 2]` per-resample `(n1, n2)` of one curve at J cuts, if they pair up.
+
+  Args:
+    cuts: per cut, its `three_phase_scaling.run(...)['seed_bootstrap']` entry of the curve
+      (`'replicates'`: `[B, R]` replicate ids each resample drew, `'breaks'`: `[B, 2]`), or
+      None where the cut had no seed bootstrap.
+
+  Returns:
+    The breaks, or None (logged) if a cut has none or the cuts' resamples drew different
+    replicates (then resample b is not one draw of the seeds across cuts).
+  """
+  if not cuts or any(cut is None for cut in cuts):
+    return None
+  drawn = [np.asarray(cut['replicates']) for cut in cuts]
+  if any(d.shape != drawn[0].shape or np.any(d != drawn[0]) for d in drawn[1:]):
+    logging.warning('seed bootstraps of the cuts drew different replicates: no paired '
+                    'interval of the slope')
+    return None
+  return np.stack([np.asarray(cut['breaks'], np.float64) for cut in cuts])
 
 
 def sweep_rows(k: int, output: Dict[str, Any], beta: float) -> List[Dict[str, Any]]:
@@ -196,26 +241,33 @@ def run(config: ml_collections.ConfigDict, workdir) -> Dict[str, Any]:
   # its turn came would leave the sweep half run.
   for k in ks:
     three_phase_scaling.check_saved_units(config_for_k(config, k), workdir / f'k{k}')
-  rows, computed = [], {}
+  rows, computed, boots = [], {}, {}
   for k in tqdm(ks, desc='sweep k', disable=not config.output.progress):
     k_config = config_for_k(config, k)
     output = three_phase_scaling.run(k_config, workdir / f'k{k}')
     results.save_config(k_config, workdir / f'k{k}')  # each k<k>/ is a whole workdir
     computed[k] = output['units_computed']
     rows += sweep_rows(k, output, float(config.data.beta))
+    boots.update({(k, entry['curve']): entry for entry in output.get('seed_bootstrap', ())
+                  if entry['mode'] == 'hard'})
   exponents = []
   for curve in CURVES:
     sub = [r for r in rows if r['curve'] == curve]
     if not sub:
       continue
-    for label in ('n1', 'n2'):
-      intervals = ([(r[f'seedboot_{label}_lo'], r[f'seedboot_{label}_hi']) for r in sub]
-                   if curve != 'theory' else ())
-      fit = fit_exponent([r['k'] for r in sub], [r[f'fit_{label}'] for r in sub], intervals)
+    # The theory curve has no seed bootstrap: no interval.
+    paired = (paired_resamples([boots.get((r['k'], curve)) for r in sub])
+              if curve != 'theory' else None)
+    for j, label in enumerate(('n1', 'n2')):
+      fit = fit_exponent([r['k'] for r in sub], [r[f'fit_{label}'] for r in sub],
+                         None if paired is None else paired[:, :, j],
+                         ci_level=float(config.fit.ci_level))
       exponents.append({'curve': curve, 'break': label, 'predicted_slope': config.data.beta,
                         **fit})
-      logging.info('%s %s: slope %.3f [%.3f, %.3f] (predicted %g)', curve, label,
-                   fit['slope'], fit['slope_lo'], fit['slope_hi'], config.data.beta)
+      logging.info('%s %s: slope %.3f [%.3f, %.3f] (predicted %g; paired seed bootstrap: '
+                   '%d resamples, %d dropped without the break at every cut)', curve, label,
+                   fit['slope'], fit['slope_lo'], fit['slope_hi'], config.data.beta,
+                   fit['resamples'], fit['resamples_dropped'])
   files = [results.write_csv(workdir / 'sweep.csv', rows),
            results.write_csv(workdir / 'exponents.csv', exponents)]
   files += plotting.save_figure(_figure(config, rows, exponents),

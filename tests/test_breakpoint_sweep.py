@@ -1,7 +1,7 @@
 """Tests of experiments/breakpoint_sweep.py and configs/breakpoint_sweep.py.
 
-The exponent fit against closed forms (an exact power law, the delta-method interval by
-hand); the config has no `data.k` and each cut's config does; the smoke sweep runs, writes
+The exponent fit against closed forms (an exact power law; the paired-bootstrap interval
+against per-resample float64 polyfit slopes); the config has no `data.k` and each cut's config does; the smoke sweep runs, writes
 its tables and figure, and a rerun trains nothing.
 """
 
@@ -19,6 +19,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT / 'experiments'))
 import breakpoint_sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
+CURVES = breakpoint_sweep.CURVES
+
 _spec = importlib.util.spec_from_file_location('breakpoint_sweep_config',
                                                _ROOT / 'configs' / 'breakpoint_sweep.py')
 configs = importlib.util.module_from_spec(_spec)
@@ -32,43 +34,88 @@ def test_fit_exponent_recovers_a_power_law():
   assert fit['num_points'] == 3 and math.isnan(fit['slope_lo'])
 
 
-def test_fit_exponent_interval_and_missing_breaks():
+def _percentile(values, q):
+  """Linear-interpolation percentile by hand (numpy's default), for the references."""
+  ordered = sorted(values)
+  position = q / 100.0 * (len(ordered) - 1)
+  low = math.floor(position)
+  high = min(low + 1, len(ordered) - 1)
+  return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def test_fit_exponent_paired_interval_against_numpy():
+  # Resample b's breaks c_b k^s_b: a factor common to every cut (the cuts' correlation)
+  # and its own slope s_b. Each resample's slope is s_b exactly, whatever c_b: the paired
+  # interval is the 25th-75th percentile of (1, 1.5, 2, 2.5, 3), i.e. [1.5, 2.5].
+  # Intervals treated as independent across k would add up the huge common factors.
+  ks = np.array([8.0, 16.0, 32.0])
+  common = np.array([0.01, 30.0, 1.0, 900.0, 0.2])
+  own = np.array([2.5, 1.0, 3.0, 1.5, 2.0])
+  resampled = common[None, :] * ks[:, None] ** own[None, :]  # [J, B]
+  fit = breakpoint_sweep.fit_exponent(ks, 5.0 * ks ** 1.75, resampled, ci_level=0.5)
+  np.testing.assert_allclose(fit['slope'], 1.75)
+  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']], [1.5, 2.5], rtol=1e-12)
+  assert (fit['resamples'], fit['resamples_dropped']) == (5, 0)
+
+  # Noisy, correlated breaks at unevenly spaced cuts: each resample's slope by float64
+  # polyfit, the interval by a hand-written percentile.
+  rng = np.random.default_rng(3)
+  ks = np.array([5.0, 8.0, 16.0, 40.0])
+  shared = rng.normal(0.0, 0.5, size=200)
+  log_breaks = (0.3 + 2.0 * np.log(ks)[:, None] + shared[None, :]
+                + rng.normal(0.0, 0.2, size=(4, 200)) * np.log(ks)[:, None] / 3)
+  point = np.exp(0.3 + 2.0 * np.log(ks) + np.array([0.05, -0.1, 0.02, 0.07]))
+  fit = breakpoint_sweep.fit_exponent(ks, point, np.exp(log_breaks), ci_level=0.9)
+  slopes = [np.polyfit(np.log(ks), log_breaks[:, b], 1)[0] for b in range(200)]
+  np.testing.assert_allclose(fit['slope'], np.polyfit(np.log(ks), np.log(point), 1)[0],
+                             rtol=1e-12)
+  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']],
+                             [_percentile(slopes, 5.0), _percentile(slopes, 95.0)], rtol=1e-12)
+  assert (fit['resamples'], fit['resamples_dropped']) == (200, 0)
+
+
+def test_fit_exponent_drops_resamples_without_a_break_and_counts_them():
   ks = np.array([8.0, 16.0, 32.0])
   breaks = 2.0 * ks ** 1.5
-  sd = np.array([0.1, 0.2, 0.3])  # log-space sds of the three breaks
-  intervals = np.stack([breaks * np.exp(-1.959963984540054 * sd),
-                        breaks * np.exp(1.959963984540054 * sd)], axis=1)
-  fit = breakpoint_sweep.fit_exponent(ks, breaks, intervals)
-  # Least-squares weights on log k = log 8 + (0, 1, 2) log 2: (-1, 0, 1) / (2 log 2).
-  slope_sd = math.sqrt(0.1 ** 2 + 0.3 ** 2) / (2 * math.log(2.0))
+  own = np.array([1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
+  resampled = 3.0 * ks[:, None] ** own[None, :]
+  resampled[1, 0] = math.nan  # resample 0: no break at k = 16
+  resampled[2, 5] = math.nan  # resample 5: none at k = 32
+  fit = breakpoint_sweep.fit_exponent(ks, breaks, resampled, ci_level=0.5)
+  assert (fit['resamples'], fit['resamples_dropped']) == (4, 2)
+  # The rest: slopes 1.2, 1.4, 1.6, 1.8, whose 25th-75th percentiles are 1.35 and 1.65.
+  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']], [1.35, 1.65], rtol=1e-12)
+  # A cut whose own fit found no break leaves the slope, so a resample's missing break
+  # there costs nothing: resample 0 counts again (two-point slopes: 1.0, ..., 1.8).
+  fit = breakpoint_sweep.fit_exponent(ks, [breaks[0], math.nan, breaks[2]], resampled,
+                                      ci_level=0.5)
   np.testing.assert_allclose(fit['slope'], 1.5)
-  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']],
-                             1.5 + np.array([-1, 1]) * 1.959963984540054 * slope_sd)
-  # A cut whose fit found no break is left out; one point left gives no slope.
+  assert (fit['num_points'], fit['resamples'], fit['resamples_dropped']) == (2, 5, 1)
+  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']], [1.2, 1.6], rtol=1e-12)
+  # No resample complete: no interval, all counted as dropped.
+  fit = breakpoint_sweep.fit_exponent(ks, breaks, np.full((3, 4), math.nan))
+  assert math.isnan(fit['slope_lo']) and math.isnan(fit['slope_hi'])
+  assert (fit['resamples'], fit['resamples_dropped']) == (0, 4)
+  # A cut without a break is left out; one point left gives no slope.
   fit = breakpoint_sweep.fit_exponent(ks, [breaks[0], math.nan, breaks[2]])
   np.testing.assert_allclose(fit['slope'], 1.5)
-  assert fit['num_points'] == 2
+  assert fit['num_points'] == 2 and math.isnan(fit['slope_lo'])
   assert math.isnan(breakpoint_sweep.fit_exponent(ks, [1.0, math.nan, math.nan])['slope'])
+  with pytest.raises(ValueError, match=r'resample_breaks must be \[J=3, B\]'):
+    breakpoint_sweep.fit_exponent(ks, breaks, resampled[:2])
+  with pytest.raises(ValueError, match='ci_level'):
+    breakpoint_sweep.fit_exponent(ks, breaks, resampled, ci_level=95.0)
 
 
-def test_fit_exponent_interval_has_the_level_of_the_per_k_intervals():
-  # The same log-space sds as 90% intervals give the 90% slope interval: z = 1.645 on both
-  # sides, so the per-k intervals' own level carries through (no level argument to misread).
-  ks = np.array([8.0, 16.0, 32.0])
-  breaks = 2.0 * ks ** 1.5
-  sd = np.array([0.1, 0.2, 0.3])
-  z90 = 1.6448536269514722
-  intervals = np.stack([breaks * np.exp(-z90 * sd), breaks * np.exp(z90 * sd)], axis=1)
-  fit = breakpoint_sweep.fit_exponent(ks, breaks, intervals)
-  slope_sd = math.sqrt(0.1 ** 2 + 0.3 ** 2) / (2 * math.log(2.0))
-  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']],
-                             1.5 + np.array([-1, 1]) * z90 * slope_sd)
-  # A cut without a break but with a finite interval is left out of the interval too: the
-  # two-point slope's weights are (-1, 1) / (2 log 2).
-  fit = breakpoint_sweep.fit_exponent(ks, [breaks[0], math.nan, breaks[2]], intervals)
-  half_width = z90 * math.sqrt(0.1 ** 2 + 0.3 ** 2) / (2 * math.log(2.0))
-  np.testing.assert_allclose([fit['slope'], fit['slope_lo'], fit['slope_hi']],
-                             [1.5, 1.5 - half_width, 1.5 + half_width])
+def test_paired_resamples_need_the_same_draws_at_every_cut():
+  drawn = [[0, 0, 1], [2, 1, 0]]
+  cuts = [{'replicates': drawn, 'breaks': [[1.0, 2.0], [3.0, 4.0]]},
+          {'replicates': drawn, 'breaks': [[5.0, 6.0], [7.0, math.nan]]}]
+  np.testing.assert_array_equal(breakpoint_sweep.paired_resamples(cuts),
+                                [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, math.nan]]])
+  assert breakpoint_sweep.paired_resamples([cuts[0], None]) is None
+  other = {'replicates': [[0, 0, 1], [2, 1, 1]], 'breaks': cuts[1]['breaks']}
+  assert breakpoint_sweep.paired_resamples([cuts[0], other]) is None
 
 
 # zeta(3/2): the Zipf law's normalisation at beta = 1.5 (tabulated, not scipy's).
@@ -147,6 +194,55 @@ def test_sweep_uses_the_configs_beta_and_draws_each_curves_interval(tmp_path, mo
       ends = [segment[:, 1] for segment in bars[text].lines[2][0].get_segments()]
       paper_breaks = [k ** beta * constant for k in config.sweep.ks]
       np.testing.assert_allclose(ends, [[lo * b, hi * b] for b in paper_breaks], rtol=1e-12)
+
+
+def test_sweep_pairs_each_curves_resamples_across_cuts(tmp_path, monkeypatch):
+  # Each cut returns its resamples as three_phase_scaling.run does: resample b's breaks are
+  # c_b k^(beta + d_b) x the paper's constant, so its slope is beta + d_b at both breaks.
+  # The loss's cuts drew the same replicates (paired); the error's did not (no interval).
+  config = configs.get_config('smoke')
+  beta, pi = config.data.beta, config.data.pi
+  config.fit.ci_level = 0.5
+  offsets = np.array([-0.4, -0.2, 0.0, 0.2, 0.4, 0.6])
+  common = np.array([3.0, 0.1, 20.0, 1.0, 0.5, 7.0])
+  drawn = [[0, 1], [1, 1], [0, 0], [1, 0], [0, 1], [1, 1]]
+
+  def cut(k_config, workdir):
+    del workdir
+    k = k_config.data.k
+    breaks = [[c * k ** (beta + d), c * k ** (beta + d) / pi] for c, d in zip(common, offsets)]
+    if k == config.sweep.ks[-1]:
+      breaks[5][1] = math.nan  # resample 5: no second break at the last cut
+    rows = [_breakpoint_row(curve, 'hard', k, beta, pi, 1.0) for curve in CURVES]
+    boots = [{'curve': 'measured_loss', 'mode': 'hard', 'replicates': drawn, 'breaks': breaks},
+             {'curve': 'measured_error', 'mode': 'hard',
+              'replicates': drawn if k == config.sweep.ks[0] else drawn[::-1],
+              'breaks': breaks},
+             {'curve': 'measured_loss', 'mode': 'top_p', 'replicates': drawn[::-1],
+              'breaks': breaks}]  # another mode's resamples: not the sweep's
+    return {'breakpoints': rows, 'units_computed': [], 'seed_bootstrap': boots}
+
+  monkeypatch.setattr(breakpoint_sweep.three_phase_scaling, 'run', cut)
+  monkeypatch.setattr(breakpoint_sweep.plotting, 'save_figure', lambda fig, path, dpi: [])
+  out = breakpoint_sweep.run(config, tmp_path)
+  exponents = {(e['curve'], e['break']): e for e in out['exponents']}
+  loss_n1, loss_n2 = exponents[('measured_loss', 'n1')], exponents[('measured_loss', 'n2')]
+  slopes = beta + offsets
+  np.testing.assert_allclose([loss_n1['slope_lo'], loss_n1['slope_hi']],
+                             [_percentile(slopes, 25.0), _percentile(slopes, 75.0)],
+                             rtol=1e-12)
+  assert (loss_n1['resamples'], loss_n1['resamples_dropped']) == (6, 0)
+  np.testing.assert_allclose([loss_n2['slope_lo'], loss_n2['slope_hi']],
+                             [_percentile(slopes[:5], 25.0), _percentile(slopes[:5], 75.0)],
+                             rtol=1e-12)
+  assert (loss_n2['resamples'], loss_n2['resamples_dropped']) == (5, 1)
+  for curve in ('theory', 'measured_error'):
+    for label in ('n1', 'n2'):
+      row = exponents[(curve, label)]
+      np.testing.assert_allclose(row['slope'], beta)
+      assert math.isnan(row['slope_lo']) and row['resamples'] == 0
+  table = {(r['curve'], r['break']): r for r in results.read_csv(tmp_path / 'exponents.csv')}
+  assert table[('measured_loss', 'n2')]['resamples_dropped'] == 1
 
 
 def _no_training(*args, **kwargs):
