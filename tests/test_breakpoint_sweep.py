@@ -1,8 +1,9 @@
 """Tests of experiments/breakpoint_sweep.py and configs/breakpoint_sweep.py.
 
 The exponent fit against closed forms (an exact power law; the paired-bootstrap interval
-against per-resample float64 polyfit slopes); the config has no `data.k` and each cut's config does; the smoke sweep runs, writes
-its tables and figure, and a rerun trains nothing.
+against per-resample float64 polyfit slopes, resamples without a break dropped and counted);
+the config has no `data.k` and each cut's config does; the smoke sweep runs, writes its
+tables and figure, and a rerun trains nothing.
 """
 
 import importlib.util
