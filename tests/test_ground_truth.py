@@ -221,3 +221,25 @@ def test_config_integers_are_checked_and_named(problem, field, value):
   with pytest.raises(ValueError, match=f'config.{field} must be an integer'):
     ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
                          config=CONFIG._replace(**{field: value}), progress=False)
+
+
+def test_retraining_keys_are_not_our_methods_stage_keys(problem, monkeypatch):
+  # Both seeds default to 0. Seed r's key was split(PRNGKey(0), R)[r] == fold_in(PRNGKey(0), r),
+  # which was our method's stage-r key: retraining seed 0's minibatches came from the bits
+  # of the projection (stage 0) and seed 2's from the subsample (stage 2).
+  from dv_jax import valuation  # pylint: disable=g-import-not-at-top
+  splits, apply_fn, params, cs = problem
+  seen = []
+  train_many_seeds = training.train_many_seeds
+  monkeypatch.setattr(training, 'train_many_seeds', lambda *args, keys, **kwargs: (
+      seen.append(np.asarray(jax.random.key_data(keys)))
+      or train_many_seeds(*args, keys=keys, **kwargs)))
+  config = CONFIG._replace(steps=2, num_seeds=5, seed=0)
+  ground_truth.retrain(cs[:1], splits.test, apply_fn=apply_fn, params=params, config=config,
+                       progress=False)
+  ours = valuation.default_config()
+  ours.seed = 0
+  stage_keys = {tuple(np.asarray(jax.random.key_data(valuation.stage_key(ours, s))).tolist())
+                for s in range(5)}
+  retrain_keys = {tuple(k.tolist()) for k in seen[0]}
+  assert len(retrain_keys) == 5 and not retrain_keys & stage_keys
