@@ -1187,6 +1187,23 @@ def check_fit_options(**options: Any) -> Dict[str, Any]:
   return o
 
 
+def bootstrap_residuals(residuals: np.ndarray, num_params: int) -> np.ndarray:
+  """A least-squares fit's residuals made fit to resample: centred, then scaled by
+  `sqrt(T / (T - p))` (Davison & Hinkley 1997, section 6.2).
+
+  A fit of `p` parameters to `T` points leaves residuals whose spread is shrunk by about
+  `(T - p) / T`: resampled as they were, the breaks' 95% intervals covered the truth in
+  64-87% of simulated two-break curves at the experiments' grids (`T` = 13 and 25, `p` = 8,
+  noise 2-20%); centred and rescaled, in 90-93% (noise 5%).
+  """
+  residuals = np.asarray(residuals, np.float64)
+  num_points = residuals.size
+  if not 0 <= num_params < num_points:
+    raise ValueError(f'num_params must lie in [0, {num_points}) for {num_points} residuals, '
+                     f'got {num_params}')
+  return (residuals - residuals.mean()) * math.sqrt(num_points / (num_points - num_params))
+
+
 def fit_broken_power_law(
     x: ArrayLike,
     y: ArrayLike,
@@ -1221,7 +1238,8 @@ def fit_broken_power_law(
   `J`. The variance floor says that misfits below `sigma_floor` (in `ln y`) are not
   evidence: without it a noise-free curve always buys more breaks with round-off. The
   selected model is refitted on `num_bootstrap` resamples (`residual`: `log y_hat +`
-  resampled residuals; `case`: resampled points), started from the fit, and the
+  resampled residuals, centred and rescaled by `bootstrap_residuals`; `case`: resampled
+  points), started from the fit, and the
   percentile interval of each break is returned. Residuals of a noise-free curve are
   misfit rather than noise, so there the interval measures how firmly the data pin each
   break, not sampling error.
@@ -1321,7 +1339,7 @@ def fit_broken_power_law(
     rng = np.random.default_rng(seed)
     problem = _make_problem(log_x, log_y, chosen, floor, **options)
     fitted = _log_model(thetas[chosen], log_x, chosen, floor, problem.break_range)
-    residuals = log_y - fitted
+    residuals = bootstrap_residuals(log_y - fitted, thetas[chosen].size)
     for b in range(num_bootstrap):
       index = rng.integers(num_points, size=num_points)
       if bootstrap == 'residual':

@@ -593,6 +593,35 @@ def test_fit_keeps_every_break_inside_the_data():
     np.testing.assert_allclose(fit.models[1].breaks, [100.0], rtol=0.25)
 
 
+def test_bootstrap_residuals_are_centred_and_rescaled_for_the_fits_parameters():
+  residuals = np.array([0.3, -0.1, 0.25, -0.05, 0.1, -0.2, 0.15])
+  want = (residuals - residuals.sum() / 7) * np.sqrt(7 / (7 - 3))
+  np.testing.assert_allclose(scaling.bootstrap_residuals(residuals, 3), want, rtol=1e-12)
+  for bad in (-1, 7):
+    with pytest.raises(ValueError, match='num_params'):
+      scaling.bootstrap_residuals(residuals, bad)
+
+
+def test_residual_bootstrap_resamples_the_rescaled_residuals(monkeypatch):
+  # Resampled as they were, the residuals of an 8-parameter fit to 13-25 points are shrunk
+  # by (T - p) / T and the breaks' 95% intervals covered the truth in 64-87% of curves.
+  x = np.geomspace(1, 1e4, 25)
+  noise = 0.05 * np.random.default_rng(0).standard_normal(25)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [30.0, 1e3], [-0.45, 0.45], [0.1, 0.1]) * np.exp(noise)
+  calls = []
+  real = scaling.bootstrap_residuals
+  monkeypatch.setattr(scaling, 'bootstrap_residuals',
+                      lambda r, p: calls.append((np.array(r), p)) or real(r, p))
+  fit = scaling.fit_broken_power_law(x, y, floor=False, num_bootstrap=3, seed=0)
+  assert fit.num_breaks == 2 and len(calls) == 1
+  raw, num_params = calls[0]
+  assert num_params == 8  # intercept, first slope, and (break, slope change, smoothness) x 2
+  m = fit.models[2]
+  log_fitted = np.log(_model_reference(x, m.floor, m.scale, m.slope, m.breaks, m.slope_changes,
+                                       m.smoothness))
+  np.testing.assert_allclose(raw, np.log(y) - log_fitted, atol=1e-6)
+
+
 def test_match_breaks():
   assert scaling.match_breaks([10.0, 100.0], [8.0, 200.0]) == [10.0, 100.0]
   assert all(math.isnan(v) for v in scaling.match_breaks([], [8.0, 200.0]))
