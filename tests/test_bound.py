@@ -189,6 +189,16 @@ def test_block_diagonal_rank_deficient_blocks_record_the_largest_jitter():
   np.testing.assert_allclose(got.jitter, max(jitters), rtol=1e-5)
 
 
+def test_block_diagonal_all_zero_gradient_block_uses_the_absolute_eps():
+  # An all-zero block (trace 0) got jitter eps * 0 = 0 and a singular solve, not lam = eps.
+  residual = np.arange(1.0, 7.0)
+  got = bound.ntk_term(np.zeros((6, 3)), residual, method='block_diagonal', block_size=4,
+                       key=KEY, eps=1e-2)
+  np.testing.assert_allclose(got.value, math.sqrt(np.sum(residual ** 2) / 1e-2 / 6),
+                             rtol=1e-5)
+  assert got.jitter == pytest.approx(1e-2)
+
+
 def test_subsample_of_all_rows_equals_full():
   grads, residual = _grads(10, 16, seed=9)
   for normalization in ('per_example', 'paper'):
@@ -241,6 +251,8 @@ def test_bound_terms_composes_the_four_terms():
     (np.ones(2), np.array([np.inf]), 'loss_synthetic contains NaN'),
     (np.ones(2), np.ones((2, 1)), 'loss_synthetic must be 1-D'),
     (np.array([0.5, -0.2]), np.ones(2), r'loss_real must hold per-example losses >= 0'),
+    # A loss of -1e-3 is no float32 rounding of 0, yet a looser tolerance let it through.
+    (np.array([1.0, -1e-3]), np.ones(2), r'loss_real must hold per-example losses >= 0'),
     (np.ones(2), np.array([-2.3, -0.1]), r'loss_synthetic must .* minimum of -2.29'),
 ])
 def test_empirical_loss_errors(loss_real, loss_synthetic, match):
@@ -299,6 +311,8 @@ GRADS, RESIDUAL = _grads(6, 8, seed=12)
     (dict(grads=np.full((6, 8), np.nan)), 'grads contains NaN'),
     (dict(grads=np.ones(6)), 'grads must be 2-D'),
     (dict(grads=np.zeros((0, 8)), residual=np.zeros(0)), 'grads is empty'),
+    # Grads of no parameters gave |r|^2 / eps (a zero kernel) instead of naming grads.
+    (dict(grads=np.zeros((6, 0))), 'grads has no parameters'),
     (dict(residual=np.ones(5)), 'residual must have 6 rows'),
     (dict(residual=np.ones((6, 1, 1))), 'residual must be 1-D or 2-D'),
     (dict(residual=np.array([np.inf] * 6)), 'residual contains NaN'),

@@ -1,12 +1,20 @@
 """Tests of dv_jax.features: the target standardizer against float64 NumPy.
 
-(The init_features and user-feature tests live in tests/test_valuation.py.)"""
+(Most init_features and user-feature tests live in tests/test_valuation.py.)"""
 
+import jax
 import numpy as np
 import pytest
 
 from dv_jax import features as features_lib
 from dv_jax import mmd
+from dv_jax.models import MLP, bind_apply, init_model
+
+
+def _mlp():
+  model = MLP(hidden_sizes=(5,), num_classes=3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
+  return bind_apply(model, init_model(model, jax.random.PRNGKey(1), x))
 
 
 @pytest.mark.parametrize('value,m', [(3.3, 1000), (1000.1, 7), (12345.678, 100)])
@@ -35,6 +43,13 @@ def test_standardizer_matches_numpy_float64():
                              atol=1e-5)
 
 
+def test_standardizer_keeps_a_nearly_constant_feature_unscaled():
+  # A target std of 4.7e-9 (below _MIN_STD = 1e-6) was divided by, blowing the feature up.
+  t = np.array([[0.0, 1.0], [1e-8, 2.0], [0.0, 3.0]], np.float32)
+  st = features_lib.fit_standardizer(t)
+  np.testing.assert_array_equal(np.asarray(st.scale)[0], 1.0)
+
+
 def test_mmd_does_not_depend_on_the_std_convention():
   """fit_standardizer's docstring: ddof 0 or 1 gives the same MK-MMD (bandwidths from T)."""
   rng = np.random.default_rng(2)
@@ -53,7 +68,6 @@ def test_mmd_does_not_depend_on_the_std_convention():
 def test_init_features_refuses_an_lms_per_position_states():
   """An LM's readout reads [b, t, d]; flattening it compared sequences position by position
   (padding included). METHOD.md's LM feature is the masked mean: the error says where."""
-  import jax
   from dv_jax.models import transformer
   model = transformer.TransformerLM(vocab_size=11, num_layers=1, num_heads=2, d_model=8,
                                     d_ff=16, max_len=6)
@@ -69,3 +83,28 @@ def test_flatten_refuses_no_rows_and_scalars(x):
   # Before: ZeroDivisionError (no rows) and IndexError (a scalar), naming nothing.
   with pytest.raises(ValueError, match=r'x must be \[n, \.\.\.\] with n >= 1'):
     features_lib.flatten(x)
+
+
+def test_init_features_refuses_nan_inputs():
+  # A NaN in x went through the network unnoticed, as the docstring says it must not.
+  apply_fn, params = _mlp()
+  x = np.ones((4, 6), np.float32)
+  x[2, 3] = np.nan
+  with pytest.raises(ValueError, match='NaN or Inf'):
+    features_lib.init_features(apply_fn, params, x)
+
+
+def test_feature_fn_refuses_missing_params_and_a_non_callable_user_fn():
+  # Both were accepted when the map was built and failed only when it was called.
+  apply_fn, _ = _mlp()
+  with pytest.raises(ValueError, match='needs apply_fn and params'):
+    features_lib.feature_fn('init_features', apply_fn=apply_fn, params=None)
+  with pytest.raises(ValueError, match='needs a callable'):
+    features_lib.feature_fn('user', user_fn=np.ones((3, 2)))
+
+
+def test_user_fn_with_the_wrong_number_of_rows_is_refused():
+  # n + 1 feature rows for n examples were accepted, misaligning features and examples.
+  phi = features_lib.feature_fn('user', user_fn=lambda v: np.ones((len(v) + 1, 2)))
+  with pytest.raises(ValueError, match=r'features_fn must return \[n, d\] = \[3, d\]'):
+    phi(np.ones((3, 4), np.float32))

@@ -293,6 +293,10 @@ GOOD_X, GOOD_Y = _sets(4, 5, 2, seed=10)
     (dict(x=GOOD_X[:1], estimator='linear'), 'linear estimator needs >= 2 rows.*x has 1'),
     (dict(block_size=0), 'block_size must be an integer >= 1'),
     (dict(bandwidths=[1.0, -1.0]), 'bandwidths must be positive'),
+    # A zero bandwidth was accepted: 0/0 on the kernel's diagonal, a NaN MMD^2.
+    (dict(bandwidths=[0.0, 1.0]), 'bandwidths must be positive'),
+    # No bandwidths were accepted: a mean over zero kernels, a NaN MMD^2.
+    (dict(bandwidths=np.zeros(0)), r'bandwidths must have shape \[M\] with M >= 1'),
     (dict(bandwidths=[[1.0]]), r'bandwidths must have shape \[M\]'),
     (dict(num_kernels=0), 'num_kernels must be an integer >= 1'),
     (dict(bandwidths=[1.0, 2.0], num_kernels=3), 'num_kernels = 3 disagrees with the 2'),
@@ -361,3 +365,25 @@ def test_float64_features_far_from_zero_keep_their_digits(estimator):
   median = np.median(d2[np.triu_indices(m, 1)])
   np.testing.assert_allclose(float(mmd.median_heuristic(y)), median, rtol=1e-5)
   np.testing.assert_allclose(mmd.bandwidths_from(y), bandwidths, rtol=1e-5)
+
+
+def test_bool_labels_are_class_labels():
+  # Bool labels were refused as non-integer, though they are the two classes 0 and 1.
+  x_labels, y_labels = np.array([1, 0, 1, 0], bool), np.array([0, 1, 1, 0, 1], bool)
+  bandwidths = np.array([1.0])
+  got = mmd.mk_mmd2(GOOD_X, GOOD_Y, bandwidths=bandwidths, x_labels=x_labels,
+                    y_labels=y_labels)
+  expected = _np_mmd2(GOOD_X, GOOD_Y, bandwidths, 'biased', x_labels.astype(int),
+                      y_labels.astype(int))
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=1e-5)
+
+
+def test_float32_features_against_a_float64_target_far_from_zero():
+  # Only a float64 x was centred on the host: a float32 x lost the float64 target's digits
+  # at an offset of 1e5 (y cast to float32 before the centering).
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(40, 3)) + 0.5 + 1e5).astype(np.float32)
+  y = rng.normal(size=(50, 3)) + 1e5
+  bandwidths = np.asarray(mmd.bandwidths_from(y - y.mean(axis=0)), np.float64)
+  want = _np_mmd2(x.astype(np.float64), y, bandwidths, 'biased')
+  np.testing.assert_allclose(float(mmd.mk_mmd2(x, y, bandwidths=bandwidths)), want, rtol=5e-5)
