@@ -206,6 +206,28 @@ def test_escalate_jitter_returns_the_first_success():
   assert len(record) == 2 and 'theta +' in str(record[0].message)
 
 
+def test_escalate_jitter_refuses_a_zero_initial_jitter():
+  # A zero first jitter was accepted, and 0 * 10^t stays 0 at every escalation.
+  with pytest.raises(ValueError, match='initial_jitter must be positive'):
+    linalg.escalate_jitter(lambda lam: (None, True), 0.0)
+
+
+def test_escalate_jitter_warns_no_retry_after_the_last_try():
+  # The last failed try also warned "retrying with jitter ...", a retry that never came.
+  with warnings.catch_warnings(record=True) as record:
+    warnings.simplefilter('always')
+    with pytest.raises(ValueError, match='for any of 2 jitters'):
+      linalg.escalate_jitter(lambda lam: (None, False), 1e-3, max_tries=2)
+  assert len(record) == 1
+
+
+def test_psd_solve_uses_the_given_initial_jitter():
+  # An explicit initial_jitter was ignored for eps * trace / n.
+  result = linalg.psd_solve(np.eye(2), np.ones(2), initial_jitter=1.0)
+  assert result.jitter == 1.0
+  np.testing.assert_allclose(result.solution, [0.5, 0.5], rtol=1e-6)
+
+
 def test_checked_float_array_converts_and_validates():
   converted = linalg.checked_float_array(np.arange(3), 'x')
   assert isinstance(converted, jax.Array) and converted.dtype == jnp.result_type(float)
@@ -219,6 +241,18 @@ def test_checked_float_array_converts_and_validates():
     linalg.checked_float_array(np.ones((1, 1, 1)), 'x', ndims=(1, 2))
   with pytest.raises(ValueError, match='x must be real-valued'):
     linalg.checked_float_array(np.array(['a']), 'x')
+
+
+def test_checked_float_array_converts_bools():
+  # Bool arrays were refused as not real-valued, though the docstring converts them.
+  got = linalg.checked_float_array(np.array([True, False]), 'x')
+  np.testing.assert_array_equal(got, [1.0, 0.0])
+
+
+def test_round_off_asymmetry_inside_sqrt_eps_is_accepted():
+  # A tolerance of 100 eps (1.2e-5) refused an asymmetry of 1e-4 relative, < sqrt(eps).
+  a = np.array([[2.0, 1.0 + 2e-4], [1.0, 2.0]], np.float32)
+  linalg.check_symmetric(jax.device_put(a), 'a')
 
 
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])

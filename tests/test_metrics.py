@@ -122,6 +122,13 @@ def test_bootstrap_properties():
   np.testing.assert_allclose(custom.resamples, named.resamples, equal_nan=True)
 
 
+def test_bootstrap_indices_cover_every_contributor():
+  # The last contributor index K - 1 was never drawn (indices from [0, K - 1)).
+  idx = metrics.bootstrap_indices(3, 500, key=jax.random.PRNGKey(0))
+  assert idx.shape == (500, 3)
+  assert set(np.unique(idx).tolist()) == {0, 1, 2}
+
+
 def test_bootstrap_errors():
   a, b = np.arange(5.0), np.arange(5.0)
   with pytest.raises(ValueError, match='num_items must be an integer >= 1'):

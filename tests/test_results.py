@@ -270,6 +270,23 @@ def test_setup_logging_writes_absl_and_python_records(tmp_path):
     root.setLevel(old_level)
 
 
+def test_setup_logging_lowers_a_raised_absl_level(tmp_path):
+  # An absl logger set to WARNING kept its level, so absl INFO records never reached log.txt.
+  root, absl = logging.getLogger(), logging.getLogger('absl')
+  old_levels = root.level, absl.level
+  absl.setLevel(logging.WARNING)
+  handler = results.setup_logging(tmp_path)
+  try:
+    absl_logging.info('absl says %d', 3)
+    handler.flush()
+    assert 'absl says 3' in (tmp_path / 'log.txt').read_text()
+  finally:
+    root.removeHandler(handler)
+    handler.close()
+    root.setLevel(old_levels[0])
+    absl.setLevel(old_levels[1])
+
+
 def test_a_long_safe_name_gets_a_short_file_name(tmp_path):
   # 300 safe characters used to become a 305-character file name: OSError 36 on save.
   store = results.UnitStore(tmp_path / 'units')
