@@ -151,6 +151,14 @@ def test_error_paths():
     facts.make_mixture(task, num_examples=5, pi=-0.1, key=jax.random.PRNGKey(0))
 
 
+def test_one_hot_at_the_item_limit():
+  # Exactly MAX_ONE_HOT_ITEMS items were refused one-hot encoding, the limit being inclusive.
+  limit = facts.MAX_ONE_HOT_ITEMS
+  task = _task(num_items=limit, num_answers=2, k=10)
+  x = facts.encode_items(task, np.array([0, limit - 1]))
+  assert x.shape == (2, limit) and x[1, -1] == 1.0
+
+
 def test_item_ids_are_checked_not_misread():
   task = _task()
   # -1 silently marked the last item as seen; a one-hot Split.x cast to int marked items 0

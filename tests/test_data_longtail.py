@@ -48,6 +48,26 @@ def test_truncated_probs_refuses_p_that_does_not_sum_to_one():
     scaling.synthetic_distribution(3 * p, mode='hard', k=3)
 
 
+@pytest.mark.parametrize('p, match', [
+    ([0.5, -0.1, 0.6], 'negative entries'),  # was drawn from a non-monotone CDF
+    ([0.0, 0.0], 'positive mass'),           # all-zero p: normalised by 0, a NaN CDF
+])
+def test_sample_items_refuses_negative_or_massless_p(p, match):
+  # Either p was accepted and sampled from, though it is no distribution.
+  with pytest.raises(ValueError, match=match):
+    longtail.sample_items(p, num_samples=3, key=jax.random.PRNGKey(0))
+
+
+def test_sample_by_class_label_range_and_absent_zero_probability_classes():
+  # Label C was accepted for C class probabilities; an absent class of probability 0 was
+  # refused as missing.
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match=r'labels must lie in \[0, 2\)'):
+    longtail.sample_by_class([0, 1, 2], [0.5, 0.5], num_samples=3, key=key)
+  idx = longtail.sample_by_class([0, 1, 0], [0.5, 0.5, 0.0], num_samples=20, key=key)
+  assert set(idx.tolist()) <= {0, 1, 2}
+
+
 def test_sample_by_class_frequencies_chi_square():
   labels = np.array([0, 0, 1, 2, 2, 2, 3, 5, 5, 4])
   probs = np.array([0.3, 0.2, 0.1, 0.15, 0.05, 0.2])
@@ -112,3 +132,14 @@ def test_stratified_partition_cuts_each_class_at_its_rounded_cumulative_share():
   expected = np.diff(np.concatenate([np.zeros((5, 1), int), cuts], axis=1), axis=1)
   got = np.stack([np.bincount(labels[part], minlength=5) for part in parts], axis=1)
   np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize('labels, fractions, match', [
+    ([0, -1, 1], [0.5, 0.5], 'non-negative'),  # a label -1 was accepted
+    ([0, 1, 1], [0.5, 0.2], 'sum to 1'),       # fractions summing to 0.7 were accepted
+])
+def test_stratified_partition_refuses_bad_labels_and_fractions(labels, fractions, match):
+  # Each was partitioned without a word instead of naming the bad argument.
+  with pytest.raises(ValueError, match=match):
+    longtail.stratified_partition(np.array(labels), fractions=fractions,
+                                  key=jax.random.PRNGKey(0))
