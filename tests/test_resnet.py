@@ -279,3 +279,13 @@ def test_bound_resnet_trains_with_batch_statistics_and_re_estimates_them():
   np.testing.assert_allclose(jax.jit(apply_fn.variables_apply)(trained, x), inference,
                              rtol=1e-5, atol=1e-6)
   assert not np.allclose(jax.jit(apply_fn)(result.params, x), inference, rtol=1e-3)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(num_classes=True), 'num_classes must be an integer'),  # built a 1-logit head
+    (dict(num_classes=10, num_filters=0), 'num_filters must be an integer >= 1'),
+    (dict(num_classes=10, small_images='no'), 'small_images must be a bool'),  # CIFAR stem
+])
+def test_sizes_are_checked_by_name(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(ResNet18(**kwargs).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))

@@ -478,3 +478,20 @@ def test_sample_refuses_prompt_ids_outside_the_vocabulary_before_each_rows_lengt
     with pytest.raises(ValueError, match=r'prompt_tokens holds ids outside \[0, 37\) .*\[0\]'):
       sample(LM, PARAMS, jax.random.PRNGKey(0), prompt, max_new_tokens=1,
              prompt_lengths=np.array([3, 2]))
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(num_layers=-1), 'num_layers must be an integer >= 0'),  # built a model of no blocks
+    (dict(num_heads=0), 'num_heads must be an integer >= 1'),  # a modulo by zero
+    (dict(num_heads=True), 'num_heads must be an integer'),  # read as 1 head
+    (dict(vocab_size=V, pad_id=V), r'pad_id must be an integer in \[0, 36\]'),
+])
+def test_sizes_are_checked_by_name(change, message):
+  sizes = dict(vocab_size=V, num_layers=LAYERS, num_heads=HEADS, d_model=D, d_ff=FF,
+               max_len=MAX_LEN)
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(TransformerLM(**{**sizes, **change}).init, jax.random.PRNGKey(0),
+                   jnp.zeros((1, 4), jnp.int32))
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(SequenceClassifier(num_classes=3, **{**sizes, **change}).init,
+                   jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))

@@ -36,6 +36,9 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from dv_jax import checks
 
 # Stage widths (in units of num_filters) and first-block strides of ResNet-18.
 _STAGES = ((1, 1), (2, 2), (4, 2), (8, 2))
@@ -90,6 +93,11 @@ class ResNet18(nn.Module):
   small_images: bool = True
 
   def setup(self):
+    # Checked, not cast: num_classes=True built a 1-logit head, small_images='no' the CIFAR stem.
+    checks.check_int(self.num_classes, 'num_classes')
+    checks.check_int(self.num_filters, 'num_filters')
+    if not isinstance(self.small_images, (bool, np.bool_)):
+      raise ValueError(f'small_images must be a bool, got {self.small_images!r}')
     if self.small_images:
       self.stem_conv = nn.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)),
                                use_bias=False)
