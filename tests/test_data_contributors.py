@@ -10,12 +10,19 @@ import pytest
 from dv_jax.data import contributors
 from dv_jax.data import digits
 from dv_jax.data import synthetic
+from dv_jax.data.contributors import Contributor
 from dv_jax.data.contributors import ContributorSpec
+from dv_jax.data.contributors import Split
 
 
 @pytest.fixture(scope='module')
 def pool():
   return digits.load_digits_splits(seed=0).pool
+
+
+@pytest.fixture(scope='module')
+def generator(pool):
+  return synthetic.fit_generator(pool.x, pool.y, num_components=3)
 
 
 @pytest.mark.parametrize('fraction', [None, 'a'])
@@ -30,6 +37,13 @@ def test_flip_labels_flips_exactly_to_another_class():
   z = np.asarray(contributors.flip_labels(y, fraction=0.37, num_classes=10,
                                           key=jax.random.PRNGKey(1)))
   assert (z != y).sum() == 370
+
+
+def test_flip_labels_reaches_every_other_class():
+  # A flip drawing offsets from [1, c - 1) never reached the class c - 1 steps away.
+  z = np.asarray(contributors.flip_labels(np.zeros(300, int), fraction=1.0, num_classes=3,
+                                          key=jax.random.PRNGKey(0)))
+  assert set(z.tolist()) == {1, 2}
 
 
 @pytest.mark.parametrize('spec', [
@@ -63,6 +77,43 @@ def test_digit_contributors_composition_and_disjoint_real_parts(pool):
     np.testing.assert_array_equal(a.y_real, b.y_real)
 
 
+def test_a_pool_with_one_synthetic_example_is_refused(pool, generator):
+  # Only a pool of synthetic examples only was refused; one synthetic row got through.
+  flags = np.zeros(len(pool.y), bool)
+  flags[0] = True
+  with pytest.raises(ValueError, match='pool must hold real examples only'):
+    contributors.make_digit_contributors(pool._replace(is_synthetic=flags), generator,
+                                         key=jax.random.PRNGKey(0))
+
+
+def test_a_pool_of_exactly_the_needed_size_is_enough(pool, generator):
+  # A pool of exactly sum(num_real) rows was refused as too small.
+  small = Split(pool.x[:10], pool.y[:10], pool.is_synthetic[:10])
+  out = contributors.make_digit_contributors(
+      small, generator, key=jax.random.PRNGKey(0),
+      specs=[ContributorSpec(5, 1.0, 'none', 0.0)] * 2)
+  assert [c.num_real for c in out] == [5, 5]
+
+
+def test_real_and_synthetic_label_noise_flip_independent_rows(pool, generator):
+  # The real part's flips drawn from the synthetic part's stream flipped the same positions.
+  x = np.array(pool.x)
+  x[:, 0, 0, 0] = np.arange(len(x)) / len(x)  # pixel (0, 0) traces each real row
+  pool = Split(x, pool.y, pool.is_synthetic)
+  key = jax.random.PRNGKey(2)
+  spec = ContributorSpec(60, 0.5, 'none', 0.5)
+  c = contributors.make_digit_contributors(pool, generator, key=key, specs=[spec, spec])[0]
+  rows = np.rint(np.asarray(c.x_real)[:, 0, 0, 0] * len(pool.y)).astype(int)
+  flipped_real = np.flatnonzero(np.asarray(c.y_real) != pool.y[rows])
+  base = synthetic.long_tail_class_probs(
+      10, beta=1.0, order=contributors.host_rng(key, 1).permutation(10))
+  clean = synthetic.sample_from_rng(generator, contributors.host_rng(key, 3, 0, 2), 30,
+                                    class_probs=base).y
+  flipped_synthetic = np.flatnonzero(np.asarray(c.y_synthetic) != clean)
+  assert len(flipped_real) == len(flipped_synthetic) == 15
+  assert not np.array_equal(flipped_real, flipped_synthetic)
+
+
 @pytest.mark.parametrize('size, pi, num_real', [(9, 0.75, 7), (9, 0.25, 2), (4, 0.5, 2),
                                                (10, 0.0, 0), (10, 1.0, 10)])
 def test_spec_num_real_rounds_to_nearest(size, pi, num_real):
@@ -93,6 +144,21 @@ def test_specs_shuffle_pi_independently_of_size():
   assert len(pairings) > 1
 
 
+def test_spec_sizes_are_the_rounded_evenly_spaced_sizes():
+  # floor(linspace(40, 200, 12)) in place of rint moved most sizes down by one.
+  specs = contributors.digit_contributor_specs(12, key=jax.random.PRNGKey(0))
+  expected = np.rint(np.linspace(40, 200, 12)).astype(int).tolist()
+  assert sorted(s.size for s in specs) == expected
+
+
+def test_specs_shuffle_truncations_independently_of_pi():
+  # Truncations shuffled by pi's permutation paired each pi with one truncation for every key.
+  pairings = {tuple(sorted((s.pi, str(s.truncation)) for s in
+                           contributors.digit_contributor_specs(12, key=jax.random.PRNGKey(k))))
+              for k in range(3)}
+  assert len(pairings) > 1
+
+
 def test_fold_in_name_is_the_crc32_of_the_name_and_independent_of_order():
   key = jax.random.PRNGKey(3)
   # The reference: CRC-32 of the UTF-8 name, kept to 31 bits (the units' saved keys).
@@ -113,3 +179,9 @@ def test_pooled_checks_each_part_as_validate_contributor_does(parts, match):
   c = contributors.Contributor('ann', *parts, np.ones((1, 2)), np.zeros(1, int))
   with pytest.raises(ValueError, match=f"contributor 'ann': {match}"):
     c.pooled()
+
+
+def test_validate_contributor_accepts_boolean_features():
+  # Boolean features (a binary image) were refused as not numbers.
+  c = Contributor('b', np.ones((2, 3), bool), np.array([0, 1]), None, None)
+  contributors.validate_contributor(c, feature_shape=(3,), num_classes=2)

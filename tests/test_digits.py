@@ -137,6 +137,17 @@ def test_stratified_take_largest_remainder(labels, size):
     splits_lib.stratified_take(np.arange(9), np.zeros(8), 3, seed=0)
 
 
+def test_stratified_take_keeps_sklearns_draw_when_a_side_has_one_row_per_class():
+  # A side of exactly one row per class fell back to largest remainder, not sklearn's draw.
+  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  labels = np.repeat(np.arange(10), 3)  # 30 rows, 10 classes: take 10 = the class count
+  index = np.arange(100, 130)
+  taken, rest = splits_lib.stratified_take(index, labels, 10, seed=4)
+  ref, ref_rest = train_test_split(index, train_size=10, stratify=labels, random_state=4)
+  np.testing.assert_array_equal(taken, np.sort(ref))
+  np.testing.assert_array_equal(rest, np.sort(ref_rest))
+
+
 @pytest.mark.parametrize('index, seed, match', [
     # Before: a repeated row landed in both sides ([0, 1] and [0, 0, 1, 1]), 0.5 was row 0,
     # and a seed of -1 failed in scikit-learn, naming random_state.

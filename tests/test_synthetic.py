@@ -155,6 +155,12 @@ def test_hard_breaks_frequency_ties_by_class_index():
   np.testing.assert_array_equal(np.flatnonzero(uniform), np.arange(10))
 
 
+def test_hard_k_equal_to_the_class_count_keeps_every_class():
+  # hard:c keeping every class was refused as more classes than there are.
+  p = np.array([0.5, 0.3, 0.2])
+  np.testing.assert_allclose(synthetic.truncate_class_probs(p, 'hard:3'), p)
+
+
 def test_class_entropy_is_in_nats():
   assert math.isclose(synthetic.class_entropy([0.25] * 4), math.log(4), rel_tol=1e-15)
   # 0 log 0 = 0, and the input is normalised: [2, 1, 1, 0] is [1/2, 1/4, 1/4, 0].
@@ -188,6 +194,13 @@ def test_finite_sample_forgets_unseen_classes():
   np.testing.assert_allclose(big, p, atol=5e-3)
   with pytest.raises(ValueError, match='needs key'):
     synthetic.truncate_class_probs(p, 'finite_sample:6')
+
+
+def test_finite_sample_keeps_one_entry_per_class():
+  # Counts without minlength dropped the classes after the last one drawn: q shorter than p.
+  p = np.array([0.999, 0.0005, 0.0005])
+  q = synthetic.truncate_class_probs(p, 'finite_sample:1', rng=np.random.default_rng(0))
+  np.testing.assert_array_equal(q, [1.0, 0.0, 0.0])
 
 
 def test_none_is_the_identity():
