@@ -137,6 +137,8 @@ def test_errors_name_the_contributor_or_argument(problem):
     ('nan_x', 'test.x contains NaN or Inf'),
     ('label_below', r'test.y has labels outside \[0, 10\)'),
     ('label_c', r'test.y has labels outside \[0, 10\)'),
+    # An empty test split was not named: it failed in a JAX reshape (ZeroDivisionError).
+    ('empty', 'test must be a non-empty'),
 ])
 def test_a_bad_test_split_fails_before_any_training(problem, monkeypatch, defect, message):
   # Without its own check, a NaN input or a label outside [0, c) fails only in the
@@ -150,11 +152,21 @@ def test_a_bad_test_split_fails_before_any_training(problem, monkeypatch, defect
   x, y = np.array(splits.test.x), np.array(splits.test.y)
   if defect == 'nan_x':
     x[5, 3] = np.nan
+  elif defect == 'empty':
+    x, y = x[:0], y[:0]
   else:
     y[5] = -1 if defect == 'label_below' else 10
   with pytest.raises(ValueError, match=message):
     ground_truth.retrain(cs, (x, y), apply_fn=apply_fn, params=params, config=CONFIG,
                          progress=False)
+
+
+def test_batch_stats_key_is_no_training_steps_key():
+  # A statistics tag among the step indices (fold_in 0) re-drew step 0's training batch.
+  key = jax.random.PRNGKey(0)
+  stats = np.asarray(ground_truth.batch_stats_key(key))
+  steps = np.asarray(jax.vmap(lambda t: jax.random.fold_in(key, t))(np.arange(1000)))
+  assert not (steps == stats).all(axis=1).any()
 
 
 class _DenseBatchNormDense(nn.Module):

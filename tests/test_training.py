@@ -372,6 +372,11 @@ def test_data_errors():
   with pytest.raises(ValueError, match='keys'):
     training.train_many_seeds(_linear_apply, params, x, y, num_classes=C,
                               config=training.TrainConfig(steps=1), keys=jax.random.PRNGKey(0))
+  # An empty stack of keys [0, 2] was accepted (zero runs) rather than named.
+  with pytest.raises(ValueError, match=r'keys must be a stack of PRNG keys \[R, 2\]'):
+    training.train_many_seeds(_linear_apply, params, x, y, num_classes=C,
+                              config=training.TrainConfig(steps=1),
+                              keys=np.zeros((0, 2), np.uint32))
   # Evaluation gathers the label's logit: one outside the classes must not be clamped.
   for labels in (np.where(y == 0, -1, y), np.where(y == 0, C, y)):
     with pytest.raises(ValueError, match='y has labels'):
