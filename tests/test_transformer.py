@@ -323,6 +323,15 @@ def test_next_token_probs_tiny_top_p_is_greedy_and_errors():
     next_token_probs(np.full((1, V), np.inf))
 
 
+def test_only_the_rows_that_overflow_are_shifted_by_their_maximum():
+  # Shifting every row once one overflowed changed the others' bits (and draws).
+  logits = jnp.array([[1e-36, 0.0], [40.0, 0.0]])  # / 1e-37: row 0 finite, row 1 inf
+  out = np.asarray(transformer._truncated_logits(  # pylint: disable=protected-access
+      logits, jnp.float32(1e-37), jnp.float32(1.0)))
+  np.testing.assert_array_equal(out[0], np.float32(logits[0]) / np.float32(1e-37))
+  assert out[1, 0] == 0.0
+
+
 def test_next_token_probs_at_the_nucleus_boundaries():
   # Probabilities exactly [1/2, 1/4, 1/4] in float32: token 0 alone reaches top_p = 1/2, so
   # token 1, with exactly top_p above it, is outside the nucleus.
@@ -469,10 +478,17 @@ def test_sample_errors(kwargs, message):
 
 def test_sample_refuses_prompt_ids_outside_the_vocabulary_before_each_rows_length():
   prompt = _tokens(2, 3)
+  valid = prompt.copy()
   prompt[1, 2] = V  # past row 1's length of 2: cleared to pad_id, never read
-  out = sample(LM, PARAMS, jax.random.PRNGKey(0), prompt, max_new_tokens=1,
-               prompt_lengths=np.array([3, 2]))
-  np.testing.assert_array_equal(np.asarray(out.tokens)[1, :2], prompt[1, :2])
+  # An id at the row's length, left in the buffer, reached the model: the draws must be
+  # those of the same prompt with a valid id there.
+  for use_cache in (True, False):
+    kwargs = dict(max_new_tokens=1, top_p=1e-7, prompt_lengths=np.array([3, 2]),
+                  use_cache=use_cache)
+    out = sample(LM, PARAMS, jax.random.PRNGKey(0), prompt, **kwargs)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[1, :2], prompt[1, :2])
+    np.testing.assert_array_equal(
+        out.tokens, sample(LM, PARAMS, jax.random.PRNGKey(0), valid, **kwargs).tokens)
   for bad in (V, -1):
     prompt[0, 1] = bad
     with pytest.raises(ValueError, match=r'prompt_tokens holds ids outside \[0, 37\) .*\[0\]'):
