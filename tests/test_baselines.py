@@ -330,6 +330,9 @@ def test_tracin_scores_reject_silent_truncation():
     tracin.tracin_scores(g, g, [0.1, 0.1], np.array([0, 0, 1, 2]), 2)
   with pytest.raises(ValueError, match='owner must be'):
     tracin.tracin_scores(g, g, [0.1, 0.1], owner[:3], 2)
+  # Before: zero checkpoints passed the length check and scored every contributor 0.
+  with pytest.raises(ValueError, match='same length J >= 1'):
+    tracin.tracin_scores([], [], [], owner, 2)
 
 
 @pytest.mark.parametrize('change, message', [
@@ -718,6 +721,8 @@ def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, fiel
 
 @pytest.mark.parametrize('path, value, message', [
     ('davinz.sigma', 'wide', 'davinz.sigma must be a finite length scale'),
+    # Before: True was read as sigma = 1.0.
+    ('davinz.sigma', True, 'davinz.sigma must be a finite length scale'),
     ('davinz.num_blocks', 1.5, 'davinz.num_blocks must be an integer >= 1'),
     ('davinz.jitter', None, 'davinz.jitter must be finite and > 0'),
     ('davinz.grad_block_size', 0, 'davinz.grad_block_size must be an integer >= 1'),
@@ -755,6 +760,12 @@ def test_check_config_names_a_bad_field_without_data_or_model(setup, path, value
   # The method's own entry point runs the same check, first.
   with pytest.raises(ValueError, match=f'^config.baselines.{message}'):
     _call(method, dict(setup, config=config))
+
+
+def test_tracin_accepts_checkpoint_every_equal_to_its_spacing(setup):
+  # checkpoint_every = steps / num_checkpoints (6 / 2), the spacing it is set to, was refused.
+  config = with_baseline_setting(setup['config'], 'tracin.train.checkpoint_every', 3)
+  assert baselines.check_config('tracin', config).train.checkpoint_every == 3
 
 
 @pytest.mark.parametrize('name', ['davinz', 'tracin', 'trak', 'random'])
@@ -926,6 +937,14 @@ def test_random_seed_offset_moves_the_key(setup):
   expected = jax.random.uniform(jax.random.fold_in(jax.random.PRNGKey(0), 19), (3,))
   np.testing.assert_allclose(shifted, np.asarray(expected), rtol=1e-6)
   assert not np.allclose(shifted, np.asarray(_call('random', setup).values))
+
+
+def test_random_accepts_the_largest_seed_offset(setup):
+  # seed_offset = 2**32 - 15 (14 + offset the largest uint32) was refused as too large.
+  config = with_baseline_setting(setup['config'], 'random.seed_offset', 2**32 - 15)
+  got = np.asarray(_call('random', dict(setup, config=config)).values)
+  expected = jax.random.uniform(jax.random.fold_in(jax.random.PRNGKey(0), 2**32 - 1), (3,))
+  np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-6)
 
 
 def test_davinz_with_blocks_does_not_depend_on_the_order_of_contributors(setup):

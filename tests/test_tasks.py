@@ -617,6 +617,15 @@ def test_text_lm_builder_errors(fixtures):
     tasks.build_task('instruction', config)
 
 
+def test_text_records_may_hold_out_every_real_record(fixtures):
+  # target_size + test_size equal to the 30 real records was refused as too few to hold out.
+  d = _text_config(fixtures, 'instruction').data
+  d.update(target_size=12, test_size=18)
+  _, real, _, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+  assert real.size == 0
+  assert len(held['target'].prompts) == 12 and len(held['test'].prompts) == 18
+
+
 @pytest.mark.parametrize('section, field', [('data', 'split_seed'), ('data', 'contributor_seed'),
                                             ('model', 'init_seed')])
 @pytest.mark.parametrize('bad', [-1, 2**32, 1.5])
