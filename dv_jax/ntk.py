@@ -214,6 +214,8 @@ def _check_projection(projection: Optional[Projection]) -> None:
                      f'{projection.kind!r}.')
   if projection.key is None:
     raise ValueError('projection.key is None: pass an explicit jax.random key.')
+  # An int seed or a batch of keys failed inside jax.random without naming the projection.
+  checks.check_key(projection.key, 'projection.key')
 
 
 def _rademacher_from_bits(key, shape, dtype):

@@ -302,6 +302,15 @@ def test_rademacher_draw_is_balanced_and_uncorrelated():
   assert np.abs(gram - np.eye(dim)).max() < bound
 
 
+@pytest.mark.parametrize('key', [0, jax.random.split(jax.random.PRNGKey(0), 2)])
+def test_projection_key_that_is_not_one_key_is_refused_by_name(key):
+  # An int seed or a batch of keys failed inside jax.random, naming no projection.
+  apply_fn, params, x = _mlp()
+  with pytest.raises(ValueError, match='projection.key must be a single'):
+    ntk.per_example_grads(ntk.true_class_logit(apply_fn), params, x, jnp.zeros(7, jnp.int32),
+                          projection=ntk.Projection(8, 'rademacher', key))
+
+
 @pytest.mark.parametrize('kind', ['rademacher', 'gaussian'])
 def test_projection_preserves_inner_products_in_expectation(kind):
   apply_fn, params, x = _mlp()
