@@ -21,9 +21,9 @@ recommended and default settings are similar (0.53-0.68 at 100, >= 0.80 at 400, 
 at 1000). Three seeds are few at 100 examples: the subsamples drawn before our method's
 keys moved off the ground truth's gave 0.69 and 0.68 there, and 10 seeds
 (`--config.valuation.num_repeats=10`, 69 s) give 0.63 +- 0.08 / 0.91 / 0.97 (MLP) and
-0.58 +- 0.09 / 0.85 / 0.97 (CNN). Each subsampled term is weighted to the full part sizes (dv_jax.valuation,
-`valuation.subsample`); before that was so, the floors of small parts gave 0.67 / 0.88 /
-0.95 and 0.68 / 0.86 / 0.97. Runtime: 40 s wall on 2 CPU cores.
+0.58 +- 0.09 / 0.85 / 0.97 (CNN). Each subsampled term is weighted to the full part
+sizes (dv_jax.valuation, `valuation.subsample`); before that was so, the floors of small
+parts gave 0.67 / 0.88 / 0.95 and 0.68 / 0.86 / 0.97. Runtime: 42 s wall on 2 CPU cores.
 """
 
 import importlib.util

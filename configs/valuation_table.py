@@ -80,8 +80,9 @@ CIs are about +-0.5 wide with K=12; full tables in <workdir>/table.md):
     a new draw.)
   arithmetic (154 s wall): defaults 0.55, recommended / proposed 0.84, fit 0.72; DAVINZ
     0.84, TracIn 0.29, TRAK 0.73, random -0.43 (defaults 0.50 before our method's keys
-    were moved off the ground truth's, which redrew its 1024-dim projection). The one-hot rows (39 classes, gradients
-    projected to 1024) cost 26-31 s, 1.8-2.1x the 14.5 s retraining.
+    were moved off the ground truth's, which redrew its 1024-dim projection). The one-hot
+    rows (39 classes, gradients projected to 1024) cost 26-31 s, 1.8-2.1x the 14.5 s
+    retraining.
   arithmetic_lm (71 s wall): defaults 0.75, LM features 0.79, proposed 0.61, fit 0.81;
     DAVINZ 0.88, TracIn 0.30, TRAK 0.66, random -0.47 (the same at 9562b84; the numbers
     written here before, 0.76 / 0.78 / 0.59 / 0.82 / 0.90 / 0.28 / 0.64 / -0.45, were
