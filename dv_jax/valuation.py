@@ -1233,7 +1233,8 @@ def _full_ntk_term(pool: 'Pool', rows: np.ndarray, *, eps: float) -> bound.NTKTe
 # ground_truth.retrain keys its seed r with split(PRNGKey(ground_truth.seed), R)[r], which
 # JAX's default threefry makes fold_in(PRNGKey(ground_truth.seed), r); with both seeds 0 (the
 # configs' default) retraining seed 0 drew its minibatches from our projection's key. No
-# count of seeds reaches this tag, and the baselines' tags (11-14 + offset) sit below it.
+# count of seeds reaches this tag; the baselines' tags are 11-14 (plus the random baseline's
+# seed_offset).
 _STAGES_TAG = 0x5EED0000
 
 
