@@ -961,3 +961,14 @@ def test_davinz_with_blocks_does_not_depend_on_the_order_of_contributors(setup):
                              np.asarray(forward.extras['ntk']), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(backward.values)[::-1], np.asarray(forward.values),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['tracin', 'trak'])
+def test_a_diverged_training_names_the_learning_rate(setup, name):
+  # It used to fail at the gradient step as "params contain NaN or Inf", which blamed the
+  # caller's theta0 (finite) rather than the baseline's own training.
+  config = copy.deepcopy(setup['config'])
+  config.baselines[name].train.learning_rate = 1e30
+  with pytest.raises(ValueError, match=rf'training diverged: .* lower '
+                                       rf'config\.baselines\.{name}\.train\.learning_rate'):
+    _call(name, dict(setup, config=config))

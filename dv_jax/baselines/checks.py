@@ -75,3 +75,18 @@ def config_train(value: Any, field: str) -> training.TrainConfig:
     return training.as_train_config(value)
   except ValueError as error:
     raise ValueError(f'config.{field}: {error}') from error
+
+
+def trained_finite(params: Any, field: str) -> None:
+  """Refuses trained parameters (a stack of models or checkpoints) holding NaN or Inf.
+
+  A diverged training reached the gradient step, whose check of its input parameters
+  ("params contain NaN or Inf") blamed the caller's theta0, which was finite.
+
+  Raises:
+    ValueError: naming the leaf and `config.<field>.learning_rate`.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not bool(jnp.isfinite(leaf).all()):
+      raise ValueError(f'training diverged: trained params leaf {jax.tree_util.keystr(path)} '
+                       f'holds NaN or Inf; lower config.{field}.learning_rate')

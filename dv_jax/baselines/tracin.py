@@ -254,6 +254,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                           num_classes=num_classes,
                           use_batch_stats=isinstance(apply_fn, BatchNormApply))
   jax.block_until_ready(result.checkpoints)
+  checks.trained_finite(result.checkpoints, 'baselines.tracin.train')
   seconds = {'train': time.perf_counter() - t0}
   t = time.perf_counter()
   projection = (ntk_lib.Projection(projection_dim, cfg.projection_kind, k_proj)

@@ -237,6 +237,7 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
                                       keys=jax.random.split(k_train, num_models),
                                       num_classes=num_classes, use_batch_stats=batch_norm)
   jax.block_until_ready(trained.params)
+  checks.trained_finite(trained.params, 'baselines.trak.train')
   seconds = {'train': time.perf_counter() - t0}
   t = time.perf_counter()
   bn_batch_size = settings.train.batch_size
