@@ -158,5 +158,14 @@ def check_key(key: Any, name: str = 'key') -> Any:
                    f'got {got}{hint}')
 
 
-__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_key', 'check_seed', 'real_number',
-           'unit_fraction', 'unwrap_scalar']
+def non_finite_leaf(tree: Any) -> Optional[str]:
+  """The path (`jax.tree_util.keystr`) of the first leaf of `tree` holding NaN or Inf, or
+  None; traced leaves, whose values are unknown, are skipped."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if not isinstance(leaf, jax.core.Tracer) and not bool(np.isfinite(leaf).all()):
+      return jax.tree_util.keystr(path)
+  return None
+
+
+__all__ = ['MAX_SEED', 'check_indices', 'check_int', 'check_key', 'check_seed',
+           'non_finite_leaf', 'real_number', 'unit_fraction', 'unwrap_scalar']

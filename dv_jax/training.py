@@ -341,10 +341,11 @@ def _prepare(apply_fn, params, x, y, *, config, num_classes, pad_to, use_batch_s
       raise ValueError(f'params leaf {jax.tree_util.keystr(path)} has non-float dtype '
                        f'{jnp.result_type(leaf)}: training updates every leaf of params; keep '
                        'integer state outside them')
-    # A NaN theta0 trains to NaN losses without a word: ground truth came back all NaN and
-    # failed much later, in the rank correlation.
-    if not isinstance(leaf, jax.core.Tracer) and not bool(jnp.isfinite(leaf).all()):
-      raise ValueError(f'params leaf {jax.tree_util.keystr(path)} holds NaN or Inf')
+  # A NaN theta0 trains to NaN losses without a word: ground truth came back all NaN and
+  # failed much later, in the rank correlation.
+  bad = checks.non_finite_leaf(params)
+  if bad is not None:
+    raise ValueError(f'params leaf {bad} holds NaN or Inf')
   out = jax.eval_shape(apply_fn, params, jnp.asarray(x[:1]))
   if out.shape != (1, num_classes):
     raise ValueError(f'num_classes={num_classes} but apply_fn returns logits of shape '

@@ -120,3 +120,11 @@ def test_check_key_passes_one_raw_or_typed_key(key):
 def test_check_key_names_the_argument_and_what_it_got(key, got):
   with pytest.raises(ValueError, match=r'^rng_key must be a single jax.random.PRNGKey .*' + got):
     checks.check_key(key, 'rng_key')
+
+
+def test_non_finite_leaf_names_the_first_bad_leaf_by_path():
+  tree = {'a': np.ones(2), 'b': {'c': np.array([1.0, np.inf]), 'd': np.array([np.nan])}}
+  assert checks.non_finite_leaf(tree) == "['b']['c']"
+  assert checks.non_finite_leaf({'a': np.ones(2)}) is None
+  traced = jax.jit(lambda x: checks.non_finite_leaf({'x': x}) is None)  # values unknown
+  assert traced(jnp.array([np.nan]))

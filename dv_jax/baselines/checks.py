@@ -12,6 +12,7 @@ from typing import Any, Iterable, Optional
 import jax
 import jax.numpy as jnp
 
+from dv_jax import checks as checks_lib
 from dv_jax import training
 
 
@@ -86,7 +87,7 @@ def trained_finite(params: Any, field: str) -> None:
   Raises:
     ValueError: naming the leaf and `config.<field>.learning_rate`.
   """
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if not bool(jnp.isfinite(leaf).all()):
-      raise ValueError(f'training diverged: trained params leaf {jax.tree_util.keystr(path)} '
-                       f'holds NaN or Inf; lower config.{field}.learning_rate')
+  bad = checks_lib.non_finite_leaf(params)
+  if bad is not None:
+    raise ValueError(f'training diverged: trained params leaf {bad} holds NaN or Inf; lower '
+                     f'config.{field}.learning_rate')
