@@ -77,7 +77,6 @@ import numpy as np
 
 from dv_jax import checks
 from dv_jax import config_checks
-from dv_jax.config_checks import seed_field
 from dv_jax import ntk
 from dv_jax.data import contributors as contributors_lib
 from dv_jax.data import synthetic
@@ -386,7 +385,7 @@ def _image_backbones(config, sample_x, num_classes: int, task: str):
       'resnet18': lambda: ResNet18(num_classes=num_classes, num_filters=int(m.resnet_width)),
   }
   _check_backbones(m.backbones, makers, task)
-  key = jax.random.PRNGKey(seed_field(m.init_seed, 'model.init_seed'))
+  key = jax.random.PRNGKey(config_checks.seed_field(m.init_seed, 'model.init_seed'))
   return {name: init_backbone(makers[name](), key, sample_x) for name in m.backbones}
 
 
@@ -396,12 +395,12 @@ def _pca_contributors(pool: Split, config, num_classes: int):
   fit_size = int(d.get('generator_fit_size', 0))
   if 0 < fit_size < fit_rows.size:
     from dv_jax.data import splits  # pylint: disable=g-import-not-at-top
-    fit_rows, _ = splits.stratified_take(fit_rows, np.asarray(pool.y), fit_size,
-                                         seed_field(d.split_seed, 'data.split_seed') + 7)
+    seed = config_checks.seed_field(d.split_seed, 'data.split_seed') + 7
+    fit_rows, _ = splits.stratified_take(fit_rows, np.asarray(pool.y), fit_size, seed)
   generator = synthetic.fit_generator(np.asarray(pool.x)[fit_rows], np.asarray(pool.y)[fit_rows],
                                       num_components=int(d.generator_components),
                                       num_classes=num_classes)
-  key = jax.random.PRNGKey(seed_field(d.contributor_seed, 'data.contributor_seed'))
+  key = jax.random.PRNGKey(config_checks.seed_field(d.contributor_seed, 'data.contributor_seed'))
   specs = contributor_specs(d, key=key)
   contributors = contributors_lib.make_digit_contributors(
       pool, generator, key=key, specs=specs, synthetic_beta=float(d.synthetic_beta))
@@ -420,7 +419,7 @@ def build_mnist5k(config: ml_collections.ConfigDict, *, cache: Cache = no_cache
   del cache  # nothing slow to cache
   from dv_jax.data import mnist  # pylint: disable=g-import-not-at-top
   d = config.data
-  splits = mnist.load_mnist5k(seed=seed_field(d.split_seed, 'data.split_seed'),
+  splits = mnist.load_mnist5k(seed=config_checks.seed_field(d.split_seed, 'data.split_seed'),
                               pool_fraction=float(d.pool_fraction),
                               target_size=int(d.target_size), test_size=int(d.test_size))
   contributors, specs = _pca_contributors(splits.pool, config, mnist.NUM_CLASSES)
@@ -440,7 +439,7 @@ def _cifar_generated_contributors(pool: Split, config, source: Split, num_classe
   """
   from dv_jax.data import longtail  # pylint: disable=g-import-not-at-top
   d = config.data
-  key = jax.random.PRNGKey(seed_field(d.contributor_seed, 'data.contributor_seed'))
+  key = jax.random.PRNGKey(config_checks.seed_field(d.contributor_seed, 'data.contributor_seed'))
   specs = contributor_specs(d, key=key)
   real_rows = real_part_indices(specs, pool.y.shape[0], key=jax.random.fold_in(key, 1))
   base = synthetic.long_tail_class_probs(num_classes, beta=float(d.synthetic_beta))
@@ -487,7 +486,7 @@ def build_cifar100(config: ml_collections.ConfigDict, *, cache: Cache = no_cache
                      'python pickles or cifar100.npz); nothing is downloaded')
   data = cifar100.load_cifar100(str(d.directory), normalize=bool(d.normalize))
   c = cifar100.NUM_CLASSES
-  seed = seed_field(d.split_seed, 'data.split_seed')
+  seed = config_checks.seed_field(d.split_seed, 'data.split_seed')
   train_index = np.arange(data.y_train.shape[0])
   target_idx, rest = splits.stratified_take(train_index, data.y_train, int(d.target_size), seed)
   if int(d.pool_size) > 0:
@@ -575,7 +574,7 @@ def _tweet_synthetic(train, specs, config) -> Dict[str, Any]:
     except ValueError as error:
       raise ValueError(f'config.data.generator (temperature, top_p) under the truncation '
                        f'{spec.truncation!r}: {error}') from error
-  key = jax.random.PRNGKey(seed_field(g.seed, 'data.generator.seed'))
+  key = jax.random.PRNGKey(config_checks.seed_field(g.seed, 'data.generator.seed'))
   model, params, tokenizer, losses = tweets_lib.train_tweet_lm(
       train.texts, train.labels, key=jax.random.fold_in(key, 0), lm_config=lm_config)
   label_probs = np.bincount(train.labels, minlength=tweets_lib.NUM_CLASSES).astype(np.float64)
@@ -619,12 +618,12 @@ def build_tweets(config: ml_collections.ConfigDict, *, cache: Cache = no_cache
   d, m = config.data, config.model
   _check_backbones(m.backbones, ('transformer',), 'tweets')
   min_conf = float(d.min_confidence)
-  splits = tweets_lib.load_tweets(seed=seed_field(d.split_seed, 'data.split_seed'),
+  splits = tweets_lib.load_tweets(seed=config_checks.seed_field(d.split_seed, 'data.split_seed'),
                                   target_size=int(d.target_size),
                                   test_size=int(d.test_size), train_size=int(d.train_size),
                                   min_confidence=None if min_conf < 0 else min_conf)
   train = splits.train
-  key = jax.random.PRNGKey(seed_field(d.contributor_seed, 'data.contributor_seed'))
+  key = jax.random.PRNGKey(config_checks.seed_field(d.contributor_seed, 'data.contributor_seed'))
   specs = contributor_specs(d, key=key)
   real_rows = real_part_indices(specs, len(train.texts), key=jax.random.fold_in(key, 1))
   name = 'tweets_synthetic_' + config_digest(
@@ -660,7 +659,7 @@ def build_tweets(config: ml_collections.ConfigDict, *, cache: Cache = no_cache
                              num_layers=int(m.num_layers), num_heads=int(m.num_heads),
                              d_model=int(m.d_model), d_ff=int(m.d_ff), max_len=max_len,
                              pad_id=tokenizer.pad_id)
-  init_key = jax.random.PRNGKey(seed_field(m.init_seed, 'model.init_seed'))
+  init_key = jax.random.PRNGKey(config_checks.seed_field(m.init_seed, 'model.init_seed'))
   apply_fn, params = init_backbone(model, init_key, target.x)
   info = {'pool_size': len(train.texts), 'vocab_size': tokenizer.vocab_size,
           'generator_final_loss': generated['lm_final_loss'],
@@ -706,7 +705,7 @@ def build_arithmetic(config: ml_collections.ConfigDict, *, cache: Cache = no_cac
   known = ('mlp',) if objective == 'classification' and representation == 'one_hot' \
       else ('transformer',)
   _check_backbones(m.backbones, known, f'arithmetic ({objective}, {representation})')
-  key = jax.random.PRNGKey(seed_field(d.split_seed, 'data.split_seed'))
+  key = jax.random.PRNGKey(config_checks.seed_field(d.split_seed, 'data.split_seed'))
   v = int(d.num_values)
   task = arithmetic.make_arithmetic_task(
       num_values=v, beta=float(d.beta), key=jax.random.fold_in(key, 0),
@@ -742,7 +741,7 @@ def build_arithmetic(config: ml_collections.ConfigDict, *, cache: Cache = no_cac
   pool_abz = real(int(d.pool_size), 1)
   target_abz = real(int(d.target_size), 2)
   test_abz = real(int(d.test_size), 3)
-  ckey = jax.random.PRNGKey(seed_field(d.contributor_seed, 'data.contributor_seed'))
+  ckey = jax.random.PRNGKey(config_checks.seed_field(d.contributor_seed, 'data.contributor_seed'))
   specs = contributor_specs(d, key=ckey)
   real_rows = real_part_indices(specs, int(d.pool_size), key=jax.random.fold_in(ckey, 1))
   contributors = []
@@ -766,7 +765,7 @@ def build_arithmetic(config: ml_collections.ConfigDict, *, cache: Cache = no_cac
     return Split(x, y, np.zeros(y.shape[0], bool))
 
   pool, target, test = as_split(pool_abz), as_split(target_abz), as_split(test_abz)
-  init_key = jax.random.PRNGKey(seed_field(m.init_seed, 'model.init_seed'))
+  init_key = jax.random.PRNGKey(config_checks.seed_field(m.init_seed, 'model.init_seed'))
   features = {}
   if objective == 'lm':
     lm = TransformerLM(vocab_size=tokenizer.vocab_size, num_layers=int(m.num_layers),
@@ -836,7 +835,7 @@ def _text_records(d, layout):
   records = load(d.path, d.split)
   real = np.flatnonzero(~records.is_synthetic)
   syn = np.flatnonzero(records.is_synthetic)
-  rng = np.random.default_rng(seed_field(d.split_seed, 'data.split_seed'))
+  rng = np.random.default_rng(config_checks.seed_field(d.split_seed, 'data.split_seed'))
   real = rng.permutation(real)
   held = {}
   offset = 0
@@ -948,7 +947,7 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   d, m = config.data, config.model
   _check_backbones(m.backbones, ('llm',), layout)
   records, real_rows, syn_rows, held = _text_records(d, layout)
-  key = jax.random.PRNGKey(seed_field(d.contributor_seed, 'data.contributor_seed'))
+  key = jax.random.PRNGKey(config_checks.seed_field(d.contributor_seed, 'data.contributor_seed'))
   # The generated side is the user's synthetic records, not a truncation we apply: a
   # truncation level set in the config would be ignored, so it is refused.
   if tuple(d.get('truncations', ('none',))) != ('none',):

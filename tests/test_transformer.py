@@ -511,3 +511,10 @@ def test_sizes_are_checked_by_name(change, message):
   with pytest.raises(ValueError, match=message):
     jax.eval_shape(SequenceClassifier(num_classes=3, **{**sizes, **change}).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_classifier_num_classes_is_checked_by_name():
+  # num_classes=True was read as a 1-logit head.
+  with pytest.raises(ValueError, match='num_classes must be an integer'):
+    jax.eval_shape(SequenceClassifier(V, True, LAYERS, HEADS, D, FF, MAX_LEN).init,
+                   jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))

@@ -296,14 +296,12 @@ class TransformerBlock(nn.Module):
 
 
 def check_lm_sizes(module: Any) -> None:
-  """ValueErrors naming a size of TransformerLM / SequenceClassifier that is not a whole
-  number in range: `num_layers=-1` built a model of no blocks, `num_heads=0` failed as a
-  modulo by zero, and True was read as 1."""
+  """ValueErrors naming a size of TransformerLM (also SequenceClassifier's backbone) that
+  is not a whole number in range: `num_layers=-1` built a model of no blocks, `num_heads=0`
+  failed as a modulo by zero, and True was read as 1."""
   for name in ('vocab_size', 'num_heads', 'd_model', 'd_ff', 'max_len'):
     checks.check_int(getattr(module, name), name)
   checks.check_int(module.num_layers, 'num_layers', minimum=0)
-  if getattr(module, 'num_classes', None) is not None:
-    checks.check_int(module.num_classes, 'num_classes')
   if module.pad_id is not None:
     checks.check_int(module.pad_id, 'pad_id', minimum=0, maximum=module.vocab_size - 1)
 
@@ -467,7 +465,7 @@ class SequenceClassifier(nn.Module):
   pad_id: Optional[int] = None
 
   def setup(self):
-    check_lm_sizes(self)
+    checks.check_int(self.num_classes, 'num_classes')  # the backbone checks the rest
     self.backbone = TransformerLM(self.vocab_size, self.num_layers, self.num_heads,
                                   self.d_model, self.d_ff, self.max_len, pad_id=self.pad_id)
     self.classifier = nn.Dense(self.num_classes)
