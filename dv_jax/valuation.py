@@ -1841,7 +1841,7 @@ __all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RE
            'validate_inputs', 'term_mask', 'gradient_mesh', 'PartKernelSums', 'Pool',
            'pool_config_record',
            'prepare_pool', 'logits_at', 'cross_entropy', 'pool_examples', 'check_owner',
-           'with_pool_kernel', 'bucket_size', 'gram_quad_form', 'coalition_key',
+           'with_pool_kernel', 'bucket_size', 'gram_quad_form', 'stage_key', 'coalition_key',
            'coalition_rows', 'coalition_terms', 'standardize_terms', 'subsampled_pool_size',
            'WeightFit', 'fit_weights', 'value_contributors', 'Utility', 'leave_one_out',
            'shapley_from_utility', 'shapley']
