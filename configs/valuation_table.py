@@ -194,7 +194,10 @@ def ground_truth_config(arg: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       optimizer='adam', learning_rate=1e-2, steps=20 if smoke else 300,
       batch_size=16 if smoke else 64, weight_decay=0.0, momentum=0.0, schedule='constant',
-      num_seeds=2 if smoke else 3, seed=0))
+      num_seeds=2 if smoke else 3, seed=0,
+      # Where the work runs, not its result (dv_jax.ground_truth): the seeds as one vmapped
+      # program, the test split in blocks of 512 rows.
+      vmap_seeds=True, eval_block_size=512))
 
 
 def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:
@@ -230,7 +233,7 @@ def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:
   config.baselines.trak = ml_collections.ConfigDict(dict(
       train=ml_collections.ConfigDict(train), num_models=2 if smoke else 3,
       projection_dim=32 if smoke else 512, projection_kind='rademacher', ridge=1e-3,
-      grad_block_size=256, param_filter=''))
+      grad_block_size=256, param_filter='', vmap_models=True))
   config.baselines.random = ml_collections.ConfigDict(dict(seed_offset=0))
 
   config.ground_truth = ground_truth_config(arg)
@@ -482,14 +485,20 @@ def task_config(arg: str) -> ml_collections.ConfigDict:
       train=ml_collections.ConfigDict(train), num_checkpoints=2 if smoke else 5,
       projection_dim=projection if (paper or smoke) else 0, projection_kind='rademacher',
       grad_block_size=block, param_filter=llm_filter))
+  # A 1.5B LLM's fine-tunings one after another: R vmapped ones hold 4R + 1 float32 copies
+  # of its parameters (5.75 GiB each; 75 GiB for TRAK's three, before any activation).
+  one_at_a_time = paper and lm
   config.baselines.trak = ml_collections.ConfigDict(dict(
       train=ml_collections.ConfigDict(train), num_models=1 if smoke else 3,
       projection_dim=projection, projection_kind='rademacher', ridge=1e-3,
-      grad_block_size=block, param_filter=llm_filter))
+      grad_block_size=block, param_filter=llm_filter, vmap_models=not one_at_a_time))
   config.baselines.random = ml_collections.ConfigDict(dict(seed_offset=0))
 
+  # An LLM's test split in blocks of 8 rows: its full-vocabulary logits are
+  # 8 x 512 tokens x 151,936 x 4 B = 2.3 GiB per block (512 rows: 150 GiB).
   config.ground_truth = ml_collections.ConfigDict(dict(
-      num_seeds=1 if smoke else (2 if paper else 3), seed=0, **train))
+      num_seeds=1 if smoke else (2 if paper else 3), seed=0,
+      vmap_seeds=not one_at_a_time, eval_block_size=8 if paper and lm else 512, **train))
   if base == 'cifar100':
     # ResNet-18 trains with batch statistics; its running statistics are then re-estimated
     # on this many training batches per run (dv_jax.ground_truth) and per TracIn

@@ -1,13 +1,21 @@
 """Ground truth by retraining (METHOD.md section 4).
 
 For each contributor ``S_i`` the model is trained from ``theta0`` on ``S_i`` alone with one
-fixed recipe (``dv_jax.training``), for ``R`` seeds (vmapped), and evaluated on a held-out
-test split that is never the target ``T``. The ground-truth value is minus the test loss
+fixed recipe (``dv_jax.training``), for ``R`` seeds, and evaluated on a held-out test split
+that is never the target ``T``. The ground-truth value is minus the test loss
 averaged over seeds; the accuracy is reported beside it.
 
 Every contributor's data are padded to the largest contributor's size, so one compiled
 program serves all of them. The ``R`` seeds are the same for every contributor (common
 random numbers), so differences between contributors are not blurred by seed noise.
+
+Where the work runs (``vmap_seeds``, ``eval_block_size``) does not change the result beyond
+float32 rounding. By default the ``R`` seeds train as one vmapped program, fastest for a
+small model; a 1.5B LLM holds ``4R + 1`` float32 copies of its parameters that way (each
+seed's parameters, Adam moments and gradients, plus ``theta0``), so the LLM configs train
+them one after another (``vmap_seeds=False``: 5 copies). The test split is evaluated in
+blocks of ``eval_block_size`` rows: an LLM's full-vocabulary logits for 512 rows of 512
+tokens are 150 GiB per seed, so the LLM configs use 8.
 
 BatchNorm (an ``apply_fn`` that is a ``dv_jax.models.common.BatchNormApply``, e.g.
 ResNet-18) is trained as the standard recipe does: each minibatch is normalised by its own
@@ -56,6 +64,8 @@ class GroundTruthConfig(NamedTuple):
   num_seeds: int = 3
   seed: int = 0
   bn_batches: int = 64
+  vmap_seeds: bool = True
+  eval_block_size: int = 512
 
 
 class GroundTruth(NamedTuple):
@@ -129,6 +139,9 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
     train_config = train_config._replace(checkpoint_every=0)
   num_seeds = config_checks.config_int(_get(config, 'num_seeds'), 'num_seeds')
   bn_batches = config_checks.config_int(_get(config, 'bn_batches'), 'bn_batches')
+  vmap_seeds = config_checks.config_bool(_get(config, 'vmap_seeds'), 'vmap_seeds')
+  eval_block_size = config_checks.config_int(_get(config, 'eval_block_size'),
+                                             'eval_block_size')
   batch_norm = isinstance(apply_fn, BatchNormApply)
   seed = checks.check_seed(_get(config, 'seed'), 'config.seed')
   contributors = list(contributors)
@@ -157,27 +170,46 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
   start = time.perf_counter()
   keys = jax.random.split(jax.random.PRNGKey(seed), int(num_seeds))
   capacity = max(c.size for c in contributors)
+  train_kwargs = dict(config=train_config, num_classes=num_classes, pad_to=capacity,
+                      use_batch_stats=batch_norm)
   losses, accuracies = [], []
   for c in tqdm(contributors, desc='retrain', disable=not progress):
     data = c.pooled()
-    result = training.train_many_seeds(apply_fn, params, data.x, data.y, config=train_config,
-                                       keys=keys, num_classes=num_classes, pad_to=capacity,
-                                       use_batch_stats=batch_norm)
+    n = data.x.shape[0]
     if batch_norm:
-      n = data.x.shape[0]
       # Padded to the capacity (rows beyond n are never drawn): one compile for everyone.
       x_pad, _ = training.pad_examples(data.x, data.y, capacity)
-      stats = []
-      for r in range(int(num_seeds)):
-        params_r = jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], result.params)
-        stats.append(apply_fn.estimate_batch_stats(
-            params_r, x_pad, key=batch_stats_key(keys[r]), num_batches=int(bn_batches),
-            batch_size=min(train_config.batch_size, n), num_rows=n))
-      variables = {'params': result.params,
-                   'batch_stats': jax.tree_util.tree_map(lambda *s_r: jnp.stack(s_r), *stats)}
-      ev = training.evaluate_many(apply_fn.variables_apply, variables, test_x, test_y)
+
+    def statistics(params_r, r):
+      # Running statistics re-estimated on this seed's training data, for inference mode.
+      return apply_fn.estimate_batch_stats(
+          params_r, x_pad, key=batch_stats_key(keys[r]), num_batches=int(bn_batches),
+          batch_size=min(train_config.batch_size, n), num_rows=n)
+
+    eval_fn = apply_fn.variables_apply if batch_norm else apply_fn
+    if vmap_seeds:
+      result = training.train_many_seeds(apply_fn, params, data.x, data.y, keys=keys,
+                                         **train_kwargs)
+      variables = result.params
+      if batch_norm:
+        stats = [statistics(jax.tree_util.tree_map(lambda leaf, r=r: leaf[r], result.params), r)
+                 for r in range(int(num_seeds))]
+        variables = {'params': result.params,
+                     'batch_stats': jax.tree_util.tree_map(lambda *s_r: jnp.stack(s_r), *stats)}
+      ev = training.evaluate_many(eval_fn, variables, test_x, test_y,
+                                  block_size=eval_block_size)
     else:
-      ev = training.evaluate_many(apply_fn, result.params, test_x, test_y)
+      # One seed at a time: one seed's training state in memory instead of R's.
+      evs = []
+      for r in range(int(num_seeds)):
+        params_r = training.train(apply_fn, params, data.x, data.y, key=keys[r],
+                                  **train_kwargs).params
+        variables = ({'params': params_r, 'batch_stats': statistics(params_r, r)}
+                     if batch_norm else params_r)
+        evs.append(training.evaluate(eval_fn, variables, test_x, test_y,
+                                     block_size=eval_block_size))
+        del params_r, variables  # freed before the next seed trains
+      ev = training.Evaluation(*(jnp.stack(field) for field in zip(*evs)))
     losses.append(np.asarray(ev.loss, np.float64))
     accuracies.append(np.asarray(ev.accuracy, np.float64))
   seconds = time.perf_counter() - start

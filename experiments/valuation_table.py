@@ -112,7 +112,9 @@ _SELECTOR_FIELDS = {'data': ('num_draws',), 'model': ('backbones',),
 # Config fields that choose where the work runs, not its result (float32 rounding aside),
 # so no unit depends on them either: toggling them reuses every saved unit, and units
 # saved before they existed keep their fingerprints.
-_PLACEMENT_FIELDS = {'ntk': ('data_parallel',)}
+_PLACEMENT_FIELDS = {'ntk': ('data_parallel',),
+                     'ground_truth': ('vmap_seeds', 'eval_block_size'),
+                     'baseline': ('vmap_models',)}
 
 
 def _without_selectors(section_name: str, section: Any) -> Any:
@@ -128,7 +130,8 @@ def unit_fingerprint(config: ml_collections.ConfigDict, **sections: Any) -> str:
 
   The benchmark is the seed, task, data and model config; the selector fields
   (`_SELECTOR_FIELDS`) and the placement fields (`_PLACEMENT_FIELDS`:
-  `ntk.data_parallel`) are left out of every section. A unit saved under one fingerprint
+  `ntk.data_parallel`, the ground truth's `vmap_seeds` and `eval_block_size`, TRAK's
+  `vmap_models`) are left out of every section. A unit saved under one fingerprint
   is refused under another (`results.UnitStore`), so a rerun in a workdir with a setting
   changed fails instead of reporting stale results.
 

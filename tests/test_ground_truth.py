@@ -227,6 +227,8 @@ def test_batch_norm_model_is_evaluated_with_re_estimated_statistics(problem):
     ('num_seeds', float('nan')),
     ('num_seeds', float('inf')),  # OverflowError before
     ('bn_batches', 2.5),
+    ('eval_block_size', 0),
+    ('eval_block_size', 2.5),
 ])
 def test_config_integers_are_checked_and_named(problem, field, value):
   splits, apply_fn, params, cs = problem
@@ -255,3 +257,50 @@ def test_retraining_keys_are_not_our_methods_stage_keys(problem, monkeypatch):
                 for s in range(5)}
   retrain_keys = {tuple(k.tolist()) for k in seen[0]}
   assert len(retrain_keys) == 5 and not retrain_keys & stage_keys
+
+
+def _spy(monkeypatch, name, calls):
+  """Records the keyword `block_size` of every call of `training.<name>`."""
+  real = getattr(training, name)
+  monkeypatch.setattr(training, name, lambda *args, **kwargs: (
+      calls.append((name, kwargs.get('block_size'))) or real(*args, **kwargs)))
+
+
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_seeds_one_after_another_and_eval_blocks_do_not_change_the_result(
+    problem, result, monkeypatch, batch_norm):
+  # The LLM configs train the seeds one at a time and evaluate 8 test rows per block (one
+  # vmapped program over R seeds of a 1.5B model, and 512-row blocks of 151,936-token
+  # logits, need more memory than a GPU has): the same numbers, float32 rounding aside.
+  splits, apply_fn, params, cs = problem
+  config = CONFIG
+  if batch_norm:
+    model = _DenseBatchNormDense()
+    apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(0),
+                                                    splits.pool.x))
+    config = BN_CONFIG
+  vmapped = (ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
+                                  config=config, progress=False) if batch_norm else result)
+  calls = []
+  for name in ('train', 'train_many_seeds', 'evaluate', 'evaluate_many'):
+    _spy(monkeypatch, name, calls)
+  one_at_a_time = ground_truth.retrain(
+      cs, splits.test, apply_fn=apply_fn, params=params,
+      config=config._replace(vmap_seeds=False, eval_block_size=7), progress=False)
+  # Seed by seed (R = 2 per contributor), each test split in blocks of 7 rows.
+  assert calls == [('train', None), ('evaluate', 7)] * (len(cs) * config.num_seeds)
+  np.testing.assert_allclose(one_at_a_time.test_loss_per_seed, vmapped.test_loss_per_seed,
+                             rtol=1e-5)
+  np.testing.assert_allclose(one_at_a_time.test_accuracy_per_seed,
+                             vmapped.test_accuracy_per_seed, rtol=1e-6)
+  calls.clear()
+  ground_truth.retrain(cs[:1], splits.test, apply_fn=apply_fn, params=params,
+                       config=config._replace(steps=2, eval_block_size=5), progress=False)
+  assert calls == [('train_many_seeds', None), ('evaluate_many', 5)]
+
+
+def test_vmap_seeds_must_be_a_bool(problem):
+  splits, apply_fn, params, cs = problem
+  with pytest.raises(ValueError, match='config.vmap_seeds must be True or False'):
+    ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
+                         config=CONFIG._replace(vmap_seeds='False'), progress=False)

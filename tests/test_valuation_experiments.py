@@ -73,6 +73,25 @@ def test_paper_scale_ntk_blocks_fit_their_projection(variant):
   assert 2 * config.ntk.block_size <= config.ntk.projection_dim
 
 
+@pytest.mark.parametrize('variant', [v + smoke for v in CONFIGS['valuation_table'].LLM_TEXT
+                                     for smoke in ('', '_smoke')])
+def test_paper_scale_llm_fine_tunings_fit_a_gpu(variant):
+  # Qwen2.5-1.5B (p = 1.54e9, 5.75 GiB per float32 copy; vocabulary 151,936). Vmapped over R
+  # runs, a fine-tuning holds each run's parameters, Adam moments and gradients plus theta0:
+  # TRAK's three needed 13 copies (75 GiB) before any activation. And the ground truth
+  # evaluated 512 test rows at once: 512 x 512 tokens of full-vocabulary logits, 150 GiB
+  # per seed. One run at a time (5 copies, 29 GiB) and 8-row blocks (2.3 GiB) fit 80 GB.
+  # The smoke twins run the same settings end to end on the fixtures (test_valuation_tasks).
+  config = CONFIGS['valuation_table'].get_config(variant)
+  assert config.ground_truth.vmap_seeds is False and config.baselines.trak.vmap_models is False
+  if not variant.endswith('_smoke'):
+    rows_x_tokens = config.ground_truth.eval_block_size * config.data.max_len
+    assert rows_x_tokens * 151936 * 4 / 2**30 < 3  # GiB of one block's logits
+  # The CPU tasks keep the fast vmapped programs.
+  digits = CONFIGS['valuation_table'].get_config('digits')
+  assert digits.ground_truth.vmap_seeds and digits.baselines.trak.vmap_models
+
+
 def test_digits_table_has_the_required_rows():
   config = CONFIGS['valuation_table'].get_config('digits')
   names = [valuation_table.parse_variant(v)[0] for v in config.valuation.variants]
@@ -468,6 +487,10 @@ def test_unit_fingerprints_cover_what_each_unit_depends_on():
       _copy_with(config, data__num_draws=2, model__backbones=('mlp', 'cnn')), 0)
   assert {name: more[name] for name in units} == units
   assert 'draw0/cnn/ground_truth' in more
+  # Where the ground truth and TRAK run (seeds vmapped or one at a time, evaluation block
+  # rows) is not what they compute: toggling it reuses every saved unit.
+  assert not changed(ground_truth__vmap_seeds=False, ground_truth__eval_block_size=8,
+                     baselines__trak__vmap_models=False)
 
 
 def test_config_level_fitted_weights_need_probes():
