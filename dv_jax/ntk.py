@@ -397,11 +397,21 @@ def _split_examples(placement: Optional[_Placement], x_b):
   return _on_one_device(x_b)
 
 
+def _default_device() -> jax.Device:
+  """This process's default device: `jax.default_device`'s if set, else its first local one.
+
+  Not `jax.devices()[0]`: in a multi-process run that is process 0's device, and every
+  other process would get back arrays it cannot read.
+  """
+  device = jax.config.jax_default_device
+  return device if isinstance(device, jax.Device) else jax.local_devices()[0]
+
+
 def _on_one_device(x_b):
   """`x_b` as given, or gathered onto the default device if it is spread over several."""
   sharding = getattr(x_b, 'sharding', None)
   if sharding is not None and len(sharding.device_set) > 1:
-    return jax.device_put(x_b, jax.devices()[0])
+    return jax.device_put(x_b, _default_device())
   return x_b
 
 

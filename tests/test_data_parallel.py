@@ -179,6 +179,11 @@ def _check_sharded_input_without_mesh(report):
     report[name] = _max_rel_diff(got, want)
     assert report[name] <= RTOL, report
     assert got.sharding.device_set == {jax.devices()[0]}, got.sharding
+  # Gathered onto THIS process's default device: it was jax.devices()[0], which in a
+  # multi-process run is process 0's, so every other process got arrays it could not read.
+  with jax.default_device(jax.devices()[2]):
+    got = ntk.per_example_grads(scalar_fn, params, x_sharded, y_sharded, block_size=32)
+  assert got.sharding.device_set == {jax.devices()[2]}, got.sharding
 
 
 def _check_mesh_is_used(report):
