@@ -187,14 +187,14 @@ def checked_float_array(x: ArrayLike, name: str, *,
   Raises:
     ValueError: not an array of reals, wrong number of dimensions, NaN or Inf.
   """
-  if isinstance(x, jax.Array):
-    kind = np.dtype(x.dtype).kind if x.dtype != jnp.bfloat16 else 'f'
-  else:
+  if not isinstance(x, jax.Array):
     try:
       x = np.asarray(x)
     except (TypeError, ValueError) as e:
       raise ValueError(f'{name} must be an array of reals: {e}') from e
-    kind = x.dtype.kind
+  # bfloat16 has NumPy kind 'V' (an ml_dtypes type), for a NumPy array (np.asarray of a
+  # bfloat16 model's outputs) as for a JAX one.
+  kind = 'f' if jnp.issubdtype(x.dtype, jnp.floating) else np.dtype(x.dtype).kind
   if kind not in 'fiub':
     raise ValueError(f'{name} must be real-valued, got dtype {x.dtype}')
   if ndims is not None and x.ndim not in ndims:

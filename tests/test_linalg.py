@@ -255,12 +255,18 @@ def test_round_off_asymmetry_inside_sqrt_eps_is_accepted():
   linalg.check_symmetric(jax.device_put(a), 'a')
 
 
+@pytest.mark.parametrize('as_numpy', [False, True])
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
-def test_half_precision_inputs_are_solved_in_float32(dtype):
+def test_half_precision_inputs_are_solved_in_float32(dtype, as_numpy):
   # Before: NotImplementedError ('Unsupported dtype bfloat16') from the Cholesky; and in
-  # bfloat16 (eps 7.8e-3) the default jitter 1e-4 * trace / n would round away.
+  # bfloat16 (eps 7.8e-3) the default jitter 1e-4 * trace / n would round away. As NumPy
+  # arrays (np.asarray of a bfloat16 model's outputs), bfloat16 (NumPy kind 'V') was
+  # refused as 'must be real-valued'.
   a_half = jnp.asarray(_spd(6, seed=8), dtype)
   b_half = jnp.asarray(np.random.default_rng(9).normal(size=(6, 2)), dtype)
+  if as_numpy:
+    a_half, b_half = np.asarray(a_half), np.asarray(b_half)
+    assert a_half.dtype == dtype
   a64, b64 = np.asarray(a_half, np.float64), np.asarray(b_half, np.float64)
   lam = 1e-4 * np.trace(a64) / 6
   expected = np.linalg.solve(a64 + lam * np.eye(6), b64)
