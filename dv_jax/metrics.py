@@ -149,7 +149,8 @@ def bootstrap_indices(num_items: int, num_resamples: int, *, key: Any) -> np.nda
   num_items = checks.check_int(num_items, 'num_items')
   num_resamples = checks.check_int(num_resamples, 'num_resamples')
   key = checks.check_key(key)
-  return np.asarray(jax.random.randint(key, (num_resamples, num_items), 0, num_items))
+  return np.asarray(jax.random.randint(key, (num_resamples, num_items), 0, num_items,
+                                       dtype=np.int32))
 
 
 def bootstrap_ci(a: Any, b: Any, *, metric: str | Callable[[Any, Any], float] = 'spearman',

@@ -229,7 +229,8 @@ def _fit(params, x_pad, y_pad, n, key, learning_rate, *, apply_fn, optimizer, sc
     p, state = carry
     step_key = jax.random.fold_in(key, t)
     # Indices in [0, n): padded rows beyond n are never drawn.
-    idx = jax.random.randint(step_key, (batch_size,), 0, n)
+    # int32 explicitly: under jax_enable_x64 the default int64 draws other indices.
+    idx = jax.random.randint(step_key, (batch_size,), 0, n, dtype=jnp.int32)
     loss, grads = jax.value_and_grad(loss_fn)(p, x_pad[idx], y_pad[idx], step_key)
     updates, state = tx.update(grads, state, p)
     return (optax.apply_updates(p, updates), state), loss

@@ -78,7 +78,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   seed_offset = check_config(config)
   valuation.validate_inputs(contributors, target, apply_fn=apply_fn, params=params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 14 + seed_offset)
-  values = np.asarray(jax.random.uniform(key, (len(contributors),)), np.float64)
+  # float32 explicitly: under jax_enable_x64 the default float64 draws other values.
+  values = np.asarray(jax.random.uniform(key, (len(contributors),), jnp.float32), np.float64)
   seconds = {'total': time.perf_counter() - t0}
   return valuation.ValuationResult(tuple(c.name for c in contributors), jnp.asarray(values),
                                    valuation.ranking_of(values), None, seconds)

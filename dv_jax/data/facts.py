@@ -109,7 +109,7 @@ def _check_item_ids(ids, name: str, num_items: int) -> np.ndarray:
 def _item_codes_block(code_key, ids_B, code_dim):
   # One code per item id, independent of which other items are drawn.
   return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(code_key, i),
-                                              (code_dim,)))(ids_B)
+                                              (code_dim,), np.float32))(ids_B)
 
 
 def item_codes(task: FactsTask, ids, *, code_dim: int = 64) -> np.ndarray:

@@ -338,7 +338,7 @@ def _lm_loss(model, params, tokens_BT, lengths_B):
 @functools.partial(jax.jit, static_argnames=('model', 'optimizer', 'batch_size'))
 def _train_step(params, opt_state, key, tokens_NT, lengths_N, *, model, optimizer,
                 batch_size):
-  idx_B = jax.random.randint(key, (batch_size,), 0, tokens_NT.shape[0])
+  idx_B = jax.random.randint(key, (batch_size,), 0, tokens_NT.shape[0], dtype=jnp.int32)
   loss, grads = jax.value_and_grad(lambda p: _lm_loss(model, p, tokens_NT[idx_B],
                                                       lengths_N[idx_B]))(params)
   updates, opt_state = optimizer.update(grads, opt_state, params)

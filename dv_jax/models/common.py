@@ -101,7 +101,7 @@ def _estimate_batch_stats(params, state, x, num_rows, key, *, model, train_kwarg
   def update(batch_stats, b):
     # Rows in [0, num_rows): zero-padded rows beyond it are never drawn.
     batch_key = jax.random.fold_in(key, b)
-    rows = jax.random.randint(batch_key, (batch_size,), 0, num_rows)
+    rows = jax.random.randint(batch_key, (batch_size,), 0, num_rows, dtype=jnp.int32)
     _, updated = model.apply({**state, 'params': params, 'batch_stats': batch_stats}, x[rows],
                              mutable=['batch_stats'], rngs=train_rngs(batch_key),
                              **dict(train_kwargs))
