@@ -833,7 +833,14 @@ def _text_records(d, layout):
     raise ValueError('config.data.path must name a local JSON / JSONL file or datasets '
                      'directory')
   records = load(d.path, d.split)
-  real = np.flatnonzero(~records.is_synthetic)
+  pair = lambda ds, i: (ds.prompts[i], ds.responses[i])  # pylint: disable=unnecessary-lambda-assignment
+  # One real record per (prompt, response), the first: a record written twice (IMDB and
+  # Alpaca dumps hold copies) could be held out for the test set and trained on as well.
+  first = {}
+  for i in np.flatnonzero(~records.is_synthetic):
+    first.setdefault(pair(records, i), i)
+  real = np.sort(np.asarray(list(first.values()), np.int64))
+  repeats = int((~records.is_synthetic).sum()) - real.size
   syn = np.flatnonzero(records.is_synthetic)
   rng = np.random.default_rng(config_checks.seed_field(d.split_seed, 'data.split_seed'))
   real = rng.permutation(real)
@@ -859,13 +866,25 @@ def _text_records(d, layout):
             f'config.data.{path_field} holds {int(held[name].is_synthetic.sum())} records '
             f'marked source: synthetic; the {name} set is real data')
     else:
-      size = int(d[size_field])
+      # Checked, not int(): a negative size sliced from the end (target_size=-3 held out
+      # all but 3 records and left the test set empty).
+      size = config_checks.config_int(d[size_field], f'data.{size_field}')
       if offset + size > real.size:
-        raise ValueError(f'{d.path} has {real.size} real records, too few to hold out '
-                         f'target_size + test_size = {int(d.target_size) + int(d.test_size)}')
+        raise ValueError(f'{d.path} has {real.size} distinct real records, too few to hold '
+                         f'out target_size + test_size = '
+                         f'{int(d.target_size) + int(d.test_size)}')
       held[name] = text.subset(records, np.sort(real[offset:offset + size]))
       offset += size
-  return records, np.sort(real[offset:]), syn, held
+  # Nothing the models train on is a held-out record (a target or test file may share
+  # records with the pool's file, and synthetic records may copy real ones).
+  held_pairs = {pair(ds, i) for ds in held.values() for i in range(len(ds.prompts))}
+  pool = [np.asarray([i for i in rows if pair(records, i) not in held_pairs], np.int64)
+          for rows in (np.sort(real[offset:]), syn)]
+  leaked = real.size - offset + syn.size - pool[0].size - pool[1].size
+  if repeats or leaked:
+    warnings.warn(f'{d.path}: left out {repeats} real records that repeat an earlier one '
+                  f'and {leaked} pool records equal to a target or test record')
+  return records, pool[0], pool[1], held
 
 
 def load_lm_checkpoint(m: ml_collections.ConfigDict):
@@ -935,7 +954,10 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   size_range, pis, label_noises = the fraction of swapped responses, `swap_responses`, or
   of flipped labels for sentiment; contributor_seed). Real parts are disjoint draws from
   the real records, synthetic parts from the synthetic ones (fixed texts carry no
-  truncation knob; the specs' truncation is 'none'). `config.model`: checkpoint (required),
+  truncation knob; the specs' truncation is 'none'). No record is both held out and trained
+  on: a real (prompt, response) written twice is read once, and pool records (real or
+  synthetic) equal to a target or test record are left out, with a warning giving both
+  counts. `config.model`: checkpoint (required),
   dtype ('float32' | 'bfloat16'), remat, bos_token / eos_token / pad_token / sep_token ('' =
   none), feature_block_size, backbones (('llm',)).
   """

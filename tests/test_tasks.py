@@ -626,6 +626,57 @@ def test_text_records_may_hold_out_every_real_record(fixtures):
   assert len(held['target'].prompts) == 12 and len(held['test'].prompts) == 18
 
 
+@pytest.mark.parametrize('field', ['target_size', 'test_size'])
+@pytest.mark.parametrize('bad', [-3, 0])
+def test_text_held_out_sizes_are_checked_by_name(fixtures, field, bad):
+  # Before: int(size) sliced the records, so target_size=-3 held out all but 3 records and
+  # left the test set empty; 0 failed only at the ground truth, naming no field.
+  d = _text_config(fixtures, 'instruction').data
+  d[field] = bad
+  with pytest.raises(ValueError, match=rf'config\.data\.{field} must be an integer >= 1'):
+    tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+
+
+def _pairs(records, rows):
+  return {(records.prompts[i], records.responses[i]) for i in rows}
+
+
+def test_text_records_train_on_no_held_out_record(fixtures, tmp_path):
+  # A record written twice could be held out for the test set and also trained on (no
+  # copy was dropped); and a test file could share records with the pool's file.
+  records = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  real = [r for r in records if r['source'] == 'real']
+  copies = tmp_path / 'copies.jsonl'
+  # Every real record twice, and two synthetic records copying real ones.
+  copied = real + real + [dict(real[0], source='synthetic'), dict(real[1], source='synthetic')]
+  copies.write_text(''.join(json.dumps(r) + '\n' for r in copied + records[len(real):]))
+  d = _text_config(fixtures, 'instruction').data
+  d.update(path=str(copies), target_size=6, test_size=6)
+  with pytest.warns(UserWarning, match='left out 30 real records that repeat an earlier one '
+                                       'and 0 pool records'):
+    data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+  assert pool_real.size == 30 - 12  # one of each distinct real record, less the held out
+  trained = _pairs(data, pool_real) | _pairs(data, syn)
+  for part in held.values():
+    assert not _pairs(part, range(len(part.prompts))) & trained
+  # A test FILE that shares records with the pool's file: those pool records are left out.
+  test_file = tmp_path / 'test.jsonl'
+  test_file.write_text(''.join(json.dumps(r) + '\n' for r in real[:5]))
+  d = _text_config(fixtures, 'instruction').data
+  d.update(test_path=str(test_file))
+  with pytest.warns(UserWarning, match='left out 0 real records that repeat an earlier one '
+                                       r'and \d+ pool records equal to a target or test record'):
+    data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+  assert not _pairs(held['test'], range(5)) & (_pairs(data, pool_real) | _pairs(data, syn))
+  in_target = len(_pairs(held['test'], range(5)) & _pairs(held['target'], range(6)))
+  assert pool_real.size == 30 - 6 - (5 - in_target)  # those not held out as target, left out
+  # Without copies, nothing is left out and nothing is said.
+  d = _text_config(fixtures, 'instruction').data
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize('section, field', [('data', 'split_seed'), ('data', 'contributor_seed'),
                                             ('model', 'init_seed')])
 @pytest.mark.parametrize('bad', [-1, 2**32, 1.5])
