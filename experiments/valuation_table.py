@@ -318,6 +318,10 @@ def check_output(config: ml_collections.ConfigDict) -> None:
                      f'{level!r}')
 
 
+# The valuation fields that draw the probe coalitions of fitted weights.
+_PROBE_FIELDS = ('fit_union_size', 'fit_num_unions', 'fit_seed')
+
+
 def checked_variants(config: ml_collections.ConfigDict, *, allow_fit: bool = True,
                      taken: Sequence[str] = (), extra: Optional[Dict[str, Any]] = None
                      ) -> List[Tuple[str, Dict[str, Any]]]:
@@ -345,6 +349,13 @@ def checked_variants(config: ml_collections.ConfigDict, *, allow_fit: bool = Tru
   for spec in config.valuation.variants:
     try:
       name, overrides = parse_variant(spec)
+      # The probe coalitions are drawn and retrained once per draw, for every variant
+      # (`probe_coalitions`, `check_probes`): a variant's own fit_* would be ignored.
+      probe_fields = sorted(set(overrides) & {f'valuation.{f}' for f in _PROBE_FIELDS})
+      if probe_fields:
+        raise ValueError(f'{probe_fields} are experiment-wide (one set of retrained probe '
+                         'coalitions serves every variant): set config.valuation.'
+                         f'{probe_fields[0].split(".")[1]} instead')
       method = method_config(config, {**overrides, **(extra or {})})
       # The library's own check of the method sections (choices, terms, sizes), which it
       # would otherwise run only when this variant's unit is computed.

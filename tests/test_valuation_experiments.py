@@ -285,6 +285,14 @@ _MODULES = {'valuation_table': valuation_table, 'ablation': ablation,
      r"config\.valuation\.variants: 'x\|ntk\.residul=one_hot': override 'ntk\.residul'"),
     ('valuation_table', 'valuation.variants', ('x|ntk.residual=one_hott',),
      r"config\.valuation\.variants: .*config\.ntk\.residual must be one of"),
+    # One set of probe coalitions serves every variant: a variant's own fit_* was accepted
+    # and ignored (two settings, the same values), and never range-checked.
+    ('valuation_table', 'valuation.variants',
+     ('b|valuation.weights=fit;valuation.fit_num_unions=6;valuation.fit_union_size=3',),
+     r"config\.valuation\.variants: .*\['valuation\.fit_num_unions', "
+     r"'valuation\.fit_union_size'\] are experiment-wide.*set config\.valuation\.fit_num_unions"),
+    ('valuation_table', 'valuation.variants', ('b|valuation.fit_seed=3',),
+     r"\['valuation\.fit_seed'\] are experiment-wide"),
     # Fitted weights need probe coalitions that only valuation_table.py retrains.
     ('ablation', 'valuation.weights', 'fit', r'valuation\.weights=fit'),
     ('ablation', 'valuation.variants', ('x|valuation.weights=fit',), r'valuation\.weights=fit'),
