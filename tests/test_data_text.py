@@ -356,6 +356,36 @@ def test_hf_tokenizer_adapter(tmp_path):
     tokenize.HFTokenizer(tmp_path / 'missing.json')
 
 
+@pytest.mark.parametrize('saved', ['truncation', 'padding'])
+def test_hf_tokenizer_ignores_the_truncation_and_padding_a_tokenizer_json_saved(tmp_path,
+                                                                                saved):
+  # Repacked checkpoints ship a tokenizer.json with the truncation (max_length 2048) or
+  # padding (Fixed(128)) it was last used with, and Tokenizer.encode applies them even
+  # without special tokens: a response was cut on the right and <eos> appended mid-answer
+  # (truncate=False raising nothing), or pad ids were scored as response tokens.
+  tokenizers = pytest.importorskip('tokenizers')
+  vocab = {'<unk>': 0, '<pad>': 1, '</s>': 2, 'the': 3, 'cat': 4, 'sat': 5, 'on': 6, 'mat': 7}
+  hf = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
+  hf.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  hf.save(str(tmp_path / 'plain.json'))
+  if saved == 'truncation':
+    hf.enable_truncation(max_length=2)
+  else:
+    hf.enable_padding(pad_id=1, pad_token='<pad>', length=8)
+  hf.save(str(tmp_path / 'saved.json'))
+  kwargs = dict(eos_token='</s>', pad_token='<pad>')
+  want = tokenize.encode_pairs(tokenize.HFTokenizer(tmp_path / 'plain.json', **kwargs),
+                               ['the cat'], ['sat on the mat'], max_len=10, truncate=False)
+  np.testing.assert_array_equal(want.tokens[0], [3, 4, 5, 6, 3, 7, 2, 1, 1, 1])
+  for tokenizer in (tmp_path / 'saved.json', hf):  # a file, or a caller's Tokenizer object
+    got = tokenize.encode_pairs(tokenize.HFTokenizer(tokenizer, **kwargs), ['the cat'],
+                                ['sat on the mat'], max_len=10, truncate=False)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.response_mask, want.response_mask)
+  # The caller's object keeps its own settings.
+  assert (hf.truncation if saved == 'truncation' else hf.padding) is not None
+
+
 def test_hf_tokenizer_honours_llama3_ignore_merges(tmp_path):
   """Llama-3's tokenizer.json sets BPE `ignore_merges`: a word in the vocabulary is one
   token, whatever the merges. tokenizers < 0.19 ignores the field without a word and splits

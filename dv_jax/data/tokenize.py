@@ -181,6 +181,14 @@ class HFTokenizer:
       if not os.path.isfile(path):
         raise ValueError(f'tokenizer file {path} does not exist')
       tokenizer = tokenizers.Tokenizer.from_file(path)
+    elif tokenizer.truncation is not None or tokenizer.padding is not None:
+      tokenizer = type(tokenizer).from_str(tokenizer.to_str())  # the caller's stays as it is
+    # A tokenizer.json saves the truncation / padding it was last used with (repacked
+    # checkpoints ship max_length 2048 or Fixed(128) padding), and `encode` applies them even
+    # without special tokens: every text would be cut on the right or padded with ids that
+    # count as response tokens. `encode_pairs` truncates and pads itself.
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
     self.tokenizer = tokenizer
 
     def lookup(name, token):
