@@ -845,9 +845,8 @@ def _text_records(d, layout):
   rng = np.random.default_rng(config_checks.seed_field(d.split_seed, 'data.split_seed'))
   real = rng.permutation(real)
   held = {}
-  offset = 0
-  for name, path_field, size_field in (('target', 'target_path', 'target_size'),
-                                       ('test', 'test_path', 'test_size')):
+  fields = (('target', 'target_path', 'target_size'), ('test', 'test_path', 'test_size'))
+  for name, path_field, size_field in fields:
     if str(d[path_field]):
       # Each held-out source has its own split: one `split` for all three read a
       # DatasetDict's training split again as the target, and failed on a JSONL target.
@@ -865,25 +864,31 @@ def _text_records(d, layout):
         raise ValueError(
             f'config.data.{path_field} holds {int(held[name].is_synthetic.sum())} records '
             f'marked source: synthetic; the {name} set is real data')
-    else:
+
+  def not_held(rows):
+    # Nothing held out is trained on, or held out again: a target or test file may share
+    # records with the pool's file, and synthetic records may copy real ones.
+    held_pairs = {pair(ds, i) for ds in held.values() for i in range(len(ds.prompts))}
+    return np.asarray([i for i in rows if pair(records, i) not in held_pairs], np.int64)
+
+  available = not_held(real)  # in the permuted order
+  offset = 0
+  for name, path_field, size_field in fields:
+    if not str(d[path_field]):
       # Checked, not int(): a negative size sliced from the end (target_size=-3 held out
       # all but 3 records and left the test set empty).
       size = config_checks.config_int(d[size_field], f'data.{size_field}')
-      if offset + size > real.size:
-        raise ValueError(f'{d.path} has {real.size} distinct real records, too few to hold '
-                         f'out target_size + test_size = '
+      if offset + size > available.size:
+        raise ValueError(f'{d.path} has {available.size} distinct real records outside any '
+                         f'held-out file, too few to hold out target_size + test_size = '
                          f'{int(d.target_size) + int(d.test_size)}')
-      held[name] = text.subset(records, np.sort(real[offset:offset + size]))
+      held[name] = text.subset(records, np.sort(available[offset:offset + size]))
       offset += size
-  # Nothing the models train on is a held-out record (a target or test file may share
-  # records with the pool's file, and synthetic records may copy real ones).
-  held_pairs = {pair(ds, i) for ds in held.values() for i in range(len(ds.prompts))}
-  pool = [np.asarray([i for i in rows if pair(records, i) not in held_pairs], np.int64)
-          for rows in (np.sort(real[offset:]), syn)]
-  leaked = real.size - offset + syn.size - pool[0].size - pool[1].size
+  pool = [np.sort(available[offset:]), not_held(syn)]
+  leaked = real.size + syn.size - offset - pool[0].size - pool[1].size
   if repeats or leaked:
     warnings.warn(f'{d.path}: left out {repeats} real records that repeat an earlier one '
-                  f'and {leaked} pool records equal to a target or test record')
+                  f'and {leaked} records equal to a target or test file\'s record')
   return records, pool[0], pool[1], held
 
 
@@ -947,7 +952,8 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
 
   Reads `config.data`: path (JSONL or datasets
   directory; records may carry `source: real | synthetic`), split (of a DatasetDict; ''
-  for none), max_records (0: all), target_path / test_path ('' = hold target_size /
+  for none), max_records (0: all; the first records of every file read, a target or test
+  file too), target_path / test_path ('' = hold target_size /
   test_size REAL records out of `path`) with their own target_split / test_split (''
   for none; the pool's own path and split, or records marked synthetic, are refused),
   split_seed, max_len (tokens per example), and the contributor design (num_contributors,
@@ -955,9 +961,9 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   of flipped labels for sentiment; contributor_seed). Real parts are disjoint draws from
   the real records, synthetic parts from the synthetic ones (fixed texts carry no
   truncation knob; the specs' truncation is 'none'). No record is both held out and trained
-  on: a real (prompt, response) written twice is read once, and pool records (real or
-  synthetic) equal to a target or test record are left out, with a warning giving both
-  counts. `config.model`: checkpoint (required),
+  on: a real (prompt, response) written twice is read once, and records equal to a
+  target or test file's record are neither held out again nor trained on, with a warning
+  giving both counts. `config.model`: checkpoint (required),
   dtype ('float32' | 'bfloat16'), remat, bos_token / eos_token / pad_token / sep_token ('' =
   none), feature_block_size, backbones (('llm',)).
   """

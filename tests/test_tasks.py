@@ -653,28 +653,44 @@ def test_text_records_train_on_no_held_out_record(fixtures, tmp_path):
   d = _text_config(fixtures, 'instruction').data
   d.update(path=str(copies), target_size=6, test_size=6)
   with pytest.warns(UserWarning, match='left out 30 real records that repeat an earlier one '
-                                       'and 0 pool records'):
+                                       'and 0 records'):
     data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
   assert pool_real.size == 30 - 12  # one of each distinct real record, less the held out
   trained = _pairs(data, pool_real) | _pairs(data, syn)
   for part in held.values():
     assert not _pairs(part, range(len(part.prompts))) & trained
-  # A test FILE that shares records with the pool's file: those pool records are left out.
+  # A test FILE that shares records with the pool's file: those records are left out.
   test_file = tmp_path / 'test.jsonl'
   test_file.write_text(''.join(json.dumps(r) + '\n' for r in real[:5]))
   d = _text_config(fixtures, 'instruction').data
   d.update(test_path=str(test_file))
   with pytest.warns(UserWarning, match='left out 0 real records that repeat an earlier one '
-                                       r'and \d+ pool records equal to a target or test record'):
+                                       r"and 5 records equal to a target or test file's record"):
     data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
-  assert not _pairs(held['test'], range(5)) & (_pairs(data, pool_real) | _pairs(data, syn))
-  in_target = len(_pairs(held['test'], range(5)) & _pairs(held['target'], range(6)))
-  assert pool_real.size == 30 - 6 - (5 - in_target)  # those not held out as target, left out
+  test = _pairs(held['test'], range(5))
+  assert not test & (_pairs(data, pool_real) | _pairs(data, syn))
+  # Nor is the target, held out of the pool's file, drawn from them (METHOD.md: the test
+  # split is never T).
+  assert not test & _pairs(held['target'], range(6))
+  assert pool_real.size == 30 - 5 - 6
   # Without copies, nothing is left out and nothing is said.
   d = _text_config(fixtures, 'instruction').data
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+
+
+def test_text_records_read_the_first_max_records(fixtures):
+  # The fixture's 54 records: 30 real, then 24 synthetic. No test set max_records > 0 here.
+  d = _text_config(fixtures, 'instruction').data
+  d.max_records = 20
+  data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+  assert len(data.prompts) == 20 and syn.size == 0
+  assert pool_real.size == 20 - 6 - 6 and pool_real.max() < 20
+  first = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')][:20]
+  outputs = {r['output'] for r in first}
+  for part in held.values():
+    assert set(part.responses) <= outputs
 
 
 @pytest.mark.parametrize('section, field', [('data', 'split_seed'), ('data', 'contributor_seed'),
