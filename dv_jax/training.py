@@ -275,7 +275,8 @@ def _input_dtype(x: np.ndarray) -> type:
 
 def _check_xy(x: Any, y: Any, *, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
   x = np.asarray(x)
-  x = x.astype(_input_dtype(x))
+  # Float32 images are not copied: at the :cifar100 grid's 313,600 rows a copy is 3.9 GB.
+  x = x.astype(_input_dtype(x), copy=False)
   y = np.asarray(y)
   if x.ndim < 2 or x.shape[0] == 0:
     raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
