@@ -600,6 +600,9 @@ def test_bootstrap_residuals_are_centred_and_rescaled_for_the_fits_parameters():
   for bad in (-1, 7):
     with pytest.raises(ValueError, match='num_params'):
       scaling.bootstrap_residuals(residuals, bad)
+  # p = 0 (nothing fitted) is allowed: centred only, no rescale.
+  np.testing.assert_allclose(scaling.bootstrap_residuals(residuals, 0),
+                             residuals - residuals.mean(), rtol=1e-12)
 
 
 def test_residual_bootstrap_resamples_the_rescaled_residuals(monkeypatch):
@@ -620,6 +623,19 @@ def test_residual_bootstrap_resamples_the_rescaled_residuals(monkeypatch):
   log_fitted = np.log(_model_reference(x, m.floor, m.scale, m.slope, m.breaks, m.slope_changes,
                                        m.smoothness))
   np.testing.assert_allclose(raw, np.log(y) - log_fitted, atol=1e-6)
+
+
+def test_residual_bootstrap_uses_the_rescaled_residuals(monkeypatch):
+  # The replicates are fitted + bootstrap_residuals(...)[index]: with the rescaled residuals
+  # stubbed to zero every replicate is the fitted curve itself and refits to the same
+  # breaks; a fit that resampled the raw residuals instead would spread them.
+  x = np.geomspace(1, 1e4, 25)
+  noise = 0.05 * np.random.default_rng(0).standard_normal(25)
+  y = _model_reference(x, 0.0, 1.0, 0.5, [30.0, 1e3], [-0.45, 0.45], [0.1, 0.1]) * np.exp(noise)
+  monkeypatch.setattr(scaling, 'bootstrap_residuals', lambda r, p: np.zeros(np.shape(r)))
+  fit = scaling.fit_broken_power_law(x, y, floor=False, num_bootstrap=3, seed=0)
+  assert fit.num_breaks == 2
+  np.testing.assert_allclose(fit.bootstrap_breaks, np.tile(fit.breaks, (3, 1)), rtol=1e-4)
 
 
 def test_match_breaks():
