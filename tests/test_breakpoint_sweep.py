@@ -108,6 +108,24 @@ def test_fit_exponent_drops_resamples_without_a_break_and_counts_them():
     breakpoint_sweep.fit_exponent(ks, breaks, resampled, ci_level=95.0)
 
 
+def test_fit_exponent_edges_of_its_resamples_and_level():
+  # A [J, B, 2] or [J] array is not [J, B], even with J rows; ci_level = 1 is outside
+  # (0, 1); a resampled break <= 0 counts as missing (not as |b|); and a single complete
+  # resample still gives an interval, collapsed onto its own slope.
+  ks = np.array([8.0, 16.0, 32.0])
+  breaks = 2.0 * ks ** 1.5
+  for bad in (np.ones((3, 4, 2)), np.ones(3)):
+    with pytest.raises(ValueError, match=r'resample_breaks must be \[J=3, B\]'):
+      breakpoint_sweep.fit_exponent(ks, breaks, bad)
+  resampled = 3.0 * ks[:, None] ** np.array([[1.2, 1.7]])
+  with pytest.raises(ValueError, match=r'ci_level must be in \(0, 1\)'):
+    breakpoint_sweep.fit_exponent(ks, breaks, resampled, ci_level=1.0)
+  resampled[1, 1] = -1.0  # resample 1: a negative break at k = 16
+  fit = breakpoint_sweep.fit_exponent(ks, breaks, resampled, ci_level=0.5)
+  assert (fit['resamples'], fit['resamples_dropped']) == (1, 1)
+  np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']], [1.2, 1.2], rtol=1e-12)
+
+
 def test_paired_resamples_need_the_same_draws_at_every_cut():
   drawn = [[0, 0, 1], [2, 1, 0]]
   cuts = [{'replicates': drawn, 'breaks': [[1.0, 2.0], [3.0, 4.0]]},
@@ -219,8 +237,11 @@ def test_sweep_pairs_each_curves_resamples_across_cuts(tmp_path, monkeypatch):
              {'curve': 'measured_error', 'mode': 'hard',
               'replicates': drawn if k == config.sweep.ks[0] else drawn[::-1],
               'breaks': breaks},
+             # another mode's resamples (slopes beta + 3 + d_b): not the sweep's, and they
+             # would shift the loss's interval by 3 if the sweep read them
              {'curve': 'measured_loss', 'mode': 'top_p', 'replicates': drawn[::-1],
-              'breaks': breaks}]  # another mode's resamples: not the sweep's
+              'breaks': [[c * k ** (beta + 3 + d), c * k ** (beta + 3 + d) / pi]
+                         for c, d in zip(common, offsets)]}]
     return {'breakpoints': rows, 'units_computed': [], 'seed_bootstrap': boots}
 
   monkeypatch.setattr(breakpoint_sweep.three_phase_scaling, 'run', cut)

@@ -783,6 +783,22 @@ def test_subsample_floor_distorts_the_kept_proportions(subsampled):
   assert pool.part_kernel_sums.counts.tolist() == [2, 11, 7, 6, 15, 0, 10]
 
 
+def test_stage_keys_differ_and_the_subsample_draws_with_stage_two(subsampled):
+  # The five stages (projection, approximate-NTK rows, subsample, coalition rows, linear-MMD
+  # orders) must not share a key, and the pool keeps exactly the rows stage 2 draws (a
+  # subsample drawn with the projection's key would correlate the two).
+  config, contributors = subsampled['config'], subsampled['contributors']
+  keys = {tuple(np.asarray(jax.random.key_data(valuation.stage_key(config, s))).tolist())
+          for s in range(5)}
+  assert len(keys) == 5
+  rows = valuation._subsample_rows(contributors, SUBSAMPLE_BUDGET,
+                                   int(config.valuation.min_subsample),
+                                   valuation.stage_key(config, 2))
+  want = np.concatenate([np.asarray(x, np.float32)[r] for c, parts in zip(contributors, rows)
+                         for x, r in zip((c.x_real, c.x_synthetic), parts) if r.size])
+  np.testing.assert_array_equal(subsampled['pool'].features, want.reshape(want.shape[0], -1))
+
+
 @pytest.mark.parametrize('estimator', ['biased', 'unbiased'])
 def test_subsampled_mixture_mmd_weighs_parts_by_full_size(subsampled, estimator):
   """discrepancy='mixture': MMD of the mixture with w_p = N_p / n, not of the kept union.
