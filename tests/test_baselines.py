@@ -993,3 +993,20 @@ def test_a_diverged_training_names_the_learning_rate(setup, name):
   with pytest.raises(ValueError, match=rf'training diverged: .* lower '
                                        rf'config\.baselines\.{name}\.train\.learning_rate'):
     _call(name, dict(setup, config=config))
+
+
+def test_trak_checks_every_stacked_model_for_divergence(setup, monkeypatch):
+  # The vmapped models are checked as one stack: model 1 of 2 diverging while model 0 is
+  # finite must still be named as a diverged training (a check of model 0 alone let it
+  # reach the gradient step, which blamed theta0).
+  real = training.train_many_seeds
+
+  def second_diverged(*args, **kwargs):
+    result = real(*args, **kwargs)
+    return result._replace(params=jax.tree_util.tree_map(lambda a: a.at[1].set(jnp.nan),
+                                                         result.params))
+
+  monkeypatch.setattr(training, 'train_many_seeds', second_diverged)
+  with pytest.raises(ValueError, match=r'training diverged: .* lower '
+                                       r'config\.baselines\.trak\.train\.learning_rate'):
+    _call('trak', setup)

@@ -285,6 +285,7 @@ def test_bound_resnet_trains_with_batch_statistics_and_re_estimates_them():
     (dict(num_classes=True), 'num_classes must be an integer'),  # built a 1-logit head
     (dict(num_classes=10, num_filters=0), 'num_filters must be an integer >= 1'),
     (dict(num_classes=10, small_images='no'), 'small_images must be a bool'),  # CIFAR stem
+    (dict(num_classes=10, small_images=1), 'small_images must be a bool'),  # an int is no bool
 ])
 def test_sizes_are_checked_by_name(kwargs, message):
   with pytest.raises(ValueError, match=message):

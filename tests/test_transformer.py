@@ -501,6 +501,10 @@ def test_sample_refuses_prompt_ids_outside_the_vocabulary_before_each_rows_lengt
     (dict(num_heads=0), 'num_heads must be an integer >= 1'),  # a modulo by zero
     (dict(num_heads=True), 'num_heads must be an integer'),  # read as 1 head
     (dict(vocab_size=V, pad_id=V), r'pad_id must be an integer in \[0, 36\]'),
+    # every size is checked, each under its own name (True was read as 1, 0 built an
+    # empty layer)
+    *[(dict([(name, bad)]), f'{name} must be an integer')
+      for name in ('vocab_size', 'd_model', 'd_ff', 'max_len') for bad in (True, 0)],
 ])
 def test_sizes_are_checked_by_name(change, message):
   sizes = dict(vocab_size=V, num_layers=LAYERS, num_heads=HEADS, d_model=D, d_ff=FF,
@@ -511,6 +515,13 @@ def test_sizes_are_checked_by_name(change, message):
   with pytest.raises(ValueError, match=message):
     jax.eval_shape(SequenceClassifier(num_classes=3, **{**sizes, **change}).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_an_empty_batch_skips_the_token_id_check():
+  # The id range of no tokens is undefined (min of an empty array raises): an empty batch
+  # is not refused, it gives empty logits.
+  logits = LM.apply({'params': PARAMS}, jnp.zeros((0, 4), jnp.int32))
+  assert logits.shape == (0, 4, V)
 
 
 def test_classifier_num_classes_is_checked_by_name():
