@@ -113,6 +113,12 @@ def test_draws_shift_the_seeds():
     bad.data[field] = -1
     with pytest.raises(ValueError, match=rf'config\.data\.{field} must be an integer'):
       valuation_table.draw_config(bad, 2)
+  # The init seed too: -1 + 2 would pass as seed 1, 2**32 + 2 wrap to seed 2 in PRNGKey.
+  for seed in (-1, 2**32):
+    bad = CONFIGS['valuation_table'].get_config('digits_draws')
+    bad.model.init_seed = seed
+    with pytest.raises(ValueError, match=r'config\.model\.init_seed must be an integer'):
+      valuation_table.draw_config(bad, 2)
 
 
 @pytest.mark.parametrize('field', ['data.split_seed', 'data.contributor_seed', 'model.init_seed'])

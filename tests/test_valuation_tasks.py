@@ -108,6 +108,19 @@ def test_tweet_sampling_settings_fail_before_the_generator_trains(monkeypatch, f
     tasks.build_task(config.task, config)
 
 
+@pytest.mark.parametrize('field', ['split_seed', 'generator.seed'])
+def test_tweet_seed_fields_outside_a_prng_key_fail_before_the_generator_trains(monkeypatch,
+                                                                              field):
+  # Read through config_checks.seed_field: int(2**32) would be refused by load_tweets as its
+  # own `seed`, or wrap to seed 0 in PRNGKey (the generator LM's key).
+  monkeypatch.setattr(tweets_lib, 'train_tweet_lm',
+                      lambda *args, **kwargs: pytest.fail('the generator was trained'))
+  config = CONFIGS.get_config('tweets_smoke')
+  config.data.update_from_flattened_dict({field: 2**32})
+  with pytest.raises(ValueError, match=rf'config\.data\.{field} must be an integer'):
+    tasks.build_task(config.task, config)
+
+
 def test_unknown_variant_and_override_typos_list_the_valid_names():
   with pytest.raises(ValueError, match='unknown variant.*tweets_smoke'):
     CONFIGS.get_config('tweet')
