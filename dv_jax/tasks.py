@@ -833,13 +833,30 @@ def _text_records(d, layout):
     raise ValueError('config.data.path must name a local JSON / JSONL file or datasets '
                      'directory')
   records = load(d.path, d.split)
-  pair = lambda ds, i: (ds.prompts[i], ds.responses[i])  # pylint: disable=unnecessary-lambda-assignment
-  # One real record per (prompt, response), the first: a record written twice (IMDB and
-  # Alpaca dumps hold copies) could be held out for the test set and trained on as well.
-  first = {}
+  # What a model reads as one example: a prompt with its response, or for sentiment the
+  # review alone (its response is the label: copies of a review are one input whatever
+  # label each carries).
+  if layout == 'sentiment':
+    example = lambda ds, i: ds.prompts[i]  # pylint: disable=unnecessary-lambda-assignment
+  else:
+    example = lambda ds, i: (ds.prompts[i], ds.responses[i])  # pylint: disable=unnecessary-lambda-assignment
+  # One real record per example: a record written twice (IMDB and Alpaca dumps hold copies)
+  # could be held out for the test set and trained on as well. Copies of a review keep the
+  # first copy with the majority label; a tie is dropped, its label a coin flip (as
+  # `read_tweets_csv` does for the tweets).
+  copies = {}
   for i in np.flatnonzero(~records.is_synthetic):
-    first.setdefault(pair(records, i), i)
-  real = np.sort(np.asarray(list(first.values()), np.int64))
+    copies.setdefault(example(records, i), []).append(i)
+  kept = []
+  for rows in copies.values():
+    if layout == 'sentiment' and len(rows) > 1:
+      votes = np.bincount(records.labels[rows])
+      winners = np.flatnonzero(votes == votes.max())
+      if winners.size == 1:
+        kept.append(next(r for r in rows if records.labels[r] == winners[0]))
+    else:
+      kept.append(rows[0])
+  real = np.sort(np.asarray(kept, np.int64))
   repeats = int((~records.is_synthetic).sum()) - real.size
   syn = np.flatnonzero(records.is_synthetic)
   rng = np.random.default_rng(config_checks.seed_field(d.split_seed, 'data.split_seed'))
@@ -865,11 +882,19 @@ def _text_records(d, layout):
             f'config.data.{path_field} holds {int(held[name].is_synthetic.sum())} records '
             f'marked source: synthetic; the {name} set is real data')
 
+  def examples(ds):
+    return {example(ds, i) for i in range(len(ds.prompts))}
+
+  if len(held) == 2 and examples(held['target']) & examples(held['test']):
+    raise ValueError(f'config.data.target_path and config.data.test_path share '
+                     f'{len(examples(held["target"]) & examples(held["test"]))} records: the '
+                     'test split must be disjoint from the target set (METHOD.md)')
+
   def not_held(rows):
     # Nothing held out is trained on, or held out again: a target or test file may share
     # records with the pool's file, and synthetic records may copy real ones.
-    held_pairs = {pair(ds, i) for ds in held.values() for i in range(len(ds.prompts))}
-    return np.asarray([i for i in rows if pair(records, i) not in held_pairs], np.int64)
+    held_examples = set().union(*(examples(ds) for ds in held.values()))
+    return np.asarray([i for i in rows if example(records, i) not in held_examples], np.int64)
 
   available = not_held(real)  # in the permuted order
   offset = 0
@@ -880,15 +905,16 @@ def _text_records(d, layout):
       size = config_checks.config_int(d[size_field], f'data.{size_field}')
       if offset + size > available.size:
         raise ValueError(f'{d.path} has {available.size} distinct real records outside any '
-                         f'held-out file, too few to hold out target_size + test_size = '
-                         f'{int(d.target_size) + int(d.test_size)}')
+                         f'held-out file, too few to hold out {offset + size} (data.'
+                         f'{size_field} = {size}' + (f' after {offset}' if offset else '') + ')')
       held[name] = text.subset(records, np.sort(available[offset:offset + size]))
       offset += size
   pool = [np.sort(available[offset:]), not_held(syn)]
   leaked = real.size + syn.size - offset - pool[0].size - pool[1].size
   if repeats or leaked:
     warnings.warn(f'{d.path}: left out {repeats} real records that repeat an earlier one '
-                  f'and {leaked} records equal to a target or test file\'s record')
+                  f'(or, for sentiment, copies of a review whose labels tie) and {leaked} '
+                  'records equal to a target or test file\'s record')
   return records, pool[0], pool[1], held
 
 
@@ -961,9 +987,11 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   of flipped labels for sentiment; contributor_seed). Real parts are disjoint draws from
   the real records, synthetic parts from the synthetic ones (fixed texts carry no
   truncation knob; the specs' truncation is 'none'). No record is both held out and trained
-  on: a real (prompt, response) written twice is read once, and records equal to a
-  target or test file's record are neither held out again nor trained on, with a warning
-  giving both counts. `config.model`: checkpoint (required),
+  on: a real (prompt, response) written twice is read once (for sentiment a review is one
+  example whatever its copies' labels: the majority label is kept, a tie dropped), records
+  equal to a target or test file's record are neither held out again nor trained on, with
+  a warning giving both counts, and a target file sharing records with a test file is
+  refused. `config.model`: checkpoint (required),
   dtype ('float32' | 'bfloat16'), remat, bos_token / eos_token / pad_token / sep_token ('' =
   none), feature_block_size, backbones (('llm',)).
   """

@@ -657,8 +657,8 @@ def test_text_records_train_on_no_held_out_record(fixtures, tmp_path):
   copies.write_text(''.join(json.dumps(r) + '\n' for r in copied + records[len(real):]))
   d = _text_config(fixtures, 'instruction').data
   d.update(path=str(copies), target_size=6, test_size=6)
-  with pytest.warns(UserWarning, match='left out 30 real records that repeat an earlier one '
-                                       'and 0 records'):
+  with pytest.warns(UserWarning, match=r'left out 30 real records that repeat an earlier '
+                                       r'one .* and 0 records'):
     data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
   assert pool_real.size == 30 - 12  # one of each distinct real record, less the held out
   trained = _pairs(data, pool_real) | _pairs(data, syn)
@@ -669,8 +669,8 @@ def test_text_records_train_on_no_held_out_record(fixtures, tmp_path):
   test_file.write_text(''.join(json.dumps(r) + '\n' for r in real[:5]))
   d = _text_config(fixtures, 'instruction').data
   d.update(test_path=str(test_file))
-  with pytest.warns(UserWarning, match='left out 0 real records that repeat an earlier one '
-                                       r"and 5 records equal to a target or test file's record"):
+  with pytest.warns(UserWarning, match=r'left out 0 real records that repeat an earlier one '
+                                       r".* and 5 records equal to a target or test file's"):
     data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
   test = _pairs(held['test'], range(5))
   assert not test & (_pairs(data, pool_real) | _pairs(data, syn))
@@ -682,6 +682,55 @@ def test_text_records_train_on_no_held_out_record(fixtures, tmp_path):
   d = _text_config(fixtures, 'instruction').data
   with warnings.catch_warnings():
     warnings.simplefilter('error')
+    tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+
+
+def test_sentiment_copies_of_a_review_are_one_example_whatever_their_labels(fixtures,
+                                                                           tmp_path):
+  # The response is the label, so copies of a review with other labels were different
+  # (prompt, response) records: one could be held out while another was trained on. Now a
+  # review is one example: its copies keep the majority label, a tie is dropped (as the
+  # tweets are), and a review in a test file is not trained on under another label.
+  records = [json.loads(line) for line in open(fixtures['sst2'], encoding='utf-8')]
+  real = [r for r in records if r['source'] == 'real']
+  flip = lambda r: dict(r, label=1 - r['label'])  # pylint: disable=unnecessary-lambda-assignment
+  # Review 0 three times (2 to 1), review 1 twice with both labels (a tie).
+  copied = real + [real[0], flip(real[0]), flip(real[1])]
+  path = tmp_path / 'copies.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in copied + records[len(real):]))
+  d = _text_config(fixtures, 'sentiment').data
+  d.update(path=str(path), target_size=6, test_size=6)
+  assert len({r['sentence'] for r in real}) == len(real)  # the fixture's reviews are distinct
+  with pytest.warns(UserWarning, match='left out 4 real records'):  # review 0's 2, review 1's 2
+    data, pool_real, syn, held = tasks._text_records(d, 'sentiment')  # pylint: disable=protected-access
+  seen = [(data.prompts[i], int(data.labels[i])) for i in pool_real]
+  seen += [(p, int(y)) for part in held.values() for p, y in zip(part.prompts, part.labels)]
+  assert len(seen) == len({p for p, _ in seen}) == len(real) - 1  # review 1 is dropped
+  assert (real[0]['sentence'], real[0]['label']) in seen  # its majority label
+  assert real[1]['sentence'] not in {p for p, _ in seen}
+  # A test file holding reviews under other labels: those reviews are not trained on.
+  test_file = tmp_path / 'test.jsonl'
+  test_file.write_text(''.join(json.dumps(flip(r)) + '\n' for r in real[:5]))
+  d = _text_config(fixtures, 'sentiment').data
+  d.update(test_path=str(test_file))
+  with pytest.warns(UserWarning, match='and 5 records equal to a target or test file'):
+    data, pool_real, syn, held = tasks._text_records(d, 'sentiment')  # pylint: disable=protected-access
+  trained = {data.prompts[i] for i in np.concatenate([pool_real, syn])}
+  assert not trained & set(held['test'].prompts)
+  assert not set(held['target'].prompts) & set(held['test'].prompts)
+
+
+def test_a_target_file_and_a_test_file_must_not_share_records(fixtures, tmp_path):
+  # ground_truth.retrain's test split "must be disjoint from the target set (the data
+  # loaders guarantee it)": two files sharing records were accepted in silence.
+  records = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  real = [r for r in records if r['source'] == 'real']
+  for name, rows in (('target', real[:6]), ('test', real[3:9])):
+    (tmp_path / f'{name}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  d = _text_config(fixtures, 'instruction').data
+  d.update(target_path=str(tmp_path / 'target.jsonl'), test_path=str(tmp_path / 'test.jsonl'))
+  with pytest.raises(ValueError, match=r'config\.data\.target_path and config\.data\.test_path '
+                                       r'share 3 records'):
     tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
 
 
