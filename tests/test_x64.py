@@ -6,8 +6,7 @@ picks data, minibatches or resamples names its dtype, so a notebook with x64 on 
 a pipeline run without it.
 """
 
-import contextlib
-
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -16,6 +15,7 @@ from dv_jax import metrics
 from dv_jax import training
 from dv_jax.baselines import random_baseline
 from dv_jax.data import facts
+from dv_jax.data import tweets
 from dv_jax.data.contributors import Contributor
 from dv_jax.data.contributors import Split
 from dv_jax.models.common import bind_apply
@@ -82,3 +82,39 @@ def test_facts_item_codes():
 
   without, with_x64 = _both(codes)
   np.testing.assert_allclose(with_x64, without, rtol=1e-6)
+
+
+class _BatchNormMLP(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(4)(x))
+    return nn.Dense(3)(nn.relu(h))
+
+
+def test_batch_norm_re_estimation_rows():
+  # Rows far apart (row r is shifted by r), so other rows give other statistics.
+  x = (np.random.default_rng(0).normal(size=(40, 5)) + np.arange(40)[:, None]).astype(np.float32)
+  model = _BatchNormMLP()
+  apply_fn, params = bind_apply(model, init_model(model, jax.random.PRNGKey(3), x[:1]))
+
+  def statistics():
+    stats = apply_fn.estimate_batch_stats(params, x, key=jax.random.PRNGKey(1), num_batches=2,
+                                          batch_size=4, num_rows=40)
+    return np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(stats)])
+
+  without, with_x64 = _both(statistics)
+  np.testing.assert_allclose(with_x64, without, rtol=1e-5, atol=1e-6)
+
+
+def test_tweet_lm_minibatches():
+  texts = [f'tweet {i} about the {"sun" if i % 2 else "rain"} today' for i in range(30)]
+  config = tweets.TweetLMConfig(max_len=12, num_layers=1, num_heads=2, d_model=8, d_ff=16,
+                                num_steps=3, batch_size=4)
+
+  def losses():
+    return np.asarray(tweets.train_tweet_lm(texts, np.arange(30) % 3, key=jax.random.PRNGKey(0),
+                                            lm_config=config)[3])
+
+  without, with_x64 = _both(losses)
+  np.testing.assert_allclose(with_x64, without, rtol=1e-5)

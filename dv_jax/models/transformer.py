@@ -332,8 +332,10 @@ class TransformerLM(nn.Module):
     check_lm_sizes(self)
     self.embed = nn.Embed(self.vocab_size, self.d_model,
                           embedding_init=nn.initializers.normal(0.02))
+    # float32 as every flax layer's parameters: without a dtype, jax_enable_x64 drew
+    # float64 positions with other values (and activations in float64).
     self.pos_embed = self.param('pos_embed', nn.initializers.normal(0.02),
-                                (self.max_len, self.d_model))
+                                (self.max_len, self.d_model), jnp.float32)
     self.layers = [TransformerBlock(self.num_heads, self.d_ff) for _ in range(self.num_layers)]
     self.final_norm = nn.LayerNorm(epsilon=1e-5)
     self.lm_head = nn.Dense(self.vocab_size, use_bias=False)
