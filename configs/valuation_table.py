@@ -229,7 +229,8 @@ def get_config(arg: str = 'digits') -> ml_collections.ConfigDict:
       grad_block_size=256))
   config.baselines.tracin = ml_collections.ConfigDict(dict(
       train=ml_collections.ConfigDict(train), num_checkpoints=2 if smoke else 5,
-      projection_dim=0, projection_kind='rademacher', grad_block_size=256, param_filter=''))
+      projection_dim=0, projection_kind='rademacher', grad_block_size=256, param_filter='',
+      checkpoints_on_host=False))
   config.baselines.trak = ml_collections.ConfigDict(dict(
       train=ml_collections.ConfigDict(train), num_models=2 if smoke else 3,
       projection_dim=32 if smoke else 512, projection_kind='rademacher', ridge=1e-3,
@@ -481,13 +482,14 @@ def task_config(arg: str) -> ml_collections.ConfigDict:
       param_filter=llm_filter or 'kernel',
       grad_block_size=block, projection_dim=2048 if paper and not smoke else 0,
       projection_kind='rademacher'))
+  # A 1.5B LLM's fine-tunings one after another: R vmapped ones hold 4R + 1 float32 copies
+  # of its parameters (5.75 GiB each; 75 GiB for TRAK's three, before any activation); and
+  # TracIn's 5 checkpoints on the host, not stacked on the device beside its training state.
+  one_at_a_time = paper and lm
   config.baselines.tracin = ml_collections.ConfigDict(dict(
       train=ml_collections.ConfigDict(train), num_checkpoints=2 if smoke else 5,
       projection_dim=projection if (paper or smoke) else 0, projection_kind='rademacher',
-      grad_block_size=block, param_filter=llm_filter))
-  # A 1.5B LLM's fine-tunings one after another: R vmapped ones hold 4R + 1 float32 copies
-  # of its parameters (5.75 GiB each; 75 GiB for TRAK's three, before any activation).
-  one_at_a_time = paper and lm
+      grad_block_size=block, param_filter=llm_filter, checkpoints_on_host=one_at_a_time))
   config.baselines.trak = ml_collections.ConfigDict(dict(
       train=ml_collections.ConfigDict(train), num_models=1 if smoke else 3,
       projection_dim=projection, projection_kind='rademacher', ridge=1e-3,

@@ -114,7 +114,7 @@ _SELECTOR_FIELDS = {'data': ('num_draws',), 'model': ('backbones',),
 # saved before they existed keep their fingerprints.
 _PLACEMENT_FIELDS = {'ntk': ('data_parallel',),
                      'ground_truth': ('vmap_seeds', 'eval_block_size'),
-                     'baseline': ('vmap_models',)}
+                     'baseline': ('vmap_models', 'checkpoints_on_host')}
 
 
 def _without_selectors(section_name: str, section: Any) -> Any:
@@ -131,7 +131,7 @@ def unit_fingerprint(config: ml_collections.ConfigDict, **sections: Any) -> str:
   The benchmark is the seed, task, data and model config; the selector fields
   (`_SELECTOR_FIELDS`) and the placement fields (`_PLACEMENT_FIELDS`:
   `ntk.data_parallel`, the ground truth's `vmap_seeds` and `eval_block_size`, TRAK's
-  `vmap_models`) are left out of every section. A unit saved under one fingerprint
+  `vmap_models`, TracIn's `checkpoints_on_host`) are left out of every section. A unit saved under one fingerprint
   is refused under another (`results.UnitStore`), so a rerun in a workdir with a setting
   changed fails instead of reporting stale results.
 

@@ -434,6 +434,22 @@ def test_tracin_end_to_end_matches_a_loop_over_checkpoints(setup, projection_dim
   np.testing.assert_allclose(result.values, expected, rtol=1e-3, atol=1e-6)
 
 
+def test_tracin_checkpoints_on_the_host_score_as_on_the_device(setup, monkeypatch):
+  # checkpoints_on_host=True (the LLM configs) trains one segment per checkpoint and keeps
+  # them as NumPy arrays: the same scores, and the flag really reaches training.
+  on_device = _call('tracin', setup)
+  seen = []
+  train = training.train
+  monkeypatch.setattr(training, 'train', lambda *a, **k: (
+      seen.append(k.get('checkpoints_on_host')) or train(*a, **k)))
+  config = copy.deepcopy(setup['config'])
+  config.baselines.tracin.checkpoints_on_host = True
+  on_host = _call('tracin', dict(setup, config=config))
+  assert seen == [True]
+  np.testing.assert_allclose(on_host.values, on_device.values, rtol=1e-5,
+                             atol=1e-6 * np.abs(on_device.values).max())
+
+
 def test_tracin_weights_each_checkpoint_by_its_own_learning_rate(setup, monkeypatch):
   """Under a cosine schedule each checkpoint's rate differs: checkpoint j (after steps
   (j + 1) e) is weighted by the mean rate of the steps since the previous checkpoint,
@@ -760,6 +776,7 @@ def test_a_bad_config_fails_before_the_training(setup, monkeypatch, method, fiel
     ('trak.num_models', 2.5, 'trak.num_models must be an integer >= 1'),
     ('trak.projection_dim', 0, 'trak.projection_dim must be an integer >= 1'),
     ('trak.vmap_models', 'False', 'trak.vmap_models must be True or False'),
+    ('tracin.checkpoints_on_host', 1, 'tracin.checkpoints_on_host must be True or False'),
     ('trak.train.optimizer', 'adamm', r'trak.train: config.optimizer must be one of'),
     ('random.seed_offset', -1, 'random.seed_offset must be an integer >= 0'),
     # Before: fold_in(key, 14 + seed_offset) raised an OverflowError only inside `value`.

@@ -271,6 +271,34 @@ def test_checkpoints(schedule):
   np.testing.assert_allclose(plain.losses, run.losses, rtol=1e-6)
 
 
+@pytest.mark.parametrize('optimizer, schedule', [('sgd', 'cosine'), ('adam', 'constant')])
+def test_checkpoints_on_host_are_the_same_run(optimizer, schedule):
+  # TracIn's LLM configs keep the checkpoints on the host (5 stacked copies of a 1.5B model
+  # beside its training state did not fit an 80 GB device): one jitted segment per
+  # checkpoint, the same steps, keys and rates as the one scan.
+  x, y = _blobs(16, seed=2)
+  params = _linear_params(5)
+  config = training.TrainConfig(optimizer=optimizer, learning_rate=0.1, steps=6, batch_size=4,
+                                schedule=schedule, checkpoint_every=2)
+  kwargs = dict(config=config, key=jax.random.PRNGKey(1), num_classes=C)
+  device = training.train(_linear_apply, params, x, y, **kwargs)
+  host = training.train(_linear_apply, params, x, y, checkpoints_on_host=True, **kwargs)
+  assert all(isinstance(leaf, np.ndarray) for leaf in jax.tree_util.tree_leaves(host.checkpoints))
+  for field in ('params', 'losses', 'checkpoints', 'learning_rates'):
+    for a, b in zip(jax.tree_util.tree_leaves(getattr(device, field)),
+                    jax.tree_util.tree_leaves(getattr(host, field))):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+  # The caller's theta0 is not donated to the first segment.
+  np.testing.assert_array_equal(params['w'], _linear_params(5)['w'])
+  # Without checkpoints there is nothing to keep: the one scan, whatever the flag.
+  plain = config._replace(checkpoint_every=0)
+  a, b = (training.train(_linear_apply, params, x, y, config=plain, key=jax.random.PRNGKey(1),
+                         num_classes=C, checkpoints_on_host=flag) for flag in (False, True))
+  np.testing.assert_array_equal(a.params['w'], b.params['w'])
+  with pytest.raises(ValueError, match='checkpoints_on_host must be True or False'):
+    training.train(_linear_apply, params, x, y, checkpoints_on_host='yes', **kwargs)
+
+
 def test_evaluate_in_padded_blocks_matches_numpy():
   x, y = _blobs(37, seed=3)
   params = _linear_params(6)

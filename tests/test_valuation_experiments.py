@@ -84,12 +84,14 @@ def test_paper_scale_llm_fine_tunings_fit_a_gpu(variant):
   # The smoke twins run the same settings end to end on the fixtures (test_valuation_tasks).
   config = CONFIGS['valuation_table'].get_config(variant)
   assert config.ground_truth.vmap_seeds is False and config.baselines.trak.vmap_models is False
+  assert config.baselines.tracin.checkpoints_on_host is True
   if not variant.endswith('_smoke'):
     rows_x_tokens = config.ground_truth.eval_block_size * config.data.max_len
     assert rows_x_tokens * 151936 * 4 / 2**30 < 3  # GiB of one block's logits
   # The CPU tasks keep the fast vmapped programs.
   digits = CONFIGS['valuation_table'].get_config('digits')
   assert digits.ground_truth.vmap_seeds and digits.baselines.trak.vmap_models
+  assert not digits.baselines.tracin.checkpoints_on_host
 
 
 def test_digits_table_has_the_required_rows():
@@ -504,7 +506,8 @@ def test_unit_fingerprints_cover_what_each_unit_depends_on():
   # Where the ground truth and TRAK run (seeds vmapped or one at a time, evaluation block
   # rows) is not what they compute: toggling it reuses every saved unit.
   assert not changed(ground_truth__vmap_seeds=False, ground_truth__eval_block_size=8,
-                     baselines__trak__vmap_models=False)
+                     baselines__trak__vmap_models=False,
+                     baselines__tracin__checkpoints_on_host=True)
 
 
 def test_config_level_fitted_weights_need_probes():
