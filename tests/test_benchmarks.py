@@ -180,3 +180,17 @@ def test_case_runner_reads_resident_memory_in_mib():
   # In MiB (2^20 bytes, the tables' MB): VmHWM's kB / 1000 would read 262 for the 256.
   assert rss2 - rss1 == pytest.approx(rss['mib'], abs=3), rss
   assert hwm2 - hwm1 == pytest.approx(rss['mib'], abs=3), rss
+
+
+@pytest.mark.slow
+def test_bench_llm_finetune_memory_compiles_each_pair(tmp_path):
+  # ~20 s: eight programs of a 2-block model. Each of the LLM configs' settings needs less
+  # than the program it replaced, and by about what the shapes say: R = 3 vmapped models
+  # against one, 512 evaluation rows of 2 seeds against 8 of one.
+  out = tmp_path / 'ft.json'
+  text = _run('bench_llm_finetune_memory.py', '--tiny', f'--out={out}')
+  rows = {row['program']: row for row in json.loads(out.read_text())['rows']}
+  assert list(rows) == ['ground truth', 'TRAK', 'TracIn', 'evaluation'], text
+  ratio = {name: row['reference_gib'] / row['gib'] for name, row in rows.items()}
+  assert all(r > 1.2 for r in ratio.values()), ratio
+  assert ratio['TRAK'] > ratio['ground truth'] and ratio['evaluation'] > 20, ratio
