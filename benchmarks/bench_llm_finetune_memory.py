@@ -9,7 +9,8 @@ now run, both lowered and compiled on abstract shapes (nothing model-sized is al
 bench_lm_ntk_memory.py):
   - ground truth: `ground_truth.vmap_seeds` True (reference: `training._fit_many` over the
     config's R = 2 seeds) against False (`training._fit_jit`, one seed), on the largest
-    contributor's 2,000 examples padded to 2,048;
+    contributor's 2,000 examples (`retrain` pads to that size; 2,048 rows here, 0.6 MB of
+    input more);
   - TRAK: `baselines.trak.vmap_models` True (`_fit_many` over 3 models) against False (one
     model), on the 13,200-example pool padded to 16,384;
   - TracIn: `baselines.tracin.checkpoints_on_host` False (`_fit_jit` stacking 5 checkpoints

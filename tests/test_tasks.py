@@ -694,8 +694,9 @@ def test_sentiment_copies_of_a_review_are_one_example_whatever_their_labels(fixt
   records = [json.loads(line) for line in open(fixtures['sst2'], encoding='utf-8')]
   real = [r for r in records if r['source'] == 'real']
   flip = lambda r: dict(r, label=1 - r['label'])  # pylint: disable=unnecessary-lambda-assignment
-  # Review 0 three times (2 to 1), review 1 twice with both labels (a tie).
-  copied = real + [real[0], flip(real[0]), flip(real[1])]
+  # Review 0 three times, its first copy under the minority label (2 to 1); review 1 twice
+  # with both labels (a tie).
+  copied = [flip(real[0])] + real + [real[0], flip(real[1])]
   path = tmp_path / 'copies.jsonl'
   path.write_text(''.join(json.dumps(r) + '\n' for r in copied + records[len(real):]))
   d = _text_config(fixtures, 'sentiment').data
@@ -706,7 +707,7 @@ def test_sentiment_copies_of_a_review_are_one_example_whatever_their_labels(fixt
   seen = [(data.prompts[i], int(data.labels[i])) for i in pool_real]
   seen += [(p, int(y)) for part in held.values() for p, y in zip(part.prompts, part.labels)]
   assert len(seen) == len({p for p, _ in seen}) == len(real) - 1  # review 1 is dropped
-  assert (real[0]['sentence'], real[0]['label']) in seen  # its majority label
+  assert (real[0]['sentence'], real[0]['label']) in seen  # its majority label, not the first
   assert real[1]['sentence'] not in {p for p, _ in seen}
   # A test file holding reviews under other labels: those reviews are not trained on.
   test_file = tmp_path / 'test.jsonl'
