@@ -210,12 +210,19 @@ _STATIC = ('apply_fn', 'optimizer', 'schedule', 'steps', 'batch_size', 'weight_d
            'momentum', 'checkpoint_every')
 
 
+def _recipe_optimizer(learning_rate, *, optimizer, schedule, steps, weight_decay,
+                      momentum) -> optax.GradientTransformation:
+  """The recipe's optimizer, its learning rate following ``schedule`` over ``steps``."""
+  lr_fn = functools.partial(learning_rate_at, learning_rate=learning_rate, schedule=schedule,
+                            steps=steps)
+  return _optimizer(lr_fn, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum)
+
+
 def _step_fn(x_pad, y_pad, n, key, learning_rate, *, apply_fn, optimizer, schedule, steps,
              batch_size, weight_decay, momentum):
   """``(tx, step)``: the optimizer and one training step ``(carry, t) -> (carry, loss)``."""
-  lr_fn = functools.partial(learning_rate_at, learning_rate=learning_rate, schedule=schedule,
-                            steps=steps)
-  tx = _optimizer(lr_fn, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum)
+  tx = _recipe_optimizer(learning_rate, optimizer=optimizer, schedule=schedule, steps=steps,
+                         weight_decay=weight_decay, momentum=momentum)
 
   # A train-mode forward (BatchNorm's `train_apply`) also takes the step's key, for a
   # module whose train mode turns on Dropout too.
@@ -284,11 +291,8 @@ def _fit_segment(carry, x_pad, y_pad, n, key, learning_rate, first_step, *, appl
 
 @functools.partial(jax.jit, static_argnames=('optimizer', 'schedule', 'steps', 'weight_decay',
                                               'momentum'))
-def _init_state(params, learning_rate, *, optimizer, schedule, steps, weight_decay, momentum):
-  lr_fn = functools.partial(learning_rate_at, learning_rate=learning_rate, schedule=schedule,
-                            steps=steps)
-  return _optimizer(lr_fn, optimizer=optimizer, weight_decay=weight_decay,
-                    momentum=momentum).init(params)
+def _init_state(params, learning_rate, **recipe):
+  return _recipe_optimizer(learning_rate, **recipe).init(params)
 
 
 def _fit_host_checkpoints(params, x_pad, y_pad, n, key, learning_rate, *, apply_fn, optimizer,
