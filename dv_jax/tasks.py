@@ -836,10 +836,9 @@ def _text_records(d, layout):
   # What a model reads as one example: a prompt with its response, or for sentiment the
   # review alone (its response is the label: copies of a review are one input whatever
   # label each carries).
-  if layout == 'sentiment':
-    example = lambda ds, i: ds.prompts[i]  # pylint: disable=unnecessary-lambda-assignment
-  else:
-    example = lambda ds, i: (ds.prompts[i], ds.responses[i])  # pylint: disable=unnecessary-lambda-assignment
+  def example(ds, i):
+    return ds.prompts[i] if layout == 'sentiment' else (ds.prompts[i], ds.responses[i])
+
   # One real record per example: a record written twice (IMDB and Alpaca dumps hold copies)
   # could be held out for the test set and trained on as well. Copies of a review keep the
   # first copy with the majority label; a tie is dropped, its label a coin flip (as
@@ -885,10 +884,11 @@ def _text_records(d, layout):
   def examples(ds):
     return {example(ds, i) for i in range(len(ds.prompts))}
 
-  if len(held) == 2 and examples(held['target']) & examples(held['test']):
+  shared = examples(held['target']) & examples(held['test']) if len(held) == 2 else set()
+  if shared:
     raise ValueError(f'config.data.target_path and config.data.test_path share '
-                     f'{len(examples(held["target"]) & examples(held["test"]))} records: the '
-                     'test split must be disjoint from the target set (METHOD.md)')
+                     f'{len(shared)} records: the test split must be disjoint from the '
+                     'target set (METHOD.md)')
 
   def not_held(rows):
     # Nothing held out is trained on, or held out again: a target or test file may share

@@ -131,8 +131,8 @@ def unit_fingerprint(config: ml_collections.ConfigDict, **sections: Any) -> str:
   The benchmark is the seed, task, data and model config; the selector fields
   (`_SELECTOR_FIELDS`) and the placement fields (`_PLACEMENT_FIELDS`:
   `ntk.data_parallel`, the ground truth's `vmap_seeds` and `eval_block_size`, TRAK's
-  `vmap_models`, TracIn's `checkpoints_on_host`) are left out of every section. A unit saved under one fingerprint
-  is refused under another (`results.UnitStore`), so a rerun in a workdir with a setting
+  `vmap_models`, TracIn's `checkpoints_on_host`) are left out of every section. A unit
+  saved under one fingerprint is refused under another (`results.UnitStore`), so a rerun in a workdir with a setting
   changed fails instead of reporting stale results.
 
   Args:
