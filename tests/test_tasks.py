@@ -26,6 +26,12 @@ DESIGN = dict(num_contributors=4, size_range=(10, 20), pis=(0.0, 0.5, 1.0),
               label_noises=(0.0, 0.2), contributor_seed=0)
 
 
+def _jsonl(path):
+  """The records of a JSONL fixture."""
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
 def _config(data, model):
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -475,7 +481,7 @@ def test_sentiment_lm_responses_are_label_names_and_noise_flips_them(fixtures):
   task = tasks.build_task('sentiment', config)
   # The fixture tokenizer's ids are positions in its word list.
   vocab = task_fixtures.SPECIALS + task_fixtures.WORDS + task_fixtures.LABEL_WORDS
-  rows = [json.loads(line) for line in open(fixtures['sst2'], encoding='utf-8')]
+  rows = _jsonl(fixtures['sst2'])
   label_of = {r['sentence']: r['label'] for r in rows}
   num_flipped = []
   for contributor in task.contributors:
@@ -496,7 +502,7 @@ def test_text_lm_held_out_sources_have_their_own_split(fixtures, tmp_path):
   # One `split` used to be read for path, target_path and test_path alike: a target in the
   # pool's own DatasetDict was its training split again, and a JSONL target failed.
   datasets = pytest.importorskip('datasets')
-  rows = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  rows = _jsonl(fixtures['alpaca'])
   def dataset(records):
     return datasets.Dataset.from_dict({k: [r[k] for r in records] for k in records[0]})
 
@@ -583,7 +589,7 @@ def _encoded_records(path, config):
 
 def test_text_lm_target_is_the_target_file_and_synthetic_parts_the_synthetic_records(
     fixtures, tmp_path):
-  rows = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  rows = _jsonl(fixtures['alpaca'])
   target_file = tmp_path / 'target.jsonl'
   target_file.write_text(''.join(json.dumps(r) + '\n' for r in rows[3:9]), encoding='utf-8')
   pool_file = task_fixtures.write_alpaca_jsonl(tmp_path / 'pool.jsonl', num_real=20,
@@ -649,7 +655,7 @@ def _pairs(records, rows):
 def test_text_records_train_on_no_held_out_record(fixtures, tmp_path):
   # A record written twice could be held out for the test set and also trained on (no
   # copy was dropped); and a test file could share records with the pool's file.
-  records = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  records = _jsonl(fixtures['alpaca'])
   real = [r for r in records if r['source'] == 'real']
   copies = tmp_path / 'copies.jsonl'
   # Every real record twice, and two synthetic records copying real ones.
@@ -691,7 +697,7 @@ def test_sentiment_copies_of_a_review_are_one_example_whatever_their_labels(fixt
   # (prompt, response) records: one could be held out while another was trained on. Now a
   # review is one example: its copies keep the majority label, a tie is dropped (as the
   # tweets are), and a review in a test file is not trained on under another label.
-  records = [json.loads(line) for line in open(fixtures['sst2'], encoding='utf-8')]
+  records = _jsonl(fixtures['sst2'])
   real = [r for r in records if r['source'] == 'real']
   flip = lambda r: dict(r, label=1 - r['label'])  # pylint: disable=unnecessary-lambda-assignment
   # Review 0 three times, its first copy under the minority label (2 to 1); review 1 twice
@@ -724,7 +730,7 @@ def test_sentiment_copies_of_a_review_are_one_example_whatever_their_labels(fixt
 def test_a_target_file_and_a_test_file_must_not_share_records(fixtures, tmp_path):
   # ground_truth.retrain's test split "must be disjoint from the target set (the data
   # loaders guarantee it)": two files sharing records were accepted in silence.
-  records = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')]
+  records = _jsonl(fixtures['alpaca'])
   real = [r for r in records if r['source'] == 'real']
   for name, rows in (('target', real[:6]), ('test', real[3:9])):
     (tmp_path / f'{name}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
@@ -742,7 +748,7 @@ def test_text_records_read_the_first_max_records(fixtures):
   data, pool_real, syn, held = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
   assert len(data.prompts) == 20 and syn.size == 0
   assert pool_real.size == 20 - 6 - 6 and pool_real.max() < 20
-  first = [json.loads(line) for line in open(fixtures['alpaca'], encoding='utf-8')][:20]
+  first = _jsonl(fixtures['alpaca'])[:20]
   outputs = {r['output'] for r in first}
   for part in held.values():
     assert set(part.responses) <= outputs
