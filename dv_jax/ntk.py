@@ -42,6 +42,12 @@ are unused. A Gaussian `draw` is `jax.random.normal`; a Rademacher one takes
 significant first) to entry `32 w + b` of the row, 1 -> +1, 0 -> -1. `P` is drawn and
 `g @ P` summed in at least float32 whatever the gradients' dtype, so a bfloat16 model gets
 the same `P` as a float32 one and float32 projected gradients.
+
+Dtypes. Kernels are returned in at least float32 by every implementation (the library's
+rule for half precision, `linalg.checked_float_array`): for a bfloat16 model the Jacobian
+contraction sums bfloat16 Jacobian entries over `p` in float32, while the vector-product
+path's entries come out of a jvp run in the model's dtype and so carry bfloat16 rounding
+(~1e-2 relative) before they are cast.
 """
 
 import functools
@@ -69,6 +75,11 @@ PROJECTION_KINDS = ('rademacher', 'gaussian')
 # Kernel contractions run at full float32 precision: Theta feeds a Cholesky solve, and
 # the TF32/bf16 passes some accelerators use by default lose too many digits.
 _PRECISION = jax.lax.Precision.HIGHEST
+
+
+def _at_least_float32(dtype):
+  """`dtype` promoted to float32 or wider: the dtype of every kernel this module returns."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 class Projection(NamedTuple):
@@ -740,7 +751,10 @@ def _contract_pair(traced: tuple[bool, ...], j1, j2):
   u = math.prod(u_shape)
   a = jnp.transpose(j1, perm).reshape(j1.shape[0] * u, -1)
   b = jnp.transpose(j2, perm).reshape(j2.shape[0] * u, -1)
-  k = jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_PRECISION)
+  # Summed over p in at least float32 (the module docstring's "Dtypes"): the Jacobian
+  # blocks of a bfloat16 model are bfloat16, and a bfloat16 kernel keeps ~3 digits.
+  k = jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_PRECISION,
+                          preferred_element_type=_at_least_float32(a.dtype))
   k = k.reshape(j1.shape[0], *u_shape, j2.shape[0], *u_shape)
   n_u = len(u_shape)
   zipped = [0, 1 + n_u]
@@ -816,7 +830,10 @@ def _vector_products(spec: _KernelSpec, params, projection_key, x1_b, x2_b):
   def push(tangent):
     return jax.jvp(lambda sel: spec.apply_fn(rebuild(sel), x1_b), (selected,), (tangent,))[1]
 
+  # The jvp runs in the model's dtype, so a bfloat16 model's entries carry bfloat16
+  # rounding; they are returned (and traced) in at least float32 like the other paths.
   k_full = jax.vmap(push)(tangents)  # [b2 * c, b1, *o]
+  k_full = k_full.astype(_at_least_float32(k_full.dtype))
   b1 = x1_b.shape[0]
   k_full = k_full.reshape(b2, *out_shape, b1, *out_shape)
   ndim = len(out_shape)
@@ -876,7 +893,8 @@ def _neural_tangents(spec: _KernelSpec, trace_axes: tuple[int, ...], params, pro
   ntk_fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes,
                                vmap_axes=0 if spec.batched else None,
                                implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION)
-  return ntk_fn(x1_b, x2_b, primal)
+  block = ntk_fn(x1_b, x2_b, primal)
+  return block.astype(_at_least_float32(block.dtype))
 
 
 def _swap_sides(block, n_untraced: int):
@@ -934,8 +952,9 @@ def empirical_ntk_fn(apply_fn: Callable, *, trace_axes: Sequence[int] = (-1,),
       examples over; `data_parallel_mesh()` is the usual one. Needs `vmap_axes=0`.
 
   Returns:
-    `ntk_fn(x1, x2, params) -> Array[n1, n2, ...]`; `x2=None` means `x2 = x1` (and only
-    the upper block triangle is computed).
+    `ntk_fn(x1, x2, params) -> Array[n1, n2, ...]`, at least float32 (see "Dtypes" in
+    the module docstring); `x2=None` means `x2 = x1` (and only the upper block triangle is
+    computed).
 
   Raises:
     ValueError: for an unknown `implementation`, a bad `vmap_axes`, `trace_axes`,

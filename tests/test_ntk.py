@@ -359,6 +359,29 @@ def test_bfloat16_model_is_projected_in_float32_by_the_same_matrix(kind):
   assert projected.dtype == jnp.float32
 
 
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+@pytest.mark.parametrize('projected', [False, True])
+def test_bfloat16_model_kernel_is_float32(implementation, projected):
+  # A bfloat16 model's kernel came back in bfloat16 (both paths unprojected, the
+  # vector-product path projected too): ~3 digits, 4e-3 of the largest entry off the
+  # exact Gram matrix of the same bfloat16 Jacobian, where float32 sums keep 1e-6.
+  apply_fn, params, x = _mlp()
+  params = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.bfloat16), params)
+  x = x.astype(jnp.bfloat16)
+  key = jax.random.PRNGKey(3)
+  projection = ntk.Projection(8, 'rademacher', key) if projected else None
+  kernel = ntk.empirical_ntk_fn(apply_fn, implementation=implementation,
+                                projection=projection)(x, None, params)
+  assert kernel.dtype == jnp.float32
+  j = reference_jacobian(apply_fn, params, x)  # the bfloat16 Jacobian's exact values
+  if projected:
+    j = j @ np.concatenate(explicit_projection_matrices(params, key, 8, 'rademacher'))
+  # The contraction sums exact bfloat16 entries (projected ones in float32); the vector
+  # products' entries are jvp outputs of the bfloat16 model, rounded to bfloat16.
+  rtol = 1e-5 if implementation == 'jacobian_contraction' else 1e-2
+  assert_close(kernel, reference_ntk(j, j, trace=True), rtol=rtol)
+
+
 # ----------------------------------------------------------------------------------------
 # Per-example gradients.
 
