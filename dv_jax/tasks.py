@@ -982,7 +982,8 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   file too), target_path / test_path ('' = hold target_size /
   test_size REAL records out of `path`) with their own target_split / test_split (''
   for none; the pool's own path and split, or records marked synthetic, are refused),
-  split_seed, max_len (tokens per example), and the contributor design (num_contributors,
+  split_seed, max_len (tokens per example, at most the checkpoint's
+  max_position_embeddings), and the contributor design (num_contributors,
   size_range, pis, label_noises = the fraction of swapped responses, `swap_responses`, or
   of flipped labels for sentiment; contributor_seed). Real parts are disjoint draws from
   the real records, synthetic parts from the synthetic ones (fixed texts carry no
@@ -1014,7 +1015,13 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   syn_parts = real_part_indices(specs, syn_rows.size, key=jax.random.fold_in(key, 2),
                                 part='synthetic')
   model, params, tokenizer = load_lm_checkpoint(m)
-  max_len = int(d.max_len)
+  # Past the checkpoint's context the rotary positions were never trained: the model still
+  # runs, so a too-long max_len would only show as worse numbers.
+  max_len = config_checks.config_int(d.max_len, 'data.max_len')
+  if max_len > model.config.max_position_embeddings:
+    raise ValueError(f'config.data.max_len={max_len} is past the context of {m.checkpoint} '
+                     f'(config.json max_position_embeddings='
+                     f'{model.config.max_position_embeddings}).')
 
   def encode(prompts, responses):
     if not prompts:

@@ -548,6 +548,19 @@ def test_text_lm_refuses_token_ids_past_the_vocabulary(fixtures, tmp_path):
     tasks.build_task('instruction', config)
 
 
+@pytest.mark.parametrize('max_len', [65, 0])
+def test_text_lm_max_len_is_checked_against_the_checkpoint_context(fixtures, max_len):
+  """A max_len past config.json's max_position_embeddings (64 here) ran in silence on rotary
+  positions the checkpoint never saw; 0 was refused as a bare `max_len`, not the field."""
+  config = _text_config(fixtures, 'instruction')
+  config.data.max_len = max_len
+  with pytest.raises(ValueError, match=r'config\.data\.max_len(=65 is past the context of '
+                                       r'.*max_position_embeddings=64| must be an integer)'):
+    tasks.build_task('instruction', config)
+  config.data.max_len = 64  # the whole context is fine
+  assert tasks.build_task('instruction', config).target.x.shape == (6, 3, 64)
+
+
 def test_text_lm_warns_of_special_tokens_the_checkpoint_names_but_the_config_drops(
     fixtures, tmp_path):
   """Llama-3 is trained with <|begin_of_text|>; a run with the config's default
