@@ -354,8 +354,10 @@ def _flip(y: np.ndarray, fraction: float, num_classes: int, key: jax.Array) -> n
 
 def _spec_info(contributors: Sequence[Contributor],
                specs: Sequence[contributors_lib.ContributorSpec]) -> List[Dict[str, Any]]:
+  # A contributor without a synthetic part has no truncation (None, as its name says 'real').
   return [{'name': c.name, 'size': s.size, 'pi': s.pi,
-           'truncation': synthetic.as_truncation(s.truncation).label,
+           'truncation': synthetic.as_truncation(s.truncation).label if c.num_synthetic
+                         else None,
            'label_noise': s.label_noise, 'num_real': c.num_real,
            'num_synthetic': c.num_synthetic} for c, s in zip(contributors, specs)]
 

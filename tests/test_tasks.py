@@ -239,6 +239,9 @@ def _check_task(task, *, num_contributors=4):
   for spec, c in zip(task.info['contributors'], task.contributors):
     assert (c.num_real, c.num_synthetic) == (spec['num_real'], spec['num_synthetic'])
     assert c.size == spec['size']
+    # An all-real contributor's info listed its spec's truncation (e.g. 'hard3') although
+    # nothing of it was truncated; its name said 'real'.
+    assert (spec['truncation'] is None) == (c.num_synthetic == 0), (c.name, spec)
   assert not np.any(task.target.is_synthetic) and not np.any(task.test.is_synthetic)
   for apply_fn, params in task.backbones.values():
     logits = apply_fn(params, np.asarray(task.target.x[:3], np.float32))
