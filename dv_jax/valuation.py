@@ -85,6 +85,7 @@ from dv_jax import linalg
 from dv_jax import mmd as mmd_lib
 from dv_jax import ntk as ntk_lib
 from dv_jax import training
+from dv_jax.data import contributors as contributors_lib
 from dv_jax.data.contributors import Contributor
 from dv_jax.data.contributors import Split
 from dv_jax.data.contributors import validate_contributor
@@ -730,9 +731,9 @@ def subsampled_pool_size(contributors: Sequence[Contributor], budget: int,
 def _subsample_rows(contributors, budget: int, min_part: int, key) -> list:
   """Per contributor: `(real rows, synthetic rows)` kept, stratified by part."""
   rows = []
-  for i, (c, counts) in enumerate(zip(contributors,
-                                      _subsample_counts(contributors, budget, min_part))):
-    keys = jax.random.split(jax.random.fold_in(key, i))
+  for c, counts in zip(contributors, _subsample_counts(contributors, budget, min_part)):
+    # By name, not position: a contributor keeps its rows wherever it stands in the list.
+    keys = jax.random.split(contributors_lib.fold_in_name(key, c.name))
     parts = []
     for num, k, keep in zip((c.num_real, c.num_synthetic), keys, counts):
       if keep == num:
@@ -964,7 +965,7 @@ def _proportional_rows(pool: 'Pool', members: Sequence[int], key: jax.Array) -> 
 
   `f` = the smallest kept fraction `kept_p / N_p` over the coalition's non-empty parts;
   each part contributes a uniform subset of `max(1, round(f N_p))` of its kept rows drawn
-  with `fold_in(key, p)`. So a part that the floor `min_subsample` forced above its share
+  with `key` folded with the member's name and the part (0 real, 1 synthetic). So a part that the floor `min_subsample` forced above its share
   is thinned back, and a part with `round(f N_p) = 0` keeps one row: its only residual
   over-representation.
 
@@ -973,16 +974,17 @@ def _proportional_rows(pool: 'Pool', members: Sequence[int], key: jax.Array) -> 
   """
   groups = _part_groups(pool)
   full = _full_part_sizes(pool)
-  parts = [(p, np.flatnonzero(groups == p)) for i in members for p in (2 * i, 2 * i + 1)
-           if full[p] > 0]
-  fraction = min(part_rows.size / full[p] for p, part_rows in parts)
+  parts = [(i, p, np.flatnonzero(groups == p)) for i in members
+           for p in (2 * i, 2 * i + 1) if full[p] > 0]
+  fraction = min(part_rows.size / full[p] for _, p, part_rows in parts)
   chosen = []
-  for p, part_rows in parts:
+  for i, p, part_rows in parts:
     take = min(max(1, int(round(fraction * full[p]))), part_rows.size)
     if take < part_rows.size:
-      # A permutation of the next power of two, filtered: uniform, one compile per bucket.
-      order = np.asarray(jax.random.permutation(jax.random.fold_in(key, p),
-                                                bucket_size(part_rows.size)))
+      # By name, not position (`coalition_key`). A permutation of the next power of two,
+      # filtered: uniform, one compile per bucket.
+      part_key = jax.random.fold_in(contributors_lib.fold_in_name(key, pool.names[i]), p % 2)
+      order = np.asarray(jax.random.permutation(part_key, bucket_size(part_rows.size)))
       part_rows = part_rows[order[order < part_rows.size][:take]]
     chosen.append(part_rows)
   return np.sort(np.concatenate(chosen))
@@ -994,7 +996,8 @@ def coalition_rows(pool: 'Pool', members: Sequence[int], *,
 
   Every kept row of the members when nothing was subsampled; for a subsampled pool, rows
   in proportion to the full part sizes, drawn with the coalition's key, so the same
-  coalition gets the same rows whatever the order of `members` (see `coalition_terms`).
+  coalition gets the same rows whatever the order of `members` and wherever its members
+  stand in the contributor list (the key is from their names; see `coalition_terms`).
 
   Args:
     pool: from `prepare_pool`.
@@ -1010,7 +1013,7 @@ def coalition_rows(pool: 'Pool', members: Sequence[int], *,
   members = _check_members(pool, members)
   if not _is_subsampled(pool):
     return np.flatnonzero(np.isin(pool.owner, members))
-  key = coalition_key(stage_key(config, 3), members)
+  key = _member_key(pool, stage_key(config, 3), members)
   return _proportional_rows(pool, members, key)
 
 
@@ -1246,10 +1249,28 @@ def stage_key(config: Any, stage: int) -> jax.Array:
   return jax.random.fold_in(root, stage)
 
 
-def coalition_key(key: jax.Array, members: Sequence[int]) -> jax.Array:
-  """A key for one coalition, the same whatever the order of `members`."""
-  tag = zlib.crc32(np.asarray(sorted(set(int(i) for i in members)), np.int64).tobytes())
+def coalition_key(key: jax.Array, names: Sequence[str]) -> jax.Array:
+  """A key for one coalition from its members' (unique) names: the same whatever the order
+  of `names` and wherever the members stand in the contributor list, so a contributor's
+  value does not change when the list is reordered or a subset of it is scored (as
+  DAVINZ's blocks, `baselines.davinz`)."""
+  tag = zlib.crc32('\0'.join(sorted(set(str(n) for n in names))).encode('utf-8'))
   return jax.random.fold_in(key, tag & 0x7FFFFFFF)
+
+
+def _member_key(pool: 'Pool', key: jax.Array, members: Sequence[int]) -> jax.Array:
+  return coalition_key(key, [pool.names[i] for i in members])
+
+
+def _in_name_order(pool: 'Pool', rows: np.ndarray) -> np.ndarray:
+  """Pool `rows` reordered member by member in the order of their names, each member's
+  rows in its own order: the order a keyed row permutation is applied to.
+
+  Pool rows come in contributor-list order, so a random draw over a coalition's rows in
+  that order would depend on where its members stand in the list.
+  """
+  name_rank = np.argsort(np.argsort(np.asarray(pool.names, dtype=object)))
+  return rows[np.argsort(name_rank[pool.owner[rows]], kind='stable')]
 
 
 def _member_indices(members: Sequence[int], name: str) -> list:
@@ -1329,7 +1350,10 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
   per-example quantities are those of the union of the members' rows. The linear MMD
   estimator, which reads only the leading `min(n, m)` rows of each set, reads them in a
   random order (the coalition's and the target's, from stage 4 of `config.seed`), so every
-  member and part can enter it. With subsampling,
+  member and part can enter it. Every random draw of a coalition (these orders, the
+  approximate NTK methods' blocks and subsets, the rows below) is keyed by its members'
+  names (`coalition_key`) and applied to its rows in name order, so a contributor's terms
+  do not depend on where it stands in the contributor list. With subsampling,
   every term still estimates the FULL coalition's, in which a part `p` (a member's real or
   synthetic part) weighs `w_p = N_p / n` (`N_p` its full size), whereas the kept rows
   carry their own, distorted proportions (`min_subsample` floors, rounding):
@@ -1343,7 +1367,7 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
   - N: on rows in proportion to the full part sizes (`coalition_rows`): with `f` the
     smallest kept fraction `kept_p / N_p` of the coalition's parts, `max(1, round(f N_p))`
     random kept rows of each part, drawn with the coalition's key (the same rows whatever
-    the order of `members`), and then the value computed exactly as without subsampling.
+    the order of `members` or their places in the list), and then the value computed exactly as without subsampling.
     A part that the floor forced above its share is thinned back; a part with
     `round(f N_p) = 0` keeps one row (the residual distortion).
 
@@ -1391,17 +1415,19 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
       # rest. Pool rows come member by member, real before synthetic, so in that order a
       # coalition's D would be its first member's alone (and a mixture's its real part's).
       # Random orders make the rows it reads a uniform draw from the whole set: the
-      # target's one order for every coalition, the coalition's whatever the order of
-      # `members`. Stage 4 of config.seed (`stage_key`).
+      # target's one order for every coalition, the coalition's keyed by its members'
+      # names and applied to its rows in name order (`_in_name_order`), so it is the same
+      # wherever they stand in the list. Stage 4 of config.seed (`stage_key`).
       k_target, k_rows = jax.random.split(stage_key(config, 4))
       target_rows = np.asarray(jax.random.permutation(k_target, target_y.shape[0]))
       target_features, target_y = target_features[target_rows], target_y[target_rows]
-      k_rows = coalition_key(k_rows, members)
+      k_rows = _member_key(pool, k_rows, members)
 
     def part_mmd(rows, part):
       if rows.size == 0:
         return None
       if cfg.estimator == 'linear':
+        rows = _in_name_order(pool, rows)
         rows = rows[np.asarray(jax.random.permutation(jax.random.fold_in(k_rows, part),
                                                       rows.size))]
       labels = (pool.y[rows], target_y) if cfg.label_aware else (None, None)
@@ -1428,7 +1454,9 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
   if ncfg.method == 'full':
     term = _full_ntk_term(pool, rows, eps=float(ncfg.eps))
   else:
-    key = coalition_key(stage_key(config, 1), members)
+    # The approximate methods draw blocks / subsets over the rows' order: the names' one.
+    key = _member_key(pool, stage_key(config, 1), members)
+    rows = _in_name_order(pool, rows)
     term = bound.ntk_term(pool.factor[rows], pool.residual[rows], method=ncfg.method,
                           block_size=int(ncfg.block_size),
                           num_permutations=int(ncfg.num_permutations),
