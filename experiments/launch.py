@@ -6,7 +6,8 @@
 `main(run, name=...)` defines the two flags (`--config`, locked, and `--workdir`), checks the
 overrides before absl parses them, and runs `main`: write `config.json` (a new workdir; a
 rerun rewrites it once it succeeds), add the log file, log the command, `environment()` and
-the config, call the script's importable `run(config, workdir)` (a failure is logged too).
+the config, call the script's importable `run(config, workdir)` (a failure is logged too;
+SIGTERM stops it as Ctrl-C does, temporary files removed).
 `--config=configs/from_json.py:<workdir>/config.json` reruns a saved config. Flags are
 defined only when a script runs as `__main__`: tests import `run` from several scripts into
 one process, and absl refuses a flag defined twice.
@@ -19,6 +20,7 @@ import math
 import os
 from pathlib import Path
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -196,6 +198,15 @@ def environment() -> dict:
                                                   'JAX_ENABLE_X64', 'XLA_FLAGS')}}
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+  """SIGTERM (a scheduler's preemption, `kill`) ends the run as Ctrl-C does: by an
+  exception, so a result being written loses its temporary file and log.txt says the run
+  stopped. Python's default ends the process on the spot, leaving both undone. Exit status
+  128 + 15, the shell's for a process killed by SIGTERM."""
+  del frame
+  raise SystemExit(128 + signum)
+
+
 def main(run: Callable[[Any, str], Any], *, name: str) -> None:
   """Runs an experiment script: flags, override check, config.json, log, `run`."""
   config_flags.DEFINE_config_file('config', None, 'Path to the config file[:variant].',
@@ -227,6 +238,7 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
     logging.info('environment: %s', json.dumps(environment()))
     logging.info('config:\n%s', config)
     start = time.perf_counter()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
       run(config, workdir)
     except BaseException:

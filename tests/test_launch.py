@@ -159,6 +159,42 @@ def test_script_exits_on_a_stray_positional_argument(tmp_path):
   assert not workdir.exists()
 
 
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
+  """SIGTERM (a scheduler's preemption) ended the process on the spot: the result being
+  written left its hidden temporary file, and log.txt never said the run had stopped."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  script = tmp_path / 'slow_experiment.py'
+  workdir = tmp_path / 'work'
+  script.write_text(
+      'import sys, time\n'
+      f'sys.path.insert(0, {str(_ROOT / "experiments")!r})\n'
+      'import launch\n'
+      'from dv_jax import results\n'
+      'def run(config, workdir):\n'
+      "  with results.atomic_path(f'{workdir}/result.json') as tmp:\n"
+      "    tmp.write_text('half')\n"
+      "    open(f'{workdir}/writing', 'w').close()\n"
+      '    time.sleep(120)\n'
+      "launch.main(run, name='slow_experiment')\n")
+  proc = subprocess.Popen(
+      [sys.executable, str(script),
+       f'--config={_ROOT / "configs" / "lemma1_theory.py"}:smoke', f'--workdir={workdir}'],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not (workdir / 'writing').exists():
+      assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  assert sorted(p.name for p in workdir.iterdir()) == ['config.json', 'log.txt', 'writing']
+  assert 'slow_experiment stopped' in (workdir / 'log.txt').read_text()
+
+
 def _load_module(path):
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(f'_module_under_test_{path.stem}', path)
