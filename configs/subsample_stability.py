@@ -15,15 +15,16 @@ Command:
   python experiments/subsample_stability.py --config=configs/subsample_stability.py:digits \
       --workdir=workdirs/subsample_stability
 
-Expected result (measured, mean tau over 3 subsample seeds): ours-proposed 0.59 / 0.86 /
-0.95 (MLP) and 0.58 / 0.81 / 0.96 (CNN) at 100 / 400 / 1000 pooled examples; the
-recommended and default settings are similar (0.53-0.68 at 100, >= 0.80 at 400, >= 0.92
-at 1000). Three seeds are few at 100 examples: the subsamples drawn before our method's
-keys moved off the ground truth's gave 0.69 and 0.68 there, and 10 seeds
-(`--config.valuation.num_repeats=10`, 69 s) give 0.63 +- 0.08 / 0.91 / 0.97 (MLP) and
-0.58 +- 0.09 / 0.85 / 0.97 (CNN). Each subsampled term is weighted to the full part
-sizes (dv_jax.valuation, `valuation.subsample`); before that was so, the floors of small
-parts gave 0.67 / 0.88 / 0.95 and 0.68 / 0.86 / 0.97. Runtime: 42 s wall on 2 CPU cores.
+Expected result (measured, mean tau over 3 subsample seeds): ours-proposed 0.71 / 0.94 /
+0.93 (MLP) and 0.64 / 0.88 / 0.97 (CNN) at 100 / 400 / 1000 pooled examples; the
+recommended and default settings 0.55-0.87 at 100, >= 0.75 at 400, >= 0.90 at 1000.
+Three seeds are few at 100 examples: other subsamples gave 0.59 and 0.58 there (those
+drawn before the kept rows were keyed by contributor name rather than list position), and
+10 seeds (`--config.valuation.num_repeats=10`, 69 s) give 0.67 +- 0.08 / 0.92 / 0.95
+(MLP) and 0.65 +- 0.08 / 0.88 / 0.98 (CNN). Each subsampled term is weighted to the full
+part sizes (dv_jax.valuation, `valuation.subsample`); before that was so, the floors of
+small parts gave 0.67 / 0.88 / 0.95 and 0.68 / 0.86 / 0.97. Runtime: 42 s wall on 2 CPU
+cores.
 """
 
 import importlib.util
