@@ -161,7 +161,13 @@ def _median_heuristic(x: ArrayLike, max_rows: int, name: str) -> jax.Array:
     raise ValueError(f'{name} needs at least 2 rows for a pairwise distance, got {n}')
   if n > max_rows:
     x = x[np.round(np.linspace(0, n - 1, max_rows)).astype(np.int64)]
-  return _median_sq_dist(x)
+  median = _median_sq_dist(x)
+  # Finite features whose squared distances pass the float32 range (spreads near 1e19)
+  # give an infinite median, and bandwidths of inf turn every MMD into inf / inf = NaN.
+  if not np.isfinite(float(median)):
+    raise ValueError(f'{name}: the median pairwise squared distance overflows '
+                     f'{x.dtype} (features spread over ~1e19 or more); rescale the features')
+  return median
 
 
 def median_heuristic(x: ArrayLike, *, max_rows: int = MEDIAN_MAX_ROWS) -> jax.Array:
@@ -180,7 +186,8 @@ def median_heuristic(x: ArrayLike, *, max_rows: int = MEDIAN_MAX_ROWS) -> jax.Ar
     `[]`, the median squared distance `s`.
 
   Raises:
-    ValueError: `x` not `[n, d]`, fewer than 2 rows, NaN/Inf; bad `max_rows`.
+    ValueError: `x` not `[n, d]`, fewer than 2 rows, NaN/Inf; bad `max_rows`; a median
+      that overflows the compute dtype.
   """
   return _median_heuristic(x, max_rows, 'x')
 

@@ -75,6 +75,19 @@ def test_median_heuristic_subsamples_evenly_and_deterministically():
   assert mmd.MEDIAN_MAX_ROWS == 2048
 
 
+def test_a_median_past_the_float32_range_is_refused_by_name():
+  # Finite float32 features 1e19 apart: the median squared distance was inf, every
+  # bandwidth inf, and mk_mmd returned NaN without a word.
+  rng = np.random.default_rng(0)
+  x, y = (rng.normal(size=(n, 3)).astype(np.float32) * np.float32(1e19) for n in (5, 7))
+  assert np.all(np.isfinite(x)) and np.all(np.isfinite(y))
+  with pytest.raises(ValueError, match='target: the median pairwise squared distance overflows'):
+    mmd.mk_mmd(x, y)
+  with pytest.raises(ValueError, match='x: the median pairwise squared distance overflows'):
+    mmd.median_heuristic(x)
+  assert np.isfinite(mmd.mk_mmd(x * 1e-2, y * 1e-2).value)  # 1e17: in range
+
+
 # (n, m, d, block_size): unequal sizes, n not a multiple of the block, n and m below and
 # above the block, one feature.
 CASES = [(6, 6, 2, 512), (13, 9, 3, 4), (17, 5, 1, 8), (3, 20, 4, 7)]
