@@ -1489,9 +1489,21 @@ def standardize_terms(raw: ArrayLike) -> np.ndarray:
   if not np.all(np.isfinite(raw)):
     raise ValueError('raw contains NaN or Inf')
   mean = raw.mean(axis=0)
-  std = raw.std(axis=0)
+  std = _column_std(raw)
   safe = np.where(std > 0, std, 1.0)
   return np.where(std > 0, (raw - mean) / safe, 0.0)
+
+
+def _column_std(values: np.ndarray) -> np.ndarray:
+  """Population std of each column of `values [K, F]`, exactly 0 where a column's entries
+  are all equal.
+
+  The float64 mean of K equal values can be an ulp off them, so `np.std` of a constant
+  column (the composition term of contributors of one size and pi) came out ~1e-17: its
+  z-scores were all +1 or -1, and as `Utility`'s scale it multiplied the term by 1e16.
+  Exact equality, as `features` decides a constant feature.
+  """
+  return np.where(np.all(values == values[:1], axis=0), 0.0, values.std(axis=0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -1557,9 +1569,9 @@ def fit_weights(terms: ArrayLike, losses: ArrayLike) -> WeightFit:
   if not (np.all(np.isfinite(terms)) and np.all(np.isfinite(losses))):
     raise ValueError('terms or losses contain NaN or Inf')
   mean = terms.mean(axis=0)
-  std = terms.std(axis=0)
+  std = _column_std(terms)
   scale = np.where(std > 0, std, 1.0)
-  z = (terms - mean) / scale
+  z = np.where(std > 0, (terms - mean) / scale, 0.0)  # a constant column is exactly 0
   weights, _ = scipy.optimize.nnls(z, losses - losses.mean())
   return WeightFit(weights, float(losses.mean()), mean, scale)
 
@@ -1730,7 +1742,7 @@ class Utility:
     self.cache: Dict[Tuple[int, ...], float] = {}
     k = len(pool.names)
     singles = np.stack([coalition_terms(self.pool, (i,), config=config)[0] for i in range(k)])
-    std = singles.std(axis=0)
+    std = _column_std(singles)
     self.scale = np.where(std > 0, std, np.inf)  # a constant term weighs nothing
     self.weights = _term_weights(term_weights, config)
     for i in range(k):

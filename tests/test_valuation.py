@@ -677,6 +677,29 @@ def test_leave_one_out_drops_a_term_constant_across_the_singletons(setup):
   np.testing.assert_allclose(result.values, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_composition_term_constant_only_up_to_its_float_mean_weighs_nothing(setup):
+  """Seven contributors of 5 real + 5 synthetic rows share the composition term
+  sqrt(0.5) / 10, whose float64 mean is an ulp off it: its std came out 1e-17, not 0, so
+  `Utility` divided the term by 1e-17 and every leave-one-out value was 1.2e14 (the ranking
+  read from the other terms at 0.016 resolution)."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 14)
+  contributors = [Contributor(f'c{i}', *_data(keys[2 * i], 5),
+                              *_data(keys[2 * i + 1], 5, shift=0.3 * i)) for i in range(7)]
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'])
+  composition = valuation.TERM_NAMES.index('composition')
+  result = valuation.value_contributors(contributors, setup['target'], **kwargs)
+  raw = np.asarray(result.terms.raw, np.float64)[:, composition]
+  assert np.all(raw == raw[0])
+  value = math.sqrt(0.5) / 10  # the float64 term inside; the case: its mean is an ulp off
+  assert np.full(7, value).mean() != value
+  np.testing.assert_array_equal(np.asarray(result.terms.standardized)[:, composition], 0.0)
+  without = _config(bound__terms=('empirical_loss', 'discrepancy', 'ntk'))
+  loo = valuation.leave_one_out(contributors, setup['target'], **kwargs)
+  expected = valuation.leave_one_out(contributors, setup['target'], config=without, **kwargs)
+  np.testing.assert_allclose(loo.values, expected.values, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(loo.values)).max() < 10
+
+
 def test_shapley_exact_by_enumeration_and_monte_carlo_converges(setup):
   config = _config()
   utility = _brute_force_utility(setup, config, None)
@@ -1107,6 +1130,19 @@ def test_fit_weights_nonnegative_and_recovers_a_known_fit():
     fit.predict(np.where(np.eye(1, 4) > 0, np.nan, terms[:1]))
 
 
+@pytest.mark.parametrize('seed', range(5))
+def test_fit_weights_gives_a_constant_column_no_weight(seed):
+  """A column of 0.1 (its float64 mean an ulp off) got z-scores +-1, a ~1e-16 NNLS weight and
+  a 1e-17 scale: predicting a row whose value there differs moved the loss by O(1)."""
+  rng = np.random.default_rng(seed)
+  first = rng.normal(size=7)
+  terms = np.c_[first, np.full(7, 0.1)]
+  losses = 2.0 - 0.5 * first + 0.3 * rng.normal(size=7)
+  fit = valuation.fit_weights(terms, losses)
+  assert fit.weights[1] == 0.0
+  np.testing.assert_allclose(fit.predict([[0.0, 0.2]]), fit.predict([[0.0, 0.1]]), rtol=1e-12)
+
+
 def test_fit_weights_refuses_terms_without_columns():
   # Before: scipy's nnls aborted the whole interpreter (rc 134) on terms [3, 0]; a
   # subprocess keeps the old behaviour from taking the test session down with it.
@@ -1512,6 +1548,12 @@ def test_standardize_terms_matches_numpy_and_rejects_bad_input():
   np.testing.assert_allclose(z[:, [0, 2]], ((raw - mean) / np.where(std > 0, std, 1))[:, [0, 2]],
                              rtol=1e-12)
   np.testing.assert_array_equal(z[:, 1], 0.0)  # a constant column
+  # ... also where the float64 mean of the equal entries is an ulp off them (it gave +-1).
+  for k, value in ((7, 0.1), (3, 0.1), (20, math.sqrt(0.5) / 10)):
+    column = np.full(k, value)
+    assert column.mean() != value
+    np.testing.assert_array_equal(
+        valuation.standardize_terms(np.stack([np.arange(k), column], 1))[:, 1], 0.0)
   with pytest.raises(ValueError, match=r'raw must be \[K, F\]'):
     valuation.standardize_terms(raw[0])
   with pytest.raises(ValueError, match='raw contains NaN'):
