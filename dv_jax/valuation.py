@@ -65,6 +65,7 @@ Shape legend: `K` contributors, `N` pooled examples, `n` examples of one subset,
 target examples, `d` features, `p` parameters (`k` projected), `c` classes, `P` probes.
 """
 
+import copy
 import functools
 import math
 import time
@@ -1594,6 +1595,13 @@ def _check_probes(probes: Optional[Probes], k: int, *, fit_target: str) -> Probe
   for c in coalitions:
     if not c or c[0] < 0 or c[-1] >= k:
       raise ValueError(f'probes.coalitions: {c} is not a non-empty subset of range({k})')
+  # Each contributor's value is predicted by a fit on the probes without it (`_loo_fit`),
+  # which needs two: checked here, before the pool's per-example work.
+  for i in range(k):
+    excluding = sum(i not in c for c in coalitions)
+    if excluding < 2:
+      raise ValueError(f'probes: {excluding} of the {len(coalitions)} coalitions exclude '
+                       f'contributor {i}; the out-of-sample fit of its value needs at least 2')
   return Probes(coalitions, losses)
 
 
@@ -1612,10 +1620,7 @@ def _loo_fit(pool: Pool, probes: Probes, *, config, mask: np.ndarray,
   weights = np.zeros((k, len(TERM_NAMES)))
   intercepts = np.zeros(k)
   predicted = np.zeros(k)
-  for i in range(k):
-    if used[i].sum() < 2:
-      raise ValueError(f'contributor {pool.names[i]!r}: fewer than 2 probes exclude it, so '
-                       'no out-of-sample fit is possible; add probes')
+  for i in range(k):  # each has >= 2 probes without it (`_check_probes`)
     fit = fit_weights(probe_terms[used[i]], probes.losses[used[i]])
     weights[i, mask] = fit.weights
     intercepts[i] = fit.intercept
@@ -1738,7 +1743,9 @@ class Utility:
   def __init__(self, pool: Pool, *, config: ml_collections.ConfigDict,
                term_weights: Optional[ArrayLike] = None):
     self.pool = with_pool_kernel(pool) if config.ntk.method == 'full' else pool
-    self.config = config
+    # A copy: the cache, scales and weights hold for this config, and a caller's later
+    # change to its ConfigDict (one reused across variants) must not mix two utilities.
+    self.config = copy.deepcopy(config)
     self.cache: Dict[Tuple[int, ...], float] = {}
     k = len(pool.names)
     singles = np.stack([coalition_terms(self.pool, (i,), config=config)[0] for i in range(k)])

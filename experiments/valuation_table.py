@@ -391,8 +391,14 @@ def check_probes(config: ml_collections.ConfigDict, num_contributors: int
   `comb(K, size)` distinct ones.
 
   Raises:
-    ValueError: naming the `config.valuation` field.
+    ValueError: naming the `config.valuation` field, or `config.data.num_contributors`
+      below 3 (with 2, each contributor is left out of one probe only, its own partner's
+      singleton, and its out-of-sample fit needs two).
   """
+  if num_contributors < 3:
+    raise ValueError(f'config.data.num_contributors={num_contributors}: fitted weights '
+                     '(valuation.weights=fit) need at least 3 contributors, so that two '
+                     'probes leave each one out')
   v = config.valuation
   size = config_checks.config_int(v.fit_union_size, 'valuation.fit_union_size', minimum=2,
                                   maximum=num_contributors)

@@ -621,8 +621,11 @@ def test_one_hot_pool_kernel_is_the_trace_averaged_ntk(setup):
                              atol=1e-6)
 
 
-def _brute_force_utility(setup, config, scales_from):
-  """v(S) from a FRESH pool of S's contributors only, scaled by the full pool's singletons."""
+def _brute_force_utility(setup, config, scales_from, weights=None):
+  """v(S) from a FRESH pool of S's contributors only, scaled by the full pool's singletons;
+  each term weighted by `weights` (default: 1 for the terms in `bound.terms`, else 0)."""
+  if weights is None:
+    weights = np.array([t in config.bound.terms for t in valuation.TERM_NAMES], np.float64)
   contributors = setup['contributors']
   kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config)
   full = valuation.prepare_pool(contributors, setup['target'], **kwargs)
@@ -635,7 +638,7 @@ def _brute_force_utility(setup, config, scales_from):
   def nonempty(members):
     sub = valuation.prepare_pool([contributors[i] for i in members], setup['target'], **kwargs)
     terms, _ = valuation.coalition_terms(sub, tuple(range(len(members))), config=config)
-    return float(-np.sum(terms[varies] / scale[varies]))
+    return float(-np.sum(weights[varies] * terms[varies] / scale[varies]))
 
   # v(empty): the singletons' mean utility (see valuation.Utility).
   empty = float(np.mean([nonempty((i,)) for i in range(len(contributors))]))
@@ -657,6 +660,36 @@ def test_leave_one_out_matches_brute_force(setup):
               for i in range(k)]
   np.testing.assert_allclose(result.values, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(result.extras['grand_value'], utility(everyone), rtol=1e-4)
+
+
+@pytest.mark.parametrize('terms, term_weights', [
+    (('discrepancy', 'ntk'), None),
+    (valuation.TERM_NAMES, [0.5, 2.0, 0.0, 1.0]),
+])
+def test_leave_one_out_and_shapley_weigh_the_terms_as_asked(setup, terms, term_weights):
+  # Both read `bound.terms` (or `term_weights`) through Utility; ignoring either left every
+  # earlier test passing (all terms weighted 1 there).
+  config = _config(bound__terms=tuple(terms))
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config,
+                term_weights=term_weights)
+  weights = None if term_weights is None else np.asarray(term_weights)
+  utility = _brute_force_utility(setup, config, None, weights)
+  k = len(setup['contributors'])
+  everyone = tuple(range(k))
+  loo = valuation.leave_one_out(setup['contributors'], setup['target'], **kwargs)
+  np.testing.assert_allclose(
+      loo.values, [utility(everyone) - utility(tuple(j for j in everyone if j != i))
+                   for i in range(k)], rtol=1e-4, atol=1e-5)
+  exact = np.zeros(k)  # Shapley by enumeration; Monte Carlo over all 3! orders is exact
+  perms = list(itertools.permutations(range(k)))
+  for perm in perms:
+    for pos, i in enumerate(perm):
+      exact[i] += (utility(tuple(sorted(perm[:pos + 1]))) - utility(tuple(sorted(perm[:pos])))
+                   ) / len(perms)
+  mc = valuation.shapley(setup['contributors'], setup['target'], **kwargs,
+                         num_permutations=200, key=jax.random.PRNGKey(0))
+  np.testing.assert_allclose(mc.values, exact, atol=4 * float(np.max(mc.extras['stderr']))
+                             + 1e-4)
 
 
 def test_leave_one_out_drops_a_term_constant_across_the_singletons(setup):
@@ -1194,6 +1227,14 @@ def test_fit_on_log_loss(setup):
                                 np.log(losses[keep]))
     np.testing.assert_allclose(result.values[i], -fit.predict(terms[(i,)][None])[0],
                                rtol=1e-5)
+    # ... and the report says which fit that was.
+    np.testing.assert_allclose(result.fit.weights[i], fit.weights, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.fit.intercepts[i], fit.intercept, rtol=1e-5)
+    np.testing.assert_allclose(result.fit.predicted_loss[i],
+                               fit.predict(terms[(i,)][None])[0], rtol=1e-5)
+    np.testing.assert_array_equal(result.fit.used_probes[i], [i not in c for c in coalitions])
+  everything = valuation.fit_weights(np.stack([terms[c] for c in coalitions]), np.log(losses))
+  np.testing.assert_allclose(result.fit.all_weights, everything.weights, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match='> 0'):
     valuation.value_contributors(setup['contributors'], setup['target'], **kwargs,
                                  config=config,
@@ -1213,6 +1254,35 @@ def test_fit_probes_refuse_fractional_members_and_negative_losses(setup, coaliti
     valuation.value_contributors(setup['contributors'], setup['target'],
                                  apply_fn=setup['apply_fn'], params=setup['params'],
                                  config=_config(valuation__weights='fit'), probes=probes)
+
+
+@pytest.mark.parametrize('coalitions', [(), ((0,), (1, 2), (0, 1))])
+def test_fit_probes_that_leave_a_contributor_out_of_fewer_than_two_are_refused_first(
+    setup, monkeypatch, coalitions):
+  # No probes failed inside NumPy ("need at least one array to stack"), and a contributor
+  # left out of one probe only (here contributor 2) after the pool's per-example work.
+  def no_pool(*args, **kwargs):
+    raise AssertionError('the pool was prepared')
+  monkeypatch.setattr(valuation, 'prepare_pool', no_pool)
+  probes = valuation.Probes(coalitions, np.ones(len(coalitions)))
+  with pytest.raises(ValueError, match=r'probes: [01] of the \d coalitions exclude '
+                                       r'contributor [02]; the out-of-sample fit'):
+    valuation.value_contributors(setup['contributors'], setup['target'],
+                                 apply_fn=setup['apply_fn'], params=setup['params'],
+                                 config=_config(valuation__weights='fit'), probes=probes)
+
+
+def test_utility_keeps_the_config_it_was_built_with(setup):
+  # Utility held the caller's ConfigDict: changed afterwards, cached coalitions kept the old
+  # utility and new ones mixed the new terms with the old scales.
+  config = _config()
+  pool = valuation.prepare_pool(setup['contributors'], setup['target'],
+                                apply_fn=setup['apply_fn'], params=setup['params'],
+                                config=config)
+  utility = valuation.Utility(pool, config=config)
+  before = valuation.Utility(pool, config=_config())((0, 2))
+  config.mmd.discrepancy = 'mixture'
+  assert utility((0, 2)) == before
 
 
 def test_coalition_members_must_be_integers(setup):

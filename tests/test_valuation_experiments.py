@@ -250,6 +250,13 @@ def test_probe_coalitions_and_unions():
   with pytest.raises(ValueError, match=r'config\.valuation\.fit_num_unions must be an '
                      r'integer in \[1, 66\]'):
     valuation_table.probe_coalitions(config, 12)
+  # With 2 contributors each is left out of one probe only (its partner's singleton): the
+  # run used to retrain the ground truth and the unions before failing on it.
+  config.valuation.fit_num_unions = 1
+  with pytest.raises(ValueError, match=r'config\.data\.num_contributors=2: fitted weights'):
+    valuation_table.probe_coalitions(config, 2)
+  three = valuation_table.probe_coalitions(config, 3)
+  assert all(sum(i not in c for c in three) >= 2 for i in range(3))
   union = valuation_table.union_contributor([a, b], (0, 1))
   assert (union.num_real, union.num_synthetic) == (2, 3)
   np.testing.assert_array_equal(union.y_synthetic, [2, 2, 1])
