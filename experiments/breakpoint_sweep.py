@@ -78,12 +78,22 @@ def fit_exponent(ks: Sequence[float], breaks: Sequence[float],
     'resamples_dropped'}` (NaN where undefined; counts 0 without resamples).
 
   Raises:
-    ValueError: naming `resample_breaks` if it is not `[J, B]`, or `ci_level` outside (0, 1).
+    ValueError: naming `ks` if it is not `[J]` of finite values > 0, `breaks` if it is not
+      `[J]`, `resample_breaks` if it is not `[J, B]`, or `ci_level` outside (0, 1).
   """
   if not 0.0 < ci_level < 1.0:
     raise ValueError(f'ci_level must be in (0, 1), got {ci_level}')
-  log_k = np.log(np.asarray(ks, np.float64))
-  log_b = np.log(np.asarray(breaks, np.float64))
+  ks = np.asarray(ks, np.float64)
+  breaks = np.asarray(breaks, np.float64)
+  # A cut of 0 or NaN made the slope NaN while num_points still counted it; breaks of
+  # another length failed on a bare IndexError.
+  if ks.ndim != 1 or not np.all(np.isfinite(ks)) or not np.all(ks > 0):
+    raise ValueError(f'ks must be [J] finite cuts > 0, got {ks.tolist()}')
+  if breaks.shape != ks.shape:
+    raise ValueError(f'breaks must be [J={ks.size}] like ks, got shape {breaks.shape}')
+  log_k = np.log(ks)
+  with np.errstate(divide='ignore', invalid='ignore'):  # a break <= 0 is not found: NaN
+    log_b = np.log(breaks)
   keep = np.isfinite(log_b)
   out = {'slope': math.nan, 'intercept': math.nan, 'num_points': int(keep.sum()),
          'slope_lo': math.nan, 'slope_hi': math.nan, 'resamples': 0, 'resamples_dropped': 0}

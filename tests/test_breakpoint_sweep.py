@@ -126,6 +126,18 @@ def test_fit_exponent_edges_of_its_resamples_and_level():
   np.testing.assert_allclose([fit['slope_lo'], fit['slope_hi']], [1.2, 1.2], rtol=1e-12)
 
 
+@pytest.mark.parametrize('ks, breaks, match', [
+    ([8.0, 0.0, 32.0], [1.0, 2.0, 3.0], r'ks must be \[J\] finite cuts > 0'),
+    ([8.0, math.nan, 32.0], [1.0, 2.0, 3.0], r'ks must be \[J\] finite cuts > 0'),
+    ([8.0, 16.0, 32.0], [1.0, 2.0], r'breaks must be \[J=3\] like ks'),
+])
+def test_fit_exponent_refuses_bad_cuts_by_name(ks, breaks, match):
+  # A cut of 0 or NaN gave slope NaN with num_points 3; two breaks for three cuts failed on
+  # a bare IndexError naming nothing.
+  with pytest.raises(ValueError, match=match):
+    breakpoint_sweep.fit_exponent(ks, breaks)
+
+
 def test_paired_resamples_need_the_same_draws_at_every_cut():
   drawn = [[0, 0, 1], [2, 1, 0]]
   cuts = [{'replicates': drawn, 'breaks': [[1.0, 2.0], [3.0, 4.0]]},
