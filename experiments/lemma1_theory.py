@@ -2,7 +2,8 @@ r"""Lemma 1: three-phase scaling curves, their breakpoints, and a Monte Carlo ch
 
 For every cell of a grid (beta x pi x truncation mode x the mode's parameter) the exact
 error curve E(n) = sum_i p_i (1 - q_i)^n is computed on a log grid of n, a smoothly broken
-power law is fitted to it (BIC picks 0-2 breaks, bootstrap gives break intervals) and the
+power law is fitted to it (BIC picks 0-2 breaks; a residual bootstrap of its misfit, the
+curve being exact, gives break intervals: how tightly the smooth form pins them) and the
 fitted breaks are compared with the paper's k^beta and k^beta/pi (k the truncation rank, or
 for soft truncations our effective rank `dv_jax.scaling.effective_k`) and with our
 asymptote-crossing predictions (`dv_jax.scaling.predicted_breakpoints`). The paper's cell
