@@ -13,6 +13,7 @@ Shape legend: ``K`` contributors, ``B`` bootstrap resamples.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -239,5 +240,47 @@ def ranking_stability(values_by_size: Mapping[Any, Any], reference: Any) -> dict
   return out
 
 
+class Reliability(NamedTuple):
+  """How far the mean of ``R`` noisy replicates of a ranking can be trusted.
+
+  Attributes:
+    pairwise: the mean Spearman rho between two replicates, over the ``R (R - 1) / 2``
+      pairs whose rho is defined (NaN if none is).
+    of_mean: the Spearman-Brown reliability of the mean of the ``R`` replicates,
+      ``R rho / (1 + (R - 1) rho)`` with ``rho = pairwise``: the correlation expected
+      between that mean and the mean of ``R`` fresh replicates.
+    num_replicates: ``R``.
+  """
+  pairwise: float
+  of_mean: float
+  num_replicates: int
+
+
+def replicate_reliability(values: Any) -> Reliability:
+  """Seed-to-seed agreement of a ground truth measured ``R`` times: ``values [K, R]``.
+
+  Retraining with another seed ranks the ``K`` contributors somewhat differently; the mean
+  of ``R`` seeds is the ground truth every method is compared with, so a method's Spearman
+  against it is bounded by how well that mean reproduces itself (``of_mean``), not by 1.
+  With one replicate both fields are NaN.
+
+  Raises:
+    ValueError: ``values`` not ``[K, R]`` with ``K >= 2``, or NaN / Inf in it.
+  """
+  values = np.asarray(values, np.float64)
+  if values.ndim != 2 or values.shape[0] < 2:
+    raise ValueError(f'values must be [K, R] with K >= 2, got shape {values.shape}')
+  if not np.all(np.isfinite(values)):
+    raise ValueError('values contains NaN or Inf')
+  num = values.shape[1]
+  rhos = [_spearman_rows(values[:, i], values[:, j])
+          for i in range(num) for j in range(i + 1, num)]
+  rhos = [float(r) for r in rhos if np.isfinite(r)]
+  if not rhos:
+    return Reliability(math.nan, math.nan, num)
+  rho = float(np.mean(rhos))
+  return Reliability(rho, num * rho / (1 + (num - 1) * rho), num)
+
+
 __all__ = ['average_ranks', 'spearman', 'kendall', 'ConfidenceInterval', 'bootstrap_indices',
-           'bootstrap_ci', 'ranking_stability']
+           'bootstrap_ci', 'ranking_stability', 'Reliability', 'replicate_reliability']

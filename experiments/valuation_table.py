@@ -24,8 +24,10 @@ intermediate results of a task (the synthetic tweets) are cached as `cache/...` 
 
 Outputs in --workdir: config.json, log.txt, units/ (one JSON per finished unit: the ground
 truth per (draw, backbone), the probe ground truth, each (draw, backbone, method); a rerun
-skips them), results.csv (one row per draw, backbone and method), results.json (rows, the
-summary over draws, the ground truth), table.md and figure.{png,pdf}.
+skips them), results.csv (one row per draw, backbone and method, with the ground truth's
+seed-to-seed Spearman and the reliability of its seed mean, `metrics.replicate_reliability`:
+the ceiling a method's Spearman should be read against), results.json (rows, the summary
+over draws, the ground truth), table.md and figure.{png,pdf}.
 
 Expected result (measured; configs/valuation_table.py has the full list): on `digits`
 (one draw) our proposed score reaches Spearman 0.78 (MLP) / 0.69 (CNN) against retraining
@@ -623,6 +625,10 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
     # ground truth. Where the two disagree (an overconfident retrained model), neither
     # ranking is trustworthy, and the table shows it.
     accuracy = np.asarray(gt['test_accuracy'], np.float64)
+    # How well the retraining reproduces its own ranking: a method's Spearman against the
+    # seeds' mean is bounded by that mean's reliability, not by 1.
+    reliability = metrics.replicate_reliability(-np.asarray(gt['test_loss_per_seed'],
+                                                            np.float64))
     truth_units[backbone] = gt
     probes, probe_seconds = None, 0.0
     if needs_probes:
@@ -664,7 +670,10 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
              # whole ground-truth retraining) and the unions. That retraining is part
              # of their cost, so their cost_fraction exceeds 1.
              'probe_retrain_seconds': probe_seconds + float(gt['seconds']) if fitted else 0.0,
-             'retrain_seconds': float(gt['seconds'])}
+             'retrain_seconds': float(gt['seconds']),
+             'truth_seeds': reliability.num_replicates,
+             'truth_seed_spearman': reliability.pairwise,
+             'truth_reliability': reliability.of_mean}
       row['cost_fraction'] = ((row['seconds'] + row['probe_retrain_seconds'])
                               / row['retrain_seconds'])
       rows.append(row)
@@ -757,6 +766,18 @@ def _ci(row: Dict[str, Any], metric: str) -> str:
   return f'{row[metric]:+.2f} [{row[metric + "_low"]:+.2f}, {row[metric + "_high"]:+.2f}]'
 
 
+def _truth_line(row: Dict[str, Any]) -> str:
+  num_seeds = row['truth_seeds']
+  if num_seeds < 2:
+    return ('Ground truth from one retraining seed: its seed-to-seed agreement is not '
+            'measured.')
+  return (f'Ground truth: two retraining seeds rank the contributors with Spearman '
+          f'{row["truth_seed_spearman"]:+.2f} on average; the mean of the {num_seeds} seeds, '
+          f'which the methods are ranked against, has reliability '
+          f'{row["truth_reliability"]:+.2f} (Spearman-Brown): a method cannot be expected to '
+          'agree with it much better.')
+
+
 def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
                    config: ml_collections.ConfigDict) -> str:
   """The summary over draws (when there are several), then one table per draw and backbone."""
@@ -790,7 +811,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, A
     for backbone in dict.fromkeys(r['backbone'] for r in rows):
       sub = [r for r in rows if r['backbone'] == backbone and r['draw'] == draw]
       lines += [f'## draw {draw}, {backbone} (retraining: {sub[0]["retrain_seconds"]:.1f} s)',
-                '', '| method | setting | Spearman | Kendall | Spearman vs accuracy | seconds '
+                '', _truth_line(sub[0]), '',
+                '| method | setting | Spearman | Kendall | Spearman vs accuracy | seconds '
                 '| cost / retraining |', '|---|---|---|---|---|---|---|']
       for r in sub:
         lines.append(f'| {r["method"]} | {r["setting"]} | {_ci(r, "spearman")} | '

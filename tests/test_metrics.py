@@ -168,3 +168,49 @@ def test_ranking_stability_matches_scipy_kendall():
     metrics.ranking_stability({400: np.ones(3)}, reference)
   with pytest.raises(TypeError, match='values_by_size must be a mapping'):  # AttributeError before
     metrics.ranking_stability([reference, reference], reference)
+
+
+# ----------------------------------------------------------------------------------------
+# Replicate reliability (the ground truth's seed-to-seed agreement).
+
+
+def test_replicate_reliability_matches_scipy_and_spearman_brown():
+  rng = np.random.default_rng(0)
+  values = rng.normal(size=(12, 1)) + 0.8 * rng.normal(size=(12, 4))
+  values[:, 3] = np.round(values[:, 3])  # ties
+  rhos = [stats.spearmanr(values[:, i], values[:, j]).statistic
+          for i in range(4) for j in range(i + 1, 4)]
+  out = metrics.replicate_reliability(values)
+  np.testing.assert_allclose(out.pairwise, np.mean(rhos), rtol=1e-12)
+  rho = np.mean(rhos)
+  np.testing.assert_allclose(out.of_mean, 4 * rho / (1 + 3 * rho), rtol=1e-12)
+  assert out.num_replicates == 4
+  # A constant replicate has no rho with the others: the defined pairs are averaged.
+  values[:, 0] = 1.0
+  np.testing.assert_allclose(metrics.replicate_reliability(values).pairwise,
+                             np.mean([r for r in rhos[3:]]), rtol=1e-12)
+  one = metrics.replicate_reliability(values[:, 1:2])
+  assert one.num_replicates == 1 and np.isnan(one.pairwise) and np.isnan(one.of_mean)
+
+
+def test_replicate_reliability_predicts_the_agreement_of_two_means():
+  # What of_mean promises: the Spearman between the mean of R replicates and the mean of R
+  # fresh ones, on average over draws (true scores + independent noise).
+  rng = np.random.default_rng(1)
+  predicted, observed = [], []
+  for _ in range(400):
+    truth = rng.normal(size=(30, 1))
+    first, second = (truth + rng.normal(size=(30, 3)) for _ in range(2))
+    predicted.append(metrics.replicate_reliability(first).of_mean)
+    observed.append(metrics.spearman(first.mean(axis=1), second.mean(axis=1)))
+  np.testing.assert_allclose(np.mean(predicted), np.mean(observed), atol=0.03)
+
+
+@pytest.mark.parametrize('values, match', [
+    (np.ones(5), r'values must be \[K, R\] with K >= 2'),
+    (np.ones((1, 3)), r'values must be \[K, R\] with K >= 2'),
+    (np.array([[1.0, np.nan], [2.0, 3.0]]), 'values contains NaN'),
+])
+def test_replicate_reliability_refuses_bad_input(values, match):
+  with pytest.raises(ValueError, match=match):
+    metrics.replicate_reliability(values)

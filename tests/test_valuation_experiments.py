@@ -577,7 +577,8 @@ def _two_draw_rows():
                    'spearman_high': s + 0.3, 'kendall': k, 'kendall_low': k - 0.2,
                    'kendall_high': k + 0.3, 'spearman_accuracy': -s, 'seconds': 2.0 + draw,
                    'probe_retrain_seconds': 0.0, 'retrain_seconds': 10.0,
-                   'cost_fraction': (2.0 + draw) / 10.0})
+                   'cost_fraction': (2.0 + draw) / 10.0, 'truth_seeds': 3,
+                   'truth_seed_spearman': 0.5, 'truth_reliability': 0.75})
   return rows
 
 
@@ -594,6 +595,10 @@ def test_table_over_draws_has_the_mean_and_std_and_ordered_cis():
   # Per draw, each CI reads [low, high].
   assert '| ours-a | x | +0.30 [+0.10, +0.60] | +0.20 [+0.00, +0.50] | -0.30 | 2.0 | 0.200 |' \
       in lines
+  # ... below the ground truth's own agreement across its retraining seeds.
+  truth = [line for line in lines if line.startswith('Ground truth: ')]
+  assert len(truth) == 2 and 'Spearman +0.50 on average' in truth[0]
+  assert 'the mean of the 3 seeds' in truth[0] and 'reliability +0.75' in truth[0]
 
 
 def test_figure_draws_the_cis_and_the_wall_times(monkeypatch):
@@ -683,6 +688,13 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose([row['retrain_seconds'], row['probe_retrain_seconds'],
                                 row['cost_fraction']],
                                [retrain, probes, (row['seconds'] + probes) / retrain])
+    # The ground truth's seed-to-seed agreement, from its per-seed losses.
+    per_seed = -np.asarray(store.load(f'draw0/{row["backbone"]}/ground_truth')[
+        'test_loss_per_seed'])
+    reliability = metrics.replicate_reliability(per_seed)
+    assert row['truth_seeds'] == per_seed.shape[1] == config.ground_truth.num_seeds
+    np.testing.assert_allclose([row['truth_seed_spearman'], row['truth_reliability']],
+                               [reliability.pairwise, reliability.of_mean])
   # The up-front check (draw_units) lists exactly the units the run wrote.
   assert set(store.names()) == set(valuation_table.draw_units(config, 0))
   # METHOD.md: "Ground truth is always measured on a separate test split, never on T".
