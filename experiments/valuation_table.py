@@ -774,8 +774,8 @@ def _truth_line(row: Dict[str, Any]) -> str:
   return (f'Ground truth: two retraining seeds rank the contributors with Spearman '
           f'{row["truth_seed_spearman"]:+.2f} on average; the mean of the {num_seeds} seeds, '
           f'which the methods are ranked against, has reliability '
-          f'{row["truth_reliability"]:+.2f} (Spearman-Brown): a method cannot be expected to '
-          'agree with it much better.')
+          f'{row["truth_reliability"]:+.2f} (Spearman-Brown), about the most a method\'s '
+          'Spearman against it can be expected to reach.')
 
 
 def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
