@@ -22,8 +22,8 @@ shows three phases (BIC: 2 breaks, middle segment flattest) on the theory and bo
 curves. Slopes of log(break) on log(k), predicted 2 (95% paired seed bootstrap: the cuts
 share the seed, so resample b draws the same seeds at every cut and gives one slope; 99 of
 100 resamples had the break at every cut, 1 dropped):
-  n1: theory fit 1.96; measured loss 1.84 [1.54, 2.31], error 1.96 [1.59, 2.52]
-  n2: theory fit 1.85; measured loss 1.90 [1.23, 2.45], error 1.98 [1.33, 2.52]
+  n1: theory fit 1.96; measured loss 1.84 [1.54, 2.32], error 1.96 [1.58, 2.56]
+  n2: theory fit 1.85; measured loss 1.90 [1.19, 2.47], error 1.98 [1.35, 2.53]
 (The intervals once built from each cut's own interval as if the cuts were independent,
 [1.51, 2.17], [1.50, 2.42], [1.24, 2.55], [1.23, 2.73], had no stated level.)
 The constant: measured loss breaks / paper (k^beta, k^beta/pi) at k = 8, 16, 32:
