@@ -162,11 +162,11 @@ def _median_heuristic(x: ArrayLike, max_rows: int, name: str) -> jax.Array:
   if n > max_rows:
     x = x[np.round(np.linspace(0, n - 1, max_rows)).astype(np.int64)]
   median = _median_sq_dist(x)
-  # Finite features whose squared distances pass the float32 range (spreads near 1e19)
-  # give an infinite median, and bandwidths of inf turn every MMD into inf / inf = NaN.
+  # Finite features whose squared distances pass the compute dtype's range (float32:
+  # spreads near 1e19) give an infinite median, and infinite bandwidths a NaN MMD.
   if not np.isfinite(float(median)):
     raise ValueError(f'{name}: the median pairwise squared distance overflows '
-                     f'{x.dtype} (features spread over ~1e19 or more); rescale the features')
+                     f'{x.dtype} (features spread too far for it); rescale the features')
   return median
 
 
@@ -412,6 +412,7 @@ def _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size, x
       raise ValueError(f'the linear estimator needs >= 2 rows in each set; {name} has '
                        f'{num_rows}')
     mmd2 = _linear_mmd2(x, y, x_labels, y_labels, bandwidths)
+    _check_finite_result(mmd2, bandwidths)
     return mmd2, bandwidths
 
   unbiased = estimator == 'unbiased'
@@ -426,7 +427,19 @@ def _mmd2_and_bandwidths(x, y, bandwidths, num_kernels, estimator, block_size, x
     mmd2 = sum_xx / (n * (n - 1)) + sum_yy / (m * (m - 1)) - 2 * sum_xy / (n * m)
   else:
     mmd2 = sum_xx / (n * n) + sum_yy / (m * m) - 2 * sum_xy / (n * m)
+  _check_finite_result(mmd2, bandwidths)
   return mmd2, bandwidths
+
+
+def _check_finite_result(mmd2: jax.Array, bandwidths: jax.Array) -> None:
+  """Refuses a NaN MMD^2 of finite inputs: squared distances (or the widest bandwidth)
+  past the compute dtype's range, e.g. float32 features spread over ~4e18. Under a
+  transformation (`jax.grad` with explicit bandwidths) the values are unknown: unchecked."""
+  if isinstance(mmd2, jax.core.Tracer) or isinstance(bandwidths, jax.core.Tracer):
+    return
+  if not (np.isfinite(float(mmd2)) and np.all(np.isfinite(np.asarray(bandwidths)))):
+    raise ValueError(f'MMD^2 is not finite: the squared distances or bandwidths overflow '
+                     f'{mmd2.dtype} (features spread too far for it); rescale the features')
 
 
 def mk_mmd2(x: ArrayLike, y: ArrayLike, *, bandwidths: Optional[ArrayLike] = None,

@@ -81,11 +81,19 @@ def test_a_median_past_the_float32_range_is_refused_by_name():
   rng = np.random.default_rng(0)
   x, y = (rng.normal(size=(n, 3)).astype(np.float32) * np.float32(1e19) for n in (5, 7))
   assert np.all(np.isfinite(x)) and np.all(np.isfinite(y))
-  with pytest.raises(ValueError, match='target: the median pairwise squared distance overflows'):
+  with pytest.raises(ValueError, match='target: the median pairwise squared distance '
+                                       'overflows'):
     mmd.mk_mmd(x, y)
   with pytest.raises(ValueError, match='x: the median pairwise squared distance overflows'):
     mmd.median_heuristic(x)
   assert np.isfinite(mmd.mk_mmd(x * 1e-2, y * 1e-2).value)  # 1e17: in range
+  # Below that the median is finite but the kernel sums' squared norms (or the widest
+  # bandwidth, 4 s) are not: MMD^2 was NaN there too.
+  for scale, estimator in ((0.5, 'biased'), (0.5, 'unbiased'), (0.7, 'biased'),
+                           (0.7, 'linear')):
+    with pytest.raises(ValueError, match='MMD\\^2 is not finite: the squared distances or '
+                                         'bandwidths overflow float32'):
+      mmd.mk_mmd(x * np.float32(scale), y * np.float32(scale), estimator=estimator)
 
 
 # (n, m, d, block_size): unequal sizes, n not a multiple of the block, n and m below and
