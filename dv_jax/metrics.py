@@ -248,11 +248,16 @@ class Reliability(NamedTuple):
       pairs whose rho is defined (NaN if none is).
     of_mean: the Spearman-Brown reliability of the mean of the ``R`` replicates,
       ``R rho / (1 + (R - 1) rho)`` with ``rho = pairwise``: the correlation expected
-      between that mean and the mean of ``R`` fresh replicates.
+      between that mean and the mean of ``R`` fresh replicates. NaN unless ``rho > 0`` (at
+      ``rho <= 0`` the formula is no correlation: it divides by 0 at ``rho = -1 / (R - 1)``).
+    ceiling: ``sqrt(of_mean)``, the correlation expected between the mean and the
+      replicates' noise-free values (classical attenuation): about the most a method that
+      knew those values would reach against the mean.
     num_replicates: ``R``.
   """
   pairwise: float
   of_mean: float
+  ceiling: float
   num_replicates: int
 
 
@@ -261,8 +266,8 @@ def replicate_reliability(values: Any) -> Reliability:
 
   Retraining with another seed ranks the ``K`` contributors somewhat differently; the mean
   of ``R`` seeds is the ground truth every method is compared with, so a method's Spearman
-  against it is bounded by how well that mean reproduces itself (``of_mean``), not by 1.
-  With one replicate both fields are NaN.
+  against it is bounded by how well that mean tracks the seeds' noise-free values
+  (``ceiling``), not by 1. With one replicate the fields are NaN.
 
   Raises:
     ValueError: ``values`` not ``[K, R]`` with ``K >= 2``, or NaN / Inf in it.
@@ -276,10 +281,11 @@ def replicate_reliability(values: Any) -> Reliability:
   rhos = [_spearman_rows(values[:, i], values[:, j])
           for i in range(num) for j in range(i + 1, num)]
   rhos = [float(r) for r in rhos if np.isfinite(r)]
-  if not rhos:
-    return Reliability(math.nan, math.nan, num)
-  rho = float(np.mean(rhos))
-  return Reliability(rho, num * rho / (1 + (num - 1) * rho), num)
+  rho = float(np.mean(rhos)) if rhos else math.nan
+  if not rho > 0:
+    return Reliability(rho, math.nan, math.nan, num)
+  of_mean = num * rho / (1 + (num - 1) * rho)
+  return Reliability(rho, of_mean, math.sqrt(of_mean), num)
 
 
 __all__ = ['average_ranks', 'spearman', 'kendall', 'ConfidenceInterval', 'bootstrap_indices',

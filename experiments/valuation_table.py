@@ -25,8 +25,8 @@ intermediate results of a task (the synthetic tweets) are cached as `cache/...` 
 Outputs in --workdir: config.json, log.txt, units/ (one JSON per finished unit: the ground
 truth per (draw, backbone), the probe ground truth, each (draw, backbone, method); a rerun
 skips them), results.csv (one row per draw, backbone and method, with the ground truth's
-seed-to-seed Spearman and the reliability of its seed mean, `metrics.replicate_reliability`:
-the ceiling a method's Spearman should be read against), results.json (rows, the summary
+seed-to-seed Spearman, the reliability of its seed mean and the ceiling that sets on a
+method's Spearman, `metrics.replicate_reliability`), results.json (rows, the summary
 over draws, the ground truth), table.md and figure.{png,pdf}.
 
 Expected result (measured; configs/valuation_table.py has the full list): on `digits`
@@ -626,7 +626,8 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
     # ranking is trustworthy, and the table shows it.
     accuracy = np.asarray(gt['test_accuracy'], np.float64)
     # How well the retraining reproduces its own ranking: a method's Spearman against the
-    # seeds' mean is bounded by that mean's reliability, not by 1.
+    # seeds' mean is bounded by how well that mean tracks the retraining's expected
+    # outcome (`ceiling`), not by 1.
     reliability = metrics.replicate_reliability(-np.asarray(gt['test_loss_per_seed'],
                                                             np.float64))
     truth_units[backbone] = gt
@@ -673,7 +674,8 @@ def run_draw(config: ml_collections.ConfigDict, draw: int, store: results.UnitSt
              'retrain_seconds': float(gt['seconds']),
              'truth_seeds': reliability.num_replicates,
              'truth_seed_spearman': reliability.pairwise,
-             'truth_reliability': reliability.of_mean}
+             'truth_reliability': reliability.of_mean,
+             'truth_ceiling': reliability.ceiling}
       row['cost_fraction'] = ((row['seconds'] + row['probe_retrain_seconds'])
                               / row['retrain_seconds'])
       rows.append(row)
@@ -771,11 +773,16 @@ def _truth_line(row: Dict[str, Any]) -> str:
   if num_seeds < 2:
     return ('Ground truth from one retraining seed: its seed-to-seed agreement is not '
             'measured.')
+  if not row['truth_seed_spearman'] > 0:
+    return (f'Ground truth: two retraining seeds rank the contributors with Spearman '
+            f'{row["truth_seed_spearman"]:+.2f} on average: the retraining does not reproduce '
+            'its own ranking, so no method can be judged against it.')
   return (f'Ground truth: two retraining seeds rank the contributors with Spearman '
           f'{row["truth_seed_spearman"]:+.2f} on average; the mean of the {num_seeds} seeds, '
           f'which the methods are ranked against, has reliability '
-          f'{row["truth_reliability"]:+.2f} (Spearman-Brown), about the most a method\'s '
-          'Spearman against it can be expected to reach.')
+          f'{row["truth_reliability"]:+.2f} (Spearman-Brown), so a method that knew the '
+          f'retraining\'s expected outcome would reach about {row["truth_ceiling"]:+.2f} '
+          '(its square root) against it.')
 
 
 def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],

@@ -1,5 +1,6 @@
 """Tests of dv_jax.metrics against scipy.stats (rankdata, spearmanr, kendalltau)."""
 
+import math
 import warnings
 
 import jax
@@ -191,19 +192,39 @@ def test_replicate_reliability_matches_scipy_and_spearman_brown():
                              np.mean([r for r in rhos[3:]]), rtol=1e-12)
   one = metrics.replicate_reliability(values[:, 1:2])
   assert one.num_replicates == 1 and np.isnan(one.pairwise) and np.isnan(one.of_mean)
+  assert np.isnan(one.ceiling)
+
+
+@pytest.mark.parametrize('values, pairwise', [
+    ([[0.0, 1.0], [1.0, 0.0]], -1.0),             # the formula divided by 0 here
+    ([[0.0, 2.0], [1.0, 1.5], [2.0, 0.0]], -1.0),
+    ([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]], -1 / 3),  # ... and gave -3 here
+    ([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]], math.nan),  # a constant replicate: no rho
+])
+def test_replicate_reliability_of_disagreeing_replicates_is_nan(values, pairwise):
+  out = metrics.replicate_reliability(values)
+  np.testing.assert_allclose(out.pairwise, pairwise, rtol=1e-12)  # NaN == NaN here
+  assert np.isnan(out.of_mean) and np.isnan(out.ceiling)
 
 
 def test_replicate_reliability_predicts_the_agreement_of_two_means():
   # What of_mean promises: the Spearman between the mean of R replicates and the mean of R
   # fresh ones, on average over draws (true scores + independent noise).
   rng = np.random.default_rng(1)
-  predicted, observed = [], []
+  # And ceiling: the Spearman between the mean and the noise-free values themselves, what
+  # a method that knew them would reach.
+  predicted, observed, ceilings, oracle = [], [], [], []
   for _ in range(400):
     truth = rng.normal(size=(30, 1))
     first, second = (truth + rng.normal(size=(30, 3)) for _ in range(2))
-    predicted.append(metrics.replicate_reliability(first).of_mean)
+    reliability = metrics.replicate_reliability(first)
+    predicted.append(reliability.of_mean)
+    ceilings.append(reliability.ceiling)
     observed.append(metrics.spearman(first.mean(axis=1), second.mean(axis=1)))
+    oracle.append(metrics.spearman(first.mean(axis=1), truth[:, 0]))
   np.testing.assert_allclose(np.mean(predicted), np.mean(observed), atol=0.03)
+  np.testing.assert_allclose(np.mean(ceilings), np.mean(oracle), atol=0.03)
+  assert np.mean(oracle) > np.mean(predicted) + 0.1  # the two differ: 0.84 against 0.71
 
 
 @pytest.mark.parametrize('values, match', [

@@ -578,7 +578,8 @@ def _two_draw_rows():
                    'kendall_high': k + 0.3, 'spearman_accuracy': -s, 'seconds': 2.0 + draw,
                    'probe_retrain_seconds': 0.0, 'retrain_seconds': 10.0,
                    'cost_fraction': (2.0 + draw) / 10.0, 'truth_seeds': 3,
-                   'truth_seed_spearman': 0.5, 'truth_reliability': 0.75})
+                   'truth_seed_spearman': 0.5, 'truth_reliability': 0.75,
+                   'truth_ceiling': 0.87})
   return rows
 
 
@@ -599,6 +600,12 @@ def test_table_over_draws_has_the_mean_and_std_and_ordered_cis():
   truth = [line for line in lines if line.startswith('Ground truth: ')]
   assert len(truth) == 2 and 'Spearman +0.50 on average' in truth[0]
   assert 'the mean of the 3 seeds' in truth[0] and 'reliability +0.75' in truth[0]
+  assert 'would reach about +0.87' in truth[0]
+  rows[0].update(truth_seed_spearman=-0.2, truth_reliability=math.nan, truth_ceiling=math.nan)
+  assert 'the retraining does not reproduce its own ranking' in valuation_table._truth_line(
+      rows[0])
+  rows[0].update(truth_seeds=1)
+  assert 'one retraining seed' in valuation_table._truth_line(rows[0])
 
 
 def test_figure_draws_the_cis_and_the_wall_times(monkeypatch):
@@ -693,8 +700,9 @@ def test_valuation_table_smoke_runs_and_resumes(tmp_path, monkeypatch):
         'test_loss_per_seed'])
     reliability = metrics.replicate_reliability(per_seed)
     assert row['truth_seeds'] == per_seed.shape[1] == config.ground_truth.num_seeds
-    np.testing.assert_allclose([row['truth_seed_spearman'], row['truth_reliability']],
-                               [reliability.pairwise, reliability.of_mean])
+    np.testing.assert_allclose(
+        [row['truth_seed_spearman'], row['truth_reliability'], row['truth_ceiling']],
+        [reliability.pairwise, reliability.of_mean, reliability.ceiling])
   # The up-front check (draw_units) lists exactly the units the run wrote.
   assert set(store.names()) == set(valuation_table.draw_units(config, 0))
   # METHOD.md: "Ground truth is always measured on a separate test split, never on T".
