@@ -610,14 +610,16 @@ def seed_bootstrap(config, x: np.ndarray, per_seed: np.ndarray, predicted: Seque
   Returns:
     Median and percentile interval of each matched break, and the fraction of resamples
     whose fit shows three phases (over the resamples whose fit succeeded: `replicates`);
-    None with fewer than `fit.seed_bootstrap_min_seeds` seeds or no resamples. Also every
+    None with fewer than `fit.seed_bootstrap_min_seeds` seeds (at least 2) or no
+    resamples. Also every
     resample in draw order: `resample_seeds` `[B, R]` (the rows of `per_seed` it drew)
     and `resample_breaks` `[B, 2]` (its matched breaks, NaN where not found or the fit
     failed). The draws come from `config.seed` alone, so runs with one seed and seed count
     draw the same rows: breakpoint_sweep pairs its cuts' resamples through them.
   """
   num_seeds = per_seed.shape[0]
-  if num_seeds < config.fit.seed_bootstrap_min_seeds or config.fit.seed_bootstrap < 1:
+  # One seed has no spread to resample (and `_resampled_mean` no sqrt(R / (R - 1))).
+  if num_seeds < max(2, config.fit.seed_bootstrap_min_seeds) or config.fit.seed_bootstrap < 1:
     return None
   rng = np.random.default_rng(config.seed)
   draws = np.array([rng.integers(num_seeds, size=num_seeds)
@@ -960,7 +962,7 @@ def _check_fit(config) -> None:
   config_checks.config_int(fit.max_breaks, 'fit.max_breaks', minimum=0, maximum=3)
   for field, minimum in (('num_bootstrap', 0), ('grid_points', 1), ('num_starts', 1),
                          ('min_segment_points', 1), ('seed_bootstrap', 0),
-                         ('seed_bootstrap_min_seeds', 1), ('ideal_replicates', 0)):
+                         ('seed_bootstrap_min_seeds', 2), ('ideal_replicates', 0)):
     config_checks.config_int(fit[field], f'fit.{field}', minimum=minimum)
   counts = [config_checks.config_int(count, f'fit.ideal_seed_counts[{index}]', minimum=1)
             for index, count in enumerate(fit.ideal_seed_counts)]

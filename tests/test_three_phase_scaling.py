@@ -473,8 +473,11 @@ def test_seed_bootstrap_resamples_whole_seeds(monkeypatch):
   breaks = np.array(out['resample_breaks'])
   np.testing.assert_array_equal(breaks[:, 0], 1.0 + counts[:, 0])
   assert np.all(np.isnan(breaks[:, 1]))
-  # Fewer seeds than seed_bootstrap_min_seeds: no interval.
+  # Fewer seeds than seed_bootstrap_min_seeds: no interval; nor with one seed, whatever
+  # the config says.
   assert tps.seed_bootstrap(config, np.arange(1.0, 4.0), np.eye(3), [1.0, 2.0]) is None
+  config.fit.seed_bootstrap_min_seeds = 1
+  assert tps.seed_bootstrap(config, np.arange(1.0, 4.0), np.ones((1, 3)), [1.0, 2.0]) is None
 
 
 @pytest.mark.parametrize('num_seeds', [4, 10])
@@ -873,6 +876,8 @@ def _no_work(*args, **kwargs):
     ('smoke', 'fit.min_segment_points', 6, r'config\.scaling\.num_points must be >= 12'),
     ('smoke', 'fit.seed_bootstrap', -1, r'config\.fit\.seed_bootstrap must be an integer >= 0'),
     ('smoke', 'fit.seed_bootstrap_min_seeds', 0, r'config\.fit\.seed_bootstrap_min_seeds'),
+    # One seed: the restored spread divided by R - 1 = 0 after all the training.
+    ('smoke', 'fit.seed_bootstrap_min_seeds', 1, r'config\.fit\.seed_bootstrap_min_seeds'),
     ('smoke', 'fit.ideal_replicates', -1, r'config\.fit\.ideal_replicates'),
     ('smoke', 'fit.ideal_seed_counts', (6, 0), r'config\.fit\.ideal_seed_counts\[1\]'),
     ('smoke', 'fit.ideal_seed_counts', (2.5,), r'config\.fit\.ideal_seed_counts\[0\]'),
