@@ -22,9 +22,10 @@ cells; fitted/paper ratio 1.05-1.39 for n1 = k^beta and 1.44-2.71 for n2 = k^bet
 (asymptote crossings) 0.96-1.06 for n1 and 1.37-2.05 for n2. The paper's cell: fitted
 breaks 6.7e3 [6.4e3, 7.1e3] and 1.45e5 [1.37e5, 1.50e5] against 4900 and 78400 (95%
 residual bootstrap; the curve is exact, so its residuals are the smooth form's misfit and
-the interval says how tightly that form pins the bends, not any sampling noise). Top-p behaves as hard truncation at its head size; temperature gives one break
-(slope tau s -> s, s = 1 - 1/beta) in 7/12 cells; finite samples give a plateau ending
-near M and M/pi. Runtime: ~31 s of CPU (1-2 min wall on a loaded 2-core machine); a rerun
+the interval says how tightly that form pins the bends, not any sampling noise). Top-p
+behaves as hard truncation at its head size; temperature gives one break (slope
+tau s -> s, s = 1 - 1/beta) in 7/12 cells; finite samples give a plateau ending near M and
+M/pi. Runtime: ~31 s of CPU (1-2 min wall on a loaded 2-core machine); a rerun
 reuses every unit in ~5 s.
 """
 

@@ -966,9 +966,9 @@ def _proportional_rows(pool: 'Pool', members: Sequence[int], key: jax.Array) -> 
 
   `f` = the smallest kept fraction `kept_p / N_p` over the coalition's non-empty parts;
   each part contributes a uniform subset of `max(1, round(f N_p))` of its kept rows drawn
-  with `key` folded with the member's name and the part (0 real, 1 synthetic). So a part that the floor `min_subsample` forced above its share
-  is thinned back, and a part with `round(f N_p) = 0` keeps one row: its only residual
-  over-representation.
+  with `key` folded with the member's name and the part (0 real, 1 synthetic). So a part
+  that the floor `min_subsample` forced above its share is thinned back, and a part with
+  `round(f N_p) = 0` keeps one row: its only residual over-representation.
 
   Returns:
     `[n_rows]` sorted pool row indices.
@@ -1254,8 +1254,15 @@ def coalition_key(key: jax.Array, names: Sequence[str]) -> jax.Array:
   """A key for one coalition from its members' (unique) names: the same whatever the order
   of `names` and wherever the members stand in the contributor list, so a contributor's
   value does not change when the list is reordered or a subset of it is scored (as
-  DAVINZ's blocks, `baselines.davinz`)."""
-  tag = zlib.crc32('\0'.join(sorted(set(str(n) for n in names))).encode('utf-8'))
+  DAVINZ's blocks, `baselines.davinz`).
+
+  Raises:
+    TypeError: `names` a bare string or with an entry that is not one (member indices, the
+      argument before names were, would give another key than `coalition_terms` uses).
+  """
+  if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+    raise TypeError(f'names must be a sequence of contributor names (str), got {names!r}')
+  tag = zlib.crc32('\0'.join(sorted(set(names))).encode('utf-8'))
   return jax.random.fold_in(key, tag & 0x7FFFFFFF)
 
 
@@ -1368,9 +1375,9 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
   - N: on rows in proportion to the full part sizes (`coalition_rows`): with `f` the
     smallest kept fraction `kept_p / N_p` of the coalition's parts, `max(1, round(f N_p))`
     random kept rows of each part, drawn with the coalition's key (the same rows whatever
-    the order of `members` or their places in the list), and then the value computed exactly as without subsampling.
-    A part that the floor forced above its share is thinned back; a part with
-    `round(f N_p) = 0` keeps one row (the residual distortion).
+    the order of `members` or their places in the list), and then the value computed
+    exactly as without subsampling. A part that the floor forced above its share is
+    thinned back; a part with `round(f N_p) = 0` keeps one row (the residual distortion).
 
   Args:
     pool: from `prepare_pool`.
@@ -1577,7 +1584,9 @@ def fit_weights(terms: ArrayLike, losses: ArrayLike) -> WeightFit:
   return WeightFit(weights, float(losses.mean()), mean, scale)
 
 
-def _check_probes(probes: Optional[Probes], k: int, *, fit_target: str) -> Probes:
+def _check_probes(probes: Optional[Probes], names: Sequence[str], *,
+                  fit_target: str) -> Probes:
+  k = len(names)
   if probes is None:
     raise ValueError("config.valuation.weights='fit' needs probes (Probes of coalitions and "
                      'their ground-truth losses)')
@@ -1601,7 +1610,8 @@ def _check_probes(probes: Optional[Probes], k: int, *, fit_target: str) -> Probe
     excluding = sum(i not in c for c in coalitions)
     if excluding < 2:
       raise ValueError(f'probes: {excluding} of the {len(coalitions)} coalitions exclude '
-                       f'contributor {i}; the out-of-sample fit of its value needs at least 2')
+                       f'contributor {i} ({names[i]!r}); the out-of-sample fit of its value '
+                       'needs at least 2')
   return Probes(coalitions, losses)
 
 
@@ -1667,13 +1677,16 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
       `mmd.estimator` 'unbiased' or 'linear' (see `prepare_pool`), before any
       per-example work; a bad config (e.g. `valuation.min_subsample < 2` with those
       estimators and `valuation.subsample > 0`, or `mmd.estimator='linear'` with a
-      `valuation.subsample` that drops rows); `fit` without probes.
+      `valuation.subsample` that drops rows); `fit` without probes, or with probes that
+      leave a contributor out of fewer than two coalitions (its value's fit needs two).
   """
   config = default_config() if config is None else config
   fit_target = config.valuation.get('fit_target', 'loss')
   if config.valuation.weights == 'fit':
     # Before the pool's per-example work, which a missing or bad probe would waste.
-    probes = _check_probes(probes, len(contributors), fit_target=fit_target)
+    probes = _check_probes(probes, [getattr(c, 'name', str(i))
+                                    for i, c in enumerate(contributors)],
+                           fit_target=fit_target)
   t0 = time.perf_counter()
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
                       features_fn=features_fn)

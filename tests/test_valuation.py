@@ -520,6 +520,17 @@ def test_linear_mmd_reads_every_member_and_both_parts(setup):
   assert d[1,] > d[0,] + 0.2
 
 
+def test_coalition_key_takes_names_only():
+  # It took member indices before: an old call with ints (or a bare name, read as its
+  # letters) would give another key than the one coalition_terms uses.
+  key = jax.random.PRNGKey(0)
+  np.testing.assert_array_equal(valuation.coalition_key(key, ['b', 'a']),
+                                valuation.coalition_key(key, ('a', 'b', 'a')))
+  for bad in ([0, 2], 'ab', ['a', 1]):
+    with pytest.raises(TypeError, match='names must be a sequence of contributor names'):
+      valuation.coalition_key(key, bad)
+
+
 @pytest.mark.parametrize('overrides', [
     dict(ntk__method='block_diagonal', ntk__block_size=4),
     dict(ntk__method='subsample', ntk__num_sub=4),
@@ -1265,8 +1276,9 @@ def test_fit_probes_that_leave_a_contributor_out_of_fewer_than_two_are_refused_f
     raise AssertionError('the pool was prepared')
   monkeypatch.setattr(valuation, 'prepare_pool', no_pool)
   probes = valuation.Probes(coalitions, np.ones(len(coalitions)))
-  with pytest.raises(ValueError, match=r'probes: [01] of the \d coalitions exclude '
-                                       r'contributor [02]; the out-of-sample fit'):
+  with pytest.raises(ValueError, match=r"probes: [01] of the \d coalitions exclude "
+                                       r"contributor (0 \('mixed'\)|2 \('synthetic_only'\)); "
+                                       r'the out-of-sample fit'):
     valuation.value_contributors(setup['contributors'], setup['target'],
                                  apply_fn=setup['apply_fn'], params=setup['params'],
                                  config=_config(valuation__weights='fit'), probes=probes)
