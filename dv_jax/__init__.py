@@ -34,6 +34,7 @@ from dv_jax.linalg import safe_sqrt
 from dv_jax.metrics import bootstrap_ci
 from dv_jax.metrics import kendall
 from dv_jax.metrics import ranking_stability
+from dv_jax.metrics import replicate_reliability
 from dv_jax.metrics import spearman
 from dv_jax.mmd import bandwidths_from
 from dv_jax.mmd import median_heuristic
