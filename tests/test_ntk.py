@@ -382,6 +382,26 @@ def test_bfloat16_model_kernel_is_float32(implementation, projected):
   assert_close(kernel, reference_ntk(j, j, trace=True), rtol=rtol)
 
 
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_float64_model_kernel_stays_float64(implementation):
+  # "At least float32" promotes half precision only: a float64 model (x64 on) must keep a
+  # float64 kernel, not one cut to float32 (~1e-7 relative) by the promotion rule.
+  enable_x64 = getattr(jax, 'enable_x64', None)
+  if enable_x64 is None:
+    from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+    context = enable_x64()
+  else:
+    context = enable_x64(True)
+  apply_fn, params, x = _mlp()
+  with context:
+    params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.float64), params)
+    x = jnp.asarray(x, jnp.float64)
+    kernel = ntk.empirical_ntk_fn(apply_fn, implementation=implementation)(x, None, params)
+    assert kernel.dtype == jnp.float64
+    j = reference_jacobian(apply_fn, params, x)
+  assert_close(kernel, reference_ntk(j, j, trace=True), rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------------------
 # Per-example gradients.
 
