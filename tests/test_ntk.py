@@ -382,6 +382,26 @@ def test_bfloat16_model_kernel_is_float32(implementation, projected):
   assert_close(kernel, reference_ntk(j, j, trace=True), rtol=rtol)
 
 
+@pytest.mark.parametrize('projected', [False, True])
+def test_bfloat16_model_kernel_is_float32_with_neural_tangents(projected,
+                                                               require_neural_tangents):
+  # The neural-tangents backend returned its bfloat16 block as it was: only the .venv-nt
+  # run reaches it, so the two paths above did not pin its cast to float32.
+  del require_neural_tangents
+  apply_fn, params, x = _mlp()
+  params = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.bfloat16), params)
+  x = x.astype(jnp.bfloat16)
+  key = jax.random.PRNGKey(3)
+  projection = ntk.Projection(8, 'rademacher', key) if projected else None
+  kernel = ntk.empirical_ntk_fn(apply_fn, implementation='neural_tangents',
+                                projection=projection)(x, None, params)
+  assert kernel.dtype == jnp.float32
+  j = reference_jacobian(apply_fn, params, x)
+  if projected:
+    j = j @ np.concatenate(explicit_projection_matrices(params, key, 8, 'rademacher'))
+  assert_close(kernel, reference_ntk(j, j, trace=True), rtol=2e-2)  # bfloat16 inside
+
+
 @pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
 def test_float64_model_kernel_stays_float64(implementation):
   # "At least float32" promotes half precision only: a float64 model (x64 on) must keep a
