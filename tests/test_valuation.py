@@ -27,6 +27,7 @@ from dv_jax import features as features_lib
 from dv_jax import ntk as ntk_lib
 from dv_jax import valuation
 from dv_jax.data.contributors import Contributor
+from dv_jax.data.contributors import fold_in_name
 from dv_jax.data.contributors import Split
 from dv_jax.models.cnn import SmallCNN
 from dv_jax.models.common import bind_apply
@@ -1023,6 +1024,28 @@ def test_subsampled_ntk_rows_are_proportional_and_order_free(setup, subsampled):
   # A singleton with one part keeps every kept row (f N_p = kept_p).
   np.testing.assert_array_equal(valuation.coalition_rows(pool, (2,), config=config),
                                 _kept(pool, 2, False))
+
+
+def test_subsampled_rows_draw_each_part_with_its_own_key(subsampled):
+  """Each thinned part is drawn with the coalition's key folded with its member's name and
+  the part (0 real, 1 synthetic), as documented: with one key for both parts, a member's
+  real and synthetic parts of one bucket size kept the same positions (correlated draws)."""
+  pool, config = subsampled['pool'], subsampled['config']
+  members = (0, 1)
+  key = valuation.coalition_key(valuation.stage_key(config, 3), ['few_real', 'both'])
+  kept = [(i, syn, _kept(pool, i, syn)) for i, syn, _ in
+          _full_parts(subsampled['contributors'], members)]
+  take = [1, 10, 7, 5]  # test_subsampled_ntk_rows_are_proportional_and_order_free
+  expected = []
+  for (i, syn, rows), n in zip(kept, take):
+    if n < rows.size:
+      part_key = jax.random.fold_in(fold_in_name(key, pool.names[i]), int(syn))
+      order = np.asarray(jax.random.permutation(part_key, valuation.bucket_size(rows.size)))
+      rows = rows[order[order < rows.size][:n]]
+    expected.append(rows)
+  assert sum(n < rows.size for (_, _, rows), n in zip(kept, take)) >= 2  # two parts thinned
+  np.testing.assert_array_equal(valuation.coalition_rows(pool, members, config=config),
+                                np.sort(np.concatenate(expected)))
 
 
 def test_subsampled_ntk_rows_round_f_n_p(subsampled):
