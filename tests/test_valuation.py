@@ -909,6 +909,19 @@ def test_stage_keys_differ_and_the_subsample_draws_with_stage_two(subsampled):
   np.testing.assert_array_equal(subsampled['pool'].features, want.reshape(want.shape[0], -1))
 
 
+def test_coalition_keys_are_order_free_and_distinct_per_coalition():
+  # The same members in any order share a key; different coalitions do not, even where
+  # their names concatenate to the same text (joined without a separator, {'ab', 'c'} and
+  # {'a', 'bc'} drew the same rows), or one is a single name spelling two.
+  root = jax.random.PRNGKey(0)
+
+  def key(names):
+    return tuple(np.asarray(jax.random.key_data(valuation.coalition_key(root, names))).tolist())
+
+  assert key(['c', 'ab']) == key(['ab', 'c'])
+  assert len({key(['ab', 'c']), key(['a', 'bc']), key(['abc']), key(['a', 'b', 'c'])}) == 4
+
+
 @pytest.mark.parametrize('estimator', ['biased', 'unbiased'])
 def test_subsampled_mixture_mmd_weighs_parts_by_full_size(subsampled, estimator):
   """discrepancy='mixture': MMD of the mixture with w_p = N_p / n, not of the kept union.
