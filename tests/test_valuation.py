@@ -1320,6 +1320,33 @@ def test_fit_probes_that_leave_a_contributor_out_of_fewer_than_two_are_refused_f
                                  config=_config(valuation__weights='fit'), probes=probes)
 
 
+@pytest.mark.parametrize('coalitions, excluding, contributor', [
+    (((0, 2), (1, 2), (2,), (0, 1)), 1, 2),  # only the last contributor is short
+    (((0, 1, 2), (0, 2), (1, 2), (0, 1)), 1, 0),
+])
+def test_fit_probes_count_the_coalitions_that_exclude_each_contributor(
+    setup, monkeypatch, coalitions, excluding, contributor):
+  # The count is of probes WITHOUT the contributor, for every contributor up to the last:
+  # counting those with it, or skipping the last, passed the regex above (which any of
+  # contributors 0 and 2 matched) and let these probes through to the pool.
+  def no_pool(*args, **kwargs):
+    raise AssertionError('the pool was prepared')
+  monkeypatch.setattr(valuation, 'prepare_pool', no_pool)
+  probes = valuation.Probes(coalitions, np.ones(len(coalitions)))
+  with pytest.raises(ValueError, match=rf'^probes: {excluding} of the {len(coalitions)} '
+                                       rf'coalitions exclude contributor {contributor};'):
+    valuation.value_contributors(setup['contributors'], setup['target'],
+                                 apply_fn=setup['apply_fn'], params=setup['params'],
+                                 config=_config(valuation__weights='fit'), probes=probes)
+  # Two probes without each contributor: past the check, to the pool.
+  with pytest.raises(AssertionError, match='the pool was prepared'):
+    valuation.value_contributors(setup['contributors'], setup['target'],
+                                 apply_fn=setup['apply_fn'], params=setup['params'],
+                                 config=_config(valuation__weights='fit'),
+                                 probes=valuation.Probes(coalitions + ((1,), (0,)),
+                                                         np.ones(len(coalitions) + 2)))
+
+
 def test_utility_keeps_the_config_it_was_built_with(setup):
   # Utility held the caller's ConfigDict: changed afterwards, cached coalitions kept the old
   # utility and new ones mixed the new terms with the old scales.
