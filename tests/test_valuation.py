@@ -1705,6 +1705,18 @@ def test_standardize_terms_matches_numpy_and_rejects_bad_input():
     valuation.standardize_terms(np.where(raw > 7, np.nan, raw))
 
 
+def test_only_exactly_equal_terms_count_as_constant():
+  # A term constant only up to a tolerance is not constant: tiny terms (an MMD of 1e-9
+  # between near-identical sets) or close ones still rank the contributors, so they keep
+  # their z-scores and fitted weights; a tolerance (np.isclose) zeroed them.
+  raw = np.array([[1e-9, 1.0, 0.0], [2e-9, 1.0 + 1e-7, 1.0], [4e-9, 1.0 - 1e-7, 2.0]])
+  mean, std = raw.mean(0), raw.std(0)
+  np.testing.assert_allclose(valuation.standardize_terms(raw), (raw - mean) / std, rtol=1e-6)
+  fit = valuation.fit_weights(raw[:, :1], np.array([1.0, 2.0, 4.0]))
+  assert fit.weights[0] > 0
+  np.testing.assert_allclose(fit.predict(raw[:, :1]), [1.0, 2.0, 4.0], rtol=1e-6)
+
+
 def test_cross_entropy_matches_numpy_and_rejects_bad_labels(setup):
   logits = np.random.default_rng(1).normal(size=(5, NUM_CLASSES)).astype(np.float32) * 4
   labels = np.array([0, 2, 1, 1, 0])
