@@ -1829,7 +1829,7 @@ def shapley_from_utility(utility: Callable[[Sequence[int]], float], num_players:
     key: PRNG key; permutation `t` uses `fold_in(key, t)`.
 
   Returns:
-    `(values [K], stderr [K])` (stderr 0 for one permutation).
+    `(values [K], stderr [K])` (stderr NaN for one permutation: no spread to measure).
 
   Raises:
     ValueError: `num_players` or `num_permutations` not an integer >= 1, or `key` not one
@@ -1848,8 +1848,9 @@ def shapley_from_utility(utility: Callable[[Sequence[int]], float], num_players:
       current = utility(tuple(prefix))
       marginals[t, i] = current - previous
       previous = current
+  # One permutation says nothing of the spread: NaN (unknown), not 0 (which reads exact).
   stderr = (marginals.std(axis=0, ddof=1) / np.sqrt(marginals.shape[0])
-            if marginals.shape[0] > 1 else np.zeros(num_players))
+            if marginals.shape[0] > 1 else np.full(num_players, np.nan))
   return marginals.mean(axis=0), stderr
 
 
