@@ -99,12 +99,18 @@ class Points(NamedTuple):
   color: Optional[str] = None
 
 
+def percent(level: float) -> str:
+  """A coverage level as a percentage, as precise as it was given: 0.95 -> '95%',
+  0.975 -> '97.5%' (rounded to a whole number it read '98%')."""
+  return f'{round(100 * float(level), 6):g}%'
+
+
 def whisker_key(ci_level: Optional[float] = None, *, label: Optional[str] = None):
   """A legend handle for black error whiskers: `label`, or the bootstrap CI at `ci_level`
   (a bar's own legend entry would show its filled patch instead)."""
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   if label is None:
-    label = (f'{round(100 * ci_level)}% ' if ci_level is not None else '') + 'bootstrap CI'
+    label = (f'{percent(ci_level)} ' if ci_level is not None else '') + 'bootstrap CI'
   return Line2D([], [], color='k', marker='|', ms=6, lw=1.0, label=label)
 
 

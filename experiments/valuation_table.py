@@ -788,7 +788,7 @@ def _truth_line(row: Dict[str, Any]) -> str:
 def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
                    config: ml_collections.ConfigDict) -> str:
   """The summary over draws (when there are several), then one table per draw and backbone."""
-  level = int(round(100 * float(config.output.ci_level)))
+  level = plotting.percent(config.output.ci_level)
   num_draws = int(config.data.num_draws)
   lines = [f'# Valuation table ({config.variant}): K = {config.data.num_contributors} '
            f'contributors, {num_draws} benchmark draw(s); ground truth = minus the test '
@@ -804,7 +804,7 @@ def markdown_table(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, A
                    f'{s["spearman_accuracy_mean"]:+.2f} ± {s["spearman_accuracy_std"]:.2f} | '
                    f'{s["seconds_mean"]:.1f} | {s["cost_fraction_mean"]:.3f} |')
     lines.append('')
-  lines += [f'Per draw: Spearman / Kendall with {level}% bootstrap CIs '
+  lines += [f'Per draw: Spearman / Kendall with {level} bootstrap CIs '
             f'({config.output.bootstrap_resamples} resamples of the contributors: they leave '
             'out the noise of the retraining and of the method\'s own seeds, and all rows '
             'share the resamples); cost = '

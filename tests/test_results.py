@@ -356,3 +356,11 @@ def test_curve_grid_refuses_a_bad_ncols(ncols):
   curve = plotting.Curve([1, 10], [1.0, 0.3], 'c')
   with pytest.raises(ValueError, match='ncols must be an integer >= 1'):
     plotting.curve_grid([('one', [curve]), ('two', [curve])], ncols=ncols)
+
+
+@pytest.mark.parametrize('level, text', [(0.95, '95%'), (0.975, '97.5%'), (0.999, '99.9%'),
+                                         (0.5, '50%')])
+def test_coverage_levels_print_as_given(level, text):
+  # Rounded to whole percents, 0.975 printed "98%" and 0.999 "100%" in legends and tables.
+  assert plotting.percent(level) == text
+  assert plotting.whisker_key(level).get_label() == f'{text} bootstrap CI'
