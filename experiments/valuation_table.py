@@ -773,12 +773,12 @@ def _truth_line(row: Dict[str, Any]) -> str:
   if num_seeds < 2:
     return ('Ground truth from one retraining seed: its seed-to-seed agreement is not '
             'measured.')
+  agreement = ('Ground truth: two retraining seeds rank the contributors with Spearman '
+               f'{row["truth_seed_spearman"]:+.2f} on average')
   if not row['truth_seed_spearman'] > 0:
-    return (f'Ground truth: two retraining seeds rank the contributors with Spearman '
-            f'{row["truth_seed_spearman"]:+.2f} on average: the retraining does not reproduce '
-            'its own ranking, so no method can be judged against it.')
-  return (f'Ground truth: two retraining seeds rank the contributors with Spearman '
-          f'{row["truth_seed_spearman"]:+.2f} on average; the mean of the {num_seeds} seeds, '
+    return (f'{agreement}: the retraining does not reproduce its own ranking, so no method '
+            'can be judged against it.')
+  return (f'{agreement}; the mean of the {num_seeds} seeds, '
           f'which the methods are ranked against, has reliability '
           f'{row["truth_reliability"]:+.2f} (Spearman-Brown), so a method that knew the '
           f'retraining\'s expected outcome would reach about {row["truth_ceiling"]:+.2f} '
