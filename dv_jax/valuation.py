@@ -1761,10 +1761,11 @@ class Utility:
     self.config = copy.deepcopy(config)
     self.cache: Dict[Tuple[int, ...], float] = {}
     k = len(pool.names)
-    singles = np.stack([coalition_terms(self.pool, (i,), config=config)[0] for i in range(k)])
+    singles = np.stack([coalition_terms(self.pool, (i,), config=self.config)[0]
+                        for i in range(k)])
     std = _column_std(singles)
     self.scale = np.where(std > 0, std, np.inf)  # a constant term weighs nothing
-    self.weights = _term_weights(term_weights, config)
+    self.weights = _term_weights(term_weights, self.config)
     for i in range(k):
       self.cache[(i,)] = self._value(singles[i])
     self.empty = float(np.mean([self.cache[(i,)] for i in range(k)]))
