@@ -504,7 +504,12 @@ def _eval_block_sums(params, xb, yb, mask, apply_fn):
   # normalises its input), and NaN * 0 is NaN.
   valid = mask > 0
   loss = jnp.where(valid, cross_entropy(logits, yb), 0.0)
-  correct = jnp.where(valid, jnp.argmax(logits, axis=-1) == yb, False).astype(jnp.float32)
+  # A row whose logits hold NaN or Inf predicts nothing: its argmax (class 0 for a NaN row)
+  # counted as a prediction, so a diverged model reported chance-like accuracy beside a NaN
+  # loss. Its correctness is NaN, as its loss is.
+  hit = jnp.where(jnp.all(jnp.isfinite(logits), axis=-1),
+                  (jnp.argmax(logits, axis=-1) == yb).astype(jnp.float32), jnp.nan)
+  correct = jnp.where(valid, hit, 0.0)
   return jnp.sum(loss), jnp.sum(correct)
 
 
@@ -552,7 +557,8 @@ def evaluate(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: An
     block_size: rows per jitted block.
 
   Returns:
-    ``Evaluation(loss [], accuracy [])``.
+    ``Evaluation(loss [], accuracy [])``; both NaN when a row's logits hold NaN or Inf (a
+    diverged model).
 
   Raises:
     ValueError: for NaN/Inf or empty ``x``, mismatched ``y``, labels outside the logits'

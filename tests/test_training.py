@@ -330,6 +330,20 @@ def test_evaluate_padded_rows_never_reach_the_sums():
   np.testing.assert_allclose(many.loss, [loss, loss], rtol=1e-5)
 
 
+def test_evaluate_gives_nan_accuracy_for_rows_with_non_finite_logits():
+  # A NaN row's argmax is class 0: a diverged model reported the share of label 0 as its
+  # accuracy beside a NaN loss.
+  x, y = _blobs(12, seed=4)
+  y = np.zeros_like(y)  # every label 0: the old count gave accuracy 1.0
+  params = _linear_params(2)
+  nan_params = {'w': params['w'] * np.nan, 'b': params['b']}
+  ev = training.evaluate(_linear_apply, nan_params, x, y)
+  assert np.isnan(ev.loss) and np.isnan(ev.accuracy), ev
+  stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), params, nan_params)
+  many = training.evaluate_many(_linear_apply, stacked, x, y)
+  assert np.isfinite(many.accuracy[0]) and np.isnan(many.accuracy[1]), many
+
+
 def test_learning_rate_at_refuses_an_unknown_schedule():
   with pytest.raises(ValueError, match="schedule must be one of .*'linear'"):
     training.learning_rate_at(3, learning_rate=1.0, schedule='linear', steps=10)
