@@ -129,7 +129,9 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
 
   Raises:
     ValueError: naming the contributor for bad data (see ``validate_contributor``), for
-      duplicate names, no contributors, a bad test split, or a bad config.
+      duplicate names, no contributors, a bad test split, or a bad config; naming the
+      contributor, the seeds and the learning rate when a retraining diverged (NaN or Inf
+      test loss).
   """
   if config is None:
     config = GroundTruthConfig()
@@ -161,7 +163,13 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
   # and would only fail in the evaluation, after every contributor has been trained.
   if not np.issubdtype(test_y.dtype, np.integer):
     raise ValueError(f'test.y must hold integer labels, got dtype {test_y.dtype}')
-  num_classes = int(jax.eval_shape(apply_fn, params, test_x[:1]).shape[-1])
+  out = jax.eval_shape(apply_fn, params, test_x[:1])
+  # Checked as valuation checks it: a binary model's [b] logits read as 1 class, and the
+  # refusal blamed test.y's labels.
+  if len(out.shape) != 2 or out.shape[0] != 1:
+    raise ValueError(f'apply_fn must return logits [b, c]; for one example it returned '
+                     f'shape {out.shape}')
+  num_classes = int(out.shape[1])
   if test_y.min() < 0 or test_y.max() >= num_classes:
     raise ValueError(f'test.y has labels outside [0, {num_classes})')
   for c in contributors:
@@ -210,7 +218,17 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
                                      block_size=eval_block_size))
         del params_r, variables  # freed before the next seed trains
       ev = training.Evaluation(*(jnp.stack(field) for field in zip(*evs)))
-    losses.append(np.asarray(ev.loss, np.float64))
+    loss_r = np.asarray(ev.loss, np.float64)
+    # Refused here, before anything is saved: a diverged seed's NaN test loss was stored as a
+    # finished ground-truth unit (reused on every rerun) and failed far away, in a rank
+    # correlation, naming neither the contributor nor the recipe.
+    if not np.all(np.isfinite(loss_r)):
+      seeds = np.flatnonzero(~np.isfinite(loss_r)).tolist()
+      raise ValueError(f'retraining diverged on contributor {c.name!r} (seeds {seeds}): its '
+                       f'test loss is NaN or Inf; lower the recipe\'s learning_rate '
+                       f'({train_config.learning_rate!r}; config.ground_truth.learning_rate '
+                       'in the experiments)')
+    losses.append(loss_r)
     accuracies.append(np.asarray(ev.accuracy, np.float64))
   seconds = time.perf_counter() - start
   loss_kr = np.stack(losses)

@@ -304,3 +304,22 @@ def test_vmap_seeds_must_be_a_bool(problem):
   with pytest.raises(ValueError, match='config.vmap_seeds must be True or False'):
     ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params,
                          config=CONFIG._replace(vmap_seeds='False'), progress=False)
+
+
+def test_a_model_without_a_class_axis_is_named(problem):
+  # A binary model's [b] logits read as 1 class: the refusal blamed test.y's labels.
+  splits, apply_fn, params, cs = problem
+  with pytest.raises(ValueError, match=r'apply_fn must return logits \[b, c\]; for one '
+                                       r'example it returned shape \(1,\)'):
+    ground_truth.retrain(cs, splits.test, apply_fn=lambda p, x: apply_fn(p, x)[:, 0],
+                         params=params, config=CONFIG, progress=False)
+
+
+def test_a_diverged_retraining_is_refused_naming_contributor_and_learning_rate(problem):
+  # Its NaN test loss was saved as a finished unit and failed later in a rank correlation.
+  splits, apply_fn, params, cs = problem
+  config = CONFIG._replace(optimizer='sgd', learning_rate=1e20, steps=5)
+  with pytest.raises(ValueError, match=r"retraining diverged on contributor 'clean' \(seeds "
+                                       r"\[0, 1\]\).*learning_rate \(1e\+20"):
+    ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params, config=config,
+                         progress=False)
