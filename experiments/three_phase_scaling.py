@@ -548,11 +548,17 @@ def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
               ) -> Dict[str, Any]:
   """Broken power-law fit of a curve; a curve too short or invalid gives NaN breaks.
 
+  Sizes whose value is not finite and > 0 (an error of 0 at the largest sizes) are left out
+  of the log-log fit, with a logged warning naming them.
+
   `bootstrap=False` skips the fit's residual bootstrap (for noise-free theory curves, whose
   residuals are misfit, not noise).
   """
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   keep = np.isfinite(y) & (y > 0)
+  if not keep.all():  # a log-log fit cannot read them; said, not dropped silently
+    logging.warning('fit leaves out the sizes %s: their values %s are not finite and > 0',
+                    x[~keep].tolist(), y[~keep].tolist())
   options = _fit_options(config)
   if not bootstrap:
     options['num_bootstrap'] = 0
@@ -1195,6 +1201,12 @@ def run(config, workdir) -> Dict[str, Any]:
       tic = time.perf_counter()
       replicate_key = contributors.fold_in_name(key, f'replicate-{replicate}')
       out = task.run_unit(mode, n, unit_key, replicate_key, pad_to)
+      # Refused before it is saved: a diverged unit's NaN loss was stored as finished, so its
+      # size dropped out of the fit (or the seed bootstrap failed on it) on every rerun.
+      if not math.isfinite(out['loss']):
+        raise ValueError(f"unit {name}: training diverged (test loss {out['loss']}); it was "
+                         f'not saved; lower config.train.learning_rate '
+                         f'({config.train.learning_rate!r})')
       out.update(mode=mode, n=n, replicate=replicate, seconds=time.perf_counter() - tic,
                  fingerprint=fingerprint)
       store.save(name, out)

@@ -785,6 +785,34 @@ def test_facts_smoke_runs_and_resumes(tmp_path):
   assert len(store) == before
 
 
+def test_a_diverged_unit_is_refused_and_not_saved(tmp_path):
+  # Its NaN loss was saved as a finished unit: the seed bootstrap then failed on it (a
+  # TypeError) on every rerun, or, without it, its size silently left the fit.
+  config = configs.get_config('smoke')
+  config.train.optimizer = 'sgd'
+  config.train.learning_rate = 1e20
+  config.output.progress = False
+  with pytest.raises(ValueError, match=r'unit (\S+): training diverged .* not saved; '
+                                       r'lower config\.train\.learning_rate \(1e\+20\)'
+                     ) as error:
+    tps.run(config, tmp_path)
+  name = str(error.value).split(':')[0].split()[1]
+  saved = list(tps.check_saved_units(config, tmp_path))
+  assert name in {tps._unit_name(*unit) for unit in tps.planned_units(config)}
+  assert name not in saved
+
+
+def test_fit_curve_names_the_sizes_it_leaves_out(caplog):
+  config = configs.get_config('smoke')
+  x = np.geomspace(10, 1e4, 12)
+  y = 2.0 * x ** -0.5
+  y[[3, 7]] = (0.0, np.nan)
+  with caplog.at_level('WARNING'):
+    fit = tps.fit_curve(config, x, y, bootstrap=False)
+  assert fit['ok']
+  assert f"leaves out the sizes {[float(x[3]), float(x[7])]}" in caplog.text, caplog.text
+
+
 def test_soft_mode_theory_is_fitted_at_its_measured_sizes(tmp_path):
   # With grid_stride 2 (the facts variant's setting) a soft mode is measured at every 2nd
   # size; its theory row must be fitted at those sizes, like for like with its measured
