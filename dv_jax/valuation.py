@@ -1041,7 +1041,9 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
       `valuation.subsample` drops rows: naming both fields, `mmd.estimator='linear'`
       (no weighted-mixture form); naming the contributor and the part, a part of 1 row
       with `mmd.estimator='unbiased'` (possible under `'mixture'`). All before any
-      per-example work.
+      per-example work. Naming the contributors, when the model's logits or loss at
+      `theta0` are NaN or Inf on their rows; naming `mmd.feature_space` when the target's
+      features coincide for most pairs (no median bandwidth).
   """
   check_config(config)
   t0 = time.perf_counter()
@@ -1075,6 +1077,16 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
   block = int(config.ntk.grad_block_size)
   logits = _ready(logits_at(apply_fn, params, x, block_size=block))
   losses = cross_entropy(logits, y)
+  # Named here: logits that overflow at theta0 (finite params, a model without
+  # normalisation) failed later inside the NTK's Cholesky, as "a contains NaN or Inf".
+  bad_rows = ~(np.all(np.isfinite(np.asarray(logits)), axis=-1)
+               & np.isfinite(np.asarray(losses)))
+  if bad_rows.any():
+    owner = np.concatenate(owners)
+    bad = sorted({contributors[i].name for i in owner[bad_rows]}, key=str)
+    raise ValueError(f'the model at theta0 gives NaN or Inf logits or loss on '
+                     f'{int(bad_rows.sum())} rows of contributors {bad}: params (or inputs) '
+                     'overflow the forward pass, so the loss and NTK terms are undefined')
   seconds['forward'] = time.perf_counter() - t
 
   t = time.perf_counter()
@@ -1087,7 +1099,17 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
     standardizer = features_lib.fit_standardizer(target_features)
     target_features = features_lib.standardize_like(target_features, standardizer)
     pool_features = features_lib.standardize_like(pool_features, standardizer)
-  bandwidths = mmd_lib.bandwidths_from(target_features, int(config.mmd.num_kernels))
+  try:
+    bandwidths = mmd_lib.bandwidths_from(target_features, int(config.mmd.num_kernels))
+  except ValueError as error:
+    if 'median pairwise squared distance 0' not in str(error):
+      raise
+    # mmd's remedy ("pass bandwidths explicitly") is not one this API offers.
+    raise ValueError(f"the target's features (config.mmd.feature_space="
+                     f"{config.mmd.feature_space!r}) have median pairwise squared distance 0 "
+                     '(most target rows coincide), so the MMD bandwidths are undefined; use '
+                     "another feature space (e.g. 'init_features') or a features_fn that "
+                     'separates them') from error
   _ready((target_features, pool_features, bandwidths))
   seconds['features'] = time.perf_counter() - t
 

@@ -1433,6 +1433,28 @@ def test_standardizer_keeps_constant_features_unscaled():
     features_lib.standardize_like(np.ones((2, 3)), st)
 
 
+def test_logits_that_overflow_at_theta0_are_named(setup):
+  # Finite params whose logits overflow failed inside the NTK's Cholesky ("a contains NaN
+  # or Inf"), naming neither the model nor a contributor.
+  big = jax.tree_util.tree_map(lambda leaf: leaf * 1e20, setup['params'])
+  names = sorted(c.name for c in setup['contributors'])
+  with pytest.raises(ValueError, match=r'model at theta0 gives NaN or Inf logits or loss on '
+                                       rf'\d+ rows of contributors \[.*{names[0]!r}'):
+    valuation.value_contributors(setup['contributors'], setup['target'],
+                                 apply_fn=setup['apply_fn'], params=big, config=_config())
+
+
+def test_a_target_of_coinciding_rows_names_the_feature_space(setup):
+  # mmd's "pass bandwidths explicitly" named a remedy value_contributors does not offer.
+  tx = np.array(setup['target'].x)
+  tx[:8] = tx[0]  # 28 of 45 pairs coincide: the median is 0
+  target = Split(tx, setup['target'].y, np.zeros(10, bool))
+  with pytest.raises(ValueError, match=r"config\.mmd\.feature_space='raw'\) have median "
+                                       r'pairwise squared distance 0.*features_fn'):
+    valuation.value_contributors(setup['contributors'], target, apply_fn=setup['apply_fn'],
+                                 params=setup['params'], config=_config())
+
+
 def test_user_features_fn_must_return_finite_n_by_d():
   x = np.ones((3, 4), np.float32)
   nan_phi = features_lib.feature_fn('user', user_fn=lambda v: np.full((len(v), 2), np.nan))
