@@ -386,3 +386,11 @@ def test_bad_label_probs_are_refused_before_the_lm_is_trained(monkeypatch, label
   with pytest.raises(ValueError, match=match):
     tweets.generate_synthetic_tweets(['a b'], [0], key=jax.random.PRNGKey(0), num=2,
                                      label_probs=label_probs)
+
+
+def test_a_diverged_tweet_lm_is_refused_naming_the_learning_rate():
+  # It sampled only end-of-text: every synthetic tweet was '' and cached as the split.
+  with pytest.raises(ValueError, match=r'tweet LM diverged: .* lower lm_config.learning_rate'):
+    tweets.train_tweet_lm(['a b c', 'b c a', 'c a b'], [0, 1, 2], key=jax.random.PRNGKey(0),
+                          lm_config=TINY_LM._replace(learning_rate=1e30, num_steps=3,
+                                                     max_len=8))

@@ -351,6 +351,10 @@ def train_tweet_lm(train_texts: Sequence[str], train_labels, *, key: jax.Array,
 
   Returns:
     `(model, params, tokenizer, losses float32 [num_steps])`.
+
+  Raises:
+    ValueError: for bad texts, labels or `lm_config` fields, and when training diverged
+      (NaN or Inf weights), naming `lm_config.learning_rate`.
   """
   cfg = TweetLMConfig() if lm_config is None else lm_config
   texts = list(train_texts)
@@ -392,6 +396,12 @@ def train_tweet_lm(train_texts: Sequence[str], train_labels, *, key: jax.Array,
                                           model=model, optimizer=optimizer,
                                           batch_size=int(cfg.batch_size))
     losses.append(loss)
+  # A diverged LM samples only end-of-text: its synthetic tweets were all '' (and were cached
+  # as the synthetic split) without a word.
+  bad = checks.non_finite_leaf(params)
+  if bad is not None:
+    raise ValueError(f'the tweet LM diverged: its params leaf {bad} holds NaN or Inf after '
+                     f'training; lower lm_config.learning_rate ({cfg.learning_rate!r})')
   return model, params, tokenizer, np.asarray(jnp.stack(losses), np.float32)
 
 
