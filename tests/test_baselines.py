@@ -277,6 +277,19 @@ def test_davinz_ntk_term_matches_closed_form_kernel_gradients(setup, jitter):
     np.testing.assert_allclose(result.extras['ntk'][i], expected, rtol=2e-3)
 
 
+def test_davinz_sigma_zero_on_a_target_of_coinciding_rows_names_sigma(setup):
+  # Six of eight rows equal: the median heuristic is 0, and mk_mmd refused it as
+  # "bandwidths must be positive", an argument the caller never passed.
+  tx = np.array(setup['target'].x)
+  tx[:6] = tx[0]
+  config = copy.deepcopy(setup['config'])
+  config.baselines.davinz.sigma = 0.0
+  target = Split(tx, setup['target'].y, np.zeros(8, bool))
+  with pytest.raises(ValueError, match=r'davinz\.sigma=0 asks for the median heuristic.*'
+                                       r'set config\.baselines\.davinz\.sigma > 0'):
+    _call('davinz', dict(setup, config=config, target=target))
+
+
 def test_davinz_sigma_zero_or_none_is_the_median_heuristic(setup):
   values = []
   for sigma in (0.0, None):

@@ -235,7 +235,8 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     ValueError: as `check_config` (first, naming the field); as
       `valuation.validate_inputs`; a bad `param_filter` (`lm.resolve_param_filter`); with
       a projection, a block of more than `projection_dim / 2` rows
-      (`ntk.check_projected_block_rows`: raise `num_blocks`).
+      (`ntk.check_projected_block_rows`: raise `num_blocks`); `sigma=0` on a target whose
+      median pairwise squared distance is 0.
   """
   t0 = time.perf_counter()
   # The config first, so that a bad field fails before the gradients.
@@ -248,6 +249,12 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
     bandwidths = jnp.asarray([sigma ** 2], jnp.float32)
   else:
     bandwidths = mmd_lib.median_heuristic(target_flat).reshape(1)
+    # Named here: mk_mmd refused the 0 as "bandwidths must be positive", an argument the
+    # caller never passed.
+    if not float(bandwidths[0]) > 0:
+      raise ValueError('config.baselines.davinz.sigma=0 asks for the median heuristic, but '
+                       "the target's median pairwise squared distance is 0 (most of its rows "
+                       'coincide); set config.baselines.davinz.sigma > 0')
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 11)
   # Per-example quantities once for the pooled examples (one compile for every size).
   x, y, _, owner = valuation.pool_examples(contributors)
