@@ -366,12 +366,13 @@ class UnitStore:
 
     Raises:
       KeyError: the unit is not finished.
-      ValueError: the unit was computed under another config.
+      ValueError: the unit was computed under another config; its file is not a unit
+        record (cut short by a copy, edited), naming the file.
     """
     path = self.path(name)
     if not path.is_file():
       raise KeyError(f'unit {name!r} is not in the store at {self.directory}')
-    record = read_json(path)
+    record = self._record(path, name)
     saved = record.get('fingerprint')
     if fingerprint is not None and saved is not None and saved != fingerprint:
       raise ValueError(
@@ -382,8 +383,23 @@ class UnitStore:
     return record['value']
 
   def names(self) -> List[str]:
-    """Names of every finished unit, sorted."""
-    return sorted(read_json(path)['name'] for path in self.directory.glob('*.json'))
+    """Names of every finished unit, sorted (ValueError naming a file that is no record)."""
+    return sorted(self._record(path)['name'] for path in self.directory.glob('*.json'))
+
+  @staticmethod
+  def _record(path: Path, name: Optional[str] = None) -> Dict[str, Any]:
+    # A unit file cut short (a partial rsync of a workdir) or edited by hand stopped every
+    # rerun with json's bare message, naming neither the file nor the unit.
+    what = f'unit {name!r}: ' if name is not None else ''
+    try:
+      record = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+      raise ValueError(f'{what}{path} is not valid JSON ({error}); delete it and rerun to '
+                       'recompute the unit') from error
+    if not (isinstance(record, dict) and 'value' in record and 'name' in record):
+      raise ValueError(f'{what}{path} is not a unit record (no name and value); delete it '
+                       'and rerun to recompute the unit')
+    return record
 
   def __len__(self) -> int:
     return sum(1 for _ in self.directory.glob('*.json'))

@@ -252,6 +252,22 @@ def test_unit_store_refuses_a_unit_computed_under_another_config(tmp_path):
   assert store.load('legacy', fingerprint='bbbb') == 3
 
 
+def test_unit_store_names_a_unit_file_that_is_no_record(tmp_path):
+  # A unit file cut short (a partial rsync of a workdir) stopped every rerun with json's
+  # bare "Expecting value", naming neither the file nor the unit.
+  store = results.UnitStore(tmp_path / 'units')
+  path = store.save('draw0/mlp/trak', {'v': [1.0, 2.0]}, fingerprint='aaaa')
+  path.write_text(path.read_text()[:20])
+  with pytest.raises(ValueError, match=rf"unit 'draw0/mlp/trak': .*{path.name} is not valid "
+                                       'JSON .*delete it and rerun'):
+    store.load('draw0/mlp/trak')
+  with pytest.raises(ValueError, match=rf'{path.name} is not valid JSON'):
+    store.names()
+  path.write_text('[1, 2]')
+  with pytest.raises(ValueError, match='is not a unit record'):
+    store.load('draw0/mlp/trak')
+
+
 def test_setup_logging_writes_absl_and_python_records(tmp_path):
   root = logging.getLogger()
   old_level = root.level
