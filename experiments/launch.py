@@ -172,16 +172,21 @@ def environment() -> dict:
   """What a run's numbers depend on besides its config: versions, devices, precision flags.
 
   Unit fingerprints are of the config only (`dv_jax.results`), so this, logged at each
-  run's start, is what tells later which code and which hardware produced a workdir.
+  run's start, is what tells later which code and which hardware produced a workdir. The
+  commit is that of the checkout `dv_jax` was imported from (`dv_jax_path`): a script run
+  from a second checkout with the first one's environment computes with the first one's
+  library (its editable install), and `script_checkout` then names where the script lives.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  import dv_jax  # pylint: disable=g-import-not-at-top
   versions = {}
   for package in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'dv_jax'):
     try:
       versions[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
       versions[package] = None
-  root = Path(__file__).resolve().parent.parent
+  root = Path(dv_jax.__file__).resolve().parent.parent
+  script_root = Path(__file__).resolve().parent.parent
 
   def git(*args):
     return subprocess.run(['git', '-C', str(root), *args], capture_output=True, text=True,
@@ -191,8 +196,10 @@ def environment() -> dict:
     commit, dirty = git('rev-parse', 'HEAD'), bool(git('status', '--porcelain', '--', '.'))
   except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
     commit, dirty = None, None
-  return {'python': platform.python_version(), 'versions': versions, 'git_commit': commit,
+  return {'python': platform.python_version(), 'versions': versions,
+          'dv_jax_path': str(Path(dv_jax.__file__).resolve().parent), 'git_commit': commit,
           'uncommitted_changes': dirty,
+          **({} if script_root == root else {'script_checkout': str(script_root)}),
           'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
           **{var: os.environ.get(var) for var in ('JAX_DEFAULT_MATMUL_PRECISION',
                                                   'JAX_ENABLE_X64', 'XLA_FLAGS')}}
@@ -222,6 +229,11 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
     if len(argv) > 1:
       raise app.UsageError('Too many command-line arguments.')
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    # `--workdir=$UNSET` wrote every output into the current directory, and bash does not
+    # expand `~` after `=`: `--workdir=~/runs` made a folder literally named `~`.
+    if not workdir.strip():
+      raise app.UsageError('--workdir is empty (an unset variable?): name a directory')
+    workdir = os.path.expanduser(workdir)
     if default is not None:  # overrides were given: read against the file's own values
       floats_where_the_default_has_floats(config, default)
     bad = nan_fields(config)
@@ -235,7 +247,12 @@ def main(run: Callable[[Any, str], Any], *, name: str) -> None:
       results.save_config(config, workdir)
     results.setup_logging(workdir)
     logging.info('command: %s', ' '.join(sys.argv))
-    logging.info('environment: %s', json.dumps(environment()))
+    env = environment()
+    logging.info('environment: %s', json.dumps(env))
+    if 'script_checkout' in env:
+      logging.warning('this script is from %s but dv_jax was imported from %s (the '
+                      "environment's install): the results are computed with that library",
+                      env['script_checkout'], env['dv_jax_path'])
     logging.info('config:\n%s', config)
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

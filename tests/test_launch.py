@@ -1,5 +1,6 @@
 """The shared command line of the experiment scripts (experiments/launch.py)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,52 @@ def test_environment_names_the_code_and_the_devices():
   assert env['git_commit'] == head.stdout.strip()
   dirty = bool(git('status', '--porcelain', '--', '.').stdout.strip())
   assert env['uncommitted_changes'] is dirty
+
+
+def test_environment_names_the_checkout_dv_jax_was_imported_from(monkeypatch):
+  # A script run from a second checkout with the first one's environment computes with the
+  # first one's library; the log named the script's checkout (its commit, "no changes").
+  import dv_jax  # pylint: disable=g-import-not-at-top
+  library = Path(dv_jax.__file__).resolve().parent
+  expected = launch.environment()
+  assert expected['dv_jax_path'] == str(library)
+  monkeypatch.setattr(launch, '__file__', '/nowhere/checkout/experiments/launch.py')
+  env = launch.environment()
+  assert env['script_checkout'] == '/nowhere/checkout'
+  assert env['dv_jax_path'] == str(library)
+  assert env['git_commit'] == expected['git_commit']
+
+
+def _tiny_script(tmp_path):
+  """An experiment script whose run only marks that it ran (the shared command line)."""
+  script = tmp_path / 'tiny_experiment.py'
+  script.write_text(
+      'import sys\n'
+      f'sys.path.insert(0, {str(_ROOT / "experiments")!r})\n'
+      'import launch\n'
+      'def run(config, workdir):\n'
+      "  open(f'{workdir}/ran', 'w').close()\n"
+      "launch.main(run, name='tiny_experiment')\n")
+  return script
+
+
+def test_an_empty_workdir_is_refused_and_a_tilde_is_expanded(tmp_path):
+  # `--workdir=$UNSET` wrote every output into the current directory; bash leaves `~`
+  # after `=` alone, so `--workdir=~/runs` made a folder named `~` there.
+  script, cwd = _tiny_script(tmp_path), tmp_path / 'cwd'
+  cwd.mkdir()
+  config = f'--config={_ROOT / "configs" / "lemma1_theory.py"}:smoke'
+  empty = subprocess.run([sys.executable, str(script), config, '--workdir='], cwd=cwd,
+                         capture_output=True, text=True, timeout=120, check=False)
+  assert empty.returncode != 0 and '--workdir is empty' in empty.stderr, empty.stderr[-2000:]
+  assert list(cwd.iterdir()) == []
+  env = dict(os.environ, HOME=str(tmp_path / 'home'))
+  tilde = subprocess.run([sys.executable, str(script), config, '--workdir=~/runs/one'],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+  assert tilde.returncode == 0, tilde.stderr[-2000:]
+  assert (tmp_path / 'home' / 'runs' / 'one' / 'ran').exists()
+  assert list(cwd.iterdir()) == []
 
 
 def test_script_exits_on_a_typo_with_the_valid_keys(tmp_path):
