@@ -239,8 +239,14 @@ def synthetic_distribution(
     top_p = number
     order = np.argsort(-p, kind='stable')
     mass = np.cumsum(p[order])
-    # Smallest head reaching top_p; the relative slack absorbs cumsum round-off at 1.
-    keep = min(int(np.searchsorted(mass, top_p * (1.0 - 1e-12))) + 1, num_items)
+    # Smallest head reaching top_p. The slack of a few ulps lets a top_p summed another way
+    # (p[:k].sum(), pairwise) keep the same k as the cumsum's own value; a relative 1e-12
+    # cut every item lighter than it at the crossing (a matched top_p at beta = 3,
+    # k = 10^4 kept 9999) and made top_p = 1 drop tails (6758 of 10^6 items kept at beta = 4).
+    # top_p = 1 keeps every item, whatever the cumsum's round-off.
+    keep = (num_items if top_p >= 1.0 else
+            min(int(np.searchsorted(mass, top_p * (1.0 - 8 * np.finfo(np.float64).eps))) + 1,
+                num_items))
     head = np.zeros_like(p)
     head[order[:keep]] = p[order[:keep]]
   elif mode == 'temperature':

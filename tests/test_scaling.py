@@ -70,6 +70,22 @@ def test_top_p_is_the_smallest_reaching_head():
   np.testing.assert_allclose(full, p, rtol=1e-12)
 
 
+@pytest.mark.parametrize('beta, num_items, k', [(4.0, 10**6, None), (3.0, 10**5, 20000),
+                                                  (3.0, 10**6, 10000), (2.0, 10**6, 70)])
+def test_top_p_keeps_every_item_at_1_and_exactly_k_at_the_mass_of_k(beta, num_items, k):
+  # A relative 1e-12 slack dropped every item lighter than it at the cut: top_p = 1 kept
+  # 6758 of 10^6 items at beta = 4, and a matched top_p kept 19991 of k = 20000.
+  p = scaling.zipf(num_items, beta)
+  if k is None:
+    full = scaling.synthetic_distribution(p, mode='top_p', top_p=1.0)
+    assert np.count_nonzero(full) == num_items
+    np.testing.assert_allclose(full, p, rtol=1e-13)
+    return
+  for top_p in (float(np.cumsum(p)[k - 1]), float(p[:k].sum()), math.fsum(p[:k])):
+    p_syn = scaling.synthetic_distribution(p, mode='top_p', top_p=top_p)
+    assert np.count_nonzero(p_syn) == k, (top_p, np.count_nonzero(p_syn))
+
+
 def test_top_p_keeps_most_probable_items_of_unsorted_p():
   p = np.array([0.1, 0.5, 0.05, 0.35])
   p_syn = scaling.synthetic_distribution(p, mode='top_p', top_p=0.8)
