@@ -134,6 +134,16 @@ def test_stratified_partition_cuts_each_class_at_its_rounded_cumulative_share():
   np.testing.assert_array_equal(got, expected)
 
 
+def test_stratified_partition_places_every_example_when_fractions_sum_to_1_within_1e5():
+  # 0.33333 x 3 passes the sum check; the last cut, round(0.99999 n), left 2 of 200000
+  # examples in no part.
+  labels = np.zeros(200_000, np.int64)
+  parts = longtail.stratified_partition(labels, fractions=(0.33333,) * 3,
+                                        key=jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(labels.size))
+  assert [len(part) for part in parts] == [66_667, 66_666, 66_667]  # cuts 66667, 133333
+
+
 @pytest.mark.parametrize('labels, fractions, match', [
     ([0, -1, 1], [0.5, 0.5], 'non-negative'),  # a label -1 was accepted
     ([0, 1, 1], [0.5, 0.2], 'sum to 1'),       # fractions summing to 0.7 were accepted
