@@ -497,14 +497,22 @@ def test_one_compile_across_sizes():
 # neural-tangents agreement (runs in the .venv-nt environment).
 
 
+# The two neural-tangents implementations the README says we cross-check (structured
+# derivatives need jax <= 0.4.25).
+NT_IMPLEMENTATIONS = ('JACOBIAN_CONTRACTION', 'NTK_VECTOR_PRODUCTS')
+
+
+@pytest.mark.parametrize('nt_implementation', NT_IMPLEMENTATIONS)
 @pytest.mark.parametrize('model', list(MODELS))
-def test_agrees_with_neural_tangents(model, require_neural_tangents):
+def test_agrees_with_neural_tangents(model, nt_implementation, require_neural_tangents):
   nt = require_neural_tangents
   apply_fn, params, x = MODELS[model]()
   x2 = x[:3] - 0.2
   for trace_axes in [(-1,), ()]:
-    expected = np.asarray(nt.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, vmap_axes=0)(
-        x, x2, params), np.float64)
+    expected = np.asarray(nt.empirical_ntk_fn(
+        apply_fn, trace_axes=trace_axes, vmap_axes=0,
+        implementation=getattr(nt.NtkImplementation, nt_implementation))(x, x2, params),
+                          np.float64)
     for implementation in IMPLEMENTATIONS + ('neural_tangents',):
       ntk_fn = ntk.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, block_size=2,
                                     implementation=implementation)
