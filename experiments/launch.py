@@ -201,6 +201,11 @@ def environment() -> dict:
           'uncommitted_changes': dirty,
           **({} if script_root == root else {'script_checkout': str(script_root)}),
           'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
+          # The random bits every key gives (flipping the first moves every init and draw);
+          # read from jax.config, whichever way they were set.
+          **{flag: getattr(jax.config, flag, None)
+             for flag in ('jax_threefry_partitionable', 'jax_default_prng_impl',
+                          'jax_enable_x64')},
           **{var: os.environ.get(var) for var in ('JAX_DEFAULT_MATMUL_PRECISION',
                                                   'JAX_ENABLE_X64', 'XLA_FLAGS')}}
 

@@ -122,6 +122,9 @@ def test_environment_names_the_code_and_the_devices():
   assert env['versions']['jax'] == jax.__version__
   assert env['backend'] == jax.default_backend()
   assert env['devices'] == [str(d) for d in jax.devices()]
+  # The PRNG settings move every draw and init; log.txt is the only record of them.
+  assert env['jax_threefry_partitionable'] is jax.config.jax_threefry_partitionable
+  assert env['jax_default_prng_impl'] == jax.config.jax_default_prng_impl
 
   def git(*args):
     return subprocess.run(['git', '-C', str(_ROOT), *args], capture_output=True, text=True,
