@@ -14,7 +14,7 @@ repeat)), results.csv (one row per unit), results.json, table.md (mean / min tau
 budget), figure.{png,pdf}.
 
 Expected result and runtime: see configs/subsample_stability.py (measured, ours-proposed:
-mean tau >= 0.85 at 400 of the 1,440 pooled examples, >= 0.95 at 1000); 40 s wall on 2
+mean tau >= 0.88 at 400 of the 1,440 pooled examples, >= 0.93 at 1000); 42 s wall on 2
 CPU cores.
 """
 
