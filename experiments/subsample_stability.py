@@ -112,8 +112,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # A budget that keeps the whole pool is the full-pool reference itself (tau = 1). Each
   # contributor's share is rounded and floored at valuation.min_subsample, so a budget just
   # below the pool size can keep all of it too.
-  whole = [b for b in budgets if valuation.subsampled_pool_size(
-      bench.contributors, b, int(config.valuation.min_subsample)) >= total]
+  kept = {b: valuation.subsampled_pool_size(bench.contributors, b,
+                                            int(config.valuation.min_subsample))
+          for b in budgets}
+  whole = [b for b in budgets if kept[b] >= total]
   if whole:
     raise ValueError(f'config.valuation.budgets {tuple(whole)} keep the whole pool of {total} '
                      'examples (each contributor\'s share is rounded, and at least '
@@ -139,8 +141,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     reference = values_of(0, 0)
     for budget in budgets:
       for repeat in range(int(config.valuation.num_repeats)):
+        # `kept`, not the budget: each contributor's share is rounded and floored at
+        # valuation.min_subsample (a budget of 16 of 84 kept 20).
         rows.append({'backbone': backbone, 'variant': name, 'budget': int(budget),
-                     'fraction': min(int(budget) / total, 1.0), 'repeat': repeat,
+                     'kept': kept[budget], 'fraction': kept[budget] / total, 'repeat': repeat,
                      'kendall': metrics.kendall(values_of(int(budget), repeat), reference)})
   results.write_csv(workdir / 'results.csv', rows)
   summary = summarize(rows)
@@ -157,7 +161,8 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> list:
   for key in dict.fromkeys((r['backbone'], r['variant'], r['budget']) for r in rows):
     taus = np.array([r['kendall'] for r in rows
                      if (r['backbone'], r['variant'], r['budget']) == key])
-    out.append({'backbone': key[0], 'variant': key[1], 'budget': key[2],
+    kept = next(r['kept'] for r in rows if (r['backbone'], r['variant'], r['budget']) == key)
+    out.append({'backbone': key[0], 'variant': key[1], 'budget': key[2], 'kept': kept,
                 'kendall_mean': float(taus.mean()), 'kendall_std': float(taus.std()),
                 'kendall_min': float(taus.min()), 'repeats': int(taus.size)})
   return out
@@ -167,24 +172,24 @@ def markdown_table(summary: Sequence[Dict[str, Any]], total: int) -> str:
   lines = [f'# Ranking stability under subsampling (pool of {total} examples)', '',
            "Kendall's tau of the ranking from a subsample against the full-pool ranking; "
            'tau std is the population std (ddof 0) over the repeats.', '',
-           '| backbone | variant | budget | tau mean | tau std | tau min | repeats |',
-           '|---|---|---|---|---|---|---|']
+           '| backbone | variant | budget | kept | tau mean | tau std | tau min | repeats |',
+           '|---|---|---|---|---|---|---|---|']
   for s in summary:
-    lines.append(f'| {s["backbone"]} | {s["variant"]} | {s["budget"]} | '
+    lines.append(f'| {s["backbone"]} | {s["variant"]} | {s["budget"]} | {s["kept"]} | '
                  f'{s["kendall_mean"]:+.2f} | {s["kendall_std"]:.2f} | '
                  f'{s["kendall_min"]:+.2f} | {s["repeats"]} |')
   return '\n'.join(lines) + '\n'
 
 
 def plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
-  """Kendall's tau against the subsample budget, one line per (backbone, variant)."""
+  """Kendall's tau against the pooled examples kept, one line per (backbone, variant)."""
   fig, axes = plotting.new_figure(panel_size=(5.0, 3.6))
   ax = axes[0, 0]
   for key in dict.fromkeys((r['backbone'], r['variant']) for r in rows):
     sub = [r for r in rows if (r['backbone'], r['variant']) == key]
-    budgets = sorted({r['budget'] for r in sub})
-    taus = [[r['kendall'] for r in sub if r['budget'] == b] for b in budgets]
-    ax.errorbar(budgets, [np.mean(t) for t in taus], yerr=[np.std(t) for t in taus],
+    sizes = sorted({r['kept'] for r in sub})
+    taus = [[r['kendall'] for r in sub if r['kept'] == k] for k in sizes]
+    ax.errorbar(sizes, [np.mean(t) for t in taus], yerr=[np.std(t) for t in taus],
                 marker='o', capsize=2, label=f'{key[0]}: {key[1]}')
   ax.set_xscale('log')
   ax.set_ylim(-0.1, 1.05)

@@ -855,6 +855,10 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
   # Each budget's ranking against the full pool's (budget 0), from the saved units.
   store = results.UnitStore(tmp_path / 'units')
   pool_size = results.read_json(tmp_path / 'results.json')['pool_size']
+  bench = valuation_table.build_benchmark(config)
+  kept = {b: valuation.subsampled_pool_size(bench.contributors, b,
+                                            config.valuation.min_subsample)
+          for b in config.valuation.budgets}
   for row in out['rows']:
     def values(budget, repeat, row=row):
       return store.load(subsample_stability.unit_name(row['backbone'], row['variant'], budget,
@@ -866,7 +870,10 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
     assert not np.allclose(values(row['budget'], row['repeat']), values(0, 0))
     if row['repeat'] > 0:
       assert not np.allclose(values(row['budget'], row['repeat']), values(row['budget'], 0))
-    assert row['fraction'] == row['budget'] / pool_size < 1
+    # The rows kept, not the budget: shares are rounded and floored at min_subsample.
+    assert row['kept'] == kept[row['budget']]
+    assert row['fraction'] == row['kept'] / pool_size < 1
+  assert any(k != b for b, k in kept.items()), kept  # the smoke pool's budgets show it
   # One unit per (backbone, variant): the full-pool reference and each (budget, repeat).
   assert len(store.names()) == len(config.model.backbones) * len(config.valuation.variants) * (
       1 + len(config.valuation.budgets) * config.valuation.num_repeats)
@@ -884,7 +891,9 @@ def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
     assert s['repeats'] == taus.size == config.valuation.num_repeats
     np.testing.assert_allclose([s['kendall_mean'], s['kendall_std'], s['kendall_min']],
                                [np.mean(taus), np.std(taus), np.min(taus)], rtol=1e-12)
-    lines.append(f'| {s["backbone"]} | {s["variant"]} | {s["budget"]} | {np.mean(taus):+.2f} | '
+    assert s['kept'] == kept[s['budget']]
+    lines.append(f'| {s["backbone"]} | {s["variant"]} | {s["budget"]} | {s["kept"]} | '
+                 f'{np.mean(taus):+.2f} | '
                  f'{np.std(taus):.2f} | {np.min(taus):+.2f} | {taus.size} |')
   assert (tmp_path / 'table.md').read_text().splitlines()[-len(lines):] == lines
   assert len(out['rows']) == (len(config.valuation.variants) * len(config.valuation.budgets)
