@@ -3,6 +3,7 @@
 import importlib.util
 
 import jax
+import jax.numpy as jnp
 import re
 
 import numpy as np
@@ -394,3 +395,17 @@ def test_a_diverged_tweet_lm_is_refused_naming_the_learning_rate():
     tweets.train_tweet_lm(['a b c', 'b c a', 'c a b'], [0, 1, 2], key=jax.random.PRNGKey(0),
                           lm_config=TINY_LM._replace(learning_rate=1e30, num_steps=3,
                                                      max_len=8))
+
+
+def test_tweet_lm_learning_rate_decays_on_a_cosine_to_0():
+  # TweetLMConfig.learning_rate promises cosine decay; a constant rate survived the suite.
+  # A constant gradient below the clip norm moves Adam by exactly eta_t per step.
+  optimizer = tweets._optimizer(0.1, 4)
+  params = {'w': jnp.zeros(1)}
+  state = optimizer.init(params)
+  steps = []
+  for _ in range(4):
+    update, state = optimizer.update({'w': jnp.full(1, 0.5)}, state, params)
+    steps.append(-float(update['w'][0]))
+  np.testing.assert_allclose(steps, 0.1 * (1 + np.cos(np.pi * np.arange(4) / 4)) / 2,
+                             rtol=1e-4)

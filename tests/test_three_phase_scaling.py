@@ -147,6 +147,17 @@ def test_steps_for_rounds_a_fractional_epoch_up():
   assert tps.steps_for(1600, recipe) == 16  # exactly 16 batches
 
 
+def test_recipe_carries_every_training_field_of_the_config():
+  # Dropping schedule and weight_decay from _recipe survived the suite: the CIFAR run would
+  # have trained at a constant rate without decay.
+  config = configs.get_config('cifar100')
+  t = config.train
+  defaults = training.TrainConfig()
+  fields = ('optimizer', 'learning_rate', 'batch_size', 'weight_decay', 'momentum', 'schedule')
+  assert all(t[f] != getattr(defaults, f) for f in fields)  # so a dropped field shows
+  assert tps._recipe(config, 7) == defaults._replace(steps=7, **{f: t[f] for f in fields})
+
+
 def test_planned_units_by_hand():
   # The facts variant: 25 sizes x 10 seeds of hard truncation, then each of the 3 soft
   # modes at every 2nd size (13 of them, from the smallest) x truncation.num_seeds = 3.
