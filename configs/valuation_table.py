@@ -6,7 +6,8 @@ only, sampled through the truncations of METHOD.md section 1 (hard, top-p, tempe
 finite sample), with different sizes, real fractions pi and label noise. Every method
 values the K contributors against the TARGET split; the ground truth retrains a model on
 each contributor and measures the loss on the separate TEST split (never seen by a
-method). Rows: our score in every variant of METHOD.md section 2 (the defaults named),
+retraining-free method; the fitted-weights rows fit on other coalitions' test losses, as
+METHOD.md's regression does, leaving the valued contributor out). Rows: our score in every variant of METHOD.md section 2 (the defaults named),
 with standardized weights and with fitted weights (NNLS, leave-one-contributor-out), and
 the baselines DAVINZ, TracIn, TRAK and random; columns: Spearman and Kendall against the
 ground truth with bootstrap CIs, and the wall time beside the retraining cost. Backbones:

@@ -2,7 +2,8 @@ r"""The valuation table (paper Table 1 analog) on the digits benchmark and the f
 
 For each backbone (MLP, small CNN): the ground truth retrains theta0 on each contributor
 (R seeds, loss on the TEST split); every method values the contributors against the
-TARGET split only; each row reports Spearman and Kendall against the ground truth with
+TARGET split only (the fitted-weights rows also read the test losses of probe coalitions
+without the contributor they value, METHOD.md's regression); each row reports Spearman and Kendall against the ground truth with
 percentile-bootstrap CIs (contributors resampled) and the method's wall time beside the
 retraining cost. Rows: our score in each variant of METHOD.md section 2 (the first row is
 METHOD.md's defaults; `ours-recommended` the variant chosen on DEVELOPMENT seeds of the
