@@ -503,11 +503,13 @@ def _eval_block_sums(params, xb, yb, mask, apply_fn):
   # where, not a product: a padded (all-zero) row may give NaN logits (e.g. a model that
   # normalises its input), and NaN * 0 is NaN.
   valid = mask > 0
-  loss = jnp.where(valid, cross_entropy(logits, yb), 0.0)
-  # A row whose logits hold NaN or Inf predicts nothing: its argmax (class 0 for a NaN row)
-  # counted as a prediction, so a diverged model reported chance-like accuracy beside a NaN
-  # loss. Its correctness is NaN, as its loss is.
-  hit = jnp.where(jnp.all(jnp.isfinite(logits), axis=-1),
+  row_loss = cross_entropy(logits, yb)
+  loss = jnp.where(valid, row_loss, 0.0)
+  # A row whose loss is NaN or Inf (logits NaN or +Inf: a diverged model) predicts nothing:
+  # its argmax (class 0 for a NaN row) counted as a prediction, and chance-like accuracy
+  # stood beside a NaN loss. Its correctness is NaN, as its loss is. A -inf logit (a masked
+  # class) leaves both finite.
+  hit = jnp.where(jnp.isfinite(row_loss),
                   (jnp.argmax(logits, axis=-1) == yb).astype(jnp.float32), jnp.nan)
   correct = jnp.where(valid, hit, 0.0)
   return jnp.sum(loss), jnp.sum(correct)
@@ -557,8 +559,8 @@ def evaluate(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: An
     block_size: rows per jitted block.
 
   Returns:
-    ``Evaluation(loss [], accuracy [])``; both NaN when a row's logits hold NaN or Inf (a
-    diverged model).
+    ``Evaluation(loss [], accuracy [])``; when a row's loss is NaN or Inf (logits NaN or
+    +Inf: a diverged model), the mean loss is too and the accuracy is NaN.
 
   Raises:
     ValueError: for NaN/Inf or empty ``x``, mismatched ``y``, labels outside the logits'

@@ -1041,9 +1041,10 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
       `valuation.subsample` drops rows: naming both fields, `mmd.estimator='linear'`
       (no weighted-mixture form); naming the contributor and the part, a part of 1 row
       with `mmd.estimator='unbiased'` (possible under `'mixture'`). All before any
-      per-example work. Naming the contributors, when the model's logits or loss at
-      `theta0` are NaN or Inf on their rows; naming `mmd.feature_space` when the target's
-      features coincide for most pairs (no median bandwidth).
+      per-example work. Naming the contributors, when the model's loss at `theta0` (or
+      the NTK residual, naming `ntk.residual`) is NaN or Inf on their rows; naming
+      `mmd.feature_space` when the target's features coincide for most pairs (no median
+      bandwidth).
   """
   check_config(config)
   t0 = time.perf_counter()
@@ -1077,16 +1078,20 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
   block = int(config.ntk.grad_block_size)
   logits = _ready(logits_at(apply_fn, params, x, block_size=block))
   losses = cross_entropy(logits, y)
+  owner = np.concatenate(owners)
+
+  def contributors_of(bad_rows):
+    return sorted({contributors[i].name for i in owner[bad_rows]}, key=str)
+
   # Named here: logits that overflow at theta0 (finite params, a model without
-  # normalisation) failed later inside the NTK's Cholesky, as "a contains NaN or Inf".
-  bad_rows = ~(np.all(np.isfinite(np.asarray(logits)), axis=-1)
-               & np.isfinite(np.asarray(losses)))
+  # normalisation) failed later inside the NTK's Cholesky, as "a contains NaN or Inf". A
+  # row's loss is NaN or Inf when its logits hold NaN or +Inf or overflow; a -inf logit of
+  # another class than the label's (a masked class) leaves it finite and is allowed.
+  bad_rows = ~np.isfinite(np.asarray(losses))
   if bad_rows.any():
-    owner = np.concatenate(owners)
-    bad = sorted({contributors[i].name for i in owner[bad_rows]}, key=str)
-    raise ValueError(f'the model at theta0 gives NaN or Inf logits or loss on '
-                     f'{int(bad_rows.sum())} rows of contributors {bad}: params (or inputs) '
-                     'overflow the forward pass, so the loss and NTK terms are undefined')
+    raise ValueError(f'the model at theta0 gives a NaN or Inf loss on {int(bad_rows.sum())} '
+                     f'rows of contributors {contributors_of(bad_rows)}: its logits are NaN '
+                     'or overflow there, so the loss and NTK terms are undefined')
   seconds['forward'] = time.perf_counter() - t
 
   t = time.perf_counter()
@@ -1114,18 +1119,25 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
   seconds['features'] = time.perf_counter() - t
 
   t = time.perf_counter()
-  factor = _ntk_factor(apply_fn, params, x, y, config=config, num_classes=num_classes,
-                       key=k_proj)
   if config.ntk.residual == 'true_class':
     residual = 1.0 - jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
   elif config.ntk.residual == 'loss':
     residual = losses
   else:
     residual = jax.nn.one_hot(y, num_classes, dtype=logits.dtype) - logits
+  # Before the gradients: the one-hot residual of a masked (-inf) class is infinite.
+  bad_rows = ~np.all(np.isfinite(np.asarray(residual).reshape(owner.size, -1)), axis=1)
+  if bad_rows.any():
+    raise ValueError(f'the NTK residual (config.ntk.residual={config.ntk.residual!r}) is NaN '
+                     f'or Inf on {int(bad_rows.sum())} rows of contributors '
+                     f"{contributors_of(bad_rows)}: the model's logits at theta0 hold -inf "
+                     "there (masked classes); use ntk.residual 'true_class' or 'loss'")
+  factor = _ntk_factor(apply_fn, params, x, y, config=config, num_classes=num_classes,
+                       key=k_proj)
   _ready((factor, residual))
   seconds['ntk_gradients'] = time.perf_counter() - t
   pool = Pool(
-      names=tuple(c.name for c in contributors), owner=np.concatenate(owners),
+      names=tuple(c.name for c in contributors), owner=owner,
       is_synthetic=np.concatenate(flags), y=y_np,
       sizes=np.array([c.size for c in contributors]),
       num_real=np.array([c.num_real for c in contributors]), losses=np.asarray(losses),

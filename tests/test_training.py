@@ -344,6 +344,29 @@ def test_evaluate_gives_nan_accuracy_for_rows_with_non_finite_logits():
   assert np.isfinite(many.accuracy[0]) and np.isnan(many.accuracy[1]), many
 
 
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+def test_evaluate_one_bad_logit_makes_the_row_nan_but_a_masked_class_does_not(bad):
+  x, y = _blobs(8, seed=5)
+  params = _linear_params(3)
+  w, b = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+  logits = x.astype(np.float64) @ w + b
+
+  def poisoned(params, x):  # one logit of row 0 NaN or +inf, the others finite
+    return _linear_apply(params, x).at[0, 1].set(bad)
+
+  ev = training.evaluate(poisoned, params, x, y)
+  assert not np.isfinite(ev.loss) and np.isnan(ev.accuracy), ev
+  # A class masked with -inf (not the label's) is a valid model: loss and accuracy finite,
+  # as a NumPy reference computes them.
+  labels = (y % 2).astype(np.int32)  # classes 0 and 1; class 2 masked
+  masked = training.evaluate(lambda p, x: _linear_apply(p, x).at[:, 2].set(-np.inf),
+                             params, x, labels)
+  z = logits[:, :2]
+  lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+  np.testing.assert_allclose(masked.loss, np.mean(lse - z[np.arange(8), labels]), rtol=1e-5)
+  np.testing.assert_allclose(masked.accuracy, np.mean(np.argmax(z, 1) == labels), rtol=1e-6)
+
+
 def test_learning_rate_at_refuses_an_unknown_schedule():
   with pytest.raises(ValueError, match="schedule must be one of .*'linear'"):
     training.learning_rate_at(3, learning_rate=1.0, schedule='linear', steps=10)

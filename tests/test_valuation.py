@@ -1438,10 +1438,53 @@ def test_logits_that_overflow_at_theta0_are_named(setup):
   # or Inf"), naming neither the model nor a contributor.
   big = jax.tree_util.tree_map(lambda leaf: leaf * 1e20, setup['params'])
   names = sorted(c.name for c in setup['contributors'])
-  with pytest.raises(ValueError, match=r'model at theta0 gives NaN or Inf logits or loss on '
+  with pytest.raises(ValueError, match=r'model at theta0 gives a NaN or Inf loss on '
                                        rf'\d+ rows of contributors \[.*{names[0]!r}'):
     valuation.value_contributors(setup['contributors'], setup['target'],
                                  apply_fn=setup['apply_fn'], params=big, config=_config())
+
+
+def test_finite_logits_whose_loss_overflows_are_named_with_their_contributor_only(setup):
+  # Logits +-3e38 are finite, but the label's log-softmax overflows to -inf.
+  first = setup['contributors'][0]
+
+  def apply_fn(params, x):
+    logits = setup['apply_fn'](params, x)
+    # Rows equal to the first contributor's first real row get huge logits.
+    row = jnp.asarray(first.x_real[:1], x.dtype)
+    hit = jnp.all(x == row, axis=tuple(range(1, x.ndim)))
+    huge = jnp.full_like(logits, -3e38).at[:, 0].set(3e38)
+    return jnp.where(hit[:, None], huge, logits)
+
+  assert int(first.y_real[0]) != 0
+  others = [c.name for c in setup['contributors'][1:]]
+  with pytest.raises(ValueError, match=rf"gives a NaN or Inf loss on 1 rows of contributors "
+                                       rf"\[{first.name!r}\]") as error:
+    valuation.value_contributors(setup['contributors'], setup['target'], apply_fn=apply_fn,
+                                 params=setup['params'], config=_config())
+  assert not any(repr(name) in str(error.value) for name in others)
+
+
+def test_a_masked_class_is_valued_and_its_one_hot_residual_names_the_field(setup):
+  # A -inf logit of a class no label uses is a valid model (the loss stays finite); the
+  # check for overflowing logits refused it. Its one-hot residual is infinite, though.
+  def binary(y):  # labels in {0, 1}: class 2 is masked
+    return None if y is None else np.asarray(y) % 2
+
+  contributors = [c._replace(y_real=binary(c.y_real), y_synthetic=binary(c.y_synthetic))
+                  for c in setup['contributors']]
+  target = setup['target']._replace(y=binary(setup['target'].y))
+
+  def masked(params, x):
+    return setup['apply_fn'](params, x).at[:, 2].set(-jnp.inf)
+
+  result = valuation.value_contributors(contributors, target, apply_fn=masked,
+                                        params=setup['params'], config=_config())
+  assert np.all(np.isfinite(result.values))
+  with pytest.raises(ValueError, match=r"NTK residual \(config\.ntk\.residual='one_hot'\) "
+                                       r"is NaN or Inf .*use ntk\.residual 'true_class'"):
+    valuation.value_contributors(contributors, target, apply_fn=masked,
+                                 params=setup['params'], config=_config(ntk__residual='one_hot'))
 
 
 def test_a_target_of_coinciding_rows_names_the_feature_space(setup):
