@@ -110,16 +110,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   valuation_table.check_feature_spaces(config, bench, variants)
   total = sum(c.size for c in bench.contributors)
   # A budget that keeps the whole pool is the full-pool reference itself (tau = 1). Each
-  # contributor's share is rounded and floored at valuation.min_subsample, so a budget just
-  # below the pool size can keep all of it too.
-  kept = {b: valuation.subsampled_pool_size(bench.contributors, b,
-                                            int(config.valuation.min_subsample))
-          for b in budgets}
-  whole = [b for b in budgets if kept[b] >= total]
-  if whole:
-    raise ValueError(f'config.valuation.budgets {tuple(whole)} keep the whole pool of {total} '
-                     'examples (each contributor\'s share is rounded, and at least '
-                     'valuation.min_subsample per part): keep them below it')
+  # contributor's share is rounded and floored at valuation.min_subsample (a variant may set
+  # its own), so a budget just below the pool size can keep all of it too.
+  kept = {}
+  for name, overrides in variants:
+    floor = int(method_of(config, overrides, budgets[0], 0).valuation.min_subsample)
+    kept[name] = {b: valuation.subsampled_pool_size(bench.contributors, b, floor)
+                  for b in budgets}
+    whole = [b for b in budgets if kept[name][b] >= total]
+    if whole:
+      raise ValueError(f'config.valuation.budgets {tuple(whole)} keep the whole pool of '
+                       f'{total} examples for variant {name!r} (each contributor\'s share is '
+                       'rounded, and at least valuation.min_subsample per part): keep them '
+                       'below it')
   rows = []
   jobs = [(b, v) for b in bench.backbones for v in variants]
   for backbone, (name, overrides) in tqdm(jobs, desc='variants',
@@ -144,7 +147,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         # `kept`, not the budget: each contributor's share is rounded and floored at
         # valuation.min_subsample (a budget of 16 of 84 kept 20).
         rows.append({'backbone': backbone, 'variant': name, 'budget': int(budget),
-                     'kept': kept[budget], 'fraction': kept[budget] / total, 'repeat': repeat,
+                     'kept': kept[name][budget], 'fraction': kept[name][budget] / total,
+                     'repeat': repeat,
                      'kendall': metrics.kendall(values_of(int(budget), repeat), reference)})
   results.write_csv(workdir / 'results.csv', rows)
   summary = summarize(rows)

@@ -848,6 +848,23 @@ def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+def test_subsample_stability_counts_the_rows_each_variant_keeps(tmp_path):
+  # A variant's own valuation.min_subsample floors its parts: kept was computed once, with
+  # the config's floor, for every variant (16 of 84 keeps 20 at a floor of 2, 46 at 8).
+  config = CONFIGS['subsample_stability'].get_config('smoke')
+  config.valuation.variants = ('ours-paper-defaults|',
+                               'floor8|valuation.min_subsample=8')
+  config.valuation.budgets = (16,)
+  config.valuation.num_repeats = 1
+  out = subsample_stability.run(config, tmp_path)
+  bench = valuation_table.build_benchmark(config)
+  for row in out['rows']:
+    floor = 8 if row['variant'] == 'floor8' else config.valuation.min_subsample
+    assert row['kept'] == valuation.subsampled_pool_size(bench.contributors, 16, floor), row
+  assert len({row['kept'] for row in out['rows']}) == 2
+
+
+@pytest.mark.slow
 def test_subsample_stability_smoke_runs_and_resumes(tmp_path, monkeypatch):
   config = CONFIGS['subsample_stability'].get_config('smoke')
   out = subsample_stability.run(config, tmp_path)
