@@ -315,6 +315,28 @@ def test_a_model_without_a_class_axis_is_named(problem):
                          params=params, config=CONFIG, progress=False)
 
 
+def test_a_model_whose_batch_axis_is_not_first_is_named(problem):
+  splits, apply_fn, params, cs = problem
+  with pytest.raises(ValueError, match=r'apply_fn must return logits \[b, c\]; for one '
+                                       r'example it returned shape \(10, 1\)'):
+    ground_truth.retrain(cs, splits.test, apply_fn=lambda p, x: apply_fn(p, x).T,
+                         params=params, config=CONFIG, progress=False)
+
+
+def test_only_the_seeds_that_diverged_are_named(problem, monkeypatch):
+  splits, apply_fn, params, cs = problem
+  real = training.evaluate_many
+
+  def second_seed_inf(*args, **kwargs):
+    ev = real(*args, **kwargs)
+    return training.Evaluation(ev.loss.at[1].set(np.inf), ev.accuracy)
+
+  monkeypatch.setattr(training, 'evaluate_many', second_seed_inf)
+  with pytest.raises(ValueError, match=r"contributor 'clean' \(seeds \[1\]\)"):
+    ground_truth.retrain(cs, splits.test, apply_fn=apply_fn, params=params, config=CONFIG,
+                         progress=False)
+
+
 def test_a_diverged_retraining_is_refused_naming_contributor_and_learning_rate(problem):
   # Its NaN test loss was saved as a finished unit and failed later in a rank correlation.
   splits, apply_fn, params, cs = problem

@@ -125,6 +125,7 @@ def test_environment_names_the_code_and_the_devices():
   # The PRNG settings move every draw and init; log.txt is the only record of them.
   assert env['jax_threefry_partitionable'] is jax.config.jax_threefry_partitionable
   assert env['jax_default_prng_impl'] == jax.config.jax_default_prng_impl
+  assert env['jax_enable_x64'] is jax.config.jax_enable_x64
 
   def git(*args):
     return subprocess.run(['git', '-C', str(_ROOT), *args], capture_output=True, text=True,
@@ -171,9 +172,10 @@ def test_an_empty_workdir_is_refused_and_a_tilde_is_expanded(tmp_path):
   script, cwd = _tiny_script(tmp_path), tmp_path / 'cwd'
   cwd.mkdir()
   config = f'--config={_ROOT / "configs" / "lemma1_theory.py"}:smoke'
-  empty = subprocess.run([sys.executable, str(script), config, '--workdir='], cwd=cwd,
-                         capture_output=True, text=True, timeout=120, check=False)
-  assert empty.returncode != 0 and '--workdir is empty' in empty.stderr, empty.stderr[-2000:]
+  for blank in ('', '  '):
+    empty = subprocess.run([sys.executable, str(script), config, f'--workdir={blank}'],
+                           cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+    assert empty.returncode != 0 and '--workdir is empty' in empty.stderr, empty.stderr[-2000:]
   assert list(cwd.iterdir()) == []
   env = dict(os.environ, HOME=str(tmp_path / 'home'))
   tilde = subprocess.run([sys.executable, str(script), config, '--workdir=~/runs/one'],

@@ -268,6 +268,18 @@ def test_unit_store_names_a_unit_file_that_is_no_record(tmp_path):
     store.load('draw0/mlp/trak')
 
 
+@pytest.mark.parametrize('content', [b'\xff\xfe{', b'{"name": "u"}', b'{"value": 1}'])
+def test_unit_store_names_a_file_of_bad_bytes_or_a_partial_record(tmp_path, content):
+  store = results.UnitStore(tmp_path / 'units')
+  path = store.save('u', 1)
+  path.write_bytes(content)
+  match = 'is not valid JSON' if content.startswith(b'\xff') else 'is not a unit record'
+  with pytest.raises(ValueError, match=rf"unit 'u': .*{path.name} {match}"):
+    store.load('u')
+  with pytest.raises(ValueError, match=rf'{path.name} {match}'):
+    store.names()
+
+
 def test_setup_logging_writes_absl_and_python_records(tmp_path):
   root = logging.getLogger()
   old_level = root.level

@@ -71,6 +71,7 @@ def test_top_p_is_the_smallest_reaching_head():
 
 
 @pytest.mark.parametrize('beta, num_items, k', [(4.0, 10**6, None), (3.0, 10**5, 20000),
+                                                  (3.0, 10**6, 40000),
                                                   (3.0, 10**6, 10000), (2.0, 10**6, 70)])
 def test_top_p_keeps_every_item_at_1_and_exactly_k_at_the_mass_of_k(beta, num_items, k):
   # A relative 1e-12 slack dropped every item lighter than it at the cut: top_p = 1 kept
@@ -84,6 +85,11 @@ def test_top_p_keeps_every_item_at_1_and_exactly_k_at_the_mass_of_k(beta, num_it
   for top_p in (float(np.cumsum(p)[k - 1]), float(p[:k].sum()), math.fsum(p[:k])):
     p_syn = scaling.synthetic_distribution(p, mode='top_p', top_p=top_p)
     assert np.count_nonzero(p_syn) == k, (top_p, np.count_nonzero(p_syn))
+
+
+def test_top_p_1_keeps_an_item_below_any_slack():
+  p_syn = scaling.synthetic_distribution(np.array([1.0, 1e-20]), mode='top_p', top_p=1.0)
+  assert np.count_nonzero(p_syn) == 2
 
 
 def test_top_p_keeps_most_probable_items_of_unsorted_p():

@@ -847,6 +847,18 @@ def test_ablation_smoke_runs_resumes_and_matches_the_score(tmp_path, monkeypatch
     ablation.run(config, tmp_path)
 
 
+def test_subsample_stability_plots_tau_against_the_rows_kept(tmp_path, monkeypatch):
+  figures = []
+  monkeypatch.setattr(subsample_stability.plotting, 'save_figure',
+                      lambda fig, path: figures.append(fig))
+  rows = [{'backbone': 'mlp', 'variant': 'v', 'budget': b, 'kept': k, 'repeat': 0,
+           'kendall': t} for b, k, t in ((16, 20, 0.5), (32, 31, 0.8))]
+  subsample_stability.plot(rows, tmp_path / 'figure')
+  line = figures[0].axes[0].lines[0]  # the means (the error bars' caps are lines too)
+  np.testing.assert_array_equal(line.get_xdata(), [20, 31])
+  np.testing.assert_array_equal(line.get_ydata(), [0.5, 0.8])
+
+
 @pytest.mark.slow
 def test_subsample_stability_counts_the_rows_each_variant_keeps(tmp_path):
   # A variant's own valuation.min_subsample floors its parts: kept was computed once, with
