@@ -26,7 +26,7 @@ the reference case on a 16 x 16 probe of the kernel (NTK) or on the value (MMD).
 
 Usage:
   .venv/bin/python benchmarks/bench_kernels.py              # n = 256 1024 4096
-  .venv/bin/python benchmarks/bench_kernels.py --quick      # n = 64 128, seconds
+  .venv/bin/python benchmarks/bench_kernels.py --quick      # n = 64 128, ~35 s
   PYTHONPATH=. .venv-nt/bin/python benchmarks/bench_kernels.py --quick   # with neural-tangents
 """
 

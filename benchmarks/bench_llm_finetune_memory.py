@@ -22,7 +22,8 @@ ratio = the reference's peak over the row's. Shapes are the public config.json v
 bench_lm_ntk_memory.MODELS.
 
 Caveats (as bench_lm_ntk_memory.py's): a CPU's buffer assignment is not a GPU's (on an
-H200 the NTK block took 0.65x of the CPU figure), and argument + output + temp counts
+H200 the NTK block's activation buffers took 0.65x of the CPU figure; parameters and
+optimizer state do not shrink), and argument + output + temp counts
 every buffer as live at once. The host copies of TracIn's checkpoints (5 x the parameters)
 are host memory and not in the table.
 
