@@ -1762,8 +1762,21 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
 
 def _term_weights(term_weights: Optional[ArrayLike], config: ml_collections.ConfigDict
                   ) -> np.ndarray:
-  """`[4]` weights on the scaled terms: `term_weights`, or 1 for `bound.terms`."""
+  """`[4]` weights on the scaled terms: `term_weights`, or 1 for `bound.terms`.
+
+  Raises:
+    ValueError: `term_weights` not `[4]` finite; naming `config.valuation.weights`, `'fit'`
+      without `term_weights` (the coalition utilities have no probes to fit on, and unit
+      weights in its place would be a silent change of method).
+  """
   if term_weights is None:
+    if config.valuation.get('weights', 'standardize') == 'fit':
+      raise ValueError(
+          "config.valuation.weights='fit' is read by value_contributors only (its weights "
+          'are fitted on probes, which leave_one_out, shapley and Utility do not take); '
+          "these weigh the scaled terms by term_weights, or 1 for bound.terms: set "
+          "config.valuation.weights='standardize', or pass term_weights (e.g. a fit's "
+          'FitReport.all_weights)')
     return term_mask(config).astype(np.float64)
   weights = np.asarray(term_weights, np.float64)
   if weights.shape != (len(TERM_NAMES),) or not np.all(np.isfinite(weights)):
@@ -1794,12 +1807,12 @@ class Utility:
     # change to its ConfigDict (one reused across variants) must not mix two utilities.
     self.config = copy.deepcopy(config)
     self.cache: Dict[Tuple[int, ...], float] = {}
+    self.weights = _term_weights(term_weights, self.config)  # before the singletons' terms
     k = len(pool.names)
     singles = np.stack([coalition_terms(self.pool, (i,), config=self.config)[0]
                         for i in range(k)])
     std = _column_std(singles)
     self.scale = np.where(std > 0, std, np.inf)  # a constant term weighs nothing
-    self.weights = _term_weights(term_weights, self.config)
     for i in range(k):
       self.cache[(i,)] = self._value(singles[i])
     self.empty = float(np.mean([self.cache[(i,)] for i in range(k)]))
@@ -1830,7 +1843,8 @@ def leave_one_out(contributors: Sequence[Contributor], target: Any, *, apply_fn:
     `ValuationResult` (terms None; `extras['grand_value']` is `v(D)`).
 
   Raises:
-    ValueError: as `value_contributors`.
+    ValueError: as `value_contributors`; `config.valuation.weights='fit'` without
+      `term_weights` (no probes here), before the pool's per-example work.
   """
   config = default_config() if config is None else config
   _term_weights(term_weights, config)  # before the pool's per-example work
@@ -1910,7 +1924,8 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
     `ValuationResult` (terms None; `extras['stderr']` per contributor).
 
   Raises:
-    ValueError: as `value_contributors`; `num_permutations < 1`; `key` not one PRNG key.
+    ValueError: as `value_contributors`; `num_permutations < 1`; `key` not one PRNG key;
+      `config.valuation.weights='fit'` without `term_weights` (as `leave_one_out`).
   """
   config = default_config() if config is None else config
   # Before the pool's per-example work (prepare_pool checks the config first).

@@ -704,6 +704,31 @@ def test_leave_one_out_and_shapley_weigh_the_terms_as_asked(setup, terms, term_w
                              + 1e-4)
 
 
+@pytest.mark.parametrize('method', ['leave_one_out', 'shapley', 'utility'])
+def test_coalition_utilities_refuse_fit_weights_they_cannot_fit(setup, method, monkeypatch):
+  """`valuation.weights='fit'` is fitted on probes, which only value_contributors takes:
+  leave_one_out, shapley and Utility silently weighed the terms by 1 instead (the same
+  values as 'standardize'). Refused before the pool's per-example work; explicit
+  term_weights stand in for it."""
+  config = _config(valuation__weights='fit')
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config)
+  if method == 'utility':
+    pool = valuation.prepare_pool(setup['contributors'], setup['target'], **kwargs)
+    call = functools.partial(valuation.Utility, pool, config=config)
+  else:
+    def no_pool(*args, **kw):
+      raise AssertionError('the pool was built before the config was refused')
+    monkeypatch.setattr(valuation, 'prepare_pool', no_pool)
+    extra = dict(num_permutations=2, key=jax.random.PRNGKey(0)) if method == 'shapley' else {}
+    call = functools.partial(getattr(valuation, method), setup['contributors'],
+                             setup['target'], **kwargs, **extra)
+  with pytest.raises(ValueError, match=r"config\.valuation\.weights='fit'.*term_weights"):
+    call()
+  if method == 'utility':  # explicit weights: the config's mode is not read
+    utility = call(term_weights=[1.0, 1.0, 0.5, 1.0])
+    assert np.isfinite(utility((0, 1)))
+
+
 def test_leave_one_out_drops_a_term_constant_across_the_singletons(setup):
   """Three real-only contributors of 8 rows: every singleton's composition term is
   sqrt(1) / 8, so it weighs nothing, in the coalitions too, where it is not constant
