@@ -804,6 +804,21 @@ def test_shapley_exact_by_enumeration_and_monte_carlo_converges(setup):
   np.testing.assert_allclose(est, additive, atol=1e-12)
 
 
+def test_monte_carlo_shapley_follows_names_not_list_positions(setup):
+  """Two sampled permutations, the contributors listed in reverse: each name keeps its
+  estimate. The permutations were drawn over list positions, so reversing the list drew
+  other orders of the players, as another key would."""
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=_config(),
+                num_permutations=2, key=jax.random.PRNGKey(1))
+  contributors = setup['contributors']
+  forward = valuation.shapley(contributors, setup['target'], **kwargs)
+  backward = valuation.shapley(contributors[::-1], setup['target'], **kwargs)
+  np.testing.assert_allclose(np.asarray(backward.values)[::-1], forward.values, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(backward.extras['stderr'][::-1], forward.extras['stderr'],
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_shapley_from_utility_stderr_is_the_sample_std_over_sqrt_t():
   """stderr = std(marginals, ddof=1) / sqrt(T), the marginals of v(S) = (sum_S a)^2 by hand
   on the documented permutations (permutation t from fold_in(key, t)); one permutation: 0."""
