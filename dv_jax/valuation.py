@@ -977,10 +977,10 @@ def _proportional_rows(pool: 'Pool', members: Sequence[int], key: jax.Array) -> 
   full = _full_part_sizes(pool)
   parts = [(i, p, np.flatnonzero(groups == p)) for i in members
            for p in (2 * i, 2 * i + 1) if full[p] > 0]
-  fraction = min(part_rows.size / full[p] for _, p, part_rows in parts)
+  takes = _proportional_takes([part_rows.size for _, _, part_rows in parts],
+                              [int(full[p]) for _, p, _ in parts])
   chosen = []
-  for i, p, part_rows in parts:
-    take = min(max(1, int(round(fraction * full[p]))), part_rows.size)
+  for (i, p, part_rows), take in zip(parts, takes):
     if take < part_rows.size:
       # By name, not position (`coalition_key`). A permutation of the next power of two,
       # filtered: uniform, one compile per bucket.
@@ -989,6 +989,49 @@ def _proportional_rows(pool: 'Pool', members: Sequence[int], key: jax.Array) -> 
       part_rows = part_rows[order[order < part_rows.size][:take]]
     chosen.append(part_rows)
   return np.sort(np.concatenate(chosen))
+
+
+def _check_ntk_block(config: ml_collections.ConfigDict, members: Sequence[int],
+                     num_rows: int) -> None:
+  """Refuses a coalition of `num_rows` NTK rows whose kernel block is too large for
+  `ntk.projection_dim` (`ntk.check_projected_block_rows`)."""
+  ncfg = config.ntk
+  # A projected NTK has rank <= projection_dim: a block must stay well below it.
+  block = {'full': num_rows, 'block_diagonal': min(int(ncfg.block_size), num_rows),
+           'subsample': min(int(ncfg.num_sub), num_rows)}[ncfg.method]
+  ntk_lib.check_projected_block_rows(
+      block, int(ncfg.projection_dim),
+      what=f'the NTK block of coalition {list(members)} (ntk.method={ncfg.method!r}; '
+           'block_diagonal and subsample cap it at ntk.block_size / ntk.num_sub)')
+
+
+def _proportional_takes(kept: Sequence[int], full: Sequence[int]) -> list:
+  """Rows `_proportional_rows` takes of parts with `kept` kept rows of `full` (all > 0)."""
+  fraction = min(k / f for k, f in zip(kept, full))
+  return [min(max(1, int(round(fraction * f))), k) for k, f in zip(kept, full)]
+
+
+def _check_ntk_blocks_first(contributors: Sequence[Contributor],
+                            config: ml_collections.ConfigDict, subsample_counts: list,
+                            coalitions: Sequence[Sequence[int]]) -> None:
+  """`_check_ntk_block` of each coalition in `coalitions`, from the contributors' sizes and
+  the subsample's kept counts alone: before the gradients, which it would otherwise waste
+  (a projected NTK whose block is too large was refused only when a coalition was
+  scored). The row counts are those `coalition_rows` will have."""
+  if not int(config.ntk.projection_dim):
+    return
+  subsampled = (sum(r + s for r, s in subsample_counts)
+                < sum(c.size for c in contributors))
+  for members in coalitions:
+    if not subsampled:
+      num_rows = sum(contributors[i].size for i in members)
+    else:
+      parts = [(kept, full) for i in members
+               for kept, full in zip(subsample_counts[i],
+                                     (contributors[i].num_real, contributors[i].num_synthetic))
+               if full > 0]
+      num_rows = sum(_proportional_takes([k for k, _ in parts], [f for _, f in parts]))
+    _check_ntk_block(config, members, num_rows)
 
 
 def coalition_rows(pool: 'Pool', members: Sequence[int], *,
@@ -1020,7 +1063,8 @@ def coalition_rows(pool: 'Pool', members: Sequence[int], *,
 
 def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callable,
                  params: Any, config: ml_collections.ConfigDict,
-                 features_fn: Optional[Callable] = None) -> Pool:
+                 features_fn: Optional[Callable] = None,
+                 coalitions: Optional[Sequence[Sequence[int]]] = None) -> Pool:
   """Validates the inputs and computes every per-example quantity once.
 
   Args:
@@ -1030,6 +1074,9 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
     params: `theta0`.
     config: `default_config()` or an experiment config with its sections.
     features_fn: `x -> [n, d]` for `mmd.feature_space='user'` (ignored otherwise).
+    coalitions: the coalitions (contributor indices) the caller will score, whose NTK
+      blocks are checked against `ntk.projection_dim` before the gradients; None: the
+      singletons (every caller scores them). Any other coalition is checked when scored.
 
   Returns:
     `Pool`.
@@ -1041,7 +1088,10 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
       `valuation.subsample` drops rows: naming both fields, `mmd.estimator='linear'`
       (no weighted-mixture form); naming the contributor and the part, a part of 1 row
       with `mmd.estimator='unbiased'` (possible under `'mixture'`). All before any
-      per-example work. Naming the contributors, when the model's loss at `theta0` (or
+      per-example work. With `ntk.projection_dim > 0`, naming the NTK fields, a coalition
+      of `coalitions` whose kernel block holds more than half of `projection_dim` rows
+      (`ntk.check_projected_block_rows`), before the gradients. Naming the contributors,
+      when the model's loss at `theta0` (or
       the NTK residual, naming `ntk.residual`) is NaN or Inf on their rows; naming
       `mmd.feature_space` when the target's features coincide for most pairs (no median
       bandwidth).
@@ -1053,6 +1103,16 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
                                         params=params)
   contributors = list(contributors)
   _check_mmd_rows(contributors, config)
+  coalitions = ([(i,) for i in range(len(contributors))] if coalitions is None else
+                [_member_indices(c, f'coalitions[{j}]') for j, c in enumerate(coalitions)])
+  for members in coalitions:
+    if not members or members[0] < 0 or members[-1] >= len(contributors):
+      raise ValueError(f'coalitions: {members} is not a non-empty subset of '
+                       f'range({len(contributors)})')
+  _check_ntk_blocks_first(contributors, config,
+                          _subsample_counts(contributors, int(config.valuation.subsample),
+                                            int(config.valuation.min_subsample)),
+                          coalitions)
   k_proj, k_sub = stage_key(config, 0), stage_key(config, 2)
   rows = _subsample_rows(contributors, int(config.valuation.subsample),
                          int(config.valuation.min_subsample), k_sub)
@@ -1486,13 +1546,7 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
     rows = np.flatnonzero(sel)
 
   ncfg = config.ntk
-  # A projected NTK has rank <= projection_dim: a block must stay well below it.
-  block = {'full': rows.size, 'block_diagonal': min(int(ncfg.block_size), rows.size),
-           'subsample': min(int(ncfg.num_sub), rows.size)}[ncfg.method]
-  ntk_lib.check_projected_block_rows(
-      block, int(ncfg.projection_dim),
-      what=f'the NTK block of coalition {members} (ntk.method={ncfg.method!r}; block_diagonal '
-           'and subsample cap it at ntk.block_size / ntk.num_sub)')
+  _check_ntk_block(config, members, rows.size)
   if ncfg.method == 'full':
     term = _full_ntk_term(pool, rows, eps=float(ncfg.eps))
   else:
@@ -1722,10 +1776,13 @@ def value_contributors(contributors: Sequence[Contributor], target: Any, *,
                                     for i, c in enumerate(contributors)],
                            fit_target=fit_target)
   t0 = time.perf_counter()
+  contributors = list(contributors)
+  k = len(contributors)
+  scored = [(i,) for i in range(k)] + (list(probes.coalitions) if probes is not None and
+                                       config.valuation.weights == 'fit' else [])
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
-                      features_fn=features_fn)
+                      features_fn=features_fn, coalitions=scored)
   seconds = dict(pool.seconds)
-  k = len(pool.names)
   t = time.perf_counter()
   raw, jitters = [], []
   cache = {}
@@ -1849,13 +1906,16 @@ def leave_one_out(contributors: Sequence[Contributor], target: Any, *, apply_fn:
   config = default_config() if config is None else config
   _term_weights(term_weights, config)  # before the pool's per-example work
   t0 = time.perf_counter()
+  contributors = list(contributors)
+  k = len(contributors)
+  everyone = tuple(range(k))
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
-                      features_fn=features_fn)
+                      features_fn=features_fn,
+                      coalitions=[(i,) for i in everyone] + [everyone] +
+                      [tuple(j for j in everyone if j != i) for i in everyone if k > 1])
   seconds = dict(pool.seconds)
   t = time.perf_counter()
   utility = Utility(pool, config=config, term_weights=term_weights)
-  k = len(pool.names)
-  everyone = tuple(range(k))
   grand = utility(everyone)
   values = np.array([grand - utility(tuple(j for j in everyone if j != i)) for i in range(k)])
   seconds['coalitions'] = time.perf_counter() - t
@@ -1937,8 +1997,13 @@ def shapley(contributors: Sequence[Contributor], target: Any, *, apply_fn: Calla
   num_permutations = checks.check_int(num_permutations, 'num_permutations')
   key = checks.check_key(key)  # before the pool's per-example work
   t0 = time.perf_counter()
+  # The singletons and the grand coalition, which every permutation ends with; the prefixes
+  # between them are checked when scored.
+  contributors = list(contributors)
+  k = len(contributors)
   pool = prepare_pool(contributors, target, apply_fn=apply_fn, params=params, config=config,
-                      features_fn=features_fn)
+                      features_fn=features_fn,
+                      coalitions=[(i,) for i in range(k)] + [tuple(range(k))])
   seconds = dict(pool.seconds)
   t = time.perf_counter()
   utility = Utility(pool, config=config, term_weights=term_weights)

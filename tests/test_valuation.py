@@ -365,6 +365,57 @@ def test_projected_ntk_block_larger_than_half_the_projection_is_refused(setup, m
     assert np.all(np.isfinite(np.asarray(call().values)))
 
 
+@pytest.mark.parametrize('method, subsample', [('value_contributors', 0),
+                                               ('leave_one_out', 0), ('shapley', 0),
+                                               ('leave_one_out', 14)])
+def test_projected_ntk_block_too_large_is_refused_before_the_gradients(setup, method,
+                                                                        subsample, monkeypatch):
+  """A projected NTK block over half of projection_dim was refused only when a coalition
+  was scored, after the pool's gradients (for an LLM, the costly pass): leave_one_out's
+  grand coalition of 27 rows against projection_dim=40 (its singletons, <= 12 rows, pass).
+  value_contributors scores singletons only, so the same config runs there."""
+  # Subsampled to 14 of 27 rows, the grand coalition's NTK holds 11 (the singletons <= 5).
+  dim = 16 if method == 'value_contributors' else (20 if subsample else 40)
+  config = _config(ntk__projection_dim=dim, valuation__subsample=subsample)
+  kwargs = dict(apply_fn=setup['apply_fn'], params=setup['params'], config=config)
+  if method == 'shapley':
+    kwargs.update(num_permutations=2, key=jax.random.PRNGKey(0))
+
+  def no_gradients(*args, **kw):
+    raise AssertionError('the gradients were computed before the config was refused')
+  monkeypatch.setattr(valuation, '_ntk_factor', no_gradients)
+  with pytest.raises(ValueError, match=r'NTK block of coalition \[0, 1, 2\].*more than half '
+                                       r'of projection_dim'
+                     if method != 'value_contributors' else
+                     r'NTK block of coalition \[\d\].*projection_dim=16'):
+    getattr(valuation, method)(setup['contributors'], setup['target'], **kwargs)
+  monkeypatch.undo()
+  if method == 'value_contributors':  # singletons of <= 12 rows: fine at 40
+    result = valuation.value_contributors(setup['contributors'], setup['target'],
+                                          **dict(kwargs, config=_config(ntk__projection_dim=40)))
+    assert np.all(np.isfinite(np.asarray(result.values)))
+
+
+def test_upfront_ntk_row_counts_are_the_coalition_rows(subsampled):
+  """The counts checked before the gradients are those coalition_rows then draws."""
+  pool, config, contributors = subsampled['pool'], subsampled['config'], subsampled['contributors']
+  counts = valuation._subsample_counts(contributors, int(config.valuation.subsample),
+                                       int(config.valuation.min_subsample))
+  k = len(contributors)
+  seen = []
+  original = valuation._check_ntk_block
+  try:
+    valuation._check_ntk_block = lambda cfg, members, rows: seen.append((tuple(members), rows))
+    coalitions = [c for r in range(1, k + 1) for c in itertools.combinations(range(k), r)]
+    valuation._check_ntk_blocks_first(contributors, _config(ntk__projection_dim=8), counts,
+                                      coalitions)
+  finally:
+    valuation._check_ntk_block = original
+  assert [m for m, _ in seen] == coalitions
+  for members, rows in seen:
+    assert rows == valuation.coalition_rows(pool, members, config=config).size, members
+
+
 def test_init_features_discrepancy_matches_numpy(setup):
   # mmd.feature_space='init_features': the MMD in the space of the readout's input (ReLU of
   # the hidden layer at theta0), standardised with T's mean / std (1 where T is constant).
