@@ -39,7 +39,7 @@ projected dimensions), `c` residual columns, `B` block size.
 
 import functools
 import math
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -245,28 +245,77 @@ def _padded_block_gram(grads_BxP: jax.Array, residual_BxC: jax.Array, num_valid:
   return theta_BxB, residual_BxC, trace
 
 
-@functools.partial(jax.jit, static_argnames=('block_size',))
-def _permuted_blocks(key: jax.Array, grads_NxP: jax.Array, residual: jax.Array, *,
-                     block_size: int) -> Tuple[jax.Array, jax.Array]:
-  """Rows in a seeded random order, cut into `[nb, B, ...]` blocks (one program per n).
+def _shuffle_rounds(n: int) -> int:
+  """The sort rounds `jax.random.permutation` spends on `n` items (its static heuristic)."""
+  return int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
 
-  The ragged last block is filled with copies of the first row, which
-  `_padded_block_gram` masks out.
+
+@functools.partial(jax.jit, static_argnames=('num_rounds',))
+def _padded_shuffle(key: jax.Array, items_N: jax.Array, n: jax.Array, *,
+                    num_rounds: int) -> jax.Array:
+  """`jax.random.permutation`'s sort rounds on a bucket of `N >= n` items, entries `>= n`
+  held at the end: the leading `n` outputs are `jax.random.permutation(key, n)`.
+
+  With threefry's partitionable bits (`jax_threefry_partitionable`, the default), the
+  sort keys of the first `n` slots are those of an `n`-item draw; the padded slots get the
+  largest key and the stable sort keeps them after every real item (after a real key that
+  ties with them too), round after round.
   """
-  n = grads_NxP.shape[0]
-  num_blocks = -(-n // block_size)
-  order = jax.random.permutation(key, n)
-  order = jnp.concatenate([order, jnp.zeros((num_blocks * block_size - n,), order.dtype)])
-  return (grads_NxP[order].reshape(num_blocks, block_size, -1),
-          residual[order].reshape(num_blocks, block_size, -1))
+  pad_N = jnp.arange(items_N.shape[0]) >= n
+  for _ in range(num_rounds):
+    key, subkey = jax.random.split(key)
+    sort_keys = jax.random.bits(subkey, items_N.shape, jnp.uint32)
+    sort_keys = jnp.where(pad_N, jnp.uint32(np.iinfo(np.uint32).max), sort_keys)
+    _, items_N = jax.lax.sort_key_val(sort_keys, items_N, 0, is_stable=True)
+  return items_N
 
 
-@functools.partial(jax.jit, static_argnames=('num_sub',))
+def _bucketable(key: jax.Array) -> bool:
+  """Whether `_padded_shuffle` reproduces `jax.random.permutation` for `key`."""
+  if not jax.config.jax_threefry_partitionable:
+    return False
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return str(jax.random.key_impl(key)) == 'threefry2x32'
+  return key.shape == (2,) and jax.config.jax_default_prng_impl == 'threefry2x32'
+
+
+def permutation(key: jax.Array, n: int) -> np.ndarray:
+  """`np.asarray(jax.random.permutation(key, n))`, the same integers, compiled once per
+  power-of-two bucket of `n` instead of once per `n`.
+
+  `jax.random.permutation(key, n)` compiles its threefry draw and sort for every `n`
+  (about a second each on 2 CPU cores: most of the digits table's block-diagonal NTK rows,
+  whose contributors all differ in size). Under another PRNG implementation, or with
+  `jax_threefry_partitionable` off, it is called as is.
+  """
+  n = checks.check_int(n, 'n', minimum=0)
+  if n == 0 or not _bucketable(key):
+    return np.asarray(jax.random.permutation(key, n))
+  size = max(8, 1 << (n - 1).bit_length())
+  # The dtype of jnp.arange(n) (int64 under x64): indices either way.
+  items = np.arange(size, dtype=jax.dtypes.canonicalize_dtype(np.int64))
+  return np.asarray(_padded_shuffle(key, items, np.int32(n),
+                                    num_rounds=_shuffle_rounds(n)))[:n]
+
+
+@functools.partial(jax.jit, static_argnames=('dtype',))
+def _take_rows(grads_NxP: jax.Array, rows_B: jax.Array, *, dtype: Any) -> jax.Array:
+  """Rows `rows_B` of `grads_NxP` in `dtype`: one program per `(N, p, B)`."""
+  return grads_NxP[rows_B].astype(dtype)
+
+
+@jax.jit
+def _rows_of(grads_NxP: jax.Array, residual: jax.Array, rows: jax.Array
+             ) -> Tuple[jax.Array, jax.Array]:
+  return grads_NxP[rows], residual[rows]
+
+
 def _subsample_rows(key: jax.Array, grads_NxP: jax.Array, residual: jax.Array, *,
                     num_sub: int) -> Tuple[jax.Array, jax.Array]:
-  """A uniform subsample without replacement: `num_sub` rows of a random permutation."""
-  rows = jax.random.permutation(key, grads_NxP.shape[0])[:num_sub]
-  return grads_NxP[rows], residual[rows]
+  """A uniform subsample without replacement: `num_sub` rows of a random permutation
+  (`permutation`: compiled per bucket of `n`; the gather per `n`)."""
+  rows = permutation(key, grads_NxP.shape[0])[:num_sub]
+  return _rows_of(grads_NxP, residual, rows)
 
 
 def _normalize(quad: jax.Array, n: int, normalization: str) -> jax.Array:
@@ -275,30 +324,120 @@ def _normalize(quad: jax.Array, n: int, normalization: str) -> jax.Array:
   return linalg.safe_sqrt(quad) / n
 
 
-def _block_diagonal_quad(grads_NxP: jax.Array, residual: jax.Array, *, block_size: int,
-                         num_permutations: int, key: jax.Array, eps: float
-                         ) -> Tuple[jax.Array, float]:
-  """Sum of diagonal-block quadratic forms, averaged over seeded permutations."""
-  n = grads_NxP.shape[0]
+def _block_diagonal_quad(grads_NxP: jax.Array, residual: ArrayLike, rows: np.ndarray, *,
+                         block_size: int, num_permutations: int, key: jax.Array, eps: float,
+                         dtype: Any) -> Tuple[jax.Array, float]:
+  """Sum of diagonal-block quadratic forms of the examples `rows` of `grads_NxP`, averaged
+  over seeded permutations.
+
+  `rows` are `n` host indices into `grads_NxP` and `residual` (`[N]` or `[N, c]`).
+  Permutation `r` orders the examples as `rows[permutation(perm_keys[r], n)]`, and each
+  block's rows are gathered from `grads_NxP` by a `[B]` program: nothing compiles per `n`
+  beyond what `grads_NxP`'s own shape asks, so a caller that keeps one `[N, p]` matrix (a
+  valuation pool's factor) compiles nothing per coalition.
+
+  Raises:
+    ValueError: `grads contains NaN or Inf` (a block's trace is not finite).
+  """
+  n = rows.size
   num_blocks = -(-n // block_size)
+  residual_NxC = np.asarray(residual)
+  residual_NxC = residual_NxC.reshape(residual_NxC.shape[0], -1)
   perm_keys = jax.random.split(key, num_permutations)
   quads, max_jitter = [], 0.0
   for r in range(num_permutations):
-    grads_blocks, residual_blocks = _permuted_blocks(perm_keys[r], grads_NxP, residual,
-                                                     block_size=block_size)
-    total = jnp.zeros((), grads_NxP.dtype)
+    order = permutation(perm_keys[r], n)
+    # The ragged last block is filled with copies of the first example, which
+    # `_padded_block_gram` masks out.
+    order = np.concatenate([order, np.zeros((num_blocks * block_size - n,), order.dtype)])
+    picked = rows[order]
+    total = jnp.zeros((), dtype)
     for b in range(num_blocks):
       num_valid = min(block_size, n - b * block_size)
+      block_rows = picked[b * block_size:(b + 1) * block_size]
       theta_BxB, residual_BxC, trace = _padded_block_gram(
-          grads_blocks[b], residual_blocks[b], num_valid)
+          _take_rows(grads_NxP, block_rows, dtype=dtype),
+          residual_NxC[block_rows].astype(dtype), num_valid)
+      trace = float(trace)
+      if not np.isfinite(trace):  # a sum of squared gradients: not finite iff one is not
+        raise ValueError('grads contains NaN or Inf')
       # Each block's own relative jitter: eps * trace / n_b over its valid rows.
-      initial = eps * float(trace) / num_valid
+      initial = eps * trace / num_valid
       quad, jitter = linalg.quad_form(theta_BxB, residual_BxC,
                                       initial_jitter=initial if initial > 0 else eps)
       total = total + quad
       max_jitter = max(max_jitter, jitter)
     quads.append(total)
   return jnp.mean(jnp.stack(quads)), max_jitter
+
+
+def _check_block_diagonal(block_size: int, num_permutations: int, eps: float, n: int
+                          ) -> Tuple[int, int, float]:
+  """`(block_size, num_permutations, eps)` checked, the block capped at `n`."""
+  # One block of all n rows is the whole kernel: a larger block only pads it with zero
+  # rows, and its [B, B] Gram was allocated whole (block_size=10**12 aborted the process).
+  block_size = min(checks.check_int(block_size, 'block_size'), n)
+  num_permutations = checks.check_int(num_permutations, 'num_permutations')
+  eps = float(eps)
+  if not np.isfinite(eps) or eps <= 0:
+    raise ValueError(f'eps must be positive and finite, got {eps}')
+  return block_size, num_permutations, eps
+
+
+def block_diagonal_ntk_term_of_rows(grads: ArrayLike, residual: ArrayLike, rows: ArrayLike,
+                                    *, block_size: int, num_permutations: int,
+                                    key: jax.Array, eps: float = 1e-4) -> NTKTerm:
+  """`ntk_term(grads[rows], residual[rows], method='block_diagonal')` (per-example
+  normalization), the same number, without forming `grads[rows]`.
+
+  For many subsets of one `[N, p]` matrix (the coalitions of a valuation pool): a subset's
+  rows are gathered block by block by `[B]` programs, so no program compiles per subset
+  size (`ntk_term` on `grads[rows]` compiles its gather, its finiteness check and its
+  per-`n` block gather for every `n`).
+
+  Args:
+    grads: `[N, p]` floating gradients (JAX or NumPy). Not checked whole: a block that
+      holds NaN or Inf raises.
+    residual: `[N]` or `[N, c]`, finite.
+    rows: `[n]` distinct row indices, `n >= 1`, in the order the permutations act on.
+    block_size, num_permutations, key, eps: as `ntk_term`.
+
+  Returns:
+    `NTKTerm(value [], jitter)`.
+
+  Raises:
+    ValueError: naming the argument, for bad shapes, `rows` not integers in `[0, N)`, a bad
+      `block_size` / `num_permutations` / `eps` / `key`, NaN or Inf in a block's gradients
+      or in `residual`, never positive definite.
+  """
+  shape = jnp.shape(grads)
+  if len(shape) != 2 or 0 in shape:
+    raise ValueError(f'grads must be [N, p] with N, p >= 1, got shape {shape}')
+  if not jnp.issubdtype(jnp.result_type(grads), jnp.floating):
+    raise ValueError(f'grads must be floating, got dtype {jnp.result_type(grads)}')
+  rows = np.asarray(rows)
+  if rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
+    raise ValueError(f'rows must be a non-empty 1-D array of integer indices, got shape '
+                     f'{rows.shape} and dtype {rows.dtype}')
+  if rows.min() < 0 or rows.max() >= shape[0]:
+    raise ValueError(f'rows must lie in [0, {shape[0]}) (the rows of grads), got values in '
+                     f'[{rows.min()}, {rows.max()}]')
+  residual = np.asarray(residual)
+  if residual.ndim not in (1, 2) or residual.shape[0] != shape[0] or residual.size == 0:
+    raise ValueError(f'residual must be [N] or [N, c] with N = {shape[0]} (the rows of '
+                     f'grads) and c >= 1, got shape {residual.shape}')
+  # jnp's issubdtype: a bfloat16 model's residual (an ml_dtypes type) is floating too.
+  if (not jnp.issubdtype(residual.dtype, jnp.floating)
+      or not np.all(np.isfinite(residual.astype(np.float64)))):
+    raise ValueError('residual must be floating and finite')
+  key = checks.check_key(key)
+  dtype = linalg.compute_dtype(jnp.result_type(grads), residual.dtype)
+  block_size, num_permutations, eps = _check_block_diagonal(block_size, num_permutations, eps,
+                                                            rows.size)
+  quad, jitter = _block_diagonal_quad(grads, residual, rows, block_size=block_size,
+                                      num_permutations=num_permutations, key=key, eps=eps,
+                                      dtype=dtype)
+  return NTKTerm(_normalize(quad, rows.size, 'per_example'), jitter)
 
 
 def ntk_term_from_kernel(theta: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
@@ -394,15 +533,11 @@ def ntk_term(grads: ArrayLike, residual: ArrayLike, *, method: str = 'full',
     # Q_sub estimates Q * n_sub / n; rescale to the full set before normalizing.
     return NTKTerm(_normalize(quad.value * (n / num_sub), n, normalization), quad.jitter)
 
-  # One block of all n rows is the whole kernel: a larger block only pads it with zero
-  # rows, and its [B, B] Gram was allocated whole (block_size=10**12 aborted the process).
-  block_size = min(checks.check_int(block_size, 'block_size'), n)
-  num_permutations = checks.check_int(num_permutations, 'num_permutations')
-  eps = float(eps)
-  if not np.isfinite(eps) or eps <= 0:
-    raise ValueError(f'eps must be positive and finite, got {eps}')
-  quad, jitter = _block_diagonal_quad(grads, residual, block_size=block_size,
-                                      num_permutations=num_permutations, key=key, eps=eps)
+  block_size, num_permutations, eps = _check_block_diagonal(block_size, num_permutations, eps,
+                                                            n)
+  quad, jitter = _block_diagonal_quad(grads, residual, np.arange(n), block_size=block_size,
+                                      num_permutations=num_permutations, key=key, eps=eps,
+                                      dtype=dtype)
   return NTKTerm(_normalize(quad, n, normalization), jitter)
 
 

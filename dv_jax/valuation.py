@@ -1530,8 +1530,8 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
         return None
       if cfg.estimator == 'linear':
         rows = _in_name_order(pool, rows)
-        rows = rows[np.asarray(jax.random.permutation(jax.random.fold_in(k_rows, part),
-                                                      rows.size))]
+        # bound.permutation: jax.random.permutation's integers, compiled per bucket of n.
+        rows = rows[bound.permutation(jax.random.fold_in(k_rows, part), rows.size)]
       labels = (pool.y[rows], target_y) if cfg.label_aware else (None, None)
       return mmd_lib.mk_mmd(pool.features[rows], target_features,
                             bandwidths=pool.bandwidths, estimator=cfg.estimator,
@@ -1553,11 +1553,17 @@ def coalition_terms(pool: Pool, members: Sequence[int], *,
     # The approximate methods draw blocks / subsets over the rows' order: the names' one.
     key = _member_key(pool, stage_key(config, 1), members)
     rows = _in_name_order(pool, rows)
-    term = bound.ntk_term(pool.factor[rows], pool.residual[rows], method=ncfg.method,
-                          block_size=int(ncfg.block_size),
-                          num_permutations=int(ncfg.num_permutations),
-                          num_sub=min(int(ncfg.num_sub), rows.size), key=key,
-                          eps=float(ncfg.eps), normalization='per_example')
+    if ncfg.method == 'block_diagonal':
+      # The same number as ntk_term on pool.factor[rows], whose gather, finiteness check
+      # and blocks compiled once per coalition size: here the blocks are gathered from the
+      # pool's factor by [B] programs.
+      term = bound.block_diagonal_ntk_term_of_rows(
+          pool.factor, pool.residual, rows, block_size=int(ncfg.block_size),
+          num_permutations=int(ncfg.num_permutations), key=key, eps=float(ncfg.eps))
+    else:
+      term = bound.ntk_term(pool.factor[rows], pool.residual[rows], method=ncfg.method,
+                            num_sub=min(int(ncfg.num_sub), rows.size), key=key,
+                            eps=float(ncfg.eps), normalization='per_example')
   ntk_value = float(term.value)
   if ncfg.normalization == 'paper':
     # sqrt(Q_hat) / n with Q_hat = Q_sub * n / n_sub: per_example / sqrt(n), n the FULL size.

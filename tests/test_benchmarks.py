@@ -35,6 +35,15 @@ def _run(script: str, *args: str) -> str:
 
 
 @pytest.mark.slow
+def test_bench_block_diagonal_compiles_runs_and_agrees():
+  text = _run('bench_block_diagonal_compiles.py', '--sizes', '9', '13', '--q', '8',
+              '--block-size', '4')
+  rows = [line.split() for line in text.splitlines() if line.startswith(('old ', 'new '))]
+  assert [row[0] for row in rows] == ['old', 'new'], text
+  assert 'values identical: True' in text, text
+
+
+@pytest.mark.slow
 def test_bench_data_parallel_runs_and_agrees_with_one_device():
   text = _run('bench_data_parallel.py', '--devices', '2', '--n', '16', '--block-size', '8',
               '--width', '8', '--projection-dim', '8', '--repeats', '1',

@@ -1,6 +1,8 @@
 """Tests of dv_jax.bound against float64 NumPy references and closed forms."""
 
+import logging
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -120,13 +122,13 @@ def test_block_diagonal_with_one_block_equals_full(block_size):
 
 def test_a_block_larger_than_n_is_one_block_of_n(monkeypatch):
   # Its [B, B] Gram used to be allocated whole: block_size=10**12 aborted the process.
-  permuted_blocks = bound._permuted_blocks
+  padded_block_gram = bound._padded_block_gram
 
-  def checked(key, grads, residual, *, block_size):
-    assert block_size <= grads.shape[0], block_size  # rather than allocating it
-    return permuted_blocks(key, grads, residual, block_size=block_size)
+  def checked(grads_block, residual_block, num_valid):
+    assert grads_block.shape[0] <= 10, grads_block.shape  # rather than allocating it
+    return padded_block_gram(grads_block, residual_block, num_valid)
 
-  monkeypatch.setattr(bound, '_permuted_blocks', checked)
+  monkeypatch.setattr(bound, '_padded_block_gram', checked)
   grads, residual = _grads(10, 16, seed=3)
   blocked = bound.ntk_term(grads, residual, method='block_diagonal', block_size=10**12,
                            num_permutations=2, key=KEY)
@@ -174,6 +176,112 @@ def test_block_diagonal_compiles_once_for_every_n():
     bound.ntk_term(grads[:n], residual[:n], method='block_diagonal', block_size=4, key=KEY)
   assert bound._padded_block_gram._cache_size() == gram_compiles
   assert linalg._jittered_quad._cache_size() == quad_compiles
+
+
+def _compiled_programs(fn):
+  """The names of the XLA programs compiled while `fn()` runs (jax's compile log)."""
+  names = []
+
+  class _Names(logging.Handler):
+
+    def emit(self, record):
+      match = re.match(r'Finished XLA compilation of (\S+) in ', record.getMessage())
+      if match:
+        names.append(match.group(1))
+
+  handler, logger = _Names(logging.WARNING), logging.getLogger('jax')
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      fn()
+  finally:
+    logger.removeHandler(handler)
+  return names
+
+
+def test_block_diagonal_compiles_no_permutation_for_a_new_n_in_its_bucket():
+  # The digits table's block-diagonal rows compiled jax.random.permutation's sort for every
+  # contributor size (~1 s each, most of the row): n = 27 after n = 20 (bucket 32) now
+  # compiles only the per-n gather.
+  grads, residual = _grads(27, 6, seed=8)  # p = 6 is used by no other test
+  bound.ntk_term(grads[:20], residual[:20], method='block_diagonal', block_size=4, key=KEY)
+  names = _compiled_programs(lambda: bound.ntk_term(
+      grads, residual, method='block_diagonal', block_size=4, key=jax.random.PRNGKey(3)))
+  assert names, 'the compile log was not captured'
+  assert not [name for name in names if re.search('permut|shuffle|sort', name)], names
+
+
+@pytest.mark.parametrize('typed,sizes', [(False, (0, 1, 9, 32, 33, 1625, 1626)),
+                                          (True, (9, 1626))])
+def test_permutation_is_jax_random_permutation(typed, sizes):
+  # The same integers for every n, across bucket edges and the second sort round (n > 1625).
+  for n in sizes:
+    for seed in range(2):
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), n)
+      if typed:
+        key = jax.random.wrap_key_data(key)
+      np.testing.assert_array_equal(bound.permutation(key, n),
+                                    np.asarray(jax.random.permutation(key, n)), err_msg=n)
+
+
+def test_permutation_compiles_once_per_bucket():
+  bound.permutation(KEY, 33)
+  before = bound._padded_shuffle._cache_size()
+  for n in (40, 51, 64):
+    bound.permutation(KEY, n)
+  assert bound._padded_shuffle._cache_size() == before
+
+
+def test_permutation_without_partitionable_threefry_is_jax_random_permutation():
+  with jax.threefry_partitionable(False):
+    key = jax.random.PRNGKey(5)
+    np.testing.assert_array_equal(bound.permutation(key, 37),
+                                  np.asarray(jax.random.permutation(key, 37)))
+
+
+@pytest.mark.parametrize('columns', [None, 3])
+def test_block_diagonal_of_rows_is_ntk_term_on_the_gathered_rows(columns):
+  # Bit for bit: the same permutation, the same [B] blocks, the same programs on them.
+  rng = np.random.default_rng(9)
+  grads = rng.normal(size=(30, 7)).astype(np.float32)
+  residual = rng.normal(size=(30,) if columns is None else (30, columns)).astype(np.float32)
+  rows = np.array([29, 3, 17, 4, 11, 0, 25, 8, 13, 21, 6])  # n = 11: a ragged last block
+  key = jax.random.PRNGKey(4)
+  got = bound.block_diagonal_ntk_term_of_rows(jnp.asarray(grads), residual, rows,
+                                              block_size=4, num_permutations=2, key=key)
+  want = bound.ntk_term(grads[rows], residual[rows], method='block_diagonal', block_size=4,
+                        num_permutations=2, key=key)
+  np.testing.assert_array_equal(np.asarray(got.value), np.asarray(want.value))
+  assert got.jitter == want.jitter
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(rows=np.array([0, 30])), r'rows must lie in \[0, 30\)'),
+    (dict(rows=np.array([0.0, 1.0])), 'rows must be a non-empty 1-D array of integer'),
+    (dict(rows=np.zeros(0, int)), 'rows must be a non-empty'),
+    (dict(residual=np.zeros(29, np.float32)), 'residual must be'),
+    (dict(residual=np.full(30, np.nan, np.float32)), 'residual must be floating and finite'),
+    (dict(grads=np.zeros((30, 0), np.float32)), r'grads must be \[N, p\]'),
+    (dict(block_size=0), 'block_size'),
+    (dict(key=0), 'key must be a single'),
+])
+def test_block_diagonal_of_rows_names_a_bad_argument(change, message):
+  args = dict(grads=np.ones((30, 4), np.float32), residual=np.ones(30, np.float32),
+              rows=np.arange(5), block_size=4, num_permutations=1, key=KEY)
+  args.update(change)
+  grads, residual, rows = args.pop('grads'), args.pop('residual'), args.pop('rows')
+  with pytest.raises(ValueError, match=message):
+    bound.block_diagonal_ntk_term_of_rows(grads, residual, rows, **args)
+
+
+def test_block_diagonal_of_rows_names_non_finite_gradients():
+  grads = np.ones((30, 4), np.float32)
+  grads[7, 2] = np.inf
+  args = dict(block_size=4, num_permutations=1, key=KEY)
+  bound.block_diagonal_ntk_term_of_rows(grads, np.ones(30, np.float32), np.arange(6), **args)
+  with pytest.raises(ValueError, match='grads contains NaN or Inf'):
+    bound.block_diagonal_ntk_term_of_rows(grads, np.ones(30, np.float32), np.arange(9),
+                                          **args)
 
 
 def test_block_diagonal_rank_deficient_blocks_record_the_largest_jitter():
