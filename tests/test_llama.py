@@ -7,6 +7,10 @@ the HF layout itself, not only against our own saver.
 
 import functools
 import json
+import os
+from pathlib import Path
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -572,6 +576,32 @@ def test_save_load_round_trip(tmp_path, max_shard_bytes):
     raw = load_file(str(tmp_path / 'model.safetensors'))
     np.testing.assert_array_equal(raw['model.layers.0.self_attn.q_proj.weight'],
                                   np.asarray(params['layers_0']['self_attn']['q_proj']['kernel']).T)
+
+
+def test_loader_reads_utf8_json_whatever_the_locale(tmp_path):
+  # config.json and the shard index are UTF-8 JSON; read with the locale's encoding (ASCII
+  # under LANG=C with Python's UTF-8 mode and locale coercion off) a non-ASCII character
+  # failed with UnicodeDecodeError, and cp1252 would have read it as mojibake.
+  pytest.importorskip('safetensors')
+  hf = HF_CONFIGS['llama_bias_llama3rope']
+  cfg = LlamaConfig.from_hf_dict(hf)
+  params = checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf, seed=5))
+  checkpoint.save_hf_checkpoint(tmp_path, cfg, params, max_shard_bytes=2000)
+  for name in ('config.json', 'model.safetensors.index.json'):
+    obj = json.loads((tmp_path / name).read_text(encoding='utf-8'))
+    obj['_name_or_path'] = '/home/jos\u00e9/llama'
+    (tmp_path / name).write_bytes(json.dumps(obj, ensure_ascii=False).encode('utf-8'))
+  root = str(Path(__file__).resolve().parents[1])
+  env = dict(os.environ, LC_ALL='C', LANG='C', PYTHONUTF8='0', PYTHONCOERCECLOCALE='0',
+             PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]),
+             JAX_PLATFORMS='cpu')
+  script = ('import sys\n'
+            'from dv_jax.models import checkpoint\n'
+            'print(checkpoint.load_hf_checkpoint(sys.argv[1]).config.hidden_size)\n')
+  proc = subprocess.run([sys.executable, '-c', script, str(tmp_path)], env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == [str(cfg.hidden_size)]
 
 
 def test_load_errors(tmp_path):

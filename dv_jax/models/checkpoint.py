@@ -183,7 +183,10 @@ def _read_config(directory: Path) -> LlamaConfig:
   if not path.is_file():
     raise ValueError(f'checkpoint directory {str(directory)!r} has no {CONFIG_FILE}')
   try:
-    hf = json.loads(path.read_text())
+    # JSON is UTF-8 (RFC 8259), whatever the locale: read_text() without an encoding read a
+    # config.json holding any non-ASCII character (a `_name_or_path` under /home/josé) as
+    # the locale's (ASCII under LANG=C: UnicodeDecodeError; cp1252: mojibake).
+    hf = json.loads(path.read_text(encoding='utf-8'))
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON: {e}') from e
   return LlamaConfig.from_hf_dict(hf)
@@ -194,7 +197,7 @@ def _weight_files(directory: Path) -> Tuple[List[Path], Optional[Dict[str, str]]
   index = directory / INDEX_FILE
   if index.is_file():
     try:
-      parsed = json.loads(index.read_text())
+      parsed = json.loads(index.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
       raise ValueError(f'{index} is not valid JSON: {e}') from e
     weight_map = parsed.get('weight_map') if isinstance(parsed, dict) else None
