@@ -672,6 +672,24 @@ def pool_examples(contributors: Sequence[Contributor]
   return np.concatenate(xs), np.concatenate(ys), np.concatenate(flags), np.concatenate(owners)
 
 
+def pool_examples_by_name(contributors: Sequence[Contributor]
+                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """`pool_examples` with the contributors' rows in the order of their (unique) names.
+
+  For a method that trains on the pool (TracIn, TRAK): its minibatches are drawn by row
+  index, so the order of the rows is part of the training. Pooled in list order, reordering
+  the contributors trained another model and moved every contributor's value (as another
+  seed would). The same as `pool_examples` for a list already in name order.
+
+  Returns:
+    `(x [N, ...], y [N], is_synthetic [N], owner [N])` as `pool_examples`, `owner` still
+    the contributor's index in `contributors`.
+  """
+  by_name = sorted(range(len(contributors)), key=lambda i: contributors[i].name)
+  x, y, flags, owner = pool_examples([contributors[i] for i in by_name])
+  return x, y, flags, np.asarray(by_name, owner.dtype)[owner]
+
+
 def check_owner(owner: ArrayLike, num_rows: int, num_contributors: int) -> np.ndarray:
   """Validates an owner vector (the contributor of each pooled row, `pool_examples`).
 
@@ -2034,7 +2052,8 @@ __all__ = ['TERM_NAMES', 'WEIGHT_MODES', 'FIT_TARGETS', 'DISCREPANCIES', 'NTK_RE
            'TermTable', 'FitReport', 'ValuationResult', 'Probes', 'ranking_of',
            'validate_inputs', 'term_mask', 'gradient_mesh', 'PartKernelSums', 'Pool',
            'pool_config_record',
-           'prepare_pool', 'logits_at', 'cross_entropy', 'pool_examples', 'check_owner',
+           'prepare_pool', 'logits_at', 'cross_entropy', 'pool_examples', 'pool_examples_by_name',
+           'check_owner',
            'with_pool_kernel', 'bucket_size', 'gram_quad_form', 'stage_key', 'coalition_key',
            'coalition_rows', 'coalition_terms', 'standardize_terms', 'subsampled_pool_size',
            'WeightFit', 'fit_weights', 'value_contributors', 'Utility', 'leave_one_out',

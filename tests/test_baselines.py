@@ -884,6 +884,18 @@ def test_data_parallel_splits_the_gradients_and_keeps_the_values(setup, monkeypa
   np.testing.assert_allclose(got, expected, atol=value_rtol * np.abs(expected).max())
 
 
+@pytest.mark.parametrize('name', ['tracin', 'trak'])
+def test_trained_baselines_do_not_depend_on_the_order_of_the_list(setup, name):
+  """TracIn and TRAK train on the pooled rows, whose minibatches are drawn by row index:
+  pooled in list order, the contributors listed in reverse trained another model and every
+  value moved (on the option audit's digits pool, K = 4, TracIn's 2.89 -> 7.67 and -0.21 ->
+  +1.68, TRAK's 2.94 -> 0.80). The pool is in name
+  order, so each name keeps its value."""
+  forward = np.asarray(_call(name, setup).values)
+  backward = np.asarray(_call(name, setup, setup['contributors'][::-1]).values)[::-1]
+  np.testing.assert_allclose(backward, forward, rtol=1e-4, atol=1e-5 * np.abs(forward).max())
+
+
 def test_trak_margin_is_the_log_odds(setup):
   apply_fn, params = setup['apply_fn'], setup['params']
   x_i, y_i = setup['target'].x[0], int(setup['target'].y[0])

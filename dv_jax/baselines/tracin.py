@@ -1,9 +1,10 @@
 """TracIn (TracInCP, Pruthi et al., NeurIPS 2020) aggregated per contributor (METHOD.md 3).
 
-The model is trained once, from `theta0`, on the pooled data of all contributors with the
-shared recipe (`dv_jax.training`), saving `J` checkpoints `theta_j` and the step size `eta_j`
-used between `theta_{j-1}` and `theta_j` (its mean over those steps when the schedule
-decays; Pruthi et al. assume it constant there). The value of contributor `S` towards the
+The model is trained once, from `theta0`, on the pooled data of all contributors (in name
+order, so that the list's order does not change the training) with the shared recipe
+(`dv_jax.training`), saving `J` checkpoints `theta_j` and the step size `eta_j` used between
+`theta_{j-1}` and `theta_j` (its mean over those steps when the schedule decays; Pruthi et
+al. assume it constant there). The value of contributor `S` towards the
 target set `T` is
 
   TracIn(S, T) = sum_j eta_j sum_{z in S} sum_{z' in T} <grad l(z; theta_j), grad l(z'; theta_j)>
@@ -247,7 +248,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   cfg = config.baselines.tracin
   tx, ty, num_classes = valuation.validate_inputs(contributors, target, apply_fn=apply_fn,
                                                   params=params)
-  x, y, _, owner = valuation.pool_examples(contributors)
+  # In name order: the training's minibatches are drawn by row, so a pool in list order
+  # moved every value when the list was reordered.
+  x, y, _, owner = valuation.pool_examples_by_name(contributors)
   train_config, num_checkpoints = settings.train, settings.num_checkpoints
   projection_dim, grad_block_size = settings.projection_dim, settings.grad_block_size
   bn_batches, mesh = settings.bn_batches, settings.mesh

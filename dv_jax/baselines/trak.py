@@ -1,7 +1,8 @@
 """TRAK (Park et al., ICML 2023) aggregated per contributor (METHOD.md section 3).
 
-`R` models are trained on the pooled data of all contributors (the shared recipe of
-`dv_jax.training`, from `theta0`, with `R` different minibatch seeds). For model `r`:
+`R` models are trained on the pooled data of all contributors (in name order, so that the
+list's order does not change the training; the shared recipe of `dv_jax.training`, from
+`theta0`, with `R` different minibatch seeds). For model `r`:
 
 - features `phi(z) = P^T grad_theta f(z; theta_r)` of the margin
   `f(z) = z_y - logsumexp_{j != y} z_j` (the log-odds of the true class), randomly projected
@@ -230,7 +231,9 @@ def value(contributors: Sequence[Contributor], target: Any, *, apply_fn: Callabl
   cfg = config.baselines.trak
   tx, ty, num_classes = valuation.validate_inputs(contributors, target, apply_fn=apply_fn,
                                                   params=params)
-  x, y, _, owner = valuation.pool_examples(contributors)
+  # In name order: the training's minibatches are drawn by row, so a pool in list order
+  # moved every value when the list was reordered.
+  x, y, _, owner = valuation.pool_examples_by_name(contributors)
   num_models, ridge, mesh = settings.num_models, settings.ridge, settings.mesh
   grad_block_size, bn_batches = settings.grad_block_size, settings.bn_batches
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 13)
