@@ -109,6 +109,49 @@ def batch_stats_key(train_key: Any) -> jax.Array:
   return jax.random.fold_in(train_key, _BATCH_STATS_TAG)
 
 
+class Settings(NamedTuple):
+  """A retraining recipe as ``retrain`` reads it (``check_config``)."""
+  train: training.TrainConfig  # ``checkpoint_every`` 0: only the final parameters are read.
+  num_seeds: int
+  seed: int
+  bn_batches: int
+  vmap_seeds: bool
+  eval_block_size: int
+
+
+def check_config(config: Any = None) -> Settings:
+  """Checks a retraining recipe as ``retrain`` does first, without data or model.
+
+  An experiment calls it (``config.ground_truth``) before building its benchmark, so that a
+  bad field fails before that work instead of when the first retraining starts.
+
+  Args:
+    config: ``GroundTruthConfig`` or a ConfigDict / dict with its fields (None: defaults).
+
+  Returns:
+    The checked ``Settings``.
+
+  Raises:
+    ValueError: naming the field: a key it does not know, a bad training field
+      (``training.as_train_config``), ``num_seeds`` / ``bn_batches`` / ``eval_block_size``
+      not an int >= 1, ``vmap_seeds`` not a bool, ``seed`` not a whole number in
+      ``[0, 2^32)``.
+  """
+  if config is None:
+    config = GroundTruthConfig()
+  train_config = training.as_train_config(
+      config, extra_fields=set(GroundTruthConfig._fields) - set(training.TrainConfig._fields))
+  if train_config.checkpoint_every:
+    train_config = train_config._replace(checkpoint_every=0)
+  num_seeds = config_checks.config_int(_get(config, 'num_seeds'), 'num_seeds')
+  bn_batches = config_checks.config_int(_get(config, 'bn_batches'), 'bn_batches')
+  vmap_seeds = config_checks.config_bool(_get(config, 'vmap_seeds'), 'vmap_seeds')
+  eval_block_size = config_checks.config_int(_get(config, 'eval_block_size'),
+                                             'eval_block_size')
+  seed = checks.check_seed(_get(config, 'seed'), 'config.seed')
+  return Settings(train_config, num_seeds, seed, bn_batches, vmap_seeds, eval_block_size)
+
+
 def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
             apply_fn: Callable[[Any, Any], Any], params: Any, config: Any = None,
             progress: bool = True) -> GroundTruth:
@@ -128,24 +171,17 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
     ``GroundTruth``.
 
   Raises:
-    ValueError: naming the contributor for bad data (see ``validate_contributor``), for
-      duplicate names, no contributors, a bad test split, or a bad config; naming the
+    ValueError: naming the field, a bad config (``check_config``, first); naming the
+      contributor for bad data (see ``validate_contributor``), for duplicate names, no
+      contributors, or a bad test split; naming the
       contributor, the seeds and the learning rate when a retraining diverged (NaN or Inf
       test loss).
   """
-  if config is None:
-    config = GroundTruthConfig()
-  train_config = training.as_train_config(
-      config, extra_fields=set(GroundTruthConfig._fields) - set(training.TrainConfig._fields))
-  if train_config.checkpoint_every:
-    train_config = train_config._replace(checkpoint_every=0)
-  num_seeds = config_checks.config_int(_get(config, 'num_seeds'), 'num_seeds')
-  bn_batches = config_checks.config_int(_get(config, 'bn_batches'), 'bn_batches')
-  vmap_seeds = config_checks.config_bool(_get(config, 'vmap_seeds'), 'vmap_seeds')
-  eval_block_size = config_checks.config_int(_get(config, 'eval_block_size'),
-                                             'eval_block_size')
+  settings = check_config(config)
+  train_config, num_seeds, seed = settings.train, settings.num_seeds, settings.seed
+  bn_batches, vmap_seeds = settings.bn_batches, settings.vmap_seeds
+  eval_block_size = settings.eval_block_size
   batch_norm = isinstance(apply_fn, BatchNormApply)
-  seed = checks.check_seed(_get(config, 'seed'), 'config.seed')
   contributors = list(contributors)
   if not contributors:
     raise ValueError('contributors must hold at least one contributor')
@@ -237,4 +273,4 @@ def retrain(contributors: Sequence[Contributor], test: Split | tuple, *,
                      seconds)
 
 
-__all__ = ['GroundTruthConfig', 'GroundTruth', 'retrain']
+__all__ = ['GroundTruthConfig', 'GroundTruth', 'Settings', 'check_config', 'retrain']

@@ -79,8 +79,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   if not len(config.valuation.variants):
     raise ValueError('config.valuation.variants is empty: nothing to ablate')
   # Before the benchmark and the retraining: the bootstrap settings the table reads last,
-  # and every variant (fitted weights need probe coalitions this script does not retrain).
+  # the retraining recipe, and every variant (fitted weights need probe coalitions this
+  # script does not retrain).
   valuation_table.check_output(config)
+  valuation_table.check_ground_truth(config)
   variants = valuation_table.checked_variants(config, allow_fit=False, taken=('ground_truth',))
   store = results.UnitStore(workdir / 'units')
   fingerprints = unit_fingerprints(config, variants)

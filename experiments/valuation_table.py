@@ -321,6 +321,22 @@ def check_output(config: ml_collections.ConfigDict) -> None:
                      f'{level!r}')
 
 
+def check_ground_truth(config: ml_collections.ConfigDict) -> None:
+  """Fails, naming the field, on a `config.ground_truth` recipe the retraining would refuse.
+
+  `ground_truth.retrain` checks it only when the first retraining starts, after the
+  benchmark (for a task, its synthetic data and models) has been built.
+
+  Raises:
+    ValueError: `ground_truth.check_config`'s, prefixed with `config.ground_truth` (its own
+      message names only the field inside the recipe).
+  """
+  try:
+    ground_truth.check_config(config.ground_truth)
+  except ValueError as error:
+    raise ValueError(f'config.ground_truth: {error}') from error
+
+
 # The valuation fields that draw the probe coalitions of fitted weights.
 _PROBE_FIELDS = ('fit_union_size', 'fit_num_unions', 'fit_seed')
 
@@ -724,6 +740,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # Every setting read after the benchmark, the retraining or the first unit, checked
   # before any of them.
   check_output(config)
+  check_ground_truth(config)
   methods = list(config.baselines.methods)
   if len(set(methods)) != len(methods):
     raise ValueError(f'config.baselines.methods repeats a method: {tuple(methods)}')

@@ -321,6 +321,16 @@ _MODULES = {'valuation_table': valuation_table, 'ablation': ablation,
      r'config\.valuation\.budgets repeats a budget'),
     # One benchmark draw only: refused rather than ignored.
     ('subsample_stability', 'data.num_draws', 2, r'config\.data\.num_draws must be 1'),
+    # The retraining recipe was checked only when the first retraining started, after the
+    # benchmark (a task's synthetic data and models), and named neither section nor run.
+    ('valuation_table', 'ground_truth.learning_rate', -1.0,
+     r'config\.ground_truth: config\.learning_rate must be finite and > 0'),
+    ('valuation_table', 'ground_truth.num_seed', 2,
+     r"config\.ground_truth: config has unknown training fields \['num_seed'\]"),
+    ('valuation_table', 'ground_truth.eval_block_size', 0,
+     r'config\.ground_truth: .*eval_block_size must be an integer >= 1'),
+    ('ablation', 'ground_truth.num_seeds', 0,
+     r'config\.ground_truth: .*num_seeds must be an integer >= 1'),
 ])
 def test_bad_settings_fail_naming_the_field_before_any_work(tmp_path, monkeypatch, name, field,
                                                             value, match):
