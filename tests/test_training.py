@@ -533,6 +533,28 @@ def test_use_batch_stats_trains_with_the_batch_statistics():
     training.train(_linear_apply, _linear_params(), x, y, use_batch_stats=True, **kw)
 
 
+def test_batch_statistics_of_one_row_batches_are_refused():
+  """batch_size 1 with batch statistics trained and scored in silence: a one-row batch has
+  zero variance (BatchNorm outputs its offset, nothing before it learns) and the running
+  statistics re-estimated from such batches blew the test loss up (digits: 8.2-8.8 against
+  ln 10 = 2.3). Refused, naming batch_size, by train and train_many_seeds; a model without
+  BatchNorm, or frozen statistics, may still take one row per step."""
+  x, y = _blobs(12, seed=4)
+  apply_fn, params = _batch_norm_apply(x)
+  config = training.TrainConfig(optimizer='sgd', learning_rate=0.1, steps=2, batch_size=1)
+  with pytest.raises(ValueError, match=r'config\.batch_size=1 cannot train a BatchNorm'):
+    training.train(apply_fn, params, x, y, config=config, key=jax.random.PRNGKey(0),
+                   num_classes=C, use_batch_stats=True)
+  with pytest.raises(ValueError, match=r'config\.batch_size=1 cannot train a BatchNorm'):
+    training.train_many_seeds(apply_fn, params, x, y, config=config,
+                              keys=jax.random.split(jax.random.PRNGKey(0), 2), num_classes=C,
+                              use_batch_stats=True)
+  training.train(apply_fn, params, x, y, config=config, key=jax.random.PRNGKey(0),
+                 num_classes=C)
+  training.train(apply_fn, params, x, y, config=config._replace(batch_size=2),
+                 key=jax.random.PRNGKey(0), num_classes=C, use_batch_stats=True)
+
+
 def test_an_integer_params_leaf_is_refused_by_its_path():
   # Used to fail inside jax.grad ("grad requires real- or complex-valued inputs ... got
   # int32"), naming no leaf; TracIn and TRAK train every leaf whatever their param_filter.
