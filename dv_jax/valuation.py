@@ -1122,11 +1122,8 @@ def prepare_pool(contributors: Sequence[Contributor], target: Any, *, apply_fn: 
   contributors = list(contributors)
   _check_mmd_rows(contributors, config)
   coalitions = ([(i,) for i in range(len(contributors))] if coalitions is None else
-                [_member_indices(c, f'coalitions[{j}]') for j, c in enumerate(coalitions)])
-  for members in coalitions:
-    if not members or members[0] < 0 or members[-1] >= len(contributors):
-      raise ValueError(f'coalitions: {members} is not a non-empty subset of '
-                       f'range({len(contributors)})')
+                [_checked_coalition(c, len(contributors), f'coalitions[{j}]')
+                 for j, c in enumerate(coalitions)])
   _check_ntk_blocks_first(contributors, config,
                           _subsample_counts(contributors, int(config.valuation.subsample),
                                             int(config.valuation.min_subsample)),
@@ -1402,10 +1399,14 @@ def _member_indices(members: Sequence[int], name: str) -> list:
 
 
 def _check_members(pool: 'Pool', members: Sequence[int]) -> list:
-  members = _member_indices(members, 'members')
-  k = len(pool.names)
+  return _checked_coalition(members, len(pool.names), 'members')
+
+
+def _checked_coalition(members: Sequence[int], k: int, name: str) -> list:
+  """`members` as sorted distinct indices of a non-empty subset of `range(k)`."""
+  members = _member_indices(members, name)
   if not members or members[0] < 0 or members[-1] >= k:
-    raise ValueError(f'members must be a non-empty subset of range({k}), got {members}')
+    raise ValueError(f'{name} must be a non-empty subset of range({k}), got {members}')
   return members
 
 
