@@ -16,9 +16,15 @@ $(VENV)/.installed: setup.py
 	$(VENV)/bin/pip install -e '.[test,plot,data]'
 	touch $@
 
-# neural-tangents only imports on jax <= 0.5.3: a pinned second environment.
-$(VENV_NT)/.installed: setup.py requirements-nt.txt
+# neural-tangents only imports on jax <= 0.5.3: a pinned second environment. Its pins
+# (tensorflow-cpu is most of it) install first, apart from dv_jax, so that `make test` can
+# install them while the main environment installs: each pip keeps one core busy.
+$(VENV_NT)/.pinned: requirements-nt.txt
 	$(PYTHON) -m venv $(VENV_NT)
+	$(VENV_NT)/bin/pip install -r requirements-nt.txt
+	touch $@
+
+$(VENV_NT)/.installed: setup.py requirements-nt.txt $(VENV_NT)/.pinned
 	$(VENV_NT)/bin/pip install -r requirements-nt.txt -e '.[test,plot,data]'
 	touch $@
 
@@ -32,7 +38,12 @@ quickstart: $(VENV)/.installed
 	@echo "Outputs (config.json, results.json, CSV tables, figures as PNG and PDF; table.md for the valuation runs):"
 	@for d in lemma1_theory three_phase_facts valuation_digits ablation_digits; do echo "  $(WORKDIR)/$$d/"; done
 
-test: test-main test-nt
+# Both environments' heavy installs at once (the second one's pins never touch this
+# checkout, where the editable installs write dv_jax.egg-info), then one suite after the other.
+test:
+	$(MAKE) -j2 --output-sync=target $(VENV)/.installed $(VENV_NT)/.pinned
+	$(MAKE) test-main
+	$(MAKE) test-nt
 
 test-main: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_DIST) tests
