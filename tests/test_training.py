@@ -330,6 +330,27 @@ def test_evaluate_padded_rows_never_reach_the_sums():
   np.testing.assert_allclose(many.loss, [loss, loss], rtol=1e-5)
 
 
+def test_evaluate_many_scores_each_stacked_model_like_numpy():
+  """Three different models stacked: row r's loss and accuracy are model r's, in float64
+  NumPy (the tests above stack one model twice, or compare with `evaluate`, which shares
+  the block code). 37 rows in blocks of 16: three blocks, the last one padded."""
+  x, y = _blobs(37, seed=11)
+  models = [_linear_params(seed) for seed in (20, 21, 22)]
+  stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *models)
+  many = training.evaluate_many(_linear_apply, stacked, x, y, block_size=16)
+  xd = x.astype(np.float64)
+  want_loss, want_acc = [], []
+  for params in models:
+    w, b = (np.asarray(params[k], np.float64) for k in ('w', 'b'))
+    logits = xd @ w + b
+    log_z = np.log(np.exp(logits).sum(axis=1))  # small logits: no shift needed
+    want_loss.append(np.mean(log_z - logits[np.arange(37), y]))
+    want_acc.append(np.mean(np.argmax(logits, axis=1) == y))
+  assert len(set(want_acc)) == 3  # the rows are told apart by accuracy as well as loss
+  np.testing.assert_allclose(many.loss, want_loss, rtol=1e-5)
+  np.testing.assert_allclose(many.accuracy, want_acc, rtol=1e-6)
+
+
 def test_evaluate_gives_nan_accuracy_for_rows_with_non_finite_logits():
   # A NaN row's argmax is class 0: a diverged model reported the share of label 0 as its
   # accuracy beside a NaN loss.
