@@ -337,6 +337,25 @@ def test_longtail_test_weights_names_bad_labels(y_test, match):
                              [p[0] / 2, p[2], p[0] / 2, p[1]], rtol=1e-12)
 
 
+def test_class_order_puts_each_rank_on_its_label_in_probabilities_and_test_weights():
+  """class_order[r] is the label of rank r + 1: p(label) = (r + 1)^-beta / H, in float64
+  closed form (before, class_order was checked only through a chi-square of draws)."""
+  order = [2, 0, 3, 1]  # label 2 the head, label 1 the tail
+  rank_of = {label: r + 1 for r, label in enumerate(order)}
+  norm = sum(r ** -1.5 for r in range(1, 5))
+  want = np.array([rank_of[label] ** -1.5 / norm for label in range(4)])
+  np.testing.assert_allclose(longtail.class_probabilities(4, beta=1.5, class_order=order),
+                             want, rtol=1e-14)
+  # A test split of 2, 1, 3 and 1 rows of labels 0..3: w_j = p(y_j) / count(y_j).
+  y_test = np.array([3, 0, 1, 3, 2, 3, 0])
+  counts = {0: 2, 1: 1, 2: 1, 3: 3}
+  weights = cifar100.longtail_test_weights(y_test, beta=1.5, class_order=order, num_classes=4)
+  np.testing.assert_allclose(weights, [want[y] / counts[y] for y in y_test], rtol=1e-14)
+  # The weighted mean of a per-label loss is its expectation under the long tail.
+  loss_of_label = np.array([0.5, 2.0, 0.1, 1.0])
+  np.testing.assert_allclose(weights @ loss_of_label[y_test], want @ loss_of_label, rtol=1e-14)
+
+
 def test_stratified_partition_is_disjoint_and_balanced():
   labels = np.repeat(np.arange(5), 20)
   parts = longtail.stratified_partition(labels, fractions=(0.1, 0.3, 0.6),
