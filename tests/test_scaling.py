@@ -473,6 +473,9 @@ def test_temperature_synthetic_asymptote_is_the_synthetic_only_sum():
 def test_predicted_breakpoints_per_mode():
   assert scaling.predicted_breakpoints(2.0, PI, mode='hard', k=K) == (
       scaling.refined_breakpoints(2.0, K, PI))
+  # Nucleus truncation of a Zipf keeps a head: its prediction is the hard cut's at that k.
+  assert scaling.predicted_breakpoints(2.0, PI, mode='top_p', k=K) == (
+      scaling.refined_breakpoints(2.0, K, PI))
   assert scaling.predicted_breakpoints(3.0, 0.25, mode='finite_sample',
                                        num_samples=1000) == (1000.0, 4000.0)
   assert math.isnan(scaling.predicted_breakpoints(2.0, PI, mode='temperature',
