@@ -76,7 +76,7 @@ def test_discrepancy_weights_the_two_parts():
 
 @pytest.mark.parametrize('n,pi,expected', [
     (10, 0.3, math.sqrt(0.7) / 10), (4, 1.0, 0.25), (7, 0.5, math.sqrt(0.5) / 7),
-    (1, 0.0, 1.0)])
+    (1, 0.0, 1.0), (5, 0.8, math.sqrt(0.8) / 5)])  # the max's other side, pi > 1/2
 def test_composition_closed_form(n, pi, expected):
   assert bound.composition_term(n, pi) == pytest.approx(expected, rel=1e-12)
 
