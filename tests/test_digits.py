@@ -117,18 +117,25 @@ def test_pool_fraction_leaving_fewer_rows_than_classes():
                                       - 1191 * counts / rest.size), 1.0)
 
 
-@pytest.mark.parametrize('labels, size', [
-    ([0, 0, 0, 1, 1, 2, 2, 2, 2], 8),   # rest of 1 < 3 classes
-    ([0, 0, 0, 1, 1, 2, 2, 2, 2], 1),   # take of 1 < 3 classes
-    ([0, 1, 1, 1, 2, 2], 3),            # a class of one row
+# The class counts by hand: floor(size * count / n) each, then one more for the largest
+# remainders. 8 of (3, 2, 4) / 9: floors (2, 1, 3), remainders (6, 7, 5) / 9, two extra rows
+# to classes 1 and 0. 1 of them: floors 0, the one row to class 2 (remainder 4 / 9). 3 of
+# (1, 3, 2) / 6: floors (0, 1, 1), remainders (3, 3, 0) / 6, a tie that the seed breaks.
+@pytest.mark.parametrize('labels, size, counts', [
+    ([0, 0, 0, 1, 1, 2, 2, 2, 2], 8, [(3, 2, 3)]),             # rest of 1 < 3 classes
+    ([0, 0, 0, 1, 1, 2, 2, 2, 2], 1, [(0, 0, 1)]),             # take of 1 < 3 classes
+    ([0, 1, 1, 1, 2, 2], 3, [(1, 1, 1), (0, 2, 1)]),           # a class of one row
 ])
-def test_stratified_take_largest_remainder(labels, size):
+def test_stratified_take_largest_remainder(labels, size, counts):
   labels = np.asarray(labels)
   index = np.arange(100, 100 + labels.size)
   taken, rest = splits_lib.stratified_take(index, labels, size, seed=0)
   assert taken.size == size and np.array_equal(np.sort(np.concatenate([taken, rest])), index)
-  share = size * np.bincount(labels) / labels.size
-  assert np.all(np.abs(np.bincount(labels[taken - 100], minlength=3) - share) < 1.0)
+  assert tuple(np.bincount(labels[taken - 100], minlength=3)) in counts
+  # Over seeds, a tie goes either way; counts outside it never occur.
+  seen = {tuple(np.bincount(labels[splits_lib.stratified_take(index, labels, size, s)[0] - 100],
+                            minlength=3)) for s in range(20)}
+  assert seen == set(counts), seen
   again = splits_lib.stratified_take(index, labels, size, seed=0)
   np.testing.assert_array_equal(again[0], taken)
   with pytest.raises(ValueError, match=r'size must be an integer in \[1, 9\]'):
