@@ -196,9 +196,15 @@ def _figure(config, rows: Sequence[Dict[str, Any]], exponents: Sequence[Dict[str
       hi = np.array([r.get(f'{interval}_{label}_hi', math.nan) for r in sub], np.float64)
       slope = next((e['slope'] for e in exponents
                     if e['curve'] == curve and e['break'] == label), math.nan)
-      err = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-      ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt=marker, color=color, ms=5, capsize=2,
-                  label=f'{text} (slope {slope:.2f})')
+      ax.plot(x, y, marker, ls='none', color=color, ms=5, label=f'{text} (slope {slope:.2f})')
+      # The bar spans [lo, hi] as sweep.csv records it, from its own ends: a percentile
+      # interval of resampled breaks need not contain the break fitted on the mean curve,
+      # and bars clipped at the point drew [lo, point] instead. None where it is NaN.
+      known = np.isfinite(lo) & np.isfinite(hi)
+      if known.any():
+        ax.errorbar(x[known], lo[known],
+                    yerr=np.vstack([np.zeros(known.sum()), hi[known] - lo[known]]),
+                    fmt='none', ecolor=color, capsize=2, label=f'_{curve} {label} interval')
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('truncation rank k')

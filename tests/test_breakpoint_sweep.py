@@ -213,18 +213,57 @@ def test_sweep_uses_the_configs_beta_and_draws_each_curves_interval(tmp_path, mo
     np.testing.assert_allclose(row['ratio_normalised_n2'], scales[row['curve']] / _ZETA_1_5,
                                rtol=1e-12)
   (figure,) = figures
-  for ax, constant in zip(figure.axes, (1.0, 1.0 / pi)):  # n1, then n2
+  for ax, constant, label in zip(figure.axes, (1.0, 1.0 / pi), ('n1', 'n2')):
     # The reference lines: the paper's k^beta (n2: / pi), and zeta(beta) times it.
     paper, normalised = ax.lines[:2]
     np.testing.assert_allclose(paper.get_ydata() / paper.get_xdata() ** beta, constant)
     np.testing.assert_allclose(normalised.get_ydata() / normalised.get_xdata() ** beta,
                                _ZETA_1_5 * constant)
     # Error bars: the ideal learner's interval on the theory, the seeds' on the measured.
-    bars = {c.get_label().split(' (')[0]: c for c in ax.containers}
-    for text, lo, hi in (('fit to exact E(n)', 0.8, 3.0), ('measured loss', 0.75, 3.0)):
-      ends = [segment[:, 1] for segment in bars[text].lines[2][0].get_segments()]
+    bars = {c.get_label(): c for c in ax.containers}
+    for curve, lo, hi in (('theory', 0.8, 3.0), ('measured_loss', 0.75, 3.0)):
+      ends = [segment[:, 1]
+              for segment in bars[f'_{curve} {label} interval'].lines[2][0].get_segments()]
       paper_breaks = [k ** beta * constant for k in config.sweep.ks]
       np.testing.assert_allclose(ends, [[lo * b, hi * b] for b in paper_breaks], rtol=1e-12)
+
+
+def _vertical_segments(ax):
+  """`(x, bottom, top)` of every vertical segment drawn as a collection (error bars)."""
+  out = []
+  for collection in ax.collections:
+    for segment in getattr(collection, 'get_segments', lambda: [])():
+      segment = np.asarray(segment)
+      if len(segment) == 2 and segment[0, 0] == segment[1, 0]:
+        out.append((segment[0, 0], *sorted(segment[:, 1])))
+  return out
+
+
+def test_figure_draws_each_recorded_interval_even_where_it_excludes_the_fit():
+  # A percentile interval of resampled breaks need not contain the break fitted on the mean
+  # curve (the facts smoke at k = 3: the fit on E(n) puts n1 at 32.5, the ideal learner's
+  # interval is [12.3, 12.3]). The bar must span [lo, hi] as sweep.csv records it; clipped
+  # at the point it spanned [12.3, 32.5], an interval that no results file holds.
+  config = configs.get_config('smoke')
+  ks = [int(k) for k in config.sweep.ks]
+  rows = []
+  for k in ks:
+    base = float(k) ** config.data.beta
+    rows.append({'k': k, 'curve': 'theory', 'fit_n1': 2.0 * base, 'fit_n2': 2.0 * base,
+                 'ideal_n1_lo': 0.5 * base, 'ideal_n1_hi': 1.0 * base,
+                 'ideal_n2_lo': 0.5 * base, 'ideal_n2_hi': 1.0 * base})
+    rows.append({'k': k, 'curve': 'measured_loss', 'fit_n1': base, 'fit_n2': base,
+                 'seedboot_n1_lo': 1.5 * base, 'seedboot_n1_hi': 3.0 * base,
+                 'seedboot_n2_lo': 1.5 * base, 'seedboot_n2_hi': 3.0 * base})
+    rows.append({'k': k, 'curve': 'measured_error', 'fit_n1': base, 'fit_n2': math.nan,
+                 'seedboot_n1_lo': math.nan, 'seedboot_n1_hi': math.nan,
+                 'seedboot_n2_lo': math.nan, 'seedboot_n2_hi': math.nan})
+  fig = breakpoint_sweep._figure(config, rows, [])
+  expected = sorted((lo * k ** config.data.beta, hi * k ** config.data.beta)
+                    for k in ks for lo, hi in ((0.5, 1.0), (1.5, 3.0)))
+  for ax in fig.axes:
+    drawn = sorted((bottom, top) for _, bottom, top in _vertical_segments(ax))
+    np.testing.assert_allclose(drawn, expected, rtol=1e-12)
 
 
 def test_sweep_pairs_each_curves_resamples_across_cuts(tmp_path, monkeypatch):
