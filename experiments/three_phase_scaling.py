@@ -825,7 +825,8 @@ def _three_phase_figure(config, curve_rows, fits, theory, prediction, num_classe
     source = _shade_intervals(ax, fit, 'C0')
     breaks = ', '.join(f'{b:.0f}' for b in fit['breaks']) or 'none'
     theory_breaks = ', '.join(f'{b:.0f}' for b in fits[('theory', 'hard')]['breaks'])
-    ax.set_title(f"{metric}: fitted breaks {breaks} (shaded: {config.fit.ci_level:.0%} CI, "
+    level = plotting.percent(config.fit.ci_level)  # 0.975: '97.5%', not '98%'
+    ax.set_title(f"{metric}: fitted breaks {breaks} (shaded: {level} CI, "
                  f"bootstrap over {source})\npredicted k^beta={prediction['paper'][0]:.0f}, "
                  f"k^beta/pi={prediction['paper'][1]:.0f}; same fit on E(n): {theory_breaks}",
                  fontsize=8)

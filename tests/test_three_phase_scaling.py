@@ -1027,3 +1027,33 @@ def test_cifar100_needs_a_directory():
   config = configs.get_config('cifar100_smoke')
   with pytest.raises(ValueError, match='data.directory'):
     tps.make_task(config, jax.random.PRNGKey(0))
+
+
+def _figure_inputs(config, sem: float):
+  """Hand-made curve rows, fits, theory and prediction of hard truncation for
+  `_three_phase_figure` (standard errors all `sem`, NaN as with one seed)."""
+  n = np.array([4.0, 16.0, 64.0, 256.0])
+  rows = [{'mode': 'hard', 'n': int(size), 'loss_mean': 1.0 / (i + 1), 'loss_sem': sem,
+           'error_mean': 0.5 / (i + 1), 'error_sem': sem,
+           'memorizer_error_mean': 0.4 / (i + 1)} for i, size in enumerate(n)]
+  boot = {'n1_lo': 10.0, 'n1_hi': 20.0, 'n2_lo': 50.0, 'n2_hi': 90.0}
+  fits = {(f'measured_{metric}', 'hard'): _hand_fit(breaks=[14.0, 70.0], curve=0.9 / n,
+                                                   seed_bootstrap=boot)
+          for metric in ('loss', 'error')}
+  fits[('theory', 'hard')] = _hand_fit(breaks=[36.0, 174.0])
+  theory = {'n': n, 'hard': 0.3 / np.sqrt(n)}
+  prediction = {'k_eff': 4, 'parameter': 'k', 'value': 4, 'paper': [16.0, 64.0],
+                'ours': [23.6, 105.5]}
+  return rows, fits, theory, prediction
+
+
+def test_three_phase_figure_states_the_bands_level_as_configured():
+  # 0.975 read '98% CI' (a '.0%' format); the band is the 97.5% interval.
+  config = configs.get_config('smoke')
+  config.fit.ci_level = 0.975
+  fig = tps._three_phase_figure(config, *_figure_inputs(config, 0.01), num_classes=4)
+  for ax in fig.axes:
+    assert '(shaded: 97.5% CI' in ax.get_title()
+    # ... and the bands are the seed bootstrap's intervals.
+    spans = sorted((patch.get_x(), patch.get_x() + patch.get_width()) for patch in ax.patches)
+    np.testing.assert_allclose(spans, [(10.0, 20.0), (50.0, 90.0)])
