@@ -814,8 +814,9 @@ def _three_phase_figure(config, curve_rows, fits, theory, prediction, num_classe
                        fitted_breaks=fit['breaks'], fit=fit['curve'] if fit['ok'] else None,
                        fit_color='k'),  # in the curve's own blue the fit hid under it
     ]
-    points = [plotting.Points(n, mean, '±1 s.e. over seeds',
-                              yerr=np.nan_to_num(sem), marker='.', color='C0')]
+    # A NaN s.e. (one seed) gets no bar: a zero-length one read as no uncertainty at all.
+    points = ([plotting.Points(n, mean, '±1 s.e. over seeds', yerr=sem, marker='.',
+                               color='C0')] if np.isfinite(sem).any() else [])
     if metric == 'error':
       points.append(plotting.Points(
           n, chance * np.array([row['memorizer_error_mean'] for row in rows]),

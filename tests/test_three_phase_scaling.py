@@ -1057,3 +1057,19 @@ def test_three_phase_figure_states_the_bands_level_as_configured():
     # ... and the bands are the seed bootstrap's intervals.
     spans = sorted((patch.get_x(), patch.get_x() + patch.get_width()) for patch in ax.patches)
     np.testing.assert_allclose(spans, [(10.0, 20.0), (50.0, 90.0)])
+
+
+def test_three_phase_figure_draws_no_standard_error_it_does_not_have():
+  # One seed (the cifar100 variants): each size's s.e. is NaN in curve.csv. It was drawn
+  # as a zero-length bar with caps at every point, keyed '±1 s.e. over seeds'.
+  config = configs.get_config('smoke')
+  config.scaling.num_seeds = 1
+  for sem, keyed in ((math.nan, False), (0.01, True)):
+    fig = tps._three_phase_figure(config, *_figure_inputs(config, sem), num_classes=4)
+    for ax in fig.axes:
+      legend = [text.get_text() for text in ax.get_legend().get_texts()]
+      assert ('±1 s.e. over seeds' in legend) is keyed
+      bars = [np.asarray(segment) for collection in ax.collections
+              for segment in collection.get_segments()]
+      heights = sorted(float(np.ptp(bar[:, 1])) for bar in bars)
+      np.testing.assert_allclose(heights, [0.02] * 4 if keyed else [], rtol=1e-9)
