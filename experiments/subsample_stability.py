@@ -189,14 +189,20 @@ def plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
   """Kendall's tau against the pooled examples kept, one line per (backbone, variant)."""
   fig, axes = plotting.new_figure(panel_size=(5.0, 3.6))
   ax = axes[0, 0]
+  # [-0.1, 1.05] unless a mean or whisker lies outside: a fixed range cut them silently.
+  low, high = -0.1, 1.05
   for key in dict.fromkeys((r['backbone'], r['variant']) for r in rows):
     sub = [r for r in rows if (r['backbone'], r['variant']) == key]
     sizes = sorted({r['kept'] for r in sub})
     taus = [[r['kendall'] for r in sub if r['kept'] == k] for k in sizes]
-    ax.errorbar(sizes, [np.mean(t) for t in taus], yerr=[np.std(t) for t in taus],
-                marker='o', capsize=2, label=f'{key[0]}: {key[1]}')
+    means, stds = np.array([np.mean(t) for t in taus]), np.array([np.std(t) for t in taus])
+    ax.errorbar(sizes, means, yerr=stds, marker='o', capsize=2, label=f'{key[0]}: {key[1]}')
+    ends = np.concatenate([means - stds, means + stds])
+    ends = ends[np.isfinite(ends)]
+    if ends.size:
+      low, high = min(low, ends.min() - 0.05), max(high, ends.max() + 0.05)
   ax.set_xscale('log')
-  ax.set_ylim(-0.1, 1.05)
+  ax.set_ylim(low, high)
   ax.set_xlabel('pooled examples kept')
   ax.set_ylabel("Kendall's tau vs full pool")
   ax.legend(fontsize=6)

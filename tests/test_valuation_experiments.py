@@ -869,6 +869,28 @@ def test_subsample_stability_plots_tau_against_the_rows_kept(tmp_path, monkeypat
   np.testing.assert_array_equal(line.get_ydata(), [0.5, 0.8])
 
 
+
+def test_subsample_stability_figure_shows_every_tau_and_spread(tmp_path, monkeypatch):
+  # Kendall's tau lies in [-1, 1], and a mean + std of taus in [-1, 1] can pass 1 (1, 1 and
+  # -1: mean 1/3, std 0.94). The y axis was fixed at [-0.1, 1.05]: a negative mean (a tiny
+  # budget) fell off the axes, and a whisker past it was cut, with nothing to say so.
+  figures = []
+  monkeypatch.setattr(subsample_stability.plotting, 'save_figure',
+                      lambda fig, path: figures.append(fig))
+  taus = {(16, 20): (-0.6, -0.2), (32, 31): (1.0, 1.0, -1.0)}
+  rows = [{'backbone': 'mlp', 'variant': 'v', 'budget': b, 'kept': k, 'repeat': r,
+           'kendall': t} for (b, k), values in taus.items() for r, t in enumerate(values)]
+  subsample_stability.plot(rows, tmp_path / 'figure')
+  ax = figures[0].axes[0]
+  (container,) = ax.containers
+  np.testing.assert_allclose(np.asarray(container.lines[0].get_ydata(), float),
+                             [-0.4, 1.0 / 3.0])
+  ends = np.array([segment[:, 1] for segment in container.lines[2][0].get_segments()], float)
+  np.testing.assert_allclose(ends, [[-0.6, -0.2], [1 / 3 - np.std(taus[(32, 31)]),
+                                                   1 / 3 + np.std(taus[(32, 31)])]])
+  low, high = ax.get_ylim()
+  assert low < ends.min() and ends.max() < high
+
 @pytest.mark.slow
 def test_subsample_stability_counts_the_rows_each_variant_keeps(tmp_path):
   # A variant's own valuation.min_subsample floors its parts: kept was computed once, with
