@@ -204,7 +204,8 @@ def plot(rows: Sequence[Dict[str, Any]], path: Path) -> None:
   ax.set_xscale('log')
   ax.set_ylim(low, high)
   ax.set_xlabel('pooled examples kept')
-  ax.set_ylabel("Kendall's tau vs full pool")
+  # The bars are table.md's tau std (population, ddof 0), not a CI nor a standard error.
+  ax.set_ylabel("Kendall's tau vs full pool\n(mean ± std over repeats)")
   ax.legend(fontsize=6)
   plotting.save_figure(fig, path)
 

@@ -890,6 +890,8 @@ def test_subsample_stability_figure_shows_every_tau_and_spread(tmp_path, monkeyp
                                                    1 / 3 + np.std(taus[(32, 31)])]])
   low, high = ax.get_ylim()
   assert low < ends.min() and ends.max() < high
+  # ... and the axis says what the bars are (table.md's population std over repeats).
+  assert 'mean ± std over repeats' in ax.get_ylabel()
 
 @pytest.mark.slow
 def test_subsample_stability_counts_the_rows_each_variant_keeps(tmp_path):
