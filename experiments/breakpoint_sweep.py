@@ -175,9 +175,13 @@ def _figure(config, rows: Sequence[Dict[str, Any]], exponents: Sequence[Dict[str
   ks = np.array(sorted({r['k'] for r in rows}), np.float64)
   dense = np.geomspace(ks.min() / 1.3, ks.max() * 1.3, 50)
   zeta = float(special.zeta(data.beta))
-  styles = {'theory': ('k', 's', 'fit to exact E(n) (bars: ideal learner)'),
-            'measured_loss': ('tab:blue', 'o', 'measured loss'),
-            'measured_error': ('tab:orange', '^', 'measured error')}
+  # Both intervals are fit.ci_level percentile intervals: of the ideal learner's replicates
+  # on the theory, of the seed bootstrap's resamples on the measured curves.
+  level = plotting.percent(config.fit.ci_level)
+  styles = {'theory': ('k', 's', f'fit to exact E(n) (bars: {level} ideal learner)'),
+            'measured_loss': ('tab:blue', 'o', f'measured loss (bars: {level} seed bootstrap)'),
+            'measured_error': ('tab:orange', '^',
+                               f'measured error (bars: {level} seed bootstrap)')}
   for ax, label, scale, name in ((axes[0, 0], 'n1', 1.0, 'k^beta'),
                                  (axes[0, 1], 'n2', 1.0 / data.pi, 'k^beta / pi')):
     ax.plot(dense, scale * dense ** data.beta, 'k-', lw=1, label=f'paper: {name}')

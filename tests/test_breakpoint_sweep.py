@@ -264,6 +264,11 @@ def test_figure_draws_each_recorded_interval_even_where_it_excludes_the_fit():
   for ax in fig.axes:
     drawn = sorted((bottom, top) for _, bottom, top in _vertical_segments(ax))
     np.testing.assert_allclose(drawn, expected, rtol=1e-12)
+    # ... and the key names each curve's bars (the measured ones had no word on theirs).
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert [entry.split(' (slope')[0] for entry in legend[2:]] == [
+        'fit to exact E(n) (bars: 95% ideal learner)',
+        'measured loss (bars: 95% seed bootstrap)', 'measured error (bars: 95% seed bootstrap)']
 
 
 def test_sweep_pairs_each_curves_resamples_across_cuts(tmp_path, monkeypatch):
