@@ -114,6 +114,38 @@ def whisker_key(ci_level: Optional[float] = None, *, label: Optional[str] = None
   return Line2D([], [], color='k', marker='|', ms=6, lw=1.0, label=label)
 
 
+def interval_bars(ax: 'Axes', positions: Sequence[float], low: Sequence[float],
+                  high: Sequence[float], *, horizontal: bool = False, color: str = 'k',
+                  label: Optional[str] = None) -> None:
+  """Whiskers spanning `[low, high]` at `positions`, drawn from the interval's own ends.
+
+  A percentile interval need not contain the estimate it goes with (a bootstrap of a fitted
+  break, of a rank correlation), so whiskers of `estimate - low` and `high - estimate`
+  clipped at zero drew `[low, estimate]` instead of what the results file records. A row
+  whose interval is NaN gets no whisker (not one of zero length, which reads as certainty).
+
+  Args:
+    ax: the axes.
+    positions: where along the other axis (y for `horizontal`, x otherwise).
+    low, high: the interval's ends, like `positions`.
+    horizontal: whiskers along x (beside horizontal bars), else along y.
+    color: whisker color.
+    label: legend label; by default none (matplotlib's '_' prefix).
+  """
+  positions, low, high = (np.asarray(v, dtype=float).ravel() for v in (positions, low, high))
+  if not positions.shape == low.shape == high.shape:
+    raise ValueError(f'positions, low and high must have one length, got {positions.shape}, '
+                     f'{low.shape} and {high.shape}')
+  known = np.isfinite(low) & np.isfinite(high)
+  if not known.any():
+    return
+  span = np.vstack([np.zeros(known.sum()), high[known] - low[known]])
+  where = dict(x=low[known], y=positions[known], xerr=span) if horizontal else dict(
+      x=positions[known], y=low[known], yerr=span)
+  ax.errorbar(**where, fmt='none', ecolor=color, capsize=2,
+              label='_interval' if label is None else label)
+
+
 def _key_color(colors: Sequence[str]) -> str:
   """A legend key's color: that of the curves it describes when they share one, else gray."""
   from matplotlib.colors import to_hex  # pylint: disable=g-import-not-at-top

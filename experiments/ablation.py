@@ -161,10 +161,11 @@ def plot(rows: Sequence[Dict[str, Any]], path: Path, *, ci_level: Optional[float
         ax.set_visible(False)
         continue
       ypos = np.arange(len(sub))[::-1]
-      err = np.array([[r['spearman'] - r['spearman_low'] for r in sub],
-                      [r['spearman_high'] - r['spearman'] for r in sub]])
-      ax.barh(ypos, [r['spearman'] for r in sub], xerr=np.nan_to_num(np.clip(err, 0, None)),
-              color=[SUBSET_COLORS[r['terms'].split()[0]][0] for r in sub], capsize=2)
+      ax.barh(ypos, [r['spearman'] for r in sub],
+              color=[SUBSET_COLORS[r['terms'].split()[0]][0] for r in sub])
+      # Each CI from its recorded ends: a bootstrap CI need not contain its estimate.
+      plotting.interval_bars(ax, ypos, [r['spearman_low'] for r in sub],
+                             [r['spearman_high'] for r in sub], horizontal=True)
       ax.set_yticks(ypos, [r['terms'] for r in sub] if v == 0 else [''] * len(sub),
                     fontsize=9)
       # A little past [-1, 1]: a CI cap at exactly 1 would otherwise sit on the frame.

@@ -201,14 +201,9 @@ def _figure(config, rows: Sequence[Dict[str, Any]], exponents: Sequence[Dict[str
       slope = next((e['slope'] for e in exponents
                     if e['curve'] == curve and e['break'] == label), math.nan)
       ax.plot(x, y, marker, ls='none', color=color, ms=5, label=f'{text} (slope {slope:.2f})')
-      # The bar spans [lo, hi] as sweep.csv records it, from its own ends: a percentile
-      # interval of resampled breaks need not contain the break fitted on the mean curve,
-      # and bars clipped at the point drew [lo, point] instead. None where it is NaN.
-      known = np.isfinite(lo) & np.isfinite(hi)
-      if known.any():
-        ax.errorbar(x[known], lo[known],
-                    yerr=np.vstack([np.zeros(known.sum()), hi[known] - lo[known]]),
-                    fmt='none', ecolor=color, capsize=2, label=f'_{curve} {label} interval')
+      # [lo, hi] as sweep.csv records it: the interval of resampled breaks need not
+      # contain the break fitted on the mean curve.
+      plotting.interval_bars(ax, x, lo, hi, color=color, label=f'_{curve} {label} interval')
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('truncation rank k')

@@ -865,17 +865,18 @@ def plot(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
     colors = np.array([colors_of[s['kind']] for s in sub])
     ax = axes[b, 0]
     if num_draws == 1:
+      ax.barh(ypos, [s['spearman_mean'] for s in sub], color=colors)
+      # Each CI from its recorded ends: a bootstrap CI need not contain its estimate.
       first = [r for r in rows if r['backbone'] == backbone]
-      err = np.array([[r['spearman'] - r['spearman_low'] for r in first],
-                      [r['spearman_high'] - r['spearman'] for r in first]])
-      xerr = np.nan_to_num(np.clip(err, 0, None))
+      plotting.interval_bars(ax, ypos, [r['spearman_low'] for r in first],
+                             [r['spearman_high'] for r in first], horizontal=True)
     else:
-      xerr = [s['spearman_std'] for s in sub]
+      ax.barh(ypos, [s['spearman_mean'] for s in sub], xerr=[s['spearman_std'] for s in sub],
+              color=colors, capsize=2)
       for y, s in zip(ypos, sub):
         dots = [r['spearman'] for r in rows
                 if (r['backbone'], r['method']) == (backbone, s['method'])]
         ax.plot(dots, [y] * len(dots), 'k.', ms=3)
-    ax.barh(ypos, [s['spearman_mean'] for s in sub], xerr=xerr, color=colors, capsize=2)
     ax.set_yticks(ypos, [s['method'] for s in sub], fontsize=7)
     ax.axvline(SPEARMAN_TARGET, color='k', lw=0.8, ls='--')
     # A little past [-1, 1]: a CI cap at exactly 1 would otherwise sit on the frame.

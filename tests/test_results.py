@@ -392,3 +392,23 @@ def test_coverage_levels_print_as_given(level, text):
   # Rounded to whole percents, 0.975 printed "98%" and 0.999 "100%" in legends and tables.
   assert plotting.percent(level) == text
   assert plotting.whisker_key(level).get_label() == f'{text} bootstrap CI'
+
+
+@pytest.mark.parametrize('horizontal', [False, True])
+def test_interval_bars_span_the_recorded_ends(horizontal):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  ax = Figure().add_subplot()
+  # The second interval lies wholly above anything it might be drawn beside; the third is
+  # unknown and gets no whisker.
+  plotting.interval_bars(ax, [1.0, 2.0, 3.0], [0.1, 0.6, math.nan], [0.4, 0.9, math.nan],
+                         horizontal=horizontal)
+  (container,) = ax.containers
+  segments = container.lines[2][0].get_segments()
+  along, across = (0, 1) if horizontal else (1, 0)
+  np.testing.assert_allclose([s[:, along] for s in segments], [[0.1, 0.4], [0.6, 0.9]])
+  np.testing.assert_allclose([s[:, across] for s in segments], [[1.0, 1.0], [2.0, 2.0]])
+  assert container.get_label().startswith('_')  # not in a legend unless labelled
+  plotting.interval_bars(ax, [1.0], [math.nan], [0.3])
+  assert len(ax.containers) == 1  # nothing drawn for a half-known interval
+  with pytest.raises(ValueError, match='positions, low and high must have one length'):
+    plotting.interval_bars(ax, [1.0, 2.0], [0.1], [0.4])

@@ -623,6 +623,8 @@ def test_figure_draws_the_cis_and_the_wall_times(monkeypatch):
   monkeypatch.setattr(valuation_table.plotting, 'save_figure',
                       lambda fig, path: figures.append(fig))
   rows = [r for r in _two_draw_rows() if r['draw'] == 0]  # one draw: bars are the CIs
+  # A bootstrap CI that misses its estimate is drawn as recorded, not clipped at the bar.
+  rows[1].update(spearman_low=0.0, spearman_high=0.4)  # random's estimate is -0.1
   # ours-a fits its weights: its cost also counts the probes' retraining.
   rows[0]['probe_retrain_seconds'] = 7.0
   valuation_table.plot(rows, valuation_table.summarize(rows), Path('unused'), ci_level=0.95)
@@ -802,6 +804,23 @@ def test_ablation_figure_is_a_grid_of_backbones_by_variants(monkeypatch):
   for ax in figure.axes:
     low, high = ax.get_xlim()
     assert low < -1 and high > 1
+
+
+def test_ablation_figure_draws_each_ci_from_its_recorded_ends(monkeypatch):
+  figures = []
+  monkeypatch.setattr(ablation.plotting, 'save_figure', lambda fig, path: figures.append(fig))
+  subsets = [label for label, _ in ablation.term_subsets()]
+  # The first CI misses its estimate (0.1 below [0.2, 0.5]), the second is unknown.
+  cis = [(0.2, 0.5), (math.nan, math.nan)] + [(-0.2, 0.4)] * (len(subsets) - 2)
+  rows = [{'backbone': 'mlp', 'variant': 'a', 'terms': label, 'spearman': 0.1,
+           'spearman_low': low, 'spearman_high': high}
+          for label, (low, high) in zip(subsets, cis)]
+  ablation.plot(rows, Path('unused'), ci_level=0.95)
+  (ax,) = figures[0].axes
+  (errorbars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+  spans = [segment[:, 0] for segment in errorbars.lines[2][0].get_segments()]
+  # Top to bottom, as the bars; none for the NaN CI (not a zero-length whisker).
+  np.testing.assert_allclose(spans, [cis[0]] + cis[2:])
 
 
 @pytest.mark.slow
