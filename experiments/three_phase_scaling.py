@@ -503,18 +503,29 @@ def _three_phases(num_breaks: int, slopes: np.ndarray) -> bool:
   return bool(num_breaks == 2 and slopes[1] < min(slopes[0], slopes[2]))
 
 
+def _fittable(y: np.ndarray) -> np.ndarray:
+  """`[T]` the sizes a log-log fit can read: value finite and > 0."""
+  y = np.asarray(y, np.float64)
+  return np.isfinite(y) & (y > 0)
+
+
 def _refit(config, x: np.ndarray, curves: Sequence[np.ndarray], predicted: Sequence[float]
            ) -> List[Optional[Tuple[List[float], bool]]]:
   """Per curve, `(breaks paired with predicted, three phases)`, or None if the fit failed.
 
-  The refits of a resampling study: no residual bootstrap of their own.
+  The refits of a resampling study: the fit of `fit_curve` (the same options and the same
+  sizes left out, `_fittable`), without a residual bootstrap of its own.
   """
+  x = np.asarray(x, np.float64)
   options = dict(_fit_options(config), num_bootstrap=0)
   out = []
   for y in curves:
+    # The sizes fit_curve leaves out are left out here too: a size every seed got exactly
+    # right (error 0) failed every refit, so the curve had no seed interval at all.
+    keep = _fittable(y)
     try:
-      fit = scaling.fit_broken_power_law(x, y, **options)
-    except ValueError:  # e.g. a curve that reached 0
+      fit = scaling.fit_broken_power_law(x[keep], np.asarray(y, np.float64)[keep], **options)
+    except ValueError:  # e.g. too few sizes left
       out.append(None)
       continue
     out.append((scaling.match_breaks(fit.breaks, predicted),
@@ -555,7 +566,7 @@ def fit_curve(config, x: np.ndarray, y: np.ndarray, *, bootstrap: bool = True
   residuals are misfit, not noise).
   """
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  keep = np.isfinite(y) & (y > 0)
+  keep = _fittable(y)
   if not keep.all():  # a log-log fit cannot read them; said, not dropped silently
     logging.warning('fit leaves out the sizes %s: their values %s are not finite and > 0',
                     x[~keep].tolist(), y[~keep].tolist())

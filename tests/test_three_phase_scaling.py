@@ -824,6 +824,27 @@ def test_fit_curve_names_the_sizes_it_leaves_out(caplog):
   assert f"leaves out the sizes {[float(x[3]), float(x[7])]}" in caplog.text, caplog.text
 
 
+def test_seed_bootstrap_leaves_out_the_sizes_fit_curve_leaves_out():
+  # fit_curve leaves a size out of the fit when its mean is 0 (every seed got it exactly
+  # right); a resampled mean is 0 there too, and the refits, which kept the size, all
+  # failed: the seed bootstrap returned None while the point fit stood. A size that only
+  # some seeds got right failed just the resamples that drew those seeds.
+  config = configs.get_config('smoke')
+  config.fit.seed_bootstrap = 8
+  x = np.geomspace(10, 1e4, 12)
+  rng = np.random.default_rng(0)
+  per_seed = 2.0 * x ** -0.5 * np.exp(0.02 * rng.standard_normal((3, x.size)))
+  per_seed[:, -1] = 0.0
+  per_seed[0, -2] = 0.0
+  assert tps.fit_curve(config, x, per_seed.mean(axis=0))['ok']
+  out = tps.seed_bootstrap(config, x, per_seed, [100.0, 1000.0])
+  assert out is not None and out['replicates'] == 8
+  # Each refit is the fit of fit_curve on its resampled curve.
+  (refit,) = tps._refit(config, x, [per_seed[0]], [100.0, 1000.0])
+  alone = tps.fit_curve(config, x, per_seed[0], bootstrap=False)
+  assert refit[0] == scaling.match_breaks(alone['breaks'], [100.0, 1000.0])
+
+
 def test_soft_mode_theory_is_fitted_at_its_measured_sizes(tmp_path):
   # With grid_stride 2 (the facts variant's setting) a soft mode is measured at every 2nd
   # size; its theory row must be fitted at those sizes, like for like with its measured
