@@ -1248,7 +1248,10 @@ def fit_broken_power_law(
   points), started from the fit, and the
   percentile interval of each break is returned. Residuals of a noise-free curve are
   misfit rather than noise, so there the interval measures how firmly the data pin each
-  break, not sampling error.
+  break, not sampling error. A break is not a smooth function of the data, so its
+  percentile interval need not contain the fitted break: with few resamples it is about
+  their range (at B = 4, as in the smoke configs, all four fall on one side of the break
+  with probability ~1/8), and a break held at a bound repeats one value.
 
   Args:
     x: `[T]` positive abscissae (e.g. sample counts).

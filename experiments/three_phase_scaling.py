@@ -537,7 +537,9 @@ def _break_summary(matched: np.ndarray, ci_level: float,
                    predicted: Optional[Sequence[float]] = None) -> Dict[str, float]:
   """Per break `n1` / `n2` of `[M, 2]` refitted breaks (NaN: not found): the fraction
   found, median and percentile interval of those found and, given `predicted`, the
-  fraction of all M within 2x of it."""
+  fraction of all M within 2x of it. The interval is over the breaks found only: one found
+  (or the same resample drawn each time) gives it zero width, which is no certainty;
+  read it with `found`."""
   tail = 100.0 * (1.0 - ci_level) / 2.0
   out = {}
   for j, label in enumerate(('n1', 'n2')):
