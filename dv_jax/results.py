@@ -410,8 +410,10 @@ def setup_logging(workdir: PathLike, *, level: int = logging.INFO) -> logging.Ha
 
   absl's logger propagates to the root logger, so both `absl.logging.info` and plain
   `logging` records land in the file. Calling it again for the same file returns the
-  existing handler instead of adding a duplicate. The root level is lowered to `level` if
-  it was higher, so INFO records reach the file even before absl parses its flags.
+  existing handler instead of adding a duplicate, set to the new `level` as a first call
+  would set it (an earlier call's level must not decide which records this one writes).
+  The root level is lowered to `level` if it was higher, so INFO records reach the file
+  even before absl parses its flags.
 
   Args:
     workdir: directory of the log (created if missing).
@@ -423,13 +425,13 @@ def setup_logging(workdir: PathLike, *, level: int = logging.INFO) -> logging.Ha
   path = Path(workdir).resolve() / 'log.txt'
   path.parent.mkdir(parents=True, exist_ok=True)
   root = logging.getLogger()
-  for handler in root.handlers:
-    if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
-      return handler
-  handler = logging.FileHandler(path, encoding='utf-8')
+  handler = next((h for h in root.handlers if isinstance(h, logging.FileHandler)
+                  and Path(h.baseFilename) == path), None)
+  if handler is None:
+    handler = logging.FileHandler(path, encoding='utf-8')
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    root.addHandler(handler)
   handler.setLevel(level)
-  handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-  root.addHandler(handler)
   if root.level == logging.NOTSET or root.level > level:
     root.setLevel(level)
   absl_logger = logging.getLogger('absl')

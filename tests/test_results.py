@@ -315,6 +315,30 @@ def test_setup_logging_lowers_a_raised_absl_level(tmp_path):
     absl.setLevel(old_levels[1])
 
 
+def test_setup_logging_again_takes_the_new_level(tmp_path):
+  # A second call for the same file returned the first call's handler unchanged: asked for
+  # DEBUG after an INFO call, the file (and the root logger) stayed at INFO, so the second
+  # call's debug records were dropped, as they are not when it runs in a fresh process.
+  root, absl = logging.getLogger(), logging.getLogger('absl')
+  old_levels = root.level, absl.level
+  root.setLevel(logging.WARNING)
+  handler = results.setup_logging(tmp_path)
+  try:
+    assert results.setup_logging(tmp_path, level=logging.DEBUG) is handler
+    assert handler.level == logging.DEBUG and root.level == logging.DEBUG
+    logging.getLogger('dv_jax.test').debug('debug says %d', 4)
+    handler.flush()
+    assert 'debug says 4' in (tmp_path / 'log.txt').read_text()
+    # And back: a later call asking for WARNING writes from WARNING on, as a first one would.
+    assert results.setup_logging(tmp_path, level=logging.WARNING) is handler
+    assert handler.level == logging.WARNING
+  finally:
+    root.removeHandler(handler)
+    handler.close()
+    root.setLevel(old_levels[0])
+    absl.setLevel(old_levels[1])
+
+
 def test_a_long_safe_name_gets_a_short_file_name(tmp_path):
   # 300 safe characters used to become a 305-character file name: OSError 36 on save.
   store = results.UnitStore(tmp_path / 'units')
