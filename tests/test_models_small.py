@@ -192,6 +192,24 @@ def test_batch_norm_apply_equality_follows_the_model_and_the_state_arrays():
   assert not isinstance(plain, BatchNormApply) and not hasattr(plain, 'train_apply')
 
 
+def test_numpy_statistics_loaded_in_place_are_not_read_stale_from_an_earlier_compile():
+  # Equality keys the state by array identity. NumPy statistics (e.g. from np.load) were
+  # kept as given, so statistics loaded into the same buffers made a new bind equal to the
+  # old one, and a jitted caller reused the old compile, whose constants are the old
+  # statistics: the result depended on what ran earlier in the process.
+  model, x = _DenseBatchNormDense(), _images(b=6, seed=5)
+  variables = jax.tree_util.tree_map(np.array, init_model(model, jax.random.PRNGKey(5), x))
+  stats = variables['batch_stats']['bn']
+  old_fn, params = bind_apply(model, variables)
+  old = np.asarray(valuation.logits_at(old_fn, params, x))
+  stats['mean'][...], stats['var'][...] = 1.5, 4.0  # new statistics, in the same buffers
+  new_fn, _ = bind_apply(model, variables)
+  expected = model.apply({'params': params, 'batch_stats': {'bn': {
+      'mean': np.full(4, 1.5, np.float32), 'var': np.full(4, 4.0, np.float32)}}}, x)
+  np.testing.assert_allclose(valuation.logits_at(new_fn, params, x), expected, rtol=1e-6)
+  np.testing.assert_allclose(valuation.logits_at(old_fn, params, x), old, rtol=1e-6)
+
+
 class _BatchNormDropout(nn.Module):
   """BatchNorm and Dropout tied to one `train` flag, the usual flax idiom."""
 

@@ -141,10 +141,15 @@ class BatchNormApply:
 
   def __init__(self, model: nn.Module, state: dict[str, Any]):
     self.model = model
-    self.state = state
+    # JAX arrays as given (the same objects, so equal binds stay equal); anything else (NumPy
+    # statistics, e.g. from np.load) copied into one. Equality below is by identity, which
+    # is sound only for immutable leaves: statistics loaded into the same NumPy buffers made
+    # a new bind equal to an old one, and a jitted caller reused the old compile's constants.
+    self.state = jax.tree_util.tree_map(
+        lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), state)
     self._inference_kwargs = tuple(sorted(_inference_kwargs(model).items()))
     self._train_kwargs = tuple(sorted({**dict(self._inference_kwargs), 'train': True}.items()))
-    leaves, treedef = jax.tree_util.tree_flatten(state)
+    leaves, treedef = jax.tree_util.tree_flatten(self.state)
     # Identity, not values: comparing arrays by value would cost a device sync per lookup.
     # `self.state` holds the leaves, so their ids stay valid while this object lives.
     self._state_key = (treedef, tuple(id(leaf) for leaf in leaves))
