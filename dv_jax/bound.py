@@ -245,6 +245,12 @@ def _padded_block_gram(grads_BxP: jax.Array, residual_BxC: jax.Array, num_valid:
   return theta_BxB, residual_BxC, trace
 
 
+def bucket_size(n: int) -> int:
+  """The padded size of `n` rows: the next power of two `>= n`, at least 8 (one compiled
+  program per bucket instead of one per `n`)."""
+  return max(8, 1 << (int(n) - 1).bit_length())
+
+
 def _shuffle_rounds(n: int) -> int:
   """The sort rounds `jax.random.permutation` spends on `n` items (its static heuristic)."""
   return int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
@@ -291,7 +297,7 @@ def permutation(key: jax.Array, n: int) -> np.ndarray:
   n = checks.check_int(n, 'n', minimum=0)
   if n == 0 or not _bucketable(key):
     return np.asarray(jax.random.permutation(key, n))
-  size = max(8, 1 << (n - 1).bit_length())
+  size = bucket_size(n)
   # The dtype of jnp.arange(n) (int64 under x64): indices either way.
   items = np.arange(size, dtype=jax.dtypes.canonicalize_dtype(np.int64))
   return np.asarray(_padded_shuffle(key, items, np.int32(n),

@@ -637,7 +637,7 @@ def logits_at(apply_fn: Callable, params: Any, x: ArrayLike, *, block_size: int 
     raise ValueError(f'x must be a non-empty batch [n, ...], got shape {x.shape}')
   block_size = checks.check_int(block_size, 'block_size')
   n = x.shape[0]
-  block = min(block_size, _bucket(n))
+  block = min(block_size, bucket_size(n))
   pad = -n % block
   if pad:
     x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
@@ -1258,12 +1258,8 @@ def _gather_gram(factor_NxQ: jax.Array, rows_B: jax.Array) -> jax.Array:
   return jnp.dot(rows_BxQ, rows_BxQ.T, precision=_PRECISION)
 
 
-def bucket_size(n: int) -> int:
-  """The padded size of `n` rows: the next power of two `>= n`, at least 8."""
-  return max(8, 1 << (int(n) - 1).bit_length())
-
-
-_bucket = bucket_size
+# The pool's padded sizes: the buckets `bound.permutation` compiles for.
+bucket_size = bound.bucket_size
 
 
 def _padded_quad(theta_BxB: jax.Array, residual_BxC: jax.Array, n: int, *, eps: float,
@@ -1316,7 +1312,7 @@ def gram_quad_form(grads: ArrayLike, residual: ArrayLike, *, eps: float = 1e-4,
     if not np.all(np.isfinite(values)):
       raise ValueError(f'{name} contains NaN or Inf')
   residual = residual.reshape(n, -1)
-  pad = _bucket(n) - n
+  pad = bucket_size(n) - n
   grads_pad = np.pad(grads, ((0, pad), (0, 0)))
   residual_pad = np.pad(residual, ((0, pad), (0, 0)))
   theta = _gram(jnp.asarray(grads_pad))
@@ -1332,7 +1328,7 @@ def _full_ntk_term(pool: 'Pool', rows: np.ndarray, *, eps: float) -> bound.NTKTe
   next power of two so that the Cholesky compiles once per bucket, not once per size.
   """
   n = rows.size
-  padded = np.concatenate([rows, np.full(_bucket(n) - n, rows[0])])
+  padded = np.concatenate([rows, np.full(bucket_size(n) - n, rows[0])])
   if pool.kernel is not None:
     theta = _gather_kernel(pool.kernel, jnp.asarray(padded))
   else:
