@@ -522,9 +522,10 @@ def _refit(config, x: np.ndarray, curves: Sequence[np.ndarray], predicted: Seque
   for y in curves:
     # The sizes fit_curve leaves out are left out here too: a size every seed got exactly
     # right (error 0) failed every refit, so the curve had no seed interval at all.
+    y = np.asarray(y, np.float64)
     keep = _fittable(y)
     try:
-      fit = scaling.fit_broken_power_law(x[keep], np.asarray(y, np.float64)[keep], **options)
+      fit = scaling.fit_broken_power_law(x[keep], y[keep], **options)
     except ValueError:  # e.g. too few sizes left
       out.append(None)
       continue

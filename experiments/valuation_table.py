@@ -864,15 +864,15 @@ def plot(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]],
     ypos = np.arange(len(sub))[::-1]
     colors = np.array([colors_of[s['kind']] for s in sub])
     ax = axes[b, 0]
+    # Over draws, symmetric whiskers of the std; one draw, its CI.
+    ax.barh(ypos, [s['spearman_mean'] for s in sub], color=colors, capsize=2,
+            xerr=[s['spearman_std'] for s in sub] if num_draws > 1 else None)
     if num_draws == 1:
-      ax.barh(ypos, [s['spearman_mean'] for s in sub], color=colors)
       # Each CI from its recorded ends: a bootstrap CI need not contain its estimate.
       first = [r for r in rows if r['backbone'] == backbone]
       plotting.interval_bars(ax, ypos, [r['spearman_low'] for r in first],
                              [r['spearman_high'] for r in first], horizontal=True)
     else:
-      ax.barh(ypos, [s['spearman_mean'] for s in sub], xerr=[s['spearman_std'] for s in sub],
-              color=colors, capsize=2)
       for y, s in zip(ypos, sub):
         dots = [r['spearman'] for r in rows
                 if (r['backbone'], r['method']) == (backbone, s['method'])]
