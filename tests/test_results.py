@@ -280,63 +280,55 @@ def test_unit_store_names_a_file_of_bad_bytes_or_a_partial_record(tmp_path, cont
     store.names()
 
 
-def test_setup_logging_writes_absl_and_python_records(tmp_path):
-  root = logging.getLogger()
-  old_level = root.level
-  handler = results.setup_logging(tmp_path)
-  try:
-    assert results.setup_logging(tmp_path) is handler  # no duplicate handler
-    absl_logging.info('absl says %d', 1)
-    logging.getLogger('dv_jax.test').info('python says %d', 2)
-    handler.flush()
-    text = (tmp_path / 'log.txt').read_text()
-    assert 'absl says 1' in text and 'python says 2' in text
-    assert text.count('absl says 1') == 1
-  finally:
+@pytest.fixture
+def loggers():
+  """The root and absl loggers, left as they were: levels, and no handler the test added."""
+  root, absl = logging.getLogger(), logging.getLogger('absl')
+  levels, handlers = (root.level, absl.level), list(root.handlers)
+  yield root, absl
+  for handler in [h for h in root.handlers if h not in handlers]:
     root.removeHandler(handler)
     handler.close()
-    root.setLevel(old_level)
+  root.setLevel(levels[0])
+  absl.setLevel(levels[1])
 
 
-def test_setup_logging_lowers_a_raised_absl_level(tmp_path):
+def test_setup_logging_writes_absl_and_python_records(tmp_path, loggers):
+  handler = results.setup_logging(tmp_path)
+  assert results.setup_logging(tmp_path) is handler  # no duplicate handler
+  absl_logging.info('absl says %d', 1)
+  logging.getLogger('dv_jax.test').info('python says %d', 2)
+  handler.flush()
+  text = (tmp_path / 'log.txt').read_text()
+  assert 'absl says 1' in text and 'python says 2' in text
+  assert text.count('absl says 1') == 1
+
+
+def test_setup_logging_lowers_a_raised_absl_level(tmp_path, loggers):
   # An absl logger set to WARNING kept its level, so absl INFO records never reached log.txt.
-  root, absl = logging.getLogger(), logging.getLogger('absl')
-  old_levels = root.level, absl.level
+  _, absl = loggers
   absl.setLevel(logging.WARNING)
   handler = results.setup_logging(tmp_path)
-  try:
-    absl_logging.info('absl says %d', 3)
-    handler.flush()
-    assert 'absl says 3' in (tmp_path / 'log.txt').read_text()
-  finally:
-    root.removeHandler(handler)
-    handler.close()
-    root.setLevel(old_levels[0])
-    absl.setLevel(old_levels[1])
+  absl_logging.info('absl says %d', 3)
+  handler.flush()
+  assert 'absl says 3' in (tmp_path / 'log.txt').read_text()
 
 
-def test_setup_logging_again_takes_the_new_level(tmp_path):
+def test_setup_logging_again_takes_the_new_level(tmp_path, loggers):
   # A second call for the same file returned the first call's handler unchanged: asked for
   # DEBUG after an INFO call, the file (and the root logger) stayed at INFO, so the second
   # call's debug records were dropped, as they are not when it runs in a fresh process.
-  root, absl = logging.getLogger(), logging.getLogger('absl')
-  old_levels = root.level, absl.level
+  root, _ = loggers
   root.setLevel(logging.WARNING)
   handler = results.setup_logging(tmp_path)
-  try:
-    assert results.setup_logging(tmp_path, level=logging.DEBUG) is handler
-    assert handler.level == logging.DEBUG and root.level == logging.DEBUG
-    logging.getLogger('dv_jax.test').debug('debug says %d', 4)
-    handler.flush()
-    assert 'debug says 4' in (tmp_path / 'log.txt').read_text()
-    # And back: a later call asking for WARNING writes from WARNING on, as a first one would.
-    assert results.setup_logging(tmp_path, level=logging.WARNING) is handler
-    assert handler.level == logging.WARNING
-  finally:
-    root.removeHandler(handler)
-    handler.close()
-    root.setLevel(old_levels[0])
-    absl.setLevel(old_levels[1])
+  assert results.setup_logging(tmp_path, level=logging.DEBUG) is handler
+  assert handler.level == logging.DEBUG and root.level == logging.DEBUG
+  logging.getLogger('dv_jax.test').debug('debug says %d', 4)
+  handler.flush()
+  assert 'debug says 4' in (tmp_path / 'log.txt').read_text()
+  # And back: a later call asking for WARNING writes from WARNING on, as a first one would.
+  assert results.setup_logging(tmp_path, level=logging.WARNING) is handler
+  assert handler.level == logging.WARNING
 
 
 def test_a_long_safe_name_gets_a_short_file_name(tmp_path):
