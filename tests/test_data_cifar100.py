@@ -65,6 +65,68 @@ def test_load_official_pickles_layout_and_range(official_dir):
   assert coarse.label_names == tuple(f'super{i}' for i in range(20))
 
 
+class _Python2Pickler(pickle._Pickler):  # pylint: disable=protected-access
+  """Writes what Python 2's `cPickle.dump(obj, f, 2)` wrote for the official CIFAR files.
+
+  Python 2's native strings (the dict keys, the label names, the pixel buffer inside the
+  array, the dtype code 'u1' and byte order '|') are BINSTRING opcodes, which Python 3
+  reads back as str unless `encoding='bytes'`; and numpy lived at `numpy.core`. A pickle
+  written by Python 3 (the `official_dir` fixture) has none of this, so it loads whatever
+  the encoding.
+  """
+  dispatch = dict(pickle._Pickler.dispatch)  # pylint: disable=protected-access
+
+  def save_python2_str(self, obj):
+    raw = obj.encode('latin-1') if isinstance(obj, str) else obj
+    if len(raw) < 256:
+      self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+    else:
+      self.write(pickle.BINSTRING + len(raw).to_bytes(4, 'little') + raw)
+
+  def save_python2_global(self, obj, name=None):
+    module = obj.__module__.replace('numpy._core', 'numpy.core')
+    self.write(pickle.GLOBAL + f'{module}\n{name or obj.__qualname__}\n'.encode())
+
+  dispatch[bytes] = dispatch[str] = save_python2_str
+  dispatch[type] = save_python2_global
+
+
+def _python2_pickle(obj, path):
+  with open(path, 'wb') as f:
+    pickler = _Python2Pickler(f, protocol=2)
+    pickler.dispatch[type(len)] = _Python2Pickler.save_python2_global  # numpy functions
+    pickler.dump(obj)
+
+
+def test_load_python2_pickles_as_distributed(tmp_path):
+  # The files at https://www.cs.toronto.edu/~kriz/cifar.html were pickled by Python 2;
+  # read without encoding='bytes' the pixel buffer fails to decode as ASCII.
+  folder = tmp_path / 'cifar-100-python'
+  folder.mkdir()
+  rng = np.random.default_rng(4)
+  batches = {}
+  for split, n in (('train', 6), ('test', 2)):
+    fine = [int(v) for v in rng.integers(0, NUM_CLASSES, n)]
+    batches[split] = {'filenames': [f'img_{i}.png' for i in range(n)],
+                      'batch_label': f'{split}ing batch 1 of 1', 'fine_labels': fine,
+                      'coarse_labels': [v // 5 for v in fine],
+                      'data': rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)}
+    _python2_pickle(batches[split], folder / split)
+  _python2_pickle({'fine_label_names': [f'fine{i}' for i in range(NUM_CLASSES)],
+                   'coarse_label_names': [f'coarse{i}' for i in range(20)]}, folder / 'meta')
+  assert b'U\x04data' in (folder / 'train').read_bytes()  # a Python 2 str key, as the real file
+  data = cifar100.load_cifar100(tmp_path)
+  np.testing.assert_array_equal(data.y_train, batches['train']['fine_labels'])
+  np.testing.assert_array_equal(data.y_test, batches['test']['fine_labels'])
+  assert data.label_names[:2] == ('fine0', 'fine1')
+  raw = batches['train']['data'].astype(np.float64)
+  for i, h, w, c in [(0, 0, 0, 0), (2, 31, 0, 1), (5, 7, 29, 2)]:
+    assert data.x_train[i, h, w, c] == pytest.approx(raw[i, c * 1024 + h * 32 + w] / 255.0)
+  coarse = cifar100.load_cifar100(tmp_path / 'cifar-100-python', label_mode='coarse')
+  np.testing.assert_array_equal(coarse.y_test, batches['test']['coarse_labels'])
+  assert coarse.label_names[-1] == 'coarse19'
+
+
 def test_npz_matches_pickles_and_normalisation(official_dir, tmp_path):
   root, _, _ = official_dir
   ref = cifar100.load_cifar100(root)
