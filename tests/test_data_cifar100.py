@@ -177,6 +177,21 @@ def test_missing_files_are_named(official_dir, tmp_path):
     cifar100.load_cifar100(tmp_path / 'range.npz')
 
 
+def test_a_downloaded_tarball_or_a_pickle_file_is_named_as_what_it_is(official_dir, tmp_path):
+  # Both used to be reported as 'directory ... does not exist'.
+  tarball = tmp_path / 'cifar-100-python.tar.gz'
+  tarball.write_bytes(b'\x1f\x8b\x08\x00')
+  with pytest.raises(ValueError, match=r'cifar-100-python\.tar\.gz is a file, not a folder.*'
+                                       r'extract'):
+    cifar100.load_cifar100(tarball)
+  with pytest.raises(ValueError, match=r'cifar-100-python\.tar\.gz is still packed: '
+                                       r'extract it'):
+    cifar100.load_cifar100(tmp_path)
+  root, _, _ = official_dir
+  with pytest.raises(ValueError, match=r'train is a file, not a folder'):
+    cifar100.load_cifar100(root / 'cifar-100-python' / 'train')
+
+
 def test_npz_coarse_labels_must_lie_below_20(tmp_path):
   x = np.zeros((10, 32, 32, 3), np.uint8)
   y = np.arange(10) * 7  # fine labels up to 63, saved where coarse ones were expected

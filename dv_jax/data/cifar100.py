@@ -28,6 +28,7 @@ IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 100
 _NPZ_NAME = 'cifar100.npz'
 _PICKLE_DIR = 'cifar-100-python'
+_TARBALL = 'cifar-100-python.tar.gz'  # the official download, which holds _PICKLE_DIR
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
 
@@ -209,6 +210,11 @@ def load_cifar100(directory, *, normalize: bool = False, label_mode: str = 'fine
   path = Path(os.fspath(directory))
   if path.is_file() and path.suffix == '.npz':
     loaded = _load_npz(path, label_mode)
+  elif path.is_file():
+    # The downloaded tarball or one of the pickles: 'does not exist' was said of them.
+    raise ValueError(f'CIFAR-100: {path} is a file, not a folder or an .npz; pass the folder '
+                     f'holding {_PICKLE_DIR}/ (extract {_TARBALL} there first) or '
+                     f'{_NPZ_NAME}')
   elif not path.is_dir():
     raise ValueError(f'CIFAR-100: directory {path} does not exist')
   elif (path / _NPZ_NAME).is_file():
@@ -219,8 +225,10 @@ def load_cifar100(directory, *, normalize: bool = False, label_mode: str = 'fine
     if not folder.is_dir() and (path / 'train').is_file():
       folder = path
     if not folder.is_dir():
+      packed = ((f'; {path / _TARBALL} is still packed: extract it there '
+                 f'(tar xzf {_TARBALL})') if (path / _TARBALL).is_file() else '')
       raise ValueError(f'CIFAR-100: found neither {path / _NPZ_NAME} nor '
-                       f'{folder / "train"} (official python version) in {path}')
+                       f'{folder / "train"} (official python version) in {path}{packed}')
     loaded = _load_pickles(folder, label_key)
   (x_train, y_train), (x_test, y_test), names = loaded
   for split, images in (('training', x_train), ('test', x_test)):
