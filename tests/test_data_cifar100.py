@@ -354,6 +354,34 @@ def test_generated_images_npz_shards_and_folders(tmp_path):
     cifar100.load_generated_images(folders)
 
 
+@pytest.mark.parametrize('image_name, label_name', [('image', 'label'), ('arr_0', 'arr_1')])
+def test_generated_npz_as_released_by_generators(tmp_path, image_name, label_name):
+  # DeepMind's cifar100_ddpm.npz (`image`, `label`) and guided-diffusion's
+  # np.savez(path, images, labels) (`arr_0`, `arr_1`) used to be refused for lacking x, y.
+  rng = np.random.default_rng(5)
+  x = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+  y = np.array([9, 0, 99, 9])
+  np.savez(tmp_path / 'gen.npz', **{image_name: x, label_name: y})
+  split = cifar100.load_generated_images(tmp_path / 'gen.npz')
+  np.testing.assert_allclose(split.x, x / 255.0, atol=1e-7)
+  np.testing.assert_array_equal(split.y, y)
+  np.savez(tmp_path / 'bad.npz', **{image_name: x, label_name: y + 1})
+  with pytest.raises(ValueError, match=rf'bad\.npz:{label_name}: labels must lie in'):
+    cifar100.load_generated_images(tmp_path / 'bad.npz')
+
+
+def test_generated_npz_names_what_it_cannot_read(tmp_path):
+  x = np.zeros((2, 32, 32, 3), np.uint8)
+  np.savez(tmp_path / 'uncond.npz', x)  # guided-diffusion without class_cond: arr_0 only
+  with pytest.raises(ValueError, match=r"uncond\.npz is missing arrays: it holds \['arr_0'\].*"
+                                       'class-unconditional'):
+    cifar100.load_generated_images(tmp_path / 'uncond.npz')
+  np.savez(tmp_path / 'both.npz', x=x, y=[0, 1], image=x[::-1], label=[1, 0])
+  with pytest.raises(ValueError, match=r'both\.npz holds images and labels under more than '
+                                       'one pair'):
+    cifar100.load_generated_images(tmp_path / 'both.npz')
+
+
 def test_cifar100_mixture_end_to_end(official_dir, tmp_path):
   root, _, _ = official_dir
   kwargs = dict(num_examples=160, pi=0.25, seed=3, k=5, num_target=40, holdout_fraction=0.25)

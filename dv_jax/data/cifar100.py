@@ -30,6 +30,11 @@ _NPZ_NAME = 'cifar100.npz'
 _PICKLE_DIR = 'cifar-100-python'
 _TARBALL = 'cifar-100-python.tar.gz'  # the official download, which holds _PICKLE_DIR
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+# (images, labels) array names in the npz files generators write, in order of preference:
+# ours; DeepMind's released DDPM samples (`cifar100_ddpm.npz`, Gowal et al. 2021, read as
+# `npzfile['image']`, `npzfile['label']`); guided-diffusion's `image_sample.py`, whose
+# `np.savez(path, images, labels)` names them `arr_0`, `arr_1`.
+_GENERATED_NPZ_NAMES = (('x', 'y'), ('image', 'label'), ('arr_0', 'arr_1'))
 
 
 class Cifar100(NamedTuple):
@@ -255,8 +260,10 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
   """Loads generated (synthetic) images with labels from local disk.
 
   Accepted layouts:
-    * an `.npz` file with `x` (uint8 [n, 32, 32, 3] / [n, 3072] official rows, or float in
-      [0, 1]) and `y` (int [n]);
+    * an `.npz` file with images `x` (uint8 [n, 32, 32, 3] / [n, 3072] official rows, or
+      float in [0, 1]) and labels `y` (int [n]); or the same arrays named `image` and
+      `label` (DeepMind's `cifar100_ddpm.npz`), or `arr_0` and `arr_1` (guided-diffusion's
+      `image_sample.py`);
     * a directory of such `.npz` shards, concatenated in sorted file-name order;
     * a directory with one sub-folder per class named by its integer label
       (`0/`, `1/`, ...) holding 32x32 image files (read with Pillow; grayscale, palette,
@@ -286,12 +293,11 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
     xs, ys = [], []
     for shard in shards:
       with np.load(shard, allow_pickle=False) as data:
-        missing = [f for f in ('x', 'y') if f not in data.files]
-        if missing:
-          raise ValueError(f'synthetic source {shard} is missing arrays {missing}')
-        images = _to_nhwc(np.asarray(data['x']), str(shard))
+        image_name, label_name = _generated_npz_names(data.files, shard)
+        images = _to_nhwc(np.asarray(data[image_name]), f'{shard}:{image_name}')
         xs.append(images)
-        ys.append(_check_labels(data['y'], images.shape[0], str(shard), num_classes))
+        ys.append(_check_labels(data[label_name], images.shape[0], f'{shard}:{label_name}',
+                                num_classes))
     x, y = np.concatenate(xs), np.concatenate(ys)
   else:
     x, y = _load_image_folders(path, num_classes)
@@ -308,6 +314,22 @@ def load_generated_images(source, *, channel_mean=None, channel_std=None,
       raise ValueError(f'channel_std must be positive, got {std.tolist()}')
     x = (x - mean) / std
   return Split(x, y, np.ones(x.shape[0], dtype=bool))
+
+
+def _generated_npz_names(files: Sequence[str], shard: Path) -> Tuple[str, str]:
+  """The (images, labels) array names of a generated-images npz (`_GENERATED_NPZ_NAMES`)."""
+  found = [pair for pair in _GENERATED_NPZ_NAMES if set(pair) <= set(files)]
+  if len(found) > 1:
+    raise ValueError(f'synthetic source {shard} holds images and labels under more than one '
+                     f'pair of names {found}; keep one')
+  if not found:
+    # guided-diffusion writes labels only for a class-conditional model.
+    unlabelled = ('; arr_0 without arr_1 is a class-unconditional sample, which has no '
+                  'labels' if 'arr_0' in files else '')
+    raise ValueError(f'synthetic source {shard} is missing arrays: it holds {sorted(files)}, '
+                     f'not images and labels named as one of {list(_GENERATED_NPZ_NAMES)}'
+                     f'{unlabelled}')
+  return found[0]
 
 
 def _hidden(path: Path) -> bool:
