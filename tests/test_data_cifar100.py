@@ -546,6 +546,22 @@ def test_generated_folders_skip_hidden_entries_and_refuse_nested_folders(tmp_pat
     cifar100.load_generated_images(root)
 
 
+def test_generated_folders_read_every_format_image_folder_reads(tmp_path):
+  # WebP, TIFF and PGM images were skipped as if they were captions: a class saved as
+  # WebP silently had no images. Sidecar files are still skipped.
+  image = pytest.importorskip('PIL.Image')
+  rng = np.random.default_rng(7)
+  x = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+  root = _png_folder(tmp_path, [x[0]])
+  for label, name, options in ((6, 'a.webp', {'lossless': True}), (7, 'b.tiff', {})):
+    (root / str(label)).mkdir()
+    image.fromarray(x[label - 5]).save(root / str(label) / name, **options)
+    (root / str(label) / 'prompt.txt').write_text('a photo of a class')
+  split = cifar100.load_generated_images(root)
+  np.testing.assert_array_equal(split.y, [5, 6, 7])
+  np.testing.assert_allclose(split.x, x / 255.0, atol=1e-7)
+
+
 def test_generated_folders_read_16_bit_png_and_refuse_transparency(tmp_path):
   gray16 = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
   root = _png_folder(tmp_path, [gray16])

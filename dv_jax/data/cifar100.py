@@ -29,7 +29,9 @@ NUM_CLASSES = 100
 _NPZ_NAME = 'cifar100.npz'
 _PICKLE_DIR = 'cifar-100-python'
 _TARBALL = 'cifar-100-python.tar.gz'  # the official download, which holds _PICKLE_DIR
-_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+# What torchvision's ImageFolder reads, the layout generated class folders are written for;
+# other files (captions, metadata) are skipped.
+_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 # (images, labels) array names in the npz files generators write, in order of preference:
 # ours; DeepMind's released DDPM samples (`cifar100_ddpm.npz`, Gowal et al. 2021, read as
 # `npzfile['image']`, `npzfile['label']`); guided-diffusion's `image_sample.py`, whose
