@@ -68,7 +68,11 @@ def test_gsm8k_final_answer_is_after_the_last_marker():
      r'line 2: source must be one of'),
     ('sentiment', {'sentence': 'x'}, r"line 2: missing field 'label'"),
     ('sentiment', {'review': 'x', 'label': 0}, r"line 2: sentiment records need 'sentence'"),
-    ('sentiment', {'text': 'x', 'label': -1}, r'line 2: label -1 outside'),
+    # GLUE's SST-2 test split: the hint named only IMDB's unlabelled split.
+    ('sentiment', {'sentence': 'x', 'label': -1, 'idx': 0},
+     r"line 2: label -1 marks an unlabelled record \(GLUE SST-2's test split and IMDB's "
+     r'unsupervised split have no labels\); read a labelled split'),
+    ('sentiment', {'text': 'x', 'label': 2}, r'line 2: label 2 outside \[0, 2\)'),
     ('sentiment', {'text': 'x', 'label': 'meh'}, r"line 2: label 'meh' is not one of"),
     ('instruction', {'instruction': 'x'}, r"line 2: missing field 'output'"),
     ('instruction', {'instruction': 3, 'output': 'y'}, r"line 2: field 'instruction' must"),
@@ -80,8 +84,13 @@ def test_gsm8k_final_answer_is_after_the_last_marker():
     ('sentiment', {'sentence': '', 'label': 1}, r"line 2: field 'sentence' is empty"),
     ('sentiment', {'text': ' ', 'label': 1}, r"line 2: field 'text' is empty"),
     ('instruction', {'instruction': '', 'output': 'y'}, r"line 2: field 'instruction' is empty"),
-    ('instruction', {'instruction': 'x', 'input': 'z', 'output': ''},
-     r"line 2: field 'output' is empty"),
+    # One of the records with an empty output in Stanford's alpaca_data.json: the message
+    # now says how to go on.
+    ('instruction', {'instruction': 'Calculate the area of the following shape in square '
+                                    'centimeters.', 'input': 'rectangle of size 4 cm x 5 cm',
+                     'output': ''},
+     r"line 2: field 'output' is empty; drop the records with an empty 'output' from the "
+     'file first'),
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, task, record, message):
   good = {'sentiment': SST2[0], 'instruction': ALPACA[0], 'reasoning': GSM8K[0]}[task]

@@ -89,7 +89,10 @@ def _text_field(record: dict, name: str, where: str, *, required: bool = True,
   if not isinstance(value, str):
     raise ValueError(f'{where}: field {name!r} must be a string, got {type(value).__name__}')
   if not allow_empty and not value.strip():
-    raise ValueError(f'{where}: field {name!r} is empty')
+    # Real files have such records (Stanford's alpaca_data.json has empty outputs), and
+    # one of them stops the whole file: say how to go on.
+    raise ValueError(f'{where}: field {name!r} is empty; drop the records with an empty '
+                     f'{name!r} from the file first')
   return value
 
 
@@ -117,9 +120,14 @@ def _sentiment_label(record: dict, where: str, label_names: Sequence[str]) -> in
     return label_names.index(label)
   if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
     raise ValueError(f'{where}: label must be an integer or a label name, got {label!r}')
+  if label == -1:
+    # Hugging Face's unlabelled splits: the hint named IMDB alone, read for SST-2 as if
+    # only IMDB files had them.
+    raise ValueError(f'{where}: label -1 marks an unlabelled record (GLUE SST-2\'s test '
+                     "split and IMDB's unsupervised split have no labels); read a labelled "
+                     'split')
   if not 0 <= label < len(label_names):
-    raise ValueError(f'{where}: label {label} outside [0, {len(label_names)}) '
-                     '(IMDB marks its unlabelled split with -1; drop it)')
+    raise ValueError(f'{where}: label {label} outside [0, {len(label_names)})')
   return int(label)
 
 
