@@ -718,6 +718,45 @@ def test_load_refuses_a_tensor_stored_in_two_files(tmp_path):
     checkpoint.load_hf_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize('first_shard_bytes, second_shard_bytes', [(2000, None), (None, 2000)])
+def test_a_second_save_in_the_other_layout_is_what_loads(tmp_path, first_shard_bytes,
+                                                         second_shard_bytes):
+  # A single-file save over a sharded one left the old index, and the loader read the old
+  # shards it lists: the first save's weights came back without a word. A sharded save over
+  # a single file left model.safetensors, which transformers reads instead of the index.
+  pytest.importorskip('safetensors')
+  hf = HF_CONFIGS['llama_untied']
+  cfg = LlamaConfig.from_hf_dict(hf)
+  first = checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf, seed=1))
+  second = checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf, seed=2))
+  checkpoint.save_hf_checkpoint(tmp_path, cfg, first, max_shard_bytes=first_shard_bytes)
+  written = checkpoint.save_hf_checkpoint(tmp_path, cfg, second,
+                                          max_shard_bytes=second_shard_bytes)
+  assert sorted(tmp_path.iterdir()) == sorted(written)
+  _assert_tree_equal(checkpoint.load_hf_checkpoint(tmp_path).params, second)
+
+
+def test_load_refuses_model_safetensors_beside_an_index_that_omits_it(tmp_path):
+  pytest.importorskip('safetensors')
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  hf = HF_CONFIGS['llama_untied']
+  cfg = LlamaConfig.from_hf_dict(hf)
+  params = checkpoint.params_from_hf_state_dict(cfg, _hf_state(hf, seed=1))
+  checkpoint.save_hf_checkpoint(tmp_path, cfg, params, max_shard_bytes=2000)
+  stale = _hf_state(hf, seed=2)
+  save_file(stale, str(tmp_path / 'model.safetensors'))  # e.g. copied in by hand
+  with pytest.raises(ValueError, match=r'holds both model\.safetensors and '
+                                       r'model\.safetensors\.index\.json'):
+    checkpoint.load_hf_checkpoint(tmp_path)
+  # An index of the one file (some converters write it) is no conflict.
+  for shard in tmp_path.glob('model-*-of-*.safetensors'):
+    shard.unlink()
+  (tmp_path / 'model.safetensors.index.json').write_text(
+      json.dumps({'weight_map': {name: 'model.safetensors' for name in stale}}))
+  _assert_tree_equal(checkpoint.load_hf_checkpoint(tmp_path).params,
+                     checkpoint.params_from_hf_state_dict(cfg, stale))
+
+
 def test_load_refuses_an_index_that_misplaces_a_tensor(tmp_path):
   pytest.importorskip('safetensors')
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top

@@ -21,6 +21,7 @@ of the loader (tests write tiny checkpoints with it) and lives beside it on purp
 
 import json
 from pathlib import Path
+import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import jax
@@ -36,6 +37,9 @@ CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 TOKENIZER_FILE = 'tokenizer.json'
+
+# The shard names `save_hf_checkpoint` (and transformers' save_pretrained) write.
+_SHARD_NAME = re.compile(r'model-\d{5}-of-\d{5}\.safetensors')
 
 # Tensors some checkpoints carry that hold no parameter (old Llama saves the rotary table).
 _IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
@@ -204,6 +208,13 @@ def _weight_files(directory: Path) -> Tuple[List[Path], Optional[Dict[str, str]]
     if not isinstance(weight_map, dict) or not weight_map:
       raise ValueError(f'{index} has no weight_map')
     files = [directory / name for name in sorted(set(weight_map.values()))]
+    single = directory / WEIGHTS_FILE
+    if single.is_file() and single not in files:
+      # One is left from an earlier save. transformers reads model.safetensors and ignores
+      # the index; reading the index ignored model.safetensors: either may be the stale one.
+      raise ValueError(f'checkpoint directory {str(directory)!r} holds both {WEIGHTS_FILE} '
+                       f'and {INDEX_FILE}, whose shards do not include it: one is left from '
+                       'an earlier save; remove the stale one')
   else:
     weight_map = None
     files = sorted(directory.glob('*.safetensors'))
@@ -284,8 +295,9 @@ def load_hf_checkpoint(directory: Any, *, dtype: Any = jnp.float32) -> HFCheckpo
   Raises:
     ValueError: naming the missing, malformed (invalid index JSON) or unreadable
       (truncated safetensors) file, the missing tensor, a shape mismatch (and its file), a
-      tensor stored in two files or not where the index says, an unsupported architecture,
-      or a dtype that is not floating.
+      tensor stored in two files or not where the index says, a model.safetensors beside an
+      index that does not list it, an unsupported architecture, or a dtype that is not
+      floating.
   """
   dtype = _float_dtype(dtype)
   directory = Path(directory)
@@ -313,7 +325,9 @@ def save_hf_checkpoint(directory: Any, config: LlamaConfig, params: Dict[str, An
   """Writes params as a HF checkpoint directory (config.json + safetensors), the loader's inverse.
 
   Args:
-    directory: created if absent; existing files of the same names are replaced.
+    directory: created if absent; existing files of the same names are replaced, and the
+      weight files of an earlier save (model.safetensors, model-0000k-of-0000N.safetensors
+      shards, model.safetensors.index.json) that this one does not write are removed.
     config: the model config (written as config.json).
     params: the flax 'params' tree of `Llama(config)`.
     max_shard_bytes: when set and the weights are larger, split them into
@@ -369,9 +383,25 @@ def save_hf_checkpoint(directory: Any, config: LlamaConfig, params: Dict[str, An
     _atomic_write_json({'metadata': {'total_size': total}, 'weight_map': weight_map},
                        directory / INDEX_FILE)
     written.append(directory / INDEX_FILE)
+  _remove_stale_weights(directory, written)
   _atomic_write_json(hf_config, directory / CONFIG_FILE)
   written.append(directory / CONFIG_FILE)
   return written
+
+
+def _remove_stale_weights(directory: Path, written: List[Path]) -> None:
+  """Removes weight files of an earlier save that this one did not replace.
+
+  A single-file save over a sharded one left the old index, which the loader reads, so the
+  old weights came back; a sharded save over a single file left model.safetensors, which
+  transformers reads. Only names a save writes are removed (after the new files are in
+  place), as transformers' save_pretrained removes its own stale shards.
+  """
+  keep = {path.name for path in written}
+  for path in directory.iterdir():
+    ours = path.name in (WEIGHTS_FILE, INDEX_FILE) or _SHARD_NAME.fullmatch(path.name)
+    if ours and path.name not in keep and path.is_file():
+      path.unlink()
 
 
 def load_tokenizer(directory: Any):
