@@ -627,6 +627,20 @@ def test_load_errors(tmp_path):
                                   max_shard_bytes=0)
 
 
+def test_load_points_from_a_hugging_face_cache_folder_to_its_snapshot(tmp_path):
+  # The cache keeps models--org--name/snapshots/<revision>/config.json; the folder itself
+  # was reported only as lacking config.json.
+  pytest.importorskip('safetensors')
+  hf = HF_CONFIGS['llama_untied']
+  snapshot = tmp_path / 'models--org--tiny' / 'snapshots' / '0123abcd'
+  _write_hf_dir(snapshot, hf, _hf_state(hf))
+  with pytest.raises(ValueError, match=r"has no config\.json; it is a Hugging Face cache "
+                                       r"folder: pass a snapshot inside it, such as "
+                                       r"'.*snapshots/0123abcd'"):
+    checkpoint.load_hf_checkpoint(tmp_path / 'models--org--tiny')
+  assert checkpoint.load_hf_checkpoint(snapshot).config == LlamaConfig.from_hf_dict(hf)
+
+
 def test_load_errors_name_the_malformed_index_or_truncated_shard(tmp_path):
   pytest.importorskip('safetensors')
   hf = HF_CONFIGS['llama_untied']

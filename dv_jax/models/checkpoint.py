@@ -185,7 +185,12 @@ def params_to_hf_state_dict(config: LlamaConfig, params: Dict[str, Any]) -> Dict
 def _read_config(directory: Path) -> LlamaConfig:
   path = directory / CONFIG_FILE
   if not path.is_file():
-    raise ValueError(f'checkpoint directory {str(directory)!r} has no {CONFIG_FILE}')
+    # `huggingface-cli download` and from_pretrained keep a model under
+    # models--org--name/snapshots/<revision>/ in the cache, not at the folder's top.
+    snapshots = sorted(p for p in (directory / 'snapshots').glob('*') if p.is_dir())
+    cache = (f'; it is a Hugging Face cache folder: pass a snapshot inside it, such as '
+             f'{str(snapshots[-1])!r}' if snapshots else '')
+    raise ValueError(f'checkpoint directory {str(directory)!r} has no {CONFIG_FILE}{cache}')
   try:
     # JSON is UTF-8 (RFC 8259), whatever the locale: read_text() without an encoding read a
     # config.json holding any non-ASCII character (a `_name_or_path` under /home/josé) as
