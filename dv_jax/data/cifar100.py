@@ -32,10 +32,11 @@ _TARBALL = 'cifar-100-python.tar.gz'  # the official download, which holds _PICK
 # What torchvision's ImageFolder reads, the layout generated class folders are written for;
 # other files (captions, metadata) are skipped.
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
-# (images, labels) array names in the npz files generators write, in order of preference:
-# ours; DeepMind's released DDPM samples (`cifar100_ddpm.npz`, Gowal et al. 2021, read as
-# `npzfile['image']`, `npzfile['label']`); guided-diffusion's `image_sample.py`, whose
-# `np.savez(path, images, labels)` names them `arr_0`, `arr_1`.
+# (images, labels) array names in the npz files generators write (a file holding two of
+# these pairs is refused as ambiguous): ours; DeepMind's released DDPM samples
+# (`cifar100_ddpm.npz`, Gowal et al. 2021, read as `npzfile['image']`, `npzfile['label']`);
+# guided-diffusion's `image_sample.py`, whose `np.savez(path, images, labels)` names them
+# `arr_0`, `arr_1`.
 _GENERATED_NPZ_NAMES = (('x', 'y'), ('image', 'label'), ('arr_0', 'arr_1'))
 
 
