@@ -373,7 +373,7 @@ def _task_data_model(base: str, smoke: bool):
     model = dict(backbones=('cnn',) if smoke else ('resnet18',), resnet_width=64,
                  cnn_channels=(2, 4), mlp_hidden_sizes=(32,), init_seed=1)
   else:  # LLM_TEXT
-    data = dict(path='', split='', max_records=0, target_path='', test_path='',
+    data = dict(path='', split='', max_records=0, drop_empty=False, target_path='', test_path='',
                 target_split='', test_split='', target_size=6 if smoke else 500,
                 test_size=6 if smoke else 1000, split_seed=0,
                 max_len=24 if smoke else 512,

@@ -829,7 +829,8 @@ def _text_records(d, layout):
 
   def load(path, split):
     return text.load_text_task(str(path), task=layout, split=str(split) or None,
-                               max_records=int(d.max_records) or None)
+                               max_records=int(d.max_records) or None,
+                               drop_empty=bool(d.drop_empty))
 
   if not str(d.path):
     raise ValueError('config.data.path must name a local JSON / JSONL file or datasets '
@@ -981,8 +982,9 @@ def build_text_lm(config: ml_collections.ConfigDict, *, layout: str,
   Reads `config.data`: path (JSONL or datasets
   directory; records may carry `source: real | synthetic`), split (of a DatasetDict; ''
   for none), max_records (0: all; the first records of every file read, a target or test
-  file too), target_path / test_path ('' = hold target_size /
-  test_size REAL records out of `path`) with their own target_split / test_split (''
+  file too), drop_empty (skip records with an empty text field, as Stanford's
+  alpaca_data.json has, instead of refusing the file), target_path / test_path ('' = hold
+  target_size / test_size REAL records out of `path`) with their own target_split / test_split (''
   for none; the pool's own path and split, or records marked synthetic, are refused),
   split_seed, max_len (tokens per example, at most the checkpoint's
   max_position_embeddings), and the contributor design (num_contributors,

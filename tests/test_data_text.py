@@ -90,7 +90,7 @@ def test_gsm8k_final_answer_is_after_the_last_marker():
                                     'centimeters.', 'input': 'rectangle of size 4 cm x 5 cm',
                      'output': ''},
      r"line 2: field 'output' is empty; drop the records with an empty 'output' from the "
-     'file first'),
+     r'file first, or skip them with drop_empty=True \(config.data.drop_empty\)'),
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, task, record, message):
   good = {'sentiment': SST2[0], 'instruction': ALPACA[0], 'reasoning': GSM8K[0]}[task]
@@ -98,6 +98,28 @@ def test_bad_records_name_file_line_and_field(tmp_path, task, record, message):
   with pytest.raises(ValueError, match=message) as info:
     text.load_text_task(path, task=task)
   assert 'bad.jsonl' in str(info.value)
+
+
+def test_drop_empty_skips_records_with_an_empty_text_field(tmp_path):
+  # Stanford's alpaca_data.json holds records with an empty output: with drop_empty the
+  # file loads without them, in order, and a warning counts them.
+  empty = [dict(ALPACA[0], output=''), dict(ALPACA[1], instruction='  ')]
+  records = [ALPACA[0], empty[0], ALPACA[1], empty[1], ALPACA[2]]
+  path = tmp_path / 'alpaca_data.json'
+  path.write_text(json.dumps(records, indent=4))
+  with pytest.warns(UserWarning, match=r"skipped 2 record\(s\) with an empty text field "
+                                       r"\(drop_empty\); the first: .*record 1: field 'output' "
+                                       'is empty$'):
+    data = text.load_text_task(path, task='instruction', drop_empty=True)
+  assert data.responses == [r['output'] for r in (ALPACA[0], ALPACA[1], ALPACA[2])]
+  # Other faults are still refused, and a file of empty records has none to read.
+  _write_jsonl(tmp_path / 'missing.jsonl', [ALPACA[0], {'instruction': 'x'}])
+  with pytest.raises(ValueError, match="line 2: missing field 'output'"):
+    text.load_text_task(tmp_path / 'missing.jsonl', task='instruction', drop_empty=True)
+  _write_jsonl(tmp_path / 'empty.jsonl', empty)
+  with pytest.warns(UserWarning, match='skipped 2'), \
+      pytest.raises(ValueError, match='empty.jsonl: no records'):
+    text.load_text_task(tmp_path / 'empty.jsonl', task='instruction', drop_empty=True)
 
 
 def test_file_level_errors(tmp_path):

@@ -448,7 +448,8 @@ def test_cifar100_generated_images_draw_per_contributor_with_label_noise(fixture
 
 def _text_config(fixtures, name):
   path = fixtures[{'instruction': 'alpaca', 'reasoning': 'gsm8k', 'sentiment': 'sst2'}[name]]
-  return _config(dict(path=str(path), split='', max_records=0, target_path='', test_path='',
+  return _config(dict(path=str(path), split='', max_records=0, drop_empty=False,
+                      target_path='', test_path='',
                       target_split='', test_split='', target_size=6, test_size=6,
                       split_seed=0, max_len=24,
                       num_contributors=4, size_range=(4, 8), pis=(0.0, 0.5, 1.0),
@@ -768,6 +769,24 @@ def test_text_records_read_the_first_max_records(fixtures):
   outputs = {r['output'] for r in first}
   for part in held.values():
     assert set(part.responses) <= outputs
+
+
+def test_text_records_drop_empty_reaches_the_loader(fixtures, tmp_path):
+  # A pool file with an empty output (as Stanford's alpaca_data.json has) is refused, naming
+  # the config field that skips such records; with it set the record is left out.
+  records = _jsonl(fixtures['alpaca'])
+  records[3]['output'] = ''
+  path = tmp_path / 'alpaca.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  d = _text_config(fixtures, 'instruction').data
+  d.path = str(path)
+  with pytest.raises(ValueError, match=r"line 4: field 'output' is empty.*config\.data\."
+                                       'drop_empty'):
+    tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+  d.drop_empty = True
+  with pytest.warns(UserWarning, match='skipped 1 record'):
+    data, *_ = tasks._text_records(d, 'instruction')  # pylint: disable=protected-access
+  assert len(data.prompts) == len(records) - 1 and '' not in data.responses
 
 
 @pytest.mark.parametrize('section, field', [('data', 'split_seed'), ('data', 'contributor_seed'),

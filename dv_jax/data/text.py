@@ -7,7 +7,8 @@ Three layouts, one per task (METHOD.md section 5):
   * `instruction`: Alpaca (`instruction`, optional `input`, `output`).
   * `reasoning`: GSM8K (`question`, `answer`); the final answer is the text after the last
     `####` of `answer`.
-Text fields must be non-empty (Alpaca's `input` may be empty). Every record may carry
+Text fields must be non-empty (Alpaca's `input` may be empty), or their records are skipped
+with `drop_empty`. Every record may carry
 `source: real | synthetic` (missing or null means real), which becomes the `is_synthetic`
 flag that the valuation keeps end to end. Files are JSON lines (`.jsonl`, or a `.json`
 written by `Dataset.to_json`) or one JSON array of records (`.json`, as Stanford Alpaca's
@@ -23,6 +24,7 @@ import json
 import os
 from pathlib import Path
 from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+import warnings
 
 import numpy as np
 
@@ -73,6 +75,10 @@ def gsm8k_final_answer(answer: str) -> str:
   return final.replace(',', '')
 
 
+class _EmptyField(ValueError):
+  """A required text field that is empty; `drop_empty` skips its record instead."""
+
+
 def _field(record: dict, name: str, where: str, *, required: bool = True):
   if name not in record or record[name] is None:
     if required:
@@ -91,8 +97,9 @@ def _text_field(record: dict, name: str, where: str, *, required: bool = True,
   if not allow_empty and not value.strip():
     # Real files have such records (Stanford's alpaca_data.json has empty outputs), and
     # one of them stops the whole file: say how to go on.
-    raise ValueError(f'{where}: field {name!r} is empty; drop the records with an empty '
-                     f'{name!r} from the file first')
+    raise _EmptyField(f'{where}: field {name!r} is empty; drop the records with an empty '
+                      f'{name!r} from the file first, or skip them with drop_empty=True '
+                      '(config.data.drop_empty)')
   return value
 
 
@@ -131,8 +138,39 @@ def _sentiment_label(record: dict, where: str, label_names: Sequence[str]) -> in
   return int(label)
 
 
+def _parse_record(record, where: str, task: str, label_names: Sequence[str]
+                  ) -> Tuple[str, str, Optional[int], Optional[str]]:
+  """(prompt, response, label or None, final answer or None) of one record of `task`."""
+  if not isinstance(record, dict):
+    raise ValueError(f'{where}: a record must be a JSON object, got {type(record).__name__}')
+  if task == 'sentiment':
+    if 'sentence' in record:
+      text = _text_field(record, 'sentence', where)
+    elif 'text' in record:
+      text = _text_field(record, 'text', where)
+    else:
+      raise ValueError(f"{where}: sentiment records need 'sentence' (SST-2) or 'text' "
+                       f'(IMDB); fields: {sorted(record)}')
+    label = _sentiment_label(record, where, label_names)
+    return text, label_names[label], label, None
+  if task == 'instruction':
+    instruction = _text_field(record, 'instruction', where)
+    # Alpaca leaves `input` empty for instructions that need none.
+    extra = _text_field(record, 'input', where, required=False, allow_empty=True)
+    output = _text_field(record, 'output', where)
+    return instruction + ('\n\n' + extra if extra.strip() else ''), output, None, None
+  question = _text_field(record, 'question', where)
+  answer = _text_field(record, 'answer', where)
+  try:
+    final = gsm8k_final_answer(answer)
+  except ValueError as e:
+    raise ValueError(f'{where}: {e}') from None
+  return question, answer, None, final
+
+
 def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
-                  label_names: Sequence[str] = SENTIMENT_LABEL_NAMES) -> TextDataset:
+                  label_names: Sequence[str] = SENTIMENT_LABEL_NAMES,
+                  drop_empty: bool = False) -> TextDataset:
   """Builds a `TextDataset` from `(where, record)` pairs.
 
   Args:
@@ -140,6 +178,9 @@ def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
       (`'train.jsonl line 7'`).
     task: one of `TASKS`.
     label_names: sentiment class names, index = label id.
+    drop_empty: skip records whose required text field is empty or blank (a warning says
+      how many, and names the first), instead of refusing the file. Missing fields and other faults
+      are refused either way.
 
   Returns:
     `TextDataset`.
@@ -151,36 +192,23 @@ def parse_records(records: Iterable[Tuple[str, dict]], *, task: str,
     raise ValueError(f'task must be one of {TASKS}, got {task!r}')
   label_names = list(label_names)
   prompts, responses, labels, finals, synthetic = [], [], [], [], []
+  dropped = []
   for where, record in records:
-    if not isinstance(record, dict):
-      raise ValueError(f'{where}: a record must be a JSON object, got {type(record).__name__}')
-    if task == 'sentiment':
-      if 'sentence' in record:
-        text = _text_field(record, 'sentence', where)
-      elif 'text' in record:
-        text = _text_field(record, 'text', where)
-      else:
-        raise ValueError(f"{where}: sentiment records need 'sentence' (SST-2) or 'text' "
-                         f'(IMDB); fields: {sorted(record)}')
-      label = _sentiment_label(record, where, label_names)
-      prompts.append(text)
-      responses.append(label_names[label])
-      labels.append(label)
-    elif task == 'instruction':
-      instruction = _text_field(record, 'instruction', where)
-      # Alpaca leaves `input` empty for instructions that need none.
-      extra = _text_field(record, 'input', where, required=False, allow_empty=True)
-      prompts.append(instruction + ('\n\n' + extra if extra.strip() else ''))
-      responses.append(_text_field(record, 'output', where))
-    else:
-      prompts.append(_text_field(record, 'question', where))
-      answer = _text_field(record, 'answer', where)
-      try:
-        finals.append(gsm8k_final_answer(answer))
-      except ValueError as e:
-        raise ValueError(f'{where}: {e}') from None
-      responses.append(answer)
+    try:
+      prompt, response, label, final = _parse_record(record, where, task, label_names)
+    except _EmptyField as e:
+      if not drop_empty:
+        raise
+      dropped.append(str(e).split(';')[0])
+      continue
+    prompts.append(prompt)
+    responses.append(response)
+    labels.append(label)
+    finals.append(final)
     synthetic.append(_is_synthetic(record, where))
+  if dropped:
+    warnings.warn(f'skipped {len(dropped)} record(s) with an empty text field (drop_empty); '
+                  f'the first: {dropped[0]}')
   if not prompts:
     raise ValueError('no records')
   return TextDataset(
@@ -327,7 +355,8 @@ def _datasets_records(path: Path, split: Optional[str], label_names: Sequence[st
 
 def load_text_task(path, *, task: str, split: Optional[str] = None,
                    label_names: Sequence[str] = SENTIMENT_LABEL_NAMES,
-                   max_records: Optional[int] = None) -> TextDataset:
+                   max_records: Optional[int] = None, drop_empty: bool = False
+                   ) -> TextDataset:
   """Loads a text task from a JSON / JSONL file or a `datasets` `save_to_disk` directory.
 
   Args:
@@ -339,7 +368,9 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
       a JSONL file or a single `Dataset`, which have none).
     label_names: sentiment class names, index = label id (SST-2 and IMDB: 0 negative,
       1 positive). A `ClassLabel` `label` column is mapped through its names instead.
-    max_records: read only the first `max_records` records.
+    max_records: read only the first `max_records` records (counted before `drop_empty`).
+    drop_empty: skip records with an empty required text field instead of refusing the
+      file (Stanford's `alpaca_data.json` has empty outputs); a warning counts them.
 
   Returns:
     `TextDataset`.
@@ -368,7 +399,7 @@ def load_text_task(path, *, task: str, split: Optional[str] = None,
   if max_records is not None:
     records = itertools.islice(records, max_records)
   try:
-    return parse_records(records, task=task, label_names=label_names)
+    return parse_records(records, task=task, label_names=label_names, drop_empty=drop_empty)
   except ValueError as e:
     if str(e) == 'no records':
       raise ValueError(f'{path}: no records') from None
