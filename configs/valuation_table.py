@@ -381,7 +381,10 @@ def _task_data_model(base: str, smoke: bool):
     if smoke:
       data['size_range'] = (4, 8)
     # A local Hugging Face checkpoint (e.g. Qwen2.5-0.5B: eos_token='<|endoftext|>', no
-    # bos; Llama-3.2-1B: bos_token='<|begin_of_text|>', eos_token='<|end_of_text|>').
+    # bos; Llama-3.2-1B: bos_token='<|begin_of_text|>', eos_token='<|end_of_text|>'). Both
+    # tokenizers are byte-level BPEs, which glue a separately encoded response to its prompt
+    # ('a lot.positive'): sep_token='Ċ', their newline, separates the two
+    # (dv_jax.data.tokenize.encode_pairs).
     model = dict(backbones=('llm',), checkpoint='', dtype='float32', remat=not smoke,
                  bos_token='', eos_token='', pad_token='', sep_token='',
                  feature_block_size=4 if smoke else 8)

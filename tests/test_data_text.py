@@ -417,6 +417,27 @@ def test_hf_tokenizer_ignores_the_truncation_and_padding_a_tokenizer_json_saved(
   assert (hf.truncation if saved == 'truncation' else hf.padding) is not None
 
 
+def test_byte_level_bpe_glues_prompt_and_response_unless_the_newline_separates_them():
+  """A byte-level BPE (Qwen2, Llama-3) encodes the separately encoded response without a
+  leading space: with no sep token the model reads 'a lot.positive'; sep_token='Ċ' (the
+  byte-level newline) gives 'a lot.\npositive' (encode_pairs' docstring, the LLM configs)."""
+  tokenizers = pytest.importorskip('tokenizers')
+  alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+  vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+  vocab['<eos>'] = len(vocab)
+  hf = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, []))
+  hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  hf.decoder = tokenizers.decoders.ByteLevel()
+  hf.add_special_tokens(['<eos>'])
+  for sep_token, text in ((None, 'a lot.positive<eos>'), ('Ċ', 'a lot.\npositive<eos>')):
+    tok = tokenize.HFTokenizer(hf, eos_token='<eos>', sep_token=sep_token)
+    batch = tokenize.encode_pairs(tok, ['a lot.'], ['positive'], max_len=24)
+    ids = batch.tokens[0, :batch.lengths[0]].tolist()
+    assert hf.decode(ids, skip_special_tokens=False) == text
+    response = [hf.id_to_token(i) for i in batch.tokens[0][batch.response_mask[0] > 0]]
+    assert response == list('positive') + ['<eos>']  # no 'Ġ' (space) before 'p'
+
+
 def test_hf_tokenizer_honours_llama3_ignore_merges(tmp_path):
   """Llama-3's tokenizer.json sets BPE `ignore_merges`: a word in the vocabulary is one
   token, whatever the merges. tokenizers < 0.19 ignores the field without a word and splits

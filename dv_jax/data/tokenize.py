@@ -249,6 +249,13 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
   to `2 + 34 = 46` is a false fact): `truncate=False` refuses any pair that does not fit
   whole.
 
+  Prompt and response are encoded separately, so nothing stands between them but `<sep>`.
+  A Metaspace tokenizer (Llama-2) starts each text with its word marker, as a space would;
+  a byte-level BPE (Qwen2, Llama-3) adds no space, so without a separator the response is
+  glued to the prompt (`'a lot.' + 'positive'` reads `'a lot.positive'`, and `positive` is
+  not the `Ġpositive` token the text `'a lot. positive'` would give). For those tokenizers
+  name their newline token, `'Ċ'`, as the separator (`sep_token='Ċ'`).
+
   Args:
     tokenizer: `VocabTokenizer` or `HFTokenizer` (or any object with `encode`, `pad_id`,
       `bos_id`, `sep_id`, `eos_id`; a None special is not inserted).
