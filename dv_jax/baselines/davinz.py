@@ -13,7 +13,9 @@ following the choices of the official code (github.com/ZhaoxuanWu/DAVINZ-DataVal
   official code differentiates its `Conv2d` / `Linear` layers, all built with
   `bias=False` (BatchNorm reset to the identity); our models have biases, so the
   `param_filter` regex `'kernel'` keeps flax's `Dense` / `Conv` kernels (our reading).
-- residual `Y = 1 - f_y(x)` (classification);
+- residual `Y = 1 - f_y(x)` (classification; an LM, read through `dv_jax.tasks.lm_classifier`,
+  gets `1 - g = 1 +` its response NLL, the official rule applied to `g`, where our score's
+  `ntk.residual='loss'` takes METHOD.md's NLL itself);
 - an ABSOLUTE jitter `1e-4 I` (`diagonal_I_mag`), not relative to the trace (raised x10
   with a warning only if the Cholesky factor still fails, which the official code does
   not need as it calls `inv`);
