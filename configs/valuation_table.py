@@ -384,7 +384,8 @@ def _task_data_model(base: str, smoke: bool):
     # bos; Llama-3.2-1B: bos_token='<|begin_of_text|>', eos_token='<|end_of_text|>'). Both
     # tokenizers are byte-level BPEs, which glue a separately encoded response to its prompt
     # ('a lot.positive'): sep_token='Ċ', their newline, separates the two
-    # (dv_jax.data.tokenize.encode_pairs).
+    # (dv_jax.data.tokenize.encode_pairs; with sep_token='' such a checkpoint is loaded with a
+    # warning).
     model = dict(backbones=('llm',), checkpoint='', dtype='float32', remat=not smoke,
                  bos_token='', eos_token='', pad_token='', sep_token='',
                  feature_block_size=4 if smoke else 8)

@@ -946,6 +946,12 @@ def load_lm_checkpoint(m: ml_collections.ConfigDict):
       warnings.warn(f"{m.checkpoint}'s tokenizer_config.json names {field}={token!r} but "
                     f"config.model.{field} is '', so sequences are encoded without it; "
                     f"set --config.model.{field}='{token}' to match the checkpoint")
+  if tok.sep_id is None and tokenize.glues_texts_encoded_apart(tok):
+    warnings.warn(f"{m.checkpoint}'s tokenizer encodes a response apart from its prompt "
+                  "without the space between them ('a lot.' + 'positive' reads "
+                  "'a lot.positive') and config.model.sep_token is '': set "
+                  "--config.model.sep_token to a separator token, such as 'Ċ', the newline of "
+                  'byte-level BPEs (Qwen2, Llama-3)')
   return model, ckpt.params, tok
 
 

@@ -436,6 +436,32 @@ def test_byte_level_bpe_glues_prompt_and_response_unless_the_newline_separates_t
     assert hf.decode(ids, skip_special_tokens=False) == text
     response = [hf.id_to_token(i) for i in batch.tokens[0][batch.response_mask[0] > 0]]
     assert response == list('positive') + ['<eos>']  # no 'Ġ' (space) before 'p'
+  # What load_lm_checkpoint warns of when no separator is named.
+  assert tokenize.glues_texts_encoded_apart(tokenize.HFTokenizer(hf))
+
+
+def test_glues_texts_encoded_apart_tells_byte_level_from_metaspace_and_word_level():
+  tokenizers = pytest.importorskip('tokenizers')
+  alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  byte_level = tokenizers.Tokenizer(tokenizers.models.BPE(
+      {symbol: i for i, symbol in enumerate(alphabet)}, []))
+  byte_level.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  byte_level.decoder = tokenizers.decoders.ByteLevel()
+  assert byte_level.decode(byte_level.encode('a').ids + byte_level.encode('b').ids) == 'ab'
+  assert tokenize.glues_texts_encoded_apart(tokenize.HFTokenizer(byte_level))
+  # Llama-2's Metaspace starts every text with its word marker, as a space would.
+  letters = sorted(set('▁Theanswerishere'))
+  metaspace = tokenizers.Tokenizer(tokenizers.models.BPE(
+      {symbol: i for i, symbol in enumerate(letters)}, []))
+  metaspace.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  metaspace.decoder = tokenizers.decoders.Metaspace()
+  assert metaspace.decode(metaspace.encode('is').ids + metaspace.encode('here').ids) == 'is here'
+  assert not tokenize.glues_texts_encoded_apart(tokenize.HFTokenizer(metaspace))
+  # A word-level tokenizer (the tests' checkpoints) joins words with spaces whatever it read.
+  words = tokenizers.Tokenizer(tokenizers.models.WordLevel({'[UNK]': 0, 'is': 1},
+                                                           unk_token='[UNK]'))
+  words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  assert not tokenize.glues_texts_encoded_apart(tokenize.HFTokenizer(words))
 
 
 def test_hf_tokenizer_honours_llama3_ignore_merges(tmp_path):

@@ -593,6 +593,32 @@ def test_text_lm_warns_of_special_tokens_the_checkpoint_names_but_the_config_dro
     tasks.load_lm_checkpoint(config.model)
 
 
+def test_lm_checkpoint_warns_when_its_tokenizer_glues_prompt_and_response(fixtures, tmp_path):
+  """A byte-level BPE (Qwen2, Llama-3) gives a separately encoded response no leading
+  space: with sep_token='' the model reads 'a lot.positive'. The fixture's word-level
+  tokenizer does not (the test above runs it with warnings as errors)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  tokenizers = pytest.importorskip('tokenizers')
+  ckpt = tmp_path / 'ckpt'
+  shutil.copytree(fixtures['checkpoint'], ckpt)
+  symbols = task_fixtures.SPECIALS + tuple('Ġabcdefghijklmnopqrstuvwxyz')
+  vocab = {symbol: i for i, symbol in enumerate(symbols)}
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, [], unk_token='[UNK]'))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  tok.add_special_tokens(list(task_fixtures.SPECIALS))
+  tok.save(str(ckpt / 'tokenizer.json'))
+  config = _text_config(fixtures, 'instruction')
+  config.model.checkpoint = str(ckpt)
+  with pytest.warns(UserWarning, match=r"encodes a response apart from its prompt without the "
+                                       r".*config\.model\.sep_token is ''"):
+    tasks.load_lm_checkpoint(config.model)
+  config.model.sep_token = 'Ġ'  # a separator named: nothing to say
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    tasks.load_lm_checkpoint(config.model)
+
+
 def _encoded_records(path, config):
   """`pack_lm` rows of every record in `path`, and which are synthetic."""
   from dv_jax.data import text  # pylint: disable=g-import-not-at-top

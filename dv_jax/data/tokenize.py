@@ -219,6 +219,22 @@ class HFTokenizer:
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
 
+def glues_texts_encoded_apart(tokenizer, first: str = 'The answer', second: str = 'is here'
+                              ) -> bool:
+  """Whether two texts encoded apart read as one glued text (`'a lot.' + 'positive'`).
+
+  `encode_pairs` encodes prompt and response apart. A byte-level BPE (Qwen2, Llama-3)
+  gives a text's first word no leading space, so without a separator token the model reads
+  `'a lot.positive'`; a Metaspace tokenizer (Llama-2) starts every text with its word marker,
+  as a space would. Decided by decoding: `first` and `second` encoded apart against
+  `first + ' ' + second` encoded whole.
+  """
+  apart = tokenizer.encode(first) + tokenizer.encode(second)
+  whole = tokenizer.encode(f'{first} {second}')
+  return (tokenizer.decode(apart, skip_special=False)
+          != tokenizer.decode(whole, skip_special=False))
+
+
 def _check_texts(texts, name: str) -> list:
   if isinstance(texts, (str, bytes)):
     # list('abc') would silently be three one-character texts.
